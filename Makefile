@@ -1,0 +1,71 @@
+# signal-worker. The two commands a newcomer needs: `make run` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+SERVICES := scripts/services.sh
+
+.PHONY: help venv services services-down migrate seed-demo run test test-unit test-integration \
+        lint fmt bench up down clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 20
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || { echo "[make] creating the virtual environment in $(VENV)"; $(PYTHON) -m venv $(VENV); }
+	@echo "[make] installing signal-worker and its development tools"
+	@$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	@$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP) ## create the virtual environment and install everything
+
+services: ## start local Kafka and PostgreSQL unless KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL point elsewhere
+	@$(SERVICES) up
+
+services-down: ## stop the services that `make services` started (by recorded process id)
+	@$(SERVICES) down
+
+migrate: venv services ## apply pending schema files
+	@$(PY) -m worker migrate
+
+seed-demo: migrate ## create the demo user and agents (safe to run twice)
+	@$(PY) -m worker seed-demo
+
+run: migrate ## set everything up and run the worker in the foreground (Ctrl-C stops it)
+	@$(PY) -m worker seed-demo --if-empty
+	@exec $(PY) -m worker run
+
+test: venv services ## the whole suite: unit, integration, end-to-end, faults, benchmark smoke
+	@$(PY) -m pytest
+
+test-unit: venv ## the quick loop: pure domain tests, no services
+	@$(PY) -m pytest tests/unit -q
+
+test-integration: venv services ## integration and end-to-end tests only
+	@$(PY) -m pytest tests/integration tests/e2e
+
+lint: venv ## ruff, mypy (strict) and import-linter
+	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/ruff format --check .
+	@$(VENV)/bin/mypy
+	@$(VENV)/bin/lint-imports
+
+fmt: venv ## format and autofix
+	@$(VENV)/bin/ruff format .
+	@$(VENV)/bin/ruff check --fix .
+
+bench: venv services ## the benchmark: throughput, latency, limits; writes docs/benchmarks.md
+	@$(PY) -m benchmarks
+
+up: ## docker compose: Kafka, PostgreSQL, migrate, the worker
+	docker compose up -d --build
+
+down: ## docker compose down
+	docker compose down
+
+clean: services-down ## stop services and remove the virtual environment and local service data
+	rm -rf $(VENV) .services .pytest_cache .mypy_cache .ruff_cache

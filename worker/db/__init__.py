@@ -1,0 +1,1 @@
+"""SQL and row mapping, one module per aggregate. The only package that holds SQL."""

@@ -1,0 +1,66 @@
+"""Creates and closes the asyncpg pool, with bounded start-up retries and JSON codecs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import orjson
+
+from worker.errors import ServiceUnavailable
+from worker.retry import describe, is_transient, startup_retry
+from worker.settings import DbSettings
+
+Pool = asyncpg.Pool
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for name in ("json", "jsonb"):
+        await conn.set_type_codec(name, encoder=_dumps, decoder=orjson.loads, schema="pg_catalog")
+
+
+async def connect(db: DbSettings, *, timeout_s: float) -> asyncpg.Connection:
+    """One connection, retried for at most `timeout_s`; `ServiceUnavailable` after that."""
+    try:
+        async for attempt in startup_retry(timeout_s):
+            with attempt:
+                conn = await asyncpg.connect(
+                    db.url.get_secret_value(), timeout=db.connect_timeout_s
+                )
+                await _init_connection(conn)
+                return conn
+    except Exception as exc:
+        raise _unavailable(db, exc) from exc
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def create_pool(db: DbSettings, *, timeout_s: float) -> asyncpg.Pool:
+    """The worker's pool, retried for at most `timeout_s`; `ServiceUnavailable` after that."""
+    try:
+        async for attempt in startup_retry(timeout_s):
+            with attempt:
+                pool = await asyncpg.create_pool(
+                    db.url.get_secret_value(),
+                    min_size=db.pool_min_size,
+                    max_size=db.pool_max_size,
+                    timeout=db.connect_timeout_s,
+                    command_timeout=db.command_timeout_s,
+                    init=_init_connection,
+                )
+                return pool
+    except Exception as exc:
+        raise _unavailable(db, exc) from exc
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _unavailable(db: DbSettings, exc: BaseException) -> ServiceUnavailable:
+    reason = describe(exc)
+    if not is_transient(exc) and isinstance(exc, asyncpg.PostgresError):
+        return ServiceUnavailable(f"PostgreSQL at {db.masked_url()} refused: {reason}")
+    return ServiceUnavailable(
+        f"cannot reach PostgreSQL at {db.masked_url()} (DATABASE_URL): {reason}"
+    )

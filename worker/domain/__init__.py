@@ -1,0 +1,1 @@
+"""The functional core: pure trading decisions with exact `Decimal` money and no I/O."""

@@ -1,0 +1,108 @@
+"""tenacity policies and `is_transient()`: what is worth retrying, and how."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+import structlog
+from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, NodeNotReadyError
+from aiokafka.errors import RequestTimedOutError as KafkaRequestTimedOut
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+log = structlog.get_logger(__name__)
+
+# SQLSTATEs that mean "do it again": serialization failure, deadlock, and the connection
+# classes (08xxx), plus admin shutdown / cannot-connect-now while a server restarts.
+_TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "57P01", "57P02", "57P03", "53300"})
+
+_TRANSIENT_TYPES: tuple[type[BaseException], ...] = (
+    ConnectionError,
+    TimeoutError,
+    asyncio.TimeoutError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    KafkaConnectionError,
+    KafkaTimeoutError,
+    NodeNotReadyError,
+    KafkaRequestTimedOut,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for failures that may pass on their own: connection loss, 40001, deadlock, broker."""
+    if isinstance(exc, _TRANSIENT_TYPES):
+        return True
+    if isinstance(exc, asyncpg.PostgresError):
+        state = getattr(exc, "sqlstate", None) or ""
+        return state in _TRANSIENT_SQLSTATES or state.startswith("08")
+    return isinstance(exc, OSError)
+
+
+def _log_retry(state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome else None
+    log.warning(
+        "retrying_after_transient_error",
+        attempt=state.attempt_number,
+        error=f"{type(exc).__name__}: {exc}" if exc else None,
+        sleep_s=round(state.next_action.sleep, 3) if state.next_action else None,
+    )
+    if _on_retry is not None:
+        _on_retry()
+
+
+_on_retry: Callable[[], None] | None = None
+
+
+def set_retry_observer(observer: Callable[[], None] | None) -> None:
+    """Install a callback run on every retry (the metrics counter)."""
+    global _on_retry  # noqa: PLW0603 - one process-wide observer, set at start-up
+    _on_retry = observer
+
+
+def transient_retry(*, attempts: int = 5, max_delay_s: float = 60.0) -> AsyncRetrying:
+    """Retry a whole unit of work on transient errors, with exponential backoff and jitter."""
+    return AsyncRetrying(
+        retry=retry_if_exception(is_transient),
+        stop=stop_after_attempt(attempts) | stop_after_delay(max_delay_s),
+        wait=wait_exponential_jitter(initial=0.2, max=5.0),
+        reraise=True,
+        before_sleep=_log_retry,
+    )
+
+
+def startup_retry(timeout_s: float) -> AsyncRetrying:
+    """Retry connecting to a service at start-up for at most `timeout_s` seconds."""
+    return AsyncRetrying(
+        retry=retry_if_exception(is_transient),
+        stop=stop_after_delay(timeout_s),
+        wait=wait_exponential_jitter(initial=0.5, max=3.0),
+        reraise=True,
+        before_sleep=_log_retry,
+    )
+
+
+def describe(exc: BaseException) -> str:
+    """A short human description of an exception for one-line error messages."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+__all__: list[Any] = [
+    "describe",
+    "is_transient",
+    "set_retry_observer",
+    "startup_retry",
+    "transient_retry",
+]

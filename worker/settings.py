@@ -1,0 +1,235 @@
+"""The worker's settings: the environment variables of contract section 2, and a few more.
+
+This is the only module that reads the environment. `Settings` is built once in
+`__main__` and passed down; each component takes only its slice.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+LogFormat = Literal["json", "console"]
+
+_TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_BROKER_RE = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
+
+
+class DbSettings(BaseModel):
+    """What the database pool needs."""
+
+    model_config = ConfigDict(frozen=True)
+
+    url: SecretStr
+    pool_min_size: int
+    pool_max_size: int
+    connect_timeout_s: float
+    command_timeout_s: float
+
+    def masked_url(self) -> str:
+        """The DSN with its password replaced by `***`, for logs and error messages."""
+        return mask_dsn(self.url.get_secret_value())
+
+
+class KafkaSettings(BaseModel):
+    """What the Kafka clients need."""
+
+    model_config = ConfigDict(frozen=True)
+
+    bootstrap_servers: str
+    signals_topic: str
+    prices_topic: str
+    dlq_topic: str
+    consumer_group: str
+    security_protocol: SecurityProtocol
+    sasl_mechanism: SaslMechanism | None
+    sasl_username: str | None
+    sasl_password: SecretStr | None
+    ssl_cafile: str | None
+    fetch_max_records: int
+    request_timeout_s: float
+    topic_partitions: int
+
+
+class TradingSettings(BaseModel):
+    """Simulation costs that the source system takes from its swap quotes."""
+
+    model_config = ConfigDict(frozen=True)
+
+    network_fee_sol: Decimal
+    protocol_fee_bps: Decimal
+
+
+class Settings(BaseSettings):
+    """Every setting, validated at start-up; names are exactly the environment variables."""
+
+    model_config = SettingsConfigDict(frozen=True, case_sensitive=False, extra="ignore")
+
+    database_url: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/signals")
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    signals_topic: str = "trading-signals"
+    prices_topic: str = "token-prices"
+    dlq_topic: str = "trading-signals.dlq"
+    consumer_group: str = "signal-worker"
+    kafka_security_protocol: SecurityProtocol = "PLAINTEXT"
+    kafka_sasl_mechanism: SaslMechanism | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: str | None = None
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    log_level: LogLevel = "INFO"
+    log_format: LogFormat = "json"
+
+    # Beyond the contract: tuning, with production defaults.
+    db_pool_min_size: int = Field(default=2, ge=1, le=100)
+    db_pool_max_size: int = Field(default=10, ge=1, le=200)
+    db_connect_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    db_command_timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    kafka_fetch_max_records: int = Field(default=500, ge=1, le=100_000)
+    kafka_request_timeout_s: float = Field(default=30.0, gt=0, le=600)
+    kafka_topic_partitions: int = Field(default=12, ge=1, le=10_000)
+    startup_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    shutdown_timeout_s: float = Field(default=8.0, gt=0, le=300)
+    sim_network_fee_sol: Decimal = Field(default=Decimal("0.000005"), ge=0, le=1)
+    sim_protocol_fee_bps: Decimal = Field(default=Decimal(0), ge=0, le=1000)
+
+    @field_validator("log_level", "kafka_security_protocol", "kafka_sasl_mechanism", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_ssl_cafile", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _valid_dsn(cls, value: SecretStr) -> SecretStr:
+        parts = urlsplit(value.get_secret_value())
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise ValueError("must be a postgresql:// URL")
+        if not parts.hostname and "host=" not in parts.query:
+            raise ValueError("must name a host, as in postgresql://user@host:5432/db")
+        try:
+            _ = parts.port
+        except ValueError as exc:
+            raise ValueError("has an invalid port") from exc
+        return value
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _valid_brokers(cls, value: str) -> str:
+        brokers = [b.strip() for b in value.split(",") if b.strip()]
+        if not brokers:
+            raise ValueError("must list at least one broker as host:port")
+        for broker in brokers:
+            if not _BROKER_RE.match(broker) or not 0 < int(broker.rsplit(":", 1)[1]) < 65536:
+                raise ValueError(f"{broker!r} is not host:port")
+        return ",".join(brokers)
+
+    @field_validator("signals_topic", "prices_topic", "dlq_topic", "consumer_group")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        if not _TOPIC_RE.match(value) or value in (".", ".."):
+            raise ValueError("must be 1 to 249 characters of letters, digits, '.', '_' or '-'")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.kafka_security_protocol.startswith("SASL_"):
+            if self.kafka_sasl_mechanism is None:
+                raise ValueError(
+                    f"KAFKA_SASL_MECHANISM is required with KAFKA_SECURITY_PROTOCOL="
+                    f"{self.kafka_security_protocol}"
+                )
+            if not self.kafka_sasl_username or self.kafka_sasl_password is None:
+                raise ValueError(
+                    "KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD are required with SASL"
+                )
+        if len({self.signals_topic, self.prices_topic, self.dlq_topic}) != 3:
+            raise ValueError("SIGNALS_TOPIC, PRICES_TOPIC and DLQ_TOPIC must differ")
+        if self.db_pool_min_size > self.db_pool_max_size:
+            raise ValueError("DB_POOL_MIN_SIZE must not exceed DB_POOL_MAX_SIZE")
+        return self
+
+    @property
+    def db(self) -> DbSettings:
+        """The database slice."""
+        return DbSettings(
+            url=self.database_url,
+            pool_min_size=self.db_pool_min_size,
+            pool_max_size=self.db_pool_max_size,
+            connect_timeout_s=self.db_connect_timeout_s,
+            command_timeout_s=self.db_command_timeout_s,
+        )
+
+    @property
+    def kafka(self) -> KafkaSettings:
+        """The Kafka slice."""
+        return KafkaSettings(
+            bootstrap_servers=self.kafka_bootstrap_servers,
+            signals_topic=self.signals_topic,
+            prices_topic=self.prices_topic,
+            dlq_topic=self.dlq_topic,
+            consumer_group=self.consumer_group,
+            security_protocol=self.kafka_security_protocol,
+            sasl_mechanism=self.kafka_sasl_mechanism,
+            sasl_username=self.kafka_sasl_username,
+            sasl_password=self.kafka_sasl_password,
+            ssl_cafile=self.kafka_ssl_cafile,
+            fetch_max_records=self.kafka_fetch_max_records,
+            request_timeout_s=self.kafka_request_timeout_s,
+            topic_partitions=self.kafka_topic_partitions,
+        )
+
+    @property
+    def trading(self) -> TradingSettings:
+        """The simulation-cost slice."""
+        return TradingSettings(
+            network_fee_sol=self.sim_network_fee_sol,
+            protocol_fee_bps=self.sim_protocol_fee_bps,
+        )
+
+
+def mask_dsn(dsn: str) -> str:
+    """Replace the password of a DSN (URL or `password=` keyword form) with `***`."""
+    masked = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
+    return re.sub(r"(password=)[^&\s]*", r"\1***", masked)
+
+
+def describe_error(exc: ValidationError) -> str:
+    """One line naming the first bad variable and why, for the start-up error message."""
+    first = exc.errors()[0]
+    loc = first.get("loc") or ()
+    name = str(loc[0]).upper() if loc else "settings"
+    message = str(first.get("msg", "is invalid")).removeprefix("Value error, ")
+    if not loc:
+        return f"invalid settings: {message}"
+    return f"invalid setting {name}: {message}"
+
+
+def load_settings() -> Settings:
+    """Build `Settings` from the environment (raises `ValidationError` on a bad value)."""
+    return Settings()
