@@ -37,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
 
     migrate = sub.add_parser("migrate", help="apply pending schema/*.sql files")
     migrate.add_argument("--dry-run", action="store_true", help="list what would run")
+    migrate.add_argument(
+        "--schema-dir", help="folder of the NNNN_name.sql files (default: the bundled schema/)"
+    )
 
     sub.add_parser("run", help="consume signals and prices until SIGTERM/SIGINT")
 
@@ -53,7 +56,10 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument("--idempotency-key")
     publish.add_argument("--source", default="cli")
 
-    sub.add_parser("seed-demo", help="create a demo user with funded simulation agents")
+    seed = sub.add_parser("seed-demo", help="create a demo user with funded simulation agents")
+    seed.add_argument(
+        "--if-empty", action="store_true", help="only when the database has no users yet"
+    )
     sub.add_parser("check", help="verify the ledger invariants; exit 1 listing violations")
     sub.add_parser("snapshot", help="write this hour's balance snapshots now")
     return parser

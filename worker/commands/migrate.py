@@ -1,8 +1,9 @@
-"""`signal-worker migrate [--dry-run]`: apply pending schema files."""
+"""`signal-worker migrate [--dry-run] [--schema-dir DIR]`: apply pending schema files."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import structlog
 
@@ -15,16 +16,18 @@ log = structlog.get_logger(__name__)
 
 async def run(settings: Settings, args: argparse.Namespace) -> int:
     """Apply (or with --dry-run, list) the pending migrations; print what happened."""
-    migrations = load_migrations(default_schema_dir())
+    dry_run = bool(getattr(args, "dry_run", False))
+    schema_dir = getattr(args, "schema_dir", None)
+    migrations = load_migrations(Path(schema_dir) if schema_dir else default_schema_dir())
     conn = await connect(settings.db, timeout_s=settings.startup_timeout_s)
     try:
-        names = await migrate(conn, migrations, dry_run=args.dry_run)
+        names = await migrate(conn, migrations, dry_run=dry_run)
     finally:
         await conn.close()
-    verb = "would apply" if args.dry_run else "applied"
+    verb = "would apply" if dry_run else "applied"
     for name in names:
         print(f"{verb} {name}")
-    print(f"{verb} {len(names)} of {len(migrations)} migrations; schema is "
-          f"{'not yet ' if args.dry_run and names else ''}up to date")
-    log.info("migrations_done", applied=names, dry_run=args.dry_run)
+    state = "not yet up to date" if dry_run and names else "up to date"
+    print(f"{verb} {len(names)} of {len(migrations)} migrations; schema is {state}")
+    log.info("migrations_listed" if dry_run else "migrations_applied", names=names)
     return 0

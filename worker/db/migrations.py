@@ -30,10 +30,38 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 COMMENT ON TABLE schema_migrations IS
     'signal-worker: schema/*.sql files applied by `signal-worker migrate`, with their SHA-256';
 """
+HAS_MIGRATIONS_TABLE = "SELECT to_regclass('schema_migrations') IS NOT NULL"
 LOCK = "SELECT pg_advisory_lock($1)"
 UNLOCK = "SELECT pg_advisory_unlock($1)"
 SELECT_APPLIED = "SELECT name, checksum FROM schema_migrations ORDER BY name"
 INSERT_APPLIED = "INSERT INTO schema_migrations (name, checksum) VALUES ($1, $2)"
+
+
+class SchemaFileError(MigrationError):
+    """The schema folder is missing or holds a file that is not named `NNNN_lower_name.sql`."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+
+
+class MigrationChangedError(MigrationError):
+    """An applied schema file no longer has the checksum recorded when it was applied."""
+
+    def __init__(self, name: str, recorded: str, on_disk: str) -> None:
+        super().__init__(
+            f"{name} was changed after it was applied (checksum {recorded[:12]}… recorded, "
+            f"{on_disk[:12]}… on disk); schema files are forward-only: restore it and add "
+            "a new file"
+        )
+        self.name = name
+
+
+class MigrationFailedError(MigrationError):
+    """A schema file failed; its transaction was rolled back."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"{name} failed, nothing of it was applied: {reason}")
+        self.name = name
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,11 +81,11 @@ def default_schema_dir() -> Path:
 def load_migrations(schema_dir: Path) -> list[Migration]:
     """Every `NNNN_name.sql` file of `schema_dir`, in name order."""
     if not schema_dir.is_dir():
-        raise MigrationError(f"schema folder {schema_dir} not found")
+        raise SchemaFileError(schema_dir, "schema folder not found")
     migrations = []
     for path in sorted(schema_dir.glob("*.sql")):
         if not _NAME_RE.match(path.name):
-            raise MigrationError(f"{path.name}: schema files must be named NNNN_lower_name.sql")
+            raise SchemaFileError(path, "schema files must be named NNNN_lower_name.sql")
         data = path.read_bytes()
         migrations.append(
             Migration(path.name, data.decode("utf-8"), hashlib.sha256(data).hexdigest())
@@ -68,29 +96,46 @@ def load_migrations(schema_dir: Path) -> list[Migration]:
 async def migrate(
     conn: asyncpg.Connection, migrations: list[Migration], *, dry_run: bool = False
 ) -> list[str]:
-    """Apply the pending migrations under the advisory lock; return the names (to be) applied."""
+    """Apply the pending migrations under the advisory lock; return the names (to be) applied.
+
+    With `dry_run` nothing is written, not even the `schema_migrations` table.
+    """
     await conn.execute(LOCK, MIGRATION_LOCK_ID)
     try:
-        await conn.execute(CREATE_MIGRATIONS_TABLE)
-        applied = {r["name"]: r["checksum"].strip() for r in await conn.fetch(SELECT_APPLIED)}
-        for migration in migrations:
-            recorded = applied.get(migration.name)
-            if recorded is not None and recorded != migration.checksum:
-                raise MigrationError(
-                    f"{migration.name} was changed after it was applied (checksum "
-                    f"{recorded[:12]}… recorded, {migration.checksum[:12]}… on disk); "
-                    "schema files are forward-only: restore it and add a new file"
-                )
-        pending = [m for m in migrations if m.name not in applied]
-        if dry_run:
-            return [m.name for m in pending]
-        for migration in pending:
-            try:
-                async with conn.transaction():
-                    await conn.execute(migration.sql)
-                    await conn.execute(INSERT_APPLIED, migration.name, migration.checksum)
-            except asyncpg.PostgresError as exc:
-                raise MigrationError(f"{migration.name} failed: {exc}") from exc
+        pending = await _pending(conn, migrations, dry_run=dry_run)
+        if not dry_run:
+            for migration in pending:
+                await _apply(conn, migration)
         return [m.name for m in pending]
     finally:
-        await conn.execute(UNLOCK, MIGRATION_LOCK_ID)
+        # A lost connection has already released the lock; do not hide the original error.
+        if not conn.is_closed():
+            await conn.execute(UNLOCK, MIGRATION_LOCK_ID)
+
+
+async def _pending(
+    conn: asyncpg.Connection, migrations: list[Migration], *, dry_run: bool
+) -> list[Migration]:
+    """The migrations not yet applied; `MigrationError` if an applied one was edited."""
+    if dry_run:
+        has_table = bool(await conn.fetchval(HAS_MIGRATIONS_TABLE))
+    else:
+        await conn.execute(CREATE_MIGRATIONS_TABLE)
+        has_table = True
+    rows = await conn.fetch(SELECT_APPLIED) if has_table else []
+    applied = {r["name"]: r["checksum"].strip() for r in rows}
+    for migration in migrations:
+        recorded = applied.get(migration.name)
+        if recorded is not None and recorded != migration.checksum:
+            raise MigrationChangedError(migration.name, recorded, migration.checksum)
+    return [m for m in migrations if m.name not in applied]
+
+
+async def _apply(conn: asyncpg.Connection, migration: Migration) -> None:
+    """Run one file and record it, both in one transaction."""
+    try:
+        async with conn.transaction():
+            await conn.execute(migration.sql)
+            await conn.execute(INSERT_APPLIED, migration.name, migration.checksum)
+    except asyncpg.PostgresError as exc:
+        raise MigrationFailedError(migration.name, str(exc)) from exc

@@ -1,0 +1,286 @@
+"""Helpers for integration and end-to-end tests: users and agents, publishing, workers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from worker.app import run_worker
+from worker.db import accounts
+from worker.domain.models import SOL_MINT
+from worker.metrics import Metrics
+from worker.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+# Valid base58 mint addresses for tests (not real tokens).
+TOKEN_A = "7GCihgDB8fe6KNjn2MYtkzZcRjQy3t9GHdC8uHYmW2hr"
+TOKEN_B = "DezXAZ8z7PnrnRJjz3wXBoRgixCa6xjnB7YaB1pPB263"
+TOKEN_C = "EPjFWdd5AufqSSqeM2qN1xzybapC8G4wEGGkZwyTDt1v"
+
+
+@dataclass
+class Account:
+    """A user and its funded simulation agents."""
+
+    user_id: uuid.UUID
+    agents: list[accounts.FundedAgent] = field(default_factory=list)
+
+
+async def make_account(
+    conn: asyncpg.Connection,
+    configs: Sequence[dict[str, Any] | None] = (None,),
+    *,
+    deposit_sol: Decimal = Decimal(10),
+    deposits: Sequence[Decimal] | None = None,
+    **agent_kwargs: Any,
+) -> Account:
+    """A user with one funded simulation agent per config."""
+    user_id = await accounts.create_user(conn, f"u{uuid.uuid4().hex[:12]}@test.local")
+    account = Account(user_id)
+    for i, config in enumerate(configs):
+        amount = deposits[i] if deposits is not None else deposit_sol
+        account.agents.append(
+            await accounts.create_funded_agent(
+                conn, user_id, f"agent {i}", deposit_sol=amount, trading_config=config,
+                **agent_kwargs,
+            )
+        )
+    return account
+
+
+async def set_price(conn: asyncpg.Connection, token: str, price_usd: Decimal | str) -> None:
+    """Store a latest price directly (as a processed tick would)."""
+    await conn.execute(
+        "INSERT INTO token_prices (token_address, price_usd, price_ts) VALUES ($1, $2, now()) "
+        "ON CONFLICT (token_address) DO UPDATE SET price_usd = $2, price_ts = now()",
+        token,
+        Decimal(price_usd),
+    )
+
+
+async def set_sol_price(conn: asyncpg.Connection, price_usd: Decimal | str = "100") -> None:
+    """Store the SOL/USD price."""
+    await set_price(conn, SOL_MINT, price_usd)
+
+
+def signal_message(user_id: uuid.UUID, token: str = TOKEN_A, **fields: Any) -> dict[str, Any]:
+    """A valid signal message; `fields` override or add."""
+    message: dict[str, Any] = {
+        "user_id": str(user_id),
+        "token_address": token,
+        "signal_type": "Velocity (Dex Boost Detection)",
+        "signal_strength": 4,
+        "price_usd": "0.5",
+    }
+    message.update(fields)
+    return message
+
+
+async def publish(
+    bootstrap: str,
+    topic: str,
+    values: Sequence[bytes | dict[str, Any]],
+    *,
+    key: Callable[[bytes | dict[str, Any]], bytes | None] | None = None,
+) -> None:
+    """Send each value (dicts as JSON) and wait for every acknowledgement."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
+                                max_request_size=4_000_000)
+    await producer.start()
+    try:
+        futures = []
+        for value in values:
+            raw = value if isinstance(value, bytes) else json.dumps(value).encode()
+            k = key(value) if key else (
+                str(value.get("user_id", "")).encode() if isinstance(value, dict) else None)
+            futures.append(await producer.send(topic, raw, key=k))
+        for f in futures:
+            await f
+    finally:
+        await producer.stop()
+
+
+async def read_topic(bootstrap: str, topic: str, expected: int, timeout_s: float = 20) -> list[Any]:
+    """Read `expected` records from the start of `topic` (fewer if the time runs out)."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        deadline = time.monotonic() + timeout_s
+        while len(records) < expected and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for recs in batch.values():
+                records.extend(recs)
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def wait_for(
+    check: Callable[[], Awaitable[bool]], *, timeout_s: float = 30, what: str = "condition"
+) -> None:
+    """Poll `check` until it holds; fail the test with `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+async def count(db_url: str, sql: str, *args: Any) -> int:
+    """Run a count query on a fresh connection."""
+    conn = await asyncpg.connect(db_url)
+    try:
+        value: int = await conn.fetchval(sql, *args)
+        return value
+    finally:
+        await conn.close()
+
+
+async def wait_for_count(
+    db_url: str, sql: str, expected: int, *args: Any, timeout_s: float = 30
+) -> None:
+    """Wait until `sql` counts `expected`."""
+    seen = -1
+
+    async def check() -> bool:
+        nonlocal seen
+        seen = await count(db_url, sql, *args)
+        return seen >= expected
+
+    try:
+        await wait_for(check, timeout_s=timeout_s, what=f"{expected} from {sql!r}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc} (last count {seen})") from None
+
+
+@contextlib.asynccontextmanager
+async def running_worker(
+    settings: Settings, metrics: Metrics | None = None
+) -> AsyncIterator[tuple[asyncio.Task[int], int]]:
+    """An in-process worker until the block ends (then drained); yields (task, http port)."""
+    stop = asyncio.Event()
+    started: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(run_worker(settings, stop, metrics=metrics, started=started))
+    done, _ = await asyncio.wait({task, started}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        task.result()
+        raise AssertionError("the worker stopped during start-up")
+    if started not in done:
+        task.cancel()
+        raise AssertionError("the worker did not start within 30s")
+    try:
+        yield task, started.result()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=15)
+
+
+class WorkerProcess:
+    """`python -m worker run` as a subprocess, with its stderr kept for inspection."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.lines: list[str] = []
+        self._reader: threading.Thread | None = None
+        self.http_port: int | None = None
+
+    def start(self) -> WorkerProcess:
+        """Start it; returns at once (see `wait_started`)."""
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "worker", "run"],
+            env=self.env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        return self
+
+    def _read(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        for raw in self.proc.stderr:
+            line = raw.decode("utf-8", "replace").rstrip()
+            self.lines.append(line)
+            if '"worker_started"' in line:
+                port = re.search(r'"http_port": (\d+)', line)
+                if port:
+                    self.http_port = int(port.group(1))
+
+    async def wait_started(self, timeout_s: float = 30) -> None:
+        """Wait until the worker logged `worker_started`."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.http_port is not None:
+                return
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.tail()}")
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"worker did not start in {timeout_s}s:\n{self.tail()}")
+
+    def kill(self) -> None:
+        """SIGKILL: no drain, no goodbye."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        self._close()
+
+    def terminate(self, timeout_s: float = 15) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout_s)
+        finally:
+            if self.proc.poll() is None:
+                self.kill()
+            self._close()
+
+    def _close(self) -> None:
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+        if self.proc is not None and self.proc.stderr is not None:
+            self.proc.stderr.close()
+
+    def tail(self, n: int = 30) -> str:
+        """The last `n` lines of its stderr."""
+        return "\n".join(self.lines[-n:])
+
+
+def env_for(settings: Settings) -> dict[str, str]:
+    """The environment of a worker subprocess with the same settings as `settings`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    env.update(
+        DATABASE_URL=settings.database_url.get_secret_value(),
+        KAFKA_BOOTSTRAP_SERVERS=settings.kafka_bootstrap_servers,
+        SIGNALS_TOPIC=settings.signals_topic,
+        PRICES_TOPIC=settings.prices_topic,
+        DLQ_TOPIC=settings.dlq_topic,
+        CONSUMER_GROUP=settings.consumer_group,
+        HTTP_PORT="0",
+        LOG_FORMAT="json",
+        KAFKA_TOPIC_PARTITIONS="3",
+    )
+    return env

@@ -1,0 +1,553 @@
+"""`agents.trading_config`: defaults, deep merge, validation messages and templates."""
+
+from __future__ import annotations
+
+import copy
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from worker.domain.config import (
+    DEFAULT_TRADING_CONFIG,
+    AgentTradingConfig,
+    DcaLevel,
+    DcaMode,
+    InvalidConfig,
+    StopLossMode,
+    TakeProfitLevel,
+    TakeProfitMode,
+    TokenFilterMode,
+    dca_levels,
+    deep_merge,
+    resolve_config,
+    take_profit_levels,
+)
+
+MINT = "So11111111111111111111111111111111111111112"
+
+
+def tp(target: int, sell: int) -> TakeProfitLevel:
+    return TakeProfitLevel(target_percent=Decimal(target), sell_percent=Decimal(sell))
+
+
+def dca(drop: int, buy: int) -> DcaLevel:
+    return DcaLevel(drop_percent=Decimal(drop), buy_percent=Decimal(buy))
+
+
+# --- defaults ---------------------------------------------------------------------------
+
+
+def test_none_gives_the_documented_defaults() -> None:
+    cfg = resolve_config(None)
+    assert cfg.purchase_limits.minimum_agent_balance == Decimal("0.5")
+    assert cfg.purchase_limits.max_purchase_per_token == Decimal(2)
+    assert cfg.purchase_limits.max_price_impact == Decimal("0.05")
+    assert cfg.purchase_limits.max_open_positions == 25
+    assert cfg.signals.min_score == 1
+    assert cfg.signals.allowed_signal_types == ()
+    assert cfg.signals.token_filter_mode is TokenFilterMode.NONE
+    assert cfg.signals.market_cap_min is None
+    assert cfg.stop_loss.enabled is True
+    assert cfg.stop_loss.default_percentage == Decimal(-32)
+    assert cfg.stop_loss.mode is StopLossMode.FIXED
+    thresholds = cfg.position_calculator.sol_balance_thresholds
+    assert (thresholds.minimum, thresholds.medium, thresholds.large) == (
+        Decimal("0.2"),
+        Decimal(5),
+        Decimal(10),
+    )
+    sizes = cfg.position_calculator.position_sizes
+    assert (sizes.small.min, sizes.small.max) == (Decimal("0.1"), Decimal("0.1"))
+    assert (sizes.medium.min, sizes.medium.max) == (Decimal("0.5"), Decimal(1))
+    assert (sizes.large.min, sizes.large.max) == (Decimal("1.5"), Decimal(2))
+    assert cfg.position_calculator.randomization.enabled is True
+    assert cfg.stale_trade.enabled is True
+    assert cfg.stale_trade.min_hold_time_minutes == 60
+    assert (cfg.stale_trade.min_profit_percent, cfg.stale_trade.max_profit_percent) == (1, 10)
+    assert cfg.dca.enabled is False
+    assert cfg.dca.mode is DcaMode.MODERATE
+    assert (cfg.dca.max_dca_count, cfg.dca.cooldown_seconds) == (3, 30)
+    assert cfg.take_profit.enabled is False
+    assert cfg.take_profit.mode is TakeProfitMode.MODERATE
+    assert cfg.take_profit.levels == (tp(50, 25), tp(150, 25), tp(300, 25), tp(400, 15))
+    bag = cfg.take_profit.moon_bag
+    assert (bag.enabled, bag.trigger_percent, bag.retain_percent) == (True, 300, 10)
+
+
+def test_model_defaults_match_the_json_defaults() -> None:
+    assert resolve_config(None) == AgentTradingConfig() == resolve_config({})
+
+
+def test_json_numbers_become_exact_decimals() -> None:
+    cfg = resolve_config({"purchaseLimits": {"minimumAgentBalance": 0.1}})
+    assert cfg.purchase_limits.minimum_agent_balance == Decimal("0.1")
+    assert isinstance(cfg.position_calculator.sol_balance_thresholds.minimum, Decimal)
+
+
+def test_decimal_strings_are_accepted() -> None:
+    cfg = resolve_config({"purchaseLimits": {"maxPurchasePerToken": "1.25"}})
+    assert cfg.purchase_limits.max_purchase_per_token == Decimal("1.25")
+
+
+def test_config_is_frozen() -> None:
+    cfg = resolve_config(None)
+    with pytest.raises(ValidationError):
+        cfg.signals.min_score = 3  # type: ignore[misc]  # frozen on purpose: proving it
+
+
+def test_snake_case_names_are_accepted_too() -> None:
+    cfg = AgentTradingConfig.model_validate({"signals": {"min_score": 4}})
+    assert cfg.signals.min_score == 4
+
+
+def test_serializes_back_to_camel_case() -> None:
+    dumped = resolve_config(None).model_dump(mode="json")
+    assert set(dumped) == set(DEFAULT_TRADING_CONFIG)
+    assert dumped["dca"]["maxDCACount"] == 3
+    assert resolve_config(dumped) == resolve_config(None)
+
+
+# --- deep merge -------------------------------------------------------------------------
+
+
+def test_deep_merge_merges_objects_recursively() -> None:
+    base = {"a": {"b": 1, "c": {"d": 2, "e": 3}}, "f": 4}
+    assert deep_merge(base, {"a": {"c": {"d": 20}}}) == {
+        "a": {"b": 1, "c": {"d": 20, "e": 3}},
+        "f": 4,
+    }
+
+
+def test_deep_merge_replaces_arrays() -> None:
+    assert deep_merge({"levels": [1, 2, 3]}, {"levels": [9]}) == {"levels": [9]}
+    assert deep_merge({"levels": [1, 2, 3]}, {"levels": []}) == {"levels": []}
+
+
+def test_deep_merge_null_keeps_the_default() -> None:
+    base = {"a": {"b": 1}, "c": 2}
+    assert deep_merge(base, {"a": None, "c": None}) == base
+    assert deep_merge(base, {"a": {"b": None}}) == base
+    assert deep_merge(base, {"new": None}) == base
+
+
+def test_deep_merge_adds_new_keys_and_replaces_scalars_by_objects() -> None:
+    assert deep_merge({"a": 1}, {"a": {"x": None, "y": 2}, "b": 3}) == {"a": {"y": 2}, "b": 3}
+
+
+def test_deep_merge_never_mutates_or_aliases_its_inputs() -> None:
+    before = copy.deepcopy(DEFAULT_TRADING_CONFIG)
+    override: dict[str, Any] = {"takeProfit": {"levels": [{"targetPercent": 10, "sellPercent": 5}]}}
+    merged = deep_merge(DEFAULT_TRADING_CONFIG, override)
+    merged["takeProfit"]["moonBag"]["enabled"] = False
+    merged["takeProfit"]["levels"].append({})
+    merged["signals"]["tokenList"].append("x")
+    assert before == DEFAULT_TRADING_CONFIG
+    assert override == {"takeProfit": {"levels": [{"targetPercent": 10, "sellPercent": 5}]}}
+
+
+def test_stored_overrides_are_merged_over_the_defaults() -> None:
+    cfg = resolve_config(
+        {
+            "signals": {"minScore": 3, "marketCapMin": 100000},
+            "positionCalculator": {"positionSizes": {"medium": {"max": 0.8}}},
+        }
+    )
+    assert cfg.signals.min_score == 3
+    assert cfg.signals.market_cap_min == Decimal(100000)
+    assert cfg.position_calculator.position_sizes.medium.min == Decimal("0.5")
+    assert cfg.position_calculator.position_sizes.medium.max == Decimal("0.8")
+    assert cfg.stop_loss.default_percentage == Decimal(-32)
+
+
+def test_null_bound_clears_it_and_null_section_resets_it() -> None:
+    cfg = resolve_config({"signals": {"marketCapMin": None}, "stopLoss": None})
+    assert cfg.signals.market_cap_min is None
+    assert cfg.stop_loss == resolve_config(None).stop_loss
+
+
+def test_max_open_positions_can_be_set() -> None:
+    assert (
+        resolve_config(
+            {"purchaseLimits": {"maxOpenPositions": 3}}
+        ).purchase_limits.max_open_positions
+        == 3
+    )
+
+
+# --- validation -------------------------------------------------------------------------
+
+_CUSTOM_TP = {"mode": "custom", "moonBag": {"enabled": False}}
+
+
+@pytest.mark.parametrize(
+    ("stored", "message"),
+    [
+        (
+            {"signals": {"minScore": 6}},
+            "signals.minScore: Input should be less than or equal to 5",
+        ),
+        (
+            {"signals": {"minScore": 0}},
+            "signals.minScore: Input should be greater than or equal to 1",
+        ),
+        (
+            {"signals": {"minScore": 2.5}},
+            "signals.minScore: Input should be a valid integer, got a number with a fractional part",
+        ),
+        (
+            {"signals": {"minScore": True}},
+            "signals.minScore: Input should be a valid integer, not a boolean",
+        ),
+        (
+            {"signals": {"allowedSignalTypes": [""]}},
+            "signals.allowedSignalTypes[0]: String should have at least 1 character",
+        ),
+        (
+            {"signals": {"allowedSignalTypes": ["x" * 51]}},
+            "signals.allowedSignalTypes[0]: String should have at most 50 characters",
+        ),
+        (
+            {"signals": {"tokenFilterMode": "greylist"}},
+            "signals.tokenFilterMode: Input should be 'none', 'blacklist' or 'whitelist'",
+        ),
+        (
+            {"signals": {"tokenList": ["short"]}},
+            "signals.tokenList[0]: String should have at least 32 characters",
+        ),
+        (
+            {"signals": {"marketCapMin": 0}},
+            "signals.marketCapMin: Input should be greater than 0",
+        ),
+        (
+            {"signals": {"marketCapMin": 5000, "marketCapMax": 3000}},
+            "signals: marketCapMin 5000 must be at most marketCapMax 3000",
+        ),
+        (
+            {"signals": {"liquidityMin": 2, "liquidityMax": 1}},
+            "signals: liquidityMin 2 must be at most liquidityMax 1",
+        ),
+        (
+            {"signals": {"holderCountMin": 10, "holderCountMax": 9}},
+            "signals: holderCountMin 10 must be at most holderCountMax 9",
+        ),
+        (
+            {"signals": {"holderCountMin": -1}},
+            "signals.holderCountMin: Input should be greater than or equal to 0",
+        ),
+        (
+            {"purchaseLimits": {"minimumAgentBalance": 0.05}},
+            "purchaseLimits.minimumAgentBalance: Input should be greater than or equal to 0.1",
+        ),
+        (
+            {"purchaseLimits": {"maxPurchasePerToken": 0}},
+            "purchaseLimits.maxPurchasePerToken: Input should be greater than 0",
+        ),
+        (
+            {"purchaseLimits": {"maxPriceImpact": 1.5}},
+            "purchaseLimits.maxPriceImpact: Input should be less than or equal to 1",
+        ),
+        (
+            {"purchaseLimits": {"maxOpenPositions": 0}},
+            "purchaseLimits.maxOpenPositions: Input should be greater than or equal to 1",
+        ),
+        (
+            {"purchaseLimits": {"maxOpenPositions": 1001}},
+            "purchaseLimits.maxOpenPositions: Input should be less than or equal to 1000",
+        ),
+        (
+            {"stopLoss": {"defaultPercentage": 5}},
+            "stopLoss.defaultPercentage: Input should be less than or equal to 0",
+        ),
+        (
+            {"stopLoss": {"defaultPercentage": -101}},
+            "stopLoss.defaultPercentage: Input should be greater than or equal to -100",
+        ),
+        (
+            {"stopLoss": {"mode": "trailing"}},
+            "stopLoss.mode: Input should be 'fixed', 'exponential', 'zones' or 'custom'",
+        ),
+        (
+            {"stopLoss": {"enabled": "yes"}},
+            "stopLoss.enabled: Input should be a valid boolean",
+        ),
+        (
+            {"stopLoss": {"mode": "custom"}},
+            "stopLoss: trailingLevels cannot be empty when mode is custom",
+        ),
+        (
+            {
+                "stopLoss": {
+                    "mode": "custom",
+                    "trailingLevels": [
+                        {"change": 50, "stopLoss": 30},
+                        {"change": 100, "stopLoss": 60},
+                    ],
+                }
+            },
+            "stopLoss: trailingLevels must be sorted by change, highest first, "
+            "but level 1 has change 100 after 50",
+        ),
+        (
+            {"stopLoss": {"trailingLevels": [{"change": 50, "stopLoss": 1001}]}},
+            "stopLoss.trailingLevels[0].stopLoss: Input should be less than or equal to 1000",
+        ),
+        (
+            {"stopLoss": {"trailingLevels": [{"change": 0, "stopLoss": 10}]}},
+            "stopLoss.trailingLevels[0].change: Input should be greater than 0",
+        ),
+        (
+            {"positionCalculator": {"solBalanceThresholds": {"medium": 12}}},
+            "positionCalculator.solBalanceThresholds: thresholds must satisfy "
+            "minimum < medium < large, got 0.2, 12 and 10",
+        ),
+        (
+            {"positionCalculator": {"solBalanceThresholds": {"minimum": 0}}},
+            "positionCalculator.solBalanceThresholds.minimum: Input should be greater than 0",
+        ),
+        (
+            {"positionCalculator": {"positionSizes": {"large": {"min": 3}}}},
+            "positionCalculator.positionSizes.large: min 3 must be at most max 2",
+        ),
+        (
+            {"positionCalculator": {"positionSizes": {"small": {"min": -1}}}},
+            "positionCalculator.positionSizes.small.min: Input should be greater than or equal to 0",
+        ),
+        (
+            {"staleTrade": {"minHoldTimeMinutes": 0}},
+            "staleTrade.minHoldTimeMinutes: Input should be greater than or equal to 1",
+        ),
+        (
+            {"staleTrade": {"minProfitPercent": 5, "maxProfitPercent": -5}},
+            "staleTrade: minProfitPercent 5 must be at most maxProfitPercent -5",
+        ),
+        (
+            {"dca": {"maxDCACount": 11}},
+            "dca.maxDCACount: Input should be less than or equal to 10",
+        ),
+        (
+            {"dca": {"cooldownSeconds": 5}},
+            "dca.cooldownSeconds: Input should be greater than or equal to 10",
+        ),
+        (
+            {"dca": {"levels": [{"dropPercent": 5, "buyPercent": 50}]}},
+            "dca.levels[0].dropPercent: Input should be less than or equal to -1",
+        ),
+        (
+            {"dca": {"levels": [{"dropPercent": -10, "buyPercent": 501}]}},
+            "dca.levels[0].buyPercent: Input should be less than or equal to 500",
+        ),
+        (
+            {"dca": {"enabled": True, "mode": "custom"}},
+            "dca: levels cannot be empty when mode is custom",
+        ),
+        (
+            {
+                "dca": {
+                    "mode": "custom",
+                    "levels": [
+                        {"dropPercent": -30, "buyPercent": 50},
+                        {"dropPercent": -20, "buyPercent": 50},
+                    ],
+                }
+            },
+            "dca: levels must be sorted by dropPercent, least negative first, "
+            "but level 1 has -20 after -30",
+        ),
+        (
+            {"takeProfit": {"levels": [{"targetPercent": 10, "sellPercent": 10}] * 11}},
+            "takeProfit.levels: Tuple should have at most 10 items after validation, not 11",
+        ),
+        (
+            {"takeProfit": {"levels": [{"targetPercent": 50, "sellPercent": 101}]}},
+            "takeProfit.levels[0].sellPercent: Input should be less than or equal to 100",
+        ),
+        (
+            {"takeProfit": {"moonBag": {"retainPercent": 51}}},
+            "takeProfit.moonBag.retainPercent: Input should be less than or equal to 50",
+        ),
+        (
+            {"takeProfit": {**_CUSTOM_TP, "levels": []}},
+            "takeProfit: levels cannot be empty when mode is custom",
+        ),
+        (
+            {
+                "takeProfit": {
+                    **_CUSTOM_TP,
+                    "levels": [
+                        {"targetPercent": 100, "sellPercent": 50},
+                        {"targetPercent": 100, "sellPercent": 10},
+                    ],
+                }
+            },
+            "takeProfit: levels must be sorted by targetPercent, lowest first, "
+            "but level 1 has 100 after 100",
+        ),
+        (
+            {
+                "takeProfit": {
+                    "mode": "custom",
+                    "levels": [
+                        {"targetPercent": 100, "sellPercent": 50},
+                        {"targetPercent": 300, "sellPercent": 45},
+                    ],
+                    "moonBag": {"enabled": True, "triggerPercent": 200, "retainPercent": 10},
+                }
+            },
+            "takeProfit: levels sell 95% and the moon bag keeps 10%, 105% in all, more than 100%",
+        ),
+        (
+            {
+                "takeProfit": {
+                    "mode": "custom",
+                    "levels": [{"targetPercent": 100, "sellPercent": 50}],
+                    "moonBag": {"enabled": True, "triggerPercent": 200, "retainPercent": 10},
+                }
+            },
+            "takeProfit: moonBag.triggerPercent 200 is above the last level's targetPercent 100",
+        ),
+        ({"signals": {"minscore": 3}}, "signals.minscore: Extra inputs are not permitted"),
+        ({"continuousTrailing": True}, "continuousTrailing: Extra inputs are not permitted"),
+        (
+            {"signals": []},
+            "signals: Input should be a valid dictionary or instance of SignalFilters",
+        ),
+    ],
+)
+def test_rejects_invalid_config_with_one_sentence(stored: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidConfig) as caught:
+        resolve_config(stored)
+    assert str(caught.value) == f"invalid trading_config: {message}"
+    assert "\n" not in str(caught.value)
+
+
+def test_non_object_config_is_invalid() -> None:
+    with pytest.raises(
+        InvalidConfig, match=r"^invalid trading_config: expected a JSON object, got list$"
+    ):
+        resolve_config([1, 2])
+    with pytest.raises(InvalidConfig, match="got str"):
+        resolve_config('{"signals": {}}')
+
+
+def test_counts_further_problems() -> None:
+    with pytest.raises(InvalidConfig) as caught:
+        resolve_config(
+            {"signals": {"minScore": 9, "tokenFilterMode": "x"}, "dca": {"maxDCACount": 0}}
+        )
+    assert str(caught.value) == (
+        "invalid trading_config: signals.minScore: Input should be less than or equal to 5 "
+        "(and 2 more problems)"
+    )
+
+
+def test_invalid_config_is_a_value_error() -> None:
+    assert issubclass(InvalidConfig, ValueError)
+
+
+def test_custom_rules_do_not_apply_to_preset_modes() -> None:
+    # The source validates take-profit levels only in custom mode; a preset uses its template.
+    cfg = resolve_config(
+        {
+            "takeProfit": {
+                "mode": "aggressive",
+                "levels": [{"targetPercent": 50, "sellPercent": 100}] * 2,
+            }
+        }
+    )
+    assert take_profit_levels(cfg) == [tp(25, 25), tp(50, 25), tp(100, 25), tp(150, 15)]
+
+
+def test_disabled_custom_stop_loss_and_dca_may_have_no_levels() -> None:
+    cfg = resolve_config(
+        {"stopLoss": {"enabled": False, "mode": "custom"}, "dca": {"mode": "custom"}}
+    )
+    assert cfg.stop_loss.trailing_levels == ()
+    assert dca_levels(cfg) == []
+
+
+def test_custom_levels_are_accepted_when_valid() -> None:
+    cfg = resolve_config(
+        {
+            "stopLoss": {
+                "mode": "custom",
+                "trailingLevels": [
+                    {"change": 200, "stopLoss": 150},
+                    {"change": 50, "stopLoss": 20},
+                ],
+            },
+            "dca": {
+                "enabled": True,
+                "mode": "custom",
+                "levels": [
+                    {"dropPercent": -15, "buyPercent": 50},
+                    {"dropPercent": -15, "buyPercent": 80},
+                ],
+            },
+            "takeProfit": {
+                "enabled": True,
+                "mode": "custom",
+                "levels": [
+                    {"targetPercent": 40, "sellPercent": 50},
+                    {"targetPercent": 80, "sellPercent": 40},
+                ],
+                "moonBag": {"enabled": True, "triggerPercent": 80, "retainPercent": 10},
+            },
+        }
+    )
+    assert dca_levels(cfg) == [dca(-15, 50), dca(-15, 80)]
+    assert take_profit_levels(cfg) == [tp(40, 50), tp(80, 40)]
+
+
+# --- templates --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mode", "levels"),
+    [
+        ("aggressive", [dca(-10, 100), dca(-10, 100), dca(-10, 100)]),
+        ("moderate", [dca(-20, 75), dca(-20, 75)]),
+        ("conservative", [dca(-20, 100)]),
+    ],
+)
+def test_dca_levels_come_from_the_mode_template(mode: str, levels: list[DcaLevel]) -> None:
+    cfg = resolve_config(
+        {"dca": {"mode": mode, "levels": [{"dropPercent": -50, "buyPercent": 10}]}}
+    )
+    assert dca_levels(cfg) == levels
+
+
+@pytest.mark.parametrize(
+    ("mode", "levels"),
+    [
+        ("aggressive", [tp(25, 25), tp(50, 25), tp(100, 25), tp(150, 15)]),
+        ("moderate", [tp(50, 25), tp(150, 25), tp(300, 25), tp(400, 15)]),
+        ("conservative", [tp(100, 20), tp(200, 20), tp(400, 25), tp(600, 20)]),
+    ],
+)
+def test_take_profit_levels_follow_the_mode_not_the_stored_levels(
+    mode: str, levels: list[TakeProfitLevel]
+) -> None:
+    cfg = resolve_config(
+        {"takeProfit": {"mode": mode, "levels": [{"targetPercent": 10, "sellPercent": 10}]}}
+    )
+    assert take_profit_levels(cfg) == levels
+
+
+def test_custom_take_profit_uses_the_stored_levels() -> None:
+    cfg = resolve_config(
+        {
+            "takeProfit": {
+                "mode": "custom",
+                "levels": [{"targetPercent": 10, "sellPercent": 10}],
+                "moonBag": {"enabled": False},
+            }
+        }
+    )
+    assert take_profit_levels(cfg) == [tp(10, 10)]
+
+
+def test_token_list_accepts_mints() -> None:
+    cfg = resolve_config({"signals": {"tokenFilterMode": "blacklist", "tokenList": [MINT]}})
+    assert cfg.signals.token_list == (MINT,)

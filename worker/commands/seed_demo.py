@@ -1,0 +1,75 @@
+"""`signal-worker seed-demo [--if-empty]`: a demo user with four funded simulation agents."""
+
+from __future__ import annotations
+
+import argparse
+from decimal import Decimal
+from typing import Any
+
+import structlog
+
+from worker.db import accounts
+from worker.db.pool import connect
+from worker.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+DEMO_EMAIL = "demo@signal-worker.local"
+
+# Four agents of different temperaments; configs are deep-merged over the defaults.
+DEMO_AGENTS: list[tuple[str, Decimal, dict[str, Any] | None]] = [
+    ("Steady (all defaults)", Decimal(10), None),
+    (
+        "Momentum (aggressive take profit, exponential trailing stop, DCA)",
+        Decimal(25),
+        {
+            "stopLoss": {"mode": "exponential"},
+            "takeProfit": {"enabled": True, "mode": "aggressive"},
+            "dca": {"enabled": True, "mode": "aggressive"},
+        },
+    ),
+    (
+        "Picky (strength 4+, metric bounds, zoned stop)",
+        Decimal(6),
+        {
+            "signals": {"minScore": 4, "marketCapMin": 100000, "liquidityMin": 20000},
+            "stopLoss": {"mode": "zones", "defaultPercentage": -20},
+        },
+    ),
+    (
+        "Small wallet (fixed stop, stale-trade exits)",
+        Decimal("1.5"),
+        {
+            "purchaseLimits": {"minimumAgentBalance": 0.2, "maxOpenPositions": 5},
+            "staleTrade": {"enabled": True, "minHoldTimeMinutes": 30},
+        },
+    ),
+]
+
+
+async def run(settings: Settings, args: argparse.Namespace) -> int:
+    """Create the demo user and agents unless they exist; print their ids."""
+    conn = await connect(settings.db, timeout_s=settings.startup_timeout_s)
+    try:
+        async with conn.transaction():
+            if getattr(args, "if_empty", False) and await accounts.count_users(conn) > 0:
+                print("seed-demo: the database already has users; nothing seeded")
+                return 0
+            user_id = await accounts.find_user(conn, DEMO_EMAIL)
+            created = user_id is None
+            if user_id is None:
+                user_id = await accounts.create_user(conn, DEMO_EMAIL)
+                for name, deposit, config in DEMO_AGENTS:
+                    await accounts.create_funded_agent(
+                        conn, user_id, name, deposit_sol=deposit, trading_config=config
+                    )
+            agents = await accounts.agents_of_user(conn, user_id)
+    finally:
+        await conn.close()
+    print(f"demo user {user_id} ({DEMO_EMAIL}){'' if created else ' already existed'}")
+    for agent in agents:
+        print(f"  agent {agent.agent_id}  wallet {agent.wallet_address}  {agent.name}")
+    print(f"publish a signal: signal-worker publish --user-id {user_id} "
+          "--token-address <mint> --price-usd 0.5")
+    log.info("demo_seeded", user_id=str(user_id), created=created, agents=len(agents))
+    return 0

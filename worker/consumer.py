@@ -1,0 +1,385 @@
+"""The aiokafka loop: decode, dead-letter, process each partition's batch exactly once.
+
+Exactly-once effects: for each partition's batch, the rows the records produce and the
+partition's next offset (`consumer_offsets`) are committed in one PostgreSQL transaction.
+On assignment the consumer seeks to the stored offset (else Kafka's committed offset, else
+the earliest), so a crash, a redelivery or a rebalance never applies a record twice. Kafka
+offsets are committed after the database commit only so that lag tools keep working.
+
+Partitions of a batch are processed concurrently, each on its own connection; the records
+of one partition in order. This module alone maps exceptions to ack, retry or dead-letter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import asyncpg
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
+from aiokafka.structs import ConsumerRecord, TopicPartition
+
+from worker.db.offsets import fetch_offsets, store_offset
+from worker.errors import InvalidMessage, WorkerError
+from worker.handlers import SignalOutcome, UnknownUser, handle_signal
+from worker.kafka import client_options
+from worker.messages import PriceTickV1, SignalV1, decode_price, decode_signal
+from worker.metrics import Metrics
+from worker.prices import handle_price
+from worker.retry import describe, is_transient, transient_retry
+from worker.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A record that cannot be processed, and why (`kind` is the metric label)."""
+
+    record: ConsumerRecord[bytes, bytes]
+    reason: str
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    record: ConsumerRecord[bytes, bytes]
+    message: SignalV1 | PriceTickV1
+
+
+class Readiness(Protocol):
+    """What `/readyz` asks the pipeline."""
+
+    def has_assignment(self) -> bool: ...
+
+
+def record_time(record: ConsumerRecord[Any, Any]) -> datetime:
+    """The record's Kafka timestamp as an aware UTC datetime."""
+    return datetime.fromtimestamp(record.timestamp / 1000, tz=UTC)
+
+
+class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
+    """Consumes the signal and price topics in one consumer group until told to stop."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        pool: asyncpg.Pool,
+        producer: AIOKafkaProducer,
+        metrics: Metrics,
+    ) -> None:
+        self._settings = settings
+        self._kafka = settings.kafka
+        self._pool = pool
+        self._producer = producer
+        self._metrics = metrics
+        self._lock = asyncio.Lock()
+        self._fatal: BaseException | None = None
+        self.consumer = AIOKafkaConsumer(
+            **client_options(self._kafka),
+            group_id=self._kafka.consumer_group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            max_poll_records=self._kafka.fetch_max_records,
+            fetch_max_bytes=16 * 1024 * 1024,
+            max_partition_fetch_bytes=2 * 1024 * 1024,
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=2_000,
+            rebalance_timeout_ms=30_000,
+            metadata_max_age_ms=30_000,
+        )
+
+    # ------------------------------------------------------------------ rebalance listener
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        """Wait for in-flight work so the next owner starts after our last commit."""
+        async with self._lock:
+            log.info("partitions_revoked", partitions=_names(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        """Seek every assigned partition to the offset stored with its effects."""
+        self._metrics.assigned_partitions.set(len(assigned))
+        if not assigned:
+            return
+        try:
+            stored = await self._stored_offsets()
+        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+            # Without the stored offsets the consumer would fall back to Kafka's committed
+            # ones; safe (effects are idempotent) but not what we promise: stop instead.
+            self._fatal = exc
+            log.error("stored_offsets_unreadable", error=describe(exc))
+            return
+        for tp in assigned:
+            offset = stored.get((tp.topic, tp.partition))
+            if offset is not None:
+                self.consumer.seek(tp, offset)
+        log.info(
+            "partitions_assigned",
+            partitions=_names(assigned),
+            stored={f"{t}:{p}": o for (t, p), o in stored.items()},
+        )
+
+    async def _stored_offsets(self) -> dict[tuple[str, int], int]:
+        async for attempt in transient_retry():
+            with attempt:
+                async with self._pool.acquire() as conn:
+                    return await fetch_offsets(
+                        conn,
+                        self._kafka.consumer_group,
+                        [self._kafka.signals_topic, self._kafka.prices_topic],
+                    )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # ------------------------------------------------------------------ main loop
+
+    def has_assignment(self) -> bool:
+        """True when this worker owns at least one partition."""
+        return bool(self.consumer.assignment())
+
+    def subscribe(self) -> None:
+        """Subscribe to the signal and price topics with this object as rebalance listener."""
+        self.consumer.subscribe(
+            [self._kafka.signals_topic, self._kafka.prices_topic], listener=self
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Fetch and process batches until `stop` is set; raises when a batch cannot be done."""
+        while not stop.is_set():
+            if self._fatal is not None:
+                raise WorkerError(f"cannot read stored offsets: {describe(self._fatal)}")
+            batch = await self.consumer.getmany(
+                timeout_ms=200, max_records=self._kafka.fetch_max_records
+            )
+            if not batch:
+                continue
+            async with self._lock:
+                async with asyncio.TaskGroup() as group:
+                    for tp, records in batch.items():
+                        if records:
+                            group.create_task(self._process_partition(tp, records))
+                self._metrics.db_pool_in_use.set(
+                    self._pool.get_size() - self._pool.get_idle_size()
+                )
+
+    # ------------------------------------------------------------------ one partition
+
+    async def _process_partition(
+        self, tp: TopicPartition, records: Sequence[ConsumerRecord[bytes, bytes]]
+    ) -> None:
+        started = time.perf_counter()
+        self._metrics.records_consumed.labels(tp.topic).inc(len(records))
+        items, dead = self._decode(tp, records)
+        if dead:
+            async for attempt in self._retrying():
+                with attempt:
+                    await self._dead_letter(dead)
+        next_offset = records[-1].offset + 1
+        outcomes: list[tuple[_Item, SignalOutcome | None]] = []
+        async for attempt in self._retrying():
+            with attempt:
+                outcomes = await self._commit_batch(tp, items, next_offset)
+        committed_at = time.time()
+        await self._commit_kafka(tp, next_offset)
+        self._observe(tp, records, outcomes, committed_at, started, next_offset)
+
+    def _retrying(self) -> Any:
+        return transient_retry(
+            attempts=self._settings.retry_max_attempts,
+            max_delay_s=self._settings.retry_max_delay_s,
+        )
+
+    def _decode(
+        self, tp: TopicPartition, records: Sequence[ConsumerRecord[bytes, bytes]]
+    ) -> tuple[list[_Item], list[DeadLetter]]:
+        items: list[_Item] = []
+        dead: list[DeadLetter] = []
+        is_signal = tp.topic == self._kafka.signals_topic
+        for record in records:
+            try:
+                message = decode_signal(record.value) if is_signal else decode_price(record.value)
+            except InvalidMessage as exc:
+                dead.append(DeadLetter(record, str(exc), "invalid"))
+                continue
+            items.append(_Item(record, message))
+        return items, dead
+
+    async def _commit_batch(
+        self, tp: TopicPartition, items: list[_Item], next_offset: int
+    ) -> list[tuple[_Item, SignalOutcome | None]]:
+        """One transaction: every item's effects and the partition's next offset."""
+        async with self._pool.acquire() as conn:
+            try:
+                async with conn.transaction():
+                    outcomes, dead = await self._apply(conn, items, isolated=False)
+                    await self._finish(conn, tp, next_offset, dead)
+                return outcomes
+            except asyncpg.PostgresError as exc:
+                if is_transient(exc):
+                    raise
+                log.warning("batch_failed_retrying_isolated", error=describe(exc))
+            # A record broke a constraint or hit a bug: redo the batch with a savepoint per
+            # record, so that only that record is dead-lettered and the others go through.
+            async with conn.transaction():
+                outcomes, dead = await self._apply(conn, items, isolated=True)
+                await self._finish(conn, tp, next_offset, dead)
+            return outcomes
+
+    async def _finish(
+        self,
+        conn: asyncpg.Connection,
+        tp: TopicPartition,
+        next_offset: int,
+        dead: list[DeadLetter],
+    ) -> None:
+        await store_offset(conn, self._kafka.consumer_group, tp.topic, tp.partition, next_offset)
+        if dead:
+            # Acknowledged by the broker before the offset moves past them (the commit).
+            await self._dead_letter(dead)
+
+    async def _apply(
+        self, conn: asyncpg.Connection, items: list[_Item], *, isolated: bool
+    ) -> tuple[list[tuple[_Item, SignalOutcome | None]], list[DeadLetter]]:
+        outcomes: list[tuple[_Item, SignalOutcome | None]] = []
+        dead: list[DeadLetter] = []
+        for item in items:
+            if not isolated:
+                outcome = await self._apply_one(conn, item, dead)
+                outcomes.append((item, outcome))
+                continue
+            try:
+                async with conn.transaction():
+                    outcome = await self._apply_one(conn, item, dead)
+                outcomes.append((item, outcome))
+            except asyncpg.PostgresError as exc:
+                if is_transient(exc):
+                    raise
+                dead.append(DeadLetter(item.record, f"database rejected it: {describe(exc)}",
+                                       "database"))
+                log.error("record_rejected_by_database", error=describe(exc),
+                          **_coordinates(item.record))
+        return outcomes, dead
+
+    async def _apply_one(
+        self, conn: asyncpg.Connection, item: _Item, dead: list[DeadLetter]
+    ) -> SignalOutcome | None:
+        record = item.record
+        if isinstance(item.message, SignalV1):
+            signal = item.message.to_domain(
+                coordinates=f"{record.topic}:{record.partition}:{record.offset}",
+                received_at=record_time(record),
+            )
+            try:
+                return await handle_signal(
+                    conn, signal, trading=self._settings.trading, now=datetime.now(UTC)
+                )
+            except UnknownUser as exc:
+                dead.append(DeadLetter(record, str(exc), "unknown_user"))
+                return None
+        exits = await handle_price(
+            conn, item.message, settings=self._settings, now=datetime.now(UTC),
+            received_at=record_time(record),
+        )
+        for reason, count in exits.items():
+            self._metrics.exits.labels(reason).inc(count)
+        return None
+
+    # ------------------------------------------------------------------ dead letters
+
+    async def _dead_letter(self, dead: list[DeadLetter]) -> None:
+        """Produce each record unchanged with the reason headers and wait for the acks."""
+        futures = []
+        for d in dead:
+            r = d.record
+            headers = [
+                *[(k, v) for k, v in (r.headers or ()) if k not in _DLQ_HEADERS],
+                ("error", d.reason.encode("utf-8", "replace")[:4000]),
+                ("original-topic", r.topic.encode()),
+                ("original-partition", str(r.partition).encode()),
+                ("original-offset", str(r.offset).encode()),
+            ]
+            futures.append(
+                await self._producer.send(
+                    self._kafka.dlq_topic, value=r.value, key=r.key, headers=headers,
+                    timestamp_ms=r.timestamp,
+                )
+            )
+        await asyncio.gather(*futures)
+        for d in dead:
+            self._metrics.dead_letters.labels(d.kind).inc()
+            log.warning("record_dead_lettered", reason=d.reason, kind=d.kind,
+                        **_coordinates(d.record))
+
+    # ------------------------------------------------------------------ after the commit
+
+    async def _commit_kafka(self, tp: TopicPartition, next_offset: int) -> None:
+        try:
+            await self.consumer.commit({tp: next_offset})
+        except KafkaError as exc:
+            # The database holds the truth; a lost Kafka commit only delays lag reporting.
+            log.warning("kafka_commit_failed", error=describe(exc), topic=tp.topic,
+                        partition=tp.partition)
+
+    def _observe(
+        self,
+        tp: TopicPartition,
+        records: Sequence[ConsumerRecord[bytes, bytes]],
+        outcomes: list[tuple[_Item, SignalOutcome | None]],
+        committed_at: float,
+        started: float,
+        next_offset: int,
+    ) -> None:
+        self._metrics.batch_seconds.observe(time.perf_counter() - started)
+        for record in records:
+            self._metrics.latency.observe(max(0.0, committed_at - record.timestamp / 1000))
+        highwater = self.consumer.highwater(tp)
+        if highwater is not None:
+            self._metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
+                max(0, highwater - next_offset)
+            )
+        for item, outcome in outcomes:
+            if outcome is not None:
+                self._log_signal(item.record, outcome, committed_at)
+
+    def _log_signal(
+        self, record: ConsumerRecord[bytes, bytes], outcome: SignalOutcome, committed_at: float
+    ) -> None:
+        latency_ms = round((committed_at - record.timestamp / 1000) * 1000, 1)
+        bound = log.bind(signal_id=outcome.signal_id, **_coordinates(record))
+        counts: dict[str, int] = {}
+        for agent in outcome.outcomes:
+            status = agent.decision.status.value
+            counts[status] = counts.get(status, 0) + 1
+            self._metrics.executions.labels(status).inc()
+            bound.info(
+                "agent_decided",
+                agent_id=str(agent.agent_id),
+                status=status,
+                reason=agent.decision.reason,
+                transaction_id=str(agent.transaction_id) if agent.transaction_id else None,
+                latency_ms=latency_ms,
+            )
+        bound.info(
+            "signal_processed",
+            is_new_signal=outcome.is_new_signal,
+            executions=counts,
+            already_executed=outcome.already_done,
+            latency_ms=latency_ms,
+        )
+
+
+_DLQ_HEADERS = frozenset({"error", "original-topic", "original-partition", "original-offset"})
+
+
+def _coordinates(record: ConsumerRecord[Any, Any]) -> dict[str, Any]:
+    return {"topic": record.topic, "partition": record.partition, "offset": record.offset}
+
+
+def _names(tps: set[TopicPartition]) -> list[str]:
+    return sorted(f"{tp.topic}:{tp.partition}" for tp in tps)

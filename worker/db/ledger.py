@@ -1,0 +1,98 @@
+"""The ledger invariants of contract section 6, as queries that return every violation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+
+from worker.domain.models import SOL_MINT
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """One broken invariant: its number in contract section 6 and the rows involved."""
+
+    invariant: int
+    message: str
+
+
+DUPLICATE_EXECUTIONS = """
+SELECT signal_id, agent_id, count(*) AS n FROM signal_executions
+ GROUP BY signal_id, agent_id HAVING count(*) > 1 ORDER BY signal_id, agent_id
+"""
+DUPLICATE_SIGNALS = """
+SELECT user_id, idempotency_key, count(*) AS n, array_agg(id ORDER BY id) AS ids
+  FROM trading_signals WHERE user_id IS NOT NULL
+ GROUP BY user_id, idempotency_key HAVING count(*) > 1 ORDER BY user_id, idempotency_key
+"""
+EXECUTION_TRANSACTIONS = """
+SELECT e.id, e.signal_id, e.agent_id, e.status, e.transaction_id, t.id AS tx_found,
+       t.signal_id AS tx_signal_id
+  FROM signal_executions e LEFT JOIN agent_transactions t ON t.id = e.transaction_id
+ WHERE (e.status = 'success' AND (t.id IS NULL OR t.signal_id IS DISTINCT FROM e.signal_id))
+    OR (e.status <> 'success' AND e.transaction_id IS NOT NULL)
+ ORDER BY e.signal_id, e.agent_id
+"""
+# Every transaction as signed balance moves per (wallet, token); compared with the balances.
+BALANCE_MISMATCHES = """
+WITH moves AS (
+    SELECT wallet_address, output_mint AS token, output_amount AS amount
+      FROM agent_transactions
+     WHERE transaction_type IN ('DEPOSIT', 'SWAP') AND output_mint IS NOT NULL
+    UNION ALL
+    SELECT wallet_address, input_mint, -input_amount
+      FROM agent_transactions
+     WHERE transaction_type IN ('SWAP', 'WITHDRAWAL', 'BURN') AND input_mint IS NOT NULL
+    UNION ALL
+    SELECT wallet_address, $1, -(coalesce(network_fee_sol, 0) + coalesce(protocol_fee_sol, 0))
+      FROM agent_transactions WHERE transaction_type = 'SWAP'
+), expected AS (
+    SELECT wallet_address, token, sum(amount) AS amount
+      FROM moves WHERE wallet_address IS NOT NULL GROUP BY wallet_address, token
+)
+SELECT coalesce(b.wallet_address, e.wallet_address) AS wallet_address,
+       coalesce(b.token_address, e.token) AS token_address,
+       b.balance, coalesce(e.amount, 0) AS expected
+  FROM agent_balances b
+  FULL JOIN expected e ON e.wallet_address = b.wallet_address AND e.token = b.token_address
+ WHERE coalesce(b.balance, 0) <> coalesce(e.amount, 0) OR b.balance < 0
+ ORDER BY 1, 2
+"""
+POSITION_MISMATCHES = """
+SELECT p.id, p.agent_id, p.wallet_address, p.token_address,
+       coalesce(p.remaining_amount, p.purchase_amount) AS remaining, b.balance
+  FROM agent_positions p
+  LEFT JOIN agent_balances b
+         ON b.wallet_address = p.wallet_address AND b.token_address = p.token_address
+ WHERE coalesce(p.remaining_amount, p.purchase_amount) IS DISTINCT FROM coalesce(b.balance, 0)
+ ORDER BY p.id
+"""
+
+
+async def find_violations(conn: asyncpg.Connection) -> list[Violation]:
+    """Every violation of the ledger invariants on this database, in invariant order."""
+    found: list[Violation] = []
+    for r in await conn.fetch(DUPLICATE_EXECUTIONS):
+        found.append(Violation(1, f"{r['n']} executions for signal {r['signal_id']} "
+                                  f"and agent {r['agent_id']}"))
+    for r in await conn.fetch(DUPLICATE_SIGNALS):
+        found.append(Violation(1, f"signals {list(r['ids'])} share user {r['user_id']} and "
+                                  f"idempotency key {r['idempotency_key']!r}"))
+    for r in await conn.fetch(EXECUTION_TRANSACTIONS):
+        if r["status"] == "success":
+            what = ("references no transaction" if r["tx_found"] is None else
+                    f"references transaction {r['transaction_id']} of signal {r['tx_signal_id']}")
+        else:
+            what = f"is {r['status']} but references transaction {r['transaction_id']}"
+        found.append(Violation(2, f"execution {r['id']} (signal {r['signal_id']}, agent "
+                                  f"{r['agent_id']}) {what}"))
+    for r in await conn.fetch(BALANCE_MISMATCHES, SOL_MINT):
+        found.append(Violation(3, f"wallet {r['wallet_address']} token {r['token_address']}: "
+                                  f"balance {r['balance']} but its transactions give "
+                                  f"{r['expected']}"))
+    for r in await conn.fetch(POSITION_MISMATCHES):
+        found.append(Violation(4, f"position {r['id']} (agent {r['agent_id']}, wallet "
+                                  f"{r['wallet_address']}, token {r['token_address']}) has "
+                                  f"{r['remaining']} remaining but the balance is {r['balance']}"))
+    return found

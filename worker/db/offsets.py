@@ -1,0 +1,49 @@
+"""Kafka offsets kept in PostgreSQL, written in the same transaction as the rows they produced."""
+
+from __future__ import annotations
+
+import asyncpg
+
+STORE_OFFSET = """
+INSERT INTO consumer_offsets (consumer_group, topic, partition, next_offset, updated_at)
+VALUES ($1, $2, $3, $4, now())
+ON CONFLICT (consumer_group, topic, partition) DO UPDATE
+   SET next_offset = GREATEST(consumer_offsets.next_offset, EXCLUDED.next_offset),
+       updated_at = now()
+"""
+
+
+async def store_offset(
+    conn: asyncpg.Connection, group: str, topic: str, partition: int, next_offset: int
+) -> None:
+    """Record `next_offset` (the first record not yet processed); never moves backwards."""
+    await conn.execute(STORE_OFFSET, group, topic, partition, next_offset)
+
+
+FETCH_OFFSETS = """
+SELECT topic, partition, next_offset FROM consumer_offsets
+ WHERE consumer_group = $1 AND topic = ANY($2::text[])
+"""
+
+
+async def fetch_offsets(
+    conn: asyncpg.Connection, group: str, topics: list[str]
+) -> dict[tuple[str, int], int]:
+    """Stored next offsets of `group` by (topic, partition)."""
+    rows = await conn.fetch(FETCH_OFFSETS, group, topics)
+    return {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
+
+
+SET_OFFSET = """
+INSERT INTO consumer_offsets (consumer_group, topic, partition, next_offset, updated_at)
+VALUES ($1, $2, $3, $4, now())
+ON CONFLICT (consumer_group, topic, partition) DO UPDATE
+   SET next_offset = EXCLUDED.next_offset, updated_at = now()
+"""
+
+
+async def set_offset(
+    conn: asyncpg.Connection, group: str, topic: str, partition: int, next_offset: int
+) -> None:
+    """Set the stored offset to exactly `next_offset`, backwards too (the reset command)."""
+    await conn.execute(SET_OFFSET, group, topic, partition, next_offset)

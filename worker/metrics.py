@@ -1,0 +1,59 @@
+"""Prometheus metrics of the worker (served on `/metrics`). Names are part of the dashboard."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    """Every metric, on a registry of its own (tests and several apps in one process)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.records_consumed = Counter(
+            "signal_worker_records_consumed", "Records consumed, by topic", ["topic"], registry=r
+        )
+        self.executions = Counter(
+            "signal_worker_executions",
+            "Signal executions written, by status",
+            ["status"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "signal_worker_dead_letters",
+            "Records sent to the dead-letter topic, by reason kind",
+            ["reason"],
+            registry=r,
+        )
+        self.exits = Counter(
+            "signal_worker_exits", "Positions fully closed, by close reason", ["close_reason"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "signal_worker_end_to_end_latency_seconds",
+            "From a record's Kafka timestamp to the commit of its effects",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "signal_worker_batch_seconds",
+            "Time to process one partition's batch, transaction included",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "signal_worker_consumer_lag",
+            "Records between the last processed offset and the partition's end",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.db_pool_in_use = Gauge(
+            "signal_worker_db_pool_in_use", "Database connections in use", registry=r
+        )
+        self.retries = Counter(
+            "signal_worker_retries", "Retries after transient errors", registry=r
+        )
+        self.assigned_partitions = Gauge(
+            "signal_worker_assigned_partitions", "Partitions assigned to this worker", registry=r
+        )
