@@ -14,7 +14,7 @@
 set -euo pipefail
 
 # Kafka 4.4.0, the newest 4.x release on Maven Central. aiokafka 0.14 speaks only the classic
-# consumer-group protocol, which 4.x still serves; tests/integration/test_kafka_groups.py
+# consumer-group protocol, which 4.x still serves; tests/integration/test_exactly_once.py
 # fails at once if a broker upgrade breaks it (see README, "Kafka version").
 KAFKA_VERSION=${KAFKA_VERSION:-4.4.0}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -80,7 +80,7 @@ external_pg() {
 # ---------------------------------------------------------------------------- Kafka
 
 KAFKA_DIR=$SERVICES_DIR/kafka
-KAFKA_LIB=$SERVICES_DIR/kafka-$KAFKA_VERSION/lib
+KAFKA_LIB=${KAFKA_CACHE_DIR:-$ROOT/.services}/kafka-$KAFKA_VERSION/lib
 KAFKA_PID=$SERVICES_DIR/kafka.pid
 KAFKA_LOG=$KAFKA_DIR/server.log
 
@@ -89,7 +89,7 @@ kafka_fetch() {
     command -v java >/dev/null || die "java not found: Kafka $KAFKA_VERSION needs Java 17 or newer"
     command -v mvn >/dev/null || die "mvn not found: it fetches the Kafka jars from Maven Central"
     log "kafka: fetching org.apache.kafka:kafka_2.13:$KAFKA_VERSION and its dependencies from Maven Central"
-    local build=$SERVICES_DIR/kafka-$KAFKA_VERSION/pom
+    local build=$(dirname "$KAFKA_LIB")/pom
     mkdir -p "$build"
     cat >"$build/pom.xml" <<EOF
 <project xmlns="http://maven.apache.org/POM/4.0.0">

@@ -215,3 +215,53 @@ def make_settings(services: Services, db_url: str, topics: Topics, **overrides: 
         **overrides,
     }
     return Settings(**fields)
+
+
+@dataclass(frozen=True)
+class OwnServices:
+    """A PostgreSQL and a Kafka of the tests' own that fault tests may stop and start.
+
+    Started by `scripts/services.sh` on other ports and in another folder than the shared
+    ones, so stopping them disturbs no other test.
+    """
+
+    services: Services
+    env: dict[str, str]
+
+    def run(self, *args: str) -> None:
+        """`scripts/services.sh ARGS` for these services."""
+        subprocess.run([str(SERVICES_SCRIPT), *args], env=self.env, check=True,
+                       capture_output=True)
+
+    def stop(self, name: str) -> None:
+        """Stop `kafka` or `postgres`."""
+        self.run("stop", name)
+
+    def start(self, name: str) -> None:
+        """Start `kafka` or `postgres` again (same data)."""
+        self.run("start", name)
+
+
+@pytest.fixture(scope="session")
+def own_services(services: Services) -> Iterator[OwnServices]:
+    """Restartable services of the tests' own; skips where services come from outside."""
+    if services.source != "local":
+        pytest.skip(f"services come from {services.source}; they cannot be stopped and "
+                    "started by the tests")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS")}
+    env.update(
+        SERVICES_DIR=str(ROOT / ".services" / "faults"),
+        LOCAL_PG_PORT="15432",
+        LOCAL_KAFKA_PORT="19092",
+        LOCAL_KAFKA_CONTROLLER_PORT="19093",
+        LOCAL_KAFKA_SASL_PORT="19094",
+    )
+    own = OwnServices(
+        Services("postgresql://postgres@127.0.0.1:15432/signals", "127.0.0.1:19092", "own",
+                 restartable=True),
+        env,
+    )
+    own.run("up")
+    yield own
+    own.run("down")

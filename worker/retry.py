@@ -76,7 +76,7 @@ def transient_retry(*, attempts: int = 5, max_delay_s: float = 60.0) -> AsyncRet
     return AsyncRetrying(
         retry=retry_if_exception(is_transient),
         stop=stop_after_attempt(attempts) | stop_after_delay(max_delay_s),
-        wait=wait_exponential_jitter(initial=0.2, max=5.0),
+        wait=wait_exponential_jitter(multiplier=0.2, max=5.0, jitter=0.2),
         reraise=True,
         before_sleep=_log_retry,
     )
@@ -87,7 +87,7 @@ def startup_retry(timeout_s: float) -> AsyncRetrying:
     return AsyncRetrying(
         retry=retry_if_exception(is_transient),
         stop=stop_after_delay(timeout_s),
-        wait=wait_exponential_jitter(initial=0.5, max=3.0),
+        wait=wait_exponential_jitter(multiplier=0.5, max=3.0, jitter=0.5),
         reraise=True,
         before_sleep=_log_retry,
     )

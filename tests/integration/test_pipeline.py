@@ -78,7 +78,8 @@ RULES = [
     Rule("live_mode", None, "failed", "live trading is not available in this worker",
          {"trading_mode": "live"}),
     Rule("invalid_config", {"signals": {"minScore": "high"}}, "failed",
-         "invalid trading_config: signals.minScore: Input should be a valid integer"),
+         "invalid trading_config: signals.minScore: Input should be a valid integer, unable to "
+         "parse string as an integer"),
 ]
 
 

@@ -33,7 +33,7 @@ async def connect(db: DbSettings, *, timeout_s: float) -> asyncpg.Connection:
                 )
                 await _init_connection(conn)
                 return conn
-    except Exception as exc:
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise _unavailable(db, exc) from exc
     raise AssertionError("unreachable")  # pragma: no cover
 
@@ -52,7 +52,7 @@ async def create_pool(db: DbSettings, *, timeout_s: float) -> asyncpg.Pool:
                     init=_init_connection,
                 )
                 return pool
-    except Exception as exc:
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise _unavailable(db, exc) from exc
     raise AssertionError("unreachable")  # pragma: no cover
 

@@ -1,0 +1,114 @@
+"""Exactly once across crashes and group changes: worker processes, a real broker and database."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import asyncpg
+import pytest
+
+from tests.conftest import Services, Topics, create_test_topics, delete_topics, make_settings
+from tests.support import (
+    TOKEN_A,
+    TOKEN_B,
+    TOKEN_C,
+    Account,
+    WorkerProcess,
+    count,
+    env_for,
+    make_account,
+    publish,
+    set_sol_price,
+    signal_message,
+    wait_for_count,
+)
+from worker.db.ledger import find_violations
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+TOKENS = [TOKEN_A, TOKEN_B, TOKEN_C]
+
+
+async def _accounts(conn: asyncpg.Connection, users: int, agents: int) -> list[Account]:
+    await set_sol_price(conn, "100")
+    return [await make_account(conn, [None] * agents) for _ in range(users)]
+
+
+def _stream(accounts: list[Account], per_user: int) -> list[dict[str, object]]:
+    messages: list[dict[str, object]] = []
+    for i in range(per_user):
+        for a in accounts:
+            messages.append(signal_message(a.user_id, TOKENS[i % 3], idempotency_key=f"s{i}",
+                                           signal_strength=1 + i % 5))
+    return messages
+
+
+async def _assert_exactly_once(conn: asyncpg.Connection, signals: int, agents: int) -> None:
+    assert await conn.fetchval("SELECT count(*) FROM trading_signals") == signals
+    assert await conn.fetchval("SELECT count(*) FROM signal_executions") == signals * agents
+    assert await conn.fetchval(
+        "SELECT count(*) FROM (SELECT signal_id, agent_id FROM signal_executions "
+        "GROUP BY 1, 2 HAVING count(*) > 1) d") == 0
+    # Every signal reached every agent of its user: no gap.
+    assert await conn.fetchval(
+        "SELECT count(*) FROM (SELECT signal_id FROM signal_executions GROUP BY 1 "
+        "HAVING count(*) <> $1) g", agents) == 0
+    assert await find_violations(conn) == []
+
+
+async def test_sigkill_mid_stream_and_restart_executes_each_pair_once(
+    services: Services, db_url: str, topics: Topics, db_conn: asyncpg.Connection
+) -> None:
+    users, agents, per_user = 5, 10, 100  # 500 signals x 10 agents
+    accounts = await _accounts(db_conn, users, agents)
+    env = env_for(make_settings(services, db_url, topics))
+    worker = WorkerProcess(env).start()
+    await worker.wait_started()
+    await publish(services.kafka_bootstrap, topics.signals, _stream(accounts, per_user))
+    killed_at = 0
+    try:
+        await wait_for_count(db_url, "SELECT count(*) FROM signal_executions", 1000)
+        await asyncio.sleep(random.uniform(0, 0.3))
+        worker.kill()
+        killed_at = await count(db_url, "SELECT count(*) FROM signal_executions")
+        worker = WorkerProcess(env).start()
+        await worker.wait_started()
+        await wait_for_count(db_url, "SELECT count(*) FROM signal_executions",
+                             users * per_user * agents, timeout_s=120)
+    finally:
+        code = worker.terminate()
+    assert code == 0, worker.tail()
+    assert killed_at < users * per_user * agents, "the kill came after the end of the stream"
+    print(f"killed with {killed_at} executions written; restarted; "
+          f"{users * per_user * agents} in the end")
+    await _assert_exactly_once(db_conn, users * per_user, agents)
+
+
+async def test_group_of_two_then_three_workers_has_no_duplicate_and_no_gap(
+    services: Services, db_url: str, db_conn: asyncpg.Connection
+) -> None:
+    topics = await create_test_topics(services, partitions=6)
+    users, agents, per_user = 6, 5, 60
+    accounts = await _accounts(db_conn, users, agents)
+    env = env_for(make_settings(services, db_url, topics))
+    stream = _stream(accounts, per_user)
+    workers = [WorkerProcess(env).start(), WorkerProcess(env).start()]
+    try:
+        for w in workers:
+            await w.wait_started()
+        await publish(services.kafka_bootstrap, topics.signals, stream[: len(stream) // 2])
+        await wait_for_count(db_url, "SELECT count(*) FROM signal_executions", 200)
+        third = WorkerProcess(env).start()
+        workers.append(third)
+        await third.wait_started()
+        await publish(services.kafka_bootstrap, topics.signals, stream[len(stream) // 2:])
+        await wait_for_count(db_url, "SELECT count(*) FROM signal_executions",
+                             len(stream) * agents, timeout_s=120)
+    finally:
+        codes = [w.terminate() for w in workers]
+        await delete_topics(services.kafka_bootstrap, [topics.signals, topics.prices, topics.dlq])
+    assert codes == [0, 0, 0], "\n---\n".join(w.tail() for w in workers)
+    # The third worker took over partitions: it wrote some of the stream too.
+    assert any('"partitions_assigned"' in line and "signals:" in line for line in workers[2].lines)
+    await _assert_exactly_once(db_conn, len(stream), agents)
