@@ -1,0 +1,290 @@
+"""Take profit: levels, batches, the moon bag, caps, full exits and realized P/L."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from worker.domain.config import AgentTradingConfig, resolve_config
+from worker.domain.exits import (
+    TakeProfitOutcome,
+    apply_take_profit,
+    evaluate_take_profit,
+    take_profit_pnl,
+)
+from worker.domain.models import PositionState
+
+T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
+AVG = Decimal("0.001")
+
+# Moderate (the default): targets 50/150/300/400 % selling 25/25/25/15 % of the purchase
+# amount, moon bag of 10 % once the gain reaches 300 % or the last level.
+MODERATE = resolve_config({"takeProfit": {"enabled": True}})
+
+
+def make_position(**changes: Any) -> PositionState:
+    position = PositionState(
+        purchase_price=AVG,
+        purchase_amount=Decimal(1000),
+        total_invested_sol=Decimal("1.00001"),
+        created_at=T0,
+    )
+    return dataclasses.replace(position, **changes)
+
+
+def at_gain(percent: int | str) -> Decimal:
+    """The SOL price that is `percent` % above the 0.001 average."""
+    return AVG * (1 + Decimal(percent) / 100)
+
+
+def evaluate(
+    position: PositionState, gain: int | str, cfg: AgentTradingConfig = MODERATE
+) -> TakeProfitOutcome:
+    outcome = evaluate_take_profit(position, at_gain(gain), cfg)
+    assert outcome is not None
+    return outcome
+
+
+def test_first_level_sells_a_quarter_of_the_purchase() -> None:
+    # +60 %: only the 50 % level is reached; 25 % of 1000 = 250 tokens, 750 remain.
+    outcome = evaluate(make_position(), 60)
+    assert [level.target_percent for level in outcome.levels] == [50]
+    assert outcome.sell_amount == Decimal(250)
+    assert outcome.remaining_amount == Decimal(750)
+    assert outcome.levels_hit == 1
+    assert not outcome.moon_bag_activated
+    assert outcome.moon_bag_amount is None
+    assert not outcome.is_full_exit
+    assert outcome.gain_pct == Decimal(60)
+
+
+def test_below_the_next_level_nothing_happens() -> None:
+    assert evaluate_take_profit(make_position(), at_gain(49), MODERATE) is None
+    assert (
+        evaluate_take_profit(make_position(take_profit_levels_hit=1), at_gain(149), MODERATE)
+        is None
+    )
+
+
+def test_a_jump_fires_every_level_reached_and_keeps_the_moon_bag() -> None:
+    # +400 % from nothing sold: 25+25+25+15 = 90 % = 900 tokens; the bag (10 % = 100) activates
+    # (gain >= 300 and the last level), leaving 1000 - 100 = 900 to sell: all 900 go.
+    outcome = evaluate(make_position(), 400)
+    assert [level.target_percent for level in outcome.levels] == [50, 150, 300, 400]
+    assert outcome.sell_amount == Decimal(900)
+    assert outcome.remaining_amount == Decimal(100)
+    assert outcome.levels_hit == 4
+    assert outcome.is_moon_bag_activation
+    assert outcome.moon_bag_activated
+    assert outcome.moon_bag_amount == Decimal(100)
+    assert not outcome.is_full_exit
+
+
+def test_the_bag_trigger_reserves_tokens_before_the_last_level() -> None:
+    # After level 1 (750 left), +300 % fires 150 and 300: 50 % = 500 tokens. The bag activates
+    # at the 300 % trigger (100 tokens); 750 - 100 = 650 available, so 500 are sold.
+    outcome = evaluate(make_position(remaining_amount=Decimal(750), take_profit_levels_hit=1), 300)
+    assert outcome.sell_amount == Decimal(500)
+    assert outcome.remaining_amount == Decimal(250)
+    assert outcome.levels_hit == 3
+    assert outcome.is_moon_bag_activation
+
+
+def test_the_last_level_sells_down_to_the_bag() -> None:
+    # 250 left with a 100-token bag active: the 400 % level wants 15 % = 150 = 250 - 100.
+    position = make_position(
+        remaining_amount=Decimal(250),
+        take_profit_levels_hit=3,
+        moon_bag_activated=True,
+        moon_bag_amount=Decimal(100),
+    )
+    outcome = evaluate(position, 400)
+    assert outcome.sell_amount == Decimal(150)
+    assert outcome.remaining_amount == Decimal(100)
+    assert outcome.levels_hit == 4
+    assert not outcome.is_moon_bag_activation
+    assert outcome.moon_bag_amount == Decimal(100)
+    assert not outcome.is_full_exit
+
+
+def test_exhausted_levels_do_nothing() -> None:
+    position = make_position(remaining_amount=Decimal(100), take_profit_levels_hit=4)
+    assert evaluate_take_profit(position, at_gain(1000), MODERATE) is None
+
+
+def test_nothing_to_sell_but_the_bag_does_nothing_and_stores_no_bag() -> None:
+    # 100 left, level 4 reached, the bag (100) would activate: nothing is available to sell.
+    position = make_position(remaining_amount=Decimal(100), take_profit_levels_hit=3)
+    assert evaluate_take_profit(position, at_gain(400), MODERATE) is None
+
+
+def test_the_sale_is_capped_at_what_is_held() -> None:
+    # Only 200 held (e.g. after a manual partial sale): the 250 wanted is cut to 200.
+    outcome = evaluate(make_position(remaining_amount=Decimal(200)), 60)
+    assert outcome.sell_amount == Decimal(200)
+    assert outcome.remaining_amount == 0
+    assert outcome.is_full_exit
+
+
+def test_levels_restart_from_the_batch_after_a_dca() -> None:
+    # After a DCA at 2 levels hit: batch start 2, total 2 + 4 = 6; +60 % on the new average
+    # fires config level 0 (50 %) again, of the (new) purchase amount.
+    position = make_position(
+        purchase_amount=Decimal(2000),
+        remaining_amount=Decimal(1500),
+        take_profit_levels_hit=2,
+        tp_batch_start_level=2,
+        total_take_profit_levels=6,
+    )
+    outcome = evaluate(position, 60)
+    assert [level.target_percent for level in outcome.levels] == [50]
+    assert outcome.sell_amount == Decimal(500)
+    assert outcome.levels_hit == 3
+
+
+def test_a_batch_never_fires_past_the_stored_total() -> None:
+    position = make_position(take_profit_levels_hit=1, total_take_profit_levels=2)
+    outcome = evaluate(position, 1000)
+    assert [level.target_percent for level in outcome.levels] == [150]
+    assert outcome.is_moon_bag_activation  # the last level of the total is reached
+
+
+def test_full_exit_without_a_moon_bag() -> None:
+    cfg = resolve_config(
+        {
+            "takeProfit": {
+                "enabled": True,
+                "mode": "custom",
+                "levels": [
+                    {"targetPercent": 50, "sellPercent": 50},
+                    {"targetPercent": 100, "sellPercent": 50},
+                ],
+                "moonBag": {"enabled": False},
+            }
+        }
+    )
+    outcome = evaluate(make_position(), 120, cfg)
+    assert outcome.sell_amount == Decimal(1000)
+    assert outcome.remaining_amount == 0
+    assert outcome.is_full_exit
+    assert not outcome.moon_bag_activated
+
+
+def test_dust_left_by_rounding_is_sold_with_the_last_level() -> None:
+    cfg = resolve_config(
+        {
+            "takeProfit": {
+                "enabled": True,
+                "mode": "custom",
+                "levels": [
+                    {"targetPercent": 50, "sellPercent": 50},
+                    {"targetPercent": 100, "sellPercent": 50},
+                ],
+                "moonBag": {"enabled": False},
+            }
+        }
+    )
+    position = make_position(purchase_amount=Decimal("1.000000000000000001"))
+    first = evaluate(position, 60, cfg)
+    assert first.sell_amount == Decimal("0.5")  # 0.5000000000000000005 rounded down
+    after = dataclasses.replace(
+        position, remaining_amount=first.remaining_amount, take_profit_levels_hit=first.levels_hit
+    )
+    last = evaluate(after, 110, cfg)
+    assert last.sell_amount == Decimal("0.500000000000000001")  # 1e-18 of dust swept along
+    assert last.is_full_exit
+
+
+def test_preset_modes_use_their_template_levels() -> None:
+    aggressive = resolve_config({"takeProfit": {"enabled": True, "mode": "aggressive"}})
+    outcome = evaluate(make_position(), 30, aggressive)
+    assert [level.target_percent for level in outcome.levels] == [25]
+    assert evaluate_take_profit(make_position(), at_gain(30), MODERATE) is None
+
+
+def test_disabled_take_profit_does_nothing() -> None:
+    assert evaluate_take_profit(make_position(), at_gain(1000), resolve_config(None)) is None
+
+
+def test_partial_sale_pnl_is_proportional_to_the_cost() -> None:
+    # Sold 250 of 1000 tokens that cost 1.00001 SOL: cost share 0.2500025; credit 0.3745.
+    assert take_profit_pnl(make_position(), Decimal(250), Decimal("0.3745")) == Decimal("0.1244975")
+
+
+def test_apply_take_profit_updates_the_position() -> None:
+    position = make_position()
+    outcome = evaluate(position, 400)
+    after = apply_take_profit(position, outcome, Decimal("4.5"))
+    assert after.remaining_amount == Decimal(100)
+    assert after.take_profit_levels_hit == 4
+    assert after.moon_bag_activated
+    assert after.moon_bag_amount == Decimal(100)
+    # 900 of 1000 sold: cost share 0.900009; 4.5 - 0.900009 = 3.599991.
+    assert after.realized_profit_sol == Decimal("3.599991")
+    assert after.take_profit_proceeds_sol == Decimal("4.5")
+    assert after.purchase_price == position.purchase_price
+    assert after.total_invested_sol == position.total_invested_sol
+
+
+amounts = st.decimals(min_value=Decimal("0.000001"), max_value=Decimal(10**9), places=18)
+gains = st.integers(min_value=-90, max_value=2000)
+bag_configs = st.sampled_from(
+    [
+        MODERATE,
+        resolve_config({"takeProfit": {"enabled": True, "mode": "aggressive"}}),
+        resolve_config(
+            {
+                "takeProfit": {
+                    "enabled": True,
+                    "mode": "conservative",
+                    "moonBag": {"retainPercent": 50},
+                }
+            }
+        ),
+        resolve_config({"takeProfit": {"enabled": True, "moonBag": {"enabled": False}}}),
+    ]
+)
+
+
+@given(
+    amount=amounts,
+    held_share=st.integers(min_value=0, max_value=100),
+    hit=st.integers(min_value=0, max_value=4),
+    bag_share=st.one_of(st.none(), st.integers(min_value=1, max_value=50)),
+    gain=gains,
+    cfg=bag_configs,
+)
+def test_sales_never_exceed_what_is_held_minus_the_bag(
+    amount: Decimal,
+    held_share: int,
+    hit: int,
+    bag_share: int | None,
+    gain: int,
+    cfg: AgentTradingConfig,
+) -> None:
+    held = (amount * held_share / 100).quantize(Decimal("1e-18"))
+    bag = None if bag_share is None else (amount * bag_share / 100).quantize(Decimal("1e-18"))
+    position = make_position(
+        purchase_amount=amount,
+        remaining_amount=held,
+        take_profit_levels_hit=hit,
+        moon_bag_activated=bag is not None,
+        moon_bag_amount=bag,
+    )
+    outcome = evaluate_take_profit(position, at_gain(gain), cfg)
+    if outcome is None:
+        return
+    reserve = (
+        outcome.moon_bag_amount if outcome.moon_bag_activated and outcome.moon_bag_amount else 0
+    )
+    assert 0 < outcome.sell_amount <= held - reserve
+    assert outcome.remaining_amount == held - outcome.sell_amount
+    assert outcome.remaining_amount >= reserve
+    assert outcome.levels_hit == hit + len(outcome.levels)
+    assert outcome.sell_amount.as_tuple().exponent >= -18
+    assert outcome.is_full_exit == (outcome.remaining_amount == 0)
