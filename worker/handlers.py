@@ -8,7 +8,6 @@ lock, and decides only for agents that have no execution yet: nothing is written
 
 from __future__ import annotations
 
-import functools
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -16,14 +15,14 @@ from decimal import Decimal
 from uuid import UUID
 
 import asyncpg
-import orjson
 
 from worker.db import agents as agents_db
 from worker.db import prices as prices_db
 from worker.db import signals as signals_db
 from worker.db import trades as trades_db
-from worker.domain.config import AgentTradingConfig, resolve_config
+from worker.config_cache import config_of
 from worker.domain.eligibility import decide_agent
+from worker.domain.exits import initial_stop_loss_pct
 from worker.domain.fills import BuyFill, buy_fill
 from worker.domain.models import SOL_MINT, SOL_SYMBOL, Decision, ExecutionStatus, Signal
 from worker.domain.sizing import sizing_seed
@@ -131,7 +130,7 @@ async def handle_signal(
                     purchase_amount=fill.token_amount,
                     total_invested_sol=fill.debit_sol,
                     stop_loss_pct=(
-                        cfg.stop_loss.default_percentage if cfg.stop_loss.enabled else None
+                        initial_stop_loss_pct(cfg) if cfg.stop_loss.enabled else None
                     ),
                     time=now,
                 ))
@@ -144,20 +143,6 @@ async def handle_signal(
     await trades_db.insert_positions(conn, positions)
     await signals_db.insert_executions(conn, rows)
     return outcome
-
-
-@functools.lru_cache(maxsize=4096)
-def _config_from_json(text: bytes) -> AgentTradingConfig:
-    return resolve_config(orjson.loads(text))
-
-
-def config_of(stored: object) -> AgentTradingConfig:
-    """The validated config of a stored `trading_config`, cached by its content.
-
-    Keyed by content, not by agent: a changed config is a new key and takes effect on the
-    next signal. Raises `InvalidConfig` like `resolve_config`.
-    """
-    return _config_from_json(orjson.dumps(stored, option=orjson.OPT_SORT_KEYS))
 
 
 async def _prices(conn: asyncpg.Connection, signal: Signal) -> _Prices:
@@ -195,11 +180,11 @@ def _fill(
         network_fee_sol=trading.network_fee_sol,
         protocol_fee_bps=trading.protocol_fee_bps,
     )
-    if fill.token_amount <= 0:
+    if fill.rejection is not None:
         return None, Decision(
             ExecutionStatus.FAILED,
             f"a buy of {decision.size_sol} SOL at {prices.token_usd} USD per token and "
-            f"{prices.sol_usd} USD per SOL would receive no tokens",
+            f"{prices.sol_usd} USD per SOL cannot be made: {fill.rejection}",
         )
     available = balance or Decimal(0)
     if fill.debit_sol > available:
@@ -237,4 +222,5 @@ def _buy_swap(
         output_price=fill.price_sol,
         network_fee_sol=fill.network_fee_sol,
         protocol_fee_sol=fill.protocol_fee_sol,
+        position_id=position_id(signal_id, agent_id),
     )

@@ -1,14 +1,49 @@
-"""What one price tick does: the latest price per token, then the exits it triggers."""
+"""What one price tick does: the latest price per token, then the exits of its positions.
+
+Runs inside the consumer's transaction (with the partition's offset), so a tick's effects
+are all written or none. A tick not newer than the stored price (by `ts`; a tick without
+`ts` takes its record timestamp) changes nothing at all, so a redelivered or replayed tick
+can never sell twice. Evaluation is set-based: one query reads every open position in the
+token, the plans are pure (`worker.domain.ticks`), and each kind of write is one statement.
+
+Positions that trade are locked and re-read first, wallets' SOL rows before positions and
+in address order, as every writer does. Positions that only trail (peak up, stop up, low
+down) are written with GREATEST/LEAST, which commute, so they need no lock.
+
+Only ticks of a position's own token evaluate it: a SOL/USD tick moves no position by
+itself (as in the source, where SOL/USD is only read when a token's price arrives).
+"""
 
 from __future__ import annotations
 
+import uuid
+from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 
 import asyncpg
+import structlog
 
+from worker.config_cache import config_of
+from worker.db import positions as positions_db
 from worker.db import prices as prices_db
+from worker.db import trades as trades_db
+from worker.domain.config import InvalidConfig
+from worker.domain.models import SOL_MINT, SOL_SYMBOL
+from worker.domain.ticks import Fees, TickPlan, plan_tick
 from worker.messages import PriceTickV1
 from worker.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(slots=True)
+class _Writes:
+    swaps: list[trades_db.SwapRow] = field(default_factory=list)
+    deltas: list[trades_db.BalanceDelta] = field(default_factory=list)
+    updates: list[positions_db.PositionWrite] = field(default_factory=list)
+    closed: list[positions_db.ClosedPosition] = field(default_factory=list)
+    trails: list[positions_db.TrailUpdate] = field(default_factory=list)
 
 
 async def handle_price(
@@ -19,8 +54,130 @@ async def handle_price(
     now: datetime,
     received_at: datetime,
 ) -> dict[str, int]:
-    """Store the tick unless an as-new one is stored; return full exits by close reason."""
-    del settings, now  # used by the exit evaluation
+    """Store the tick if newer and run the exits it triggers; full exits by close reason."""
     ts = tick.ts or received_at
-    await prices_db.upsert_price(conn, tick.token_address, tick.price_usd, ts)
-    return {}
+    if not await prices_db.upsert_price(conn, tick.token_address, tick.price_usd, ts):
+        return {}
+    if tick.token_address == SOL_MINT:
+        return {}
+    sol_usd = (await prices_db.fetch_prices(conn, [SOL_MINT])).get(SOL_MINT)
+    if sol_usd is None:
+        log.warning("exits_skipped_no_sol_price", token=tick.token_address)
+        return {}
+    positions = await positions_db.open_positions(conn, tick.token_address)
+    if not positions:
+        return {}
+    fees = Fees(settings.sim_network_fee_sol, settings.sim_protocol_fee_bps)
+    writes = _Writes()
+    acting: list[positions_db.OpenPosition] = []
+    for position in positions:
+        plan = _plan(position, tick.price_usd, sol_usd, now, fees)
+        if plan is None:
+            continue
+        if plan.moves_money:
+            acting.append(position)
+        else:
+            _trail(position, plan, writes)
+    if acting:
+        await positions_db.lock_wallets_sol(conn, [p.wallet_address for p in acting])
+        for position in await positions_db.lock_positions(
+            conn, tick.token_address, [p.id for p in acting]
+        ):
+            plan = _plan(position, tick.price_usd, sol_usd, now, fees)
+            if plan is not None:
+                _trade(position, plan, now, writes)
+    await trades_db.insert_swaps(conn, writes.swaps)
+    await trades_db.apply_balance_deltas(conn, writes.deltas)
+    await positions_db.update_positions(conn, writes.updates, now)
+    await positions_db.update_trails(conn, writes.trails, now)
+    await positions_db.close_positions(conn, writes.closed, now)
+    exits: dict[str, int] = {}
+    for c in writes.closed:
+        exits[c.close_reason.value] = exits.get(c.close_reason.value, 0) + 1
+        log.info("position_closed", position_id=str(c.position.id),
+                 agent_id=str(c.position.agent_id), token=c.position.token_address,
+                 close_reason=c.close_reason.value, profit_loss_sol=str(c.pnl.profit_loss_sol))
+    return exits
+
+
+def _plan(
+    position: positions_db.OpenPosition,
+    token_usd: Decimal,
+    sol_usd: Decimal,
+    now: datetime,
+    fees: Fees,
+) -> TickPlan | None:
+    try:
+        cfg = config_of(position.trading_config)
+    except InvalidConfig as exc:
+        log.warning("exits_skipped_invalid_config", position_id=str(position.id),
+                    agent_id=str(position.agent_id), error=str(exc))
+        return None
+    return plan_tick(position.state, token_usd=token_usd, sol_usd=sol_usd, now=now, cfg=cfg,
+                     sol_balance=position.sol_balance, fees=fees)
+
+
+def _trail(position: positions_db.OpenPosition, plan: TickPlan, writes: _Writes) -> None:
+    final, state = plan.final, position.state
+    if final is None:
+        return
+    if (final.peak_price, final.current_stop_loss_percentage, final.lowest_price) == (
+        state.peak_price, state.current_stop_loss_percentage, state.lowest_price
+    ):
+        return
+    writes.trails.append(positions_db.TrailUpdate(
+        position.id, final.peak_price, final.current_stop_loss_percentage,
+        final.lowest_price or plan.price_sol))
+
+
+def _trade(
+    position: positions_db.OpenPosition,
+    plan: TickPlan,
+    now: datetime,
+    writes: _Writes,
+) -> None:
+    p = position
+    tp_tx: uuid.UUID | None = None
+    for sale in plan.sales:
+        tx_id = uuid.uuid4()
+        fill = sale.fill
+        writes.swaps.append(trades_db.SwapRow(
+            id=tx_id, agent_id=p.agent_id, wallet_address=p.wallet_address, time=now,
+            signal_id=p.signal_id, value_usd=fill.value_usd,
+            input_mint=p.token_address, input_symbol=p.token_symbol,
+            input_amount=fill.token_amount, input_price=fill.price_sol,
+            output_mint=SOL_MINT, output_symbol=SOL_SYMBOL, output_amount=fill.gross_sol,
+            output_price=Decimal(1), network_fee_sol=fill.network_fee_sol,
+            protocol_fee_sol=fill.protocol_fee_sol, position_id=p.id,
+            is_take_profit=sale.is_take_profit,
+        ))
+        writes.deltas.append(trades_db.BalanceDelta(
+            p.agent_id, p.wallet_address, p.token_address, p.token_symbol, -fill.token_amount))
+        writes.deltas.append(trades_db.BalanceDelta(
+            p.agent_id, p.wallet_address, SOL_MINT, SOL_SYMBOL, fill.credit_sol))
+        if sale.close_reason is not None and sale.pnl is not None:
+            writes.closed.append(positions_db.ClosedPosition(p, sale.pnl, tx_id,
+                                                             sale.close_reason))
+        elif sale.is_take_profit:
+            tp_tx = tx_id
+    if plan.final is None:
+        return
+    dca_tx: uuid.UUID | None = None
+    if plan.dca is not None:
+        dca_tx = uuid.uuid4()
+        fill_buy = plan.dca
+        writes.swaps.append(trades_db.SwapRow(
+            id=dca_tx, agent_id=p.agent_id, wallet_address=p.wallet_address, time=now,
+            signal_id=p.signal_id, value_usd=fill_buy.value_usd,
+            input_mint=SOL_MINT, input_symbol=SOL_SYMBOL, input_amount=fill_buy.size_sol,
+            input_price=Decimal(1), output_mint=p.token_address, output_symbol=p.token_symbol,
+            output_amount=fill_buy.token_amount, output_price=fill_buy.price_sol,
+            network_fee_sol=fill_buy.network_fee_sol,
+            protocol_fee_sol=fill_buy.protocol_fee_sol, position_id=p.id, is_dca=True,
+        ))
+        writes.deltas.append(trades_db.BalanceDelta(
+            p.agent_id, p.wallet_address, SOL_MINT, SOL_SYMBOL, -fill_buy.debit_sol))
+        writes.deltas.append(trades_db.BalanceDelta(
+            p.agent_id, p.wallet_address, p.token_address, p.token_symbol,
+            fill_buy.token_amount))
+    writes.updates.append(positions_db.PositionWrite(p.id, plan.final, dca_tx, tp_tx))

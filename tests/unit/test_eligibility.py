@@ -14,8 +14,8 @@ from worker.domain.config import resolve_config
 from worker.domain.eligibility import decide, decide_agent
 from worker.domain.models import Decision, ExecutionStatus, Signal, Subscriber
 
-TOKEN = "7GCihgDB8fe6KNjn2MYtkzZcRjQy3t9GHdC8uHYmW2hr"
-OTHER = "DezXAZ8z7PnrnRJjz3wXBoRgixCa6xjnB7YaB1pPB263"
+MINT = "7GCihgDB8fe6KNjn2MYtkzZcRjQy3t9GHdC8uHYmW2hr"
+OTHER_MINT = "DezXAZ8z7PnrnRJjz3wXBoRgixCa6xjnB7YaB1pPB263"
 TYPE = "Velocity (Dex Boost Detection)"
 SEED = b"seed"
 
@@ -26,7 +26,7 @@ FAILED = ExecutionStatus.FAILED
 def make_signal(**changes: Any) -> Signal:
     signal = Signal(
         user_id=uuid.UUID("6f1c0f3e-8a47-4d0c-9a51-2d7c1e0b9f11"),
-        token_address=TOKEN,
+        token_address=MINT,
         signal_type=TYPE,
         signal_strength=3,
         idempotency_key="k-1",
@@ -98,12 +98,12 @@ def test_buys_the_sized_amount_when_every_rule_passes() -> None:
             id="type-is-exact",
         ),
         pytest.param(
-            {"signals": {"tokenFilterMode": "blacklist", "tokenList": [OTHER, TOKEN]}}, {}, {},
-            SKIPPED, f"token {TOKEN} is on the agent's blacklist", id="blacklist",
+            {"signals": {"tokenFilterMode": "blacklist", "tokenList": [OTHER_MINT, MINT]}}, {}, {},
+            SKIPPED, f"token {MINT} is on the agent's blacklist", id="blacklist",
         ),
         pytest.param(
-            {"signals": {"tokenFilterMode": "whitelist", "tokenList": [OTHER]}}, {}, {},
-            SKIPPED, f"token {TOKEN} is not on the agent's whitelist", id="whitelist",
+            {"signals": {"tokenFilterMode": "whitelist", "tokenList": [OTHER_MINT]}}, {}, {},
+            SKIPPED, f"token {MINT} is not on the agent's whitelist", id="whitelist",
         ),
         pytest.param(
             {"signals": {"marketCapMin": 2_000_000}}, {}, {},
@@ -152,7 +152,7 @@ def test_buys_the_sized_amount_when_every_rule_passes() -> None:
         ),
         pytest.param(
             None, {}, {"holds_token": True},
-            SKIPPED, f"the agent already holds a position in token {TOKEN}", id="holds-token",
+            SKIPPED, f"the agent already holds a position in token {MINT}", id="holds-token",
         ),
         pytest.param(
             None, {}, {"open_positions": 25},
@@ -198,8 +198,8 @@ def test_each_rule_gives_its_outcome_and_reason(
 @pytest.mark.parametrize(
     ("config", "signal_changes"),
     [
-        ({"signals": {"tokenFilterMode": "whitelist", "tokenList": [TOKEN]}}, {}),
-        ({"signals": {"tokenFilterMode": "blacklist", "tokenList": [OTHER]}}, {}),
+        ({"signals": {"tokenFilterMode": "whitelist", "tokenList": [MINT]}}, {}),
+        ({"signals": {"tokenFilterMode": "blacklist", "tokenList": [OTHER_MINT]}}, {}),
         ({"signals": {"allowedSignalTypes": [TYPE]}}, {}),
         ({"signals": {"minScore": 3}}, {}),
         ({"signals": {"marketCapMin": 1_000_000, "marketCapMax": 1_000_000}}, {}),
@@ -237,7 +237,7 @@ def test_missing_wallet_comes_before_holdings_and_balance() -> None:
 
 def test_holding_comes_before_the_position_limit_and_the_balance() -> None:
     decision = run(holds_token=True, open_positions=25, sol_balance=Decimal(0))
-    assert decision.reason == f"the agent already holds a position in token {TOKEN}"
+    assert decision.reason == f"the agent already holds a position in token {MINT}"
 
 
 def test_position_limit_comes_before_the_balance() -> None:

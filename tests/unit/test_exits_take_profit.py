@@ -286,5 +286,5 @@ def test_sales_never_exceed_what_is_held_minus_the_bag(
     assert outcome.remaining_amount == held - outcome.sell_amount
     assert outcome.remaining_amount >= reserve
     assert outcome.levels_hit == hit + len(outcome.levels)
-    assert outcome.sell_amount.as_tuple().exponent >= -18
+    assert outcome.sell_amount == outcome.sell_amount.quantize(Decimal("1e-18"))
     assert outcome.is_full_exit == (outcome.remaining_amount == 0)

@@ -65,15 +65,22 @@ def test_none_gives_the_documented_defaults() -> None:
     assert cfg.position_calculator.randomization.enabled is True
     assert cfg.stale_trade.enabled is True
     assert cfg.stale_trade.min_hold_time_minutes == 60
-    assert (cfg.stale_trade.min_profit_percent, cfg.stale_trade.max_profit_percent) == (1, 10)
+    assert (cfg.stale_trade.min_profit_percent, cfg.stale_trade.max_profit_percent) == (
+        Decimal(1),
+        Decimal(10),
+    )
     assert cfg.dca.enabled is False
     assert cfg.dca.mode is DcaMode.MODERATE
-    assert (cfg.dca.max_dca_count, cfg.dca.cooldown_seconds) == (3, 30)
+    assert (cfg.dca.max_dca_count, cfg.dca.cooldown_seconds) == (3, Decimal(30))
     assert cfg.take_profit.enabled is False
     assert cfg.take_profit.mode is TakeProfitMode.MODERATE
     assert cfg.take_profit.levels == (tp(50, 25), tp(150, 25), tp(300, 25), tp(400, 15))
     bag = cfg.take_profit.moon_bag
-    assert (bag.enabled, bag.trigger_percent, bag.retain_percent) == (True, 300, 10)
+    assert (bag.enabled, bag.trigger_percent, bag.retain_percent) == (
+        True,
+        Decimal(300),
+        Decimal(10),
+    )
 
 
 def test_model_defaults_match_the_json_defaults() -> None:
@@ -194,7 +201,8 @@ _CUSTOM_TP = {"mode": "custom", "moonBag": {"enabled": False}}
         ),
         (
             {"signals": {"minScore": 2.5}},
-            "signals.minScore: Input should be a valid integer, got a number with a fractional part",
+            "signals.minScore: Input should be a valid integer, "
+            "got a number with a fractional part",
         ),
         (
             {"signals": {"minScore": True}},
@@ -312,7 +320,8 @@ _CUSTOM_TP = {"mode": "custom", "moonBag": {"enabled": False}}
         ),
         (
             {"positionCalculator": {"positionSizes": {"small": {"min": -1}}}},
-            "positionCalculator.positionSizes.small.min: Input should be greater than or equal to 0",
+            "positionCalculator.positionSizes.small.min: "
+            "Input should be greater than or equal to 0",
         ),
         (
             {"staleTrade": {"minHoldTimeMinutes": 0}},
@@ -440,6 +449,13 @@ def test_counts_further_problems() -> None:
         "invalid trading_config: signals.minScore: Input should be less than or equal to 5 "
         "(and 2 more problems)"
     )
+
+
+def test_long_keys_do_not_make_long_messages() -> None:
+    with pytest.raises(InvalidConfig) as caught:
+        resolve_config({"k" * 5000: 1})
+    assert len(str(caught.value)) == 300
+    assert str(caught.value).endswith("...")
 
 
 def test_invalid_config_is_a_value_error() -> None:

@@ -69,6 +69,36 @@ SELECT p.id, p.agent_id, p.wallet_address, p.token_address,
  ORDER BY p.id
 """
 
+# Per closed position: the SOL its sales returned (net of fees) minus what its buys cost.
+EXIT_PNL_MISMATCHES = """
+WITH flows AS (
+    SELECT position_id,
+           sum(CASE WHEN output_mint = $1 THEN output_amount - coalesce(network_fee_sol, 0)
+                                              - coalesce(protocol_fee_sol, 0) ELSE 0 END)
+         - sum(CASE WHEN input_mint = $1 THEN input_amount + coalesce(network_fee_sol, 0)
+                                             + coalesce(protocol_fee_sol, 0) ELSE 0 END)
+             AS cash
+      FROM agent_transactions
+     WHERE transaction_type = 'SWAP' AND position_id IS NOT NULL
+     GROUP BY position_id
+)
+SELECT h.id, h.position_id, h.profit_loss_sol, f.cash
+  FROM agent_historical_swaps h LEFT JOIN flows f ON f.position_id = h.position_id
+ WHERE h.position_id IS NOT NULL
+   AND (f.position_id IS NULL OR h.profit_loss_sol <> f.cash)
+ ORDER BY h.id
+"""
+# Positions that traded and are gone, with no historical swap for their full exit.
+EXITS_WITHOUT_HISTORY = """
+SELECT t.position_id, t.agent_id, count(*) AS swaps
+  FROM agent_transactions t
+ WHERE t.position_id IS NOT NULL
+   AND NOT EXISTS (SELECT 1 FROM agent_positions p WHERE p.id = t.position_id)
+   AND NOT EXISTS (SELECT 1 FROM agent_historical_swaps h WHERE h.position_id = t.position_id)
+ GROUP BY t.position_id, t.agent_id
+ ORDER BY t.position_id
+"""
+
 
 async def find_violations(conn: asyncpg.Connection) -> list[Violation]:
     """Every violation of the ledger invariants on this database, in invariant order."""
@@ -95,4 +125,12 @@ async def find_violations(conn: asyncpg.Connection) -> list[Violation]:
         found.append(Violation(4, f"position {r['id']} (agent {r['agent_id']}, wallet "
                                   f"{r['wallet_address']}, token {r['token_address']}) has "
                                   f"{r['remaining']} remaining but the balance is {r['balance']}"))
+    for r in await conn.fetch(EXIT_PNL_MISMATCHES, SOL_MINT):
+        what = ("has no swaps" if r["cash"] is None else
+                f"but its swaps returned {r['cash']} SOL net of their cost")
+        found.append(Violation(5, f"historical swap {r['id']} (position {r['position_id']}) "
+                                  f"records profit_loss_sol {r['profit_loss_sol']} {what}"))
+    for r in await conn.fetch(EXITS_WITHOUT_HISTORY):
+        found.append(Violation(5, f"position {r['position_id']} (agent {r['agent_id']}) is "
+                                  f"closed with {r['swaps']} swaps but has no historical swap"))
     return found

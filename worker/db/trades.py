@@ -38,6 +38,7 @@ class SwapRow:
     output_price: Decimal
     network_fee_sol: Decimal
     protocol_fee_sol: Decimal
+    position_id: UUID | None = None
     is_dca: bool = False
     is_take_profit: bool = False
 
@@ -47,17 +48,19 @@ INSERT INTO agent_transactions (
     id, agent_id, wallet_address, transaction_type, transaction_value_usd, transaction_time,
     signal_id, fees, input_mint, input_symbol, input_amount, input_price,
     output_mint, output_symbol, output_amount, output_price,
-    is_dca, is_take_profit, network_fee_sol, protocol_fee_sol, created_at, updated_at)
+    is_dca, is_take_profit, network_fee_sol, protocol_fee_sol, position_id, created_at,
+    updated_at)
 SELECT t.id, t.agent_id, t.wallet, 'SWAP', t.value_usd, t.at,
        t.signal_id, t.nfee + t.pfee, t.in_mint, t.in_symbol, t.in_amount, t.in_price,
        t.out_mint, t.out_symbol, t.out_amount, t.out_price,
-       t.is_dca, t.is_tp, t.nfee, t.pfee, t.at, t.at
+       t.is_dca, t.is_tp, t.nfee, t.pfee, t.position_id, t.at, t.at
   FROM unnest($1::uuid[], $2::uuid[], $3::varchar[], $4::numeric[], $5::timestamptz[],
               $6::int[], $7::varchar[], $8::varchar[], $9::numeric[], $10::numeric[],
               $11::varchar[], $12::varchar[], $13::numeric[], $14::numeric[],
-              $15::bool[], $16::bool[], $17::numeric[], $18::numeric[])
+              $15::bool[], $16::bool[], $17::numeric[], $18::numeric[], $19::uuid[])
        AS t(id, agent_id, wallet, value_usd, at, signal_id, in_mint, in_symbol, in_amount,
-            in_price, out_mint, out_symbol, out_amount, out_price, is_dca, is_tp, nfee, pfee)
+            in_price, out_mint, out_symbol, out_amount, out_price, is_dca, is_tp, nfee, pfee,
+            position_id)
 """
 
 
@@ -85,6 +88,7 @@ async def insert_swaps(conn: asyncpg.Connection, swaps: Sequence[SwapRow]) -> No
         [s.is_take_profit for s in swaps],
         [s.network_fee_sol for s in swaps],
         [s.protocol_fee_sol for s in swaps],
+        [s.position_id for s in swaps],
     )
 
 

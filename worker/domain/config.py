@@ -43,6 +43,8 @@ from pydantic import (
 
 from worker.domain.money import fmt
 
+MAX_MESSAGE_CHARS = 300
+
 
 class InvalidConfig(ValueError):  # noqa: N818 - the name the pipeline codes against
     """A stored trading_config that cannot be used; `str()` is one readable sentence."""
@@ -473,6 +475,8 @@ def _describe(exc: ValidationError) -> str:
         if where
         else f"invalid trading_config: {message}"
     )
+    if len(text) > MAX_MESSAGE_CHARS:  # a stored key can be arbitrarily long
+        text = text[: MAX_MESSAGE_CHARS - 3] + "..."
     if len(errors) > 1:
         more = len(errors) - 1
         text += f" (and {more} more {'problem' if more == 1 else 'problems'})"

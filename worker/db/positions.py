@@ -1,0 +1,290 @@
+"""Open positions for price-tick exits: read them per token, write what a tick did, set-based."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+import orjson
+
+from worker.domain.exits import ExitPnl
+from worker.domain.models import SOL_MINT, CloseReason, PositionState
+
+
+@dataclass(frozen=True, slots=True)
+class OpenPosition:
+    """A position with what a tick needs around it: owner, config, signal, SOL balance."""
+
+    id: UUID
+    agent_id: UUID
+    wallet_address: str
+    token_address: str
+    token_symbol: str
+    purchase_transaction_id: UUID
+    signal_id: int | None
+    trading_config: Any
+    sol_balance: Decimal
+    state: PositionState
+
+
+_SELECT = """
+SELECT p.id, p.agent_id, p.wallet_address, p.token_address, p.token_symbol,
+       p.purchase_transaction_id, t.signal_id, a.trading_config::text AS trading_config,
+       coalesce(b.balance, 0) AS sol_balance,
+       p.purchase_price, p.purchase_amount, p.remaining_amount, p.total_invested_sol,
+       p.created_at, p.current_stop_loss_percentage, p.peak_price, p.lowest_price,
+       p.dca_count, p.last_dca_time, p.take_profit_levels_hit, p.tp_batch_start_level,
+       p.total_take_profit_levels, p.moon_bag_activated, p.moon_bag_amount,
+       p.realized_profit_sol, p.take_profit_proceeds_sol
+  FROM agent_positions p
+  JOIN agents a ON a.id = p.agent_id
+  JOIN agent_wallets w ON w.wallet_address = p.wallet_address
+  LEFT JOIN agent_transactions t ON t.id = p.purchase_transaction_id
+  LEFT JOIN agent_balances b ON b.wallet_address = p.wallet_address AND b.token_address = $2
+ WHERE p.token_address = $1
+   AND w.wallet_type = 'simulation'
+   AND a.automated_trading_simulation
+"""
+SELECT_OPEN_FOR_TOKEN = _SELECT + " ORDER BY p.id"
+SELECT_AND_LOCK = _SELECT + " AND p.id = ANY($3::uuid[]) ORDER BY p.id FOR UPDATE OF p"
+
+
+def _position(r: asyncpg.Record) -> OpenPosition:
+    config = r["trading_config"]
+    return OpenPosition(
+        id=r["id"],
+        agent_id=r["agent_id"],
+        wallet_address=r["wallet_address"],
+        token_address=r["token_address"],
+        token_symbol=r["token_symbol"],
+        purchase_transaction_id=r["purchase_transaction_id"],
+        signal_id=r["signal_id"],
+        trading_config=None if config is None else orjson.loads(config),
+        sol_balance=r["sol_balance"],
+        state=PositionState(
+            purchase_price=r["purchase_price"],
+            purchase_amount=r["purchase_amount"],
+            total_invested_sol=r["total_invested_sol"],
+            created_at=r["created_at"],
+            remaining_amount=r["remaining_amount"],
+            current_stop_loss_percentage=r["current_stop_loss_percentage"],
+            peak_price=r["peak_price"],
+            lowest_price=r["lowest_price"],
+            dca_count=r["dca_count"],
+            last_dca_time=r["last_dca_time"],
+            take_profit_levels_hit=r["take_profit_levels_hit"],
+            tp_batch_start_level=r["tp_batch_start_level"],
+            total_take_profit_levels=r["total_take_profit_levels"],
+            moon_bag_activated=r["moon_bag_activated"],
+            moon_bag_amount=r["moon_bag_amount"],
+            realized_profit_sol=r["realized_profit_sol"],
+            take_profit_proceeds_sol=r["take_profit_proceeds_sol"],
+        ),
+    )
+
+
+async def open_positions(conn: asyncpg.Connection, token: str) -> list[OpenPosition]:
+    """Open simulation positions in `token` of agents with automated simulation trading on."""
+    return [_position(r) for r in await conn.fetch(SELECT_OPEN_FOR_TOKEN, token, SOL_MINT)]
+
+
+async def lock_positions(
+    conn: asyncpg.Connection, token: str, ids: Sequence[UUID]
+) -> list[OpenPosition]:
+    """Re-read and lock (FOR UPDATE) the given positions; closed ones are simply absent."""
+    rows = await conn.fetch(SELECT_AND_LOCK, token, SOL_MINT, list(ids))
+    return [_position(r) for r in rows]
+
+
+LOCK_WALLET_SOL = """
+SELECT wallet_address FROM agent_balances
+ WHERE wallet_address = ANY($1::varchar[]) AND token_address = $2
+ ORDER BY wallet_address FOR UPDATE
+"""
+
+
+async def lock_wallets_sol(conn: asyncpg.Connection, wallets: Sequence[str]) -> None:
+    """Lock the wallets' SOL balance rows in address order (the order every writer uses)."""
+    await conn.execute(LOCK_WALLET_SOL, sorted(set(wallets)), SOL_MINT)
+
+
+@dataclass(frozen=True, slots=True)
+class TrailUpdate:
+    """Monotone state a tick moves without trading: the peak and stop rise, the low falls."""
+
+    id: UUID
+    peak_price: Decimal | None
+    stop_loss_pct: Decimal | None
+    lowest_price: Decimal
+
+
+UPDATE_TRAILS = """
+UPDATE agent_positions p
+   SET peak_price = GREATEST(p.peak_price, d.peak),
+       current_stop_loss_percentage = GREATEST(p.current_stop_loss_percentage, d.sl),
+       last_stop_loss_update = CASE
+           WHEN d.sl > p.current_stop_loss_percentage OR d.peak > p.peak_price
+             OR (p.current_stop_loss_percentage IS NULL AND d.sl IS NOT NULL) THEN $5
+           ELSE p.last_stop_loss_update END,
+       lowest_price = LEAST(p.lowest_price, d.low),
+       updated_at = $5
+  FROM unnest($1::uuid[], $2::numeric[], $3::numeric[], $4::numeric[]) AS d(id, peak, sl, low)
+ WHERE p.id = d.id
+"""
+
+
+async def update_trails(
+    conn: asyncpg.Connection, updates: Sequence[TrailUpdate], now: datetime
+) -> None:
+    """Raise peaks and stops and lower lows; never the other way, so ticks may interleave."""
+    if not updates:
+        return
+    await conn.execute(
+        UPDATE_TRAILS,
+        [u.id for u in updates],
+        [u.peak_price for u in updates],
+        [u.stop_loss_pct for u in updates],
+        [u.lowest_price for u in updates],
+        now,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PositionWrite:
+    """A position's whole new state after a tick that traded (and kept it open)."""
+
+    id: UUID
+    state: PositionState
+    dca_transaction_id: UUID | None
+    take_profit_transaction_id: UUID | None
+
+
+UPDATE_POSITIONS = """
+UPDATE agent_positions p
+   SET purchase_price = d.price, purchase_amount = d.amount, remaining_amount = d.remaining,
+       total_invested_sol = d.invested, current_stop_loss_percentage = d.sl,
+       peak_price = d.peak,
+       last_stop_loss_update = CASE
+           WHEN d.sl IS DISTINCT FROM p.current_stop_loss_percentage
+             OR d.peak IS DISTINCT FROM p.peak_price THEN $18 ELSE p.last_stop_loss_update END,
+       lowest_price = d.low, dca_count = d.dca_count, last_dca_time = d.last_dca,
+       dca_transaction_ids = CASE WHEN d.dca_tx IS NULL THEN p.dca_transaction_ids
+           ELSE array_append(coalesce(p.dca_transaction_ids, '{}'), d.dca_tx::text) END,
+       take_profit_levels_hit = d.hit, tp_batch_start_level = d.batch,
+       total_take_profit_levels = d.total,
+       take_profit_transaction_ids = CASE WHEN d.tp_tx IS NULL THEN p.take_profit_transaction_ids
+           ELSE array_append(p.take_profit_transaction_ids, d.tp_tx::text) END,
+       last_take_profit_time = CASE WHEN d.tp_tx IS NULL THEN p.last_take_profit_time
+           ELSE $18 END,
+       moon_bag_activated = d.bag_on, moon_bag_amount = d.bag,
+       realized_profit_sol = d.realized, take_profit_proceeds_sol = d.proceeds,
+       updated_at = $18
+  FROM unnest($1::uuid[], $2::numeric[], $3::numeric[], $4::numeric[], $5::numeric[],
+              $6::numeric[], $7::numeric[], $8::numeric[], $9::int[], $10::timestamptz[],
+              $11::uuid[], $12::int[], $13::int[], $14::int[], $15::uuid[], $16::bool[],
+              $17::numeric[], $19::numeric[], $20::numeric[])
+       AS d(id, price, amount, remaining, invested, sl, peak, low, dca_count, last_dca,
+            dca_tx, hit, batch, total, tp_tx, bag_on, bag, realized, proceeds)
+ WHERE p.id = d.id
+"""
+
+
+async def update_positions(
+    conn: asyncpg.Connection, writes: Sequence[PositionWrite], now: datetime
+) -> None:
+    """Write the new state of positions that traded on this tick and stay open."""
+    if not writes:
+        return
+    s = [w.state for w in writes]
+    await conn.execute(
+        UPDATE_POSITIONS,
+        [w.id for w in writes],
+        [x.purchase_price for x in s],
+        [x.purchase_amount for x in s],
+        [x.remaining_amount for x in s],
+        [x.total_invested_sol for x in s],
+        [x.current_stop_loss_percentage for x in s],
+        [x.peak_price for x in s],
+        [x.lowest_price for x in s],
+        [x.dca_count for x in s],
+        [x.last_dca_time for x in s],
+        [w.dca_transaction_id for w in writes],
+        [x.take_profit_levels_hit for x in s],
+        [x.tp_batch_start_level for x in s],
+        [x.total_take_profit_levels for x in s],
+        [w.take_profit_transaction_id for w in writes],
+        [x.moon_bag_activated for x in s],
+        [x.moon_bag_amount for x in s],
+        now,
+        [x.realized_profit_sol for x in s],
+        [x.take_profit_proceeds_sol for x in s],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedPosition:
+    """A full exit: the position and the numbers of its `agent_historical_swaps` row."""
+
+    position: OpenPosition
+    pnl: ExitPnl
+    sale_transaction_id: UUID
+    close_reason: CloseReason
+
+
+INSERT_HISTORY = """
+INSERT INTO agent_historical_swaps (
+    agent_id, wallet_address, token_address, token_symbol, amount, purchase_price, sale_price,
+    change_percent, profit_loss_usd, profit_loss_sol, purchase_time, sale_time,
+    purchase_transaction_id, sale_transaction_id, signal_id, close_reason, position_id)
+SELECT h.agent_id, h.wallet, h.token, h.symbol, h.amount, h.purchase_price, h.sale_price,
+       h.change, h.pnl_usd, h.pnl_sol, h.purchase_time, $16,
+       h.purchase_tx, h.sale_tx, h.signal_id, h.reason, h.position_id
+  FROM unnest($1::uuid[], $2::varchar[], $3::varchar[], $4::varchar[], $5::numeric[],
+              $6::numeric[], $7::numeric[], $8::numeric[], $9::numeric[], $10::numeric[],
+              $11::timestamptz[], $12::uuid[], $13::uuid[], $14::int[], $15::varchar[],
+              $17::uuid[])
+       AS h(agent_id, wallet, token, symbol, amount, purchase_price, sale_price, change,
+            pnl_usd, pnl_sol, purchase_time, purchase_tx, sale_tx, signal_id, reason,
+            position_id)
+"""
+DELETE_POSITIONS = "DELETE FROM agent_positions WHERE id = ANY($1::uuid[])"
+DELETE_EMPTY_BALANCES = """
+DELETE FROM agent_balances
+ WHERE wallet_address = ANY($1::varchar[]) AND token_address = $2 AND balance = 0
+"""
+
+
+async def close_positions(
+    conn: asyncpg.Connection, closed: Sequence[ClosedPosition], now: datetime
+) -> None:
+    """Record each full exit in `agent_historical_swaps`, delete the positions and empty rows."""
+    if not closed:
+        return
+    p = [c.position for c in closed]
+    await conn.execute(
+        INSERT_HISTORY,
+        [x.agent_id for x in p],
+        [x.wallet_address for x in p],
+        [x.token_address for x in p],
+        [x.token_symbol for x in p],
+        [c.pnl.amount for c in closed],
+        [c.pnl.purchase_price for c in closed],
+        [c.pnl.sale_price for c in closed],
+        [c.pnl.change_percent for c in closed],
+        [c.pnl.profit_loss_usd for c in closed],
+        [c.pnl.profit_loss_sol for c in closed],
+        [x.state.created_at for x in p],
+        [x.purchase_transaction_id for x in p],
+        [c.sale_transaction_id for c in closed],
+        [x.signal_id for x in p],
+        [c.close_reason.value for c in closed],
+        now,
+        [x.id for x in p],
+    )
+    await conn.execute(DELETE_POSITIONS, [x.id for x in p])
+    await conn.execute(DELETE_EMPTY_BALANCES, [x.wallet_address for x in p], p[0].token_address)

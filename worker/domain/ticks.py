@@ -1,0 +1,166 @@
+"""What one price tick does to one open position: the plan of sales, DCA and state updates.
+
+Pure: the shell reads the position, calls `plan_tick`, and writes the plan in one
+transaction. Order as in the source (`domain.md` section 6): stop loss (a trigger sells
+everything and ends the tick), take profit (one partial sale for all levels that fire),
+stale trade (sells the rest), DCA, then `lowest_price`. Prices inside are SOL per token,
+derived from the tick's USD price and the latest SOL/USD price (`worker.domain.exits`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from decimal import Decimal
+
+from worker.domain.config import AgentTradingConfig
+from worker.domain.exits import (
+    ExitPnl,
+    StopLossOutcome,
+    apply_dca,
+    apply_take_profit,
+    evaluate_dca,
+    evaluate_stop_loss,
+    evaluate_take_profit,
+    full_exit_pnl,
+    is_stale,
+    lowest_price,
+)
+from worker.domain.fills import BuyFill, SellFill, buy_fill, sell_fill, token_price_sol
+from worker.domain.models import CloseReason, PositionState
+
+
+@dataclass(frozen=True, slots=True)
+class Fees:
+    """The simulated fees of every swap."""
+
+    network_fee_sol: Decimal
+    protocol_fee_bps: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedSale:
+    """A sale of the plan; `close_reason` and `pnl` are set when it closes the position."""
+
+    fill: SellFill
+    is_take_profit: bool
+    close_reason: CloseReason | None = None
+    pnl: ExitPnl | None = None
+
+
+@dataclass(slots=True)
+class TickPlan:
+    """Everything one tick does to one position, in order; `final` is None once closed."""
+
+    price_sol: Decimal
+    sales: list[PlannedSale] = field(default_factory=list)
+    dca: BuyFill | None = None
+    stop_loss: StopLossOutcome | None = None
+    final: PositionState | None = None
+    dca_skipped_reason: str | None = None
+
+    @property
+    def close_reason(self) -> CloseReason | None:
+        """Why the position closed on this tick, if it did."""
+        return self.sales[-1].close_reason if self.sales else None
+
+    @property
+    def moves_money(self) -> bool:
+        """True when the plan sells or buys (it needs the wallet's balance rows locked)."""
+        return bool(self.sales) or self.dca is not None
+
+
+def plan_tick(
+    pos: PositionState,
+    *,
+    token_usd: Decimal,
+    sol_usd: Decimal,
+    now: datetime,
+    cfg: AgentTradingConfig,
+    sol_balance: Decimal,
+    fees: Fees,
+) -> TickPlan:
+    """The plan for `pos` at this tick; `sol_balance` (SOL) bounds a DCA buy."""
+    price = token_price_sol(token_usd, sol_usd)
+    plan = TickPlan(price_sol=price)
+    state = pos
+
+    if cfg.stop_loss.enabled:
+        plan.stop_loss = evaluate_stop_loss(state, price, cfg)
+        state = replace(
+            state,
+            peak_price=plan.stop_loss.peak_price,
+            current_stop_loss_percentage=plan.stop_loss.stop_loss_pct,
+        )
+        if plan.stop_loss.is_triggered and _close(
+            plan, state, token_usd, sol_usd, fees, CloseReason.STOP_LOSS
+        ):
+            return plan
+
+    outcome = evaluate_take_profit(state, price, cfg)
+    if outcome is not None:
+        fill = _sell(outcome.sell_amount, token_usd, sol_usd, fees)
+        if fill is not None:
+            if outcome.is_full_exit:
+                pnl = full_exit_pnl(state, fill.credit_sol, sol_usd)
+                plan.sales.append(PlannedSale(fill, True, CloseReason.TAKE_PROFIT, pnl))
+                return plan
+            plan.sales.append(PlannedSale(fill, is_take_profit=True))
+            sol_balance += fill.credit_sol
+            state = apply_take_profit(state, outcome, fill.credit_sol)
+
+    if is_stale(state, price, now, cfg) and _close(
+        plan, state, token_usd, sol_usd, fees, CloseReason.STALE_TRADE
+    ):
+        return plan
+
+    dca = evaluate_dca(state, price, now, cfg)
+    if dca is not None:
+        fill_buy = buy_fill(
+            dca.buy_sol,
+            token_usd,
+            sol_usd,
+            network_fee_sol=fees.network_fee_sol,
+            protocol_fee_bps=fees.protocol_fee_bps,
+        )
+        if fill_buy.rejection is not None:
+            plan.dca_skipped_reason = fill_buy.rejection
+        elif fill_buy.debit_sol > sol_balance:
+            plan.dca_skipped_reason = (
+                f"DCA buy needs {fill_buy.debit_sol} SOL with fees but the balance is "
+                f"{sol_balance} SOL"
+            )
+        else:
+            plan.dca = fill_buy
+            state = apply_dca(state, fill_buy, now=now, cfg=cfg)
+
+    plan.final = replace(state, lowest_price=lowest_price(state, price))
+    return plan
+
+
+def _sell(amount: Decimal, token_usd: Decimal, sol_usd: Decimal, fees: Fees) -> SellFill | None:
+    fill = sell_fill(
+        amount,
+        token_usd,
+        sol_usd,
+        network_fee_sol=fees.network_fee_sol,
+        protocol_fee_bps=fees.protocol_fee_bps,
+    )
+    return None if fill.rejection is not None else fill
+
+
+def _close(
+    plan: TickPlan,
+    state: PositionState,
+    token_usd: Decimal,
+    sol_usd: Decimal,
+    fees: Fees,
+    reason: CloseReason,
+) -> bool:
+    """Sell everything held; False (position kept) when the sale cannot be made."""
+    fill = _sell(state.held_amount, token_usd, sol_usd, fees)
+    if fill is None:
+        return False
+    pnl = full_exit_pnl(state, fill.credit_sol, sol_usd)
+    plan.sales.append(PlannedSale(fill, is_take_profit=False, close_reason=reason, pnl=pnl))
+    return True
