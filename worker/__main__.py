@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol, cast
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, Protocol, cast
 
 from pydantic import ValidationError
 
@@ -25,7 +25,9 @@ EXIT_USAGE = 2
 
 
 class _Command(Protocol):
-    def __call__(self, settings: Settings, args: argparse.Namespace) -> Awaitable[int]: ...
+    def __call__(
+        self, settings: Settings, args: argparse.Namespace
+    ) -> Coroutine[Any, Any, int]: ...
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -62,7 +64,35 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub.add_parser("check", help="verify the ledger invariants; exit 1 listing violations")
     sub.add_parser("snapshot", help="write this hour's balance snapshots now")
+    _add_offsets(sub)
+    schema = sub.add_parser("schema", help="write the JSON Schemas of the Kafka messages")
+    schema.add_argument(
+        "--out", metavar="DIR", help="folder to write them to (default: docs/schemas)"
+    )
     return parser
+
+
+def _add_offsets(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    offsets = sub.add_parser(
+        "offsets", help="show or reset the consumer group's offsets (database and Kafka)"
+    )
+    actions = offsets.add_subparsers(dest="offsets_command", required=True, metavar="ACTION")
+    topic_help = "only this topic (SIGNALS_TOPIC or PRICES_TOPIC); repeatable"
+    show = actions.add_parser(
+        "show", help="per partition: stored (database), committed (Kafka), end, lag"
+    )
+    show.add_argument("--topic", action="append", help=topic_help)
+    reset = actions.add_parser(
+        "reset",
+        help="set the stored and the committed offsets; refused while a worker is in the group",
+    )
+    target = reset.add_mutually_exclusive_group(required=True)
+    target.add_argument("--to-earliest", action="store_true", help="the first retained records")
+    target.add_argument("--to-latest", action="store_true", help="the end of the log")
+    target.add_argument(
+        "--to-timestamp", metavar="T", help="the first records at or after T (RFC 3339)"
+    )
+    reset.add_argument("--topic", action="append", help=topic_help)
 
 
 _COMMANDS = {
@@ -72,10 +102,12 @@ _COMMANDS = {
     "seed-demo": "worker.commands.seed_demo",
     "check": "worker.commands.check",
     "snapshot": "worker.commands.snapshot",
+    "offsets": "worker.commands.offsets",
+    "schema": "worker.commands.schema",
 }
 
 
-def _load(command: str) -> Callable[[Settings, argparse.Namespace], Awaitable[int]]:
+def _load(command: str) -> Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]:
     module = importlib.import_module(_COMMANDS[command])
     return cast(_Command, module.run)
 
@@ -91,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings)
     command = _load(args.command)
     try:
-        import uvloop  # noqa: PLC0415 - optional speed-up, imported where the loop starts
+        import uvloop  # optional speed-up, imported where the loop starts
 
         return uvloop.run(command(settings, args))
     except UsageError as exc:

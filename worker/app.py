@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import structlog
 
 from worker.consumer import Pipeline
 from worker.db.pool import create_pool
+from worker.db.snapshots import hour_of, snapshot_all
 from worker.http import HealthServer, ReadyCheck
 from worker.kafka import ensure_topics, make_producer, start_client
 from worker.metrics import Metrics
@@ -65,12 +68,37 @@ async def run_worker(
         log.info("worker_started", http_port=http.port)
         if started is not None and not started.done():
             started.set_result(http.port)
-        await pipeline.run(stop)
+        snapshots = asyncio.create_task(snapshot_hourly(pool, stop), name="snapshots")
+        try:
+            await pipeline.run(stop)
+        finally:
+            stop.set()
+            await snapshots
         log.info("worker_draining")
     finally:
         await _close(pipeline, producer, pool, http, settings.shutdown_timeout_s)
     log.info("worker_stopped")
     return 0
+
+
+async def snapshot_hourly(pool: asyncpg.Pool, stop: asyncio.Event) -> None:
+    """Snapshot every wallet at start-up and at each UTC hour until `stop` is set.
+
+    Upserts, so several workers doing it at once write one row per wallet and hour. A
+    failure is logged and retried at the next hour: snapshots never stop the pipeline.
+    """
+    while not stop.is_set():
+        now = datetime.now(UTC)
+        hour = hour_of(now)
+        try:
+            async with pool.acquire() as conn:
+                rows = await snapshot_all(conn, hour)
+            log.info("snapshots_written", hour=hour.isoformat(), wallets=rows)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("snapshots_failed", hour=hour.isoformat(), error=describe(exc))
+        next_hour = hour + timedelta(hours=1)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), (next_hour - datetime.now(UTC)).total_seconds())
 
 
 def _request_stop(stop: asyncio.Event, sig: signal.Signals) -> None:

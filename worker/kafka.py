@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.conn import create_conn
+from aiokafka.errors import (
+    AuthenticationFailedError,
+    AuthenticationMethodNotSupported,
+    IllegalSaslStateError,
+    KafkaConnectionError,
+    KafkaError,
+    SaslAuthenticationFailed,
+    TopicAlreadyExistsError,
+    UnsupportedSaslMechanismError,
+)
 from aiokafka.helpers import create_ssl_context
 
 from worker.errors import ServiceUnavailable
@@ -36,26 +47,103 @@ def client_options(kafka: KafkaSettings) -> dict[str, Any]:
     return options
 
 
+class BrokerRefusedError(KafkaError):  # type: ignore[misc]  # aiokafka is untyped
+    """The broker answered but refused us (credentials, TLS): retrying cannot help."""
+
+
+_SASL_REFUSALS = (
+    SaslAuthenticationFailed,
+    AuthenticationFailedError,
+    AuthenticationMethodNotSupported,
+    UnsupportedSaslMechanismError,
+    IllegalSaslStateError,
+)
+
+
+def _describe(exc: BaseException) -> str:
+    # KafkaError's str() already starts with the class name; do not repeat it.
+    if isinstance(exc, KafkaError) and exc.args:
+        return f"{type(exc).__name__}: {str(exc.args[0]).strip().splitlines()[0]}"
+    return describe(exc)
+
+
 def unavailable(kafka: KafkaSettings, exc: BaseException) -> ServiceUnavailable:
     """The one-line error for a broker that cannot be reached or refuses us."""
+    if isinstance(exc, BrokerRefusedError):
+        return ServiceUnavailable(
+            f"Kafka at {kafka.bootstrap_servers} refused the connection "
+            f"(KAFKA_SECURITY_PROTOCOL={kafka.security_protocol}): {exc.args[0]}"
+        )
     return ServiceUnavailable(
         f"cannot use Kafka at {kafka.bootstrap_servers} (KAFKA_BOOTSTRAP_SERVERS, "
-        f"{kafka.security_protocol}): {describe(exc)}"
+        f"{kafka.security_protocol}): {_describe(exc)}"
     )
 
 
 async def start_client(client: Any, kafka: KafkaSettings, *, timeout_s: float) -> None:
-    """`await client.start()`, retried for at most `timeout_s`; `ServiceUnavailable` after."""
+    """`await client.start()`, retried for at most `timeout_s`; `ServiceUnavailable` after.
+
+    A broker that refuses our credentials or certificate fails at once, not after the
+    retries: that does not pass on its own.
+    """
     try:
         async for attempt in startup_retry(timeout_s):
             with attempt:
-                await client.start()
-    except KafkaError as exc:
+                await _start(client, kafka)
+    except (KafkaError, OSError) as exc:
         await _close_quietly(client)
         raise unavailable(kafka, exc) from exc
-    except OSError as exc:
-        await _close_quietly(client)
-        raise unavailable(kafka, exc) from exc
+
+
+async def _start(client: Any, kafka: KafkaSettings) -> None:  # noqa: ANN401
+    try:
+        await client.start()
+    except KafkaConnectionError:
+        refusal = await _refusal(kafka)
+        if refusal is not None:
+            raise refusal from None
+        raise
+
+
+async def _refusal(kafka: KafkaSettings) -> BrokerRefusedError | None:
+    """Why the brokers refuse us, if they do; aiokafka only logs it and says "unable to
+    bootstrap". One connection to each broker in turn, with the clients' own options."""
+    if kafka.security_protocol == "PLAINTEXT":
+        return None
+    options = client_options(kafka)
+    for broker in options["bootstrap_servers"]:
+        host, port = broker.rsplit(":", 1)
+        try:
+            conn = await create_conn(
+                host.strip("[]"),
+                int(port),
+                client_id=options["client_id"],
+                request_timeout_ms=options["request_timeout_ms"],
+                ssl_context=options.get("ssl_context"),
+                security_protocol=kafka.security_protocol,
+                sasl_mechanism=options.get("sasl_mechanism"),
+                sasl_plain_username=options.get("sasl_plain_username"),
+                sasl_plain_password=options.get("sasl_plain_password"),
+            )
+        except _SASL_REFUSALS as exc:
+            return BrokerRefusedError(
+                f"SASL authentication failed for user {kafka.sasl_username!r} with "
+                f"{kafka.sasl_mechanism} (check KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD and "
+                f"KAFKA_SASL_MECHANISM): {_broker_reason(exc)}"
+            )
+        except ssl.SSLError as exc:
+            return BrokerRefusedError(
+                f"TLS handshake with {broker} failed (check KAFKA_SSL_CAFILE): {exc.reason or exc}"
+            )
+        except (KafkaError, OSError, TimeoutError):
+            continue
+        conn.close()
+    return None
+
+
+def _broker_reason(exc: KafkaError) -> str:
+    text = str(exc.args[0]) if exc.args else type(exc).__name__
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
 
 
 async def _close_quietly(client: Any) -> None:

@@ -7,7 +7,9 @@ This is the only module that reads the environment. `Settings` is built once in
 from __future__ import annotations
 
 import re
+import ssl
 from decimal import Decimal
+from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -121,10 +123,30 @@ class Settings(BaseSettings):
     def _lower(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
 
-    @field_validator("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_ssl_cafile", mode="before")
+    @field_validator(
+        "kafka_sasl_mechanism",
+        "kafka_sasl_username",
+        "kafka_sasl_password",
+        "kafka_ssl_cafile",
+        mode="before",
+    )
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("kafka_ssl_cafile")
+    @classmethod
+    def _readable_cafile(cls, value: str | None) -> str | None:
+        # Checked here, not when the first client starts: a bad path is a bad setting.
+        if value is None:
+            return None
+        if not Path(value).is_file():
+            raise ValueError(f"no such file: {value}")
+        try:
+            ssl.create_default_context(cafile=value)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            raise ValueError(f"{value} is not a PEM file of CA certificates ({exc})") from exc
+        return value
 
     @field_validator("database_url")
     @classmethod

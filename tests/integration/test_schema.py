@@ -148,6 +148,8 @@ EXPECTED_COLUMNS: dict[str, dict[str, str]] = {
         "is_take_profit": "boolean",
         "protocol_fee_sol": "numeric(20,8)?",
         "network_fee_sol": "numeric(20,8)?",
+        # Added by 0002: the position a swap opened, topped up or sold from.
+        "position_id": "uuid?",
     },
     "agent_historical_swaps": {
         "id": "uuid",
@@ -168,6 +170,8 @@ EXPECTED_COLUMNS: dict[str, dict[str, str]] = {
         "signal_id": "integer?",
         "created_at": TS,
         "close_reason": "varchar(20)?",
+        # Added by 0002: the position the full exit closed.
+        "position_id": "uuid?",
     },
     "agent_positions": {
         "id": "uuid",
@@ -197,6 +201,8 @@ EXPECTED_COLUMNS: dict[str, dict[str, str]] = {
         "realized_profit_sol": "numeric(20,8)",
         "tp_batch_start_level": "integer",
         "total_take_profit_levels": "integer?",
+        # Added by 0002: net SOL of the take-profit sales so far.
+        "take_profit_proceeds_sol": "numeric(20,8)",
     },
     # The worker's own tables.
     "token_prices": {
@@ -255,6 +261,7 @@ EXPECTED_DEFAULTS: dict[tuple[str, str], str] = {
     ("agent_positions", "moon_bag_activated"): "false",
     ("agent_positions", "realized_profit_sol"): "0",
     ("agent_positions", "tp_batch_start_level"): "0",
+    ("agent_positions", "take_profit_proceeds_sol"): "0",  # added by 0002
 }
 
 CASCADE, SET_NULL = "CASCADE", "SET NULL"
@@ -355,6 +362,9 @@ EXPECTED_INDEXES: list[tuple[str, tuple[str, ...], str]] = [
     ("token_prices", ("token_address",), PK),
     ("consumer_offsets", ("consumer_group", "topic", "partition"), PK),
     ("schema_migrations", ("name",), PK),
+    # Added by 0002.
+    ("agent_transactions", ("position_id",), INDEX),
+    ("agent_historical_swaps", ("position_id",), UNIQUE),
 ]
 
 SELECT_COLUMNS = """

@@ -1,0 +1,299 @@
+"""`signal-worker offsets show|reset`: where the consumer group stands, in PostgreSQL and Kafka.
+
+The worker's truth is the offset stored in `consumer_offsets` with the effects of the
+records before it; the offset committed to the Kafka group follows it for the usual lag
+tools. `show` prints both, the log end and the lag of each partition of the signal and
+price topics. `reset` moves both, and only while no member of the group is active: a
+running worker would go on from the offsets it holds and overwrite the new ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.structs import TopicPartition
+
+from worker.db.offsets import fetch_offsets, set_offset
+from worker.db.pool import connect
+from worker.errors import UsageError, WorkerError
+from worker.kafka import client_options, start_client
+from worker.retry import describe
+from worker.settings import KafkaSettings, Settings
+
+# Group states in which no consumer holds partitions (Kafka's classic group protocol).
+_IDLE_STATES = frozenset({"Empty", "Dead"})
+
+
+class GroupActiveError(WorkerError):
+    """The consumer group has active members, so its offsets must not be moved now."""
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionOffsets:
+    """One partition's offsets: stored with the effects, committed to Kafka, log bounds."""
+
+    topic: str
+    partition: int
+    stored: int | None
+    committed: int | None
+    start: int
+    end: int
+
+    @property
+    def position(self) -> int:
+        """Where the worker starts: the stored offset, else Kafka's, else the log start."""
+        if self.stored is not None:
+            return self.stored
+        if self.committed is not None:
+            return self.committed
+        return self.start
+
+    @property
+    def lag(self) -> int:
+        """Records between where the worker starts and the end of the log."""
+        return self.end - self.position
+
+
+@dataclass(frozen=True, slots=True)
+class GroupState:
+    """What the group coordinator says about the group."""
+
+    state: str
+    members: int
+
+    @property
+    def is_active(self) -> bool:
+        """True when some consumer is (or is becoming) a member of the group."""
+        return self.members > 0 or self.state not in _IDLE_STATES
+
+
+class _Cluster:
+    """The admin client and a consumer outside the group, for metadata and log offsets."""
+
+    def __init__(self, kafka: KafkaSettings) -> None:
+        self.kafka = kafka
+        self.admin = AIOKafkaAdminClient(**client_options(kafka))
+        # read_committed: the end the worker's own consumer sees (the last stable offset).
+        self.reader = AIOKafkaConsumer(
+            **client_options(kafka), group_id=None, isolation_level="read_committed"
+        )
+
+    async def group_state(self) -> GroupState:
+        """The group's state and member count."""
+        responses = await self.admin.describe_consumer_groups([self.kafka.consumer_group])
+        group = responses[0].to_object()["groups"][0]
+        if group["error_code"]:
+            raise WorkerError(
+                f"cannot describe consumer group {self.kafka.consumer_group!r} "
+                f"(Kafka error code {group['error_code']})"
+            )
+        return GroupState(str(group["state"]), len(group["members"]))
+
+    async def partitions(self, topics: Sequence[str]) -> list[TopicPartition]:
+        """Every partition of `topics`, which must exist."""
+        found: list[TopicPartition] = []
+        for topic in await self.admin.describe_topics(list(topics)):
+            if topic["error_code"] or not topic["partitions"]:
+                raise WorkerError(f"topic {topic['topic']!r} does not exist on the brokers")
+            found.extend(
+                TopicPartition(topic["topic"], p["partition"]) for p in topic["partitions"]
+            )
+        return sorted(found)
+
+    async def committed(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """The group's committed offsets (partitions without one are left out)."""
+        offsets = await self.admin.list_consumer_group_offsets(
+            self.kafka.consumer_group, partitions=partitions
+        )
+        return {tp: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
+
+    async def bounds(
+        self, partitions: list[TopicPartition]
+    ) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
+        """The first and the next-to-be-written offset of each partition."""
+        start = await self.reader.beginning_offsets(partitions)
+        end = await self.reader.end_offsets(partitions)
+        return dict(start), dict(end)
+
+    async def at_time(self, partitions: list[TopicPartition], ms: int) -> dict[TopicPartition, int]:
+        """The first offset at or after `ms` in each partition; the end where none is."""
+        found = await self.reader.offsets_for_times(dict.fromkeys(partitions, ms))
+        _, end = await self.bounds(partitions)
+        return {tp: found[tp].offset if found.get(tp) is not None else end[tp] for tp in partitions}
+
+    async def commit(self, offsets: dict[TopicPartition, int], *, timeout_s: float) -> None:
+        """Commit `offsets` for the group as a consumer outside it (refused if it has members)."""
+        committer = AIOKafkaConsumer(
+            **client_options(self.kafka),
+            group_id=self.kafka.consumer_group,
+            enable_auto_commit=False,
+        )
+        await start_client(committer, self.kafka, timeout_s=timeout_s)
+        try:
+            committer.assign(list(offsets))
+            committer.pause(*offsets)  # it must not fetch, only commit
+            await committer.commit(offsets)
+        finally:
+            await committer.stop()
+
+
+@contextlib.asynccontextmanager
+async def _cluster(settings: Settings) -> AsyncIterator[_Cluster]:
+    cluster = _Cluster(settings.kafka)
+    await start_client(cluster.admin, settings.kafka, timeout_s=settings.startup_timeout_s)
+    try:
+        await start_client(cluster.reader, settings.kafka, timeout_s=settings.startup_timeout_s)
+        try:
+            yield cluster
+        except KafkaError as exc:
+            raise WorkerError(f"Kafka: {describe(exc)}") from exc
+        finally:
+            await cluster.reader.stop()
+    finally:
+        await cluster.admin.close()
+
+
+def _topics(settings: Settings, args: argparse.Namespace) -> list[str]:
+    known = [settings.signals_topic, settings.prices_topic]
+    wanted: list[str] = args.topic or known
+    unknown = [t for t in wanted if t not in known]
+    if unknown:
+        raise UsageError(
+            f"--topic {unknown[0]} is neither SIGNALS_TOPIC ({known[0]}) nor PRICES_TOPIC "
+            f"({known[1]})"
+        )
+    return list(dict.fromkeys(wanted))
+
+
+def parse_timestamp(text: str) -> datetime:
+    """An RFC 3339 timestamp with its UTC offset (`2026-11-26T12:00:00Z`)."""
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError as exc:
+        raise UsageError(
+            f"--to-timestamp {text!r} is not an RFC 3339 timestamp such as 2026-11-26T12:00:00Z"
+        ) from exc
+    if moment.tzinfo is None:
+        raise UsageError(f"--to-timestamp {text!r} needs a UTC offset, such as Z or +02:00")
+    return moment
+
+
+async def collect(
+    settings: Settings, cluster: _Cluster, conn: asyncpg.Connection, topics: list[str]
+) -> list[PartitionOffsets]:
+    """The offsets of every partition of `topics`, from the database and Kafka."""
+    partitions = await cluster.partitions(topics)
+    stored = await fetch_offsets(conn, settings.consumer_group, topics)
+    committed = await cluster.committed(partitions)
+    start, end = await cluster.bounds(partitions)
+    return [
+        PartitionOffsets(
+            topic=tp.topic,
+            partition=tp.partition,
+            stored=stored.get((tp.topic, tp.partition)),
+            committed=committed.get(tp),
+            start=start[tp],
+            end=end[tp],
+        )
+        for tp in partitions
+    ]
+
+
+def format_table(rows: Sequence[PartitionOffsets]) -> str:
+    """Aligned columns: topic, partition, stored, committed, end, lag ('-' for none)."""
+
+    def opt(value: int | None) -> str:
+        return "-" if value is None else str(value)
+
+    header = ("topic", "partition", "stored", "committed", "end", "lag")
+    cells = [header] + [
+        (r.topic, str(r.partition), opt(r.stored), opt(r.committed), str(r.end), str(r.lag))
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = []
+    for row in cells:
+        first = row[0].ljust(widths[0])
+        rest = (cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True))
+        lines.append("  ".join([first, *rest]))
+    return "\n".join(lines)
+
+
+async def _targets(
+    cluster: _Cluster, partitions: list[TopicPartition], args: argparse.Namespace
+) -> tuple[dict[TopicPartition, int], str]:
+    if args.to_timestamp is not None:
+        moment = parse_timestamp(args.to_timestamp)
+        offsets = await cluster.at_time(partitions, int(moment.timestamp() * 1000))
+        return offsets, f"the first records at or after {moment.isoformat()}"
+    start, end = await cluster.bounds(partitions)
+    if args.to_latest:
+        return end, "the end of the log"
+    return start, "the earliest records"
+
+
+async def _refuse_if_active(cluster: _Cluster) -> None:
+    group = await cluster.group_state()
+    if group.is_active:
+        raise GroupActiveError(
+            f"consumer group {cluster.kafka.consumer_group!r} is active (state {group.state}, "
+            f"{group.members} member(s)); stop every worker of the group, then reset"
+        )
+
+
+async def _reset(
+    settings: Settings, args: argparse.Namespace, cluster: _Cluster, conn: asyncpg.Connection
+) -> str:
+    """Set the stored and the committed offsets together; return what they were set to."""
+    topics = _topics(settings, args)
+    await _refuse_if_active(cluster)
+    partitions = await cluster.partitions(topics)
+    targets, where = await _targets(cluster, partitions, args)
+    async with conn.transaction():
+        for tp, offset in targets.items():
+            await set_offset(conn, settings.consumer_group, tp.topic, tp.partition, offset)
+        # Committed before the database commits: Kafka refuses the commit of a consumer
+        # outside the group once a worker has joined, and then the database rolls back.
+        await _refuse_if_active(cluster)
+        try:
+            await cluster.commit(targets, timeout_s=settings.startup_timeout_s)
+        except CommitFailedError as exc:
+            raise GroupActiveError(
+                f"consumer group {settings.consumer_group!r} became active during the reset; "
+                "nothing was changed"
+            ) from exc
+    return f"reset {len(targets)} partition(s) of group {settings.consumer_group} to {where}"
+
+
+async def run(settings: Settings, args: argparse.Namespace) -> int:
+    """`offsets show` prints the table; `offsets reset` moves the offsets, then prints it."""
+    topics = _topics(settings, args)
+    conn = await connect(settings.db, timeout_s=settings.startup_timeout_s)
+    try:
+        async with _cluster(settings) as cluster:
+            summary: str | None = None
+            if args.offsets_command == "reset":
+                summary = await _reset(settings, args, cluster, conn)
+            group = await cluster.group_state()
+            rows = await collect(settings, cluster, conn, topics)
+    except asyncpg.UndefinedTableError as exc:
+        raise WorkerError(
+            "the database has no consumer_offsets table: run `signal-worker migrate` first"
+        ) from exc
+    except asyncpg.PostgresError as exc:
+        raise WorkerError(f"PostgreSQL: {describe(exc)}") from exc
+    finally:
+        await conn.close()
+    if summary:
+        print(summary)
+    print(f"group {settings.consumer_group} (state {group.state}, {group.members} member(s))")
+    print(format_table(rows))
+    return 0

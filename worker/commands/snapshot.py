@@ -1,0 +1,23 @@
+"""`signal-worker snapshot`: write this UTC hour's balance snapshots now."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import UTC, datetime
+
+from worker.db.pool import connect
+from worker.db.snapshots import hour_of, snapshot_all
+from worker.settings import Settings
+
+
+async def run(settings: Settings, args: argparse.Namespace) -> int:
+    """Upsert one snapshot per (agent, wallet) for the current UTC hour; print the count."""
+    del args
+    hour = hour_of(datetime.now(UTC))
+    conn = await connect(settings.db, timeout_s=settings.startup_timeout_s)
+    try:
+        rows = await snapshot_all(conn, hour)
+    finally:
+        await conn.close()
+    print(f"snapshot: {rows} wallet snapshot(s) for {hour.isoformat()}")
+    return 0
