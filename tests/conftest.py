@@ -230,8 +230,7 @@ class OwnServices:
 
     def run(self, *args: str) -> None:
         """`scripts/services.sh ARGS` for these services."""
-        subprocess.run([str(SERVICES_SCRIPT), *args], env=self.env, check=True,
-                       capture_output=True)
+        subprocess.run([str(SERVICES_SCRIPT), *args], env=self.env, check=True, capture_output=True)
 
     def stop(self, name: str) -> None:
         """Stop `kafka` or `postgres`."""
@@ -246,10 +245,12 @@ class OwnServices:
 def own_services(services: Services) -> Iterator[OwnServices]:
     """Restartable services of the tests' own; skips where services come from outside."""
     if services.source != "local":
-        pytest.skip(f"services come from {services.source}; they cannot be stopped and "
-                    "started by the tests")
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS")}
+        pytest.skip(
+            f"services come from {services.source}; they cannot be stopped and started by the tests"
+        )
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS")
+    }
     env.update(
         SERVICES_DIR=str(ROOT / ".services" / "faults"),
         LOCAL_PG_PORT="15432",
@@ -258,8 +259,12 @@ def own_services(services: Services) -> Iterator[OwnServices]:
         LOCAL_KAFKA_SASL_PORT="19094",
     )
     own = OwnServices(
-        Services("postgresql://postgres@127.0.0.1:15432/signals", "127.0.0.1:19092", "own",
-                 restartable=True),
+        Services(
+            "postgresql://postgres@127.0.0.1:15432/signals",
+            "127.0.0.1:19092",
+            "own",
+            restartable=True,
+        ),
         env,
     )
     own.run("up")

@@ -58,7 +58,11 @@ async def make_account(
         amount = deposits[i] if deposits is not None else deposit_sol
         account.agents.append(
             await accounts.create_funded_agent(
-                conn, user_id, f"agent {i}", deposit_sol=amount, trading_config=config,
+                conn,
+                user_id,
+                f"agent {i}",
+                deposit_sol=amount,
+                trading_config=config,
                 **agent_kwargs,
             )
         )
@@ -101,15 +105,19 @@ async def publish(
     key: Callable[[bytes | dict[str, Any]], bytes | None] | None = None,
 ) -> None:
     """Send each value (dicts as JSON) and wait for every acknowledgement."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
-                                max_request_size=4_000_000)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_request_size=4_000_000
+    )
     await producer.start()
     try:
         futures = []
         for value in values:
             raw = value if isinstance(value, bytes) else json.dumps(value).encode()
-            k = key(value) if key else (
-                str(value.get("user_id", "")).encode() if isinstance(value, dict) else None)
+            k = (
+                key(value)
+                if key
+                else (str(value.get("user_id", "")).encode() if isinstance(value, dict) else None)
+            )
             futures.append(await producer.send(topic, raw, key=k))
         for f in futures:
             await f
@@ -119,8 +127,13 @@ async def publish(
 
 async def read_topic(bootstrap: str, topic: str, expected: int, timeout_s: float = 20) -> list[Any]:
     """Read `expected` records from the start of `topic` (fewer if the time runs out)."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                enable_auto_commit=False, group_id=None)
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+    )
     await consumer.start()
     records: list[Any] = []
     try:

@@ -12,7 +12,7 @@ import asyncpg
 import structlog
 
 from worker.consumer import Pipeline
-from worker.db.pool import create_pool
+from worker.db.pool import connection, create_pool
 from worker.db.snapshots import hour_of, snapshot_all
 from worker.http import HealthServer, ReadyCheck
 from worker.kafka import ensure_topics, make_producer, start_client
@@ -91,7 +91,7 @@ async def snapshot_hourly(pool: asyncpg.Pool, stop: asyncio.Event) -> None:
         now = datetime.now(UTC)
         hour = hour_of(now)
         try:
-            async with pool.acquire() as conn:
+            async with connection(pool) as conn:
                 rows = await snapshot_all(conn, hour)
             log.info("snapshots_written", hour=hour.isoformat(), wallets=rows)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:

@@ -26,13 +26,14 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from worker.db.offsets import fetch_offsets, store_offset
+from worker.db.pool import connection
 from worker.errors import InvalidMessage, WorkerError
 from worker.handlers import SignalOutcome, UnknownUser, handle_signal
 from worker.kafka import client_options
 from worker.messages import PriceTickV1, SignalV1, decode_price, decode_signal
 from worker.metrics import Metrics
 from worker.prices import handle_price
-from worker.retry import describe, is_transient, transient_retry
+from worker.retry import AsyncRetrying, describe, is_transient, transient_retry
 from worker.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -114,7 +115,7 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
             # Without the stored offsets the consumer would fall back to Kafka's committed
             # ones; safe (effects are idempotent) but not what we promise: stop instead.
             self._fatal = exc
-            log.error("stored_offsets_unreadable", error=describe(exc))
+            log.exception("stored_offsets_unreadable", error=describe(exc))
             return
         for tp in assigned:
             offset = stored.get((tp.topic, tp.partition))
@@ -129,7 +130,7 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
     async def _stored_offsets(self) -> dict[tuple[str, int], int]:
         async for attempt in transient_retry():
             with attempt:
-                async with self._pool.acquire() as conn:
+                async with connection(self._pool) as conn:
                     return await fetch_offsets(
                         conn,
                         self._kafka.consumer_group,
@@ -164,9 +165,7 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
                     for tp, records in batch.items():
                         if records:
                             group.create_task(self._process_partition(tp, records))
-                self._metrics.db_pool_in_use.set(
-                    self._pool.get_size() - self._pool.get_idle_size()
-                )
+                self._metrics.db_pool_in_use.set(self._pool.get_size() - self._pool.get_idle_size())
 
     # ------------------------------------------------------------------ one partition
 
@@ -189,7 +188,7 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
         await self._commit_kafka(tp, next_offset)
         self._observe(tp, records, outcomes, committed_at, started, next_offset)
 
-    def _retrying(self) -> Any:
+    def _retrying(self) -> AsyncRetrying:
         return transient_retry(
             attempts=self._settings.retry_max_attempts,
             max_delay_s=self._settings.retry_max_delay_s,
@@ -214,16 +213,17 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
         self, tp: TopicPartition, items: list[_Item], next_offset: int
     ) -> list[tuple[_Item, SignalOutcome | None]]:
         """One transaction: every item's effects and the partition's next offset."""
-        async with self._pool.acquire() as conn:
+        async with connection(self._pool) as conn:
             try:
                 async with conn.transaction():
                     outcomes, dead = await self._apply(conn, items, isolated=False)
                     await self._finish(conn, tp, next_offset, dead)
-                return outcomes
             except asyncpg.PostgresError as exc:
                 if is_transient(exc):
                     raise
                 log.warning("batch_failed_retrying_isolated", error=describe(exc))
+            else:
+                return outcomes
             # A record broke a constraint or hit a bug: redo the batch with a savepoint per
             # record, so that only that record is dead-lettered and the others go through.
             async with conn.transaction():
@@ -260,10 +260,12 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
             except asyncpg.PostgresError as exc:
                 if is_transient(exc):
                     raise
-                dead.append(DeadLetter(item.record, f"database rejected it: {describe(exc)}",
-                                       "database"))
-                log.error("record_rejected_by_database", error=describe(exc),
-                          **_coordinates(item.record))
+                dead.append(
+                    DeadLetter(item.record, f"database rejected it: {describe(exc)}", "database")
+                )
+                log.exception(
+                    "record_rejected_by_database", error=describe(exc), **_coordinates(item.record)
+                )
         return outcomes, dead
 
     async def _apply_one(
@@ -283,7 +285,10 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
                 dead.append(DeadLetter(record, str(exc), "unknown_user"))
                 return None
         exits = await handle_price(
-            conn, item.message, settings=self._settings, now=datetime.now(UTC),
+            conn,
+            item.message,
+            settings=self._settings,
+            now=datetime.now(UTC),
             received_at=record_time(record),
         )
         for reason, count in exits.items():
@@ -306,15 +311,19 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
             ]
             futures.append(
                 await self._producer.send(
-                    self._kafka.dlq_topic, value=r.value, key=r.key, headers=headers,
+                    self._kafka.dlq_topic,
+                    value=r.value,
+                    key=r.key,
+                    headers=headers,
                     timestamp_ms=r.timestamp,
                 )
             )
         await asyncio.gather(*futures)
         for d in dead:
             self._metrics.dead_letters.labels(d.kind).inc()
-            log.warning("record_dead_lettered", reason=d.reason, kind=d.kind,
-                        **_coordinates(d.record))
+            log.warning(
+                "record_dead_lettered", reason=d.reason, kind=d.kind, **_coordinates(d.record)
+            )
 
     # ------------------------------------------------------------------ after the commit
 
@@ -323,8 +332,9 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
             await self.consumer.commit({tp: next_offset})
         except KafkaError as exc:
             # The database holds the truth; a lost Kafka commit only delays lag reporting.
-            log.warning("kafka_commit_failed", error=describe(exc), topic=tp.topic,
-                        partition=tp.partition)
+            log.warning(
+                "kafka_commit_failed", error=describe(exc), topic=tp.topic, partition=tp.partition
+            )
 
     def _observe(
         self,

@@ -7,7 +7,7 @@ class WorkerError(Exception):
     """Base of every error the worker raises on purpose."""
 
 
-class InvalidMessage(WorkerError):
+class InvalidMessage(WorkerError):  # noqa: N818 - the style guide's name
     """A record that can never be processed: dead-letter it with this reason and move on."""
 
 
@@ -19,7 +19,7 @@ class DomainError(WorkerError):
     """A broken invariant: dead-letter and alert."""
 
 
-class ServiceUnavailable(WorkerError):
+class ServiceUnavailable(WorkerError):  # noqa: N818 - reads as the condition
     """A service (PostgreSQL, Kafka) could not be reached after the bounded retries."""
 
 

@@ -16,11 +16,11 @@ from uuid import UUID
 
 import asyncpg
 
+from worker.config_cache import config_of
 from worker.db import agents as agents_db
 from worker.db import prices as prices_db
 from worker.db import signals as signals_db
 from worker.db import trades as trades_db
-from worker.config_cache import config_of
 from worker.domain.eligibility import decide_agent
 from worker.domain.exits import initial_stop_loss_pct
 from worker.domain.fills import BuyFill, buy_fill
@@ -30,7 +30,7 @@ from worker.settings import TradingSettings
 
 # Ids of the rows a buy writes are derived from (signal, agent), so a replay is identical.
 _IDS = uuid.UUID("5e0d7a4c-61c8-4f43-9b8e-2f4f1c7d9a10")
-DEFAULT_TOKEN_SYMBOL = "TOKEN"
+DEFAULT_TOKEN_SYMBOL = "TOKEN"  # noqa: S105 - a token symbol, not a secret
 
 
 def buy_transaction_id(signal_id: int, agent_id: UUID) -> UUID:
@@ -113,29 +113,50 @@ async def handle_signal(
             if fill is not None and agent.wallet_address is not None:
                 tx_id = buy_transaction_id(signal_id, agent.agent_id)
                 wallet = agent.wallet_address
-                swaps.append(_buy_swap(tx_id, agent.agent_id, wallet, signal_id, symbol, fill,
-                                       signal.token_address, now))
-                deltas.append(trades_db.BalanceDelta(
-                    agent.agent_id, wallet, SOL_MINT, SOL_SYMBOL, -fill.debit_sol))
-                deltas.append(trades_db.BalanceDelta(
-                    agent.agent_id, wallet, signal.token_address, symbol, fill.token_amount))
-                positions.append(trades_db.NewPosition(
-                    id=position_id(signal_id, agent.agent_id),
-                    agent_id=agent.agent_id,
-                    wallet_address=wallet,
-                    token_address=signal.token_address,
-                    token_symbol=symbol,
-                    purchase_transaction_id=tx_id,
-                    purchase_price=fill.price_sol,
-                    purchase_amount=fill.token_amount,
-                    total_invested_sol=fill.debit_sol,
-                    stop_loss_pct=(
-                        initial_stop_loss_pct(cfg) if cfg.stop_loss.enabled else None
-                    ),
-                    time=now,
-                ))
-        rows.append(signals_db.ExecutionRow(
-            signal_id, agent.agent_id, decision.status, tx_id, decision.reason))
+                swaps.append(
+                    _buy_swap(
+                        tx_id,
+                        agent.agent_id,
+                        wallet,
+                        signal_id,
+                        symbol,
+                        fill,
+                        signal.token_address,
+                        now,
+                    )
+                )
+                deltas.append(
+                    trades_db.BalanceDelta(
+                        agent.agent_id, wallet, SOL_MINT, SOL_SYMBOL, -fill.debit_sol
+                    )
+                )
+                deltas.append(
+                    trades_db.BalanceDelta(
+                        agent.agent_id, wallet, signal.token_address, symbol, fill.token_amount
+                    )
+                )
+                positions.append(
+                    trades_db.NewPosition(
+                        id=position_id(signal_id, agent.agent_id),
+                        agent_id=agent.agent_id,
+                        wallet_address=wallet,
+                        token_address=signal.token_address,
+                        token_symbol=symbol,
+                        purchase_transaction_id=tx_id,
+                        purchase_price=fill.price_sol,
+                        purchase_amount=fill.token_amount,
+                        total_invested_sol=fill.debit_sol,
+                        stop_loss_pct=(
+                            initial_stop_loss_pct(cfg) if cfg.stop_loss.enabled else None
+                        ),
+                        time=now,
+                    )
+                )
+        rows.append(
+            signals_db.ExecutionRow(
+                signal_id, agent.agent_id, decision.status, tx_id, decision.reason
+            )
+        )
         outcome.outcomes.append(AgentOutcome(agent.agent_id, decision, tx_id))
 
     await trades_db.insert_swaps(conn, swaps)
@@ -148,8 +169,9 @@ async def handle_signal(
 async def _prices(conn: asyncpg.Connection, signal: Signal) -> _Prices:
     wanted = [SOL_MINT] if signal.price_usd is not None else [SOL_MINT, signal.token_address]
     stored = await prices_db.fetch_prices(conn, wanted)
-    token_usd = signal.price_usd if signal.price_usd is not None else stored.get(
-        signal.token_address)
+    token_usd = (
+        signal.price_usd if signal.price_usd is not None else stored.get(signal.token_address)
+    )
     return _Prices(token_usd=token_usd, sol_usd=stored.get(SOL_MINT))
 
 

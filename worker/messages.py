@@ -11,7 +11,7 @@ import json
 import re
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, NoReturn
 from uuid import UUID
 
 from pydantic import (
@@ -34,7 +34,6 @@ StrictInt = Annotated[int, Field(strict=True)]
 # Upper bounds keep values inside their columns: numeric(30,18) prices, numeric(30,8) metrics.
 PriceUsd = Annotated[Decimal, Field(gt=0, lt=Decimal("1e12"), allow_inf_nan=False)]
 MetricUsd = Annotated[Decimal, Field(gt=0, lt=Decimal("1e22"), allow_inf_nan=False)]
-
 
 
 def _trimmed(max_length: int, min_length: int = 0) -> StringConstraints:
@@ -117,11 +116,11 @@ class PriceTickV1(BaseModel):
         return _check_mint(value.strip())
 
 
-def _refuse_constant(name: str) -> Any:
+def _refuse_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not a number this worker accepts")
 
 
-def parse_json(raw: bytes | None) -> Any:
+def parse_json(raw: bytes | None) -> object:
     """Decode a record value as UTF-8 JSON with exact decimals; `InvalidMessage` otherwise."""
     if raw is None:
         raise InvalidMessage("empty message: the record has no value")

@@ -27,7 +27,9 @@ class Metrics:
             registry=r,
         )
         self.exits = Counter(
-            "signal_worker_exits", "Positions fully closed, by close reason", ["close_reason"],
+            "signal_worker_exits",
+            "Positions fully closed, by close reason",
+            ["close_reason"],
             registry=r,
         )
         self.latency = Histogram(

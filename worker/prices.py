@@ -68,35 +68,56 @@ async def handle_price(
     if not positions:
         return {}
     fees = Fees(settings.sim_network_fee_sol, settings.sim_protocol_fee_bps)
-    writes = _Writes()
-    acting: list[positions_db.OpenPosition] = []
-    for position in positions:
-        plan = _plan(position, tick.price_usd, sol_usd, now, fees)
-        if plan is None:
-            continue
-        if plan.moves_money:
-            acting.append(position)
-        else:
-            _trail(position, plan, writes)
-    if acting:
-        await positions_db.lock_wallets_sol(conn, [p.wallet_address for p in acting])
-        for position in await positions_db.lock_positions(
-            conn, tick.token_address, [p.id for p in acting]
-        ):
-            plan = _plan(position, tick.price_usd, sol_usd, now, fees)
-            if plan is not None:
-                _trade(position, plan, now, writes)
+    writes = await _evaluate(conn, positions, tick, sol_usd, now, fees)
     await trades_db.insert_swaps(conn, writes.swaps)
     await trades_db.apply_balance_deltas(conn, writes.deltas)
     await positions_db.update_positions(conn, writes.updates, now)
     await positions_db.update_trails(conn, writes.trails, now)
     await positions_db.close_positions(conn, writes.closed, now)
+    return _report(writes.closed)
+
+
+async def _evaluate(
+    conn: asyncpg.Connection,
+    positions: list[positions_db.OpenPosition],
+    tick: PriceTickV1,
+    sol_usd: Decimal,
+    now: datetime,
+    fees: Fees,
+) -> _Writes:
+    """Plan every position; lock, re-read and re-plan the ones that trade."""
+    writes = _Writes()
+    acting: list[positions_db.OpenPosition] = []
+    for position in positions:
+        plan = _plan(position, tick.price_usd, sol_usd, now, fees)
+        if plan is not None and plan.moves_money:
+            acting.append(position)
+        elif plan is not None:
+            _trail(position, plan, writes)
+    if not acting:
+        return writes
+    await positions_db.lock_wallets_sol(conn, [p.wallet_address for p in acting])
+    for position in await positions_db.lock_positions(
+        conn, tick.token_address, [p.id for p in acting]
+    ):
+        plan = _plan(position, tick.price_usd, sol_usd, now, fees)
+        if plan is not None:
+            _trade(position, plan, now, writes)
+    return writes
+
+
+def _report(closed: list[positions_db.ClosedPosition]) -> dict[str, int]:
     exits: dict[str, int] = {}
-    for c in writes.closed:
+    for c in closed:
         exits[c.close_reason.value] = exits.get(c.close_reason.value, 0) + 1
-        log.info("position_closed", position_id=str(c.position.id),
-                 agent_id=str(c.position.agent_id), token=c.position.token_address,
-                 close_reason=c.close_reason.value, profit_loss_sol=str(c.pnl.profit_loss_sol))
+        log.info(
+            "position_closed",
+            position_id=str(c.position.id),
+            agent_id=str(c.position.agent_id),
+            token=c.position.token_address,
+            close_reason=c.close_reason.value,
+            profit_loss_sol=str(c.pnl.profit_loss_sol),
+        )
     return exits
 
 
@@ -110,11 +131,22 @@ def _plan(
     try:
         cfg = config_of(position.trading_config)
     except InvalidConfig as exc:
-        log.warning("exits_skipped_invalid_config", position_id=str(position.id),
-                    agent_id=str(position.agent_id), error=str(exc))
+        log.warning(
+            "exits_skipped_invalid_config",
+            position_id=str(position.id),
+            agent_id=str(position.agent_id),
+            error=str(exc),
+        )
         return None
-    return plan_tick(position.state, token_usd=token_usd, sol_usd=sol_usd, now=now, cfg=cfg,
-                     sol_balance=position.sol_balance, fees=fees)
+    return plan_tick(
+        position.state,
+        token_usd=token_usd,
+        sol_usd=sol_usd,
+        now=now,
+        cfg=cfg,
+        sol_balance=position.sol_balance,
+        fees=fees,
+    )
 
 
 def _trail(position: positions_db.OpenPosition, plan: TickPlan, writes: _Writes) -> None:
@@ -122,12 +154,19 @@ def _trail(position: positions_db.OpenPosition, plan: TickPlan, writes: _Writes)
     if final is None:
         return
     if (final.peak_price, final.current_stop_loss_percentage, final.lowest_price) == (
-        state.peak_price, state.current_stop_loss_percentage, state.lowest_price
+        state.peak_price,
+        state.current_stop_loss_percentage,
+        state.lowest_price,
     ):
         return
-    writes.trails.append(positions_db.TrailUpdate(
-        position.id, final.peak_price, final.current_stop_loss_percentage,
-        final.lowest_price or plan.price_sol))
+    writes.trails.append(
+        positions_db.TrailUpdate(
+            position.id,
+            final.peak_price,
+            final.current_stop_loss_percentage,
+            final.lowest_price or plan.price_sol,
+        )
+    )
 
 
 def _trade(
@@ -141,23 +180,40 @@ def _trade(
     for sale in plan.sales:
         tx_id = uuid.uuid4()
         fill = sale.fill
-        writes.swaps.append(trades_db.SwapRow(
-            id=tx_id, agent_id=p.agent_id, wallet_address=p.wallet_address, time=now,
-            signal_id=p.signal_id, value_usd=fill.value_usd,
-            input_mint=p.token_address, input_symbol=p.token_symbol,
-            input_amount=fill.token_amount, input_price=fill.price_sol,
-            output_mint=SOL_MINT, output_symbol=SOL_SYMBOL, output_amount=fill.gross_sol,
-            output_price=Decimal(1), network_fee_sol=fill.network_fee_sol,
-            protocol_fee_sol=fill.protocol_fee_sol, position_id=p.id,
-            is_take_profit=sale.is_take_profit,
-        ))
-        writes.deltas.append(trades_db.BalanceDelta(
-            p.agent_id, p.wallet_address, p.token_address, p.token_symbol, -fill.token_amount))
-        writes.deltas.append(trades_db.BalanceDelta(
-            p.agent_id, p.wallet_address, SOL_MINT, SOL_SYMBOL, fill.credit_sol))
+        writes.swaps.append(
+            trades_db.SwapRow(
+                id=tx_id,
+                agent_id=p.agent_id,
+                wallet_address=p.wallet_address,
+                time=now,
+                signal_id=p.signal_id,
+                value_usd=fill.value_usd,
+                input_mint=p.token_address,
+                input_symbol=p.token_symbol,
+                input_amount=fill.token_amount,
+                input_price=fill.price_sol,
+                output_mint=SOL_MINT,
+                output_symbol=SOL_SYMBOL,
+                output_amount=fill.gross_sol,
+                output_price=Decimal(1),
+                network_fee_sol=fill.network_fee_sol,
+                protocol_fee_sol=fill.protocol_fee_sol,
+                position_id=p.id,
+                is_take_profit=sale.is_take_profit,
+            )
+        )
+        writes.deltas.append(
+            trades_db.BalanceDelta(
+                p.agent_id, p.wallet_address, p.token_address, p.token_symbol, -fill.token_amount
+            )
+        )
+        writes.deltas.append(
+            trades_db.BalanceDelta(
+                p.agent_id, p.wallet_address, SOL_MINT, SOL_SYMBOL, fill.credit_sol
+            )
+        )
         if sale.close_reason is not None and sale.pnl is not None:
-            writes.closed.append(positions_db.ClosedPosition(p, sale.pnl, tx_id,
-                                                             sale.close_reason))
+            writes.closed.append(positions_db.ClosedPosition(p, sale.pnl, tx_id, sale.close_reason))
         elif sale.is_take_profit:
             tp_tx = tx_id
     if plan.final is None:
@@ -166,18 +222,36 @@ def _trade(
     if plan.dca is not None:
         dca_tx = uuid.uuid4()
         fill_buy = plan.dca
-        writes.swaps.append(trades_db.SwapRow(
-            id=dca_tx, agent_id=p.agent_id, wallet_address=p.wallet_address, time=now,
-            signal_id=p.signal_id, value_usd=fill_buy.value_usd,
-            input_mint=SOL_MINT, input_symbol=SOL_SYMBOL, input_amount=fill_buy.size_sol,
-            input_price=Decimal(1), output_mint=p.token_address, output_symbol=p.token_symbol,
-            output_amount=fill_buy.token_amount, output_price=fill_buy.price_sol,
-            network_fee_sol=fill_buy.network_fee_sol,
-            protocol_fee_sol=fill_buy.protocol_fee_sol, position_id=p.id, is_dca=True,
-        ))
-        writes.deltas.append(trades_db.BalanceDelta(
-            p.agent_id, p.wallet_address, SOL_MINT, SOL_SYMBOL, -fill_buy.debit_sol))
-        writes.deltas.append(trades_db.BalanceDelta(
-            p.agent_id, p.wallet_address, p.token_address, p.token_symbol,
-            fill_buy.token_amount))
+        writes.swaps.append(
+            trades_db.SwapRow(
+                id=dca_tx,
+                agent_id=p.agent_id,
+                wallet_address=p.wallet_address,
+                time=now,
+                signal_id=p.signal_id,
+                value_usd=fill_buy.value_usd,
+                input_mint=SOL_MINT,
+                input_symbol=SOL_SYMBOL,
+                input_amount=fill_buy.size_sol,
+                input_price=Decimal(1),
+                output_mint=p.token_address,
+                output_symbol=p.token_symbol,
+                output_amount=fill_buy.token_amount,
+                output_price=fill_buy.price_sol,
+                network_fee_sol=fill_buy.network_fee_sol,
+                protocol_fee_sol=fill_buy.protocol_fee_sol,
+                position_id=p.id,
+                is_dca=True,
+            )
+        )
+        writes.deltas.append(
+            trades_db.BalanceDelta(
+                p.agent_id, p.wallet_address, SOL_MINT, SOL_SYMBOL, -fill_buy.debit_sol
+            )
+        )
+        writes.deltas.append(
+            trades_db.BalanceDelta(
+                p.agent_id, p.wallet_address, p.token_address, p.token_symbol, fill_buy.token_amount
+            )
+        )
     writes.updates.append(positions_db.PositionWrite(p.id, plan.final, dca_tx, tp_tx))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
 
 import asyncpg
 import structlog
@@ -67,7 +66,7 @@ _on_retry: Callable[[], None] | None = None
 
 def set_retry_observer(observer: Callable[[], None] | None) -> None:
     """Install a callback run on every retry (the metrics counter)."""
-    global _on_retry  # noqa: PLW0603 - one process-wide observer, set at start-up
+    global _on_retry  # one process-wide observer, set at start-up
     _on_retry = observer
 
 
@@ -99,7 +98,8 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-__all__: list[Any] = [
+__all__ = [
+    "AsyncRetrying",
     "describe",
     "is_transient",
     "set_retry_observer",

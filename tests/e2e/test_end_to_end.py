@@ -31,10 +31,29 @@ async def test_published_signal_becomes_a_trade_and_sigterm_stops_cleanly(
     try:
         await worker.wait_started()
         published = subprocess.run(
-            [sys.executable, "-m", "worker", "publish", "--user-id", str(account.user_id),
-             "--token-address", TOKEN_A, "--symbol", "E2E", "--price-usd", "0.25",
-             "--signal-strength", "3", "--idempotency-key", "e2e-1"],
-            env=env, capture_output=True, text=True, timeout=60, check=False,
+            [
+                sys.executable,
+                "-m",
+                "worker",
+                "publish",
+                "--user-id",
+                str(account.user_id),
+                "--token-address",
+                TOKEN_A,
+                "--symbol",
+                "E2E",
+                "--price-usd",
+                "0.25",
+                "--signal-strength",
+                "3",
+                "--idempotency-key",
+                "e2e-1",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
         assert published.returncode == 0, published.stderr
         assert "sent 1 signal(s)" in published.stdout
@@ -48,9 +67,12 @@ async def test_published_signal_becomes_a_trade_and_sigterm_stops_cleanly(
         assert by_agent[steady.agent_id]["status"] == "success"
         assert by_agent[picky.agent_id]["status"] == "skipped"
         assert by_agent[picky.agent_id]["error"] == "signal strength 3 is below minScore 5"
-        assert await db_conn.fetchval(
-            "SELECT count(*) FROM agent_positions WHERE agent_id = $1", steady.agent_id
-        ) == 1
+        assert (
+            await db_conn.fetchval(
+                "SELECT count(*) FROM agent_positions WHERE agent_id = $1", steady.agent_id
+            )
+            == 1
+        )
     finally:
         # The contract's bound: exit within 10 seconds of SIGTERM (TimeoutExpired otherwise).
         code = worker.terminate(timeout_s=10)
@@ -59,8 +81,12 @@ async def test_published_signal_becomes_a_trade_and_sigterm_stops_cleanly(
     assert any('"worker_stopped"' in line for line in worker.lines)
 
     check = subprocess.run(
-        [sys.executable, "-m", "worker", "check"], env=env, capture_output=True, text=True,
-        timeout=60, check=False,
+        [sys.executable, "-m", "worker", "check"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert check.returncode == 0, check.stdout + check.stderr
     assert "all ledger invariants hold" in check.stdout

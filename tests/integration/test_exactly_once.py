@@ -39,21 +39,33 @@ def _stream(accounts: list[Account], per_user: int) -> list[dict[str, object]]:
     messages: list[dict[str, object]] = []
     for i in range(per_user):
         for a in accounts:
-            messages.append(signal_message(a.user_id, TOKENS[i % 3], idempotency_key=f"s{i}",
-                                           signal_strength=1 + i % 5))
+            messages.append(
+                signal_message(
+                    a.user_id, TOKENS[i % 3], idempotency_key=f"s{i}", signal_strength=1 + i % 5
+                )
+            )
     return messages
 
 
 async def _assert_exactly_once(conn: asyncpg.Connection, signals: int, agents: int) -> None:
     assert await conn.fetchval("SELECT count(*) FROM trading_signals") == signals
     assert await conn.fetchval("SELECT count(*) FROM signal_executions") == signals * agents
-    assert await conn.fetchval(
-        "SELECT count(*) FROM (SELECT signal_id, agent_id FROM signal_executions "
-        "GROUP BY 1, 2 HAVING count(*) > 1) d") == 0
+    assert (
+        await conn.fetchval(
+            "SELECT count(*) FROM (SELECT signal_id, agent_id FROM signal_executions "
+            "GROUP BY 1, 2 HAVING count(*) > 1) d"
+        )
+        == 0
+    )
     # Every signal reached every agent of its user: no gap.
-    assert await conn.fetchval(
-        "SELECT count(*) FROM (SELECT signal_id FROM signal_executions GROUP BY 1 "
-        "HAVING count(*) <> $1) g", agents) == 0
+    assert (
+        await conn.fetchval(
+            "SELECT count(*) FROM (SELECT signal_id FROM signal_executions GROUP BY 1 "
+            "HAVING count(*) <> $1) g",
+            agents,
+        )
+        == 0
+    )
     assert await find_violations(conn) == []
 
 
@@ -74,14 +86,20 @@ async def test_sigkill_mid_stream_and_restart_executes_each_pair_once(
         killed_at = await count(db_url, "SELECT count(*) FROM signal_executions")
         worker = WorkerProcess(env).start()
         await worker.wait_started()
-        await wait_for_count(db_url, "SELECT count(*) FROM signal_executions",
-                             users * per_user * agents, timeout_s=120)
+        await wait_for_count(
+            db_url,
+            "SELECT count(*) FROM signal_executions",
+            users * per_user * agents,
+            timeout_s=120,
+        )
     finally:
         code = worker.terminate()
     assert code == 0, worker.tail()
     assert killed_at < users * per_user * agents, "the kill came after the end of the stream"
-    print(f"killed with {killed_at} executions written; restarted; "
-          f"{users * per_user * agents} in the end")
+    print(
+        f"killed with {killed_at} executions written; restarted; "
+        f"{users * per_user * agents} in the end"
+    )
     await _assert_exactly_once(db_conn, users * per_user, agents)
 
 
@@ -102,9 +120,10 @@ async def test_group_of_two_then_three_workers_has_no_duplicate_and_no_gap(
         third = WorkerProcess(env).start()
         workers.append(third)
         await third.wait_started()
-        await publish(services.kafka_bootstrap, topics.signals, stream[len(stream) // 2:])
-        await wait_for_count(db_url, "SELECT count(*) FROM signal_executions",
-                             len(stream) * agents, timeout_s=120)
+        await publish(services.kafka_bootstrap, topics.signals, stream[len(stream) // 2 :])
+        await wait_for_count(
+            db_url, "SELECT count(*) FROM signal_executions", len(stream) * agents, timeout_s=120
+        )
     finally:
         codes = [w.terminate() for w in workers]
         await delete_topics(services.kafka_bootstrap, [topics.signals, topics.prices, topics.dlq])

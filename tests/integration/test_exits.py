@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -52,48 +52,65 @@ class Market:
     conn: asyncpg.Connection
     agent_id: Any
     ticks_sent: int = 0
-    clock: datetime = datetime.now(UTC)
+    clock: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     async def tick(self, price_usd: str, *, ts: datetime | None = None) -> None:
         """Publish one tick for TOKEN_A and wait until the worker has processed it."""
         if ts is None:
             self.clock += timedelta(seconds=1)
             ts = self.clock
-        await publish(self.services.kafka_bootstrap, self.topics.prices,
-                      [{"token_address": TOKEN_A, "price_usd": price_usd, "ts": ts.isoformat()}],
-                      key=lambda _v: TOKEN_A.encode())
+        await publish(
+            self.services.kafka_bootstrap,
+            self.topics.prices,
+            [{"token_address": TOKEN_A, "price_usd": price_usd, "ts": ts.isoformat()}],
+            key=lambda _v: TOKEN_A.encode(),
+        )
         self.ticks_sent += 1
-        await wait_for_count(self.db_url, "SELECT coalesce(sum(next_offset), 0) FROM "
-                             "consumer_offsets WHERE topic = $1", self.ticks_sent,
-                             self.topics.prices)
+        await wait_for_count(
+            self.db_url,
+            "SELECT coalesce(sum(next_offset), 0) FROM consumer_offsets WHERE topic = $1",
+            self.ticks_sent,
+            self.topics.prices,
+        )
 
     async def position(self) -> asyncpg.Record | None:
         """The agent's open position, if any."""
         return await self.conn.fetchrow(
-            "SELECT * FROM agent_positions WHERE agent_id = $1", self.agent_id)
+            "SELECT * FROM agent_positions WHERE agent_id = $1", self.agent_id
+        )
 
     async def history(self) -> list[asyncpg.Record]:
         """The agent's full exits."""
         return await self.conn.fetch(
-            "SELECT * FROM agent_historical_swaps WHERE agent_id = $1", self.agent_id)
+            "SELECT * FROM agent_historical_swaps WHERE agent_id = $1", self.agent_id
+        )
 
     async def sales(self) -> list[asyncpg.Record]:
         """The agent's sales, oldest first."""
         return await self.conn.fetch(
             "SELECT * FROM agent_transactions WHERE agent_id = $1 AND transaction_type = 'SWAP' "
-            "AND input_mint = $2 ORDER BY created_at, id", self.agent_id, TOKEN_A)
+            "AND input_mint = $2 ORDER BY created_at, id",
+            self.agent_id,
+            TOKEN_A,
+        )
 
 
 @contextlib.asynccontextmanager
 async def market(
-    services: Services, db_url: str, topics: Topics, conn: asyncpg.Connection,
+    services: Services,
+    db_url: str,
+    topics: Topics,
+    conn: asyncpg.Connection,
     config: dict[str, Any],
 ) -> AsyncIterator[Market]:
     account = await make_account(conn, [config])
     await set_sol_price(conn, "100")
     async with running_worker(make_settings(services, db_url, topics)):
-        await publish(services.kafka_bootstrap, topics.signals,
-                      [signal_message(account.user_id, TOKEN_A, price_usd="1")])
+        await publish(
+            services.kafka_bootstrap,
+            topics.signals,
+            [signal_message(account.user_id, TOKEN_A, price_usd="1")],
+        )
         await wait_for_count(db_url, "SELECT count(*) FROM agent_positions", 1)
         m = Market(services, topics, db_url, conn, account.agents[0].agent_id)
         pos = await m.position()
@@ -116,8 +133,7 @@ MODES: dict[str, dict[str, Any]] = {
 async def test_a_fall_through_the_stop_closes_with_its_pnl(
     services: Services, db_url: str, topics: Topics, db_conn: asyncpg.Connection, mode: str
 ) -> None:
-    async with market(services, db_url, topics, db_conn,
-                      _config(stopLoss=MODES[mode])) as m:
+    async with market(services, db_url, topics, db_conn, _config(stopLoss=MODES[mode])) as m:
         await m.tick("0.70")  # -30%: above the -32% stop
         assert await m.position() is not None
         await m.tick("0.67")  # -33%: through it
@@ -183,7 +199,9 @@ async def test_take_profit_levels_sell_the_right_amounts_and_keep_the_moon_bag(
         assert [s["input_amount"] for s in await m.sales()] == [100, 80]
         balance = await db_conn.fetchval(
             "SELECT balance FROM agent_balances WHERE agent_id = $1 AND token_address = $2",
-            m.agent_id, TOKEN_A)
+            m.agent_id,
+            TOKEN_A,
+        )
         assert balance == 20
         await m.tick("6")  # every level hit: the bag waits for the stop or a stale close
         assert [s["input_amount"] for s in await m.sales()] == [100, 80]
@@ -192,8 +210,10 @@ async def test_take_profit_levels_sell_the_right_amounts_and_keep_the_moon_bag(
 async def test_dca_updates_the_average_and_respects_cooldown_and_count(
     services: Services, db_url: str, topics: Topics, db_conn: asyncpg.Connection
 ) -> None:
-    config = _config(dca={"enabled": True, "mode": "moderate", "maxDCACount": 2,
-                          "cooldownSeconds": 30}, stopLoss={"enabled": False})
+    config = _config(
+        dca={"enabled": True, "mode": "moderate", "maxDCACount": 2, "cooldownSeconds": 30},
+        stopLoss={"enabled": False},
+    )
     async with market(services, db_url, topics, db_conn, config) as m:
         await m.tick("0.8")  # -20%: buy 0.008 x 200 x 75% = 1.2 SOL -> 150 tokens
         pos = await m.position()
@@ -202,24 +222,31 @@ async def test_dca_updates_the_average_and_respects_cooldown_and_count(
         assert pos["purchase_amount"] == 350 and pos["remaining_amount"] == 350
         invested = INVESTED + Decimal("1.2") + FEE
         assert pos["total_invested_sol"] == invested
-        assert pos["purchase_price"] == (invested / 350).quantize(Decimal("1e-18"),
-                                                                  rounding="ROUND_DOWN")
+        assert pos["purchase_price"] == (invested / 350).quantize(
+            Decimal("1e-18"), rounding="ROUND_DOWN"
+        )
         await m.tick("0.5")  # far below the new average, but inside the cooldown
         pos = await m.position()
         assert pos is not None and pos["dca_count"] == 1
-        await db_conn.execute("UPDATE agent_positions SET last_dca_time = now() - "
-                              "interval '1 hour' WHERE agent_id = $1", m.agent_id)
+        await db_conn.execute(
+            "UPDATE agent_positions SET last_dca_time = now() - "
+            "interval '1 hour' WHERE agent_id = $1",
+            m.agent_id,
+        )
         await m.tick("0.5")  # cooldown over: the second and last level
         pos = await m.position()
         assert pos is not None and pos["dca_count"] == 2
-        await db_conn.execute("UPDATE agent_positions SET last_dca_time = now() - "
-                              "interval '1 hour' WHERE agent_id = $1", m.agent_id)
+        await db_conn.execute(
+            "UPDATE agent_positions SET last_dca_time = now() - "
+            "interval '1 hour' WHERE agent_id = $1",
+            m.agent_id,
+        )
         await m.tick("0.2")  # maxDCACount reached: no third buy
         pos = await m.position()
         assert pos is not None and pos["dca_count"] == 2
         buys = await db_conn.fetchval(
-            "SELECT count(*) FROM agent_transactions WHERE agent_id = $1 AND is_dca",
-            m.agent_id)
+            "SELECT count(*) FROM agent_transactions WHERE agent_id = $1 AND is_dca", m.agent_id
+        )
         assert buys == 2
 
 
@@ -227,14 +254,23 @@ async def test_a_stale_position_closes_after_its_hold_time_inside_its_window(
     services: Services, db_url: str, topics: Topics, db_conn: asyncpg.Connection
 ) -> None:
     # Stop loss off: after +20% a trailing stop would close the +5% tick itself.
-    config = _config(staleTrade={"enabled": True, "minHoldTimeMinutes": 60,
-                                 "minProfitPercent": 1, "maxProfitPercent": 10},
-                     stopLoss={"enabled": False})
+    config = _config(
+        staleTrade={
+            "enabled": True,
+            "minHoldTimeMinutes": 60,
+            "minProfitPercent": 1,
+            "maxProfitPercent": 10,
+        },
+        stopLoss={"enabled": False},
+    )
     async with market(services, db_url, topics, db_conn, config) as m:
         await m.tick("1.05")  # +5%, inside the window, but held for seconds only
         assert await m.position() is not None
-        await db_conn.execute("UPDATE agent_positions SET created_at = now() - "
-                              "interval '2 hours' WHERE agent_id = $1", m.agent_id)
+        await db_conn.execute(
+            "UPDATE agent_positions SET created_at = now() - "
+            "interval '2 hours' WHERE agent_id = $1",
+            m.agent_id,
+        )
         await m.tick("1.2")  # +20%: old enough, but outside the window
         assert await m.position() is not None
         await m.tick("1.05")  # +5%: closes
@@ -259,5 +295,6 @@ async def test_the_same_tick_twice_sells_once_and_an_older_tick_changes_nothing(
         assert before is not None and after is not None
         assert dict(after) == dict(before)
         stored = await db_conn.fetchval(
-            "SELECT price_usd FROM token_prices WHERE token_address = $1", TOKEN_A)
+            "SELECT price_usd FROM token_prices WHERE token_address = $1", TOKEN_A
+        )
         assert stored == Decimal("1.6")

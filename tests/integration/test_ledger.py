@@ -52,22 +52,31 @@ async def history(services: Services, template_db: str) -> AsyncIterator[History
     topics = await create_test_topics(services)
     conn = await asyncpg.connect(url)
     try:
-        config = {"positionCalculator": {"randomization": {"enabled": False}},
-                  "takeProfit": {"enabled": True}}
+        config = {
+            "positionCalculator": {"randomization": {"enabled": False}},
+            "takeProfit": {"enabled": True},
+        }
         picky = {**config, "signals": {"minScore": 2}}
         account = await make_account(conn, [picky, config])
         await set_sol_price(conn, "100")
         async with running_worker(make_settings(services, url, topics)):
-            await publish(services.kafka_bootstrap, topics.signals, [
-                signal_message(account.user_id, TOKEN_A, price_usd="1", signal_strength=3),
-                signal_message(account.user_id, TOKEN_B, price_usd="1", signal_strength=1),
-            ])
+            await publish(
+                services.kafka_bootstrap,
+                topics.signals,
+                [
+                    signal_message(account.user_id, TOKEN_A, price_usd="1", signal_strength=3),
+                    signal_message(account.user_id, TOKEN_B, price_usd="1", signal_strength=1),
+                ],
+            )
             await wait_for_count(url, "SELECT count(*) FROM signal_executions", 4)
             ts = datetime.now(UTC)
             ticks = [(TOKEN_A, "1.6", ts), (TOKEN_A, "0.5", ts + timedelta(seconds=1))]
-            await publish(services.kafka_bootstrap, topics.prices,
-                          [{"token_address": t, "price_usd": p, "ts": at.isoformat()}
-                           for t, p, at in ticks], key=lambda _v: TOKEN_A.encode())
+            await publish(
+                services.kafka_bootstrap,
+                topics.prices,
+                [{"token_address": t, "price_usd": p, "ts": at.isoformat()} for t, p, at in ticks],
+                key=lambda _v: TOKEN_A.encode(),
+            )
             await wait_for_count(url, "SELECT count(*) FROM agent_historical_swaps", 2)
         await set_price(conn, TOKEN_B, "2")
     finally:
@@ -88,16 +97,23 @@ async def copy(history: History) -> AsyncIterator[str]:
 
 def check(url: str) -> subprocess.CompletedProcess[str]:
     env = {"DATABASE_URL": url, "PATH": "/usr/bin:/bin"}
-    return subprocess.run([sys.executable, "-m", "worker", "check"], env=env,
-                          capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "worker", "check"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 async def test_check_passes_on_the_history(copy: str) -> None:
     conn = await asyncpg.connect(copy)
     try:
         kinds = await conn.fetch("SELECT status, count(*) FROM signal_executions GROUP BY 1")
-        sales = await conn.fetchval("SELECT count(*) FROM agent_transactions WHERE "
-                                    "input_mint = $1", TOKEN_A)
+        sales = await conn.fetchval(
+            "SELECT count(*) FROM agent_transactions WHERE input_mint = $1", TOKEN_A
+        )
     finally:
         await conn.close()
     assert {r["status"]: r["count"] for r in kinds} == {"success": 3, "skipped": 1}
@@ -186,7 +202,9 @@ async def test_check_fails_naming_the_row_of_each_broken_invariant(copy: str, na
     assert result.returncode == 1, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     assert any(line.startswith(f"invariant {invariant}:") and named in line for line in lines), (
-        named, result.stdout)
+        named,
+        result.stdout,
+    )
     assert lines[-1].startswith("check: ") and "violation" in lines[-1]
     assert "Traceback" not in result.stderr
 
@@ -201,13 +219,17 @@ async def test_snapshots_write_one_row_per_wallet_and_hour_even_when_concurrent(
         await snapshot_all(conns[0], hour)
         rows = await conns[0].fetch(
             "SELECT s.*, w.agent_id AS w_agent FROM agent_balance_snapshots s "
-            "JOIN agent_wallets w USING (wallet_address)")
+            "JOIN agent_wallets w USING (wallet_address)"
+        )
         wallets = await conns[0].fetchval("SELECT count(*) FROM agent_wallets")
         position = await conns[0].fetchrow(
-            "SELECT * FROM agent_positions WHERE token_address = $1", TOKEN_B)
+            "SELECT * FROM agent_positions WHERE token_address = $1", TOKEN_B
+        )
+        assert position is not None
         sol = await conns[0].fetchval(
-            "SELECT balance FROM agent_balances WHERE wallet_address = $1 AND token_symbol = "
-            "'SOL'", position["wallet_address"])
+            "SELECT balance FROM agent_balances WHERE wallet_address = $1 AND token_symbol = 'SOL'",
+            position["wallet_address"],
+        )
     finally:
         for c in conns:
             await c.close()
@@ -226,7 +248,13 @@ async def test_snapshots_write_one_row_per_wallet_and_hour_even_when_concurrent(
 
 async def test_the_snapshot_command_writes_this_hour(copy: str) -> None:
     env = {"DATABASE_URL": copy, "PATH": "/usr/bin:/bin"}
-    result = subprocess.run([sys.executable, "-m", "worker", "snapshot"], env=env,
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "worker", "snapshot"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     assert "snapshot: 2 wallet snapshot(s)" in result.stdout

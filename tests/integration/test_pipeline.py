@@ -39,7 +39,11 @@ from worker.domain.models import SOL_MINT
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
-METRICS = {"market_cap_usd": "500000", "liquidity_usd": "50000", "holder_count": 1200}
+METRICS: dict[str, Any] = {
+    "market_cap_usd": "500000",
+    "liquidity_usd": "50000",
+    "holder_count": 1200,
+}
 
 
 @dataclass(frozen=True)
@@ -56,30 +60,77 @@ class Rule:
 
 RULES = [
     Rule("buys", None, "success", None),
-    Rule("automation_off", None, "skipped", "automated trading is off for simulation mode",
-         {"automated_simulation": False}),
-    Rule("min_score", {"signals": {"minScore": 4}}, "skipped",
-         "signal strength 3 is below minScore 4"),
-    Rule("signal_type", {"signals": {"allowedSignalTypes": ["Ignition Beta (ML Graduation)"]}},
-         "skipped", "signal type 'Velocity (Dex Boost Detection)' is not in allowedSignalTypes "
-         "('Ignition Beta (ML Graduation)')"),
-    Rule("blacklist", {"signals": {"tokenFilterMode": "blacklist", "tokenList": [TOKEN_A]}},
-         "skipped", f"token {TOKEN_A} is on the agent's blacklist"),
-    Rule("whitelist", {"signals": {"tokenFilterMode": "whitelist", "tokenList": [TOKEN_B]}},
-         "skipped", f"token {TOKEN_A} is not on the agent's whitelist"),
-    Rule("market_cap", {"signals": {"marketCapMin": 1000000}}, "skipped",
-         "market cap 500000 USD is below marketCapMin 1000000"),
-    Rule("liquidity", {"signals": {"liquidityMax": 10000}}, "skipped",
-         "liquidity 50000 USD is above liquidityMax 10000"),
-    Rule("holders", {"signals": {"holderCountMin": 5000}}, "skipped",
-         "holder count 1200 is below holderCountMin 5000"),
-    Rule("low_balance", None, "skipped", "SOL balance 0.3 is below minimumAgentBalance 0.5",
-         deposit=Decimal("0.3")),
-    Rule("live_mode", None, "failed", "live trading is not available in this worker",
-         {"trading_mode": "live"}),
-    Rule("invalid_config", {"signals": {"minScore": "high"}}, "failed",
-         "invalid trading_config: signals.minScore: Input should be a valid integer, unable to "
-         "parse string as an integer"),
+    Rule(
+        "automation_off",
+        None,
+        "skipped",
+        "automated trading is off for simulation mode",
+        {"automated_simulation": False},
+    ),
+    Rule(
+        "min_score",
+        {"signals": {"minScore": 4}},
+        "skipped",
+        "signal strength 3 is below minScore 4",
+    ),
+    Rule(
+        "signal_type",
+        {"signals": {"allowedSignalTypes": ["Ignition Beta (ML Graduation)"]}},
+        "skipped",
+        "signal type 'Velocity (Dex Boost Detection)' is not in allowedSignalTypes "
+        "('Ignition Beta (ML Graduation)')",
+    ),
+    Rule(
+        "blacklist",
+        {"signals": {"tokenFilterMode": "blacklist", "tokenList": [TOKEN_A]}},
+        "skipped",
+        f"token {TOKEN_A} is on the agent's blacklist",
+    ),
+    Rule(
+        "whitelist",
+        {"signals": {"tokenFilterMode": "whitelist", "tokenList": [TOKEN_B]}},
+        "skipped",
+        f"token {TOKEN_A} is not on the agent's whitelist",
+    ),
+    Rule(
+        "market_cap",
+        {"signals": {"marketCapMin": 1000000}},
+        "skipped",
+        "market cap 500000 USD is below marketCapMin 1000000",
+    ),
+    Rule(
+        "liquidity",
+        {"signals": {"liquidityMax": 10000}},
+        "skipped",
+        "liquidity 50000 USD is above liquidityMax 10000",
+    ),
+    Rule(
+        "holders",
+        {"signals": {"holderCountMin": 5000}},
+        "skipped",
+        "holder count 1200 is below holderCountMin 5000",
+    ),
+    Rule(
+        "low_balance",
+        None,
+        "skipped",
+        "SOL balance 0.3 is below minimumAgentBalance 0.5",
+        deposit=Decimal("0.3"),
+    ),
+    Rule(
+        "live_mode",
+        None,
+        "failed",
+        "live trading is not available in this worker",
+        {"trading_mode": "live"},
+    ),
+    Rule(
+        "invalid_config",
+        {"signals": {"minScore": "high"}},
+        "failed",
+        "invalid trading_config: signals.minScore: Input should be a valid integer, unable to "
+        "parse string as an integer",
+    ),
 ]
 
 
@@ -98,7 +149,9 @@ async def rules_run(services: Services, template_db: str) -> AsyncIterator[Rules
     conn = await asyncpg.connect(db_url)
     try:
         await set_sol_price(conn, "100")
-        main = await make_account(conn, [r.config for r in RULES], deposits=[r.deposit for r in RULES])
+        main = await make_account(
+            conn, [r.config for r in RULES], deposits=[r.deposit for r in RULES]
+        )
         names = {}
         for rule, agent in zip(RULES, main.agents, strict=True):
             names[agent.agent_id] = rule.name
@@ -106,15 +159,18 @@ async def rules_run(services: Services, template_db: str) -> AsyncIterator[Rules
                 if "automated_simulation" in rule.agent_kwargs:
                     await conn.execute(
                         "UPDATE agents SET automated_trading_simulation = false WHERE id = $1",
-                        agent.agent_id)
+                        agent.agent_id,
+                    )
                 if "trading_mode" in rule.agent_kwargs:
                     await conn.execute(
-                        "UPDATE agents SET trading_mode = 'live' WHERE id = $1", agent.agent_id)
+                        "UPDATE agents SET trading_mode = 'live' WHERE id = $1", agent.agent_id
+                    )
         # Agents whose rule needs a signal of its own or an earlier trade.
         no_wallet_user = await accounts.create_user(conn, f"nw{uuid.uuid4().hex[:8]}@t.local")
         no_wallet_agent = await conn.fetchval(
             "INSERT INTO agents (user_id, name) VALUES ($1, 'no wallet') RETURNING id",
-            no_wallet_user)
+            no_wallet_user,
+        )
         metrics_missing = await make_account(conn, [{"signals": {"marketCapMin": 1}}])
         holds = await make_account(conn, [None])
         limit = await make_account(conn, [{"purchaseLimits": {"maxOpenPositions": 1}}])
@@ -122,19 +178,22 @@ async def rules_run(services: Services, template_db: str) -> AsyncIterator[Rules
         sizing = await make_account(conn, [None], deposit_sol=Decimal("0.5"))
         settings = make_settings(services, db_url, topics)
         async with running_worker(settings):
-            await publish(services.kafka_bootstrap, topics.signals, [
-                signal_message(main.user_id, signal_strength=3, **METRICS),
-                signal_message(no_wallet_user),
-                signal_message(metrics_missing.user_id),
-                signal_message(holds.user_id, idempotency_key="first"),
-                signal_message(holds.user_id, idempotency_key="second"),
-                signal_message(limit.user_id, TOKEN_B),
-                signal_message(limit.user_id, TOKEN_A),
-                signal_message(no_price.user_id, TOKEN_C, price_usd=None),
-                signal_message(sizing.user_id),
-            ])
-            await wait_for_count(db_url, "SELECT count(*) FROM signal_executions",
-                                 len(RULES) + 8)
+            await publish(
+                services.kafka_bootstrap,
+                topics.signals,
+                [
+                    signal_message(main.user_id, signal_strength=3, **METRICS),
+                    signal_message(no_wallet_user),
+                    signal_message(metrics_missing.user_id),
+                    signal_message(holds.user_id, idempotency_key="first"),
+                    signal_message(holds.user_id, idempotency_key="second"),
+                    signal_message(limit.user_id, TOKEN_B),
+                    signal_message(limit.user_id, TOKEN_A),
+                    signal_message(no_price.user_id, TOKEN_C, price_usd=None),
+                    signal_message(sizing.user_id),
+                ],
+            )
+            await wait_for_count(db_url, "SELECT count(*) FROM signal_executions", len(RULES) + 8)
         rows = await conn.fetch("SELECT * FROM signal_executions ORDER BY signal_id, agent_id")
         executions = {names[r["agent_id"]]: r for r in rows if r["agent_id"] in names}
         by_agent: dict[Any, list[asyncpg.Record]] = {}
@@ -168,15 +227,25 @@ async def test_each_rule_gives_its_status_and_reason(rules_run: RulesRun, rule: 
     ("name", "status", "reason"),
     [
         ("no_wallet", "failed", "the agent has no simulation wallet"),
-        ("metrics_missing", "skipped", "the signal has no market cap but the agent sets "
-                                       "marketCapMin"),
+        (
+            "metrics_missing",
+            "skipped",
+            "the signal has no market cap but the agent sets marketCapMin",
+        ),
         ("holds_first", "success", None),
         ("holds", "skipped", f"the agent already holds a position in token {TOKEN_A}"),
         ("limit_first", "success", None),
-        ("max_positions", "skipped", "the agent has 1 open positions, at its maxOpenPositions "
-                                     "limit of 1"),
-        ("no_price", "failed", f"no USD price for token {TOKEN_C}: the signal carries none and "
-                               "no price tick for it has arrived"),
+        (
+            "max_positions",
+            "skipped",
+            "the agent has 1 open positions, at its maxOpenPositions limit of 1",
+        ),
+        (
+            "no_price",
+            "failed",
+            f"no USD price for token {TOKEN_C}: the signal carries none and "
+            "no price tick for it has arrived",
+        ),
     ],
 )
 async def test_rules_that_need_their_own_signal(
@@ -204,12 +273,20 @@ async def test_one_idempotency_key_three_times_is_one_signal(
     message = signal_message(account.user_id, idempotency_key="same-every-time")
     async with running_worker(make_settings(services, db_url, topics)):
         await publish(services.kafka_bootstrap, topics.signals, [message, message, message])
-        await wait_for_count(db_url, "SELECT coalesce(sum(next_offset), 0) FROM "
-                             "consumer_offsets WHERE topic = $1", 3, topics.signals)
+        await wait_for_count(
+            db_url,
+            "SELECT coalesce(sum(next_offset), 0) FROM consumer_offsets WHERE topic = $1",
+            3,
+            topics.signals,
+        )
     assert await db_conn.fetchval("SELECT count(*) FROM trading_signals") == 1
     assert await db_conn.fetchval("SELECT count(*) FROM signal_executions") == 3
-    assert await db_conn.fetchval(
-        "SELECT count(*) FROM agent_transactions WHERE transaction_type = 'SWAP'") == 3
+    assert (
+        await db_conn.fetchval(
+            "SELECT count(*) FROM agent_transactions WHERE transaction_type = 'SWAP'"
+        )
+        == 3
+    )
     assert await find_violations(db_conn) == []
 
 
@@ -228,26 +305,42 @@ async def test_replaying_from_the_start_writes_nothing_new(
     for partition in range(3):
         await set_offset(db_conn, topics.group, topics.signals, partition, 0)
     async with running_worker(settings):
-        await wait_for_count(db_url, "SELECT count(*) FROM consumer_offsets WHERE topic = $1 "
-                             "AND updated_at > now() - interval '1 minute' AND next_offset > 0",
-                             1, topics.signals)
-        await wait_for_count(db_url, "SELECT coalesce(sum(next_offset), 0) FROM "
-                             "consumer_offsets WHERE topic = $1", 3, topics.signals)
+        await wait_for_count(
+            db_url,
+            "SELECT count(*) FROM consumer_offsets WHERE topic = $1 "
+            "AND updated_at > now() - interval '1 minute' AND next_offset > 0",
+            1,
+            topics.signals,
+        )
+        await wait_for_count(
+            db_url,
+            "SELECT coalesce(sum(next_offset), 0) FROM consumer_offsets WHERE topic = $1",
+            3,
+            topics.signals,
+        )
     assert await _table_counts(db_conn) == before
     assert await find_violations(db_conn) == []
 
 
 async def _table_counts(conn: asyncpg.Connection) -> dict[str, int]:
-    tables = ["trading_signals", "signal_executions", "agent_transactions", "agent_positions",
-              "agent_balances"]
+    tables = [
+        "trading_signals",
+        "signal_executions",
+        "agent_transactions",
+        "agent_positions",
+        "agent_balances",
+    ]
     return {t: await conn.fetchval(f"SELECT count(*) FROM {t}") for t in tables}
 
 
 BAD_RECORDS: list[tuple[str, bytes, str]] = [
     ("not_json", b"this is not json {", "not JSON"),
     ("array", b"[1, 2, 3]", "a signal must be a JSON object, not an array"),
-    ("wrong_types", b'{"user_id": 5, "token_address": 7, "signal_type": [], '
-                    b'"signal_strength": "5x"}', "invalid signal"),
+    (
+        "wrong_types",
+        b'{"user_id": 5, "token_address": 7, "signal_type": [], "signal_strength": "5x"}',
+        "invalid signal",
+    ),
     ("strength_7", None, "signal_strength: Input should be less than or equal to 5"),  # type: ignore[list-item]
     ("short_token", None, "token_address"),  # type: ignore[list-item]
     ("unknown_user", None, "unknown user_id"),  # type: ignore[list-item]
@@ -270,7 +363,7 @@ async def test_bad_records_go_to_the_dead_letter_topic_and_valid_ones_go_through
         "not_json": b"this is not json {",
         "array": b"[1, 2, 3]",
         "wrong_types": b'{"user_id": 5, "token_address": 7, "signal_type": [], '
-                       b'"signal_strength": "5x"}',
+        b'"signal_strength": "5x"}',
         "strength_7": signal(signal_strength=7),
         "short_token": signal(token_address="abc"),
         "unknown_user": json.dumps(signal_message(uuid.uuid4())).encode(),
@@ -287,12 +380,14 @@ async def test_bad_records_go_to_the_dead_letter_topic_and_valid_ones_go_through
     }
     values: list[bytes] = []
     for i, raw in enumerate(bad.values()):
-        values.append(signal(idempotency_key=f"valid-{i}", token_address=[TOKEN_A, TOKEN_B,
-                                                                          TOKEN_C][i % 3]))
+        values.append(
+            signal(idempotency_key=f"valid-{i}", token_address=[TOKEN_A, TOKEN_B, TOKEN_C][i % 3])
+        )
         values.append(raw)
     async with running_worker(make_settings(services, db_url, topics)):
-        await publish(services.kafka_bootstrap, topics.signals, values,
-                      key=lambda _v: user.encode())
+        await publish(
+            services.kafka_bootstrap, topics.signals, values, key=lambda _v: user.encode()
+        )
         dead = await read_topic(services.kafka_bootstrap, topics.dlq, len(bad))
         await wait_for_count(db_url, "SELECT count(*) FROM signal_executions", len(bad))
     assert len(dead) == len(bad)
@@ -305,8 +400,10 @@ async def test_bad_records_go_to_the_dead_letter_topic_and_valid_ones_go_through
         assert int(headers["original-offset"]) >= 0
         assert record.key == user.encode()
     # Nothing of a bad record reached the tables: only the valid signals are there.
-    keys = {r["idempotency_key"] for r in await db_conn.fetch(
-        "SELECT idempotency_key FROM trading_signals")}
+    keys = {
+        r["idempotency_key"]
+        for r in await db_conn.fetch("SELECT idempotency_key FROM trading_signals")
+    }
     assert keys == {f"valid-{i}" for i in range(len(bad))}
     assert await find_violations(db_conn) == []
 
@@ -316,7 +413,7 @@ async def test_text_is_stored_verbatim(
 ) -> None:
     account = await make_account(db_conn, [None])
     await set_sol_price(db_conn)
-    nasty = "Robert'); DROP TABLE users;-- \"quoted\" \\back\\slash ünïcødé 🚀 SELECT * FROM x"
+    nasty = 'Robert\'); DROP TABLE users;-- "quoted" \\back\\slash ünïcødé 🚀 SELECT * FROM x'
     message = signal_message(
         account.user_id,
         signal_type=nasty[:50],
@@ -335,9 +432,12 @@ async def test_text_is_stored_verbatim(
     assert row["activation_reason"] == nasty
     assert row["source"] == nasty[:100]
     assert row["idempotency_key"] == nasty
-    assert await db_conn.fetchval(
-        "SELECT output_symbol FROM agent_transactions WHERE transaction_type = 'SWAP'"
-    ) == nasty[:50].strip()
+    assert (
+        await db_conn.fetchval(
+            "SELECT output_symbol FROM agent_transactions WHERE transaction_type = 'SWAP'"
+        )
+        == nasty[:50].strip()
+    )
     assert await db_conn.fetchval("SELECT count(*) FROM users") == 1
 
 
@@ -368,7 +468,8 @@ async def test_buy_writes_the_amounts_worked_out_by_hand(
     for agent, size, tokens, pfee, debit, left, usd in cases:
         tx = await db_conn.fetchrow(
             "SELECT * FROM agent_transactions WHERE agent_id = $1 AND transaction_type = 'SWAP'",
-            agent.agent_id)
+            agent.agent_id,
+        )
         assert tx is not None
         assert tx["input_mint"] == SOL_MINT and tx["input_symbol"] == "SOL"
         assert tx["input_amount"] == Decimal(size)
@@ -382,12 +483,17 @@ async def test_buy_writes_the_amounts_worked_out_by_hand(
         assert tx["transaction_value_usd"] == Decimal(usd)
         assert tx["signal_id"] is not None
         assert (tx["is_dca"], tx["is_take_profit"]) == (False, False)
-        balances = {r["token_address"]: r["balance"] for r in await db_conn.fetch(
-            "SELECT token_address, balance FROM agent_balances WHERE agent_id = $1",
-            agent.agent_id)}
+        balances = {
+            r["token_address"]: r["balance"]
+            for r in await db_conn.fetch(
+                "SELECT token_address, balance FROM agent_balances WHERE agent_id = $1",
+                agent.agent_id,
+            )
+        }
         assert balances == {SOL_MINT: Decimal(left), TOKEN_A: Decimal(tokens)}
         pos = await db_conn.fetchrow(
-            "SELECT * FROM agent_positions WHERE agent_id = $1", agent.agent_id)
+            "SELECT * FROM agent_positions WHERE agent_id = $1", agent.agent_id
+        )
         assert pos is not None
         assert pos["purchase_transaction_id"] == tx["id"]
         assert pos["purchase_price"] == Decimal("0.0002")
@@ -398,7 +504,8 @@ async def test_buy_writes_the_amounts_worked_out_by_hand(
         assert pos["peak_price"] == Decimal("0.0002")
         assert pos["lowest_price"] == Decimal("0.0002")
         execution = await db_conn.fetchrow(
-            "SELECT * FROM signal_executions WHERE agent_id = $1", agent.agent_id)
+            "SELECT * FROM signal_executions WHERE agent_id = $1", agent.agent_id
+        )
         assert execution is not None
         assert (execution["status"], execution["transaction_id"]) == ("success", tx["id"])
     assert await find_violations(db_conn) == []

@@ -1,1 +1,1 @@
-"""One module per command of contract section 1, each with `async def run(settings, args) -> int`."""
+"""One module per command of contract section 1: `async def run(settings, args) -> int`."""

@@ -90,8 +90,10 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         await producer.stop()
     total = sum(partitions.values())
     spread = ", ".join(f"{p}: {n}" for p, n in sorted(partitions.items())) or "none"
-    print(f"sent {total} signal(s) to {settings.signals_topic} (partition: count {spread})"
-          + (f"; {rejected} line(s) rejected" if rejected else ""))
+    print(
+        f"sent {total} signal(s) to {settings.signals_topic} (partition: count {spread})"
+        + (f"; {rejected} line(s) rejected" if rejected else "")
+    )
     return 1 if rejected else 0
 
 

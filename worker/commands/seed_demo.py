@@ -69,7 +69,9 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     print(f"demo user {user_id} ({DEMO_EMAIL}){'' if created else ' already existed'}")
     for agent in agents:
         print(f"  agent {agent.agent_id}  wallet {agent.wallet_address}  {agent.name}")
-    print(f"publish a signal: signal-worker publish --user-id {user_id} "
-          "--token-address <mint> --price-usd 0.5")
+    print(
+        f"publish a signal: signal-worker publish --user-id {user_id} "
+        "--token-address <mint> --price-usd 0.5"
+    )
     log.info("demo_seeded", user_id=str(user_id), created=created, agents=len(agents))
     return 0

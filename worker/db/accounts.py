@@ -96,9 +96,13 @@ async def create_funded_agent(
 ) -> FundedAgent:
     """Create an agent with a simulation wallet funded by a `DEPOSIT` of `deposit_sol` SOL."""
     agent_id: UUID = await conn.fetchval(
-        INSERT_AGENT, user_id, name, trading_mode,
+        INSERT_AGENT,
+        user_id,
+        name,
+        trading_mode,
         None if trading_config is None else orjson.dumps(trading_config).decode(),
-        automated_simulation, automated_live,
+        automated_simulation,
+        automated_live,
     )
     wallet = simulation_wallet_address(agent_id)
     await conn.execute(INSERT_WALLET, wallet, agent_id, "simulation")
@@ -118,8 +122,13 @@ async def deposit(
     if amount_sol <= 0:
         return
     await conn.execute(
-        INSERT_DEPOSIT, agent_id, wallet, (amount_sol * sol_usd).quantize(Decimal("1e-8")),
-        SOL_MINT, SOL_SYMBOL, amount_sol,
+        INSERT_DEPOSIT,
+        agent_id,
+        wallet,
+        (amount_sol * sol_usd).quantize(Decimal("1e-8")),
+        SOL_MINT,
+        SOL_SYMBOL,
+        amount_sol,
     )
     await conn.execute(CREDIT_SOL, agent_id, wallet, SOL_MINT, SOL_SYMBOL, amount_sol)
 

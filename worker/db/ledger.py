@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import asyncpg
@@ -100,37 +101,53 @@ SELECT t.position_id, t.agent_id, count(*) AS swaps
 """
 
 
+def _execution(r: asyncpg.Record) -> str:
+    if r["status"] != "success":
+        what = f"is {r['status']} but references transaction {r['transaction_id']}"
+    elif r["tx_found"] is None:
+        what = "references no transaction"
+    else:
+        what = f"references transaction {r['transaction_id']} of signal {r['tx_signal_id']}"
+    return f"execution {r['id']} (signal {r['signal_id']}, agent {r['agent_id']}) {what}"
+
+
+def _exit_pnl(r: asyncpg.Record) -> str:
+    what = (
+        "has no swaps"
+        if r["cash"] is None
+        else f"but its swaps returned {r['cash']} SOL net of their cost"
+    )
+    return (
+        f"historical swap {r['id']} (position {r['position_id']}) records "
+        f"profit_loss_sol {r['profit_loss_sol']} {what}"
+    )
+
+
+_CHECKS: list[tuple[int, str, bool, Callable[[asyncpg.Record], str]]] = [
+    (1, DUPLICATE_EXECUTIONS, False,
+     lambda r: f"{r['n']} executions for signal {r['signal_id']} and agent {r['agent_id']}"),
+    (1, DUPLICATE_SIGNALS, False,
+     lambda r: f"signals {list(r['ids'])} share user {r['user_id']} and idempotency key "
+               f"{r['idempotency_key']!r}"),
+    (2, EXECUTION_TRANSACTIONS, False, _execution),
+    (3, BALANCE_MISMATCHES, True,
+     lambda r: f"wallet {r['wallet_address']} token {r['token_address']}: balance "
+               f"{r['balance']} but its transactions give {r['expected']}"),
+    (4, POSITION_MISMATCHES, False,
+     lambda r: f"position {r['id']} (agent {r['agent_id']}, wallet {r['wallet_address']}, "
+               f"token {r['token_address']}) has {r['remaining']} remaining but the balance "
+               f"is {r['balance']}"),
+    (5, EXIT_PNL_MISMATCHES, True, _exit_pnl),
+    (5, EXITS_WITHOUT_HISTORY, False,
+     lambda r: f"position {r['position_id']} (agent {r['agent_id']}) is closed with "
+               f"{r['swaps']} swaps but has no historical swap"),
+]  # fmt: skip
+
+
 async def find_violations(conn: asyncpg.Connection) -> list[Violation]:
     """Every violation of the ledger invariants on this database, in invariant order."""
     found: list[Violation] = []
-    for r in await conn.fetch(DUPLICATE_EXECUTIONS):
-        found.append(Violation(1, f"{r['n']} executions for signal {r['signal_id']} "
-                                  f"and agent {r['agent_id']}"))
-    for r in await conn.fetch(DUPLICATE_SIGNALS):
-        found.append(Violation(1, f"signals {list(r['ids'])} share user {r['user_id']} and "
-                                  f"idempotency key {r['idempotency_key']!r}"))
-    for r in await conn.fetch(EXECUTION_TRANSACTIONS):
-        if r["status"] == "success":
-            what = ("references no transaction" if r["tx_found"] is None else
-                    f"references transaction {r['transaction_id']} of signal {r['tx_signal_id']}")
-        else:
-            what = f"is {r['status']} but references transaction {r['transaction_id']}"
-        found.append(Violation(2, f"execution {r['id']} (signal {r['signal_id']}, agent "
-                                  f"{r['agent_id']}) {what}"))
-    for r in await conn.fetch(BALANCE_MISMATCHES, SOL_MINT):
-        found.append(Violation(3, f"wallet {r['wallet_address']} token {r['token_address']}: "
-                                  f"balance {r['balance']} but its transactions give "
-                                  f"{r['expected']}"))
-    for r in await conn.fetch(POSITION_MISMATCHES):
-        found.append(Violation(4, f"position {r['id']} (agent {r['agent_id']}, wallet "
-                                  f"{r['wallet_address']}, token {r['token_address']}) has "
-                                  f"{r['remaining']} remaining but the balance is {r['balance']}"))
-    for r in await conn.fetch(EXIT_PNL_MISMATCHES, SOL_MINT):
-        what = ("has no swaps" if r["cash"] is None else
-                f"but its swaps returned {r['cash']} SOL net of their cost")
-        found.append(Violation(5, f"historical swap {r['id']} (position {r['position_id']}) "
-                                  f"records profit_loss_sol {r['profit_loss_sol']} {what}"))
-    for r in await conn.fetch(EXITS_WITHOUT_HISTORY):
-        found.append(Violation(5, f"position {r['position_id']} (agent {r['agent_id']}) is "
-                                  f"closed with {r['swaps']} swaps but has no historical swap"))
+    for invariant, sql, needs_sol_mint, describe in _CHECKS:
+        rows = await (conn.fetch(sql, SOL_MINT) if needs_sol_mint else conn.fetch(sql))
+        found.extend(Violation(invariant, describe(r)) for r in rows)
     return found

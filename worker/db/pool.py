@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from collections.abc import AsyncIterator
+from typing import cast
 
 import asyncpg
 import orjson
@@ -14,7 +16,7 @@ from worker.settings import DbSettings
 Pool = asyncpg.Pool
 
 
-def _dumps(value: Any) -> str:
+def _dumps(value: object) -> str:
     return orjson.dumps(value).decode()
 
 
@@ -43,7 +45,7 @@ async def create_pool(db: DbSettings, *, timeout_s: float) -> asyncpg.Pool:
     try:
         async for attempt in startup_retry(timeout_s):
             with attempt:
-                pool = await asyncpg.create_pool(
+                return await asyncpg.create_pool(
                     db.url.get_secret_value(),
                     min_size=db.pool_min_size,
                     max_size=db.pool_max_size,
@@ -51,7 +53,6 @@ async def create_pool(db: DbSettings, *, timeout_s: float) -> asyncpg.Pool:
                     command_timeout=db.command_timeout_s,
                     init=_init_connection,
                 )
-                return pool
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise _unavailable(db, exc) from exc
     raise AssertionError("unreachable")  # pragma: no cover
@@ -64,3 +65,11 @@ def _unavailable(db: DbSettings, exc: BaseException) -> ServiceUnavailable:
     return ServiceUnavailable(
         f"cannot reach PostgreSQL at {db.masked_url()} (DATABASE_URL): {reason}"
     )
+
+
+@contextlib.asynccontextmanager
+async def connection(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    """A connection from the pool, typed as the `Connection` every repository takes."""
+    async with pool.acquire() as proxy:
+        # The pool's proxy forwards every Connection method; the stubs type it apart.
+        yield cast(asyncpg.Connection, proxy)

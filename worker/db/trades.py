@@ -134,8 +134,12 @@ async def apply_balance_deltas(conn: asyncpg.Connection, deltas: Sequence[Balanc
     for d in deltas:
         key = (d.wallet_address, d.token_address)
         prior = merged.get(key)
-        merged[key] = d if prior is None else BalanceDelta(
-            d.agent_id, d.wallet_address, d.token_address, d.token_symbol, prior.delta + d.delta
+        merged[key] = (
+            d
+            if prior is None
+            else BalanceDelta(
+                d.agent_id, d.wallet_address, d.token_address, d.token_symbol, prior.delta + d.delta
+            )
         )
     rows = sorted(merged.values(), key=lambda d: (d.wallet_address, d.token_address))
     debits = [d for d in rows if d.delta < 0]

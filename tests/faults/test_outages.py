@@ -1,0 +1,187 @@
+"""Scenarios 2 and 3: PostgreSQL, then Kafka, stopped mid-stream and started again.
+
+Both run against the suite's own services (`own_services`), never the shared ones, and the
+worker must ride the outage out in the same process: wait, retry, carry on, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from tests.conftest import OwnServices, Topics, create_test_topics, delete_topics, make_settings
+from tests.faults.conftest import (
+    EXECUTIONS,
+    Book,
+    Report,
+    assert_exactly_once,
+    http_status,
+    make_book,
+    measure,
+    mint,
+    seeded,
+    send_all,
+    starts,
+)
+from tests.support import WorkerProcess, count, env_for, wait_for_count
+
+pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
+
+USERS, AGENTS, PER_USER = 5, 4, 200  # 1,000 signals before the outage, 1,000 more
+OUTAGE_S = 10
+
+
+@pytest.fixture
+async def own_topics(own_services: OwnServices) -> AsyncIterator[Topics]:
+    """Fresh topics on the suite's own broker."""
+    names = await create_test_topics(own_services.services)
+    yield names
+    own_services.start("kafka")
+    await delete_topics(own_services.services.kafka_bootstrap,
+                        [names.signals, names.prices, names.dlq])
+
+
+async def _book(db_url: str) -> Book:
+    conn = await asyncpg.connect(db_url)
+    try:
+        return await make_book(conn, USERS, AGENTS)
+    finally:
+        await conn.close()
+
+
+async def _ready_status(worker: WorkerProcess) -> tuple[int, str]:
+    assert worker.http_port is not None
+    return await http_status(worker.http_port, "/readyz")
+
+
+async def _wait_ready(worker: WorkerProcess, timeout_s: float = 60) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    status, body = await _ready_status(worker)
+    while status != 200:
+        assert asyncio.get_running_loop().time() < deadline, f"/readyz still says {body!r}"
+        await asyncio.sleep(0.5)
+        status, body = await _ready_status(worker)
+
+
+async def test_database_outage_mid_stream_waits_retries_and_carries_on(
+    own_services: OwnServices, own_db_url: str, own_topics: Topics, report: Report
+) -> None:
+    own = own_services
+    seed, rng = seeded("database-outage")
+    tokens = [mint(rng) for _ in range(20)]
+    book = await _book(own_db_url)
+    before = book.signals(PER_USER, tokens)
+    during = book.signals(PER_USER, tokens, start=PER_USER)
+    total = (len(before) + len(during)) * AGENTS
+    worker = WorkerProcess(env_for(make_settings(own.services, own_db_url, own_topics))).start()
+    seen_503: list[str] = []
+    try:
+        await worker.wait_started()
+        await _wait_ready(worker)
+        await send_all(own.services.kafka_bootstrap, own_topics.signals, before)
+        await wait_for_count(own_db_url, EXECUTIONS, len(before) * AGENTS // 4)
+        at_stop = await count(own_db_url, EXECUTIONS)
+        await asyncio.to_thread(own.stop, "postgres")
+        stopped = asyncio.get_running_loop().time()
+        # The stream goes on while the database is away.
+        await send_all(own.services.kafka_bootstrap, own_topics.signals, during)
+        while asyncio.get_running_loop().time() - stopped < OUTAGE_S:
+            status, body = await _ready_status(worker)
+            if status == 503:
+                seen_503.append(body)
+            await asyncio.sleep(0.5)
+        assert worker.proc is not None
+        assert worker.proc.poll() is None, f"the worker exited during the outage:\n{worker.tail()}"
+        await asyncio.to_thread(own.start, "postgres")
+        await wait_for_count(own_db_url, EXECUTIONS, total, timeout_s=120)
+        await _wait_ready(worker)
+        alive = worker.proc.poll() is None
+    finally:
+        own.start("postgres")
+        code = worker.terminate()
+
+    conn = await asyncpg.connect(own_db_url)
+    try:
+        ledger = await measure(conn, book.expected)
+    finally:
+        await conn.close()
+    retries = sum('"retrying_after_transient_error"' in line for line in worker.lines)
+    report(
+        "2 database outage",
+        records=f"{len(before) + len(during)} signals x {AGENTS} agents",
+        faults=f"PostgreSQL stopped {OUTAGE_S}s at {at_stop} executions, "
+        f"{len(seen_503)} x /readyz 503, {retries} retries",
+        executions=ledger.executions,
+        lost=ledger.lost,
+        duplicated=ledger.duplicated,
+        check=ledger.check,
+        exit=code,
+        seed=seed,
+    )
+    assert seen_503, "/readyz never said 503 while PostgreSQL was down"
+    assert all("database" in body for body in seen_503), seen_503
+    assert alive, "the worker exited after the outage"
+    assert starts(worker) == 1, "the worker restarted"
+    assert code == 0, worker.tail()
+    assert at_stop < total
+    assert_exactly_once(ledger)
+
+
+async def test_broker_outage_mid_stream_waits_retries_and_carries_on(
+    own_services: OwnServices, own_db_url: str, own_topics: Topics, report: Report
+) -> None:
+    own = own_services
+    seed, rng = seeded("broker-outage")
+    tokens = [mint(rng) for _ in range(20)]
+    book = await _book(own_db_url)
+    before = book.signals(PER_USER * 2, tokens)
+    after = book.signals(PER_USER, tokens, start=PER_USER * 2)
+    total = (len(before) + len(after)) * AGENTS
+    worker = WorkerProcess(env_for(make_settings(own.services, own_db_url, own_topics))).start()
+    statuses: list[int] = []
+    try:
+        await worker.wait_started()
+        await _wait_ready(worker)
+        await send_all(own.services.kafka_bootstrap, own_topics.signals, before)
+        await wait_for_count(own_db_url, EXECUTIONS, len(before) * AGENTS // 10)
+        await asyncio.to_thread(own.stop, "kafka")
+        at_stop = await count(own_db_url, EXECUTIONS)
+        stopped = asyncio.get_running_loop().time()
+        while asyncio.get_running_loop().time() - stopped < OUTAGE_S:
+            statuses.append((await _ready_status(worker))[0])
+            await asyncio.sleep(0.5)
+        assert worker.proc is not None
+        assert worker.proc.poll() is None, f"the worker exited during the outage:\n{worker.tail()}"
+        await asyncio.to_thread(own.start, "kafka")
+        await send_all(own.services.kafka_bootstrap, own_topics.signals, after)
+        await wait_for_count(own_db_url, EXECUTIONS, total, timeout_s=150)
+        alive = worker.proc.poll() is None
+    finally:
+        own.start("kafka")
+        code = worker.terminate()
+
+    conn = await asyncpg.connect(own_db_url)
+    try:
+        ledger = await measure(conn, book.expected)
+    finally:
+        await conn.close()
+    report(
+        "3 broker outage",
+        records=f"{len(before) + len(after)} signals x {AGENTS} agents",
+        faults=f"Kafka stopped {OUTAGE_S}s with {at_stop} of {len(before) * AGENTS} "
+        f"executions written, /readyz during it {sorted(set(statuses))}",
+        executions=ledger.executions,
+        lost=ledger.lost,
+        duplicated=ledger.duplicated,
+        check=ledger.check,
+        exit=code,
+        seed=seed,
+    )
+    assert alive, "the worker exited after the outage"
+    assert starts(worker) == 1, "the worker restarted"
+    assert code == 0, worker.tail()
+    assert at_stop < len(before) * AGENTS, "the broker stopped after the stream had been consumed"
+    assert_exactly_once(ledger)
