@@ -10,10 +10,12 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import structlog
+from aiokafka.errors import KafkaError
 
 from worker.consumer import Pipeline
 from worker.db.pool import connection, create_pool
 from worker.db.snapshots import hour_of, snapshot_all
+from worker.errors import ServiceUnavailable
 from worker.http import HealthServer, ReadyCheck
 from worker.kafka import ensure_topics, make_producer, start_client
 from worker.metrics import Metrics
@@ -71,6 +73,14 @@ async def run_worker(
         snapshots = asyncio.create_task(snapshot_hourly(pool, stop), name="snapshots")
         try:
             await pipeline.run(stop)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, KafkaError) as exc:
+            # Retries ran out; no offset was stored past the failed batch, so a restart
+            # redoes it. One line for the operator, non-zero exit.
+            log.exception("worker_gave_up", error=describe(exc))
+            raise ServiceUnavailable(
+                f"stopped after retries ran out: {describe(exc)}; a restart resumes from the "
+                "last committed batch"
+            ) from exc
         finally:
             stop.set()
             await snapshots

@@ -161,11 +161,16 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
             if not batch:
                 continue
             async with self._lock:
-                async with asyncio.TaskGroup() as group:
-                    for tp, records in batch.items():
-                        if records:
-                            group.create_task(self._process_partition(tp, records))
+                # Every partition finishes (commits or gives up) before a failure is raised,
+                # so one partition's outage never rolls back another's finished work.
+                results = await asyncio.gather(
+                    *(self._process_partition(tp, recs) for tp, recs in batch.items() if recs),
+                    return_exceptions=True,
+                )
                 self._metrics.db_pool_in_use.set(self._pool.get_size() - self._pool.get_idle_size())
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
 
     # ------------------------------------------------------------------ one partition
 
@@ -218,14 +223,15 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
                 async with conn.transaction():
                     outcomes, dead = await self._apply(conn, items, isolated=False)
                     await self._finish(conn, tp, next_offset, dead)
-            except asyncpg.PostgresError as exc:
+            except Exception as exc:  # this module alone maps every failure
                 if is_transient(exc):
                     raise
                 log.warning("batch_failed_retrying_isolated", error=describe(exc))
             else:
                 return outcomes
             # A record broke a constraint or hit a bug: redo the batch with a savepoint per
-            # record, so that only that record is dead-lettered and the others go through.
+            # record, so that only that record is dead-lettered (a poison record never blocks
+            # the partition) and the others go through.
             async with conn.transaction():
                 outcomes, dead = await self._apply(conn, items, isolated=True)
                 await self._finish(conn, tp, next_offset, dead)
@@ -257,15 +263,15 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
                 async with conn.transaction():
                     outcome = await self._apply_one(conn, item, dead)
                 outcomes.append((item, outcome))
-            except asyncpg.PostgresError as exc:
+            except Exception as exc:  # this module alone maps every failure
                 if is_transient(exc):
                     raise
-                dead.append(
-                    DeadLetter(item.record, f"database rejected it: {describe(exc)}", "database")
-                )
-                log.exception(
-                    "record_rejected_by_database", error=describe(exc), **_coordinates(item.record)
-                )
+                if isinstance(exc, asyncpg.PostgresError):
+                    reason, kind = f"database rejected it: {describe(exc)}", "database"
+                else:
+                    reason, kind = f"unexpected error: {describe(exc)}", "unexpected"
+                dead.append(DeadLetter(item.record, reason, kind))
+                log.exception("record_failed", error=describe(exc), **_coordinates(item.record))
         return outcomes, dead
 
     async def _apply_one(

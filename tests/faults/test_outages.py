@@ -141,7 +141,7 @@ async def test_broker_outage_mid_stream_waits_retries_and_carries_on(
     after = book.signals(PER_USER, tokens, start=PER_USER * 2)
     total = (len(before) + len(after)) * AGENTS
     worker = WorkerProcess(env_for(make_settings(own.services, own_db_url, own_topics))).start()
-    statuses: list[int] = []
+    statuses: list[tuple[int, str]] = []
     try:
         await worker.wait_started()
         await _wait_ready(worker)
@@ -151,13 +151,14 @@ async def test_broker_outage_mid_stream_waits_retries_and_carries_on(
         at_stop = await count(own_db_url, EXECUTIONS)
         stopped = asyncio.get_running_loop().time()
         while asyncio.get_running_loop().time() - stopped < OUTAGE_S:
-            statuses.append((await _ready_status(worker))[0])
+            statuses.append(await _ready_status(worker))
             await asyncio.sleep(0.5)
         assert worker.proc is not None
         assert worker.proc.poll() is None, f"the worker exited during the outage:\n{worker.tail()}"
         await asyncio.to_thread(own.start, "kafka")
         await send_all(own.services.kafka_bootstrap, own_topics.signals, after)
         await wait_for_count(own_db_url, EXECUTIONS, total, timeout_s=150)
+        await _wait_ready(worker)
         alive = worker.proc.poll() is None
     finally:
         own.start("kafka")
@@ -172,13 +173,17 @@ async def test_broker_outage_mid_stream_waits_retries_and_carries_on(
         "3 broker outage",
         records=f"{len(before) + len(after)} signals x {AGENTS} agents",
         faults=f"Kafka stopped {OUTAGE_S}s with {at_stop} of {len(before) * AGENTS} "
-        f"executions written, /readyz during it {sorted(set(statuses))}",
+        f"executions written, /readyz during it {sorted({s for s, _ in statuses})}",
         executions=ledger.executions,
         lost=ledger.lost,
         duplicated=ledger.duplicated,
         check=ledger.check,
         exit=code,
         seed=seed,
+    )
+    # Contract section 2: /readyz is "connected to Kafka and PostgreSQL".
+    assert any(s == 503 and "kafka" in body.lower() for s, body in statuses), (
+        f"/readyz never said 503 for Kafka while the broker was down: {statuses}"
     )
     assert alive, "the worker exited after the outage"
     assert starts(worker) == 1, "the worker restarted"
