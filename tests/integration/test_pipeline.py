@@ -509,3 +509,29 @@ async def test_buy_writes_the_amounts_worked_out_by_hand(
         assert execution is not None
         assert (execution["status"], execution["transaction_id"]) == ("success", tx["id"])
     assert await find_violations(db_conn) == []
+
+
+async def test_a_record_the_database_rejects_is_dead_lettered_and_the_rest_go_through(
+    services: Services, db_url: str, topics: Topics, db_conn: asyncpg.Connection
+) -> None:
+    # A constraint that only this test's database has: the record breaks it at insert time.
+    await db_conn.execute(
+        "ALTER TABLE trading_signals ADD CONSTRAINT no_poison CHECK (symbol <> 'POISON')"
+    )
+    account = await make_account(db_conn, [None])
+    await set_sol_price(db_conn)
+    messages = [
+        signal_message(account.user_id, TOKEN_A, symbol="OK1"),
+        signal_message(account.user_id, TOKEN_B, symbol="POISON"),
+        signal_message(account.user_id, TOKEN_C, symbol="OK2"),
+    ]
+    async with running_worker(make_settings(services, db_url, topics)):
+        await publish(services.kafka_bootstrap, topics.signals, messages)
+        [dead] = await read_topic(services.kafka_bootstrap, topics.dlq, 1)
+        await wait_for_count(db_url, "SELECT count(*) FROM signal_executions", 2)
+    headers = {k: v.decode() for k, v in dead.headers}
+    assert headers["error"].startswith("database rejected it: CheckViolationError")
+    assert b'"POISON"' in dead.value
+    symbols = {r["symbol"] for r in await db_conn.fetch("SELECT symbol FROM trading_signals")}
+    assert symbols == {"OK1", "OK2"}
+    assert await find_violations(db_conn) == []

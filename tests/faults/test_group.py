@@ -1,0 +1,75 @@
+"""Scenario 4: three workers in one group; one SIGKILLed and one added mid-stream."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+from tests.conftest import Services, create_test_topics, delete_topics, make_settings
+from tests.faults.conftest import (
+    EXECUTIONS,
+    Report,
+    assert_exactly_once,
+    log_events,
+    make_book,
+    measure,
+    mint,
+    seeded,
+    send_all,
+)
+from tests.support import WorkerProcess, count, env_for, wait_for_count
+
+pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
+
+USERS, AGENTS, PER_USER = 12, 5, 100  # 1,200 signals x 5 agents over 6 partitions
+
+
+async def test_group_survives_a_killed_member_and_a_new_one(
+    services: Services, db_url: str, db_conn: asyncpg.Connection, report: Report
+) -> None:
+    seed, rng = seeded("group")
+    topics = await create_test_topics(services, partitions=6)
+    tokens = [mint(rng) for _ in range(20)]
+    book = await make_book(db_conn, USERS, AGENTS)
+    first = book.signals(PER_USER // 2, tokens)
+    second = book.signals(PER_USER // 2, tokens, start=PER_USER // 2)
+    total = (len(first) + len(second)) * AGENTS
+    env = env_for(make_settings(services, db_url, topics))
+    workers = [WorkerProcess(env).start() for _ in range(3)]
+    victim = workers[rng.randrange(3)]
+    codes: list[int] = []
+    try:
+        for w in workers:
+            await w.wait_started()
+        await send_all(services.kafka_bootstrap, topics.signals, first)
+        await wait_for_count(db_url, EXECUTIONS, rng.randrange(len(first) * AGENTS // 5,
+                                                                len(first) * AGENTS // 2))
+        victim.kill()
+        killed_at = await count(db_url, EXECUTIONS)
+        newcomer = WorkerProcess(env).start()
+        workers.append(newcomer)
+        await newcomer.wait_started()
+        await send_all(services.kafka_bootstrap, topics.signals, second)
+        await wait_for_count(db_url, EXECUTIONS, total, timeout_s=150)
+    finally:
+        codes = [w.terminate() for w in workers if w is not victim]
+        await delete_topics(services.kafka_bootstrap, [topics.signals, topics.prices, topics.dlq])
+
+    ledger = await measure(db_conn, book.expected)
+    by_worker = [len(log_events(w, "signal_processed")) for w in workers]
+    report(
+        "4 group changes",
+        records=f"{len(first) + len(second)} signals x {AGENTS} agents, 6 partitions",
+        faults=f"worker {workers.index(victim)} of 3 SIGKILLed at {killed_at} executions, "
+        f"a 4th added; signals processed per worker {by_worker}",
+        executions=ledger.executions,
+        lost=ledger.lost,
+        duplicated=ledger.duplicated,
+        check=ledger.check,
+        seed=seed,
+    )
+    assert codes == [0, 0, 0], "\n---\n".join(w.tail() for w in workers)
+    assert killed_at < total, "the kill came after the end of the stream"
+    assert by_worker[workers.index(victim)] > 0, "the killed worker had processed nothing"
+    assert by_worker[3] > 0, "the added worker took no part in the stream"
+    assert_exactly_once(ledger)
