@@ -286,36 +286,26 @@ async def send_all(
 async def read_all(bootstrap: str, topic: str, timeout_s: float = 60) -> list[Any]:
     """Every record of `topic` up to its end offsets at the time of the call."""
     consumer = AIOKafkaConsumer(
+        topic,
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
         group_id=None,
+        auto_offset_reset="earliest",
         max_partition_fetch_bytes=4_000_000,
         fetch_max_bytes=16_000_000,
     )
     await consumer.start()
     try:
         partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
+        assert partitions, f"topic {topic} has no partitions"
         ends = await consumer.end_offsets(partitions)
         records: list[Any] = []
         async with asyncio.timeout(timeout_s):
-            while any(await consumer.position(tp) < ends[tp] for tp in partitions):
+            while sum(ends.values()) > len(records):
                 batch = await consumer.getmany(timeout_ms=500)
-                for recs in batch.values():
-                    records.extend(recs)
+                for tp, recs in batch.items():
+                    records.extend(r for r in recs if r.offset < ends[tp])
         return records
-    finally:
-        await consumer.stop()
-
-
-async def topic_partitions(bootstrap: str, topic: str) -> int:
-    """How many partitions `topic` has."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
-    await consumer.start()
-    try:
-        await consumer.topics()
-        return len(consumer.partitions_for_topic(topic) or ())
     finally:
         await consumer.stop()
 

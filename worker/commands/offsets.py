@@ -276,6 +276,8 @@ async def _reset(
 async def run(settings: Settings, args: argparse.Namespace) -> int:
     """`offsets show` prints the table; `offsets reset` moves the offsets, then prints it."""
     topics = _topics(settings, args)
+    if getattr(args, "to_timestamp", None) is not None:
+        parse_timestamp(args.to_timestamp)  # a typo fails before anything is touched
     conn = await connect(settings.db, timeout_s=settings.startup_timeout_s)
     try:
         async with _cluster(settings) as cluster:
