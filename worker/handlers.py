@@ -21,10 +21,18 @@ from worker.db import agents as agents_db
 from worker.db import prices as prices_db
 from worker.db import signals as signals_db
 from worker.db import trades as trades_db
-from worker.domain.eligibility import decide_agent
+from worker.domain.config import AgentTradingConfig, InvalidConfig
+from worker.domain.eligibility import decide, decide_agent
 from worker.domain.exits import initial_stop_loss_pct
 from worker.domain.fills import BuyFill, buy_fill
-from worker.domain.models import SOL_MINT, SOL_SYMBOL, Decision, ExecutionStatus, Signal
+from worker.domain.models import (
+    SOL_MINT,
+    SOL_SYMBOL,
+    Decision,
+    ExecutionStatus,
+    Signal,
+    Subscriber,
+)
 from worker.domain.sizing import sizing_seed
 from worker.settings import TradingSettings
 
@@ -99,59 +107,15 @@ async def handle_signal(
         return outcome
 
     prices = await _prices(conn, signal)
-    swaps: list[trades_db.SwapRow] = []
-    deltas: list[trades_db.BalanceDelta] = []
-    positions: list[trades_db.NewPosition] = []
+    buys = _Buys(signal_id, signal, now)
     rows: list[signals_db.ExecutionRow] = []
-    symbol = signal.symbol or DEFAULT_TOKEN_SYMBOL
     for agent in pending:
-        decision = decide_agent(signal, agent, seed=sizing_seed(signal_id, agent.agent_id))
+        decision, cfg = _decide(signal, signal_id, agent)
         tx_id: UUID | None = None
-        if decision.is_success:
-            cfg = config_of(agent.trading_config)
+        if decision.is_success and cfg is not None and agent.wallet_address is not None:
             fill, decision = _fill(decision, prices, agent.sol_balance, signal, trading)
-            if fill is not None and agent.wallet_address is not None:
-                tx_id = buy_transaction_id(signal_id, agent.agent_id)
-                wallet = agent.wallet_address
-                swaps.append(
-                    _buy_swap(
-                        tx_id,
-                        agent.agent_id,
-                        wallet,
-                        signal_id,
-                        symbol,
-                        fill,
-                        signal.token_address,
-                        now,
-                    )
-                )
-                deltas.append(
-                    trades_db.BalanceDelta(
-                        agent.agent_id, wallet, SOL_MINT, SOL_SYMBOL, -fill.debit_sol
-                    )
-                )
-                deltas.append(
-                    trades_db.BalanceDelta(
-                        agent.agent_id, wallet, signal.token_address, symbol, fill.token_amount
-                    )
-                )
-                positions.append(
-                    trades_db.NewPosition(
-                        id=position_id(signal_id, agent.agent_id),
-                        agent_id=agent.agent_id,
-                        wallet_address=wallet,
-                        token_address=signal.token_address,
-                        token_symbol=symbol,
-                        purchase_transaction_id=tx_id,
-                        purchase_price=fill.price_sol,
-                        purchase_amount=fill.token_amount,
-                        total_invested_sol=fill.debit_sol,
-                        stop_loss_pct=(
-                            initial_stop_loss_pct(cfg) if cfg.stop_loss.enabled else None
-                        ),
-                        time=now,
-                    )
-                )
+            if fill is not None:
+                tx_id = buys.add(agent.agent_id, agent.wallet_address, fill, cfg)
         rows.append(
             signals_db.ExecutionRow(
                 signal_id, agent.agent_id, decision.status, tx_id, decision.reason
@@ -159,11 +123,86 @@ async def handle_signal(
         )
         outcome.outcomes.append(AgentOutcome(agent.agent_id, decision, tx_id))
 
-    await trades_db.insert_swaps(conn, swaps)
-    await trades_db.apply_balance_deltas(conn, deltas)
-    await trades_db.insert_positions(conn, positions)
+    await trades_db.insert_swaps(conn, buys.swaps)
+    await trades_db.apply_balance_deltas(conn, buys.deltas)
+    await trades_db.insert_positions(conn, buys.positions)
     await signals_db.insert_executions(conn, rows)
     return outcome
+
+
+def _decide(
+    signal: Signal, signal_id: int, agent: Subscriber
+) -> tuple[Decision, AgentTradingConfig | None]:
+    """The agent's decision, with its config from the content-keyed cache."""
+    seed = sizing_seed(signal_id, agent.agent_id)
+    try:
+        cfg = config_of(agent.trading_config)
+    except InvalidConfig:
+        # The slow path says why, after the automated-trading check (off wins).
+        return decide_agent(signal, agent, seed=seed), None
+    return decide(signal, agent, cfg, seed=seed), cfg
+
+
+@dataclass(slots=True)
+class _Buys:
+    """The rows of one signal's buys, written set-based after every agent is decided."""
+
+    signal_id: int
+    signal: Signal
+    now: datetime
+    swaps: list[trades_db.SwapRow] = field(default_factory=list)
+    deltas: list[trades_db.BalanceDelta] = field(default_factory=list)
+    positions: list[trades_db.NewPosition] = field(default_factory=list)
+
+    def add(self, agent_id: UUID, wallet: str, fill: BuyFill, cfg: AgentTradingConfig) -> UUID:
+        """Add one agent's buy: the swap, the balance moves, the position; its tx id."""
+        signal, token = self.signal, self.signal.token_address
+        symbol = signal.symbol or DEFAULT_TOKEN_SYMBOL
+        tx_id = buy_transaction_id(self.signal_id, agent_id)
+        pos_id = position_id(self.signal_id, agent_id)
+        self.swaps.append(
+            trades_db.SwapRow(
+                id=tx_id,
+                agent_id=agent_id,
+                wallet_address=wallet,
+                time=self.now,
+                signal_id=self.signal_id,
+                value_usd=fill.value_usd,
+                input_mint=SOL_MINT,
+                input_symbol=SOL_SYMBOL,
+                input_amount=fill.size_sol,
+                input_price=Decimal(1),
+                output_mint=token,
+                output_symbol=symbol,
+                output_amount=fill.token_amount,
+                output_price=fill.price_sol,
+                network_fee_sol=fill.network_fee_sol,
+                protocol_fee_sol=fill.protocol_fee_sol,
+                position_id=pos_id,
+            )
+        )
+        self.deltas.append(
+            trades_db.BalanceDelta(agent_id, wallet, SOL_MINT, SOL_SYMBOL, -fill.debit_sol)
+        )
+        self.deltas.append(
+            trades_db.BalanceDelta(agent_id, wallet, token, symbol, fill.token_amount)
+        )
+        self.positions.append(
+            trades_db.NewPosition(
+                id=pos_id,
+                agent_id=agent_id,
+                wallet_address=wallet,
+                token_address=token,
+                token_symbol=symbol,
+                purchase_transaction_id=tx_id,
+                purchase_price=fill.price_sol,
+                purchase_amount=fill.token_amount,
+                total_invested_sol=fill.debit_sol,
+                stop_loss_pct=initial_stop_loss_pct(cfg) if cfg.stop_loss.enabled else None,
+                time=self.now,
+            )
+        )
+        return tx_id
 
 
 async def _prices(conn: asyncpg.Connection, signal: Signal) -> _Prices:
@@ -215,34 +254,3 @@ def _fill(
             f"the buy costs {fill.debit_sol} SOL with fees but the balance is {available} SOL",
         )
     return fill, decision
-
-
-def _buy_swap(
-    tx_id: UUID,
-    agent_id: UUID,
-    wallet: str,
-    signal_id: int,
-    symbol: str,
-    fill: BuyFill,
-    token: str,
-    now: datetime,
-) -> trades_db.SwapRow:
-    return trades_db.SwapRow(
-        id=tx_id,
-        agent_id=agent_id,
-        wallet_address=wallet,
-        time=now,
-        signal_id=signal_id,
-        value_usd=fill.value_usd,
-        input_mint=SOL_MINT,
-        input_symbol=SOL_SYMBOL,
-        input_amount=fill.size_sol,
-        input_price=Decimal(1),
-        output_mint=token,
-        output_symbol=symbol,
-        output_amount=fill.token_amount,
-        output_price=fill.price_sol,
-        network_fee_sol=fill.network_fee_sol,
-        protocol_fee_sol=fill.protocol_fee_sol,
-        position_id=position_id(signal_id, agent_id),
-    )
