@@ -80,7 +80,7 @@ def unavailable(kafka: KafkaSettings, exc: BaseException) -> ServiceUnavailable:
     )
 
 
-async def start_client(client: Any, kafka: KafkaSettings, *, timeout_s: float) -> None:
+async def start_client(client: Any, kafka: KafkaSettings, *, timeout_s: float) -> None:  # noqa: ANN401
     """`await client.start()`, retried for at most `timeout_s`; `ServiceUnavailable` after.
 
     A broker that refuses our credentials or certificate fails at once, not after the
@@ -146,7 +146,7 @@ def _broker_reason(exc: KafkaError) -> str:
     return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
 
 
-async def _close_quietly(client: Any) -> None:
+async def _close_quietly(client: Any) -> None:  # noqa: ANN401 - aiokafka clients are untyped
     closer = getattr(client, "stop", None) or client.close
     try:
         await closer()
@@ -185,8 +185,8 @@ async def ensure_topics(kafka: KafkaSettings, *, timeout_s: float) -> list[str]:
         except TopicAlreadyExistsError:
             log.info("topics_created_concurrently", topics=missing)
         log.info("topics_created", topics=missing, partitions=kafka.topic_partitions)
-        return missing
     except KafkaError as exc:
         raise unavailable(kafka, exc) from exc
     finally:
         await admin.close()
+    return missing

@@ -46,8 +46,14 @@ from worker.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
-TABLES = ["trading_signals", "signal_executions", "agent_transactions", "agent_balances",
-          "agent_positions", "token_prices"]
+TABLES = [
+    "trading_signals",
+    "signal_executions",
+    "agent_transactions",
+    "agent_balances",
+    "agent_positions",
+    "token_prices",
+]
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -63,8 +69,14 @@ class Cli:
 async def cli(settings: Settings, *args: str) -> Cli:
     """`python -m worker ARGS` with the settings' environment, without blocking the loop."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "worker", *args, env=env_for(settings), cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "worker",
+        *args,
+        env=env_for(settings),
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
     assert proc.returncode is not None
@@ -84,7 +96,7 @@ def parse_table(stdout: str) -> dict[tuple[str, int], Row]:
     lines = stdout.splitlines()
     start = next(i for i, line in enumerate(lines) if line.split()[:2] == ["topic", "partition"])
     rows = {}
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         topic, partition, stored, committed, end, lag = line.split()
         rows[(topic, int(partition))] = Row(
             None if stored == "-" else int(stored),
@@ -205,14 +217,17 @@ async def test_reset_to_earliest_replays_every_record_and_writes_nothing_new(
 
     metrics = Metrics()
     async with running_worker(settings, metrics):
+
         async def replayed() -> bool:
             offsets = await stored_offsets(db_url, topics.group)
             return sum(o for (t, _), o in offsets.items() if t == topics.signals) == sent
+
         await poll(replayed, "the stored offsets to reach the end again")
     registry = metrics.registry
-    assert registry.get_sample_value(
-        "signal_worker_records_consumed_total", {"topic": topics.signals}
-    ) == sent
+    assert (
+        registry.get_sample_value("signal_worker_records_consumed_total", {"topic": topics.signals})
+        == sent
+    )
     for status in ("success", "skipped", "failed"):
         assert not registry.get_sample_value(
             "signal_worker_executions_total", {"status": status}
@@ -237,6 +252,7 @@ async def test_reset_is_refused_while_a_worker_is_in_the_group(
 
         async def ready() -> bool:
             return (await http_get(port, "/readyz"))[0] == 200
+
         await poll(ready, "the worker to own its partitions")
         stored = await stored_offsets(db_url, topics.group)
         refused = await cli(settings, "offsets", "reset", "--to-earliest")
@@ -261,7 +277,9 @@ async def test_reset_to_a_timestamp_lands_between_records_and_to_latest_at_the_e
     try:
         for partition, offset_ms in [(0, 0), (0, 1000), (0, 2000), (1, 3000)]:
             await producer.send_and_wait(
-                topics.signals, b'{"n": %d}' % offset_ms, partition=partition,
+                topics.signals,
+                b'{"n": %d}' % offset_ms,
+                partition=partition,
                 timestamp_ms=base_ms + offset_ms,
             )
     finally:
@@ -271,10 +289,21 @@ async def test_reset_to_a_timestamp_lands_between_records_and_to_latest_at_the_e
     def rfc3339(ms: int) -> str:
         return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat().replace("+00:00", "Z")
 
-    for at_ms, expected in [(1500, {0: 2, 1: 0, 2: 0}), (1000, {0: 1, 1: 0, 2: 0}),
-                            (2500, {0: 3, 1: 0, 2: 0}), (9000, {0: 3, 1: 1, 2: 0})]:
-        reset = await cli(settings, "offsets", "reset", "--to-timestamp", rfc3339(base_ms + at_ms),
-                          "--topic", topics.signals)
+    for at_ms, expected in [
+        (1500, {0: 2, 1: 0, 2: 0}),
+        (1000, {0: 1, 1: 0, 2: 0}),
+        (2500, {0: 3, 1: 0, 2: 0}),
+        (9000, {0: 3, 1: 1, 2: 0}),
+    ]:
+        reset = await cli(
+            settings,
+            "offsets",
+            "reset",
+            "--to-timestamp",
+            rfc3339(base_ms + at_ms),
+            "--topic",
+            topics.signals,
+        )
         assert reset.code == 0, reset.stderr
         rows = parse_table(reset.stdout)
         assert set(rows) == {(topics.signals, p) for p in range(3)}
@@ -319,18 +348,26 @@ async def test_metrics_move_by_what_a_run_did(
     settings = make_settings(services, db_url, topics)
     async with running_worker(settings) as (_, port):
         before = await scrape(port)
-        await publish(services.kafka_bootstrap, topics.signals,
-                      [signal_message(account.user_id, signal_strength=4), b"not json"])
-        await publish(services.kafka_bootstrap, topics.prices,
-                      [{"token_address": TOKEN_B, "price_usd": "1.5"}],
-                      key=lambda _: TOKEN_B.encode())
+        await publish(
+            services.kafka_bootstrap,
+            topics.signals,
+            [signal_message(account.user_id, signal_strength=4), b"not json"],
+        )
+        await publish(
+            services.kafka_bootstrap,
+            topics.prices,
+            [{"token_address": TOKEN_B, "price_usd": "1.5"}],
+            key=lambda _: TOKEN_B.encode(),
+        )
 
         async def counted() -> bool:
             now = await scrape(port)
-            return (value(now, "signal_worker_dead_letters_total", reason="invalid") >= 1
-                    and value(now, "signal_worker_records_consumed_total",
-                              topic=topics.prices) >= 1
-                    and sum(named(now, "signal_worker_executions_total").values()) >= 3)
+            return (
+                value(now, "signal_worker_dead_letters_total", reason="invalid") >= 1
+                and value(now, "signal_worker_records_consumed_total", topic=topics.prices) >= 1
+                and sum(named(now, "signal_worker_executions_total").values()) >= 3
+            )
+
         await poll(counted, "the run's metrics")
         after = await scrape(port)
 
@@ -390,13 +427,16 @@ async def test_readyz_is_503_while_postgres_is_down_and_200_after(
                 async def check() -> bool:
                     last[:] = [await http_get(port, "/readyz")]
                     return last[0][0] == status and text in last[0][1]
+
                 return check
 
             await poll(readyz_is(200, "ready"), "ready before the stop")
             await asyncio.to_thread(own_services.stop, "postgres")
             try:
-                await poll(readyz_is(503, "not ready: database unreachable"),
-                           f"503 while PostgreSQL is down (last {last})")
+                await poll(
+                    readyz_is(503, "not ready: database unreachable"),
+                    f"503 while PostgreSQL is down (last {last})",
+                )
                 assert await http_get(port, "/healthz") == (200, "ok\n")
             finally:
                 await asyncio.to_thread(own_services.start, "postgres")
@@ -404,4 +444,3 @@ async def test_readyz_is_503_while_postgres_is_down_and_200_after(
             assert await http_get(port, "/healthz") == (200, "ok\n")
     finally:
         await delete_topics(own.kafka_bootstrap, [topics.signals, topics.prices, topics.dlq])
-

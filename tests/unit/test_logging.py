@@ -107,7 +107,7 @@ def test_library_lines_are_json_too_and_masked(configure: Any) -> None:
 
 
 def _fail_with_a_secret_in_a_local() -> None:
-    password = "hunter2-local"  # noqa: S105 - the secret the traceback must not show
+    password = "hunter2-local"
     raise RuntimeError(f"boom ({len(password)} characters)")
 
 

@@ -29,8 +29,16 @@ ASYNCAPI = DOCS / "asyncapi.yaml"
 CONTRACT_TOPICS = {"trading-signals", "token-prices", "trading-signals.dlq"}
 DLQ_HEADERS = {"error", "original-topic", "original-partition", "original-offset"}
 # Keywords of JSON Schema 2019-09/2020-12 that AsyncAPI's schema (a draft-07 superset) lacks.
-NEWER_KEYWORDS = {"$defs", "prefixItems", "dependentSchemas", "dependentRequired",
-                  "unevaluatedProperties", "unevaluatedItems", "$dynamicRef", "$anchor"}
+NEWER_KEYWORDS = {
+    "$defs",
+    "prefixItems",
+    "dependentSchemas",
+    "dependentRequired",
+    "unevaluatedProperties",
+    "unevaluatedItems",
+    "$dynamicRef",
+    "$anchor",
+}
 
 
 def _keys(node: Any) -> Iterator[str]:
@@ -80,7 +88,11 @@ def test_committed_schema_files_are_what_the_models_generate(tmp_path: Path) -> 
 def test_the_schema_command_writes_the_same_files(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "worker", "schema", "--out", str(tmp_path / "out")],
-        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     for name, model in SCHEMAS.items():
@@ -100,8 +112,11 @@ def test_rendering_is_stable_sorted_and_ends_with_a_newline() -> None:
 @pytest.mark.parametrize(
     ("name", "model", "required"),
     [
-        ("signal.v1.json", SignalV1,
-         ["user_id", "token_address", "signal_type", "signal_strength"]),
+        (
+            "signal.v1.json",
+            SignalV1,
+            ["user_id", "token_address", "signal_type", "signal_strength"],
+        ),
         ("price-tick.v1.json", PriceTickV1, ["token_address", "price_usd"]),
     ],
 )

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import SecretStr, ValidationError
@@ -86,12 +87,14 @@ def test_contract_variables_are_read_from_the_environment_without_prefix(
 
 
 def test_secrets_are_secret_strings_that_never_show_in_repr() -> None:
-    settings = Settings(
-        database_url="postgresql://u:hunter2-db@db:5432/x",
-        kafka_security_protocol="SASL_PLAINTEXT",
-        kafka_sasl_mechanism="SCRAM-SHA-256",
-        kafka_sasl_username="worker",
-        kafka_sasl_password="hunter2-sasl",
+    settings = Settings.model_validate(
+        {
+            "database_url": "postgresql://u:hunter2-db@db:5432/x",
+            "kafka_security_protocol": "SASL_PLAINTEXT",
+            "kafka_sasl_mechanism": "SCRAM-SHA-256",
+            "kafka_sasl_username": "worker",
+            "kafka_sasl_password": "hunter2-sasl",
+        }
     )
     assert isinstance(settings.database_url, SecretStr)
     assert isinstance(settings.kafka_sasl_password, SecretStr)
@@ -104,11 +107,14 @@ def test_secrets_are_secret_strings_that_never_show_in_repr() -> None:
 
 
 def test_sasl_options_carry_mechanism_user_and_password() -> None:
-    settings = Settings(
-        kafka_security_protocol="sasl_plaintext",
-        kafka_sasl_mechanism="scram-sha-512",
-        kafka_sasl_username="worker",
-        kafka_sasl_password="worker-secret",
+    # Lower case as a deploy may write it; normalised by the settings.
+    settings = Settings.model_validate(
+        {
+            "kafka_security_protocol": "sasl_plaintext",
+            "kafka_sasl_mechanism": "scram-sha-512",
+            "kafka_sasl_username": "worker",
+            "kafka_sasl_password": "worker-secret",
+        }
     )
     options = client_options(settings.kafka)
     assert options["security_protocol"] == "SASL_PLAINTEXT"
@@ -125,10 +131,27 @@ def ca_file(tmp_path: Path) -> Path:
         pytest.skip("openssl is not installed")
     cert = tmp_path / "ca.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-         "-nodes", "-keyout", str(tmp_path / "ca.key"), "-out", str(cert), "-days", "1",
-         "-subj", "/CN=signal-worker test CA"],
-        check=True, capture_output=True, timeout=30,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            str(tmp_path / "ca.key"),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=signal-worker test CA",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
     )
     return cert
 
@@ -137,14 +160,18 @@ def ca_file(tmp_path: Path) -> Path:
 def test_tls_builds_a_verifying_context_that_trusts_the_ca_file(
     ca_file: Path, protocol: str
 ) -> None:
-    sasl = {"kafka_sasl_mechanism": "PLAIN", "kafka_sasl_username": "w",
-            "kafka_sasl_password": "p"} if protocol == "SASL_SSL" else {}
-    settings = Settings(kafka_security_protocol=protocol, kafka_ssl_cafile=str(ca_file), **sasl)
+    fields: dict[str, Any] = {"kafka_security_protocol": protocol, "kafka_ssl_cafile": str(ca_file)}
+    if protocol == "SASL_SSL":
+        fields.update(
+            kafka_sasl_mechanism="PLAIN", kafka_sasl_username="w", kafka_sasl_password="p"
+        )
+    settings = Settings.model_validate(fields)
     context = client_options(settings.kafka)["ssl_context"]
     assert isinstance(context, ssl.SSLContext)
     assert context.verify_mode == ssl.CERT_REQUIRED
     assert context.check_hostname
-    subjects = [dict(item[0] for item in ca["subject"]) for ca in context.get_ca_certs()]
+    certificates: list[Any] = context.get_ca_certs()
+    subjects = [dict(item[0] for item in ca["subject"]) for ca in certificates]
     assert {"commonName": "signal-worker test CA"} in subjects
 
 
@@ -178,35 +205,45 @@ class Case:
     args: tuple[str, ...] = ("migrate",)
 
 
-SASL = {"KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "KAFKA_SASL_MECHANISM": "SCRAM-SHA-256",
-        "KAFKA_SASL_USERNAME": "worker", "KAFKA_SASL_PASSWORD": "worker-secret"}
+SASL = {
+    "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+    "KAFKA_SASL_MECHANISM": "SCRAM-SHA-256",
+    "KAFKA_SASL_USERNAME": "worker",
+    "KAFKA_SASL_PASSWORD": "worker-secret",
+}
 
 BAD_VALUES = {
     "http_port_not_a_number": Case({"HTTP_PORT": "abc"}, ("HTTP_PORT",)),
     "http_port_out_of_range": Case({"HTTP_PORT": "70000"}, ("HTTP_PORT",)),
     "log_level_unknown": Case({"LOG_LEVEL": "LOUD"}, ("LOG_LEVEL",)),
     "log_format_unknown": Case({"LOG_FORMAT": "xml"}, ("LOG_FORMAT",)),
-    "security_protocol_unknown": Case({"KAFKA_SECURITY_PROTOCOL": "FOO"},
-                                      ("KAFKA_SECURITY_PROTOCOL",)),
-    "sasl_without_mechanism": Case({**SASL, "KAFKA_SASL_MECHANISM": ""},
-                                   ("KAFKA_SASL_MECHANISM",)),
-    "sasl_mechanism_unknown": Case({**SASL, "KAFKA_SASL_MECHANISM": "GSSAPI"},
-                                   ("KAFKA_SASL_MECHANISM",)),
+    "security_protocol_unknown": Case(
+        {"KAFKA_SECURITY_PROTOCOL": "FOO"}, ("KAFKA_SECURITY_PROTOCOL",)
+    ),
+    "sasl_without_mechanism": Case({**SASL, "KAFKA_SASL_MECHANISM": ""}, ("KAFKA_SASL_MECHANISM",)),
+    "sasl_mechanism_unknown": Case(
+        {**SASL, "KAFKA_SASL_MECHANISM": "GSSAPI"}, ("KAFKA_SASL_MECHANISM",)
+    ),
     "sasl_without_user": Case({**SASL, "KAFKA_SASL_USERNAME": ""}, ("KAFKA_SASL_USERNAME",)),
     "sasl_without_password": Case({**SASL, "KAFKA_SASL_PASSWORD": ""}, ("KAFKA_SASL_PASSWORD",)),
-    "database_url_scheme": Case({"DATABASE_URL": "mysql://root:hunter2-db@db/signals"},
-                                ("DATABASE_URL",)),
-    "database_url_port": Case({"DATABASE_URL": "postgresql://u:hunter2-db@db:port/x"},
-                              ("DATABASE_URL",)),
+    "database_url_scheme": Case(
+        {"DATABASE_URL": "mysql://root:hunter2-db@db/signals"}, ("DATABASE_URL",)
+    ),
+    "database_url_port": Case(
+        {"DATABASE_URL": "postgresql://u:hunter2-db@db:port/x"}, ("DATABASE_URL",)
+    ),
     "bootstrap_empty": Case({"KAFKA_BOOTSTRAP_SERVERS": ""}, ("KAFKA_BOOTSTRAP_SERVERS",)),
-    "bootstrap_without_port": Case({"KAFKA_BOOTSTRAP_SERVERS": "kafka"},
-                                   ("KAFKA_BOOTSTRAP_SERVERS",)),
+    "bootstrap_without_port": Case(
+        {"KAFKA_BOOTSTRAP_SERVERS": "kafka"}, ("KAFKA_BOOTSTRAP_SERVERS",)
+    ),
     "topic_with_spaces": Case({"SIGNALS_TOPIC": "trading signals"}, ("SIGNALS_TOPIC",)),
     "dlq_topic_with_slash": Case({"DLQ_TOPIC": "a/b"}, ("DLQ_TOPIC",)),
     "group_empty": Case({"CONSUMER_GROUP": ""}, ("CONSUMER_GROUP",)),
     "topics_equal": Case({"PRICES_TOPIC": "trading-signals"}, ("SIGNALS_TOPIC", "PRICES_TOPIC")),
-    "ca_file_missing": Case({"KAFKA_SECURITY_PROTOCOL": "SSL",
-                             "KAFKA_SSL_CAFILE": "/nonexistent/ca.pem"}, ("KAFKA_SSL_CAFILE",)),
+    "ca_file_missing": Case(
+        {"KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SSL_CAFILE": "/nonexistent/ca.pem"},
+        ("KAFKA_SSL_CAFILE",),
+    ),
     "bad_value_for_run": Case({"HTTP_PORT": "-1"}, ("HTTP_PORT",), ("run",)),
 }
 
@@ -215,7 +252,8 @@ UNREACHABLE = {
     "run_database": Case({"DATABASE_URL": UNREACHABLE_DB}, ("DATABASE_URL",), ("run",)),
     "check_database": Case({"DATABASE_URL": UNREACHABLE_DB}, ("DATABASE_URL",), ("check",)),
     "publish_kafka": Case(
-        {"KAFKA_BOOTSTRAP_SERVERS": UNREACHABLE_KAFKA}, ("KAFKA_BOOTSTRAP_SERVERS",),
+        {"KAFKA_BOOTSTRAP_SERVERS": UNREACHABLE_KAFKA},
+        ("KAFKA_BOOTSTRAP_SERVERS",),
         ("publish", "--user-id", USER_ID, "--token-address", TOKEN),
     ),
 }
@@ -229,19 +267,31 @@ class Result:
 
 
 def _env(case: Case) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k.upper() not in SETTING_NAMES and not k.startswith("PYTEST")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k.upper() not in SETTING_NAMES and not k.startswith("PYTEST")
+    }
     # Where a bad value slipped through, fail fast rather than touch a real service.
-    env.update(DATABASE_URL=UNREACHABLE_DB, KAFKA_BOOTSTRAP_SERVERS=UNREACHABLE_KAFKA,
-               STARTUP_TIMEOUT_S="3", HTTP_PORT="0")
+    env.update(
+        DATABASE_URL=UNREACHABLE_DB,
+        KAFKA_BOOTSTRAP_SERVERS=UNREACHABLE_KAFKA,
+        STARTUP_TIMEOUT_S="3",
+        HTTP_PORT="0",
+    )
     env.update(case.env)
     return env
 
 
 def _run(case: Case) -> Result:
     done = subprocess.run(
-        [sys.executable, "-m", "worker", *case.args], env=_env(case), cwd=ROOT,
-        capture_output=True, text=True, timeout=60, check=False,
+        [sys.executable, "-m", "worker", *case.args],
+        env=_env(case),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     return Result(done.returncode, done.stdout, done.stderr.splitlines())
 
@@ -275,8 +325,9 @@ def test_a_bad_value_exits_2_with_one_line_naming_the_variable(
 
 
 def test_a_bad_value_through_python_dash_m_exits_2_with_one_line() -> None:
-    _check_bad_value(_run(BAD_VALUES["http_port_not_a_number"]),
-                     BAD_VALUES["http_port_not_a_number"])
+    _check_bad_value(
+        _run(BAD_VALUES["http_port_not_a_number"]), BAD_VALUES["http_port_not_a_number"]
+    )
 
 
 @pytest.fixture(scope="module")

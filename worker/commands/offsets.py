@@ -78,13 +78,12 @@ class GroupState:
 class _Cluster:
     """The admin client and a consumer outside the group, for metadata and log offsets."""
 
-    def __init__(self, kafka: KafkaSettings) -> None:
+    def __init__(
+        self, kafka: KafkaSettings, admin: AIOKafkaAdminClient, reader: AIOKafkaConsumer
+    ) -> None:
         self.kafka = kafka
-        self.admin = AIOKafkaAdminClient(**client_options(kafka))
-        # read_committed: the end the worker's own consumer sees (the last stable offset).
-        self.reader = AIOKafkaConsumer(
-            **client_options(kafka), group_id=None, isolation_level="read_committed"
-        )
+        self.admin = admin
+        self.reader = reader
 
     async def group_state(self) -> GroupState:
         """The group's state and member count."""
@@ -147,18 +146,23 @@ class _Cluster:
 
 @contextlib.asynccontextmanager
 async def _cluster(settings: Settings) -> AsyncIterator[_Cluster]:
-    cluster = _Cluster(settings.kafka)
-    await start_client(cluster.admin, settings.kafka, timeout_s=settings.startup_timeout_s)
+    kafka = settings.kafka
+    admin = AIOKafkaAdminClient(**client_options(kafka))
+    await start_client(admin, kafka, timeout_s=settings.startup_timeout_s)
     try:
-        await start_client(cluster.reader, settings.kafka, timeout_s=settings.startup_timeout_s)
+        # read_committed: the end the worker's own consumer sees (the last stable offset).
+        reader = AIOKafkaConsumer(
+            **client_options(kafka), group_id=None, isolation_level="read_committed"
+        )
+        await start_client(reader, kafka, timeout_s=settings.startup_timeout_s)
         try:
-            yield cluster
+            yield _Cluster(kafka, admin, reader)
         except KafkaError as exc:
-            raise WorkerError(f"Kafka: {describe(exc)}") from exc
+            raise WorkerError(f"Kafka at {kafka.bootstrap_servers}: {exc}") from exc
         finally:
-            await cluster.reader.stop()
+            await reader.stop()
     finally:
-        await cluster.admin.close()
+        await admin.close()
 
 
 def _topics(settings: Settings, args: argparse.Namespace) -> list[str]:
