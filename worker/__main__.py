@@ -13,10 +13,13 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Protocol, cast
 
+import asyncpg
+from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from worker.errors import UsageError, WorkerError
 from worker.logging import configure_logging
+from worker.retry import describe
 from worker.settings import Settings, describe_error, load_settings
 
 EXIT_OK = 0
@@ -131,6 +134,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except WorkerError as exc:
         print(f"signal-worker {args.command}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, KafkaError) as exc:
+        # A service failure no command translated: still one line, not a traceback.
+        print(f"signal-worker {args.command}: {describe(exc)}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130

@@ -6,10 +6,14 @@ import argparse
 import asyncio
 import contextlib
 import signal
+from collections.abc import Coroutine
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 import asyncpg
 import structlog
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from worker.consumer import Pipeline
@@ -23,6 +27,7 @@ from worker.retry import describe, set_retry_observer
 from worker.settings import Settings
 
 log = structlog.get_logger(__name__)
+_T = TypeVar("_T")
 
 
 async def run(settings: Settings, args: argparse.Namespace | None = None) -> int:
@@ -35,6 +40,16 @@ async def run(settings: Settings, args: argparse.Namespace | None = None) -> int
     return await run_worker(settings, stop)
 
 
+@dataclass
+class _Parts:
+    """What start-up has opened so far, so that shutdown closes exactly that."""
+
+    pool: asyncpg.Pool | None = None
+    producer: AIOKafkaProducer | None = None
+    pipeline: Pipeline | None = None
+    http: HealthServer | None = None
+
+
 async def run_worker(
     settings: Settings,
     stop: asyncio.Event,
@@ -44,7 +59,8 @@ async def run_worker(
 ) -> int:
     """Run until `stop` is set, then drain: finish in-flight work, commit, close; return 0.
 
-    `started`, when given, receives the HTTP port once the consumer has started.
+    `started`, when given, receives the HTTP port once the consumer has started. A stop
+    during start-up (a service still unreachable) ends the start-up at once, with exit 0.
     """
     metrics = metrics or Metrics()
     set_retry_observer(metrics.retries.inc)
@@ -55,40 +71,72 @@ async def run_worker(
         group=settings.consumer_group,
         topics=[settings.signals_topic, settings.prices_topic],
     )
-    pool = await create_pool(settings.db, timeout_s=settings.startup_timeout_s)
-    pipeline: Pipeline | None = None
-    http: HealthServer | None = None
-    producer = make_producer(settings.kafka)
+    parts = _Parts()
     try:
-        await ensure_topics(settings.kafka, timeout_s=settings.startup_timeout_s)
-        await start_client(producer, settings.kafka, timeout_s=settings.startup_timeout_s)
-        pipeline = Pipeline(settings, pool, producer, metrics)
-        pipeline.subscribe()
-        await start_client(pipeline.consumer, settings.kafka, timeout_s=settings.startup_timeout_s)
-        http = HealthServer(settings.http_port, metrics.registry, _readiness(pipeline, pool))
-        await http.start()
-        log.info("worker_started", http_port=http.port)
+        running = await _unless_stopped(_start(settings, metrics, parts), stop)
+        if running is None:
+            log.info("worker_stopped_during_startup")
+            return 0
+        pipeline, pool, port = running
+        log.info("worker_started", http_port=port)
         if started is not None and not started.done():
-            started.set_result(http.port)
-        snapshots = asyncio.create_task(snapshot_hourly(pool, stop), name="snapshots")
-        try:
-            await pipeline.run(stop)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, KafkaError) as exc:
-            # Retries ran out; no offset was stored past the failed batch, so a restart
-            # redoes it. One line for the operator, non-zero exit.
-            log.exception("worker_gave_up", error=describe(exc))
-            raise ServiceUnavailable(
-                f"stopped after retries ran out: {describe(exc)}; a restart resumes from the "
-                "last committed batch"
-            ) from exc
-        finally:
-            stop.set()
-            await snapshots
+            started.set_result(port)
+        await _serve(pipeline, pool, stop)
         log.info("worker_draining")
     finally:
-        await _close(pipeline, producer, pool, http, settings.shutdown_timeout_s)
+        await _close(parts, settings.shutdown_timeout_s)
     log.info("worker_stopped")
     return 0
+
+
+async def _start(
+    settings: Settings, metrics: Metrics, parts: _Parts
+) -> tuple[Pipeline, asyncpg.Pool, int]:
+    """Open everything, recording each part in `parts` as it opens; the serving parts."""
+    timeout_s = settings.startup_timeout_s
+    parts.pool = await create_pool(settings.db, timeout_s=timeout_s)
+    await ensure_topics(settings.kafka, timeout_s=timeout_s)
+    parts.producer = make_producer(settings.kafka)
+    await start_client(parts.producer, settings.kafka, timeout_s=timeout_s)
+    parts.pipeline = Pipeline(settings, parts.pool, parts.producer, metrics)
+    parts.pipeline.subscribe()
+    await start_client(parts.pipeline.consumer, settings.kafka, timeout_s=timeout_s)
+    parts.http = HealthServer(
+        settings.http_port, metrics.registry, _readiness(parts.pipeline, parts.pool)
+    )
+    await parts.http.start()
+    return parts.pipeline, parts.pool, parts.http.port
+
+
+async def _unless_stopped(work: Coroutine[Any, Any, _T], stop: asyncio.Event) -> _T | None:
+    """Run `work` unless `stop` comes first (then cancel it and return None)."""
+    task = asyncio.create_task(work)
+    stopped = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        stopped.cancel()
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return None
+
+
+async def _serve(pipeline: Pipeline, pool: asyncpg.Pool, stop: asyncio.Event) -> None:
+    snapshots = asyncio.create_task(snapshot_hourly(pool, stop), name="snapshots")
+    try:
+        await pipeline.run(stop)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, KafkaError) as exc:
+        # Retries ran out; no offset was stored past the failed batch, so a restart
+        # redoes it. One line for the operator, non-zero exit.
+        log.exception("worker_gave_up", error=describe(exc))
+        raise ServiceUnavailable(
+            f"stopped after retries ran out: {describe(exc)}; a restart resumes from the "
+            "last committed batch"
+        ) from exc
+    finally:
+        stop.set()
+        await snapshots
 
 
 async def snapshot_hourly(pool: asyncpg.Pool, stop: asyncio.Event) -> None:
@@ -127,27 +175,30 @@ def _readiness(pipeline: Pipeline, pool: asyncpg.Pool) -> ReadyCheck:
                     await conn.fetchval("SELECT 1")
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             return f"database unreachable: {describe(exc)}"
+        try:
+            # A metadata round trip: the assignment outlives a broker that went away.
+            async with asyncio.timeout(2):
+                await pipeline.consumer.topics()
+        except (OSError, TimeoutError, KafkaError) as exc:
+            return f"Kafka unreachable: {describe(exc)}"
         return None
 
     return ready
 
 
-async def _close(
-    pipeline: Pipeline | None,
-    producer: object,
-    pool: asyncpg.Pool,
-    http: HealthServer | None,
-    timeout_s: float,
-) -> None:
-    """Leave the group, flush the producer, close the pool and the HTTP server, bounded."""
+async def _close(parts: _Parts, timeout_s: float) -> None:
+    """Leave the group, flush the producer, close the HTTP server and the pool, bounded."""
     try:
         async with asyncio.timeout(timeout_s):
-            if pipeline is not None:
-                await pipeline.consumer.stop()
-            await producer.stop()  # type: ignore[attr-defined]
-            if http is not None:
-                await http.stop()
-            await pool.close()
+            if parts.pipeline is not None:
+                await parts.pipeline.consumer.stop()
+            if parts.producer is not None:
+                await parts.producer.stop()
+            if parts.http is not None:
+                await parts.http.stop()
+            if parts.pool is not None:
+                await parts.pool.close()
     except TimeoutError:
         log.warning("shutdown_timed_out", timeout_s=timeout_s)
-        pool.terminate()
+        if parts.pool is not None:
+            parts.pool.terminate()

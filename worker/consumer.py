@@ -13,6 +13,7 @@ of one partition in order. This module alone maps exceptions to ack, retry or de
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -103,6 +104,10 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
         """Wait for in-flight work so the next owner starts after our last commit."""
         async with self._lock:
             log.info("partitions_revoked", partitions=_names(revoked))
+            for tp in revoked:
+                # Another worker reports this partition's lag from now on.
+                with contextlib.suppress(KeyError):
+                    self._metrics.consumer_lag.remove(tp.topic, str(tp.partition))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         """Seek every assigned partition to the offset stored with its effects."""
@@ -319,7 +324,9 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
                 await self._producer.send(
                     self._kafka.dlq_topic,
                     value=r.value,
-                    key=r.key,
+                    # aiokafka's send() refuses a record with neither key nor value, which
+                    # other clients can write: its dead letter gets an empty key instead.
+                    key=b"" if r.key is None and r.value is None else r.key,
                     headers=headers,
                     timestamp_ms=r.timestamp,
                 )

@@ -31,6 +31,8 @@ _BASE58_RE = re.compile(r"^[1-9A-HJ-NP-Za-km-z]{32,44}$")
 MAX_MESSAGE_BYTES = 1_048_576
 
 StrictInt = Annotated[int, Field(strict=True)]
+# The pattern is checked by `_check_mint` (after trimming); here it documents the schema.
+MintAddress = Annotated[str, Field(strict=True, json_schema_extra={"pattern": _BASE58_RE.pattern})]
 # Upper bounds keep values inside their columns: numeric(30,18) prices, numeric(30,8) metrics.
 PriceUsd = Annotated[Decimal, Field(gt=0, lt=Decimal("1e12"), allow_inf_nan=False)]
 MetricUsd = Annotated[Decimal, Field(gt=0, lt=Decimal("1e22"), allow_inf_nan=False)]
@@ -59,7 +61,7 @@ class SignalV1(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     user_id: UUID
-    token_address: Annotated[str, Field(strict=True)]
+    token_address: MintAddress
     signal_type: SignalType
     signal_strength: Annotated[StrictInt, Field(ge=1, le=5)]
     symbol: Symbol | None = None
@@ -106,7 +108,7 @@ class PriceTickV1(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    token_address: Annotated[str, Field(strict=True)]
+    token_address: MintAddress
     price_usd: PriceUsd
     ts: AwareDatetime | None = None
 

@@ -7,7 +7,12 @@ from collections.abc import Callable
 
 import asyncpg
 import structlog
-from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, NodeNotReadyError
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    NodeNotReadyError,
+)
 from aiokafka.errors import RequestTimedOutError as KafkaRequestTimedOut
 from tenacity import (
     AsyncRetrying,
@@ -54,7 +59,7 @@ def _log_retry(state: RetryCallState) -> None:
     log.warning(
         "retrying_after_transient_error",
         attempt=state.attempt_number,
-        error=f"{type(exc).__name__}: {exc}" if exc else None,
+        error=describe(exc) if exc else None,
         sleep_s=round(state.next_action.sleep, 3) if state.next_action else None,
     )
     if _on_retry is not None:
@@ -94,8 +99,12 @@ def startup_retry(timeout_s: float) -> AsyncRetrying:
 
 def describe(exc: BaseException) -> str:
     """A short human description of an exception for one-line error messages."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    name = type(exc).__name__
+    # aiokafka's errors put their own class name in str(); keep the message only.
+    raw = str(exc.args[0]) if isinstance(exc, KafkaError) and exc.args else str(exc)
+    text = raw.strip().splitlines()[0] if raw.strip() else ""
+    text = text.removeprefix(f"{name}: ").removeprefix(f"[Error {getattr(exc, 'errno', '')}] ")
+    return f"{name}: {text}" if text and text != name else name
 
 
 __all__ = [
