@@ -242,12 +242,12 @@ pg_install() {
 pg_datadir() {
     # The server refuses to run as root, so it runs as `postgres`, which must reach its data
     # directory. A clone under a private folder (mode 700, as mktemp makes) is out of its
-    # reach: then the data lives under /var/tmp, keyed by this clone's path.
+    # reach: then the data lives under /var/tmp, keyed by this services folder.
     local dir=$SERVICES_DIR/postgres
     if runuser -u postgres -- test -x "$SERVICES_DIR" 2>/dev/null; then
         echo "$dir"
     else
-        echo "/var/tmp/signal-worker-pg/$(printf '%s' "$ROOT" | md5sum | cut -c1-12)"
+        echo "/var/tmp/signal-worker-pg/$(printf '%s' "$SERVICES_DIR" | md5sum | cut -c1-12)"
     fi
 }
 
