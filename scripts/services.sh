@@ -44,8 +44,8 @@ pid_alive() { # pidfile -> 0 when the recorded process runs
     [[ -f $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null
 }
 
-stop_pidfile() { # name pidfile
-    local name=$1 pidfile=$2 pid i
+stop_pidfile() { # name pidfile [signal]: the signal that asks for a clean, prompt stop
+    local name=$1 pidfile=$2 sig=${3:-TERM} pid i
     if ! pid_alive "$pidfile"; then
         rm -f "$pidfile"
         log "$name: not started by this script (nothing to stop)"
@@ -53,7 +53,7 @@ stop_pidfile() { # name pidfile
     fi
     pid=$(cat "$pidfile")
     log "$name: stopping process $pid"
-    kill -TERM "$pid" 2>/dev/null || true
+    kill "-$sig" "$pid" 2>/dev/null || true
     for i in $(seq 1 60); do
         kill -0 "$pid" 2>/dev/null || break
         sleep 0.5
@@ -63,7 +63,8 @@ stop_pidfile() { # name pidfile
         kill -KILL "$pid" 2>/dev/null || true
         sleep 0.5
     fi
-    rm -f "$pidfile"
+    # Only our own record: a start that ran meanwhile has written another process id.
+    [[ $(cat "$pidfile" 2>/dev/null) == "$pid" ]] && rm -f "$pidfile"
     log "$name: stopped"
 }
 
@@ -198,7 +199,7 @@ kafka_start() {
         -Djava.awt.headless=true \
         -Dlog4j2.configurationFile="$KAFKA_DIR/log4j2.properties" \
         -cp "$KAFKA_LIB/*" kafka.Kafka "$KAFKA_DIR/server.properties" \
-        >>"$KAFKA_DIR/stdout.log" 2>&1 </dev/null &
+        >>"$KAFKA_DIR/stdout.log" 2>&1 </dev/null 9>&- &
     echo $! >"$KAFKA_PID"
     local waited=0
     until kafka_ready; do
@@ -294,8 +295,10 @@ full_page_writes = off
 EOF
     fi
     log "postgres: starting on 127.0.0.1:$PG_PORT (data: $datadir)"
-    runuser -u postgres -- setsid "$bindir/postgres" -D "$datadir" \
-        >>"$datadir/server.log" 2>&1 </dev/null &
+    # setsid and setpriv exec (no fork), so $! is the postmaster itself: its own session
+    # (a Ctrl-C of `make` does not reach it), running as postgres (it refuses root).
+    setsid setpriv --reuid=postgres --regid=postgres --init-groups \
+        "$bindir/postgres" -D "$datadir" >>"$datadir/server.log" 2>&1 </dev/null 9>&- &
     echo $! >"$PG_PID"
     until pg_ready; do
         if ! pid_alive "$PG_PID"; then
@@ -322,7 +325,8 @@ pg_ensure_db() {
     fi
 }
 
-pg_stop() { stop_pidfile postgres "$PG_PID"; }
+# SIGINT is PostgreSQL's fast shutdown: SIGTERM ("smart") would wait for every client.
+pg_stop() { stop_pidfile postgres "$PG_PID" INT; }
 
 # ---------------------------------------------------------------------------- main
 
@@ -336,6 +340,11 @@ status() {
         else echo "$name: not started by this script"; fi
     done
 }
+
+# One start or stop at a time per services folder (tests restart services concurrently).
+# The servers started below close this descriptor, so they never hold the lock.
+exec 9>"$SERVICES_DIR/.lock"
+flock 9
 
 cmd=${1:-}
 case $cmd in

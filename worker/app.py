@@ -186,12 +186,28 @@ def _readiness(pipeline: Pipeline, pool: asyncpg.Pool) -> ReadyCheck:
     return ready
 
 
+async def _stop_consumer(pipeline: Pipeline) -> None:
+    """Leave the group and stop fetching, even when aiokafka re-raises its own cancellation.
+
+    Its fetcher awaits the fetch tasks it has just cancelled (aio-libs/aiokafka#647, #983):
+    with the broker away at shutdown one is pending, and its CancelledError escapes
+    `stop()`. Only a cancellation of this task (the close timeout) is passed on.
+    """
+    try:
+        await pipeline.consumer.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        log.warning("kafka_consumer_stop_cut_short")
+
+
 async def _close(parts: _Parts, timeout_s: float) -> None:
     """Leave the group, flush the producer, close the HTTP server and the pool, bounded."""
     try:
         async with asyncio.timeout(timeout_s):
             if parts.pipeline is not None:
-                await parts.pipeline.consumer.stop()
+                await _stop_consumer(parts.pipeline)
             if parts.producer is not None:
                 await parts.producer.stop()
             if parts.http is not None:

@@ -39,6 +39,9 @@ from worker.settings import Settings
 
 log = structlog.get_logger(__name__)
 
+# Kafka offsets are only for lag tools (the stored ones are in PostgreSQL): never wait long.
+KAFKA_COMMIT_TIMEOUT_S = 5.0
+
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
@@ -342,8 +345,11 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
 
     async def _commit_kafka(self, tp: TopicPartition, next_offset: int) -> None:
         try:
-            await self.consumer.commit({tp: next_offset})
-        except KafkaError as exc:
+            # Bounded: while the broker is away aiokafka waits for a group coordinator
+            # forever, which would hold up the loop and a SIGTERM's drain with it.
+            async with asyncio.timeout(KAFKA_COMMIT_TIMEOUT_S):
+                await self.consumer.commit({tp: next_offset})
+        except (KafkaError, TimeoutError) as exc:
             # The database holds the truth; a lost Kafka commit only delays lag reporting.
             log.warning(
                 "kafka_commit_failed", error=describe(exc), topic=tp.topic, partition=tp.partition

@@ -10,7 +10,9 @@ per scenario, and the terminal summary repeats them all at the end of the run.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import subprocess
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -63,8 +65,9 @@ def report(request: pytest.FixtureRequest) -> Report:
 
 
 def seeded(name: str) -> tuple[int, random.Random]:
-    """A random seed for `name` (printed with the figures, so a failure can be replayed)."""
-    seed = random.SystemRandom().randrange(2**32)
+    """A random seed for `name`, or `FAULTS_SEED`'s: printed with the figures, to replay."""
+    given = os.environ.get("FAULTS_SEED")
+    seed = int(given) if given else random.SystemRandom().randrange(2**32)
     return seed, random.Random(f"{name}:{seed}")
 
 
@@ -101,9 +104,8 @@ SIGNAL_KEYS = "SELECT user_id, idempotency_key FROM trading_signals"
 async def measure(conn: asyncpg.Connection, expected: Expected) -> Ledger:
     """Count lost, duplicated and unexpected executions, and run the ledger invariants."""
     wanted = {(user, key, agent) for (user, key), agents in expected.items() for agent in agents}
-    rows = Counter(
-        (r["user_id"], r["idempotency_key"], r["agent_id"]) for r in await conn.fetch(EXECUTED_PAIRS)
-    )
+    executed = await conn.fetch(EXECUTED_PAIRS)
+    rows = Counter((r["user_id"], r["idempotency_key"], r["agent_id"]) for r in executed)
     signals = Counter((r["user_id"], r["idempotency_key"]) for r in await conn.fetch(SIGNAL_KEYS))
     return Ledger(
         executions=await conn.fetchval(EXECUTIONS),
@@ -175,9 +177,9 @@ async def make_book(
 ) -> Book:
     """`users` users with `agents` funded simulation agents each, and a SOL price."""
     await set_sol_price(conn, "100")
-    return Book([
-        await make_account(conn, [None] * agents, deposit_sol=deposit_sol) for _ in range(users)
-    ])
+    return Book(
+        [await make_account(conn, [None] * agents, deposit_sol=deposit_sol) for _ in range(users)]
+    )
 
 
 @dataclass(frozen=True)
@@ -264,8 +266,8 @@ async def send_all(
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_request_size=4_000_000
     )
-    await producer.start()
     try:
+        await producer.start()
         futures = []
         for i, value in enumerate(values):
             key = keys[i] if keys is not None else user_key(value)
@@ -294,8 +296,8 @@ async def read_all(bootstrap: str, topic: str, timeout_s: float = 60) -> list[An
         max_partition_fetch_bytes=4_000_000,
         fetch_max_bytes=16_000_000,
     )
-    await consumer.start()
     try:
+        await consumer.start()
         partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
         assert partitions, f"topic {topic} has no partitions"
         ends = await consumer.end_offsets(partitions)
@@ -348,6 +350,18 @@ def starts(worker: WorkerProcess) -> int:
     return len(log_events(worker, "worker_started"))
 
 
+def terminate_within(worker: WorkerProcess, bound_s: float) -> int:
+    """SIGTERM; the exit code, or a failure with the worker's last lines past `bound_s`."""
+    try:
+        return worker.terminate(timeout_s=bound_s)
+    except subprocess.TimeoutExpired:
+        own = [line for line in worker.lines if '"logger": "aiokafka' not in line]
+        raise AssertionError(
+            f"the worker had not exited {bound_s}s after SIGTERM (killed); its last lines "
+            "but aiokafka's:\n" + "\n".join(own[-25:])
+        ) from None
+
+
 async def http_status(port: int, path: str) -> tuple[int, str]:
     """GET `path` on the worker's HTTP port: (status, body)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -363,6 +377,20 @@ async def http_status(port: int, path: str) -> tuple[int, str]:
 
 
 # ---------------------------------------------------------------------------- own services
+
+
+async def assert_down(host: str, port: int, name: str) -> None:
+    """Fail unless nothing accepts connections on `port` (the fault really was injected)."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout=5)
+    except (OSError, TimeoutError):
+        return
+    writer.close()
+    await writer.wait_closed()
+    raise AssertionError(
+        f"{name} still answers on {host}:{port} after the stop (did another test session "
+        "start it again? the own services are shared by every session in this checkout)"
+    )
 
 
 async def create_template(services: Services) -> str:

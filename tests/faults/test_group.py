@@ -17,11 +17,13 @@ from tests.faults.conftest import (
     seeded,
     send_all,
 )
-from tests.support import WorkerProcess, count, env_for, wait_for_count
+from tests.support import WorkerProcess, count, env_for, wait_for, wait_for_count
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
 
-USERS, AGENTS, PER_USER = 12, 5, 100  # 1,200 signals x 5 agents over 6 partitions
+# 1,200 signals x 5 agents over 6 partitions; 24 users, so that (keyed by user) every
+# worker's pair of partitions holds some of them.
+USERS, AGENTS, PER_USER = 24, 5, 50
 
 
 async def test_group_survives_a_killed_member_and_a_new_one(
@@ -42,13 +44,24 @@ async def test_group_survives_a_killed_member_and_a_new_one(
         for w in workers:
             await w.wait_started()
         await send_all(services.kafka_bootstrap, topics.signals, first)
-        await wait_for_count(db_url, EXECUTIONS, rng.randrange(len(first) * AGENTS // 5,
-                                                                len(first) * AGENTS // 2))
+        await wait_for_count(
+            db_url, EXECUTIONS, rng.randrange(len(first) * AGENTS // 5, len(first) * AGENTS // 2)
+        )
         victim.kill()
         killed_at = await count(db_url, EXECUTIONS)
         newcomer = WorkerProcess(env).start()
         workers.append(newcomer)
         await newcomer.wait_started()
+
+        async def newcomer_assigned() -> bool:
+            return any(
+                p.startswith(f"{topics.signals}:")
+                for e in log_events(newcomer, "partitions_assigned")
+                for p in e["partitions"]
+            )
+
+        # The rest of the stream comes once the group has settled with the newcomer in it.
+        await wait_for(newcomer_assigned, timeout_s=60, what="the new worker's partitions")
         await send_all(services.kafka_bootstrap, topics.signals, second)
         await wait_for_count(db_url, EXECUTIONS, total, timeout_s=150)
     finally:

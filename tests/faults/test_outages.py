@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -17,6 +18,7 @@ from tests.faults.conftest import (
     EXECUTIONS,
     Book,
     Report,
+    assert_down,
     assert_exactly_once,
     http_status,
     make_book,
@@ -25,6 +27,7 @@ from tests.faults.conftest import (
     seeded,
     send_all,
     starts,
+    terminate_within,
 )
 from tests.support import WorkerProcess, count, env_for, wait_for_count
 
@@ -32,6 +35,7 @@ pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
 
 USERS, AGENTS, PER_USER = 5, 4, 200  # 1,000 signals before the outage, 1,000 more
 OUTAGE_S = 10
+DRAIN_BOUND_S = 10
 
 
 @pytest.fixture
@@ -40,8 +44,9 @@ async def own_topics(own_services: OwnServices) -> AsyncIterator[Topics]:
     names = await create_test_topics(own_services.services)
     yield names
     own_services.start("kafka")
-    await delete_topics(own_services.services.kafka_bootstrap,
-                        [names.signals, names.prices, names.dlq])
+    await delete_topics(
+        own_services.services.kafka_bootstrap, [names.signals, names.prices, names.dlq]
+    )
 
 
 async def _book(db_url: str) -> Book:
@@ -85,6 +90,8 @@ async def test_database_outage_mid_stream_waits_retries_and_carries_on(
         await wait_for_count(own_db_url, EXECUTIONS, len(before) * AGENTS // 4)
         at_stop = await count(own_db_url, EXECUTIONS)
         await asyncio.to_thread(own.stop, "postgres")
+        db = urlsplit(own.services.database_url)
+        await assert_down(db.hostname or "127.0.0.1", db.port or 5432, "PostgreSQL")
         stopped = asyncio.get_running_loop().time()
         # The stream goes on while the database is away.
         await send_all(own.services.kafka_bootstrap, own_topics.signals, during)
@@ -148,6 +155,8 @@ async def test_broker_outage_mid_stream_waits_retries_and_carries_on(
         await send_all(own.services.kafka_bootstrap, own_topics.signals, before)
         await wait_for_count(own_db_url, EXECUTIONS, len(before) * AGENTS // 10)
         await asyncio.to_thread(own.stop, "kafka")
+        host, port = own.services.kafka_bootstrap.rsplit(":", 1)
+        await assert_down(host, int(port), "Kafka")
         at_stop = await count(own_db_url, EXECUTIONS)
         stopped = asyncio.get_running_loop().time()
         while asyncio.get_running_loop().time() - stopped < OUTAGE_S:
@@ -189,4 +198,59 @@ async def test_broker_outage_mid_stream_waits_retries_and_carries_on(
     assert starts(worker) == 1, "the worker restarted"
     assert code == 0, worker.tail()
     assert at_stop < len(before) * AGENTS, "the broker stopped after the stream had been consumed"
+    assert_exactly_once(ledger)
+
+
+async def test_sigterm_during_a_broker_outage_still_drains_and_exits_0(
+    own_services: OwnServices,
+    own_topics: Topics,
+    db_url: str,
+    db_conn: asyncpg.Connection,
+    report: Report,
+) -> None:
+    """Beyond the seven: the offsets live in PostgreSQL, so a broker outage must not hold
+    up a shutdown (the database here is the shared one, which no test stops)."""
+    own = own_services
+    seed, rng = seeded("sigterm-in-broker-outage")
+    tokens = [mint(rng) for _ in range(20)]
+    book = await make_book(db_conn, USERS, AGENTS)
+    stream = book.signals(PER_USER * 2, tokens)
+    total = len(stream) * AGENTS
+    env = env_for(make_settings(own.services, db_url, own_topics))
+    worker = WorkerProcess(env).start()
+    try:
+        await worker.wait_started()
+        await send_all(own.services.kafka_bootstrap, own_topics.signals, stream)
+        await wait_for_count(db_url, EXECUTIONS, total // 10)
+        await asyncio.to_thread(own.stop, "kafka")
+        host, port = own.services.kafka_bootstrap.rsplit(":", 1)
+        await assert_down(host, int(port), "Kafka")
+        at_stop = await count(db_url, EXECUTIONS)
+    finally:
+        # The bound of contract section 1's drain: `terminate` raises if it takes longer.
+        code = terminate_within(worker, DRAIN_BOUND_S)
+        await asyncio.to_thread(own.start, "kafka")
+    at_exit = await count(db_url, EXECUTIONS)
+
+    second = WorkerProcess(env).start()
+    try:
+        await second.wait_started()
+        await wait_for_count(db_url, EXECUTIONS, total, timeout_s=120)
+    finally:
+        second_code = second.terminate()
+    ledger = await measure(db_conn, book.expected)
+    report(
+        "3b SIGTERM in a broker outage",
+        records=f"{len(stream)} signals x {AGENTS} agents",
+        faults=f"Kafka stopped at {at_stop} executions, SIGTERM, {at_exit} at exit, restarted",
+        executions=ledger.executions,
+        lost=ledger.lost,
+        duplicated=ledger.duplicated,
+        check=ledger.check,
+        exit=f"{code}, {second_code}",
+        seed=seed,
+    )
+    assert code == 0, worker.tail()
+    assert second_code == 0, second.tail()
+    assert at_exit < total, "the stream was over before the broker stopped"
     assert_exactly_once(ledger)
