@@ -28,8 +28,9 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from worker.db.offsets import fetch_offsets, store_offset
 from worker.db.pool import connection
+from worker.domain.models import Signal
 from worker.errors import InvalidMessage, WorkerError
-from worker.handlers import SignalOutcome, UnknownUser, handle_signal
+from worker.handlers import SignalOutcome, UnknownUser, handle_signal, handle_signals
 from worker.kafka import client_options
 from worker.messages import PriceTickV1, SignalV1, decode_price, decode_signal
 from worker.metrics import Metrics
@@ -262,6 +263,8 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
     ) -> tuple[list[tuple[_Item, SignalOutcome | None]], list[DeadLetter]]:
         outcomes: list[tuple[_Item, SignalOutcome | None]] = []
         dead: list[DeadLetter] = []
+        if not isolated and items and isinstance(items[0].message, SignalV1):
+            return await self._apply_signals(conn, items, dead), dead
         for item in items:
             if not isolated:
                 outcome = await self._apply_one(conn, item, dead)
@@ -282,15 +285,29 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
                 log.exception("record_failed", error=describe(exc), **_coordinates(item.record))
         return outcomes, dead
 
+    async def _apply_signals(
+        self, conn: asyncpg.Connection, items: list[_Item], dead: list[DeadLetter]
+    ) -> list[tuple[_Item, SignalOutcome | None]]:
+        """A partition's signals, set-based in one go (a fixed number of statements)."""
+        signals = [_signal(item) for item in items]
+        results = await handle_signals(
+            conn, signals, trading=self._settings.trading, now=datetime.now(UTC)
+        )
+        outcomes: list[tuple[_Item, SignalOutcome | None]] = []
+        for item, result in zip(items, results, strict=True):
+            if isinstance(result, UnknownUser):
+                dead.append(DeadLetter(item.record, str(result), "unknown_user"))
+                outcomes.append((item, None))
+            else:
+                outcomes.append((item, result))
+        return outcomes
+
     async def _apply_one(
         self, conn: asyncpg.Connection, item: _Item, dead: list[DeadLetter]
     ) -> SignalOutcome | None:
         record = item.record
         if isinstance(item.message, SignalV1):
-            signal = item.message.to_domain(
-                coordinates=f"{record.topic}:{record.partition}:{record.offset}",
-                received_at=record_time(record),
-            )
+            signal = _signal(item)
             try:
                 return await handle_signal(
                     conn, signal, trading=self._settings.trading, now=datetime.now(UTC)
@@ -401,6 +418,15 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
             already_executed=outcome.already_done,
             latency_ms=latency_ms,
         )
+
+
+def _signal(item: _Item) -> Signal:
+    record, message = item.record, item.message
+    assert isinstance(message, SignalV1)  # noqa: S101 - only called for signal items
+    return message.to_domain(
+        coordinates=f"{record.topic}:{record.partition}:{record.offset}",
+        received_at=record_time(record),
+    )
 
 
 _DLQ_HEADERS = frozenset({"error", "original-topic", "original-partition", "original-offset"})

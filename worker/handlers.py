@@ -9,7 +9,8 @@ lock, and decides only for agents that have no execution yet: nothing is written
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 from uuid import UUID
@@ -87,47 +88,130 @@ async def handle_signal(
     trading: TradingSettings,
     now: datetime,
 ) -> SignalOutcome:
-    """Store the signal and execute it for every agent of its user that has no execution yet.
+    """`handle_signals` for one signal; raises `UnknownUser` (nothing written) for a stranger."""
+    [result] = await handle_signals(conn, [signal], trading=trading, now=now)
+    if isinstance(result, UnknownUser):
+        raise result
+    return result
 
-    Raises `UnknownUser` (nothing written) when the user does not exist.
+
+async def handle_signals(
+    conn: asyncpg.Connection,
+    signals: Sequence[Signal],
+    *,
+    trading: TradingSettings,
+    now: datetime,
+) -> list[SignalOutcome | UnknownUser]:
+    """Store the signals and execute each, in order, for every agent of its user that has no
+    execution yet; one result per signal (`UnknownUser`: nothing of it written).
+
+    Set-based for the whole batch: a fixed number of statements however many signals and
+    agents. Signals of one user see each other's effects (balance, positions held), as if
+    they were processed one by one.
     """
-    if not await agents_db.user_exists(conn, signal.user_id):
-        raise UnknownUser(f"unknown user_id {signal.user_id}: no such user")
-    signal_id, is_new = await signals_db.insert_signal(conn, signal)
-    done: set[UUID] = set()
-    if not is_new:
-        # A redelivery, or another worker replaying it: serialise on the signal row.
-        await signals_db.lock_signal(conn, signal_id)
-        done = await signals_db.existing_executions(conn, signal_id)
-    await trades_db.lock_user_sol_balances(conn, signal.user_id)
-    subscribers = await agents_db.fetch_subscribers(conn, signal.user_id, signal.token_address)
-    pending = [s for s in subscribers if s.agent_id not in done]
-    outcome = SignalOutcome(signal_id, is_new, already_done=len(subscribers) - len(pending))
-    if not pending:
-        return outcome
-
-    prices = await _prices(conn, signal)
-    buys = _Buys(signal_id, signal, now)
+    known = await agents_db.existing_users(conn, [s.user_id for s in signals])
+    stored = [s for s in signals if s.user_id in known]
+    ids = iter(await signals_db.insert_signals(conn, stored))
+    keyed = [(s, next(ids)) if s.user_id in known else (s, None) for s in signals]
+    # Signals stored before (a redelivery, a replay, another worker): (id, is_new) False.
+    replayed = [found[0] for _, found in keyed if found is not None and not found[1]]
+    done: dict[int, set[UUID]] = {}
+    if replayed:
+        # A redelivery, or another worker replaying it: serialise on the signal rows.
+        await signals_db.lock_signals(conn, replayed)
+        done = await signals_db.executions_of(conn, replayed)
+    users = list(known)
+    await trades_db.lock_users_sol_balances(conn, users)
+    fleet = _Fleet(await agents_db.fetch_agents(conn, users, [s.token_address for s in stored]))
+    prices = await prices_db.fetch_prices(
+        conn, [SOL_MINT, *(s.token_address for s in stored if s.price_usd is None)]
+    )
+    buys = _Buys(now)
     rows: list[signals_db.ExecutionRow] = []
-    for agent in pending:
-        decision, cfg = _decide(signal, signal_id, agent)
-        tx_id: UUID | None = None
-        if decision.is_success and cfg is not None and agent.wallet_address is not None:
-            fill, decision = _fill(decision, prices, agent.sol_balance, signal, trading)
-            if fill is not None:
-                tx_id = buys.add(agent.agent_id, agent.wallet_address, fill, cfg)
-        rows.append(
-            signals_db.ExecutionRow(
-                signal_id, agent.agent_id, decision.status, tx_id, decision.reason
-            )
+    results: list[SignalOutcome | UnknownUser] = []
+    for signal, stored_id in keyed:
+        if stored_id is None:
+            results.append(UnknownUser(f"unknown user_id {signal.user_id}: no such user"))
+            continue
+        signal_id, is_new = stored_id
+        finished = done.setdefault(signal_id, set())
+        agents = fleet.agents_of(signal.user_id)
+        outcome = SignalOutcome(signal_id, is_new, already_done=len(finished & fleet.ids(agents)))
+        price = _Prices(
+            signal.price_usd if signal.price_usd is not None else prices.get(signal.token_address),
+            prices.get(SOL_MINT),
         )
-        outcome.outcomes.append(AgentOutcome(agent.agent_id, decision, tx_id))
+        for agent in agents:
+            if agent.agent_id in finished:
+                continue
+            decision, tx_id = _execute(signal, signal_id, agent, price, trading, buys, fleet)
+            finished.add(agent.agent_id)
+            rows.append(
+                signals_db.ExecutionRow(
+                    signal_id, agent.agent_id, decision.status, tx_id, decision.reason
+                )
+            )
+            outcome.outcomes.append(AgentOutcome(agent.agent_id, decision, tx_id))
+        results.append(outcome)
 
     await trades_db.insert_swaps(conn, buys.swaps)
     await trades_db.apply_balance_deltas(conn, buys.deltas)
     await trades_db.insert_positions(conn, buys.positions)
     await signals_db.insert_executions(conn, rows)
-    return outcome
+    return results
+
+
+class _Fleet:
+    """The batch's agents, with the state that earlier signals of the batch changed."""
+
+    def __init__(self, agents: dict[UUID, list[agents_db.AgentRow]]) -> None:
+        self._agents = agents
+        self._where = {
+            agent.agent_id: (user_id, i)
+            for user_id, rows in agents.items()
+            for i, agent in enumerate(rows)
+        }
+
+    def agents_of(self, user_id: UUID) -> list[agents_db.AgentRow]:
+        """The user's agents as they stand now."""
+        return self._agents.get(user_id, [])
+
+    @staticmethod
+    def ids(agents: list[agents_db.AgentRow]) -> set[UUID]:
+        """Their ids."""
+        return {a.agent_id for a in agents}
+
+    def bought(self, agent: agents_db.AgentRow, token: str, debit_sol: Decimal) -> None:
+        """Record a buy: the SOL left, one more position, the token held."""
+        user_id, index = self._where[agent.agent_id]
+        self._agents[user_id][index] = replace(
+            agent,
+            sol_balance=(agent.sol_balance or Decimal(0)) - debit_sol,
+            open_positions=agent.open_positions + 1,
+            held_tokens=agent.held_tokens | {token},
+        )
+
+
+def _execute(
+    signal: Signal,
+    signal_id: int,
+    agent: agents_db.AgentRow,
+    prices: _Prices,
+    trading: TradingSettings,
+    buys: _Buys,
+    fleet: _Fleet,
+) -> tuple[Decision, UUID | None]:
+    """One agent's decision and, for a success, its buy; the purchase transaction id."""
+    subscriber = agent.subscriber(signal.token_address)
+    decision, cfg = _decide(signal, signal_id, subscriber)
+    if not decision.is_success or cfg is None or agent.wallet_address is None:
+        return decision, None
+    fill, decision = _fill(decision, prices, agent.sol_balance, signal, trading)
+    if fill is None:
+        return decision, None
+    tx_id = buys.add(signal, signal_id, agent.agent_id, agent.wallet_address, fill, cfg)
+    fleet.bought(agent, signal.token_address, fill.debit_sol)
+    return decision, tx_id
 
 
 def _decide(
@@ -145,28 +229,34 @@ def _decide(
 
 @dataclass(slots=True)
 class _Buys:
-    """The rows of one signal's buys, written set-based after every agent is decided."""
+    """The rows of a batch's buys, written set-based after every agent is decided."""
 
-    signal_id: int
-    signal: Signal
     now: datetime
     swaps: list[trades_db.SwapRow] = field(default_factory=list)
     deltas: list[trades_db.BalanceDelta] = field(default_factory=list)
     positions: list[trades_db.NewPosition] = field(default_factory=list)
 
-    def add(self, agent_id: UUID, wallet: str, fill: BuyFill, cfg: AgentTradingConfig) -> UUID:
+    def add(
+        self,
+        signal: Signal,
+        signal_id: int,
+        agent_id: UUID,
+        wallet: str,
+        fill: BuyFill,
+        cfg: AgentTradingConfig,
+    ) -> UUID:
         """Add one agent's buy: the swap, the balance moves, the position; its tx id."""
-        signal, token = self.signal, self.signal.token_address
+        token = signal.token_address
         symbol = signal.symbol or DEFAULT_TOKEN_SYMBOL
-        tx_id = buy_transaction_id(self.signal_id, agent_id)
-        pos_id = position_id(self.signal_id, agent_id)
+        tx_id = buy_transaction_id(signal_id, agent_id)
+        pos_id = position_id(signal_id, agent_id)
         self.swaps.append(
             trades_db.SwapRow(
                 id=tx_id,
                 agent_id=agent_id,
                 wallet_address=wallet,
                 time=self.now,
-                signal_id=self.signal_id,
+                signal_id=signal_id,
                 value_usd=fill.value_usd,
                 input_mint=SOL_MINT,
                 input_symbol=SOL_SYMBOL,
@@ -203,15 +293,6 @@ class _Buys:
             )
         )
         return tx_id
-
-
-async def _prices(conn: asyncpg.Connection, signal: Signal) -> _Prices:
-    wanted = [SOL_MINT] if signal.price_usd is not None else [SOL_MINT, signal.token_address]
-    stored = await prices_db.fetch_prices(conn, wanted)
-    token_usd = (
-        signal.price_usd if signal.price_usd is not None else stored.get(signal.token_address)
-    )
-    return _Prices(token_usd=token_usd, sol_usd=stored.get(SOL_MINT))
 
 
 def _fill(

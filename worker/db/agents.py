@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -9,19 +13,59 @@ import orjson
 
 from worker.domain.models import SOL_MINT, Subscriber
 
-USER_EXISTS = "SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)"
+EXISTING_USERS = "SELECT id FROM users WHERE id = ANY($1::uuid[])"
+
+
+async def existing_users(conn: asyncpg.Connection, user_ids: Sequence[UUID]) -> set[UUID]:
+    """The ids among `user_ids` that have a `users` row."""
+    return {row["id"] for row in await conn.fetch(EXISTING_USERS, list(set(user_ids)))}
 
 
 async def user_exists(conn: asyncpg.Connection, user_id: UUID) -> bool:
     """True when a `users` row with this id exists."""
-    return bool(await conn.fetchval(USER_EXISTS, user_id))
+    return user_id in await existing_users(conn, [user_id])
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRow:
+    """An agent as the fan-out reads it: its mode's wallet, SOL balance and positions.
+
+    `held_tokens` are the tokens, among those asked about, in which that wallet has a
+    position; `open_positions` counts all of its positions.
+    """
+
+    user_id: UUID
+    agent_id: UUID
+    trading_mode: str
+    automated_trading_simulation: bool
+    automated_trading_live: bool
+    trading_config: Any
+    wallet_address: str | None
+    sol_balance: Decimal | None
+    open_positions: int
+    held_tokens: frozenset[str]
+
+    def subscriber(self, token_address: str) -> Subscriber:
+        """The agent as a subscriber of a signal for `token_address`."""
+        return Subscriber(
+            agent_id=self.agent_id,
+            trading_mode=self.trading_mode,
+            automated_trading_simulation=self.automated_trading_simulation,
+            automated_trading_live=self.automated_trading_live,
+            trading_config=self.trading_config,
+            wallet_address=self.wallet_address,
+            sol_balance=self.sol_balance,
+            open_positions=self.open_positions,
+            holds_token=token_address in self.held_tokens,
+        )
 
 
 # The wallet is the one of the agent's current trading mode; positions are counted per wallet.
 # trading_config is read as text and decoded here as the pool's json codec would, so the
 # result is the same with or without that codec (and a JSON string stays unambiguous).
-FETCH_SUBSCRIBERS = """
-SELECT a.id                                AS agent_id,
+FETCH_AGENTS = """
+SELECT a.user_id                           AS user_id,
+       a.id                                AS agent_id,
        a.trading_mode                      AS trading_mode,
        a.automated_trading_simulation      AS automated_trading_simulation,
        a.automated_trading_live            AS automated_trading_live,
@@ -29,42 +73,54 @@ SELECT a.id                                AS agent_id,
        w.wallet_address                    AS wallet_address,
        b.balance                           AS sol_balance,
        COALESCE(p.open_positions, 0)::int  AS open_positions,
-       COALESCE(p.holds_token, false)      AS holds_token
+       p.held_tokens                       AS held_tokens
 FROM agents a
 LEFT JOIN agent_wallets w
        ON w.agent_id = a.id AND w.wallet_type = a.trading_mode
 LEFT JOIN agent_balances b
        ON b.wallet_address = w.wallet_address AND b.token_address = $2
 LEFT JOIN LATERAL (
-       SELECT count(*)                     AS open_positions,
-              bool_or(ap.token_address = $3) AS holds_token
+       SELECT count(*) AS open_positions,
+              array_agg(ap.token_address) FILTER (WHERE ap.token_address = ANY($3::varchar[]))
+                  AS held_tokens
        FROM agent_positions ap
        WHERE ap.agent_id = a.id AND ap.wallet_address = w.wallet_address
 ) p ON true
-WHERE a.user_id = $1
-ORDER BY a.id
+WHERE a.user_id = ANY($1::uuid[])
+ORDER BY a.user_id, a.id
 """
+
+
+async def fetch_agents(
+    conn: asyncpg.Connection, user_ids: Sequence[UUID], tokens: Sequence[str]
+) -> dict[UUID, list[AgentRow]]:
+    """Every agent of each user, by agent id, with holdings among `tokens`; one query."""
+    rows = await conn.fetch(FETCH_AGENTS, list(set(user_ids)), SOL_MINT, list(set(tokens)))
+    agents: dict[UUID, list[AgentRow]] = {}
+    for row in rows:
+        agents.setdefault(row["user_id"], []).append(
+            AgentRow(
+                user_id=row["user_id"],
+                agent_id=row["agent_id"],
+                trading_mode=row["trading_mode"],
+                automated_trading_simulation=row["automated_trading_simulation"],
+                automated_trading_live=row["automated_trading_live"],
+                trading_config=_parse_config(row["trading_config"]),
+                wallet_address=row["wallet_address"],
+                sol_balance=row["sol_balance"],
+                open_positions=row["open_positions"],
+                held_tokens=frozenset(row["held_tokens"] or ()),
+            )
+        )
+    return agents
 
 
 async def fetch_subscribers(
     conn: asyncpg.Connection, user_id: UUID, token_address: str
 ) -> list[Subscriber]:
     """Every agent of `user_id`, by agent id, with its mode's wallet, SOL balance and positions."""
-    rows = await conn.fetch(FETCH_SUBSCRIBERS, user_id, SOL_MINT, token_address)
-    return [
-        Subscriber(
-            agent_id=row["agent_id"],
-            trading_mode=row["trading_mode"],
-            automated_trading_simulation=row["automated_trading_simulation"],
-            automated_trading_live=row["automated_trading_live"],
-            trading_config=_parse_config(row["trading_config"]),
-            wallet_address=row["wallet_address"],
-            sol_balance=row["sol_balance"],
-            open_positions=row["open_positions"],
-            holds_token=row["holds_token"],
-        )
-        for row in rows
-    ]
+    agents = await fetch_agents(conn, [user_id], [token_address])
+    return [agent.subscriber(token_address) for agent in agents.get(user_id, [])]
 
 
 def _parse_config(raw: str | None) -> object:

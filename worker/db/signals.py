@@ -11,45 +11,79 @@ import asyncpg
 from worker.domain.models import ExecutionStatus, Signal
 from worker.errors import DomainError
 
-INSERT_SIGNAL = """
+INSERT_SIGNALS = """
 INSERT INTO trading_signals (
     user_id, token_address, symbol, signal_type, activation_reason, signal_strength, source,
     idempotency_key, price_usd, market_cap_usd, liquidity_usd, holder_count, created_at
 )
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+SELECT * FROM unnest($1::uuid[], $2::varchar[], $3::varchar[], $4::varchar[], $5::text[],
+                     $6::int[], $7::varchar[], $8::varchar[], $9::numeric[], $10::numeric[],
+                     $11::numeric[], $12::int[], $13::timestamptz[])
 ON CONFLICT (user_id, idempotency_key) DO NOTHING
 RETURNING id
 """
-SELECT_SIGNAL_ID = "SELECT id FROM trading_signals WHERE user_id = $1 AND idempotency_key = $2"
+SELECT_SIGNAL_IDS = """
+SELECT s.id, s.user_id, s.idempotency_key
+  FROM trading_signals s
+  JOIN unnest($1::uuid[], $2::varchar[]) AS k(user_id, idempotency_key)
+    ON s.user_id = k.user_id AND s.idempotency_key = k.idempotency_key
+"""
+
+
+async def insert_signals(
+    conn: asyncpg.Connection, signals: Sequence[Signal]
+) -> list[tuple[int, bool]]:
+    """Store each signal once per (user, idempotency key); (id, whether new) for each, in order.
+
+    Two signals of `signals` with one key get the same id; only the first counts as new.
+    """
+    if not signals:
+        return []
+    inserted = {
+        row["id"]
+        for row in await conn.fetch(
+            INSERT_SIGNALS,
+            [s.user_id for s in signals],
+            [s.token_address for s in signals],
+            [s.symbol for s in signals],
+            [s.signal_type for s in signals],
+            [s.activation_reason for s in signals],
+            [s.signal_strength for s in signals],
+            [s.source for s in signals],
+            [s.idempotency_key for s in signals],
+            [s.price_usd for s in signals],
+            [s.market_cap_usd for s in signals],
+            [s.liquidity_usd for s in signals],
+            [s.holder_count for s in signals],
+            [s.created_at for s in signals],
+        )
+    }
+    # Duplicates' rows are committed (ON CONFLICT waited for their transaction), so a new
+    # statement sees them.
+    ids = {
+        (row["user_id"], row["idempotency_key"]): int(row["id"])
+        for row in await conn.fetch(
+            SELECT_SIGNAL_IDS,
+            [s.user_id for s in signals],
+            [s.idempotency_key for s in signals],
+        )
+    }
+    result: list[tuple[int, bool]] = []
+    seen: set[int] = set()
+    for s in signals:
+        signal_id = ids.get((s.user_id, s.idempotency_key))
+        if signal_id is None:  # pragma: no cover - only if the row was deleted in between
+            msg = f"signal {s.idempotency_key!r} of user {s.user_id} vanished on insert"
+            raise DomainError(msg)
+        result.append((signal_id, signal_id in inserted and signal_id not in seen))
+        seen.add(signal_id)
+    return result
 
 
 async def insert_signal(conn: asyncpg.Connection, signal: Signal) -> tuple[int, bool]:
     """Store `signal` once per (user, idempotency key); return (its id, whether it is new)."""
-    signal_id = await conn.fetchval(
-        INSERT_SIGNAL,
-        signal.user_id,
-        signal.token_address,
-        signal.symbol,
-        signal.signal_type,
-        signal.activation_reason,
-        signal.signal_strength,
-        signal.source,
-        signal.idempotency_key,
-        signal.price_usd,
-        signal.market_cap_usd,
-        signal.liquidity_usd,
-        signal.holder_count,
-        signal.created_at,
-    )
-    if signal_id is not None:
-        return int(signal_id), True
-    # A duplicate: the row is committed (ON CONFLICT waited for its transaction), so a new
-    # statement sees it.
-    existing = await conn.fetchval(SELECT_SIGNAL_ID, signal.user_id, signal.idempotency_key)
-    if existing is None:  # pragma: no cover - only if the row was deleted in between
-        msg = f"signal {signal.idempotency_key!r} of user {signal.user_id} vanished on insert"
-        raise DomainError(msg)
-    return int(existing), False
+    [result] = await insert_signals(conn, [signal])
+    return result
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,17 +120,31 @@ async def insert_executions(conn: asyncpg.Connection, rows: Sequence[ExecutionRo
     return int(status.rsplit(" ", 1)[1])
 
 
-SELECT_EXECUTED_AGENTS = "SELECT agent_id FROM signal_executions WHERE signal_id = $1"
+SELECT_EXECUTED_AGENTS = """
+SELECT signal_id, agent_id FROM signal_executions WHERE signal_id = ANY($1::int[])
+"""
+
+
+async def executions_of(
+    conn: asyncpg.Connection, signal_ids: Sequence[int]
+) -> dict[int, set[UUID]]:
+    """For each signal, the agents that already have an execution row (absent: none)."""
+    done: dict[int, set[UUID]] = {}
+    for row in await conn.fetch(SELECT_EXECUTED_AGENTS, list(signal_ids)):
+        done.setdefault(row["signal_id"], set()).add(row["agent_id"])
+    return done
 
 
 async def existing_executions(conn: asyncpg.Connection, signal_id: int) -> set[UUID]:
     """The agents that already have an execution row for `signal_id`."""
-    return {row["agent_id"] for row in await conn.fetch(SELECT_EXECUTED_AGENTS, signal_id)}
+    return (await executions_of(conn, [signal_id])).get(signal_id, set())
 
 
-LOCK_SIGNAL = "SELECT id FROM trading_signals WHERE id = $1 FOR UPDATE"
+LOCK_SIGNALS = """
+SELECT id FROM trading_signals WHERE id = ANY($1::int[]) ORDER BY id FOR UPDATE
+"""
 
 
-async def lock_signal(conn: asyncpg.Connection, signal_id: int) -> None:
-    """Lock the signal row: whoever processes a redelivered signal does it one at a time."""
-    await conn.execute(LOCK_SIGNAL, signal_id)
+async def lock_signals(conn: asyncpg.Connection, signal_ids: Sequence[int]) -> None:
+    """Lock signal rows, in id order: a redelivered signal is processed by one worker at a time."""
+    await conn.execute(LOCK_SIGNALS, sorted(set(signal_ids)))

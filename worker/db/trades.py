@@ -167,22 +167,22 @@ async def apply_balance_deltas(conn: asyncpg.Connection, deltas: Sequence[Balanc
         )
 
 
-LOCK_USER_SOL_BALANCES = """
+LOCK_USERS_SOL_BALANCES = """
 SELECT b.wallet_address
   FROM agent_balances b JOIN agents a ON a.id = b.agent_id
- WHERE a.user_id = $1 AND b.token_address = $2
+ WHERE a.user_id = ANY($1::uuid[]) AND b.token_address = $2
  ORDER BY b.wallet_address
    FOR UPDATE OF b
 """
 
 
-async def lock_user_sol_balances(conn: asyncpg.Connection, user_id: UUID) -> None:
-    """Lock the SOL balance rows of every wallet of the user, in wallet-address order.
+async def lock_users_sol_balances(conn: asyncpg.Connection, user_ids: Sequence[UUID]) -> None:
+    """Lock the SOL balance rows of every wallet of the users, in wallet-address order.
 
     Every writer of a wallet (buys, sales, DCA) takes its SOL row first and in this order,
     so concurrent signal and price processing cannot deadlock on each other.
     """
-    await conn.execute(LOCK_USER_SOL_BALANCES, user_id, SOL_MINT)
+    await conn.execute(LOCK_USERS_SOL_BALANCES, list(set(user_ids)), SOL_MINT)
 
 
 @dataclass(frozen=True, slots=True)
