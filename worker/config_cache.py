@@ -15,6 +15,12 @@ def _config_from_json(text: bytes) -> AgentTradingConfig:
     return resolve_config(orjson.loads(text))
 
 
+@functools.lru_cache(maxsize=8192)
+def config_of_text(text: str | None) -> AgentTradingConfig:
+    """The validated config of `trading_config` as the database's JSON text (None: NULL)."""
+    return resolve_config(None if text is None else orjson.loads(text))
+
+
 def config_of(stored: object) -> AgentTradingConfig:
     """The validated config of a stored `trading_config`; raises `InvalidConfig` like
     `resolve_config` (failures are not cached)."""

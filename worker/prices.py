@@ -24,13 +24,22 @@ from decimal import Decimal
 import asyncpg
 import structlog
 
-from worker.config_cache import config_of
+from worker.config_cache import config_of_text
 from worker.db import positions as positions_db
 from worker.db import prices as prices_db
 from worker.db import trades as trades_db
-from worker.domain.config import InvalidConfig
-from worker.domain.models import SOL_MINT, SOL_SYMBOL
-from worker.domain.ticks import Fees, TickPlan, plan_tick
+from worker.domain.config import AgentTradingConfig, InvalidConfig
+from worker.domain.fills import token_price_sol
+from worker.domain.models import SOL_MINT, SOL_SYMBOL, PositionState
+from worker.domain.ticks import (
+    Fees,
+    QuietBand,
+    TickPlan,
+    is_quiet,
+    plan_tick,
+    quiet_band,
+    quiet_trail,
+)
 from worker.messages import PriceTickV1
 from worker.settings import Settings
 
@@ -88,12 +97,23 @@ async def _evaluate(
     """Plan every position; lock, re-read and re-plan the ones that trade."""
     writes = _Writes()
     acting: list[positions_db.OpenPosition] = []
+    price = token_price_sol(tick.price_usd, sol_usd)
+    bands: dict[int, QuietBand] = {}
     for position in positions:
+        cfg = _config(position)
+        if cfg is None:
+            continue
+        band = bands.get(id(cfg))
+        if band is None:
+            band = bands[id(cfg)] = quiet_band(cfg)
+        if is_quiet(position.state, price, now, band):
+            _trail(position, quiet_trail(position.state, price, band), writes)
+            continue
         plan = _plan(position, tick.price_usd, sol_usd, now, fees)
         if plan is not None and plan.moves_money:
             acting.append(position)
-        elif plan is not None:
-            _trail(position, plan, writes)
+        elif plan is not None and plan.final is not None:
+            _trail(position, plan.final, writes)
     if not acting:
         return writes
     await positions_db.lock_wallets_sol(conn, [p.wallet_address for p in acting])
@@ -121,15 +141,9 @@ def _report(closed: list[positions_db.ClosedPosition]) -> dict[str, int]:
     return exits
 
 
-def _plan(
-    position: positions_db.OpenPosition,
-    token_usd: Decimal,
-    sol_usd: Decimal,
-    now: datetime,
-    fees: Fees,
-) -> TickPlan | None:
+def _config(position: positions_db.OpenPosition) -> AgentTradingConfig | None:
     try:
-        cfg = config_of(position.trading_config)
+        return config_of_text(position.trading_config_text)
     except InvalidConfig as exc:
         log.warning(
             "exits_skipped_invalid_config",
@@ -137,6 +151,18 @@ def _plan(
             agent_id=str(position.agent_id),
             error=str(exc),
         )
+        return None
+
+
+def _plan(
+    position: positions_db.OpenPosition,
+    token_usd: Decimal,
+    sol_usd: Decimal,
+    now: datetime,
+    fees: Fees,
+) -> TickPlan | None:
+    cfg = _config(position)
+    if cfg is None:
         return None
     return plan_tick(
         position.state,
@@ -149,10 +175,9 @@ def _plan(
     )
 
 
-def _trail(position: positions_db.OpenPosition, plan: TickPlan, writes: _Writes) -> None:
-    final, state = plan.final, position.state
-    if final is None:
-        return
+def _trail(position: positions_db.OpenPosition, final: PositionState, writes: _Writes) -> None:
+    """Queue the monotone part of a tick that did not trade: peak, stop, low."""
+    state = position.state
     if (final.peak_price, final.current_stop_loss_percentage, final.lowest_price) == (
         state.peak_price,
         state.current_stop_loss_percentage,
@@ -164,7 +189,7 @@ def _trail(position: positions_db.OpenPosition, plan: TickPlan, writes: _Writes)
             position.id,
             final.peak_price,
             final.current_stop_loss_percentage,
-            final.lowest_price or plan.price_sol,
+            final.lowest_price if final.lowest_price is not None else state.purchase_price,
         )
     )
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from worker.domain.config import resolve_config
 from worker.domain.models import CloseReason, PositionState
-from worker.domain.ticks import Fees, plan_tick
+from worker.domain.ticks import Fees, is_quiet, plan_tick, quiet_band, quiet_trail
 
 NOW = datetime(2026, 11, 26, 12, tzinfo=UTC)
 FEES = Fees(Decimal("0.000005"), Decimal(0))
@@ -127,3 +127,50 @@ def test_a_price_path_never_loosens_the_stop_and_never_sells_more_than_held(
         after = result.final.current_stop_loss_percentage
         assert before is not None and after is not None and after >= before
         state = result.final
+
+
+_MODES = st.sampled_from(["fixed", "exponential", "zones", "custom"])
+
+
+@st.composite
+def _configs(draw: st.DrawFn) -> dict[str, Any]:
+    mode = draw(_MODES)
+    stop: dict[str, Any] = {"enabled": draw(st.booleans()), "mode": mode}
+    if mode == "custom":
+        stop["trailingLevels"] = [{"change": 60, "stopLoss": 40}, {"change": 15, "stopLoss": 5}]
+    return {
+        "stopLoss": stop,
+        "takeProfit": {"enabled": draw(st.booleans())},
+        "dca": {"enabled": draw(st.booleans())},
+        "staleTrade": {"enabled": draw(st.booleans()), "minHoldTimeMinutes": 1},
+    }
+
+
+# Ranges around the purchase price (0.01 SOL), where most ticks of real positions fall.
+@given(
+    _configs(),
+    st.decimals(min_value=Decimal("0.01"), max_value=Decimal("0.013"), places=6),
+    st.decimals(min_value=Decimal(-32), max_value=Decimal(20), places=2),
+    st.decimals(min_value=Decimal("0.005"), max_value=Decimal("0.015"), places=6),
+    st.integers(min_value=0, max_value=600),
+)
+def test_a_quiet_tick_is_one_the_full_plan_neither_trades_nor_moves_the_stop_on(
+    config: dict[str, Any], peak: Decimal, stop_pct: Decimal, price: Decimal, age_s: int
+) -> None:
+    cfg = resolve_config(config)
+    pos = position(
+        peak_price=peak,
+        current_stop_loss_percentage=stop_pct,
+        created_at=NOW - timedelta(seconds=age_s),
+    )
+    band = quiet_band(cfg)
+    if not is_quiet(pos, price, NOW, band):
+        return
+    result = plan_tick(pos, token_usd=price * SOL_USD, sol_usd=SOL_USD, now=NOW, cfg=cfg,
+                       sol_balance=Decimal(10), fees=FEES)
+    assert not result.moves_money
+    assert result.final is not None
+    expected = quiet_trail(pos, price, band)
+    assert result.final.current_stop_loss_percentage == pos.current_stop_loss_percentage
+    assert result.final.peak_price == expected.peak_price
+    assert result.final.lowest_price == expected.lowest_price

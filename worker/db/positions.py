@@ -6,11 +6,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
 from uuid import UUID
 
 import asyncpg
-import orjson
 
 from worker.domain.exits import ExitPnl
 from worker.domain.models import SOL_MINT, CloseReason, PositionState
@@ -27,7 +25,7 @@ class OpenPosition:
     token_symbol: str
     purchase_transaction_id: UUID
     signal_id: int | None
-    trading_config: Any
+    trading_config_text: str | None
     sol_balance: Decimal
     state: PositionState
 
@@ -55,7 +53,6 @@ SELECT_AND_LOCK = _SELECT + " AND p.id = ANY($3::uuid[]) ORDER BY p.id FOR UPDAT
 
 
 def _position(r: asyncpg.Record) -> OpenPosition:
-    config = r["trading_config"]
     return OpenPosition(
         id=r["id"],
         agent_id=r["agent_id"],
@@ -64,7 +61,7 @@ def _position(r: asyncpg.Record) -> OpenPosition:
         token_symbol=r["token_symbol"],
         purchase_transaction_id=r["purchase_transaction_id"],
         signal_id=r["signal_id"],
-        trading_config=None if config is None else orjson.loads(config),
+        trading_config_text=r["trading_config"],
         sol_balance=r["sol_balance"],
         state=PositionState(
             purchase_price=r["purchase_price"],

@@ -13,8 +13,14 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 
-from worker.domain.config import AgentTradingConfig
+from worker.domain.config import (
+    AgentTradingConfig,
+    StopLossMode,
+    dca_levels,
+    take_profit_levels,
+)
 from worker.domain.exits import (
+    TRAILING_START_PCT,
     ExitPnl,
     StopLossOutcome,
     apply_dca,
@@ -23,11 +29,13 @@ from worker.domain.exits import (
     evaluate_stop_loss,
     evaluate_take_profit,
     full_exit_pnl,
+    initial_stop_loss_pct,
     is_stale,
     lowest_price,
 )
 from worker.domain.fills import BuyFill, SellFill, buy_fill, sell_fill, token_price_sol
 from worker.domain.models import CloseReason, PositionState
+from worker.domain.money import exact, to_price
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,3 +172,91 @@ def _close(
     pnl = full_exit_pnl(state, fill.credit_sol, sol_usd)
     plan.sales.append(PlannedSale(fill, is_take_profit=False, close_reason=reason, pnl=pnl))
     return True
+
+
+# --- the quiet path --------------------------------------------------------------------
+#
+# Most ticks move most positions only a little: no stop is reached, no level fires, no
+# stop ratchets. `is_quiet` proves that cheaply (a few comparisons, no division), so the
+# shell can skip `plan_tick` for those positions and only trail their peak and low. It is
+# conservative: when in doubt it says False and the full plan runs. A property test checks
+# that whenever it says True, `plan_tick` would neither trade nor move the stop.
+
+
+@dataclass(frozen=True, slots=True)
+class QuietBand:
+    """What a config allows a tick to do without a plan; derived once per config."""
+
+    is_stop_loss_enabled: bool
+    default_sl_pct: Decimal
+    trailing_start_pct: Decimal | None
+    tp_min_target_pct: Decimal | None
+    stale: tuple[Decimal, Decimal, Decimal] | None
+    dca_max_drop_pct: Decimal | None
+
+
+def quiet_band(cfg: AgentTradingConfig) -> QuietBand:
+    """The thresholds of `cfg` that `is_quiet` compares against."""
+    sl = cfg.stop_loss
+    if sl.mode is StopLossMode.CUSTOM:
+        changes = [level.change for level in sl.trailing_levels]
+        trailing_start = min(changes) if changes else None
+    else:
+        trailing_start = TRAILING_START_PCT
+    tp_targets = [level.target_percent for level in take_profit_levels(cfg)]
+    stale = cfg.stale_trade
+    drops = [level.drop_percent for level in dca_levels(cfg)]
+    return QuietBand(
+        is_stop_loss_enabled=sl.enabled,
+        default_sl_pct=initial_stop_loss_pct(cfg),
+        trailing_start_pct=trailing_start,
+        tp_min_target_pct=min(tp_targets) if cfg.take_profit.enabled and tp_targets else None,
+        stale=(
+            (Decimal(stale.min_hold_time_minutes * 60), stale.min_profit_percent,
+             stale.max_profit_percent)
+            if stale.enabled else None
+        ),
+        dca_max_drop_pct=max(drops) if cfg.dca.enabled and drops else None,
+    )  # fmt: skip
+
+
+@exact
+def is_quiet(pos: PositionState, price: Decimal, now: datetime, band: QuietBand) -> bool:
+    """True when `price` (SOL/token) can neither trade `pos` nor move its stop-loss %."""
+    average = pos.purchase_price
+    scaled = price * 100  # price >= avg x (1 + p/100)  <=>  price x 100 >= avg x (100 + p)
+    if band.is_stop_loss_enabled:
+        sl = pos.current_stop_loss_percentage
+        if sl is None or sl < band.default_sl_pct:
+            return False
+        # Below the gain where trailing starts, every mode's target is the default, so the
+        # stored stop (at least the default) stays; above it, only the full plan knows.
+        peak = max(pos.peak_price if pos.peak_price is not None else average, price)
+        if band.trailing_start_pct is None or peak * 100 >= average * (
+            100 + band.trailing_start_pct
+        ):
+            return False
+        if scaled <= average * (100 + sl):
+            return False
+    if band.tp_min_target_pct is not None and scaled >= average * (100 + band.tp_min_target_pct):
+        return False
+    if band.dca_max_drop_pct is not None and scaled <= average * (100 + band.dca_max_drop_pct):
+        return False
+    if band.stale is not None:
+        min_hold_s, low, high = band.stale
+        is_old = Decimal((now - pos.created_at).total_seconds()) >= min_hold_s
+        if is_old and average * (100 + low) <= scaled <= average * (100 + high):
+            return False
+    return True
+
+
+@exact
+def quiet_trail(pos: PositionState, price: Decimal, band: QuietBand) -> PositionState:
+    """The position after a quiet tick: the peak (when stops are on) and the low trailed."""
+    peak = pos.peak_price
+    if band.is_stop_loss_enabled:
+        peak = to_price(max(peak if peak is not None else pos.purchase_price, price))
+    low = lowest_price(pos, price)
+    if peak == pos.peak_price and low == pos.lowest_price:
+        return pos
+    return replace(pos, peak_price=peak, lowest_price=low)
