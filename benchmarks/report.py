@@ -1,0 +1,528 @@
+"""The results: a table on stdout, `docs/benchmarks.md` and the chart `docs/benchmarks.png`."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from benchmarks.infra import Machine
+from benchmarks.limits import LIMIT_FANOUT, Rate
+from benchmarks.scenarios import (
+    Latency,
+    Scale,
+    Throughput,
+    TickRate,
+    TickTimes,
+    median,
+    percentile,
+)
+
+# Every row of the table, in order (the smoke test checks that each one is printed).
+ROWS = (
+    "throughput, fan-out 1",
+    "throughput, fan-out 10",
+    "throughput, fan-out 100",
+    "throughput, fan-out 100, INFO logs",
+    "throughput, fan-out 1,000",
+    "peak memory (VmHWM)",
+    "latency p50/p95/p99/max",
+    "tick over one token: nothing moves",
+    "tick over one token: peaks move",
+    "tick over one token: all stop out",
+    "ticks/s over many tokens",
+    "limit: raw consume (aiokafka)",
+    "limit: raw write (COPY)",
+    "naive, 1 connection",
+    "naive, 8 connections",
+    "worker / lower limit, fan-out 100",
+    "worker / naive, fan-out 100",
+)
+
+TARGET_RATE = 10_000.0  # executions/s at fan-out 100
+TARGET_P99_MS = 50.0
+TARGET_NAIVE_RATIO = 10.0
+TARGET_LIMIT_RATIO = 0.5
+TARGET_TICK_MS = 100.0
+TARGET_MEMORY_MB = 200.0
+
+
+@dataclass
+class Results:
+    """Everything one run measured."""
+
+    scale: Scale
+    machine: Machine
+    throughput: list[Throughput] = field(default_factory=list)
+    info: Throughput | None = None
+    memory: Throughput | None = None
+    latency: Latency | None = None
+    one_tick: TickTimes | None = None
+    tick_rate: TickRate | None = None
+    raw_consume: Rate | None = None
+    raw_write: Rate | None = None
+    naive: dict[int, Rate] = field(default_factory=dict)
+    started: datetime = field(default_factory=lambda: datetime.now(UTC))
+    duration_s: float = 0.0
+
+    def at(self, fanout: int) -> Throughput | None:
+        """The WARNING-level throughput run at `fanout`."""
+        return next((t for t in self.throughput if t.fanout == fanout), None)
+
+    def lower_limit(self, fanout: int) -> float | None:
+        """min(raw consume x fan-out, raw write) in executions/s."""
+        if self.raw_consume is None or self.raw_write is None:
+            return None
+        return min(self.raw_consume.per_s * fanout, self.raw_write.per_s)
+
+    def best_naive(self) -> float | None:
+        """The fastest naive baseline, executions/s."""
+        return max((r.per_s for r in self.naive.values()), default=None)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the table."""
+
+    measure: str
+    figure: str
+    target: str = ""
+    verdict: str = ""
+    details: str = ""
+
+
+def _verdict(ok: bool | None) -> str:
+    return "" if ok is None else ("PASS" if ok else "MISS")
+
+
+def _n(value: float, unit: str = "") -> str:
+    if math.isnan(value):
+        return "n/a"
+    text = f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.1f}"
+    return f"{text} {unit}".rstrip()
+
+
+def _cpu(
+    client_s: float | None, database_s: float | None, count: int, per: str, client: str = "worker"
+) -> str:
+    if not count or client_s is None:
+        return ""
+    db = "?" if database_s is None else f"{database_s / count * 1000:.2f}"
+    return f"; CPU s per 1,000 {per}: {client} {client_s / count * 1000:.2f}, PostgreSQL {db}"
+
+
+def _throughput_row(name: str, t: Throughput | None, target: float | None = None) -> Row:
+    if t is None:
+        return Row(name, "not run")
+    ok = None if target is None else t.rate >= target
+    rss = f"; VmHWM {t.peak_rss_kb / 1024:.0f} MB" if t.peak_rss_kb else ""
+    topped = f" (+{t.topped_up:,} topped up)" if t.topped_up else ""
+    details = (
+        f"{t.success_pct:.0f}% success; {t.executions:,} executions of "
+        f"{t.published:,} signals{topped} in {t.window_s:.1f}s; {t.users:,} users"
+        f"{rss}{_cpu(t.worker_cpu_s, t.database_cpu_s, t.executions, 'executions')}"
+    )
+    return Row(
+        name, _n(t.rate, "exec/s"), f">= {_n(target)}/s" if target else "", _verdict(ok), details
+    )
+
+
+def _rows(r: Results) -> dict[str, Row]:
+    rows: dict[str, Row] = {}
+    for fanout in (1, 10, 100, 1000):
+        name = f"throughput, fan-out {fanout:,}"
+        rows[name] = _throughput_row(name, r.at(fanout), TARGET_RATE if fanout == 100 else None)
+    rows["throughput, fan-out 100, INFO logs"] = _throughput_row(
+        "throughput, fan-out 100, INFO logs", r.info
+    )
+    name = "peak memory (VmHWM)"
+    rows[name] = _memory_row(name, r)
+    name = "latency p50/p95/p99/max"
+    if r.latency is not None and r.latency.latencies_ms:
+        lat = r.latency
+        figure = " / ".join(_n(lat.pct(q)) for q in (50, 95, 99, 100)) + " ms"
+        starts = lat.to_txn_start_ms
+        rows[name] = Row(
+            name,
+            figure,
+            f"p99 <= {TARGET_P99_MS:.0f} ms",
+            _verdict(lat.pct(99) <= TARGET_P99_MS),
+            f"{lat.rate} signals/s x {lat.fanout} agents for {lat.duration_s:.0f}s: "
+            f"{lat.sent:,} sent, {len(lat.latencies_ms):,} committed, {lat.executions:,} "
+            f"executions; {_n(lat.achieved_per_s)} exec/s done of "
+            f"{lat.rate * lat.fanout:,} offered; send (CreateTime) to commit seen by a poll "
+            f"every {lat.poll_interval_ms:.1f} ms; to the batch's transaction start "
+            f"(executed_at) p50 {_n(percentile(starts, 50))} ms, p99 "
+            f"{_n(percentile(starts, 99))} ms",
+        )
+    else:
+        rows[name] = Row(name, "not run")
+    _tick_rows(r, rows)
+    name = "ticks/s over many tokens"
+    if r.tick_rate is not None:
+        tr = r.tick_rate
+        topped = f" (+{tr.topped_up:,} topped up)" if tr.topped_up else ""
+        rows[name] = Row(
+            name,
+            _n(tr.rate, "ticks/s"),
+            "",
+            "",
+            f"{tr.tokens:,} tokens, {tr.positions // tr.tokens} positions each; "
+            f"{tr.ticks:,} ticks{topped} in {tr.window_s:.1f}s, each moving its "
+            f"positions' peaks{_cpu(tr.worker_cpu_s, tr.database_cpu_s, tr.ticks, 'ticks')}",
+        )
+    else:
+        rows[name] = Row(name, "not run")
+    _limit_rows(r, rows)
+    return rows
+
+
+def _memory_row(name: str, r: Results) -> Row:
+    """The highest VmHWM of every worker run (the target is about the worker, whatever the
+    load), with the dedicated 10,000-agent run in the details."""
+    runs = [t for t in (*r.throughput, r.info, r.memory) if t is not None and t.peak_rss_kb]
+    if not runs or r.memory is None:
+        return Row(name, "not run")
+    worst = max(runs, key=lambda t: t.peak_rss_kb or 0)
+    mb = (worst.peak_rss_kb or 0) / 1024
+    m = r.memory
+    return Row(
+        name,
+        _n(mb, "MB"),
+        f"<= {TARGET_MEMORY_MB:.0f} MB",
+        _verdict(mb <= TARGET_MEMORY_MB),
+        f"the highest of all worker runs: {worst.label} ({worst.log_level}), "
+        f"{worst.users * worst.fanout:,} agents; the run with one user of {m.fanout:,} "
+        f"agents ({m.published} signals, fan-out {m.fanout:,}, {_n(m.rate)} exec/s): "
+        f"{_n((m.peak_rss_kb or 0) / 1024)} MB",
+    )
+
+
+def _tick_rows(r: Results, rows: dict[str, Row]) -> None:
+    names = (
+        "tick over one token: nothing moves",
+        "tick over one token: peaks move",
+        "tick over one token: all stop out",
+    )
+    t = r.one_tick
+    if t is None:
+        for name in names:
+            rows[name] = Row(name, "not run")
+        return
+    held = f"{t.positions:,} open positions in the token; send to commit"
+    target = f"<= {TARGET_TICK_MS:.0f} ms"
+    rows[names[0]] = Row(
+        names[0],
+        _n(t.flat_ms, "ms"),
+        target,
+        _verdict(t.flat_ms <= TARGET_TICK_MS),
+        f"{held}; same price, newer ts: every position read and evaluated",
+    )
+    trail = median(t.trail_ms)
+    rows[names[1]] = Row(
+        names[1],
+        _n(trail, "ms"),
+        target,
+        _verdict(trail <= TARGET_TICK_MS),
+        f"{held}; median of {len(t.trail_ms)} ticks of +1% (max "
+        f"{_n(max(t.trail_ms))} ms): every peak written",
+    )
+    rows[names[2]] = Row(
+        names[2],
+        _n(t.stop_ms, "ms"),
+        "",
+        "",
+        f"{held}; price halves: {t.closed:,} positions sold and closed "
+        "(sale, balances, P/L row, delete)",
+    )
+
+
+def _limit_rows(r: Results, rows: dict[str, Row]) -> None:
+    name = "limit: raw consume (aiokafka)"
+    rc = r.raw_consume
+    rows[name] = (
+        Row(name, "not run")
+        if rc is None
+        else Row(
+            name,
+            _n(rc.per_s, "records/s"),
+            "",
+            "",
+            f"{rc.count:,} signal records in {rc.seconds:.1f}s, not decoded; "
+            f"= {_n(rc.per_s * LIMIT_FANOUT)} exec/s at fan-out {LIMIT_FANOUT}",
+        )
+    )
+    name = "limit: raw write (COPY)"
+    rw = r.raw_write
+    rows[name] = (
+        Row(name, "not run")
+        if rw is None
+        else Row(
+            name,
+            _n(rw.per_s, "exec/s"),
+            "",
+            "",
+            f"{rw.count:,} executions in {rw.seconds:.1f}s at fan-out {LIMIT_FANOUT}, 4 "
+            "connections: per execution 4 rows COPYed (execution, swap, position, token "
+            "balance) + SOL debits + signal rows, one transaction per 10 signals"
+            + _cpu(rw.client_cpu_s, rw.database_cpu_s, rw.count, "executions", "client"),
+        )
+    )
+    for conns in (1, 8):
+        name = f"naive, {conns} connection{'s' if conns > 1 else ''}"
+        nv = r.naive.get(conns)
+        rows[name] = (
+            Row(name, "not run")
+            if nv is None
+            else Row(
+                name,
+                _n(nv.per_s, "exec/s"),
+                "",
+                "",
+                f"{nv.count:,} executions in {nv.seconds:.1f}s at fan-out {LIMIT_FANOUT}; one "
+                "transaction per agent execution, signals from memory"
+                + _cpu(nv.client_cpu_s, nv.database_cpu_s, nv.count, "executions", "client"),
+            )
+        )
+    worker = r.at(LIMIT_FANOUT)
+    name = "worker / lower limit, fan-out 100"
+    lower = r.lower_limit(LIMIT_FANOUT)
+    if worker is None or not lower:
+        rows[name] = Row(name, "not run")
+    else:
+        ratio = worker.rate / lower
+        others = ", ".join(
+            f"fan-out {t.fanout:,}: {t.rate / lim:.2f}"
+            for t in r.throughput
+            if (lim := r.lower_limit(t.fanout))
+        )
+        rows[name] = Row(
+            name,
+            f"{ratio:.2f}",
+            f">= {TARGET_LIMIT_RATIO}",
+            _verdict(ratio >= TARGET_LIMIT_RATIO),
+            f"min(raw consume x fan-out, raw write) = {_n(lower)} exec/s; {others}",
+        )
+    name = "worker / naive, fan-out 100"
+    naive = r.best_naive()
+    if worker is None or not naive:
+        rows[name] = Row(name, "not run")
+    else:
+        ratio = worker.rate / naive
+        rows[name] = Row(
+            name,
+            f"{ratio:.1f}x",
+            f">= {TARGET_NAIVE_RATIO:.0f}x",
+            _verdict(ratio >= TARGET_NAIVE_RATIO),
+            f"against the faster naive run ({_n(naive)} exec/s)",
+        )
+
+
+def table(r: Results) -> str:
+    """The table as fixed-width text: measure, figure, target, verdict; details below."""
+    rows = _rows(r)
+    ordered = [rows[name] for name in ROWS]
+    widths = [
+        max(len(getattr(row, col)) for row in ordered) for col in ("measure", "figure", "target")
+    ]
+    header = f"{'measure':<{widths[0]}}  {'figure':>{widths[1]}}  {'target':<{widths[2]}}  "
+    lines = [header + "verdict", "-" * (len(header) + 7)]
+    if r.scale.quick:
+        lines.insert(
+            0,
+            "--quick: a tiny scale to check that everything runs; the verdicts "
+            "mean nothing at it\n",
+        )
+    lines.extend(
+        f"{row.measure:<{widths[0]}}  {row.figure:>{widths[1]}}  "
+        f"{row.target:<{widths[2]}}  {row.verdict}".rstrip()
+        for row in ordered
+    )
+    lines.append("")
+    lines.extend(f"{row.measure}: {row.details}" for row in ordered if row.details)
+    return "\n".join(lines)
+
+
+def markdown(r: Results, chart: str | None) -> str:
+    """`docs/benchmarks.md`: machine, versions, settings, method, the table, the chart."""
+    m = r.machine
+    rows = _rows(r)
+    pg = ", ".join(f"`{k}={v}`" for k, v in sorted(m.pg_settings.items()))
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Measured by `python -m benchmarks{' --quick' if r.scale.quick else ''}` "
+        f"(`make bench`) on {r.started:%Y-%m-%d %H:%M} UTC in {r.duration_s / 60:.1f} "
+        "minutes, against the real local Kafka and PostgreSQL. Every figure below is "
+        "regenerated by that command; this file and `benchmarks.png` are its output.",
+        "",
+        "## Machine and versions",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| CPU | {m.cpu}, {m.cores} cores (shared by Kafka, PostgreSQL, the worker and "
+        "the benchmark) |",
+        f"| RAM | {m.ram_gb:.1f} GB |",
+        f"| OS | {m.os} |",
+        f"| Python | {m.python} |",
+        f"| Kafka | {m.kafka} (single KRaft broker, local) |",
+        f"| PostgreSQL | {m.postgres} |",
+        f"| aiokafka / asyncpg | {m.aiokafka} / {m.asyncpg} |",
+        f"| PostgreSQL settings | {pg} |",
+        "| Worker settings | defaults: `DB_POOL_MAX_SIZE=10`, `KAFKA_FETCH_MAX_RECORDS=500`, "
+        "12 partitions per topic, `LOG_FORMAT=json`, `LOG_LEVEL=WARNING` unless said |",
+        "",
+        "## Results",
+        "",
+        "| measure | figure | target | verdict |",
+        "|---|---:|---|---|",
+    ]
+    for name in ROWS:
+        row = rows[name]
+        lines.append(f"| {row.measure} | {row.figure} | {row.target} | {row.verdict} |")
+    lines += ["", "Details:", ""]
+    lines += [f"- **{rows[n].measure}**: {rows[n].details}" for n in ROWS if rows[n].details]
+    if chart:
+        lines += ["", f"![throughput by fan-out, commit curves, latency]({chart})"]
+    lines += ["", _notes(r)]
+    return "\n".join(lines) + "\n"
+
+
+def chart(r: Results, path: Path) -> None:
+    """Throughput by fan-out against the limits, commit curves, and the latency CDF."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib import ticker
+
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(17, 5.2))
+    runs = [t for t in r.throughput if t.rate > 0]
+    labels = [f"{t.fanout:,}" for t in runs]
+    ax1.bar(labels, [t.rate for t in runs], color="#4c72b0", label="worker (WARNING logs)")
+    if r.info is not None:
+        ax1.bar(
+            [f"{r.info.fanout} INFO"], [r.info.rate], color="#8172b2", label="worker, INFO logs"
+        )
+    for value, style, color, text in (
+        (r.raw_write.per_s if r.raw_write else None, "--", "#dd8452", "raw write (COPY)"),
+        (r.best_naive(), ":", "#55a868", "naive (best)"),
+        (TARGET_RATE, "-.", "#555555", "target at fan-out 100"),
+    ):
+        if value:
+            ax1.axhline(
+                value, linestyle=style, color=color, linewidth=1.2, label=f"{text}: {value:,.0f}/s"
+            )
+    ax1.set_yscale("log")
+    values = [t.rate for t in runs] + [TARGET_RATE]
+    values += [v for v in (r.raw_write.per_s if r.raw_write else None, r.best_naive()) if v]
+    ax1.set_ylim(min(values) / 1.5, max(values) * 6)
+    ax1.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax1.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax1.yaxis.set_minor_formatter(ticker.NullFormatter())
+    ax1.set_xlabel("agents per signal (fan-out)")
+    ax1.set_ylabel("executions committed per second")
+    ax1.set_title("Throughput by fan-out")
+    ax1.legend(fontsize=8, loc="upper left")
+    for t in [*r.throughput, *([r.info] if r.info else [])]:
+        xs = [x for x, _ in t.curve]
+        ys = [y for _, y in t.curve]
+        ax2.step(
+            xs, ys, where="post", label=f"fan-out {t.fanout:,}{' INFO' if t is r.info else ''}"
+        )
+    ax2.set_xlabel("seconds since the start (gate opened)")
+    ax2.set_ylabel("executions committed")
+    ax2.set_title("Commits over time (a step = a batch's transaction)")
+    ax2.legend(fontsize=8)
+    if r.latency is not None and r.latency.latencies_ms:
+        values = sorted(r.latency.latencies_ms)
+        cdf = [(i + 1) / len(values) * 100 for i in range(len(values))]
+        ax3.plot(values, cdf, color="#c44e52")
+        for q in (50, 95, 99):
+            ax3.axvline(r.latency.pct(q), linestyle=":", color="#c44e52", linewidth=1)
+            ax3.annotate(
+                f"p{q} {r.latency.pct(q):,.0f} ms",
+                (r.latency.pct(q), q),
+                fontsize=8,
+                xytext=(3, -10),
+                textcoords="offset points",
+            )
+        ax3.axvline(TARGET_P99_MS, linestyle="-.", color="#555555", linewidth=1)
+        ax3.annotate("target p99", (TARGET_P99_MS, 5), fontsize=8)
+        ax3.set_xscale("log")
+        ax3.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax3.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        ax3.xaxis.set_minor_formatter(ticker.NullFormatter())
+        ax3.set_xlabel("send to commit, ms")
+        ax3.set_ylabel("% of signals")
+        ax3.set_title(f"Latency at {r.latency.rate}/s x {r.latency.fanout} agents")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _notes(r: Results) -> str:
+    s = r.scale
+    fsync = r.machine.pg_settings.get("fsync", "?")
+    sync = r.machine.pg_settings.get("synchronous_commit", "?")
+    return f"""## How it is measured
+
+Each scenario gets a database of its own, cloned from a template with `schema/*.sql`
+applied by `worker.db.migrations`, and topics of its own (12 partitions); everything is
+dropped at the end. The worker runs as a subprocess, `python -m worker run`, with its
+default settings. Commits are read from `consumer_offsets`: the worker stores each
+partition's next offset in the same transaction as the batch's rows, so a stored offset
+past a record means that record's rows are committed.
+
+- **Throughput**: users with N funded simulation agents each (deposit
+  1,000,000 SOL, `purchaseLimits.maxOpenPositions` 1000), signals round-robin over groups
+  of 12 users (a new group after {s.signals_per_user} signals per user, so no agent holds
+  more positions than that), each for a token of its own with `price_usd` set, SOL/USD in
+  `token_prices`: almost every execution is a full buy (`success`). The backlog is
+  published before the worker starts, sized for ~{s.window_s:.0f} s at an expected rate,
+  and topped up while it runs only if it would run dry before {s.window_s:.0f} s. The
+  window runs from the worker's readiness (`/readyz`: partitions assigned, fetching) to
+  the commit of the backlog's last record, found by polling every 50 ms. Not from the
+  first commit: the worker commits a partition's whole fetched batch (up to 500 signals,
+  so up to 500 x N executions) in one transaction, so commits come in large steps (see
+  the chart). CPU seconds are read from /proc for the worker and for the PostgreSQL
+  backends of the scenario's database.
+- **Latency**: {s.latency_rate} signals/s x {s.latency_fanout} agents offered open-loop for
+  {s.latency_s:.0f} s by a producer with `linger_ms=0`, after a warm-up. Per signal: from
+  its Kafka CreateTime (set at send, same clock) to the first poll of `consumer_offsets`
+  (every few ms, the interval is in the details) that shows its partition's offset past
+  it. That is an upper bound of the commit time by at most one poll interval.
+  `signal_executions.executed_at` is `now()`, the *start* of the batch's transaction, so
+  it is reported separately as a lower bound; `track_commit_timestamp` is
+  `{r.machine.pg_settings.get("track_commit_timestamp", "?")}` on this server, so exact
+  commit times are not available.
+- **Exits**: open positions written directly in SQL as a 1-SOL buy would write them
+  (purchase swap, SOL debit, token balance, position with the default -32% stop), so the
+  ledger invariants hold. One token held by {s.exit_positions:,} positions: ticks are sent
+  one at a time and timed from send to commit. Many tokens: {s.tick_tokens:,} tokens with
+  {s.tick_positions_per_token} positions each, rounds of ticks 0.2% up (each one moves its
+  positions' peaks, so each one writes), backlog and window as for throughput
+  ({s.tick_window_s:.0f} s).
+- **Limits**: raw consume is aiokafka (the worker's fetch settings, `read_committed`)
+  reading the fan-out-1 records again and again for {s.limit_s:.0f} s without decoding
+  them; raw write is `copy_records_to_table` of the same rows from 4 connections for
+  {s.limit_s:.0f} s; the naive baseline does one transaction per agent execution (lock
+  the SOL balance, insert the swap, debit, credit, insert the position and the execution,
+  commit) with the worker's own decision and fill functions, signals read from memory
+  (no Kafka), for {s.limit_s:.0f} s. The ratio to the limits uses min(raw consume x
+  fan-out, raw write); the ratio to naive uses the faster naive run.
+- **Memory**: VmHWM (peak resident set) of the worker from /proc/PID/status, read just
+  before it is stopped. The table gives the highest of all worker runs (every throughput
+  row gives its own); the details also give a run with one user of
+  {s.memory_agents:,} agents ({s.memory_signals} signals, fan-out {s.memory_agents:,}).
+
+PostgreSQL here runs with `fsync={fsync}` and `synchronous_commit={sync}`: commits do not
+wait for the disk. That flatters the naive baseline most (one commit per execution; with
+durable commits each would wait for a WAL flush) and the latency figures a little.
+
+**Noise.** The machine has {r.machine.cores} cores shared by Kafka, PostgreSQL, the
+worker, the benchmark itself and whatever else runs (other test suites); figures move by
+tens of percent from run to run. Compare rows of one run with each other rather than
+with another run.
+"""

@@ -1,0 +1,790 @@
+"""The worker's measurements: throughput by fan-out, latency under a fixed load, exits.
+
+Every scenario gets a database cloned from the schema template and topics of its own,
+sets up its data, and runs the real worker (`python -m worker run`) as a subprocess. What
+is committed is read from `consumer_offsets`: the worker stores each partition's next
+offset in the same transaction as the batch's rows, so the stored offsets say exactly
+which records' effects are committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+
+from benchmarks.infra import (
+    BenchError,
+    CpuMeter,
+    Databases,
+    Gate,
+    Progress,
+    Services,
+    Topics,
+    TopicSet,
+    WorkerProcess,
+    connect,
+)
+from benchmarks.workload import (
+    SOL_USD,
+    TOKEN_USD,
+    Agent,
+    TokenNames,
+    User,
+    create_users,
+    make_producer,
+    now_ms,
+    open_positions,
+    set_price,
+    signal_value,
+    signals_round_robin,
+    tick_value,
+)
+from worker.domain.models import SOL_MINT
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How big and how long each measurement is."""
+
+    quick: bool
+    window_s: float  # throughput: the sustained window
+    fanouts: tuple[int, ...]
+    latency_s: float
+    latency_rate: int  # signals/s offered
+    latency_fanout: int
+    memory_agents: int  # one user with this many agents (fan-out = agents)
+    memory_signals: int
+    exit_positions: int  # positions in the one hot token
+    trail_ticks: int
+    tick_tokens: int
+    tick_positions_per_token: int
+    tick_window_s: float
+    limit_s: float  # raw write and naive baseline durations
+    naive_connections: tuple[int, ...]
+    # Expected executions/s by fan-out: sizes the pre-published backlog (x BACKLOG_FACTOR).
+    expected_rate: dict[int, float] = field(default_factory=dict)
+    expected_ticks_per_s: float = 150.0
+    signals_per_user: int = 50
+    group_size: int = 12  # users that signals go round-robin over (minimum signals too)
+
+
+FULL = Scale(
+    quick=False,
+    window_s=20,
+    fanouts=(1, 10, 100, 1000),
+    latency_s=20,
+    latency_rate=200,
+    latency_fanout=10,
+    memory_agents=10_000,
+    memory_signals=3,
+    exit_positions=10_000,
+    trail_ticks=5,
+    tick_tokens=1000,
+    tick_positions_per_token=10,
+    tick_window_s=20,
+    limit_s=8,
+    naive_connections=(1, 8),
+    expected_rate={1: 2500, 10: 4000, 100: 5000, 1000: 4000},
+)
+QUICK = Scale(
+    quick=True,
+    window_s=2,
+    fanouts=(1, 10, 100, 1000),
+    latency_s=1,
+    latency_rate=200,
+    latency_fanout=10,
+    memory_agents=300,
+    memory_signals=2,
+    exit_positions=500,
+    trail_ticks=2,
+    tick_tokens=20,
+    tick_positions_per_token=3,
+    tick_window_s=1,
+    limit_s=1,
+    naive_connections=(1, 8),
+    expected_rate={1: 2500, 10: 4000, 100: 5000, 1000: 4000},
+    group_size=2,
+)
+BACKLOG_FACTOR = 1.2  # the pre-published backlog: expected rate x window x this
+POLL_S = 0.05
+LATENCY_POLL_S = 0.002
+
+COMMITTED = """
+SELECT coalesce(sum(next_offset), 0)::bigint FROM consumer_offsets
+ WHERE consumer_group = $1 AND topic = $2
+"""
+PARTITION_OFFSETS = """
+SELECT partition, next_offset FROM consumer_offsets WHERE consumer_group = $1 AND topic = $2
+"""
+
+
+@dataclass
+class Context:
+    """What every scenario needs: services, its own databases and topics, scale, progress."""
+
+    services: Services
+    databases: Databases
+    topics: TopicSet
+    scale: Scale
+    progress: Progress
+    tag: str
+    profile: Path | None = None
+
+
+# ---------------------------------------------------------------------------- backlog
+
+
+class Backlog:
+    """Records published ahead of the worker, topped up while it runs if it would run dry.
+
+    The first part is published before the worker starts, sized from `Scale.expected_*`.
+    While the worker runs, `top_up` adds more when what is left would not last until the
+    window's end at the rate seen so far, so the worker never waits for records.
+    """
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self._bootstrap = bootstrap
+        self._topic = topic
+        self._producer: Any = None
+        self.published = 0
+        self.topped_up = 0
+
+    async def make(self, start: int, count: int) -> list[tuple[bytes, bytes]]:
+        """Records `start` .. `start + count - 1` (overridden)."""
+        raise NotImplementedError
+
+    async def add(self, count: int, *, top_up: bool = False) -> None:
+        """Publish `count` more records and wait for their acknowledgements."""
+        if self._producer is None:
+            self._producer = make_producer(self._bootstrap, linger_ms=20)
+            await self._producer.start()
+        records = await self.make(self.published, count)
+        futures = [await self._producer.send(self._topic, value, key=key) for key, value in records]
+        await asyncio.gather(*futures)
+        self.published += count
+        if top_up:
+            self.topped_up += count
+
+    async def close(self) -> None:
+        """Stop the producer."""
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+
+class SignalBacklog(Backlog):
+    """Signals round-robin over groups of users; a new group after `signals_per_user`
+    signals each, so no agent collects more open positions than that."""
+
+    def __init__(
+        self,
+        ctx: Context,
+        conn: asyncpg.Connection,
+        topic: str,
+        fanout: int,
+        group_size: int,
+        slug: str,
+    ) -> None:
+        super().__init__(ctx.services.bootstrap, topic)
+        self._conn = conn
+        self._fanout = fanout
+        self._group = group_size
+        self._per_user = ctx.scale.signals_per_user
+        self._slug = slug
+        self._tokens = TokenNames(slug + ctx.tag)
+        self.users: list[User] = []
+
+    def _users_for(self, signals: int) -> int:
+        block = self._group * self._per_user
+        return ((max(signals, 1) - 1) // block + 1) * self._group
+
+    @property
+    def users_used(self) -> int:
+        """How many users the published signals went to."""
+        return self._users_for(self.published)
+
+    async def reserve(self, signals: int) -> None:
+        """Create the users of `signals` signals now (so no top-up has to, mid-run)."""
+        needed = self._users_for(signals)
+        if needed > len(self.users):
+            self.users += await create_users(self._conn, needed - len(self.users), self._fanout)
+
+    async def make(self, start: int, count: int) -> list[tuple[bytes, bytes]]:
+        """Signals `start` .. `start + count - 1`, creating users as needed."""
+        block = self._group * self._per_user
+        await self.reserve(start + count)
+        records = []
+        for i in range(start, start + count):
+            user = self.users[(i // block) * self._group + i % self._group]
+            records.append((user.key, signal_value(user, self._tokens(i), f"{self._slug}-{i}")))
+        return records
+
+
+# ---------------------------------------------------------------------------- throughput
+
+
+@dataclass
+class Throughput:
+    """Executions committed per second, from readiness to the last record's commit."""
+
+    label: str
+    fanout: int
+    users: int
+    log_level: str
+    published: int  # signals, including top-ups
+    topped_up: int  # signals published while the worker ran
+    executions: int  # every execution of the backlog
+    window_s: float  # from readiness to the commit of the backlog's last record
+    statuses: dict[str, int]
+    peak_rss_kb: int | None
+    worker_cpu_s: float | None
+    database_cpu_s: float | None
+    topics: Topics
+    curve: list[tuple[float, int]]  # (seconds since ready, executions committed)
+
+    @property
+    def rate(self) -> float:
+        """Executions per second."""
+        return self.executions / self.window_s if self.window_s > 0 else 0.0
+
+    @property
+    def success_pct(self) -> float:
+        """The share of executions that bought (status `success`), in %."""
+        total = sum(self.statuses.values())
+        return 100 * self.statuses.get("success", 0) / total if total else 0.0
+
+
+async def throughput(
+    ctx: Context,
+    fanout: int,
+    *,
+    log_level: str = "WARNING",
+    group_size: int | None = None,
+    signals: int | None = None,
+    name: str | None = None,
+    profile: Path | None = None,
+) -> Throughput:
+    """Pre-publish signals for users of `fanout` agents, start the worker, measure.
+
+    The window runs from the worker's readiness (partitions assigned, fetching) to the
+    commit of the backlog's last record. (The worker commits a partition's fetched batch
+    at once, up to 500 signals, so a window between two commits would be too coarse.)
+    With `signals`, exactly that many are published and none is added.
+    """
+    scale = ctx.scale
+    label = name or f"fan-out {fanout:,}"
+    tag = f"{label} ({log_level})"
+    fixed = signals is not None
+    group_size = group_size or scale.group_size
+    if signals is None:
+        expected = scale.expected_rate.get(fanout, 2000.0)
+        signals = max(group_size, math.ceil(expected * scale.window_s * BACKLOG_FACTOR / fanout))
+    slug = label.replace(" ", "").replace(",", "").replace("-", "") + log_level[:1].lower()
+    dsn = await ctx.databases.create(slug)
+    topics = await ctx.topics.create(slug)
+    conn = await connect(dsn)
+    backlog = SignalBacklog(ctx, conn, topics.signals, fanout, group_size, slug)
+    try:
+        await set_price(conn, SOL_MINT, SOL_USD)
+        ctx.progress(f"{tag}: publishing {signals:,} signals to users of {fanout:,} agents")
+        await backlog.reserve(signals * 2)  # room for top-ups without creating users mid-run
+        await backlog.add(signals)
+        gate = Gate(dsn, "trading_signals")
+        await gate.close()
+        worker = WorkerProcess(
+            ctx.services, dsn, topics, log_level=log_level, profile=profile
+        ).start()
+        try:
+            curve, meter = await _drive(
+                ctx,
+                worker,
+                gate,
+                conn,
+                topics.signals,
+                topics.group,
+                tag,
+                weight=fanout,
+                window_s=scale.window_s,
+                backlog=backlog,
+                top_up=not fixed,
+            )
+            peak = worker.peak_rss_kb()
+        finally:
+            await gate.open()
+            await worker.stop()
+        statuses = {
+            r["status"]: r["count"]
+            for r in await conn.fetch(
+                "SELECT status, count(*) FROM signal_executions GROUP BY status"
+            )
+        }
+    finally:
+        await backlog.close()
+        await conn.close()
+    await ctx.databases.drop(dsn)
+    return Throughput(
+        label=label,
+        fanout=fanout,
+        users=backlog.users_used,
+        log_level=log_level,
+        published=backlog.published,
+        topped_up=backlog.topped_up,
+        executions=curve[-1][1],
+        window_s=curve[-1][0],
+        statuses=statuses,
+        peak_rss_kb=peak,
+        worker_cpu_s=meter.worker_s,
+        database_cpu_s=meter.database_s,
+        topics=topics,
+        curve=curve,
+    )
+
+
+async def _drive(
+    ctx: Context,
+    worker: WorkerProcess,
+    gate: Gate,
+    conn: asyncpg.Connection,
+    topic: str,
+    group: str,
+    tag: str,
+    *,
+    weight: int,
+    window_s: float,
+    backlog: Backlog,
+    top_up: bool,
+) -> tuple[list[tuple[float, int]], CpuMeter]:
+    """Wait for the worker to be ready and blocked at the `gate`, open it, then poll the
+    committed offsets of `topic` until every published record is committed, topping
+    `backlog` up while the window lasts.
+
+    Returns (seconds since the gate opened, records committed x `weight`), from (0, 0),
+    and the CPU that the worker and its database backends used in that time.
+    """
+    # Not /readyz: with every pool connection waiting at the gate it cannot answer.
+    blocked = await gate.wait_blocked(worker)
+    if not blocked:
+        ctx.progress(f"{tag}: the worker never waited at the gate; timing from readiness")
+        await gate.open()
+        await worker.wait_ready()
+    meter = CpuMeter(worker, conn)
+    await meter.start()
+    ready = time.monotonic()
+    await gate.open()
+    curve: list[tuple[float, int]] = [(0.0, 0)]
+    limit_s = max(120.0, window_s * 6)
+    while True:
+        done = int(await conn.fetchval(COMMITTED, group, topic))
+        elapsed = time.monotonic() - ready
+        if done * weight > curve[-1][1]:
+            curve.append((elapsed, done * weight))
+            ctx.progress(f"{tag}: {done * weight:,} committed, {elapsed:4.1f}s", transient=True)
+        if done >= backlog.published:
+            await meter.stop()
+            return curve, meter
+        if top_up and done > 0 and elapsed < window_s:
+            per_s = done / elapsed
+            left = backlog.published - done
+            if elapsed + left / per_s < window_s * 1.1:
+                want = math.ceil((window_s * 1.2 - elapsed) * per_s) - left
+                if want > 0:
+                    await backlog.add(want, top_up=True)
+        if elapsed > limit_s:
+            raise BenchError(f"{tag}: {done:,} records committed after {elapsed:.0f}s; giving up")
+        worker.check_alive()
+        await asyncio.sleep(POLL_S)
+
+
+# ---------------------------------------------------------------------------- latency
+
+
+@dataclass
+class Latency:
+    """Send-to-commit latencies of a fixed offered load, in milliseconds."""
+
+    rate: int
+    fanout: int
+    duration_s: float
+    sent: int
+    latencies_ms: list[float]  # send (CreateTime) -> commit seen by the poll, per signal
+    to_txn_start_ms: list[float]  # send -> the batch transaction's start (executed_at)
+    poll_interval_ms: float
+    executions: int
+    achieved_per_s: float  # executions / (last commit seen - first send)
+
+    def pct(self, q: float) -> float:
+        """The `q`-th percentile (0..100) of `latencies_ms`, nearest rank."""
+        return percentile(self.latencies_ms, q)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile; NaN for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+async def latency(ctx: Context) -> Latency:
+    """Offer `latency_rate` signals/s x `latency_fanout` agents; time each to its commit.
+
+    The commit time of a signal is when a poll of `consumer_offsets` (every ~2 ms) first
+    sees its partition's stored offset past the record: the worker writes that offset in
+    the batch's transaction, so this is when the signal's executions became visible.
+    """
+    scale = ctx.scale
+    total = math.ceil(scale.latency_rate * scale.latency_s)
+    users_n = max(scale.group_size, math.ceil(total / scale.signals_per_user))
+    tag = f"latency {scale.latency_rate}/s x {scale.latency_fanout}"
+    ctx.progress(f"{tag}: {users_n} users x {scale.latency_fanout} agents")
+    dsn = await ctx.databases.create("latency")
+    topics = await ctx.topics.create("latency")
+    conn = await connect(dsn)
+    poll_conn = await connect(dsn)
+    producer = make_producer(ctx.services.bootstrap, linger_ms=0)
+    try:
+        accounts = await create_users(conn, users_n, scale.latency_fanout)
+        await set_price(conn, SOL_MINT, SOL_USD)
+        tokens = TokenNames("latency" + ctx.tag)
+        worker = WorkerProcess(ctx.services, dsn, topics).start()
+        await producer.start()
+        try:
+            await worker.wait_ready()
+            # Warm-up: a few signals end to end (connections, statements, caches).
+            warm = signals_round_robin(
+                accounts, len(accounts), TokenNames("warm" + ctx.tag), "warm"
+            )
+            for key, value in warm:
+                await producer.send_and_wait(topics.signals, value, key=key)
+            await _wait_committed(poll_conn, topics, len(warm), worker)
+            ctx.progress(f"{tag}: offering load for {scale.latency_s:.0f}s")
+            first_send = time.time()
+            offer = _Offer(ctx, producer, topics, accounts, tokens)
+            sender = asyncio.create_task(offer.send_all(total))
+            await offer.poll(poll_conn, worker)
+            await sender
+            last_commit = max(offer.seen.values(), default=first_send)
+        finally:
+            await producer.stop()
+            await worker.stop()
+        starts = {
+            r["key"]: r["started"]
+            for r in await conn.fetch(
+                "SELECT s.idempotency_key AS key, max(e.executed_at) AS started, count(*) AS n "
+                "FROM trading_signals s JOIN signal_executions e ON e.signal_id = s.id "
+                "WHERE s.idempotency_key LIKE 'lat-%' GROUP BY s.idempotency_key"
+            )
+        }
+        executions = int(
+            await conn.fetchval(
+                "SELECT count(*) FROM signal_executions e JOIN trading_signals s "
+                "ON s.id = e.signal_id WHERE s.idempotency_key LIKE 'lat-%'"
+            )
+        )
+    finally:
+        await poll_conn.close()
+        await conn.close()
+    await ctx.databases.drop(dsn)
+    latencies = [offer.seen[k] * 1000 - ts for k, ts in offer.sent.items() if k in offer.seen]
+    to_start = [starts[k].timestamp() * 1000 - ts for k, ts in offer.sent.items() if k in starts]
+    return Latency(
+        rate=scale.latency_rate,
+        fanout=scale.latency_fanout,
+        duration_s=scale.latency_s,
+        sent=len(offer.sent),
+        latencies_ms=latencies,
+        to_txn_start_ms=to_start,
+        poll_interval_ms=offer.poll_interval_s * 1000,
+        executions=executions,
+        achieved_per_s=executions / (last_commit - first_send) if last_commit > first_send else 0.0,
+    )
+
+
+class _Offer:
+    """An open-loop load: signals sent at a fixed rate, each timed to its commit."""
+
+    def __init__(
+        self,
+        ctx: Context,
+        producer: AIOKafkaProducer,
+        topics: Topics,
+        accounts: list[User],
+        tokens: TokenNames,
+    ) -> None:
+        self._ctx = ctx
+        self._producer = producer
+        self._topics = topics
+        self._accounts = accounts
+        self._tokens = tokens
+        self.sent: dict[str, int] = {}  # key -> CreateTime, epoch ms
+        self.seen: dict[str, float] = {}  # key -> commit seen, epoch s
+        self._pending: dict[int, list[tuple[int, str]]] = {}  # partition -> (offset, key)
+        self._sending_done = asyncio.Event()
+        self.poll_interval_s = 0.0
+
+    async def send_all(self, total: int) -> None:
+        """Send `total` signals, signal i at i / rate seconds after the start."""
+        rate = self._ctx.scale.latency_rate
+        started = time.monotonic()
+        acks: list[tuple[str, Any]] = []
+        for i in range(total):
+            delay = started + i / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            user = self._accounts[i % len(self._accounts)]
+            key = f"lat-{i}"
+            ts = now_ms()
+            future = await self._producer.send(
+                self._topics.signals,
+                signal_value(user, self._tokens(i), key),
+                key=user.key,
+                timestamp_ms=ts,
+            )
+            self.sent[key] = ts
+            acks.append((key, future))
+            while acks and acks[0][1].done():
+                self._ack(*acks.pop(0))
+        for key, future in acks:
+            await future
+            self._ack(key, future)
+        self._sending_done.set()
+
+    def _ack(self, key: str, future: Any) -> None:  # noqa: ANN401 - aiokafka is untyped
+        meta = future.result()
+        self._pending.setdefault(meta.partition, []).append((meta.offset, key))
+
+    def _observe(self, rows: list[asyncpg.Record], observed: float) -> None:
+        for row in rows:
+            waiting = self._pending.get(row["partition"], [])
+            for offset, key in waiting:
+                if offset < row["next_offset"]:
+                    self.seen[key] = observed
+            self._pending[row["partition"]] = [
+                (offset, key) for offset, key in waiting if offset >= row["next_offset"]
+            ]
+
+    async def poll(self, conn: asyncpg.Connection, worker: WorkerProcess) -> None:
+        """Poll the stored offsets until every sent signal is seen committed."""
+        polls = 0
+        started = time.monotonic()
+        deadline = started + self._ctx.scale.latency_s + 60
+        while time.monotonic() < deadline:
+            rows = await conn.fetch(PARTITION_OFFSETS, self._topics.group, self._topics.signals)
+            self._observe(rows, time.time())
+            polls += 1
+            if self._sending_done.is_set() and not any(self._pending.values()):
+                break
+            if polls % 250 == 0:
+                worker.check_alive()
+                self._ctx.progress(
+                    f"latency: {len(self.sent):,} sent, {len(self.seen):,} committed",
+                    transient=True,
+                )
+            await asyncio.sleep(LATENCY_POLL_S)
+        self.poll_interval_s = (time.monotonic() - started) / max(polls, 1)
+
+
+async def _wait_committed(
+    conn: asyncpg.Connection,
+    topics: Topics,
+    count: int,
+    worker: WorkerProcess,
+    *,
+    topic: str | None = None,
+    timeout_s: float = 60,
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        worker.check_alive()
+        if int(await conn.fetchval(COMMITTED, topics.group, topic or topics.signals)) >= count:
+            return
+        await asyncio.sleep(0.02)
+    raise BenchError(f"{count} records not committed within {timeout_s:.0f}s:\n{worker.tail()}")
+
+
+# ---------------------------------------------------------------------------- exits
+
+
+@dataclass
+class TickTimes:
+    """Send-to-commit times of single ticks over one token's open positions, in ms."""
+
+    positions: int
+    flat_ms: float  # a newer tick at the same price: evaluated, nothing written
+    trail_ms: list[float]  # price up 1% each: every position's peak written
+    stop_ms: float  # price halves: every position stopped out (sale, P/L row, delete)
+    closed: int  # positions the stop-out tick closed
+
+
+async def one_tick(ctx: Context) -> TickTimes:
+    """Ticks for a token held by `exit_positions` open positions, one at a time."""
+    scale = ctx.scale
+    n = scale.exit_positions
+    users_n = max(1, n // 1000)
+    ctx.progress(f"exits: {n:,} positions in one token")
+    dsn = await ctx.databases.create("onetick")
+    topics = await ctx.topics.create("onetick")
+    conn = await connect(dsn)
+    try:
+        accounts = await create_users(conn, users_n, n // users_n)
+        token = TokenNames("hot" + ctx.tag)(0)
+        opened_at = datetime.now(UTC)
+        await open_positions(conn, [(a, token) for u in accounts for a in u.agents], now=opened_at)
+        await set_price(conn, SOL_MINT, SOL_USD)
+        await conn.execute("ANALYZE")
+        worker = WorkerProcess(ctx.services, dsn, topics).start()
+        producer = make_producer(ctx.services.bootstrap, linger_ms=0)
+        await producer.start()
+        try:
+            await worker.wait_ready()
+            sent = 0
+            ts = datetime.now(UTC)
+
+            async def tick(token_: str, price: Decimal) -> float:
+                nonlocal sent, ts
+                ts += timedelta(seconds=1)
+                started = time.time()
+                await producer.send_and_wait(
+                    topics.prices, tick_value(token_, price, ts), key=token_.encode()
+                )
+                sent += 1
+                await _wait_committed(conn, topics, sent, worker, topic=topics.prices)
+                return (time.time() - started) * 1000
+
+            await tick(TokenNames("cold" + ctx.tag)(0), TOKEN_USD)  # warm-up, no positions
+            await tick(token, TOKEN_USD)  # the first tick of the token stores its price
+            flat = await tick(token, TOKEN_USD)
+            trail = []
+            price = TOKEN_USD
+            for _ in range(scale.trail_ticks):
+                price = (price * Decimal("1.01")).quantize(Decimal("1e-12"))
+                trail.append(await tick(token, price))
+            stop = await tick(token, (price / 2).quantize(Decimal("1e-12")))
+        finally:
+            await producer.stop()
+            await worker.stop()
+        closed = n - int(
+            await conn.fetchval(
+                "SELECT count(*) FROM agent_positions WHERE token_address = $1", token
+            )
+        )
+    finally:
+        await conn.close()
+    await ctx.databases.drop(dsn)
+    return TickTimes(positions=n, flat_ms=flat, trail_ms=trail, stop_ms=stop, closed=closed)
+
+
+@dataclass
+class TickRate:
+    """Sustained price ticks per second over many tokens."""
+
+    tokens: int
+    positions: int
+    ticks: int
+    window_s: float  # from readiness to the commit of the last tick
+    topped_up: int
+    worker_cpu_s: float | None
+    database_cpu_s: float | None
+
+    @property
+    def rate(self) -> float:
+        """Ticks per second."""
+        return self.ticks / self.window_s if self.window_s > 0 else 0.0
+
+
+class TickBacklog(Backlog):
+    """Rounds of ticks, one per token a round, each round 0.2% up on the one before (below
+    the trailing start): every tick moves its positions' peaks, so each one writes."""
+
+    def __init__(self, bootstrap: str, topic: str, tokens: list[str]) -> None:
+        super().__init__(bootstrap, topic)
+        self._tokens = tokens
+        self._base = datetime.now(UTC)
+
+    async def make(self, start: int, count: int) -> list[tuple[bytes, bytes]]:
+        """Ticks `start` .. `start + count - 1`."""
+        records = []
+        for i in range(start, start + count):
+            round_, token = divmod(i, len(self._tokens))
+            t = self._tokens[token]
+            price = (TOKEN_USD * Decimal("1.002") ** round_).quantize(Decimal("1e-12"))
+            records.append(
+                (t.encode(), tick_value(t, price, self._base + timedelta(seconds=round_)))
+            )
+        return records
+
+
+async def tick_rate(ctx: Context) -> TickRate:
+    """Ticks for `tick_tokens` tokens, positions spread evenly over them; ticks/s."""
+    scale = ctx.scale
+    tokens_n, per_token = scale.tick_tokens, scale.tick_positions_per_token
+    positions = tokens_n * per_token
+    ticks = max(
+        2 * tokens_n, math.ceil(scale.expected_ticks_per_s * scale.tick_window_s * BACKLOG_FACTOR)
+    )
+    tag = f"ticks over {tokens_n:,} tokens"
+    ctx.progress(f"{tag}: {positions:,} positions, {ticks:,} ticks")
+    dsn = await ctx.databases.create("tickrate")
+    topics = await ctx.topics.create("tickrate")
+    conn = await connect(dsn)
+    names = TokenNames("spread" + ctx.tag)
+    tokens = [names(i) for i in range(tokens_n)]
+    backlog = TickBacklog(ctx.services.bootstrap, topics.prices, tokens)
+    try:
+        accounts = await create_users(conn, max(1, positions // 1000), min(positions, 1000))
+        agents: list[Agent] = [a for u in accounts for a in u.agents]
+        await open_positions(
+            conn, [(a, tokens[i % tokens_n]) for i, a in enumerate(agents)], now=datetime.now(UTC)
+        )
+        await set_price(conn, SOL_MINT, SOL_USD)
+        await conn.execute("ANALYZE")
+        await backlog.add(ticks)
+        gate = Gate(dsn, "token_prices")
+        await gate.close()
+        worker = WorkerProcess(ctx.services, dsn, topics).start()
+        try:
+            curve, meter = await _drive(
+                ctx,
+                worker,
+                gate,
+                conn,
+                topics.prices,
+                topics.group,
+                tag,
+                weight=1,
+                window_s=scale.tick_window_s,
+                backlog=backlog,
+                top_up=True,
+            )
+        finally:
+            await gate.open()
+            await worker.stop()
+    finally:
+        await backlog.close()
+        await conn.close()
+    await ctx.databases.drop(dsn)
+    return TickRate(
+        tokens=tokens_n,
+        positions=positions,
+        ticks=curve[-1][1],
+        window_s=curve[-1][0],
+        topped_up=backlog.topped_up,
+        worker_cpu_s=meter.worker_s,
+        database_cpu_s=meter.database_s,
+    )
+
+
+def median(values: list[float]) -> float:
+    """The median, NaN for none."""
+    return statistics.median(values) if values else math.nan

@@ -1,0 +1,332 @@
+"""The benchmark's data: funded agents, signals, open positions and price ticks.
+
+Accounts are written set-based in SQL, consistent with the ledger (contract section 5: a
+`users` row, `agents` rows in simulation mode, `agent_wallets`, a SOL `agent_balances` row
+and its `DEPOSIT` transaction). Open positions are written as a buy would write them: the
+purchase `SWAP`, the SOL debit and token credit, the `agent_positions` row, with the
+numbers of `worker.domain.fills.buy_fill`, so `signal-worker check` holds on them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import orjson
+from aiokafka import AIOKafkaProducer
+
+from worker.db.accounts import simulation_wallet_address
+from worker.domain.config import resolve_config
+from worker.domain.exits import initial_stop_loss_pct
+from worker.domain.fills import BuyFill, buy_fill
+from worker.domain.models import SOL_MINT, SOL_SYMBOL
+
+SOL_USD = Decimal(150)
+TOKEN_USD = Decimal("0.0005")
+DEPOSIT_SOL = Decimal(1_000_000)
+NETWORK_FEE_SOL = Decimal("0.000005")  # the worker's default SIM_NETWORK_FEE_SOL
+# Enough room for every buy of the run: no agent reaches its open-position limit.
+AGENT_CONFIG: dict[str, Any] = {"purchaseLimits": {"maxOpenPositions": 1000}}
+SIGNAL_TYPE = "Velocity (Dex Boost Detection)"
+_B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+
+
+@dataclass(frozen=True)
+class Agent:
+    """A funded simulation agent."""
+
+    agent_id: uuid.UUID
+    wallet: str
+
+
+@dataclass(frozen=True)
+class User:
+    """A user and its agents (the subscribers of its signals)."""
+
+    user_id: uuid.UUID
+    agents: list[Agent]
+
+    @property
+    def key(self) -> bytes:
+        """The Kafka key of its signals: the user id as text."""
+        return str(self.user_id).encode()
+
+
+# ---------------------------------------------------------------------------- accounts
+
+INSERT_USERS = """
+INSERT INTO users (id, email)
+SELECT u.id, 'bench-' || u.id::text || '@bench.local' FROM unnest($1::uuid[]) AS u(id)
+"""
+INSERT_AGENTS = """
+INSERT INTO agents (id, user_id, name, trading_mode, trading_config)
+SELECT a.id, a.user_id, a.name, 'simulation', $4::text::jsonb
+  FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS a(id, user_id, name)
+"""
+INSERT_WALLETS = """
+INSERT INTO agent_wallets (wallet_address, agent_id, wallet_type)
+SELECT w.wallet, w.agent_id, 'simulation'
+  FROM unnest($1::varchar[], $2::uuid[]) AS w(wallet, agent_id)
+"""
+INSERT_SOL_BALANCES = """
+INSERT INTO agent_balances (agent_id, wallet_address, token_address, token_symbol, balance)
+SELECT b.agent_id, b.wallet, $3, $4, $5
+  FROM unnest($1::uuid[], $2::varchar[]) AS b(agent_id, wallet)
+"""
+INSERT_DEPOSITS = """
+INSERT INTO agent_transactions (agent_id, wallet_address, transaction_type, transaction_value_usd,
+                                transaction_time, output_mint, output_symbol, output_amount,
+                                output_price)
+SELECT d.agent_id, d.wallet, 'DEPOSIT', $3, now(), $4, $5, $6, 1
+  FROM unnest($1::uuid[], $2::varchar[]) AS d(agent_id, wallet)
+"""
+
+
+async def create_users(
+    conn: asyncpg.Connection,
+    users: int,
+    agents_per_user: int,
+    *,
+    config: dict[str, Any] | None = None,
+    deposit_sol: Decimal = DEPOSIT_SOL,
+) -> list[User]:
+    """`users` users with `agents_per_user` funded simulation agents each, set-based."""
+    created = []
+    for _ in range(users):
+        user_id = uuid.uuid4()
+        agents = []
+        for _ in range(agents_per_user):
+            agent_id = uuid.uuid4()
+            agents.append(Agent(agent_id, simulation_wallet_address(agent_id)))
+        created.append(User(user_id, agents))
+    every = [(u.user_id, a) for u in created for a in u.agents]
+    config_text = orjson.dumps(config if config is not None else AGENT_CONFIG).decode()
+    async with conn.transaction():
+        await conn.execute(INSERT_USERS, [u.user_id for u in created])
+        await conn.execute(
+            INSERT_AGENTS,
+            [a.agent_id for _, a in every],
+            [uid for uid, _ in every],
+            [f"bench agent {i}" for i in range(len(every))],
+            config_text,
+        )
+        wallets = [a.wallet for _, a in every]
+        ids = [a.agent_id for _, a in every]
+        await conn.execute(INSERT_WALLETS, wallets, ids)
+        await conn.execute(INSERT_SOL_BALANCES, ids, wallets, SOL_MINT, SOL_SYMBOL, deposit_sol)
+        await conn.execute(
+            INSERT_DEPOSITS,
+            ids,
+            wallets,
+            (deposit_sol * SOL_USD).quantize(Decimal("1e-8")),
+            SOL_MINT,
+            SOL_SYMBOL,
+            deposit_sol,
+        )
+    return created
+
+
+SET_PRICE = """
+INSERT INTO token_prices (token_address, price_usd, price_ts) VALUES ($1, $2, $3)
+ON CONFLICT (token_address) DO UPDATE SET price_usd = $2, price_ts = $3
+"""
+
+
+async def set_price(
+    conn: asyncpg.Connection, token: str, price_usd: Decimal, ts: datetime | None = None
+) -> None:
+    """Store a latest price directly, as a processed tick would."""
+    await conn.execute(SET_PRICE, token, price_usd, ts or datetime(2000, 1, 1, tzinfo=UTC))
+
+
+# ---------------------------------------------------------------------------- signals
+
+
+def base58(number: int, width: int) -> str:
+    """`number` in base58, left-padded with '1' (base58's zero) to `width` characters."""
+    digits = []
+    while number:
+        number, digit = divmod(number, 58)
+        digits.append(_B58[digit])
+    return "".join(reversed(digits)).rjust(width, "1")
+
+
+class TokenNames:
+    """Valid, distinct mint addresses: a random 32-character prefix and a counter."""
+
+    def __init__(self, seed: str) -> None:
+        digest = int.from_bytes(hashlib.sha256(seed.encode()).digest(), "big")
+        self._prefix = base58(digest, 44)[:32]
+
+    def __call__(self, index: int) -> str:
+        """The `index`-th token (40 characters)."""
+        return self._prefix + base58(index, 8)
+
+
+def signal_value(user: User, token: str, key: str) -> bytes:
+    """A buy signal for `token` with its own price (so no tick is needed) and key."""
+    return orjson.dumps(
+        {
+            "user_id": str(user.user_id),
+            "token_address": token,
+            "signal_type": SIGNAL_TYPE,
+            "signal_strength": 4,
+            "symbol": "BENCH",
+            "price_usd": str(TOKEN_USD),
+            "source": "benchmark",
+            "idempotency_key": key,
+        }
+    )
+
+
+def signals_round_robin(
+    users: Sequence[User], count: int, tokens: TokenNames, tag: str
+) -> list[tuple[bytes, bytes]]:
+    """`count` (key, value) signals, user after user, each for a token of its own."""
+    return [
+        (users[i % len(users)].key, signal_value(users[i % len(users)], tokens(i), f"{tag}-{i}"))
+        for i in range(count)
+    ]
+
+
+def tick_value(token: str, price_usd: Decimal, ts: datetime) -> bytes:
+    """A price tick."""
+    return orjson.dumps({"token_address": token, "price_usd": str(price_usd), "ts": ts.isoformat()})
+
+
+# ---------------------------------------------------------------------------- publishing
+
+
+def make_producer(bootstrap: str, *, linger_ms: int) -> Any:  # noqa: ANN401 - aiokafka is untyped
+    """A producer like the worker's publishers: acks from all replicas, idempotent."""
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=linger_ms,
+        max_batch_size=1_048_576,
+        max_request_size=4_194_304,
+    )
+
+
+async def publish(bootstrap: str, topic: str, records: Iterable[tuple[bytes, bytes]]) -> int:
+    """Send every (key, value) and wait for all acknowledgements; returns how many."""
+    producer = make_producer(bootstrap, linger_ms=20)
+    await producer.start()
+    sent = 0
+    try:
+        pending = []
+        for key, value in records:
+            pending.append(await producer.send(topic, value, key=key))
+            sent += 1
+            if len(pending) >= 20_000:
+                for future in pending:
+                    await future
+                pending.clear()
+        for future in pending:
+            await future
+    finally:
+        await producer.stop()
+    return sent
+
+
+def now_ms() -> int:
+    """The wall clock in epoch milliseconds (a record's CreateTime)."""
+    return int(time.time() * 1000)
+
+
+# ---------------------------------------------------------------------------- positions
+
+
+def bench_fill(token_usd: Decimal = TOKEN_USD, size_sol: Decimal = Decimal(1)) -> BuyFill:
+    """The buy that opened every benchmark position (as the worker would fill it)."""
+    return buy_fill(
+        size_sol, token_usd, SOL_USD, network_fee_sol=NETWORK_FEE_SOL, protocol_fee_bps=0
+    )
+
+
+INSERT_BUYS = """
+INSERT INTO agent_transactions (
+    id, agent_id, wallet_address, transaction_type, transaction_value_usd, transaction_time,
+    fees, input_mint, input_symbol, input_amount, input_price, output_mint, output_symbol,
+    output_amount, output_price, network_fee_sol, protocol_fee_sol, position_id)
+SELECT b.tx, b.agent_id, b.wallet, 'SWAP', $5, $6, $7::numeric + $8::numeric, $9, $10, $11, 1,
+       b.token, 'BENCH', $12, $13, $7, $8, b.position
+  FROM unnest($1::uuid[], $2::uuid[], $3::varchar[], $4::varchar[], $14::uuid[])
+       AS b(tx, agent_id, wallet, token, position)
+"""
+INSERT_HOLDINGS = """
+INSERT INTO agent_balances (agent_id, wallet_address, token_address, token_symbol, balance)
+SELECT h.agent_id, h.wallet, h.token, 'BENCH', $4
+  FROM unnest($1::uuid[], $2::varchar[], $3::varchar[]) AS h(agent_id, wallet, token)
+"""
+DEBIT_SOL = """
+UPDATE agent_balances b SET balance = b.balance - d.debit
+  FROM (SELECT wallet, count(*) * $2::numeric AS debit FROM unnest($1::varchar[]) AS w(wallet)
+         GROUP BY wallet) d
+ WHERE b.wallet_address = d.wallet AND b.token_address = $3
+"""
+INSERT_POSITIONS = """
+INSERT INTO agent_positions (
+    id, agent_id, wallet_address, token_address, token_symbol, purchase_transaction_id,
+    purchase_price, purchase_amount, remaining_amount, total_invested_sol, lowest_price,
+    current_stop_loss_percentage, peak_price, last_stop_loss_update, created_at, updated_at)
+SELECT p.id, p.agent_id, p.wallet, p.token, 'BENCH', p.tx, $6, $7, $7, $8, $6, $9, $6, $10, $10,
+       $10
+  FROM unnest($1::uuid[], $2::uuid[], $3::varchar[], $4::varchar[], $5::uuid[])
+       AS p(id, agent_id, wallet, token, tx)
+"""
+
+
+async def open_positions(
+    conn: asyncpg.Connection, holdings: Sequence[tuple[Agent, str]], *, now: datetime
+) -> BuyFill:
+    """Open one position per (agent, token) as a 1-SOL buy at `TOKEN_USD`; returns the fill."""
+    fill = bench_fill()
+    stop_loss = initial_stop_loss_pct(resolve_config(AGENT_CONFIG))
+    tx_ids = [uuid.uuid4() for _ in holdings]
+    position_ids = [uuid.uuid4() for _ in holdings]
+    agents = [a.agent_id for a, _ in holdings]
+    wallets = [a.wallet for a, _ in holdings]
+    tokens = [t for _, t in holdings]
+    async with conn.transaction():
+        await conn.execute(
+            INSERT_BUYS,
+            tx_ids,
+            agents,
+            wallets,
+            tokens,
+            fill.value_usd,
+            now,
+            fill.network_fee_sol,
+            fill.protocol_fee_sol,
+            SOL_MINT,
+            SOL_SYMBOL,
+            fill.size_sol,
+            fill.token_amount,
+            fill.price_sol,
+            position_ids,
+        )
+        await conn.execute(INSERT_HOLDINGS, agents, wallets, tokens, fill.token_amount)
+        await conn.execute(DEBIT_SOL, wallets, fill.debit_sol, SOL_MINT)
+        await conn.execute(
+            INSERT_POSITIONS,
+            position_ids,
+            agents,
+            wallets,
+            tokens,
+            tx_ids,
+            fill.price_sol,
+            fill.token_amount,
+            fill.debit_sol,
+            stop_loss,
+            now,
+        )
+    return fill
