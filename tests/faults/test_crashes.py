@@ -29,7 +29,9 @@ from tests.support import WorkerProcess, count, env_for, wait_for_count
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(420)]
 
 USERS, AGENTS, PER_USER = 20, 10, 100  # 2,000 signals x 10 agents
-TICKS, CHUNKS, KILLS = 600, 20, 5
+# The feed lasts about 20 s (40 chunks, 0.5 s apart): longer than five kills and restarts
+# take, however fast the worker is, so that every kill lands mid-stream.
+TICKS, CHUNKS, KILLS, CHUNK_PAUSE_S = 600, 40, 5, 0.5
 
 
 async def _feed(
@@ -41,7 +43,7 @@ async def _feed(
         tick_part = slice(c * len(prices) // CHUNKS, (c + 1) * len(prices) // CHUNKS)
         await send_all(bootstrap, topics.signals, signals[part])
         await send_all(bootstrap, topics.prices, prices[tick_part])
-        await asyncio.sleep(0.25)
+        await asyncio.sleep(CHUNK_PAUSE_S)
 
 
 def _kill_points(rng: random.Random, total: int) -> list[int]:
