@@ -166,11 +166,25 @@ def test_a_quiet_tick_is_one_the_full_plan_neither_trades_nor_moves_the_stop_on(
     band = quiet_band(cfg)
     if not is_quiet(pos, price, NOW, band):
         return
-    result = plan_tick(pos, token_usd=price * SOL_USD, sol_usd=SOL_USD, now=NOW, cfg=cfg,
-                       sol_balance=Decimal(10), fees=FEES)
+    result = plan_tick(
+        pos,
+        token_usd=price * SOL_USD,
+        sol_usd=SOL_USD,
+        now=NOW,
+        cfg=cfg,
+        sol_balance=Decimal(10),
+        fees=FEES,
+    )
     assert not result.moves_money
     assert result.final is not None
     expected = quiet_trail(pos, price, band)
     assert result.final.current_stop_loss_percentage == pos.current_stop_loss_percentage
     assert result.final.peak_price == expected.peak_price
     assert result.final.lowest_price == expected.lowest_price
+
+
+def test_the_positions_query_names_the_sol_mint_it_inlines() -> None:
+    from worker.db.positions import SELECT_OPEN_FOR_TOKEN
+    from worker.domain.models import SOL_MINT
+
+    assert f"'{SOL_MINT}'" in SELECT_OPEN_FOR_TOKEN

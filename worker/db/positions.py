@@ -43,13 +43,16 @@ SELECT p.id, p.agent_id, p.wallet_address, p.token_address, p.token_symbol,
   JOIN agents a ON a.id = p.agent_id
   JOIN agent_wallets w ON w.wallet_address = p.wallet_address
   LEFT JOIN agent_transactions t ON t.id = p.purchase_transaction_id
-  LEFT JOIN agent_balances b ON b.wallet_address = p.wallet_address AND b.token_address = $2
+  -- The SOL mint as a literal, not a parameter: with a parameter, a cached generic plan
+  -- scans every SOL balance row once per position.
+  LEFT JOIN agent_balances b ON b.wallet_address = p.wallet_address
+        AND b.token_address = 'So11111111111111111111111111111111111111112'
  WHERE p.token_address = $1
    AND w.wallet_type = 'simulation'
    AND a.automated_trading_simulation
 """
 SELECT_OPEN_FOR_TOKEN = _SELECT + " ORDER BY p.id"
-SELECT_AND_LOCK = _SELECT + " AND p.id = ANY($3::uuid[]) ORDER BY p.id FOR UPDATE OF p"
+SELECT_AND_LOCK = _SELECT + " AND p.id = ANY($2::uuid[]) ORDER BY p.id FOR UPDATE OF p"
 
 
 def _position(r: asyncpg.Record) -> OpenPosition:
@@ -87,14 +90,14 @@ def _position(r: asyncpg.Record) -> OpenPosition:
 
 async def open_positions(conn: asyncpg.Connection, token: str) -> list[OpenPosition]:
     """Open simulation positions in `token` of agents with automated simulation trading on."""
-    return [_position(r) for r in await conn.fetch(SELECT_OPEN_FOR_TOKEN, token, SOL_MINT)]
+    return [_position(r) for r in await conn.fetch(SELECT_OPEN_FOR_TOKEN, token)]
 
 
 async def lock_positions(
     conn: asyncpg.Connection, token: str, ids: Sequence[UUID]
 ) -> list[OpenPosition]:
     """Re-read and lock (FOR UPDATE) the given positions; closed ones are simply absent."""
-    rows = await conn.fetch(SELECT_AND_LOCK, token, SOL_MINT, list(ids))
+    rows = await conn.fetch(SELECT_AND_LOCK, token, list(ids))
     return [_position(r) for r in rows]
 
 

@@ -18,7 +18,15 @@ than the exact arithmetic gives.
 from __future__ import annotations
 
 from collections.abc import Callable
-from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Context, Decimal, InvalidOperation, localcontext
+from decimal import (
+    ROUND_DOWN,
+    ROUND_HALF_EVEN,
+    Context,
+    Decimal,
+    InvalidOperation,
+    getcontext,
+    localcontext,
+)
 from functools import wraps
 from typing import ParamSpec, TypeVar
 
@@ -51,6 +59,10 @@ def exact(func: Callable[P, R]) -> Callable[P, R]:
 
     @wraps(func)
     def in_math_context(*args: P.args, **kwargs: P.kwargs) -> R:
+        # Nested calls (most of them) are already in a 60-digit context: no new one.
+        current = getcontext()
+        if current.prec == MATH_PRECISION and current.rounding == ROUND_HALF_EVEN:
+            return func(*args, **kwargs)
         with localcontext(MATH_CONTEXT):
             return func(*args, **kwargs)
 
