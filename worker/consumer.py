@@ -42,6 +42,8 @@ log = structlog.get_logger(__name__)
 
 # Kafka offsets are only for lag tools (the stored ones are in PostgreSQL): never wait long.
 KAFKA_COMMIT_TIMEOUT_S = 5.0
+# Kafka commits are batched off the hot path: at most one round trip per interval.
+KAFKA_COMMIT_INTERVAL_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +88,8 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
         self._producer = producer
         self._metrics = metrics
         self._lock = asyncio.Lock()
+        self._uncommitted: dict[TopicPartition, int] = {}
+        self._last_kafka_commit = time.monotonic()
         self._fatal: BaseException | None = None
         self.consumer = AIOKafkaConsumer(
             **client_options(self._kafka),
@@ -108,6 +112,7 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
         """Wait for in-flight work so the next owner starts after our last commit."""
         async with self._lock:
             log.info("partitions_revoked", partitions=_names(revoked))
+            await self.commit_kafka(only=revoked)
             for tp in revoked:
                 # Another worker reports this partition's lag from now on.
                 with contextlib.suppress(KeyError):
@@ -180,6 +185,9 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
             for result in results:
                 if isinstance(result, BaseException):
                     raise result
+            if time.monotonic() - self._last_kafka_commit >= KAFKA_COMMIT_INTERVAL_S:
+                await self.commit_kafka()
+        await self.commit_kafka()
 
     # ------------------------------------------------------------------ one partition
 
@@ -199,7 +207,7 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
             with attempt:
                 outcomes = await self._commit_batch(tp, items, next_offset)
         committed_at = time.time()
-        await self._commit_kafka(tp, next_offset)
+        self._uncommitted[tp] = next_offset
         self._observe(tp, records, outcomes, committed_at, started, next_offset)
 
     def _retrying(self) -> AsyncRetrying:
@@ -360,17 +368,29 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
 
     # ------------------------------------------------------------------ after the commit
 
-    async def _commit_kafka(self, tp: TopicPartition, next_offset: int) -> None:
+    async def commit_kafka(self, only: set[TopicPartition] | None = None) -> None:
+        """Commit the offsets stored in PostgreSQL since the last time to Kafka too.
+
+        Only for lag tools: the database holds the truth, so a lost commit only delays
+        what they show. Partitions no longer assigned are left to their new owner.
+        """
+        self._last_kafka_commit = time.monotonic()
+        pending = {
+            tp: offset for tp, offset in self._uncommitted.items() if only is None or tp in only
+        }
+        for tp in pending:
+            del self._uncommitted[tp]
+        assigned = self.consumer.assignment()
+        offsets = {tp: offset for tp, offset in pending.items() if tp in assigned}
+        if not offsets:
+            return
         try:
             # Bounded: while the broker is away aiokafka waits for a group coordinator
             # forever, which would hold up the loop and a SIGTERM's drain with it.
             async with asyncio.timeout(KAFKA_COMMIT_TIMEOUT_S):
-                await self.consumer.commit({tp: next_offset})
+                await self.consumer.commit(offsets)
         except (KafkaError, TimeoutError) as exc:
-            # The database holds the truth; a lost Kafka commit only delays lag reporting.
-            log.warning(
-                "kafka_commit_failed", error=describe(exc), topic=tp.topic, partition=tp.partition
-            )
+            log.warning("kafka_commit_failed", error=describe(exc), partitions=_names(set(offsets)))
 
     def _observe(
         self,
