@@ -15,10 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
+from uuid import UUID
 
 import asyncpg
 import structlog
@@ -42,6 +43,10 @@ log = structlog.get_logger(__name__)
 
 # Kafka offsets are only for lag tools (the stored ones are in PostgreSQL): never wait long.
 KAFKA_COMMIT_TIMEOUT_S = 5.0
+# One transaction holds at most about this many agent executions (memory stays bounded).
+MAX_EXECUTIONS_PER_TRANSACTION = 5_000
+# The fan-out assumed for a user not seen yet.
+UNKNOWN_FANOUT = 100
 # Kafka commits are batched off the hot path: at most one round trip per interval.
 KAFKA_COMMIT_INTERVAL_S = 1.0
 
@@ -89,6 +94,8 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
         self._metrics = metrics
         self._lock = asyncio.Lock()
         self._uncommitted: dict[TopicPartition, int] = {}
+        # Agents per user, as last seen: sizes the transactions (see `_chunks`).
+        self._fanout: dict[UUID, int] = {}
         self._last_kafka_commit = time.monotonic()
         self._fatal: BaseException | None = None
         self.consumer = AIOKafkaConsumer(
@@ -201,14 +208,41 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
             async for attempt in self._retrying():
                 with attempt:
                     await self._dead_letter(dead)
-        next_offset = records[-1].offset + 1
-        outcomes: list[tuple[_Item, SignalOutcome | None]] = []
-        async for attempt in self._retrying():
-            with attempt:
-                outcomes = await self._commit_batch(tp, items, next_offset)
-        committed_at = time.time()
-        self._uncommitted[tp] = next_offset
-        self._observe(tp, records, outcomes, committed_at, started, next_offset)
+        for chunk, chunk_items in self._chunks(records, items):
+            next_offset = chunk[-1].offset + 1
+            outcomes: list[tuple[_Item, SignalOutcome | None]] = []
+            async for attempt in self._retrying():
+                with attempt:
+                    outcomes = await self._commit_batch(tp, chunk_items, next_offset)
+            committed_at = time.time()
+            self._uncommitted[tp] = next_offset
+            self._observe(tp, chunk, outcomes, committed_at, started, next_offset)
+            started = time.perf_counter()
+
+    def _chunks(
+        self, records: Sequence[ConsumerRecord[bytes, bytes]], items: list[_Item]
+    ) -> Iterator[tuple[Sequence[ConsumerRecord[bytes, bytes]], list[_Item]]]:
+        """Split a partition's records into transactions of at most about
+        `MAX_EXECUTIONS_PER_TRANSACTION` agent executions, by each user's last known fan-out,
+        so that memory and transaction length stay bounded at any fan-out."""
+        by_offset = {item.record.offset: item for item in items}
+        start, budget = 0, 0
+        for i, record in enumerate(records):
+            item = by_offset.get(record.offset)
+            cost = 1
+            if item is not None and isinstance(item.message, SignalV1):
+                cost = self._fanout.get(item.message.user_id, UNKNOWN_FANOUT)
+            if i > start and budget + cost > MAX_EXECUTIONS_PER_TRANSACTION:
+                yield (
+                    records[start:i],
+                    [by_offset[r.offset] for r in records[start:i] if r.offset in by_offset],
+                )
+                start, budget = i, 0
+            budget += cost
+        yield (
+            records[start:],
+            [by_offset[r.offset] for r in records[start:] if r.offset in by_offset],
+        )
 
     def _retrying(self) -> AsyncRetrying:
         return transient_retry(
@@ -410,6 +444,10 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
                 max(0, highwater - next_offset)
             )
         for item, outcome in outcomes:
+            if outcome is not None and isinstance(item.message, SignalV1):
+                self._fanout[item.message.user_id] = max(
+                    1, len(outcome.outcomes) + outcome.already_done
+                )
             if outcome is not None:
                 self._log_signal(item.record, outcome, committed_at)
 
