@@ -27,6 +27,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
+from worker.db.agents import agent_counts
 from worker.db.offsets import fetch_offsets, store_offset
 from worker.db.pool import connection
 from worker.domain.models import Signal
@@ -45,7 +46,7 @@ log = structlog.get_logger(__name__)
 KAFKA_COMMIT_TIMEOUT_S = 5.0
 # One transaction holds at most about this many agent executions (memory stays bounded).
 MAX_EXECUTIONS_PER_TRANSACTION = 5_000
-# The fan-out assumed for a user not seen yet.
+# The fan-out assumed for a user whose agents could not be counted yet.
 UNKNOWN_FANOUT = 100
 # Kafka commits are batched off the hot path: at most one round trip per interval.
 KAFKA_COMMIT_INTERVAL_S = 1.0
@@ -208,6 +209,7 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
             async for attempt in self._retrying():
                 with attempt:
                     await self._dead_letter(dead)
+        await self._learn_fanout(items)
         for chunk, chunk_items in self._chunks(records, items):
             next_offset = chunk[-1].offset + 1
             outcomes: list[tuple[_Item, SignalOutcome | None]] = []
@@ -218,6 +220,22 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
             self._uncommitted[tp] = next_offset
             self._observe(tp, chunk, outcomes, committed_at, started, next_offset)
             started = time.perf_counter()
+
+    async def _learn_fanout(self, items: list[_Item]) -> None:
+        """Count the agents of users not seen yet, to size the transactions."""
+        unseen = {
+            item.message.user_id
+            for item in items
+            if isinstance(item.message, SignalV1) and item.message.user_id not in self._fanout
+        }
+        if not unseen:
+            return
+        async for attempt in self._retrying():
+            with attempt:
+                async with connection(self._pool) as conn:
+                    counts = await agent_counts(conn, list(unseen))
+        for user_id in unseen:
+            self._fanout[user_id] = max(1, counts.get(user_id, 0))
 
     def _chunks(
         self, records: Sequence[ConsumerRecord[bytes, bytes]], items: list[_Item]

@@ -126,3 +126,14 @@ async def fetch_subscribers(
 def _parse_config(raw: str | None) -> object:
     """The stored JSON as the pool's orjson codec decodes it; None for SQL NULL."""
     return None if raw is None else orjson.loads(raw)
+
+
+AGENT_COUNTS = """
+SELECT user_id, count(*) AS agents FROM agents WHERE user_id = ANY($1::uuid[]) GROUP BY user_id
+"""
+
+
+async def agent_counts(conn: asyncpg.Connection, user_ids: Sequence[UUID]) -> dict[UUID, int]:
+    """How many agents each user has (users without agents are absent)."""
+    rows = await conn.fetch(AGENT_COUNTS, list(set(user_ids)))
+    return {row["user_id"]: row["agents"] for row in rows}
