@@ -110,8 +110,9 @@ kafka_fetch() {
 </project>
 EOF
     rm -rf "$KAFKA_LIB"
-    mvn -q -B -Dstyle.color=never -f "$build/pom.xml" dependency:copy-dependencies -DoutputDirectory="$KAFKA_LIB" \
-        || die "kafka: could not fetch the broker jars from Maven Central (see the mvn output above)"
+    mvn -q -B -Dstyle.color=never -f "$build/pom.xml" dependency:copy-dependencies \
+        -DoutputDirectory="$KAFKA_LIB" >"$build/mvn.log" 2>&1 \
+        || die "kafka: could not fetch the broker jars from Maven Central; see $build/mvn.log"
     touch "$KAFKA_LIB/.complete"
     log "kafka: $(ls "$KAFKA_LIB" | wc -l) jars in $KAFKA_LIB"
 }
