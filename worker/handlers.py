@@ -28,7 +28,6 @@ from worker.domain.exits import initial_stop_loss_pct
 from worker.domain.fills import BuyFill, buy_fill
 from worker.domain.models import (
     SOL_MINT,
-    SOL_SYMBOL,
     Decision,
     ExecutionStatus,
     Signal,
@@ -250,33 +249,10 @@ class _Buys:
         symbol = signal.symbol or DEFAULT_TOKEN_SYMBOL
         tx_id = buy_transaction_id(signal_id, agent_id)
         pos_id = position_id(signal_id, agent_id)
-        self.swaps.append(
-            trades_db.SwapRow(
-                id=tx_id,
-                agent_id=agent_id,
-                wallet_address=wallet,
-                time=self.now,
-                signal_id=signal_id,
-                value_usd=fill.value_usd,
-                input_mint=SOL_MINT,
-                input_symbol=SOL_SYMBOL,
-                input_amount=fill.size_sol,
-                input_price=Decimal(1),
-                output_mint=token,
-                output_symbol=symbol,
-                output_amount=fill.token_amount,
-                output_price=fill.price_sol,
-                network_fee_sol=fill.network_fee_sol,
-                protocol_fee_sol=fill.protocol_fee_sol,
-                position_id=pos_id,
-            )
-        )
-        self.deltas.append(
-            trades_db.BalanceDelta(agent_id, wallet, SOL_MINT, SOL_SYMBOL, -fill.debit_sol)
-        )
-        self.deltas.append(
-            trades_db.BalanceDelta(agent_id, wallet, token, symbol, fill.token_amount)
-        )
+        holding = trades_db.Holding(agent_id, wallet, token, symbol, signal_id, pos_id)
+        swap, deltas = trades_db.buy_rows(tx_id, holding, fill, self.now)
+        self.swaps.append(swap)
+        self.deltas.extend(deltas)
         self.positions.append(
             trades_db.NewPosition(
                 id=pos_id,

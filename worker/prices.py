@@ -30,7 +30,7 @@ from worker.db import prices as prices_db
 from worker.db import trades as trades_db
 from worker.domain.config import AgentTradingConfig, InvalidConfig
 from worker.domain.fills import token_price_sol
-from worker.domain.models import SOL_MINT, SOL_SYMBOL, PositionState
+from worker.domain.models import SOL_MINT, PositionState
 from worker.domain.ticks import (
     Fees,
     QuietBand,
@@ -201,42 +201,17 @@ def _trade(
     writes: _Writes,
 ) -> None:
     p = position
+    holding = trades_db.Holding(
+        p.agent_id, p.wallet_address, p.token_address, p.token_symbol, p.signal_id, p.id
+    )
     tp_tx: uuid.UUID | None = None
     for sale in plan.sales:
         tx_id = uuid.uuid4()
-        fill = sale.fill
-        writes.swaps.append(
-            trades_db.SwapRow(
-                id=tx_id,
-                agent_id=p.agent_id,
-                wallet_address=p.wallet_address,
-                time=now,
-                signal_id=p.signal_id,
-                value_usd=fill.value_usd,
-                input_mint=p.token_address,
-                input_symbol=p.token_symbol,
-                input_amount=fill.token_amount,
-                input_price=fill.price_sol,
-                output_mint=SOL_MINT,
-                output_symbol=SOL_SYMBOL,
-                output_amount=fill.gross_sol,
-                output_price=Decimal(1),
-                network_fee_sol=fill.network_fee_sol,
-                protocol_fee_sol=fill.protocol_fee_sol,
-                position_id=p.id,
-                is_take_profit=sale.is_take_profit,
-            )
+        swap, deltas = trades_db.sale_rows(
+            tx_id, holding, sale.fill, now, is_take_profit=sale.is_take_profit
         )
-        writes.deltas.append(
-            trades_db.BalanceDelta(
-                p.agent_id, p.wallet_address, p.token_address, p.token_symbol, -fill.token_amount
-            )
-        )
-        writes.deltas.append(
-            trades_db.BalanceDelta(
-                p.agent_id, p.wallet_address, SOL_MINT, SOL_SYMBOL, fill.credit_sol
-            )
-        )
+        writes.swaps.append(swap)
+        writes.deltas.extend(deltas)
         if sale.close_reason is not None and sale.pnl is not None:
             writes.closed.append(positions_db.ClosedPosition(p, sale.pnl, tx_id, sale.close_reason))
         elif sale.is_take_profit:
@@ -246,37 +221,7 @@ def _trade(
     dca_tx: uuid.UUID | None = None
     if plan.dca is not None:
         dca_tx = uuid.uuid4()
-        fill_buy = plan.dca
-        writes.swaps.append(
-            trades_db.SwapRow(
-                id=dca_tx,
-                agent_id=p.agent_id,
-                wallet_address=p.wallet_address,
-                time=now,
-                signal_id=p.signal_id,
-                value_usd=fill_buy.value_usd,
-                input_mint=SOL_MINT,
-                input_symbol=SOL_SYMBOL,
-                input_amount=fill_buy.size_sol,
-                input_price=Decimal(1),
-                output_mint=p.token_address,
-                output_symbol=p.token_symbol,
-                output_amount=fill_buy.token_amount,
-                output_price=fill_buy.price_sol,
-                network_fee_sol=fill_buy.network_fee_sol,
-                protocol_fee_sol=fill_buy.protocol_fee_sol,
-                position_id=p.id,
-                is_dca=True,
-            )
-        )
-        writes.deltas.append(
-            trades_db.BalanceDelta(
-                p.agent_id, p.wallet_address, SOL_MINT, SOL_SYMBOL, -fill_buy.debit_sol
-            )
-        )
-        writes.deltas.append(
-            trades_db.BalanceDelta(
-                p.agent_id, p.wallet_address, p.token_address, p.token_symbol, fill_buy.token_amount
-            )
-        )
+        swap, deltas = trades_db.buy_rows(dca_tx, holding, plan.dca, now, is_dca=True)
+        writes.swaps.append(swap)
+        writes.deltas.extend(deltas)
     writes.updates.append(positions_db.PositionWrite(p.id, plan.final, dca_tx, tp_tx))

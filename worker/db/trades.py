@@ -14,7 +14,8 @@ from uuid import UUID
 
 import asyncpg
 
-from worker.domain.models import SOL_MINT
+from worker.domain.fills import BuyFill, SellFill
+from worker.domain.models import SOL_MINT, SOL_SYMBOL
 from worker.errors import DomainError
 
 
@@ -235,3 +236,57 @@ async def insert_positions(conn: asyncpg.Connection, positions: Sequence[NewPosi
         [p.stop_loss_pct for p in positions],
         [p.time for p in positions],
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Holding:
+    """Whose trade it is and in which token: the parts every swap row of a position shares."""
+
+    agent_id: UUID
+    wallet_address: str
+    token_address: str
+    token_symbol: str
+    signal_id: int | None
+    position_id: UUID
+
+
+def buy_rows(
+    tx_id: UUID, holding: Holding, fill: BuyFill, time: datetime, *, is_dca: bool = False
+) -> tuple[SwapRow, list[BalanceDelta]]:
+    """The swap (SOL in, token out) and balance moves of a buy: SOL down by the debit."""
+    h = holding
+    swap = SwapRow(
+        id=tx_id, agent_id=h.agent_id, wallet_address=h.wallet_address, time=time,
+        signal_id=h.signal_id, value_usd=fill.value_usd,
+        input_mint=SOL_MINT, input_symbol=SOL_SYMBOL, input_amount=fill.size_sol,
+        input_price=Decimal(1), output_mint=h.token_address, output_symbol=h.token_symbol,
+        output_amount=fill.token_amount, output_price=fill.price_sol,
+        network_fee_sol=fill.network_fee_sol, protocol_fee_sol=fill.protocol_fee_sol,
+        position_id=h.position_id, is_dca=is_dca,
+    )  # fmt: skip
+    return swap, [
+        BalanceDelta(h.agent_id, h.wallet_address, SOL_MINT, SOL_SYMBOL, -fill.debit_sol),
+        BalanceDelta(h.agent_id, h.wallet_address, h.token_address, h.token_symbol,
+                     fill.token_amount),
+    ]  # fmt: skip
+
+
+def sale_rows(
+    tx_id: UUID, holding: Holding, fill: SellFill, time: datetime, *, is_take_profit: bool
+) -> tuple[SwapRow, list[BalanceDelta]]:
+    """The swap (token in, gross SOL out) and balance moves of a sale: SOL up by the credit."""
+    h = holding
+    swap = SwapRow(
+        id=tx_id, agent_id=h.agent_id, wallet_address=h.wallet_address, time=time,
+        signal_id=h.signal_id, value_usd=fill.value_usd,
+        input_mint=h.token_address, input_symbol=h.token_symbol, input_amount=fill.token_amount,
+        input_price=fill.price_sol, output_mint=SOL_MINT, output_symbol=SOL_SYMBOL,
+        output_amount=fill.gross_sol, output_price=Decimal(1),
+        network_fee_sol=fill.network_fee_sol, protocol_fee_sol=fill.protocol_fee_sol,
+        position_id=h.position_id, is_take_profit=is_take_profit,
+    )  # fmt: skip
+    return swap, [
+        BalanceDelta(h.agent_id, h.wallet_address, h.token_address, h.token_symbol,
+                     -fill.token_amount),
+        BalanceDelta(h.agent_id, h.wallet_address, SOL_MINT, SOL_SYMBOL, fill.credit_sol),
+    ]  # fmt: skip
