@@ -77,7 +77,16 @@ async def test_sigkill_mid_stream_and_restart_executes_each_pair_once(
     env = env_for(make_settings(services, db_url, topics))
     worker = WorkerProcess(env).start()
     await worker.wait_started()
-    await publish(services.kafka_bootstrap, topics.signals, _stream(accounts, per_user))
+    stream = _stream(accounts, per_user)
+
+    async def feed() -> None:
+        # Paced like a live stream (about 5 s), so the kill lands mid-stream however fast
+        # the worker is.
+        for i in range(0, len(stream), 25):
+            await publish(services.kafka_bootstrap, topics.signals, stream[i : i + 25])
+            await asyncio.sleep(0.25)
+
+    feeder = asyncio.create_task(feed())
     killed_at = 0
     try:
         await wait_for_count(db_url, "SELECT count(*) FROM signal_executions", 1000)
@@ -86,6 +95,7 @@ async def test_sigkill_mid_stream_and_restart_executes_each_pair_once(
         killed_at = await count(db_url, "SELECT count(*) FROM signal_executions")
         worker = WorkerProcess(env).start()
         await worker.wait_started()
+        await feeder
         await wait_for_count(
             db_url,
             "SELECT count(*) FROM signal_executions",
@@ -93,6 +103,7 @@ async def test_sigkill_mid_stream_and_restart_executes_each_pair_once(
             timeout_s=120,
         )
     finally:
+        feeder.cancel()
         code = worker.terminate()
     assert code == 0, worker.tail()
     assert killed_at < users * per_user * agents, "the kill came after the end of the stream"
