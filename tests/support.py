@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -137,11 +136,12 @@ async def read_topic(bootstrap: str, topic: str, expected: int, timeout_s: float
     await consumer.start()
     records: list[Any] = []
     try:
-        deadline = time.monotonic() + timeout_s
-        while len(records) < expected and time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=500)
-            for recs in batch.values():
-                records.extend(recs)
+        with contextlib.suppress(TimeoutError):  # fewer than expected: the caller asserts
+            async with asyncio.timeout(timeout_s):
+                while len(records) < expected:
+                    batch = await consumer.getmany(timeout_ms=500)
+                    for recs in batch.values():
+                        records.extend(recs)
     finally:
         await consumer.stop()
     return records
@@ -150,13 +150,15 @@ async def read_topic(bootstrap: str, topic: str, expected: int, timeout_s: float
 async def wait_for(
     check: Callable[[], Awaitable[bool]], *, timeout_s: float = 30, what: str = "condition"
 ) -> None:
-    """Poll `check` until it holds; fail the test with `what` after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+    """Poll `check` until it holds; fail the test with `what` after `timeout_s` (a bound)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:  # polling another process's work: no event to wait on
+                if await check():
+                    return
+                await asyncio.sleep(0.1)
+    except TimeoutError:
+        raise AssertionError(f"timed out after {timeout_s}s waiting for {what}") from None
 
 
 async def count(db_url: str, sql: str, *args: Any) -> int:
@@ -242,15 +244,17 @@ class WorkerProcess:
                     self.http_port = int(port.group(1))
 
     async def wait_started(self, timeout_s: float = 30) -> None:
-        """Wait until the worker logged `worker_started`."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.http_port is not None:
-                return
-            if self.proc is not None and self.proc.poll() is not None:
-                raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.tail()}")
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"worker did not start in {timeout_s}s:\n{self.tail()}")
+        """Wait until the worker logged `worker_started` (at most `timeout_s`)."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                while self.http_port is None:
+                    if self.proc is not None and self.proc.poll() is not None:
+                        msg = f"worker exited with {self.proc.returncode}:\n{self.tail()}"
+                        raise AssertionError(msg)
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            msg = f"worker did not start in {timeout_s}s:\n{self.tail()}"
+            raise AssertionError(msg) from None
 
     def kill(self) -> None:
         """SIGKILL: no drain, no goodbye."""

@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -282,12 +281,13 @@ async def test_three_processes_at_once_apply_each_file_exactly_once(
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
     procs = [await start_cli(empty_db) for _ in range(3)]
     try:
-        deadline = time.monotonic() + CLI_TIMEOUT_S
-        while await conn.fetchval(WAITING_ADVISORY_LOCKS) < 3:
-            if time.monotonic() >= deadline:  # a bounded wait, not a timing check
-                pytest.fail("the three processes never waited for the lock")
-            assert all(p.returncode is None for p in procs), "a process ended early"
-            await asyncio.sleep(0.05)
+        try:
+            async with asyncio.timeout(CLI_TIMEOUT_S):
+                while await conn.fetchval(WAITING_ADVISORY_LOCKS) < 3:
+                    assert all(p.returncode is None for p in procs), "a process ended early"
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            pytest.fail("the three processes never waited for the lock")
         await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
         results = await asyncio.gather(*(finish(p) for p in procs))
     finally:
