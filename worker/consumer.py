@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -65,12 +65,6 @@ class DeadLetter:
 class _Item:
     record: ConsumerRecord[bytes, bytes]
     message: SignalV1 | PriceTickV1
-
-
-class Readiness(Protocol):
-    """What `/readyz` asks the pipeline."""
-
-    def has_assignment(self) -> bool: ...
 
 
 def record_time(record: ConsumerRecord[Any, Any]) -> datetime:

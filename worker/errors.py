@@ -11,10 +11,6 @@ class InvalidMessage(WorkerError):  # noqa: N818 - the style guide's name
     """A record that can never be processed: dead-letter it with this reason and move on."""
 
 
-class TransientError(WorkerError):
-    """A failure that may pass (connection lost, serialization failure): retry."""
-
-
 class DomainError(WorkerError):
     """A broken invariant: dead-letter and alert."""
 

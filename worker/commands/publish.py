@@ -55,9 +55,13 @@ def _lines(args: argparse.Namespace) -> Iterator[tuple[int, bytes]]:
             raise UsageError(f"{args.file}: no such file")
         stream = path.open(encoding="utf-8")
     with stream:
-        for number, line in enumerate(stream, start=1):
-            if line.strip():
-                yield number, line.strip().encode("utf-8")
+        number = 0
+        try:
+            for number, line in enumerate(stream, start=1):
+                if line.strip():
+                    yield number, line.strip().encode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"{args.file}: line {number + 1} is not UTF-8 text") from exc
 
 
 async def run(settings: Settings, args: argparse.Namespace) -> int:
