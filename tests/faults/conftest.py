@@ -285,6 +285,47 @@ async def send_all(
     return [Sent(m.partition, m.offset) for m in metadata]
 
 
+@dataclass
+class Feed:
+    """A paced stream: `chunks` slices of every (topic, values) pair, published in turn
+    `pause_s` apart, that stops before chunk `hold_at` until `release()`.
+
+    The hold is what makes a fault land mid-stream on any machine: whatever the worker's
+    speed, the part after the hold is published only once the fault has been injected, so
+    the stream goes on after it. `held` is set when the feed reaches the hold.
+    """
+
+    bootstrap: str
+    streams: Sequence[tuple[str, Sequence[dict[str, Any]]]]
+    chunks: int
+    hold_at: int
+    pause_s: float = 0.25
+    published: int = 0  # chunks published so far
+    held: asyncio.Event = field(default_factory=asyncio.Event)
+    _released: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def chunk(self, values: Sequence[Any], c: int) -> Sequence[Any]:
+        return values[c * len(values) // self.chunks : (c + 1) * len(values) // self.chunks]
+
+    def before_hold(self, values: Sequence[Any]) -> int:
+        """How many of `values` are published before the hold."""
+        return self.hold_at * len(values) // self.chunks
+
+    def release(self) -> None:
+        self._released.set()
+
+    async def run(self) -> None:
+        for c in range(self.chunks):
+            if c == self.hold_at:
+                self.held.set()
+                await self._released.wait()
+            for topic, values in self.streams:
+                await send_all(self.bootstrap, topic, self.chunk(values, c))
+            self.published = c + 1
+            await asyncio.sleep(self.pause_s)
+        self.held.set()
+
+
 async def read_all(bootstrap: str, topic: str, timeout_s: float = 60) -> list[Any]:
     """Every record of `topic` up to its end offsets at the time of the call."""
     consumer = AIOKafkaConsumer(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from typing import Any
 
 import asyncpg
 import pytest
@@ -12,6 +11,7 @@ import pytest
 from tests.conftest import Services, Topics, make_settings
 from tests.faults.conftest import (
     EXECUTIONS,
+    Feed,
     Report,
     assert_exactly_once,
     latest_prices,
@@ -19,7 +19,6 @@ from tests.faults.conftest import (
     measure,
     mint,
     seeded,
-    send_all,
     stored_offsets,
     stored_prices,
     ticks,
@@ -29,28 +28,15 @@ from tests.support import WorkerProcess, count, env_for, wait_for_count
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(420)]
 
 USERS, AGENTS, PER_USER = 20, 10, 100  # 2,000 signals x 10 agents
-# The feed lasts about 20 s (40 chunks, 0.5 s apart): longer than five kills and restarts
-# take, however fast the worker is, so that every kill lands mid-stream.
-TICKS, CHUNKS, KILLS, CHUNK_PAUSE_S = 600, 40, 5, 0.5
-
-
-async def _feed(
-    bootstrap: str, topics: Topics, signals: list[dict[str, Any]], prices: list[dict[str, Any]]
-) -> None:
-    """Publish signals and ticks in chunks, a little at a time, as a live stream would."""
-    for c in range(CHUNKS):
-        part = slice(c * len(signals) // CHUNKS, (c + 1) * len(signals) // CHUNKS)
-        tick_part = slice(c * len(prices) // CHUNKS, (c + 1) * len(prices) // CHUNKS)
-        await send_all(bootstrap, topics.signals, signals[part])
-        await send_all(bootstrap, topics.prices, prices[tick_part])
-        await asyncio.sleep(CHUNK_PAUSE_S)
+# The feed publishes 40 chunks 0.5 s apart and holds before the last six until the fifth
+# kill: the kills land mid-stream however fast (or slow to restart) the worker is.
+TICKS, CHUNKS, HOLD_AT, KILLS, CHUNK_PAUSE_S = 600, 40, 34, 5, 0.5
 
 
 def _kill_points(rng: random.Random, total: int) -> list[int]:
     """Execution counts to kill at: one in each fifth of 5% to 75% of the stream.
 
-    The last quarter is left alone so that the last kill still lands mid-stream (a batch
-    commits up to a few thousand executions at once).
+    All of them lie before the feed's hold (85% of the stream).
     """
     width = total * 0.7 / KILLS
     return [int(total * 0.05 + width * (k + rng.uniform(0.1, 0.9))) for k in range(KILLS)]
@@ -68,22 +54,31 @@ async def test_sigkill_at_five_random_moments_loses_and_doubles_nothing(
     total = len(signals) * AGENTS
     env = env_for(make_settings(services, db_url, topics))
 
-    worker = WorkerProcess(env).start()
-    feeder = asyncio.create_task(
-        _feed(services.kafka_bootstrap, topics, signals, [t.message() for t in published_ticks])
+    feed = Feed(
+        services.kafka_bootstrap,
+        [(topics.signals, signals), (topics.prices, [t.message() for t in published_ticks])],
+        chunks=CHUNKS,
+        hold_at=HOLD_AT,
+        pause_s=CHUNK_PAUSE_S,
     )
+    before_hold = feed.before_hold(signals) * AGENTS
+
+    worker = WorkerProcess(env).start()
+    feeder = asyncio.create_task(feed.run())
     killed_at: list[int] = []
     try:
         await worker.wait_started()
         for point in _kill_points(rng, total):
-            # Past the point, and past the last kill: this worker has committed work too.
-            after = max(point, killed_at[-1] + 1 if killed_at else 0)
+            # Past the point, and past the last kill (this worker has committed work too),
+            # unless the last kill came when everything before the hold was done.
+            after = min(max(point, killed_at[-1] + 1 if killed_at else 0), before_hold)
             await wait_for_count(db_url, EXECUTIONS, after, timeout_s=90)
             await asyncio.sleep(rng.uniform(0, 0.2))
             worker.kill()
             killed_at.append(await count(db_url, EXECUTIONS))
             worker = WorkerProcess(env).start()
             await worker.wait_started()
+        feed.release()
         await feeder
         await wait_for_count(db_url, EXECUTIONS, total, timeout_s=120)
 
@@ -109,7 +104,8 @@ async def test_sigkill_at_five_random_moments_loses_and_doubles_nothing(
     report(
         "1 crashes",
         records=f"{len(signals)} signals x {AGENTS} agents + {TICKS} ticks",
-        faults=f"{len(killed_at)} SIGKILLs at executions {killed_at}",
+        faults=f"{len(killed_at)} SIGKILLs at executions {killed_at}, "
+        f"the last {total - before_hold} published after them",
         executions=ledger.executions,
         lost=ledger.lost,
         duplicated=ledger.duplicated,
@@ -118,7 +114,7 @@ async def test_sigkill_at_five_random_moments_loses_and_doubles_nothing(
     )
     assert code == 0, worker.tail()
     assert len(killed_at) == KILLS
-    assert all(k < total for k in killed_at), "a kill came after the end of the stream"
+    assert all(k <= before_hold < total for k in killed_at), "a kill came after the hold"
     assert_exactly_once(ledger)
     assert ledger.executions == total
     # Replayed ticks never put an older price over a newer one.
