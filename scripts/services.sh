@@ -162,6 +162,16 @@ EOF
 }
 
 kafka_format() {
+    # A standalone KRaft controller records its own endpoint at format time: storage
+    # formatted for another controller port is formatted again (its topics are lost).
+    local recorded
+    recorded=$(cat "$KAFKA_DIR/controller-port" 2>/dev/null || true)
+    if [[ -f $KAFKA_DIR/data/meta.properties && $recorded != "$KAFKA_CONTROLLER_PORT" ]]; then
+        log "kafka: storage was formatted for controller port ${recorded:-unknown}, not $KAFKA_CONTROLLER_PORT; formatting it again"
+        rm -rf "$KAFKA_DIR/data"
+        mkdir -p "$KAFKA_DIR/data"
+    fi
+    echo "$KAFKA_CONTROLLER_PORT" >"$KAFKA_DIR/controller-port"
     [[ -f $KAFKA_DIR/data/meta.properties ]] && return 0
     local cluster_id
     cluster_id=$(java -cp "$KAFKA_LIB/*" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1)
@@ -299,7 +309,7 @@ EOF
     # setsid and setpriv exec (no fork), so $! is the postmaster itself: its own session
     # (a Ctrl-C of `make` does not reach it), running as postgres (it refuses root).
     setsid setpriv --reuid=postgres --regid=postgres --init-groups \
-        "$bindir/postgres" -D "$datadir" >>"$datadir/server.log" 2>&1 </dev/null 9>&- &
+        "$bindir/postgres" -D "$datadir" -p "$PG_PORT" >>"$datadir/server.log" 2>&1 </dev/null 9>&- &
     echo $! >"$PG_PID"
     until pg_ready; do
         if ! pid_alive "$PG_PID"; then

@@ -11,6 +11,7 @@ has the schema (milliseconds), dropped afterwards; `topics` gives fresh topic na
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -241,6 +242,18 @@ class OwnServices:
         self.run("start", name)
 
 
+def own_ports(root: Path = ROOT) -> tuple[int, int, int, int]:
+    """Ports of the own services (PostgreSQL, Kafka, its controller, its SASL listener).
+
+    Stable for a checkout and different between checkouts (derived from its path), so that
+    the test sessions of two clones on one machine never stop each other's services. Below
+    Linux's ephemeral range (32768 up), where clients' own sockets would collide.
+    """
+    digest = int.from_bytes(hashlib.sha256(str(root.resolve()).encode()).digest()[:8], "big")
+    base = 20_000 + (digest % 3_000) * 4
+    return base, base + 1, base + 2, base + 3
+
+
 @pytest.fixture(scope="session")
 def own_services(services: Services) -> Iterator[OwnServices]:
     """Restartable services of the tests' own; skips where services come from outside."""
@@ -251,17 +264,18 @@ def own_services(services: Services) -> Iterator[OwnServices]:
     env = {
         k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS")
     }
+    pg, kafka, controller, sasl = own_ports()
     env.update(
         SERVICES_DIR=str(ROOT / ".services" / "faults"),
-        LOCAL_PG_PORT="15432",
-        LOCAL_KAFKA_PORT="19092",
-        LOCAL_KAFKA_CONTROLLER_PORT="19093",
-        LOCAL_KAFKA_SASL_PORT="19094",
+        LOCAL_PG_PORT=str(pg),
+        LOCAL_KAFKA_PORT=str(kafka),
+        LOCAL_KAFKA_CONTROLLER_PORT=str(controller),
+        LOCAL_KAFKA_SASL_PORT=str(sasl),
     )
     own = OwnServices(
         Services(
-            "postgresql://postgres@127.0.0.1:15432/signals",
-            "127.0.0.1:19092",
+            f"postgresql://postgres@127.0.0.1:{pg}/signals",
+            f"127.0.0.1:{kafka}",
             "own",
             restartable=True,
         ),
