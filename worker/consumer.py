@@ -6,8 +6,14 @@ On assignment the consumer seeks to the stored offset (else Kafka's committed of
 the earliest), so a crash, a redelivery or a rebalance never applies a record twice. Kafka
 offsets are committed after the database commit only so that lag tools keep working.
 
-Partitions of a batch are processed concurrently, each on its own connection; the records
-of one partition in order. This module alone maps exceptions to ack, retry or dead-letter.
+The partitions of a fetch are dealt into at most `PIPELINE_CONCURRENCY` lanes per topic,
+whole partitions each, balanced by the agent executions they hold; the lanes run
+concurrently, each on its own connection, and a lane's records (one partition's in order)
+are written in transactions of up to `MAX_EXECUTIONS_PER_TRANSACTION` executions that store
+the next offset of every partition they cover. Few, larger transactions cost PostgreSQL far
+less than one per partition (every transaction is a fixed set of set-based statements),
+which is what keeps latency low when records trickle in over many partitions. This module
+alone maps exceptions to ack, retry or dead-letter.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -28,7 +34,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from worker.db.agents import agent_counts
-from worker.db.offsets import fetch_offsets, store_offset
+from worker.db.offsets import fetch_offsets, store_offsets
 from worker.db.pool import connection
 from worker.domain.models import Signal
 from worker.errors import InvalidMessage, WorkerError
@@ -65,6 +71,25 @@ class DeadLetter:
 class _Item:
     record: ConsumerRecord[bytes, bytes]
     message: SignalV1 | PriceTickV1
+
+
+@dataclass(slots=True)
+class _Part:
+    """One partition's records of a fetch, decoded (`items`: the valid ones, in order)."""
+
+    tp: TopicPartition
+    records: Sequence[ConsumerRecord[bytes, bytes]]
+    items: dict[int, _Item]  # by offset
+    cost: int = 0  # estimated agent executions
+
+
+@dataclass(slots=True)
+class _Chunk:
+    """What one transaction covers: records of one or more partitions of one lane."""
+
+    records: list[ConsumerRecord[bytes, bytes]] = field(default_factory=list)
+    items: list[_Item] = field(default_factory=list)
+    next_offsets: dict[TopicPartition, int] = field(default_factory=dict)
 
 
 def record_time(record: ConsumerRecord[Any, Any]) -> datetime:
@@ -177,11 +202,11 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
             if not batch:
                 continue
             async with self._lock:
-                # Every partition finishes (commits or gives up) before a failure is raised,
-                # so one partition's outage never rolls back another's finished work.
+                lanes = await self._lanes(batch)
+                # Every lane finishes (commits or gives up) before a failure is raised, so
+                # one lane's outage never rolls back another's finished work.
                 results = await asyncio.gather(
-                    *(self._process_partition(tp, recs) for tp, recs in batch.items() if recs),
-                    return_exceptions=True,
+                    *(self._process_lane(lane) for lane in lanes), return_exceptions=True
                 )
                 self._metrics.db_pool_in_use.set(self._pool.get_size() - self._pool.get_idle_size())
             for result in results:
@@ -191,28 +216,51 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
                 await self.commit_kafka()
         await self.commit_kafka()
 
-    # ------------------------------------------------------------------ one partition
+    # ------------------------------------------------------------------ lanes
 
-    async def _process_partition(
-        self, tp: TopicPartition, records: Sequence[ConsumerRecord[bytes, bytes]]
-    ) -> None:
-        started = time.perf_counter()
-        self._metrics.records_consumed.labels(tp.topic).inc(len(records))
-        items, dead = self._decode(tp, records)
+    async def _lanes(
+        self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+    ) -> list[list[_Part]]:
+        """Decode the fetch, dead-letter what is invalid, and deal the partitions into lanes."""
+        parts: list[_Part] = []
+        dead: list[DeadLetter] = []
+        for tp, records in batch.items():
+            if not records:
+                continue
+            self._metrics.records_consumed.labels(tp.topic).inc(len(records))
+            items, bad = self._decode(tp, records)
+            dead.extend(bad)
+            parts.append(_Part(tp, records, {item.record.offset: item for item in items}))
         if dead:
+            # Acknowledged before any transaction can store an offset past them.
             async for attempt in self._retrying():
                 with attempt:
                     await self._dead_letter(dead)
-        await self._learn_fanout(items)
-        for chunk, chunk_items in self._chunks(records, items):
-            next_offset = chunk[-1].offset + 1
+        await self._learn_fanout([i for p in parts for i in p.items.values()])
+        lanes: list[list[_Part]] = []
+        for topic in (self._kafka.signals_topic, self._kafka.prices_topic):
+            of_topic = [p for p in parts if p.tp.topic == topic]
+            for part in of_topic:
+                part.cost = sum(self._cost(part.items.get(r.offset)) for r in part.records)
+            lanes.extend(_deal(of_topic, self._settings.pipeline_concurrency))
+        return lanes
+
+    def _cost(self, item: _Item | None) -> int:
+        """Estimated agent executions of one record (1 for a tick or an invalid record)."""
+        if item is not None and isinstance(item.message, SignalV1):
+            return self._fanout.get(item.message.user_id, UNKNOWN_FANOUT)
+        return 1
+
+    async def _process_lane(self, lane: list[_Part]) -> None:
+        started = time.perf_counter()
+        for chunk in self._chunks(lane):
             outcomes: list[tuple[_Item, SignalOutcome | None]] = []
             async for attempt in self._retrying():
                 with attempt:
-                    outcomes = await self._commit_batch(tp, chunk_items, next_offset)
+                    outcomes = await self._commit_batch(chunk)
             committed_at = time.time()
-            self._uncommitted[tp] = next_offset
-            self._observe(tp, chunk, outcomes, committed_at, started, next_offset)
+            self._uncommitted.update(chunk.next_offsets)
+            self._observe(chunk, outcomes, committed_at, started)
             started = time.perf_counter()
 
     async def _learn_fanout(self, items: list[_Item]) -> None:
@@ -231,30 +279,25 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
         for user_id in unseen:
             self._fanout[user_id] = max(1, counts.get(user_id, 0))
 
-    def _chunks(
-        self, records: Sequence[ConsumerRecord[bytes, bytes]], items: list[_Item]
-    ) -> Iterator[tuple[Sequence[ConsumerRecord[bytes, bytes]], list[_Item]]]:
-        """Split a partition's records into transactions of at most about
+    def _chunks(self, lane: list[_Part]) -> Iterator[_Chunk]:
+        """Split a lane's records into transactions of at most about
         `MAX_EXECUTIONS_PER_TRANSACTION` agent executions, by each user's last known fan-out,
         so that memory and transaction length stay bounded at any fan-out."""
-        by_offset = {item.record.offset: item for item in items}
-        start, budget = 0, 0
-        for i, record in enumerate(records):
-            item = by_offset.get(record.offset)
-            cost = 1
-            if item is not None and isinstance(item.message, SignalV1):
-                cost = self._fanout.get(item.message.user_id, UNKNOWN_FANOUT)
-            if i > start and budget + cost > MAX_EXECUTIONS_PER_TRANSACTION:
-                yield (
-                    records[start:i],
-                    [by_offset[r.offset] for r in records[start:i] if r.offset in by_offset],
-                )
-                start, budget = i, 0
-            budget += cost
-        yield (
-            records[start:],
-            [by_offset[r.offset] for r in records[start:] if r.offset in by_offset],
-        )
+        chunk, budget = _Chunk(), 0
+        for part in lane:
+            for record in part.records:
+                item = part.items.get(record.offset)
+                cost = self._cost(item)
+                if chunk.records and budget + cost > MAX_EXECUTIONS_PER_TRANSACTION:
+                    yield chunk
+                    chunk, budget = _Chunk(), 0
+                budget += cost
+                chunk.records.append(record)
+                chunk.next_offsets[part.tp] = record.offset + 1
+                if item is not None:
+                    chunk.items.append(item)
+        if chunk.records:
+            yield chunk
 
     def _retrying(self) -> AsyncRetrying:
         return transient_retry(
@@ -277,15 +320,14 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
             items.append(_Item(record, message))
         return items, dead
 
-    async def _commit_batch(
-        self, tp: TopicPartition, items: list[_Item], next_offset: int
-    ) -> list[tuple[_Item, SignalOutcome | None]]:
-        """One transaction: every item's effects and the partition's next offset."""
+    async def _commit_batch(self, chunk: _Chunk) -> list[tuple[_Item, SignalOutcome | None]]:
+        """One transaction: every item's effects and the next offset of each partition."""
+        items = chunk.items
         async with connection(self._pool) as conn:
             try:
                 async with conn.transaction():
                     outcomes, dead = await self._apply(conn, items, isolated=False)
-                    await self._finish(conn, tp, next_offset, dead)
+                    await self._finish(conn, chunk.next_offsets, dead)
             except Exception as exc:  # this module alone maps every failure
                 if is_transient(exc):
                     raise
@@ -297,17 +339,20 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
             # the partition) and the others go through.
             async with conn.transaction():
                 outcomes, dead = await self._apply(conn, items, isolated=True)
-                await self._finish(conn, tp, next_offset, dead)
+                await self._finish(conn, chunk.next_offsets, dead)
             return outcomes
 
     async def _finish(
         self,
         conn: asyncpg.Connection,
-        tp: TopicPartition,
-        next_offset: int,
+        next_offsets: dict[TopicPartition, int],
         dead: list[DeadLetter],
     ) -> None:
-        await store_offset(conn, self._kafka.consumer_group, tp.topic, tp.partition, next_offset)
+        await store_offsets(
+            conn,
+            self._kafka.consumer_group,
+            [(tp.topic, tp.partition, offset) for tp, offset in next_offsets.items()],
+        )
         if dead:
             # Acknowledged by the broker before the offset moves past them (the commit).
             await self._dead_letter(dead)
@@ -440,21 +485,20 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
 
     def _observe(
         self,
-        tp: TopicPartition,
-        records: Sequence[ConsumerRecord[bytes, bytes]],
+        chunk: _Chunk,
         outcomes: list[tuple[_Item, SignalOutcome | None]],
         committed_at: float,
         started: float,
-        next_offset: int,
     ) -> None:
         self._metrics.batch_seconds.observe(time.perf_counter() - started)
-        for record in records:
+        for record in chunk.records:
             self._metrics.latency.observe(max(0.0, committed_at - record.timestamp / 1000))
-        highwater = self.consumer.highwater(tp)
-        if highwater is not None:
-            self._metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
-                max(0, highwater - next_offset)
-            )
+        for tp, next_offset in chunk.next_offsets.items():
+            highwater = self.consumer.highwater(tp)
+            if highwater is not None:
+                self._metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
+                    max(0, highwater - next_offset)
+                )
         for item, outcome in outcomes:
             if outcome is not None and isinstance(item.message, SignalV1):
                 self._fanout[item.message.user_id] = max(
@@ -488,6 +532,19 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
             already_executed=outcome.already_done,
             latency_ms=latency_ms,
         )
+
+
+def _deal(parts: list[_Part], lanes: int) -> list[list[_Part]]:
+    """Whole partitions into at most `lanes` lanes, the costliest first to the lightest."""
+    out: list[list[_Part]] = [[] for _ in range(min(lanes, len(parts)))]
+    loads = [0] * len(out)
+    for part in sorted(parts, key=lambda p: (-p.cost, p.tp.partition)):
+        lightest = loads.index(min(loads))
+        out[lightest].append(part)
+        loads[lightest] += part.cost
+    for lane in out:
+        lane.sort(key=lambda p: p.tp.partition)
+    return out
 
 
 def _signal(item: _Item) -> Signal:

@@ -106,6 +106,7 @@ class Settings(BaseSettings):
     kafka_fetch_max_records: int = Field(default=500, ge=1, le=100_000)
     kafka_request_timeout_s: float = Field(default=30.0, gt=0, le=600)
     kafka_topic_partitions: int = Field(default=12, ge=1, le=10_000)
+    pipeline_concurrency: int = Field(default=2, ge=1, le=100)
     retry_max_attempts: int = Field(default=10, ge=1, le=1000)
     retry_max_delay_s: float = Field(default=60.0, gt=0, le=3600)
     startup_timeout_s: float = Field(default=30.0, gt=0, le=3600)
@@ -196,6 +197,11 @@ class Settings(BaseSettings):
             raise ValueError("SIGNALS_TOPIC, PRICES_TOPIC and DLQ_TOPIC must differ")
         if self.db_pool_min_size > self.db_pool_max_size:
             raise ValueError("DB_POOL_MIN_SIZE must not exceed DB_POOL_MAX_SIZE")
+        if 2 * self.pipeline_concurrency > self.db_pool_max_size:
+            raise ValueError(
+                "DB_POOL_MAX_SIZE must be at least twice PIPELINE_CONCURRENCY (a lane per topic "
+                "each needs a connection)"
+            )
         return self
 
     @property

@@ -20,6 +20,28 @@ async def store_offset(
     await conn.execute(STORE_OFFSET, group, topic, partition, next_offset)
 
 
+STORE_OFFSETS = """
+INSERT INTO consumer_offsets (consumer_group, topic, partition, next_offset, updated_at)
+SELECT $1, t, p, o, now()
+  FROM unnest($2::text[], $3::int[], $4::bigint[]) AS x(t, p, o)
+ ORDER BY t, p
+ON CONFLICT (consumer_group, topic, partition) DO UPDATE
+   SET next_offset = GREATEST(consumer_offsets.next_offset, EXCLUDED.next_offset),
+       updated_at = now()
+"""
+
+
+async def store_offsets(
+    conn: asyncpg.Connection, group: str, offsets: list[tuple[str, int, int]]
+) -> None:
+    """`store_offset` for several (topic, partition, next offset) in one statement."""
+    if len(offsets) == 1:
+        await conn.execute(STORE_OFFSET, group, *offsets[0])
+        return
+    topics, partitions, next_offsets = zip(*offsets, strict=True)
+    await conn.execute(STORE_OFFSETS, group, list(topics), list(partitions), list(next_offsets))
+
+
 FETCH_OFFSETS = """
 SELECT topic, partition, next_offset FROM consumer_offsets
  WHERE consumer_group = $1 AND topic = ANY($2::text[])
