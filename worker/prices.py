@@ -3,8 +3,10 @@
 Runs inside the consumer's transaction (with the partition's offset), so a tick's effects
 are all written or none. A tick not newer than the stored price (by `ts`; a tick without
 `ts` takes its record timestamp) changes nothing at all, so a redelivered or replayed tick
-can never sell twice. Evaluation is set-based: one query reads every open position in the
-token, the plans are pure (`worker.domain.ticks`), and each kind of write is one statement.
+can never sell twice. Evaluation is set-based: one query reads a few columns of every open
+position in the token, enough to tell the quiet ones (most of them, most ticks) and trail
+them; a second reads the others whole; the plans are pure (`worker.domain.ticks`), and
+each kind of write is one statement.
 
 Positions that trade are locked and re-read first, wallets' SOL rows before positions and
 in address order, as every writer does. Positions that only trail (peak up, stop up, low
@@ -20,6 +22,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from uuid import UUID
 
 import asyncpg
 import structlog
@@ -31,6 +34,7 @@ from worker.db import trades as trades_db
 from worker.domain.config import AgentTradingConfig, InvalidConfig
 from worker.domain.fills import token_price_sol
 from worker.domain.models import SOL_MINT, PositionState
+from worker.domain.money import to_price
 from worker.domain.ticks import (
     Fees,
     QuietBand,
@@ -73,11 +77,11 @@ async def handle_price(
     if sol_usd is None:
         log.warning("exits_skipped_no_sol_price", token=tick.token_address)
         return {}
-    positions = await positions_db.open_positions(conn, tick.token_address)
-    if not positions:
+    trails = await positions_db.trail_rows(conn, tick.token_address)
+    if not trails:
         return {}
     fees = Fees(settings.sim_network_fee_sol, settings.sim_protocol_fee_bps)
-    writes = await _evaluate(conn, positions, tick, sol_usd, now, fees)
+    writes = await _evaluate(conn, trails, tick, sol_usd, now, fees)
     await trades_db.insert_swaps(conn, writes.swaps)
     await trades_db.apply_balance_deltas(conn, writes.deltas)
     await positions_db.update_positions(conn, writes.updates, now)
@@ -88,27 +92,20 @@ async def handle_price(
 
 async def _evaluate(
     conn: asyncpg.Connection,
-    positions: list[positions_db.OpenPosition],
+    trails: list[positions_db.TrailRow],
     tick: PriceTickV1,
     sol_usd: Decimal,
     now: datetime,
     fees: Fees,
 ) -> _Writes:
-    """Plan every position; lock, re-read and re-plan the ones that trade."""
+    """Trail the quiet positions; read and plan the others; lock, re-read and re-plan the
+    ones that trade."""
     writes = _Writes()
+    loud = _trail_quiet(trails, token_price_sol(tick.price_usd, sol_usd), now, writes)
+    if not loud:
+        return writes
     acting: list[positions_db.OpenPosition] = []
-    price = token_price_sol(tick.price_usd, sol_usd)
-    bands: dict[int, QuietBand] = {}
-    for position in positions:
-        cfg = _config(position)
-        if cfg is None:
-            continue
-        band = bands.get(id(cfg))
-        if band is None:
-            band = bands[id(cfg)] = quiet_band(cfg)
-        if is_quiet(position.state, price, now, band):
-            _trail(position, quiet_trail(position.state, price, band), writes)
-            continue
+    for position in await positions_db.open_positions(conn, tick.token_address, loud):
         plan = _plan(position, tick.price_usd, sol_usd, now, fees)
         if plan is not None and plan.moves_money:
             acting.append(position)
@@ -126,6 +123,30 @@ async def _evaluate(
     return writes
 
 
+def _trail_quiet(
+    trails: list[positions_db.TrailRow], price: Decimal, now: datetime, writes: _Writes
+) -> list[UUID]:
+    """Queue the trails of the positions `price` (SOL/token) leaves quiet; the others' ids."""
+    price_q = to_price(price)
+    bands: dict[int, QuietBand] = {}
+    loud: list[UUID] = []
+    for row in trails:
+        cfg = _config(row)
+        if cfg is None:
+            continue
+        band = bands.get(id(cfg))
+        if band is None:
+            band = bands[id(cfg)] = quiet_band(cfg)
+        if not is_quiet(row, price, now, band):
+            loud.append(row.id)
+            continue
+        peak, low = quiet_trail(row, price_q, band)
+        if peak != row.peak_price or low != row.lowest_price:
+            sl = row.current_stop_loss_percentage
+            writes.trails.append(positions_db.TrailUpdate(row.id, peak, sl, low))
+    return loud
+
+
 def _report(closed: list[positions_db.ClosedPosition]) -> dict[str, int]:
     exits: dict[str, int] = {}
     for c in closed:
@@ -141,7 +162,9 @@ def _report(closed: list[positions_db.ClosedPosition]) -> dict[str, int]:
     return exits
 
 
-def _config(position: positions_db.OpenPosition) -> AgentTradingConfig | None:
+def _config(
+    position: positions_db.OpenPosition | positions_db.TrailRow,
+) -> AgentTradingConfig | None:
     try:
         return config_of_text(position.trading_config_text)
     except InvalidConfig as exc:

@@ -298,3 +298,41 @@ async def test_the_same_tick_twice_sells_once_and_an_older_tick_changes_nothing(
             "SELECT price_usd FROM token_prices WHERE token_address = $1", TOKEN_A
         )
         assert stored == Decimal("1.6")
+
+
+async def test_one_tick_trails_the_quiet_positions_and_sells_the_one_it_stops_out(
+    services: Services, db_url: str, topics: Topics, db_conn: asyncpg.Connection
+) -> None:
+    """The two passes of a tick: quiet positions (most) are trailed from a few columns, the
+    others read whole and planned; here one stop fires among positions that stay."""
+    tight = _config(stopLoss={"enabled": True, "defaultPercentage": -5, "mode": "fixed"})
+    loose = _config(
+        stopLoss={"enabled": True, "defaultPercentage": -50, "mode": "fixed"},
+        dca={"enabled": False},
+    )
+    account = await make_account(db_conn, [loose, tight, loose])
+    await set_sol_price(db_conn, "100")
+    async with running_worker(make_settings(services, db_url, topics)):
+        await publish(
+            services.kafka_bootstrap,
+            topics.signals,
+            [signal_message(account.user_id, TOKEN_A, price_usd="1")],
+        )
+        await wait_for_count(db_url, "SELECT count(*) FROM agent_positions", 3)
+        await publish(
+            services.kafka_bootstrap,
+            topics.prices,
+            [{"token_address": TOKEN_A, "price_usd": "0.9", "ts": datetime.now(UTC).isoformat()}],
+            key=lambda _v: TOKEN_A.encode(),
+        )
+        await wait_for_count(db_url, "SELECT count(*) FROM agent_historical_swaps", 1)
+    rows = await db_conn.fetch("SELECT agent_id, lowest_price, peak_price FROM agent_positions")
+    closed = await db_conn.fetch("SELECT agent_id, close_reason FROM agent_historical_swaps")
+    tight_agent = account.agents[1].agent_id
+    assert [(r["agent_id"], r["close_reason"]) for r in closed] == [(tight_agent, "stop_loss")]
+    assert sorted(r["agent_id"] for r in rows) == sorted(
+        a.agent_id for a in account.agents if a.agent_id != tight_agent
+    )
+    for r in rows:  # trailed by the quiet pass: the low fell to 0.009 SOL, the peak stayed
+        assert (r["lowest_price"], r["peak_price"]) == (Decimal("0.009"), Decimal("0.01"))
+    assert await find_violations(db_conn) == []

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from worker.domain.config import resolve_config
 from worker.domain.models import CloseReason, PositionState
+from worker.domain.money import to_price
 from worker.domain.ticks import Fees, is_quiet, plan_tick, quiet_band, quiet_trail
 
 NOW = datetime(2026, 11, 26, 12, tzinfo=UTC)
@@ -177,10 +178,10 @@ def test_a_quiet_tick_is_one_the_full_plan_neither_trades_nor_moves_the_stop_on(
     )
     assert not result.moves_money
     assert result.final is not None
-    expected = quiet_trail(pos, price, band)
+    trailed_peak, trailed_low = quiet_trail(pos, to_price(price), band)
     assert result.final.current_stop_loss_percentage == pos.current_stop_loss_percentage
-    assert result.final.peak_price == expected.peak_price
-    assert result.final.lowest_price == expected.lowest_price
+    assert result.final.peak_price == trailed_peak
+    assert result.final.lowest_price == trailed_low
 
 
 def test_the_positions_query_names_the_sol_mint_it_inlines() -> None:

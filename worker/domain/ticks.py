@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
+from typing import Protocol
 
 from worker.domain.config import (
     AgentTradingConfig,
@@ -35,7 +36,7 @@ from worker.domain.exits import (
 )
 from worker.domain.fills import BuyFill, SellFill, buy_fill, sell_fill, token_price_sol
 from worker.domain.models import CloseReason, PositionState
-from worker.domain.money import exact, to_price
+from worker.domain.money import exact
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +184,22 @@ def _close(
 # that whenever it says True, `plan_tick` would neither trade nor move the stop.
 
 
+class Trail(Protocol):
+    """What the quiet path reads of a position: `PositionState`, or the few columns of it
+    that the shell reads for every open position of a token (`worker.db.positions`)."""
+
+    @property
+    def purchase_price(self) -> Decimal: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def current_stop_loss_percentage(self) -> Decimal | None: ...
+    @property
+    def peak_price(self) -> Decimal | None: ...
+    @property
+    def lowest_price(self) -> Decimal | None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class QuietBand:
     """What a config allows a tick to do without a plan; derived once per config."""
@@ -221,7 +238,7 @@ def quiet_band(cfg: AgentTradingConfig) -> QuietBand:
 
 
 @exact
-def is_quiet(pos: PositionState, price: Decimal, now: datetime, band: QuietBand) -> bool:
+def is_quiet(pos: Trail, price: Decimal, now: datetime, band: QuietBand) -> bool:
     """True when `price` (SOL/token) can neither trade `pos` nor move its stop-loss %."""
     average = pos.purchase_price
     scaled = price * 100  # price >= avg x (1 + p/100)  <=>  price x 100 >= avg x (100 + p)
@@ -250,13 +267,15 @@ def is_quiet(pos: PositionState, price: Decimal, now: datetime, band: QuietBand)
     return True
 
 
-@exact
-def quiet_trail(pos: PositionState, price: Decimal, band: QuietBand) -> PositionState:
-    """The position after a quiet tick: the peak (when stops are on) and the low trailed."""
+def quiet_trail(pos: Trail, price_q: Decimal, band: QuietBand) -> tuple[Decimal | None, Decimal]:
+    """The (peak, low) after a quiet tick: the peak trailed when stops are on, the low always.
+
+    `price_q` is the tick's price already quantized to 18 places (`to_price`), done once per
+    tick, not per position: `to_price` is monotone and stored prices have 18 places, so
+    `to_price(max(peak, price)) == max(peak, to_price(price))`, and likewise for the low.
+    """
     peak = pos.peak_price
     if band.is_stop_loss_enabled:
-        peak = to_price(max(peak if peak is not None else pos.purchase_price, price))
-    low = lowest_price(pos, price)
-    if peak == pos.peak_price and low == pos.lowest_price:
-        return pos
-    return replace(pos, peak_price=peak, lowest_price=low)
+        peak = max(peak if peak is not None else pos.purchase_price, price_q)
+    low = pos.lowest_price
+    return peak, price_q if low is None else min(low, price_q)
