@@ -1,7 +1,7 @@
-"""The aiokafka loop: decode, dead-letter, process each partition's batch exactly once.
+"""The aiokafka loop: decode, dead-letter, process every record's effects exactly once.
 
-Exactly-once effects: for each partition's batch, the rows the records produce and the
-partition's next offset (`consumer_offsets`) are committed in one PostgreSQL transaction.
+Exactly-once effects: the rows a batch of records produces and the next offset of each
+partition it covers (`consumer_offsets`) are committed in one PostgreSQL transaction.
 On assignment the consumer seeks to the stored offset (else Kafka's committed offset, else
 the earliest), so a crash, a redelivery or a rebalance never applies a record twice. Kafka
 offsets are committed after the database commit only so that lag tools keep working.

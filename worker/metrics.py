@@ -40,7 +40,7 @@ class Metrics:
         )
         self.batch_seconds = Histogram(
             "signal_worker_batch_seconds",
-            "Time to process one partition's batch, transaction included",
+            "Time to process one transaction's records (one lane's batch), commit included",
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=r,
         )

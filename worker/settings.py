@@ -106,7 +106,7 @@ class Settings(BaseSettings):
     kafka_fetch_max_records: int = Field(default=500, ge=1, le=100_000)
     kafka_request_timeout_s: float = Field(default=30.0, gt=0, le=600)
     kafka_topic_partitions: int = Field(default=12, ge=1, le=10_000)
-    pipeline_concurrency: int = Field(default=2, ge=1, le=100)
+    pipeline_concurrency: int = Field(default=4, ge=1, le=100)
     retry_max_attempts: int = Field(default=10, ge=1, le=1000)
     retry_max_delay_s: float = Field(default=60.0, gt=0, le=3600)
     startup_timeout_s: float = Field(default=30.0, gt=0, le=3600)

@@ -245,6 +245,11 @@ BAD_VALUES = {
         ("KAFKA_SSL_CAFILE",),
     ),
     "bad_value_for_run": Case({"HTTP_PORT": "-1"}, ("HTTP_PORT",), ("run",)),
+    "pipeline_concurrency_zero": Case({"PIPELINE_CONCURRENCY": "0"}, ("PIPELINE_CONCURRENCY",)),
+    "pipeline_concurrency_above_pool": Case(
+        {"PIPELINE_CONCURRENCY": "6", "DB_POOL_MAX_SIZE": "10"},
+        ("PIPELINE_CONCURRENCY", "DB_POOL_MAX_SIZE"),
+    ),
 }
 
 UNREACHABLE = {
