@@ -20,6 +20,7 @@ import pytest
 from tests.conftest import Services, Topics, make_settings
 from tests.support import (
     TOKEN_A,
+    Account,
     make_account,
     publish,
     running_worker,
@@ -95,6 +96,19 @@ class Market:
         )
 
 
+async def _buy_token_a(
+    services: Services, db_url: str, topics: Topics, conn: asyncpg.Connection, account: Account
+) -> None:
+    """With SOL at 100 USD, one signal for TOKEN_A at 1 USD: every agent opens a position."""
+    await set_sol_price(conn, "100")
+    await publish(
+        services.kafka_bootstrap,
+        topics.signals,
+        [signal_message(account.user_id, TOKEN_A, price_usd="1")],
+    )
+    await wait_for_count(db_url, "SELECT count(*) FROM agent_positions", len(account.agents))
+
+
 @contextlib.asynccontextmanager
 async def market(
     services: Services,
@@ -104,14 +118,8 @@ async def market(
     config: dict[str, Any],
 ) -> AsyncIterator[Market]:
     account = await make_account(conn, [config])
-    await set_sol_price(conn, "100")
     async with running_worker(make_settings(services, db_url, topics)):
-        await publish(
-            services.kafka_bootstrap,
-            topics.signals,
-            [signal_message(account.user_id, TOKEN_A, price_usd="1")],
-        )
-        await wait_for_count(db_url, "SELECT count(*) FROM agent_positions", 1)
+        await _buy_token_a(services, db_url, topics, conn, account)
         m = Market(services, topics, db_url, conn, account.agents[0].agent_id)
         pos = await m.position()
         assert pos is not None
@@ -311,14 +319,8 @@ async def test_one_tick_trails_the_quiet_positions_and_sells_the_one_it_stops_ou
         dca={"enabled": False},
     )
     account = await make_account(db_conn, [loose, tight, loose])
-    await set_sol_price(db_conn, "100")
     async with running_worker(make_settings(services, db_url, topics)):
-        await publish(
-            services.kafka_bootstrap,
-            topics.signals,
-            [signal_message(account.user_id, TOKEN_A, price_usd="1")],
-        )
-        await wait_for_count(db_url, "SELECT count(*) FROM agent_positions", 3)
+        await _buy_token_a(services, db_url, topics, db_conn, account)
         await publish(
             services.kafka_bootstrap,
             topics.prices,
