@@ -36,6 +36,7 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 from worker.db.agents import agent_counts
 from worker.db.offsets import fetch_offsets, store_offsets
 from worker.db.pool import connection
+from worker.db.store import PgSignalStore
 from worker.domain.models import Signal
 from worker.errors import InvalidMessage, WorkerError
 from worker.handlers import SignalOutcome, UnknownUser, handle_signal, handle_signals
@@ -390,7 +391,7 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
         """A partition's signals, set-based in one go (a fixed number of statements)."""
         signals = [_signal(item) for item in items]
         results = await handle_signals(
-            conn, signals, trading=self._settings.trading, now=datetime.now(UTC)
+            PgSignalStore(conn), signals, trading=self._settings.trading, now=datetime.now(UTC)
         )
         outcomes: list[tuple[_Item, SignalOutcome | None]] = []
         for item, result in zip(items, results, strict=True):
@@ -409,7 +410,10 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
             signal = _signal(item)
             try:
                 return await handle_signal(
-                    conn, signal, trading=self._settings.trading, now=datetime.now(UTC)
+                    PgSignalStore(conn),
+                    signal,
+                    trading=self._settings.trading,
+                    now=datetime.now(UTC),
                 )
             except UnknownUser as exc:
                 dead.append(DeadLetter(record, str(exc), "unknown_user"))

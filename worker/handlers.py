@@ -1,9 +1,10 @@
 """What one signal does to the database: the signal row, one execution per agent, the buys.
 
-`handle_signal` runs inside the caller's transaction (the consumer stores the partition's
-offset in the same one), so a crash at any moment leaves either all of a signal's rows or
-none. A redelivered signal finds its row (unique on user and idempotency key), takes its
-lock, and decides only for agents that have no execution yet: nothing is written twice.
+`handle_signals` runs inside the caller's transaction (the consumer stores the partitions'
+offsets in the same one), through a `worker.ports.SignalStore` bound to it, so a crash at
+any moment leaves either all of a signal's rows or none. A redelivered signal finds its
+row (unique on user and idempotency key), takes its lock, and decides only for agents
+that have no execution yet: nothing is written twice.
 """
 
 from __future__ import annotations
@@ -15,11 +16,8 @@ from datetime import datetime
 from decimal import Decimal
 from uuid import UUID
 
-import asyncpg
-
 from worker.config_cache import config_of
 from worker.db import agents as agents_db
-from worker.db import prices as prices_db
 from worker.db import signals as signals_db
 from worker.db import trades as trades_db
 from worker.domain.config import AgentTradingConfig, InvalidConfig
@@ -34,6 +32,7 @@ from worker.domain.models import (
     Subscriber,
 )
 from worker.domain.sizing import sizing_seed
+from worker.ports import SignalStore
 from worker.settings import TradingSettings
 
 # Ids of the rows a buy writes are derived from (signal, agent), so a replay is identical.
@@ -81,21 +80,21 @@ class _Prices:
 
 
 async def handle_signal(
-    conn: asyncpg.Connection,
+    store: SignalStore,
     signal: Signal,
     *,
     trading: TradingSettings,
     now: datetime,
 ) -> SignalOutcome:
     """`handle_signals` for one signal; raises `UnknownUser` (nothing written) for a stranger."""
-    [result] = await handle_signals(conn, [signal], trading=trading, now=now)
+    [result] = await handle_signals(store, [signal], trading=trading, now=now)
     if isinstance(result, UnknownUser):
         raise result
     return result
 
 
 async def handle_signals(
-    conn: asyncpg.Connection,
+    store: SignalStore,
     signals: Sequence[Signal],
     *,
     trading: TradingSettings,
@@ -108,22 +107,22 @@ async def handle_signals(
     agents. Signals of one user see each other's effects (balance, positions held), as if
     they were processed one by one.
     """
-    known = await agents_db.existing_users(conn, [s.user_id for s in signals])
+    known = await store.existing_users([s.user_id for s in signals])
     stored = [s for s in signals if s.user_id in known]
-    ids = iter(await signals_db.insert_signals(conn, stored))
+    ids = iter(await store.insert_signals(stored))
     keyed = [(s, next(ids)) if s.user_id in known else (s, None) for s in signals]
     # Signals stored before (a redelivery, a replay, another worker): (id, is_new) False.
     replayed = [found[0] for _, found in keyed if found is not None and not found[1]]
     done: dict[int, set[UUID]] = {}
     if replayed:
         # A redelivery, or another worker replaying it: serialise on the signal rows.
-        await signals_db.lock_signals(conn, replayed)
-        done = await signals_db.executions_of(conn, replayed)
+        await store.lock_signals(replayed)
+        done = await store.executions_of(replayed)
     users = list(known)
-    await trades_db.lock_users_sol_balances(conn, users)
-    fleet = _Fleet(await agents_db.fetch_agents(conn, users, [s.token_address for s in stored]))
-    prices = await prices_db.fetch_prices(
-        conn, [SOL_MINT, *(s.token_address for s in stored if s.price_usd is None)]
+    await store.lock_users_sol_balances(users)
+    fleet = _Fleet(await store.fetch_agents(users, [s.token_address for s in stored]))
+    prices = await store.fetch_prices(
+        [SOL_MINT, *(s.token_address for s in stored if s.price_usd is None)]
     )
     buys = _Buys(now)
     rows: list[signals_db.ExecutionRow] = []
@@ -153,10 +152,10 @@ async def handle_signals(
             outcome.outcomes.append(AgentOutcome(agent.agent_id, decision, tx_id))
         results.append(outcome)
 
-    await trades_db.insert_swaps(conn, buys.swaps)
-    await trades_db.apply_balance_deltas(conn, buys.deltas)
-    await trades_db.insert_positions(conn, buys.positions)
-    await signals_db.insert_executions(conn, rows)
+    await store.insert_swaps(buys.swaps)
+    await store.apply_balance_deltas(buys.deltas)
+    await store.insert_positions(buys.positions)
+    await store.insert_executions(rows)
     return results
 
 

@@ -1,0 +1,160 @@
+"""The fake of `worker.ports.SignalStore` answers as PostgreSQL does, for the handler.
+
+The unit tests of `handle_signals` run against `tests.unit.fakes.FakeSignalStore`; this
+runs one batch (new signals, a second signal in a held token, a replay) through both the
+fake and `PgSignalStore` on the real database and compares every decision and balance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+import pytest
+
+from tests.support import TOKEN_A, TOKEN_B, make_account, set_price, set_sol_price
+from tests.unit.fakes import FakeAgent, FakeSignalStore
+from worker.db.store import PgSignalStore
+from worker.domain.models import SOL_MINT, Signal
+from worker.handlers import SignalOutcome, handle_signals
+from worker.ports import SignalStore
+from worker.settings import TradingSettings
+
+pytestmark = pytest.mark.integration
+
+NOW = datetime(2026, 1, 1, 12, tzinfo=UTC)
+TRADING = TradingSettings(network_fee_sol=Decimal("0.000005"), protocol_fee_bps=Decimal(0))
+FIXED: dict[str, Any] = {"positionCalculator": {"randomization": {"enabled": False}}}
+AGENTS: list[dict[str, Any]] = [
+    {"config": FIXED},
+    {"config": {**FIXED, "signals": {"minScore": 5}}},
+    {"config": FIXED, "automated": False},
+    {"config": None},  # the defaults: randomised sizes, the same on both stores
+]
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What a batch did, with agents by their position in `AGENTS` (ids differ per store)."""
+
+    outcomes: list[tuple[bool, int, list[tuple[int, str, str | None]]]]
+    sol: list[Decimal]
+    tokens: list[tuple[int, str, Decimal]]
+
+
+def _signals(user_id: UUID) -> list[Signal]:
+    def signal(token: str, key: str, price: str | None) -> Signal:
+        return Signal(
+            user_id=user_id,
+            token_address=token,
+            signal_type="Velocity (Dex Boost Detection)",
+            signal_strength=3,
+            idempotency_key=key,
+            created_at=NOW,
+            price_usd=Decimal(price) if price is not None else None,
+        )
+
+    return [
+        signal(TOKEN_A, "a", "1"),
+        signal(TOKEN_A, "b", "1.1"),  # already held from "a"
+        signal(TOKEN_B, "c", None),  # priced by the stored tick
+        signal(TOKEN_A, "a", "1"),  # a redelivery of "a", in a batch of its own
+        signal(TOKEN_A, "d", "1"),  # a new signal in a held token, in a later batch
+    ]
+
+
+async def _run(store: SignalStore, user_id: UUID) -> list[SignalOutcome]:
+    signals = _signals(user_id)
+    results = []
+    for batch in (signals[:3], signals[3:4], signals[4:]):
+        results += await handle_signals(store, batch, trading=TRADING, now=NOW)
+    assert all(isinstance(r, SignalOutcome) for r in results)
+    return [r for r in results if isinstance(r, SignalOutcome)]
+
+
+def _seen(
+    outcomes: list[SignalOutcome],
+    agent_ids: list[UUID],
+    sol: list[Decimal],
+    tokens: list[tuple[int, str, Decimal]],
+) -> Seen:
+    index = {agent_id: i for i, agent_id in enumerate(agent_ids)}
+    return Seen(
+        [
+            (
+                o.is_new_signal,
+                o.already_done,
+                sorted(
+                    (index[a.agent_id], a.decision.status.value, a.decision.reason)
+                    for a in o.outcomes
+                ),
+            )
+            for o in outcomes
+        ],
+        sol,
+        sorted(tokens),
+    )
+
+
+async def test_the_fake_store_and_postgresql_agree_on_a_batch(db_conn: asyncpg.Connection) -> None:
+    # PostgreSQL.
+    await set_sol_price(db_conn, "100")
+    await set_price(db_conn, TOKEN_B, "0.5")
+    account = await make_account(db_conn, [a["config"] for a in AGENTS])
+    await db_conn.execute(
+        "UPDATE agents SET automated_trading_simulation = false WHERE id = $1",
+        account.agents[2].agent_id,
+    )
+    pg_ids = [a.agent_id for a in account.agents]
+    async with db_conn.transaction():
+        pg_out = await _run(PgSignalStore(db_conn), account.user_id)
+    wallets = [a.wallet_address for a in account.agents]
+    rows = await db_conn.fetch(
+        "SELECT wallet_address, token_address, balance FROM agent_balances "
+        "WHERE wallet_address = ANY($1::varchar[])",
+        wallets,
+    )
+    pg_sol = [
+        next(
+            r["balance"]
+            for r in rows
+            if r["wallet_address"] == w and r["token_address"] == SOL_MINT
+        )
+        for w in wallets
+    ]
+    pg_tokens = [
+        (wallets.index(r["wallet_address"]), r["token_address"], r["balance"])
+        for r in rows
+        if r["token_address"] != SOL_MINT
+    ]
+
+    # The fake, with the same user id and agents in the same order.
+    fake = FakeSignalStore(prices={SOL_MINT: Decimal(100), TOKEN_B: Decimal("0.5")})
+    for i, spec in enumerate(AGENTS):
+        agent = FakeAgent(
+            account.user_id,
+            pg_ids[i],
+            {"simulation": wallets[i]},
+            spec["config"],
+            automated_trading_simulation=spec.get("automated", True),
+        )
+        fake.add_agent(agent, sol=Decimal(10))
+    fake_out = await _run(fake, account.user_id)
+    fake_sol = [fake.balances[(w, SOL_MINT)] for w in wallets]
+    fake_tokens = [
+        (wallets.index(w), t, amount) for (w, t), amount in fake.balances.items() if t != SOL_MINT
+    ]
+
+    pg = _seen(pg_out, pg_ids, pg_sol, pg_tokens)
+    assert _seen(fake_out, pg_ids, fake_sol, fake_tokens) == pg
+    # And the batch did what it says: buys, a skip for the held token, a replay.
+    statuses = [[s for _, s, _ in decisions] for _, _, decisions in pg.outcomes]
+    assert statuses[0] == ["success", "skipped", "skipped", "success"]
+    assert statuses[1] == ["skipped", "skipped", "skipped", "skipped"]
+    assert pg.outcomes[3] == (False, 4, [])
+    assert statuses[4] == ["skipped"] * 4
+    assert "hold" in str(pg.outcomes[4][2][0][2])

@@ -1,0 +1,181 @@
+"""`handle_signals` against the in-memory fake of its port: fan-out, decisions, buys, replay.
+
+Prices: SOL at 100 USD, the token at 1 USD (0.01 SOL). An agent with 10 SOL and
+randomisation off buys in the large tier: 2.0 SOL for 200 tokens, 2.000005 SOL debited with
+the 0.000005 SOL network fee (no protocol fee).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from tests.unit.fakes import FakeAgent, FakeSignalStore
+from worker.domain.models import SOL_MINT, ExecutionStatus, Signal
+from worker.handlers import (
+    SignalOutcome,
+    UnknownUser,
+    buy_transaction_id,
+    handle_signal,
+    handle_signals,
+)
+from worker.settings import TradingSettings
+
+TOKEN = "7GCihgDB8fe6KNjn2MYtkzZcRjQy3t9GHdC8uHYmW2hr"
+OTHER = "DezXAZ8z7PnrnRJjz3wXBoRgixCa6xjnB7YaB1pPB263"
+NOW = datetime(2026, 1, 1, 12, tzinfo=UTC)
+TRADING = TradingSettings(network_fee_sol=Decimal("0.000005"), protocol_fee_bps=Decimal(0))
+FIXED = {"positionCalculator": {"randomization": {"enabled": False}}}
+DEBIT = Decimal("2.000005")
+
+SUCCESS, SKIPPED, FAILED = ExecutionStatus.SUCCESS, ExecutionStatus.SKIPPED, ExecutionStatus.FAILED
+
+
+def _signal(user_id: uuid.UUID, token: str = TOKEN, key: str = "k-1", **kw: Any) -> Signal:
+    return Signal(
+        user_id=user_id,
+        token_address=token,
+        signal_type="Velocity (Dex Boost Detection)",
+        signal_strength=3,
+        idempotency_key=key,
+        created_at=NOW,
+        **{"price_usd": Decimal(1), **kw},
+    )
+
+
+def _store(
+    *agents: dict[str, Any], sol: Decimal = Decimal(10)
+) -> tuple[FakeSignalStore, uuid.UUID]:
+    """A store with one user whose agents take `agents`' overrides; SOL at 100 USD."""
+    store = FakeSignalStore(prices={SOL_MINT: Decimal(100)})
+    user_id = uuid.uuid4()
+    for overrides in agents:
+        agent_id = uuid.uuid4()
+        wallets = {"simulation": f"sim_{agent_id.hex}", "live": f"live_{agent_id.hex}"}
+        fields: dict[str, Any] = {"trading_config": FIXED, **overrides}
+        store.add_agent(FakeAgent(user_id, agent_id, wallets, **fields), sol=sol)
+    return store, user_id
+
+
+async def _handle(store: FakeSignalStore, *signals: Signal) -> list[SignalOutcome]:
+    results = await handle_signals(store, signals, trading=TRADING, now=NOW)
+    outcomes = [r for r in results if isinstance(r, SignalOutcome)]
+    assert len(outcomes) == len(results)
+    return outcomes
+
+
+def _statuses(outcome: SignalOutcome) -> list[ExecutionStatus]:
+    return [a.decision.status for a in outcome.outcomes]
+
+
+async def test_fans_out_one_execution_per_agent_and_buys_for_each() -> None:
+    store, user_id = _store({}, {}, {})
+    [outcome] = await _handle(store, _signal(user_id))
+    assert outcome.is_new_signal
+    assert _statuses(outcome) == [SUCCESS] * 3
+    assert len(store.executions) == len(store.swaps) == len(store.positions) == 3
+    for agent in store.agents.values():
+        wallet = agent.wallets["simulation"]
+        assert store.balances[(wallet, SOL_MINT)] == Decimal(10) - DEBIT
+        assert store.balances[(wallet, TOKEN)] == Decimal(200)
+        row = store.executions[(outcome.signal_id, agent.agent_id)]
+        assert row.transaction_id == buy_transaction_id(outcome.signal_id, agent.agent_id)
+    assert store.locked_users == [user_id]
+
+
+async def test_a_redelivered_signal_writes_nothing_twice() -> None:
+    store, user_id = _store({}, {})
+    [first] = await _handle(store, _signal(user_id))
+    before = (dict(store.balances), len(store.swaps), len(store.executions))
+    [again] = await _handle(store, _signal(user_id))
+    assert (again.signal_id, again.is_new_signal) == (first.signal_id, False)
+    assert again.outcomes == []
+    assert again.already_done == 2
+    assert (dict(store.balances), len(store.swaps), len(store.executions)) == before
+    assert store.locked_signals == [first.signal_id]
+
+
+async def test_a_replay_decides_only_for_agents_without_an_execution() -> None:
+    store, user_id = _store({})
+    [first] = await _handle(store, _signal(user_id))
+    late = store.add_agent(
+        FakeAgent(user_id, uuid.uuid4(), {"simulation": "sim_late"}, FIXED), sol=Decimal(10)
+    )
+    [again] = await _handle(store, _signal(user_id))
+    assert [a.agent_id for a in again.outcomes] == [late.agent_id]
+    assert again.already_done == 1
+    assert store.executions[(first.signal_id, late.agent_id)].status is SUCCESS
+
+
+async def test_an_unknown_user_is_an_outcome_and_writes_nothing() -> None:
+    store, user_id = _store({})
+    stranger = uuid.uuid4()
+    results = await handle_signals(
+        store, [_signal(stranger), _signal(user_id)], trading=TRADING, now=NOW
+    )
+    assert isinstance(results[0], UnknownUser)
+    assert str(stranger) in str(results[0])
+    assert isinstance(results[1], SignalOutcome)
+    assert list(store.signals) == [(user_id, "k-1")]
+    with pytest.raises(UnknownUser):
+        await handle_signal(store, _signal(stranger), trading=TRADING, now=NOW)
+
+
+async def test_signals_of_one_batch_see_each_others_buys() -> None:
+    store, user_id = _store({})
+    first, second, other = await _handle(
+        store,
+        _signal(user_id, key="a"),
+        _signal(user_id, key="b"),  # the same token: already held after the first
+        _signal(user_id, OTHER, key="c"),
+    )
+    assert _statuses(first) == [SUCCESS]
+    assert _statuses(second) == [SKIPPED]
+    assert _statuses(other) == [SUCCESS]
+    [agent] = store.agents.values()
+    wallet = agent.wallets["simulation"]
+    # Two buys: the second sized from the balance the first left (8 SOL: the medium tier).
+    assert store.balances[(wallet, SOL_MINT)] < Decimal(10) - DEBIT
+    assert len(store.positions) == 2
+
+
+async def test_each_agent_gets_its_own_decision_and_reason() -> None:
+    store, user_id = _store(
+        {},
+        {"automated_trading_simulation": False},
+        {"trading_mode": "live"},
+        {"trading_config": {**FIXED, "signals": {"minScore": 5}}},
+    )
+    [outcome] = await _handle(store, _signal(user_id))
+    decisions = {a.agent_id: a.decision for a in outcome.outcomes}
+    agents = list(store.agents.values())
+    assert decisions[agents[0].agent_id].status is SUCCESS
+    assert decisions[agents[1].agent_id].status is SKIPPED
+    assert decisions[agents[2].agent_id].status is FAILED
+    assert "live" in (decisions[agents[2].agent_id].reason or "")
+    assert decisions[agents[3].agent_id].status is SKIPPED
+    assert "5" in (decisions[agents[3].agent_id].reason or "")
+    assert len(store.swaps) == 1
+
+
+async def test_without_a_sol_price_every_buy_fails_and_nothing_moves() -> None:
+    store, user_id = _store({}, {})
+    del store.prices[SOL_MINT]
+    [outcome] = await _handle(store, _signal(user_id))
+    assert _statuses(outcome) == [FAILED, FAILED]
+    assert all("SOL/USD" in (a.decision.reason or "") for a in outcome.outcomes)
+    assert store.swaps == []
+    assert all(v == Decimal(10) for v in store.balances.values())
+
+
+async def test_a_signal_without_a_price_takes_the_latest_tick() -> None:
+    store, user_id = _store({})
+    store.prices[TOKEN] = Decimal(2)
+    [outcome] = await _handle(store, _signal(user_id, price_usd=None))
+    assert _statuses(outcome) == [SUCCESS]
+    [position] = store.positions.values()
+    assert position.purchase_amount == Decimal(100)  # 2.0 SOL at 0.02 SOL per token

@@ -1,0 +1,68 @@
+"""`worker.ports.SignalStore` on one asyncpg connection: the db modules' functions, bound."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from decimal import Decimal
+from uuid import UUID
+
+import asyncpg
+
+from worker.db import agents, prices, signals, trades
+from worker.db.agents import AgentRow
+from worker.db.signals import ExecutionRow
+from worker.db.trades import BalanceDelta, NewPosition, SwapRow
+from worker.domain.models import Signal
+
+
+class PgSignalStore:
+    """The signal handler's reads and writes inside the caller's transaction on `conn`."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    async def existing_users(self, user_ids: Sequence[UUID]) -> set[UUID]:
+        """See `worker.ports.SignalStore`."""
+        return await agents.existing_users(self.conn, user_ids)
+
+    async def insert_signals(self, items: Sequence[Signal]) -> list[tuple[int, bool]]:
+        """See `worker.ports.SignalStore`."""
+        return await signals.insert_signals(self.conn, items)
+
+    async def lock_signals(self, signal_ids: Sequence[int]) -> None:
+        """See `worker.ports.SignalStore`."""
+        await signals.lock_signals(self.conn, signal_ids)
+
+    async def executions_of(self, signal_ids: Sequence[int]) -> dict[int, set[UUID]]:
+        """See `worker.ports.SignalStore`."""
+        return await signals.executions_of(self.conn, signal_ids)
+
+    async def lock_users_sol_balances(self, user_ids: Sequence[UUID]) -> None:
+        """See `worker.ports.SignalStore`."""
+        await trades.lock_users_sol_balances(self.conn, user_ids)
+
+    async def fetch_agents(
+        self, user_ids: Sequence[UUID], tokens: Sequence[str]
+    ) -> dict[UUID, list[AgentRow]]:
+        """See `worker.ports.SignalStore`."""
+        return await agents.fetch_agents(self.conn, user_ids, tokens)
+
+    async def fetch_prices(self, tokens: list[str]) -> dict[str, Decimal]:
+        """See `worker.ports.SignalStore`."""
+        return await prices.fetch_prices(self.conn, tokens)
+
+    async def insert_swaps(self, swaps: Sequence[SwapRow]) -> None:
+        """See `worker.ports.SignalStore`."""
+        await trades.insert_swaps(self.conn, swaps)
+
+    async def apply_balance_deltas(self, deltas: Sequence[BalanceDelta]) -> None:
+        """See `worker.ports.SignalStore`."""
+        await trades.apply_balance_deltas(self.conn, deltas)
+
+    async def insert_positions(self, positions: Sequence[NewPosition]) -> None:
+        """See `worker.ports.SignalStore`."""
+        await trades.insert_positions(self.conn, positions)
+
+    async def insert_executions(self, rows: Sequence[ExecutionRow]) -> int:
+        """See `worker.ports.SignalStore`."""
+        return await signals.insert_executions(self.conn, rows)

@@ -1,0 +1,68 @@
+"""The `Protocol`s that handlers depend on; `worker.db.store` implements them on asyncpg.
+
+A handler sees one store per transaction: the consumer opens the transaction (its offsets
+go into the same one) and hands the handler a store bound to that connection. The unit
+tests run the handlers against in-memory fakes of these protocols (`tests/unit/fakes.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Protocol
+from uuid import UUID
+
+from worker.db.agents import AgentRow
+from worker.db.signals import ExecutionRow
+from worker.db.trades import BalanceDelta, NewPosition, SwapRow
+from worker.domain.models import Signal
+
+
+class SignalStore(Protocol):
+    """What `worker.handlers.handle_signals` reads and writes, set-based, in one transaction."""
+
+    async def existing_users(self, user_ids: Sequence[UUID]) -> set[UUID]:
+        """The ids among `user_ids` that name a user."""
+        ...
+
+    async def insert_signals(self, signals: Sequence[Signal]) -> list[tuple[int, bool]]:
+        """Store each signal once per (user, idempotency key): (id, whether new), in order."""
+        ...
+
+    async def lock_signals(self, signal_ids: Sequence[int]) -> None:
+        """Serialise with other transactions working on these (stored before) signals."""
+        ...
+
+    async def executions_of(self, signal_ids: Sequence[int]) -> dict[int, set[UUID]]:
+        """The agents that already have an execution, by signal."""
+        ...
+
+    async def lock_users_sol_balances(self, user_ids: Sequence[UUID]) -> None:
+        """Lock the SOL balance rows of these users' wallets, in the order every writer uses."""
+        ...
+
+    async def fetch_agents(
+        self, user_ids: Sequence[UUID], tokens: Sequence[str]
+    ) -> dict[UUID, list[AgentRow]]:
+        """Every agent of each user, by agent id, with its holdings among `tokens`."""
+        ...
+
+    async def fetch_prices(self, tokens: list[str]) -> dict[str, Decimal]:
+        """The latest USD price of each token that has one."""
+        ...
+
+    async def insert_swaps(self, swaps: Sequence[SwapRow]) -> None:
+        """Write the swap transactions."""
+        ...
+
+    async def apply_balance_deltas(self, deltas: Sequence[BalanceDelta]) -> None:
+        """Add each delta to its (wallet, token) balance; a debit may not go below zero."""
+        ...
+
+    async def insert_positions(self, positions: Sequence[NewPosition]) -> None:
+        """Open the positions."""
+        ...
+
+    async def insert_executions(self, rows: Sequence[ExecutionRow]) -> int:
+        """Write the executions (one per signal and agent at most); how many were new."""
+        ...
