@@ -39,6 +39,27 @@ def _mask_secrets(
     return event
 
 
+class _RetriedKafkaErrors(logging.Filter):
+    """aiokafka logs some errors that it retries by itself at ERROR, such as an offset
+    lookup on a partition whose leader is not elected yet (right after the worker creates
+    its topics, or during a leader change). They are transient: logged as warnings."""
+
+    RETRIED = (
+        "NotLeaderForPartitionError",
+        "LeaderNotAvailableError",
+        "UnknownTopicOrPartitionError",
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if (
+            record.name.startswith("aiokafka")
+            and record.levelno == logging.ERROR
+            and any(name in record.getMessage() for name in self.RETRIED)
+        ):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def _renderer(settings: Settings) -> tuple[list[structlog.types.Processor], Any]:
     """The traceback processors and the final renderer for `settings.log_format`."""
     if settings.log_format == "console":
@@ -79,6 +100,7 @@ def configure_logging(settings: Settings) -> None:
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.set_name(_HANDLER_NAME)
+    handler.addFilter(_RetriedKafkaErrors())
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],

@@ -106,6 +106,20 @@ def test_library_lines_are_json_too_and_masked(configure: Any) -> None:
     assert "hunter2" not in line
 
 
+def test_errors_that_aiokafka_retries_itself_are_warnings(configure: Any) -> None:
+    lines = configure()
+    fetcher = logging.getLogger("aiokafka.consumer.fetcher")
+    fetcher.error(
+        "Failed fetch offsets from 1: [Error 6] NotLeaderForPartitionError: "
+        "TopicPartition(topic='t.p', partition=2)"
+    )
+    fetcher.error("Unexpected error in fetcher routine")
+    retried, other = (json.loads(line) for line in lines())
+    assert retried["level"] == "warning"
+    assert "NotLeaderForPartitionError" in retried["event"]
+    assert other["level"] == "error"
+
+
 def _fail_with_a_secret_in_a_local() -> None:
     password = "hunter2-local"
     raise RuntimeError(f"boom ({len(password)} characters)")
