@@ -67,5 +67,6 @@ up: ## docker compose: Kafka, PostgreSQL, migrate, the worker
 down: ## docker compose down
 	docker compose down
 
-clean: services-down ## stop services and remove the virtual environment and local service data
+clean: ## stop services and remove the virtual environment and local service data
+	scripts/services.sh purge
 	rm -rf $(VENV) .services .pytest_cache .mypy_cache .ruff_cache

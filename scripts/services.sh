@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Local Kafka and PostgreSQL for machines without a Docker engine.
 #
-#   scripts/services.sh up|down|status
+#   scripts/services.sh up|down|status|purge
 #   scripts/services.sh start|stop|restart kafka|postgres
 #
 # Kafka is the real Apache Kafka broker (org.apache.kafka:kafka_2.13, pinned below) from
@@ -147,11 +147,18 @@ log.retention.hours=24
 log.segment.bytes=67108864
 EOF
     cat >"$KAFKA_DIR/log4j2.properties" <<EOF
-appender.file.type = File
+# Rolled at 10 MB, five old files kept: a long-lived dev broker never fills the disk.
+appender.file.type = RollingFile
 appender.file.name = file
 appender.file.fileName = $KAFKA_LOG
+appender.file.filePattern = $KAFKA_LOG.%i
 appender.file.layout.type = PatternLayout
 appender.file.layout.pattern = [%d] %p %m (%c)%n
+appender.file.policies.type = Policies
+appender.file.policies.size.type = SizeBasedTriggeringPolicy
+appender.file.policies.size.size = 10MB
+appender.file.strategy.type = DefaultRolloverStrategy
+appender.file.strategy.max = 5
 rootLogger.level = INFO
 rootLogger.appenderRef.file.ref = file
 logger.request.name = kafka.request.logger
@@ -341,7 +348,19 @@ pg_stop() { stop_pidfile postgres "$PG_PID" INT; }
 
 # ---------------------------------------------------------------------------- main
 
-usage() { echo "usage: $0 up|down|status | start|stop|restart kafka|postgres" >&2; exit 2; }
+usage() { echo "usage: $0 up|down|status|purge | start|stop|restart kafka|postgres" >&2; exit 2; }
+
+purge() { # stop, then delete the data of both services (the broker jars stay cached)
+    kafka_stop
+    pg_stop
+    local datadir
+    datadir=$(pg_datadir)
+    if [[ -f $datadir/postmaster.pid ]] && kill -0 "$(head -n 1 "$datadir/postmaster.pid")" 2>/dev/null; then
+        die "postgres: a server still runs on $datadir (not started by this script); not deleting it"
+    fi
+    rm -rf "$KAFKA_DIR" "$datadir" "$SERVICES_DIR/initdb.log"
+    log "purged: $KAFKA_DIR and $datadir"
+}
 
 status() {
     local name pidfile
@@ -361,6 +380,7 @@ cmd=${1:-}
 case $cmd in
 up) pg_start; kafka_start ;;
 down) kafka_stop; pg_stop ;;
+purge) purge ;;
 status) status ;;
 start | stop | restart)
     svc=${2:-}

@@ -283,4 +283,5 @@ def own_services(services: Services) -> Iterator[OwnServices]:
     )
     own.run("up")
     yield own
-    own.run("down")
+    # Disposable: their data goes too (it may live outside the checkout, under /var/tmp).
+    own.run("purge")
