@@ -13,6 +13,8 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.unit.fakes import FakeAgent, FakeSignalStore
 from worker.domain.models import SOL_MINT, ExecutionStatus, Signal
@@ -40,10 +42,9 @@ def _signal(user_id: uuid.UUID, token: str = TOKEN, key: str = "k-1", **kw: Any)
         user_id=user_id,
         token_address=token,
         signal_type="Velocity (Dex Boost Detection)",
-        signal_strength=3,
         idempotency_key=key,
         created_at=NOW,
-        **{"price_usd": Decimal(1), **kw},
+        **{"price_usd": Decimal(1), "signal_strength": 3, **kw},
     )
 
 
@@ -179,3 +180,82 @@ async def test_a_signal_without_a_price_takes_the_latest_tick() -> None:
     assert _statuses(outcome) == [SUCCESS]
     [position] = store.positions.values()
     assert position.purchase_amount == Decimal(100)  # 2.0 SOL at 0.02 SOL per token
+
+
+# --- any sequence of batches keeps the ledger exact ------------------------------------
+
+MINTS = [TOKEN, OTHER, "EPjFWdd5AufqSSqeM2qN1xzybapC8G4wEGGkZwyTDt1v"]
+CONFIGS = [
+    FIXED,
+    None,  # the defaults: randomised sizes
+    {**FIXED, "purchaseLimits": {"maxOpenPositions": 1}},
+    {**FIXED, "signals": {"minScore": 4}},
+    # Buys of 3 SOL below 5 SOL: capped at the balance less minimumAgentBalance.
+    {"positionCalculator": {"positionSizes": {"small": {"min": 3, "max": 3}}}},
+]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    configs=st.lists(st.sampled_from(range(len(CONFIGS))), min_size=1, max_size=4),
+    deposits=st.lists(st.decimals(Decimal("0.1"), Decimal(30), places=3), min_size=4, max_size=4),
+    batches=st.lists(
+        st.lists(
+            st.tuples(
+                st.sampled_from(range(len(MINTS))),
+                st.integers(0, 5),  # idempotency key: repeats are redeliveries
+                st.integers(1, 5),  # strength
+            ),
+            min_size=1,
+            max_size=5,
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+)
+async def test_any_sequence_of_batches_keeps_the_ledger_exact(
+    configs: list[int], deposits: list[Decimal], batches: list[list[tuple[int, int, int]]]
+) -> None:
+    store = FakeSignalStore(prices={SOL_MINT: Decimal(100)})
+    user_id = uuid.uuid4()
+    agents = []
+    for i, c in enumerate(configs):
+        agent_id = uuid.UUID(int=i + 1)
+        agent = FakeAgent(user_id, agent_id, {"simulation": f"sim_{i}"}, CONFIGS[c])
+        agents.append(store.add_agent(agent, sol=deposits[i]))
+    first_seen: dict[str, tuple[int, int]] = {}
+    for batch in batches:
+        signals = []
+        for mint, key, strength in batch:
+            # A redelivery repeats its first message exactly.
+            mint, strength = first_seen.setdefault(str(key), (mint, strength))
+            signals.append(_signal(user_id, MINTS[mint], key=str(key), signal_strength=strength))
+        await _handle(store, *signals)
+
+    # One execution per (signal, agent), for every signal stored and every agent.
+    assert set(store.executions) == {
+        (signal_id, a.agent_id) for signal_id in store.signals.values() for a in agents
+    }
+    swaps_by_id = {s.id: s for s in store.swaps}
+    for i, agent in enumerate(agents):
+        wallet = agent.wallets["simulation"]
+        bought = [s for s in store.swaps if s.agent_id == agent.agent_id]
+        rows = [r for (_, a), r in store.executions.items() if a == agent.agent_id]
+        # Each success is one buy, each buy one success, and the SOL balance says so.
+        assert sorted(str(r.transaction_id) for r in rows if r.status is SUCCESS) == sorted(
+            str(s.id) for s in bought
+        )
+        spent = sum((s.input_amount + s.network_fee_sol + s.protocol_fee_sol for s in bought),
+                    Decimal(0))  # fmt: skip
+        assert store.balances[(wallet, SOL_MINT)] == deposits[i] - spent >= 0
+        # At most one position per token, each backed by its buy, within the limit.
+        held = [p for (a, _, _), p in store.positions.items() if a == agent.agent_id]
+        assert len(held) == len(bought)
+        assert all(swaps_by_id[p.purchase_transaction_id].output_amount == p.purchase_amount
+                   for p in held)  # fmt: skip
+        if configs[i] == 2:
+            assert len(held) <= 1
+        for p in held:
+            assert store.balances[(wallet, p.token_address)] == p.purchase_amount
+        # Every decision that is not a success says why.
+        assert all(r.error for r in rows if r.status is not SUCCESS)
