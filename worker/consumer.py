@@ -36,7 +36,7 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 from worker.db.agents import agent_counts
 from worker.db.offsets import fetch_offsets, store_offsets
 from worker.db.pool import connection
-from worker.db.store import PgSignalStore
+from worker.db.store import PgPriceStore, PgSignalStore
 from worker.domain.models import Signal
 from worker.errors import InvalidMessage, WorkerError
 from worker.handlers import SignalOutcome, UnknownUser, handle_signal, handle_signals
@@ -419,7 +419,7 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
                 dead.append(DeadLetter(record, str(exc), "unknown_user"))
                 return None
         exits = await handle_price(
-            conn,
+            PgPriceStore(conn),
             item.message,
             settings=self._settings,
             now=datetime.now(UTC),

@@ -8,11 +8,19 @@ tests run the handlers against in-memory fakes of these protocols (`tests/unit/f
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from decimal import Decimal
 from typing import Protocol
 from uuid import UUID
 
 from worker.db.agents import AgentRow
+from worker.db.positions import (
+    ClosedPosition,
+    OpenPosition,
+    PositionWrite,
+    TrailRow,
+    TrailUpdate,
+)
 from worker.db.signals import ExecutionRow
 from worker.db.trades import BalanceDelta, NewPosition, SwapRow
 from worker.domain.models import Signal
@@ -65,4 +73,52 @@ class SignalStore(Protocol):
 
     async def insert_executions(self, rows: Sequence[ExecutionRow]) -> int:
         """Write the executions (one per signal and agent at most); how many were new."""
+        ...
+
+
+class PriceStore(Protocol):
+    """What `worker.prices.handle_price` reads and writes, set-based, in one transaction."""
+
+    async def upsert_price(self, token: str, price_usd: Decimal, ts: datetime) -> bool:
+        """Store the tick unless one at least as new is stored; True when it was stored."""
+        ...
+
+    async def fetch_prices(self, tokens: list[str]) -> dict[str, Decimal]:
+        """The latest USD price of each token that has one."""
+        ...
+
+    async def trail_rows(self, token: str) -> list[TrailRow]:
+        """A few columns of the open simulation positions in `token` that automation exits."""
+        ...
+
+    async def open_positions(self, token: str, ids: Sequence[UUID]) -> list[OpenPosition]:
+        """Those positions whole, with their wallet's SOL balance."""
+        ...
+
+    async def lock_wallets_sol(self, wallets: Sequence[str]) -> None:
+        """Lock the wallets' SOL balance rows, in the order every writer uses."""
+        ...
+
+    async def lock_positions(self, token: str, ids: Sequence[UUID]) -> list[OpenPosition]:
+        """Lock and re-read the positions; closed ones are absent."""
+        ...
+
+    async def insert_swaps(self, swaps: Sequence[SwapRow]) -> None:
+        """Write the swap transactions."""
+        ...
+
+    async def apply_balance_deltas(self, deltas: Sequence[BalanceDelta]) -> None:
+        """Add each delta to its (wallet, token) balance; a debit may not go below zero."""
+        ...
+
+    async def update_positions(self, writes: Sequence[PositionWrite], now: datetime) -> None:
+        """The new state of positions that traded and stay open."""
+        ...
+
+    async def update_trails(self, trails: Sequence[TrailUpdate], now: datetime) -> None:
+        """Raise peaks and stops, lower lows; never the other way."""
+        ...
+
+    async def close_positions(self, closed: Sequence[ClosedPosition], now: datetime) -> None:
+        """Record each full exit in the history and delete the position."""
         ...

@@ -1,7 +1,8 @@
 """What one price tick does: the latest price per token, then the exits of its positions.
 
-Runs inside the consumer's transaction (with the partition's offset), so a tick's effects
-are all written or none. A tick not newer than the stored price (by `ts`; a tick without
+Runs inside the consumer's transaction (with the partitions' offsets), through a
+`worker.ports.PriceStore` bound to it, so a tick's effects are all written or none.
+A tick not newer than the stored price (by `ts`; a tick without
 `ts` takes its record timestamp) changes nothing at all, so a redelivered or replayed tick
 can never sell twice. Evaluation is set-based: one query reads a few columns of every open
 position in the token, enough to tell the quiet ones (most of them, most ticks) and trail
@@ -24,12 +25,10 @@ from datetime import datetime
 from decimal import Decimal
 from uuid import UUID
 
-import asyncpg
 import structlog
 
 from worker.config_cache import config_of_text
 from worker.db import positions as positions_db
-from worker.db import prices as prices_db
 from worker.db import trades as trades_db
 from worker.domain.config import AgentTradingConfig, InvalidConfig
 from worker.domain.fills import token_price_sol
@@ -45,6 +44,7 @@ from worker.domain.ticks import (
     quiet_trail,
 )
 from worker.messages import PriceTickV1
+from worker.ports import PriceStore
 from worker.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -60,7 +60,7 @@ class _Writes:
 
 
 async def handle_price(
-    conn: asyncpg.Connection,
+    store: PriceStore,
     tick: PriceTickV1,
     *,
     settings: Settings,
@@ -69,29 +69,29 @@ async def handle_price(
 ) -> dict[str, int]:
     """Store the tick if newer and run the exits it triggers; full exits by close reason."""
     ts = tick.ts or received_at
-    if not await prices_db.upsert_price(conn, tick.token_address, tick.price_usd, ts):
+    if not await store.upsert_price(tick.token_address, tick.price_usd, ts):
         return {}
     if tick.token_address == SOL_MINT:
         return {}
-    sol_usd = (await prices_db.fetch_prices(conn, [SOL_MINT])).get(SOL_MINT)
+    sol_usd = (await store.fetch_prices([SOL_MINT])).get(SOL_MINT)
     if sol_usd is None:
         log.warning("exits_skipped_no_sol_price", token=tick.token_address)
         return {}
-    trails = await positions_db.trail_rows(conn, tick.token_address)
+    trails = await store.trail_rows(tick.token_address)
     if not trails:
         return {}
     fees = Fees(settings.sim_network_fee_sol, settings.sim_protocol_fee_bps)
-    writes = await _evaluate(conn, trails, tick, sol_usd, now, fees)
-    await trades_db.insert_swaps(conn, writes.swaps)
-    await trades_db.apply_balance_deltas(conn, writes.deltas)
-    await positions_db.update_positions(conn, writes.updates, now)
-    await positions_db.update_trails(conn, writes.trails, now)
-    await positions_db.close_positions(conn, writes.closed, now)
+    writes = await _evaluate(store, trails, tick, sol_usd, now, fees)
+    await store.insert_swaps(writes.swaps)
+    await store.apply_balance_deltas(writes.deltas)
+    await store.update_positions(writes.updates, now)
+    await store.update_trails(writes.trails, now)
+    await store.close_positions(writes.closed, now)
     return _report(writes.closed)
 
 
 async def _evaluate(
-    conn: asyncpg.Connection,
+    store: PriceStore,
     trails: list[positions_db.TrailRow],
     tick: PriceTickV1,
     sol_usd: Decimal,
@@ -105,7 +105,7 @@ async def _evaluate(
     if not loud:
         return writes
     acting: list[positions_db.OpenPosition] = []
-    for position in await positions_db.open_positions(conn, tick.token_address, loud):
+    for position in await store.open_positions(tick.token_address, loud):
         plan = _plan(position, tick.price_usd, sol_usd, now, fees)
         if plan is not None and plan.moves_money:
             acting.append(position)
@@ -113,10 +113,8 @@ async def _evaluate(
             _trail(position, plan.final, writes)
     if not acting:
         return writes
-    await positions_db.lock_wallets_sol(conn, [p.wallet_address for p in acting])
-    for position in await positions_db.lock_positions(
-        conn, tick.token_address, [p.id for p in acting]
-    ):
+    await store.lock_wallets_sol([p.wallet_address for p in acting])
+    for position in await store.lock_positions(tick.token_address, [p.id for p in acting]):
         plan = _plan(position, tick.price_usd, sol_usd, now, fees)
         if plan is not None:
             _trade(position, plan, now, writes)

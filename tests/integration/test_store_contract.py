@@ -1,14 +1,15 @@
-"""The fake of `worker.ports.SignalStore` answers as PostgreSQL does, for the handler.
+"""The fakes of `worker.ports` answer as PostgreSQL does, for the handlers.
 
-The unit tests of `handle_signals` run against `tests.unit.fakes.FakeSignalStore`; this
-runs one batch (new signals, a second signal in a held token, a replay) through both the
-fake and `PgSignalStore` on the real database and compares every decision and balance.
+The unit tests of `handle_signals` and `handle_price` run against `tests.unit.fakes`;
+these run the same batch of signals (new ones, a second signal in a held token, a replay)
+and the same ticks through a fake and through `worker.db.store` on the real database, and
+compare every decision, balance, position and exit.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
@@ -17,12 +18,14 @@ import asyncpg
 import pytest
 
 from tests.support import TOKEN_A, TOKEN_B, make_account, set_price, set_sol_price
-from tests.unit.fakes import FakeAgent, FakeSignalStore
-from worker.db.store import PgSignalStore
+from tests.unit.fakes import FakeAgent, FakePriceStore, FakeSignalStore
+from worker.db.store import PgPriceStore, PgSignalStore
 from worker.domain.models import SOL_MINT, Signal
 from worker.handlers import SignalOutcome, handle_signals
+from worker.messages import PriceTickV1
 from worker.ports import SignalStore
-from worker.settings import TradingSettings
+from worker.prices import handle_price
+from worker.settings import Settings, TradingSettings
 
 pytestmark = pytest.mark.integration
 
@@ -158,3 +161,68 @@ async def test_the_fake_store_and_postgresql_agree_on_a_batch(db_conn: asyncpg.C
     assert pg.outcomes[3] == (False, 4, [])
     assert statuses[4] == ["skipped"] * 4
     assert "hold" in str(pg.outcomes[4][2][0][2])
+
+
+async def test_the_fake_price_store_and_postgresql_agree_on_ticks(
+    db_conn: asyncpg.Connection,
+) -> None:
+    """Positions opened by a real batch, then the same ticks through both stores: a quiet
+    one, a take profit, a stale one, a stop loss, one for a paused agent's position."""
+    await set_sol_price(db_conn, "100")
+    configs: list[dict[str, Any] | None] = [
+        FIXED,
+        {**FIXED, "takeProfit": {"enabled": True}, "stopLoss": {"enabled": False}},
+        {**FIXED, "stopLoss": {"defaultPercentage": -10}},
+        FIXED,
+    ]
+    account = await make_account(db_conn, configs)
+    async with db_conn.transaction():
+        await handle_signals(
+            PgSignalStore(db_conn), _signals(account.user_id)[:1], trading=TRADING, now=NOW
+        )
+    paused = account.agents[3].agent_id
+    await db_conn.execute(
+        "UPDATE agents SET automated_trading_simulation = false WHERE id = $1", paused
+    )
+    pg = PgPriceStore(db_conn)
+    ids = [p.id for p in await pg.trail_rows(TOKEN_A)]
+    opened = await pg.open_positions(TOKEN_A, ids)
+    assert len(opened) == 3  # the paused agent's position is not offered
+
+    fake = FakePriceStore(prices={SOL_MINT: (Decimal(100), NOW)})
+    fake.paused.add(paused)
+    paused_row = await db_conn.fetchrow(
+        "SELECT id FROM agent_positions WHERE agent_id = $1", paused
+    )
+    assert paused_row is not None
+    for p in opened:
+        fake.positions[p.id] = p
+    rows = await db_conn.fetch("SELECT wallet_address, token_address, balance FROM agent_balances")
+    fake.balances = {(r["wallet_address"], r["token_address"]): r["balance"] for r in rows}
+
+    settings = Settings()
+    ticks = [("1.05", 1), ("1.6", 2), ("0.85", 3), ("0.5", 4)]
+    for price, seconds in ticks:
+        ts = NOW + timedelta(seconds=seconds)
+        tick = PriceTickV1(token_address=TOKEN_A, price_usd=Decimal(price), ts=ts)
+        async with db_conn.transaction():
+            pg_exits = await handle_price(pg, tick, settings=settings, now=ts, received_at=ts)
+        fake_exits = await handle_price(fake, tick, settings=settings, now=ts, received_at=ts)
+        assert fake_exits == pg_exits, price
+
+    pg_open = {p.id: p.state for p in await pg.open_positions(TOKEN_A, ids)}
+    assert {i: p.state for i, p in fake.positions.items() if i in ids} == pg_open
+    rows = await db_conn.fetch("SELECT wallet_address, token_address, balance FROM agent_balances")
+    assert fake.balances == {(r["wallet_address"], r["token_address"]): r["balance"] for r in rows}
+    history = await db_conn.fetch(
+        "SELECT position_id, close_reason, profit_loss_sol FROM agent_historical_swaps"
+    )
+    assert sorted(
+        (c.position.id, c.close_reason.value, c.pnl.profit_loss_sol) for c in fake.history
+    ) == sorted((r["position_id"], r["close_reason"], r["profit_loss_sol"]) for r in history)
+    assert len(history) >= 1
+    sales = await db_conn.fetchval(
+        "SELECT count(*) FROM agent_transactions WHERE input_mint = $1", TOKEN_A
+    )
+    assert sales == len(fake.swaps) >= 2
+    assert paused_row["id"] not in fake.positions

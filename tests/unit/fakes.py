@@ -1,5 +1,8 @@
 """In-memory fakes of `worker.ports`, with the database's rules that handlers rely on.
 
+`FakePriceStore` keeps prices with their timestamps (a tick not newer changes nothing),
+open positions, balances and the exit history, with the trail writes' GREATEST/LEAST.
+
 `FakeSignalStore` keeps users, agents, wallets, balances, positions, signals, executions
 and swaps in dicts, and enforces what the schema would: one signal per (user, idempotency
 key), one execution per (signal, agent) (`ON CONFLICT DO NOTHING`), one position per
@@ -9,12 +12,20 @@ key), one execution per (signal, agent) (`ON CONFLICT DO NOTHING`), one position
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
 from worker.db.agents import AgentRow
+from worker.db.positions import (
+    ClosedPosition,
+    OpenPosition,
+    PositionWrite,
+    TrailRow,
+    TrailUpdate,
+)
 from worker.db.signals import ExecutionRow
 from worker.db.trades import BalanceDelta, NewPosition, SwapRow
 from worker.domain.models import SOL_MINT, Signal
@@ -153,3 +164,110 @@ class FakeSignalStore:
                 self.executions[(r.signal_id, r.agent_id)] = r
                 new += 1
         return new
+
+
+@dataclass
+class FakePriceStore:
+    """A `worker.ports.PriceStore` in memory: prices, open positions, balances, history.
+
+    Positions are kept as `OpenPosition`s (their `sol_balance` is read from `balances`);
+    `paused` agents' positions are not offered to exits, as the SQL's filter does.
+    """
+
+    prices: dict[str, tuple[Decimal, datetime]] = field(default_factory=dict)
+    positions: dict[UUID, OpenPosition] = field(default_factory=dict)
+    balances: dict[tuple[str, str], Decimal] = field(default_factory=dict)
+    paused: set[UUID] = field(default_factory=set)
+    swaps: list[SwapRow] = field(default_factory=list)
+    history: list[ClosedPosition] = field(default_factory=list)
+    locked_wallets: list[str] = field(default_factory=list)
+    updated_at: dict[UUID, datetime] = field(default_factory=dict)  # by position, closed too
+
+    def _read(self, p: OpenPosition) -> OpenPosition:
+        return replace(p, sol_balance=self.balances.get((p.wallet_address, SOL_MINT), Decimal(0)))
+
+    def _open(self, token: str) -> list[OpenPosition]:
+        return sorted(
+            (
+                self._read(p)
+                for p in self.positions.values()
+                if p.token_address == token and p.agent_id not in self.paused
+            ),
+            key=lambda p: p.id,
+        )
+
+    async def upsert_price(self, token: str, price_usd: Decimal, ts: datetime) -> bool:
+        stored = self.prices.get(token)
+        if stored is not None and stored[1] >= ts:
+            return False
+        self.prices[token] = (price_usd, ts)
+        return True
+
+    async def fetch_prices(self, tokens: list[str]) -> dict[str, Decimal]:
+        return {t: self.prices[t][0] for t in tokens if t in self.prices}
+
+    async def trail_rows(self, token: str) -> list[TrailRow]:
+        return [
+            TrailRow(
+                p.id,
+                p.agent_id,
+                p.trading_config_text,
+                p.state.purchase_price,
+                p.state.created_at,
+                p.state.current_stop_loss_percentage,
+                p.state.peak_price,
+                p.state.lowest_price,
+            )
+            for p in self._open(token)
+        ]
+
+    async def open_positions(self, token: str, ids: Sequence[UUID]) -> list[OpenPosition]:
+        return [p for p in self._open(token) if p.id in ids]
+
+    async def lock_wallets_sol(self, wallets: Sequence[str]) -> None:
+        self.locked_wallets.extend(sorted(set(wallets)))
+
+    async def lock_positions(self, token: str, ids: Sequence[UUID]) -> list[OpenPosition]:
+        return [p for p in self._open(token) if p.id in ids]
+
+    async def insert_swaps(self, swaps: Sequence[SwapRow]) -> None:
+        self.swaps.extend(swaps)
+
+    async def apply_balance_deltas(self, deltas: Sequence[BalanceDelta]) -> None:
+        for d in deltas:
+            key = (d.wallet_address, d.token_address)
+            balance = self.balances.get(key, Decimal(0)) + d.delta
+            if balance < 0:
+                raise ConstraintViolationError(f"balance {key} would be {balance}")
+            self.balances[key] = balance
+
+    async def update_positions(self, writes: Sequence[PositionWrite], now: datetime) -> None:
+        for w in writes:
+            self.positions[w.id] = replace(self.positions[w.id], state=w.state)
+            self.updated_at[w.id] = now
+
+    async def update_trails(self, trails: Sequence[TrailUpdate], now: datetime) -> None:
+        def up(old: Decimal | None, new: Decimal | None) -> Decimal | None:
+            return new if old is None else old if new is None else max(old, new)
+
+        for t in trails:
+            p = self.positions[t.id]
+            s = p.state
+            low = t.lowest_price if s.lowest_price is None else min(s.lowest_price, t.lowest_price)
+            state = replace(
+                s,
+                peak_price=up(s.peak_price, t.peak_price),
+                current_stop_loss_percentage=up(s.current_stop_loss_percentage, t.stop_loss_pct),
+                lowest_price=low,
+            )
+            self.positions[t.id] = replace(p, state=state)
+            self.updated_at[t.id] = now
+
+    async def close_positions(self, closed: Sequence[ClosedPosition], now: datetime) -> None:
+        for c in closed:
+            p = self.positions.pop(c.position.id)
+            key = (p.wallet_address, p.token_address)
+            if self.balances.get(key) == 0:
+                del self.balances[key]
+            self.history.append(c)
+            self.updated_at[p.id] = now

@@ -1,0 +1,146 @@
+"""`handle_price` against the in-memory fake of its port: trails, exits, stale ticks.
+
+One position per agent, bought at 1 USD per token with SOL at 100 USD: 200 tokens at
+0.01 SOL for 2.000005 SOL (the 0.000005 SOL network fee), leaving 7.999995 SOL.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from tests.unit.fakes import FakePriceStore
+from worker.db.positions import OpenPosition
+from worker.domain.models import SOL_MINT, CloseReason, PositionState
+from worker.messages import PriceTickV1
+from worker.prices import handle_price
+from worker.settings import Settings
+
+TOKEN = "7GCihgDB8fe6KNjn2MYtkzZcRjQy3t9GHdC8uHYmW2hr"
+BOUGHT = datetime(2026, 1, 1, 12, tzinfo=UTC)
+SETTINGS = Settings()
+INVESTED = Decimal("2.000005")
+FEE = Decimal("0.000005")
+
+
+def _position(store: FakePriceStore, config: dict[str, Any] | None = None) -> OpenPosition:
+    """An open position of a new agent, with its wallet's balances."""
+    agent_id = uuid.uuid4()
+    wallet = f"sim_{agent_id.hex}"
+    position = OpenPosition(
+        id=uuid.uuid4(),
+        agent_id=agent_id,
+        wallet_address=wallet,
+        token_address=TOKEN,
+        token_symbol="TKN",
+        purchase_transaction_id=uuid.uuid4(),
+        signal_id=7,
+        trading_config_text=json.dumps(config or {}),
+        sol_balance=Decimal(0),  # read from the store's balances
+        state=PositionState(
+            purchase_price=Decimal("0.01"),
+            purchase_amount=Decimal(200),
+            total_invested_sol=INVESTED,
+            created_at=BOUGHT,
+            current_stop_loss_percentage=Decimal(-32),
+            peak_price=Decimal("0.01"),
+            lowest_price=Decimal("0.01"),
+        ),
+    )
+    store.positions[position.id] = position
+    store.balances[(wallet, SOL_MINT)] = Decimal(10) - INVESTED
+    store.balances[(wallet, TOKEN)] = Decimal(200)
+    return position
+
+
+def _store() -> FakePriceStore:
+    return FakePriceStore(prices={SOL_MINT: (Decimal(100), BOUGHT)})
+
+
+async def _tick(
+    store: FakePriceStore, price_usd: str, ts: datetime, now: datetime | None = None
+) -> dict[str, int]:
+    tick = PriceTickV1(token_address=TOKEN, price_usd=Decimal(price_usd), ts=ts)
+    return await handle_price(store, tick, settings=SETTINGS, now=now or ts, received_at=ts)
+
+
+async def test_a_quiet_tick_only_trails_the_peak_and_the_low() -> None:
+    store = _store()
+    p = _position(store)
+    assert await _tick(store, "1.05", BOUGHT + timedelta(seconds=1)) == {}
+    assert await _tick(store, "0.9", BOUGHT + timedelta(seconds=2)) == {}
+    state = store.positions[p.id].state
+    assert (state.peak_price, state.lowest_price) == (Decimal("0.0105"), Decimal("0.009"))
+    assert state.current_stop_loss_percentage == Decimal(-32)
+    assert store.swaps == []
+    assert store.balances[(p.wallet_address, SOL_MINT)] == Decimal(10) - INVESTED
+
+
+async def test_a_fall_through_the_stop_sells_everything_and_records_the_exit() -> None:
+    store = _store()
+    p = _position(store)
+    assert await _tick(store, "0.67", BOUGHT + timedelta(seconds=1)) == {"stop_loss": 1}
+    assert p.id not in store.positions
+    [sale] = store.swaps
+    assert (sale.input_mint, sale.input_amount, sale.output_mint) == (TOKEN, Decimal(200), SOL_MINT)
+    # 200 tokens at 0.0067 SOL = 1.34 SOL, less the fee.
+    assert (
+        store.balances[(p.wallet_address, SOL_MINT)]
+        == Decimal(10) - INVESTED + Decimal("1.34") - FEE
+    )
+    assert (p.wallet_address, TOKEN) not in store.balances  # the emptied row is gone
+    [exit_row] = store.history
+    assert exit_row.close_reason is CloseReason.STOP_LOSS
+    assert exit_row.pnl.profit_loss_sol == Decimal("1.34") - FEE - INVESTED
+    assert exit_row.sale_transaction_id == sale.id
+    assert store.locked_wallets == [p.wallet_address]
+
+
+async def test_a_tick_not_newer_than_the_stored_one_changes_nothing() -> None:
+    store = _store()
+    p = _position(store)
+    ts = BOUGHT + timedelta(seconds=10)
+    await _tick(store, "1.05", ts)
+    before = store.positions[p.id]
+    assert await _tick(store, "0.5", ts - timedelta(seconds=1)) == {}  # older
+    assert await _tick(store, "0.5", ts) == {}  # a redelivery of the same moment
+    assert store.positions[p.id] == before
+    assert store.prices[TOKEN] == (Decimal("1.05"), ts)
+    assert store.swaps == []
+
+
+async def test_take_profit_sells_part_and_keeps_the_position() -> None:
+    store = _store()
+    p = _position(store, {"takeProfit": {"enabled": True}, "stopLoss": {"enabled": False}})
+    assert await _tick(store, "1.6", BOUGHT + timedelta(seconds=1)) == {}  # +60%: level 1
+    [sale] = store.swaps
+    assert sale.is_take_profit
+    assert sale.input_amount == 50  # 25% of 200
+    state = store.positions[p.id].state
+    assert state.remaining_amount == 150
+    assert state.take_profit_levels_hit == 1
+    assert store.balances[(p.wallet_address, TOKEN)] == 150
+
+
+async def test_only_positions_that_automation_may_exit_are_evaluated() -> None:
+    store = _store()
+    paused = _position(store)
+    broken = _position(store, {"stopLoss": {"mode": "sideways"}})
+    live = _position(store)
+    store.paused.add(paused.agent_id)
+    assert await _tick(store, "0.5", BOUGHT + timedelta(seconds=1)) == {"stop_loss": 1}
+    assert set(store.positions) == {paused.id, broken.id}
+    assert [c.position.id for c in store.history] == [live.id]
+    # An invalid config leaves its position as it was: not even trailed.
+    assert store.positions[broken.id] == broken
+
+
+async def test_without_a_sol_price_nothing_is_evaluated() -> None:
+    store = FakePriceStore()
+    p = _position(store)
+    assert await _tick(store, "0.5", BOUGHT + timedelta(seconds=1)) == {}
+    assert store.positions[p.id] == p
+    assert store.prices[TOKEN][0] == Decimal("0.5")  # the price itself is stored
