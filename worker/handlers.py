@@ -22,7 +22,7 @@ from worker.db import signals as signals_db
 from worker.db import trades as trades_db
 from worker.domain.config import AgentTradingConfig, InvalidConfig
 from worker.domain.eligibility import decide, decide_agent
-from worker.domain.exits import initial_stop_loss_pct
+from worker.domain.exits import open_position
 from worker.domain.fills import BuyFill, buy_fill
 from worker.domain.models import (
     SOL_MINT,
@@ -260,11 +260,7 @@ class _Buys:
                 token_address=token,
                 token_symbol=symbol,
                 purchase_transaction_id=tx_id,
-                purchase_price=fill.price_sol,
-                purchase_amount=fill.token_amount,
-                total_invested_sol=fill.debit_sol,
-                stop_loss_pct=initial_stop_loss_pct(cfg) if cfg.stop_loss.enabled else None,
-                time=self.now,
+                state=open_position(fill, created_at=self.now, cfg=cfg),
             )
         )
         return tx_id

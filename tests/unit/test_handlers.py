@@ -179,7 +179,7 @@ async def test_a_signal_without_a_price_takes_the_latest_tick() -> None:
     [outcome] = await _handle(store, _signal(user_id, price_usd=None))
     assert _statuses(outcome) == [SUCCESS]
     [position] = store.positions.values()
-    assert position.purchase_amount == Decimal(100)  # 2.0 SOL at 0.02 SOL per token
+    assert position.state.purchase_amount == Decimal(100)  # 2.0 SOL at 0.02 SOL per token
 
 
 # --- any sequence of batches keeps the ledger exact ------------------------------------
@@ -251,11 +251,27 @@ async def test_any_sequence_of_batches_keeps_the_ledger_exact(
         # At most one position per token, each backed by its buy, within the limit.
         held = [p for (a, _, _), p in store.positions.items() if a == agent.agent_id]
         assert len(held) == len(bought)
-        assert all(swaps_by_id[p.purchase_transaction_id].output_amount == p.purchase_amount
+        assert all(swaps_by_id[p.purchase_transaction_id].output_amount == p.state.purchase_amount
                    for p in held)  # fmt: skip
         if configs[i] == 2:
             assert len(held) <= 1
         for p in held:
-            assert store.balances[(wallet, p.token_address)] == p.purchase_amount
+            assert store.balances[(wallet, p.token_address)] == p.state.purchase_amount
         # Every decision that is not a success says why.
         assert all(r.error for r in rows if r.status is not SUCCESS)
+
+
+async def test_a_buy_opens_its_position_in_the_opening_state_of_the_exit_rules() -> None:
+    store, user_id = _store({}, {"trading_config": {**FIXED, "stopLoss": {"enabled": False}}})
+    await _handle(store, _signal(user_id))
+    with_stop, without = (
+        next(p for p in store.positions.values() if p.agent_id == a.agent_id)
+        for a in store.agents.values()
+    )
+    assert with_stop.state.current_stop_loss_percentage == Decimal(-32)
+    assert with_stop.state.peak_price == with_stop.state.lowest_price == Decimal("0.01")
+    # No stop loss: no stop and no peak to trail (the low is tracked either way).
+    assert (without.state.current_stop_loss_percentage, without.state.peak_price) == (None, None)
+    assert without.state.lowest_price == Decimal("0.01")
+    assert with_stop.state.purchase_amount == without.state.purchase_amount == Decimal(200)
+    assert with_stop.state.total_invested_sol == DEBIT

@@ -15,7 +15,7 @@ from uuid import UUID
 import asyncpg
 
 from worker.domain.fills import BuyFill, SellFill
-from worker.domain.models import SOL_MINT, SOL_SYMBOL
+from worker.domain.models import SOL_MINT, SOL_SYMBOL, PositionState
 from worker.errors import DomainError
 
 
@@ -188,7 +188,7 @@ async def lock_users_sol_balances(conn: asyncpg.Connection, user_ids: Sequence[U
 
 @dataclass(frozen=True, slots=True)
 class NewPosition:
-    """An open position created by a buy, with its initial stop-loss state."""
+    """An open position created by a buy; `state` is `worker.domain.exits.open_position`'s."""
 
     id: UUID
     agent_id: UUID
@@ -196,11 +196,7 @@ class NewPosition:
     token_address: str
     token_symbol: str
     purchase_transaction_id: UUID
-    purchase_price: Decimal
-    purchase_amount: Decimal
-    total_invested_sol: Decimal
-    stop_loss_pct: Decimal | None
-    time: datetime
+    state: PositionState
 
 
 INSERT_POSITIONS = """
@@ -209,19 +205,21 @@ INSERT INTO agent_positions (
     purchase_price, purchase_amount, remaining_amount, total_invested_sol, lowest_price,
     current_stop_loss_percentage, peak_price, last_stop_loss_update, created_at, updated_at)
 SELECT p.id, p.agent_id, p.wallet, p.token, p.symbol, p.tx,
-       p.price, p.amount, p.amount, p.invested, p.price,
-       p.sl, p.price, CASE WHEN p.sl IS NULL THEN NULL ELSE p.at END, p.at, p.at
+       p.price, p.amount, p.amount, p.invested, p.low,
+       p.sl, p.peak, CASE WHEN p.sl IS NULL THEN NULL ELSE p.at END, p.at, p.at
   FROM unnest($1::uuid[], $2::uuid[], $3::varchar[], $4::varchar[], $5::varchar[],
               $6::uuid[], $7::numeric[], $8::numeric[], $9::numeric[], $10::numeric[],
-              $11::timestamptz[])
-       AS p(id, agent_id, wallet, token, symbol, tx, price, amount, invested, sl, at)
+              $11::numeric[], $12::numeric[], $13::timestamptz[])
+       AS p(id, agent_id, wallet, token, symbol, tx, price, amount, invested, sl, peak, low,
+            at)
 """
 
 
 async def insert_positions(conn: asyncpg.Connection, positions: Sequence[NewPosition]) -> None:
-    """Insert new positions (remaining = amount, peak = lowest = purchase price) in one go."""
+    """Insert new positions in their opening state (all of `purchase_amount` held) in one go."""
     if not positions:
         return
+    s = [p.state for p in positions]
     await conn.execute(
         INSERT_POSITIONS,
         [p.id for p in positions],
@@ -230,11 +228,13 @@ async def insert_positions(conn: asyncpg.Connection, positions: Sequence[NewPosi
         [p.token_address for p in positions],
         [p.token_symbol for p in positions],
         [p.purchase_transaction_id for p in positions],
-        [p.purchase_price for p in positions],
-        [p.purchase_amount for p in positions],
-        [p.total_invested_sol for p in positions],
-        [p.stop_loss_pct for p in positions],
-        [p.time for p in positions],
+        [x.purchase_price for x in s],
+        [x.purchase_amount for x in s],
+        [x.total_invested_sol for x in s],
+        [x.current_stop_loss_percentage for x in s],
+        [x.peak_price for x in s],
+        [x.lowest_price for x in s],
+        [x.created_at for x in s],
     )
 
 
