@@ -33,6 +33,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
+from worker.config_cache import ConfigTexts
 from worker.db.agents import agent_counts
 from worker.db.offsets import fetch_offsets, store_offsets
 from worker.db.pool import connection
@@ -119,6 +120,8 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
         self._fanout: dict[UUID, int] = {}
         self._last_kafka_commit = time.monotonic()
         self._fatal: BaseException | None = None
+        # Agents' configs by row version, for ticks (see `worker.config_cache`).
+        self._config_texts = ConfigTexts()
         self.consumer = AIOKafkaConsumer(
             **client_options(self._kafka),
             group_id=self._kafka.consumer_group,
@@ -421,6 +424,7 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
         exits = await handle_price(
             PgPriceStore(conn),
             item.message,
+            configs=self._config_texts,
             settings=self._settings,
             now=datetime.now(UTC),
             received_at=record_time(record),

@@ -91,6 +91,10 @@ class PriceStore(Protocol):
         """A few columns of the open simulation positions in `token` that automation exits."""
         ...
 
+    async def agent_configs(self, agent_ids: Sequence[UUID]) -> dict[UUID, tuple[str, str | None]]:
+        """Each agent's row version and `trading_config` JSON text (None: NULL)."""
+        ...
+
     async def open_positions(self, token: str, ids: Sequence[UUID]) -> list[OpenPosition]:
         """Those positions whole, with their wallet's SOL balance."""
         ...

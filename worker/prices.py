@@ -27,7 +27,7 @@ from uuid import UUID
 
 import structlog
 
-from worker.config_cache import config_of_text
+from worker.config_cache import ConfigTexts, config_of_text
 from worker.db import positions as positions_db
 from worker.db import trades as trades_db
 from worker.domain.config import AgentTradingConfig, InvalidConfig
@@ -63,11 +63,15 @@ async def handle_price(
     store: PriceStore,
     tick: PriceTickV1,
     *,
+    configs: ConfigTexts,
     settings: Settings,
     now: datetime,
     received_at: datetime,
 ) -> dict[str, int]:
-    """Store the tick if newer and run the exits it triggers; full exits by close reason."""
+    """Store the tick if newer and run the exits it triggers; full exits by close reason.
+
+    `configs` holds agents' configs across ticks; those not held at the version the
+    positions' read shows are read (and held) first."""
     ts = tick.ts or received_at
     if not await store.upsert_price(tick.token_address, tick.price_usd, ts):
         return {}
@@ -80,8 +84,9 @@ async def handle_price(
     trails = await store.trail_rows(tick.token_address)
     if not trails:
         return {}
+    texts = await _config_texts(store, configs, trails)
     fees = Fees(settings.sim_network_fee_sol, settings.sim_protocol_fee_bps)
-    writes = await _evaluate(store, trails, tick, sol_usd, now, fees)
+    writes = await _evaluate(store, trails, texts, tick, sol_usd, now, fees)
     await store.insert_swaps(writes.swaps)
     await store.apply_balance_deltas(writes.deltas)
     await store.update_positions(writes.updates, now)
@@ -90,9 +95,26 @@ async def handle_price(
     return _report(writes.closed)
 
 
+async def _config_texts(
+    store: PriceStore, configs: ConfigTexts, trails: list[positions_db.TrailRow]
+) -> dict[UUID, str | None]:
+    """The config text of every agent in `trails`: those held at the row's version from
+    `configs`, the others read (and held from now on)."""
+    stale = set(configs.stale((row.agent_id, row.config_version) for row in trails))
+    texts = {
+        row.agent_id: configs.text(row.agent_id) for row in trails if row.agent_id not in stale
+    }
+    if stale:
+        read = await store.agent_configs(list(stale))
+        configs.update(read)
+        texts.update({agent_id: text for agent_id, (_, text) in read.items()})
+    return texts
+
+
 async def _evaluate(
     store: PriceStore,
     trails: list[positions_db.TrailRow],
+    texts: dict[UUID, str | None],
     tick: PriceTickV1,
     sol_usd: Decimal,
     now: datetime,
@@ -101,7 +123,8 @@ async def _evaluate(
     """Trail the quiet positions; read and plan the others; lock, re-read and re-plan the
     ones that trade."""
     writes = _Writes()
-    loud = _trail_quiet(trails, token_price_sol(tick.price_usd, sol_usd), now, writes)
+    price = token_price_sol(tick.price_usd, sol_usd)
+    loud = _trail_quiet(trails, texts, price, now, writes)
     if not loud:
         return writes
     acting: list[positions_db.OpenPosition] = []
@@ -122,14 +145,20 @@ async def _evaluate(
 
 
 def _trail_quiet(
-    trails: list[positions_db.TrailRow], price: Decimal, now: datetime, writes: _Writes
+    trails: list[positions_db.TrailRow],
+    texts: dict[UUID, str | None],
+    price: Decimal,
+    now: datetime,
+    writes: _Writes,
 ) -> list[UUID]:
     """Queue the trails of the positions `price` (SOL/token) leaves quiet; the others' ids."""
     price_q = to_price(price)
     bands: dict[int, QuietBand] = {}
     loud: list[UUID] = []
     for row in trails:
-        cfg = _config(row)
+        if row.agent_id not in texts:
+            continue  # the agent was deleted since the read (its positions go with it)
+        cfg = _config(texts[row.agent_id], row.id, row.agent_id)
         if cfg is None:
             continue
         band = bands.get(id(cfg))
@@ -160,16 +189,14 @@ def _report(closed: list[positions_db.ClosedPosition]) -> dict[str, int]:
     return exits
 
 
-def _config(
-    position: positions_db.OpenPosition | positions_db.TrailRow,
-) -> AgentTradingConfig | None:
+def _config(text: str | None, position_id: UUID, agent_id: UUID) -> AgentTradingConfig | None:
     try:
-        return config_of_text(position.trading_config_text)
+        return config_of_text(text)
     except InvalidConfig as exc:
         log.warning(
             "exits_skipped_invalid_config",
-            position_id=str(position.id),
-            agent_id=str(position.agent_id),
+            position_id=str(position_id),
+            agent_id=str(agent_id),
             error=str(exc),
         )
         return None
@@ -182,7 +209,7 @@ def _plan(
     now: datetime,
     fees: Fees,
 ) -> TickPlan | None:
-    cfg = _config(position)
+    cfg = _config(position.trading_config_text, position.id, position.agent_id)
     if cfg is None:
         return None
     return plan_tick(

@@ -19,6 +19,7 @@ import pytest
 
 from tests.support import TOKEN_A, TOKEN_B, make_account, set_price, set_sol_price
 from tests.unit.fakes import FakeAgent, FakePriceStore, FakeSignalStore
+from worker.config_cache import ConfigTexts
 from worker.db.store import PgPriceStore, PgSignalStore
 from worker.domain.models import SOL_MINT, Signal
 from worker.handlers import SignalOutcome, handle_signals
@@ -202,12 +203,17 @@ async def test_the_fake_price_store_and_postgresql_agree_on_ticks(
 
     settings = Settings()
     ticks = [("1.05", 1), ("1.6", 2), ("0.85", 3), ("0.5", 4)]
+    pg_configs, fake_configs = ConfigTexts(), ConfigTexts()
     for price, seconds in ticks:
         ts = NOW + timedelta(seconds=seconds)
         tick = PriceTickV1(token_address=TOKEN_A, price_usd=Decimal(price), ts=ts)
         async with db_conn.transaction():
-            pg_exits = await handle_price(pg, tick, settings=settings, now=ts, received_at=ts)
-        fake_exits = await handle_price(fake, tick, settings=settings, now=ts, received_at=ts)
+            pg_exits = await handle_price(
+                pg, tick, configs=pg_configs, settings=settings, now=ts, received_at=ts
+            )
+        fake_exits = await handle_price(
+            fake, tick, configs=fake_configs, settings=settings, now=ts, received_at=ts
+        )
         assert fake_exits == pg_exits, price
 
     pg_open = {p.id: p.state for p in await pg.open_positions(TOKEN_A, ids)}
@@ -226,3 +232,35 @@ async def test_the_fake_price_store_and_postgresql_agree_on_ticks(
     )
     assert sales == len(fake.swaps) >= 2
     assert paused_row["id"] not in fake.positions
+
+
+async def test_a_config_changed_in_the_database_applies_on_the_next_tick(
+    db_conn: asyncpg.Connection,
+) -> None:
+    """Configs are held by the agents row's version (`xmin`): an update is seen at once."""
+    await set_sol_price(db_conn, "100")
+    account = await make_account(db_conn, [FIXED])
+    async with db_conn.transaction():
+        await handle_signals(
+            PgSignalStore(db_conn), _signals(account.user_id)[:1], trading=TRADING, now=NOW
+        )
+    store, configs, settings = PgPriceStore(db_conn), ConfigTexts(), Settings()
+
+    async def tick(price: str, seconds: int) -> dict[str, int]:
+        ts = NOW + timedelta(seconds=seconds)
+        message = PriceTickV1(token_address=TOKEN_A, price_usd=Decimal(price), ts=ts)
+        async with db_conn.transaction():
+            return await handle_price(
+                store, message, configs=configs, settings=settings, now=ts, received_at=ts
+            )
+
+    assert await tick("0.9", 1) == {}  # -10%: inside the default -32% stop
+    assert await tick("0.91", 2) == {}
+    await db_conn.execute(
+        "UPDATE agents SET trading_config = $2::jsonb WHERE id = $1",
+        account.agents[0].agent_id,
+        '{"stopLoss": {"defaultPercentage": -5}}',
+    )
+    # The stored stop of the open position stays -32% (it was set at the buy); the new
+    # config's default is what the next tick ratchets from: max(-32, -5) = -5, crossed.
+    assert await tick("0.9", 3) == {"stop_loss": 1}

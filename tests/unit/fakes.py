@@ -11,6 +11,7 @@ key), one execution per (signal, agent) (`ON CONFLICT DO NOTHING`), one position
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -29,6 +30,11 @@ from worker.db.positions import (
 from worker.db.signals import ExecutionRow
 from worker.db.trades import BalanceDelta, NewPosition, SwapRow
 from worker.domain.models import SOL_MINT, Signal
+
+
+def _version(text: str | None) -> str:
+    """A row version for a config, as `xmin` would change with it."""
+    return hashlib.sha256((text or "null").encode()).hexdigest()[:16]
 
 
 class ConstraintViolationError(Exception):
@@ -182,6 +188,7 @@ class FakePriceStore:
     history: list[ClosedPosition] = field(default_factory=list)
     locked_wallets: list[str] = field(default_factory=list)
     updated_at: dict[UUID, datetime] = field(default_factory=dict)  # by position, closed too
+    configs_read: list[list[UUID]] = field(default_factory=list)  # agent_configs calls
 
     def _read(self, p: OpenPosition) -> OpenPosition:
         return replace(p, sol_balance=self.balances.get((p.wallet_address, SOL_MINT), Decimal(0)))
@@ -211,7 +218,7 @@ class FakePriceStore:
             TrailRow(
                 p.id,
                 p.agent_id,
-                p.trading_config_text,
+                _version(p.trading_config_text),
                 p.state.purchase_price,
                 p.state.created_at,
                 p.state.current_stop_loss_percentage,
@@ -220,6 +227,15 @@ class FakePriceStore:
             )
             for p in self._open(token)
         ]
+
+    async def agent_configs(self, agent_ids: Sequence[UUID]) -> dict[UUID, tuple[str, str | None]]:
+        """The configs of the agents' positions (an agent's positions share its config)."""
+        self.configs_read.append(sorted(agent_ids))
+        return {
+            p.agent_id: (_version(p.trading_config_text), p.trading_config_text)
+            for p in self.positions.values()
+            if p.agent_id in agent_ids
+        }
 
     async def open_positions(self, token: str, ids: Sequence[UUID]) -> list[OpenPosition]:
         return [p for p in self._open(token) if p.id in ids]

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from tests.unit.fakes import FakePriceStore
+from worker.config_cache import ConfigTexts
 from worker.db.positions import OpenPosition
 from worker.domain.models import SOL_MINT, CloseReason, PositionState
 from worker.messages import PriceTickV1
@@ -61,10 +63,17 @@ def _store() -> FakePriceStore:
 
 
 async def _tick(
-    store: FakePriceStore, price_usd: str, ts: datetime, now: datetime | None = None
+    store: FakePriceStore, price_usd: str, ts: datetime, configs: ConfigTexts | None = None
 ) -> dict[str, int]:
     tick = PriceTickV1(token_address=TOKEN, price_usd=Decimal(price_usd), ts=ts)
-    return await handle_price(store, tick, settings=SETTINGS, now=now or ts, received_at=ts)
+    return await handle_price(
+        store,
+        tick,
+        configs=configs if configs is not None else ConfigTexts(),
+        settings=SETTINGS,
+        now=ts,
+        received_at=ts,
+    )
 
 
 async def test_a_quiet_tick_only_trails_the_peak_and_the_low() -> None:
@@ -144,3 +153,28 @@ async def test_without_a_sol_price_nothing_is_evaluated() -> None:
     assert await _tick(store, "0.5", BOUGHT + timedelta(seconds=1)) == {}
     assert store.positions[p.id] == p
     assert store.prices[TOKEN][0] == Decimal("0.5")  # the price itself is stored
+
+
+async def test_configs_are_read_once_per_agent_and_again_when_they_change() -> None:
+    store = _store()
+    configs = ConfigTexts()
+    a, b = _position(store), _position(store)
+    await _tick(store, "1.01", BOUGHT + timedelta(seconds=1), configs)
+    await _tick(store, "1.02", BOUGHT + timedelta(seconds=2), configs)
+    assert store.configs_read == [sorted([a.agent_id, b.agent_id])]
+    # The agent's row changes (a tighter stop): its config is read again, and applies.
+    tighter = json.dumps({"stopLoss": {"defaultPercentage": -1}})
+    store.positions[b.id] = replace(b, trading_config_text=tighter)
+    assert await _tick(store, "0.98", BOUGHT + timedelta(seconds=3), configs) == {"stop_loss": 1}
+    assert store.configs_read[1:] == [[b.agent_id]]
+    assert set(store.positions) == {a.id}
+
+
+def test_the_config_cache_forgets_the_least_recent_agents_beyond_its_size() -> None:
+    configs = ConfigTexts(maxsize=2)
+    first, second, third = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    configs.update({first: ("1", "{}"), second: ("1", None)})
+    configs.update({third: ("7", "{}")})
+    assert configs.stale([(first, "1"), (second, "1"), (third, "7")]) == [first]
+    assert configs.stale([(third, "8")]) == [third]  # another version: read again
+    assert configs.text(second) is None

@@ -133,6 +133,20 @@ SELECT user_id, count(*) AS agents FROM agents WHERE user_id = ANY($1::uuid[]) G
 """
 
 
+SELECT_AGENT_CONFIGS = """
+SELECT id, xmin::text AS version, trading_config::text AS config
+  FROM agents WHERE id = ANY($1::uuid[])
+"""
+
+
+async def agent_configs(
+    conn: asyncpg.Connection, agent_ids: Sequence[UUID]
+) -> dict[UUID, tuple[str, str | None]]:
+    """Each agent's row version (`xmin`) and `trading_config` as JSON text (None: NULL)."""
+    rows = await conn.fetch(SELECT_AGENT_CONFIGS, list(set(agent_ids)))
+    return {r["id"]: (r["version"], r["config"]) for r in rows}
+
+
 async def agent_counts(conn: asyncpg.Connection, user_ids: Sequence[UUID]) -> dict[UUID, int]:
     """How many agents each user has (users without agents are absent)."""
     rows = await conn.fetch(AGENT_COUNTS, list(set(user_ids)))

@@ -63,7 +63,7 @@ class TrailRow:
 
     id: UUID
     agent_id: UUID
-    trading_config_text: str | None
+    config_version: str  # the agents row's version: its config changed when this did
     purchase_price: Decimal
     created_at: datetime
     current_stop_loss_percentage: Decimal | None
@@ -73,8 +73,10 @@ class TrailRow:
 
 # The same positions as SELECT_OPEN_FOR_TOKEN, without the joins and columns only a trade
 # needs (signal, SOL balance, amounts): a third of the time for a token many agents hold.
+# Not the config either, only the agents row's version (`xmin`, which every update of the
+# row changes): the worker keeps configs by agent and version (`worker.config_cache`).
 SELECT_TRAIL_ROWS = """
-SELECT p.id, p.agent_id, a.trading_config::text AS trading_config, p.purchase_price,
+SELECT p.id, p.agent_id, a.xmin::text AS config_version, p.purchase_price,
        p.created_at, p.current_stop_loss_percentage, p.peak_price, p.lowest_price
   FROM agent_positions p
   JOIN agents a ON a.id = p.agent_id
@@ -91,7 +93,7 @@ async def trail_rows(conn: asyncpg.Connection, token: str) -> list[TrailRow]:
         TrailRow(
             r["id"],
             r["agent_id"],
-            r["trading_config"],
+            r["config_version"],
             r["purchase_price"],
             r["created_at"],
             r["current_stop_loss_percentage"],

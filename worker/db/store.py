@@ -94,6 +94,10 @@ class PgPriceStore:
         """See `worker.ports.PriceStore`."""
         return await positions.trail_rows(self.conn, token)
 
+    async def agent_configs(self, agent_ids: Sequence[UUID]) -> dict[UUID, tuple[str, str | None]]:
+        """See `worker.ports.PriceStore`."""
+        return await agents.agent_configs(self.conn, agent_ids)
+
     async def open_positions(self, token: str, ids: Sequence[UUID]) -> list[OpenPosition]:
         """See `worker.ports.PriceStore`."""
         return await positions.open_positions(self.conn, token, ids)
