@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -77,12 +78,18 @@ class _Item:
 
 @dataclass(slots=True)
 class _Part:
-    """One partition's records of a fetch, decoded (`items`: the valid ones, in order)."""
+    """One partition's records of a fetch, decoded: `items[i]` is `records[i]`'s (None when
+    it was dead-lettered) and `costs[i]` its estimated agent executions."""
 
     tp: TopicPartition
     records: Sequence[ConsumerRecord[bytes, bytes]]
-    items: dict[int, _Item]  # by offset
-    cost: int = 0  # estimated agent executions
+    items: list[_Item | None]
+    costs: list[int] = field(default_factory=list)
+
+    @property
+    def cost(self) -> int:
+        """Estimated agent executions of the whole part."""
+        return sum(self.costs)
 
 
 @dataclass(slots=True)
@@ -114,6 +121,7 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
         self._pool = pool
         self._producer = producer
         self._metrics = metrics
+        self._log_info = logging.getLevelName(settings.log_level) <= logging.INFO
         self._lock = asyncio.Lock()
         self._uncommitted: dict[TopicPartition, int] = {}
         # Agents per user, as last seen: sizes the transactions (see `_chunks`).
@@ -234,18 +242,18 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
             self._metrics.records_consumed.labels(tp.topic).inc(len(records))
             items, bad = self._decode(tp, records)
             dead.extend(bad)
-            parts.append(_Part(tp, records, {item.record.offset: item for item in items}))
+            parts.append(_Part(tp, records, items))
         if dead:
             # Acknowledged before any transaction can store an offset past them.
             async for attempt in self._retrying():
                 with attempt:
                     await self._dead_letter(dead)
-        await self._learn_fanout([i for p in parts for i in p.items.values()])
+        await self._learn_fanout([i for p in parts for i in p.items if i is not None])
+        for part in parts:
+            part.costs = [self._cost(item) for item in part.items]
         lanes: list[list[_Part]] = []
         for topic in (self._kafka.signals_topic, self._kafka.prices_topic):
             of_topic = [p for p in parts if p.tp.topic == topic]
-            for part in of_topic:
-                part.cost = sum(self._cost(part.items.get(r.offset)) for r in part.records)
             lanes.extend(_deal(of_topic, self._settings.pipeline_concurrency))
         return lanes
 
@@ -289,9 +297,7 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
         so that memory and transaction length stay bounded at any fan-out."""
         chunk, budget = _Chunk(), 0
         for part in lane:
-            for record in part.records:
-                item = part.items.get(record.offset)
-                cost = self._cost(item)
+            for record, item, cost in zip(part.records, part.items, part.costs, strict=True):
                 if chunk.records and budget + cost > MAX_EXECUTIONS_PER_TRANSACTION:
                     yield chunk
                     chunk, budget = _Chunk(), 0
@@ -311,8 +317,9 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
 
     def _decode(
         self, tp: TopicPartition, records: Sequence[ConsumerRecord[bytes, bytes]]
-    ) -> tuple[list[_Item], list[DeadLetter]]:
-        items: list[_Item] = []
+    ) -> tuple[list[_Item | None], list[DeadLetter]]:
+        """Each record's item (None for an invalid one), and the dead letters."""
+        items: list[_Item | None] = []
         dead: list[DeadLetter] = []
         is_signal = tp.topic == self._kafka.signals_topic
         for record in records:
@@ -320,6 +327,7 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
                 message = decode_signal(record.value) if is_signal else decode_price(record.value)
             except InvalidMessage as exc:
                 dead.append(DeadLetter(record, str(exc), "invalid"))
+                items.append(None)
                 continue
             items.append(_Item(record, message))
         return items, dead
@@ -391,7 +399,7 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
     async def _apply_signals(
         self, conn: asyncpg.Connection, items: list[_Item], dead: list[DeadLetter]
     ) -> list[tuple[_Item, SignalOutcome | None]]:
-        """A partition's signals, set-based in one go (a fixed number of statements)."""
+        """A chunk's signals, set-based in one go (a fixed number of statements)."""
         signals = [_signal(item) for item in items]
         results = await handle_signals(
             PgSignalStore(conn), signals, trading=self._settings.trading, now=datetime.now(UTC)
@@ -518,17 +526,21 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
     def _log_signal(
         self, record: ConsumerRecord[bytes, bytes], outcome: SignalOutcome, committed_at: float
     ) -> None:
-        latency_ms = round((committed_at - record.timestamp / 1000) * 1000, 1)
-        bound = log.bind(signal_id=outcome.signal_id, **_coordinates(record))
         counts: dict[str, int] = {}
         for agent in outcome.outcomes:
             status = agent.decision.status.value
             counts[status] = counts.get(status, 0) + 1
-            self._metrics.executions.labels(status).inc()
+        for status, n in counts.items():
+            self._metrics.executions.labels(status).inc(n)
+        if not self._log_info:
+            return  # the lines below are info: skip building them per agent
+        latency_ms = round((committed_at - record.timestamp / 1000) * 1000, 1)
+        bound = log.bind(signal_id=outcome.signal_id, **_coordinates(record))
+        for agent in outcome.outcomes:
             bound.info(
                 "agent_decided",
                 agent_id=str(agent.agent_id),
-                status=status,
+                status=agent.decision.status.value,
                 reason=agent.decision.reason,
                 transaction_id=str(agent.transaction_id) if agent.transaction_id else None,
                 latency_ms=latency_ms,

@@ -40,7 +40,7 @@ async def test_chunks_cover_every_record_once_within_the_execution_budget() -> N
             items, dead = pipeline._decode(tp, records)
             dead_count += len(dead)
             assert len(dead) == users.count(None)
-            lane.append(_Part(tp, records, {i.record.offset: i for i in items}))
+            lane.append(_Part(tp, records, items, [pipeline._cost(i) for i in items]))
         chunks = list(pipeline._chunks(lane))
     finally:
         await pipeline.consumer.stop()
@@ -66,7 +66,7 @@ async def test_chunks_cover_every_record_once_within_the_execution_budget() -> N
 
 def test_partitions_are_dealt_whole_into_balanced_lanes() -> None:
     costs = [900, 10, 10, 500, 400, 1, 0, 300]
-    parts = [_Part(TopicPartition(TOPIC, p), [], {}, cost) for p, cost in enumerate(costs)]
+    parts = [_Part(TopicPartition(TOPIC, p), [], [], [cost]) for p, cost in enumerate(costs)]
     lanes = _deal(parts, 3)
     assert len(lanes) == 3
     dealt = sorted(p.tp.partition for lane in lanes for p in lane)
