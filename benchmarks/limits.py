@@ -39,8 +39,8 @@ from benchmarks.workload import (
     create_users,
     set_price,
 )
-from worker.config_cache import config_of
-from worker.db.agents import fetch_subscribers
+from worker.config_cache import config_of_text
+from worker.db.agents import fetch_agents
 from worker.domain.eligibility import decide
 from worker.domain.exits import initial_stop_loss_pct
 from worker.domain.fills import buy_fill
@@ -412,10 +412,11 @@ async def _naive_signal(conn: asyncpg.Connection, user: User, token: str, deadli
         id=signal_id,
     )
     done = 0
-    for agent in await fetch_subscribers(conn, user.user_id, token):
+    for row in (await fetch_agents(conn, [user.user_id], [token])).get(user.user_id, []):
         if time.monotonic() >= deadline:
             break
-        cfg = config_of(agent.trading_config)
+        agent = row.subscriber(token)
+        cfg = config_of_text(row.trading_config_text)
         wallet = agent.wallet_address or ""
         async with conn.transaction():
             balance = await conn.fetchval(NAIVE_LOCK, wallet, SOL_MINT)

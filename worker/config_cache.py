@@ -20,20 +20,10 @@ from worker.domain.config import AgentTradingConfig, resolve_config
 
 
 @functools.lru_cache(maxsize=8192)
-def _config_from_json(text: bytes) -> AgentTradingConfig:
-    return resolve_config(orjson.loads(text))
-
-
-@functools.lru_cache(maxsize=8192)
 def config_of_text(text: str | None) -> AgentTradingConfig:
-    """The validated config of `trading_config` as the database's JSON text (None: NULL)."""
+    """The validated config of `trading_config` as the database's JSON text (None: NULL);
+    raises `InvalidConfig` like `resolve_config` (failures are not cached)."""
     return resolve_config(None if text is None else orjson.loads(text))
-
-
-def config_of(stored: object) -> AgentTradingConfig:
-    """The validated config of a stored `trading_config`; raises `InvalidConfig` like
-    `resolve_config` (failures are not cached)."""
-    return _config_from_json(orjson.dumps(stored, option=orjson.OPT_SORT_KEYS))
 
 
 class ConfigTexts:

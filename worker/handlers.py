@@ -16,7 +16,7 @@ from datetime import datetime
 from decimal import Decimal
 from uuid import UUID
 
-from worker.config_cache import config_of
+from worker.config_cache import config_of_text
 from worker.db import agents as agents_db
 from worker.db import signals as signals_db
 from worker.db import trades as trades_db
@@ -134,7 +134,8 @@ async def handle_signals(
         signal_id, is_new = stored_id
         finished = done.setdefault(signal_id, set())
         agents = fleet.agents_of(signal.user_id)
-        outcome = SignalOutcome(signal_id, is_new, already_done=len(finished & fleet.ids(agents)))
+        already = len(finished & fleet.ids(agents)) if finished else 0
+        outcome = SignalOutcome(signal_id, is_new, already_done=already)
         price = _Prices(
             signal.price_usd if signal.price_usd is not None else prices.get(signal.token_address),
             prices.get(SOL_MINT),
@@ -201,7 +202,7 @@ def _execute(
 ) -> tuple[Decision, UUID | None]:
     """One agent's decision and, for a success, its buy; the purchase transaction id."""
     subscriber = agent.subscriber(signal.token_address)
-    decision, cfg = _decide(signal, signal_id, subscriber)
+    decision, cfg = _decide(signal, signal_id, subscriber, agent.trading_config_text)
     if not decision.is_success or cfg is None or agent.wallet_address is None:
         return decision, None
     fill, decision = _fill(decision, prices, agent.sol_balance, signal, trading)
@@ -213,12 +214,12 @@ def _execute(
 
 
 def _decide(
-    signal: Signal, signal_id: int, agent: Subscriber
+    signal: Signal, signal_id: int, agent: Subscriber, config_text: str | None
 ) -> tuple[Decision, AgentTradingConfig | None]:
-    """The agent's decision, with its config from the content-keyed cache."""
+    """The agent's decision, with its config from the cache keyed by the stored text."""
     seed = sizing_seed(signal_id, agent.agent_id)
     try:
-        cfg = config_of(agent.trading_config)
+        cfg = config_of_text(config_text)
     except InvalidConfig:
         # The slow path says why, after the automated-trading check (off wins).
         return decide_agent(signal, agent, seed=seed), None

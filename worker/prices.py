@@ -128,8 +128,10 @@ async def _evaluate(
     if not loud:
         return writes
     acting: list[positions_db.OpenPosition] = []
+    # The loud ones' agents are all in `texts` (`_trail_quiet` skips the others): one
+    # config per agent for the whole tick, read once.
     for position in await store.open_positions(tick.token_address, loud):
-        plan = _plan(position, tick.price_usd, sol_usd, now, fees)
+        plan = _plan(position, texts[position.agent_id], tick.price_usd, sol_usd, now, fees)
         if plan is not None and plan.moves_money:
             acting.append(position)
         elif plan is not None and plan.final is not None:
@@ -138,7 +140,7 @@ async def _evaluate(
         return writes
     await store.lock_wallets_sol([p.wallet_address for p in acting])
     for position in await store.lock_positions(tick.token_address, [p.id for p in acting]):
-        plan = _plan(position, tick.price_usd, sol_usd, now, fees)
+        plan = _plan(position, texts[position.agent_id], tick.price_usd, sol_usd, now, fees)
         if plan is not None:
             _trade(position, plan, now, writes)
     return writes
@@ -204,12 +206,13 @@ def _config(text: str | None, position_id: UUID, agent_id: UUID) -> AgentTrading
 
 def _plan(
     position: positions_db.OpenPosition,
+    config_text: str | None,
     token_usd: Decimal,
     sol_usd: Decimal,
     now: datetime,
     fees: Fees,
 ) -> TickPlan | None:
-    cfg = _config(position.trading_config_text, position.id, position.agent_id)
+    cfg = _config(config_text, position.id, position.agent_id)
     if cfg is None:
         return None
     return plan_tick(

@@ -198,6 +198,8 @@ async def test_the_fake_price_store_and_postgresql_agree_on_ticks(
     assert paused_row is not None
     for p in opened:
         fake.positions[p.id] = p
+    agents = [a.agent_id for a in account.agents]
+    fake.configs = {a: text for a, (_, text) in (await pg.agent_configs(agents)).items()}
     rows = await db_conn.fetch("SELECT wallet_address, token_address, balance FROM agent_balances")
     fake.balances = {(r["wallet_address"], r["token_address"]): r["balance"] for r in rows}
 

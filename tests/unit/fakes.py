@@ -12,6 +12,7 @@ key), one execution per (signal, agent) (`ON CONFLICT DO NOTHING`), one position
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -127,6 +128,9 @@ class FakeSignalStore:
                     automated_trading_simulation=a.automated_trading_simulation,
                     automated_trading_live=a.automated_trading_live,
                     trading_config=a.trading_config,
+                    trading_config_text=(
+                        None if a.trading_config is None else json.dumps(a.trading_config)
+                    ),
                     wallet_address=wallet,
                     sol_balance=self.balances.get((wallet, SOL_MINT)) if wallet else None,
                     open_positions=len(held),
@@ -176,12 +180,14 @@ class FakeSignalStore:
 class FakePriceStore:
     """A `worker.ports.PriceStore` in memory: prices, open positions, balances, history.
 
-    Positions are kept as `OpenPosition`s (their `sol_balance` is read from `balances`);
-    `paused` agents' positions are not offered to exits, as the SQL's filter does.
+    Positions are kept as `OpenPosition`s (their `sol_balance` is read from `balances`),
+    agents' configs as JSON text in `configs`; `paused` agents' positions are not offered
+    to exits, as the SQL's filter does.
     """
 
     prices: dict[str, tuple[Decimal, datetime]] = field(default_factory=dict)
     positions: dict[UUID, OpenPosition] = field(default_factory=dict)
+    configs: dict[UUID, str | None] = field(default_factory=dict)  # by agent
     balances: dict[tuple[str, str], Decimal] = field(default_factory=dict)
     paused: set[UUID] = field(default_factory=set)
     swaps: list[SwapRow] = field(default_factory=list)
@@ -218,7 +224,7 @@ class FakePriceStore:
             TrailRow(
                 p.id,
                 p.agent_id,
-                _version(p.trading_config_text),
+                _version(self.configs[p.agent_id]),
                 p.state.purchase_price,
                 p.state.created_at,
                 p.state.current_stop_loss_percentage,
@@ -229,13 +235,8 @@ class FakePriceStore:
         ]
 
     async def agent_configs(self, agent_ids: Sequence[UUID]) -> dict[UUID, tuple[str, str | None]]:
-        """The configs of the agents' positions (an agent's positions share its config)."""
         self.configs_read.append(sorted(agent_ids))
-        return {
-            p.agent_id: (_version(p.trading_config_text), p.trading_config_text)
-            for p in self.positions.values()
-            if p.agent_id in agent_ids
-        }
+        return {a: (_version(self.configs[a]), self.configs[a]) for a in agent_ids}
 
     async def open_positions(self, token: str, ids: Sequence[UUID]) -> list[OpenPosition]:
         return [p for p in self._open(token) if p.id in ids]

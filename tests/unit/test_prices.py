@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -40,7 +39,6 @@ def _position(store: FakePriceStore, config: dict[str, Any] | None = None) -> Op
         token_symbol="TKN",
         purchase_transaction_id=uuid.uuid4(),
         signal_id=7,
-        trading_config_text=json.dumps(config or {}),
         sol_balance=Decimal(0),  # read from the store's balances
         state=PositionState(
             purchase_price=Decimal("0.01"),
@@ -53,6 +51,7 @@ def _position(store: FakePriceStore, config: dict[str, Any] | None = None) -> Op
         ),
     )
     store.positions[position.id] = position
+    store.configs[agent_id] = json.dumps(config or {})
     store.balances[(wallet, SOL_MINT)] = Decimal(10) - INVESTED
     store.balances[(wallet, TOKEN)] = Decimal(200)
     return position
@@ -164,7 +163,7 @@ async def test_configs_are_read_once_per_agent_and_again_when_they_change() -> N
     assert store.configs_read == [sorted([a.agent_id, b.agent_id])]
     # The agent's row changes (a tighter stop): its config is read again, and applies.
     tighter = json.dumps({"stopLoss": {"defaultPercentage": -1}})
-    store.positions[b.id] = replace(b, trading_config_text=tighter)
+    store.configs[b.agent_id] = tighter
     assert await _tick(store, "0.98", BOUGHT + timedelta(seconds=3), configs) == {"stop_loss": 1}
     assert store.configs_read[1:] == [[b.agent_id]]
     assert set(store.positions) == {a.id}

@@ -31,7 +31,9 @@ class AgentRow:
     """An agent as the fan-out reads it: its mode's wallet, SOL balance and positions.
 
     `held_tokens` are the tokens, among those asked about, in which that wallet has a
-    position; `open_positions` counts all of its positions.
+    position; `open_positions` counts all of its positions. `trading_config_text` is the
+    stored JSON as text (the key of `worker.config_cache.config_of_text`), `trading_config`
+    the same parsed.
     """
 
     user_id: UUID
@@ -40,6 +42,7 @@ class AgentRow:
     automated_trading_simulation: bool
     automated_trading_live: bool
     trading_config: Any
+    trading_config_text: str | None
     wallet_address: str | None
     sol_balance: Decimal | None
     open_positions: int
@@ -106,6 +109,7 @@ async def fetch_agents(
                 automated_trading_simulation=row["automated_trading_simulation"],
                 automated_trading_live=row["automated_trading_live"],
                 trading_config=_parse_config(row["trading_config"]),
+                trading_config_text=row["trading_config"],
                 wallet_address=row["wallet_address"],
                 sol_balance=row["sol_balance"],
                 open_positions=row["open_positions"],

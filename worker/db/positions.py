@@ -16,7 +16,8 @@ from worker.domain.models import SOL_MINT, CloseReason, PositionState
 
 @dataclass(frozen=True, slots=True)
 class OpenPosition:
-    """A position with what a tick needs around it: owner, config, signal, SOL balance."""
+    """A position with what a tick needs around it: owner, signal, SOL balance (the config
+    comes from `agent_configs`, once per agent and tick)."""
 
     id: UUID
     agent_id: UUID
@@ -25,14 +26,13 @@ class OpenPosition:
     token_symbol: str
     purchase_transaction_id: UUID
     signal_id: int | None
-    trading_config_text: str | None
     sol_balance: Decimal
     state: PositionState
 
 
 _SELECT = """
 SELECT p.id, p.agent_id, p.wallet_address, p.token_address, p.token_symbol,
-       p.purchase_transaction_id, t.signal_id, a.trading_config::text AS trading_config,
+       p.purchase_transaction_id, t.signal_id,
        coalesce(b.balance, 0) AS sol_balance,
        p.purchase_price, p.purchase_amount, p.remaining_amount, p.total_invested_sol,
        p.created_at, p.current_stop_loss_percentage, p.peak_price, p.lowest_price,
@@ -113,7 +113,6 @@ def _position(r: asyncpg.Record) -> OpenPosition:
         token_symbol=r["token_symbol"],
         purchase_transaction_id=r["purchase_transaction_id"],
         signal_id=r["signal_id"],
-        trading_config_text=r["trading_config"],
         sol_balance=r["sol_balance"],
         state=PositionState(
             purchase_price=r["purchase_price"],
