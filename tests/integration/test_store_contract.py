@@ -181,22 +181,21 @@ async def test_the_fake_price_store_and_postgresql_agree_on_ticks(
         await handle_signals(
             PgSignalStore(db_conn), _signals(account.user_id)[:1], trading=TRADING, now=NOW
         )
+    pg = PgPriceStore(db_conn)
+    opened = await pg.open_positions(TOKEN_A, [p.id for p in await pg.trail_rows(TOKEN_A)])
+    assert len(opened) == 4
+    # Then one agent turns automated trading off: its position is no longer offered.
     paused = account.agents[3].agent_id
     await db_conn.execute(
         "UPDATE agents SET automated_trading_simulation = false WHERE id = $1", paused
     )
-    pg = PgPriceStore(db_conn)
     ids = [p.id for p in await pg.trail_rows(TOKEN_A)]
-    opened = await pg.open_positions(TOKEN_A, ids)
-    assert len(opened) == 3  # the paused agent's position is not offered
+    assert len(ids) == 3  # the paused agent's position is not offered
+    [paused_position] = [p for p in opened if p.agent_id == paused]
 
     fake = FakePriceStore(prices={SOL_MINT: (Decimal(100), NOW)})
     fake.paused.add(paused)
-    paused_row = await db_conn.fetchrow(
-        "SELECT id FROM agent_positions WHERE agent_id = $1", paused
-    )
-    assert paused_row is not None
-    for p in opened:
+    for p in opened:  # all four: the fake must leave the paused one alone as PostgreSQL does
         fake.positions[p.id] = p
     agents = [a.agent_id for a in account.agents]
     fake.configs = {a: text for a, (_, text) in (await pg.agent_configs(agents)).items()}
@@ -233,7 +232,17 @@ async def test_the_fake_price_store_and_postgresql_agree_on_ticks(
         "SELECT count(*) FROM agent_transactions WHERE input_mint = $1", TOKEN_A
     )
     assert sales == len(fake.swaps) >= 2
-    assert paused_row["id"] not in fake.positions
+    # The paused agent's position went through every tick untouched, in both stores.
+    pg_paused = await db_conn.fetchrow(
+        "SELECT peak_price, lowest_price FROM agent_positions WHERE id = $1", paused_position.id
+    )
+    assert pg_paused is not None
+    state = paused_position.state
+    assert (pg_paused["peak_price"], pg_paused["lowest_price"]) == (
+        state.peak_price,
+        state.lowest_price,
+    )
+    assert fake.positions[paused_position.id] == paused_position
 
 
 async def test_a_config_changed_in_the_database_applies_on_the_next_tick(

@@ -42,6 +42,31 @@ class ConstraintViolationError(Exception):
     """What PostgreSQL would raise: the handler's transaction would roll back."""
 
 
+def _insert_swaps(stored: list[SwapRow], swaps: Sequence[SwapRow]) -> None:
+    """`worker.db.trades.insert_swaps`: transaction ids are unique."""
+    if {s.id for s in swaps} & {s.id for s in stored}:
+        raise ConstraintViolationError("duplicate transaction id")
+    stored.extend(swaps)
+
+
+def _apply_balance_deltas(
+    balances: dict[tuple[str, str], Decimal], deltas: Sequence[BalanceDelta]
+) -> None:
+    """`worker.db.trades.apply_balance_deltas`: deltas summed per (wallet, token); a debit of
+    a missing row, or below zero, fails."""
+    merged: dict[tuple[str, str], Decimal] = {}
+    for d in deltas:
+        key = (d.wallet_address, d.token_address)
+        merged[key] = merged.get(key, Decimal(0)) + d.delta
+    for key, delta in merged.items():
+        if delta < 0 and key not in balances:
+            raise ConstraintViolationError(f"debit of a missing balance row {key}")
+        balance = balances.get(key, Decimal(0)) + delta
+        if balance < 0:
+            raise ConstraintViolationError(f"balance {key} would be {balance}")
+        balances[key] = balance
+
+
 @dataclass
 class FakeAgent:
     """An agent with one wallet per mode (address by `simulation` / `live`)."""
@@ -143,22 +168,10 @@ class FakeSignalStore:
         return {t: self.prices[t] for t in tokens if t in self.prices}
 
     async def insert_swaps(self, swaps: Sequence[SwapRow]) -> None:
-        if {s.id for s in swaps} & {s.id for s in self.swaps}:
-            raise ConstraintViolationError("duplicate transaction id")
-        self.swaps.extend(swaps)
+        _insert_swaps(self.swaps, swaps)
 
     async def apply_balance_deltas(self, deltas: Sequence[BalanceDelta]) -> None:
-        merged: dict[tuple[str, str], Decimal] = {}
-        for d in deltas:
-            key = (d.wallet_address, d.token_address)
-            merged[key] = merged.get(key, Decimal(0)) + d.delta
-        for key, delta in merged.items():
-            if delta < 0 and key not in self.balances:
-                raise ConstraintViolationError(f"debit of a missing balance row {key}")
-            balance = self.balances.get(key, Decimal(0)) + delta
-            if balance < 0:
-                raise ConstraintViolationError(f"balance {key} would be {balance}")
-            self.balances[key] = balance
+        _apply_balance_deltas(self.balances, deltas)
 
     async def insert_positions(self, positions: Sequence[NewPosition]) -> None:
         for p in positions:
@@ -193,7 +206,6 @@ class FakePriceStore:
     swaps: list[SwapRow] = field(default_factory=list)
     history: list[ClosedPosition] = field(default_factory=list)
     locked_wallets: list[str] = field(default_factory=list)
-    updated_at: dict[UUID, datetime] = field(default_factory=dict)  # by position, closed too
     configs_read: list[list[UUID]] = field(default_factory=list)  # agent_configs calls
 
     def _read(self, p: OpenPosition) -> OpenPosition:
@@ -248,22 +260,16 @@ class FakePriceStore:
         return [p for p in self._open(token) if p.id in ids]
 
     async def insert_swaps(self, swaps: Sequence[SwapRow]) -> None:
-        self.swaps.extend(swaps)
+        _insert_swaps(self.swaps, swaps)
 
     async def apply_balance_deltas(self, deltas: Sequence[BalanceDelta]) -> None:
-        for d in deltas:
-            key = (d.wallet_address, d.token_address)
-            balance = self.balances.get(key, Decimal(0)) + d.delta
-            if balance < 0:
-                raise ConstraintViolationError(f"balance {key} would be {balance}")
-            self.balances[key] = balance
+        _apply_balance_deltas(self.balances, deltas)
 
-    async def update_positions(self, writes: Sequence[PositionWrite], now: datetime) -> None:
+    async def update_positions(self, writes: Sequence[PositionWrite], now: datetime) -> None:  # noqa: ARG002 - the fake keeps no timestamps
         for w in writes:
             self.positions[w.id] = replace(self.positions[w.id], state=w.state)
-            self.updated_at[w.id] = now
 
-    async def update_trails(self, trails: Sequence[TrailUpdate], now: datetime) -> None:
+    async def update_trails(self, trails: Sequence[TrailUpdate], now: datetime) -> None:  # noqa: ARG002 - the fake keeps no timestamps
         def up(old: Decimal | None, new: Decimal | None) -> Decimal | None:
             return new if old is None else old if new is None else max(old, new)
 
@@ -278,13 +284,11 @@ class FakePriceStore:
                 lowest_price=low,
             )
             self.positions[t.id] = replace(p, state=state)
-            self.updated_at[t.id] = now
 
-    async def close_positions(self, closed: Sequence[ClosedPosition], now: datetime) -> None:
+    async def close_positions(self, closed: Sequence[ClosedPosition], now: datetime) -> None:  # noqa: ARG002 - the fake keeps no timestamps
         for c in closed:
             p = self.positions.pop(c.position.id)
             key = (p.wallet_address, p.token_address)
             if self.balances.get(key) == 0:
                 del self.balances[key]
             self.history.append(c)
-            self.updated_at[p.id] = now

@@ -7,12 +7,12 @@ import uuid
 
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
+from tests.support import TOKEN_A as TOKEN
 from worker.consumer import MAX_EXECUTIONS_PER_TRANSACTION, UNKNOWN_FANOUT, Pipeline, _deal, _Part
 from worker.messages import SignalV1
 from worker.metrics import Metrics
 from worker.settings import Settings
 
-TOKEN = "7GCihgDB8fe6KNjn2MYtkzZcRjQy3t9GHdC8uHYmW2hr"
 TOPIC = "trading-signals"
 
 

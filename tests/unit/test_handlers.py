@@ -16,6 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.support import TOKEN_A as TOKEN
+from tests.support import TOKEN_B as OTHER
+from tests.support import TOKEN_C
 from tests.unit.fakes import FakeAgent, FakeSignalStore
 from worker.domain.models import SOL_MINT, ExecutionStatus, Signal
 from worker.handlers import (
@@ -27,8 +30,6 @@ from worker.handlers import (
 )
 from worker.settings import TradingSettings
 
-TOKEN = "7GCihgDB8fe6KNjn2MYtkzZcRjQy3t9GHdC8uHYmW2hr"
-OTHER = "DezXAZ8z7PnrnRJjz3wXBoRgixCa6xjnB7YaB1pPB263"
 NOW = datetime(2026, 1, 1, 12, tzinfo=UTC)
 TRADING = TradingSettings(network_fee_sol=Decimal("0.000005"), protocol_fee_bps=Decimal(0))
 FIXED = {"positionCalculator": {"randomization": {"enabled": False}}}
@@ -184,7 +185,7 @@ async def test_a_signal_without_a_price_takes_the_latest_tick() -> None:
 
 # --- any sequence of batches keeps the ledger exact ------------------------------------
 
-MINTS = [TOKEN, OTHER, "EPjFWdd5AufqSSqeM2qN1xzybapC8G4wEGGkZwyTDt1v"]
+MINTS = [TOKEN, OTHER, TOKEN_C]
 CONFIGS = [
     FIXED,
     None,  # the defaults: randomised sizes

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from tests.support import TOKEN_A as TOKEN
 from tests.unit.fakes import FakePriceStore
 from worker.config_cache import ConfigTexts
 from worker.db.positions import OpenPosition
@@ -20,7 +21,6 @@ from worker.messages import PriceTickV1
 from worker.prices import handle_price
 from worker.settings import Settings
 
-TOKEN = "7GCihgDB8fe6KNjn2MYtkzZcRjQy3t9GHdC8uHYmW2hr"
 BOUGHT = datetime(2026, 1, 1, 12, tzinfo=UTC)
 SETTINGS = Settings()
 INVESTED = Decimal("2.000005")
