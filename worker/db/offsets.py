@@ -4,22 +4,6 @@ from __future__ import annotations
 
 import asyncpg
 
-STORE_OFFSET = """
-INSERT INTO consumer_offsets (consumer_group, topic, partition, next_offset, updated_at)
-VALUES ($1, $2, $3, $4, now())
-ON CONFLICT (consumer_group, topic, partition) DO UPDATE
-   SET next_offset = GREATEST(consumer_offsets.next_offset, EXCLUDED.next_offset),
-       updated_at = now()
-"""
-
-
-async def store_offset(
-    conn: asyncpg.Connection, group: str, topic: str, partition: int, next_offset: int
-) -> None:
-    """Record `next_offset` (the first record not yet processed); never moves backwards."""
-    await conn.execute(STORE_OFFSET, group, topic, partition, next_offset)
-
-
 STORE_OFFSETS = """
 INSERT INTO consumer_offsets (consumer_group, topic, partition, next_offset, updated_at)
 SELECT $1, t, p, o, now()
@@ -34,10 +18,8 @@ ON CONFLICT (consumer_group, topic, partition) DO UPDATE
 async def store_offsets(
     conn: asyncpg.Connection, group: str, offsets: list[tuple[str, int, int]]
 ) -> None:
-    """`store_offset` for several (topic, partition, next offset) in one statement."""
-    if len(offsets) == 1:
-        await conn.execute(STORE_OFFSET, group, *offsets[0])
-        return
+    """Record each (topic, partition, next offset): the first record not yet processed;
+    never moves backwards. One statement for all."""
     topics, partitions, next_offsets = zip(*offsets, strict=True)
     await conn.execute(STORE_OFFSETS, group, list(topics), list(partitions), list(next_offsets))
 

@@ -20,7 +20,7 @@ SELECT * FROM unnest($1::uuid[], $2::varchar[], $3::varchar[], $4::varchar[], $5
                      $6::int[], $7::varchar[], $8::varchar[], $9::numeric[], $10::numeric[],
                      $11::numeric[], $12::int[], $13::timestamptz[])
 ON CONFLICT (user_id, idempotency_key) DO NOTHING
-RETURNING id
+RETURNING id, user_id, idempotency_key
 """
 SELECT_SIGNAL_IDS = """
 SELECT s.id, s.user_id, s.idempotency_key
@@ -39,8 +39,8 @@ async def insert_signals(
     """
     if not signals:
         return []
-    inserted = {
-        row["id"]
+    ids = {
+        (row["user_id"], row["idempotency_key"]): int(row["id"])
         for row in await conn.fetch(
             INSERT_SIGNALS,
             [s.user_id for s in signals],
@@ -58,16 +58,21 @@ async def insert_signals(
             [s.created_at for s in signals],
         )
     }
-    # Duplicates' rows are committed (ON CONFLICT waited for their transaction), so a new
-    # statement sees them.
-    ids = {
-        (row["user_id"], row["idempotency_key"]): int(row["id"])
-        for row in await conn.fetch(
-            SELECT_SIGNAL_IDS,
-            [s.user_id for s in signals],
-            [s.idempotency_key for s in signals],
+    inserted = set(ids.values())
+    stored_before = [s for s in signals if (s.user_id, s.idempotency_key) not in ids]
+    if stored_before:
+        # Their rows are committed (ON CONFLICT waited for their transaction), so a new
+        # statement sees them. New signals only (the usual case): no second statement.
+        ids.update(
+            {
+                (row["user_id"], row["idempotency_key"]): int(row["id"])
+                for row in await conn.fetch(
+                    SELECT_SIGNAL_IDS,
+                    [s.user_id for s in stored_before],
+                    [s.idempotency_key for s in stored_before],
+                )
+            }
         )
-    }
     result: list[tuple[int, bool]] = []
     seen: set[int] = set()
     for s in signals:
