@@ -41,7 +41,7 @@ from worker.db.pool import connection
 from worker.db.store import PgPriceStore, PgSignalStore
 from worker.domain.models import Signal
 from worker.errors import InvalidMessage, WorkerError
-from worker.handlers import SignalOutcome, UnknownUser, handle_signal, handle_signals
+from worker.handlers import SignalOutcome, UnknownUser, handle_signals
 from worker.kafka import client_options
 from worker.messages import PriceTickV1, SignalV1, decode_price, decode_signal
 from worker.metrics import Metrics
@@ -418,17 +418,8 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
     ) -> SignalOutcome | None:
         record = item.record
         if isinstance(item.message, SignalV1):
-            signal = _signal(item)
-            try:
-                return await handle_signal(
-                    PgSignalStore(conn),
-                    signal,
-                    trading=self._settings.trading,
-                    now=datetime.now(UTC),
-                )
-            except UnknownUser as exc:
-                dead.append(DeadLetter(record, str(exc), "unknown_user"))
-                return None
+            [(_, outcome)] = await self._apply_signals(conn, [item], dead)
+            return outcome
         exits = await handle_price(
             PgPriceStore(conn),
             item.message,
