@@ -1,4 +1,4 @@
-"""Helpers for integration and end-to-end tests: users and agents, publishing, workers."""
+"""Helpers for the tests: users and agents, publishing, workers, the CLI, certificates."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,9 +17,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from worker.app import run_worker
@@ -301,3 +303,75 @@ def env_for(settings: Settings) -> dict[str, str]:
         KAFKA_TOPIC_PARTITIONS="3",
     )
     return env
+
+
+class CliRun(NamedTuple):
+    """What one `python -m worker ...` run left: exit code, stdout, stderr lines."""
+
+    code: int
+    stdout: str
+    stderr: list[str]
+
+
+async def run_cli(env: dict[str, str], *args: str, timeout_s: float = 90) -> CliRun:
+    """`python -m worker ARGS` in `env` without blocking the event loop."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "worker",
+        *args,
+        env=env,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=timeout_s)
+    assert proc.returncode is not None
+    return CliRun(proc.returncode, out.decode(), err.decode().splitlines())
+
+
+def assert_log_lines_then_one_error(lines: list[str], command: str) -> str:
+    """No traceback, every line but the last a JSON log line; returns the last line."""
+    assert lines, "nothing on stderr"
+    assert not any("Traceback" in line for line in lines), "\n".join(lines)
+    *logs, last = lines
+    for line in logs:
+        assert isinstance(json.loads(line), dict), line
+    assert last.startswith(f"signal-worker {command}: "), last
+    return last
+
+
+def make_certificate(
+    folder: Path, name: str, *, common_name: str | None = None, ip: str | None = "127.0.0.1"
+) -> tuple[Path, Path]:
+    """A self-signed certificate `NAME.pem` (CN `common_name`, else `name`; for `ip` unless
+    None) and its key `NAME.key`, made with openssl; skips the test without openssl."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    cert, key = folder / f"{name}.pem", folder / f"{name}.key"
+    subject = ["-subj", f"/CN={common_name or name}"]
+    alt_name = ["-addext", f"subjectAltName=IP:{ip}"] if ip is not None else []
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            *subject,
+            *alt_name,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    return cert, key

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import orjson
@@ -90,6 +91,16 @@ class Ledger:
         if not self.violations:
             return "ok"
         return f"{len(self.violations)} violations, first: {self.violations[0].message}"
+
+    @property
+    def figures(self) -> dict[str, object]:
+        """The ledger's part of a `report` line: executions, lost, duplicated, check."""
+        return {
+            "executions": self.executions,
+            "lost": self.lost,
+            "duplicated": self.duplicated,
+            "check": self.check,
+        }
 
 
 Expected = Mapping[tuple[uuid.UUID, str], Iterable[uuid.UUID]]
@@ -300,7 +311,6 @@ class Feed:
     chunks: int
     hold_at: int
     pause_s: float = 0.25
-    published: int = 0  # chunks published so far
     held: asyncio.Event = field(default_factory=asyncio.Event)
     _released: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -321,7 +331,6 @@ class Feed:
                 await self._released.wait()
             for topic, values in self.streams:
                 await send_all(self.bootstrap, topic, self.chunk(values, c))
-            self.published = c + 1
             await asyncio.sleep(self.pause_s)
         self.held.set()
 
@@ -432,6 +441,17 @@ async def assert_down(host: str, port: int, name: str) -> None:
         f"{name} still answers on {host}:{port} after the stop (did another test session "
         "start it again? the own services are shared by every session in this checkout)"
     )
+
+
+async def stop_own(own: OwnServices, name: str) -> None:
+    """Stop `kafka` or `postgres` (off the event loop) and fail unless it really is down."""
+    await asyncio.to_thread(own.stop, name)
+    if name == "postgres":
+        db = urlsplit(own.services.database_url)
+        await assert_down(db.hostname or "127.0.0.1", db.port or 5432, "PostgreSQL")
+    else:
+        host, port = own.services.kafka_bootstrap.rsplit(":", 1)
+        await assert_down(host, int(port), "Kafka")
 
 
 async def create_template(services: Services) -> str:

@@ -85,10 +85,7 @@ async def test_bad_agent_rows_fail_only_their_agent(
         records=f"{SIGNALS} signals x {len(account.agents)} agents",
         faults=f"{len(faults)} broken agents ({', '.join(faults)}); {bad_failed} failed, "
         f"{good_success} good buys, {len(dead)} dead letters",
-        executions=ledger.executions,
-        lost=ledger.lost,
-        duplicated=ledger.duplicated,
-        check=ledger.check,
+        **ledger.figures,
         exit=code,
         seed=seed,
     )

@@ -23,7 +23,7 @@ from tests.faults.conftest import (
     stored_prices,
     ticks,
 )
-from tests.support import WorkerProcess, count, env_for, wait_for_count
+from tests.support import WorkerProcess, count, env_for, wait_for, wait_for_count
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(420)]
 
@@ -86,10 +86,7 @@ async def test_sigkill_at_five_random_moments_loses_and_doubles_nothing(
             offsets = await stored_offsets(db_url, topics.group, topics.prices)
             return sum(offsets.values()) >= TICKS
 
-        deadline = asyncio.get_running_loop().time() + 60
-        while not await ticks_done():
-            assert asyncio.get_running_loop().time() < deadline, "the ticks were not all applied"
-            await asyncio.sleep(0.2)
+        await wait_for(ticks_done, timeout_s=60, what="every tick to be applied")
     finally:
         feeder.cancel()
         code = worker.terminate()
@@ -106,10 +103,7 @@ async def test_sigkill_at_five_random_moments_loses_and_doubles_nothing(
         records=f"{len(signals)} signals x {AGENTS} agents + {TICKS} ticks",
         faults=f"{len(killed_at)} SIGKILLs at executions {killed_at}, "
         f"the last {total - before_hold} published after them",
-        executions=ledger.executions,
-        lost=ledger.lost,
-        duplicated=ledger.duplicated,
-        check=ledger.check,
+        **ledger.figures,
         seed=seed,
     )
     assert code == 0, worker.tail()

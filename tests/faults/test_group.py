@@ -39,7 +39,6 @@ async def test_group_survives_a_killed_member_and_a_new_one(
     env = env_for(make_settings(services, db_url, topics))
     workers = [WorkerProcess(env).start() for _ in range(3)]
     victim = workers[rng.randrange(3)]
-    codes: list[int] = []
     try:
         for w in workers:
             await w.wait_started()
@@ -75,10 +74,7 @@ async def test_group_survives_a_killed_member_and_a_new_one(
         records=f"{len(first) + len(second)} signals x {AGENTS} agents, 6 partitions",
         faults=f"worker {workers.index(victim)} of 3 SIGKILLed at {killed_at} executions, "
         f"a 4th added; signals processed per worker {by_worker}",
-        executions=ledger.executions,
-        lost=ledger.lost,
-        duplicated=ledger.duplicated,
-        check=ledger.check,
+        **ledger.figures,
         seed=seed,
     )
     assert codes == [0, 0, 0], "\n---\n".join(w.tail() for w in workers)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -19,7 +18,6 @@ from tests.faults.conftest import (
     Book,
     Feed,
     Report,
-    assert_down,
     assert_exactly_once,
     http_status,
     make_book,
@@ -28,9 +26,10 @@ from tests.faults.conftest import (
     seeded,
     send_all,
     starts,
+    stop_own,
     terminate_within,
 )
-from tests.support import WorkerProcess, count, env_for, wait_for_count
+from tests.support import WorkerProcess, count, env_for, wait_for, wait_for_count
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
 
@@ -64,12 +63,17 @@ async def _ready_status(worker: WorkerProcess) -> tuple[int, str]:
 
 
 async def _wait_ready(worker: WorkerProcess, timeout_s: float = 60) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    status, body = await _ready_status(worker)
-    while status != 200:
-        assert asyncio.get_running_loop().time() < deadline, f"/readyz still says {body!r}"
-        await asyncio.sleep(0.5)
+    body = ""
+
+    async def ready() -> bool:
+        nonlocal body
         status, body = await _ready_status(worker)
+        return status == 200
+
+    try:
+        await wait_for(ready, timeout_s=timeout_s, what="/readyz to say 200")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: /readyz still says {body!r}") from None
 
 
 async def test_database_outage_mid_stream_waits_retries_and_carries_on(
@@ -90,9 +94,7 @@ async def test_database_outage_mid_stream_waits_retries_and_carries_on(
         await send_all(own.services.kafka_bootstrap, own_topics.signals, before)
         await wait_for_count(own_db_url, EXECUTIONS, len(before) * AGENTS // 4)
         at_stop = await count(own_db_url, EXECUTIONS)
-        await asyncio.to_thread(own.stop, "postgres")
-        db = urlsplit(own.services.database_url)
-        await assert_down(db.hostname or "127.0.0.1", db.port or 5432, "PostgreSQL")
+        await stop_own(own, "postgres")
         stopped = asyncio.get_running_loop().time()
         # The stream goes on while the database is away.
         await send_all(own.services.kafka_bootstrap, own_topics.signals, during)
@@ -122,10 +124,7 @@ async def test_database_outage_mid_stream_waits_retries_and_carries_on(
         records=f"{len(before) + len(during)} signals x {AGENTS} agents",
         faults=f"PostgreSQL stopped {OUTAGE_S}s at {at_stop} executions, "
         f"{len(seen_503)} x /readyz 503, {retries} retries",
-        executions=ledger.executions,
-        lost=ledger.lost,
-        duplicated=ledger.duplicated,
-        check=ledger.check,
+        **ledger.figures,
         exit=code,
         seed=seed,
     )
@@ -158,9 +157,7 @@ async def test_broker_outage_mid_stream_waits_retries_and_carries_on(
         await _wait_ready(worker)
         feeder = asyncio.create_task(feed.run())
         await feed.held.wait()
-        await asyncio.to_thread(own.stop, "kafka")
-        host, port = own.services.kafka_bootstrap.rsplit(":", 1)
-        await assert_down(host, int(port), "Kafka")
+        await stop_own(own, "kafka")
         at_stop = await count(own_db_url, EXECUTIONS)
         stopped = asyncio.get_running_loop().time()
         while asyncio.get_running_loop().time() - stopped < OUTAGE_S:
@@ -190,10 +187,7 @@ async def test_broker_outage_mid_stream_waits_retries_and_carries_on(
         records=f"{len(stream)} signals x {AGENTS} agents",
         faults=f"Kafka stopped {OUTAGE_S}s with {at_stop} of the {before * AGENTS} executions "
         f"published before it written, /readyz during it {sorted({s for s, _ in statuses})}",
-        executions=ledger.executions,
-        lost=ledger.lost,
-        duplicated=ledger.duplicated,
-        check=ledger.check,
+        **ledger.figures,
         exit=code,
         seed=seed,
     )
@@ -231,9 +225,7 @@ async def test_sigterm_during_a_broker_outage_still_drains_and_exits_0(
         await worker.wait_started()
         await send_all(own.services.kafka_bootstrap, own_topics.signals, stream[:half])
         await wait_for_count(db_url, EXECUTIONS, total // 10)
-        await asyncio.to_thread(own.stop, "kafka")
-        host, port = own.services.kafka_bootstrap.rsplit(":", 1)
-        await assert_down(host, int(port), "Kafka")
+        await stop_own(own, "kafka")
         at_stop = await count(db_url, EXECUTIONS)
     finally:
         # The bound of contract section 1's drain: `terminate` raises if it takes longer.
@@ -253,10 +245,7 @@ async def test_sigterm_during_a_broker_outage_still_drains_and_exits_0(
         "3b SIGTERM in a broker outage",
         records=f"{len(stream)} signals x {AGENTS} agents",
         faults=f"Kafka stopped at {at_stop} executions, SIGTERM, {at_exit} at exit, restarted",
-        executions=ledger.executions,
-        lost=ledger.lost,
-        duplicated=ledger.duplicated,
-        check=ledger.check,
+        **ledger.figures,
         exit=f"{code}, {second_code}",
         seed=seed,
     )

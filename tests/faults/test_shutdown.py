@@ -97,10 +97,7 @@ async def test_sigterm_under_load_drains_and_the_next_worker_resumes_exactly(
         records=f"{len(burst)} signals x {AGENTS} agents",
         faults=f"SIGTERM at {at_stop} signals processed, stored offsets "
         f"{dict(sorted(stored.items()))}, {len(replayed)} replayed by the next worker",
-        executions=ledger.executions,
-        lost=ledger.lost,
-        duplicated=ledger.duplicated,
-        check=ledger.check,
+        **ledger.figures,
         exit=f"{first_code}, {second_code}",
         seed=seed,
     )

@@ -7,7 +7,6 @@ so that its metrics registry and HTTP port are at hand.
 from __future__ import annotations
 
 import asyncio
-import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -19,7 +18,6 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import (
-    ROOT,
     OwnServices,
     Services,
     Topics,
@@ -31,9 +29,11 @@ from tests.conftest import (
 from tests.support import (
     TOKEN_A,
     TOKEN_B,
+    CliRun,
     env_for,
     make_account,
     publish,
+    run_cli,
     running_worker,
     set_sol_price,
     signal_message,
@@ -59,28 +59,9 @@ TABLES = [
 # --- helpers ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Cli:
-    code: int
-    stdout: str
-    stderr: list[str]
-
-
-async def cli(settings: Settings, *args: str) -> Cli:
+async def cli(settings: Settings, *args: str) -> CliRun:
     """`python -m worker ARGS` with the settings' environment, without blocking the loop."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "worker",
-        *args,
-        env=env_for(settings),
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
-    assert proc.returncode is not None
-    return Cli(proc.returncode, out.decode(), err.decode().splitlines())
+    return await run_cli(env_for(settings), *args, timeout_s=60)
 
 
 @dataclass(frozen=True)

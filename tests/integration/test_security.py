@@ -10,12 +10,8 @@ before any Kafka request.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import shutil
 import ssl
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -23,12 +19,15 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from tests.conftest import ROOT, Services, Topics, make_settings
+from tests.conftest import Services, Topics, make_settings
 from tests.support import (
     TOKEN_A,
     WorkerProcess,
+    assert_log_lines_then_one_error,
     env_for,
     make_account,
+    make_certificate,
+    run_cli,
     set_sol_price,
     wait_for_count,
 )
@@ -73,34 +72,6 @@ def sasl_env(
         "KAFKA_SASL_USERNAME": SASL_USER,
         "KAFKA_SASL_PASSWORD": password,
     }
-
-
-async def run_cli(env: dict[str, str], *args: str) -> tuple[int, str, list[str]]:
-    """`python -m worker ARGS` without blocking the event loop; (code, stdout, stderr lines)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "worker",
-        *args,
-        env=env,
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout=90)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode().splitlines()
-
-
-def assert_log_lines_then_one_error(lines: list[str], command: str) -> str:
-    """No traceback, every line but the last a JSON log line; returns the last line."""
-    assert lines, "nothing on stderr"
-    assert not any("Traceback" in line for line in lines), "\n".join(lines)
-    *logs, last = lines
-    for line in logs:
-        assert isinstance(json.loads(line), dict), line
-    assert last.startswith(f"signal-worker {command}: "), last
-    return last
 
 
 @pytest.mark.parametrize("mechanism", MECHANISMS)
@@ -189,42 +160,9 @@ async def test_run_with_an_unreachable_broker_ends_in_one_line_after_bounded_ret
 # --- TLS ----------------------------------------------------------------------------------
 
 
-def make_certificate(folder: Path, name: str) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 and its key."""
-    cert, key = folder / f"{name}.pem", folder / f"{name}.key"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-days",
-            "1",
-            "-subj",
-            f"/CN={name}",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
-    return cert, key
-
-
 @pytest.fixture
 async def tls_server(tmp_path: Path) -> AsyncIterator[tuple[int, Path]]:
     """A TLS server with a certificate of its own; yields (port, a CA file that did not sign it)."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed")
     server_cert, server_key = make_certificate(tmp_path, "server")
     other_ca, _ = make_certificate(tmp_path, "other-ca")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

@@ -7,9 +7,7 @@ all at once in the background, so they take as long as one bounded start-up retr
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import ssl
 import subprocess
 import sys
@@ -22,16 +20,15 @@ from typing import Any
 import pytest
 from pydantic import SecretStr, ValidationError
 
+from tests.support import ROOT, TOKEN_A, assert_log_lines_then_one_error, make_certificate
 from worker.__main__ import main
 from worker.kafka import client_options
 from worker.settings import Settings, describe_error
 
-ROOT = Path(__file__).resolve().parents[2]
 SETTING_NAMES = [name.upper() for name in Settings.model_fields]
 UNREACHABLE_DB = "postgresql://postgres:hunter2-db@127.0.0.1:1/signals"
 UNREACHABLE_KAFKA = "127.0.0.1:1"
 USER_ID = "0b7d8c39-5a8e-4cf4-9c3e-8f1d2a6b7c01"
-TOKEN = "7GCihgDB8fe6KNjn2MYtkzZcRjQy3t9GHdC8uHYmW2hr"
 
 
 @pytest.fixture
@@ -66,10 +63,10 @@ def test_every_contract_variable_has_its_contract_default() -> None:
     assert settings.log_format == "json"
 
 
+@pytest.mark.usefixtures("clean_env")
 def test_contract_variables_are_read_from_the_environment_without_prefix(
-    clean_env: None, monkeypatch: pytest.MonkeyPatch
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    del clean_env
     monkeypatch.setenv("DATABASE_URL", "postgresql://u:pw@db:5432/x")
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", " a:9092, b:9093 ")
     monkeypatch.setenv("SIGNALS_TOPIC", "s")
@@ -127,32 +124,7 @@ def test_sasl_options_carry_mechanism_user_and_password() -> None:
 @pytest.fixture
 def ca_file(tmp_path: Path) -> Path:
     """A self-signed CA certificate made with openssl."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed")
-    cert = tmp_path / "ca.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            str(tmp_path / "ca.key"),
-            "-out",
-            str(cert),
-            "-days",
-            "1",
-            "-subj",
-            "/CN=signal-worker test CA",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
+    cert, _ = make_certificate(tmp_path, "ca", common_name="signal-worker test CA", ip=None)
     return cert
 
 
@@ -259,7 +231,7 @@ UNREACHABLE = {
     "publish_kafka": Case(
         {"KAFKA_BOOTSTRAP_SERVERS": UNREACHABLE_KAFKA},
         ("KAFKA_BOOTSTRAP_SERVERS",),
-        ("publish", "--user-id", USER_ID, "--token-address", TOKEN),
+        ("publish", "--user-id", USER_ID, "--token-address", TOKEN_A),
     ),
 }
 
@@ -312,6 +284,7 @@ def _check_bad_value(result: Result, case: Case) -> None:
     assert result.stdout == ""
 
 
+@pytest.mark.usefixtures("clean_env")
 @pytest.mark.parametrize("name", list(BAD_VALUES))
 def test_a_bad_value_exits_2_with_one_line_naming_the_variable(
     name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
@@ -319,9 +292,6 @@ def test_a_bad_value_exits_2_with_one_line_naming_the_variable(
     # `python -m worker ARGS` is `sys.exit(main(ARGS))`; a bad setting returns before
     # anything else is set up, so this runs in-process (the next test runs the real CLI).
     case = BAD_VALUES[name]
-    for variable in list(os.environ):
-        if variable.upper() in SETTING_NAMES:
-            monkeypatch.delenv(variable)
     for variable, value in _env(case).items():
         monkeypatch.setenv(variable, value)
     code = main(list(case.args))
@@ -349,13 +319,8 @@ def test_an_unreachable_service_ends_in_one_clear_line_after_bounded_retries(
     case = UNREACHABLE[name]
     result = unreachable[name].result(timeout=60)
     assert result.code == 1, result
-    text = "\n".join(result.stderr)
-    assert "Traceback" not in text
-    assert "hunter2" not in text
-    *logs, last = result.stderr
-    assert last.startswith(f"signal-worker {case.args[0]}: "), last
-    assert case.names[0] in last
+    assert "hunter2" not in "\n".join(result.stderr)
     # Everything before the error is log lines, JSON all of them (aiokafka's included).
-    for line in logs:
-        assert isinstance(json.loads(line), dict), line
-    assert any('"retrying_after_transient_error"' in line for line in logs)
+    last = assert_log_lines_then_one_error(result.stderr, case.args[0])
+    assert case.names[0] in last
+    assert any('"retrying_after_transient_error"' in line for line in result.stderr[:-1])
