@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -23,12 +23,15 @@ import asyncpg
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from worker.db.migrations import default_schema_dir, load_migrations, migrate
+from worker.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/signals"
-DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
-# The worker's default (`KAFKA_TOPIC_PARTITIONS`); the benchmark's topics have as many.
-PARTITIONS = 12
+# The worker's defaults (`DATABASE_URL`, `KAFKA_BOOTSTRAP_SERVERS`, `KAFKA_TOPIC_PARTITIONS`);
+# the benchmark's topics have as many partitions.
+_DEFAULTS = Settings.model_fields
+DEFAULT_DATABASE_URL: str = _DEFAULTS["database_url"].default.get_secret_value()
+DEFAULT_BOOTSTRAP: str = _DEFAULTS["kafka_bootstrap_servers"].default
+PARTITIONS: int = _DEFAULTS["kafka_topic_partitions"].default
 
 
 class BenchError(Exception):
@@ -165,14 +168,14 @@ class TopicSet:
         self._tag = tag
         self._created: list[str] = []
 
-    async def create(self, name: str, partitions: int = PARTITIONS) -> Topics:
+    async def create(self, name: str) -> Topics:
         """Fresh signal, price and dead-letter topics and a group for scenario `name`."""
         base = f"bench-{self._tag}-{name}"
         topics = Topics(f"{base}.signals", f"{base}.prices", f"{base}.dlq", f"{base}.group")
         names = [topics.signals, topics.prices, topics.dlq]
         admin = await self._admin()
         try:
-            await admin.create_topics([NewTopic(n, partitions, 1) for n in names])
+            await admin.create_topics([NewTopic(n, PARTITIONS, 1) for n in names])
         finally:
             await admin.close()
         self._created.extend(names)
@@ -221,7 +224,6 @@ class WorkerProcess:
     topics: Topics
     log_level: str = "WARNING"
     profile: Path | None = None
-    extra_env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     http_port: int = 0
     _stderr: IO[bytes] | None = None
@@ -241,7 +243,6 @@ class WorkerProcess:
             LOG_LEVEL=self.log_level,
             LOG_FORMAT="json",
             KAFKA_TOPIC_PARTITIONS=str(PARTITIONS),
-            **self.extra_env,
         )
         command = [sys.executable, "-m", "worker", "run"]
         if self.profile is not None:
@@ -468,7 +469,8 @@ SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> p
 
 
 class CpuMeter:
-    """CPU seconds used by the worker and by the PostgreSQL backends serving its database.
+    """CPU seconds used by a process (the worker, else this one) and by the PostgreSQL
+    backends serving its database (`process_s`, `database_s`).
 
     The backends are read from /proc (the server runs on this machine); where it does not,
     the database share stays unknown (None).
@@ -479,8 +481,8 @@ class CpuMeter:
         self._pid = worker.pid if worker is not None else os.getpid()
         self._conn = conn
         self._start: dict[int, float] = {}
-        self._worker_start: float | None = None
-        self.worker_s: float | None = None
+        self._process_start: float | None = None
+        self.process_s: float | None = None
         self.database_s: float | None = None
 
     async def _backends(self) -> dict[int, float]:
@@ -493,14 +495,14 @@ class CpuMeter:
 
     async def start(self) -> None:
         """Take the starting point."""
-        self._worker_start = cpu_seconds(self._pid)
+        self._process_start = cpu_seconds(self._pid)
         self._start = await self._backends()
 
     async def stop(self) -> None:
         """Take the end point (before the worker stops and its backends go away)."""
         end = cpu_seconds(self._pid)
-        if end is not None and self._worker_start is not None:
-            self.worker_s = end - self._worker_start
+        if end is not None and self._process_start is not None:
+            self.process_s = end - self._process_start
         backends = await self._backends()
         if backends:
             self.database_s = sum(s - self._start.get(pid, 0.0) for pid, s in backends.items())

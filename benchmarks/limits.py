@@ -20,6 +20,7 @@ import asyncio
 import itertools
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -30,6 +31,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from benchmarks.infra import PARTITIONS, CpuMeter, connect
 from benchmarks.scenarios import Context
 from benchmarks.workload import (
+    AGENT_CONFIG,
     SIGNAL_TYPE,
     SOL_USD,
     TOKEN_USD,
@@ -40,15 +42,22 @@ from benchmarks.workload import (
     set_price,
 )
 from worker.config_cache import config_of_text
+from worker.consumer import FETCH_OPTIONS
 from worker.db.agents import fetch_agents
+from worker.domain.config import resolve_config
 from worker.domain.eligibility import decide
 from worker.domain.exits import initial_stop_loss_pct
-from worker.domain.fills import buy_fill
 from worker.domain.models import SOL_MINT, SOL_SYMBOL, ExecutionStatus, Signal
 from worker.domain.sizing import sizing_seed
+from worker.settings import Settings
 
 LIMIT_FANOUT = 100  # the fan-out of the raw-write and naive workloads
-STOP_LOSS = Decimal("-32.00")  # the default initial stop of a new position
+RAW_WRITERS = 4  # the connections of the raw write
+RAW_SIGNALS_PER_BATCH = 10  # the signals of one raw-write transaction
+# The default initial stop of a new position.
+STOP_LOSS = initial_stop_loss_pct(resolve_config(AGENT_CONFIG))
+# The worker's default `KAFKA_FETCH_MAX_RECORDS`: records a poll.
+FETCH_MAX_RECORDS: int = Settings.model_fields["kafka_fetch_max_records"].default
 
 
 @dataclass(frozen=True)
@@ -76,14 +85,10 @@ async def raw_consume(bootstrap: str, topic: str, *, min_s: float) -> Rate:
     16 MiB a fetch, 2 MiB a partition); the records are counted, not decoded.
     """
     consumer = AIOKafkaConsumer(
+        **FETCH_OPTIONS,
         bootstrap_servers=bootstrap,
         group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        isolation_level="read_committed",
-        max_poll_records=500,
-        fetch_max_bytes=16 * 1024 * 1024,
-        max_partition_fetch_bytes=2 * 1024 * 1024,
+        max_poll_records=FETCH_MAX_RECORDS,
     )
     await consumer.start()
     await asyncio.sleep(0)  # let its background task start (stop() fails on one that did not)
@@ -100,7 +105,7 @@ async def raw_consume(bootstrap: str, topic: str, *, min_s: float) -> Rate:
             await consumer.seek_to_beginning(*partitions)
             read = 0
             while read < total:
-                batch = await consumer.getmany(timeout_ms=1000, max_records=500)
+                batch = await consumer.getmany(timeout_ms=1000, max_records=FETCH_MAX_RECORDS)
                 read += sum(len(records) for records in batch.values())
             count += read
             if time.monotonic() - started >= min_s:
@@ -280,7 +285,9 @@ class _CopyBatch:
             )
 
 
-async def raw_write(ctx: Context, *, writers: int = 4, signals_per_batch: int = 10) -> Rate:
+async def raw_write(
+    ctx: Context, *, writers: int = RAW_WRITERS, signals_per_batch: int = RAW_SIGNALS_PER_BATCH
+) -> Rate:
     """Executions/s written with COPY by `writers` connections, one transaction a batch."""
     dsn = await ctx.databases.create("rawwrite")
     conns = [await connect(dsn) for _ in range(writers + 1)]
@@ -306,17 +313,29 @@ async def raw_write(ctx: Context, *, writers: int = 4, signals_per_batch: int = 
                 await batch.write(lanes[lane], user, signals_per_batch)
                 counts[lane] += len(batch.executions)
 
-        meter = CpuMeter(None, meter_conn)
-        await meter.start()
-        started = time.monotonic()
-        await asyncio.gather(*(writer(lane) for lane in range(writers)))
-        elapsed = time.monotonic() - started
-        await meter.stop()
+        rate = await _run_lanes(meter_conn, writer, writers, counts)
     finally:
         for conn in conns:
             await conn.close()
     await ctx.databases.drop(dsn)
-    return Rate(sum(counts), elapsed, meter.worker_s, meter.database_s)
+    return rate
+
+
+async def _run_lanes(
+    meter_conn: asyncpg.Connection,
+    lane: Callable[[int], Awaitable[None]],
+    lanes: int,
+    counts: list[int],
+) -> Rate:
+    """Run `lane(0)` .. `lane(lanes - 1)` concurrently: what they counted in `counts` over
+    the time they took, with the CPU of this process and of the database's backends."""
+    meter = CpuMeter(None, meter_conn)
+    await meter.start()
+    started = time.monotonic()
+    await asyncio.gather(*(lane(i) for i in range(lanes)))
+    elapsed = time.monotonic() - started
+    await meter.stop()
+    return Rate(sum(counts), elapsed, meter.process_s, meter.database_s)
 
 
 # ---------------------------------------------------------------------------- naive
@@ -381,17 +400,12 @@ async def naive(ctx: Context, *, connections: int) -> Rate:
                 user, token = mine[round_ % len(mine)], names(next(token_ids))
                 counts[index] += await _naive_signal(lanes[index], user, token, deadline)
 
-        meter = CpuMeter(None, meter_conn)
-        await meter.start()
-        started = time.monotonic()
-        await asyncio.gather(*(lane(i) for i in range(connections)))
-        elapsed = time.monotonic() - started
-        await meter.stop()
+        rate = await _run_lanes(meter_conn, lane, connections, counts)
     finally:
         for conn in conns:
             await conn.close()
     await ctx.databases.drop(dsn)
-    return Rate(sum(counts), elapsed, meter.worker_s, meter.database_s)
+    return rate
 
 
 async def _naive_signal(conn: asyncpg.Connection, user: User, token: str, deadline: float) -> int:
@@ -423,13 +437,7 @@ async def _naive_signal(conn: asyncpg.Connection, user: User, token: str, deadli
             decision = decide(signal, agent, cfg, seed=sizing_seed(signal_id, agent.agent_id))
             tx_id = None
             if decision.status is ExecutionStatus.SUCCESS and decision.size_sol is not None:
-                fill = buy_fill(
-                    decision.size_sol,
-                    TOKEN_USD,
-                    SOL_USD,
-                    network_fee_sol=Decimal("0.000005"),
-                    protocol_fee_bps=0,
-                )
+                fill = bench_fill(TOKEN_USD, decision.size_sol)
                 if fill.debit_sol <= balance:
                     tx_id, pos_id = uuid.uuid4(), uuid.uuid4()
                     await conn.execute(

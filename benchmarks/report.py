@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 from benchmarks.infra import Machine
-from benchmarks.limits import LIMIT_FANOUT, Rate
+from benchmarks.limits import LIMIT_FANOUT, RAW_SIGNALS_PER_BATCH, RAW_WRITERS, Rate
 from benchmarks.scenarios import (
+    FANOUTS,
+    NAIVE_CONNECTIONS,
     Latency,
     Scale,
     Throughput,
@@ -92,6 +96,14 @@ class Row:
     details: str = ""
 
 
+_T = TypeVar("_T")
+
+
+def _measured(name: str, value: _T | None, row: Callable[[str, _T], Row]) -> Row:
+    """`row(name, value)`, or a "not run" row when `value` was not measured."""
+    return Row(name, "not run") if value is None else row(name, value)
+
+
 def _verdict(ok: bool | None) -> str:
     return "" if ok is None else ("PASS" if ok else "MISS")
 
@@ -130,7 +142,7 @@ def _throughput_row(name: str, t: Throughput | None, target: float | None = None
 
 def _rows(r: Results) -> dict[str, Row]:
     rows: dict[str, Row] = {}
-    for fanout in (1, 10, 100, 1000):
+    for fanout in FANOUTS:
         name = f"throughput, fan-out {fanout:,}"
         rows[name] = _throughput_row(name, r.at(fanout), TARGET_RATE if fanout == 100 else None)
     rows["throughput, fan-out 100, INFO logs"] = _throughput_row(
@@ -139,43 +151,44 @@ def _rows(r: Results) -> dict[str, Row]:
     name = "peak memory (VmHWM)"
     rows[name] = _memory_row(name, r)
     name = "latency p50/p95/p99/max"
-    if r.latency is not None and r.latency.latencies_ms:
-        lat = r.latency
-        figure = " / ".join(_n(lat.pct(q)) for q in (50, 95, 99, 100)) + " ms"
-        starts = lat.to_txn_start_ms
-        rows[name] = Row(
-            name,
-            figure,
-            f"p99 <= {TARGET_P99_MS:.0f} ms",
-            _verdict(lat.pct(99) <= TARGET_P99_MS),
-            f"{lat.rate} signals/s x {lat.fanout} agents for {lat.duration_s:.0f}s: "
-            f"{lat.sent:,} sent, {len(lat.latencies_ms):,} committed, {lat.executions:,} "
-            f"executions; {_n(lat.achieved_per_s)} exec/s done of "
-            f"{lat.rate * lat.fanout:,} offered; send (CreateTime) to commit seen by a poll "
-            f"every {lat.poll_interval_ms:.1f} ms; to the batch's transaction start "
-            f"(executed_at) p50 {_n(percentile(starts, 50))} ms, p99 "
-            f"{_n(percentile(starts, 99))} ms",
-        )
-    else:
-        rows[name] = Row(name, "not run")
+    lat = r.latency if r.latency is not None and r.latency.latencies_ms else None
+    rows[name] = _measured(name, lat, _latency_row)
     _tick_rows(r, rows)
     name = "ticks/s over many tokens"
-    if r.tick_rate is not None:
-        tr = r.tick_rate
-        topped = f" (+{tr.topped_up:,} topped up)" if tr.topped_up else ""
-        rows[name] = Row(
-            name,
-            _n(tr.rate, "ticks/s"),
-            "",
-            "",
-            f"{tr.tokens:,} tokens, {tr.positions // tr.tokens} positions each; "
-            f"{tr.ticks:,} ticks{topped} in {tr.window_s:.1f}s, each moving its "
-            f"positions' peaks{_cpu(tr.worker_cpu_s, tr.database_cpu_s, tr.ticks, 'ticks')}",
-        )
-    else:
-        rows[name] = Row(name, "not run")
+    rows[name] = _measured(name, r.tick_rate, _tick_rate_row)
     _limit_rows(r, rows)
     return rows
+
+
+def _latency_row(name: str, lat: Latency) -> Row:
+    figure = " / ".join(_n(lat.pct(q)) for q in (50, 95, 99, 100)) + " ms"
+    starts = lat.to_txn_start_ms
+    return Row(
+        name,
+        figure,
+        f"p99 <= {TARGET_P99_MS:.0f} ms",
+        _verdict(lat.pct(99) <= TARGET_P99_MS),
+        f"{lat.rate} signals/s x {lat.fanout} agents for {lat.duration_s:.0f}s: "
+        f"{lat.sent:,} sent, {len(lat.latencies_ms):,} committed, {lat.executions:,} "
+        f"executions; {_n(lat.achieved_per_s)} exec/s done of "
+        f"{lat.rate * lat.fanout:,} offered; send (CreateTime) to commit seen by a poll "
+        f"every {lat.poll_interval_ms:.1f} ms; to the batch's transaction start "
+        f"(executed_at) p50 {_n(percentile(starts, 50))} ms, p99 "
+        f"{_n(percentile(starts, 99))} ms",
+    )
+
+
+def _tick_rate_row(name: str, tr: TickRate) -> Row:
+    topped = f" (+{tr.topped_up:,} topped up)" if tr.topped_up else ""
+    return Row(
+        name,
+        _n(tr.rate, "ticks/s"),
+        "",
+        "",
+        f"{tr.tokens:,} tokens, {tr.positions // tr.tokens} positions each; "
+        f"{tr.ticks:,} ticks{topped} in {tr.window_s:.1f}s, each moving its "
+        f"positions' peaks{_cpu(tr.worker_cpu_s, tr.database_cpu_s, tr.ticks, 'ticks')}",
+    )
 
 
 def _memory_row(name: str, r: Results) -> Row:
@@ -238,53 +251,51 @@ def _tick_rows(r: Results, rows: dict[str, Row]) -> None:
     )
 
 
+def _raw_consume_row(name: str, rc: Rate) -> Row:
+    return Row(
+        name,
+        _n(rc.per_s, "records/s"),
+        "",
+        "",
+        f"{rc.count:,} signal records in {rc.seconds:.1f}s, not decoded; "
+        f"= {_n(rc.per_s * LIMIT_FANOUT)} exec/s at fan-out {LIMIT_FANOUT}",
+    )
+
+
+def _raw_write_row(name: str, rw: Rate) -> Row:
+    return Row(
+        name,
+        _n(rw.per_s, "exec/s"),
+        "",
+        "",
+        f"{rw.count:,} executions in {rw.seconds:.1f}s at fan-out {LIMIT_FANOUT}, "
+        f"{RAW_WRITERS} connections: per execution 4 rows COPYed (execution, swap, position, "
+        "token balance) + SOL debits + signal rows, one transaction per "
+        f"{RAW_SIGNALS_PER_BATCH} signals"
+        + _cpu(rw.client_cpu_s, rw.database_cpu_s, rw.count, "executions", "client"),
+    )
+
+
+def _naive_row(name: str, nv: Rate) -> Row:
+    return Row(
+        name,
+        _n(nv.per_s, "exec/s"),
+        "",
+        "",
+        f"{nv.count:,} executions in {nv.seconds:.1f}s at fan-out {LIMIT_FANOUT}; one "
+        "transaction per agent execution, signals from memory"
+        + _cpu(nv.client_cpu_s, nv.database_cpu_s, nv.count, "executions", "client"),
+    )
+
+
 def _limit_rows(r: Results, rows: dict[str, Row]) -> None:
     name = "limit: raw consume (aiokafka)"
-    rc = r.raw_consume
-    rows[name] = (
-        Row(name, "not run")
-        if rc is None
-        else Row(
-            name,
-            _n(rc.per_s, "records/s"),
-            "",
-            "",
-            f"{rc.count:,} signal records in {rc.seconds:.1f}s, not decoded; "
-            f"= {_n(rc.per_s * LIMIT_FANOUT)} exec/s at fan-out {LIMIT_FANOUT}",
-        )
-    )
+    rows[name] = _measured(name, r.raw_consume, _raw_consume_row)
     name = "limit: raw write (COPY)"
-    rw = r.raw_write
-    rows[name] = (
-        Row(name, "not run")
-        if rw is None
-        else Row(
-            name,
-            _n(rw.per_s, "exec/s"),
-            "",
-            "",
-            f"{rw.count:,} executions in {rw.seconds:.1f}s at fan-out {LIMIT_FANOUT}, 4 "
-            "connections: per execution 4 rows COPYed (execution, swap, position, token "
-            "balance) + SOL debits + signal rows, one transaction per 10 signals"
-            + _cpu(rw.client_cpu_s, rw.database_cpu_s, rw.count, "executions", "client"),
-        )
-    )
-    for conns in (1, 8):
+    rows[name] = _measured(name, r.raw_write, _raw_write_row)
+    for conns in NAIVE_CONNECTIONS:
         name = f"naive, {conns} connection{'s' if conns > 1 else ''}"
-        nv = r.naive.get(conns)
-        rows[name] = (
-            Row(name, "not run")
-            if nv is None
-            else Row(
-                name,
-                _n(nv.per_s, "exec/s"),
-                "",
-                "",
-                f"{nv.count:,} executions in {nv.seconds:.1f}s at fan-out {LIMIT_FANOUT}; one "
-                "transaction per agent execution, signals from memory"
-                + _cpu(nv.client_cpu_s, nv.database_cpu_s, nv.count, "executions", "client"),
-            )
-        )
+        rows[name] = _measured(name, r.naive.get(conns), _naive_row)
     worker = r.at(LIMIT_FANOUT)
     name = "worker / lower limit, fan-out 100"
     lower = r.lower_limit(LIMIT_FANOUT)
@@ -506,7 +517,7 @@ past a record means that record's rows are committed.
   ({s.tick_window_s:.0f} s).
 - **Limits**: raw consume is aiokafka (the worker's fetch settings, `read_committed`)
   reading the fan-out-1 records again and again for {s.limit_s:.0f} s without decoding
-  them; raw write is `copy_records_to_table` of the same rows from 4 connections for
+  them; raw write is `copy_records_to_table` of the same rows from {RAW_WRITERS} connections for
   {s.limit_s:.0f} s; the naive baseline does one transaction per agent execution (lock
   the SOL balance, insert the swap, debit, credit, insert the position and the execution,
   commit) with the worker's own decision and fill functions, signals read from memory

@@ -10,6 +10,7 @@ which records' effects are committed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import statistics
 import time
@@ -78,10 +79,13 @@ class Scale:
     group_size: int = 12  # users that signals go round-robin over (minimum signals too)
 
 
+# The throughput runs' fan-outs and the naive baseline's connections (one table row each).
+FANOUTS = (1, 10, 100, 1000)
+NAIVE_CONNECTIONS = (1, 8)
 FULL = Scale(
     quick=False,
     window_s=20,
-    fanouts=(1, 10, 100, 1000),
+    fanouts=FANOUTS,
     latency_s=20,
     latency_rate=200,
     latency_fanout=10,
@@ -93,16 +97,14 @@ FULL = Scale(
     tick_positions_per_token=10,
     tick_window_s=20,
     limit_s=8,
-    naive_connections=(1, 8),
+    naive_connections=NAIVE_CONNECTIONS,
     expected_rate={1: 2500, 10: 4000, 100: 5000, 1000: 4000},
 )
-QUICK = Scale(
+QUICK = dataclasses.replace(
+    FULL,
     quick=True,
     window_s=2,
-    fanouts=(1, 10, 100, 1000),
     latency_s=1,
-    latency_rate=200,
-    latency_fanout=10,
     memory_agents=300,
     memory_signals=2,
     exit_positions=500,
@@ -111,8 +113,6 @@ QUICK = Scale(
     tick_positions_per_token=3,
     tick_window_s=1,
     limit_s=1,
-    naive_connections=(1, 8),
-    expected_rate={1: 2500, 10: 4000, 100: 5000, 1000: 4000},
     group_size=2,
 )
 BACKLOG_FACTOR = 1.2  # the pre-published backlog: expected rate x window x this
@@ -138,7 +138,6 @@ class Context:
     scale: Scale
     progress: Progress
     tag: str
-    profile: Path | None = None
 
 
 # ---------------------------------------------------------------------------- backlog
@@ -343,7 +342,7 @@ async def throughput(
         window_s=curve[-1][0],
         statuses=statuses,
         peak_rss_kb=peak,
-        worker_cpu_s=meter.worker_s,
+        worker_cpu_s=meter.process_s,
         database_cpu_s=meter.database_s,
         topics=topics,
         curve=curve,
@@ -478,20 +477,13 @@ async def latency(ctx: Context) -> Latency:
         finally:
             await producer.stop()
             await worker.stop()
-        starts = {
-            r["key"]: r["started"]
-            for r in await conn.fetch(
-                "SELECT s.idempotency_key AS key, max(e.executed_at) AS started, count(*) AS n "
-                "FROM trading_signals s JOIN signal_executions e ON e.signal_id = s.id "
-                "WHERE s.idempotency_key LIKE 'lat-%' GROUP BY s.idempotency_key"
-            )
-        }
-        executions = int(
-            await conn.fetchval(
-                "SELECT count(*) FROM signal_executions e JOIN trading_signals s "
-                "ON s.id = e.signal_id WHERE s.idempotency_key LIKE 'lat-%'"
-            )
+        per_key = await conn.fetch(
+            "SELECT s.idempotency_key AS key, max(e.executed_at) AS started, count(*) AS n "
+            "FROM trading_signals s JOIN signal_executions e ON e.signal_id = s.id "
+            "WHERE s.idempotency_key LIKE 'lat-%' GROUP BY s.idempotency_key"
         )
+        starts = {r["key"]: r["started"] for r in per_key}
+        executions = sum(int(r["n"]) for r in per_key)
     finally:
         await poll_conn.close()
         await conn.close()
@@ -780,7 +772,7 @@ async def tick_rate(ctx: Context) -> TickRate:
         ticks=curve[-1][1],
         window_s=curve[-1][0],
         topped_up=backlog.topped_up,
-        worker_cpu_s=meter.worker_s,
+        worker_cpu_s=meter.process_s,
         database_cpu_s=meter.database_s,
     )
 

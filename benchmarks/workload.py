@@ -2,9 +2,10 @@
 
 Accounts are written set-based in SQL, consistent with the ledger (contract section 5: a
 `users` row, `agents` rows in simulation mode, `agent_wallets`, a SOL `agent_balances` row
-and its `DEPOSIT` transaction). Open positions are written as a buy would write them: the
-purchase `SWAP`, the SOL debit and token credit, the `agent_positions` row, with the
-numbers of `worker.domain.fills.buy_fill`, so `signal-worker check` holds on them.
+and its `DEPOSIT` transaction). Open positions are written as a buy writes them, by the
+worker's own row builders and writers (`worker.db.trades`): the purchase `SWAP`, the SOL
+debit and token credit, the `agent_positions` row, with the numbers of
+`worker.domain.fills.buy_fill`, so `signal-worker check` holds on them.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -23,18 +24,33 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from worker.db.accounts import simulation_wallet_address
+from worker.db.prices import upsert_price
+from worker.db.trades import (
+    BalanceDelta,
+    Holding,
+    NewPosition,
+    SwapRow,
+    apply_balance_deltas,
+    buy_rows,
+    insert_positions,
+    insert_swaps,
+)
 from worker.domain.config import resolve_config
-from worker.domain.exits import initial_stop_loss_pct
+from worker.domain.exits import open_position
 from worker.domain.fills import BuyFill, buy_fill
 from worker.domain.models import SOL_MINT, SOL_SYMBOL
+from worker.settings import Settings
 
 SOL_USD = Decimal(150)
 TOKEN_USD = Decimal("0.0005")
 DEPOSIT_SOL = Decimal(1_000_000)
-NETWORK_FEE_SOL = Decimal("0.000005")  # the worker's default SIM_NETWORK_FEE_SOL
+NETWORK_FEE_SOL: Decimal = Settings.model_fields["sim_network_fee_sol"].default
+# Older than any tick: a price set directly is stored on a fresh database, and any tick wins.
+PRICE_TS = datetime(2000, 1, 1, tzinfo=UTC)
 # Enough room for every buy of the run: no agent reaches its open-position limit.
 AGENT_CONFIG: dict[str, Any] = {"purchaseLimits": {"maxOpenPositions": 1000}}
 SIGNAL_TYPE = "Velocity (Dex Boost Detection)"
+BENCH_SYMBOL = "BENCH"  # the symbol of every benchmark token
 _B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 
 
@@ -133,17 +149,10 @@ async def create_users(
     return created
 
 
-SET_PRICE = """
-INSERT INTO token_prices (token_address, price_usd, price_ts) VALUES ($1, $2, $3)
-ON CONFLICT (token_address) DO UPDATE SET price_usd = $2, price_ts = $3
-"""
-
-
-async def set_price(
-    conn: asyncpg.Connection, token: str, price_usd: Decimal, ts: datetime | None = None
-) -> None:
-    """Store a latest price directly, as a processed tick would."""
-    await conn.execute(SET_PRICE, token, price_usd, ts or datetime(2000, 1, 1, tzinfo=UTC))
+async def set_price(conn: asyncpg.Connection, token: str, price_usd: Decimal) -> None:
+    """Store a latest price directly, as a processed tick would (the worker's upsert at
+    `PRICE_TS`: on the benchmark's fresh databases nothing is stored yet, so it is)."""
+    await upsert_price(conn, token, price_usd, PRICE_TS)
 
 
 # ---------------------------------------------------------------------------- signals
@@ -178,7 +187,7 @@ def signal_value(user: User, token: str, key: str) -> bytes:
             "token_address": token,
             "signal_type": SIGNAL_TYPE,
             "signal_strength": 4,
-            "symbol": "BENCH",
+            "symbol": BENCH_SYMBOL,
             "price_usd": str(TOKEN_USD),
             "source": "benchmark",
             "idempotency_key": key,
@@ -216,27 +225,6 @@ def make_producer(bootstrap: str, *, linger_ms: int) -> Any:  # noqa: ANN401 - a
     )
 
 
-async def publish(bootstrap: str, topic: str, records: Iterable[tuple[bytes, bytes]]) -> int:
-    """Send every (key, value) and wait for all acknowledgements; returns how many."""
-    producer = make_producer(bootstrap, linger_ms=20)
-    await producer.start()
-    sent = 0
-    try:
-        pending = []
-        for key, value in records:
-            pending.append(await producer.send(topic, value, key=key))
-            sent += 1
-            if len(pending) >= 20_000:
-                for future in pending:
-                    await future
-                pending.clear()
-        for future in pending:
-            await future
-    finally:
-        await producer.stop()
-    return sent
-
-
 def now_ms() -> int:
     """The wall clock in epoch milliseconds (a record's CreateTime)."""
     return int(time.time() * 1000)
@@ -252,81 +240,38 @@ def bench_fill(token_usd: Decimal = TOKEN_USD, size_sol: Decimal = Decimal(1)) -
     )
 
 
-INSERT_BUYS = """
-INSERT INTO agent_transactions (
-    id, agent_id, wallet_address, transaction_type, transaction_value_usd, transaction_time,
-    fees, input_mint, input_symbol, input_amount, input_price, output_mint, output_symbol,
-    output_amount, output_price, network_fee_sol, protocol_fee_sol, position_id)
-SELECT b.tx, b.agent_id, b.wallet, 'SWAP', $5, $6, $7::numeric + $8::numeric, $9, $10, $11, 1,
-       b.token, 'BENCH', $12, $13, $7, $8, b.position
-  FROM unnest($1::uuid[], $2::uuid[], $3::varchar[], $4::varchar[], $14::uuid[])
-       AS b(tx, agent_id, wallet, token, position)
-"""
-INSERT_HOLDINGS = """
-INSERT INTO agent_balances (agent_id, wallet_address, token_address, token_symbol, balance)
-SELECT h.agent_id, h.wallet, h.token, 'BENCH', $4
-  FROM unnest($1::uuid[], $2::varchar[], $3::varchar[]) AS h(agent_id, wallet, token)
-"""
-DEBIT_SOL = """
-UPDATE agent_balances b SET balance = b.balance - d.debit
-  FROM (SELECT wallet, count(*) * $2::numeric AS debit FROM unnest($1::varchar[]) AS w(wallet)
-         GROUP BY wallet) d
- WHERE b.wallet_address = d.wallet AND b.token_address = $3
-"""
-INSERT_POSITIONS = """
-INSERT INTO agent_positions (
-    id, agent_id, wallet_address, token_address, token_symbol, purchase_transaction_id,
-    purchase_price, purchase_amount, remaining_amount, total_invested_sol, lowest_price,
-    current_stop_loss_percentage, peak_price, last_stop_loss_update, created_at, updated_at)
-SELECT p.id, p.agent_id, p.wallet, p.token, 'BENCH', p.tx, $6, $7, $7, $8, $6, $9, $6, $10, $10,
-       $10
-  FROM unnest($1::uuid[], $2::uuid[], $3::varchar[], $4::varchar[], $5::uuid[])
-       AS p(id, agent_id, wallet, token, tx)
-"""
-
-
 async def open_positions(
     conn: asyncpg.Connection, holdings: Sequence[tuple[Agent, str]], *, now: datetime
 ) -> BuyFill:
-    """Open one position per (agent, token) as a 1-SOL buy at `TOKEN_USD`; returns the fill."""
+    """Open one position per (agent, token) as a 1-SOL buy at `TOKEN_USD`; returns the fill.
+
+    The rows are the worker's own (`buy_rows`, `open_position`), written by its writers in
+    one transaction, as the handler writes a batch's buys.
+    """
     fill = bench_fill()
-    stop_loss = initial_stop_loss_pct(resolve_config(AGENT_CONFIG))
-    tx_ids = [uuid.uuid4() for _ in holdings]
-    position_ids = [uuid.uuid4() for _ in holdings]
-    agents = [a.agent_id for a, _ in holdings]
-    wallets = [a.wallet for a, _ in holdings]
-    tokens = [t for _, t in holdings]
+    state = open_position(fill, created_at=now, cfg=resolve_config(AGENT_CONFIG))
+    swaps: list[SwapRow] = []
+    deltas: list[BalanceDelta] = []
+    positions: list[NewPosition] = []
+    for agent, token in holdings:
+        tx_id, position_id = uuid.uuid4(), uuid.uuid4()
+        holding = Holding(agent.agent_id, agent.wallet, token, BENCH_SYMBOL, None, position_id)
+        swap, moves = buy_rows(tx_id, holding, fill, now)
+        swaps.append(swap)
+        deltas.extend(moves)
+        positions.append(
+            NewPosition(
+                id=position_id,
+                agent_id=agent.agent_id,
+                wallet_address=agent.wallet,
+                token_address=token,
+                token_symbol=BENCH_SYMBOL,
+                purchase_transaction_id=tx_id,
+                state=state,
+            )
+        )
     async with conn.transaction():
-        await conn.execute(
-            INSERT_BUYS,
-            tx_ids,
-            agents,
-            wallets,
-            tokens,
-            fill.value_usd,
-            now,
-            fill.network_fee_sol,
-            fill.protocol_fee_sol,
-            SOL_MINT,
-            SOL_SYMBOL,
-            fill.size_sol,
-            fill.token_amount,
-            fill.price_sol,
-            position_ids,
-        )
-        await conn.execute(INSERT_HOLDINGS, agents, wallets, tokens, fill.token_amount)
-        await conn.execute(DEBIT_SOL, wallets, fill.debit_sol, SOL_MINT)
-        await conn.execute(
-            INSERT_POSITIONS,
-            position_ids,
-            agents,
-            wallets,
-            tokens,
-            tx_ids,
-            fill.price_sol,
-            fill.token_amount,
-            fill.debit_sol,
-            stop_loss,
-            now,
-        )
+        await insert_swaps(conn, swaps)
+        await apply_balance_deltas(conn, deltas)
+        await insert_positions(conn, positions)
     return fill
