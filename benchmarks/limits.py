@@ -430,7 +430,8 @@ async def _naive_signal(conn: asyncpg.Connection, user: User, token: str, deadli
         if time.monotonic() >= deadline:
             break
         agent = row.subscriber(token)
-        cfg = config_of_text(row.trading_config_text)
+        cfg = config_of_text(row.trading_config_text).config
+        assert cfg is not None, "the benchmark's agents have valid configs"
         wallet = agent.wallet_address or ""
         async with conn.transaction():
             balance = await conn.fetchval(NAIVE_LOCK, wallet, SOL_MINT)

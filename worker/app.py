@@ -19,9 +19,10 @@ from aiokafka.errors import KafkaError
 from worker.consumer import Pipeline
 from worker.db.pool import connection, create_pool
 from worker.db.snapshots import hour_of, snapshot_all
+from worker.deadletters import DeadLetters
 from worker.errors import ServiceUnavailable
 from worker.http import HealthServer, ReadyCheck
-from worker.kafka import ensure_topics, make_producer, start_client
+from worker.kafka import DLQ_HEADROOM_BYTES, ensure_topics, make_producer, start_client
 from worker.metrics import Metrics
 from worker.retry import describe, set_retry_observer
 from worker.settings import Settings
@@ -95,14 +96,22 @@ async def _start(
     """Open everything, recording each part in `parts` as it opens; the serving parts."""
     timeout_s = settings.startup_timeout_s
     parts.pool = await create_pool(settings.db, timeout_s=timeout_s)
-    await ensure_topics(settings.kafka, timeout_s=timeout_s)
-    parts.producer = make_producer(settings.kafka)
+    dlq_max_bytes = await ensure_topics(settings.kafka, timeout_s=timeout_s)
+    parts.producer = make_producer(
+        settings.kafka, max_request_bytes=dlq_max_bytes + DLQ_HEADROOM_BYTES
+    )
     await start_client(parts.producer, settings.kafka, timeout_s=timeout_s)
-    parts.pipeline = Pipeline(settings, parts.pool, parts.producer, metrics)
+    dead_letters = DeadLetters(parts.producer, settings.dlq_topic, metrics, max_bytes=dlq_max_bytes)
+    parts.pipeline = Pipeline(settings, parts.pool, dead_letters, metrics)
     parts.pipeline.subscribe()
     await start_client(parts.pipeline.consumer, settings.kafka, timeout_s=timeout_s)
     parts.http = HealthServer(
-        settings.http_port, metrics.registry, _readiness(parts.pipeline, parts.pool)
+        settings.http_port,
+        metrics.registry,
+        _readiness(parts.pipeline, parts.pool),
+        host=settings.http_host,
+        max_connections=settings.http_max_connections,
+        request_timeout_s=settings.http_request_timeout_s,
     )
     await parts.http.start()
     return parts.pipeline, parts.pool, parts.http.port
@@ -205,7 +214,8 @@ async def _stop_consumer(pipeline: Pipeline) -> None:
 async def _close(parts: _Parts, timeout_s: float) -> None:
     """Leave the group, flush the producer, close the HTTP server and the pool, bounded."""
     try:
-        async with asyncio.timeout(timeout_s):
+        # Half of the budget went to the batch in flight (`Pipeline.run`); this is the rest.
+        async with asyncio.timeout(timeout_s / 2):
             if parts.pipeline is not None:
                 await _stop_consumer(parts.pipeline)
             if parts.producer is not None:

@@ -14,6 +14,16 @@ the next offset of every partition they cover. Few, larger transactions cost Pos
 less than one per partition (every transaction is a fixed set of set-based statements),
 which is what keeps latency low when records trickle in over many partitions. This module
 alone maps exceptions to ack, retry or dead-letter.
+
+Ticks before signals: a fetch's price lanes commit before its signal lanes start, so a
+signal sees every tick of its own fetch and of every earlier one (it may see a tick that
+came a little after it in the same fetch: never an older price than one that arrived
+before it). A tick whose `ts` lies more than `PRICE_MAX_FUTURE_S` ahead of its record's
+timestamp or of the worker's clock is dead-lettered: stored, it would freeze the price.
+
+Shutdown: when the stop event is set, fetching stops, a batch waiting to retry gives up
+at once (its offsets are not stored, so the next owner redoes it), and a batch in flight
+gets half of `SHUTDOWN_TIMEOUT_S` to commit before it is cancelled (rolled back, redone).
 """
 
 from __future__ import annotations
@@ -22,30 +32,38 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections import OrderedDict
+from collections.abc import Awaitable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 from uuid import UUID
 
 import asyncpg
 import structlog
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from worker.config_cache import ConfigTexts
+from worker.config_cache import ConfigProblem, ConfigTexts
 from worker.db.agents import agent_counts
 from worker.db.offsets import fetch_offsets, store_offsets
 from worker.db.pool import connection
 from worker.db.store import PgPriceStore, PgSignalStore
+from worker.deadletters import DeadLetter, DeadLetters
 from worker.domain.models import Signal
 from worker.errors import InvalidMessage, WorkerError
 from worker.handlers import SignalOutcome, UnknownUser, handle_signals
 from worker.kafka import client_options
-from worker.messages import PriceTickV1, SignalV1, decode_price, decode_signal
+from worker.messages import (
+    PriceTickV1,
+    SignalV1,
+    check_tick_time,
+    decode_price,
+    decode_signal,
+)
 from worker.metrics import Metrics
-from worker.prices import handle_price
+from worker.prices import TickOutcome, handle_price
 from worker.retry import AsyncRetrying, describe, is_transient, transient_retry
 from worker.settings import Settings
 
@@ -68,15 +86,44 @@ FETCH_OPTIONS: dict[str, Any] = {
 }
 # Kafka commits are batched off the hot path: at most one round trip per interval.
 KAFKA_COMMIT_INTERVAL_S = 1.0
+# Users whose fan-out is remembered (least recently seen forgotten first).
+FANOUT_MEMORY = 100_000
+
+_T = TypeVar("_T")
+Outcome = SignalOutcome | TickOutcome | None
 
 
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """A record that cannot be processed, and why (`kind` is the metric label)."""
+class Fanouts:
+    """Agents per user as last seen, for at most `maxsize` users (least recent dropped), so
+    a stream of made-up user ids cannot grow the worker's memory."""
 
-    record: ConsumerRecord[bytes, bytes]
-    reason: str
-    kind: str
+    def __init__(self, maxsize: int = FANOUT_MEMORY) -> None:
+        self._maxsize = maxsize
+        self._counts: OrderedDict[UUID, int] = OrderedDict()
+
+    def __contains__(self, user_id: object) -> bool:
+        return user_id in self._counts
+
+    def __len__(self) -> int:
+        return len(self._counts)
+
+    def get(self, user_id: UUID, default: int) -> int:
+        """The user's last known agent count, else `default`."""
+        count = self._counts.get(user_id)
+        if count is None:
+            return default
+        self._counts.move_to_end(user_id)
+        return count
+
+    def __setitem__(self, user_id: UUID, count: int) -> None:
+        self._counts[user_id] = count
+        self._counts.move_to_end(user_id)
+        while len(self._counts) > self._maxsize:
+            self._counts.popitem(last=False)
+
+
+class StopRequested(Exception):  # noqa: N818 - a condition, not a failure
+    """The stop event cut a batch short: nothing of it was stored, the next owner redoes it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,19 +169,22 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
         self,
         settings: Settings,
         pool: asyncpg.Pool,
-        producer: AIOKafkaProducer,
+        dead_letters: DeadLetters,
         metrics: Metrics,
     ) -> None:
         self._settings = settings
         self._kafka = settings.kafka
         self._pool = pool
-        self._producer = producer
+        self._dead_letters = dead_letters
         self._metrics = metrics
         self._log_info = logging.getLevelName(settings.log_level) <= logging.INFO
         self._lock = asyncio.Lock()
         self._uncommitted: dict[TopicPartition, int] = {}
+        self._stop = asyncio.Event()
         # Agents per user, as last seen: sizes the transactions (see `_chunks`).
-        self._fanout: dict[UUID, int] = {}
+        self._fanout = Fanouts()
+        # Agent config problems already reported (each once).
+        self._reported: OrderedDict[ConfigProblem, None] = OrderedDict()
         self._last_kafka_commit = time.monotonic()
         self._fatal: BaseException | None = None
         # Agents' configs by row version, for ticks (see `worker.config_cache`).
@@ -209,7 +259,13 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
         )
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Fetch and process batches until `stop` is set; raises when a batch cannot be done."""
+        """Fetch and process batches until `stop` is set; raises when a batch cannot be done.
+
+        A batch that `stop` cuts short (waiting to retry, or still running after the drain
+        grace) is abandoned, not failed: nothing of it was stored, so the next owner of its
+        partitions redoes it; `run` then returns normally.
+        """
+        self._stop = stop
         while not stop.is_set():
             if self._fatal is not None:
                 raise WorkerError(f"cannot read stored offsets: {describe(self._fatal)}")
@@ -218,49 +274,81 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
             )
             if not batch:
                 continue
-            async with self._lock:
-                lanes = await self._lanes(batch)
-                # Every lane finishes (commits or gives up) before a failure is raised, so
-                # one lane's outage never rolls back another's finished work.
-                results = await asyncio.gather(
-                    *(self._process_lane(lane) for lane in lanes), return_exceptions=True
-                )
-                self._metrics.db_pool_in_use.set(self._pool.get_size() - self._pool.get_idle_size())
-            for result in results:
-                if isinstance(result, BaseException):
-                    raise result
+            try:
+                async with self._lock:
+                    await self._until_stopped(self._process_fetch(batch))
+            except StopRequested as exc:
+                log.warning("batch_abandoned_at_shutdown", reason=str(exc))
+                break
             if time.monotonic() - self._last_kafka_commit >= KAFKA_COMMIT_INTERVAL_S:
                 await self.commit_kafka()
         await self.commit_kafka()
+
+    async def _process_fetch(
+        self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+    ) -> None:
+        """The fetch's price lanes, then its signal lanes (so signals see the ticks)."""
+        prices, signals = await self._lanes(batch)
+        for lanes in (prices, signals):
+            # Every lane finishes (commits or gives up) before a failure is raised, so one
+            # lane's outage never rolls back another's finished work.
+            results = await asyncio.gather(
+                *(self._process_lane(lane) for lane in lanes), return_exceptions=True
+            )
+            self._metrics.db_pool_in_use.set(self._pool.get_size() - self._pool.get_idle_size())
+            for result in results:
+                if isinstance(result, BaseException):
+                    if self._stop.is_set() and is_transient(result):
+                        raise StopRequested(f"retries cut short: {describe(result)}") from result
+                    raise result
+
+    async def _until_stopped(self, work: Awaitable[_T]) -> _T:
+        """`work`, or once stop is set and half of `SHUTDOWN_TIMEOUT_S` has passed without
+        it finishing, its cancellation (`StopRequested`)."""
+        task = asyncio.ensure_future(work)
+        stopping = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():
+                await asyncio.wait({task}, timeout=self._settings.shutdown_timeout_s / 2)
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                raise StopRequested("the batch in flight did not finish in the drain time")
+            return task.result()
+        finally:
+            stopping.cancel()
 
     # ------------------------------------------------------------------ lanes
 
     async def _lanes(
         self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
-    ) -> list[list[_Part]]:
-        """Decode the fetch, dead-letter what is invalid, and deal the partitions into lanes."""
+    ) -> tuple[list[list[_Part]], list[list[_Part]]]:
+        """Decode the fetch, dead-letter what is invalid, and deal the partitions into lanes:
+        (price lanes, signal lanes)."""
         parts: list[_Part] = []
         dead: list[DeadLetter] = []
+        now = datetime.now(UTC)
         for tp, records in batch.items():
             if not records:
                 continue
             self._metrics.records_consumed.labels(tp.topic).inc(len(records))
-            items, bad = self._decode(tp, records)
+            items, bad = self._decode(tp, records, now)
             dead.extend(bad)
             parts.append(_Part(tp, records, items))
         if dead:
             # Acknowledged before any transaction can store an offset past them.
             async for attempt in self._retrying():
                 with attempt:
-                    await self._dead_letter(dead)
+                    await self._dead_letters.send(dead)
         await self._learn_fanout([i for p in parts for i in p.items if i is not None])
         for part in parts:
             part.costs = [self._cost(item) for item in part.items]
-        lanes: list[list[_Part]] = []
-        for topic in (self._kafka.signals_topic, self._kafka.prices_topic):
-            of_topic = [p for p in parts if p.tp.topic == topic]
-            lanes.extend(_deal(of_topic, self._settings.pipeline_concurrency))
-        return lanes
+        concurrency = self._settings.pipeline_concurrency
+        prices = [p for p in parts if p.tp.topic == self._kafka.prices_topic]
+        signals = [p for p in parts if p.tp.topic == self._kafka.signals_topic]
+        return _deal(prices, concurrency), _deal(signals, concurrency)
 
     def _cost(self, item: _Item | None) -> int:
         """Estimated agent executions of one record (1 for a tick or an invalid record)."""
@@ -271,7 +359,7 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
     async def _process_lane(self, lane: list[_Part]) -> None:
         started = time.perf_counter()
         for chunk in self._chunks(lane):
-            outcomes: list[tuple[_Item, SignalOutcome | None]] = []
+            outcomes: list[tuple[_Item, Outcome]] = []
             async for attempt in self._retrying():
                 with attempt:
                     outcomes = await self._commit_batch(chunk)
@@ -318,18 +406,28 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
         return transient_retry(
             attempts=self._settings.retry_max_attempts,
             max_delay_s=self._settings.retry_max_delay_s,
+            stop=self._stop,
         )
 
     def _decode(
-        self, tp: TopicPartition, records: Sequence[ConsumerRecord[bytes, bytes]]
+        self,
+        tp: TopicPartition,
+        records: Sequence[ConsumerRecord[bytes, bytes]],
+        now: datetime,
     ) -> tuple[list[_Item | None], list[DeadLetter]]:
         """Each record's item (None for an invalid one), and the dead letters."""
         items: list[_Item | None] = []
         dead: list[DeadLetter] = []
         is_signal = tp.topic == self._kafka.signals_topic
+        ahead = timedelta(seconds=self._settings.price_max_future_s)
+        message: SignalV1 | PriceTickV1
         for record in records:
             try:
-                message = decode_signal(record.value) if is_signal else decode_price(record.value)
+                if is_signal:
+                    message = decode_signal(record.value)
+                else:
+                    message = decode_price(record.value)
+                    check_tick_time(message, received_at=record_time(record), now=now, ahead=ahead)
             except InvalidMessage as exc:
                 dead.append(DeadLetter(record, str(exc), "invalid"))
                 items.append(None)
@@ -337,7 +435,7 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
             items.append(_Item(record, message))
         return items, dead
 
-    async def _commit_batch(self, chunk: _Chunk) -> list[tuple[_Item, SignalOutcome | None]]:
+    async def _commit_batch(self, chunk: _Chunk) -> list[tuple[_Item, Outcome]]:
         """One transaction: every item's effects and the next offset of each partition."""
         items = chunk.items
         async with connection(self._pool) as conn:
@@ -372,12 +470,12 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
         )
         if dead:
             # Acknowledged by the broker before the offset moves past them (the commit).
-            await self._dead_letter(dead)
+            await self._dead_letters.send(dead)
 
     async def _apply(
         self, conn: asyncpg.Connection, items: list[_Item], *, isolated: bool
-    ) -> tuple[list[tuple[_Item, SignalOutcome | None]], list[DeadLetter]]:
-        outcomes: list[tuple[_Item, SignalOutcome | None]] = []
+    ) -> tuple[list[tuple[_Item, Outcome]], list[DeadLetter]]:
+        outcomes: list[tuple[_Item, Outcome]] = []
         dead: list[DeadLetter] = []
         if not isolated and items and isinstance(items[0].message, SignalV1):
             return await self._apply_signals(conn, items, dead), dead
@@ -403,13 +501,13 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
 
     async def _apply_signals(
         self, conn: asyncpg.Connection, items: list[_Item], dead: list[DeadLetter]
-    ) -> list[tuple[_Item, SignalOutcome | None]]:
+    ) -> list[tuple[_Item, Outcome]]:
         """A chunk's signals, set-based in one go (a fixed number of statements)."""
         signals = [_signal(item) for item in items]
         results = await handle_signals(
             PgSignalStore(conn), signals, trading=self._settings.trading, now=datetime.now(UTC)
         )
-        outcomes: list[tuple[_Item, SignalOutcome | None]] = []
+        outcomes: list[tuple[_Item, Outcome]] = []
         for item, result in zip(items, results, strict=True):
             if isinstance(result, UnknownUser):
                 dead.append(DeadLetter(item.record, str(result), "unknown_user"))
@@ -420,12 +518,12 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
 
     async def _apply_one(
         self, conn: asyncpg.Connection, item: _Item, dead: list[DeadLetter]
-    ) -> SignalOutcome | None:
+    ) -> Outcome:
         record = item.record
         if isinstance(item.message, SignalV1):
             [(_, outcome)] = await self._apply_signals(conn, [item], dead)
             return outcome
-        exits = await handle_price(
+        return await handle_price(
             PgPriceStore(conn),
             item.message,
             configs=self._config_texts,
@@ -433,41 +531,6 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
             now=datetime.now(UTC),
             received_at=record_time(record),
         )
-        for reason, count in exits.items():
-            self._metrics.exits.labels(reason).inc(count)
-        return None
-
-    # ------------------------------------------------------------------ dead letters
-
-    async def _dead_letter(self, dead: list[DeadLetter]) -> None:
-        """Produce each record unchanged with the reason headers and wait for the acks."""
-        futures = []
-        for d in dead:
-            r = d.record
-            headers = [
-                *[(k, v) for k, v in (r.headers or ()) if k not in _DLQ_HEADERS],
-                ("error", d.reason.encode("utf-8", "replace")[:4000]),
-                ("original-topic", r.topic.encode()),
-                ("original-partition", str(r.partition).encode()),
-                ("original-offset", str(r.offset).encode()),
-            ]
-            futures.append(
-                await self._producer.send(
-                    self._kafka.dlq_topic,
-                    value=r.value,
-                    # aiokafka's send() refuses a record with neither key nor value, which
-                    # other clients can write: its dead letter gets an empty key instead.
-                    key=b"" if r.key is None and r.value is None else r.key,
-                    headers=headers,
-                    timestamp_ms=r.timestamp,
-                )
-            )
-        await asyncio.gather(*futures)
-        for d in dead:
-            self._metrics.dead_letters.labels(d.kind).inc()
-            log.warning(
-                "record_dead_lettered", reason=d.reason, kind=d.kind, **_coordinates(d.record)
-            )
 
     # ------------------------------------------------------------------ after the commit
 
@@ -498,7 +561,7 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
     def _observe(
         self,
         chunk: _Chunk,
-        outcomes: list[tuple[_Item, SignalOutcome | None]],
+        outcomes: list[tuple[_Item, Outcome]],
         committed_at: float,
         started: float,
     ) -> None:
@@ -512,12 +575,65 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
                     max(0, highwater - next_offset)
                 )
         for item, outcome in outcomes:
-            if outcome is not None and isinstance(item.message, SignalV1):
+            if isinstance(outcome, TickOutcome):
+                self._log_tick(item.record, outcome)
+            elif outcome is not None and isinstance(item.message, SignalV1):
                 self._fanout[item.message.user_id] = max(
                     1, len(outcome.outcomes) + outcome.already_done
                 )
-            if outcome is not None:
                 self._log_signal(item.record, outcome, committed_at)
+
+    def _log_tick(self, record: ConsumerRecord[bytes, bytes], outcome: TickOutcome) -> None:
+        for reason, count in outcome.closes.items():
+            self._metrics.exits.labels(reason).inc(count)
+        self._report_configs(outcome.config_problems)
+        if not outcome.is_newer:
+            self._metrics.stale_ticks.inc()
+            log.debug(
+                "tick_not_newer", token=outcome.token, price_usd=str(outcome.price_usd),
+                **_coordinates(record),
+            )  # fmt: skip
+            return
+        fields = {
+            "token": outcome.token,
+            "price_usd": str(outcome.price_usd),
+            "positions": outcome.positions,
+            "trailed": outcome.trailed,
+            "closes": outcome.closes,
+            "take_profit_sales": outcome.partial_sales,
+            "dca_buys": outcome.dca_buys,
+            **_coordinates(record),
+        }
+        if outcome.traded:
+            log.info("tick_applied", **fields)
+        else:
+            log.debug("tick_applied", **fields)
+
+    def _report_configs(self, problems: list[ConfigProblem]) -> None:
+        """Log and count each agent config's problem once (the last 100,000 remembered)."""
+        for problem in problems:
+            if problem in self._reported:
+                continue
+            self._reported[problem] = None
+            if len(self._reported) > FANOUT_MEMORY:
+                self._reported.popitem(last=False)
+            if problem.error is not None:
+                self._metrics.config_problems.labels("invalid").inc()
+                log.warning(
+                    "agent_config_invalid",
+                    agent_id=str(problem.agent_id),
+                    error=problem.error,
+                    effect="the agent buys nothing (its executions fail with this reason); "
+                    "its open positions keep the exit rules they were opened with",
+                )
+            if problem.unknown_keys:
+                self._metrics.config_problems.labels("unknown_keys").inc()
+                log.warning(
+                    "agent_config_unknown_keys",
+                    agent_id=str(problem.agent_id),
+                    keys=list(problem.unknown_keys[:20]),
+                    effect="ignored (signal-worker agents lint lists every agent's)",
+                )
 
     def _log_signal(
         self, record: ConsumerRecord[bytes, bytes], outcome: SignalOutcome, committed_at: float
@@ -528,6 +644,16 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
             counts[status] = counts.get(status, 0) + 1
         for status, n in counts.items():
             self._metrics.executions.labels(status).inc(n)
+        self._report_configs(outcome.config_problems)
+        if outcome.conflicts_with is not None:
+            self._metrics.conflicting_signals.inc()
+            log.warning(
+                "signal_key_reused_with_other_payload",
+                signal_id=outcome.signal_id,
+                first_record=outcome.conflicts_with,
+                effect="treated as the signal stored first (nothing executed again)",
+                **_coordinates(record),
+            )
         if not self._log_info:
             return  # the lines below are info: skip building them per agent
         latency_ms = round((committed_at - record.timestamp / 1000) * 1000, 1)
@@ -570,9 +696,6 @@ def _signal(item: _Item) -> Signal:
         coordinates=f"{record.topic}:{record.partition}:{record.offset}",
         received_at=record_time(record),
     )
-
-
-_DLQ_HEADERS = frozenset({"error", "original-topic", "original-partition", "original-offset"})
 
 
 def _coordinates(record: ConsumerRecord[Any, Any]) -> dict[str, Any]:

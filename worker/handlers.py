@@ -16,12 +16,12 @@ from datetime import datetime
 from decimal import Decimal
 from uuid import UUID
 
-from worker.config_cache import config_of_text
+from worker.config_cache import ConfigProblem, config_of_text, problem_of
 from worker.db import agents as agents_db
 from worker.db import signals as signals_db
 from worker.db import trades as trades_db
-from worker.domain.config import AgentTradingConfig, InvalidConfig
-from worker.domain.eligibility import decide, decide_agent
+from worker.domain.config import AgentTradingConfig, ExitRules, exit_rules
+from worker.domain.eligibility import decide_agent
 from worker.domain.exits import open_position
 from worker.domain.fills import BuyFill, buy_fill
 from worker.domain.models import (
@@ -61,12 +61,19 @@ class AgentOutcome:
 
 @dataclass(slots=True)
 class SignalOutcome:
-    """What one signal did: its id, whether it was new, and each new agent decision."""
+    """What one signal did: its id, whether it was new, and each new agent decision.
+
+    `conflicts_with` names the record (topic:partition:offset) that stored the signal first
+    when this one reused its idempotency key with a different payload: it is treated as the
+    same signal (nothing is executed twice), but the publisher has a bug worth reporting.
+    """
 
     signal_id: int
     is_new_signal: bool
     outcomes: list[AgentOutcome] = field(default_factory=list)
     already_done: int = 0
+    conflicts_with: str | None = None
+    config_problems: list[ConfigProblem] = field(default_factory=list)
 
 
 class UnknownUser(Exception):  # noqa: N818 - an outcome the consumer dead-letters
@@ -111,8 +118,8 @@ async def handle_signals(
     stored = [s for s in signals if s.user_id in known]
     ids = iter(await store.insert_signals(stored))
     keyed = [(s, next(ids)) if s.user_id in known else (s, None) for s in signals]
-    # Signals stored before (a redelivery, a replay, another worker): (id, is_new) False.
-    replayed = [found[0] for _, found in keyed if found is not None and not found[1]]
+    # Signals stored before (a redelivery, a replay, another worker): is_new False.
+    replayed = [found.id for _, found in keyed if found is not None and not found.is_new]
     done: dict[int, set[UUID]] = {}
     if replayed:
         # A redelivery, or another worker replaying it: serialise on the signal rows.
@@ -131,11 +138,13 @@ async def handle_signals(
         if stored_id is None:
             results.append(UnknownUser(f"unknown user_id {signal.user_id}: no such user"))
             continue
-        signal_id, is_new = stored_id
+        signal_id, is_new = stored_id.id, stored_id.is_new
         finished = done.setdefault(signal_id, set())
         agents = fleet.agents_of(signal.user_id)
         already = len(finished & fleet.ids(agents)) if finished else 0
-        outcome = SignalOutcome(signal_id, is_new, already_done=already)
+        outcome = SignalOutcome(
+            signal_id, is_new, already_done=already, conflicts_with=_conflict(signal, stored_id)
+        )
         price = _Prices(
             signal.price_usd if signal.price_usd is not None else prices.get(signal.token_address),
             prices.get(SOL_MINT),
@@ -144,6 +153,9 @@ async def handle_signals(
             if agent.agent_id in finished:
                 continue
             decision, tx_id = _execute(signal, signal_id, agent, price, trading, buys, fleet)
+            problem = problem_of(agent.agent_id, config_of_text(agent.trading_config_text))
+            if problem is not None:
+                outcome.config_problems.append(problem)
             finished.add(agent.agent_id)
             rows.append(
                 signals_db.ExecutionRow(
@@ -155,6 +167,7 @@ async def handle_signals(
 
     await store.insert_swaps(buys.swaps)
     await store.apply_balance_deltas(buys.deltas)
+    await store.insert_exit_rules(list(buys.rule_sets.values()))
     await store.insert_positions(buys.positions)
     await store.insert_executions(rows)
     return results
@@ -213,17 +226,23 @@ def _execute(
     return decision, tx_id
 
 
+def _conflict(signal: Signal, stored: signals_db.StoredSignal) -> str | None:
+    """The first record of a signal whose key this one reuses with another payload."""
+    if stored.is_new or stored.digest is None or signal.digest is None:
+        return None
+    if stored.digest == signal.digest:
+        return None
+    return stored.record or "an earlier record"
+
+
 def _decide(
     signal: Signal, signal_id: int, agent: Subscriber, config_text: str | None
 ) -> tuple[Decision, AgentTradingConfig | None]:
-    """The agent's decision, with its config from the cache keyed by the stored text."""
-    seed = sizing_seed(signal_id, agent.agent_id)
-    try:
-        cfg = config_of_text(config_text)
-    except InvalidConfig:
-        # The slow path says why, after the automated-trading check (off wins).
-        return decide_agent(signal, agent, seed=seed), None
-    return decide(signal, agent, cfg, seed=seed), cfg
+    """The agent's decision, with its config from the cache keyed by the stored text (an
+    invalid config fails the agent with the reason, after the automated-trading check)."""
+    reading = config_of_text(config_text)
+    decision = decide_agent(signal, agent, reading, seed=sizing_seed(signal_id, agent.agent_id))
+    return decision, reading.config
 
 
 @dataclass(slots=True)
@@ -234,6 +253,19 @@ class _Buys:
     swaps: list[trades_db.SwapRow] = field(default_factory=list)
     deltas: list[trades_db.BalanceDelta] = field(default_factory=list)
     positions: list[trades_db.NewPosition] = field(default_factory=list)
+    # The exit rules the batch's positions are opened with, by id; and by config object
+    # (configs come from one cache, so an agent's config is the same object every time).
+    rule_sets: dict[UUID, ExitRules] = field(default_factory=dict)
+    # Each entry holds its config, so no id is reused by another config within the batch.
+    _rules_of: dict[int, tuple[AgentTradingConfig, ExitRules]] = field(default_factory=dict)
+
+    def rules(self, cfg: AgentTradingConfig) -> ExitRules:
+        """The exit rules of `cfg`, computed once per config and batch."""
+        held = self._rules_of.get(id(cfg))
+        if held is None:
+            held = self._rules_of[id(cfg)] = (cfg, exit_rules(cfg))
+            self.rule_sets[held[1].id] = held[1]
+        return held[1]
 
     def add(
         self,
@@ -262,6 +294,7 @@ class _Buys:
                 token_symbol=symbol,
                 purchase_transaction_id=tx_id,
                 state=open_position(fill, created_at=self.now, cfg=cfg),
+                exit_rules_id=self.rules(cfg).id,
             )
         )
         return tx_id

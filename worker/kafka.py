@@ -8,6 +8,7 @@ from typing import Any
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.conn import create_conn
 from aiokafka.errors import (
     AuthenticationFailedError,
@@ -154,39 +155,96 @@ async def _close_quietly(client: Any) -> None:  # noqa: ANN401 - aiokafka client
         log.debug("kafka_client_close_failed", error=describe(exc))
 
 
-def make_producer(kafka: KafkaSettings) -> AIOKafkaProducer:
-    """The producer of dead letters and published signals: acks from all in-sync replicas."""
+# The producer's request limit when the topics allow no more (the broker's default record
+# limit is 1 MiB; a dead letter adds its headers to a record of that size).
+DEFAULT_MAX_REQUEST_BYTES = 2 * 1024 * 1024
+# What the DLQ topic accepts beyond the input topics' record limit: the dead-letter headers.
+DLQ_HEADROOM_BYTES = 64 * 1024
+# Kafka's default `message.max.bytes` (what a topic accepts unless configured otherwise).
+KAFKA_DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
+_MAX_MESSAGE_BYTES = "max.message.bytes"
+
+
+def make_producer(
+    kafka: KafkaSettings, *, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+) -> AIOKafkaProducer:
+    """The producer of dead letters and published messages: acks from all in-sync replicas."""
     return AIOKafkaProducer(
         **client_options(kafka),
         acks="all",
         enable_idempotence=True,
-        max_request_size=2_097_152,
+        max_request_size=max(max_request_bytes, DEFAULT_MAX_REQUEST_BYTES),
         linger_ms=5,
     )
 
 
-async def ensure_topics(kafka: KafkaSettings, *, timeout_s: float) -> list[str]:
-    """Create the signal, price and dead-letter topics if missing; return those created."""
+async def ensure_topics(kafka: KafkaSettings, *, timeout_s: float) -> int:
+    """Create the signal, price and dead-letter topics if missing; the DLQ's record limit.
+
+    The DLQ topic is created accepting records `DLQ_HEADROOM_BYTES` larger than the largest
+    the input topics accept, so the dead letter of any input record fits whole. When it
+    exists already with a smaller limit, that is logged (dead letters that do not fit are
+    cut down, see `worker.deadletters`), and its actual limit is returned.
+    """
     admin = AIOKafkaAdminClient(**client_options(kafka))
     await start_client(admin, kafka, timeout_s=timeout_s)
     try:
-        wanted = [kafka.signals_topic, kafka.prices_topic, kafka.dlq_topic]
+        inputs = [kafka.signals_topic, kafka.prices_topic]
         existing = set(await admin.list_topics())
-        missing = [t for t in wanted if t not in existing]
-        if not missing:
-            return []
-        metadata = await admin.describe_cluster()
-        brokers = len(metadata.get("brokers", [])) or 1
-        replication = min(3, brokers)
-        try:
-            await admin.create_topics(
-                [NewTopic(t, kafka.topic_partitions, replication) for t in missing]
+        missing_inputs = [t for t in inputs if t not in existing]
+        if missing_inputs:
+            await _create(admin, kafka, missing_inputs, {})
+        limits = await _record_limits(admin, inputs)
+        wanted = max(limits.values(), default=KAFKA_DEFAULT_MAX_MESSAGE_BYTES)
+        wanted += DLQ_HEADROOM_BYTES
+        if kafka.dlq_topic not in existing:
+            await _create(admin, kafka, [kafka.dlq_topic], {_MAX_MESSAGE_BYTES: str(wanted)})
+        dlq = (await _record_limits(admin, [kafka.dlq_topic])).get(kafka.dlq_topic, wanted)
+        if dlq < wanted:
+            log.warning(
+                "dlq_topic_record_limit_small",
+                topic=kafka.dlq_topic,
+                max_message_bytes=dlq,
+                wanted=wanted,
+                effect="dead letters larger than this are sent with their value cut down",
             )
-        except TopicAlreadyExistsError:
-            log.info("topics_created_concurrently", topics=missing)
-        log.info("topics_created", topics=missing, partitions=kafka.topic_partitions)
     except KafkaError as exc:
         raise unavailable(kafka, exc) from exc
     finally:
         await admin.close()
-    return missing
+    return dlq
+
+
+async def _create(
+    admin: AIOKafkaAdminClient, kafka: KafkaSettings, topics: list[str], configs: dict[str, str]
+) -> None:
+    metadata = await admin.describe_cluster()
+    brokers = len(metadata.get("brokers", [])) or 1
+    replication = min(3, brokers)
+    try:
+        await admin.create_topics(
+            [
+                NewTopic(t, kafka.topic_partitions, replication, topic_configs=configs)
+                for t in topics
+            ]
+        )
+    except TopicAlreadyExistsError:
+        log.info("topics_created_concurrently", topics=topics)
+    log.info("topics_created", topics=topics, partitions=kafka.topic_partitions, configs=configs)
+
+
+async def _record_limits(admin: AIOKafkaAdminClient, topics: list[str]) -> dict[str, int]:
+    """Each existing topic's `max.message.bytes`."""
+    resources = [
+        ConfigResource(ConfigResourceType.TOPIC, t, configs={_MAX_MESSAGE_BYTES: None})
+        for t in topics
+    ]
+    limits: dict[str, int] = {}
+    for response in await admin.describe_configs(resources):
+        for resource in response.to_object()["resources"]:
+            if resource["error_code"]:
+                continue
+            for entry in resource["config_entries"]:
+                if entry["config_names"] == _MAX_MESSAGE_BYTES and entry["config_value"]:
+                    limits[resource["resource_name"]] = int(entry["config_value"])
+    return limits

@@ -3,18 +3,29 @@
 Numbers are parsed as `Decimal` from their JSON text (never through float), NaN and
 Infinity are refused, integers and strings are strict (no `"5x"` or `"5"` into an int, no
 number into a string). Unknown fields are ignored, as the contract says.
+
+The models refuse what the database would refuse, so such a record is an ordinary
+`invalid` dead letter with a reason in the publisher's terms, never a database error in
+the middle of a batch: prices are rounded to the 18 places of numeric(30,18) (half away
+from zero, as PostgreSQL rounds) and must still be above 0, USD metrics likewise to 8
+places; text may not hold NUL characters or unpaired surrogates (PostgreSQL and UTF-8
+cannot store them); timestamps lie between 1970 and 9999; integers have at most 40
+digits. A signal for the SOL mint is refused: SOL is the quote currency, not a token.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
-from datetime import datetime
-from decimal import Decimal
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Annotated, NoReturn
 from uuid import UUID
 
+import orjson
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -24,29 +35,71 @@ from pydantic import (
     field_validator,
 )
 
-from worker.domain.models import Signal
+from worker.domain.models import SOL_MINT, Signal
 from worker.errors import InvalidMessage
 
 _BASE58_RE = re.compile(r"^[1-9A-HJ-NP-Za-km-z]{32,44}$")
 MAX_MESSAGE_BYTES = 1_048_576
+MAX_INT_DIGITS = 40
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9999, 12, 30, tzinfo=UTC)
+
+
+def _rounded(places: int, column: str) -> AfterValidator:
+    """Round to the column's places as PostgreSQL would; what is left must still be > 0."""
+    step = Decimal(1).scaleb(-places)
+
+    def check(value: Decimal) -> Decimal:
+        rounded = value.quantize(step, rounding=ROUND_HALF_UP)
+        if rounded <= 0:
+            raise ValueError(
+                f"must be at least {step:f}: {value:f} rounds to 0 in {column} ({places} places)"
+            )
+        return rounded
+
+    return AfterValidator(check)
+
+
+def _storable_text(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters (\\u0000)")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError("must not contain unpaired surrogates (invalid Unicode)") from exc
+    return value
+
+
+def _in_range(value: datetime) -> datetime:
+    if not EARLIEST <= value <= LATEST:
+        raise ValueError("must lie between 1970-01-01 and 9999-12-30")
+    return value
+
 
 StrictInt = Annotated[int, Field(strict=True)]
 # The pattern is checked by `_check_mint` (after trimming); here it documents the schema.
 MintAddress = Annotated[str, Field(strict=True, json_schema_extra={"pattern": _BASE58_RE.pattern})]
 # Upper bounds keep values inside their columns: numeric(30,18) prices, numeric(30,8) metrics.
-PriceUsd = Annotated[Decimal, Field(gt=0, lt=Decimal("1e12"), allow_inf_nan=False)]
-MetricUsd = Annotated[Decimal, Field(gt=0, lt=Decimal("1e22"), allow_inf_nan=False)]
+PriceUsd = Annotated[
+    Decimal, Field(gt=0, lt=Decimal("1e12"), allow_inf_nan=False), _rounded(18, "numeric(30,18)")
+]
+MetricUsd = Annotated[
+    Decimal, Field(gt=0, lt=Decimal("1e22"), allow_inf_nan=False), _rounded(8, "numeric(30,8)")
+]
+Timestamp = Annotated[AwareDatetime, AfterValidator(_in_range)]
 
 
 def _trimmed(max_length: int, min_length: int = 0) -> StringConstraints:
     return StringConstraints(strip_whitespace=True, min_length=min_length, max_length=max_length)
 
 
-SignalType = Annotated[str, Field(strict=True), _trimmed(50, 1)]
-Symbol = Annotated[str, Field(strict=True), _trimmed(50)]
-Reason = Annotated[str, Field(strict=True), _trimmed(2000)]
-Source = Annotated[str, Field(strict=True), _trimmed(100)]
-IdempotencyKey = Annotated[str, Field(strict=True), _trimmed(200, 1)]
+SignalType = Annotated[str, Field(strict=True), _trimmed(50, 1), AfterValidator(_storable_text)]
+Symbol = Annotated[str, Field(strict=True), _trimmed(50), AfterValidator(_storable_text)]
+Reason = Annotated[str, Field(strict=True), _trimmed(2000), AfterValidator(_storable_text)]
+Source = Annotated[str, Field(strict=True), _trimmed(100), AfterValidator(_storable_text)]
+IdempotencyKey = Annotated[
+    str, Field(strict=True), _trimmed(200, 1), AfterValidator(_storable_text)
+]
 
 
 def _check_mint(value: str) -> str:
@@ -69,7 +122,7 @@ class SignalV1(BaseModel):
     source: Source | None = None
     idempotency_key: IdempotencyKey | None = None
     price_usd: PriceUsd | None = None
-    created_at: AwareDatetime | None = None
+    created_at: Timestamp | None = None
     market_cap_usd: MetricUsd | None = None
     liquidity_usd: MetricUsd | None = None
     holder_count: Annotated[StrictInt, Field(ge=0, le=2**31 - 1)] | None = None
@@ -77,12 +130,23 @@ class SignalV1(BaseModel):
     @field_validator("token_address")
     @classmethod
     def _mint(cls, value: str) -> str:
-        return _check_mint(value.strip())
+        mint = _check_mint(value.strip())
+        if mint == SOL_MINT:
+            raise ValueError("is the SOL mint: SOL is the quote currency, not a tradable token")
+        return mint
 
     @field_validator("symbol", "activation_reason", "source")
     @classmethod
     def _blank_is_none(cls, value: str | None) -> str | None:
         return value or None
+
+    def digest(self) -> bytes:
+        """16 bytes of SHA-256 over the validated fields (unknown fields left out): the same
+        payload, however it is spelled, has the same digest."""
+        canonical = orjson.dumps(
+            self.model_dump(mode="json", exclude_none=True), option=orjson.OPT_SORT_KEYS
+        )
+        return hashlib.sha256(canonical).digest()[:16]
 
     def to_domain(self, *, coordinates: str, received_at: datetime) -> Signal:
         """The domain `Signal`; without an idempotency key, the Kafka coordinates are the key."""
@@ -100,6 +164,8 @@ class SignalV1(BaseModel):
             market_cap_usd=self.market_cap_usd,
             liquidity_usd=self.liquidity_usd,
             holder_count=self.holder_count,
+            digest=self.digest(),
+            record=coordinates,
         )
 
 
@@ -110,7 +176,7 @@ class PriceTickV1(BaseModel):
 
     token_address: MintAddress
     price_usd: PriceUsd
-    ts: AwareDatetime | None = None
+    ts: Timestamp | None = None
 
     @field_validator("token_address")
     @classmethod
@@ -118,8 +184,21 @@ class PriceTickV1(BaseModel):
         return _check_mint(value.strip())
 
 
+class _UnacceptedNumberError(ValueError):
+    """A JSON number this worker does not accept (NaN, Infinity, too many digits)."""
+
+
 def _refuse_constant(name: str) -> NoReturn:
-    raise ValueError(f"{name} is not a number this worker accepts")
+    raise _UnacceptedNumberError(f"{name} is not a number this worker accepts")
+
+
+def _parse_int(digits: str) -> int:
+    count = len(digits.lstrip("-"))
+    if count > MAX_INT_DIGITS:
+        raise _UnacceptedNumberError(
+            f"a number with {count} digits is too long (at most {MAX_INT_DIGITS} digits)"
+        )
+    return int(digits)
 
 
 def parse_json(raw: bytes | None) -> object:
@@ -133,7 +212,11 @@ def parse_json(raw: bytes | None) -> object:
     except UnicodeDecodeError as exc:
         raise InvalidMessage(f"not UTF-8: {exc.reason} at byte {exc.start}") from exc
     try:
-        return json.loads(text, parse_float=Decimal, parse_constant=_refuse_constant)
+        return json.loads(
+            text, parse_float=Decimal, parse_int=_parse_int, parse_constant=_refuse_constant
+        )
+    except _UnacceptedNumberError as exc:
+        raise InvalidMessage(f"not JSON this worker accepts: {exc}") from exc
     except RecursionError as exc:
         raise InvalidMessage("not JSON this worker accepts: nested too deeply") from exc
     except ValueError as exc:
@@ -150,7 +233,7 @@ def describe_validation(exc: ValidationError) -> str:
     parts = []
     for error in exc.errors(include_url=False, include_input=False)[:5]:
         loc = ".".join(str(p) for p in error["loc"]) or "message"
-        parts.append(f"{loc}: {error['msg']}")
+        parts.append(f"{loc}: {error['msg'].removeprefix('Value error, ')}")
     more = len(exc.errors()) - 5
     suffix = f" (and {more} more)" if more > 0 else ""
     return _first_line("; ".join(parts) + suffix, 1000)
@@ -181,3 +264,20 @@ def decode_price(raw: bytes | None) -> PriceTickV1:
 def _json_kind(value: object) -> str:
     kinds = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
     return kinds.get(type(value), "a number")
+
+
+def check_tick_time(
+    tick: PriceTickV1, *, received_at: datetime, now: datetime, ahead: timedelta
+) -> None:
+    """`InvalidMessage` when the tick's `ts` lies more than `ahead` after the record's
+    timestamp or the worker's clock (whichever is earlier): stored, such a tick would make
+    every real tick after it look older, freezing the price until its `ts` has passed."""
+    if tick.ts is None:
+        return
+    limit = min(received_at, now) + ahead
+    if tick.ts > limit:
+        raise InvalidMessage(
+            f"invalid price tick: ts {tick.ts.isoformat()} is more than "
+            f"{ahead.total_seconds():g}s ahead of the record's timestamp "
+            f"({received_at.isoformat()}) or the worker's clock (PRICE_MAX_FUTURE_S)"
+        )

@@ -26,6 +26,30 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.dead_letters_truncated = Counter(
+            "signal_worker_dead_letters_truncated",
+            "Dead letters too large to send whole, by what they carry instead of the value "
+            "(truncated: its first bytes; omitted: none)",
+            ["payload"],
+            registry=r,
+        )
+        self.stale_ticks = Counter(
+            "signal_worker_stale_ticks",
+            "Price ticks not newer than the stored price of their token (they change nothing)",
+            registry=r,
+        )
+        self.conflicting_signals = Counter(
+            "signal_worker_conflicting_signals",
+            "Signals whose idempotency key was stored before with a different payload",
+            registry=r,
+        )
+        self.config_problems = Counter(
+            "signal_worker_config_problems",
+            "Agent configs seen with a problem, once per agent and config: unknown_keys "
+            "(ignored keys), invalid (no buys; exits use the opening rules)",
+            ["problem"],
+            registry=r,
+        )
         self.exits = Counter(
             "signal_worker_exits",
             "Positions fully closed, by close reason",

@@ -21,8 +21,9 @@ from worker.db.positions import (
     TrailRow,
     TrailUpdate,
 )
-from worker.db.signals import ExecutionRow
+from worker.db.signals import ExecutionRow, StoredSignal
 from worker.db.trades import BalanceDelta, NewPosition, SwapRow
+from worker.domain.config import ExitRules
 from worker.domain.models import Signal
 
 
@@ -33,8 +34,8 @@ class SignalStore(Protocol):
         """The ids among `user_ids` that name a user."""
         ...
 
-    async def insert_signals(self, signals: Sequence[Signal]) -> list[tuple[int, bool]]:
-        """Store each signal once per (user, idempotency key): (id, whether new), in order."""
+    async def insert_signals(self, signals: Sequence[Signal]) -> list[StoredSignal]:
+        """Store each signal once per (user, idempotency key): how each stands, in order."""
         ...
 
     async def lock_signals(self, signal_ids: Sequence[int]) -> None:
@@ -67,6 +68,10 @@ class SignalStore(Protocol):
         """Add each delta to its (wallet, token) balance; a debit may not go below zero."""
         ...
 
+    async def insert_exit_rules(self, rules: Sequence[ExitRules]) -> None:
+        """Store the exit rule sets new positions point at (each id once, ever)."""
+        ...
+
     async def insert_positions(self, positions: Sequence[NewPosition]) -> None:
         """Open the positions."""
         ...
@@ -93,6 +98,10 @@ class PriceStore(Protocol):
 
     async def agent_configs(self, agent_ids: Sequence[UUID]) -> dict[UUID, tuple[str, str | None]]:
         """Each agent's row version and `trading_config` JSON text (None: NULL)."""
+        ...
+
+    async def exit_rules(self, ids: Sequence[UUID]) -> dict[UUID, str]:
+        """The exit rule sets (JSON text) positions were opened with, by id."""
         ...
 
     async def open_positions(self, token: str, ids: Sequence[UUID]) -> list[OpenPosition]:

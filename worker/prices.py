@@ -15,6 +15,11 @@ down) are written with GREATEST/LEAST, which commute, so they need no lock.
 
 Only ticks of a position's own token evaluate it: a SOL/USD tick moves no position by
 itself (as in the source, where SOL/USD is only read when a token's price arrives).
+
+Which rules exit a position: the agent's current config while it is valid (an edit applies
+to open positions, as in the source); when the stored config is invalid, the exit rules the
+position was opened with (`exit_rule_sets`), else the defaults. An invalid config stops an
+agent's buys, never its positions' stop losses.
 """
 
 from __future__ import annotations
@@ -27,10 +32,16 @@ from uuid import UUID
 
 import structlog
 
-from worker.config_cache import ConfigTexts, config_of_text
+from worker.config_cache import (
+    ConfigProblem,
+    ConfigTexts,
+    config_of_rules,
+    config_of_text,
+    problem_of,
+)
 from worker.db import positions as positions_db
 from worker.db import trades as trades_db
-from worker.domain.config import AgentTradingConfig, InvalidConfig
+from worker.domain.config import AgentTradingConfig
 from worker.domain.fills import token_price_sol
 from worker.domain.models import SOL_MINT, PositionState
 from worker.domain.money import to_price
@@ -48,6 +59,28 @@ from worker.ports import PriceStore
 from worker.settings import Settings
 
 log = structlog.get_logger(__name__)
+# The exit rules of a position whose agent's config is invalid and that has none stored.
+_DEFAULT_RULES = AgentTradingConfig()
+
+
+@dataclass(slots=True)
+class TickOutcome:
+    """What one tick did, for logs and metrics."""
+
+    token: str
+    price_usd: Decimal
+    is_newer: bool = True  # False: not newer than the stored price, so it did nothing
+    positions: int = 0  # open positions in the token that automation may exit
+    trailed: int = 0  # positions whose peak, stop or low moved without a trade
+    closes: dict[str, int] = field(default_factory=dict)  # full exits by close reason
+    partial_sales: int = 0  # take-profit sales that left the position open
+    dca_buys: int = 0
+    config_problems: list[ConfigProblem] = field(default_factory=list)
+
+    @property
+    def traded(self) -> bool:
+        """True when the tick sold or bought anything."""
+        return bool(self.closes) or self.partial_sales > 0 or self.dca_buys > 0
 
 
 @dataclass(slots=True)
@@ -57,6 +90,8 @@ class _Writes:
     updates: list[positions_db.PositionWrite] = field(default_factory=list)
     closed: list[positions_db.ClosedPosition] = field(default_factory=list)
     trails: list[positions_db.TrailUpdate] = field(default_factory=list)
+    partial_sales: int = 0
+    dca_buys: int = 0
 
 
 async def handle_price(
@@ -67,32 +102,74 @@ async def handle_price(
     settings: Settings,
     now: datetime,
     received_at: datetime,
-) -> dict[str, int]:
-    """Store the tick if newer and run the exits it triggers; full exits by close reason.
+) -> TickOutcome:
+    """Store the tick if newer and run the exits it triggers; what it did.
 
-    `configs` holds agents' configs across ticks; those not held at the version the
-    positions' read shows are read (and held) first."""
+    `configs` holds agents' configs and exit rule sets across ticks; those not held at the
+    version the positions' read shows are read (and held) first."""
+    outcome = TickOutcome(tick.token_address, tick.price_usd)
     ts = tick.ts or received_at
     if not await store.upsert_price(tick.token_address, tick.price_usd, ts):
-        return {}
+        outcome.is_newer = False
+        return outcome
     if tick.token_address == SOL_MINT:
-        return {}
+        return outcome
     sol_usd = (await store.fetch_prices([SOL_MINT])).get(SOL_MINT)
     if sol_usd is None:
         log.warning("exits_skipped_no_sol_price", token=tick.token_address)
-        return {}
+        return outcome
     trails = await store.trail_rows(tick.token_address)
+    outcome.positions = len(trails)
     if not trails:
-        return {}
-    texts = await _config_texts(store, configs, trails)
+        return outcome
+    cfgs = await _exit_configs(store, configs, trails, outcome)
     fees = Fees(settings.sim_network_fee_sol, settings.sim_protocol_fee_bps)
-    writes = await _evaluate(store, trails, texts, tick, sol_usd, now, fees)
+    writes = await _evaluate(store, trails, cfgs, tick, sol_usd, now, fees)
     await store.insert_swaps(writes.swaps)
     await store.apply_balance_deltas(writes.deltas)
     await store.update_positions(writes.updates, now)
     await store.update_trails(writes.trails, now)
     await store.close_positions(writes.closed, now)
-    return _report(writes.closed)
+    outcome.trailed = len(writes.trails)
+    outcome.partial_sales = writes.partial_sales
+    outcome.dca_buys = writes.dca_buys
+    outcome.closes = _report(writes.closed)
+    return outcome
+
+
+async def _exit_configs(
+    store: PriceStore,
+    configs: ConfigTexts,
+    trails: list[positions_db.TrailRow],
+    outcome: TickOutcome,
+) -> dict[UUID, AgentTradingConfig]:
+    """The config that exits each position of `trails`, by position id: its agent's current
+    config, or (when that is invalid) the rules it was opened with. Agents deleted since the
+    read are left out (their positions go with them)."""
+    texts = await _config_texts(store, configs, trails)
+    readings = {agent_id: config_of_text(text) for agent_id, text in texts.items()}
+    for agent_id, reading in readings.items():
+        problem = problem_of(agent_id, reading)
+        if problem is not None:
+            outcome.config_problems.append(problem)
+    invalid = {agent_id for agent_id, r in readings.items() if r.config is None}
+    if invalid:
+        wanted = [r.exit_rules_id for r in trails if r.agent_id in invalid and r.exit_rules_id]
+        missing = configs.missing_rules(wanted)
+        if missing:
+            configs.update_rules(await store.exit_rules(missing))
+    cfgs: dict[UUID, AgentTradingConfig] = {}
+    for row in trails:
+        current = readings.get(row.agent_id)
+        if current is None:
+            continue
+        if current.config is not None:
+            cfgs[row.id] = current.config
+            continue
+        # A stored rule set that no longer validates (a future code change): the defaults.
+        fallback = config_of_rules(configs.rules_text(row.exit_rules_id)).config
+        cfgs[row.id] = fallback if fallback is not None else _DEFAULT_RULES
+    return cfgs
 
 
 async def _config_texts(
@@ -114,7 +191,7 @@ async def _config_texts(
 async def _evaluate(
     store: PriceStore,
     trails: list[positions_db.TrailRow],
-    texts: dict[UUID, str | None],
+    cfgs: dict[UUID, AgentTradingConfig],
     tick: PriceTickV1,
     sol_usd: Decimal,
     now: datetime,
@@ -124,31 +201,30 @@ async def _evaluate(
     ones that trade."""
     writes = _Writes()
     price = token_price_sol(tick.price_usd, sol_usd)
-    loud = _trail_quiet(trails, texts, price, now, writes)
+    loud = _trail_quiet(trails, cfgs, price, now, writes)
     if not loud:
         return writes
     acting: list[positions_db.OpenPosition] = []
-    # The loud ones' agents are all in `texts` (`_trail_quiet` skips the others): one
-    # config per agent for the whole tick, read once.
+    # The loud ones are all in `cfgs` (`_trail_quiet` skips the others): one config per
+    # agent for the whole tick, read once.
     for position in await store.open_positions(tick.token_address, loud):
-        plan = _plan(position, texts[position.agent_id], tick.price_usd, sol_usd, now, fees)
-        if plan is not None and plan.moves_money:
+        plan = _plan(position, cfgs[position.id], tick.price_usd, sol_usd, now, fees)
+        if plan.moves_money:
             acting.append(position)
-        elif plan is not None and plan.final is not None:
+        elif plan.final is not None:
             _trail(position, plan.final, writes)
     if not acting:
         return writes
     await store.lock_wallets_sol([p.wallet_address for p in acting])
     for position in await store.lock_positions(tick.token_address, [p.id for p in acting]):
-        plan = _plan(position, texts[position.agent_id], tick.price_usd, sol_usd, now, fees)
-        if plan is not None:
-            _trade(position, plan, now, writes)
+        plan = _plan(position, cfgs[position.id], tick.price_usd, sol_usd, now, fees)
+        _trade(position, plan, now, writes)
     return writes
 
 
 def _trail_quiet(
     trails: list[positions_db.TrailRow],
-    texts: dict[UUID, str | None],
+    cfgs: dict[UUID, AgentTradingConfig],
     price: Decimal,
     now: datetime,
     writes: _Writes,
@@ -158,11 +234,9 @@ def _trail_quiet(
     bands: dict[int, QuietBand] = {}
     loud: list[UUID] = []
     for row in trails:
-        if row.agent_id not in texts:
-            continue  # the agent was deleted since the read (its positions go with it)
-        cfg = _config(texts[row.agent_id], row.id, row.agent_id)
+        cfg = cfgs.get(row.id)
         if cfg is None:
-            continue
+            continue  # the agent was deleted since the read (its positions go with it)
         band = bands.get(id(cfg))
         if band is None:
             band = bands[id(cfg)] = quiet_band(cfg)
@@ -191,30 +265,14 @@ def _report(closed: list[positions_db.ClosedPosition]) -> dict[str, int]:
     return exits
 
 
-def _config(text: str | None, position_id: UUID, agent_id: UUID) -> AgentTradingConfig | None:
-    try:
-        return config_of_text(text)
-    except InvalidConfig as exc:
-        log.warning(
-            "exits_skipped_invalid_config",
-            position_id=str(position_id),
-            agent_id=str(agent_id),
-            error=str(exc),
-        )
-        return None
-
-
 def _plan(
     position: positions_db.OpenPosition,
-    config_text: str | None,
+    cfg: AgentTradingConfig,
     token_usd: Decimal,
     sol_usd: Decimal,
     now: datetime,
     fees: Fees,
-) -> TickPlan | None:
-    cfg = _config(config_text, position.id, position.agent_id)
-    if cfg is None:
-        return None
+) -> TickPlan:
     return plan_tick(
         position.state,
         token_usd=token_usd,
@@ -267,11 +325,13 @@ def _trade(
             writes.closed.append(positions_db.ClosedPosition(p, sale.pnl, tx_id, sale.close_reason))
         elif sale.is_take_profit:
             tp_tx = tx_id
+            writes.partial_sales += 1
     if plan.final is None:
         return
     dca_tx: uuid.UUID | None = None
     if plan.dca is not None:
         dca_tx = uuid.uuid4()
+        writes.dca_buys += 1
         swap, deltas = trades_db.buy_rows(dca_tx, holding, plan.dca, now, is_dca=True)
         writes.swaps.append(swap)
         writes.deltas.extend(deltas)

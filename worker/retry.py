@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 
 import asyncpg
@@ -75,12 +76,34 @@ def set_retry_observer(observer: Callable[[], None] | None) -> None:
     _on_retry = observer
 
 
-def transient_retry(*, attempts: int = 5, max_delay_s: float = 60.0) -> AsyncRetrying:
-    """Retry a whole unit of work on transient errors, with exponential backoff and jitter."""
+def transient_retry(
+    *, attempts: int = 5, max_delay_s: float = 60.0, stop: asyncio.Event | None = None
+) -> AsyncRetrying:
+    """Retry a whole unit of work on transient errors, with exponential backoff and jitter.
+
+    With `stop`, a set event ends the retries at once: a backoff sleep wakes when it is set,
+    and no further attempt starts (the last error is raised, as when retries run out).
+    """
+    ends = stop_after_attempt(attempts) | stop_after_delay(max_delay_s)
+    if stop is None:
+        return AsyncRetrying(
+            retry=retry_if_exception(is_transient),
+            stop=ends,
+            wait=wait_exponential_jitter(multiplier=0.2, max=5.0, jitter=0.2),
+            reraise=True,
+            before_sleep=_log_retry,
+        )
+    event = stop
+
+    async def sleep_unless_stopped(seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), seconds)
+
     return AsyncRetrying(
         retry=retry_if_exception(is_transient),
-        stop=stop_after_attempt(attempts) | stop_after_delay(max_delay_s),
+        stop=lambda state: event.is_set() or ends(state),
         wait=wait_exponential_jitter(multiplier=0.2, max=5.0, jitter=0.2),
+        sleep=sleep_unless_stopped,
         reraise=True,
         before_sleep=_log_retry,
     )

@@ -95,6 +95,7 @@ class Settings(BaseSettings):
     kafka_sasl_password: SecretStr | None = None
     kafka_ssl_cafile: str | None = None
     http_port: int = Field(default=8080, ge=0, le=65535)
+    http_host: str = Field(default="0.0.0.0", min_length=1)  # noqa: S104 - probes need it
     log_level: LogLevel = "INFO"
     log_format: LogFormat = "json"
 
@@ -113,6 +114,10 @@ class Settings(BaseSettings):
     shutdown_timeout_s: float = Field(default=8.0, gt=0, le=300)
     sim_network_fee_sol: Decimal = Field(default=Decimal("0.000005"), ge=0, le=1)
     sim_protocol_fee_bps: Decimal = Field(default=Decimal(0), ge=0, le=1000)
+    # A tick's `ts` may lie at most this far ahead of its record's timestamp / the clock.
+    price_max_future_s: float = Field(default=60.0, ge=0, le=86_400)
+    http_max_connections: int = Field(default=64, ge=1, le=10_000)
+    http_request_timeout_s: float = Field(default=5.0, gt=0, le=300)
 
     @field_validator("log_level", "kafka_security_protocol", "kafka_sasl_mechanism", mode="before")
     @classmethod

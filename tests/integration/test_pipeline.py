@@ -374,7 +374,7 @@ async def test_bad_records_go_to_the_dead_letter_topic_and_valid_ones_go_through
         "array": "a signal must be a JSON object, not an array",
         "wrong_types": "signal_strength: Input should be a valid integer",
         "strength_7": "signal_strength: Input should be less than or equal to 5",
-        "short_token": "token_address: Value error, must be a Solana mint address",
+        "short_token": "token_address: must be a Solana mint address",
         "unknown_user": "unknown user_id",
         "huge_string": "activation_reason: String should have at most 2000 characters",
     }

@@ -103,12 +103,15 @@ EXPECTED_COLUMNS: dict[str, dict[str, str]] = {
         "signal_strength": "integer",
         "source": "varchar(100)?",
         "user_id": "uuid?",
-        # contract section 5 additions
-        "idempotency_key": "varchar(200)",
+        # contract section 5 additions (nullable since 0004: the source's API writes none)
+        "idempotency_key": "varchar(200)?",
         "price_usd": "numeric(30,18)?",
         "market_cap_usd": "numeric(30,8)?",
         "liquidity_usd": "numeric(30,8)?",
         "holder_count": "integer?",
+        # Added by 0004: which payload and which record stored the signal.
+        "payload_digest": "bytea?",
+        "source_record": "text?",
     },
     "signal_executions": {
         "id": "uuid",
@@ -203,6 +206,8 @@ EXPECTED_COLUMNS: dict[str, dict[str, str]] = {
         "total_take_profit_levels": "integer?",
         # Added by 0002: net SOL of the take-profit sales so far.
         "take_profit_proceeds_sol": "numeric(20,8)",
+        # Added by 0004: the exit rules the position was opened with.
+        "exit_rules_id": "uuid?",
     },
     # The worker's own tables.
     "token_prices": {
@@ -219,6 +224,7 @@ EXPECTED_COLUMNS: dict[str, dict[str, str]] = {
         "updated_at": TS,
     },
     "schema_migrations": {"name": "text", "checksum": "char(64)", "applied_at": TS},
+    "exit_rule_sets": {"id": "uuid", "rules": "jsonb", "created_at": TS},
 }
 
 NOW = "now()"
@@ -365,6 +371,8 @@ EXPECTED_INDEXES: list[tuple[str, tuple[str, ...], str]] = [
     # Added by 0002.
     ("agent_transactions", ("position_id",), INDEX),
     ("agent_historical_swaps", ("position_id",), UNIQUE),
+    # Added by 0004.
+    ("exit_rule_sets", ("id",), PK),
 ]
 
 SELECT_COLUMNS = """
@@ -475,6 +483,7 @@ async def test_the_worker_tables_say_what_they_are_for(db_conn: asyncpg.Connecti
         ("token_prices", "latest USD price"),
         ("consumer_offsets", "same transaction"),
         ("schema_migrations", "migrate"),
+        ("exit_rule_sets", "positions were opened with"),
     ):
         comment = await db_conn.fetchval("SELECT obj_description($1::regclass, 'pg_class')", table)
         assert comment is not None, table
@@ -932,7 +941,6 @@ async def add_fleet(conn: asyncpg.Connection) -> Fleet:
             "simulation",
             True,
             True,
-            config,
             sim,
             Decimal("1.5"),
             2,
@@ -942,29 +950,27 @@ async def add_fleet(conn: asyncpg.Connection) -> Fleet:
 
     # No wallet at all.
     bare = await add_agent(conn, user_id)
-    expected.append(Subscriber(bare, "simulation", True, True, None, None, None, 0, False))
+    expected.append(Subscriber(bare, "simulation", True, True, None, None, 0, False))
 
     # Live mode, but only a simulation wallet: no wallet for its mode.
     mismatched = await add_agent(conn, user_id, mode="live", config={})
     other_sim = await add_wallet(conn, mismatched, "simulation")
     await add_balance(conn, mismatched, other_sim, SOL_MINT, Decimal(3))
     await add_position(conn, mismatched, other_sim, MINT)
-    expected.append(Subscriber(mismatched, "live", True, True, {}, None, None, 0, False))
+    expected.append(Subscriber(mismatched, "live", True, True, None, None, 0, False))
 
     # A wallet with a token but no SOL row; automated simulation trading off.
     no_sol = await add_agent(conn, user_id, simulation_on=False)
     no_sol_wallet = await add_wallet(conn, no_sol, "simulation")
     await add_balance(conn, no_sol, no_sol_wallet, OTHER_MINT, Decimal(5))
     await add_position(conn, no_sol, no_sol_wallet, OTHER_MINT)
-    expected.append(
-        Subscriber(no_sol, "simulation", False, True, None, no_sol_wallet, None, 1, False)
-    )
+    expected.append(Subscriber(no_sol, "simulation", False, True, no_sol_wallet, None, 1, False))
 
     # Live mode with a live wallet holding the smallest amount of SOL.
     live_agent = await add_agent(conn, user_id, mode="live", live_on=False)
     live_wallet = await add_wallet(conn, live_agent, "live")
     await add_balance(conn, live_agent, live_wallet, SOL_MINT, TINY)
-    expected.append(Subscriber(live_agent, "live", True, False, None, live_wallet, TINY, 0, False))
+    expected.append(Subscriber(live_agent, "live", True, False, live_wallet, TINY, 0, False))
 
     # Someone else's agent, holding the token: never a subscriber.
     stranger = await add_user(conn)
@@ -1063,6 +1069,8 @@ async def test_insert_signal_stores_every_field(db_conn: asyncpg.Connection) -> 
         market_cap_usd=Decimal("1234567.12345678"),
         liquidity_usd=Decimal("0.00000001"),
         holder_count=0,
+        digest=bytes(range(16)),
+        record="trading-signals:3:41",
     )
 
     signal_id, inserted = await insert_signal(db_conn, signal)
@@ -1086,6 +1094,8 @@ async def test_insert_signal_stores_every_field(db_conn: asyncpg.Connection) -> 
         "liquidity_usd": Decimal("0.00000001"),
         "holder_count": 0,
         "created_at": signal.created_at,
+        "payload_digest": bytes(range(16)),
+        "source_record": "trading-signals:3:41",
     }
 
 

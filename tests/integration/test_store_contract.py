@@ -261,9 +261,10 @@ async def test_a_config_changed_in_the_database_applies_on_the_next_tick(
         ts = NOW + timedelta(seconds=seconds)
         message = PriceTickV1(token_address=TOKEN_A, price_usd=Decimal(price), ts=ts)
         async with db_conn.transaction():
-            return await handle_price(
+            outcome = await handle_price(
                 store, message, configs=configs, settings=settings, now=ts, received_at=ts
             )
+            return outcome.closes
 
     assert await tick("0.9", 1) == {}  # -10%: inside the default -32% stop
     assert await tick("0.91", 2) == {}

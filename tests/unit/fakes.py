@@ -28,8 +28,9 @@ from worker.db.positions import (
     TrailRow,
     TrailUpdate,
 )
-from worker.db.signals import ExecutionRow
+from worker.db.signals import ExecutionRow, StoredSignal
 from worker.db.trades import BalanceDelta, NewPosition, SwapRow
+from worker.domain.config import ExitRules
 from worker.domain.models import SOL_MINT, Signal
 
 
@@ -88,7 +89,8 @@ class FakeSignalStore:
     agents: dict[UUID, FakeAgent] = field(default_factory=dict)
     balances: dict[tuple[str, str], Decimal] = field(default_factory=dict)
     prices: dict[str, Decimal] = field(default_factory=dict)
-    signals: dict[tuple[UUID, str], int] = field(default_factory=dict)
+    signals: dict[tuple[UUID, str], StoredSignal] = field(default_factory=dict)
+    exit_rules: dict[UUID, str] = field(default_factory=dict)
     executions: dict[tuple[int, UUID], ExecutionRow] = field(default_factory=dict)
     swaps: list[SwapRow] = field(default_factory=list)
     positions: dict[tuple[UUID, str, str], NewPosition] = field(default_factory=dict)
@@ -110,15 +112,15 @@ class FakeSignalStore:
     async def existing_users(self, user_ids: Sequence[UUID]) -> set[UUID]:
         return {u for u in user_ids if u in self.users}
 
-    async def insert_signals(self, items: Sequence[Signal]) -> list[tuple[int, bool]]:
+    async def insert_signals(self, items: Sequence[Signal]) -> list[StoredSignal]:
         out = []
         for s in items:
             key = (s.user_id, s.idempotency_key)
             if key in self.signals:
-                out.append((self.signals[key], False))
+                out.append(replace(self.signals[key], is_new=False))
             else:
-                self.signals[key] = len(self.signals) + 1
-                out.append((self.signals[key], True))
+                self.signals[key] = StoredSignal(len(self.signals) + 1, True, s.digest, s.record)
+                out.append(self.signals[key])
         return out
 
     async def lock_signals(self, signal_ids: Sequence[int]) -> None:
@@ -152,7 +154,6 @@ class FakeSignalStore:
                     trading_mode=a.trading_mode,
                     automated_trading_simulation=a.automated_trading_simulation,
                     automated_trading_live=a.automated_trading_live,
-                    trading_config=a.trading_config,
                     trading_config_text=(
                         None if a.trading_config is None else json.dumps(a.trading_config)
                     ),
@@ -173,8 +174,14 @@ class FakeSignalStore:
     async def apply_balance_deltas(self, deltas: Sequence[BalanceDelta]) -> None:
         _apply_balance_deltas(self.balances, deltas)
 
+    async def insert_exit_rules(self, rules: Sequence[ExitRules]) -> None:
+        for r in rules:
+            self.exit_rules.setdefault(r.id, r.json)
+
     async def insert_positions(self, positions: Sequence[NewPosition]) -> None:
         for p in positions:
+            if p.exit_rules_id is not None and p.exit_rules_id not in self.exit_rules:
+                raise ConstraintViolationError(f"position {p.id} names unknown exit rules")
             key = (p.agent_id, p.wallet_address, p.token_address)
             if key in self.positions:
                 raise ConstraintViolationError(f"a second position {key}")
@@ -201,6 +208,7 @@ class FakePriceStore:
     prices: dict[str, tuple[Decimal, datetime]] = field(default_factory=dict)
     positions: dict[UUID, OpenPosition] = field(default_factory=dict)
     configs: dict[UUID, str | None] = field(default_factory=dict)  # by agent
+    rule_sets: dict[UUID, str] = field(default_factory=dict)  # exit rules by id
     balances: dict[tuple[str, str], Decimal] = field(default_factory=dict)
     paused: set[UUID] = field(default_factory=set)
     swaps: list[SwapRow] = field(default_factory=list)
@@ -242,9 +250,13 @@ class FakePriceStore:
                 p.state.current_stop_loss_percentage,
                 p.state.peak_price,
                 p.state.lowest_price,
+                p.exit_rules_id,
             )
             for p in self._open(token)
         ]
+
+    async def exit_rules(self, ids: Sequence[UUID]) -> dict[UUID, str]:
+        return {i: self.rule_sets[i] for i in ids if i in self.rule_sets}
 
     async def agent_configs(self, agent_ids: Sequence[UUID]) -> dict[UUID, tuple[str, str | None]]:
         self.configs_read.append(sorted(agent_ids))

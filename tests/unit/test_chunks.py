@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import UTC, datetime
 
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
@@ -37,7 +38,7 @@ async def test_chunks_cover_every_record_once_within_the_execution_budget() -> N
             tp = TopicPartition(TOPIC, partition)
             users = [big if i % 2 else (small if i % 5 else None) for i in range(60)]
             records = [_record(partition, 100 + i, user) for i, user in enumerate(users)]
-            items, dead = pipeline._decode(tp, records)
+            items, dead = pipeline._decode(tp, records, datetime.now(UTC))
             dead_count += len(dead)
             assert len(dead) == users.count(None)
             lane.append(_Part(tp, records, items, [pipeline._cost(i) for i in items]))

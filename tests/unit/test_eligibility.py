@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from worker.domain.config import resolve_config
+from worker.domain.config import read_config, resolve_config
 from worker.domain.eligibility import decide, decide_agent
 from worker.domain.models import Decision, ExecutionStatus, Signal, Subscriber
 
@@ -45,7 +46,6 @@ def make_agent(**changes: Any) -> Subscriber:
         trading_mode="simulation",
         automated_trading_simulation=True,
         automated_trading_live=True,
-        trading_config=None,
         wallet_address="sim_8d1b2c3a4f5e6d7c8b9a0f1e2d3c4b5a",
         sol_balance=Decimal(1),
         open_positions=0,
@@ -257,34 +257,49 @@ def test_success_is_deterministic_per_seed() -> None:
 # --- decide_agent: the stored config resolved -----------------------------------------------
 
 
+def _read(config: object) -> Any:
+    return read_config(None if config is None else json.dumps(config))
+
+
 def test_decide_agent_resolves_the_stored_config() -> None:
-    agent = make_agent(trading_config={"signals": {"minScore": 5}})
-    decision = decide_agent(make_signal(), agent, seed=SEED)
+    reading = _read({"signals": {"minScore": 5}})
+    decision = decide_agent(make_signal(), make_agent(), reading, seed=SEED)
     assert decision == Decision(SKIPPED, "signal strength 3 is below minScore 5")
 
 
 def test_decide_agent_fails_on_an_invalid_config() -> None:
-    agent = make_agent(trading_config={"signals": {"minScore": 6}})
-    decision = decide_agent(make_signal(), agent, seed=SEED)
+    reading = _read({"signals": {"minScore": 6}})
+    decision = decide_agent(make_signal(), make_agent(), reading, seed=SEED)
     assert decision == Decision(
         FAILED, "invalid trading_config: signals.minScore: Input should be less than or equal to 5"
     )
 
 
 def test_decide_agent_fails_on_a_config_that_is_not_an_object() -> None:
-    decision = decide_agent(make_signal(), make_agent(trading_config="oops"), seed=SEED)
+    decision = decide_agent(make_signal(), make_agent(), _read("oops"), seed=SEED)
     assert decision == Decision(FAILED, "invalid trading_config: expected a JSON object, got str")
 
 
+def test_decide_agent_fails_on_text_that_is_not_json_or_too_big_a_number() -> None:
+    for text, reason in [
+        ("{", "invalid trading_config: not JSON: Expecting property name enclosed in double "
+              "quotes: line 1 column 2 (char 1)"),
+        ('{"purchaseLimits": {"maxPurchasePerToken": 1e400}}',
+         "invalid trading_config: purchaseLimits.maxPurchasePerToken: Input should be less "
+         "than 1000000000000"),
+        ("[" * 2000 + "]" * 2000, "invalid trading_config: JSON nested too deeply"),
+    ]:  # fmt: skip
+        decision = decide_agent(make_signal(), make_agent(), read_config(text), seed=SEED)
+        assert decision == Decision(FAILED, reason)
+
+
 def test_decide_agent_skips_an_agent_with_automation_off_whatever_its_config() -> None:
-    agent = make_agent(
-        trading_config={"signals": {"minScore": 6}}, automated_trading_simulation=False
-    )
-    decision = decide_agent(make_signal(), agent, seed=SEED)
+    agent = make_agent(automated_trading_simulation=False)
+    decision = decide_agent(make_signal(), agent, _read({"signals": {"minScore": 6}}), seed=SEED)
     assert decision == Decision(SKIPPED, "automated trading is off for simulation mode")
 
 
 def test_decide_agent_buys_with_defaults() -> None:
-    assert decide_agent(make_signal(), make_agent(), seed=SEED) == Decision(
+    assert decide_agent(make_signal(), make_agent(), _read(None), seed=SEED) == Decision(
         ExecutionStatus.SUCCESS, size_sol=Decimal("0.1")
     )

@@ -235,7 +235,7 @@ async def test_any_sequence_of_batches_keeps_the_ledger_exact(
 
     # One execution per (signal, agent), for every signal stored and every agent.
     assert set(store.executions) == {
-        (signal_id, a.agent_id) for signal_id in store.signals.values() for a in agents
+        (stored.id, a.agent_id) for stored in store.signals.values() for a in agents
     }
     swaps_by_id = {s.id: s for s in store.swaps}
     for i, agent in enumerate(agents):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -16,9 +17,10 @@ from tests.support import TOKEN_A as TOKEN
 from tests.unit.fakes import FakePriceStore
 from worker.config_cache import ConfigTexts
 from worker.db.positions import OpenPosition
+from worker.domain.config import exit_rules, resolve_config
 from worker.domain.models import SOL_MINT, CloseReason, PositionState
 from worker.messages import PriceTickV1
-from worker.prices import handle_price
+from worker.prices import TickOutcome, handle_price
 from worker.settings import Settings
 
 BOUGHT = datetime(2026, 1, 1, 12, tzinfo=UTC)
@@ -61,9 +63,9 @@ def _store() -> FakePriceStore:
     return FakePriceStore(prices={SOL_MINT: (Decimal(100), BOUGHT)})
 
 
-async def _tick(
+async def _handle(
     store: FakePriceStore, price_usd: str, ts: datetime, configs: ConfigTexts | None = None
-) -> dict[str, int]:
+) -> TickOutcome:
     tick = PriceTickV1(token_address=TOKEN, price_usd=Decimal(price_usd), ts=ts)
     return await handle_price(
         store,
@@ -73,6 +75,12 @@ async def _tick(
         now=ts,
         received_at=ts,
     )
+
+
+async def _tick(
+    store: FakePriceStore, price_usd: str, ts: datetime, configs: ConfigTexts | None = None
+) -> dict[str, int]:
+    return (await _handle(store, price_usd, ts, configs)).closes
 
 
 async def test_a_quiet_tick_only_trails_the_peak_and_the_low() -> None:
@@ -136,14 +144,76 @@ async def test_take_profit_sells_part_and_keeps_the_position() -> None:
 async def test_only_positions_that_automation_may_exit_are_evaluated() -> None:
     store = _store()
     paused = _position(store)
-    broken = _position(store, {"stopLoss": {"mode": "sideways"}})
     live = _position(store)
     store.paused.add(paused.agent_id)
     assert await _tick(store, "0.5", BOUGHT + timedelta(seconds=1)) == {"stop_loss": 1}
-    assert set(store.positions) == {paused.id, broken.id}
+    assert set(store.positions) == {paused.id}
     assert [c.position.id for c in store.history] == [live.id]
-    # An invalid config leaves its position as it was: not even trailed.
-    assert store.positions[broken.id] == broken
+
+
+def _rules(config: dict[str, Any]) -> tuple[uuid.UUID, str]:
+    rules = exit_rules(resolve_config(config))
+    return rules.id, rules.json
+
+
+async def test_an_invalid_config_leaves_positions_with_the_rules_they_were_opened_with() -> None:
+    store = _store()
+    # Opened with a -60% stop, then the agent's config was broken by an edit.
+    wide_id, wide_json = _rules({"stopLoss": {"defaultPercentage": -60}})
+    wide = _position(store, {"stopLoss": {"mode": "sideways"}})
+    wide_state = replace(wide.state, current_stop_loss_percentage=Decimal(-60))
+    store.positions[wide.id] = replace(wide, exit_rules_id=wide_id, state=wide_state)
+    store.rule_sets[wide_id] = wide_json
+    # Opened with a -40% stop, config broken too.
+    tight_id, tight_json = _rules({"stopLoss": {"defaultPercentage": -40}})
+    tight = _position(store, {"purchaseLimits": {"maxPurchasePerToken": "1e400"}})
+    tight_state = replace(tight.state, current_stop_loss_percentage=Decimal(-40))
+    store.positions[tight.id] = replace(tight, exit_rules_id=tight_id, state=tight_state)
+    store.rule_sets[tight_id] = tight_json
+    # Opened before rules were kept: the default -32% stop applies.
+    legacy = _position(store, {"stopLoss": {"mode": "sideways"}})
+    configs = ConfigTexts()
+    # -50%: below -40% and -32%, above -60%.
+    outcome = await handle_price(
+        store,
+        PriceTickV1(
+            token_address=TOKEN, price_usd=Decimal("0.5"), ts=BOUGHT + timedelta(seconds=1)
+        ),
+        configs=configs,
+        settings=SETTINGS,
+        now=BOUGHT + timedelta(seconds=1),
+        received_at=BOUGHT + timedelta(seconds=1),
+    )
+    assert outcome.closes == {"stop_loss": 2}
+    assert set(store.positions) == {wide.id}
+    assert {c.position.id for c in store.history} == {tight.id, legacy.id}
+    # The wide one was still managed: its low trailed down.
+    assert store.positions[wide.id].state.lowest_price == Decimal("0.005")
+    # Each broken agent is reported once, with its reason.
+    assert sorted(p.agent_id for p in outcome.config_problems) == sorted(
+        [wide.agent_id, tight.agent_id, legacy.agent_id]
+    )
+    assert all(p.error for p in outcome.config_problems)
+
+
+async def test_unknown_keys_are_reported_and_ignored() -> None:
+    store = _store()
+    p = _position(store, {"stopLoss": {"defaultPercentage": -10, "continuousTrailing": True},
+                          "signals": {"minscore": 4}})  # fmt: skip
+    outcome = await handle_price(
+        store,
+        PriceTickV1(
+            token_address=TOKEN, price_usd=Decimal("0.85"), ts=BOUGHT + timedelta(seconds=1)
+        ),
+        configs=ConfigTexts(),
+        settings=SETTINGS,
+        now=BOUGHT + timedelta(seconds=1),
+        received_at=BOUGHT + timedelta(seconds=1),
+    )
+    assert outcome.closes == {"stop_loss": 1}  # -15% through the agent's own -10% stop
+    assert p.id not in store.positions
+    [problem] = outcome.config_problems
+    assert (problem.error, problem.unknown_keys) == (None, ("signals.minscore",))
 
 
 async def test_without_a_sol_price_nothing_is_evaluated() -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+import json
+import typing
 from decimal import Decimal
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from worker.domain.config import (
     DEFAULT_TRADING_CONFIG,
@@ -19,8 +21,12 @@ from worker.domain.config import (
     TakeProfitLevel,
     TakeProfitMode,
     TokenFilterMode,
+    _model_of,
+    config_of_exit_rules,
     dca_levels,
     deep_merge,
+    exit_rules,
+    read_config,
     resolve_config,
     take_profit_levels,
 )
@@ -416,8 +422,6 @@ _CUSTOM_TP = {"mode": "custom", "moonBag": {"enabled": False}}
             },
             "takeProfit: moonBag.triggerPercent 200 is above the last level's targetPercent 100",
         ),
-        ({"signals": {"minscore": 3}}, "signals.minscore: Extra inputs are not permitted"),
-        ({"continuousTrailing": True}, "continuousTrailing: Extra inputs are not permitted"),
         (
             {"signals": []},
             "signals: Input should be a valid dictionary or instance of SignalFilters",
@@ -451,11 +455,99 @@ def test_counts_further_problems() -> None:
     )
 
 
-def test_long_keys_do_not_make_long_messages() -> None:
-    with pytest.raises(InvalidConfig) as caught:
-        resolve_config({"k" * 5000: 1})
-    assert len(str(caught.value)) == 300
-    assert str(caught.value).endswith("...")
+def test_unknown_keys_are_ignored_and_reported_legacy_keys_only_ignored() -> None:
+    stored = {
+        "signals": {"minscore": 3, "minScore": 2},
+        "stopLoss": {"continuousTrailing": True, "trailingLevels": [{"change": 5,
+                     "stopLoss": 1, "note": "x"}]},
+        "extraSection": {"a": 1},
+        "k" * 5000: 1,
+    }  # fmt: skip
+    reading = read_config(json.dumps(stored))
+    assert reading.error is None
+    assert reading.config is not None
+    assert reading.config.signals.min_score == 2
+    assert reading.unknown_keys == (
+        "signals.minscore",
+        "stopLoss.trailingLevels[0].note",
+        "extraSection",
+        "k" * 300,  # long keys are cut: a report never echoes a huge input
+    )
+    assert reading.legacy_keys == ("stopLoss.continuousTrailing",)
+    assert resolve_config(stored) == reading.config
+
+
+def test_a_config_nexgent_writes_is_accepted() -> None:
+    # What the source's defaults look like once its UI has saved them, legacy key included.
+    nexgent = copy.deepcopy(DEFAULT_TRADING_CONFIG)
+    nexgent["stopLoss"]["continuousTrailing"] = False
+    del nexgent["purchaseLimits"]["maxOpenPositions"]
+    reading = read_config(json.dumps(nexgent))
+    assert (reading.error, reading.unknown_keys) == (None, ())
+    assert reading.config == resolve_config(None)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("{", "not JSON: Expecting property name enclosed in double quotes: line 1 column 2 "
+              "(char 1)"),
+        ("[" * 5000 + "]" * 5000, "JSON nested too deeply"),
+        ('{"dca": {"maxDCACount": ' + "9" * 41 + "}}",
+         "a number has 41 digits, more than the 40 accepted"),
+        ('{"dca": {"cooldownSeconds": NaN}}', "NaN is not a number this worker accepts"),
+        ('{"purchaseLimits": {"maxPurchasePerToken": 1e400}}',
+         "purchaseLimits.maxPurchasePerToken: Input should be less than 1000000000000"),
+        ('"a string"', "expected a JSON object, got str"),
+    ],
+)  # fmt: skip
+def test_any_stored_text_reads_as_a_config_or_one_reason(text: str, reason: str) -> None:
+    reading = read_config(text)
+    assert (reading.config, reading.error) == (None, f"invalid trading_config: {reason}")
+
+
+def test_every_number_of_the_config_has_finite_bounds() -> None:
+    """A number without an upper bound could be 1e400 and fail deep in the arithmetic."""
+
+    checked: list[str] = []
+
+    def walk(model: type[BaseModel], path: str) -> list[str]:
+        unbounded = []
+        for name, info in model.model_fields.items():
+            inner = _model_of(info.annotation)
+            if inner is not None:
+                unbounded += walk(inner, f"{path}.{name}")
+                continue
+            kinds = {info.annotation, *typing.get_args(info.annotation)}
+            if kinds & {Decimal, int}:
+                checked.append(name)
+                has = {type(m).__name__ for m in info.metadata}
+                if not ({"Lt", "Le"} & has and {"Gt", "Ge"} & has):
+                    unbounded.append(f"{path}.{name}")
+        return unbounded
+
+    assert walk(AgentTradingConfig, "config") == []
+    assert len(checked) >= 30  # the walk reached every section's numbers
+
+
+def test_exit_rules_round_trip_and_are_content_addressed() -> None:
+    cfg = resolve_config({"stopLoss": {"mode": "zones", "defaultPercentage": -20},
+                          "signals": {"minScore": 5}})  # fmt: skip
+    rules = exit_rules(cfg)
+    assert rules == exit_rules(
+        resolve_config({"stopLoss": {"mode": "zones", "defaultPercentage": -20}})
+    )
+    assert rules.id != exit_rules(resolve_config(None)).id
+    back = config_of_exit_rules(rules.json).config
+    assert back is not None
+    assert (back.stop_loss, back.take_profit, back.dca, back.stale_trade) == (
+        cfg.stop_loss,
+        cfg.take_profit,
+        cfg.dca,
+        cfg.stale_trade,
+    )
+    assert back.signals == resolve_config(None).signals  # only the exit sections are kept
+    assert config_of_exit_rules(None).config == resolve_config(None)
 
 
 def test_invalid_config_is_a_value_error() -> None:

@@ -5,11 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
 from uuid import UUID
 
 import asyncpg
-import orjson
 
 from worker.domain.models import SOL_MINT, Subscriber
 
@@ -32,8 +30,8 @@ class AgentRow:
 
     `held_tokens` are the tokens, among those asked about, in which that wallet has a
     position; `open_positions` counts all of its positions. `trading_config_text` is the
-    stored JSON as text (the key of `worker.config_cache.config_of_text`), `trading_config`
-    the same parsed.
+    stored JSON as text, decoded and validated once per distinct text by
+    `worker.config_cache.config_of_text`.
     """
 
     user_id: UUID
@@ -41,7 +39,6 @@ class AgentRow:
     trading_mode: str
     automated_trading_simulation: bool
     automated_trading_live: bool
-    trading_config: Any
     trading_config_text: str | None
     wallet_address: str | None
     sol_balance: Decimal | None
@@ -55,7 +52,6 @@ class AgentRow:
             trading_mode=self.trading_mode,
             automated_trading_simulation=self.automated_trading_simulation,
             automated_trading_live=self.automated_trading_live,
-            trading_config=self.trading_config,
             wallet_address=self.wallet_address,
             sol_balance=self.sol_balance,
             open_positions=self.open_positions,
@@ -64,8 +60,8 @@ class AgentRow:
 
 
 # The wallet is the one of the agent's current trading mode; positions are counted per wallet.
-# trading_config is read as text and decoded here as the pool's json codec would, so the
-# result is the same with or without that codec (and a JSON string stays unambiguous).
+# trading_config is read as text: the worker decodes it itself (`worker.domain.config`), so
+# no stored value can fail the read of every agent of the user.
 FETCH_AGENTS = """
 SELECT a.user_id                           AS user_id,
        a.id                                AS agent_id,
@@ -108,7 +104,6 @@ async def fetch_agents(
                 trading_mode=row["trading_mode"],
                 automated_trading_simulation=row["automated_trading_simulation"],
                 automated_trading_live=row["automated_trading_live"],
-                trading_config=_parse_config(row["trading_config"]),
                 trading_config_text=row["trading_config"],
                 wallet_address=row["wallet_address"],
                 sol_balance=row["sol_balance"],
@@ -125,11 +120,6 @@ async def fetch_subscribers(
     """Every agent of `user_id`, by agent id, with its mode's wallet, SOL balance and positions."""
     agents = await fetch_agents(conn, [user_id], [token_address])
     return [agent.subscriber(token_address) for agent in agents.get(user_id, [])]
-
-
-def _parse_config(raw: str | None) -> object:
-    """The stored JSON as the pool's orjson codec decodes it; None for SQL NULL."""
-    return None if raw is None else orjson.loads(raw)
 
 
 AGENT_COUNTS = """

@@ -24,7 +24,7 @@ SELECT signal_id, agent_id, count(*) AS n FROM signal_executions
 """
 DUPLICATE_SIGNALS = """
 SELECT user_id, idempotency_key, count(*) AS n, array_agg(id ORDER BY id) AS ids
-  FROM trading_signals WHERE user_id IS NOT NULL
+  FROM trading_signals WHERE user_id IS NOT NULL AND idempotency_key IS NOT NULL
  GROUP BY user_id, idempotency_key HAVING count(*) > 1 ORDER BY user_id, idempotency_key
 """
 EXECUTION_TRANSACTIONS = """

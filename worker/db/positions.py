@@ -28,6 +28,7 @@ class OpenPosition:
     signal_id: int | None
     sol_balance: Decimal
     state: PositionState
+    exit_rules_id: UUID | None = None
 
 
 _SELECT = """
@@ -38,7 +39,7 @@ SELECT p.id, p.agent_id, p.wallet_address, p.token_address, p.token_symbol,
        p.created_at, p.current_stop_loss_percentage, p.peak_price, p.lowest_price,
        p.dca_count, p.last_dca_time, p.take_profit_levels_hit, p.tp_batch_start_level,
        p.total_take_profit_levels, p.moon_bag_activated, p.moon_bag_amount,
-       p.realized_profit_sol, p.take_profit_proceeds_sol
+       p.realized_profit_sol, p.take_profit_proceeds_sol, p.exit_rules_id
   FROM agent_positions p
   JOIN agents a ON a.id = p.agent_id
   JOIN agent_wallets w ON w.wallet_address = p.wallet_address
@@ -69,6 +70,7 @@ class TrailRow:
     current_stop_loss_percentage: Decimal | None
     peak_price: Decimal | None
     lowest_price: Decimal | None
+    exit_rules_id: UUID | None = None  # the rules it was opened with (`exit_rule_sets`)
 
 
 # The same positions as SELECT_OPEN_FOR_TOKEN, without the joins and columns only a trade
@@ -77,7 +79,8 @@ class TrailRow:
 # row changes): the worker keeps configs by agent and version (`worker.config_cache`).
 SELECT_TRAIL_ROWS = """
 SELECT p.id, p.agent_id, a.xmin::text AS config_version, p.purchase_price,
-       p.created_at, p.current_stop_loss_percentage, p.peak_price, p.lowest_price
+       p.created_at, p.current_stop_loss_percentage, p.peak_price, p.lowest_price,
+       p.exit_rules_id
   FROM agent_positions p
   JOIN agents a ON a.id = p.agent_id
   JOIN agent_wallets w ON w.wallet_address = p.wallet_address
@@ -99,9 +102,19 @@ async def trail_rows(conn: asyncpg.Connection, token: str) -> list[TrailRow]:
             r["current_stop_loss_percentage"],
             r["peak_price"],
             r["lowest_price"],
+            r["exit_rules_id"],
         )
         for r in await conn.fetch(SELECT_TRAIL_ROWS, token)
     ]
+
+
+SELECT_EXIT_RULES = "SELECT id, rules::text AS rules FROM exit_rule_sets WHERE id = ANY($1::uuid[])"
+
+
+async def exit_rules(conn: asyncpg.Connection, ids: Sequence[UUID]) -> dict[UUID, str]:
+    """The stored exit rule sets (JSON text) by id; unknown ids are absent."""
+    rows = await conn.fetch(SELECT_EXIT_RULES, list(set(ids)))
+    return {r["id"]: r["rules"] for r in rows}
 
 
 def _position(r: asyncpg.Record) -> OpenPosition:
@@ -133,6 +146,7 @@ def _position(r: asyncpg.Record) -> OpenPosition:
             realized_profit_sol=r["realized_profit_sol"],
             take_profit_proceeds_sol=r["take_profit_proceeds_sol"],
         ),
+        exit_rules_id=r["exit_rules_id"],
     )
 
 

@@ -14,33 +14,43 @@ from worker.errors import DomainError
 INSERT_SIGNALS = """
 INSERT INTO trading_signals (
     user_id, token_address, symbol, signal_type, activation_reason, signal_strength, source,
-    idempotency_key, price_usd, market_cap_usd, liquidity_usd, holder_count, created_at
+    idempotency_key, price_usd, market_cap_usd, liquidity_usd, holder_count, created_at,
+    payload_digest, source_record
 )
 SELECT * FROM unnest($1::uuid[], $2::varchar[], $3::varchar[], $4::varchar[], $5::text[],
                      $6::int[], $7::varchar[], $8::varchar[], $9::numeric[], $10::numeric[],
-                     $11::numeric[], $12::int[], $13::timestamptz[])
+                     $11::numeric[], $12::int[], $13::timestamptz[], $14::bytea[], $15::text[])
 ON CONFLICT (user_id, idempotency_key) DO NOTHING
-RETURNING id, user_id, idempotency_key
+RETURNING id, user_id, idempotency_key, payload_digest, source_record
 """
 SELECT_SIGNAL_IDS = """
-SELECT s.id, s.user_id, s.idempotency_key
+SELECT s.id, s.user_id, s.idempotency_key, s.payload_digest, s.source_record
   FROM trading_signals s
   JOIN unnest($1::uuid[], $2::varchar[]) AS k(user_id, idempotency_key)
     ON s.user_id = k.user_id AND s.idempotency_key = k.idempotency_key
 """
 
 
-async def insert_signals(
-    conn: asyncpg.Connection, signals: Sequence[Signal]
-) -> list[tuple[int, bool]]:
-    """Store each signal once per (user, idempotency key); (id, whether new) for each, in order.
+@dataclass(frozen=True, slots=True)
+class StoredSignal:
+    """A signal as stored: its id, whether this call stored it, and the payload digest and
+    Kafka record of the message that stored it first."""
+
+    id: int
+    is_new: bool
+    digest: bytes | None = None
+    record: str | None = None
+
+
+async def insert_signals(conn: asyncpg.Connection, signals: Sequence[Signal]) -> list[StoredSignal]:
+    """Store each signal once per (user, idempotency key); how each stands, in order.
 
     Two signals of `signals` with one key get the same id; only the first counts as new.
     """
     if not signals:
         return []
-    ids = {
-        (row["user_id"], row["idempotency_key"]): int(row["id"])
+    rows = {
+        (row["user_id"], row["idempotency_key"]): row
         for row in await conn.fetch(
             INSERT_SIGNALS,
             [s.user_id for s in signals],
@@ -56,16 +66,18 @@ async def insert_signals(
             [s.liquidity_usd for s in signals],
             [s.holder_count for s in signals],
             [s.created_at for s in signals],
+            [s.digest for s in signals],
+            [s.record for s in signals],
         )
     }
-    inserted = set(ids.values())
-    stored_before = [s for s in signals if (s.user_id, s.idempotency_key) not in ids]
+    inserted = {int(row["id"]) for row in rows.values()}
+    stored_before = [s for s in signals if (s.user_id, s.idempotency_key) not in rows]
     if stored_before:
         # Their rows are committed (ON CONFLICT waited for their transaction), so a new
         # statement sees them. New signals only (the usual case): no second statement.
-        ids.update(
+        rows.update(
             {
-                (row["user_id"], row["idempotency_key"]): int(row["id"])
+                (row["user_id"], row["idempotency_key"]): row
                 for row in await conn.fetch(
                     SELECT_SIGNAL_IDS,
                     [s.user_id for s in stored_before],
@@ -73,14 +85,16 @@ async def insert_signals(
                 )
             }
         )
-    result: list[tuple[int, bool]] = []
+    result: list[StoredSignal] = []
     seen: set[int] = set()
     for s in signals:
-        signal_id = ids.get((s.user_id, s.idempotency_key))
-        if signal_id is None:  # pragma: no cover - only if the row was deleted in between
+        row = rows.get((s.user_id, s.idempotency_key))
+        if row is None:  # pragma: no cover - only if the row was deleted in between
             msg = f"signal {s.idempotency_key!r} of user {s.user_id} vanished on insert"
             raise DomainError(msg)
-        result.append((signal_id, signal_id in inserted and signal_id not in seen))
+        signal_id = int(row["id"])
+        is_new = signal_id in inserted and signal_id not in seen
+        result.append(StoredSignal(signal_id, is_new, row["payload_digest"], row["source_record"]))
         seen.add(signal_id)
     return result
 
@@ -88,7 +102,7 @@ async def insert_signals(
 async def insert_signal(conn: asyncpg.Connection, signal: Signal) -> tuple[int, bool]:
     """Store `signal` once per (user, idempotency key); return (its id, whether it is new)."""
     [result] = await insert_signals(conn, [signal])
-    return result
+    return result.id, result.is_new
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,8 +18,9 @@ from worker.db.positions import (
     TrailRow,
     TrailUpdate,
 )
-from worker.db.signals import ExecutionRow
+from worker.db.signals import ExecutionRow, StoredSignal
 from worker.db.trades import BalanceDelta, NewPosition, SwapRow
+from worker.domain.config import ExitRules
 from worker.domain.models import Signal
 
 
@@ -33,7 +34,7 @@ class PgSignalStore:
         """See `worker.ports.SignalStore`."""
         return await agents.existing_users(self.conn, user_ids)
 
-    async def insert_signals(self, items: Sequence[Signal]) -> list[tuple[int, bool]]:
+    async def insert_signals(self, items: Sequence[Signal]) -> list[StoredSignal]:
         """See `worker.ports.SignalStore`."""
         return await signals.insert_signals(self.conn, items)
 
@@ -67,6 +68,10 @@ class PgSignalStore:
         """See `worker.ports.SignalStore`."""
         await trades.apply_balance_deltas(self.conn, deltas)
 
+    async def insert_exit_rules(self, rules: Sequence[ExitRules]) -> None:
+        """See `worker.ports.SignalStore`."""
+        await trades.insert_exit_rules(self.conn, rules)
+
     async def insert_positions(self, positions: Sequence[NewPosition]) -> None:
         """See `worker.ports.SignalStore`."""
         await trades.insert_positions(self.conn, positions)
@@ -97,6 +102,10 @@ class PgPriceStore:
     async def agent_configs(self, agent_ids: Sequence[UUID]) -> dict[UUID, tuple[str, str | None]]:
         """See `worker.ports.PriceStore`."""
         return await agents.agent_configs(self.conn, agent_ids)
+
+    async def exit_rules(self, ids: Sequence[UUID]) -> dict[UUID, str]:
+        """See `worker.ports.PriceStore`."""
+        return await positions.exit_rules(self.conn, ids)
 
     async def open_positions(self, token: str, ids: Sequence[UUID]) -> list[OpenPosition]:
         """See `worker.ports.PriceStore`."""

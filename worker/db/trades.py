@@ -14,6 +14,7 @@ from uuid import UUID
 
 import asyncpg
 
+from worker.domain.config import ExitRules
 from worker.domain.fills import BuyFill, SellFill
 from worker.domain.models import SOL_MINT, SOL_SYMBOL, PositionState
 from worker.errors import DomainError
@@ -197,21 +198,23 @@ class NewPosition:
     token_symbol: str
     purchase_transaction_id: UUID
     state: PositionState
+    exit_rules_id: UUID | None = None
 
 
 INSERT_POSITIONS = """
 INSERT INTO agent_positions (
     id, agent_id, wallet_address, token_address, token_symbol, purchase_transaction_id,
     purchase_price, purchase_amount, remaining_amount, total_invested_sol, lowest_price,
-    current_stop_loss_percentage, peak_price, last_stop_loss_update, created_at, updated_at)
+    current_stop_loss_percentage, peak_price, last_stop_loss_update, created_at, updated_at,
+    exit_rules_id)
 SELECT p.id, p.agent_id, p.wallet, p.token, p.symbol, p.tx,
        p.price, p.amount, p.amount, p.invested, p.low,
-       p.sl, p.peak, CASE WHEN p.sl IS NULL THEN NULL ELSE p.at END, p.at, p.at
+       p.sl, p.peak, CASE WHEN p.sl IS NULL THEN NULL ELSE p.at END, p.at, p.at, p.rules
   FROM unnest($1::uuid[], $2::uuid[], $3::varchar[], $4::varchar[], $5::varchar[],
               $6::uuid[], $7::numeric[], $8::numeric[], $9::numeric[], $10::numeric[],
-              $11::numeric[], $12::numeric[], $13::timestamptz[])
+              $11::numeric[], $12::numeric[], $13::timestamptz[], $14::uuid[])
        AS p(id, agent_id, wallet, token, symbol, tx, price, amount, invested, sl, peak, low,
-            at)
+            at, rules)
 """
 
 
@@ -235,7 +238,23 @@ async def insert_positions(conn: asyncpg.Connection, positions: Sequence[NewPosi
         [x.peak_price for x in s],
         [x.lowest_price for x in s],
         [x.created_at for x in s],
+        [p.exit_rules_id for p in positions],
     )
+
+
+INSERT_EXIT_RULES = """
+INSERT INTO exit_rule_sets (id, rules)
+SELECT r.id, r.rules::jsonb FROM unnest($1::uuid[], $2::text[]) AS r(id, rules)
+ ORDER BY r.id
+ON CONFLICT (id) DO NOTHING
+"""
+
+
+async def insert_exit_rules(conn: asyncpg.Connection, rules: Sequence[ExitRules]) -> None:
+    """Store the exit rule sets that new positions point at (each id once, ever)."""
+    if not rules:
+        return
+    await conn.execute(INSERT_EXIT_RULES, [r.id for r in rules], [r.json for r in rules])
 
 
 @dataclass(frozen=True, slots=True)

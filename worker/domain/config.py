@@ -10,8 +10,18 @@ Differences from the source system, on purpose:
 
 - `purchaseLimits.maxOpenPositions` (int, 1..1000, default 25) is new: the source
   hard-codes 25.
-- Unknown keys are rejected (the source silently strips them), so a typo such as
-  `minscore` is reported instead of ignored.
+- Keys this worker does not know are ignored, as the source ignores them (its zod schemas
+  strip them), so a config that Nexgent itself writes is accepted; but unlike the source
+  they are not silent: `read_config` lists them (`ConfigReading.unknown_keys`), the
+  worker logs and counts them once per config, and `signal-worker agents lint` lists them
+  per agent. So a typo such as `minscore` is reported, not refused. The source's legacy
+  key `stopLoss.continuousTrailing` (which it deletes on read) is accepted without a report.
+- Every number has finite bounds (beyond the source's, which has none above for most):
+  a value must fit the column it reaches or the arithmetic it feeds, so a stored
+  `1e400` is an invalid config with its reason, never an error deep in the pipeline.
+- The stored JSON text is decoded exactly (`read_config`: numbers as `Decimal`, at
+  most 40 digits per integer, nesting bounded), so no stored row can raise anything but
+  `InvalidConfig`.
 - Booleans must be JSON booleans and integers may not be booleans.
 - Take-profit levels follow the mode, as DCA levels do (see `take_profit_levels`). The
   source always uses `takeProfit.levels`, whatever the mode: an agent set to `aggressive`
@@ -23,8 +33,11 @@ Differences from the source system, on purpose:
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections.abc import Mapping, Sequence
 from copy import deepcopy
+from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
 from itertools import pairwise
@@ -40,10 +53,24 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 
 from worker.domain.money import fmt
 
 MAX_MESSAGE_CHARS = 300
+# Upper bounds of the numbers of a config. SOL amounts and prices reach numeric(20,8) /
+# numeric(30,18) columns (< 10^12); USD metric bounds compare with numeric(30,8) signal
+# metrics (< 10^22); the rest are far beyond any sensible setting but keep the arithmetic
+# (60 significant digits) exact.
+SOL_LIMIT = Decimal(10) ** 12
+USD_LIMIT = Decimal(10) ** 22
+PCT_LIMIT = Decimal(10) ** 6
+MINUTES_LIMIT = Decimal(10) ** 8  # about 190 years
+INT32_MAX = 2**31 - 1
+# Integers of a stored config longer than this are refused before Python converts them.
+MAX_INT_DIGITS = 40
+# Keys of the source's configs that it deletes on read: accepted without a report.
+LEGACY_KEYS: Final = frozenset({"stopLoss.continuousTrailing"})
 
 
 class InvalidConfig(ValueError):  # noqa: N818 - the name the pipeline codes against
@@ -65,7 +92,7 @@ Mint = Annotated[str, StringConstraints(min_length=32, max_length=44)]
 class _Model(BaseModel):
     model_config = ConfigDict(
         frozen=True,
-        extra="forbid",
+        extra="ignore",
         validate_by_name=True,
         validate_by_alias=True,
         serialize_by_alias=True,
@@ -112,9 +139,11 @@ class PurchaseLimits(_Model):
     """`purchaseLimits`: SOL kept after a buy, the cap per buy, the open-position limit."""
 
     minimum_agent_balance: Decimal = Field(
-        Decimal("0.5"), alias="minimumAgentBalance", ge=Decimal("0.1")
+        Decimal("0.5"), alias="minimumAgentBalance", ge=Decimal("0.1"), lt=SOL_LIMIT
     )
-    max_purchase_per_token: Decimal = Field(Decimal("2.0"), alias="maxPurchasePerToken", gt=0)
+    max_purchase_per_token: Decimal = Field(
+        Decimal("2.0"), alias="maxPurchasePerToken", gt=0, lt=SOL_LIMIT
+    )
     # A fraction (0.05 = 5%); simulated fills have no price impact, so it is only validated.
     max_price_impact: Decimal | None = Field(Decimal("0.05"), alias="maxPriceImpact", ge=0, le=1)
     max_open_positions: Int = Field(25, alias="maxOpenPositions", ge=1, le=1000)
@@ -135,12 +164,12 @@ class SignalFilters(_Model):
     allowed_signal_types: tuple[SignalType, ...] = Field((), alias="allowedSignalTypes")
     token_filter_mode: TokenFilterMode = Field(TokenFilterMode.NONE, alias="tokenFilterMode")
     token_list: tuple[Mint, ...] = Field((), alias="tokenList")
-    market_cap_min: Decimal | None = Field(None, alias="marketCapMin", gt=0)
-    market_cap_max: Decimal | None = Field(None, alias="marketCapMax", gt=0)
-    liquidity_min: Decimal | None = Field(None, alias="liquidityMin", gt=0)
-    liquidity_max: Decimal | None = Field(None, alias="liquidityMax", gt=0)
-    holder_count_min: Int | None = Field(None, alias="holderCountMin", ge=0)
-    holder_count_max: Int | None = Field(None, alias="holderCountMax", ge=0)
+    market_cap_min: Decimal | None = Field(None, alias="marketCapMin", gt=0, lt=USD_LIMIT)
+    market_cap_max: Decimal | None = Field(None, alias="marketCapMax", gt=0, lt=USD_LIMIT)
+    liquidity_min: Decimal | None = Field(None, alias="liquidityMin", gt=0, lt=USD_LIMIT)
+    liquidity_max: Decimal | None = Field(None, alias="liquidityMax", gt=0, lt=USD_LIMIT)
+    holder_count_min: Int | None = Field(None, alias="holderCountMin", ge=0, le=INT32_MAX)
+    holder_count_max: Int | None = Field(None, alias="holderCountMax", ge=0, le=INT32_MAX)
 
     @model_validator(mode="after")
     def _bounds_ordered(self) -> Self:
@@ -155,7 +184,7 @@ class SignalFilters(_Model):
 class TrailingLevel(_Model):
     """A custom stop-loss level: from `change`% gain on, the stop sits at +`stop_loss`%."""
 
-    change: Decimal = Field(gt=0)
+    change: Decimal = Field(gt=0, le=PCT_LIMIT)
     stop_loss: Decimal = Field(alias="stopLoss", gt=0, le=1000)
 
 
@@ -187,9 +216,9 @@ class StopLossConfig(_Model):
 class SolBalanceThresholds(_Model):
     """SOL balance tiers: below `minimum` no buy; `medium` and `large` pick the size tier."""
 
-    minimum: Decimal = Field(Decimal("0.2"), gt=0)
-    medium: Decimal = Field(Decimal(5), gt=0)
-    large: Decimal = Field(Decimal(10), gt=0)
+    minimum: Decimal = Field(Decimal("0.2"), gt=0, lt=SOL_LIMIT)
+    medium: Decimal = Field(Decimal(5), gt=0, lt=SOL_LIMIT)
+    large: Decimal = Field(Decimal(10), gt=0, lt=SOL_LIMIT)
 
     @model_validator(mode="after")
     def _increasing(self) -> Self:
@@ -205,8 +234,8 @@ class SolBalanceThresholds(_Model):
 class PositionSizeRange(_Model):
     """SOL per buy in one tier: uniform in [min, max), or max without randomization."""
 
-    min: Decimal = Field(ge=0)
-    max: Decimal = Field(ge=0)
+    min: Decimal = Field(ge=0, lt=SOL_LIMIT)
+    max: Decimal = Field(ge=0, lt=SOL_LIMIT)
 
     @model_validator(mode="after")
     def _ordered(self) -> Self:
@@ -242,9 +271,15 @@ class StaleTradeConfig(_Model):
     """`staleTrade`: close a position held >= min hold time whose gain% is within [min, max]."""
 
     enabled: StrictBool = True
-    min_hold_time_minutes: Decimal = Field(Decimal(60), alias="minHoldTimeMinutes", ge=1)
-    min_profit_percent: Decimal = Field(Decimal(1), alias="minProfitPercent")
-    max_profit_percent: Decimal = Field(Decimal(10), alias="maxProfitPercent")
+    min_hold_time_minutes: Decimal = Field(
+        Decimal(60), alias="minHoldTimeMinutes", ge=1, le=MINUTES_LIMIT
+    )
+    min_profit_percent: Decimal = Field(
+        Decimal(1), alias="minProfitPercent", ge=-PCT_LIMIT, le=PCT_LIMIT
+    )
+    max_profit_percent: Decimal = Field(
+        Decimal(10), alias="maxProfitPercent", ge=-PCT_LIMIT, le=PCT_LIMIT
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> Self:
@@ -379,61 +414,12 @@ class AgentTradingConfig(_Model):
     take_profit: TakeProfitConfig = Field(TakeProfitConfig(), alias="takeProfit")
 
 
-# The JSON defaults of domain.md section 4 (plus maxOpenPositions). Numbers are JSON
-# numbers; metric bounds are absent (unset). Never mutate it: `deep_merge` copies.
-DEFAULT_TRADING_CONFIG: Final[dict[str, Any]] = {
-    "purchaseLimits": {
-        "minimumAgentBalance": 0.5,
-        "maxPurchasePerToken": 2.0,
-        "maxPriceImpact": 0.05,
-        "maxOpenPositions": 25,
-    },
-    "signals": {
-        "minScore": 1,
-        "allowedSignalTypes": [],
-        "tokenFilterMode": "none",
-        "tokenList": [],
-    },
-    "stopLoss": {
-        "enabled": True,
-        "defaultPercentage": -32,
-        "mode": "fixed",
-        "trailingLevels": [],
-    },
-    "positionCalculator": {
-        "solBalanceThresholds": {"minimum": 0.2, "medium": 5, "large": 10},
-        "positionSizes": {
-            "small": {"min": 0.1, "max": 0.1},
-            "medium": {"min": 0.5, "max": 1.0},
-            "large": {"min": 1.5, "max": 2.0},
-        },
-        "randomization": {"enabled": True},
-    },
-    "staleTrade": {
-        "enabled": True,
-        "minHoldTimeMinutes": 60,
-        "minProfitPercent": 1,
-        "maxProfitPercent": 10,
-    },
-    "dca": {
-        "enabled": False,
-        "mode": "moderate",
-        "levels": [],
-        "maxDCACount": 3,
-        "cooldownSeconds": 30,
-    },
-    "takeProfit": {
-        "enabled": False,
-        "mode": "moderate",
-        "levels": [
-            {"targetPercent": 50, "sellPercent": 25},
-            {"targetPercent": 150, "sellPercent": 25},
-            {"targetPercent": 300, "sellPercent": 25},
-            {"targetPercent": 400, "sellPercent": 15},
-        ],
-        "moonBag": {"enabled": True, "triggerPercent": 300, "retainPercent": 10},
-    },
-}
+# The JSON defaults of domain.md section 4 (plus maxOpenPositions), from the models
+# themselves (one source of truth): numbers as decimal strings, unset metric bounds absent.
+# Never mutate it: `deep_merge` copies.
+DEFAULT_TRADING_CONFIG: Final[dict[str, Any]] = AgentTradingConfig().model_dump(
+    mode="json", by_alias=True, exclude_none=True
+)
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -451,7 +437,10 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
 
 
 def resolve_config(stored: object) -> AgentTradingConfig:
-    """The validated config from stored jsonb (None = defaults); raises `InvalidConfig`."""
+    """The validated config from stored jsonb (None = defaults); raises `InvalidConfig`.
+
+    Keys this worker does not know are ignored here; `unknown_keys` lists them.
+    """
     if stored is None:
         stored = {}
     if not isinstance(stored, Mapping):
@@ -463,6 +452,159 @@ def resolve_config(stored: object) -> AgentTradingConfig:
     except ValidationError as exc:
         msg = _describe(exc)
         raise InvalidConfig(msg) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigReading:
+    """What one stored `trading_config` text says: the config, or why there is none (`error`,
+    one sentence), and the keys in it that this worker does not use."""
+
+    config: AgentTradingConfig | None
+    error: str | None = None
+    unknown_keys: tuple[str, ...] = ()
+    legacy_keys: tuple[str, ...] = ()
+
+
+def read_config(text: str | None) -> ConfigReading:
+    """Decode and validate `agents.trading_config` as the database's JSON text (None: SQL
+    NULL, all defaults). Never raises: whatever the text holds, an invalid config comes
+    back as `error`."""
+    try:
+        stored = decode_json(text)
+        config = resolve_config(stored)
+    except InvalidConfig as exc:
+        return ConfigReading(None, str(exc))
+    unknown, legacy = unknown_keys(stored)
+    return ConfigReading(config, None, unknown, legacy)
+
+
+class _UnacceptedNumberError(ValueError):
+    """A JSON number a config may not hold (NaN, Infinity, too many digits)."""
+
+
+def _parse_int(digits: str) -> int:
+    if len(digits.lstrip("-")) > MAX_INT_DIGITS:
+        raise _UnacceptedNumberError(len(digits.lstrip("-")))
+    return int(digits)
+
+
+def _refuse_constant(name: str) -> object:
+    raise _UnacceptedNumberError(name)
+
+
+def decode_json(text: str | None) -> object:
+    """The JSON value of `text` with exact numbers (`Decimal` for fractions, `int` for whole
+    numbers of at most `MAX_INT_DIGITS` digits); None for None; `InvalidConfig` otherwise."""
+    if text is None:
+        return None
+    try:
+        return json.loads(
+            text, parse_float=Decimal, parse_int=_parse_int, parse_constant=_refuse_constant
+        )
+    except _UnacceptedNumberError as exc:
+        what = exc.args[0]
+        reason = (
+            f"{what} is not a number this worker accepts"
+            if isinstance(what, str)
+            else f"a number has {what} digits, more than the {MAX_INT_DIGITS} accepted"
+        )
+        raise InvalidConfig(f"invalid trading_config: {reason}") from exc
+    except RecursionError as exc:
+        raise InvalidConfig("invalid trading_config: JSON nested too deeply") from exc
+    except ValueError as exc:
+        line = str(exc).splitlines()[0] if str(exc) else "invalid"
+        raise InvalidConfig(f"invalid trading_config: not JSON: {line[:200]}") from exc  # fmt: skip
+
+
+def unknown_keys(stored: object) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The keys of a stored config that no model field reads: (unknown, legacy), as paths
+    such as `signals.minscore` or `takeProfit.levels[1].target`."""
+    found: list[str] = []
+    if isinstance(stored, Mapping):
+        _walk_keys(AgentTradingConfig, stored, "", found)
+    unknown = tuple(path for path in found if path not in LEGACY_KEYS)
+    legacy = tuple(path for path in found if path in LEGACY_KEYS)
+    return unknown, legacy
+
+
+def _walk_keys(
+    model: type[BaseModel], stored: Mapping[Any, Any], prefix: str, found: list[str]
+) -> None:
+    fields: dict[str, FieldInfo] = {}
+    for name, field_info in model.model_fields.items():
+        fields[name] = field_info
+        if field_info.alias:
+            fields[field_info.alias] = field_info
+    for key, value in stored.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        info = fields.get(key)
+        if info is None:
+            found.append(path[:MAX_MESSAGE_CHARS])
+            continue
+        inner = _model_of(info.annotation)
+        if inner is None:
+            continue
+        if isinstance(value, Mapping):
+            _walk_keys(inner, value, path, found)
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                if isinstance(item, Mapping):
+                    _walk_keys(inner, item, f"{path}[{index}]", found)
+
+
+def _model_of(annotation: object) -> type[BaseModel] | None:
+    """The model a field holds (itself, or as the items of a tuple), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None
+
+
+# --- the exit rules a position is opened with ------------------------------------------
+#
+# A position keeps the exit sections of the config its buy was decided with (stored once
+# per distinct set, content-addressed). Ticks use the agent's current config while it is
+# valid (a change applies to open positions, as in the source); when it is not, they use
+# these, so no position is ever left without its stop loss, take profit, DCA or stale close.
+
+_EXIT_SECTIONS = ("stopLoss", "takeProfit", "dca", "staleTrade")
+_EXIT_RULES_NAMESPACE = uuid.UUID("0b6c54f6-6a43-4c3b-9df4-4c1f5c2f0e51")
+
+
+@dataclass(frozen=True, slots=True)
+class ExitRules:
+    """The exit sections of a config as canonical JSON, and the id derived from them."""
+
+    id: uuid.UUID
+    json: str
+
+
+def exit_rules(cfg: AgentTradingConfig) -> ExitRules:
+    """The exit sections of `cfg` (stop loss, take profit, DCA, stale trade) as canonical
+    JSON, with a content-derived id: the same rules always get the same id."""
+    dumped = cfg.model_dump(mode="json", by_alias=True, exclude_none=True)
+    text = json.dumps({k: dumped[k] for k in _EXIT_SECTIONS}, sort_keys=True, separators=(",", ":"))
+    return ExitRules(uuid.uuid5(_EXIT_RULES_NAMESPACE, text), text)
+
+
+def config_of_exit_rules(text: str | None) -> ConfigReading:
+    """The config that exits use for a position opened with these rules (None: opened
+    before rules were kept, so the defaults); the other sections are the defaults."""
+    reading = read_config(text)
+    if reading.config is None:
+        return reading
+    return ConfigReading(
+        AgentTradingConfig().model_copy(
+            update={
+                "stop_loss": reading.config.stop_loss,
+                "take_profit": reading.config.take_profit,
+                "dca": reading.config.dca,
+                "stale_trade": reading.config.stale_trade,
+            }
+        )
+    )
 
 
 def _describe(exc: ValidationError) -> str:

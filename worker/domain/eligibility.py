@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from worker.domain.config import AgentTradingConfig, InvalidConfig, TokenFilterMode, resolve_config
+from worker.domain.config import AgentTradingConfig, ConfigReading, TokenFilterMode
 from worker.domain.models import Decision, ExecutionStatus, Signal, Subscriber
 from worker.domain.money import ZERO, fmt
 from worker.domain.sizing import SizingFailure, position_size
@@ -52,20 +52,18 @@ def decide(signal: Signal, agent: Subscriber, cfg: AgentTradingConfig, *, seed: 
     )
 
 
-def decide_agent(signal: Signal, agent: Subscriber, *, seed: bytes) -> Decision:
-    """`decide` with the agent's stored config resolved; an invalid config -> failed.
+def decide_agent(
+    signal: Signal, agent: Subscriber, reading: ConfigReading, *, seed: bytes
+) -> Decision:
+    """`decide` with the agent's stored config as read (`read_config`); an invalid config
+    -> failed with its reason.
 
     Automated trading is checked first: an agent that has it off is skipped whatever its
     config holds.
     """
-    off = _automation(agent)
-    if off is not None:
-        return off
-    try:
-        cfg = resolve_config(agent.trading_config)
-    except InvalidConfig as exc:
-        return failed(str(exc))
-    return decide(signal, agent, cfg, seed=seed)
+    if reading.config is None:
+        return _automation(agent) or failed(reading.error or "invalid trading_config")
+    return decide(signal, agent, reading.config, seed=seed)
 
 
 def _automation(agent: Subscriber) -> Decision | None:

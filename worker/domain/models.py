@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any
 from uuid import UUID
 
 SOL_MINT = "So11111111111111111111111111111111111111112"
@@ -48,6 +47,10 @@ class Signal:
     liquidity_usd: Decimal | None = None
     holder_count: int | None = None
     id: int | None = None
+    # Provenance: a digest of the message's payload (a key reused with another payload is a
+    # conflict, not a redelivery) and the Kafka record it came in (topic:partition:offset).
+    digest: bytes | None = None
+    record: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,14 +60,12 @@ class Subscriber:
     `wallet_address` and `sol_balance` belong to the wallet of the agent's current
     `trading_mode` (None when it has none); `open_positions` counts that wallet's
     positions; `holds_token` says whether one of them is in the signal's token.
-    `trading_config` is the stored JSON (None = all defaults), not yet validated.
     """
 
     agent_id: UUID
     trading_mode: str
     automated_trading_simulation: bool
     automated_trading_live: bool
-    trading_config: Any
     wallet_address: str | None
     sol_balance: Decimal | None
     open_positions: int

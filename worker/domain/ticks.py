@@ -5,6 +5,10 @@ transaction. Order as in the source (`domain.md` section 6): stop loss (a trigge
 everything and ends the tick), take profit (one partial sale for all levels that fire),
 stale trade (sells the rest), DCA, then `lowest_price`. Prices inside are SOL per token,
 derived from the tick's USD price and the latest SOL/USD price (`worker.domain.exits`).
+
+A take-profit sale must credit SOL: one whose value rounds to 0 SOL (dust) or whose fees
+take all of it is skipped, its level not marked as hit. A full exit (stop loss, stale
+trade) still sells for whatever it returns, 0 included: closing is the point of it.
 """
 
 from __future__ import annotations
@@ -109,7 +113,9 @@ def plan_tick(
     outcome = evaluate_take_profit(state, price, cfg)
     if outcome is not None:
         fill = _sell(outcome.sell_amount, token_usd, sol_usd, fees)
-        if fill is not None:
+        # A take-profit sale that credits no SOL (its value rounds to 0 at 8 places, or the
+        # fees take it all) is not a sale: nothing is written and the levels stay pending.
+        if fill is not None and fill.credit_sol > 0:
             if outcome.is_full_exit:
                 pnl = full_exit_pnl(state, fill.credit_sol, sol_usd)
                 plan.sales.append(PlannedSale(fill, True, CloseReason.TAKE_PROFIT, pnl))
