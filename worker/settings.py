@@ -11,7 +11,7 @@ import ssl
 from decimal import Decimal
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import (
     BaseModel,
@@ -248,10 +248,39 @@ class Settings(BaseSettings):
         )
 
 
-def mask_dsn(dsn: str) -> str:
-    """Replace the password of a DSN (URL or `password=` keyword form) with `***`."""
-    masked = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
-    return re.sub(r"(password=)[^&\s]*", r"\1***", masked)
+# A URL's scheme and everything after it up to whitespace: one token to parse.
+_URL_TOKEN = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://\S*")
+# `password=value` of the keyword form and of a URL's query; a value may be 'quoted'.
+_PASSWORD_PARAM = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'?|[^&\s]*)", re.IGNORECASE)
+
+
+def _mask_url(url: str) -> str:
+    """The URL with its password replaced by `***`, parsed as asyncpg parses a DSN: the
+    userinfo runs to the *last* `@` of the authority, so a raw `@` in a password is still
+    part of the password."""
+    parts = urlsplit(url)
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if not at:
+        scheme, _, rest = url.partition("://")
+        if "@" in rest:
+            # A raw `/`, `?` or `#` in a password ends the authority early for any parser;
+            # mask all of it up to the last `@` rather than show a piece of it.
+            userinfo, _, after = rest.rpartition("@")
+            user, colon, _ = userinfo.partition(":")
+            return f"{scheme}://{user.split('/')[0]}{':***' if colon else '***'}@{after}"
+        return url
+    user, colon, _ = userinfo.partition(":")
+    parts = parts._replace(netloc=f"{user}{':***' if colon else ''}@{hostport}")
+    masked = urlunsplit(parts)
+    # urlunsplit drops an empty query or fragment marker the original had: keep the text.
+    return masked + url[len(masked) :] if url.startswith(masked) else masked
+
+
+def mask_dsn(text: str) -> str:
+    """`text` with every password it holds replaced by `***`: those of URLs (each URL is
+    parsed, see `_mask_url`) and `password=` parameters (keyword DSNs and URL queries)."""
+    masked = _URL_TOKEN.sub(lambda m: _mask_url(m.group(0)), text)
+    return _PASSWORD_PARAM.sub(lambda m: m.group(1) + "***", masked)
 
 
 def describe_error(exc: ValidationError) -> str:

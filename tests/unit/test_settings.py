@@ -23,7 +23,7 @@ from pydantic import SecretStr, ValidationError
 from tests.support import ROOT, TOKEN_A, assert_log_lines_then_one_error, make_certificate
 from worker.__main__ import main
 from worker.kafka import client_options
-from worker.settings import Settings, describe_error
+from worker.settings import Settings, describe_error, mask_dsn
 
 SETTING_NAMES = [name.upper() for name in Settings.model_fields]
 UNREACHABLE_DB = "postgresql://postgres:hunter2-db@127.0.0.1:1/signals"
@@ -324,3 +324,27 @@ def test_an_unreachable_service_ends_in_one_clear_line_after_bounded_retries(
     last = assert_log_lines_then_one_error(result.stderr, case.args[0])
     assert case.names[0] in last
     assert any('"retrying_after_transient_error"' in line for line in result.stderr[:-1])
+
+
+@pytest.mark.parametrize(
+    ("dsn", "shown"),
+    [
+        # A raw `@` in the password: the userinfo runs to the last `@`, as asyncpg reads it.
+        ("postgresql://postgres:p@SECRETTAIL@host/db", "postgresql://postgres:***@host/db"),
+        ("postgresql://u:secret@db:5432/x", "postgresql://u:***@db:5432/x"),
+        ("postgresql://u:p%40ss@db/x", "postgresql://u:***@db/x"),
+        ("postgres://:only-a-password@db/x", "postgres://:***@db/x"),
+        ("postgresql://u@db/x?password=abc&sslmode=require",
+         "postgresql://u@db/x?password=***&sslmode=require"),
+        # A raw `?`, `/` or `#` ends the authority early: all of the userinfo is hidden.
+        ("postgresql://u:pa?ss@db/x", "postgresql://u:***@db/x"),
+        ("postgresql://u:pa/ss@db/x", "postgresql://u:***@db/x"),
+        ("postgresql://u:pa#ss@db/x", "postgresql://u:***@db/x"),
+        ("host=db password=hunter2 dbname=x", "host=db password=*** dbname=x"),
+        ("host=db password='a b\\' c' dbname=x", "host=db password=*** dbname=x"),
+        ("postgresql://db/x", "postgresql://db/x"),
+        ("reaching postgresql://u:pw@h/db: refused", "reaching postgresql://u:***@h/db: refused"),
+    ],
+)  # fmt: skip
+def test_dsn_passwords_are_masked_by_parsing_the_dsn(dsn: str, shown: str) -> None:
+    assert mask_dsn(dsn) == shown
