@@ -48,19 +48,7 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("run", help="consume signals and prices until SIGTERM/SIGINT")
 
-    publish = sub.add_parser("publish", help="publish signals to the signals topic")
-    publish.add_argument(
-        "--file", help="JSON lines to publish ('-' for stdin); without it, one signal from flags"
-    )
-    publish.add_argument("--user-id")
-    publish.add_argument("--token-address")
-    publish.add_argument("--signal-type", default="Velocity (Dex Boost Detection)")
-    publish.add_argument("--signal-strength", type=int, default=3)
-    publish.add_argument("--symbol")
-    publish.add_argument("--price-usd")
-    publish.add_argument("--idempotency-key")
-    publish.add_argument("--source", default="cli")
-
+    _add_publish(sub)
     seed = sub.add_parser("seed-demo", help="create a demo user with funded simulation agents")
     seed.add_argument(
         "--if-empty", action="store_true", help="only when the database has no users yet"
@@ -73,6 +61,65 @@ def _parser() -> argparse.ArgumentParser:
         "--out", metavar="DIR", help="folder to write them to (default: docs/schemas)"
     )
     return parser
+
+
+def _add_publish(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    publish = sub.add_parser(
+        "publish",
+        help="publish signals to SIGNALS_TOPIC (flags, or JSON lines from a file or stdin)",
+        description="Publish buy signals, validated as the worker validates them; each is "
+        "keyed by its user_id. Without --file, one signal from the flags.",
+    )
+    publish.add_argument(
+        "--file", metavar="FILE", help="JSON lines to publish, one signal each ('-' for stdin)"
+    )
+    publish.add_argument("--user-id", metavar="UUID", help="the owner whose agents take it")
+    publish.add_argument("--token-address", metavar="MINT", help="the token's Solana mint")
+    publish.add_argument(
+        "--signal-type",
+        default="Velocity (Dex Boost Detection)",
+        help="free text, 1 to 50 characters (default: %(default)s)",
+    )
+    publish.add_argument(
+        "--signal-strength", type=int, default=3, metavar="1-5", help="default: %(default)s"
+    )
+    publish.add_argument("--symbol", help="the token's symbol, at most 50 characters")
+    publish.add_argument(
+        "--price-usd", metavar="USD", help="the token's price; else the latest tick's is used"
+    )
+    publish.add_argument(
+        "--market-cap-usd", metavar="USD", help="for agents with market cap bounds"
+    )
+    publish.add_argument("--liquidity-usd", metavar="USD", help="for agents with liquidity bounds")
+    publish.add_argument(
+        "--holder-count", type=int, metavar="N", help="for agents with holder count bounds"
+    )
+    publish.add_argument(
+        "--idempotency-key",
+        metavar="KEY",
+        help="the same key from the same user is the same signal (default: the record's "
+        "Kafka coordinates)",
+    )
+    publish.add_argument("--source", default="cli", help="who sent it (default: %(default)s)")
+    publish.add_argument("--activation-reason", metavar="TEXT", help="why, for people")
+    publish.add_argument(
+        "--created-at", metavar="RFC3339", help="when the signal was made (default: now)"
+    )
+
+    price = sub.add_parser(
+        "publish-price",
+        help="publish price ticks to PRICES_TOPIC (flags, or JSON lines from a file or stdin)",
+        description="Publish USD price ticks, keyed by token. SOL/USD is a tick for the SOL "
+        "mint So11111111111111111111111111111111111111112.",
+    )
+    price.add_argument(
+        "--file", metavar="FILE", help="JSON lines to publish, one tick each ('-' for stdin)"
+    )
+    price.add_argument("--token-address", metavar="MINT", help="the token's mint (or SOL's)")
+    price.add_argument("--price-usd", metavar="USD", help="its price in USD, > 0")
+    price.add_argument(
+        "--ts", metavar="RFC3339", help="when the price was seen (default: the record's time)"
+    )
 
 
 def _add_offsets(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -102,6 +149,7 @@ _COMMANDS = {
     "migrate": "worker.commands.migrate",
     "run": "worker.app",
     "publish": "worker.commands.publish",
+    "publish-price": "worker.commands.publish:run_price",
     "seed-demo": "worker.commands.seed_demo",
     "check": "worker.commands.check",
     "snapshot": "worker.commands.snapshot",
@@ -111,8 +159,9 @@ _COMMANDS = {
 
 
 def _load(command: str) -> Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]:
-    module = importlib.import_module(_COMMANDS[command])
-    return cast(_Command, module.run)
+    module_name, _, function = _COMMANDS[command].partition(":")
+    module = importlib.import_module(module_name)
+    return cast(_Command, getattr(module, function or "run"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

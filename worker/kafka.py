@@ -22,7 +22,7 @@ from aiokafka.errors import (
 )
 from aiokafka.helpers import create_ssl_context
 
-from worker.errors import ServiceUnavailable
+from worker.errors import ServiceUnavailable, WorkerError
 from worker.retry import describe, startup_retry
 from worker.settings import KafkaSettings
 
@@ -213,6 +213,24 @@ async def ensure_topics(kafka: KafkaSettings, *, timeout_s: float) -> int:
     finally:
         await admin.close()
     return dlq
+
+
+async def require_topics(kafka: KafkaSettings, topics: list[str], *, timeout_s: float) -> None:
+    """`WorkerError` in one line when one of `topics` does not exist on the brokers."""
+    admin = AIOKafkaAdminClient(**client_options(kafka))
+    await start_client(admin, kafka, timeout_s=timeout_s)
+    try:
+        existing = set(await admin.list_topics())
+    except KafkaError as exc:
+        raise unavailable(kafka, exc) from exc
+    finally:
+        await admin.close()
+    missing = [t for t in topics if t not in existing]
+    if missing:
+        raise WorkerError(
+            f"topic {missing[0]!r} does not exist on {kafka.bootstrap_servers}: start the "
+            "worker once (`signal-worker run` creates its topics) or create it"
+        )
 
 
 async def _create(

@@ -56,7 +56,7 @@ async def test_published_signal_becomes_a_trade_and_sigterm_stops_cleanly(
             check=False,
         )
         assert published.returncode == 0, published.stderr
-        assert "sent 1 signal(s)" in published.stdout
+        assert "sent 1 signal to" in published.stdout
 
         await wait_for_count(db_url, "SELECT count(*) FROM signal_executions", 2)
         rows = await db_conn.fetch(

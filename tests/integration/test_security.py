@@ -103,7 +103,7 @@ async def test_an_authenticated_worker_turns_a_signal_into_a_trade_and_logs_no_s
             f"sasl-{mechanism}",
         )
         assert code == 0, err
-        assert "sent 1 signal(s)" in out
+        assert "sent 1 signal to" in out
         await wait_for_count(
             db_url, "SELECT count(*) FROM signal_executions WHERE status = 'success'", 1
         )

@@ -1,0 +1,133 @@
+"""`signal-worker publish` and `publish-price` against the real broker: what is sent, what is
+refused, and what the user is told."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Services, Topics, make_settings
+from tests.support import TOKEN_A, env_for, read_topic, run_cli
+from worker.domain.models import SOL_MINT
+
+pytestmark = pytest.mark.integration
+
+
+def _signal(user_id: uuid.UUID, i: int) -> bytes:
+    return json.dumps(
+        {
+            "user_id": str(user_id),
+            "token_address": TOKEN_A,
+            "signal_type": "Velocity (Dex Boost Detection)",
+            "signal_strength": 3,
+            "idempotency_key": f"k-{i}",
+        }
+    ).encode()
+
+
+async def test_a_line_that_is_not_utf8_is_reported_with_its_own_number_and_the_rest_is_sent(
+    services: Services, topics: Topics, db_url: str, tmp_path: Path
+) -> None:
+    user_id = uuid.uuid4()
+    lines = [_signal(user_id, i) for i in range(300)]
+    lines.insert(269, b'{"user_id": "\xff\xfe"}')  # line 270 of 301
+    lines.insert(100, b"")  # a blank line is skipped, not counted as rejected
+    path = tmp_path / "signals.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    env = env_for(make_settings(services, db_url, topics))
+
+    run = await run_cli(env, "publish", "--file", str(path))
+
+    assert run.code == 1
+    assert run.stdout.strip().startswith("sent 300 signals to " + topics.signals)
+    assert run.stdout.strip().endswith("; 1 line rejected (271)")
+    assert [line for line in run.stderr if line.startswith("line ")] == [
+        "line 271: not sent: not UTF-8: invalid start byte at byte 13"
+    ]
+    records = await read_topic(services.kafka_bootstrap, topics.signals, 301, timeout_s=10)
+    assert len(records) == 300
+    assert {r.key for r in records} == {str(user_id).encode()}
+
+
+async def test_one_signal_from_flags_carries_the_market_data_and_says_where_it_went(
+    services: Services, topics: Topics, db_url: str
+) -> None:
+    env = env_for(make_settings(services, db_url, topics))
+    user_id = str(uuid.uuid4())
+    run = await run_cli(
+        env, "publish", "--user-id", user_id, "--token-address", TOKEN_A,
+        "--price-usd", "0.5", "--market-cap-usd", "250000", "--liquidity-usd", "40000",
+        "--holder-count", "1200", "--activation-reason", "volume x10",
+        "--idempotency-key", "demo-1", "--source", "test",
+    )  # fmt: skip
+    assert run.code == 0, run.stderr
+    assert run.stdout.startswith(f"sent 1 signal to {topics.signals} (partition ")
+    [record] = await read_topic(services.kafka_bootstrap, topics.signals, 1)
+    assert json.loads(record.value) == {
+        "user_id": user_id,
+        "token_address": TOKEN_A,
+        "signal_type": "Velocity (Dex Boost Detection)",
+        "signal_strength": 3,
+        "price_usd": "0.5",
+        "market_cap_usd": "250000",
+        "liquidity_usd": "40000",
+        "holder_count": 1200,
+        "activation_reason": "volume x10",
+        "idempotency_key": "demo-1",
+        "source": "test",
+    }
+
+
+async def test_publish_price_sends_ticks_keyed_by_token_and_refuses_bad_ones(
+    services: Services, topics: Topics, db_url: str, tmp_path: Path
+) -> None:
+    env = env_for(make_settings(services, db_url, topics))
+    run = await run_cli(env, "publish-price", "--token-address", SOL_MINT, "--price-usd", "150")
+    assert run.code == 0, run.stderr
+    assert run.stdout.startswith(f"sent 1 price tick to {topics.prices} (partition ")
+
+    path = tmp_path / "ticks.jsonl"
+    path.write_text(
+        json.dumps({"token_address": TOKEN_A, "price_usd": "0.52"}) + "\n"
+        + json.dumps({"token_address": TOKEN_A, "price_usd": "1e-19"}) + "\n"
+    )  # fmt: skip
+    run = await run_cli(env, "publish-price", "--file", str(path))
+    assert run.code == 1
+    assert "sent 1 price tick to" in run.stdout
+    assert run.stdout.strip().endswith("1 line rejected (2)")
+    assert any("line 2: not sent: invalid price tick: price_usd: must be at least" in line
+               for line in run.stderr)  # fmt: skip
+    records = await read_topic(services.kafka_bootstrap, topics.prices, 2)
+    assert sorted(r.key for r in records) == sorted([SOL_MINT.encode(), TOKEN_A.encode()])
+
+
+async def test_a_signal_for_the_sol_mint_is_refused_before_it_is_sent(
+    services: Services, topics: Topics, db_url: str
+) -> None:
+    env = env_for(make_settings(services, db_url, topics))
+    run = await run_cli(
+        env, "publish", "--user-id", str(uuid.uuid4()), "--token-address", SOL_MINT,
+        "--price-usd", "0.5",
+    )  # fmt: skip
+    assert run.code == 1
+    assert any("the SOL mint: SOL is the quote currency, not a tradable token" in line
+               for line in run.stderr)  # fmt: skip
+    assert run.stdout.startswith("sent 0 signals")
+
+
+async def test_a_missing_topic_is_one_line_not_thirty_seconds_of_retries(
+    services: Services, topics: Topics, db_url: str
+) -> None:
+    env = env_for(make_settings(services, db_url, topics, signals_topic="no-such-topic-x"))
+    run = await run_cli(
+        env, "publish", "--user-id", str(uuid.uuid4()), "--token-address", TOKEN_A, timeout_s=20
+    )
+    assert run.code == 1
+    assert run.stderr[-1] == (
+        f"signal-worker publish: topic 'no-such-topic-x' does not exist on "
+        f"{services.kafka_bootstrap}: start the worker once (`signal-worker run` creates its "
+        "topics) or create it"
+    )
