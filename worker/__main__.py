@@ -54,6 +54,13 @@ def _parser() -> argparse.ArgumentParser:
         "--if-empty", action="store_true", help="only when the database has no users yet"
     )
     sub.add_parser("check", help="verify the ledger invariants; exit 1 listing violations")
+    agents = sub.add_parser("agents", help="inspect the agents' stored trading configs")
+    agent_actions = agents.add_subparsers(dest="agents_command", required=True, metavar="ACTION")
+    agent_actions.add_parser(
+        "lint",
+        help="list every agent whose trading_config is invalid or holds keys the worker "
+        "ignores; exit 1 if any is invalid",
+    )
     sub.add_parser("snapshot", help="write this hour's balance snapshots now")
     _add_offsets(sub)
     schema = sub.add_parser("schema", help="write the JSON Schemas of the Kafka messages")
@@ -124,7 +131,8 @@ def _add_publish(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 def _add_offsets(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     offsets = sub.add_parser(
-        "offsets", help="show or reset the consumer group's offsets (database and Kafka)"
+        "offsets",
+        help="show, reset or skip the consumer group's offsets (database and Kafka)",
     )
     actions = offsets.add_subparsers(dest="offsets_command", required=True, metavar="ACTION")
     topic_help = "only this topic (SIGNALS_TOPIC or PRICES_TOPIC); repeatable"
@@ -143,6 +151,21 @@ def _add_offsets(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "--to-timestamp", metavar="T", help="the first records at or after T (RFC 3339)"
     )
     reset.add_argument("--topic", action="append", help=topic_help)
+    skip = actions.add_parser(
+        "skip",
+        help="move one partition past the record it is stuck on (dead-lettered first); "
+        "refused while a worker is in the group",
+        description="For the case nobody foresaw: a record the worker cannot get past. The "
+        "record at --offset is sent to DLQ_TOPIC (with the reason) and the partition's stored "
+        "and committed offsets move to the next record. Only the record the group would "
+        "read next can be skipped; `offsets reset` moves further.",
+    )
+    skip.add_argument("--topic", required=True, help="SIGNALS_TOPIC or PRICES_TOPIC")
+    skip.add_argument("--partition", required=True, type=int, help="the partition")
+    skip.add_argument("--offset", required=True, type=int, help="the record to skip")
+    skip.add_argument(
+        "--reason", default="skipped by an operator", help="the dead letter's error header"
+    )
 
 
 _COMMANDS = {
@@ -152,6 +175,7 @@ _COMMANDS = {
     "publish-price": "worker.commands.publish:run_price",
     "seed-demo": "worker.commands.seed_demo",
     "check": "worker.commands.check",
+    "agents": "worker.commands.agents",
     "snapshot": "worker.commands.snapshot",
     "offsets": "worker.commands.offsets",
     "schema": "worker.commands.schema",

@@ -42,7 +42,7 @@ from uuid import UUID
 import asyncpg
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
-from aiokafka.errors import KafkaError
+from aiokafka.errors import IllegalStateError, KafkaError
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from worker.config_cache import ConfigProblem, ConfigTexts
@@ -63,6 +63,7 @@ from worker.messages import (
     decode_signal,
 )
 from worker.metrics import Metrics
+from worker.ordering import MAX_HOLD_S, TickWatermarks, split_at
 from worker.prices import TickOutcome, handle_price
 from worker.retry import AsyncRetrying, describe, is_transient, transient_retry
 from worker.settings import Settings
@@ -180,6 +181,13 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
         self._log_info = logging.getLevelName(settings.log_level) <= logging.INFO
         self._lock = asyncio.Lock()
         self._uncommitted: dict[TopicPartition, int] = {}
+        # Per partition, the first offset not yet applied, as far as this worker knows (the
+        # stored offset read at assignment, then its own commits): a record below it is
+        # never applied again, whatever position the consumer fetches from.
+        self._floor: dict[TopicPartition, int] = {}
+        # Ticks before signals (`worker.ordering`): the owned price partitions' progress.
+        self._ticks = TickWatermarks()
+        self._holding_since: float | None = None
         self._stop = asyncio.Event()
         # Agents per user, as last seen: sizes the transactions (see `_chunks`).
         self._fanout = Fanouts()
@@ -205,9 +213,12 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         """Wait for in-flight work so the next owner starts after our last commit."""
         async with self._lock:
-            log.info("partitions_revoked", partitions=_names(revoked))
+            if revoked:  # aiokafka also calls this before the first assignment, with nothing
+                log.info("partitions_revoked", partitions=_names(revoked))
             await self.commit_kafka(only=revoked)
+            self._ticks.forget(revoked)
             for tp in revoked:
+                self._floor.pop(tp, None)
                 # Another worker reports this partition's lag from now on.
                 with contextlib.suppress(KeyError):
                     self._metrics.consumer_lag.remove(tp.topic, str(tp.partition))
@@ -228,7 +239,12 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
         for tp in assigned:
             offset = stored.get((tp.topic, tp.partition))
             if offset is not None:
-                self.consumer.seek(tp, offset)
+                self._floor[tp] = max(offset, self._floor.get(tp, 0))
+                try:
+                    self.consumer.seek(tp, offset)
+                except IllegalStateError:
+                    # Reassigned while the offsets were read: the next assignment seeks.
+                    log.warning("seek_skipped_partition_reassigned", partition=_names({tp}))
         log.info(
             "partitions_assigned",
             partitions=_names(assigned),
@@ -269,8 +285,10 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
         while not stop.is_set():
             if self._fatal is not None:
                 raise WorkerError(f"cannot read stored offsets: {describe(self._fatal)}")
-            batch = await self.consumer.getmany(
-                timeout_ms=200, max_records=self._kafka.fetch_max_records
+            batch = self._hold_late_signals(
+                await self.consumer.getmany(
+                    timeout_ms=200, max_records=self._kafka.fetch_max_records
+                )
             )
             if not batch:
                 continue
@@ -283,6 +301,41 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
             if time.monotonic() - self._last_kafka_commit >= KAFKA_COMMIT_INTERVAL_S:
                 await self.commit_kafka()
         await self.commit_kafka()
+
+    def _hold_late_signals(
+        self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+    ) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+        """The fetch less the signals that must wait for ticks (`worker.ordering`); their
+        partitions are sought back to them, so a later fetch brings them again."""
+        prices = self._kafka.prices_topic
+        for tp, records in batch.items():
+            if tp.topic == prices:
+                self._ticks.observe(tp, records)
+        owned = [tp for tp in self.consumer.assignment() if tp.topic == prices]
+        bound = self._ticks.bound(owned, self.consumer.highwater, self._floor)
+        if bound is None:
+            self._holding_since = None
+            return batch
+        now = time.monotonic()
+        if self._holding_since is not None and now - self._holding_since > MAX_HOLD_S:
+            log.warning("signals_not_held_longer", held_s=round(now - self._holding_since, 1))
+            self._holding_since = None
+            return batch
+        kept: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = {}
+        held_any = False
+        for tp, records in batch.items():
+            ready, held = (records, []) if tp.topic == prices else split_at(records, bound)
+            if held:
+                held_any = True
+                self.consumer.seek(tp, held[0].offset)
+                log.debug("signals_held_for_ticks", partition=_names({tp}), held=len(held))
+            if ready:
+                kept[tp] = ready
+        if held_any and self._holding_since is None:
+            self._holding_since = now
+        elif not held_any:
+            self._holding_since = None
+        return kept
 
     async def _process_fetch(
         self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
@@ -330,10 +383,11 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
         parts: list[_Part] = []
         dead: list[DeadLetter] = []
         now = datetime.now(UTC)
-        for tp, records in batch.items():
+        for tp, fetched in batch.items():
+            self._metrics.records_consumed.labels(tp.topic).inc(len(fetched))
+            records = self._above_floor(tp, fetched)
             if not records:
                 continue
-            self._metrics.records_consumed.labels(tp.topic).inc(len(records))
             items, bad = self._decode(tp, records, now)
             dead.extend(bad)
             parts.append(_Part(tp, records, items))
@@ -350,6 +404,24 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
         signals = [p for p in parts if p.tp.topic == self._kafka.signals_topic]
         return _deal(prices, concurrency), _deal(signals, concurrency)
 
+    def _above_floor(
+        self, tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]
+    ) -> list[ConsumerRecord[bytes, bytes]]:
+        """The records not applied yet: a fetch from before the stored offset (a seek that a
+        rebalance overtook) re-reads records whose effects are committed; they are dropped
+        here, not applied a second time (which would be harmless, but is wasted work)."""
+        floor = self._floor.get(tp, 0)
+        if not records or records[0].offset >= floor:
+            return records
+        kept = [r for r in records if r.offset >= floor]
+        log.warning(
+            "records_below_stored_offset_dropped",
+            partition=_names({tp}),
+            dropped=len(records) - len(kept),
+            stored_offset=floor,
+        )
+        return kept
+
     def _cost(self, item: _Item | None) -> int:
         """Estimated agent executions of one record (1 for a tick or an invalid record)."""
         if item is not None and isinstance(item.message, SignalV1):
@@ -365,6 +437,8 @@ class Pipeline(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is 
                     outcomes = await self._commit_batch(chunk)
             committed_at = time.time()
             self._uncommitted.update(chunk.next_offsets)
+            for tp, offset in chunk.next_offsets.items():
+                self._floor[tp] = max(offset, self._floor.get(tp, 0))
             self._observe(chunk, outcomes, committed_at, started)
             started = time.perf_counter()
 

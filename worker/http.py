@@ -5,8 +5,8 @@ It faces probes and scrapers, but also whatever else can reach the port, so it i
 - one request per connection (`Connection: close`); the whole request head must arrive
   within `HTTP_REQUEST_TIMEOUT_S` (a client that trickles a header line every few seconds
   is cut off, not waited for);
-- at most `HTTP_MAX_CONNECTIONS` connections at once: beyond that a connection gets
-  `503` at once and is closed, so a flood cannot hold the worker's file descriptors;
+- at most `HTTP_MAX_CONNECTIONS` connections at once: beyond that a connection is closed
+  at once, unanswered, so a flood cannot hold the worker's file descriptors or its time;
 - `GET` and `HEAD` only (`405` with `Allow` otherwise); a request line over
   `MAX_LINE_BYTES` is `400`, a header line over it, more than `MAX_HEADERS` header lines or
   a head over `MAX_HEAD_BYTES` is `431`; nothing a client sends reaches the log as a
@@ -86,8 +86,7 @@ class HealthServer:
         self._open += 1
         try:
             if self._open > self._max_connections:
-                await self._respond(writer, "503 Service Unavailable", _TEXT, b"busy\n", True)
-                return
+                return  # closed unanswered (an answer would race the unread request: RST)
             try:
                 async with asyncio.timeout(self._request_timeout_s):
                     method, path = await _read_head(reader)

@@ -194,12 +194,12 @@ async def ensure_topics(kafka: KafkaSettings, *, timeout_s: float) -> int:
         missing_inputs = [t for t in inputs if t not in existing]
         if missing_inputs:
             await _create(admin, kafka, missing_inputs, {})
-        limits = await _record_limits(admin, inputs)
+        limits = await record_limits(admin, inputs)
         wanted = max(limits.values(), default=KAFKA_DEFAULT_MAX_MESSAGE_BYTES)
         wanted += DLQ_HEADROOM_BYTES
         if kafka.dlq_topic not in existing:
             await _create(admin, kafka, [kafka.dlq_topic], {_MAX_MESSAGE_BYTES: str(wanted)})
-        dlq = (await _record_limits(admin, [kafka.dlq_topic])).get(kafka.dlq_topic, wanted)
+        dlq = (await record_limits(admin, [kafka.dlq_topic])).get(kafka.dlq_topic, wanted)
         if dlq < wanted:
             log.warning(
                 "dlq_topic_record_limit_small",
@@ -251,7 +251,7 @@ async def _create(
     log.info("topics_created", topics=topics, partitions=kafka.topic_partitions, configs=configs)
 
 
-async def _record_limits(admin: AIOKafkaAdminClient, topics: list[str]) -> dict[str, int]:
+async def record_limits(admin: AIOKafkaAdminClient, topics: list[str]) -> dict[str, int]:
     """Each existing topic's `max.message.bytes`."""
     resources = [
         ConfigResource(ConfigResourceType.TOPIC, t, configs={_MAX_MESSAGE_BYTES: None})

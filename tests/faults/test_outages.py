@@ -253,3 +253,66 @@ async def test_sigterm_during_a_broker_outage_still_drains_and_exits_0(
     assert second_code == 0, second.tail()
     assert at_exit <= half * AGENTS < total
     assert_exactly_once(ledger)
+
+
+async def test_sigterm_while_a_batch_retries_in_a_database_outage_exits_0_in_time(
+    own_services: OwnServices, own_db_url: str, own_topics: Topics, report: Report
+) -> None:
+    """Retries watch the stop signal: with PostgreSQL down and a batch retrying, SIGTERM
+    ends the retries at once, the batch is abandoned (nothing of it stored) and the worker
+    exits 0 within the drain bound; the next worker redoes the batch."""
+    own = own_services
+    seed, rng = seeded("sigterm-in-database-outage")
+    tokens = [mint(rng) for _ in range(20)]
+    book = await _book(own_db_url)
+    before = book.signals(PER_USER, tokens)
+    during = book.signals(PER_USER, tokens, start=PER_USER)
+    total = (len(before) + len(during)) * AGENTS
+    env = env_for(make_settings(own.services, own_db_url, own_topics))
+    worker = WorkerProcess(env).start()
+    try:
+        await worker.wait_started()
+        await send_all(own.services.kafka_bootstrap, own_topics.signals, before)
+        await wait_for_count(own_db_url, EXECUTIONS, len(before) * AGENTS)
+        await stop_own(own, "postgres")
+        await send_all(own.services.kafka_bootstrap, own_topics.signals, during)
+
+        def retrying() -> bool:
+            return any('"retrying_after_transient_error"' in line for line in worker.lines)
+
+        async def is_retrying() -> bool:
+            return retrying()
+
+        await wait_for(is_retrying, timeout_s=30, what="the worker to retry a batch")
+    finally:
+        # The bound of contract section 1's drain: `terminate` raises if it takes longer.
+        code = terminate_within(worker, DRAIN_BOUND_S)
+        await asyncio.to_thread(own.start, "postgres")
+    abandoned = [line for line in worker.lines if '"batch_abandoned_at_shutdown"' in line]
+    gave_up = [line for line in worker.lines if '"worker_gave_up"' in line]
+
+    second = WorkerProcess(env).start()
+    try:
+        await second.wait_started()
+        await wait_for_count(own_db_url, EXECUTIONS, total, timeout_s=120)
+    finally:
+        second_code = second.terminate()
+    conn = await asyncpg.connect(own_db_url)
+    try:
+        ledger = await measure(conn, book.expected)
+    finally:
+        await conn.close()
+    report(
+        "2b SIGTERM while a batch retries in a database outage",
+        records=f"{len(before) + len(during)} signals x {AGENTS} agents",
+        faults=f"PostgreSQL stopped after {len(before) * AGENTS} executions, SIGTERM while "
+        f"retrying, {len(abandoned)} batch(es) abandoned",
+        **ledger.figures,
+        exit=f"{code}, {second_code}",
+        seed=seed,
+    )
+    assert code == 0, worker.tail()
+    assert gave_up == [], "the worker gave up instead of draining"
+    assert abandoned, worker.tail()
+    assert second_code == 0, second.tail()
+    assert_exactly_once(ledger)

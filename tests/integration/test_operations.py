@@ -33,6 +33,7 @@ from tests.support import (
     env_for,
     make_account,
     publish,
+    read_topic,
     run_cli,
     running_worker,
     set_sol_price,
@@ -246,6 +247,57 @@ async def test_reset_is_refused_while_a_worker_is_in_the_group(
         assert await stored_offsets(db_url, topics.group) == stored
     shown = parse_table((await cli(settings, "offsets", "show")).stdout)
     assert all(r.stored == r.committed == r.end for r in shown.values() if r.end)
+
+
+async def test_skip_dead_letters_the_next_record_and_moves_one_partition_past_it(
+    services: Services, db_url: str, topics: Topics, db_conn: asyncpg.Connection
+) -> None:
+    """For the record nobody foresaw: the partition stuck at offset O moves to O + 1 after
+    the record at O went to the DLQ; anything but the next record is refused."""
+    settings, _ = await signals_run(services, db_url, topics, db_conn)
+    shown = parse_table((await cli(settings, "offsets", "show")).stdout)
+    (topic, partition), row = next((k, r) for k, r in shown.items() if k[0] == topics.signals
+                                   and r.end >= 2)  # fmt: skip
+    # Pretend the group is stuck one record before the end of that partition.
+    stuck = row.end - 1
+    await db_conn.execute(
+        "UPDATE consumer_offsets SET next_offset = $4 WHERE consumer_group = $1 AND topic = $2 "
+        "AND partition = $3",
+        topics.group,
+        topic,
+        partition,
+        stuck,
+    )
+    args = ["offsets", "skip", "--topic", topic, "--partition", str(partition)]
+    refused = await cli(settings, *args, "--offset", str(stuck - 1))
+    assert refused.code == 2
+    assert refused.stderr[-1] == (
+        f"signal-worker offsets: {topic}:{partition} would be read from offset {stuck}, so "
+        f"offset {stuck - 1} cannot be skipped (already past it); skip moves past the next "
+        "record only (`offsets reset` moves further)"
+    )
+    refused = await cli(settings, *args, "--offset", str(stuck + 1))
+    assert refused.code == 2
+    assert "(not there yet)" in refused.stderr[-1]
+
+    skipped = await cli(settings, *args, "--offset", str(stuck), "--reason", "poison record")
+    assert skipped.code == 0, skipped.stderr
+    assert skipped.stdout.splitlines()[0] == (
+        f"skipped {topic}:{partition} offset {stuck} (sent to {topics.dlq} with error "
+        f"'poison record'); the group resumes at {stuck + 1}"
+    )
+    after = parse_table(skipped.stdout.split("\n", 1)[1])
+    assert after[(topic, partition)].stored == after[(topic, partition)].committed == stuck + 1
+    [dead] = await read_topic(services.kafka_bootstrap, topics.dlq, 1)
+    headers = dict(dead.headers)
+    assert headers["error"] == b"poison record"
+    assert headers["original-topic"] == topic.encode()
+    assert headers["original-partition"] == str(partition).encode()
+    assert headers["original-offset"] == str(stuck).encode()
+
+    nothing_left = await cli(settings, *args, "--offset", str(stuck + 1))
+    assert nothing_left.code == 2
+    assert "has no record at offset" in nothing_left.stderr[-1]
 
 
 async def test_reset_to_a_timestamp_lands_between_records_and_to_latest_at_the_end(

@@ -1,15 +1,19 @@
-"""`signal-worker offsets show|reset`: where the consumer group stands, in PostgreSQL and Kafka.
+"""`signal-worker offsets show|reset|skip`: where the consumer group stands, in PostgreSQL
+and Kafka.
 
 The worker's truth is the offset stored in `consumer_offsets` with the effects of the
 records before it; the offset committed to the Kafka group follows it for the usual lag
 tools. `show` prints both, the log end and the lag of each partition of the signal and
 price topics. `reset` moves both, and only while no member of the group is active: a
-running worker would go on from the offsets it holds and overwrite the new ones.
+running worker would go on from the offsets it holds and overwrite the new ones. `skip`
+moves one partition past the one record it would read next, after sending that record to
+the dead-letter topic (a record is never dropped silently), under the same rule.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -19,12 +23,20 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import CommitFailedError, KafkaError
-from aiokafka.structs import TopicPartition
+from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from worker.db.offsets import fetch_offsets, set_offset
 from worker.db.pool import connect
+from worker.deadletters import DeadLetter, DeadLetters
 from worker.errors import UsageError, WorkerError
-from worker.kafka import client_options, start_client
+from worker.kafka import (
+    KAFKA_DEFAULT_MAX_MESSAGE_BYTES,
+    client_options,
+    make_producer,
+    record_limits,
+    start_client,
+)
+from worker.metrics import Metrics
 from worker.retry import describe
 from worker.settings import KafkaSettings, Settings
 
@@ -128,6 +140,34 @@ class _Cluster:
         _, end = await self.bounds(partitions)
         return {tp: found[tp].offset if found.get(tp) is not None else end[tp] for tp in partitions}
 
+    async def read(
+        self, tp: TopicPartition, offset: int, *, timeout_s: float
+    ) -> ConsumerRecord[bytes, bytes] | None:
+        """The record at `offset` of `tp`; None when the log no longer holds it."""
+        self.reader.assign([tp])
+        self.reader.seek(tp, offset)
+        async with asyncio.timeout(timeout_s):
+            record: ConsumerRecord[bytes, bytes] = await self.reader.getone(tp)
+        return record if record.offset == offset else None
+
+    async def dead_letter(
+        self, record: ConsumerRecord[bytes, bytes], reason: str, *, timeout_s: float
+    ) -> None:
+        """Send `record` to the DLQ topic with `reason`, cut down as the worker would."""
+        producer = make_producer(self.kafka)
+        await start_client(producer, self.kafka, timeout_s=timeout_s)
+        try:
+            limits = await record_limits(self.admin, [self.kafka.dlq_topic])
+            letters = DeadLetters(
+                producer,
+                self.kafka.dlq_topic,
+                Metrics(),
+                max_bytes=limits.get(self.kafka.dlq_topic, KAFKA_DEFAULT_MAX_MESSAGE_BYTES),
+            )
+            await letters.send([DeadLetter(record, reason, "skipped")])
+        finally:
+            await producer.stop()
+
     async def commit(self, offsets: dict[TopicPartition, int], *, timeout_s: float) -> None:
         """Commit `offsets` for the group as a consumer outside it (refused if it has members)."""
         committer = AIOKafkaConsumer(
@@ -191,10 +231,16 @@ def parse_timestamp(text: str) -> datetime:
 
 
 async def collect(
-    settings: Settings, cluster: _Cluster, conn: asyncpg.Connection, topics: list[str]
+    settings: Settings,
+    cluster: _Cluster,
+    conn: asyncpg.Connection,
+    topics: list[str],
+    *,
+    only: TopicPartition | None = None,
 ) -> list[PartitionOffsets]:
-    """The offsets of every partition of `topics`, from the database and Kafka."""
-    partitions = await cluster.partitions(topics)
+    """The offsets of every partition of `topics` (or `only` that one), from the database
+    and Kafka."""
+    partitions = [tp for tp in await cluster.partitions(topics) if only is None or tp == only]
     stored = await fetch_offsets(conn, settings.consumer_group, topics)
     committed = await cluster.committed(partitions)
     start, end = await cluster.bounds(partitions)
@@ -277,9 +323,57 @@ async def _reset(
     return f"reset {len(targets)} partition(s) of group {settings.consumer_group} to {where}"
 
 
+async def _skip(
+    settings: Settings, args: argparse.Namespace, cluster: _Cluster, conn: asyncpg.Connection
+) -> str:
+    """Dead-letter the record the partition would be read from next, then move past it."""
+    await _refuse_if_active(cluster)
+    tp = TopicPartition(args.topic, args.partition)
+    if tp not in await cluster.partitions([args.topic]):
+        raise UsageError(f"--partition {args.partition}: {args.topic} has no such partition")
+    [row] = await collect(settings, cluster, conn, [args.topic], only=tp)
+    if args.offset != row.position:
+        where = "already past it" if args.offset < row.position else "not there yet"
+        raise UsageError(
+            f"{args.topic}:{args.partition} would be read from offset {row.position}, so offset "
+            f"{args.offset} cannot be skipped ({where}); skip moves past the next record only "
+            "(`offsets reset` moves further)"
+        )
+    if args.offset >= row.end:
+        raise UsageError(
+            f"{args.topic}:{args.partition} has no record at offset {args.offset} yet "
+            f"(the log ends at {row.end}); nothing to skip"
+        )
+    record = await cluster.read(tp, args.offset, timeout_s=settings.startup_timeout_s)
+    if record is not None:
+        await cluster.dead_letter(record, args.reason, timeout_s=settings.startup_timeout_s)
+    async with conn.transaction():
+        await set_offset(conn, settings.consumer_group, tp.topic, tp.partition, args.offset + 1)
+        await _refuse_if_active(cluster)
+        try:
+            await cluster.commit({tp: args.offset + 1}, timeout_s=settings.startup_timeout_s)
+        except CommitFailedError as exc:
+            raise GroupActiveError(
+                f"consumer group {settings.consumer_group!r} became active during the skip; "
+                "the offsets were not moved (the record was dead-lettered already)"
+            ) from exc
+    sent = (
+        f"sent to {settings.dlq_topic} with error {args.reason!r}"
+        if record is not None
+        else "already gone from the log (retention), so not dead-lettered"
+    )
+    return (
+        f"skipped {args.topic}:{args.partition} offset {args.offset} ({sent}); the group "
+        f"resumes at {args.offset + 1}"
+    )
+
+
 async def run(settings: Settings, args: argparse.Namespace) -> int:
-    """`offsets show` prints the table; `offsets reset` moves the offsets, then prints it."""
-    topics = _topics(settings, args)
+    """`offsets show` prints the table; `reset` and `skip` move offsets, then print it."""
+    if args.offsets_command == "skip":
+        topics = _topics(settings, argparse.Namespace(topic=[args.topic]))
+    else:
+        topics = _topics(settings, args)
     if getattr(args, "to_timestamp", None) is not None:
         parse_timestamp(args.to_timestamp)  # a typo fails before anything is touched
     conn = await connect(settings.db, timeout_s=settings.startup_timeout_s)
@@ -288,6 +382,8 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
             summary: str | None = None
             if args.offsets_command == "reset":
                 summary = await _reset(settings, args, cluster, conn)
+            elif args.offsets_command == "skip":
+                summary = await _skip(settings, args, cluster, conn)
             group = await cluster.group_state()
             rows = await collect(settings, cluster, conn, topics)
     except asyncpg.UndefinedTableError as exc:

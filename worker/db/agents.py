@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from uuid import UUID
@@ -145,3 +145,25 @@ async def agent_counts(conn: asyncpg.Connection, user_ids: Sequence[UUID]) -> di
     """How many agents each user has (users without agents are absent)."""
     rows = await conn.fetch(AGENT_COUNTS, list(set(user_ids)))
     return {row["user_id"]: row["agents"] for row in rows}
+
+
+SELECT_ALL_CONFIGS = """
+SELECT id, user_id, name, trading_config::text AS config FROM agents ORDER BY user_id, id
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredConfig:
+    """One agent's stored `trading_config` as JSON text (None: NULL)."""
+
+    agent_id: UUID
+    user_id: UUID
+    name: str
+    text: str | None
+
+
+async def stored_configs(conn: asyncpg.Connection) -> AsyncIterator[StoredConfig]:
+    """Every agent's stored config, streamed (a cursor: any number of agents); run it inside
+    a transaction."""
+    async for r in conn.cursor(SELECT_ALL_CONFIGS, prefetch=500):
+        yield StoredConfig(r["id"], r["user_id"], r["name"], r["config"])

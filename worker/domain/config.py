@@ -19,8 +19,8 @@ Differences from the source system, on purpose:
 - Every number has finite bounds (beyond the source's, which has none above for most):
   a value must fit the column it reaches or the arithmetic it feeds, so a stored
   `1e400` is an invalid config with its reason, never an error deep in the pipeline.
-- The stored JSON text is decoded exactly (`read_config`: numbers as `Decimal`, at
-  most 40 digits per integer, nesting bounded), so no stored row can raise anything but
+- The stored JSON text is decoded exactly (`read_config`: fractions and integers of more
+  than 40 digits as `Decimal`, nesting bounded), so no stored row can raise anything but
   `InvalidConfig`.
 - Booleans must be JSON booleans and integers may not be booleans.
 - Take-profit levels follow the mode, as DCA levels do (see `take_profit_levels`). The
@@ -67,7 +67,7 @@ USD_LIMIT = Decimal(10) ** 22
 PCT_LIMIT = Decimal(10) ** 6
 MINUTES_LIMIT = Decimal(10) ** 8  # about 190 years
 INT32_MAX = 2**31 - 1
-# Integers of a stored config longer than this are refused before Python converts them.
+# Integers of a stored config longer than this are read as Decimal, not int.
 MAX_INT_DIGITS = 40
 # Keys of the source's configs that it deletes on read: accepted without a report.
 LEGACY_KEYS: Final = frozenset({"stopLoss.continuousTrailing"})
@@ -482,10 +482,10 @@ class _UnacceptedNumberError(ValueError):
     """A JSON number a config may not hold (NaN, Infinity, too many digits)."""
 
 
-def _parse_int(digits: str) -> int:
-    if len(digits.lstrip("-")) > MAX_INT_DIGITS:
-        raise _UnacceptedNumberError(len(digits.lstrip("-")))
-    return int(digits)
+def _parse_int(digits: str) -> int | Decimal:
+    # Long integers become Decimals: no int() of thousands of digits, and the field's own
+    # bounds then say what is wrong with it (PostgreSQL prints a stored 1e400 in full).
+    return int(digits) if len(digits) <= MAX_INT_DIGITS else Decimal(digits)
 
 
 def _refuse_constant(name: str) -> object:
@@ -493,8 +493,9 @@ def _refuse_constant(name: str) -> object:
 
 
 def decode_json(text: str | None) -> object:
-    """The JSON value of `text` with exact numbers (`Decimal` for fractions, `int` for whole
-    numbers of at most `MAX_INT_DIGITS` digits); None for None; `InvalidConfig` otherwise."""
+    """The JSON value of `text` with exact numbers (`Decimal` for fractions and for whole
+    numbers of more than `MAX_INT_DIGITS` digits, else `int`); None for None;
+    `InvalidConfig` for anything that is not JSON."""
     if text is None:
         return None
     try:
@@ -502,13 +503,9 @@ def decode_json(text: str | None) -> object:
             text, parse_float=Decimal, parse_int=_parse_int, parse_constant=_refuse_constant
         )
     except _UnacceptedNumberError as exc:
-        what = exc.args[0]
-        reason = (
-            f"{what} is not a number this worker accepts"
-            if isinstance(what, str)
-            else f"a number has {what} digits, more than the {MAX_INT_DIGITS} accepted"
-        )
-        raise InvalidConfig(f"invalid trading_config: {reason}") from exc
+        raise InvalidConfig(
+            f"invalid trading_config: {exc.args[0]} is not a number this worker accepts"
+        ) from exc
     except RecursionError as exc:
         raise InvalidConfig("invalid trading_config: JSON nested too deeply") from exc
     except ValueError as exc:

@@ -1,0 +1,45 @@
+"""`signal-worker agents lint`: every agent's stored trading_config, as the worker reads it.
+
+For each agent whose config has a problem: `invalid` (the reason: it buys nothing, its
+executions fail with that reason, and its open positions keep the exit rules they were
+opened with), or keys the worker ignores (`unknown`), or legacy keys of the source system
+that it accepts silently (`legacy`, listed for completeness). Exit 1 when any config is
+invalid, else 0: ignored keys are warnings.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from worker.db.agents import stored_configs
+from worker.db.pool import connect
+from worker.domain.config import read_config
+from worker.settings import Settings
+
+
+async def run(settings: Settings, args: argparse.Namespace) -> int:
+    """Print each agent's config problems and a summary line; 1 if any config is invalid."""
+    del args
+    conn = await connect(settings.db, timeout_s=settings.startup_timeout_s)
+    agents = invalid = unknown = 0
+    try:
+        async with conn.transaction(readonly=True):
+            async for stored in stored_configs(conn):
+                agents += 1
+                reading = read_config(stored.text)
+                who = f"agent {stored.agent_id} ({stored.name}, user {stored.user_id})"
+                if reading.error is not None:
+                    invalid += 1
+                    print(f"{who}: invalid: {reading.error}")
+                if reading.unknown_keys:
+                    unknown += 1
+                    print(f"{who}: unknown keys (ignored): {', '.join(reading.unknown_keys)}")
+                if reading.legacy_keys:
+                    print(f"{who}: legacy keys (ignored): {', '.join(reading.legacy_keys)}")
+    finally:
+        await conn.close()
+    print(
+        f"agents lint: {agents} agent(s); {invalid} with an invalid config, "
+        f"{unknown} with keys the worker ignores"
+    )
+    return 1 if invalid else 0
