@@ -5,39 +5,62 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-stamp
+RUN_STAMP := $(VENV)/.run-stamp
+DEV_STAMP := $(VENV)/.dev-stamp
 SERVICES := scripts/services.sh
+PIP := $(PY) -m pip --disable-pip-version-check
 
-.PHONY: help venv services services-down migrate seed-demo run test test-unit test-integration \
-        lint fmt bench up down clean
+# The local services' ports (scripts/services.sh); the worker's commands point at them unless
+# DATABASE_URL / KAFKA_BOOTSTRAP_SERVERS name services of your own.
+LOCAL_PG_PORT ?= 5432
+LOCAL_KAFKA_PORT ?= 9092
+export LOCAL_PG_PORT LOCAL_KAFKA_PORT
+WORKER := DATABASE_URL="$${DATABASE_URL:-postgresql://postgres@127.0.0.1:$(LOCAL_PG_PORT)/signals}" \
+	KAFKA_BOOTSTRAP_SERVERS="$${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:$(LOCAL_KAFKA_PORT)}" \
+	$(PY) -m worker
+
+.PHONY: help venv run-venv services services-down migrate seed-demo run demo test test-unit \
+        test-integration lint fmt bench up down clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 20
 
-$(STAMP): pyproject.toml
+# What running needs (the worker and its dependencies); the dev tools come with `venv`.
+$(RUN_STAMP): pyproject.toml
 	@test -x $(PY) || { echo "[make] creating the virtual environment in $(VENV)"; $(PYTHON) -m venv $(VENV); }
-	@echo "[make] installing signal-worker and its development tools"
-	@$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
-	@$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
-	@touch $(STAMP)
+	@echo "[make] installing signal-worker and what it needs to run"
+	@set -o pipefail; $(PIP) install --progress-bar off --upgrade pip | { grep -v "^Requirement already" || true; }
+	@set -o pipefail; $(PIP) install --progress-bar off -e . | { grep -v "^Requirement already" || true; }
+	@touch $(RUN_STAMP)
 
-venv: $(STAMP) ## create the virtual environment and install everything
+$(DEV_STAMP): $(RUN_STAMP) pyproject.toml
+	@echo "[make] installing the development tools (tests, linters, benchmark)"
+	@set -o pipefail; $(PIP) install --progress-bar off -e '.[dev]' | { grep -v "^Requirement already" || true; }
+	@touch $(DEV_STAMP)
 
-services: ## start local Kafka and PostgreSQL unless KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL point elsewhere
+run-venv: $(RUN_STAMP) ## the virtual environment with what running needs
+
+venv: $(DEV_STAMP) ## the virtual environment with the development tools too
+
+services: ## start local Kafka and PostgreSQL (never touches services it did not start)
 	@$(SERVICES) up
 
 services-down: ## stop the services that `make services` started (by recorded process id)
 	@$(SERVICES) down
 
-migrate: venv services ## apply pending schema files
-	@$(PY) -m worker migrate
+migrate: run-venv services ## apply pending schema files
+	@$(WORKER) migrate
 
 seed-demo: migrate ## create the demo user and agents (safe to run twice)
-	@$(PY) -m worker seed-demo
+	@$(WORKER) seed-demo
 
 run: migrate ## set everything up and run the worker in the foreground (Ctrl-C stops it)
-	@$(PY) -m worker seed-demo --if-empty
-	@exec $(PY) -m worker run
+	@$(WORKER) seed-demo --if-empty
+	@trap 'echo "[make] the worker stopped; Kafka and PostgreSQL still run: make services-down stops them"' EXIT; \
+	$(WORKER) run
+
+demo: migrate ## a signal and a price path through the demo agents, with the worker of `make run` (or its own)
+	@$(WORKER) demo
 
 test: venv services ## the whole suite: unit, integration, end-to-end, faults, benchmark smoke
 	@$(PY) -m pytest

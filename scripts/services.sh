@@ -7,10 +7,15 @@
 # Kafka is the real Apache Kafka broker (org.apache.kafka:kafka_2.13, pinned below) from
 # Maven Central, run with `java -cp` as a single-node KRaft broker+controller on 127.0.0.1.
 # PostgreSQL is Debian's server (installed with apt-get if missing), a private cluster run
-# as the `postgres` user. Both are idempotent: anything already answering at
-# KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL is used as it is and never started or stopped.
-# What this script starts is recorded by process id in $SERVICES_DIR/*.pid and stopped by
-# that id only, never by name.
+# as the `postgres` user, on LOCAL_PG_PORT (5432) and LOCAL_KAFKA_PORT (9092).
+#
+# It never uses what it did not start without being told to: when something else already
+# answers on one of those ports (another project's database, a broker of your own), it stops
+# with one line saying what answers and how to choose: point DATABASE_URL /
+# KAFKA_BOOTSTRAP_SERVERS at it (then it is used as it is), or run ours beside it on other
+# ports (LOCAL_PG_PORT / LOCAL_KAFKA_PORT). Services that this script started, from this
+# checkout or another one on the machine, are shared: each start is recorded by process id
+# in $SERVICES_DIR/*.pid and in $REGISTRY (by port), and stopped by that id only.
 set -euo pipefail
 
 # Kafka 4.4.0, the newest 4.x release on Maven Central. aiokafka 0.14 speaks only the classic
@@ -29,10 +34,13 @@ START_TIMEOUT_S=${SERVICES_START_TIMEOUT_S:-90}
 SCRAM_USER=${LOCAL_KAFKA_SCRAM_USER:-worker}
 SCRAM_PASSWORD=${LOCAL_KAFKA_SCRAM_PASSWORD:-worker-secret}
 
+# Services started by this script from any checkout of the project on this machine, by port.
+REGISTRY=${SIGNAL_WORKER_SERVICES_REGISTRY:-/var/tmp/signal-worker-services}
+
 log() { printf '[services] %s\n' "$*" >&2; }
 die() { printf '[services] error: %s\n' "$*" >&2; exit 1; }
 
-mkdir -p "$SERVICES_DIR"
+mkdir -p "$SERVICES_DIR" "$REGISTRY"
 
 # ---------------------------------------------------------------------------- helpers
 
@@ -66,6 +74,31 @@ stop_pidfile() { # name pidfile [signal]: the signal that asks for a clean, prom
     # Only our own record: a start that ran meanwhile has written another process id.
     [[ $(cat "$pidfile" 2>/dev/null) == "$pid" ]] && rm -f "$pidfile"
     log "$name: stopped"
+}
+
+register() { # name port pid: record a start in the machine-wide registry
+    printf '%s %s\n' "$3" "$SERVICES_DIR" >"$REGISTRY/$1-$2"
+}
+
+registered() { # name port -> 0 when a process this script started (any checkout) owns it
+    local file=$REGISTRY/$1-$2 pid
+    [[ -f $file ]] || return 1
+    pid=$(cut -d' ' -f1 "$file")
+    kill -0 "$pid" 2>/dev/null
+}
+
+unregister() { # name port: forget the record if it names a process that is gone
+    registered "$1" "$2" || rm -f "$REGISTRY/$1-$2"
+}
+
+registered_by() { cut -d' ' -f2- "$REGISTRY/$1-$2" 2>/dev/null; }
+
+# DATABASE_URL / KAFKA_BOOTSTRAP_SERVERS named explicitly for the local port: use what is there.
+pointed_pg() { [[ ${DATABASE_URL:-} == *"@127.0.0.1:$PG_PORT/"* || ${DATABASE_URL:-} == *"@localhost:$PG_PORT/"* ]]; }
+pointed_kafka() { [[ ${KAFKA_BOOTSTRAP_SERVERS:-} == "$KAFKA_HOST:$KAFKA_PORT" || ${KAFKA_BOOTSTRAP_SERVERS:-} == "localhost:$KAFKA_PORT" ]]; }
+
+foreign() { # name port what: something this script did not start answers there
+    die "$1: 127.0.0.1:$2 is taken by something this project did not start ($3); to use it, set $4; to run ours beside it, set $5 to a free port"
 }
 
 # DATABASE_URL / KAFKA_BOOTSTRAP_SERVERS pointing elsewhere: use them as they are.
@@ -110,9 +143,19 @@ kafka_fetch() {
 </project>
 EOF
     rm -rf "$KAFKA_LIB"
+    # Maven is quiet while it downloads (about 56 MB on a cold cache): say how far it is.
+    local repo=${MAVEN_REPO:-$HOME/.m2/repository} before now started=$SECONDS mvn_pid
+    before=$(du -sm "$repo" 2>/dev/null | cut -f1 || echo 0)
     mvn -q -B -Dstyle.color=never -f "$build/pom.xml" dependency:copy-dependencies \
-        -DoutputDirectory="$KAFKA_LIB" >"$build/mvn.log" 2>&1 \
-        || die "kafka: could not fetch the broker jars from Maven Central; see $build/mvn.log"
+        -DoutputDirectory="$KAFKA_LIB" >"$build/mvn.log" 2>&1 &
+    mvn_pid=$!
+    while kill -0 "$mvn_pid" 2>/dev/null; do
+        sleep 5
+        kill -0 "$mvn_pid" 2>/dev/null || break
+        now=$(du -sm "$repo" 2>/dev/null | cut -f1 || echo 0)
+        log "kafka: downloading the broker jars: $((now - before)) MB so far ($((SECONDS - started))s)"
+    done
+    wait "$mvn_pid" || die "kafka: could not fetch the broker jars from Maven Central; see $build/mvn.log"
     touch "$KAFKA_LIB/.complete"
     log "kafka: $(ls "$KAFKA_LIB" | wc -l) jars in $KAFKA_LIB"
 }
@@ -201,12 +244,21 @@ kafka_start() {
         return 0
     fi
     if pid_alive "$KAFKA_PID"; then
+        register kafka "$KAFKA_PORT" "$(cat "$KAFKA_PID")"
         log "kafka: already running (process $(cat "$KAFKA_PID"))"
         return 0
     fi
     if port_open "$KAFKA_HOST" "$KAFKA_PORT"; then
-        log "kafka: something already answers on $KAFKA_HOST:$KAFKA_PORT; using it as it is"
-        return 0
+        if registered kafka "$KAFKA_PORT"; then
+            log "kafka: already running on $KAFKA_HOST:$KAFKA_PORT (started from $(registered_by kafka "$KAFKA_PORT"))"
+            return 0
+        fi
+        if pointed_kafka; then
+            log "kafka: KAFKA_BOOTSTRAP_SERVERS=$KAFKA_BOOTSTRAP_SERVERS points at it; using it as it is"
+            return 0
+        fi
+        foreign kafka "$KAFKA_PORT" "a Kafka broker or another server" \
+            "KAFKA_BOOTSTRAP_SERVERS=$KAFKA_HOST:$KAFKA_PORT" LOCAL_KAFKA_PORT
     fi
     kafka_fetch
     kafka_configure
@@ -219,7 +271,8 @@ kafka_start() {
         -cp "$KAFKA_LIB/*" kafka.Kafka "$KAFKA_DIR/server.properties" \
         >>"$KAFKA_DIR/stdout.log" 2>&1 </dev/null 9>&- &
     echo $! >"$KAFKA_PID"
-    local waited=0
+    register kafka "$KAFKA_PORT" "$(cat "$KAFKA_PID")"
+    local waited=0 started=$SECONDS
     until kafka_ready; do
         if ! pid_alive "$KAFKA_PID"; then
             rm -f "$KAFKA_PID"
@@ -228,14 +281,14 @@ kafka_start() {
         if ((waited >= START_TIMEOUT_S)); then
             die "kafka: no metadata answer after ${START_TIMEOUT_S}s; see $KAFKA_LOG"
         fi
-        ((waited % 5 == 0)) && log "kafka: waiting for the broker to answer metadata (${waited}s)"
+        ((waited % 5 == 0)) && log "kafka: waiting for the broker to answer metadata ($((SECONDS - started))s)"
         sleep 1
-        waited=$((waited + 1))
+        waited=$((SECONDS - started))
     done
-    log "kafka: ready after ${waited}s (process $(cat "$KAFKA_PID"))"
+    log "kafka: ready after $((SECONDS - started))s (process $(cat "$KAFKA_PID"))"
 }
 
-kafka_stop() { stop_pidfile kafka "$KAFKA_PID"; }
+kafka_stop() { stop_pidfile kafka "$KAFKA_PID"; unregister kafka "$KAFKA_PORT"; }
 
 # ---------------------------------------------------------------------------- PostgreSQL
 
@@ -283,11 +336,19 @@ pg_start() {
     local bindir datadir waited=0
     bindir=$(pg_bindir)
     if pid_alive "$PG_PID"; then
+        register postgres "$PG_PORT" "$(cat "$PG_PID")"
         log "postgres: already running (process $(cat "$PG_PID"))"
         return 0
     fi
     if pg_ready || port_open 127.0.0.1 "$PG_PORT"; then
-        log "postgres: something already answers on 127.0.0.1:$PG_PORT; using it as it is"
+        if registered postgres "$PG_PORT"; then
+            log "postgres: already running on 127.0.0.1:$PG_PORT (started from $(registered_by postgres "$PG_PORT"))"
+        elif pointed_pg; then
+            log "postgres: DATABASE_URL points at 127.0.0.1:$PG_PORT; using it as it is"
+        else
+            foreign postgres "$PG_PORT" "$(pg_ready && echo "a PostgreSQL server" || echo "a server")" \
+                "DATABASE_URL=postgresql://USER@127.0.0.1:$PG_PORT/signals" LOCAL_PG_PORT
+        fi
         pg_ensure_db
         return 0
     fi
@@ -318,17 +379,19 @@ EOF
     setsid setpriv --reuid=postgres --regid=postgres --init-groups \
         "$bindir/postgres" -D "$datadir" -p "$PG_PORT" >>"$datadir/server.log" 2>&1 </dev/null 9>&- &
     echo $! >"$PG_PID"
+    register postgres "$PG_PORT" "$(cat "$PG_PID")"
+    local started=$SECONDS
     until pg_ready; do
         if ! pid_alive "$PG_PID"; then
             rm -f "$PG_PID"
             die "postgres: the server exited during start-up; see $datadir/server.log"
         fi
         ((waited >= START_TIMEOUT_S)) && die "postgres: not ready after ${START_TIMEOUT_S}s; see $datadir/server.log"
-        ((waited % 5 == 0)) && log "postgres: waiting for the server (${waited}s)"
+        ((waited % 5 == 0)) && log "postgres: waiting for the server ($((SECONDS - started))s)"
         sleep 1
-        waited=$((waited + 1))
+        waited=$((SECONDS - started))
     done
-    log "postgres: ready after ${waited}s (process $(cat "$PG_PID"))"
+    log "postgres: ready after $((SECONDS - started))s (process $(cat "$PG_PID"))"
     pg_ensure_db
 }
 
@@ -344,7 +407,7 @@ pg_ensure_db() {
 }
 
 # SIGINT is PostgreSQL's fast shutdown: SIGTERM ("smart") would wait for every client.
-pg_stop() { stop_pidfile postgres "$PG_PID" INT; }
+pg_stop() { stop_pidfile postgres "$PG_PID" INT; unregister postgres "$PG_PORT"; }
 
 # ---------------------------------------------------------------------------- main
 

@@ -89,9 +89,11 @@ def services() -> Iterator[Services]:
         return
     # No Docker engine: the local services, started if `make services` has not.
     subprocess.run([str(SERVICES_SCRIPT), "up"], check=True)
+    pg_port = os.environ.get("LOCAL_PG_PORT", "5432")
+    kafka_port = os.environ.get("LOCAL_KAFKA_PORT", "9092")
     yield Services(
-        env_db or "postgresql://postgres@127.0.0.1:5432/signals",
-        env_kafka or "127.0.0.1:9092",
+        env_db or f"postgresql://postgres@127.0.0.1:{pg_port}/signals",
+        env_kafka or f"127.0.0.1:{kafka_port}",
         "local",
         restartable=not (env_db or env_kafka),
     )

@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from pydantic import SecretStr
 
 from worker.app import run_worker
 from worker.db import accounts
@@ -291,6 +292,12 @@ class WorkerProcess:
 def env_for(settings: Settings) -> dict[str, str]:
     """The environment of a worker subprocess with the same settings as `settings`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    # Every setting the test chose (make_settings' overrides included) reaches the process.
+    for name in settings.model_fields_set:
+        value = getattr(settings, name)
+        if value is not None:
+            plain = value.get_secret_value() if isinstance(value, SecretStr) else value
+            env[name.upper()] = str(plain)
     env.update(
         DATABASE_URL=settings.database_url.get_secret_value(),
         KAFKA_BOOTSTRAP_SERVERS=settings.kafka_bootstrap_servers,

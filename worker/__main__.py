@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Protocol, cast
@@ -17,6 +18,7 @@ import asyncpg
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
+from worker import version
 from worker.errors import UsageError, WorkerError
 from worker.logging import configure_logging
 from worker.retry import describe
@@ -25,6 +27,7 @@ from worker.settings import Settings, describe_error, load_settings
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a tool whose reader left
 
 
 class _Command(Protocol):
@@ -38,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="signal-worker",
         description="Trading signals from Kafka to simulated trades in PostgreSQL.",
     )
+    parser.add_argument("--version", action="version", version=f"signal-worker {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     migrate = sub.add_parser("migrate", help="apply pending schema/*.sql files")
@@ -54,6 +58,11 @@ def _parser() -> argparse.ArgumentParser:
         "--if-empty", action="store_true", help="only when the database has no users yet"
     )
     sub.add_parser("check", help="verify the ledger invariants; exit 1 listing violations")
+    sub.add_parser(
+        "demo",
+        help="one signal and a short price path through the demo agents: a buy, a "
+        "take-profit sale, stop-loss exits with their P/L (starts a worker if none runs)",
+    )
     agents = sub.add_parser("agents", help="inspect the agents' stored trading configs")
     agent_actions = agents.add_subparsers(dest="agents_command", required=True, metavar="ACTION")
     agent_actions.add_parser(
@@ -175,6 +184,7 @@ _COMMANDS = {
     "publish-price": "worker.commands.publish:run_price",
     "seed-demo": "worker.commands.seed_demo",
     "check": "worker.commands.check",
+    "demo": "worker.commands.demo",
     "agents": "worker.commands.agents",
     "snapshot": "worker.commands.snapshot",
     "offsets": "worker.commands.offsets",
@@ -190,6 +200,22 @@ def _load(command: str) -> Callable[[Settings, argparse.Namespace], Coroutine[An
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments, validate settings, run the command; return the exit code."""
+    try:
+        try:
+            code = _main(argv)
+        except SystemExit as exc:  # argparse: --help, --version and usage errors
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+        sys.stdout.flush()  # here, where a closed stdout can still be handled quietly
+    except BrokenPipeError:
+        # stdout was closed early (`... | head`): stop quietly, as a shell tool does, and
+        # keep Python from complaining when it flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = load_settings()
@@ -208,6 +234,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except WorkerError as exc:
         print(f"signal-worker {args.command}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    except BrokenPipeError:
+        raise  # see `main`
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, KafkaError) as exc:
         # A service failure no command translated: still one line, not a traceback.
         print(f"signal-worker {args.command}: {describe(exc)}", file=sys.stderr)

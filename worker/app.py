@@ -16,7 +16,9 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from worker import version
 from worker.consumer import Pipeline
+from worker.db.migrations import default_schema_dir, load_migrations, require_migrated
 from worker.db.pool import connection, create_pool
 from worker.db.snapshots import hour_of, snapshot_all
 from worker.deadletters import DeadLetters
@@ -67,6 +69,7 @@ async def run_worker(
     set_retry_observer(metrics.retries.inc)
     log.info(
         "worker_starting",
+        version=version(),
         database=settings.db.masked_url(),
         kafka=settings.kafka_bootstrap_servers,
         group=settings.consumer_group,
@@ -96,6 +99,8 @@ async def _start(
     """Open everything, recording each part in `parts` as it opens; the serving parts."""
     timeout_s = settings.startup_timeout_s
     parts.pool = await create_pool(settings.db, timeout_s=timeout_s)
+    async with connection(parts.pool) as conn:
+        await require_migrated(conn, load_migrations(default_schema_dir()))
     dlq_max_bytes = await ensure_topics(settings.kafka, timeout_s=timeout_s)
     parts.producer = make_producer(
         settings.kafka, max_request_bytes=dlq_max_bytes + DLQ_HEADROOM_BYTES

@@ -266,3 +266,17 @@ async def record_limits(admin: AIOKafkaAdminClient, topics: list[str]) -> dict[s
                 if entry["config_names"] == _MAX_MESSAGE_BYTES and entry["config_value"]:
                     limits[resource["resource_name"]] = int(entry["config_value"])
     return limits
+
+
+async def group_members(kafka: KafkaSettings, *, timeout_s: float) -> int:
+    """How many consumers are members of the worker's consumer group right now."""
+    admin = AIOKafkaAdminClient(**client_options(kafka))
+    await start_client(admin, kafka, timeout_s=timeout_s)
+    try:
+        responses = await admin.describe_consumer_groups([kafka.consumer_group])
+        group = responses[0].to_object()["groups"][0]
+    except KafkaError as exc:
+        raise unavailable(kafka, exc) from exc
+    finally:
+        await admin.close()
+    return 0 if group["error_code"] else len(group["members"])

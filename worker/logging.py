@@ -1,4 +1,10 @@
-"""structlog configuration: JSON lines by default, console rendering for humans."""
+"""structlog configuration: console lines for a person at a terminal, JSON lines otherwise.
+
+`LOG_FORMAT=auto` (the default) renders for a person when stderr is a terminal and as one
+JSON object a line everywhere else (containers, CI, pipes, files); `json` and `console`
+force one. Lines of libraries that log through the standard library (aiokafka, asyncpg) go
+through the same processors, so a stream is never a mix of both.
+"""
 
 from __future__ import annotations
 
@@ -48,6 +54,12 @@ class _RetriedKafkaErrors(logging.Filter):
         "NotLeaderForPartitionError",
         "LeaderNotAvailableError",
         "UnknownTopicOrPartitionError",
+        # A new broker's group coordinator is not ready yet: an ordinary start-up state.
+        "GroupCoordinatorNotAvailableError",
+        "CoordinatorNotAvailableError",
+        "NotCoordinatorForGroupError",
+        "CoordinatorLoadInProgressError",
+        "not found in cluster metadata",
     )
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -60,9 +72,16 @@ class _RetriedKafkaErrors(logging.Filter):
         return True
 
 
+def is_console(settings: Settings) -> bool:
+    """True when lines are rendered for a person: `console`, or `auto` on a terminal."""
+    if settings.log_format == "auto":
+        return sys.stderr.isatty()
+    return settings.log_format == "console"
+
+
 def _renderer(settings: Settings) -> tuple[list[structlog.types.Processor], Any]:
     """The traceback processors and the final renderer for `settings.log_format`."""
-    if settings.log_format == "console":
+    if is_console(settings):
         # No local variables in tracebacks: they hold DSNs and passwords (rich shows them).
         console = structlog.dev.ConsoleRenderer(
             colors=sys.stderr.isatty(), exception_formatter=structlog.dev.plain_traceback

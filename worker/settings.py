@@ -27,7 +27,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
-LogFormat = Literal["json", "console"]
+LogFormat = Literal["auto", "json", "console"]
 
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _BROKER_RE = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
@@ -97,7 +97,7 @@ class Settings(BaseSettings):
     http_port: int = Field(default=8080, ge=0, le=65535)
     http_host: str = Field(default="0.0.0.0", min_length=1)  # noqa: S104 - probes need it
     log_level: LogLevel = "INFO"
-    log_format: LogFormat = "json"
+    log_format: LogFormat = "auto"
 
     # Beyond the contract: tuning, with production defaults.
     db_pool_min_size: int = Field(default=2, ge=1, le=100)

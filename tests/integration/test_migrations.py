@@ -6,6 +6,7 @@ Every test works on a fresh, EMPTY database of its own (no template), dropped af
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -30,7 +31,6 @@ from worker.errors import MigrationError
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-APPLIED_LINE = re.compile(r"^applied (\d{4}_[a-z0-9_]+\.sql)$", re.MULTILINE)
 WOULD_APPLY_LINE = re.compile(r"^would apply (\d{4}_[a-z0-9_]+\.sql)$", re.MULTILINE)
 CLI_TIMEOUT_S = 20.0
 
@@ -116,6 +116,22 @@ async def finish(proc: asyncio.subprocess.Process) -> tuple[int, str, str]:
     out, err = await asyncio.wait_for(proc.communicate(), CLI_TIMEOUT_S)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
+
+
+def applied_names(err: str) -> list[str]:
+    """The files a `migrate` run applied, from its `migration_applied` log lines (JSON)."""
+    events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    return [e["name"] for e in events if e["event"] == "migration_applied"]
+
+
+def up_to_date(err: str) -> dict[str, int]:
+    """The counts of its closing `schema_up_to_date` line."""
+    [event] = [
+        e
+        for e in (json.loads(line) for line in err.splitlines() if line.startswith("{"))
+        if e["event"] == "schema_up_to_date"
+    ]
+    return {"applied_now": event["applied_now"], "migrations": event["migrations"]}
 
 
 async def run_cli(db_url: str, *args: str) -> tuple[int, str, str]:
@@ -268,9 +284,10 @@ async def test_cli_migrate_twice_applies_then_does_nothing(
     code2, out2, err2 = await run_cli(empty_db)
 
     assert (code1, code2) == (0, 0), err1 + err2
-    assert APPLIED_LINE.findall(out1) == real_names()
-    assert APPLIED_LINE.findall(out2) == []
-    assert f"applied 0 of {len(real_names())} migrations; schema is up to date" in out2
+    assert applied_names(err1) == real_names()
+    assert applied_names(err2) == []
+    assert up_to_date(err2) == {"applied_now": 0, "migrations": len(real_names())}
+    assert out1 == out2 == ""  # news goes to the log, once
     assert [r["name"] for r in await conn.fetch(SELECT_RECORDED)] == real_names()
 
 
@@ -297,7 +314,7 @@ async def test_three_processes_at_once_apply_each_file_exactly_once(
                 await proc.wait()
 
     assert [code for code, _, _ in results] == [0, 0, 0], [err for _, _, err in results]
-    applied = [name for _, out, _ in results for name in APPLIED_LINE.findall(out)]
+    applied = [name for _, _, err in results for name in applied_names(err)]
     assert sorted(applied) == real_names()  # every file by exactly one process
     assert [r["name"] for r in await conn.fetch(SELECT_RECORDED)] == real_names()
 
@@ -309,13 +326,13 @@ async def test_cli_refuses_an_edited_applied_file(
     core = schema_copy / "0001_core.sql"
     core.write_text(core.read_text(encoding="utf-8").replace("varchar(44)", "varchar(45)", 1))
 
-    code, out, err = await run_cli(empty_db, "--schema-dir", str(schema_copy))
+    code, _, err = await run_cli(empty_db, "--schema-dir", str(schema_copy))
 
     assert code == 1
     assert "0001_core.sql was changed after it was applied" in err
     assert err.startswith("signal-worker migrate: ")
     assert "Traceback" not in err
-    assert APPLIED_LINE.findall(out) == []
+    assert applied_names(err) == []
 
 
 async def test_cli_dry_run_lists_pending_files_without_applying(

@@ -149,3 +149,23 @@ def test_json_traceback_is_structured(configure: Any) -> None:
     exception = json.loads(line)["exception"]
     assert exception[0]["exc_type"] == "RuntimeError"
     assert "locals" not in exception[0]["frames"][-1]
+
+
+def test_auto_is_json_when_stderr_is_not_a_terminal(configure: Any) -> None:
+    lines = configure(log_format="auto")  # pytest's captured stderr is no terminal
+    structlog.get_logger("t").info("tick_applied", token="T")
+    [line] = lines()
+    assert json.loads(line)["event"] == "tick_applied"
+
+
+def test_auto_is_console_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from worker.logging import is_console
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert is_console(Settings(log_format="auto"))
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    assert not is_console(Settings(log_format="auto"))
+    assert is_console(Settings(log_format="console"))
+    assert not is_console(Settings(log_format="json"))

@@ -60,7 +60,7 @@ def test_every_contract_variable_has_its_contract_default() -> None:
     assert settings.kafka_ssl_cafile is None
     assert settings.http_port == 8080
     assert settings.log_level == "INFO"
-    assert settings.log_format == "json"
+    assert settings.log_format == "auto"
 
 
 @pytest.mark.usefixtures("clean_env")

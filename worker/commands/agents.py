@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 from worker.db.agents import stored_configs
-from worker.db.pool import connect
+from worker.db.pool import connect_migrated
 from worker.domain.config import read_config
 from worker.settings import Settings
 
@@ -20,7 +20,7 @@ from worker.settings import Settings
 async def run(settings: Settings, args: argparse.Namespace) -> int:
     """Print each agent's config problems and a summary line; 1 if any config is invalid."""
     del args
-    conn = await connect(settings.db, timeout_s=settings.startup_timeout_s)
+    conn = await connect_migrated(settings.db, timeout_s=settings.startup_timeout_s)
     agents = invalid = unknown = 0
     try:
         async with conn.transaction(readonly=True):

@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 
 from worker.db.ledger import find_violations
-from worker.db.pool import connect
+from worker.db.pool import connect_migrated
 from worker.settings import Settings
 
 
 async def run(settings: Settings, args: argparse.Namespace) -> int:
     """Print each violation with the ids involved; a one-line summary; 1 if any."""
     del args
-    conn = await connect(settings.db, timeout_s=settings.startup_timeout_s)
+    conn = await connect_migrated(settings.db, timeout_s=settings.startup_timeout_s)
     try:
         # One snapshot for every query, so a running worker cannot make a false alarm.
         async with conn.transaction(isolation="repeatable_read", readonly=True):

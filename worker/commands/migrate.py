@@ -24,10 +24,14 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         names = await migrate(conn, migrations, dry_run=dry_run)
     finally:
         await conn.close()
-    verb = "would apply" if dry_run else "applied"
+    if dry_run:
+        # The answer to a question: data, on stdout.
+        for name in names:
+            print(f"would apply {name}")
+        state = "not yet up to date" if names else "up to date"
+        print(f"{len(names)} of {len(migrations)} migrations pending; schema is {state}")
+        return 0
     for name in names:
-        print(f"{verb} {name}")
-    state = "not yet up to date" if dry_run and names else "up to date"
-    print(f"{verb} {len(names)} of {len(migrations)} migrations; schema is {state}")
-    log.info("migrations_listed" if dry_run else "migrations_applied", names=names)
+        log.info("migration_applied", name=name)
+    log.info("schema_up_to_date", applied_now=len(names), migrations=len(migrations))
     return 0

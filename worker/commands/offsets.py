@@ -26,7 +26,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from worker.db.offsets import fetch_offsets, set_offset
-from worker.db.pool import connect
+from worker.db.pool import connect_migrated
 from worker.deadletters import DeadLetter, DeadLetters
 from worker.errors import UsageError, WorkerError
 from worker.kafka import (
@@ -376,7 +376,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         topics = _topics(settings, args)
     if getattr(args, "to_timestamp", None) is not None:
         parse_timestamp(args.to_timestamp)  # a typo fails before anything is touched
-    conn = await connect(settings.db, timeout_s=settings.startup_timeout_s)
+    conn = await connect_migrated(settings.db, timeout_s=settings.startup_timeout_s)
     try:
         async with _cluster(settings) as cluster:
             summary: str | None = None

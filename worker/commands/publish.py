@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import orjson
+import structlog
 from aiokafka.errors import KafkaError
 
 from worker.errors import InvalidMessage, UsageError, WorkerError
@@ -28,6 +29,7 @@ from worker.messages import decode_price, decode_signal
 from worker.retry import describe
 from worker.settings import Settings
 
+log = structlog.get_logger(__name__)
 PROGRESS_EVERY = 1000
 IN_FLIGHT = 500
 
@@ -122,7 +124,7 @@ async def publish(settings: Settings, kind: Kind, lines: Iterator[tuple[int, byt
                 key = kind.key(raw)
             except InvalidMessage as exc:
                 rejected.append(number)
-                print(f"line {number}: not sent: {exc}", file=sys.stderr)
+                log.warning("line_rejected", line=number, reason=str(exc))
                 continue
             pending.append(await producer.send(topic, raw, key=key))
             if len(pending) >= IN_FLIGHT:
@@ -160,7 +162,7 @@ def _progress(kind: Kind, partitions: Counter[int], started: float) -> None:
     sent = sum(partitions.values())
     if sent % PROGRESS_EVERY < IN_FLIGHT:
         rate = sent / max(time.monotonic() - started, 1e-9)
-        print(f"publish: {_count(kind, partitions)} sent ({rate:.0f}/s)", file=sys.stderr)
+        log.info("publish_progress", sent=_count(kind, partitions), per_s=round(rate))
 
 
 def _count(kind: Kind, partitions: Counter[int]) -> str:

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import argparse
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-import structlog
-
 from worker.db import accounts
-from worker.db.pool import connect
+from worker.db.pool import connect_migrated
+from worker.db.prices import fetch_prices, upsert_price
+from worker.domain.models import SOL_MINT
 from worker.settings import Settings
 
-log = structlog.get_logger(__name__)
-
 DEMO_EMAIL = "demo@signal-worker.local"
+PLACEHOLDER_SOL_USD = Decimal(150)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # Four agents of different temperaments; configs are deep-merged over the defaults.
 DEMO_AGENTS: list[tuple[str, Decimal, dict[str, Any] | None]] = [
@@ -49,7 +50,7 @@ DEMO_AGENTS: list[tuple[str, Decimal, dict[str, Any] | None]] = [
 
 async def run(settings: Settings, args: argparse.Namespace) -> int:
     """Create the demo user and agents unless they exist; print their ids."""
-    conn = await connect(settings.db, timeout_s=settings.startup_timeout_s)
+    conn = await connect_migrated(settings.db, timeout_s=settings.startup_timeout_s)
     try:
         async with conn.transaction():
             if getattr(args, "if_empty", False) and await accounts.count_users(conn) > 0:
@@ -64,14 +65,21 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
                         conn, user_id, name, deposit_sol=deposit, trading_config=config
                     )
             agents = await accounts.agents_of_user(conn, user_id)
+            # A buy needs a SOL/USD price. The placeholder is stamped at the epoch, so any
+            # real tick (`signal-worker publish-price`, a price feed) replaces it.
+            seeded = await upsert_price(conn, SOL_MINT, PLACEHOLDER_SOL_USD, EPOCH)
+            sol_usd = (await fetch_prices(conn, [SOL_MINT]))[SOL_MINT]
     finally:
         await conn.close()
     print(f"demo user {user_id} ({DEMO_EMAIL}){'' if created else ' already existed'}")
     for agent in agents:
         print(f"  agent {agent.agent_id}  wallet {agent.wallet_address}  {agent.name}")
     print(
-        f"publish a signal: signal-worker publish --user-id {user_id} "
-        "--token-address <mint> --price-usd 0.5"
+        f"SOL/USD: {sol_usd} USD"
+        + (" (a placeholder, replaced by the first price tick for the SOL mint)" if seeded else "")
     )
-    log.info("demo_seeded", user_id=str(user_id), created=created, agents=len(agents))
+    print(
+        f"publish a signal: signal-worker publish --user-id {user_id} "
+        "--token-address <mint> --price-usd 0.5 --signal-strength 4"
+    )
     return 0

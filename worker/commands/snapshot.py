@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from datetime import UTC, datetime
 
-from worker.db.pool import connect
+from worker.db.pool import connect_migrated
 from worker.db.snapshots import hour_of, snapshot_all
 from worker.settings import Settings
 
@@ -14,7 +14,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     """Upsert one snapshot per (agent, wallet) for the current UTC hour; print the count."""
     del args
     hour = hour_of(datetime.now(UTC))
-    conn = await connect(settings.db, timeout_s=settings.startup_timeout_s)
+    conn = await connect_migrated(settings.db, timeout_s=settings.startup_timeout_s)
     try:
         rows = await snapshot_all(conn, hour)
     finally:

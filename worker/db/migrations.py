@@ -139,3 +139,22 @@ async def _apply(conn: asyncpg.Connection, migration: Migration) -> None:
             await conn.execute(INSERT_APPLIED, migration.name, migration.checksum)
     except asyncpg.PostgresError as exc:
         raise MigrationFailedError(migration.name, str(exc)) from exc
+
+
+class MigrationsPendingError(MigrationError):
+    """The database lacks migrations this version needs; `signal-worker migrate` applies them."""
+
+
+async def require_migrated(conn: asyncpg.Connection, migrations: list[Migration]) -> None:
+    """`MigrationsPendingError` in one line naming what is pending when the database has not
+    had every migration applied (none at all, or only some); `MigrationChangedError` when an
+    applied file was edited. Reads only."""
+    pending = await _pending(conn, migrations, dry_run=True)
+    if not pending:
+        return
+    names = ", ".join(m.name for m in pending[:4]) + (", ..." if len(pending) > 4 else "")
+    state = "is not migrated" if len(pending) == len(migrations) else "is not fully migrated"
+    raise MigrationsPendingError(
+        f"the database {state}: {len(pending)} of {len(migrations)} migrations pending "
+        f"({names}); run `signal-worker migrate` first"
+    )

@@ -9,6 +9,7 @@ from typing import cast
 import asyncpg
 import orjson
 
+from worker.db.migrations import default_schema_dir, load_migrations, require_migrated
 from worker.errors import ServiceUnavailable
 from worker.retry import describe, is_transient, startup_retry
 from worker.settings import DbSettings
@@ -73,3 +74,15 @@ async def connection(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
     async with pool.acquire() as proxy:
         # The pool's proxy forwards every Connection method; the stubs type it apart.
         yield cast(asyncpg.Connection, proxy)
+
+
+async def connect_migrated(db: DbSettings, *, timeout_s: float) -> asyncpg.Connection:
+    """`connect`, then `MigrationsPendingError` (one line) unless every bundled migration has
+    been applied: the commands that read or write the worker's tables start with this."""
+    conn = await connect(db, timeout_s=timeout_s)
+    try:
+        await require_migrated(conn, load_migrations(default_schema_dir()))
+    except BaseException:
+        await conn.close()
+        raise
+    return conn

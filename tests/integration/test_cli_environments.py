@@ -1,0 +1,167 @@
+"""Every command in a bad environment: a database never migrated, a broker nobody answers
+at, a stdout closed early. One plain line and an exit code each, never a traceback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from tests.conftest import Services, Topics, make_settings
+from tests.support import TOKEN_A, assert_log_lines_then_one_error, env_for, run_cli
+from worker.domain.models import SOL_MINT
+
+pytestmark = pytest.mark.integration
+SCHEMA = Path(__file__).resolve().parents[2] / "schema"
+
+USER = str(uuid.uuid4())
+DATABASE_COMMANDS = [
+    ("run",),
+    ("check",),
+    ("snapshot",),
+    ("seed-demo",),
+    ("agents", "lint"),
+    ("offsets", "show"),
+]
+KAFKA_COMMANDS = [
+    ("run",),
+    ("publish", "--user-id", USER, "--token-address", TOKEN_A),
+    ("publish-price", "--token-address", SOL_MINT, "--price-usd", "150"),
+    ("offsets", "show"),
+]
+
+
+@pytest.fixture
+async def empty_db_url(services: Services) -> AsyncIterator[str]:
+    """A database with nothing in it: `migrate` has never run there."""
+    name = f"sw_empty_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(services.database_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield services.with_database(name)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # nothing listens there once this closes
+
+
+@pytest.mark.parametrize("command", DATABASE_COMMANDS, ids=" ".join)
+async def test_on_a_database_never_migrated_every_command_says_to_migrate(
+    services: Services, topics: Topics, empty_db_url: str, command: tuple[str, ...]
+) -> None:
+    env = env_for(make_settings(services, empty_db_url, topics, startup_timeout_s=5))
+    run = await run_cli(env, *command, timeout_s=60)
+    assert run.code == 1, run
+    last = assert_log_lines_then_one_error(run.stderr, command[0])
+    assert last.endswith(
+        "the database is not migrated: 4 of 4 migrations pending (0001_core.sql, "
+        "0002_position_ledger_links.sql, 0003_drop_redundant_indexes.sql, "
+        "0004_exit_rules_and_signal_provenance.sql); run `signal-worker migrate` first"
+    ), last
+
+
+async def test_a_partly_migrated_database_names_what_is_pending(
+    services: Services, topics: Topics, empty_db_url: str, tmp_path: Path
+) -> None:
+    env = env_for(make_settings(services, empty_db_url, topics))
+    schema = SCHEMA
+    first = tmp_path / "schema"
+    first.mkdir()
+    (first / "0001_core.sql").write_text((schema / "0001_core.sql").read_text())
+    applied = await run_cli(env, "migrate", "--schema-dir", str(first))
+    assert applied.code == 0, applied.stderr
+    run = await run_cli(env, "check")
+    assert run.code == 1
+    assert run.stderr[-1].endswith(
+        "the database is not fully migrated: 3 of 4 migrations pending "
+        "(0002_position_ledger_links.sql, 0003_drop_redundant_indexes.sql, "
+        "0004_exit_rules_and_signal_provenance.sql); run `signal-worker migrate` first"
+    ), run.stderr[-1]
+    dry = await run_cli(env, "migrate", "--dry-run")
+    assert dry.code == 0
+    assert dry.stdout.splitlines()[-1] == "3 of 4 migrations pending; schema is not yet up to date"
+
+
+@pytest.mark.parametrize("command", KAFKA_COMMANDS, ids=" ".join)
+async def test_with_no_broker_answering_every_command_says_so_in_one_line(
+    services: Services, topics: Topics, db_url: str, command: tuple[str, ...]
+) -> None:
+    broker = f"127.0.0.1:{_closed_port()}"
+    settings = make_settings(
+        services, db_url, topics, kafka_bootstrap_servers=broker, startup_timeout_s=2
+    )
+    run = await run_cli(env_for(settings), *command, timeout_s=60)
+    assert run.code == 1, run
+    last = assert_log_lines_then_one_error(run.stderr, command[0])
+    assert f"cannot use Kafka at {broker} (KAFKA_BOOTSTRAP_SERVERS, PLAINTEXT)" in last, last
+
+
+CLOSED_STDOUT_COMMANDS = [
+    ("check",),
+    ("agents", "lint"),
+    ("offsets", "show"),
+    ("snapshot",),
+    ("seed-demo",),
+    ("migrate", "--dry-run"),
+]
+
+
+@pytest.mark.parametrize("command", CLOSED_STDOUT_COMMANDS, ids=" ".join)
+async def test_a_stdout_closed_early_ends_the_command_quietly(
+    services: Services, topics: Topics, db_url: str, command: tuple[str, ...]
+) -> None:
+    """As `signal-worker offsets show | head -0` would: exit 141 (as a shell tool killed by
+    SIGPIPE), and nothing on stderr but log lines. (`--help` and `--version` print through
+    argparse, which ignores a failed write: they exit 0, as quietly.)"""
+    env = env_for(make_settings(services, db_url, topics))
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # a stdout nobody will ever read
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "worker",
+            *command,
+            env=env,
+            stdout=write_end,
+            stderr=asyncio.subprocess.PIPE,
+        )
+    finally:
+        os.close(write_end)
+    assert proc.stderr is not None
+    err = await asyncio.wait_for(proc.stderr.read(), timeout=60)
+    code = await proc.wait()
+    lines = [line for line in err.decode().splitlines() if line.strip()]
+    assert code == 141, (code, lines)
+    assert not any("Traceback" in line or "BrokenPipe" in line for line in lines), lines
+    for line in lines:
+        assert isinstance(json.loads(line), dict), line
+
+
+@pytest.mark.parametrize("flag", ["--version", "--help"])
+async def test_help_and_version_with_a_closed_stdout_exit_quietly(flag: str) -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "worker", flag, stdout=write_end,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert proc.stderr is not None
+    err = await asyncio.wait_for(proc.stderr.read(), timeout=60)
+    assert (await proc.wait(), err) == (0, b"")
