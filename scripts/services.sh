@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Local Kafka and PostgreSQL for machines without a Docker engine.
 #
-#   scripts/services.sh up|down|status|purge
+#   scripts/services.sh up|down|status|purge|fetch   (fetch: the broker jars only)
 #   scripts/services.sh start|stop|restart kafka|postgres
 #
 # Kafka is the real Apache Kafka broker (org.apache.kafka:kafka_2.13, pinned below) from
@@ -146,7 +146,8 @@ EOF
     # Maven is quiet while it downloads (about 56 MB on a cold cache): say how far it is.
     local repo=${MAVEN_REPO:-$HOME/.m2/repository} before now started=$SECONDS mvn_pid
     before=$(du -sm "$repo" 2>/dev/null | cut -f1 || echo 0)
-    mvn -q -B -Dstyle.color=never -f "$build/pom.xml" dependency:copy-dependencies \
+    mvn -q -B -Dstyle.color=never -Dmaven.repo.local="$repo" -f "$build/pom.xml" \
+        dependency:copy-dependencies \
         -DoutputDirectory="$KAFKA_LIB" >"$build/mvn.log" 2>&1 &
     mvn_pid=$!
     while kill -0 "$mvn_pid" 2>/dev/null; do
@@ -411,7 +412,7 @@ pg_stop() { stop_pidfile postgres "$PG_PID" INT; unregister postgres "$PG_PORT";
 
 # ---------------------------------------------------------------------------- main
 
-usage() { echo "usage: $0 up|down|status|purge | start|stop|restart kafka|postgres" >&2; exit 2; }
+usage() { echo "usage: $0 up|down|status|purge|fetch | start|stop|restart kafka|postgres" >&2; exit 2; }
 
 purge() { # stop, then delete the data of both services (the broker jars stay cached)
     kafka_stop
@@ -445,6 +446,7 @@ up) pg_start; kafka_start ;;
 down) kafka_stop; pg_stop ;;
 purge) purge ;;
 status) status ;;
+fetch) kafka_fetch ;;
 start | stop | restart)
     svc=${2:-}
     [[ $svc == kafka || $svc == postgres ]] || usage

@@ -169,3 +169,22 @@ def test_auto_is_console_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not is_console(Settings(log_format="auto"))
     assert is_console(Settings(log_format="console"))
     assert not is_console(Settings(log_format="json"))
+
+
+@pytest.mark.parametrize(
+    ("logger", "message"),
+    [
+        ("aiokafka.consumer.group_coordinator",
+         "Group Coordinator Request failed: [Error 15] GroupCoordinatorNotAvailableError"),
+        ("aiokafka.cluster", "Topic t.signals not found in cluster metadata"),
+        ("aiokafka.consumer.group_coordinator",
+         "OffsetCommit failed for group g due to group error (CoordinatorLoadInProgressError)"),
+    ],
+)  # fmt: skip
+def test_a_new_brokers_start_up_states_are_warnings(
+    configure: Any, logger: str, message: str
+) -> None:
+    lines = configure()
+    logging.getLogger(logger).error(message)
+    [line] = lines()
+    assert json.loads(line)["level"] == "warning"
