@@ -14,12 +14,11 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Protocol, cast
 
-import asyncpg
-from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from worker import version
 from worker.errors import UsageError, WorkerError
+from worker.failures import SERVICE_ERRORS
 from worker.logging import configure_logging
 from worker.retry import describe
 from worker.settings import Settings, describe_error, load_settings
@@ -236,7 +235,7 @@ def _main(argv: Sequence[str] | None) -> int:
         return EXIT_FAILURE
     except BrokenPipeError:
         raise  # see `main`
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, KafkaError) as exc:
+    except SERVICE_ERRORS as exc:
         # A service failure no command translated: still one line, not a traceback.
         print(f"signal-worker {args.command}: {describe(exc)}", file=sys.stderr)
         return EXIT_FAILURE

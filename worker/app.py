@@ -13,18 +13,24 @@ from typing import Any, TypeVar
 
 import asyncpg
 import structlog
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from worker import version
-from worker.consumer import Pipeline
+from worker.consumer import FETCH_OPTIONS, GROUP_OPTIONS, Pipeline
 from worker.db.migrations import default_schema_dir, load_migrations, require_migrated
 from worker.db.pool import connection, create_pool
 from worker.db.snapshots import hour_of, snapshot_all
 from worker.deadletters import DeadLetters
 from worker.errors import ServiceUnavailable
+from worker.failures import SERVICE_ERRORS
 from worker.http import HealthServer, ReadyCheck
-from worker.kafka import DLQ_HEADROOM_BYTES, ensure_topics, make_producer, start_client
+from worker.kafka import (
+    DLQ_HEADROOM_BYTES,
+    client_options,
+    ensure_topics,
+    make_producer,
+    start_client,
+)
 from worker.metrics import Metrics
 from worker.retry import describe, set_retry_observer
 from worker.settings import Settings
@@ -107,7 +113,14 @@ async def _start(
     )
     await start_client(parts.producer, settings.kafka, timeout_s=timeout_s)
     dead_letters = DeadLetters(parts.producer, settings.dlq_topic, metrics, max_bytes=dlq_max_bytes)
-    parts.pipeline = Pipeline(settings, parts.pool, dead_letters, metrics)
+    consumer = AIOKafkaConsumer(
+        **client_options(settings.kafka),
+        **FETCH_OPTIONS,
+        **GROUP_OPTIONS,
+        group_id=settings.consumer_group,
+        max_poll_records=settings.kafka_fetch_max_records,
+    )
+    parts.pipeline = Pipeline(settings, parts.pool, consumer, dead_letters, metrics)
     parts.pipeline.subscribe()
     await start_client(parts.pipeline.consumer, settings.kafka, timeout_s=timeout_s)
     parts.http = HealthServer(
@@ -140,7 +153,7 @@ async def _serve(pipeline: Pipeline, pool: asyncpg.Pool, stop: asyncio.Event) ->
     snapshots = asyncio.create_task(snapshot_hourly(pool, stop), name="snapshots")
     try:
         await pipeline.run(stop)
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, KafkaError) as exc:
+    except SERVICE_ERRORS as exc:
         # Retries ran out; no offset was stored past the failed batch, so a restart
         # redoes it. One line for the operator, non-zero exit.
         log.exception("worker_gave_up", error=describe(exc))
@@ -166,7 +179,7 @@ async def snapshot_hourly(pool: asyncpg.Pool, stop: asyncio.Event) -> None:
             async with connection(pool) as conn:
                 rows = await snapshot_all(conn, hour)
             log.info("snapshots_written", hour=hour.isoformat(), wallets=rows)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except SERVICE_ERRORS as exc:
             log.warning("snapshots_failed", hour=hour.isoformat(), error=describe(exc))
         next_hour = hour + timedelta(hours=1)
         with contextlib.suppress(TimeoutError):
@@ -187,13 +200,13 @@ def _readiness(pipeline: Pipeline, pool: asyncpg.Pool) -> ReadyCheck:
             async with asyncio.timeout(2):
                 async with pool.acquire() as conn:
                     await conn.fetchval("SELECT 1")
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except SERVICE_ERRORS as exc:
             return f"database unreachable: {describe(exc)}"
         try:
             # A metadata round trip: the assignment outlives a broker that went away.
             async with asyncio.timeout(2):
                 await pipeline.consumer.topics()
-        except (OSError, TimeoutError, KafkaError) as exc:
+        except SERVICE_ERRORS as exc:
             return f"Kafka unreachable: {describe(exc)}"
         return None
 

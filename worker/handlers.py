@@ -76,28 +76,17 @@ class SignalOutcome:
     config_problems: list[ConfigProblem] = field(default_factory=list)
 
 
-class UnknownUser(Exception):  # noqa: N818 - an outcome the consumer dead-letters
-    """The signal names a user that does not exist."""
+@dataclass(frozen=True, slots=True)
+class UnknownUser:
+    """The outcome of a signal whose user does not exist: nothing of it was written."""
+
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
 class _Prices:
     token_usd: Decimal | None
     sol_usd: Decimal | None
-
-
-async def handle_signal(
-    store: SignalStore,
-    signal: Signal,
-    *,
-    trading: TradingSettings,
-    now: datetime,
-) -> SignalOutcome:
-    """`handle_signals` for one signal; raises `UnknownUser` (nothing written) for a stranger."""
-    [result] = await handle_signals(store, [signal], trading=trading, now=now)
-    if isinstance(result, UnknownUser):
-        raise result
-    return result
 
 
 async def handle_signals(

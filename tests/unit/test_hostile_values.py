@@ -15,7 +15,7 @@ import pytest
 
 from tests.support import TOKEN_A as TOKEN
 from tests.unit.fakes import FakeAgent, FakeSignalStore
-from worker.consumer import Fanouts
+from worker.batching import Fanouts
 from worker.domain.config import resolve_config
 from worker.domain.models import SOL_MINT, PositionState
 from worker.domain.ticks import Fees, plan_tick

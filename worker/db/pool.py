@@ -11,6 +11,7 @@ import orjson
 
 from worker.db.migrations import default_schema_dir, load_migrations, require_migrated
 from worker.errors import ServiceUnavailable
+from worker.failures import SERVICE_ERRORS
 from worker.retry import describe, is_transient, startup_retry
 from worker.settings import DbSettings
 
@@ -36,7 +37,7 @@ async def connect(db: DbSettings, *, timeout_s: float) -> asyncpg.Connection:
                 )
                 await _init_connection(conn)
                 return conn
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except SERVICE_ERRORS as exc:
         raise _unavailable(db, exc) from exc
     raise AssertionError("unreachable")  # pragma: no cover
 
@@ -54,7 +55,7 @@ async def create_pool(db: DbSettings, *, timeout_s: float) -> asyncpg.Pool:
                     command_timeout=db.command_timeout_s,
                     init=_init_connection,
                 )
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except SERVICE_ERRORS as exc:
         raise _unavailable(db, exc) from exc
     raise AssertionError("unreachable")  # pragma: no cover
 

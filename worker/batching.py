@@ -1,0 +1,177 @@
+"""From a fetch to transactions, without I/O: decode, cost, deal into lanes, cut into chunks.
+
+A fetch's records of one partition become a `Part` (each record's decoded `Item`, or None for
+a record that goes to the dead-letter topic, and its estimated agent executions); the parts
+of a topic are dealt, whole, into lanes balanced by those estimates (a lane keeps each
+partition's order); a lane's records are cut into `Chunk`s of at most about
+`MAX_EXECUTIONS_PER_TRANSACTION` executions, one transaction each, which store the next
+offset of every partition they cover. A user's fan-out is learned from what its last signal
+did (`Fanouts`, bounded).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeAlias
+from uuid import UUID
+
+from aiokafka.structs import ConsumerRecord, TopicPartition
+
+from worker.deadletters import DeadLetter
+from worker.errors import InvalidMessage
+from worker.failures import Scope, disposition
+from worker.messages import PriceTickV1, SignalV1, check_tick_time, decode_price, decode_signal
+
+# One transaction holds at most about this many agent executions (memory stays bounded).
+MAX_EXECUTIONS_PER_TRANSACTION = 5_000
+# The fan-out assumed for a user whose agents could not be counted yet.
+UNKNOWN_FANOUT = 100
+# Users whose fan-out is remembered (least recently seen forgotten first).
+FANOUT_MEMORY = 100_000
+
+Record: TypeAlias = ConsumerRecord[bytes, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """A record that decoded into a message."""
+
+    record: Record
+    message: SignalV1 | PriceTickV1
+
+
+@dataclass(slots=True)
+class Part:
+    """One partition's records of a fetch, decoded: `items[i]` is `records[i]`'s (None when
+    it was dead-lettered) and `costs[i]` its estimated agent executions."""
+
+    tp: TopicPartition
+    records: Sequence[Record]
+    items: list[Item | None]
+    costs: list[int] = field(default_factory=list)
+
+    @property
+    def cost(self) -> int:
+        """Estimated agent executions of the whole part."""
+        return sum(self.costs)
+
+
+@dataclass(slots=True)
+class Chunk:
+    """What one transaction covers: records of one or more partitions of one lane."""
+
+    records: list[Record] = field(default_factory=list)
+    items: list[Item] = field(default_factory=list)
+    next_offsets: dict[TopicPartition, int] = field(default_factory=dict)
+
+
+def record_time(record: ConsumerRecord[Any, Any]) -> datetime:
+    """The record's Kafka timestamp as an aware UTC datetime."""
+    return datetime.fromtimestamp(record.timestamp / 1000, tz=UTC)
+
+
+def decode(
+    records: Sequence[Record], *, is_signal: bool, now: datetime, max_ahead: timedelta
+) -> tuple[list[Item | None], list[DeadLetter]]:
+    """Each record's item (None for one that cannot be processed), and the dead letters."""
+    items: list[Item | None] = []
+    dead: list[DeadLetter] = []
+    message: SignalV1 | PriceTickV1
+    for record in records:
+        try:
+            if is_signal:
+                message = decode_signal(record.value)
+            else:
+                message = decode_price(record.value)
+                check_tick_time(message, received_at=record_time(record), now=now, ahead=max_ahead)
+        except InvalidMessage as exc:
+            verdict = disposition(exc, Scope.RECORD)
+            dead.append(DeadLetter(record, verdict.reason or str(exc), verdict.kind or "invalid"))
+            items.append(None)
+            continue
+        items.append(Item(record, message))
+    return items, dead
+
+
+class Fanouts:
+    """Agents per user as last seen, for at most `maxsize` users (least recent dropped), so
+    a stream of made-up user ids cannot grow the worker's memory."""
+
+    def __init__(self, maxsize: int = FANOUT_MEMORY) -> None:
+        self._maxsize = maxsize
+        self._counts: OrderedDict[UUID, int] = OrderedDict()
+
+    def __contains__(self, user_id: object) -> bool:
+        return user_id in self._counts
+
+    def __len__(self) -> int:
+        return len(self._counts)
+
+    def get(self, user_id: UUID, default: int) -> int:
+        """The user's last known agent count, else `default`."""
+        count = self._counts.get(user_id)
+        if count is None:
+            return default
+        self._counts.move_to_end(user_id)
+        return count
+
+    def __setitem__(self, user_id: UUID, count: int) -> None:
+        self._counts[user_id] = count
+        self._counts.move_to_end(user_id)
+        while len(self._counts) > self._maxsize:
+            self._counts.popitem(last=False)
+
+    def unseen(self, items: Sequence[Item | None]) -> set[UUID]:
+        """The users of `items`' signals whose fan-out is not known yet."""
+        return {
+            i.message.user_id
+            for i in items
+            if i is not None and isinstance(i.message, SignalV1) and i.message.user_id not in self
+        }
+
+    def cost(self, item: Item | None) -> int:
+        """Estimated agent executions of one record (1 for a tick or an invalid record)."""
+        if item is not None and isinstance(item.message, SignalV1):
+            return self.get(item.message.user_id, UNKNOWN_FANOUT)
+        return 1
+
+
+def deal(parts: list[Part], lanes: int) -> list[list[Part]]:
+    """Whole partitions into at most `lanes` lanes, the costliest first to the lightest."""
+    out: list[list[Part]] = [[] for _ in range(min(lanes, len(parts)))]
+    loads = [0] * len(out)
+    for part in sorted(parts, key=lambda p: (-p.cost, p.tp.partition)):
+        lightest = loads.index(min(loads))
+        out[lightest].append(part)
+        loads[lightest] += part.cost
+    for lane in out:
+        lane.sort(key=lambda p: p.tp.partition)
+    return out
+
+
+def chunks(lane: list[Part], budget: int = MAX_EXECUTIONS_PER_TRANSACTION) -> Iterator[Chunk]:
+    """A lane's records in transactions of at most about `budget` agent executions (a
+    record costlier than the budget goes alone), partitions whole and in order."""
+    chunk, spent = Chunk(), 0
+    for part in lane:
+        for record, item, cost in zip(part.records, part.items, part.costs, strict=True):
+            if chunk.records and spent + cost > budget:
+                yield chunk
+                chunk, spent = Chunk(), 0
+            spent += cost
+            chunk.records.append(record)
+            chunk.next_offsets[part.tp] = record.offset + 1
+            if item is not None:
+                chunk.items.append(item)
+    if chunk.records:
+        yield chunk
+
+
+def above(records: list[Record], floor: int) -> list[Record]:
+    """The records at or after `floor` (the first offset not applied yet)."""
+    if not records or records[0].offset >= floor:
+        return records
+    return [r for r in records if r.offset >= floor]
