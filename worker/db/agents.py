@@ -19,11 +19,6 @@ async def existing_users(conn: asyncpg.Connection, user_ids: Sequence[UUID]) -> 
     return {row["id"] for row in await conn.fetch(EXISTING_USERS, list(set(user_ids)))}
 
 
-async def user_exists(conn: asyncpg.Connection, user_id: UUID) -> bool:
-    """True when a `users` row with this id exists."""
-    return user_id in await existing_users(conn, [user_id])
-
-
 @dataclass(frozen=True, slots=True)
 class AgentRow:
     """An agent as the fan-out reads it: its mode's wallet, SOL balance and positions.
@@ -112,14 +107,6 @@ async def fetch_agents(
             )
         )
     return agents
-
-
-async def fetch_subscribers(
-    conn: asyncpg.Connection, user_id: UUID, token_address: str
-) -> list[Subscriber]:
-    """Every agent of `user_id`, by agent id, with its mode's wallet, SOL balance and positions."""
-    agents = await fetch_agents(conn, [user_id], [token_address])
-    return [agent.subscriber(token_address) for agent in agents.get(user_id, [])]
 
 
 AGENT_COUNTS = """

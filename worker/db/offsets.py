@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+from operator import itemgetter
+
 import asyncpg
 
-STORE_OFFSETS = """
+from worker.db.bulk import Bulk, Column
+
+OFFSETS: Bulk[tuple[str, int, int]] = Bulk(
+    "x",
+    [
+        Column("t", "text", itemgetter(0)),
+        Column("p", "int", itemgetter(1)),
+        Column("o", "bigint", itemgetter(2)),
+    ],
+    scalars=["group"],
+)
+STORE_OFFSETS = OFFSETS.sql("""
 INSERT INTO consumer_offsets (consumer_group, topic, partition, next_offset, updated_at)
-SELECT $1, t, p, o, now()
-  FROM unnest($2::text[], $3::int[], $4::bigint[]) AS x(t, p, o)
- ORDER BY t, p
+SELECT {group}, x.t, x.p, x.o, now()
+  FROM {rows}
+ ORDER BY x.t, x.p
 ON CONFLICT (consumer_group, topic, partition) DO UPDATE
    SET next_offset = GREATEST(consumer_offsets.next_offset, EXCLUDED.next_offset),
        updated_at = now()
-"""
+""")
 
 
 async def store_offsets(
@@ -20,8 +33,7 @@ async def store_offsets(
 ) -> None:
     """Record each (topic, partition, next offset): the first record not yet processed;
     never moves backwards. One statement for all."""
-    topics, partitions, next_offsets = zip(*offsets, strict=True)
-    await conn.execute(STORE_OFFSETS, group, list(topics), list(partitions), list(next_offsets))
+    await conn.execute(STORE_OFFSETS, *OFFSETS.args(offsets, group=group))
 
 
 FETCH_OFFSETS = """

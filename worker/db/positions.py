@@ -10,6 +10,7 @@ from uuid import UUID
 
 import asyncpg
 
+from worker.db.bulk import Bulk, Column
 from worker.domain.exits import ExitPnl
 from worker.domain.models import SOL_MINT, CloseReason, PositionState
 
@@ -52,7 +53,6 @@ SELECT p.id, p.agent_id, p.wallet_address, p.token_address, p.token_symbol,
    AND w.wallet_type = 'simulation'
    AND a.automated_trading_simulation
 """
-SELECT_OPEN_FOR_TOKEN = _SELECT + " ORDER BY p.id"
 SELECT_OPEN_BY_ID = _SELECT + " AND p.id = ANY($2::uuid[]) ORDER BY p.id"
 SELECT_AND_LOCK = _SELECT + " AND p.id = ANY($2::uuid[]) ORDER BY p.id FOR UPDATE OF p"
 
@@ -151,15 +151,11 @@ def _position(r: asyncpg.Record) -> OpenPosition:
 
 
 async def open_positions(
-    conn: asyncpg.Connection, token: str, ids: Sequence[UUID] | None = None
+    conn: asyncpg.Connection, token: str, ids: Sequence[UUID]
 ) -> list[OpenPosition]:
-    """Open simulation positions in `token` of agents with automated simulation trading on
-    (only those of `ids` when given)."""
-    if ids is None:
-        rows = await conn.fetch(SELECT_OPEN_FOR_TOKEN, token)
-    else:
-        rows = await conn.fetch(SELECT_OPEN_BY_ID, token, list(ids))
-    return [_position(r) for r in rows]
+    """Those open simulation positions in `token` (of agents with automated simulation
+    trading on), whole."""
+    return [_position(r) for r in await conn.fetch(SELECT_OPEN_BY_ID, token, list(ids))]
 
 
 async def lock_positions(
@@ -192,19 +188,29 @@ class TrailUpdate:
     lowest_price: Decimal
 
 
-UPDATE_TRAILS = """
+TRAILS: Bulk[TrailUpdate] = Bulk(
+    "d",
+    [
+        Column("id", "uuid", "id"),
+        Column("peak", "numeric", "peak_price"),
+        Column("sl", "numeric", "stop_loss_pct"),
+        Column("low", "numeric", "lowest_price"),
+    ],
+    scalars=["now"],
+)
+UPDATE_TRAILS = TRAILS.sql("""
 UPDATE agent_positions p
    SET peak_price = GREATEST(p.peak_price, d.peak),
        current_stop_loss_percentage = GREATEST(p.current_stop_loss_percentage, d.sl),
        last_stop_loss_update = CASE
            WHEN d.sl > p.current_stop_loss_percentage OR d.peak > p.peak_price
-             OR (p.current_stop_loss_percentage IS NULL AND d.sl IS NOT NULL) THEN $5
+             OR (p.current_stop_loss_percentage IS NULL AND d.sl IS NOT NULL) THEN {now}
            ELSE p.last_stop_loss_update END,
        lowest_price = LEAST(p.lowest_price, d.low),
-       updated_at = $5
-  FROM unnest($1::uuid[], $2::numeric[], $3::numeric[], $4::numeric[]) AS d(id, peak, sl, low)
+       updated_at = {now}
+  FROM {rows}
  WHERE p.id = d.id
-"""
+""")
 
 
 async def update_trails(
@@ -213,14 +219,7 @@ async def update_trails(
     """Raise peaks and stops and lower lows; never the other way, so ticks may interleave."""
     if not updates:
         return
-    await conn.execute(
-        UPDATE_TRAILS,
-        [u.id for u in updates],
-        [u.peak_price for u in updates],
-        [u.stop_loss_pct for u in updates],
-        [u.lowest_price for u in updates],
-        now,
-    )
+    await conn.execute(UPDATE_TRAILS, *TRAILS.args(updates, now=now))
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,34 +232,54 @@ class PositionWrite:
     take_profit_transaction_id: UUID | None
 
 
-UPDATE_POSITIONS = """
+WRITES: Bulk[PositionWrite] = Bulk(
+    "d",
+    [
+        Column("id", "uuid", "id"),
+        Column("price", "numeric", "state.purchase_price"),
+        Column("amount", "numeric", "state.purchase_amount"),
+        Column("remaining", "numeric", "state.remaining_amount"),
+        Column("invested", "numeric", "state.total_invested_sol"),
+        Column("sl", "numeric", "state.current_stop_loss_percentage"),
+        Column("peak", "numeric", "state.peak_price"),
+        Column("low", "numeric", "state.lowest_price"),
+        Column("dca_count", "int", "state.dca_count"),
+        Column("last_dca", "timestamptz", "state.last_dca_time"),
+        Column("dca_tx", "uuid", "dca_transaction_id"),
+        Column("hit", "int", "state.take_profit_levels_hit"),
+        Column("batch", "int", "state.tp_batch_start_level"),
+        Column("total", "int", "state.total_take_profit_levels"),
+        Column("tp_tx", "uuid", "take_profit_transaction_id"),
+        Column("bag_on", "bool", "state.moon_bag_activated"),
+        Column("bag", "numeric", "state.moon_bag_amount"),
+        Column("realized", "numeric", "state.realized_profit_sol"),
+        Column("proceeds", "numeric", "state.take_profit_proceeds_sol"),
+    ],
+    scalars=["now"],
+)
+UPDATE_POSITIONS = WRITES.sql("""
 UPDATE agent_positions p
    SET purchase_price = d.price, purchase_amount = d.amount, remaining_amount = d.remaining,
        total_invested_sol = d.invested, current_stop_loss_percentage = d.sl,
        peak_price = d.peak,
        last_stop_loss_update = CASE
            WHEN d.sl IS DISTINCT FROM p.current_stop_loss_percentage
-             OR d.peak IS DISTINCT FROM p.peak_price THEN $18 ELSE p.last_stop_loss_update END,
+             OR d.peak IS DISTINCT FROM p.peak_price THEN {now} ELSE p.last_stop_loss_update END,
        lowest_price = d.low, dca_count = d.dca_count, last_dca_time = d.last_dca,
        dca_transaction_ids = CASE WHEN d.dca_tx IS NULL THEN p.dca_transaction_ids
-           ELSE array_append(coalesce(p.dca_transaction_ids, '{}'), d.dca_tx::text) END,
+           ELSE array_append(coalesce(p.dca_transaction_ids, '{{}}'), d.dca_tx::text) END,
        take_profit_levels_hit = d.hit, tp_batch_start_level = d.batch,
        total_take_profit_levels = d.total,
        take_profit_transaction_ids = CASE WHEN d.tp_tx IS NULL THEN p.take_profit_transaction_ids
            ELSE array_append(p.take_profit_transaction_ids, d.tp_tx::text) END,
        last_take_profit_time = CASE WHEN d.tp_tx IS NULL THEN p.last_take_profit_time
-           ELSE $18 END,
+           ELSE {now} END,
        moon_bag_activated = d.bag_on, moon_bag_amount = d.bag,
        realized_profit_sol = d.realized, take_profit_proceeds_sol = d.proceeds,
-       updated_at = $18
-  FROM unnest($1::uuid[], $2::numeric[], $3::numeric[], $4::numeric[], $5::numeric[],
-              $6::numeric[], $7::numeric[], $8::numeric[], $9::int[], $10::timestamptz[],
-              $11::uuid[], $12::int[], $13::int[], $14::int[], $15::uuid[], $16::bool[],
-              $17::numeric[], $19::numeric[], $20::numeric[])
-       AS d(id, price, amount, remaining, invested, sl, peak, low, dca_count, last_dca,
-            dca_tx, hit, batch, total, tp_tx, bag_on, bag, realized, proceeds)
+       updated_at = {now}
+  FROM {rows}
  WHERE p.id = d.id
-"""
+""")
 
 
 async def update_positions(
@@ -269,30 +288,7 @@ async def update_positions(
     """Write the new state of positions that traded on this tick and stay open."""
     if not writes:
         return
-    s = [w.state for w in writes]
-    await conn.execute(
-        UPDATE_POSITIONS,
-        [w.id for w in writes],
-        [x.purchase_price for x in s],
-        [x.purchase_amount for x in s],
-        [x.remaining_amount for x in s],
-        [x.total_invested_sol for x in s],
-        [x.current_stop_loss_percentage for x in s],
-        [x.peak_price for x in s],
-        [x.lowest_price for x in s],
-        [x.dca_count for x in s],
-        [x.last_dca_time for x in s],
-        [w.dca_transaction_id for w in writes],
-        [x.take_profit_levels_hit for x in s],
-        [x.tp_batch_start_level for x in s],
-        [x.total_take_profit_levels for x in s],
-        [w.take_profit_transaction_id for w in writes],
-        [x.moon_bag_activated for x in s],
-        [x.moon_bag_amount for x in s],
-        now,
-        [x.realized_profit_sol for x in s],
-        [x.take_profit_proceeds_sol for x in s],
-    )
+    await conn.execute(UPDATE_POSITIONS, *WRITES.args(writes, now=now))
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,22 +301,38 @@ class ClosedPosition:
     close_reason: CloseReason
 
 
-INSERT_HISTORY = """
+EXITS: Bulk[ClosedPosition] = Bulk(
+    "h",
+    [
+        Column("agent_id", "uuid", "position.agent_id"),
+        Column("wallet", "varchar", "position.wallet_address"),
+        Column("token", "varchar", "position.token_address"),
+        Column("symbol", "varchar", "position.token_symbol"),
+        Column("amount", "numeric", "pnl.amount"),
+        Column("purchase_price", "numeric", "pnl.purchase_price"),
+        Column("sale_price", "numeric", "pnl.sale_price"),
+        Column("change", "numeric", "pnl.change_percent"),
+        Column("pnl_usd", "numeric", "pnl.profit_loss_usd"),
+        Column("pnl_sol", "numeric", "pnl.profit_loss_sol"),
+        Column("purchase_time", "timestamptz", "position.state.created_at"),
+        Column("purchase_tx", "uuid", "position.purchase_transaction_id"),
+        Column("sale_tx", "uuid", "sale_transaction_id"),
+        Column("signal_id", "int", "position.signal_id"),
+        Column("reason", "varchar", "close_reason.value"),
+        Column("position_id", "uuid", "position.id"),
+    ],
+    scalars=["now"],
+)
+INSERT_HISTORY = EXITS.sql("""
 INSERT INTO agent_historical_swaps (
     agent_id, wallet_address, token_address, token_symbol, amount, purchase_price, sale_price,
     change_percent, profit_loss_usd, profit_loss_sol, purchase_time, sale_time,
     purchase_transaction_id, sale_transaction_id, signal_id, close_reason, position_id)
 SELECT h.agent_id, h.wallet, h.token, h.symbol, h.amount, h.purchase_price, h.sale_price,
-       h.change, h.pnl_usd, h.pnl_sol, h.purchase_time, $16,
+       h.change, h.pnl_usd, h.pnl_sol, h.purchase_time, {now},
        h.purchase_tx, h.sale_tx, h.signal_id, h.reason, h.position_id
-  FROM unnest($1::uuid[], $2::varchar[], $3::varchar[], $4::varchar[], $5::numeric[],
-              $6::numeric[], $7::numeric[], $8::numeric[], $9::numeric[], $10::numeric[],
-              $11::timestamptz[], $12::uuid[], $13::uuid[], $14::int[], $15::varchar[],
-              $17::uuid[])
-       AS h(agent_id, wallet, token, symbol, amount, purchase_price, sale_price, change,
-            pnl_usd, pnl_sol, purchase_time, purchase_tx, sale_tx, signal_id, reason,
-            position_id)
-"""
+  FROM {rows}
+""")
 DELETE_POSITIONS = "DELETE FROM agent_positions WHERE id = ANY($1::uuid[])"
 DELETE_EMPTY_BALANCES = """
 DELETE FROM agent_balances
@@ -335,25 +347,6 @@ async def close_positions(
     if not closed:
         return
     p = [c.position for c in closed]
-    await conn.execute(
-        INSERT_HISTORY,
-        [x.agent_id for x in p],
-        [x.wallet_address for x in p],
-        [x.token_address for x in p],
-        [x.token_symbol for x in p],
-        [c.pnl.amount for c in closed],
-        [c.pnl.purchase_price for c in closed],
-        [c.pnl.sale_price for c in closed],
-        [c.pnl.change_percent for c in closed],
-        [c.pnl.profit_loss_usd for c in closed],
-        [c.pnl.profit_loss_sol for c in closed],
-        [x.state.created_at for x in p],
-        [x.purchase_transaction_id for x in p],
-        [c.sale_transaction_id for c in closed],
-        [x.signal_id for x in p],
-        [c.close_reason.value for c in closed],
-        now,
-        [x.id for x in p],
-    )
+    await conn.execute(INSERT_HISTORY, *EXITS.args(closed, now=now))
     await conn.execute(DELETE_POSITIONS, [x.id for x in p])
     await conn.execute(DELETE_EMPTY_BALANCES, [x.wallet_address for x in p], p[0].token_address)

@@ -8,27 +8,53 @@ from uuid import UUID
 
 import asyncpg
 
+from worker.db.bulk import Bulk, Column
 from worker.domain.models import ExecutionStatus, Signal
 from worker.errors import DomainError
 
-INSERT_SIGNALS = """
+SIGNALS: Bulk[Signal] = Bulk(
+    "s",
+    [
+        Column("user_id", "uuid", "user_id"),
+        Column("token_address", "varchar", "token_address"),
+        Column("symbol", "varchar", "symbol"),
+        Column("signal_type", "varchar", "signal_type"),
+        Column("activation_reason", "text", "activation_reason"),
+        Column("signal_strength", "int", "signal_strength"),
+        Column("source", "varchar", "source"),
+        Column("idempotency_key", "varchar", "idempotency_key"),
+        Column("price_usd", "numeric", "price_usd"),
+        Column("market_cap_usd", "numeric", "market_cap_usd"),
+        Column("liquidity_usd", "numeric", "liquidity_usd"),
+        Column("holder_count", "int", "holder_count"),
+        Column("created_at", "timestamptz", "created_at"),
+        Column("payload_digest", "bytea", "digest"),
+        Column("source_record", "text", "record"),
+    ],
+)
+INSERT_SIGNALS = SIGNALS.sql("""
 INSERT INTO trading_signals (
     user_id, token_address, symbol, signal_type, activation_reason, signal_strength, source,
     idempotency_key, price_usd, market_cap_usd, liquidity_usd, holder_count, created_at,
     payload_digest, source_record
 )
-SELECT * FROM unnest($1::uuid[], $2::varchar[], $3::varchar[], $4::varchar[], $5::text[],
-                     $6::int[], $7::varchar[], $8::varchar[], $9::numeric[], $10::numeric[],
-                     $11::numeric[], $12::int[], $13::timestamptz[], $14::bytea[], $15::text[])
+SELECT s.user_id, s.token_address, s.symbol, s.signal_type, s.activation_reason,
+       s.signal_strength, s.source, s.idempotency_key, s.price_usd, s.market_cap_usd,
+       s.liquidity_usd, s.holder_count, s.created_at, s.payload_digest, s.source_record
+  FROM {rows}
 ON CONFLICT (user_id, idempotency_key) DO NOTHING
 RETURNING id, user_id, idempotency_key, payload_digest, source_record
-"""
-SELECT_SIGNAL_IDS = """
+""")
+KEYS: Bulk[Signal] = Bulk(
+    "k",
+    [Column("user_id", "uuid", "user_id"), Column("idempotency_key", "varchar", "idempotency_key")],
+)
+SELECT_SIGNAL_IDS = KEYS.sql("""
 SELECT s.id, s.user_id, s.idempotency_key, s.payload_digest, s.source_record
   FROM trading_signals s
-  JOIN unnest($1::uuid[], $2::varchar[]) AS k(user_id, idempotency_key)
+  JOIN {rows}
     ON s.user_id = k.user_id AND s.idempotency_key = k.idempotency_key
-"""
+""")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,24 +77,7 @@ async def insert_signals(conn: asyncpg.Connection, signals: Sequence[Signal]) ->
         return []
     rows = {
         (row["user_id"], row["idempotency_key"]): row
-        for row in await conn.fetch(
-            INSERT_SIGNALS,
-            [s.user_id for s in signals],
-            [s.token_address for s in signals],
-            [s.symbol for s in signals],
-            [s.signal_type for s in signals],
-            [s.activation_reason for s in signals],
-            [s.signal_strength for s in signals],
-            [s.source for s in signals],
-            [s.idempotency_key for s in signals],
-            [s.price_usd for s in signals],
-            [s.market_cap_usd for s in signals],
-            [s.liquidity_usd for s in signals],
-            [s.holder_count for s in signals],
-            [s.created_at for s in signals],
-            [s.digest for s in signals],
-            [s.record for s in signals],
-        )
+        for row in await conn.fetch(INSERT_SIGNALS, *SIGNALS.args(signals))
     }
     inserted = {int(row["id"]) for row in rows.values()}
     stored_before = [s for s in signals if (s.user_id, s.idempotency_key) not in rows]
@@ -78,11 +87,7 @@ async def insert_signals(conn: asyncpg.Connection, signals: Sequence[Signal]) ->
         rows.update(
             {
                 (row["user_id"], row["idempotency_key"]): row
-                for row in await conn.fetch(
-                    SELECT_SIGNAL_IDS,
-                    [s.user_id for s in stored_before],
-                    [s.idempotency_key for s in stored_before],
-                )
+                for row in await conn.fetch(SELECT_SIGNAL_IDS, *KEYS.args(stored_before))
             }
         )
     result: list[StoredSignal] = []
@@ -99,12 +104,6 @@ async def insert_signals(conn: asyncpg.Connection, signals: Sequence[Signal]) ->
     return result
 
 
-async def insert_signal(conn: asyncpg.Connection, signal: Signal) -> tuple[int, bool]:
-    """Store `signal` once per (user, idempotency key); return (its id, whether it is new)."""
-    [result] = await insert_signals(conn, [signal])
-    return result.id, result.is_new
-
-
 @dataclass(frozen=True, slots=True)
 class ExecutionRow:
     """One `signal_executions` row to write: the outcome of one signal for one agent."""
@@ -116,25 +115,28 @@ class ExecutionRow:
     error: str | None
 
 
-INSERT_EXECUTIONS = """
+EXECUTIONS: Bulk[ExecutionRow] = Bulk(
+    "e",
+    [
+        Column("signal_id", "int", "signal_id"),
+        Column("agent_id", "uuid", "agent_id"),
+        Column("status", "text", "status.value"),
+        Column("transaction_id", "uuid", "transaction_id"),
+        Column("error", "text", "error"),
+    ],
+)
+INSERT_EXECUTIONS = EXECUTIONS.sql("""
 INSERT INTO signal_executions (signal_id, agent_id, status, transaction_id, error)
-SELECT * FROM unnest($1::int[], $2::uuid[], $3::text[], $4::uuid[], $5::text[])
+SELECT e.signal_id, e.agent_id, e.status, e.transaction_id, e.error FROM {rows}
 ON CONFLICT (signal_id, agent_id) DO NOTHING
-"""
+""")
 
 
 async def insert_executions(conn: asyncpg.Connection, rows: Sequence[ExecutionRow]) -> int:
     """Write `rows` in one statement, skipping (signal, agent) pairs already written; count new."""
     if not rows:
         return 0
-    status = await conn.execute(
-        INSERT_EXECUTIONS,
-        [r.signal_id for r in rows],
-        [r.agent_id for r in rows],
-        [r.status.value for r in rows],
-        [r.transaction_id for r in rows],
-        [r.error for r in rows],
-    )
+    status = await conn.execute(INSERT_EXECUTIONS, *EXECUTIONS.args(rows))
     # The command tag is "INSERT 0 <rows inserted>".
     return int(status.rsplit(" ", 1)[1])
 
@@ -152,11 +154,6 @@ async def executions_of(
     for row in await conn.fetch(SELECT_EXECUTED_AGENTS, list(signal_ids)):
         done.setdefault(row["signal_id"], set()).add(row["agent_id"])
     return done
-
-
-async def existing_executions(conn: asyncpg.Connection, signal_id: int) -> set[UUID]:
-    """The agents that already have an execution row for `signal_id`."""
-    return (await executions_of(conn, [signal_id])).get(signal_id, set())
 
 
 LOCK_SIGNALS = """

@@ -14,6 +14,7 @@ from uuid import UUID
 
 import asyncpg
 
+from worker.db.bulk import Bulk, Column
 from worker.domain.config import ExitRules
 from worker.domain.fills import BuyFill, SellFill
 from worker.domain.models import SOL_MINT, SOL_SYMBOL, PositionState
@@ -45,7 +46,31 @@ class SwapRow:
     is_take_profit: bool = False
 
 
-INSERT_SWAPS = """
+SWAPS: Bulk[SwapRow] = Bulk(
+    "t",
+    [
+        Column("id", "uuid", "id"),
+        Column("agent_id", "uuid", "agent_id"),
+        Column("wallet", "varchar", "wallet_address"),
+        Column("value_usd", "numeric", "value_usd"),
+        Column("at", "timestamptz", "time"),
+        Column("signal_id", "int", "signal_id"),
+        Column("in_mint", "varchar", "input_mint"),
+        Column("in_symbol", "varchar", "input_symbol"),
+        Column("in_amount", "numeric", "input_amount"),
+        Column("in_price", "numeric", "input_price"),
+        Column("out_mint", "varchar", "output_mint"),
+        Column("out_symbol", "varchar", "output_symbol"),
+        Column("out_amount", "numeric", "output_amount"),
+        Column("out_price", "numeric", "output_price"),
+        Column("is_dca", "bool", "is_dca"),
+        Column("is_tp", "bool", "is_take_profit"),
+        Column("nfee", "numeric", "network_fee_sol"),
+        Column("pfee", "numeric", "protocol_fee_sol"),
+        Column("position_id", "uuid", "position_id"),
+    ],
+)
+INSERT_SWAPS = SWAPS.sql("""
 INSERT INTO agent_transactions (
     id, agent_id, wallet_address, transaction_type, transaction_value_usd, transaction_time,
     signal_id, fees, input_mint, input_symbol, input_amount, input_price,
@@ -56,42 +81,15 @@ SELECT t.id, t.agent_id, t.wallet, 'SWAP', t.value_usd, t.at,
        t.signal_id, t.nfee + t.pfee, t.in_mint, t.in_symbol, t.in_amount, t.in_price,
        t.out_mint, t.out_symbol, t.out_amount, t.out_price,
        t.is_dca, t.is_tp, t.nfee, t.pfee, t.position_id, t.at, t.at
-  FROM unnest($1::uuid[], $2::uuid[], $3::varchar[], $4::numeric[], $5::timestamptz[],
-              $6::int[], $7::varchar[], $8::varchar[], $9::numeric[], $10::numeric[],
-              $11::varchar[], $12::varchar[], $13::numeric[], $14::numeric[],
-              $15::bool[], $16::bool[], $17::numeric[], $18::numeric[], $19::uuid[])
-       AS t(id, agent_id, wallet, value_usd, at, signal_id, in_mint, in_symbol, in_amount,
-            in_price, out_mint, out_symbol, out_amount, out_price, is_dca, is_tp, nfee, pfee,
-            position_id)
-"""
+  FROM {rows}
+""")
 
 
 async def insert_swaps(conn: asyncpg.Connection, swaps: Sequence[SwapRow]) -> None:
     """Insert `SWAP` transactions in one statement."""
     if not swaps:
         return
-    await conn.execute(
-        INSERT_SWAPS,
-        [s.id for s in swaps],
-        [s.agent_id for s in swaps],
-        [s.wallet_address for s in swaps],
-        [s.value_usd for s in swaps],
-        [s.time for s in swaps],
-        [s.signal_id for s in swaps],
-        [s.input_mint for s in swaps],
-        [s.input_symbol for s in swaps],
-        [s.input_amount for s in swaps],
-        [s.input_price for s in swaps],
-        [s.output_mint for s in swaps],
-        [s.output_symbol for s in swaps],
-        [s.output_amount for s in swaps],
-        [s.output_price for s in swaps],
-        [s.is_dca for s in swaps],
-        [s.is_take_profit for s in swaps],
-        [s.network_fee_sol for s in swaps],
-        [s.protocol_fee_sol for s in swaps],
-        [s.position_id for s in swaps],
-    )
+    await conn.execute(INSERT_SWAPS, *SWAPS.args(swaps))
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,23 +103,40 @@ class BalanceDelta:
     delta: Decimal
 
 
-APPLY_DEBITS = """
+DEBITS: Bulk[BalanceDelta] = Bulk(
+    "d",
+    [
+        Column("wallet", "varchar", "wallet_address"),
+        Column("token", "varchar", "token_address"),
+        Column("delta", "numeric", "delta"),
+    ],
+)
+APPLY_DEBITS = DEBITS.sql("""
 UPDATE agent_balances b
    SET balance = b.balance + d.delta, last_updated = now()
-  FROM unnest($1::varchar[], $2::varchar[], $3::numeric[]) AS d(wallet, token, delta)
+  FROM {rows}
  WHERE b.wallet_address = d.wallet AND b.token_address = d.token
-"""
-APPLY_CREDITS = """
+""")
+CREDITS: Bulk[BalanceDelta] = Bulk(
+    "d",
+    [
+        Column("agent_id", "uuid", "agent_id"),
+        Column("wallet", "varchar", "wallet_address"),
+        Column("token", "varchar", "token_address"),
+        Column("symbol", "varchar", "token_symbol"),
+        Column("delta", "numeric", "delta"),
+    ],
+)
+APPLY_CREDITS = CREDITS.sql("""
 INSERT INTO agent_balances (agent_id, wallet_address, token_address, token_symbol, balance,
                             last_updated)
 SELECT d.agent_id, d.wallet, d.token, d.symbol, d.delta, now()
-  FROM unnest($1::uuid[], $2::varchar[], $3::varchar[], $4::varchar[], $5::numeric[])
-       AS d(agent_id, wallet, token, symbol, delta)
+  FROM {rows}
 ON CONFLICT (wallet_address, token_address) DO UPDATE
    SET balance = agent_balances.balance + EXCLUDED.balance,
        token_symbol = EXCLUDED.token_symbol,
        last_updated = now()
-"""
+""")
 
 
 async def apply_balance_deltas(conn: asyncpg.Connection, deltas: Sequence[BalanceDelta]) -> None:
@@ -147,26 +162,14 @@ async def apply_balance_deltas(conn: asyncpg.Connection, deltas: Sequence[Balanc
     debits = [d for d in rows if d.delta < 0]
     credits = [d for d in rows if d.delta > 0]
     if debits:
-        status = await conn.execute(
-            APPLY_DEBITS,
-            [d.wallet_address for d in debits],
-            [d.token_address for d in debits],
-            [d.delta for d in debits],
-        )
+        status = await conn.execute(APPLY_DEBITS, *DEBITS.args(debits))
         if int(status.split()[-1]) != len(debits):
             raise DomainError(
                 f"a debit names a balance row that does not exist ({len(debits)} debits, "
                 f"{status.split()[-1]} rows updated)"
             )
     if credits:
-        await conn.execute(
-            APPLY_CREDITS,
-            [d.agent_id for d in credits],
-            [d.wallet_address for d in credits],
-            [d.token_address for d in credits],
-            [d.token_symbol for d in credits],
-            [d.delta for d in credits],
-        )
+        await conn.execute(APPLY_CREDITS, *CREDITS.args(credits))
 
 
 LOCK_USERS_SOL_BALANCES = """
@@ -201,7 +204,26 @@ class NewPosition:
     exit_rules_id: UUID | None = None
 
 
-INSERT_POSITIONS = """
+POSITIONS: Bulk[NewPosition] = Bulk(
+    "p",
+    [
+        Column("id", "uuid", "id"),
+        Column("agent_id", "uuid", "agent_id"),
+        Column("wallet", "varchar", "wallet_address"),
+        Column("token", "varchar", "token_address"),
+        Column("symbol", "varchar", "token_symbol"),
+        Column("tx", "uuid", "purchase_transaction_id"),
+        Column("price", "numeric", "state.purchase_price"),
+        Column("amount", "numeric", "state.purchase_amount"),
+        Column("invested", "numeric", "state.total_invested_sol"),
+        Column("sl", "numeric", "state.current_stop_loss_percentage"),
+        Column("peak", "numeric", "state.peak_price"),
+        Column("low", "numeric", "state.lowest_price"),
+        Column("at", "timestamptz", "state.created_at"),
+        Column("rules", "uuid", "exit_rules_id"),
+    ],
+)
+INSERT_POSITIONS = POSITIONS.sql("""
 INSERT INTO agent_positions (
     id, agent_id, wallet_address, token_address, token_symbol, purchase_transaction_id,
     purchase_price, purchase_amount, remaining_amount, total_invested_sol, lowest_price,
@@ -210,51 +232,33 @@ INSERT INTO agent_positions (
 SELECT p.id, p.agent_id, p.wallet, p.token, p.symbol, p.tx,
        p.price, p.amount, p.amount, p.invested, p.low,
        p.sl, p.peak, CASE WHEN p.sl IS NULL THEN NULL ELSE p.at END, p.at, p.at, p.rules
-  FROM unnest($1::uuid[], $2::uuid[], $3::varchar[], $4::varchar[], $5::varchar[],
-              $6::uuid[], $7::numeric[], $8::numeric[], $9::numeric[], $10::numeric[],
-              $11::numeric[], $12::numeric[], $13::timestamptz[], $14::uuid[])
-       AS p(id, agent_id, wallet, token, symbol, tx, price, amount, invested, sl, peak, low,
-            at, rules)
-"""
+  FROM {rows}
+""")
 
 
 async def insert_positions(conn: asyncpg.Connection, positions: Sequence[NewPosition]) -> None:
     """Insert new positions in their opening state (all of `purchase_amount` held) in one go."""
     if not positions:
         return
-    s = [p.state for p in positions]
-    await conn.execute(
-        INSERT_POSITIONS,
-        [p.id for p in positions],
-        [p.agent_id for p in positions],
-        [p.wallet_address for p in positions],
-        [p.token_address for p in positions],
-        [p.token_symbol for p in positions],
-        [p.purchase_transaction_id for p in positions],
-        [x.purchase_price for x in s],
-        [x.purchase_amount for x in s],
-        [x.total_invested_sol for x in s],
-        [x.current_stop_loss_percentage for x in s],
-        [x.peak_price for x in s],
-        [x.lowest_price for x in s],
-        [x.created_at for x in s],
-        [p.exit_rules_id for p in positions],
-    )
+    await conn.execute(INSERT_POSITIONS, *POSITIONS.args(positions))
 
 
-INSERT_EXIT_RULES = """
+RULE_SETS: Bulk[ExitRules] = Bulk(
+    "r", [Column("id", "uuid", "id"), Column("rules", "text", "json")]
+)
+INSERT_EXIT_RULES = RULE_SETS.sql("""
 INSERT INTO exit_rule_sets (id, rules)
-SELECT r.id, r.rules::jsonb FROM unnest($1::uuid[], $2::text[]) AS r(id, rules)
+SELECT r.id, r.rules::jsonb FROM {rows}
  ORDER BY r.id
 ON CONFLICT (id) DO NOTHING
-"""
+""")
 
 
 async def insert_exit_rules(conn: asyncpg.Connection, rules: Sequence[ExitRules]) -> None:
     """Store the exit rule sets that new positions point at (each id once, ever)."""
     if not rules:
         return
-    await conn.execute(INSERT_EXIT_RULES, [r.id for r in rules], [r.json for r in rules])
+    await conn.execute(INSERT_EXIT_RULES, *RULE_SETS.args(rules))
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,89 @@
+"""Bulk statements declared once: the SQL's arrays and the arguments come from one list."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from operator import itemgetter
+
+import pytest
+
+from worker.db import offsets, positions, signals, trades
+from worker.db.bulk import Bulk, Column
+
+
+@dataclass
+class _Row:
+    id: int
+    price: Decimal
+    inner: _Inner
+
+
+@dataclass
+class _Inner:
+    amount: Decimal
+
+
+ROWS: Bulk[_Row] = Bulk(
+    "t",
+    [
+        Column("id", "int", "id"),
+        Column("price", "numeric", "price"),
+        Column("amount", "numeric", "inner.amount"),
+        Column("double", "numeric", lambda r: r.price * 2),
+    ],
+    scalars=["now", "group"],
+)
+
+
+def test_the_sql_and_the_arguments_follow_the_declaration() -> None:
+    assert ROWS.rows() == (
+        "unnest($1::int[], $2::numeric[], $3::numeric[], $4::numeric[]) "
+        "AS t(id, price, amount, double)"
+    )
+    assert ROWS.sql("SELECT {group}, t.id, {now} FROM {rows}") == (
+        f"SELECT $6, t.id, $5 FROM {ROWS.rows()}"
+    )
+    rows = [_Row(1, Decimal("0.5"), _Inner(Decimal(7))), _Row(2, Decimal(3), _Inner(Decimal(8)))]
+    assert ROWS.args(rows, now="NOW", group="G") == [
+        [1, 2],
+        [Decimal("0.5"), Decimal(3)],
+        [Decimal(7), Decimal(8)],
+        [Decimal(1), Decimal(6)],
+        "NOW",
+        "G",
+    ]
+
+
+def test_scalars_must_be_given_exactly() -> None:
+    with pytest.raises(ValueError, match="declared"):
+        ROWS.args([], now="NOW")
+    with pytest.raises(ValueError, match="declared"):
+        ROWS.args([], now="NOW", group="G", extra=1)
+    with pytest.raises(ValueError, match="duplicate"):
+        Bulk("t", [Column("a", "int", itemgetter(0))], scalars=["a"])
+
+
+@pytest.mark.parametrize(
+    "bulk",
+    [
+        trades.SWAPS, trades.DEBITS, trades.CREDITS, trades.POSITIONS, trades.RULE_SETS,
+        positions.TRAILS, positions.WRITES, positions.EXITS, signals.SIGNALS, signals.KEYS,
+        signals.EXECUTIONS, offsets.OFFSETS,
+    ],
+)  # fmt: skip
+def test_every_declared_column_is_used_by_its_statement(bulk: Bulk[object]) -> None:
+    """A column declared but not used (or misnamed) is an argument PostgreSQL never reads."""
+    statements = [
+        s
+        for module in (trades, positions, signals, offsets)
+        for s in vars(module).values()
+        if isinstance(s, str) and bulk.rows() in s
+    ]
+    assert statements, "no statement uses this declaration"
+    for statement in statements:
+        body = statement.replace(bulk.rows(), "")
+        for column in bulk.columns:
+            assert f"{bulk.alias}.{column.name}" in body, column.name
+        for scalar in bulk.scalars:
+            assert bulk.placeholder(scalar) in body, scalar
