@@ -1,9 +1,12 @@
-"""Helpers for the tests: users and agents, publishing, workers, the CLI, certificates."""
+"""Helpers for the tests, all of them: services, databases and topics; users and agents;
+publishing; workers; the CLI; certificates. (Fixtures are in `tests/conftest.py`; rows for
+the schema's own tests in `tests/builders.py`.)"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -18,10 +21,12 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, NamedTuple
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from pydantic import SecretStr
 
 from worker.app import run_worker
@@ -382,3 +387,153 @@ def make_certificate(
         timeout=30,
     )
     return cert, key
+
+
+# ---------------------------------------------------------------------------- services
+
+SERVICES_SCRIPT = ROOT / "scripts" / "services.sh"
+KAFKA_IMAGE = "apache/kafka:4.4.0"
+POSTGRES_IMAGE = "postgres:16"
+
+
+@dataclass(frozen=True)
+class Services:
+    """Where the tests' PostgreSQL and Kafka are, and whether the tests may restart them."""
+
+    database_url: str
+    kafka_bootstrap: str
+    source: str
+    restartable: bool
+
+    def with_database(self, name: str) -> str:
+        """The DSN of database `name` on the same server."""
+        parts = urlsplit(self.database_url)
+        return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+def docker_answers() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    try:
+        result = subprocess.run(
+            ["docker", "info", "--format", "{{.ServerVersion}}"],
+            capture_output=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return result.returncode == 0
+
+
+async def create_database(services: Services, template: str) -> str:
+    """A new database cloned from `template`; returns its DSN."""
+    name = f"sw_t_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(services.database_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    finally:
+        await admin.close()
+    return services.with_database(name)
+
+
+async def drop_database(services: Services, url: str) -> None:
+    """Drop the database of `url`, disconnecting whoever is still on it."""
+    name = urlsplit(url).path.lstrip("/")
+    admin = await asyncpg.connect(services.database_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Topic and group names of this test's own."""
+
+    signals: str
+    prices: str
+    dlq: str
+    group: str
+
+
+async def create_topics(bootstrap: str, names: list[str], partitions: int) -> None:
+    """Create `names` with `partitions` partitions each (replication 1)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(n, partitions, 1) for n in names])
+    finally:
+        await admin.close()
+
+
+async def delete_topics(bootstrap: str, names: list[str]) -> None:
+    """Delete `names`; missing ones are fine."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics(names)
+    finally:
+        await admin.close()
+
+
+async def create_test_topics(services: Services, partitions: int = 3) -> Topics:
+    """Fresh signal, price and dead-letter topics and a consumer group name."""
+    tag = uuid.uuid4().hex[:10]
+    names = Topics(f"t{tag}.signals", f"t{tag}.prices", f"t{tag}.dlq", f"g{tag}")
+    await create_topics(
+        services.kafka_bootstrap, [names.signals, names.prices, names.dlq], partitions
+    )
+    return names
+
+
+def make_settings(services: Services, db_url: str, topics: Topics, **overrides: Any) -> Settings:
+    """Settings pointing at this test's database and topics; `overrides` by field name."""
+    fields: dict[str, Any] = {
+        "database_url": db_url,
+        "kafka_bootstrap_servers": services.kafka_bootstrap,
+        "signals_topic": topics.signals,
+        "prices_topic": topics.prices,
+        "dlq_topic": topics.dlq,
+        "consumer_group": topics.group,
+        "http_port": 0,
+        "log_format": "json",
+        **overrides,
+    }
+    return Settings(**fields)
+
+
+@dataclass(frozen=True)
+class OwnServices:
+    """A PostgreSQL and a Kafka of the tests' own that fault tests may stop and start.
+
+    Started by `scripts/services.sh` on other ports and in another folder than the shared
+    ones, so stopping them disturbs no other test.
+    """
+
+    services: Services
+    env: dict[str, str]
+
+    def run(self, *args: str) -> None:
+        """`scripts/services.sh ARGS` for these services."""
+        subprocess.run([str(SERVICES_SCRIPT), *args], env=self.env, check=True, capture_output=True)
+
+    def stop(self, name: str) -> None:
+        """Stop `kafka` or `postgres`."""
+        self.run("stop", name)
+
+    def start(self, name: str) -> None:
+        """Start `kafka` or `postgres` again (same data)."""
+        self.run("start", name)
+
+
+def own_ports(root: Path = ROOT) -> tuple[int, int, int, int]:
+    """Ports of the own services (PostgreSQL, Kafka, its controller, its SASL listener).
+
+    Stable for a checkout and different between checkouts (derived from its path), so that
+    the test sessions of two clones on one machine never stop each other's services. Below
+    Linux's ephemeral range (32768 up), where clients' own sockets would collide.
+    """
+    digest = int.from_bytes(hashlib.sha256(str(root.resolve()).encode()).digest()[:8], "big")
+    base = 20_000 + (digest % 3_000) * 4
+    return base, base + 1, base + 2, base + 3

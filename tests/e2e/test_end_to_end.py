@@ -8,12 +8,14 @@ import sys
 import asyncpg
 import pytest
 
-from tests.conftest import Services, Topics, make_settings
 from tests.support import (
     TOKEN_A,
+    Services,
+    Topics,
     WorkerProcess,
     env_for,
     make_account,
+    make_settings,
     set_sol_price,
     wait_for_count,
 )

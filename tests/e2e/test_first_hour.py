@@ -11,8 +11,15 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from tests.conftest import Services, Topics, make_settings
-from tests.support import WorkerProcess, env_for, run_cli, wait_for_count
+from tests.support import (
+    Services,
+    Topics,
+    WorkerProcess,
+    env_for,
+    make_settings,
+    run_cli,
+    wait_for_count,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 

@@ -27,8 +27,16 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from tests.conftest import OwnServices, Services, create_database, drop_database
-from tests.support import Account, WorkerProcess, make_account, set_sol_price
+from tests.support import (
+    Account,
+    OwnServices,
+    Services,
+    WorkerProcess,
+    create_database,
+    drop_database,
+    make_account,
+    set_sol_price,
+)
 from worker.db.ledger import Violation, find_violations
 from worker.db.migrations import default_schema_dir, load_migrations, migrate
 from worker.domain.models import SOL_MINT

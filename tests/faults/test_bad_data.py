@@ -7,7 +7,6 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
-from tests.conftest import Services, Topics, make_settings
 from tests.faults.conftest import (
     EXECUTIONS,
     Book,
@@ -20,7 +19,16 @@ from tests.faults.conftest import (
     send_all,
     starts,
 )
-from tests.support import WorkerProcess, env_for, make_account, set_sol_price, wait_for_count
+from tests.support import (
+    Services,
+    Topics,
+    WorkerProcess,
+    env_for,
+    make_account,
+    make_settings,
+    set_sol_price,
+    wait_for_count,
+)
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(120)]
 

@@ -8,7 +8,6 @@ import random
 import asyncpg
 import pytest
 
-from tests.conftest import Services, Topics, make_settings
 from tests.faults.conftest import (
     EXECUTIONS,
     Feed,
@@ -23,7 +22,16 @@ from tests.faults.conftest import (
     stored_prices,
     ticks,
 )
-from tests.support import WorkerProcess, count, env_for, wait_for, wait_for_count
+from tests.support import (
+    Services,
+    Topics,
+    WorkerProcess,
+    count,
+    env_for,
+    make_settings,
+    wait_for,
+    wait_for_count,
+)
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(420)]
 

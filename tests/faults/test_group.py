@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from tests.conftest import Services, create_test_topics, delete_topics, make_settings
 from tests.faults.conftest import (
     EXECUTIONS,
     Report,
@@ -17,7 +16,17 @@ from tests.faults.conftest import (
     seeded,
     send_all,
 )
-from tests.support import WorkerProcess, count, env_for, wait_for, wait_for_count
+from tests.support import (
+    Services,
+    WorkerProcess,
+    count,
+    create_test_topics,
+    delete_topics,
+    env_for,
+    make_settings,
+    wait_for,
+    wait_for_count,
+)
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
 

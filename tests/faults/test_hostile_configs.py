@@ -16,7 +16,6 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
-from tests.conftest import Services, Topics, make_settings
 from tests.faults.conftest import (
     EXECUTIONS,
     Book,
@@ -30,9 +29,12 @@ from tests.faults.conftest import (
     starts,
 )
 from tests.support import (
+    Services,
+    Topics,
     WorkerProcess,
     env_for,
     make_account,
+    make_settings,
     set_sol_price,
     wait_for,
     wait_for_count,

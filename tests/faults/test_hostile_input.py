@@ -26,7 +26,6 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import Services, Topics, make_settings
 from tests.faults.conftest import (
     Report,
     Sent,
@@ -39,7 +38,7 @@ from tests.faults.conftest import (
     starts,
     stored_offsets,
 )
-from tests.support import WorkerProcess, env_for, wait_for
+from tests.support import Services, Topics, WorkerProcess, env_for, make_settings, wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
 

@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from tests.conftest import OwnServices, Topics, create_test_topics, delete_topics, make_settings
 from tests.faults.conftest import (
     EXECUTIONS,
     Book,
@@ -29,7 +28,18 @@ from tests.faults.conftest import (
     stop_own,
     terminate_within,
 )
-from tests.support import WorkerProcess, count, env_for, wait_for, wait_for_count
+from tests.support import (
+    OwnServices,
+    Topics,
+    WorkerProcess,
+    count,
+    create_test_topics,
+    delete_topics,
+    env_for,
+    make_settings,
+    wait_for,
+    wait_for_count,
+)
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
 

@@ -15,7 +15,6 @@ import asyncpg
 import orjson
 import pytest
 
-from tests.conftest import Services, Topics, make_settings
 from tests.faults.conftest import (
     EXECUTIONS,
     Report,
@@ -29,7 +28,7 @@ from tests.faults.conftest import (
     send_all,
     starts,
 )
-from tests.support import WorkerProcess, env_for, wait_for_count
+from tests.support import Services, Topics, WorkerProcess, env_for, make_settings, wait_for_count
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(180)]
 

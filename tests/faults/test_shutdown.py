@@ -13,7 +13,6 @@ from collections import defaultdict
 import asyncpg
 import pytest
 
-from tests.conftest import Services, Topics, make_settings
 from tests.faults.conftest import (
     EXECUTIONS,
     Report,
@@ -27,7 +26,7 @@ from tests.faults.conftest import (
     stored_offsets,
     terminate_within,
 )
-from tests.support import WorkerProcess, env_for, wait_for_count
+from tests.support import Services, Topics, WorkerProcess, env_for, make_settings, wait_for_count
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(180)]
 

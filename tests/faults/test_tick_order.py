@@ -15,7 +15,6 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
-from tests.conftest import Services, Topics, make_settings
 from tests.faults.conftest import (
     EXECUTIONS,
     Report,
@@ -29,7 +28,15 @@ from tests.faults.conftest import (
     send_all,
     starts,
 )
-from tests.support import WorkerProcess, env_for, wait_for, wait_for_count
+from tests.support import (
+    Services,
+    Topics,
+    WorkerProcess,
+    env_for,
+    make_settings,
+    wait_for,
+    wait_for_count,
+)
 from worker.domain.models import SOL_MINT
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(240)]

@@ -15,8 +15,15 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from tests.conftest import Services, Topics, make_settings
-from tests.support import TOKEN_A, assert_log_lines_then_one_error, env_for, run_cli
+from tests.support import (
+    TOKEN_A,
+    Services,
+    Topics,
+    assert_log_lines_then_one_error,
+    env_for,
+    make_settings,
+    run_cli,
+)
 from worker.domain.models import SOL_MINT
 
 pytestmark = pytest.mark.integration

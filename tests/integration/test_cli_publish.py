@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Services, Topics, make_settings
-from tests.support import TOKEN_A, env_for, read_topic, run_cli
+from tests.support import TOKEN_A, Services, Topics, env_for, make_settings, read_topic, run_cli
 from worker.domain.models import SOL_MINT
 
 pytestmark = pytest.mark.integration

@@ -8,16 +8,20 @@ import random
 import asyncpg
 import pytest
 
-from tests.conftest import Services, Topics, create_test_topics, delete_topics, make_settings
 from tests.support import (
     TOKEN_A,
     TOKEN_B,
     TOKEN_C,
     Account,
+    Services,
+    Topics,
     WorkerProcess,
     count,
+    create_test_topics,
+    delete_topics,
     env_for,
     make_account,
+    make_settings,
     publish,
     set_sol_price,
     signal_message,

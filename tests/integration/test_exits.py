@@ -17,11 +17,13 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.conftest import Services, Topics, make_settings
 from tests.support import (
     TOKEN_A,
     Account,
+    Services,
+    Topics,
     make_account,
+    make_settings,
     publish,
     running_worker,
     set_sol_price,

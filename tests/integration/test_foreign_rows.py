@@ -11,8 +11,16 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
-from tests.conftest import Services, Topics, make_settings
-from tests.support import TOKEN_A, env_for, make_account, run_cli, set_sol_price
+from tests.support import (
+    TOKEN_A,
+    Services,
+    Topics,
+    env_for,
+    make_account,
+    make_settings,
+    run_cli,
+    set_sol_price,
+)
 from worker.db.store import PgSignalStore
 from worker.domain.config import DEFAULT_TRADING_CONFIG
 from worker.domain.models import SOL_MINT, ExecutionStatus, Signal

@@ -14,18 +14,16 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
-from tests.conftest import (
+from tests.support import (
+    TOKEN_A,
+    TOKEN_B,
     Services,
     create_database,
     create_test_topics,
     delete_topics,
     drop_database,
-    make_settings,
-)
-from tests.support import (
-    TOKEN_A,
-    TOKEN_B,
     make_account,
+    make_settings,
     publish,
     running_worker,
     set_price,

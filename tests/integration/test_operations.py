@@ -17,21 +17,19 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import (
+from tests.support import (
+    TOKEN_A,
+    TOKEN_B,
+    CliRun,
     OwnServices,
     Services,
     Topics,
     create_test_topics,
     delete_topics,
     drop_database,
-    make_settings,
-)
-from tests.support import (
-    TOKEN_A,
-    TOKEN_B,
-    CliRun,
     env_for,
     make_account,
+    make_settings,
     publish,
     read_topic,
     run_cli,

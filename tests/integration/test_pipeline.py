@@ -11,20 +11,18 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.conftest import (
+from tests.support import (
+    TOKEN_A,
+    TOKEN_B,
+    TOKEN_C,
     Services,
     Topics,
     create_database,
     create_test_topics,
     delete_topics,
     drop_database,
-    make_settings,
-)
-from tests.support import (
-    TOKEN_A,
-    TOKEN_B,
-    TOKEN_C,
     make_account,
+    make_settings,
     publish,
     read_topic,
     running_worker,

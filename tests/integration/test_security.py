@@ -19,14 +19,16 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from tests.conftest import Services, Topics, make_settings
 from tests.support import (
     TOKEN_A,
+    Services,
+    Topics,
     WorkerProcess,
     assert_log_lines_then_one_error,
     env_for,
     make_account,
     make_certificate,
+    make_settings,
     run_cli,
     set_sol_price,
     wait_for_count,
