@@ -7,9 +7,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 SERVICES := scripts/services.sh
+MUTATION_JOBS ?= 2
 
 .PHONY: help venv services services-down migrate seed-demo run test test-unit test-integration \
-        lint fmt bench up down clean
+        lint fmt bench mutation up down clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 20
@@ -57,6 +58,12 @@ lint: venv ## ruff, mypy (strict) and import-linter
 fmt: venv ## format and autofix
 	@$(VENV)/bin/ruff format .
 	@$(VENV)/bin/ruff check --fix .
+
+mutation: venv ## mutation testing of worker/domain (minutes, not in `make test`): score per file
+	@rm -rf mutants
+	@start=$$SECONDS; $(PY) -m tools.mutmut_run run --max-children $(MUTATION_JOBS) \
+		&& echo "[make] mutmut ran in $$((SECONDS - start)) s"
+	@$(PY) -m tools.mutation_report
 
 bench: venv services ## the benchmark: throughput, latency, limits; writes docs/benchmarks.md
 	@$(PY) -m benchmarks
