@@ -141,6 +141,29 @@ def test_draw_counts_the_last_grid_point_below_an_off_grid_end() -> None:
     assert seen == {Decimal("0.1"), Decimal("0.10000001")}
 
 
+def test_draw_rounds_the_range_start_up_to_the_grid() -> None:
+    # [0.100000001, 0.100000011): the only grid point is 0.10000001 (0.1 is below the range).
+    seen = {
+        draw_in_range(Decimal("0.100000001"), Decimal("0.100000011"), bytes([i])) for i in range(64)
+    }
+    assert seen == {Decimal("0.10000001")}
+
+
+def test_draw_counts_a_partial_last_step_as_a_grid_point() -> None:
+    # [0.1, 0.100000011): 1.1 steps of 1e-8 hold the grid points 0.1 and 0.10000001.
+    seen = {draw_in_range(Decimal("0.1"), Decimal("0.100000011"), bytes([i])) for i in range(64)}
+    assert seen == {Decimal("0.1"), Decimal("0.10000001")}
+
+
+def test_a_balance_exactly_at_the_calculators_minimum_buys() -> None:
+    # minimum 0.2: 0.2 buys the small size 0.1, leaving exactly the 0.1 to keep.
+    cfg = resolve_config({"purchaseLimits": {"minimumAgentBalance": 0.1}})
+    assert size_of("0.2", cfg) == Decimal("0.1")
+    assert failure_of("0.19999999", cfg) == (
+        "SOL balance 0.19999999 is below the position calculator's minimum balance 0.2"
+    )
+
+
 sol_amounts = st.decimals(
     min_value=Decimal(0), max_value=Decimal(1000), places=9, allow_nan=False, allow_infinity=False
 )
