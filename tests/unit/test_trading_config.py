@@ -498,6 +498,11 @@ def test_a_config_nexgent_writes_is_accepted() -> None:
         ('{"dca": {"maxDCACount": ' + "9" * 41 + "}}",
          "a number has 41 digits, more than the 40 accepted"),
         ('{"dca": {"cooldownSeconds": NaN}}', "NaN is not a number this worker accepts"),
+        # an exponent beyond Decimal's range (|exponent| up to 10^18 - 1 is fine)
+        ('{"dca": {"cooldownSeconds": 1e1000000000000000000}}',
+         "1e1000000000000000000 is not a number this worker accepts"),
+        ('{"dca": {"cooldownSeconds": 1.' + "0" * 40 + 'e1000000000000000000}}',
+         "1." + "0" * 35 + "... is not a number this worker accepts"),
         ('{"purchaseLimits": {"maxPurchasePerToken": 1e400}}',
          "purchaseLimits.maxPurchasePerToken: Input should be less than 1000000000000"),
         ('"a string"', "expected a JSON object, got str"),
