@@ -8,7 +8,7 @@ from decimal import Decimal, localcontext
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from worker.domain.config import resolve_config
@@ -322,6 +322,10 @@ sol = st.decimals(min_value=Decimal(0), max_value=Decimal(10_000), places=8)
 
 
 @given(invested=sol.filter(lambda v: v > 0), proceeds=sol, credit=sol)
+# a change beyond numeric(10,4) (clamped), nothing back, everything back
+@example(invested=Decimal("0.00000001"), proceeds=Decimal(10_000), credit=Decimal(10_000))
+@example(invested=Decimal(10_000), proceeds=Decimal(0), credit=Decimal(0))
+@example(invested=Decimal(1), proceeds=Decimal("0.5"), credit=Decimal("0.5"))
 def test_pnl_is_what_came_back_minus_what_it_cost(
     invested: Decimal, proceeds: Decimal, credit: Decimal
 ) -> None:
@@ -344,6 +348,13 @@ TAKE_PROFIT = resolve_config({"takeProfit": {"enabled": True, "mode": "aggressiv
     moves=st.lists(st.integers(min_value=50, max_value=400), max_size=6),
     fee_bps=st.integers(min_value=0, max_value=200),
 )
+# every aggressive level then the close; no level at all; a sale at the buy price
+@example(
+    size=Decimal("0.5"), token_usd=Decimal("0.001"), sol_usd=Decimal(100),
+    moves=[125, 150, 200, 250, 400], fee_bps=100,
+)  # fmt: skip
+@example(size=Decimal("0.01"), token_usd=Decimal(10), sol_usd=Decimal(20), moves=[], fee_bps=0)
+@example(size=Decimal(5), token_usd=Decimal("1e-8"), sol_usd=Decimal(500), moves=[100], fee_bps=200)
 def test_a_position_returns_what_its_pnl_says(
     size: Decimal, token_usd: Decimal, sol_usd: Decimal, moves: list[int], fee_bps: int
 ) -> None:

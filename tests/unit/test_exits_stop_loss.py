@@ -8,7 +8,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from worker.domain.config import AgentTradingConfig, resolve_config
@@ -265,6 +265,18 @@ modes = st.sampled_from([FIXED, mode("exponential"), mode("zones"), CUSTOM])
 
 
 @given(path=st.lists(prices, min_size=1, max_size=30), cfg=modes)
+# exponential: just past the start (keep 0: the default stays), the boost at +86% and +90%
+@example(
+    path=[Decimal("0.0012000000001"), Decimal("0.00186"), Decimal("0.0019")],
+    cfg=mode("exponential"),
+)
+# custom: below, at and past its levels, then down to the stop
+@example(
+    path=[Decimal("0.00149"), Decimal("0.0015"), Decimal("0.003"), Decimal("0.0016")], cfg=CUSTOM
+)
+# fixed and zones at their trailing start (+20%) and zones' bends (+25%, +200%)
+@example(path=[Decimal("0.0012"), Decimal("0.00125"), Decimal("0.003")], cfg=FIXED)
+@example(path=[Decimal("0.0012"), Decimal("0.00125"), Decimal("0.003")], cfg=mode("zones"))
 def test_the_stop_never_loosens_and_the_peak_never_falls(
     path: list[Decimal], cfg: AgentTradingConfig
 ) -> None:

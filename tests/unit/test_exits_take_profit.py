@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from worker.domain.config import AgentTradingConfig, resolve_config
@@ -319,6 +319,20 @@ bag_configs = st.sampled_from(
     gain=gains,
     cfg=bag_configs,
 )
+# a jump over every level (the bag activates and is kept)
+@example(amount=Decimal(1000), held_share=100, hit=0, bag_share=None, gain=400, cfg=MODERATE)
+# the last level with the bag active, and without a bag (sells the rest)
+@example(amount=Decimal(1000), held_share=25, hit=3, bag_share=10, gain=400, cfg=MODERATE)
+@example(
+    amount=Decimal("1.000000000000000001"),
+    held_share=25,
+    hit=3,
+    bag_share=None,
+    gain=2000,
+    cfg=resolve_config({"takeProfit": {"enabled": True, "moonBag": {"enabled": False}}}),
+)
+# only the bag left: nothing to sell
+@example(amount=Decimal(1000), held_share=10, hit=3, bag_share=10, gain=2000, cfg=MODERATE)
 def test_sales_never_exceed_what_is_held_minus_the_bag(
     amount: Decimal,
     held_share: int,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal, localcontext
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from worker.domain.fills import (
@@ -156,6 +156,25 @@ bps = st.integers(min_value=0, max_value=10_000)
 
 
 @given(size=sizes, token_usd=usd_prices, sol_usd=sol_prices, network=fees, fee_bps=bps)
+# the smallest size, the whole size as protocol fee, a price that rounds to 1e-18 SOL
+@example(
+    size=Decimal("0.00000001"),
+    token_usd=Decimal(1),
+    sol_usd=Decimal(1),
+    network=Decimal(0),
+    fee_bps=0,
+)
+@example(
+    size=Decimal(1000), token_usd=Decimal(10_000), sol_usd=Decimal(1), network=Decimal("0.01"),
+    fee_bps=10_000,
+)  # fmt: skip
+@example(
+    size=Decimal(1),
+    token_usd=Decimal("1e-12"),
+    sol_usd=Decimal(1000),
+    network=Decimal(0),
+    fee_bps=1,
+)
 def test_buy_debit_is_size_plus_fees_exactly(
     size: Decimal, token_usd: Decimal, sol_usd: Decimal, network: Decimal, fee_bps: int
 ) -> None:
@@ -173,6 +192,15 @@ def test_buy_debit_is_size_plus_fees_exactly(
 
 
 @given(amount=sizes, token_usd=usd_prices, sol_usd=sol_prices, network=fees, fee_bps=bps)
+# fees larger than the sale (the network fee is cut to what is left), and all protocol fee
+@example(
+    amount=Decimal(4), token_usd=Decimal("0.000001"), sol_usd=Decimal(1),
+    network=Decimal("0.000005"), fee_bps=2500,
+)  # fmt: skip
+@example(
+    amount=Decimal(1000), token_usd=Decimal(10_000), sol_usd=Decimal(1), network=Decimal("0.01"),
+    fee_bps=10_000,
+)  # fmt: skip
 def test_sale_credit_is_gross_minus_fees_exactly_and_never_negative(
     amount: Decimal, token_usd: Decimal, sol_usd: Decimal, network: Decimal, fee_bps: int
 ) -> None:

@@ -14,7 +14,7 @@ from decimal import (
 )
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from worker.domain.money import (
@@ -114,6 +114,11 @@ def test_pct_change_is_relative_to_the_base() -> None:
         allow_infinity=False,
     )
 )
+# the extremes, one step short of 1e-8 either way, and a negative amount rounding to -0
+@example(Decimal(10**11))
+@example(Decimal(-(10**11)))
+@example(Decimal("0.00000001999999999999"))
+@example(Decimal("-0.00000000999999999999"))
 def test_to_sol_is_within_one_step_towards_zero(value: Decimal) -> None:
     result = to_sol(value)
     assert abs(result) <= abs(value)

@@ -7,7 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from worker.domain.config import AgentTradingConfig, resolve_config
@@ -172,6 +172,11 @@ sol_amounts = st.decimals(
 @given(
     balance=sol_amounts, signal_id=st.integers(min_value=1, max_value=2**31), seed_agent=st.uuids()
 )
+# the kept minimum exactly, one step above it, and each tier threshold exactly
+@example(balance=Decimal("0.5"), signal_id=1, seed_agent=AGENT)
+@example(balance=Decimal("0.50000001"), signal_id=1, seed_agent=AGENT)
+@example(balance=Decimal(5), signal_id=1, seed_agent=AGENT)
+@example(balance=Decimal(10), signal_id=1, seed_agent=AGENT)
 def test_sizing_is_deterministic_bounded_and_keeps_the_minimum(
     balance: Decimal, signal_id: int, seed_agent: uuid.UUID
 ) -> None:
@@ -198,6 +203,10 @@ def test_sizing_is_deterministic_bounded_and_keeps_the_minimum(
     width=st.decimals(min_value=Decimal(0), max_value=Decimal(5), places=10),
     seed=st.binary(max_size=16),
 )
+# an empty range, a range start off the grid, a range shorter than one step
+@example(low=Decimal("0.1"), width=Decimal(0), seed=b"")
+@example(low=Decimal("0.100000001"), width=Decimal("0.00000001"), seed=b"\x00")
+@example(low=Decimal("0.1000000001"), width=Decimal("0.000000001"), seed=b"\x01")
 def test_draw_stays_in_range_on_the_grid(low: Decimal, width: Decimal, seed: bytes) -> None:
     high = low + width
     drawn = draw_in_range(low, high, seed)
