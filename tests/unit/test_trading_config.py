@@ -501,6 +501,9 @@ def test_a_config_nexgent_writes_is_accepted() -> None:
         # an exponent beyond Decimal's range (|exponent| up to 10^18 - 1 is fine)
         ('{"dca": {"cooldownSeconds": 1e1000000000000000000}}',
          "1e1000000000000000000 is not a number this worker accepts"),
+        # a number's text is shown whole up to 40 characters, cut beyond
+        ('{"dca": {"cooldownSeconds": 1.' + "0" * 18 + 'e1000000000000000000}}',
+         "1." + "0" * 18 + "e1000000000000000000 is not a number this worker accepts"),
         ('{"dca": {"cooldownSeconds": 1.' + "0" * 40 + 'e1000000000000000000}}',
          "1." + "0" * 35 + "... is not a number this worker accepts"),
         ('{"purchaseLimits": {"maxPurchasePerToken": 1e400}}',
