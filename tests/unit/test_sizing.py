@@ -101,6 +101,11 @@ def test_result_is_quantized_to_sol_places() -> None:
             {"positionCalculator": {"positionSizes": {"small": {"min": 0, "max": 0}}}},
             "the position size for SOL balance 1 is 0 SOL",
         ),
+        (  # a size of 0 leaves exactly the kept 0.5: the size, not the balance, is the reason
+            "0.5",
+            {"positionCalculator": {"positionSizes": {"small": {"min": 0, "max": 0}}}},
+            "the position size for SOL balance 0.5 is 0 SOL",
+        ),
     ],
 )
 def test_failures_name_the_numbers(balance: str, overrides: dict[str, Any], reason: str) -> None:
