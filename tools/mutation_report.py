@@ -1,11 +1,13 @@
 """The per-file report of a mutation run (`make mutation`), from mutmut's results in `mutants/`.
 
-Per file of `worker/domain/`: the functions with code found in the source, the functions
-mutmut mutated (the two must be equal: a function with code and no mutant was skipped),
-mutants, killed, survived, equivalent (listed in `docs/mutation-equivalents.md`) and the
-score, killed / (mutants - equivalent). Exits non-zero, saying why, when a function is
-skipped, a `pragma: no mutate` hides code, a mutant was not run, a listed equivalent is
-not a surviving mutant any more, or a file scores below the threshold.
+Per file of `worker/domain/`: the functions with code found in the source (by `ast`, not
+from mutmut's output), the functions mutmut mutated, those with code but nothing any mutmut
+operator changes (named), mutants, killed, survived (a mutant no test reaches counts as
+survived), equivalent (listed in `docs/mutation-equivalents.md`) and the score, killed /
+(mutants - equivalent). A function with something to mutate and no mutant was skipped.
+Exits non-zero, saying why, when a function is skipped, a `pragma: no mutate` hides code, a
+mutant was not run, a listed equivalent is not a surviving mutant any more, or a file
+scores below the threshold.
 
 A mutant is named by a key that survives edits elsewhere in the file (mutmut's numbers
 do not): its function and the line it changes, before and after, as `difflib` shows the
