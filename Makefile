@@ -9,6 +9,7 @@ RUN_STAMP := $(VENV)/.run-stamp
 DEV_STAMP := $(VENV)/.dev-stamp
 SERVICES := scripts/services.sh
 PIP := $(PY) -m pip --disable-pip-version-check
+MUTATION_JOBS ?= 2
 
 # The local services' ports (scripts/services.sh); the worker's commands point at them unless
 # DATABASE_URL / KAFKA_BOOTSTRAP_SERVERS name services of your own.
@@ -20,7 +21,7 @@ WORKER := DATABASE_URL="$${DATABASE_URL:-postgresql://postgres@127.0.0.1:$(LOCAL
 	$(PY) -m worker
 
 .PHONY: help venv run-venv services services-down migrate seed-demo run demo test test-unit \
-        test-integration lint fmt bench up down clean
+        test-integration lint fmt bench mutation up down clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 20
@@ -80,6 +81,12 @@ lint: venv ## ruff, mypy (strict) and import-linter
 fmt: venv ## format and autofix
 	@$(VENV)/bin/ruff format .
 	@$(VENV)/bin/ruff check --fix .
+
+mutation: venv ## mutation testing of worker/domain (minutes, not in `make test`): score per file
+	@rm -rf mutants
+	@start=$$SECONDS; $(PY) -m tools.mutmut_run run --max-children $(MUTATION_JOBS) \
+		&& echo "[make] mutmut ran in $$((SECONDS - start)) s"
+	@$(PY) -m tools.mutation_report
 
 bench: venv services ## the benchmark: throughput, latency, limits; writes docs/benchmarks.md
 	@$(PY) -m benchmarks

@@ -19,6 +19,8 @@ import pytest
 
 from tests.support import (
     TOKEN_A,
+    TOKEN_B,
+    TOKEN_C,
     Account,
     Services,
     Topics,
@@ -33,6 +35,7 @@ from tests.support import (
 from worker.db.ledger import find_violations
 from worker.domain.config import resolve_config
 from worker.domain.exits import stop_loss_target
+from worker.domain.models import SOL_MINT
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -339,4 +342,118 @@ async def test_one_tick_trails_the_quiet_positions_and_sells_the_one_it_stops_ou
     )
     for r in rows:  # trailed by the quiet pass: the low fell to 0.009 SOL, the peak stayed
         assert (r["lowest_price"], r["peak_price"]) == (Decimal("0.009"), Decimal("0.01"))
+    assert await find_violations(db_conn) == []
+
+
+# Two more mints, so that one batch of ticks can move five tokens each its own way.
+TOKEN_D = "JUPyiwrYJFskUPiHa7hkeR8VUtAeFoSYbKedZNsDvCN"
+TOKEN_E = "EKpQGSJtjMFqKZ9KQanSqYXRcF8fBopzLHYxdM65zcjm"
+
+
+async def test_one_batch_of_ticks_trades_each_kind_next_to_quiet_positions(
+    services: Services, db_url: str, topics: Topics, db_conn: asyncpg.Connection
+) -> None:
+    """Each of five tokens is held by a trader (every rule on) and by a quiet agent (a deep
+    stop, a trailing start far away, no stale close); one batch of ticks makes the trader's
+    position in each token do one kind of thing (stop-loss sale, take-profit sale, DCA buy,
+    stale close, stop raised) while the quiet agent's position in the same token only
+    trails."""
+    trader = _config(
+        stopLoss={"enabled": True, "mode": "fixed", "defaultPercentage": -30},
+        takeProfit={"enabled": True},
+        dca={"enabled": True},
+        staleTrade={"enabled": True, "minHoldTimeMinutes": 60},
+    )
+    quiet = _config(
+        stopLoss={
+            "enabled": True,
+            "defaultPercentage": -50,
+            "mode": "custom",
+            "trailingLevels": [{"change": 1000, "stopLoss": 500}],
+        },
+        staleTrade={"enabled": False},
+    )
+    account = await make_account(db_conn, [trader, quiet], deposit_sol=Decimal(100))
+    trader_id, quiet_id = (a.agent_id for a in account.agents)
+    tokens = [TOKEN_A, TOKEN_B, TOKEN_C, TOKEN_D, TOKEN_E]
+    # USD per token, bought at 1 USD with SOL at 100 USD (0.01 SOL per token).
+    ticks = {
+        TOKEN_A: "0.7",  # -30%: at the trader's stop
+        TOKEN_B: "1.5",  # +50%: the first take-profit level (50 of 200 tokens)
+        TOKEN_C: "0.8",  # -20%: the first DCA level (0.008 x 200 x 75% = 1.2 SOL)
+        TOKEN_D: "1.05",  # +5% of a position held for 2 hours: a stale close
+        TOKEN_E: "1.3",  # +30%: no trade, the fixed stop rises to +20%
+    }
+    async with running_worker(make_settings(services, db_url, topics)):
+        await set_sol_price(db_conn, "100")
+        await publish(
+            services.kafka_bootstrap,
+            topics.signals,
+            [signal_message(account.user_id, token, price_usd="1") for token in tokens],
+        )
+        await wait_for_count(db_url, "SELECT count(*) FROM agent_positions", 2 * len(tokens))
+        await db_conn.execute(
+            "UPDATE agent_positions SET created_at = now() - interval '2 hours' "
+            "WHERE token_address = $1",
+            TOKEN_D,
+        )
+        now = datetime.now(UTC).isoformat()
+        await publish(
+            services.kafka_bootstrap,
+            topics.prices,
+            [{"token_address": t, "price_usd": p, "ts": now} for t, p in ticks.items()],
+            key=lambda v: str(v["token_address"]).encode() if isinstance(v, dict) else None,
+        )
+        await wait_for_count(
+            db_url,
+            "SELECT coalesce(sum(next_offset), 0) FROM consumer_offsets WHERE topic = $1",
+            len(ticks),
+            topics.prices,
+        )
+
+    positions = {
+        (r["agent_id"], r["token_address"]): r
+        for r in await db_conn.fetch("SELECT * FROM agent_positions")
+    }
+    closed = {
+        r["token_address"]: r["close_reason"]
+        for r in await db_conn.fetch(
+            "SELECT token_address, close_reason FROM agent_historical_swaps WHERE agent_id = $1",
+            trader_id,
+        )
+    }
+    assert closed == {TOKEN_A: "stop_loss", TOKEN_D: "stale_trade"}
+    take_profit = positions[(trader_id, TOKEN_B)]
+    assert (take_profit["remaining_amount"], take_profit["take_profit_levels_hit"]) == (150, 1)
+    dca = positions[(trader_id, TOKEN_C)]
+    assert (dca["dca_count"], dca["purchase_amount"]) == (1, 350)  # 1.2 SOL buys 150 tokens
+    raised = positions[(trader_id, TOKEN_E)]
+    assert (raised["current_stop_loss_percentage"], raised["peak_price"]) == (
+        Decimal(20),
+        Decimal("0.013"),
+    )
+    # The quiet agent's five positions: all open, untouched but for the trailed peak and low.
+    for token, usd in ticks.items():
+        row = positions[(quiet_id, token)]
+        price = Decimal(usd) / 100
+        assert row["current_stop_loss_percentage"] == Decimal(-50)
+        assert row["peak_price"] == max(Decimal("0.01"), price)
+        assert row["lowest_price"] == min(Decimal("0.01"), price)
+        assert row["purchase_amount"] == row["remaining_amount"] == 200
+        assert (row["dca_count"], row["take_profit_levels_hit"]) == (0, 0)
+    sales = await db_conn.fetch(
+        "SELECT input_mint, input_amount, is_take_profit FROM agent_transactions "
+        "WHERE agent_id = $1 AND transaction_type = 'SWAP' AND output_mint = $2 "
+        "ORDER BY input_mint",
+        trader_id,
+        SOL_MINT,
+    )
+    assert sorted(
+        (s["input_mint"], s["input_amount"], s["is_take_profit"]) for s in sales
+    ) == sorted([(TOKEN_A, 200, False), (TOKEN_B, 50, True), (TOKEN_D, 200, False)])
+    quiet_swaps = await db_conn.fetchval(
+        "SELECT count(*) FROM agent_transactions WHERE agent_id = $1 AND transaction_type = 'SWAP'",
+        quiet_id,
+    )
+    assert quiet_swaps == len(tokens)  # its five buys, nothing since
     assert await find_violations(db_conn) == []

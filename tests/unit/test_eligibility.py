@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from worker.domain.config import read_config, resolve_config
+from worker.domain.config import ConfigReading, read_config, resolve_config
 from worker.domain.eligibility import decide, decide_agent
 from worker.domain.models import Decision, ExecutionStatus, Signal, Subscriber
 
@@ -303,3 +303,16 @@ def test_decide_agent_buys_with_defaults() -> None:
     assert decide_agent(make_signal(), make_agent(), _read(None), seed=SEED) == Decision(
         ExecutionStatus.SUCCESS, size_sol=Decimal("0.1")
     )
+
+
+def test_decide_agent_draws_the_size_with_its_seed() -> None:
+    # Balance 6: the medium tier's size is drawn from [0.5, 1.0) by the seed.
+    agent = make_agent(sol_balance=Decimal(6))
+    for seed in (b"a", b"b", b"c"):
+        expected = decide(make_signal(), agent, resolve_config(None), seed=seed)
+        assert decide_agent(make_signal(), agent, _read(None), seed=seed) == expected
+
+
+def test_decide_agent_fails_on_a_reading_without_config_or_reason() -> None:
+    decision = decide_agent(make_signal(), make_agent(), ConfigReading(None), seed=SEED)
+    assert decision == Decision(FAILED, "invalid trading_config")

@@ -8,7 +8,7 @@ from decimal import Decimal, localcontext
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from worker.domain.config import resolve_config
@@ -100,6 +100,40 @@ def test_dca_skips_a_position_that_is_only_its_moon_bag() -> None:
         moon_bag_amount=Decimal(100),
     )
     assert evaluate_dca(position, Decimal("0.0005"), NOW, DCA) is None
+
+
+def test_dca_buys_when_the_holding_is_exactly_the_bag_only_margin_above_the_bag() -> None:
+    # 1e-6 tokens above the bag is not "within 1e-6": the holding still buys.
+    position = make_position(
+        remaining_amount=Decimal("100.000001"),
+        moon_bag_activated=True,
+        moon_bag_amount=Decimal(100),
+    )
+    outcome = evaluate_dca(position, Decimal("0.0008"), NOW, DCA)
+    assert outcome is not None
+    assert outcome.buy_sol == Decimal("0.06")  # 0.0008 x 100.000001 x 75% = 0.0600000006
+
+
+def test_dca_buys_for_an_active_bag_with_more_tokens_than_the_bag() -> None:
+    position = make_position(
+        remaining_amount=Decimal(300), moon_bag_activated=True, moon_bag_amount=Decimal(100)
+    )
+    outcome = evaluate_dca(position, Decimal("0.0008"), NOW, DCA)
+    assert outcome is not None
+    assert outcome.buy_sol == Decimal("0.18")  # 0.0008 x 300 x 75%
+
+
+def test_dca_ignores_a_stored_bag_amount_while_the_bag_is_not_active() -> None:
+    position = make_position(remaining_amount=Decimal(100), moon_bag_amount=Decimal(100))
+    outcome = evaluate_dca(position, Decimal("0.0008"), NOW, DCA)
+    assert outcome is not None
+    assert outcome.buy_sol == Decimal("0.06")
+
+
+def test_a_dca_of_less_than_1e8_sol_is_skipped_not_bought() -> None:
+    # One token at 1e-9 SOL, -20%: 8e-10 x 1 x 75% = 6e-10 SOL rounds to 0 at 8 places.
+    position = make_position(purchase_price=Decimal("1e-9"), purchase_amount=Decimal(1))
+    assert evaluate_dca(position, Decimal("8e-10"), NOW, DCA) is None
 
 
 def test_dca_disabled_does_nothing() -> None:
@@ -200,7 +234,7 @@ def test_stale_trade_disabled() -> None:
 
 
 def test_naive_datetimes_are_refused() -> None:
-    with pytest.raises(ValueError, match="timezone-aware"):
+    with pytest.raises(ValueError, match=r"^datetimes must be timezone-aware \(UTC\)$"):
         is_stale(make_position(), Decimal("0.00105"), datetime(2025, 1, 2), DEFAULTS)  # noqa: DTZ001
 
 
@@ -271,6 +305,12 @@ def test_full_exit_pnl_of_a_loss() -> None:
     assert pnl.change_percent == Decimal("-32.0005")
 
 
+def test_full_exit_pnl_of_a_position_that_cost_nothing_has_no_change_percent() -> None:
+    pnl = full_exit_pnl(make_position(total_invested_sol=Decimal(0)), Decimal("0.5"), Decimal(100))
+    assert pnl.profit_loss_sol == Decimal("0.5")
+    assert pnl.change_percent == 0
+
+
 def test_change_percent_is_clamped_to_its_column() -> None:
     pnl = full_exit_pnl(
         make_position(total_invested_sol=Decimal("0.00000001")), Decimal(1000), Decimal(1)
@@ -282,6 +322,10 @@ sol = st.decimals(min_value=Decimal(0), max_value=Decimal(10_000), places=8)
 
 
 @given(invested=sol.filter(lambda v: v > 0), proceeds=sol, credit=sol)
+# a change beyond numeric(10,4) (clamped), nothing back, everything back
+@example(invested=Decimal("0.00000001"), proceeds=Decimal(10_000), credit=Decimal(10_000))
+@example(invested=Decimal(10_000), proceeds=Decimal(0), credit=Decimal(0))
+@example(invested=Decimal(1), proceeds=Decimal("0.5"), credit=Decimal("0.5"))
 def test_pnl_is_what_came_back_minus_what_it_cost(
     invested: Decimal, proceeds: Decimal, credit: Decimal
 ) -> None:
@@ -304,6 +348,13 @@ TAKE_PROFIT = resolve_config({"takeProfit": {"enabled": True, "mode": "aggressiv
     moves=st.lists(st.integers(min_value=50, max_value=400), max_size=6),
     fee_bps=st.integers(min_value=0, max_value=200),
 )
+# every aggressive level then the close; no level at all; a sale at the buy price
+@example(
+    size=Decimal("0.5"), token_usd=Decimal("0.001"), sol_usd=Decimal(100),
+    moves=[125, 150, 200, 250, 400], fee_bps=100,
+)  # fmt: skip
+@example(size=Decimal("0.01"), token_usd=Decimal(10), sol_usd=Decimal(20), moves=[], fee_bps=0)
+@example(size=Decimal(5), token_usd=Decimal("1e-8"), sol_usd=Decimal(500), moves=[100], fee_bps=200)
 def test_a_position_returns_what_its_pnl_says(
     size: Decimal, token_usd: Decimal, sol_usd: Decimal, moves: list[int], fee_bps: int
 ) -> None:

@@ -8,11 +8,16 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from worker.domain.config import AgentTradingConfig, resolve_config
-from worker.domain.exits import evaluate_stop_loss, initial_stop_loss_pct, stop_loss_target
+from worker.domain.exits import (
+    StopLossOutcome,
+    evaluate_stop_loss,
+    initial_stop_loss_pct,
+    stop_loss_target,
+)
 from worker.domain.models import PositionState
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
@@ -74,6 +79,15 @@ def test_sample_table(mode_name: str, gain: int, expected: str) -> None:
         ("exponential", "85", "69.71"),  # x=65: keep 0.875 - 0.0547 (no boost: x > 65 only)
         ("exponential", "100", "90.00"),  # x=80: keep capped at 0.9
         ("exponential", "20.0001", "0.00"),  # just past 20: a tiny positive target
+        # x=1e-10: 1 - e^(-x/31.25) = 3.2e-12 is below the pullback there (0.12 e^(-23.63)
+        # = 6.6e-12), so keep is clamped to 0, and a target of 0 falls back to the default.
+        ("exponential", "20.0000000001", "-32.00"),
+        # x=66, the boost's first whole point: 0.879004 - 0.046627 + 0.3 (1 - e^(-1/80))
+        # = 0.836104 (boost 0.003727); 86 x 0.836104 = 71.9049.
+        ("exponential", "86", "71.90"),
+        # x=70: 0.893541 - 0.020691 + 0.3 (1 - e^(-5/80)) = 0.891027 (boost 0.018176), still
+        # under the 0.9 cap; 90 x 0.891027 = 80.1924.
+        ("exponential", "90", "80.19"),
         ("fixed", "19.99", "-32.00"),
         ("zones", "25", "12.50"),  # 0.5 up to 25 inclusive
         ("zones", "25.01", "15.00"),  # 0.6 above 25: 15.006 rounds down
@@ -112,6 +126,19 @@ CUSTOM = mode(
 )
 def test_custom_mode_uses_the_highest_level_reached(gain: str, expected: str) -> None:
     assert stop_loss_target(Decimal(gain), CUSTOM) == Decimal(expected)
+
+
+# A custom level may start below 1% gain (change > 0 is all the config asks).
+SMALL_CHANGE = mode(
+    "custom", trailingLevels=[{"change": Decimal("0.5"), "stopLoss": Decimal("0.25")}]
+)
+
+
+@pytest.mark.parametrize(
+    ("gain", "expected"), [("0", "-32"), ("0.49", "-32"), ("0.5", "0.25"), ("0.99", "0.25")]
+)
+def test_a_custom_level_below_one_percent_applies_from_its_change(gain: str, expected: str) -> None:
+    assert stop_loss_target(Decimal(gain), SMALL_CHANGE) == Decimal(expected)
 
 
 def test_targets_are_clamped_to_the_column_range() -> None:
@@ -198,6 +225,36 @@ def test_disabled_stop_loss_never_triggers_or_changes() -> None:
     assert not outcome.is_changed
 
 
+def test_disabled_stop_loss_reports_the_stored_stop_and_peak() -> None:
+    # Stored +5% and peak 0.0012 (+20%): the stop price is 0.001 x 1.05.
+    position = make_position(current_stop_loss_percentage=Decimal(5), peak_price=Decimal("0.0012"))
+    outcome = evaluate_stop_loss(position, Decimal("0.0001"), mode("fixed", enabled=False))
+    assert outcome == StopLossOutcome(
+        peak_price=Decimal("0.0012"),
+        stop_loss_pct=Decimal(5),
+        stop_price=Decimal("0.00105"),
+        gain_pct=Decimal(20),
+        is_triggered=False,
+        is_changed=False,
+    )
+    assert outcome.is_triggered is False
+    assert outcome.is_changed is False
+
+
+def test_disabled_stop_loss_without_stored_values_reports_the_default_at_the_average() -> None:
+    position = make_position(current_stop_loss_percentage=None, peak_price=None)
+    disabled = mode("fixed", enabled=False, defaultPercentage=-25)
+    outcome = evaluate_stop_loss(position, Decimal("0.0001"), disabled)
+    assert outcome == StopLossOutcome(
+        peak_price=AVG,
+        stop_loss_pct=Decimal(-25),
+        stop_price=Decimal("0.00075"),
+        gain_pct=Decimal(0),
+        is_triggered=False,
+        is_changed=False,
+    )
+
+
 def test_a_non_positive_average_is_a_programming_error() -> None:
     with pytest.raises(ValueError, match="purchase price must be positive"):
         evaluate_stop_loss(make_position(purchase_price=Decimal(0)), Decimal(1), FIXED)
@@ -208,6 +265,18 @@ modes = st.sampled_from([FIXED, mode("exponential"), mode("zones"), CUSTOM])
 
 
 @given(path=st.lists(prices, min_size=1, max_size=30), cfg=modes)
+# exponential: just past the start (keep 0: the default stays), the boost at +86% and +90%
+@example(
+    path=[Decimal("0.0012000000001"), Decimal("0.00186"), Decimal("0.0019")],
+    cfg=mode("exponential"),
+)
+# custom: below, at and past its levels, then down to the stop
+@example(
+    path=[Decimal("0.00149"), Decimal("0.0015"), Decimal("0.003"), Decimal("0.0016")], cfg=CUSTOM
+)
+# fixed and zones at their trailing start (+20%) and zones' bends (+25%, +200%)
+@example(path=[Decimal("0.0012"), Decimal("0.00125"), Decimal("0.003")], cfg=FIXED)
+@example(path=[Decimal("0.0012"), Decimal("0.00125"), Decimal("0.003")], cfg=mode("zones"))
 def test_the_stop_never_loosens_and_the_peak_never_falls(
     path: list[Decimal], cfg: AgentTradingConfig
 ) -> None:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from worker.domain.config import AgentTradingConfig, resolve_config
@@ -200,6 +200,66 @@ def test_dust_left_by_rounding_is_sold_with_the_last_level() -> None:
     assert last.is_full_exit
 
 
+HALVES = resolve_config(
+    {
+        "takeProfit": {
+            "enabled": True,
+            "mode": "custom",
+            "levels": [
+                {"targetPercent": 50, "sellPercent": 50},
+                {"targetPercent": 100, "sellPercent": 50},
+            ],
+            "moonBag": {"enabled": False},
+        }
+    }
+)
+
+
+def test_a_last_level_leaving_exactly_the_dust_threshold_keeps_it() -> None:
+    # 500 + 1e-9 held, the level sells 50% of 1000 = 500: 1e-9 is left, not less than
+    # the 1e-9 threshold, so it is kept (no full exit).
+    position = make_position(remaining_amount=Decimal("500.000000001"), take_profit_levels_hit=1)
+    outcome = evaluate(position, 100, HALVES)
+    assert outcome.sell_amount == Decimal(500)
+    assert outcome.remaining_amount == Decimal("1e-9")
+    assert not outcome.is_full_exit
+
+
+def test_a_last_level_leaving_less_than_the_dust_threshold_sells_it() -> None:
+    position = make_position(
+        remaining_amount=Decimal("500.000000000999999999"), take_profit_levels_hit=1
+    )
+    outcome = evaluate(position, 100, HALVES)
+    assert outcome.sell_amount == Decimal("500.000000000999999999")
+    assert outcome.is_full_exit
+
+
+def test_reaching_the_last_level_activates_the_bag_below_its_trigger() -> None:
+    # Moderate levels with the bag's trigger at 1000%: at +400% the fourth level fires and
+    # is the last, so the bag (10% of 1000 = 100 tokens) activates although 400 < 1000.
+    cfg = resolve_config(
+        {"takeProfit": {"enabled": True, "moonBag": {"enabled": True, "triggerPercent": 1000}}}
+    )
+    position = make_position(remaining_amount=Decimal(250), take_profit_levels_hit=3)
+    outcome = evaluate(position, 400, cfg)
+    assert outcome.is_moon_bag_activation
+    assert outcome.moon_bag_activated
+    assert outcome.moon_bag_amount == Decimal(100)
+    assert outcome.sell_amount == Decimal(150)
+    assert outcome.remaining_amount == Decimal(100)
+
+
+def test_a_stored_bag_amount_reserves_nothing_until_the_bag_is_active() -> None:
+    # A row with a bag amount but no active bag (and the bag off in the config): +60% sells
+    # 25% of 1000 = 250 of the 300 held; the 100 stored are neither reserved nor reported.
+    cfg = resolve_config({"takeProfit": {"enabled": True, "moonBag": {"enabled": False}}})
+    position = make_position(remaining_amount=Decimal(300), moon_bag_amount=Decimal(100))
+    outcome = evaluate(position, 60, cfg)
+    assert outcome.sell_amount == Decimal(250)
+    assert outcome.moon_bag_amount is None
+    assert not outcome.moon_bag_activated
+
+
 def test_preset_modes_use_their_template_levels() -> None:
     aggressive = resolve_config({"takeProfit": {"enabled": True, "mode": "aggressive"}})
     outcome = evaluate(make_position(), 30, aggressive)
@@ -259,6 +319,20 @@ bag_configs = st.sampled_from(
     gain=gains,
     cfg=bag_configs,
 )
+# a jump over every level (the bag activates and is kept)
+@example(amount=Decimal(1000), held_share=100, hit=0, bag_share=None, gain=400, cfg=MODERATE)
+# the last level with the bag active, and without a bag (sells the rest)
+@example(amount=Decimal(1000), held_share=25, hit=3, bag_share=10, gain=400, cfg=MODERATE)
+@example(
+    amount=Decimal("1.000000000000000001"),
+    held_share=25,
+    hit=3,
+    bag_share=None,
+    gain=2000,
+    cfg=resolve_config({"takeProfit": {"enabled": True, "moonBag": {"enabled": False}}}),
+)
+# only the bag left: nothing to sell
+@example(amount=Decimal(1000), held_share=10, hit=3, bag_share=10, gain=2000, cfg=MODERATE)
 def test_sales_never_exceed_what_is_held_minus_the_bag(
     amount: Decimal,
     held_share: int,

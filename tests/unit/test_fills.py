@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal, localcontext
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from worker.domain.fills import (
@@ -156,6 +156,25 @@ bps = st.integers(min_value=0, max_value=10_000)
 
 
 @given(size=sizes, token_usd=usd_prices, sol_usd=sol_prices, network=fees, fee_bps=bps)
+# the smallest size, the whole size as protocol fee, a price that rounds to 1e-18 SOL
+@example(
+    size=Decimal("0.00000001"),
+    token_usd=Decimal(1),
+    sol_usd=Decimal(1),
+    network=Decimal(0),
+    fee_bps=0,
+)
+@example(
+    size=Decimal(1000), token_usd=Decimal(10_000), sol_usd=Decimal(1), network=Decimal("0.01"),
+    fee_bps=10_000,
+)  # fmt: skip
+@example(
+    size=Decimal(1),
+    token_usd=Decimal("1e-12"),
+    sol_usd=Decimal(1000),
+    network=Decimal(0),
+    fee_bps=1,
+)
 def test_buy_debit_is_size_plus_fees_exactly(
     size: Decimal, token_usd: Decimal, sol_usd: Decimal, network: Decimal, fee_bps: int
 ) -> None:
@@ -173,6 +192,15 @@ def test_buy_debit_is_size_plus_fees_exactly(
 
 
 @given(amount=sizes, token_usd=usd_prices, sol_usd=sol_prices, network=fees, fee_bps=bps)
+# fees larger than the sale (the network fee is cut to what is left), and all protocol fee
+@example(
+    amount=Decimal(4), token_usd=Decimal("0.000001"), sol_usd=Decimal(1),
+    network=Decimal("0.000005"), fee_bps=2500,
+)  # fmt: skip
+@example(
+    amount=Decimal(1000), token_usd=Decimal(10_000), sol_usd=Decimal(1), network=Decimal("0.01"),
+    fee_bps=10_000,
+)  # fmt: skip
 def test_sale_credit_is_gross_minus_fees_exactly_and_never_negative(
     amount: Decimal, token_usd: Decimal, sol_usd: Decimal, network: Decimal, fee_bps: int
 ) -> None:
@@ -185,3 +213,106 @@ def test_sale_credit_is_gross_minus_fees_exactly_and_never_negative(
     with localcontext() as ctx:
         ctx.prec = 100
         assert fill.gross_sol * sol_usd <= fill.token_amount * token_usd  # never more than sold
+
+
+# --- the column limits: 10^12 is the first magnitude numeric(30,18) / numeric(20,8) refuse ---
+
+
+def _sale(amount: str, token_usd: str, sol_usd: str) -> SellFill:
+    return sell_fill(
+        Decimal(amount),
+        Decimal(token_usd),
+        Decimal(sol_usd),
+        network_fee_sol=Decimal(0),
+        protocol_fee_bps=0,
+    )
+
+
+TOO_LARGE = "a price or SOL amount of the trade is too large for its numeric column"
+
+
+@pytest.mark.parametrize(
+    ("amount", "token_usd", "sol_usd", "rejection"),
+    [
+        # tokens: 10^12 - 1e-18 fits, 10^12 does not
+        ("999999999999.999999999999999999", "0.000000000001", "1", None),
+        (
+            "1000000000000",
+            "0.000000000001",
+            "1",
+            "the token amount 1000000000000 is too large for numeric(30,18)",
+        ),
+        # gross SOL (and the price): 1 token at 10^12 - 1e-8 USD with SOL at 1 USD fits
+        ("1", "999999999999.99999999", "1", None),
+        ("1", "1000000000000", "1", TOO_LARGE),
+        # USD value only: 1 token for 5 x 10^11 SOL at 2 USD is worth exactly 10^12 USD
+        ("1", "999999999999.99999998", "2", None),
+        ("1", "1000000000000", "2", TOO_LARGE),
+    ],
+)
+def test_a_fill_fits_the_columns_up_to_just_below_10_to_the_12(
+    amount: str, token_usd: str, sol_usd: str, rejection: str | None
+) -> None:
+    assert _sale(amount, token_usd, sol_usd).rejection == rejection
+
+
+def test_a_sale_of_zero_tokens_is_a_rejected_fill_not_an_error() -> None:
+    fill = _sale("0", "1", "150")
+    assert fill.token_amount == 0
+    assert fill.rejection == "the token amount rounds to 0 at 18 decimal places"
+
+
+def test_a_negative_sale_is_a_programming_error() -> None:
+    with pytest.raises(ValueError, match=r"^cannot sell a negative token amount -1\.5$"):
+        _sale("-1.5", "1", "150")
+
+
+def test_the_network_fee_is_cut_to_what_the_protocol_fee_leaves() -> None:
+    # gross 4 x 0.000001 / 1 = 0.000004 SOL; 25% protocol fee 0.000001; the 0.000005 network
+    # fee is cut to the 0.000003 left, so the sale credits exactly 0.
+    fill = sell_fill(
+        Decimal(4), Decimal("0.000001"), Decimal(1), network_fee_sol=NETWORK, protocol_fee_bps=2500
+    )
+    assert (fill.gross_sol, fill.protocol_fee_sol, fill.network_fee_sol, fill.credit_sol) == (
+        Decimal("0.000004"),
+        Decimal("0.000001"),
+        Decimal("0.000003"),
+        Decimal(0),
+    )
+
+
+def test_a_protocol_fee_of_10000_bps_takes_everything() -> None:
+    assert protocol_fee(Decimal("1.5"), 10000) == Decimal("1.5")
+
+
+@pytest.mark.parametrize(
+    ("token_usd", "sol_usd", "name"),
+    [
+        ("NaN", "150", "token_price_usd"),
+        ("1", "NaN", "sol_price_usd"),
+        ("0", "150", "token_price_usd"),
+        ("1", "0", "sol_price_usd"),
+    ],
+)
+def test_every_fill_names_a_price_that_is_not_positive_and_finite(
+    token_usd: str, sol_usd: str, name: str
+) -> None:
+    message = rf"^{name} must be a positive finite number, got "
+    with pytest.raises(ValueError, match=message):
+        token_price_sol(Decimal(token_usd), Decimal(sol_usd))
+    with pytest.raises(ValueError, match=message):
+        sell_fill(
+            Decimal(1),
+            Decimal(token_usd),
+            Decimal(sol_usd),
+            network_fee_sol=NETWORK,
+            protocol_fee_bps=0,
+        )
+    with pytest.raises(ValueError, match=message):
+        buy_fill(
+            Decimal(1),
+            Decimal(token_usd),
+            Decimal(sol_usd),
+            network_fee_sol=NETWORK,
+            protocol_fee_bps=0,
+        )

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tests.support import TOKEN_A as TOKEN
@@ -208,6 +208,18 @@ CONFIGS = [
         min_size=1,
         max_size=4,
     ),
+)
+# Every config once, a deposit at the kept minimum (0.5) and one just able to buy; one
+# batch with a redelivery (key 0 twice) and a weak signal, then a second token for all.
+@example(
+    configs=[0, 1, 2, 3],
+    deposits=[Decimal("0.5"), Decimal(6), Decimal(12), Decimal("0.6")],
+    batches=[[(0, 0, 5), (0, 0, 5), (1, 1, 3)], [(2, 2, 4)]],
+)
+@example(
+    configs=[4],
+    deposits=[Decimal("3.4"), Decimal(0), Decimal(0), Decimal(0)],
+    batches=[[(0, 0, 3), (1, 1, 3)]],
 )
 async def test_any_sequence_of_batches_keeps_the_ledger_exact(
     configs: list[int], deposits: list[Decimal], batches: list[list[tuple[int, int, int]]]

@@ -7,7 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from worker.domain.config import AgentTradingConfig, resolve_config
@@ -101,6 +101,11 @@ def test_result_is_quantized_to_sol_places() -> None:
             {"positionCalculator": {"positionSizes": {"small": {"min": 0, "max": 0}}}},
             "the position size for SOL balance 1 is 0 SOL",
         ),
+        (  # a size of 0 leaves exactly the kept 0.5: the size, not the balance, is the reason
+            "0.5",
+            {"positionCalculator": {"positionSizes": {"small": {"min": 0, "max": 0}}}},
+            "the position size for SOL balance 0.5 is 0 SOL",
+        ),
     ],
 )
 def test_failures_name_the_numbers(balance: str, overrides: dict[str, Any], reason: str) -> None:
@@ -141,6 +146,29 @@ def test_draw_counts_the_last_grid_point_below_an_off_grid_end() -> None:
     assert seen == {Decimal("0.1"), Decimal("0.10000001")}
 
 
+def test_draw_rounds_the_range_start_up_to_the_grid() -> None:
+    # [0.100000001, 0.100000011): the only grid point is 0.10000001 (0.1 is below the range).
+    seen = {
+        draw_in_range(Decimal("0.100000001"), Decimal("0.100000011"), bytes([i])) for i in range(64)
+    }
+    assert seen == {Decimal("0.10000001")}
+
+
+def test_draw_counts_a_partial_last_step_as_a_grid_point() -> None:
+    # [0.1, 0.100000011): 1.1 steps of 1e-8 hold the grid points 0.1 and 0.10000001.
+    seen = {draw_in_range(Decimal("0.1"), Decimal("0.100000011"), bytes([i])) for i in range(64)}
+    assert seen == {Decimal("0.1"), Decimal("0.10000001")}
+
+
+def test_a_balance_exactly_at_the_calculators_minimum_buys() -> None:
+    # minimum 0.2: 0.2 buys the small size 0.1, leaving exactly the 0.1 to keep.
+    cfg = resolve_config({"purchaseLimits": {"minimumAgentBalance": 0.1}})
+    assert size_of("0.2", cfg) == Decimal("0.1")
+    assert failure_of("0.19999999", cfg) == (
+        "SOL balance 0.19999999 is below the position calculator's minimum balance 0.2"
+    )
+
+
 sol_amounts = st.decimals(
     min_value=Decimal(0), max_value=Decimal(1000), places=9, allow_nan=False, allow_infinity=False
 )
@@ -149,6 +177,11 @@ sol_amounts = st.decimals(
 @given(
     balance=sol_amounts, signal_id=st.integers(min_value=1, max_value=2**31), seed_agent=st.uuids()
 )
+# the kept minimum exactly, one step above it, and each tier threshold exactly
+@example(balance=Decimal("0.5"), signal_id=1, seed_agent=AGENT)
+@example(balance=Decimal("0.50000001"), signal_id=1, seed_agent=AGENT)
+@example(balance=Decimal(5), signal_id=1, seed_agent=AGENT)
+@example(balance=Decimal(10), signal_id=1, seed_agent=AGENT)
 def test_sizing_is_deterministic_bounded_and_keeps_the_minimum(
     balance: Decimal, signal_id: int, seed_agent: uuid.UUID
 ) -> None:
@@ -175,6 +208,10 @@ def test_sizing_is_deterministic_bounded_and_keeps_the_minimum(
     width=st.decimals(min_value=Decimal(0), max_value=Decimal(5), places=10),
     seed=st.binary(max_size=16),
 )
+# an empty range, a range start off the grid, a range shorter than one step
+@example(low=Decimal("0.1"), width=Decimal(0), seed=b"")
+@example(low=Decimal("0.100000001"), width=Decimal("0.00000001"), seed=b"\x00")
+@example(low=Decimal("0.1000000001"), width=Decimal("0.000000001"), seed=b"\x01")
 def test_draw_stays_in_range_on_the_grid(low: Decimal, width: Decimal, seed: bytes) -> None:
     high = low + width
     drawn = draw_in_range(low, high, seed)

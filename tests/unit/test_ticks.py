@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from worker.domain.config import resolve_config
@@ -111,6 +111,13 @@ def test_dca_is_skipped_when_the_balance_cannot_pay_it() -> None:
         max_size=30,
     )
 )
+# Up to +86% (the exponential boost's first whole point: stop +71.90%), a level sold at
+# +50%, back down to the raised stop: every step of the ratchet and the closing sale.
+@example([Decimal("1.5"), Decimal("1.86"), Decimal("1.7"), Decimal("1.719")])
+# Straight to the default stop (-32%), then nothing more to sell.
+@example([Decimal("0.68"), Decimal("0.5")])
+# Every level at once (+400%, the bag keeps 10%), then a fall.
+@example([Decimal(5), Decimal("0.05")])
 def test_a_price_path_never_loosens_the_stop_and_never_sells_more_than_held(
     path: list[Decimal],
 ) -> None:
@@ -147,6 +154,20 @@ def _configs(draw: st.DrawFn) -> dict[str, Any]:
     }
 
 
+def _only(**sections: dict[str, Any]) -> dict[str, Any]:
+    """A config of the property test below: stale trades after 1 minute, the rest as given."""
+    off = {"enabled": False}
+    return {
+        "stopLoss": off,
+        "takeProfit": off,
+        "dca": off,
+        "staleTrade": {"enabled": True, "minHoldTimeMinutes": 1},
+    } | sections
+
+
+_ON = {"enabled": True}
+
+
 # Ranges around the purchase price (0.01 SOL), where most ticks of real positions fall.
 @given(
     _configs(),
@@ -155,6 +176,21 @@ def _configs(draw: st.DrawFn) -> dict[str, Any]:
     st.decimals(min_value=Decimal("0.005"), max_value=Decimal("0.015"), places=6),
     st.integers(min_value=0, max_value=600),
 )
+# The boundaries (tests/unit/test_quiet_shortcut.py has them all, one step inside too):
+# the stale window's ends (+1%, +10%) exactly 60 s old,
+@example(_only(), Decimal("0.01"), Decimal(-32), Decimal("0.0101"), 60)
+@example(_only(), Decimal("0.01"), Decimal(-32), Decimal("0.011"), 60)
+# a fixed and a custom stop's trailing start, the stop itself,
+@example(_only(stopLoss=_ON), Decimal("0.012"), Decimal(-32), Decimal("0.0119"), 0)
+@example(
+    _only(stopLoss={"mode": "custom", "trailingLevels": [{"change": 60, "stopLoss": 40},
+                                                          {"change": 15, "stopLoss": 5}]}),
+    Decimal("0.0115"), Decimal(-32), Decimal("0.011"), 0,
+)  # fmt: skip
+@example(_only(stopLoss=_ON), Decimal("0.01"), Decimal(-32), Decimal("0.0068"), 0)
+# the first take-profit level (+50%) and the first DCA drop (-20%).
+@example(_only(takeProfit=_ON), Decimal("0.01"), Decimal(-32), Decimal("0.015"), 0)
+@example(_only(dca=_ON), Decimal("0.01"), Decimal(-32), Decimal("0.008"), 0)
 def test_a_quiet_tick_is_one_the_full_plan_neither_trades_nor_moves_the_stop_on(
     config: dict[str, Any], peak: Decimal, stop_pct: Decimal, price: Decimal, age_s: int
 ) -> None:

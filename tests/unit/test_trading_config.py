@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import typing
+import uuid
 from decimal import Decimal
 from typing import Any
 
@@ -24,6 +25,7 @@ from worker.domain.config import (
     _model_of,
     config_of_exit_rules,
     dca_levels,
+    decode_json,
     deep_merge,
     exit_rules,
     read_config,
@@ -498,6 +500,14 @@ def test_a_config_nexgent_writes_is_accepted() -> None:
         ('{"purchaseLimits": {"maxPurchasePerToken": 1' + "0" * 400 + "}}",
          "purchaseLimits.maxPurchasePerToken: Input should be less than 1000000000000"),
         ('{"dca": {"cooldownSeconds": NaN}}', "NaN is not a number this worker accepts"),
+        # an exponent beyond Decimal's range (|exponent| up to 10^18 - 1 is fine)
+        ('{"dca": {"cooldownSeconds": 1e1000000000000000000}}',
+         "1e1000000000000000000 is not a number this worker accepts"),
+        # a number's text is shown whole up to 40 characters, cut beyond
+        ('{"dca": {"cooldownSeconds": 1.' + "0" * 18 + 'e1000000000000000000}}',
+         "1." + "0" * 18 + "e1000000000000000000 is not a number this worker accepts"),
+        ('{"dca": {"cooldownSeconds": 1.' + "0" * 40 + 'e1000000000000000000}}',
+         "1." + "0" * 35 + "... is not a number this worker accepts"),
         ('{"purchaseLimits": {"maxPurchasePerToken": 1e400}}',
          "purchaseLimits.maxPurchasePerToken: Input should be less than 1000000000000"),
         ('"a string"', "expected a JSON object, got str"),
@@ -661,3 +671,123 @@ def test_custom_take_profit_uses_the_stored_levels() -> None:
 def test_token_list_accepts_mints() -> None:
     cfg = resolve_config({"signals": {"tokenFilterMode": "blacklist", "tokenList": [MINT]}})
     assert cfg.signals.token_list == (MINT,)
+
+
+# --- boundaries of the validators and of the messages ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("thresholds", "got"),
+    [({"minimum": 5, "medium": 5}, "5, 5 and 10"), ({"medium": 10}, "0.2, 10 and 10")],
+)
+def test_balance_thresholds_must_strictly_increase(thresholds: dict[str, Any], got: str) -> None:
+    reading = read_config(json.dumps({"positionCalculator": {"solBalanceThresholds": thresholds}}))
+    assert reading.error == (
+        "invalid trading_config: positionCalculator.solBalanceThresholds: thresholds must "
+        f"satisfy minimum < medium < large, got {got}"
+    )
+
+
+def test_custom_trailing_levels_may_not_repeat_a_change() -> None:
+    levels = [{"change": 50, "stopLoss": 20}, {"change": 50, "stopLoss": 10}]
+    reading = read_config(json.dumps({"stopLoss": {"mode": "custom", "trailingLevels": levels}}))
+    assert reading.error == (
+        "invalid trading_config: stopLoss: trailingLevels must be sorted by change, highest "
+        "first, but level 1 has change 50 after 50"
+    )
+
+
+@pytest.mark.parametrize(("sell", "error"), [("90", None), ("90.5", "100.5% in all")])
+def test_custom_take_profit_may_sell_exactly_what_the_bag_leaves(
+    sell: str, error: str | None
+) -> None:
+    text = (
+        '{"takeProfit": {"enabled": true, "mode": "custom", "levels": [{"targetPercent": 50, '
+        f'"sellPercent": {sell}}}], "moonBag": {{"enabled": true, "triggerPercent": 50, '
+        '"retainPercent": 10}}}'
+    )
+    reading = read_config(text)
+    if error is None:
+        assert reading.error is None
+    else:
+        assert reading.error == (
+            f"invalid trading_config: takeProfit: levels sell {sell}% and the moon bag keeps "
+            f"10%, {error}, more than 100%"
+        )
+
+
+def test_one_further_problem_is_counted_in_the_singular() -> None:
+    reading = read_config('{"signals": {"minScore": 9, "tokenFilterMode": "x"}}')
+    assert reading.error == (
+        "invalid trading_config: signals.minScore: Input should be less than or equal to 5 "
+        "(and 1 more problem)"
+    )
+
+
+def _thresholds_text(minimum_zeros: int) -> str:
+    """Thresholds out of order written with many digits: a long message of a known length."""
+    z = "0" * 55
+    return (
+        f'{{"positionCalculator": {{"solBalanceThresholds": {{"minimum": 6.{"0" * minimum_zeros}1, '
+        f'"medium": 5.{z}1, "large": 9.{z}1}}}}}}'
+    )
+
+
+def test_a_message_of_300_characters_is_kept_whole() -> None:
+    error = read_config(_thresholds_text(55)).error
+    assert error is not None
+    assert len(error) == 300
+    assert error.endswith(f"and 9.{'0' * 55}1")
+
+
+def test_a_longer_message_is_cut_to_300_characters_with_an_ellipsis() -> None:
+    # One digit more: 301 characters, cut to the first 297 and "...".
+    whole = read_config(_thresholds_text(55)).error
+    error = read_config(_thresholds_text(56)).error
+    assert whole is not None
+    assert error is not None
+    assert len(error) == 300
+    assert error == whole.replace("6.", "6.0", 1)[:297] + "..."
+
+
+def test_integers_of_40_digits_are_read_exactly() -> None:
+    assert decode_json("-" + "9" * 40) == -int("9" * 40)
+    assert decode_json("[" + "1" * 40 + "]") == [int("1" * 40)]
+
+
+def test_the_default_exit_rules_keep_their_canonical_text_and_id() -> None:
+    # Positions store the id: the canonical form (sorted keys, no spaces) must never drift.
+    rules = exit_rules(resolve_config(None))
+    assert rules.json == (
+        '{"dca":{"cooldownSeconds":"30","enabled":false,"levels":[],"maxDCACount":3,'
+        '"mode":"moderate"},"staleTrade":{"enabled":true,"maxProfitPercent":"10",'
+        '"minHoldTimeMinutes":"60","minProfitPercent":"1"},"stopLoss":{"defaultPercentage":'
+        '"-32","enabled":true,"mode":"fixed","trailingLevels":[]},"takeProfit":{"enabled":'
+        'false,"levels":[{"sellPercent":"25","targetPercent":"50"},{"sellPercent":"25",'
+        '"targetPercent":"150"},{"sellPercent":"25","targetPercent":"300"},{"sellPercent":'
+        '"15","targetPercent":"400"}],"mode":"moderate","moonBag":{"enabled":true,'
+        '"retainPercent":"10","triggerPercent":"300"}}}'
+    )
+    assert rules.id == uuid.UUID("c9b462b1-06c0-5978-91cd-ec823a76ea7f")
+
+
+def test_exit_rules_bring_back_every_exit_section_and_nothing_else() -> None:
+    stored = {
+        "stopLoss": {"mode": "zones"},
+        "takeProfit": {"enabled": True, "mode": "aggressive"},
+        "dca": {"enabled": True, "mode": "conservative"},
+        "staleTrade": {"minHoldTimeMinutes": 5},
+        "signals": {"minScore": 5},
+        "purchaseLimits": {"maxOpenPositions": 3},
+    }
+    cfg = resolve_config(stored)
+    back = config_of_exit_rules(json.dumps(stored)).config
+    assert back is not None
+    assert (back.stop_loss, back.take_profit, back.dca, back.stale_trade) == (
+        cfg.stop_loss,
+        cfg.take_profit,
+        cfg.dca,
+        cfg.stale_trade,
+    )
+    assert back.signals == resolve_config(None).signals
+    assert back.purchase_limits == resolve_config(None).purchase_limits

@@ -38,7 +38,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from copy import deepcopy
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from itertools import pairwise
 from typing import Annotated, Any, Final, Self
@@ -488,6 +488,14 @@ def _parse_int(digits: str) -> int | Decimal:
     return int(digits) if len(digits) <= MAX_INT_DIGITS else Decimal(digits)
 
 
+def _parse_decimal(text: str) -> Decimal:
+    try:
+        return Decimal(text)
+    except InvalidOperation as exc:  # an exponent beyond what a Decimal holds (about 10^18)
+        shown = text if len(text) <= MAX_INT_DIGITS else text[: MAX_INT_DIGITS - 3] + "..."
+        raise _UnacceptedNumberError(shown) from exc
+
+
 def _refuse_constant(name: str) -> object:
     raise _UnacceptedNumberError(name)
 
@@ -500,7 +508,7 @@ def decode_json(text: str | None) -> object:
         return None
     try:
         return json.loads(
-            text, parse_float=Decimal, parse_int=_parse_int, parse_constant=_refuse_constant
+            text, parse_float=_parse_decimal, parse_int=_parse_int, parse_constant=_refuse_constant
         )
     except _UnacceptedNumberError as exc:
         raise InvalidConfig(
