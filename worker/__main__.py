@@ -17,6 +17,7 @@ import asyncpg
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
+from worker import version
 from worker.errors import UsageError, WorkerError
 from worker.logging import configure_logging
 from worker.retry import describe
@@ -38,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="signal-worker",
         description="Trading signals from Kafka to simulated trades in PostgreSQL.",
     )
+    parser.add_argument("--version", action="version", version=f"signal-worker {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     migrate = sub.add_parser("migrate", help="apply pending schema/*.sql files")

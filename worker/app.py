@@ -16,6 +16,7 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from worker import version
 from worker.consumer import Pipeline
 from worker.db.pool import connection, create_pool
 from worker.db.snapshots import hour_of, snapshot_all
@@ -67,6 +68,7 @@ async def run_worker(
     set_retry_observer(metrics.retries.inc)
     log.info(
         "worker_starting",
+        version=version(),
         database=settings.db.masked_url(),
         kafka=settings.kafka_bootstrap_servers,
         group=settings.consumer_group,
