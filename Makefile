@@ -7,18 +7,26 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 SERVICES := scripts/services.sh
+# Exact versions with hashes (`make lock` refreshes them from pyproject.toml): the runtime
+# dependencies (what the image installs), the development set, and the build backend.
+LOCK := requirements.lock
+DEV_LOCK := requirements-dev.lock
+BUILD_LOCK := requirements-build.lock
+LOCK_FLAGS := --quiet --generate-hashes --universal --python-version 3.11 \
+        --custom-compile-command "make lock" $(if $(UPGRADE),--upgrade)
 
 .PHONY: help venv services services-down migrate seed-demo run test test-unit test-integration \
-        lint fmt bench up down clean
+        lint fmt bench up down clean lock
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 20
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(DEV_LOCK) $(BUILD_LOCK)
 	@test -x $(PY) || { echo "[make] creating the virtual environment in $(VENV)"; $(PYTHON) -m venv $(VENV); }
 	@echo "[make] installing signal-worker and its development tools"
 	@$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
-	@$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@$(PY) -m pip install -q --disable-pip-version-check --require-hashes -r $(DEV_LOCK) -r $(BUILD_LOCK)
+	@$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
 venv: $(STAMP) ## create the virtual environment and install everything
@@ -60,6 +68,12 @@ fmt: venv ## format and autofix
 
 bench: venv services ## the benchmark: throughput, latency, limits; writes docs/benchmarks.md
 	@$(PY) -m benchmarks
+
+lock: venv ## refresh the lock files from pyproject.toml (UPGRADE=1: newest versions allowed)
+	$(VENV)/bin/uv pip compile pyproject.toml $(LOCK_FLAGS) -o $(LOCK)
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev $(LOCK_FLAGS) -c $(LOCK) -o $(DEV_LOCK)
+	$(PY) -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")' \
+	    | $(VENV)/bin/uv pip compile - $(LOCK_FLAGS) -c $(DEV_LOCK) -o $(BUILD_LOCK)
 
 up: ## docker compose: Kafka, PostgreSQL, migrate, the worker
 	docker compose up -d --build
