@@ -13,14 +13,14 @@ import json
 import re
 import shutil
 import subprocess
+import tomllib
 from collections.abc import Iterator
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-import worker
 from worker.db.migrations import default_schema_dir
 from worker.settings import Settings
 
@@ -230,21 +230,59 @@ def test_dockerfile_healthcheck_polls_healthz_on_http_port() -> None:
     assert "http://127.0.0.1:${HTTP_PORT:-8080}/healthz" in check
 
 
-def test_image_keeps_schema_next_to_the_worker_package() -> None:
-    """The image repeats the repository layout that `default_schema_dir()` relies on."""
-    package_parent = Path(worker.__file__).resolve().parents[1]
-    schema_relative = default_schema_dir().relative_to(package_parent)
+def _stage(name: str) -> list[tuple[str, str]]:
+    """The instructions of the stage `FROM ... AS name`."""
+    instructions = _dockerfile_instructions()
+    starts = [i for i, (keyword, _) in enumerate(instructions) if keyword == "FROM"]
+    for begin, end in zip(starts, [*starts[1:], len(instructions)], strict=True):
+        if instructions[begin][1].lower().endswith(f" as {name}"):
+            return instructions[begin:end]
+    pytest.fail(f"the Dockerfile has no stage {name}")
+
+
+def test_image_installs_the_locked_dependencies_with_hashes_then_the_wheel() -> None:
+    builder = _stage("builder")
+    copies = [args for keyword, args in builder if keyword == "COPY"]
+    runs = " ".join(args for keyword, args in builder if keyword == "RUN")
+    assert any("requirements.lock" in c and "requirements-build.lock" in c for c in copies)
+    assert "--require-hashes -r requirements.lock" in runs
+    assert "--require-hashes -r requirements-build.lock" in runs
+    # The lock layer comes before the sources, so a code change reuses it.
+    lock_copy = next(i for i, (k, a) in enumerate(builder) if k == "COPY" and ".lock" in a)
+    source_copy = next(i for i, (k, a) in enumerate(builder) if k == "COPY" and "worker/" in a)
+    assert lock_copy < source_copy
+    assert "pip wheel --no-deps --no-build-isolation" in runs
+    assert "install --no-deps --no-index /build/dist/*.whl" in runs
+    assert runs.rstrip().endswith("check"), "`pip check`: the lock satisfies pyproject.toml"
+
+
+def test_image_runs_the_worker_from_site_packages() -> None:
     stage = _final_stage()
-    destinations = {}
-    for keyword, args in stage:
-        if keyword == "COPY" and not args.startswith("--from"):
-            source, destination = args.split()[-2:]
-            destinations[source.rstrip("/")] = PurePosixPath(destination)
-    app = destinations["worker"].parent
-    assert destinations["schema"] == app / schema_relative.as_posix()
-    pythonpath = _env_value(stage, "PYTHONPATH")
-    assert pythonpath is not None
-    assert str(app) in pythonpath.split(":")
+    assert _env_value(stage, "PYTHONPATH") is None, "the wheel carries everything it needs"
+    assert not [a for k, a in stage if k == "COPY" and not a.startswith("--from=builder")]
+    assert any(k == "RUN" and "load_migrations" in a for k, a in stage)
+
+
+def test_image_version_label_defaults_to_the_project_version() -> None:
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        version = tomllib.load(f)["project"]["version"]
+    args = [a for k, a in _final_stage() if k == "ARG"]
+    assert f"VERSION={version}" in args, "the Dockerfile's ARG VERSION default is stale"
+    labels = " ".join(a for k, a in _final_stage() if k == "LABEL")
+    assert 'org.opencontainers.image.version="${VERSION}"' in labels
+
+
+def test_schema_files_are_package_data_and_schema_links_to_them() -> None:
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        package_data = tomllib.load(f)["tool"]["setuptools"]["package-data"]
+    schema = ROOT / "worker" / "schema"
+    sql = sorted(schema.glob("*.sql"))
+    assert sql
+    assert all(fnmatch.fnmatch(f"schema/{p.name}", package_data["worker"][0]) for p in sql)
+    assert Path(str(default_schema_dir())).resolve() == schema.resolve()
+    link = ROOT / "schema"
+    assert link.is_symlink(), "schema/ is a link to worker/schema (one source of the SQL)"
+    assert link.resolve() == schema.resolve()
 
 
 def test_dockerignore_keeps_local_state_out_and_the_sources_in() -> None:
@@ -256,7 +294,16 @@ def test_dockerignore_keeps_local_state_out_and_the_sources_in() -> None:
     for required in (".git", ".venv", ".services", "**/__pycache__", ".pytest_cache", ".env"):
         assert required in patterns, f".dockerignore should exclude {required}"
     excludes = [p.removeprefix("**/") for p in patterns if not p.startswith("!")]
-    for needed in ("pyproject.toml", "worker", "worker/__init__.py", "schema", "schema/0001_x.sql"):
+    needed_files = (
+        "pyproject.toml",
+        "README.md",
+        "requirements.lock",
+        "requirements-build.lock",
+        "worker",
+        "worker/__init__.py",
+        "worker/schema/0001_x.sql",
+    )
+    for needed in needed_files:
         hits = [p for p in excludes if fnmatch.fnmatch(needed, p) or needed.startswith(p + "/")]
         assert not hits, f"{needed} is excluded by {hits}, but the image needs it"
 
