@@ -14,9 +14,11 @@ DEV_LOCK := requirements-dev.lock
 BUILD_LOCK := requirements-build.lock
 LOCK_FLAGS := --quiet --generate-hashes --universal --python-version 3.11 \
         --custom-compile-command "make lock" $(if $(UPGRADE),--upgrade)
+CONTAINERS := scripts/container-engine.sh
+IMAGE ?= signal-worker:local
 
 .PHONY: help venv services services-down migrate seed-demo run test test-unit test-integration \
-        lint fmt bench up down clean lock
+        lint fmt bench up down clean lock image test-containers
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 20
@@ -74,6 +76,12 @@ lock: venv ## refresh the lock files from pyproject.toml (UPGRADE=1: newest vers
 	$(VENV)/bin/uv pip compile pyproject.toml --extra dev $(LOCK_FLAGS) -c $(LOCK) -o $(DEV_LOCK)
 	$(PY) -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")' \
 	    | $(VENV)/bin/uv pip compile - $(LOCK_FLAGS) -c $(DEV_LOCK) -o $(BUILD_LOCK)
+
+image: ## build the image (IMAGE=signal-worker:local) with Docker, else podman
+	@$(CONTAINERS) build $(IMAGE)
+
+test-containers: venv services ## the image end to end, the wheel, compose and the Helm chart
+	@$(PY) -m pytest -m containers tests/containers
 
 up: ## docker compose: Kafka, PostgreSQL, migrate, the worker
 	docker compose up -d --build

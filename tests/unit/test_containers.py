@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -29,6 +30,7 @@ DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 SERVICES_SCRIPT = ROOT / "scripts" / "services.sh"
+ENGINE_SCRIPT = ROOT / "scripts" / "container-engine.sh"
 CONFTEST = ROOT / "tests" / "conftest.py"
 DEPLOY = ROOT / "deploy"
 PROMETHEUS_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
@@ -615,3 +617,34 @@ def test_compose_cli_accepts_the_file() -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
+
+
+# ---------------------------------------------------------------------------- engine script
+
+
+def _engine_script(env_overrides: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "CONTAINER_ENGINE"}
+    env.update(env_overrides)
+    return subprocess.run(
+        [str(ENGINE_SCRIPT), "engine"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_engine_script_fails_in_one_line_naming_why() -> None:
+    cases = [({"CONTAINER_ENGINE": "lxc"}, "CONTAINER_ENGINE must be docker or podman")]
+    docker_absent = subprocess.run(
+        ["sh", "-c", "docker info >/dev/null 2>&1"], check=False, timeout=15
+    ).returncode
+    if docker_absent:
+        cases.append(({"CONTAINER_ENGINE": "docker"}, "no Docker engine answers"))
+    for overrides, reason in cases:
+        result = _engine_script(overrides)
+        assert result.returncode == 1, result
+        assert result.stdout == ""
+        (line,) = result.stderr.splitlines()
+        assert line.startswith("[containers] error: ") and reason in line, line
