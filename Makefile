@@ -83,7 +83,8 @@ image: ## build the image (IMAGE=signal-worker:local) with Docker, else podman
 test-containers: venv services ## the image end to end, the wheel, compose and the Helm chart
 	@$(PY) -m pytest -m containers tests/containers
 
-up: ## docker compose: Kafka, PostgreSQL, migrate, the worker
+up: ## docker compose: Kafka, PostgreSQL, migrate, the worker, Prometheus, Grafana
+	@scripts/compose-env.sh
 	docker compose up -d --build
 
 down: ## docker compose down

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,7 +70,9 @@ METRICS = {
 }
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
-_INTERPOLATION_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?[-?]([^}]*))?\}")
+_INTERPOLATION_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
+# What a user's shell or .env gives the compose file: only what it requires (`${NAME:?...}`).
+SHELL_ENV = {"GRAFANA_ADMIN_PASSWORD": "from-dot-env"}
 _DURATION_RE = re.compile(r"^(\d+)(ms|s|m|h)$")
 _METRIC_RE = re.compile(r"\bsignal_worker_[a-z0-9_]+")
 
@@ -83,9 +86,22 @@ def _load_yaml(path: Path) -> dict[str, Any]:
     return _mapping(yaml.safe_load(path.read_text(encoding="utf-8")), str(path))
 
 
-def _interpolate(value: str) -> str:
-    """Compose's `${NAME:-default}` with an empty environment: the defaults, `$$` as `$`."""
-    return _INTERPOLATION_RE.sub(lambda m: m.group(2) or "", value).replace("$$", "$")
+def _interpolate(value: str, env: dict[str, str] = SHELL_ENV) -> str:
+    """Compose's interpolation with `env` as the environment: `${NAME:-default}` and
+    `${NAME-default}` fall back to the default, `${NAME:?error}` and `${NAME?error}` fail
+    without a value, and `$$` is `$`."""
+
+    def value_of(match: re.Match[str]) -> str:
+        name, operator, argument = match.group(1), match.group(2) or "", match.group(3) or ""
+        given = env.get(name)
+        is_set = given is not None and (given != "" or not operator.startswith(":"))
+        if is_set:
+            return str(given)
+        if operator.endswith("?"):
+            raise KeyError(f"{name} is required: {argument}")
+        return argument
+
+    return _INTERPOLATION_RE.sub(value_of, value).replace("$$", "$")
 
 
 def _environment(service: dict[str, Any]) -> dict[str, str]:
@@ -419,6 +435,115 @@ def test_compose_worker_runs_healthy_and_drains_on_stop(
     assert f"http://127.0.0.1:{worker_port}/healthz" in _healthcheck_command(worker_service)
 
 
+def _published(entry: object) -> tuple[str, str, str]:
+    """A short-syntax port (`[[IP:]HOST:]CONTAINER`), interpolated: (ip, host port, container)."""
+    parts = _interpolate(str(entry)).split(":")
+    container = parts[-1]
+    host = parts[-2] if len(parts) >= 2 else ""
+    ip = ":".join(parts[:-2]) if len(parts) >= 3 else ""
+    return ip, host, container
+
+
+def test_compose_worker_scales_without_collisions(services: dict[str, dict[str, Any]]) -> None:
+    """`docker compose up --scale worker=3`: nothing in the worker is one-per-host."""
+    worker_service = services["worker"]
+    assert "container_name" not in worker_service
+    assert "hostname" not in worker_service
+    for entry in worker_service.get("ports", []):
+        ip, host, _ = _published(entry)
+        assert host == "", f"{entry}: a fixed host port collides at the second replica"
+        assert ip == "127.0.0.1", entry
+    for volume in worker_service.get("volumes", []):
+        assert str(volume).endswith(":ro"), f"{volume}: replicas must not share writable state"
+
+
+def test_compose_publishes_ports_on_loopback_only(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        for entry in service.get("ports", []):
+            ip, _, _ = _published(entry)
+            assert ip == "127.0.0.1", f"{name} publishes {entry} on every interface"
+
+
+def test_compose_kafka_keeps_its_data_in_a_named_volume(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    kafka = services["kafka"]
+    log_dirs = _environment(kafka)["KAFKA_LOG_DIRS"]
+    assert f"kafka-data:{log_dirs}" in kafka["volumes"]
+    assert "kafka-data" in compose["volumes"]
+    # The apache/kafka image owns this folder (its user writes there); a named volume
+    # mounted on it starts with that ownership.
+    assert log_dirs == "/var/lib/kafka/data"
+
+
+def test_compose_grafana_has_no_default_admin_password(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    raw = services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
+    assert raw.startswith("${GRAFANA_ADMIN_PASSWORD:?"), raw
+    with pytest.raises(KeyError, match="GRAFANA_ADMIN_PASSWORD is required"):
+        _interpolate(raw, env={})
+    assert _interpolate(raw, env={"GRAFANA_ADMIN_PASSWORD": "x1"}) == "x1"
+
+
+def test_compose_env_script_writes_a_random_admin_password_once(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("LOG_LEVEL=DEBUG\n", encoding="utf-8")
+    clean = {k: v for k, v in os.environ.items() if k != "GRAFANA_ADMIN_PASSWORD"}
+
+    def run() -> None:
+        subprocess.run(
+            [str(ROOT / "scripts" / "compose-env.sh"), str(env_file)],
+            env=clean,
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+
+    run()
+    first = env_file.read_text(encoding="utf-8")
+    run()
+    assert env_file.read_text(encoding="utf-8") == first, "an existing password is kept"
+    lines = first.splitlines()
+    assert lines[0] == "LOG_LEVEL=DEBUG"
+    (password,) = [line.split("=", 1)[1] for line in lines if line.startswith("GRAFANA_ADMIN")]
+    assert re.fullmatch(r"[A-Za-z0-9]{24}", password), password
+    assert env_file.stat().st_mode & 0o077 == 0, ".env holds secrets: owner only"
+
+
+def test_compose_file_matches_the_compose_specification(
+    compose: dict[str, Any], tmp_path: Path
+) -> None:
+    """The file as written and as interpolated, against the Compose specification's JSON Schema
+    (check-jsonschema's vendored copy: no network, no Docker)."""
+    interpolated = tmp_path / "interpolated.json"
+    interpolated.write_text(json.dumps(_interpolate_tree(compose)), encoding="utf-8")
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("check-jsonschema")),
+            "--builtin-schema",
+            "vendor.compose-spec",
+            str(COMPOSE_FILE),
+            str(interpolated),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _interpolate_tree(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {key: _interpolate_tree(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_interpolate_tree(item) for item in node]
+    if isinstance(node, str):
+        return _interpolate(node)
+    return node
+
+
 def test_compose_bind_mounts_exist(services: dict[str, dict[str, Any]]) -> None:
     for name, service in services.items():
         for volume in service.get("volumes", []):
@@ -440,19 +565,27 @@ def test_prometheus_config_is_valid(prometheus: dict[str, Any]) -> None:
         interval = _duration_s(job.get("scrape_interval", defaults.get("scrape_interval", "1m")))
         timeout = _duration_s(job.get("scrape_timeout", defaults.get("scrape_timeout", "10s")))
         assert timeout <= interval, f"{job['job_name']}: scrape_timeout exceeds scrape_interval"
-        for group in job["static_configs"]:
+        for group in job.get("static_configs", []):
             for target in group["targets"]:
                 assert re.fullmatch(r"[a-z0-9.-]+:\d+", target), target
+        for group in job.get("dns_sd_configs", []):
+            assert group["type"] == "A"
+            assert all(re.fullmatch(r"[a-z0-9.-]+", name) for name in group["names"])
 
 
-def test_prometheus_scrapes_the_worker_every_5s(
+def test_prometheus_scrapes_every_worker_replica_every_5s(
     prometheus: dict[str, Any], worker_port: int
 ) -> None:
+    """DNS service discovery of the compose service name finds each `--scale` replica."""
     (job,) = [job for job in prometheus["scrape_configs"] if job["job_name"] == "signal-worker"]
     assert job.get("metrics_path", "/metrics") == "/metrics"
     assert _duration_s(job["scrape_interval"]) == 5
-    targets = [target for group in job["static_configs"] for target in group["targets"]]
-    assert targets == [f"worker:{worker_port}"]
+    assert "static_configs" not in job, "a static target is one replica, not all"
+    (dns,) = job["dns_sd_configs"]
+    assert dns["names"] == ["worker"]
+    assert dns["type"] == "A"
+    assert dns["port"] == worker_port
+    assert _duration_s(dns["refresh_interval"]) <= 30, "new replicas are found within 30 s"
 
 
 def test_compose_mounts_the_prometheus_config(services: dict[str, dict[str, Any]]) -> None:
