@@ -16,9 +16,10 @@ LOCK_FLAGS := --quiet --generate-hashes --universal --python-version 3.11 \
         --custom-compile-command "make lock" $(if $(UPGRADE),--upgrade)
 CONTAINERS := scripts/container-engine.sh
 IMAGE ?= signal-worker:local
+CHART := deploy/helm/signal-worker
 
 .PHONY: help venv services services-down migrate seed-demo run test test-unit test-integration \
-        lint fmt bench up down clean lock image test-containers
+        lint fmt bench up down clean lock image test-containers helm-lint
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 20
@@ -82,6 +83,12 @@ image: ## build the image (IMAGE=signal-worker:local) with Docker, else podman
 
 test-containers: venv services ## the image end to end, the wheel, compose and the Helm chart
 	@$(PY) -m pytest -m containers tests/containers
+
+helm-lint: ## helm lint --strict and helm template of the chart, with each ci/ values file
+	@helm=$$($(CONTAINERS) helm) && for values in $(CHART)/ci/*-values.yaml; do \
+	    $$helm lint --strict $(CHART) --values $$values \
+	    && $$helm template signal-worker $(CHART) --values $$values --kube-version 1.30.0 >/dev/null \
+	    || exit 1; done
 
 up: ## docker compose: Kafka, PostgreSQL, migrate, the worker, Prometheus, Grafana
 	@scripts/compose-env.sh
