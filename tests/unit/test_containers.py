@@ -747,6 +747,7 @@ def test_compose_cli_accepts_the_file() -> None:
         text=True,
         check=False,
         cwd=ROOT,
+        env={**os.environ, **SHELL_ENV},  # what `make up` puts in .env
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
