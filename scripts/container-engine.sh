@@ -61,7 +61,7 @@ podman_conf() { # our containers.conf (podman reads only it when CONTAINERS_CONF
     local conf=$CACHE/containers.conf runtime=""
     if cgroups_hybrid; then
         # crun refuses hybrid cgroups ("cgroups in hybrid mode not supported"); runc runs there.
-        command -v runc >/dev/null || apt_install runc
+        need_package runc runc
         runtime='runtime = "runc"'
     fi
     cat >"$conf.tmp" <<EOF
@@ -78,17 +78,28 @@ EOF
     echo "$conf"
 }
 
-apt_install() { # packages...: Debian's, as root
-    [[ $(id -u) -eq 0 ]] || die "$* not installed and not root: install Debian's $* (apt-get install $*) or start a Docker engine"
-    command -v apt-get >/dev/null || die "$* not installed and no apt-get: install $* or start a Docker engine"
+can_apt() { [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; }
+
+apt_install() { # packages...: Debian's, as root; non-zero when apt-get fails (see apt.log)
     log "installing Debian's $* with apt-get"
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null 2>&1 || true
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null 2>&1 \
-        || die "apt-get install $* failed: no Docker engine answers and podman cannot be had"
+    {
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq || true
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
+    } >"$CACHE/apt.log" 2>&1
+}
+
+need_package() { # command package: install the package when the command is missing
+    command -v "$1" >/dev/null && return 0
+    can_apt || die "$1 is not installed, and installing Debian's $2 needs root and apt-get"
+    apt_install "$2" || die "apt-get install $2 failed; see $CACHE/apt.log"
 }
 
 podman_ready() {
-    command -v podman >/dev/null || apt_install podman
+    if ! command -v podman >/dev/null; then
+        can_apt || die "no Docker engine answers and podman is not installed (installing it needs root and apt-get): start a Docker engine or install podman"
+        apt_install podman \
+            || die "no Docker engine answers and podman could not be installed (apt-get install podman failed; see $CACHE/apt.log)"
+    fi
     CONTAINERS_CONF=$(podman_conf)
     export CONTAINERS_CONF
     podman info >/dev/null 2>&1 || die "podman is installed but \`podman info\` fails: $(podman info 2>&1 | tail -n 1)"
@@ -139,8 +150,8 @@ stand_in_fresh() { # 0 when the local base image is the real one, or a current s
 }
 
 build_stand_in() {
-    command -v debootstrap >/dev/null || apt_install debootstrap
-    [[ $(id -u) -eq 0 ]] || die "building the stand-in base image needs root (debootstrap)"
+    [[ $(id -u) -eq 0 ]] || die "$BASE_IMAGE cannot be pulled, and building a stand-in needs root (debootstrap)"
+    need_package debootstrap debootstrap
     local rootfs started=$SECONDS
     rootfs=$(mktemp -d "$CACHE/rootfs.XXXXXX")
     # shellcheck disable=SC2064 # expand now: the trap must remove this very folder
@@ -244,7 +255,7 @@ case ${1:-} in
 engine)
     select_engine
     echo "CONTAINER_ENGINE=$ENGINE"
-    [[ $ENGINE == podman ]] && echo "CONTAINERS_CONF=$CONTAINERS_CONF"
+    if [[ $ENGINE == podman ]]; then echo "CONTAINERS_CONF=$CONTAINERS_CONF"; fi
     ;;
 base) select_engine; ensure_base ;;
 build) select_engine; ensure_base; build_image "${2:-}" ;;

@@ -756,11 +756,15 @@ def test_compose_cli_accepts_the_file() -> None:
 # ---------------------------------------------------------------------------- engine script
 
 
-def _engine_script(env_overrides: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def _engine_script(
+    env_overrides: dict[str, str], path: str | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "CONTAINER_ENGINE"}
     env.update(env_overrides)
+    if path is not None:
+        env["PATH"] = path
     return subprocess.run(
-        [str(ENGINE_SCRIPT), "engine"],
+        [shutil.which("bash") or "/bin/bash", str(ENGINE_SCRIPT), "engine"],
         env=env,
         capture_output=True,
         text=True,
@@ -769,15 +773,34 @@ def _engine_script(env_overrides: dict[str, str]) -> subprocess.CompletedProcess
     )
 
 
-def test_engine_script_fails_in_one_line_naming_why() -> None:
-    cases = [({"CONTAINER_ENGINE": "lxc"}, "CONTAINER_ENGINE must be docker or podman")]
+def _bare_path(folder: Path) -> str:
+    """A PATH with only what the script needs before it looks for an engine: no docker,
+    no podman, no apt-get, as on a machine where neither engine can be had."""
+    folder.mkdir()
+    for tool in ("dirname", "mkdir", "id"):
+        found = shutil.which(tool)
+        assert found, tool
+        (folder / tool).symlink_to(found)
+    return str(folder)
+
+
+def test_engine_script_fails_in_one_line_naming_why(tmp_path: Path) -> None:
+    cache = {"SIGNAL_WORKER_CACHE": str(tmp_path / "cache")}
+    cases = [
+        (_engine_script({**cache, "CONTAINER_ENGINE": "lxc"}), "must be docker or podman"),
+        (
+            _engine_script(cache, path=_bare_path(tmp_path / "bin")),
+            "no Docker engine answers and podman is not installed",
+        ),
+    ]
     docker_absent = subprocess.run(
         ["sh", "-c", "docker info >/dev/null 2>&1"], check=False, timeout=15
     ).returncode
     if docker_absent:
-        cases.append(({"CONTAINER_ENGINE": "docker"}, "no Docker engine answers"))
-    for overrides, reason in cases:
-        result = _engine_script(overrides)
+        cases.append(
+            (_engine_script({**cache, "CONTAINER_ENGINE": "docker"}), "no Docker engine answers")
+        )
+    for result, reason in cases:
         assert result.returncode == 1, result
         assert result.stdout == ""
         (line,) = result.stderr.splitlines()
