@@ -1,45 +1,60 @@
-# signal-worker image: `docker build -t signal-worker .`, then
-#   docker run --rm signal-worker migrate
-#   docker run --rm -p 8080:8080 signal-worker run      (the default command)
+# signal-worker image: `make image` (Docker where an engine answers, else podman), or
+#   docker build -t signal-worker .
+#   docker run --rm signal-worker --version
+#   docker run --rm -e DATABASE_URL=... signal-worker migrate
+#   docker run --rm -e DATABASE_URL=... -e KAFKA_BOOTSTRAP_SERVERS=... signal-worker   (run)
 # Settings come from the environment only (docs: contract section 2).
 #
-# Layout, and why: the migration runner finds its SQL at `<parent of the worker package>/schema`
-# (worker/db/migrations.py: `Path(__file__).resolve().parents[2] / "schema"`). A plain
-# `pip install .` would put the package in site-packages, away from schema/. So the venv
-# holds only the third-party dependencies (taken from pyproject.toml), and the final stage puts
-# the source at /app, `worker/` and `schema/` side by side, with /app on PYTHONPATH. The entry
-# point is `python -m worker` (same commands as the `signal-worker` console script).
+# Reproducible: the dependencies are exactly those of requirements.lock, hash-checked (pip
+# --require-hashes), and the worker's wheel is built by exactly requirements-build.lock's
+# setuptools (`make lock` refreshes both). The worker is installed as that wheel into the
+# virtual environment, its migrations inside it as package data (worker/schema/), so it runs
+# from site-packages: no source tree, no PYTHONPATH.
+#
+# At run time it is uid 10001 and writes nothing to its filesystem, so `--read-only` (and
+# Kubernetes' readOnlyRootFilesystem) need no writable mount.
 
 # ---------------------------------------------------------------------------- builder
 FROM python:3.11-slim AS builder
 
-# Bytecode is written here on purpose: pip compiles the dependencies once, at build time.
+# scripts/container-engine.sh tags this stage and prunes superseded builds by this label.
+LABEL io.signal-worker.stage="builder"
+
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-RUN python -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
+# /opt/venv is what the runtime stage gets (no pip, no setuptools); /opt/build holds the tools.
+RUN python -m venv --without-pip /opt/venv \
+    && python -m venv /opt/build
 
 WORKDIR /build
-# Only pyproject.toml, so this layer (the slow one) is rebuilt only when dependencies change.
-# Every dependency has wheels for CPython 3.11 on linux amd64/arm64: no compiler needed.
-COPY pyproject.toml ./
-RUN python -c "import tomllib; \
-deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; \
-open('requirements.txt', 'w').write('\n'.join(deps) + '\n')" \
-    && pip install -r requirements.txt
+# The slow layer, rebuilt only when a lock file changes. Every dependency has wheels for
+# CPython 3.11 on linux amd64/arm64: no compiler needed.
+COPY requirements.lock requirements-build.lock ./
+RUN /opt/build/bin/pip install --require-hashes -r requirements-build.lock \
+    && /opt/build/bin/pip --python /opt/venv/bin/python install --require-hashes -r requirements.lock
+
+# The worker itself, as a wheel, without dependencies of its own to fetch; `pip check` fails
+# the build when the lock does not satisfy what pyproject.toml requires.
+COPY pyproject.toml README.md ./
+COPY worker/ worker/
+RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /build/dist . \
+    && /opt/build/bin/pip --python /opt/venv/bin/python install --no-deps --no-index /build/dist/*.whl \
+    && /opt/build/bin/pip --python /opt/venv/bin/python check
 
 # ---------------------------------------------------------------------------- runtime
 FROM python:3.11-slim
 
+# `make image` passes pyproject.toml's version; tests/unit/test_containers.py keeps this
+# default equal to it, so a plain `docker build` labels the image right too.
 ARG VERSION=0.1.0
 LABEL org.opencontainers.image.title="signal-worker" \
       org.opencontainers.image.description="Trading signals from Kafka to simulated trades in PostgreSQL, exactly once." \
       org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.licenses="MIT"
+      org.opencontainers.image.licenses="MIT" \
+      io.signal-worker.stage="runtime"
 
 ENV PATH=/opt/venv/bin:$PATH \
-    PYTHONPATH=/app \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     HTTP_PORT=8080
@@ -48,16 +63,14 @@ RUN groupadd --system --gid 10001 worker \
     && useradd --system --uid 10001 --gid worker --no-create-home \
         --home-dir /nonexistent --shell /usr/sbin/nologin worker
 
+# Owned by root and read-only for the worker user: the code cannot be changed at run time.
+# Bytecode was compiled by pip at install time (PYTHONDONTWRITEBYTECODE stops the worker
+# from trying to write any).
 COPY --from=builder /opt/venv /opt/venv
 
-WORKDIR /app
-# Owned by root and read-only for the worker user: the code cannot be changed at run time.
-COPY schema/ /app/schema/
-COPY worker/ /app/worker/
-# Byte-compile once here (PYTHONDONTWRITEBYTECODE stops the non-root user from trying at run
-# time), and fail the build at once if the package or its dependencies do not import.
-RUN python -m compileall -q /app/worker \
-    && python -m worker --help > /dev/null
+# Fail the build at once if the worker, its dependencies or its migrations do not load.
+RUN signal-worker --version \
+    && python -c "from worker.db.migrations import default_schema_dir as d, load_migrations as l; assert l(d())"
 
 USER 10001:10001
 
@@ -68,5 +81,5 @@ EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
     CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:${HTTP_PORT:-8080}/healthz', timeout=3)" || exit 1
 
-ENTRYPOINT ["python", "-m", "worker"]
+ENTRYPOINT ["signal-worker"]
 CMD ["run"]

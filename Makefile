@@ -10,6 +10,17 @@ DEV_STAMP := $(VENV)/.dev-stamp
 SERVICES := scripts/services.sh
 PIP := $(PY) -m pip --disable-pip-version-check
 MUTATION_JOBS ?= 2
+# Exact versions with hashes (`make lock` refreshes them from pyproject.toml): the runtime
+# dependencies (what the image and `make run` install), the development set, and the build
+# backend.
+LOCK := requirements.lock
+DEV_LOCK := requirements-dev.lock
+BUILD_LOCK := requirements-build.lock
+LOCK_FLAGS := --quiet --generate-hashes --universal --python-version 3.11 \
+        --custom-compile-command "make lock" $(if $(UPGRADE),--upgrade)
+CONTAINERS := scripts/container-engine.sh
+IMAGE ?= signal-worker:local
+CHART := deploy/helm/signal-worker
 
 # The local services' ports (scripts/services.sh); the worker's commands point at them unless
 # DATABASE_URL / KAFKA_BOOTSTRAP_SERVERS name services of your own.
@@ -21,22 +32,27 @@ WORKER := DATABASE_URL="$${DATABASE_URL:-postgresql://postgres@127.0.0.1:$(LOCAL
 	$(PY) -m worker
 
 .PHONY: help venv run-venv services services-down migrate seed-demo run demo test test-unit \
-        test-integration lint fmt bench mutation up down clean
+        test-integration lint fmt bench mutation up down clean lock image test-containers \
+        helm-lint
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 20
 
-# What running needs (the worker and its dependencies); the dev tools come with `venv`.
-$(RUN_STAMP): pyproject.toml
+# What running needs (the worker and its locked dependencies); the dev tools come with `venv`.
+$(RUN_STAMP): pyproject.toml $(LOCK) $(BUILD_LOCK)
 	@test -x $(PY) || { echo "[make] creating the virtual environment in $(VENV)"; $(PYTHON) -m venv $(VENV); }
-	@echo "[make] installing signal-worker and what it needs to run"
+	@echo "[make] installing signal-worker and what it needs to run ($(LOCK))"
 	@set -o pipefail; $(PIP) install --progress-bar off --upgrade pip | { grep -v "^Requirement already" || true; }
-	@set -o pipefail; $(PIP) install --progress-bar off -e . | { grep -v "^Requirement already" || true; }
+	@set -o pipefail; $(PIP) install --progress-bar off --require-hashes -r $(LOCK) -r $(BUILD_LOCK) \
+		| { grep -v "^Requirement already" || true; }
+	@set -o pipefail; $(PIP) install --progress-bar off --no-deps --no-build-isolation -e . \
+		| { grep -v "^Requirement already" || true; }
 	@touch $(RUN_STAMP)
 
-$(DEV_STAMP): $(RUN_STAMP) pyproject.toml
-	@echo "[make] installing the development tools (tests, linters, benchmark)"
-	@set -o pipefail; $(PIP) install --progress-bar off -e '.[dev]' | { grep -v "^Requirement already" || true; }
+$(DEV_STAMP): $(RUN_STAMP) pyproject.toml $(DEV_LOCK)
+	@echo "[make] installing the development tools: tests, linters, benchmark ($(DEV_LOCK))"
+	@set -o pipefail; $(PIP) install --progress-bar off --require-hashes -r $(DEV_LOCK) \
+		| { grep -v "^Requirement already" || true; }
 	@touch $(DEV_STAMP)
 
 run-venv: $(RUN_STAMP) ## the virtual environment with what running needs
@@ -91,7 +107,26 @@ mutation: venv ## mutation testing of worker/domain (minutes, not in `make test`
 bench: venv services ## the benchmark: throughput, latency, limits; writes docs/benchmarks.md
 	@$(PY) -m benchmarks
 
-up: ## docker compose: Kafka, PostgreSQL, migrate, the worker
+lock: venv ## refresh the lock files from pyproject.toml (UPGRADE=1: newest versions allowed)
+	$(VENV)/bin/uv pip compile pyproject.toml $(LOCK_FLAGS) -o $(LOCK)
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev $(LOCK_FLAGS) -c $(LOCK) -o $(DEV_LOCK)
+	$(PY) -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")' \
+	    | $(VENV)/bin/uv pip compile - $(LOCK_FLAGS) -c $(DEV_LOCK) -o $(BUILD_LOCK)
+
+image: ## build the image (IMAGE=signal-worker:local) with Docker, else podman
+	@$(CONTAINERS) build $(IMAGE)
+
+test-containers: venv services ## the image end to end, the wheel, compose and the Helm chart
+	@$(PY) -m pytest -m containers tests/containers
+
+helm-lint: ## helm lint --strict and helm template of the chart, with each ci/ values file
+	@helm=$$($(CONTAINERS) helm) && for values in $(CHART)/ci/*-values.yaml; do \
+	    $$helm lint --strict $(CHART) --values $$values \
+	    && $$helm template signal-worker $(CHART) --values $$values --kube-version 1.30.0 >/dev/null \
+	    || exit 1; done
+
+up: ## docker compose: Kafka, PostgreSQL, migrate, the worker, Prometheus, Grafana
+	@scripts/compose-env.sh
 	docker compose up -d --build
 
 down: ## docker compose down

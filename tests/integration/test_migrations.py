@@ -9,7 +9,6 @@ import asyncio
 import json
 import os
 import re
-import shutil
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -73,9 +72,11 @@ async def conn(empty_db: str) -> AsyncIterator[asyncpg.Connection]:
 
 @pytest.fixture
 def schema_copy(tmp_path: Path) -> Path:
-    """A copy of the real schema folder that a test may edit."""
+    """A copy of the real schema folder (package data) that a test may edit."""
     target = tmp_path / "schema"
-    shutil.copytree(default_schema_dir(), target)
+    target.mkdir()
+    for entry in default_schema_dir().iterdir():
+        (target / entry.name).write_bytes(entry.read_bytes())
     return target
 
 

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
+import tomllib
 from collections.abc import Iterator
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-import worker
 from tests.support import KAFKA_IMAGE, POSTGRES_IMAGE
 from worker.db.migrations import default_schema_dir
 from worker.settings import Settings
@@ -30,6 +32,7 @@ DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 SERVICES_SCRIPT = ROOT / "scripts" / "services.sh"
+ENGINE_SCRIPT = ROOT / "scripts" / "container-engine.sh"
 DEPLOY = ROOT / "deploy"
 PROMETHEUS_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
 GRAFANA_PROVISIONING = DEPLOY / "grafana" / "provisioning"
@@ -67,7 +70,9 @@ METRICS = {
 }
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
-_INTERPOLATION_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?[-?]([^}]*))?\}")
+_INTERPOLATION_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
+# What a user's shell or .env gives the compose file: only what it requires (`${NAME:?...}`).
+SHELL_ENV = {"GRAFANA_ADMIN_PASSWORD": "from-dot-env"}
 _DURATION_RE = re.compile(r"^(\d+)(ms|s|m|h)$")
 _METRIC_RE = re.compile(r"\bsignal_worker_[a-z0-9_]+")
 
@@ -81,9 +86,22 @@ def _load_yaml(path: Path) -> dict[str, Any]:
     return _mapping(yaml.safe_load(path.read_text(encoding="utf-8")), str(path))
 
 
-def _interpolate(value: str) -> str:
-    """Compose's `${NAME:-default}` with an empty environment: the defaults, `$$` as `$`."""
-    return _INTERPOLATION_RE.sub(lambda m: m.group(2) or "", value).replace("$$", "$")
+def _interpolate(value: str, env: dict[str, str] = SHELL_ENV) -> str:
+    """Compose's interpolation with `env` as the environment: `${NAME:-default}` and
+    `${NAME-default}` fall back to the default, `${NAME:?error}` and `${NAME?error}` fail
+    without a value, and `$$` is `$`."""
+
+    def value_of(match: re.Match[str]) -> str:
+        name, operator, argument = match.group(1), match.group(2) or "", match.group(3) or ""
+        given = env.get(name)
+        is_set = given is not None and (given != "" or not operator.startswith(":"))
+        if is_set:
+            return str(given)
+        if operator.endswith("?"):
+            raise KeyError(f"{name} is required: {argument}")
+        return argument
+
+    return _INTERPOLATION_RE.sub(value_of, value).replace("$$", "$")
 
 
 def _environment(service: dict[str, Any]) -> dict[str, str]:
@@ -230,21 +248,59 @@ def test_dockerfile_healthcheck_polls_healthz_on_http_port() -> None:
     assert "http://127.0.0.1:${HTTP_PORT:-8080}/healthz" in check
 
 
-def test_image_keeps_schema_next_to_the_worker_package() -> None:
-    """The image repeats the repository layout that `default_schema_dir()` relies on."""
-    package_parent = Path(worker.__file__).resolve().parents[1]
-    schema_relative = default_schema_dir().relative_to(package_parent)
+def _stage(name: str) -> list[tuple[str, str]]:
+    """The instructions of the stage `FROM ... AS name`."""
+    instructions = _dockerfile_instructions()
+    starts = [i for i, (keyword, _) in enumerate(instructions) if keyword == "FROM"]
+    for begin, end in zip(starts, [*starts[1:], len(instructions)], strict=True):
+        if instructions[begin][1].lower().endswith(f" as {name}"):
+            return instructions[begin:end]
+    pytest.fail(f"the Dockerfile has no stage {name}")
+
+
+def test_image_installs_the_locked_dependencies_with_hashes_then_the_wheel() -> None:
+    builder = _stage("builder")
+    copies = [args for keyword, args in builder if keyword == "COPY"]
+    runs = " ".join(args for keyword, args in builder if keyword == "RUN")
+    assert any("requirements.lock" in c and "requirements-build.lock" in c for c in copies)
+    assert "--require-hashes -r requirements.lock" in runs
+    assert "--require-hashes -r requirements-build.lock" in runs
+    # The lock layer comes before the sources, so a code change reuses it.
+    lock_copy = next(i for i, (k, a) in enumerate(builder) if k == "COPY" and ".lock" in a)
+    source_copy = next(i for i, (k, a) in enumerate(builder) if k == "COPY" and "worker/" in a)
+    assert lock_copy < source_copy
+    assert "pip wheel --no-deps --no-build-isolation" in runs
+    assert "install --no-deps --no-index /build/dist/*.whl" in runs
+    assert runs.rstrip().endswith("check"), "`pip check`: the lock satisfies pyproject.toml"
+
+
+def test_image_runs_the_worker_from_site_packages() -> None:
     stage = _final_stage()
-    destinations = {}
-    for keyword, args in stage:
-        if keyword == "COPY" and not args.startswith("--from"):
-            source, destination = args.split()[-2:]
-            destinations[source.rstrip("/")] = PurePosixPath(destination)
-    app = destinations["worker"].parent
-    assert destinations["schema"] == app / schema_relative.as_posix()
-    pythonpath = _env_value(stage, "PYTHONPATH")
-    assert pythonpath is not None
-    assert str(app) in pythonpath.split(":")
+    assert _env_value(stage, "PYTHONPATH") is None, "the wheel carries everything it needs"
+    assert not [a for k, a in stage if k == "COPY" and not a.startswith("--from=builder")]
+    assert any(k == "RUN" and "load_migrations" in a for k, a in stage)
+
+
+def test_image_version_label_defaults_to_the_project_version() -> None:
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        version = tomllib.load(f)["project"]["version"]
+    args = [a for k, a in _final_stage() if k == "ARG"]
+    assert f"VERSION={version}" in args, "the Dockerfile's ARG VERSION default is stale"
+    labels = " ".join(a for k, a in _final_stage() if k == "LABEL")
+    assert 'org.opencontainers.image.version="${VERSION}"' in labels
+
+
+def test_schema_files_are_package_data_and_schema_links_to_them() -> None:
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        package_data = tomllib.load(f)["tool"]["setuptools"]["package-data"]
+    schema = ROOT / "worker" / "schema"
+    sql = sorted(schema.glob("*.sql"))
+    assert sql
+    assert all(fnmatch.fnmatch(f"schema/{p.name}", package_data["worker"][0]) for p in sql)
+    assert Path(str(default_schema_dir())).resolve() == schema.resolve()
+    link = ROOT / "schema"
+    assert link.is_symlink(), "schema/ is a link to worker/schema (one source of the SQL)"
+    assert link.resolve() == schema.resolve()
 
 
 def test_dockerignore_keeps_local_state_out_and_the_sources_in() -> None:
@@ -256,7 +312,16 @@ def test_dockerignore_keeps_local_state_out_and_the_sources_in() -> None:
     for required in (".git", ".venv", ".services", "**/__pycache__", ".pytest_cache", ".env"):
         assert required in patterns, f".dockerignore should exclude {required}"
     excludes = [p.removeprefix("**/") for p in patterns if not p.startswith("!")]
-    for needed in ("pyproject.toml", "worker", "worker/__init__.py", "schema", "schema/0001_x.sql"):
+    needed_files = (
+        "pyproject.toml",
+        "README.md",
+        "requirements.lock",
+        "requirements-build.lock",
+        "worker",
+        "worker/__init__.py",
+        "worker/schema/0001_x.sql",
+    )
+    for needed in needed_files:
         hits = [p for p in excludes if fnmatch.fnmatch(needed, p) or needed.startswith(p + "/")]
         assert not hits, f"{needed} is excluded by {hits}, but the image needs it"
 
@@ -367,6 +432,115 @@ def test_compose_worker_runs_healthy_and_drains_on_stop(
     assert f"http://127.0.0.1:{worker_port}/healthz" in _healthcheck_command(worker_service)
 
 
+def _published(entry: object) -> tuple[str, str, str]:
+    """A short-syntax port (`[[IP:]HOST:]CONTAINER`), interpolated: (ip, host port, container)."""
+    parts = _interpolate(str(entry)).split(":")
+    container = parts[-1]
+    host = parts[-2] if len(parts) >= 2 else ""
+    ip = ":".join(parts[:-2]) if len(parts) >= 3 else ""
+    return ip, host, container
+
+
+def test_compose_worker_scales_without_collisions(services: dict[str, dict[str, Any]]) -> None:
+    """`docker compose up --scale worker=3`: nothing in the worker is one-per-host."""
+    worker_service = services["worker"]
+    assert "container_name" not in worker_service
+    assert "hostname" not in worker_service
+    for entry in worker_service.get("ports", []):
+        ip, host, _ = _published(entry)
+        assert host == "", f"{entry}: a fixed host port collides at the second replica"
+        assert ip == "127.0.0.1", entry
+    for volume in worker_service.get("volumes", []):
+        assert str(volume).endswith(":ro"), f"{volume}: replicas must not share writable state"
+
+
+def test_compose_publishes_ports_on_loopback_only(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        for entry in service.get("ports", []):
+            ip, _, _ = _published(entry)
+            assert ip == "127.0.0.1", f"{name} publishes {entry} on every interface"
+
+
+def test_compose_kafka_keeps_its_data_in_a_named_volume(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    kafka = services["kafka"]
+    log_dirs = _environment(kafka)["KAFKA_LOG_DIRS"]
+    assert f"kafka-data:{log_dirs}" in kafka["volumes"]
+    assert "kafka-data" in compose["volumes"]
+    # The apache/kafka image owns this folder (its user writes there); a named volume
+    # mounted on it starts with that ownership.
+    assert log_dirs == "/var/lib/kafka/data"
+
+
+def test_compose_grafana_has_no_default_admin_password(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    raw = services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
+    assert raw.startswith("${GRAFANA_ADMIN_PASSWORD:?"), raw
+    with pytest.raises(KeyError, match="GRAFANA_ADMIN_PASSWORD is required"):
+        _interpolate(raw, env={})
+    assert _interpolate(raw, env={"GRAFANA_ADMIN_PASSWORD": "x1"}) == "x1"
+
+
+def test_compose_env_script_writes_a_random_admin_password_once(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("LOG_LEVEL=DEBUG\n", encoding="utf-8")
+    clean = {k: v for k, v in os.environ.items() if k != "GRAFANA_ADMIN_PASSWORD"}
+
+    def run() -> None:
+        subprocess.run(
+            [str(ROOT / "scripts" / "compose-env.sh"), str(env_file)],
+            env=clean,
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+
+    run()
+    first = env_file.read_text(encoding="utf-8")
+    run()
+    assert env_file.read_text(encoding="utf-8") == first, "an existing password is kept"
+    lines = first.splitlines()
+    assert lines[0] == "LOG_LEVEL=DEBUG"
+    (password,) = [line.split("=", 1)[1] for line in lines if line.startswith("GRAFANA_ADMIN")]
+    assert re.fullmatch(r"[A-Za-z0-9]{24}", password), password
+    assert env_file.stat().st_mode & 0o077 == 0, ".env holds secrets: owner only"
+
+
+def test_compose_file_matches_the_compose_specification(
+    compose: dict[str, Any], tmp_path: Path
+) -> None:
+    """The file as written and as interpolated, against the Compose specification's JSON Schema
+    (check-jsonschema's vendored copy: no network, no Docker)."""
+    interpolated = tmp_path / "interpolated.json"
+    interpolated.write_text(json.dumps(_interpolate_tree(compose)), encoding="utf-8")
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("check-jsonschema")),
+            "--builtin-schema",
+            "vendor.compose-spec",
+            str(COMPOSE_FILE),
+            str(interpolated),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _interpolate_tree(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {key: _interpolate_tree(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_interpolate_tree(item) for item in node]
+    if isinstance(node, str):
+        return _interpolate(node)
+    return node
+
+
 def test_compose_bind_mounts_exist(services: dict[str, dict[str, Any]]) -> None:
     for name, service in services.items():
         for volume in service.get("volumes", []):
@@ -388,19 +562,27 @@ def test_prometheus_config_is_valid(prometheus: dict[str, Any]) -> None:
         interval = _duration_s(job.get("scrape_interval", defaults.get("scrape_interval", "1m")))
         timeout = _duration_s(job.get("scrape_timeout", defaults.get("scrape_timeout", "10s")))
         assert timeout <= interval, f"{job['job_name']}: scrape_timeout exceeds scrape_interval"
-        for group in job["static_configs"]:
+        for group in job.get("static_configs", []):
             for target in group["targets"]:
                 assert re.fullmatch(r"[a-z0-9.-]+:\d+", target), target
+        for group in job.get("dns_sd_configs", []):
+            assert group["type"] == "A"
+            assert all(re.fullmatch(r"[a-z0-9.-]+", name) for name in group["names"])
 
 
-def test_prometheus_scrapes_the_worker_every_5s(
+def test_prometheus_scrapes_every_worker_replica_every_5s(
     prometheus: dict[str, Any], worker_port: int
 ) -> None:
+    """DNS service discovery of the compose service name finds each `--scale` replica."""
     (job,) = [job for job in prometheus["scrape_configs"] if job["job_name"] == "signal-worker"]
     assert job.get("metrics_path", "/metrics") == "/metrics"
     assert _duration_s(job["scrape_interval"]) == 5
-    targets = [target for group in job["static_configs"] for target in group["targets"]]
-    assert targets == [f"worker:{worker_port}"]
+    assert "static_configs" not in job, "a static target is one replica, not all"
+    (dns,) = job["dns_sd_configs"]
+    assert dns["names"] == ["worker"]
+    assert dns["type"] == "A"
+    assert dns["port"] == worker_port
+    assert _duration_s(dns["refresh_interval"]) <= 30, "new replicas are found within 30 s"
 
 
 def test_compose_mounts_the_prometheus_config(services: dict[str, dict[str, Any]]) -> None:
@@ -562,6 +744,61 @@ def test_compose_cli_accepts_the_file() -> None:
         text=True,
         check=False,
         cwd=ROOT,
+        env={**os.environ, **SHELL_ENV},  # what `make up` puts in .env
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
+
+
+# ---------------------------------------------------------------------------- engine script
+
+
+def _engine_script(
+    env_overrides: dict[str, str], path: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "CONTAINER_ENGINE"}
+    env.update(env_overrides)
+    if path is not None:
+        env["PATH"] = path
+    return subprocess.run(
+        [shutil.which("bash") or "/bin/bash", str(ENGINE_SCRIPT), "engine"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def _bare_path(folder: Path) -> str:
+    """A PATH with only what the script needs before it looks for an engine: no docker,
+    no podman, no apt-get, as on a machine where neither engine can be had."""
+    folder.mkdir()
+    for tool in ("dirname", "mkdir", "id"):
+        found = shutil.which(tool)
+        assert found, tool
+        (folder / tool).symlink_to(found)
+    return str(folder)
+
+
+def test_engine_script_fails_in_one_line_naming_why(tmp_path: Path) -> None:
+    cache = {"SIGNAL_WORKER_CACHE": str(tmp_path / "cache")}
+    cases = [
+        (_engine_script({**cache, "CONTAINER_ENGINE": "lxc"}), "must be docker or podman"),
+        (
+            _engine_script(cache, path=_bare_path(tmp_path / "bin")),
+            "no Docker engine answers and podman is not installed",
+        ),
+    ]
+    docker_absent = subprocess.run(
+        ["sh", "-c", "docker info >/dev/null 2>&1"], check=False, timeout=15
+    ).returncode
+    if docker_absent:
+        cases.append(
+            (_engine_script({**cache, "CONTAINER_ENGINE": "docker"}), "no Docker engine answers")
+        )
+    for result, reason in cases:
+        assert result.returncode == 1, result
+        assert result.stdout == ""
+        (line,) = result.stderr.splitlines()
+        assert line.startswith("[containers] error: ") and reason in line, line

@@ -1,5 +1,8 @@
 """Forward-only schema migrations: `schema/NNNN_name.sql`, each applied once, in a transaction.
 
+The files ship inside the package (`worker/schema/`, package data; the repository's top-level
+`schema` is a link to it), so an installed wheel migrates without the source tree.
+
 Several containers may start at once: a session-level advisory lock serialises them, and
 each file is applied and recorded (name, SHA-256 checksum) in one transaction, so each
 file is applied exactly once. A recorded file whose checksum changed stops everything.
@@ -10,7 +13,8 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from pathlib import Path
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 
 import asyncpg
 
@@ -40,7 +44,7 @@ INSERT_APPLIED = "INSERT INTO schema_migrations (name, checksum) VALUES ($1, $2)
 class SchemaFileError(MigrationError):
     """The schema folder is missing or holds a file that is not named `NNNN_lower_name.sql`."""
 
-    def __init__(self, path: Path, problem: str) -> None:
+    def __init__(self, path: Traversable, problem: str) -> None:
         super().__init__(f"{path}: {problem}")
 
 
@@ -73,22 +77,27 @@ class Migration:
     checksum: str
 
 
-def default_schema_dir() -> Path:
-    """The repository's `schema/` folder (also copied into the container image)."""
-    return Path(__file__).resolve().parents[2] / "schema"
+def default_schema_dir() -> Traversable:
+    """The schema files shipped in the package (`worker/schema/`), read with importlib.resources."""
+    return files("worker") / "schema"
 
 
-def load_migrations(schema_dir: Path) -> list[Migration]:
-    """Every `NNNN_name.sql` file of `schema_dir`, in name order."""
+def load_migrations(schema_dir: Traversable) -> list[Migration]:
+    """Every `NNNN_name.sql` file of `schema_dir` (a folder or package resource), in name order."""
     if not schema_dir.is_dir():
         raise SchemaFileError(schema_dir, "schema folder not found")
     migrations = []
-    for path in sorted(schema_dir.glob("*.sql")):
-        if not _NAME_RE.match(path.name):
-            raise SchemaFileError(path, "schema files must be named NNNN_lower_name.sql")
-        data = path.read_bytes()
+    entries = (
+        e
+        for e in schema_dir.iterdir()
+        if e.name.endswith(".sql") and not e.name.startswith(".") and e.is_file()
+    )
+    for entry in sorted(entries, key=lambda e: e.name):
+        if not _NAME_RE.match(entry.name):
+            raise SchemaFileError(entry, "schema files must be named NNNN_lower_name.sql")
+        data = entry.read_bytes()
         migrations.append(
-            Migration(path.name, data.decode("utf-8"), hashlib.sha256(data).hexdigest())
+            Migration(entry.name, data.decode("utf-8"), hashlib.sha256(data).hexdigest())
         )
     return migrations
 
