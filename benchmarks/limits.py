@@ -43,7 +43,7 @@ from benchmarks.workload import (
 )
 from worker.config_cache import config_of_text
 from worker.consumer import FETCH_OPTIONS
-from worker.db.agents import fetch_agents
+from worker.db.store import PgStore
 from worker.domain.config import resolve_config
 from worker.domain.eligibility import decide
 from worker.domain.exits import initial_stop_loss_pct
@@ -426,7 +426,7 @@ async def _naive_signal(conn: asyncpg.Connection, user: User, token: str, deadli
         id=signal_id,
     )
     done = 0
-    for row in (await fetch_agents(conn, [user.user_id], [token])).get(user.user_id, []):
+    for row in (await PgStore(conn).fetch_agents([user.user_id], [token])).get(user.user_id, []):
         if time.monotonic() >= deadline:
             break
         agent = row.subscriber(token)

@@ -24,20 +24,11 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from worker.db.accounts import simulation_wallet_address
-from worker.db.prices import upsert_price
-from worker.db.trades import (
-    BalanceDelta,
-    Holding,
-    NewPosition,
-    SwapRow,
-    apply_balance_deltas,
-    buy_rows,
-    insert_positions,
-    insert_swaps,
-)
+from worker.db.store import PgStore
 from worker.domain.config import resolve_config
 from worker.domain.exits import open_position
 from worker.domain.fills import BuyFill, buy_fill
+from worker.domain.ledger import BalanceDelta, Holding, NewPosition, SwapRow, buy_rows
 from worker.domain.models import SOL_MINT, SOL_SYMBOL
 from worker.settings import Settings
 
@@ -152,7 +143,7 @@ async def create_users(
 async def set_price(conn: asyncpg.Connection, token: str, price_usd: Decimal) -> None:
     """Store a latest price directly, as a processed tick would (the worker's upsert at
     `PRICE_TS`: on the benchmark's fresh databases nothing is stored yet, so it is)."""
-    await upsert_price(conn, token, price_usd, PRICE_TS)
+    await PgStore(conn).upsert_price(token, price_usd, PRICE_TS)
 
 
 # ---------------------------------------------------------------------------- signals
@@ -271,7 +262,8 @@ async def open_positions(
             )
         )
     async with conn.transaction():
-        await insert_swaps(conn, swaps)
-        await apply_balance_deltas(conn, deltas)
-        await insert_positions(conn, positions)
+        store = PgStore(conn)
+        await store.insert_swaps(swaps)
+        await store.apply_balance_deltas(deltas)
+        await store.insert_positions(positions)
     return fill

@@ -45,10 +45,9 @@ from worker.batching import (
     record_time,
 )
 from worker.config_cache import ConfigTexts
-from worker.db.agents import agent_counts
 from worker.db.offsets import store_offsets
 from worker.db.pool import connection
-from worker.db.store import PgPriceStore, PgSignalStore
+from worker.db.store import PgStore
 from worker.deadletters import DeadLetter, DeadLetters
 from worker.errors import WorkerError
 from worker.failures import Action, Scope, disposition
@@ -259,7 +258,7 @@ class Pipeline:
         async for attempt in self._retrying():
             with attempt:
                 async with connection(self._pool) as conn:
-                    counts = await agent_counts(conn, list(unseen))
+                    counts = await PgStore(conn).agent_counts(list(unseen))
         for user_id in unseen:
             self._fanouts[user_id] = max(1, counts.get(user_id, 0))
 
@@ -374,7 +373,7 @@ class Pipeline:
                 )
             )
         results = await handle_signals(
-            PgSignalStore(conn), signals, trading=self._settings.trading, now=datetime.now(UTC)
+            PgStore(conn), signals, trading=self._settings.trading, now=datetime.now(UTC)
         )
         outcomes: list[tuple[Item, Outcome]] = []
         dead: list[DeadLetter] = []
@@ -389,7 +388,7 @@ class Pipeline:
     async def _apply_tick(self, conn: asyncpg.Connection, item: Item) -> Outcome:
         assert not isinstance(item.message, SignalV1)  # noqa: S101 - only tick items here
         return await handle_price(
-            PgPriceStore(conn),
+            PgStore(conn),
             item.message,
             configs=self._config_texts,
             settings=self._settings,

@@ -17,13 +17,11 @@ from decimal import Decimal
 from uuid import UUID
 
 from worker.config_cache import ConfigProblem, config_of_text, problem_of
-from worker.db import agents as agents_db
-from worker.db import signals as signals_db
-from worker.db import trades as trades_db
 from worker.domain.config import AgentTradingConfig, ExitRules, exit_rules
 from worker.domain.eligibility import decide_agent
 from worker.domain.exits import open_position
 from worker.domain.fills import BuyFill, buy_fill
+from worker.domain.ledger import BalanceDelta, Holding, NewPosition, SwapRow, buy_rows
 from worker.domain.models import (
     SOL_MINT,
     Decision,
@@ -31,6 +29,7 @@ from worker.domain.models import (
     Signal,
     Subscriber,
 )
+from worker.domain.records import AgentRow, ExecutionRow, StoredSignal
 from worker.domain.sizing import sizing_seed
 from worker.ports import SignalStore
 from worker.settings import TradingSettings
@@ -121,7 +120,7 @@ async def handle_signals(
         [SOL_MINT, *(s.token_address for s in stored if s.price_usd is None)]
     )
     buys = _Buys(now)
-    rows: list[signals_db.ExecutionRow] = []
+    rows: list[ExecutionRow] = []
     results: list[SignalOutcome | UnknownUser] = []
     for signal, stored_id in keyed:
         if stored_id is None:
@@ -147,9 +146,7 @@ async def handle_signals(
                 outcome.config_problems.append(problem)
             finished.add(agent.agent_id)
             rows.append(
-                signals_db.ExecutionRow(
-                    signal_id, agent.agent_id, decision.status, tx_id, decision.reason
-                )
+                ExecutionRow(signal_id, agent.agent_id, decision.status, tx_id, decision.reason)
             )
             outcome.outcomes.append(AgentOutcome(agent.agent_id, decision, tx_id))
         results.append(outcome)
@@ -165,7 +162,7 @@ async def handle_signals(
 class _Fleet:
     """The batch's agents, with the state that earlier signals of the batch changed."""
 
-    def __init__(self, agents: dict[UUID, list[agents_db.AgentRow]]) -> None:
+    def __init__(self, agents: dict[UUID, list[AgentRow]]) -> None:
         self._agents = agents
         self._where = {
             agent.agent_id: (user_id, i)
@@ -173,16 +170,16 @@ class _Fleet:
             for i, agent in enumerate(rows)
         }
 
-    def agents_of(self, user_id: UUID) -> list[agents_db.AgentRow]:
+    def agents_of(self, user_id: UUID) -> list[AgentRow]:
         """The user's agents as they stand now."""
         return self._agents.get(user_id, [])
 
     @staticmethod
-    def ids(agents: list[agents_db.AgentRow]) -> set[UUID]:
+    def ids(agents: list[AgentRow]) -> set[UUID]:
         """Their ids."""
         return {a.agent_id for a in agents}
 
-    def bought(self, agent: agents_db.AgentRow, token: str, debit_sol: Decimal) -> None:
+    def bought(self, agent: AgentRow, token: str, debit_sol: Decimal) -> None:
         """Record a buy: the SOL left, one more position, the token held."""
         user_id, index = self._where[agent.agent_id]
         self._agents[user_id][index] = replace(
@@ -196,7 +193,7 @@ class _Fleet:
 def _execute(
     signal: Signal,
     signal_id: int,
-    agent: agents_db.AgentRow,
+    agent: AgentRow,
     prices: _Prices,
     trading: TradingSettings,
     buys: _Buys,
@@ -215,7 +212,7 @@ def _execute(
     return decision, tx_id
 
 
-def _conflict(signal: Signal, stored: signals_db.StoredSignal) -> str | None:
+def _conflict(signal: Signal, stored: StoredSignal) -> str | None:
     """The first record of a signal whose key this one reuses with another payload."""
     if stored.is_new or stored.digest is None or signal.digest is None:
         return None
@@ -239,9 +236,9 @@ class _Buys:
     """The rows of a batch's buys, written set-based after every agent is decided."""
 
     now: datetime
-    swaps: list[trades_db.SwapRow] = field(default_factory=list)
-    deltas: list[trades_db.BalanceDelta] = field(default_factory=list)
-    positions: list[trades_db.NewPosition] = field(default_factory=list)
+    swaps: list[SwapRow] = field(default_factory=list)
+    deltas: list[BalanceDelta] = field(default_factory=list)
+    positions: list[NewPosition] = field(default_factory=list)
     # The exit rules the batch's positions are opened with, by id; and by config object
     # (configs come from one cache, so an agent's config is the same object every time).
     rule_sets: dict[UUID, ExitRules] = field(default_factory=dict)
@@ -270,12 +267,12 @@ class _Buys:
         symbol = signal.symbol or DEFAULT_TOKEN_SYMBOL
         tx_id = buy_transaction_id(signal_id, agent_id)
         pos_id = position_id(signal_id, agent_id)
-        holding = trades_db.Holding(agent_id, wallet, token, symbol, signal_id, pos_id)
-        swap, deltas = trades_db.buy_rows(tx_id, holding, fill, self.now)
+        holding = Holding(agent_id, wallet, token, symbol, signal_id, pos_id)
+        swap, deltas = buy_rows(tx_id, holding, fill, self.now)
         self.swaps.append(swap)
         self.deltas.extend(deltas)
         self.positions.append(
-            trades_db.NewPosition(
+            NewPosition(
                 id=pos_id,
                 agent_id=agent_id,
                 wallet_address=wallet,

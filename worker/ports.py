@@ -1,4 +1,7 @@
-"""The `Protocol`s that handlers depend on; `worker.db.store` implements them on asyncpg.
+"""The `Protocol`s that handlers depend on; `worker.db.store.PgStore` implements them on asyncpg.
+
+They speak only in domain values (`worker.domain.records`, `worker.domain.ledger`): the
+handlers import this and the domain, never `worker.db` (an import-linter contract).
 
 A handler sees one store per transaction: the consumer opens the transaction (its offsets
 go into the same one) and hands the handler a store bound to that connection. The unit
@@ -13,18 +16,19 @@ from decimal import Decimal
 from typing import Protocol
 from uuid import UUID
 
-from worker.db.agents import AgentRow
-from worker.db.positions import (
+from worker.domain.config import ExitRules
+from worker.domain.ledger import BalanceDelta, NewPosition, SwapRow
+from worker.domain.models import Signal
+from worker.domain.records import (
+    AgentRow,
     ClosedPosition,
+    ExecutionRow,
     OpenPosition,
     PositionWrite,
+    StoredSignal,
     TrailRow,
     TrailUpdate,
 )
-from worker.db.signals import ExecutionRow, StoredSignal
-from worker.db.trades import BalanceDelta, NewPosition, SwapRow
-from worker.domain.config import ExitRules
-from worker.domain.models import Signal
 
 
 class SignalStore(Protocol):

@@ -39,12 +39,18 @@ from worker.config_cache import (
     config_of_text,
     problem_of,
 )
-from worker.db import positions as positions_db
-from worker.db import trades as trades_db
 from worker.domain.config import AgentTradingConfig
 from worker.domain.fills import token_price_sol
+from worker.domain.ledger import BalanceDelta, Holding, SwapRow, buy_rows, sale_rows
 from worker.domain.models import SOL_MINT, PositionState
 from worker.domain.money import to_price
+from worker.domain.records import (
+    ClosedPosition,
+    OpenPosition,
+    PositionWrite,
+    TrailRow,
+    TrailUpdate,
+)
 from worker.domain.ticks import (
     Fees,
     QuietBand,
@@ -85,11 +91,11 @@ class TickOutcome:
 
 @dataclass(slots=True)
 class _Writes:
-    swaps: list[trades_db.SwapRow] = field(default_factory=list)
-    deltas: list[trades_db.BalanceDelta] = field(default_factory=list)
-    updates: list[positions_db.PositionWrite] = field(default_factory=list)
-    closed: list[positions_db.ClosedPosition] = field(default_factory=list)
-    trails: list[positions_db.TrailUpdate] = field(default_factory=list)
+    swaps: list[SwapRow] = field(default_factory=list)
+    deltas: list[BalanceDelta] = field(default_factory=list)
+    updates: list[PositionWrite] = field(default_factory=list)
+    closed: list[ClosedPosition] = field(default_factory=list)
+    trails: list[TrailUpdate] = field(default_factory=list)
     partial_sales: int = 0
     dca_buys: int = 0
 
@@ -140,7 +146,7 @@ async def handle_price(
 async def _exit_configs(
     store: PriceStore,
     configs: ConfigTexts,
-    trails: list[positions_db.TrailRow],
+    trails: list[TrailRow],
     outcome: TickOutcome,
 ) -> dict[UUID, AgentTradingConfig]:
     """The config that exits each position of `trails`, by position id: its agent's current
@@ -173,7 +179,7 @@ async def _exit_configs(
 
 
 async def _config_texts(
-    store: PriceStore, configs: ConfigTexts, trails: list[positions_db.TrailRow]
+    store: PriceStore, configs: ConfigTexts, trails: list[TrailRow]
 ) -> dict[UUID, str | None]:
     """The config text of every agent in `trails`: those held at the row's version from
     `configs`, the others read (and held from now on)."""
@@ -190,7 +196,7 @@ async def _config_texts(
 
 async def _evaluate(
     store: PriceStore,
-    trails: list[positions_db.TrailRow],
+    trails: list[TrailRow],
     cfgs: dict[UUID, AgentTradingConfig],
     tick: PriceTickV1,
     sol_usd: Decimal,
@@ -204,7 +210,7 @@ async def _evaluate(
     loud = _trail_quiet(trails, cfgs, price, now, writes)
     if not loud:
         return writes
-    acting: list[positions_db.OpenPosition] = []
+    acting: list[OpenPosition] = []
     # The loud ones are all in `cfgs` (`_trail_quiet` skips the others): one config per
     # agent for the whole tick, read once.
     for position in await store.open_positions(tick.token_address, loud):
@@ -223,7 +229,7 @@ async def _evaluate(
 
 
 def _trail_quiet(
-    trails: list[positions_db.TrailRow],
+    trails: list[TrailRow],
     cfgs: dict[UUID, AgentTradingConfig],
     price: Decimal,
     now: datetime,
@@ -246,11 +252,11 @@ def _trail_quiet(
         peak, low = quiet_trail(row, price_q, band)
         if peak != row.peak_price or low != row.lowest_price:
             sl = row.current_stop_loss_percentage
-            writes.trails.append(positions_db.TrailUpdate(row.id, peak, sl, low))
+            writes.trails.append(TrailUpdate(row.id, peak, sl, low))
     return loud
 
 
-def _report(closed: list[positions_db.ClosedPosition]) -> dict[str, int]:
+def _report(closed: list[ClosedPosition]) -> dict[str, int]:
     exits: dict[str, int] = {}
     for c in closed:
         exits[c.close_reason.value] = exits.get(c.close_reason.value, 0) + 1
@@ -266,7 +272,7 @@ def _report(closed: list[positions_db.ClosedPosition]) -> dict[str, int]:
 
 
 def _plan(
-    position: positions_db.OpenPosition,
+    position: OpenPosition,
     cfg: AgentTradingConfig,
     token_usd: Decimal,
     sol_usd: Decimal,
@@ -284,7 +290,7 @@ def _plan(
     )
 
 
-def _trail(position: positions_db.OpenPosition, final: PositionState, writes: _Writes) -> None:
+def _trail(position: OpenPosition, final: PositionState, writes: _Writes) -> None:
     """Queue the monotone part of a tick that did not trade: peak, stop, low."""
     state = position.state
     if (final.peak_price, final.current_stop_loss_percentage, final.lowest_price) == (
@@ -294,7 +300,7 @@ def _trail(position: positions_db.OpenPosition, final: PositionState, writes: _W
     ):
         return
     writes.trails.append(
-        positions_db.TrailUpdate(
+        TrailUpdate(
             position.id,
             final.peak_price,
             final.current_stop_loss_percentage,
@@ -304,25 +310,23 @@ def _trail(position: positions_db.OpenPosition, final: PositionState, writes: _W
 
 
 def _trade(
-    position: positions_db.OpenPosition,
+    position: OpenPosition,
     plan: TickPlan,
     now: datetime,
     writes: _Writes,
 ) -> None:
     p = position
-    holding = trades_db.Holding(
+    holding = Holding(
         p.agent_id, p.wallet_address, p.token_address, p.token_symbol, p.signal_id, p.id
     )
     tp_tx: uuid.UUID | None = None
     for sale in plan.sales:
         tx_id = uuid.uuid4()
-        swap, deltas = trades_db.sale_rows(
-            tx_id, holding, sale.fill, now, is_take_profit=sale.is_take_profit
-        )
+        swap, deltas = sale_rows(tx_id, holding, sale.fill, now, is_take_profit=sale.is_take_profit)
         writes.swaps.append(swap)
         writes.deltas.extend(deltas)
         if sale.close_reason is not None and sale.pnl is not None:
-            writes.closed.append(positions_db.ClosedPosition(p, sale.pnl, tx_id, sale.close_reason))
+            writes.closed.append(ClosedPosition(p, sale.pnl, tx_id, sale.close_reason))
         elif sale.is_take_profit:
             tp_tx = tx_id
             writes.partial_sales += 1
@@ -332,7 +336,7 @@ def _trade(
     if plan.dca is not None:
         dca_tx = uuid.uuid4()
         writes.dca_buys += 1
-        swap, deltas = trades_db.buy_rows(dca_tx, holding, plan.dca, now, is_dca=True)
+        swap, deltas = buy_rows(dca_tx, holding, plan.dca, now, is_dca=True)
         writes.swaps.append(swap)
         writes.deltas.extend(deltas)
-    writes.updates.append(positions_db.PositionWrite(p.id, plan.final, dca_tx, tp_tx))
+    writes.updates.append(PositionWrite(p.id, plan.final, dca_tx, tp_tx))

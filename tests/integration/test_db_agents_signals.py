@@ -22,9 +22,9 @@ from tests.builders import (
     count,
     make_signal,
 )
-from worker.db.agents import existing_users, fetch_agents
-from worker.db.signals import ExecutionRow, executions_of, insert_executions, insert_signals
+from worker.db.store import PgStore
 from worker.domain.models import ExecutionStatus, Signal, Subscriber
+from worker.domain.records import ExecutionRow
 
 pytestmark = pytest.mark.integration
 
@@ -35,26 +35,26 @@ async def fetch_subscribers(
     conn: asyncpg.Connection, user_id: uuid.UUID, token: str
 ) -> list[Subscriber]:
     """The fan-out's read (`fetch_agents`), as the subscribers of one signal for `token`."""
-    agents = await fetch_agents(conn, [user_id], [token])
+    agents = await PgStore(conn).fetch_agents([user_id], [token])
     return [agent.subscriber(token) for agent in agents.get(user_id, [])]
 
 
 async def insert_signal(conn: asyncpg.Connection, signal: Signal) -> tuple[int, bool]:
     """`insert_signals` of one signal: (its id, whether it is new)."""
-    [stored] = await insert_signals(conn, [signal])
+    [stored] = await PgStore(conn).insert_signals([signal])
     return stored.id, stored.is_new
 
 
 async def existing_executions(conn: asyncpg.Connection, signal_id: int) -> set[uuid.UUID]:
-    return (await executions_of(conn, [signal_id])).get(signal_id, set())
+    return (await PgStore(conn).executions_of([signal_id])).get(signal_id, set())
 
 
 async def test_existing_users_names_only_users_that_exist(db_conn: asyncpg.Connection) -> None:
     user_id = await add_user(db_conn)
     stranger = uuid.uuid4()
 
-    assert await existing_users(db_conn, [user_id, stranger, user_id]) == {user_id}
-    assert await existing_users(db_conn, []) == set()
+    assert await PgStore(db_conn).existing_users([user_id, stranger, user_id]) == {user_id}
+    assert await PgStore(db_conn).existing_users([]) == set()
 
 
 async def test_fetch_subscribers_returns_every_agent_with_its_mode_wallet(
@@ -209,7 +209,7 @@ async def test_insert_executions_writes_each_pair_once_and_counts_new_rows(
     ]
 
     assert await existing_executions(db_conn, signal_id) == set()
-    assert await insert_executions(db_conn, rows) == 3
+    assert await PgStore(db_conn).insert_executions(rows) == 3
     assert await existing_executions(db_conn, signal_id) == set(agents[:3])
 
     replay = [
@@ -217,7 +217,7 @@ async def test_insert_executions_writes_each_pair_once_and_counts_new_rows(
         *rows[1:],
         ExecutionRow(signal_id, agents[3], ExecutionStatus.SKIPPED, None, "at limit"),
     ]
-    assert await insert_executions(db_conn, replay) == 1
+    assert await PgStore(db_conn).insert_executions(replay) == 1
     assert await existing_executions(db_conn, signal_id) == set(agents)
 
     stored = {
@@ -245,6 +245,6 @@ async def test_insert_executions_with_a_pair_twice_in_one_batch(
     signal_id = await add_signal(db_conn, graph.user_id)
     row = ExecutionRow(signal_id, graph.agent_id, ExecutionStatus.SKIPPED, None, "held")
 
-    assert await insert_executions(db_conn, [row, row]) == 1
-    assert await insert_executions(db_conn, []) == 0
+    assert await PgStore(db_conn).insert_executions([row, row]) == 1
+    assert await PgStore(db_conn).insert_executions([]) == 0
     assert await existing_executions(db_conn, signal_id) == {graph.agent_id}

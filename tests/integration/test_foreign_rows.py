@@ -21,7 +21,7 @@ from tests.support import (
     run_cli,
     set_sol_price,
 )
-from worker.db.store import PgSignalStore
+from worker.db.store import PgStore
 from worker.domain.config import DEFAULT_TRADING_CONFIG
 from worker.domain.models import SOL_MINT, ExecutionStatus, Signal
 from worker.handlers import SignalOutcome, handle_signals
@@ -118,7 +118,7 @@ async def test_rows_nexgent_writes_are_accepted_and_its_agent_trades(
         price_usd=Decimal("0.5"),
     )
     async with db_conn.transaction():
-        [outcome] = await handle_signals(PgSignalStore(db_conn), [signal], trading=TRADING, now=NOW)
+        [outcome] = await handle_signals(PgStore(db_conn), [signal], trading=TRADING, now=NOW)
     assert isinstance(outcome, SignalOutcome)
     [agent] = outcome.outcomes
     assert (agent.agent_id, agent.decision.status) == (agent_id, ExecutionStatus.SUCCESS)

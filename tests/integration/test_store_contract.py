@@ -20,7 +20,7 @@ import pytest
 from tests.support import TOKEN_A, TOKEN_B, make_account, set_price, set_sol_price
 from tests.unit.fakes import FakeAgent, FakePriceStore, FakeSignalStore
 from worker.config_cache import ConfigTexts
-from worker.db.store import PgPriceStore, PgSignalStore
+from worker.db.store import PgStore
 from worker.domain.models import SOL_MINT, Signal
 from worker.handlers import SignalOutcome, handle_signals
 from worker.messages import PriceTickV1
@@ -115,7 +115,7 @@ async def test_the_fake_store_and_postgresql_agree_on_a_batch(db_conn: asyncpg.C
     )
     pg_ids = [a.agent_id for a in account.agents]
     async with db_conn.transaction():
-        pg_out = await _run(PgSignalStore(db_conn), account.user_id)
+        pg_out = await _run(PgStore(db_conn), account.user_id)
     wallets = [a.wallet_address for a in account.agents]
     rows = await db_conn.fetch(
         "SELECT wallet_address, token_address, balance FROM agent_balances "
@@ -179,9 +179,9 @@ async def test_the_fake_price_store_and_postgresql_agree_on_ticks(
     account = await make_account(db_conn, configs)
     async with db_conn.transaction():
         await handle_signals(
-            PgSignalStore(db_conn), _signals(account.user_id)[:1], trading=TRADING, now=NOW
+            PgStore(db_conn), _signals(account.user_id)[:1], trading=TRADING, now=NOW
         )
-    pg = PgPriceStore(db_conn)
+    pg = PgStore(db_conn)
     opened = await pg.open_positions(TOKEN_A, [p.id for p in await pg.trail_rows(TOKEN_A)])
     assert len(opened) == 4
     # Then one agent turns automated trading off: its position is no longer offered.
@@ -253,9 +253,9 @@ async def test_a_config_changed_in_the_database_applies_on_the_next_tick(
     account = await make_account(db_conn, [FIXED])
     async with db_conn.transaction():
         await handle_signals(
-            PgSignalStore(db_conn), _signals(account.user_id)[:1], trading=TRADING, now=NOW
+            PgStore(db_conn), _signals(account.user_id)[:1], trading=TRADING, now=NOW
         )
-    store, configs, settings = PgPriceStore(db_conn), ConfigTexts(), Settings()
+    store, configs, settings = PgStore(db_conn), ConfigTexts(), Settings()
 
     async def tick(price: str, seconds: int) -> dict[str, int]:
         ts = NOW + timedelta(seconds=seconds)

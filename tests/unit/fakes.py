@@ -20,18 +20,19 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-from worker.db.agents import AgentRow
-from worker.db.positions import (
+from worker.domain.config import ExitRules
+from worker.domain.ledger import BalanceDelta, NewPosition, SwapRow
+from worker.domain.models import SOL_MINT, Signal
+from worker.domain.records import (
+    AgentRow,
     ClosedPosition,
+    ExecutionRow,
     OpenPosition,
     PositionWrite,
+    StoredSignal,
     TrailRow,
     TrailUpdate,
 )
-from worker.db.signals import ExecutionRow, StoredSignal
-from worker.db.trades import BalanceDelta, NewPosition, SwapRow
-from worker.domain.config import ExitRules
-from worker.domain.models import SOL_MINT, Signal
 
 
 def _version(text: str | None) -> str:
@@ -44,7 +45,7 @@ class ConstraintViolationError(Exception):
 
 
 def _insert_swaps(stored: list[SwapRow], swaps: Sequence[SwapRow]) -> None:
-    """`worker.db.trades.insert_swaps`: transaction ids are unique."""
+    """`TradeWrites.insert_swaps`: transaction ids are unique."""
     if {s.id for s in swaps} & {s.id for s in stored}:
         raise ConstraintViolationError("duplicate transaction id")
     stored.extend(swaps)
@@ -53,7 +54,7 @@ def _insert_swaps(stored: list[SwapRow], swaps: Sequence[SwapRow]) -> None:
 def _apply_balance_deltas(
     balances: dict[tuple[str, str], Decimal], deltas: Sequence[BalanceDelta]
 ) -> None:
-    """`worker.db.trades.apply_balance_deltas`: deltas summed per (wallet, token); a debit of
+    """`TradeWrites.apply_balance_deltas`: deltas summed per (wallet, token); a debit of
     a missing row, or below zero, fails."""
     merged: dict[tuple[str, str], Decimal] = {}
     for d in deltas:

@@ -16,9 +16,9 @@ from typing import Any
 from tests.support import TOKEN_A as TOKEN
 from tests.unit.fakes import FakePriceStore
 from worker.config_cache import ConfigTexts
-from worker.db.positions import OpenPosition
 from worker.domain.config import exit_rules, resolve_config
 from worker.domain.models import SOL_MINT, CloseReason, PositionState
+from worker.domain.records import OpenPosition
 from worker.messages import PriceTickV1
 from worker.prices import TickOutcome, handle_price
 from worker.settings import Settings

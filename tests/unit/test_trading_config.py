@@ -117,6 +117,66 @@ def test_snake_case_names_are_accepted_too() -> None:
     assert cfg.signals.min_score == 4
 
 
+def test_the_defaults_are_the_documented_ones_all_the_way_down() -> None:
+    # domain.md section 4, written out independently of the models (plus this worker's
+    # maxOpenPositions): a default changed in one nested model shows up here.
+    assert DEFAULT_TRADING_CONFIG == {
+        "purchaseLimits": {
+            "minimumAgentBalance": "0.5",
+            "maxPurchasePerToken": "2.0",
+            "maxPriceImpact": "0.05",
+            "maxOpenPositions": 25,
+        },
+        "signals": {
+            "minScore": 1,
+            "allowedSignalTypes": [],
+            "tokenFilterMode": "none",
+            "tokenList": [],
+        },
+        "stopLoss": {
+            "enabled": True,
+            "defaultPercentage": "-32",
+            "mode": "fixed",
+            "trailingLevels": [],
+        },
+        "positionCalculator": {
+            "solBalanceThresholds": {"minimum": "0.2", "medium": "5", "large": "10"},
+            "positionSizes": {
+                "small": {"min": "0.1", "max": "0.1"},
+                "medium": {"min": "0.5", "max": "1.0"},
+                "large": {"min": "1.5", "max": "2.0"},
+            },
+            "randomization": {"enabled": True},
+        },
+        "staleTrade": {
+            "enabled": True,
+            "minHoldTimeMinutes": "60",
+            "minProfitPercent": "1",
+            "maxProfitPercent": "10",
+        },
+        "dca": {
+            "enabled": False,
+            "mode": "moderate",
+            "levels": [],
+            "maxDCACount": 3,
+            "cooldownSeconds": "30",
+        },
+        "takeProfit": {
+            "enabled": False,
+            "mode": "moderate",
+            "levels": [
+                {"targetPercent": "50", "sellPercent": "25"},
+                {"targetPercent": "150", "sellPercent": "25"},
+                {"targetPercent": "300", "sellPercent": "25"},
+                {"targetPercent": "400", "sellPercent": "15"},
+            ],
+            "moonBag": {"enabled": True, "triggerPercent": "300", "retainPercent": "10"},
+        },
+    }
+    # And the model read from nothing is the model read from its own defaults.
+    assert resolve_config(None) == AgentTradingConfig.model_validate(DEFAULT_TRADING_CONFIG)
+
+
 def test_serializes_back_to_camel_case() -> None:
     dumped = resolve_config(None).model_dump(mode="json")
     assert set(dumped) == set(DEFAULT_TRADING_CONFIG)
@@ -748,6 +808,15 @@ def test_a_longer_message_is_cut_to_300_characters_with_an_ellipsis() -> None:
     assert error is not None
     assert len(error) == 300
     assert error == whole.replace("6.", "6.0", 1)[:297] + "..."
+
+
+def test_whole_numbers_up_to_40_digits_are_ints_and_longer_ones_decimals() -> None:
+    short = decode_json("9" * 40)
+    assert type(short) is int
+    assert short == int("9" * 40)
+    long = decode_json("9" * 41)
+    assert type(long) is Decimal
+    assert long == Decimal("9" * 41)
 
 
 def test_integers_of_40_digits_are_read_exactly() -> None:

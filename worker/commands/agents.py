@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import argparse
 
-from worker.db.agents import stored_configs
 from worker.db.pool import connect_migrated
+from worker.db.store import PgStore
 from worker.domain.config import read_config
 from worker.settings import Settings
 
@@ -24,7 +24,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     agents = invalid = unknown = 0
     try:
         async with conn.transaction(readonly=True):
-            async for stored in stored_configs(conn):
+            async for stored in PgStore(conn).stored_configs():
                 agents += 1
                 reading = read_config(stored.text)
                 who = f"agent {stored.agent_id} ({stored.name}, user {stored.user_id})"

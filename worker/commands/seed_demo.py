@@ -9,7 +9,7 @@ from typing import Any
 
 from worker.db import accounts
 from worker.db.pool import connect_migrated
-from worker.db.prices import fetch_prices, upsert_price
+from worker.db.store import PgStore
 from worker.domain.models import SOL_MINT
 from worker.settings import Settings
 
@@ -67,8 +67,8 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
             agents = await accounts.agents_of_user(conn, user_id)
             # A buy needs a SOL/USD price. The placeholder is stamped at the epoch, so any
             # real tick (`signal-worker publish-price`, a price feed) replaces it.
-            seeded = await upsert_price(conn, SOL_MINT, PLACEHOLDER_SOL_USD, EPOCH)
-            sol_usd = (await fetch_prices(conn, [SOL_MINT]))[SOL_MINT]
+            seeded = await PgStore(conn).upsert_price(SOL_MINT, PLACEHOLDER_SOL_USD, EPOCH)
+            sol_usd = (await PgStore(conn).fetch_prices([SOL_MINT]))[SOL_MINT]
     finally:
         await conn.close()
     print(f"demo user {user_id} ({DEMO_EMAIL}){'' if created else ' already existed'}")

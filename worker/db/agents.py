@@ -4,54 +4,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 from uuid import UUID
 
-import asyncpg
-
-from worker.domain.models import SOL_MINT, Subscriber
+from worker.db.base import OnConnection
+from worker.domain.models import SOL_MINT
+from worker.domain.records import AgentRow
 
 EXISTING_USERS = "SELECT id FROM users WHERE id = ANY($1::uuid[])"
-
-
-async def existing_users(conn: asyncpg.Connection, user_ids: Sequence[UUID]) -> set[UUID]:
-    """The ids among `user_ids` that have a `users` row."""
-    return {row["id"] for row in await conn.fetch(EXISTING_USERS, list(set(user_ids)))}
-
-
-@dataclass(frozen=True, slots=True)
-class AgentRow:
-    """An agent as the fan-out reads it: its mode's wallet, SOL balance and positions.
-
-    `held_tokens` are the tokens, among those asked about, in which that wallet has a
-    position; `open_positions` counts all of its positions. `trading_config_text` is the
-    stored JSON as text, decoded and validated once per distinct text by
-    `worker.config_cache.config_of_text`.
-    """
-
-    user_id: UUID
-    agent_id: UUID
-    trading_mode: str
-    automated_trading_simulation: bool
-    automated_trading_live: bool
-    trading_config_text: str | None
-    wallet_address: str | None
-    sol_balance: Decimal | None
-    open_positions: int
-    held_tokens: frozenset[str]
-
-    def subscriber(self, token_address: str) -> Subscriber:
-        """The agent as a subscriber of a signal for `token_address`."""
-        return Subscriber(
-            agent_id=self.agent_id,
-            trading_mode=self.trading_mode,
-            automated_trading_simulation=self.automated_trading_simulation,
-            automated_trading_live=self.automated_trading_live,
-            wallet_address=self.wallet_address,
-            sol_balance=self.sol_balance,
-            open_positions=self.open_positions,
-            holds_token=token_address in self.held_tokens,
-        )
 
 
 # The wallet is the one of the agent's current trading mode; positions are counted per wallet.
@@ -85,30 +44,6 @@ ORDER BY a.user_id, a.id
 """
 
 
-async def fetch_agents(
-    conn: asyncpg.Connection, user_ids: Sequence[UUID], tokens: Sequence[str]
-) -> dict[UUID, list[AgentRow]]:
-    """Every agent of each user, by agent id, with holdings among `tokens`; one query."""
-    rows = await conn.fetch(FETCH_AGENTS, list(set(user_ids)), SOL_MINT, list(set(tokens)))
-    agents: dict[UUID, list[AgentRow]] = {}
-    for row in rows:
-        agents.setdefault(row["user_id"], []).append(
-            AgentRow(
-                user_id=row["user_id"],
-                agent_id=row["agent_id"],
-                trading_mode=row["trading_mode"],
-                automated_trading_simulation=row["automated_trading_simulation"],
-                automated_trading_live=row["automated_trading_live"],
-                trading_config_text=row["trading_config"],
-                wallet_address=row["wallet_address"],
-                sol_balance=row["sol_balance"],
-                open_positions=row["open_positions"],
-                held_tokens=frozenset(row["held_tokens"] or ()),
-            )
-        )
-    return agents
-
-
 AGENT_COUNTS = """
 SELECT user_id, count(*) AS agents FROM agents WHERE user_id = ANY($1::uuid[]) GROUP BY user_id
 """
@@ -118,20 +53,6 @@ SELECT_AGENT_CONFIGS = """
 SELECT id, xmin::text AS version, trading_config::text AS config
   FROM agents WHERE id = ANY($1::uuid[])
 """
-
-
-async def agent_configs(
-    conn: asyncpg.Connection, agent_ids: Sequence[UUID]
-) -> dict[UUID, tuple[str, str | None]]:
-    """Each agent's row version (`xmin`) and `trading_config` as JSON text (None: NULL)."""
-    rows = await conn.fetch(SELECT_AGENT_CONFIGS, list(set(agent_ids)))
-    return {r["id"]: (r["version"], r["config"]) for r in rows}
-
-
-async def agent_counts(conn: asyncpg.Connection, user_ids: Sequence[UUID]) -> dict[UUID, int]:
-    """How many agents each user has (users without agents are absent)."""
-    rows = await conn.fetch(AGENT_COUNTS, list(set(user_ids)))
-    return {row["user_id"]: row["agents"] for row in rows}
 
 
 SELECT_ALL_CONFIGS = """
@@ -149,8 +70,50 @@ class StoredConfig:
     text: str | None
 
 
-async def stored_configs(conn: asyncpg.Connection) -> AsyncIterator[StoredConfig]:
-    """Every agent's stored config, streamed (a cursor: any number of agents); run it inside
-    a transaction."""
-    async for r in conn.cursor(SELECT_ALL_CONFIGS, prefetch=500):
-        yield StoredConfig(r["id"], r["user_id"], r["name"], r["config"])
+class AgentQueries(OnConnection):
+    """Users, agents and their stored configs."""
+
+    __slots__ = ()
+
+    async def existing_users(self, user_ids: Sequence[UUID]) -> set[UUID]:
+        """The ids among `user_ids` that have a `users` row."""
+        return {row["id"] for row in await self.conn.fetch(EXISTING_USERS, list(set(user_ids)))}
+
+    async def fetch_agents(
+        self, user_ids: Sequence[UUID], tokens: Sequence[str]
+    ) -> dict[UUID, list[AgentRow]]:
+        """Every agent of each user, by agent id, with holdings among `tokens`; one query."""
+        rows = await self.conn.fetch(FETCH_AGENTS, list(set(user_ids)), SOL_MINT, list(set(tokens)))
+        agents: dict[UUID, list[AgentRow]] = {}
+        for row in rows:
+            agents.setdefault(row["user_id"], []).append(
+                AgentRow(
+                    user_id=row["user_id"],
+                    agent_id=row["agent_id"],
+                    trading_mode=row["trading_mode"],
+                    automated_trading_simulation=row["automated_trading_simulation"],
+                    automated_trading_live=row["automated_trading_live"],
+                    trading_config_text=row["trading_config"],
+                    wallet_address=row["wallet_address"],
+                    sol_balance=row["sol_balance"],
+                    open_positions=row["open_positions"],
+                    held_tokens=frozenset(row["held_tokens"] or ()),
+                )
+            )
+        return agents
+
+    async def agent_configs(self, agent_ids: Sequence[UUID]) -> dict[UUID, tuple[str, str | None]]:
+        """Each agent's row version (`xmin`) and `trading_config` as JSON text (None: NULL)."""
+        rows = await self.conn.fetch(SELECT_AGENT_CONFIGS, list(set(agent_ids)))
+        return {r["id"]: (r["version"], r["config"]) for r in rows}
+
+    async def agent_counts(self, user_ids: Sequence[UUID]) -> dict[UUID, int]:
+        """How many agents each user has (users without agents are absent)."""
+        rows = await self.conn.fetch(AGENT_COUNTS, list(set(user_ids)))
+        return {row["user_id"]: row["agents"] for row in rows}
+
+    async def stored_configs(self) -> AsyncIterator[StoredConfig]:
+        """Every agent's stored config, streamed (a cursor: any number of agents); run it inside
+        a transaction."""
+        async for r in self.conn.cursor(SELECT_ALL_CONFIGS, prefetch=500):
+            yield StoredConfig(r["id"], r["user_id"], r["name"], r["config"])

@@ -3,34 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
 from uuid import UUID
 
 import asyncpg
 
+from worker.db.base import OnConnection
 from worker.db.bulk import Bulk, Column
-from worker.domain.exits import ExitPnl
-from worker.domain.models import SOL_MINT, CloseReason, PositionState
-
-
-@dataclass(frozen=True, slots=True)
-class OpenPosition:
-    """A position with what a tick needs around it: owner, signal, SOL balance (the config
-    comes from `agent_configs`, once per agent and tick)."""
-
-    id: UUID
-    agent_id: UUID
-    wallet_address: str
-    token_address: str
-    token_symbol: str
-    purchase_transaction_id: UUID
-    signal_id: int | None
-    sol_balance: Decimal
-    state: PositionState
-    exit_rules_id: UUID | None = None
-
+from worker.domain.models import SOL_MINT, PositionState
+from worker.domain.records import (
+    ClosedPosition,
+    OpenPosition,
+    PositionWrite,
+    TrailRow,
+    TrailUpdate,
+)
 
 _SELECT = """
 SELECT p.id, p.agent_id, p.wallet_address, p.token_address, p.token_symbol,
@@ -57,22 +44,6 @@ SELECT_OPEN_BY_ID = _SELECT + " AND p.id = ANY($2::uuid[]) ORDER BY p.id"
 SELECT_AND_LOCK = _SELECT + " AND p.id = ANY($2::uuid[]) ORDER BY p.id FOR UPDATE OF p"
 
 
-@dataclass(frozen=True, slots=True)
-class TrailRow:
-    """The few columns of an open position that every tick of its token reads first
-    (`worker.domain.ticks.Trail`): enough to tell a quiet tick and trail it."""
-
-    id: UUID
-    agent_id: UUID
-    config_version: str  # the agents row's version: its config changed when this did
-    purchase_price: Decimal
-    created_at: datetime
-    current_stop_loss_percentage: Decimal | None
-    peak_price: Decimal | None
-    lowest_price: Decimal | None
-    exit_rules_id: UUID | None = None  # the rules it was opened with (`exit_rule_sets`)
-
-
 # The same positions as SELECT_OPEN_FOR_TOKEN, without the joins and columns only a trade
 # needs (signal, SOL balance, amounts): a third of the time for a token many agents hold.
 # Not the config either, only the agents row's version (`xmin`, which every update of the
@@ -90,31 +61,7 @@ SELECT p.id, p.agent_id, a.xmin::text AS config_version, p.purchase_price,
 """
 
 
-async def trail_rows(conn: asyncpg.Connection, token: str) -> list[TrailRow]:
-    """`TrailRow`s of the open simulation positions in `token` that automation may exit."""
-    return [
-        TrailRow(
-            r["id"],
-            r["agent_id"],
-            r["config_version"],
-            r["purchase_price"],
-            r["created_at"],
-            r["current_stop_loss_percentage"],
-            r["peak_price"],
-            r["lowest_price"],
-            r["exit_rules_id"],
-        )
-        for r in await conn.fetch(SELECT_TRAIL_ROWS, token)
-    ]
-
-
 SELECT_EXIT_RULES = "SELECT id, rules::text AS rules FROM exit_rule_sets WHERE id = ANY($1::uuid[])"
-
-
-async def exit_rules(conn: asyncpg.Connection, ids: Sequence[UUID]) -> dict[UUID, str]:
-    """The stored exit rule sets (JSON text) by id; unknown ids are absent."""
-    rows = await conn.fetch(SELECT_EXIT_RULES, list(set(ids)))
-    return {r["id"]: r["rules"] for r in rows}
 
 
 def _position(r: asyncpg.Record) -> OpenPosition:
@@ -150,42 +97,11 @@ def _position(r: asyncpg.Record) -> OpenPosition:
     )
 
 
-async def open_positions(
-    conn: asyncpg.Connection, token: str, ids: Sequence[UUID]
-) -> list[OpenPosition]:
-    """Those open simulation positions in `token` (of agents with automated simulation
-    trading on), whole."""
-    return [_position(r) for r in await conn.fetch(SELECT_OPEN_BY_ID, token, list(ids))]
-
-
-async def lock_positions(
-    conn: asyncpg.Connection, token: str, ids: Sequence[UUID]
-) -> list[OpenPosition]:
-    """Re-read and lock (FOR UPDATE) the given positions; closed ones are simply absent."""
-    rows = await conn.fetch(SELECT_AND_LOCK, token, list(ids))
-    return [_position(r) for r in rows]
-
-
 LOCK_WALLET_SOL = """
 SELECT wallet_address FROM agent_balances
  WHERE wallet_address = ANY($1::varchar[]) AND token_address = $2
  ORDER BY wallet_address FOR UPDATE
 """
-
-
-async def lock_wallets_sol(conn: asyncpg.Connection, wallets: Sequence[str]) -> None:
-    """Lock the wallets' SOL balance rows in address order (the order every writer uses)."""
-    await conn.execute(LOCK_WALLET_SOL, sorted(set(wallets)), SOL_MINT)
-
-
-@dataclass(frozen=True, slots=True)
-class TrailUpdate:
-    """Monotone state a tick moves without trading: the peak and stop rise, the low falls."""
-
-    id: UUID
-    peak_price: Decimal | None
-    stop_loss_pct: Decimal | None
-    lowest_price: Decimal
 
 
 TRAILS: Bulk[TrailUpdate] = Bulk(
@@ -211,25 +127,6 @@ UPDATE agent_positions p
   FROM {rows}
  WHERE p.id = d.id
 """)
-
-
-async def update_trails(
-    conn: asyncpg.Connection, updates: Sequence[TrailUpdate], now: datetime
-) -> None:
-    """Raise peaks and stops and lower lows; never the other way, so ticks may interleave."""
-    if not updates:
-        return
-    await conn.execute(UPDATE_TRAILS, *TRAILS.args(updates, now=now))
-
-
-@dataclass(frozen=True, slots=True)
-class PositionWrite:
-    """A position's whole new state after a tick that traded (and kept it open)."""
-
-    id: UUID
-    state: PositionState
-    dca_transaction_id: UUID | None
-    take_profit_transaction_id: UUID | None
 
 
 WRITES: Bulk[PositionWrite] = Bulk(
@@ -282,25 +179,6 @@ UPDATE agent_positions p
 """)
 
 
-async def update_positions(
-    conn: asyncpg.Connection, writes: Sequence[PositionWrite], now: datetime
-) -> None:
-    """Write the new state of positions that traded on this tick and stay open."""
-    if not writes:
-        return
-    await conn.execute(UPDATE_POSITIONS, *WRITES.args(writes, now=now))
-
-
-@dataclass(frozen=True, slots=True)
-class ClosedPosition:
-    """A full exit: the position and the numbers of its `agent_historical_swaps` row."""
-
-    position: OpenPosition
-    pnl: ExitPnl
-    sale_transaction_id: UUID
-    close_reason: CloseReason
-
-
 EXITS: Bulk[ClosedPosition] = Bulk(
     "h",
     [
@@ -340,13 +218,66 @@ DELETE FROM agent_balances
 """
 
 
-async def close_positions(
-    conn: asyncpg.Connection, closed: Sequence[ClosedPosition], now: datetime
-) -> None:
-    """Record each full exit in `agent_historical_swaps`, delete the positions and empty rows."""
-    if not closed:
-        return
-    p = [c.position for c in closed]
-    await conn.execute(INSERT_HISTORY, *EXITS.args(closed, now=now))
-    await conn.execute(DELETE_POSITIONS, [x.id for x in p])
-    await conn.execute(DELETE_EMPTY_BALANCES, [x.wallet_address for x in p], p[0].token_address)
+class PositionQueries(OnConnection):
+    """Open positions for price-tick exits: read per token, written set-based."""
+
+    __slots__ = ()
+
+    async def trail_rows(self, token: str) -> list[TrailRow]:
+        """`TrailRow`s of the open simulation positions in `token` that automation may exit."""
+        return [
+            TrailRow(
+                r["id"],
+                r["agent_id"],
+                r["config_version"],
+                r["purchase_price"],
+                r["created_at"],
+                r["current_stop_loss_percentage"],
+                r["peak_price"],
+                r["lowest_price"],
+                r["exit_rules_id"],
+            )
+            for r in await self.conn.fetch(SELECT_TRAIL_ROWS, token)
+        ]
+
+    async def exit_rules(self, ids: Sequence[UUID]) -> dict[UUID, str]:
+        """The stored exit rule sets (JSON text) by id; unknown ids are absent."""
+        rows = await self.conn.fetch(SELECT_EXIT_RULES, list(set(ids)))
+        return {r["id"]: r["rules"] for r in rows}
+
+    async def open_positions(self, token: str, ids: Sequence[UUID]) -> list[OpenPosition]:
+        """Those open simulation positions in `token` (of agents with automated simulation
+        trading on), whole."""
+        return [_position(r) for r in await self.conn.fetch(SELECT_OPEN_BY_ID, token, list(ids))]
+
+    async def lock_positions(self, token: str, ids: Sequence[UUID]) -> list[OpenPosition]:
+        """Re-read and lock (FOR UPDATE) the given positions; closed ones are simply absent."""
+        rows = await self.conn.fetch(SELECT_AND_LOCK, token, list(ids))
+        return [_position(r) for r in rows]
+
+    async def lock_wallets_sol(self, wallets: Sequence[str]) -> None:
+        """Lock the wallets' SOL balance rows in address order (the order every writer uses)."""
+        await self.conn.execute(LOCK_WALLET_SOL, sorted(set(wallets)), SOL_MINT)
+
+    async def update_trails(self, updates: Sequence[TrailUpdate], now: datetime) -> None:
+        """Raise peaks and stops and lower lows; never the other way, so ticks may interleave."""
+        if not updates:
+            return
+        await self.conn.execute(UPDATE_TRAILS, *TRAILS.args(updates, now=now))
+
+    async def update_positions(self, writes: Sequence[PositionWrite], now: datetime) -> None:
+        """Write the new state of positions that traded on this tick and stay open."""
+        if not writes:
+            return
+        await self.conn.execute(UPDATE_POSITIONS, *WRITES.args(writes, now=now))
+
+    async def close_positions(self, closed: Sequence[ClosedPosition], now: datetime) -> None:
+        """Record each full exit in `agent_historical_swaps`; delete positions, empty rows."""
+        if not closed:
+            return
+        p = [c.position for c in closed]
+        await self.conn.execute(INSERT_HISTORY, *EXITS.args(closed, now=now))
+        await self.conn.execute(DELETE_POSITIONS, [x.id for x in p])
+        await self.conn.execute(
+            DELETE_EMPTY_BALANCES, [x.wallet_address for x in p], p[0].token_address
+        )

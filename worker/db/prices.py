@@ -5,17 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
-import asyncpg
+from worker.db.base import OnConnection
 
 FETCH_PRICES = """
 SELECT token_address, price_usd FROM token_prices WHERE token_address = ANY($1::varchar[])
 """
-
-
-async def fetch_prices(conn: asyncpg.Connection, tokens: list[str]) -> dict[str, Decimal]:
-    """Latest USD price of each token that has one."""
-    rows = await conn.fetch(FETCH_PRICES, tokens)
-    return {r["token_address"]: r["price_usd"] for r in rows}
 
 
 UPSERT_PRICE = """
@@ -28,8 +22,16 @@ RETURNING token_address
 """
 
 
-async def upsert_price(
-    conn: asyncpg.Connection, token: str, price_usd: Decimal, ts: datetime
-) -> bool:
-    """Store the tick unless a tick at least as new is stored; True when it was stored."""
-    return await conn.fetchval(UPSERT_PRICE, token, price_usd, ts) is not None
+class PriceQueries(OnConnection):
+    """The latest USD price per token."""
+
+    __slots__ = ()
+
+    async def fetch_prices(self, tokens: list[str]) -> dict[str, Decimal]:
+        """Latest USD price of each token that has one."""
+        rows = await self.conn.fetch(FETCH_PRICES, tokens)
+        return {r["token_address"]: r["price_usd"] for r in rows}
+
+    async def upsert_price(self, token: str, price_usd: Decimal, ts: datetime) -> bool:
+        """Store the tick unless a tick at least as new is stored; True when it was stored."""
+        return await self.conn.fetchval(UPSERT_PRICE, token, price_usd, ts) is not None

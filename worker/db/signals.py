@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from uuid import UUID
 
-import asyncpg
-
+from worker.db.base import OnConnection
 from worker.db.bulk import Bulk, Column
-from worker.domain.models import ExecutionStatus, Signal
+from worker.domain.models import Signal
+from worker.domain.records import ExecutionRow, StoredSignal
 from worker.errors import DomainError
 
 SIGNALS: Bulk[Signal] = Bulk(
@@ -57,64 +56,6 @@ SELECT s.id, s.user_id, s.idempotency_key, s.payload_digest, s.source_record
 """)
 
 
-@dataclass(frozen=True, slots=True)
-class StoredSignal:
-    """A signal as stored: its id, whether this call stored it, and the payload digest and
-    Kafka record of the message that stored it first."""
-
-    id: int
-    is_new: bool
-    digest: bytes | None = None
-    record: str | None = None
-
-
-async def insert_signals(conn: asyncpg.Connection, signals: Sequence[Signal]) -> list[StoredSignal]:
-    """Store each signal once per (user, idempotency key); how each stands, in order.
-
-    Two signals of `signals` with one key get the same id; only the first counts as new.
-    """
-    if not signals:
-        return []
-    rows = {
-        (row["user_id"], row["idempotency_key"]): row
-        for row in await conn.fetch(INSERT_SIGNALS, *SIGNALS.args(signals))
-    }
-    inserted = {int(row["id"]) for row in rows.values()}
-    stored_before = [s for s in signals if (s.user_id, s.idempotency_key) not in rows]
-    if stored_before:
-        # Their rows are committed (ON CONFLICT waited for their transaction), so a new
-        # statement sees them. New signals only (the usual case): no second statement.
-        rows.update(
-            {
-                (row["user_id"], row["idempotency_key"]): row
-                for row in await conn.fetch(SELECT_SIGNAL_IDS, *KEYS.args(stored_before))
-            }
-        )
-    result: list[StoredSignal] = []
-    seen: set[int] = set()
-    for s in signals:
-        row = rows.get((s.user_id, s.idempotency_key))
-        if row is None:  # pragma: no cover - only if the row was deleted in between
-            msg = f"signal {s.idempotency_key!r} of user {s.user_id} vanished on insert"
-            raise DomainError(msg)
-        signal_id = int(row["id"])
-        is_new = signal_id in inserted and signal_id not in seen
-        result.append(StoredSignal(signal_id, is_new, row["payload_digest"], row["source_record"]))
-        seen.add(signal_id)
-    return result
-
-
-@dataclass(frozen=True, slots=True)
-class ExecutionRow:
-    """One `signal_executions` row to write: the outcome of one signal for one agent."""
-
-    signal_id: int
-    agent_id: UUID
-    status: ExecutionStatus
-    transaction_id: UUID | None
-    error: str | None
-
-
 EXECUTIONS: Bulk[ExecutionRow] = Bulk(
     "e",
     [
@@ -132,28 +73,9 @@ ON CONFLICT (signal_id, agent_id) DO NOTHING
 """)
 
 
-async def insert_executions(conn: asyncpg.Connection, rows: Sequence[ExecutionRow]) -> int:
-    """Write `rows` in one statement, skipping (signal, agent) pairs already written; count new."""
-    if not rows:
-        return 0
-    status = await conn.execute(INSERT_EXECUTIONS, *EXECUTIONS.args(rows))
-    # The command tag is "INSERT 0 <rows inserted>".
-    return int(status.rsplit(" ", 1)[1])
-
-
 SELECT_EXECUTED_AGENTS = """
 SELECT signal_id, agent_id FROM signal_executions WHERE signal_id = ANY($1::int[])
 """
-
-
-async def executions_of(
-    conn: asyncpg.Connection, signal_ids: Sequence[int]
-) -> dict[int, set[UUID]]:
-    """For each signal, the agents that already have an execution row (absent: none)."""
-    done: dict[int, set[UUID]] = {}
-    for row in await conn.fetch(SELECT_EXECUTED_AGENTS, list(signal_ids)):
-        done.setdefault(row["signal_id"], set()).add(row["agent_id"])
-    return done
 
 
 LOCK_SIGNALS = """
@@ -161,6 +83,64 @@ SELECT id FROM trading_signals WHERE id = ANY($1::int[]) ORDER BY id FOR UPDATE
 """
 
 
-async def lock_signals(conn: asyncpg.Connection, signal_ids: Sequence[int]) -> None:
-    """Lock signal rows, in id order: a redelivered signal is processed by one worker at a time."""
-    await conn.execute(LOCK_SIGNALS, sorted(set(signal_ids)))
+class SignalQueries(OnConnection):
+    """Signals stored once per (user, idempotency key), and their executions."""
+
+    __slots__ = ()
+
+    async def insert_signals(self, signals: Sequence[Signal]) -> list[StoredSignal]:
+        """Store each signal once per (user, idempotency key); how each stands, in order.
+
+        Two signals of `signals` with one key get the same id; only the first counts as new.
+        """
+        if not signals:
+            return []
+        rows = {
+            (row["user_id"], row["idempotency_key"]): row
+            for row in await self.conn.fetch(INSERT_SIGNALS, *SIGNALS.args(signals))
+        }
+        inserted = {int(row["id"]) for row in rows.values()}
+        stored_before = [s for s in signals if (s.user_id, s.idempotency_key) not in rows]
+        if stored_before:
+            # Their rows are committed (ON CONFLICT waited for their transaction), so a new
+            # statement sees them. New signals only (the usual case): no second statement.
+            rows.update(
+                {
+                    (row["user_id"], row["idempotency_key"]): row
+                    for row in await self.conn.fetch(SELECT_SIGNAL_IDS, *KEYS.args(stored_before))
+                }
+            )
+        result: list[StoredSignal] = []
+        seen: set[int] = set()
+        for s in signals:
+            row = rows.get((s.user_id, s.idempotency_key))
+            if row is None:  # pragma: no cover - only if the row was deleted in between
+                msg = f"signal {s.idempotency_key!r} of user {s.user_id} vanished on insert"
+                raise DomainError(msg)
+            signal_id = int(row["id"])
+            is_new = signal_id in inserted and signal_id not in seen
+            result.append(
+                StoredSignal(signal_id, is_new, row["payload_digest"], row["source_record"])
+            )
+            seen.add(signal_id)
+        return result
+
+    async def insert_executions(self, rows: Sequence[ExecutionRow]) -> int:
+        """Write `rows` in one statement, skipping (signal, agent) pairs already there; count
+        the new ones."""
+        if not rows:
+            return 0
+        status = await self.conn.execute(INSERT_EXECUTIONS, *EXECUTIONS.args(rows))
+        # The command tag is "INSERT 0 <rows inserted>".
+        return int(status.rsplit(" ", 1)[1])
+
+    async def executions_of(self, signal_ids: Sequence[int]) -> dict[int, set[UUID]]:
+        """For each signal, the agents that already have an execution row (absent: none)."""
+        done: dict[int, set[UUID]] = {}
+        for row in await self.conn.fetch(SELECT_EXECUTED_AGENTS, list(signal_ids)):
+            done.setdefault(row["signal_id"], set()).add(row["agent_id"])
+        return done
+
+    async def lock_signals(self, signal_ids: Sequence[int]) -> None:
+        """Lock signal rows, in id order: one worker at a time processes a redelivered signal."""
+        await self.conn.execute(LOCK_SIGNALS, sorted(set(signal_ids)))

@@ -7,44 +7,14 @@ already quantized by `worker.domain.money`, so what is written is exactly what w
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
-from decimal import Decimal
 from uuid import UUID
 
-import asyncpg
-
+from worker.db.base import OnConnection
 from worker.db.bulk import Bulk, Column
 from worker.domain.config import ExitRules
-from worker.domain.fills import BuyFill, SellFill
-from worker.domain.models import SOL_MINT, SOL_SYMBOL, PositionState
+from worker.domain.ledger import BalanceDelta, NewPosition, SwapRow, merge_deltas
+from worker.domain.models import SOL_MINT
 from worker.errors import DomainError
-
-
-@dataclass(frozen=True, slots=True)
-class SwapRow:
-    """One `SWAP` row of `agent_transactions`: `input_*` leaves the wallet, `output_*` enters it."""
-
-    id: UUID
-    agent_id: UUID
-    wallet_address: str
-    time: datetime
-    signal_id: int | None
-    value_usd: Decimal
-    input_mint: str
-    input_symbol: str
-    input_amount: Decimal
-    input_price: Decimal
-    output_mint: str
-    output_symbol: str
-    output_amount: Decimal
-    output_price: Decimal
-    network_fee_sol: Decimal
-    protocol_fee_sol: Decimal
-    position_id: UUID | None = None
-    is_dca: bool = False
-    is_take_profit: bool = False
-
 
 SWAPS: Bulk[SwapRow] = Bulk(
     "t",
@@ -85,24 +55,6 @@ SELECT t.id, t.agent_id, t.wallet, 'SWAP', t.value_usd, t.at,
 """)
 
 
-async def insert_swaps(conn: asyncpg.Connection, swaps: Sequence[SwapRow]) -> None:
-    """Insert `SWAP` transactions in one statement."""
-    if not swaps:
-        return
-    await conn.execute(INSERT_SWAPS, *SWAPS.args(swaps))
-
-
-@dataclass(frozen=True, slots=True)
-class BalanceDelta:
-    """A change of one wallet's balance of one token (negative for a debit)."""
-
-    agent_id: UUID
-    wallet_address: str
-    token_address: str
-    token_symbol: str
-    delta: Decimal
-
-
 DEBITS: Bulk[BalanceDelta] = Bulk(
     "d",
     [
@@ -139,39 +91,6 @@ ON CONFLICT (wallet_address, token_address) DO UPDATE
 """)
 
 
-async def apply_balance_deltas(conn: asyncpg.Connection, deltas: Sequence[BalanceDelta]) -> None:
-    """Add each delta to its (wallet, token) balance row; credits create missing rows.
-
-    Deltas for the same (wallet, token) are summed first: one statement may touch a row
-    once. Debits are plain updates (an upsert would check its negative insert row against
-    the CHECK first); a debit of a missing row, or one that would leave a balance negative,
-    fails the transaction, which is what a broken ledger must do.
-    """
-    merged: dict[tuple[str, str], BalanceDelta] = {}
-    for d in deltas:
-        key = (d.wallet_address, d.token_address)
-        prior = merged.get(key)
-        merged[key] = (
-            d
-            if prior is None
-            else BalanceDelta(
-                d.agent_id, d.wallet_address, d.token_address, d.token_symbol, prior.delta + d.delta
-            )
-        )
-    rows = sorted(merged.values(), key=lambda d: (d.wallet_address, d.token_address))
-    debits = [d for d in rows if d.delta < 0]
-    credits = [d for d in rows if d.delta > 0]
-    if debits:
-        status = await conn.execute(APPLY_DEBITS, *DEBITS.args(debits))
-        if int(status.split()[-1]) != len(debits):
-            raise DomainError(
-                f"a debit names a balance row that does not exist ({len(debits)} debits, "
-                f"{status.split()[-1]} rows updated)"
-            )
-    if credits:
-        await conn.execute(APPLY_CREDITS, *CREDITS.args(credits))
-
-
 LOCK_USERS_SOL_BALANCES = """
 SELECT b.wallet_address
   FROM agent_balances b JOIN agents a ON a.id = b.agent_id
@@ -179,29 +98,6 @@ SELECT b.wallet_address
  ORDER BY b.wallet_address
    FOR UPDATE OF b
 """
-
-
-async def lock_users_sol_balances(conn: asyncpg.Connection, user_ids: Sequence[UUID]) -> None:
-    """Lock the SOL balance rows of every wallet of the users, in wallet-address order.
-
-    Every writer of a wallet (buys, sales, DCA) takes its SOL row first and in this order,
-    so concurrent signal and price processing cannot deadlock on each other.
-    """
-    await conn.execute(LOCK_USERS_SOL_BALANCES, list(set(user_ids)), SOL_MINT)
-
-
-@dataclass(frozen=True, slots=True)
-class NewPosition:
-    """An open position created by a buy; `state` is `worker.domain.exits.open_position`'s."""
-
-    id: UUID
-    agent_id: UUID
-    wallet_address: str
-    token_address: str
-    token_symbol: str
-    purchase_transaction_id: UUID
-    state: PositionState
-    exit_rules_id: UUID | None = None
 
 
 POSITIONS: Bulk[NewPosition] = Bulk(
@@ -236,13 +132,6 @@ SELECT p.id, p.agent_id, p.wallet, p.token, p.symbol, p.tx,
 """)
 
 
-async def insert_positions(conn: asyncpg.Connection, positions: Sequence[NewPosition]) -> None:
-    """Insert new positions in their opening state (all of `purchase_amount` held) in one go."""
-    if not positions:
-        return
-    await conn.execute(INSERT_POSITIONS, *POSITIONS.args(positions))
-
-
 RULE_SETS: Bulk[ExitRules] = Bulk(
     "r", [Column("id", "uuid", "id"), Column("rules", "text", "json")]
 )
@@ -254,62 +143,52 @@ ON CONFLICT (id) DO NOTHING
 """)
 
 
-async def insert_exit_rules(conn: asyncpg.Connection, rules: Sequence[ExitRules]) -> None:
-    """Store the exit rule sets that new positions point at (each id once, ever)."""
-    if not rules:
-        return
-    await conn.execute(INSERT_EXIT_RULES, *RULE_SETS.args(rules))
+class TradeWrites(OnConnection):
+    """The ledger writes of a trade: swaps, balance moves, positions and their exit rules."""
 
+    __slots__ = ()
 
-@dataclass(frozen=True, slots=True)
-class Holding:
-    """Whose trade it is and in which token: the parts every swap row of a position shares."""
+    async def insert_swaps(self, swaps: Sequence[SwapRow]) -> None:
+        """Insert `SWAP` transactions in one statement."""
+        if not swaps:
+            return
+        await self.conn.execute(INSERT_SWAPS, *SWAPS.args(swaps))
 
-    agent_id: UUID
-    wallet_address: str
-    token_address: str
-    token_symbol: str
-    signal_id: int | None
-    position_id: UUID
+    async def apply_balance_deltas(self, deltas: Sequence[BalanceDelta]) -> None:
+        """Add each delta to its (wallet, token) balance row; credits create missing rows.
 
+        Deltas for the same (wallet, token) are summed first (`merge_deltas`): one statement
+        may touch a row once. Debits are plain updates (an upsert would check its negative
+        insert row against the CHECK first); a debit of a missing row, or one that would leave
+        a balance negative, fails the transaction, which is what a broken ledger must do.
+        """
+        debits, credits = merge_deltas(deltas)
+        if debits:
+            status = await self.conn.execute(APPLY_DEBITS, *DEBITS.args(debits))
+            if int(status.split()[-1]) != len(debits):
+                raise DomainError(
+                    f"a debit names a balance row that does not exist ({len(debits)} debits, "
+                    f"{status.split()[-1]} rows updated)"
+                )
+        if credits:
+            await self.conn.execute(APPLY_CREDITS, *CREDITS.args(credits))
 
-def buy_rows(
-    tx_id: UUID, holding: Holding, fill: BuyFill, time: datetime, *, is_dca: bool = False
-) -> tuple[SwapRow, list[BalanceDelta]]:
-    """The swap (SOL in, token out) and balance moves of a buy: SOL down by the debit."""
-    h = holding
-    swap = SwapRow(
-        id=tx_id, agent_id=h.agent_id, wallet_address=h.wallet_address, time=time,
-        signal_id=h.signal_id, value_usd=fill.value_usd,
-        input_mint=SOL_MINT, input_symbol=SOL_SYMBOL, input_amount=fill.size_sol,
-        input_price=Decimal(1), output_mint=h.token_address, output_symbol=h.token_symbol,
-        output_amount=fill.token_amount, output_price=fill.price_sol,
-        network_fee_sol=fill.network_fee_sol, protocol_fee_sol=fill.protocol_fee_sol,
-        position_id=h.position_id, is_dca=is_dca,
-    )  # fmt: skip
-    return swap, [
-        BalanceDelta(h.agent_id, h.wallet_address, SOL_MINT, SOL_SYMBOL, -fill.debit_sol),
-        BalanceDelta(h.agent_id, h.wallet_address, h.token_address, h.token_symbol,
-                     fill.token_amount),
-    ]  # fmt: skip
+    async def lock_users_sol_balances(self, user_ids: Sequence[UUID]) -> None:
+        """Lock the SOL balance rows of every wallet of the users, in wallet-address order.
 
+        Every writer of a wallet (buys, sales, DCA) takes its SOL row first and in this order,
+        so concurrent signal and price processing cannot deadlock on each other.
+        """
+        await self.conn.execute(LOCK_USERS_SOL_BALANCES, list(set(user_ids)), SOL_MINT)
 
-def sale_rows(
-    tx_id: UUID, holding: Holding, fill: SellFill, time: datetime, *, is_take_profit: bool
-) -> tuple[SwapRow, list[BalanceDelta]]:
-    """The swap (token in, gross SOL out) and balance moves of a sale: SOL up by the credit."""
-    h = holding
-    swap = SwapRow(
-        id=tx_id, agent_id=h.agent_id, wallet_address=h.wallet_address, time=time,
-        signal_id=h.signal_id, value_usd=fill.value_usd,
-        input_mint=h.token_address, input_symbol=h.token_symbol, input_amount=fill.token_amount,
-        input_price=fill.price_sol, output_mint=SOL_MINT, output_symbol=SOL_SYMBOL,
-        output_amount=fill.gross_sol, output_price=Decimal(1),
-        network_fee_sol=fill.network_fee_sol, protocol_fee_sol=fill.protocol_fee_sol,
-        position_id=h.position_id, is_take_profit=is_take_profit,
-    )  # fmt: skip
-    return swap, [
-        BalanceDelta(h.agent_id, h.wallet_address, h.token_address, h.token_symbol,
-                     -fill.token_amount),
-        BalanceDelta(h.agent_id, h.wallet_address, SOL_MINT, SOL_SYMBOL, fill.credit_sol),
-    ]  # fmt: skip
+    async def insert_positions(self, positions: Sequence[NewPosition]) -> None:
+        """Insert new positions in their opening state (all of `purchase_amount` held) in one go."""
+        if not positions:
+            return
+        await self.conn.execute(INSERT_POSITIONS, *POSITIONS.args(positions))
+
+    async def insert_exit_rules(self, rules: Sequence[ExitRules]) -> None:
+        """Store the exit rule sets that new positions point at (each id once, ever)."""
+        if not rules:
+            return
+        await self.conn.execute(INSERT_EXIT_RULES, *RULE_SETS.args(rules))

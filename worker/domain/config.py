@@ -337,24 +337,30 @@ class MoonBagConfig(_Model):
     retain_percent: Decimal = Field(Decimal(10), alias="retainPercent", ge=1, le=50)
 
 
-def _tp(target: int, sell: int) -> TakeProfitLevel:
-    return TakeProfitLevel(target_percent=Decimal(target), sell_percent=Decimal(sell))
-
-
-def _dca(drop: int, buy: int) -> DcaLevel:
-    return DcaLevel(drop_percent=Decimal(drop), buy_percent=Decimal(buy))
-
-
+# The templates as (target %, sell %) and (drop %, buy %) pairs, built into levels here at
+# import (module-level code: nothing for mutation testing to alter that the tests of the
+# templates' values would not see).
 TAKE_PROFIT_TEMPLATES: Final[Mapping[TakeProfitMode, tuple[TakeProfitLevel, ...]]] = {
-    TakeProfitMode.AGGRESSIVE: (_tp(25, 25), _tp(50, 25), _tp(100, 25), _tp(150, 15)),
-    TakeProfitMode.MODERATE: (_tp(50, 25), _tp(150, 25), _tp(300, 25), _tp(400, 15)),
-    TakeProfitMode.CONSERVATIVE: (_tp(100, 20), _tp(200, 20), _tp(400, 25), _tp(600, 20)),
+    mode: tuple(
+        TakeProfitLevel(target_percent=Decimal(target), sell_percent=Decimal(sell))
+        for target, sell in pairs
+    )
+    for mode, pairs in {
+        TakeProfitMode.AGGRESSIVE: ((25, 25), (50, 25), (100, 25), (150, 15)),
+        TakeProfitMode.MODERATE: ((50, 25), (150, 25), (300, 25), (400, 15)),
+        TakeProfitMode.CONSERVATIVE: ((100, 20), (200, 20), (400, 25), (600, 20)),
+    }.items()
 }
 
 DCA_TEMPLATES: Final[Mapping[DcaMode, tuple[DcaLevel, ...]]] = {
-    DcaMode.AGGRESSIVE: (_dca(-10, 100), _dca(-10, 100), _dca(-10, 100)),
-    DcaMode.MODERATE: (_dca(-20, 75), _dca(-20, 75)),
-    DcaMode.CONSERVATIVE: (_dca(-20, 100),),
+    mode: tuple(
+        DcaLevel(drop_percent=Decimal(drop), buy_percent=Decimal(buy)) for drop, buy in pairs
+    )
+    for mode, pairs in {
+        DcaMode.AGGRESSIVE: ((-10, 100), (-10, 100), (-10, 100)),
+        DcaMode.MODERATE: ((-20, 75), (-20, 75)),
+        DcaMode.CONSERVATIVE: ((-20, 100),),
+    }.items()
 }
 
 

@@ -1,0 +1,135 @@
+"""What the stores read and write besides the ledger rows (`worker.domain.ledger`): agents
+as the fan-out sees them, stored signals and executions, open positions and what a tick
+does to them. Plain values: the ports (`worker.ports`) speak in them and the db layer
+maps them to rows, so the handlers never see a database type.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from uuid import UUID
+
+from worker.domain.exits import ExitPnl
+from worker.domain.models import CloseReason, ExecutionStatus, PositionState, Subscriber
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRow:
+    """An agent as the fan-out reads it: its mode's wallet, SOL balance and positions.
+
+    `held_tokens` are the tokens, among those asked about, in which that wallet has a
+    position; `open_positions` counts all of its positions. `trading_config_text` is the
+    stored JSON as text, decoded and validated once per distinct text by
+    `worker.config_cache.config_of_text`.
+    """
+
+    user_id: UUID
+    agent_id: UUID
+    trading_mode: str
+    automated_trading_simulation: bool
+    automated_trading_live: bool
+    trading_config_text: str | None
+    wallet_address: str | None
+    sol_balance: Decimal | None
+    open_positions: int
+    held_tokens: frozenset[str]
+
+    def subscriber(self, token_address: str) -> Subscriber:
+        """The agent as a subscriber of a signal for `token_address`."""
+        return Subscriber(
+            agent_id=self.agent_id,
+            trading_mode=self.trading_mode,
+            automated_trading_simulation=self.automated_trading_simulation,
+            automated_trading_live=self.automated_trading_live,
+            wallet_address=self.wallet_address,
+            sol_balance=self.sol_balance,
+            open_positions=self.open_positions,
+            holds_token=token_address in self.held_tokens,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSignal:
+    """A signal as stored: its id, whether this call stored it, and the payload digest and
+    Kafka record of the message that stored it first."""
+
+    id: int
+    is_new: bool
+    digest: bytes | None = None
+    record: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionRow:
+    """One `signal_executions` row to write: the outcome of one signal for one agent."""
+
+    signal_id: int
+    agent_id: UUID
+    status: ExecutionStatus
+    transaction_id: UUID | None
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class OpenPosition:
+    """A position with what a tick needs around it: owner, signal, SOL balance (the config
+    comes from `agent_configs`, once per agent and tick)."""
+
+    id: UUID
+    agent_id: UUID
+    wallet_address: str
+    token_address: str
+    token_symbol: str
+    purchase_transaction_id: UUID
+    signal_id: int | None
+    sol_balance: Decimal
+    state: PositionState
+    exit_rules_id: UUID | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TrailRow:
+    """The few columns of an open position that every tick of its token reads first
+    (`worker.domain.ticks.Trail`): enough to tell a quiet tick and trail it."""
+
+    id: UUID
+    agent_id: UUID
+    config_version: str  # the agents row's version: its config changed when this did
+    purchase_price: Decimal
+    created_at: datetime
+    current_stop_loss_percentage: Decimal | None
+    peak_price: Decimal | None
+    lowest_price: Decimal | None
+    exit_rules_id: UUID | None = None  # the rules it was opened with (`exit_rule_sets`)
+
+
+@dataclass(frozen=True, slots=True)
+class TrailUpdate:
+    """Monotone state a tick moves without trading: the peak and stop rise, the low falls."""
+
+    id: UUID
+    peak_price: Decimal | None
+    stop_loss_pct: Decimal | None
+    lowest_price: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class PositionWrite:
+    """A position's whole new state after a tick that traded (and kept it open)."""
+
+    id: UUID
+    state: PositionState
+    dca_transaction_id: UUID | None
+    take_profit_transaction_id: UUID | None
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedPosition:
+    """A full exit: the position and the numbers of its `agent_historical_swaps` row."""
+
+    position: OpenPosition
+    pnl: ExitPnl
+    sale_transaction_id: UUID
+    close_reason: CloseReason
