@@ -30,6 +30,7 @@ from worker.domain.exits import open_position
 from worker.domain.fills import BuyFill, buy_fill
 from worker.domain.ledger import BalanceDelta, Holding, NewPosition, SwapRow, buy_rows
 from worker.domain.models import SOL_MINT, SOL_SYMBOL
+from worker.domain.records import PriceWrite
 from worker.settings import Settings
 
 SOL_USD = Decimal(150)
@@ -143,7 +144,7 @@ async def create_users(
 async def set_price(conn: asyncpg.Connection, token: str, price_usd: Decimal) -> None:
     """Store a latest price directly, as a processed tick would (the worker's upsert at
     `PRICE_TS`: on the benchmark's fresh databases nothing is stored yet, so it is)."""
-    await PgStore(conn).upsert_price(token, price_usd, PRICE_TS)
+    await PgStore(conn).upsert_prices([PriceWrite(token, price_usd, PRICE_TS)])
 
 
 # ---------------------------------------------------------------------------- signals

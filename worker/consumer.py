@@ -55,7 +55,7 @@ from worker.handlers import UnknownUser, handle_signals
 from worker.messages import SignalV1
 from worker.metrics import Metrics
 from worker.ordering import MAX_HOLD_S, split_at
-from worker.prices import handle_price
+from worker.prices import Tick, handle_prices
 from worker.rebalance import OffsetKeeper, names
 from worker.reporting import Outcome, Reporter, coordinates
 from worker.retry import AsyncRetrying, describe, transient_retry
@@ -328,14 +328,13 @@ class Pipeline:
         self, conn: asyncpg.Connection, items: list[Item], *, isolated: bool
     ) -> tuple[list[tuple[Item, Outcome]], list[DeadLetter]]:
         """Each item's outcome and the dead letters; signals set-based unless isolated."""
-        if not isolated and items and isinstance(items[0].message, SignalV1):
-            return await self._apply_signals(conn, items)
+        if not isolated and items:
+            if isinstance(items[0].message, SignalV1):
+                return await self._apply_signals(conn, items)
+            return await self._apply_ticks(conn, items), []
         outcomes: list[tuple[Item, Outcome]] = []
         dead: list[DeadLetter] = []
         for item in items:
-            if not isolated:
-                outcomes.append((item, await self._apply_tick(conn, item)))
-                continue
             with structlog.contextvars.bound_contextvars(**coordinates(item.record)):
                 try:
                     async with conn.transaction():
@@ -356,7 +355,7 @@ class Pipeline:
     ) -> tuple[list[tuple[Item, Outcome]], list[DeadLetter]]:
         if isinstance(item.message, SignalV1):
             return await self._apply_signals(conn, [item])
-        return [(item, await self._apply_tick(conn, item))], []
+        return await self._apply_ticks(conn, [item]), []
 
     async def _apply_signals(
         self, conn: asyncpg.Connection, items: list[Item]
@@ -385,13 +384,19 @@ class Pipeline:
                 outcomes.append((item, result))
         return outcomes, dead
 
-    async def _apply_tick(self, conn: asyncpg.Connection, item: Item) -> Outcome:
-        assert not isinstance(item.message, SignalV1)  # noqa: S101 - only tick items here
-        return await handle_price(
+    async def _apply_ticks(
+        self, conn: asyncpg.Connection, items: list[Item]
+    ) -> list[tuple[Item, Outcome]]:
+        """A chunk's ticks, set-based in one go (a fixed number of statements)."""
+        ticks = []
+        for item in items:
+            assert not isinstance(item.message, SignalV1)  # noqa: S101 - only ticks here
+            ticks.append(Tick(item.message, record_time(item.record)))
+        results = await handle_prices(
             PgStore(conn),
-            item.message,
+            ticks,
             configs=self._config_texts,
             settings=self._settings,
             now=datetime.now(UTC),
-            received_at=record_time(item.record),
         )
+        return list(zip(items, results, strict=True))

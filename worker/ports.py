@@ -25,6 +25,7 @@ from worker.domain.records import (
     ExecutionRow,
     OpenPosition,
     PositionWrite,
+    PriceWrite,
     StoredSignal,
     TrailRow,
     TrailUpdate,
@@ -86,18 +87,19 @@ class SignalStore(Protocol):
 
 
 class PriceStore(Protocol):
-    """What `worker.prices.handle_price` reads and writes, set-based, in one transaction."""
+    """What `worker.prices.handle_prices` reads and writes, set-based, in one transaction."""
 
-    async def upsert_price(self, token: str, price_usd: Decimal, ts: datetime) -> bool:
-        """Store the tick unless one at least as new is stored; True when it was stored."""
+    async def latest_prices(self, tokens: Sequence[str]) -> dict[str, tuple[Decimal, datetime]]:
+        """The stored (USD price, observed at) of each token that has one."""
         ...
 
-    async def fetch_prices(self, tokens: list[str]) -> dict[str, Decimal]:
-        """The latest USD price of each token that has one."""
+    async def upsert_prices(self, prices: Sequence[PriceWrite]) -> set[str]:
+        """Store each price (one per token) unless one at least as new is stored; the tokens
+        whose price was stored."""
         ...
 
-    async def trail_rows(self, token: str) -> list[TrailRow]:
-        """A few columns of the open simulation positions in `token` that automation exits."""
+    async def trail_rows(self, tokens: Sequence[str]) -> list[TrailRow]:
+        """A few columns of the open simulation positions in `tokens` that automation exits."""
         ...
 
     async def agent_configs(self, agent_ids: Sequence[UUID]) -> dict[UUID, tuple[str, str | None]]:
@@ -108,16 +110,12 @@ class PriceStore(Protocol):
         """The exit rule sets (JSON text) positions were opened with, by id."""
         ...
 
-    async def open_positions(self, token: str, ids: Sequence[UUID]) -> list[OpenPosition]:
-        """Those positions whole, with their wallet's SOL balance."""
-        ...
-
     async def lock_wallets_sol(self, wallets: Sequence[str]) -> None:
         """Lock the wallets' SOL balance rows, in the order every writer uses."""
         ...
 
-    async def lock_positions(self, token: str, ids: Sequence[UUID]) -> list[OpenPosition]:
-        """Lock and re-read the positions; closed ones are absent."""
+    async def lock_positions(self, ids: Sequence[UUID]) -> list[OpenPosition]:
+        """Lock and read whole those positions still open to automation, in id order."""
         ...
 
     async def insert_swaps(self, swaps: Sequence[SwapRow]) -> None:
@@ -137,5 +135,5 @@ class PriceStore(Protocol):
         ...
 
     async def close_positions(self, closed: Sequence[ClosedPosition], now: datetime) -> None:
-        """Record each full exit in the history and delete the position."""
+        """Record each full exit in the history and delete the position (and empty balances)."""
         ...

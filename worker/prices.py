@@ -1,20 +1,32 @@
-"""What one price tick does: the latest price per token, then the exits of its positions.
+"""What a chunk of price ticks does: the latest price per token, then the exits of positions.
 
 Runs inside the consumer's transaction (with the partitions' offsets), through a
-`worker.ports.PriceStore` bound to it, so a tick's effects are all written or none.
-A tick not newer than the stored price (by `ts`; a tick without
-`ts` takes its record timestamp) changes nothing at all, so a redelivered or replayed tick
-can never sell twice. Evaluation is set-based: one query reads a few columns of every open
-position in the token, enough to tell the quiet ones (most of them, most ticks) and trail
-them; a second reads the others whole; the plans are pure (`worker.domain.ticks`), and
-each kind of write is one statement.
+`worker.ports.PriceStore` bound to it, so a chunk's effects are all written or none.
 
-Positions that trade are locked and re-read first, wallets' SOL rows before positions and
-in address order, as every writer does. Positions that only trail (peak up, stop up, low
-down) are written with GREATEST/LEAST, which commute, so they need no lock.
+Set-based, and still tick by tick: the chunk's reads and writes are a fixed number of
+statements whatever its size (the stored prices, the new ones, the positions of every
+token the chunk moves, the whole of those a tick may act on, then one statement per kind
+of write), while the rules run in memory for every tick in offset order, each seeing what
+the ticks before it did (peaks, stops, sales, DCA buys, the wallet's SOL). So the result
+is the one of taking the ticks one at a time, and does not depend on where a fetch or a
+chunk happens to end: a replay of the same records gives the same trades. (Keeping only
+the latest tick per token would be cheaper, but a fall and a rebound in one chunk would
+then never stop out, and whether they shared a chunk depends on fetch timing.)
+
+A tick not newer than the stored price (by `ts`; a tick without `ts` takes its record
+timestamp), or than an earlier tick of the chunk, changes nothing at all, so a redelivered
+or replayed tick can never sell twice.
+
+Most positions, most ticks, are quiet: a tick can neither trade them nor move their stop
+(`worker.domain.ticks.is_quiet`, from a few columns read for every open position of the
+token), and only their peak and low trail. The others (loud at some tick of the chunk)
+are read whole, after their wallets' SOL rows are locked (in address order, as every
+writer does) and the positions themselves (FOR UPDATE). Trails are written with
+GREATEST/LEAST, which commute, so quiet positions need no lock.
 
 Only ticks of a position's own token evaluate it: a SOL/USD tick moves no position by
-itself (as in the source, where SOL/USD is only read when a token's price arrives).
+itself (as in the source, where SOL/USD is only read when a token's price arrives); it
+changes the SOL/USD that the chunk's later ticks use.
 
 Which rules exit a position: the agent's current config while it is valid (an edit applies
 to open positions, as in the source); when the stored config is invalid, the exit rules the
@@ -25,7 +37,8 @@ agent's buys, never its positions' stop losses.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 from uuid import UUID
@@ -48,6 +61,7 @@ from worker.domain.records import (
     ClosedPosition,
     OpenPosition,
     PositionWrite,
+    PriceWrite,
     TrailRow,
     TrailUpdate,
 )
@@ -67,6 +81,24 @@ from worker.settings import Settings
 log = structlog.get_logger(__name__)
 # The exit rules of a position whose agent's config is invalid and that has none stored.
 _DEFAULT_RULES = AgentTradingConfig()
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """A price tick as the handler takes it: the message and its record's timestamp."""
+
+    message: PriceTickV1
+    received_at: datetime
+
+    @property
+    def token(self) -> str:
+        """The token the tick prices."""
+        return self.message.token_address
+
+    @property
+    def ts(self) -> datetime:
+        """When the price was observed: the message's `ts`, else the record's timestamp."""
+        return self.message.ts or self.received_at
 
 
 @dataclass(slots=True)
@@ -96,58 +128,103 @@ class _Writes:
     updates: list[PositionWrite] = field(default_factory=list)
     closed: list[ClosedPosition] = field(default_factory=list)
     trails: list[TrailUpdate] = field(default_factory=list)
-    partial_sales: int = 0
-    dca_buys: int = 0
 
 
-async def handle_price(
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """A tick that moves positions: its index in the chunk and the prices it is read at."""
+
+    index: int
+    token: str
+    token_usd: Decimal
+    sol_usd: Decimal
+
+
+async def handle_prices(
     store: PriceStore,
-    tick: PriceTickV1,
+    ticks: Sequence[Tick],
     *,
     configs: ConfigTexts,
     settings: Settings,
     now: datetime,
-    received_at: datetime,
-) -> TickOutcome:
-    """Store the tick if newer and run the exits it triggers; what it did.
+) -> list[TickOutcome]:
+    """Store the chunk's newer prices and run the exits its ticks trigger, tick by tick in
+    order; what each tick did, in the order of `ticks`.
 
-    `configs` holds agents' configs and exit rule sets across ticks; those not held at the
-    version the positions' read shows are read (and held) first."""
-    outcome = TickOutcome(tick.token_address, tick.price_usd)
-    ts = tick.ts or received_at
-    if not await store.upsert_price(tick.token_address, tick.price_usd, ts):
-        outcome.is_newer = False
-        return outcome
-    if tick.token_address == SOL_MINT:
-        return outcome
-    sol_usd = (await store.fetch_prices([SOL_MINT])).get(SOL_MINT)
-    if sol_usd is None:
-        log.warning("exits_skipped_no_sol_price", token=tick.token_address)
-        return outcome
-    trails = await store.trail_rows(tick.token_address)
-    outcome.positions = len(trails)
+    `configs` holds agents' configs and exit rule sets across chunks; those not held at
+    the version the positions' read shows are read (and held) first."""
+    outcomes = [TickOutcome(t.token, t.message.price_usd) for t in ticks]
+    steps = await _store_prices(store, ticks, outcomes)
+    if not steps:
+        return outcomes
+    trails = await store.trail_rows(sorted({s.token for s in steps}))
     if not trails:
-        return outcome
-    cfgs = await _exit_configs(store, configs, trails, outcome)
-    fees = Fees(settings.sim_network_fee_sol, settings.sim_protocol_fee_bps)
-    writes = await _evaluate(store, trails, cfgs, tick, sol_usd, now, fees)
+        return outcomes
+    problems: list[ConfigProblem] = []
+    cfgs = await _exit_configs(store, configs, trails, problems)
+    outcomes[steps[0].index].config_problems = problems
+    by_token: dict[str, list[TrailRow]] = {}
+    for row in sorted(trails, key=lambda r: r.id):
+        if row.id in cfgs:  # else its agent was deleted since the read (the positions too)
+            by_token.setdefault(row.token_address, []).append(row)
+    writes = _Writes()
+    loud = _trail_quiet(steps, by_token, cfgs, now, writes, outcomes)
+    if loud:
+        fees = Fees(settings.sim_network_fee_sol, settings.sim_protocol_fee_bps)
+        await store.lock_wallets_sol([row.wallet_address for row in loud.values()])
+        held = await store.lock_positions(sorted(loud))
+        _act(steps, held, cfgs, now, fees, writes, outcomes)
     await store.insert_swaps(writes.swaps)
     await store.apply_balance_deltas(writes.deltas)
     await store.update_positions(writes.updates, now)
     await store.update_trails(writes.trails, now)
     await store.close_positions(writes.closed, now)
-    outcome.trailed = len(writes.trails)
-    outcome.partial_sales = writes.partial_sales
-    outcome.dca_buys = writes.dca_buys
-    outcome.closes = _report(writes.closed)
-    return outcome
+    _log_closes(writes.closed)
+    return outcomes
+
+
+async def _store_prices(
+    store: PriceStore, ticks: Sequence[Tick], outcomes: list[TickOutcome]
+) -> list[_Step]:
+    """Mark the ticks not newer than what is stored or came before them; store the latest
+    price of each token; the ticks that move positions, with the SOL/USD of their moment."""
+    stored = await store.latest_prices(sorted({t.token for t in ticks} | {SOL_MINT}))
+    latest = dict(stored)
+    newer: list[int] = []
+    for i, tick in enumerate(ticks):
+        prior = latest.get(tick.token)
+        if prior is not None and prior[1] >= tick.ts:
+            outcomes[i].is_newer = False
+            continue
+        latest[tick.token] = (tick.message.price_usd, tick.ts)
+        newer.append(i)
+    if not newer:
+        return []
+    tokens = sorted({ticks[i].token for i in newer})
+    written = await store.upsert_prices([PriceWrite(t, *latest[t]) for t in tokens])
+    sol = stored.get(SOL_MINT)
+    sol_usd = sol[0] if sol is not None else None
+    steps: list[_Step] = []
+    for i in newer:
+        tick = ticks[i]
+        if tick.token not in written:
+            # Another writer stored a newer price meanwhile (two owners for a moment
+            # during a rebalance): as if this tick had come after it.
+            outcomes[i].is_newer = False
+        elif tick.token == SOL_MINT:
+            sol_usd = tick.message.price_usd
+        elif sol_usd is None:
+            log.warning("exits_skipped_no_sol_price", token=tick.token)
+        else:
+            steps.append(_Step(i, tick.token, tick.message.price_usd, sol_usd))
+    return steps
 
 
 async def _exit_configs(
     store: PriceStore,
     configs: ConfigTexts,
     trails: list[TrailRow],
-    outcome: TickOutcome,
+    problems: list[ConfigProblem],
 ) -> dict[UUID, AgentTradingConfig]:
     """The config that exits each position of `trails`, by position id: its agent's current
     config, or (when that is invalid) the rules it was opened with. Agents deleted since the
@@ -157,7 +234,7 @@ async def _exit_configs(
     for agent_id, reading in readings.items():
         problem = problem_of(agent_id, reading)
         if problem is not None:
-            outcome.config_problems.append(problem)
+            problems.append(problem)
     invalid = {agent_id for agent_id, r in readings.items() if r.config is None}
     if invalid:
         wanted = [r.exit_rules_id for r in trails if r.agent_id in invalid and r.exit_rules_id]
@@ -194,72 +271,192 @@ async def _config_texts(
     return texts
 
 
-async def _evaluate(
-    store: PriceStore,
-    trails: list[TrailRow],
-    cfgs: dict[UUID, AgentTradingConfig],
-    tick: PriceTickV1,
-    sol_usd: Decimal,
-    now: datetime,
-    fees: Fees,
-) -> _Writes:
-    """Trail the quiet positions; read and plan the others; lock, re-read and re-plan the
-    ones that trade."""
-    writes = _Writes()
-    price = token_price_sol(tick.price_usd, sol_usd)
-    loud = _trail_quiet(trails, cfgs, price, now, writes)
-    if not loud:
-        return writes
-    acting: list[OpenPosition] = []
-    # The loud ones are all in `cfgs` (`_trail_quiet` skips the others): one config per
-    # agent for the whole tick, read once.
-    for position in await store.open_positions(tick.token_address, loud):
-        plan = _plan(position, cfgs[position.id], tick.price_usd, sol_usd, now, fees)
-        if plan.moves_money:
-            acting.append(position)
-        elif plan.final is not None:
-            _trail(position, plan.final, writes)
-    if not acting:
-        return writes
-    await store.lock_wallets_sol([p.wallet_address for p in acting])
-    for position in await store.lock_positions(tick.token_address, [p.id for p in acting]):
-        plan = _plan(position, cfgs[position.id], tick.price_usd, sol_usd, now, fees)
-        _trade(position, plan, now, writes)
-    return writes
-
-
 def _trail_quiet(
-    trails: list[TrailRow],
+    steps: list[_Step],
+    by_token: dict[str, list[TrailRow]],
     cfgs: dict[UUID, AgentTradingConfig],
-    price: Decimal,
     now: datetime,
     writes: _Writes,
-) -> list[UUID]:
-    """Queue the trails of the positions `price` (SOL/token) leaves quiet; the others' ids."""
-    price_q = to_price(price)
+    outcomes: list[TickOutcome],
+) -> dict[UUID, TrailRow]:
+    """Trail, tick by tick, the positions every tick of the chunk leaves quiet, and queue
+    their trails; the others (loud at some tick), by id."""
     bands: dict[int, QuietBand] = {}
-    loud: list[UUID] = []
-    for row in trails:
-        cfg = cfgs.get(row.id)
-        if cfg is None:
-            continue  # the agent was deleted since the read (its positions go with it)
-        band = bands.get(id(cfg))
-        if band is None:
-            band = bands[id(cfg)] = quiet_band(cfg)
-        if not is_quiet(row, price, now, band):
-            loud.append(row.id)
-            continue
-        peak, low = quiet_trail(row, price_q, band)
-        if peak != row.peak_price or low != row.lowest_price:
-            sl = row.current_stop_loss_percentage
-            writes.trails.append(TrailUpdate(row.id, peak, sl, low))
+    current: dict[UUID, TrailRow] = {}
+    trailed_at: dict[UUID, list[int]] = {}  # the ticks that trailed it, while quiet
+    loud: dict[UUID, TrailRow] = {}
+    for step in steps:
+        rows = by_token.get(step.token, ())
+        outcomes[step.index].positions = len(rows)
+        price = token_price_sol(step.token_usd, step.sol_usd)
+        price_q = to_price(price)
+        for first in rows:
+            if first.id in loud:
+                continue
+            row = current.get(first.id, first)
+            cfg = cfgs[row.id]
+            band = bands.get(id(cfg))
+            if band is None:
+                band = bands[id(cfg)] = quiet_band(cfg)
+            if not is_quiet(row, price, now, band):
+                # Planned whole from the chunk's first tick on (`_act`), which counts again.
+                loud[row.id] = first
+                current.pop(row.id, None)
+                for index in trailed_at.pop(row.id, ()):
+                    outcomes[index].trailed -= 1
+                continue
+            peak, low = quiet_trail(row, price_q, band)
+            if peak != row.peak_price or low != row.lowest_price:
+                current[row.id] = replace(row, peak_price=peak, lowest_price=low)
+                trailed_at.setdefault(row.id, []).append(step.index)
+                outcomes[step.index].trailed += 1
+    for row in current.values():
+        sl = row.current_stop_loss_percentage
+        low = row.lowest_price if row.lowest_price is not None else row.purchase_price
+        writes.trails.append(TrailUpdate(row.id, row.peak_price, sl, low))
     return loud
 
 
-def _report(closed: list[ClosedPosition]) -> dict[str, int]:
-    exits: dict[str, int] = {}
+@dataclass(slots=True)
+class _Held:
+    """The loud positions while `_act` plans them: each one's state, its wallet's SOL, the
+    DCA and take-profit transactions of those that traded, the ids of those closed."""
+
+    state: dict[UUID, PositionState]
+    sol: dict[str, Decimal]
+    traded: dict[UUID, tuple[list[UUID], list[UUID]]] = field(default_factory=dict)
+    closed: set[UUID] = field(default_factory=set)
+
+
+def _act(
+    steps: list[_Step],
+    held: list[OpenPosition],
+    cfgs: dict[UUID, AgentTradingConfig],
+    now: datetime,
+    fees: Fees,
+    writes: _Writes,
+    outcomes: list[TickOutcome],
+) -> None:
+    """Plan the loud positions (locked and read whole) tick by tick, carrying each one's
+    state and its wallet's SOL balance from tick to tick; queue what they did."""
+    by_token: dict[str, list[OpenPosition]] = {}
+    for position in held:  # in id order, as read
+        by_token.setdefault(position.token_address, []).append(position)
+    run = _Held({p.id: p.state for p in held}, {p.wallet_address: p.sol_balance for p in held})
+    closed_in: dict[str, int] = {}  # positions closed so far, by token
+    for step in steps:
+        outcomes[step.index].positions -= closed_in.get(step.token, 0)
+        for p in by_token.get(step.token, ()):
+            if p.id not in run.closed:
+                _act_once(p, step, cfgs[p.id], now, fees, run, writes, outcomes[step.index])
+                if p.id in run.closed:
+                    closed_in[step.token] = closed_in.get(step.token, 0) + 1
+    for p in held:
+        if p.id in run.closed:
+            continue
+        final = run.state[p.id]
+        if p.id in run.traded:
+            dca_txs, tp_txs = run.traded[p.id]
+            writes.updates.append(PositionWrite(p.id, final, tuple(dca_txs), tuple(tp_txs)))
+        elif final != p.state:
+            low = final.lowest_price if final.lowest_price is not None else final.purchase_price
+            sl = final.current_stop_loss_percentage
+            writes.trails.append(TrailUpdate(p.id, final.peak_price, sl, low))
+
+
+def _act_once(
+    p: OpenPosition,
+    step: _Step,
+    cfg: AgentTradingConfig,
+    now: datetime,
+    fees: Fees,
+    run: _Held,
+    writes: _Writes,
+    outcome: TickOutcome,
+) -> None:
+    """One tick's plan for one loud position, applied to `run` and queued in `writes`."""
+    plan = plan_tick(
+        run.state[p.id],
+        token_usd=step.token_usd,
+        sol_usd=step.sol_usd,
+        now=now,
+        cfg=cfg,
+        sol_balance=run.sol[p.wallet_address],
+        fees=fees,
+    )
+    if not plan.moves_money:
+        if plan.final is not None:
+            trailed = _trailed(run.state[p.id], plan.final)
+            if trailed != run.state[p.id]:
+                run.state[p.id] = trailed
+                outcome.trailed += 1
+        return
+    dca_txs, tp_txs = run.traded.setdefault(p.id, ([], []))
+    run.sol[p.wallet_address] += _trade(p, plan, now, writes, outcome, dca_txs, tp_txs)
+    if plan.final is None:
+        run.closed.add(p.id)
+    else:
+        run.state[p.id] = plan.final
+
+
+def _trailed(state: PositionState, final: PositionState) -> PositionState:
+    """`state` after a tick that did not trade, as `update_trails` writes it: the peak and
+    stop only rise and the low only falls (NULLs ignored, as GREATEST and LEAST do)."""
+    low = final.lowest_price if final.lowest_price is not None else final.purchase_price
+    return replace(
+        state,
+        peak_price=_greatest(state.peak_price, final.peak_price),
+        current_stop_loss_percentage=_greatest(
+            state.current_stop_loss_percentage, final.current_stop_loss_percentage
+        ),
+        lowest_price=low if state.lowest_price is None else min(state.lowest_price, low),
+    )
+
+
+def _greatest(a: Decimal | None, b: Decimal | None) -> Decimal | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
+def _trade(
+    p: OpenPosition,
+    plan: TickPlan,
+    now: datetime,
+    writes: _Writes,
+    outcome: TickOutcome,
+    dca_txs: list[UUID],
+    tp_txs: list[UUID],
+) -> Decimal:
+    """Queue the sales and the DCA buy of `plan`; the change of the wallet's SOL balance."""
+    holding = Holding(
+        p.agent_id, p.wallet_address, p.token_address, p.token_symbol, p.signal_id, p.id
+    )
+    sol_change = Decimal(0)
+    for sale in plan.sales:
+        tx_id = uuid.uuid4()
+        swap, deltas = sale_rows(tx_id, holding, sale.fill, now, is_take_profit=sale.is_take_profit)
+        writes.swaps.append(swap)
+        writes.deltas.extend(deltas)
+        sol_change += sale.fill.credit_sol
+        if sale.close_reason is not None and sale.pnl is not None:
+            writes.closed.append(ClosedPosition(p, sale.pnl, tx_id, sale.close_reason))
+            reason = sale.close_reason.value
+            outcome.closes[reason] = outcome.closes.get(reason, 0) + 1
+        elif sale.is_take_profit:
+            tp_txs.append(tx_id)
+            outcome.partial_sales += 1
+    if plan.final is not None and plan.dca is not None:
+        dca_tx = uuid.uuid4()
+        dca_txs.append(dca_tx)
+        outcome.dca_buys += 1
+        swap, deltas = buy_rows(dca_tx, holding, plan.dca, now, is_dca=True)
+        writes.swaps.append(swap)
+        writes.deltas.extend(deltas)
+        sol_change -= plan.dca.debit_sol
+    return sol_change
+
+
+def _log_closes(closed: list[ClosedPosition]) -> None:
     for c in closed:
-        exits[c.close_reason.value] = exits.get(c.close_reason.value, 0) + 1
         log.info(
             "position_closed",
             position_id=str(c.position.id),
@@ -268,75 +465,3 @@ def _report(closed: list[ClosedPosition]) -> dict[str, int]:
             close_reason=c.close_reason.value,
             profit_loss_sol=str(c.pnl.profit_loss_sol),
         )
-    return exits
-
-
-def _plan(
-    position: OpenPosition,
-    cfg: AgentTradingConfig,
-    token_usd: Decimal,
-    sol_usd: Decimal,
-    now: datetime,
-    fees: Fees,
-) -> TickPlan:
-    return plan_tick(
-        position.state,
-        token_usd=token_usd,
-        sol_usd=sol_usd,
-        now=now,
-        cfg=cfg,
-        sol_balance=position.sol_balance,
-        fees=fees,
-    )
-
-
-def _trail(position: OpenPosition, final: PositionState, writes: _Writes) -> None:
-    """Queue the monotone part of a tick that did not trade: peak, stop, low."""
-    state = position.state
-    if (final.peak_price, final.current_stop_loss_percentage, final.lowest_price) == (
-        state.peak_price,
-        state.current_stop_loss_percentage,
-        state.lowest_price,
-    ):
-        return
-    writes.trails.append(
-        TrailUpdate(
-            position.id,
-            final.peak_price,
-            final.current_stop_loss_percentage,
-            final.lowest_price if final.lowest_price is not None else state.purchase_price,
-        )
-    )
-
-
-def _trade(
-    position: OpenPosition,
-    plan: TickPlan,
-    now: datetime,
-    writes: _Writes,
-) -> None:
-    p = position
-    holding = Holding(
-        p.agent_id, p.wallet_address, p.token_address, p.token_symbol, p.signal_id, p.id
-    )
-    tp_tx: uuid.UUID | None = None
-    for sale in plan.sales:
-        tx_id = uuid.uuid4()
-        swap, deltas = sale_rows(tx_id, holding, sale.fill, now, is_take_profit=sale.is_take_profit)
-        writes.swaps.append(swap)
-        writes.deltas.extend(deltas)
-        if sale.close_reason is not None and sale.pnl is not None:
-            writes.closed.append(ClosedPosition(p, sale.pnl, tx_id, sale.close_reason))
-        elif sale.is_take_profit:
-            tp_tx = tx_id
-            writes.partial_sales += 1
-    if plan.final is None:
-        return
-    dca_tx: uuid.UUID | None = None
-    if plan.dca is not None:
-        dca_tx = uuid.uuid4()
-        writes.dca_buys += 1
-        swap, deltas = buy_rows(dca_tx, holding, plan.dca, now, is_dca=True)
-        writes.swaps.append(swap)
-        writes.deltas.extend(deltas)
-    writes.updates.append(PositionWrite(p.id, plan.final, dca_tx, tp_tx))

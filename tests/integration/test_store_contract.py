@@ -1,6 +1,6 @@
 """The fakes of `worker.ports` answer as PostgreSQL does, for the handlers.
 
-The unit tests of `handle_signals` and `handle_price` run against `tests.unit.fakes`;
+The unit tests of `handle_signals` and `handle_prices` run against `tests.unit.fakes`;
 these run the same batch of signals (new ones, a second signal in a held token, a replay)
 and the same ticks through a fake and through `worker.db.store` on the real database, and
 compare every decision, balance, position and exit.
@@ -25,7 +25,7 @@ from worker.domain.models import SOL_MINT, Signal
 from worker.handlers import SignalOutcome, handle_signals
 from worker.messages import PriceTickV1
 from worker.ports import SignalStore
-from worker.prices import handle_price
+from worker.prices import Tick, handle_prices
 from worker.settings import Settings, TradingSettings
 
 pytestmark = pytest.mark.integration
@@ -167,9 +167,11 @@ async def test_the_fake_store_and_postgresql_agree_on_a_batch(db_conn: asyncpg.C
 async def test_the_fake_price_store_and_postgresql_agree_on_ticks(
     db_conn: asyncpg.Connection,
 ) -> None:
-    """Positions opened by a real batch, then the same ticks through both stores: a quiet
-    one, a take profit, a stale one, a stop loss, one for a paused agent's position."""
+    """Positions opened by a real batch in two tokens, then the same chunks of ticks through
+    both stores: quiet ticks, take-profit sales (two in one chunk), a stale close, stop
+    losses in both tokens in one chunk, and a paused agent's positions left alone."""
     await set_sol_price(db_conn, "100")
+    await set_price(db_conn, TOKEN_B, "1")
     configs: list[dict[str, Any] | None] = [
         FIXED,
         {**FIXED, "takeProfit": {"enabled": True}, "stopLoss": {"enabled": False}},
@@ -179,23 +181,26 @@ async def test_the_fake_price_store_and_postgresql_agree_on_ticks(
     account = await make_account(db_conn, configs)
     async with db_conn.transaction():
         await handle_signals(
-            PgStore(db_conn), _signals(account.user_id)[:1], trading=TRADING, now=NOW
+            PgStore(db_conn), _signals(account.user_id)[:3], trading=TRADING, now=NOW
         )
+    # The prices as if observed just before the ticks below.
+    await db_conn.execute("UPDATE token_prices SET price_ts = $1", NOW)
     pg = PgStore(db_conn)
-    opened = await pg.open_positions(TOKEN_A, [p.id for p in await pg.trail_rows(TOKEN_A)])
-    assert len(opened) == 4
-    # Then one agent turns automated trading off: its position is no longer offered.
+    all_ids = [p.id for p in await pg.trail_rows([TOKEN_A, TOKEN_B])]
+    opened = await pg.lock_positions(all_ids)
+    assert len(opened) == 8  # four agents, two tokens
+    # Then one agent turns automated trading off: its positions are no longer offered.
     paused = account.agents[3].agent_id
     await db_conn.execute(
         "UPDATE agents SET automated_trading_simulation = false WHERE id = $1", paused
     )
-    ids = [p.id for p in await pg.trail_rows(TOKEN_A)]
-    assert len(ids) == 3  # the paused agent's position is not offered
-    [paused_position] = [p for p in opened if p.agent_id == paused]
+    ids = [p.id for p in await pg.trail_rows([TOKEN_A, TOKEN_B])]
+    assert len(ids) == 6  # the paused agent's positions are not offered
+    paused_positions = [p for p in opened if p.agent_id == paused]
 
-    fake = FakePriceStore(prices={SOL_MINT: (Decimal(100), NOW)})
+    fake = FakePriceStore(prices=await pg.latest_prices([SOL_MINT, TOKEN_A, TOKEN_B]))
     fake.paused.add(paused)
-    for p in opened:  # all four: the fake must leave the paused one alone as PostgreSQL does
+    for p in opened:  # all of them: the fake must leave the paused ones alone as PostgreSQL does
         fake.positions[p.id] = p
     agents = [a.agent_id for a in account.agents]
     fake.configs = {a: text for a, (_, text) in (await pg.agent_configs(agents)).items()}
@@ -203,46 +208,117 @@ async def test_the_fake_price_store_and_postgresql_agree_on_ticks(
     fake.balances = {(r["wallet_address"], r["token_address"]): r["balance"] for r in rows}
 
     settings = Settings()
-    ticks = [("1.05", 1), ("1.6", 2), ("0.85", 3), ("0.5", 4)]
+    chunks = [
+        [(TOKEN_A, "1.05", 1), (TOKEN_B, "1.02", 2), (TOKEN_A, "1.6", 3), (TOKEN_A, "2.6", 4)],
+        [(TOKEN_A, "0.85", 5)],
+        [(TOKEN_B, "0.5", 6), (TOKEN_A, "0.5", 7), (SOL_MINT, "90", 8), (TOKEN_A, "0.4", 9)],
+    ]
     pg_configs, fake_configs = ConfigTexts(), ConfigTexts()
-    for price, seconds in ticks:
-        ts = NOW + timedelta(seconds=seconds)
-        tick = PriceTickV1(token_address=TOKEN_A, price_usd=Decimal(price), ts=ts)
+    for chunk in chunks:
+        ticks = []
+        for token, price, seconds in chunk:
+            ts = NOW + timedelta(seconds=seconds)
+            message = PriceTickV1(token_address=token, price_usd=Decimal(price), ts=ts)
+            ticks.append(Tick(message, ts))
+        now = ticks[-1].ts
         async with db_conn.transaction():
-            pg_exits = await handle_price(
-                pg, tick, configs=pg_configs, settings=settings, now=ts, received_at=ts
+            pg_exits = await handle_prices(
+                pg, ticks, configs=pg_configs, settings=settings, now=now
             )
-        fake_exits = await handle_price(
-            fake, tick, configs=fake_configs, settings=settings, now=ts, received_at=ts
+        fake_exits = await handle_prices(
+            fake, ticks, configs=fake_configs, settings=settings, now=now
         )
-        assert fake_exits == pg_exits, price
+        assert fake_exits == pg_exits, chunk
 
-    pg_open = {p.id: p.state for p in await pg.open_positions(TOKEN_A, ids)}
+    pg_open = {p.id: p.state for p in await pg.lock_positions(ids)}
     assert {i: p.state for i, p in fake.positions.items() if i in ids} == pg_open
     rows = await db_conn.fetch("SELECT wallet_address, token_address, balance FROM agent_balances")
     assert fake.balances == {(r["wallet_address"], r["token_address"]): r["balance"] for r in rows}
+    assert fake.prices == await pg.latest_prices([SOL_MINT, TOKEN_A, TOKEN_B])
     history = await db_conn.fetch(
         "SELECT position_id, close_reason, profit_loss_sol FROM agent_historical_swaps"
     )
     assert sorted(
         (c.position.id, c.close_reason.value, c.pnl.profit_loss_sol) for c in fake.history
     ) == sorted((r["position_id"], r["close_reason"], r["profit_loss_sol"]) for r in history)
-    assert len(history) >= 1
+    assert {r["close_reason"] for r in history} >= {"stop_loss"}
+    assert {c.position.token_address for c in fake.history} == {TOKEN_A, TOKEN_B}
     sales = await db_conn.fetchval(
-        "SELECT count(*) FROM agent_transactions WHERE input_mint = $1", TOKEN_A
+        "SELECT count(*) FROM agent_transactions WHERE input_mint = ANY($1::varchar[])",
+        [TOKEN_A, TOKEN_B],
     )
-    assert sales == len(fake.swaps) >= 2
-    # The paused agent's position went through every tick untouched, in both stores.
-    pg_paused = await db_conn.fetchrow(
-        "SELECT peak_price, lowest_price FROM agent_positions WHERE id = $1", paused_position.id
+    assert sales == len(fake.swaps) >= 4
+    # The take-profit agent sold at +60% and +160% in one chunk: both sales are listed on
+    # its position, in order, until it closed.
+    tp_sales = await db_conn.fetch(
+        "SELECT id::text AS id FROM agent_transactions WHERE is_take_profit ORDER BY output_amount"
     )
-    assert pg_paused is not None
-    state = paused_position.state
-    assert (pg_paused["peak_price"], pg_paused["lowest_price"]) == (
-        state.peak_price,
-        state.lowest_price,
+    assert len(tp_sales) >= 2
+    # The paused agent's positions went through every tick untouched, in both stores.
+    for position in paused_positions:
+        row = await db_conn.fetchrow(
+            "SELECT peak_price, lowest_price FROM agent_positions WHERE id = $1", position.id
+        )
+        assert row is not None
+        state = position.state
+        assert (row["peak_price"], row["lowest_price"]) == (state.peak_price, state.lowest_price)
+        assert fake.positions[position.id] == position
+
+
+async def test_a_chunk_lists_every_dca_and_take_profit_sale_on_its_position(
+    db_conn: asyncpg.Connection,
+) -> None:
+    """Two take-profit sales in one chunk and two DCA buys: the positions' transaction-id
+    arrays list all of them."""
+    await set_sol_price(db_conn, "100")
+    take_profit = {**FIXED, "takeProfit": {"enabled": True}, "stopLoss": {"enabled": False}}
+    dca = {
+        **FIXED,
+        "stopLoss": {"enabled": False},
+        "dca": {"enabled": True, "mode": "aggressive", "cooldownSeconds": 10},
+    }
+    account = await make_account(db_conn, [take_profit, dca])
+    async with db_conn.transaction():
+        await handle_signals(
+            PgStore(db_conn), _signals(account.user_id)[:1], trading=TRADING, now=NOW
+        )
+    store, configs, settings = PgStore(db_conn), ConfigTexts(), Settings()
+
+    async def chunk(*prices: tuple[str, int]) -> None:
+        ticks = []
+        for price, seconds in prices:
+            ts = NOW + timedelta(seconds=seconds)
+            message = PriceTickV1(token_address=TOKEN_A, price_usd=Decimal(price), ts=ts)
+            ticks.append(Tick(message, ts))
+        async with db_conn.transaction():
+            await handle_prices(store, ticks, configs=configs, settings=settings, now=ticks[-1].ts)
+
+    await chunk(("1.6", 1), ("2.6", 2))  # take profit at +50% and +150%
+    # DCA at -11%, then -16% (a chunk's ticks share the time they are processed at, so the
+    # 10 s cooldown keeps a second DCA out of the same chunk).
+    await chunk(("0.89", 20))
+    await chunk(("0.79", 40), ("0.78", 41))
+    rows = {
+        r["agent_id"]: r
+        for r in await db_conn.fetch(
+            "SELECT agent_id, dca_transaction_ids, take_profit_transaction_ids, dca_count "
+            "FROM agent_positions"
+        )
+    }
+    tp_row, dca_row = rows[account.agents[0].agent_id], rows[account.agents[1].agent_id]
+    tp_ids = await db_conn.fetch(
+        "SELECT id::text AS id FROM agent_transactions WHERE is_take_profit "
+        "ORDER BY transaction_time, output_amount DESC"
     )
-    assert fake.positions[paused_position.id] == paused_position
+    dca_ids = await db_conn.fetch(
+        "SELECT id::text AS id FROM agent_transactions WHERE is_dca ORDER BY transaction_time"
+    )
+    assert len(tp_ids) == 2
+    assert set(tp_row["take_profit_transaction_ids"]) == {r["id"] for r in tp_ids}
+    assert tp_row["dca_transaction_ids"] == []
+    assert len(dca_ids) == dca_row["dca_count"] == 2
+    assert set(dca_row["dca_transaction_ids"]) == {r["id"] for r in dca_ids}
+    assert dca_row["take_profit_transaction_ids"] == []
 
 
 async def test_a_config_changed_in_the_database_applies_on_the_next_tick(
@@ -261,8 +337,8 @@ async def test_a_config_changed_in_the_database_applies_on_the_next_tick(
         ts = NOW + timedelta(seconds=seconds)
         message = PriceTickV1(token_address=TOKEN_A, price_usd=Decimal(price), ts=ts)
         async with db_conn.transaction():
-            outcome = await handle_price(
-                store, message, configs=configs, settings=settings, now=ts, received_at=ts
+            [outcome] = await handle_prices(
+                store, [Tick(message, ts)], configs=configs, settings=settings, now=ts
             )
             return outcome.closes
 

@@ -29,6 +29,7 @@ from worker.domain.records import (
     ExecutionRow,
     OpenPosition,
     PositionWrite,
+    PriceWrite,
     StoredSignal,
     TrailRow,
     TrailUpdate,
@@ -215,45 +216,51 @@ class FakePriceStore:
     swaps: list[SwapRow] = field(default_factory=list)
     history: list[ClosedPosition] = field(default_factory=list)
     locked_wallets: list[str] = field(default_factory=list)
+    locked_positions: list[UUID] = field(default_factory=list)
     configs_read: list[list[UUID]] = field(default_factory=list)  # agent_configs calls
 
     def _read(self, p: OpenPosition) -> OpenPosition:
         return replace(p, sol_balance=self.balances.get((p.wallet_address, SOL_MINT), Decimal(0)))
 
-    def _open(self, token: str) -> list[OpenPosition]:
+    def _open(self, tokens: set[str] | None = None) -> list[OpenPosition]:
         return sorted(
             (
                 self._read(p)
                 for p in self.positions.values()
-                if p.token_address == token and p.agent_id not in self.paused
+                if (tokens is None or p.token_address in tokens) and p.agent_id not in self.paused
             ),
             key=lambda p: p.id,
         )
 
-    async def upsert_price(self, token: str, price_usd: Decimal, ts: datetime) -> bool:
-        stored = self.prices.get(token)
-        if stored is not None and stored[1] >= ts:
-            return False
-        self.prices[token] = (price_usd, ts)
-        return True
+    async def latest_prices(self, tokens: Sequence[str]) -> dict[str, tuple[Decimal, datetime]]:
+        return {t: self.prices[t] for t in tokens if t in self.prices}
 
-    async def fetch_prices(self, tokens: list[str]) -> dict[str, Decimal]:
-        return {t: self.prices[t][0] for t in tokens if t in self.prices}
+    async def upsert_prices(self, prices: Sequence[PriceWrite]) -> set[str]:
+        assert len({p.token_address for p in prices}) == len(prices), "one price per token"
+        stored: set[str] = set()
+        for p in prices:
+            prior = self.prices.get(p.token_address)
+            if prior is None or prior[1] < p.ts:
+                self.prices[p.token_address] = (p.price_usd, p.ts)
+                stored.add(p.token_address)
+        return stored
 
-    async def trail_rows(self, token: str) -> list[TrailRow]:
+    async def trail_rows(self, tokens: Sequence[str]) -> list[TrailRow]:
         return [
             TrailRow(
-                p.id,
-                p.agent_id,
-                _version(self.configs[p.agent_id]),
-                p.state.purchase_price,
-                p.state.created_at,
-                p.state.current_stop_loss_percentage,
-                p.state.peak_price,
-                p.state.lowest_price,
-                p.exit_rules_id,
+                id=p.id,
+                agent_id=p.agent_id,
+                token_address=p.token_address,
+                wallet_address=p.wallet_address,
+                config_version=_version(self.configs[p.agent_id]),
+                purchase_price=p.state.purchase_price,
+                created_at=p.state.created_at,
+                current_stop_loss_percentage=p.state.current_stop_loss_percentage,
+                peak_price=p.state.peak_price,
+                lowest_price=p.state.lowest_price,
+                exit_rules_id=p.exit_rules_id,
             )
-            for p in self._open(token)
+            for p in self._open(set(tokens))
         ]
 
     async def exit_rules(self, ids: Sequence[UUID]) -> dict[UUID, str]:
@@ -263,14 +270,13 @@ class FakePriceStore:
         self.configs_read.append(sorted(agent_ids))
         return {a: (_version(self.configs[a]), self.configs[a]) for a in agent_ids}
 
-    async def open_positions(self, token: str, ids: Sequence[UUID]) -> list[OpenPosition]:
-        return [p for p in self._open(token) if p.id in ids]
-
     async def lock_wallets_sol(self, wallets: Sequence[str]) -> None:
         self.locked_wallets.extend(sorted(set(wallets)))
 
-    async def lock_positions(self, token: str, ids: Sequence[UUID]) -> list[OpenPosition]:
-        return [p for p in self._open(token) if p.id in ids]
+    async def lock_positions(self, ids: Sequence[UUID]) -> list[OpenPosition]:
+        wanted = set(ids)
+        self.locked_positions.extend(sorted(wanted))
+        return [p for p in self._open() if p.id in wanted]
 
     async def insert_swaps(self, swaps: Sequence[SwapRow]) -> None:
         _insert_swaps(self.swaps, swaps)

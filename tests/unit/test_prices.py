@@ -1,4 +1,4 @@
-"""`handle_price` against the in-memory fake of its port: trails, exits, stale ticks.
+"""`handle_prices` against the in-memory fake of its port: trails, exits, stale ticks.
 
 One position per agent, bought at 1 USD per token with SOL at 100 USD: 200 tokens at
 0.01 SOL for 2.000005 SOL (the 0.000005 SOL network fee), leaving 7.999995 SOL.
@@ -20,7 +20,7 @@ from worker.domain.config import exit_rules, resolve_config
 from worker.domain.models import SOL_MINT, CloseReason, PositionState
 from worker.domain.records import OpenPosition
 from worker.messages import PriceTickV1
-from worker.prices import TickOutcome, handle_price
+from worker.prices import Tick, TickOutcome, handle_prices
 from worker.settings import Settings
 
 BOUGHT = datetime(2026, 1, 1, 12, tzinfo=UTC)
@@ -67,14 +67,16 @@ async def _handle(
     store: FakePriceStore, price_usd: str, ts: datetime, configs: ConfigTexts | None = None
 ) -> TickOutcome:
     tick = PriceTickV1(token_address=TOKEN, price_usd=Decimal(price_usd), ts=ts)
-    return await handle_price(
-        store,
-        tick,
-        configs=configs if configs is not None else ConfigTexts(),
-        settings=SETTINGS,
-        now=ts,
-        received_at=ts,
+    return await _one(store, tick, configs if configs is not None else ConfigTexts(), ts)
+
+
+async def _one(
+    store: FakePriceStore, tick: PriceTickV1, configs: ConfigTexts, now: datetime
+) -> TickOutcome:
+    [outcome] = await handle_prices(
+        store, [Tick(tick, now)], configs=configs, settings=SETTINGS, now=now
     )
+    return outcome
 
 
 async def _tick(
@@ -174,15 +176,13 @@ async def test_an_invalid_config_leaves_positions_with_the_rules_they_were_opene
     legacy = _position(store, {"stopLoss": {"mode": "sideways"}})
     configs = ConfigTexts()
     # -50%: below -40% and -32%, above -60%.
-    outcome = await handle_price(
+    outcome = await _one(
         store,
         PriceTickV1(
             token_address=TOKEN, price_usd=Decimal("0.5"), ts=BOUGHT + timedelta(seconds=1)
         ),
-        configs=configs,
-        settings=SETTINGS,
-        now=BOUGHT + timedelta(seconds=1),
-        received_at=BOUGHT + timedelta(seconds=1),
+        configs,
+        BOUGHT + timedelta(seconds=1),
     )
     assert outcome.closes == {"stop_loss": 2}
     assert set(store.positions) == {wide.id}
@@ -200,15 +200,13 @@ async def test_unknown_keys_are_reported_and_ignored() -> None:
     store = _store()
     p = _position(store, {"stopLoss": {"defaultPercentage": -10, "continuousTrailing": True},
                           "signals": {"minscore": 4}})  # fmt: skip
-    outcome = await handle_price(
+    outcome = await _one(
         store,
         PriceTickV1(
             token_address=TOKEN, price_usd=Decimal("0.85"), ts=BOUGHT + timedelta(seconds=1)
         ),
-        configs=ConfigTexts(),
-        settings=SETTINGS,
-        now=BOUGHT + timedelta(seconds=1),
-        received_at=BOUGHT + timedelta(seconds=1),
+        ConfigTexts(),
+        BOUGHT + timedelta(seconds=1),
     )
     assert outcome.closes == {"stop_loss": 1}  # -15% through the agent's own -10% stop
     assert p.id not in store.positions

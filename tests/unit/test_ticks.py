@@ -221,7 +221,7 @@ def test_a_quiet_tick_is_one_the_full_plan_neither_trades_nor_moves_the_stop_on(
 
 
 def test_the_positions_query_names_the_sol_mint_it_inlines() -> None:
-    from worker.db.positions import SELECT_OPEN_BY_ID
+    from worker.db.positions import SELECT_AND_LOCK
     from worker.domain.models import SOL_MINT
 
-    assert f"'{SOL_MINT}'" in SELECT_OPEN_BY_ID
+    assert f"'{SOL_MINT}'" in SELECT_AND_LOCK

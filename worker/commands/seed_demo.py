@@ -11,6 +11,7 @@ from worker.db import accounts
 from worker.db.pool import connect_migrated
 from worker.db.store import PgStore
 from worker.domain.models import SOL_MINT
+from worker.domain.records import PriceWrite
 from worker.settings import Settings
 
 DEMO_EMAIL = "demo@signal-worker.local"
@@ -67,7 +68,8 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
             agents = await accounts.agents_of_user(conn, user_id)
             # A buy needs a SOL/USD price. The placeholder is stamped at the epoch, so any
             # real tick (`signal-worker publish-price`, a price feed) replaces it.
-            seeded = await PgStore(conn).upsert_price(SOL_MINT, PLACEHOLDER_SOL_USD, EPOCH)
+            placeholder = PriceWrite(SOL_MINT, PLACEHOLDER_SOL_USD, EPOCH)
+            seeded = bool(await PgStore(conn).upsert_prices([placeholder]))
             sol_usd = (await PgStore(conn).fetch_prices([SOL_MINT]))[SOL_MINT]
     finally:
         await conn.close()

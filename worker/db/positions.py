@@ -19,7 +19,7 @@ from worker.domain.records import (
     TrailUpdate,
 )
 
-_SELECT = """
+SELECT_AND_LOCK = """
 SELECT p.id, p.agent_id, p.wallet_address, p.token_address, p.token_symbol,
        p.purchase_transaction_id, t.signal_id,
        coalesce(b.balance, 0) AS sol_balance,
@@ -36,26 +36,26 @@ SELECT p.id, p.agent_id, p.wallet_address, p.token_address, p.token_symbol,
   -- scans every SOL balance row once per position.
   LEFT JOIN agent_balances b ON b.wallet_address = p.wallet_address
         AND b.token_address = 'So11111111111111111111111111111111111111112'
- WHERE p.token_address = $1
+ WHERE p.id = ANY($1::uuid[])
    AND w.wallet_type = 'simulation'
    AND a.automated_trading_simulation
+ ORDER BY p.id
+   FOR UPDATE OF p
 """
-SELECT_OPEN_BY_ID = _SELECT + " AND p.id = ANY($2::uuid[]) ORDER BY p.id"
-SELECT_AND_LOCK = _SELECT + " AND p.id = ANY($2::uuid[]) ORDER BY p.id FOR UPDATE OF p"
 
 
-# The same positions as SELECT_OPEN_FOR_TOKEN, without the joins and columns only a trade
-# needs (signal, SOL balance, amounts): a third of the time for a token many agents hold.
+# The open positions in the tokens of a chunk of ticks, without the joins and columns only a
+# trade needs (signal, SOL balance, amounts): a third of the time for a token many agents hold.
 # Not the config either, only the agents row's version (`xmin`, which every update of the
 # row changes): the worker keeps configs by agent and version (`worker.config_cache`).
 SELECT_TRAIL_ROWS = """
-SELECT p.id, p.agent_id, a.xmin::text AS config_version, p.purchase_price,
-       p.created_at, p.current_stop_loss_percentage, p.peak_price, p.lowest_price,
-       p.exit_rules_id
+SELECT p.id, p.agent_id, p.token_address, p.wallet_address, a.xmin::text AS config_version,
+       p.purchase_price, p.created_at, p.current_stop_loss_percentage, p.peak_price,
+       p.lowest_price, p.exit_rules_id
   FROM agent_positions p
   JOIN agents a ON a.id = p.agent_id
   JOIN agent_wallets w ON w.wallet_address = p.wallet_address
- WHERE p.token_address = $1
+ WHERE p.token_address = ANY($1::varchar[])
    AND w.wallet_type = 'simulation'
    AND a.automated_trading_simulation
 """
@@ -129,6 +129,12 @@ UPDATE agent_positions p
 """)
 
 
+def _joined(ids: tuple[UUID, ...]) -> str | None:
+    """Transaction ids as one comma-separated text (None: none), split again by the SQL:
+    `unnest` would flatten an array of arrays."""
+    return ",".join(map(str, ids)) if ids else None
+
+
 WRITES: Bulk[PositionWrite] = Bulk(
     "d",
     [
@@ -142,11 +148,11 @@ WRITES: Bulk[PositionWrite] = Bulk(
         Column("low", "numeric", "state.lowest_price"),
         Column("dca_count", "int", "state.dca_count"),
         Column("last_dca", "timestamptz", "state.last_dca_time"),
-        Column("dca_tx", "uuid", "dca_transaction_id"),
+        Column("dca_txs", "text", lambda w: _joined(w.dca_transaction_ids)),
         Column("hit", "int", "state.take_profit_levels_hit"),
         Column("batch", "int", "state.tp_batch_start_level"),
         Column("total", "int", "state.total_take_profit_levels"),
-        Column("tp_tx", "uuid", "take_profit_transaction_id"),
+        Column("tp_txs", "text", lambda w: _joined(w.take_profit_transaction_ids)),
         Column("bag_on", "bool", "state.moon_bag_activated"),
         Column("bag", "numeric", "state.moon_bag_amount"),
         Column("realized", "numeric", "state.realized_profit_sol"),
@@ -163,13 +169,14 @@ UPDATE agent_positions p
            WHEN d.sl IS DISTINCT FROM p.current_stop_loss_percentage
              OR d.peak IS DISTINCT FROM p.peak_price THEN {now} ELSE p.last_stop_loss_update END,
        lowest_price = d.low, dca_count = d.dca_count, last_dca_time = d.last_dca,
-       dca_transaction_ids = CASE WHEN d.dca_tx IS NULL THEN p.dca_transaction_ids
-           ELSE array_append(coalesce(p.dca_transaction_ids, '{{}}'), d.dca_tx::text) END,
+       dca_transaction_ids = CASE WHEN d.dca_txs IS NULL THEN p.dca_transaction_ids
+           ELSE coalesce(p.dca_transaction_ids, '{{}}') || string_to_array(d.dca_txs, ',') END,
        take_profit_levels_hit = d.hit, tp_batch_start_level = d.batch,
        total_take_profit_levels = d.total,
-       take_profit_transaction_ids = CASE WHEN d.tp_tx IS NULL THEN p.take_profit_transaction_ids
-           ELSE array_append(p.take_profit_transaction_ids, d.tp_tx::text) END,
-       last_take_profit_time = CASE WHEN d.tp_tx IS NULL THEN p.last_take_profit_time
+       take_profit_transaction_ids = CASE WHEN d.tp_txs IS NULL
+           THEN p.take_profit_transaction_ids
+           ELSE p.take_profit_transaction_ids || string_to_array(d.tp_txs, ',') END,
+       last_take_profit_time = CASE WHEN d.tp_txs IS NULL THEN p.last_take_profit_time
            ELSE {now} END,
        moon_bag_activated = d.bag_on, moon_bag_amount = d.bag,
        realized_profit_sol = d.realized, take_profit_proceeds_sol = d.proceeds,
@@ -212,10 +219,18 @@ SELECT h.agent_id, h.wallet, h.token, h.symbol, h.amount, h.purchase_price, h.sa
   FROM {rows}
 """)
 DELETE_POSITIONS = "DELETE FROM agent_positions WHERE id = ANY($1::uuid[])"
-DELETE_EMPTY_BALANCES = """
-DELETE FROM agent_balances
- WHERE wallet_address = ANY($1::varchar[]) AND token_address = $2 AND balance = 0
-"""
+EMPTIED: Bulk[ClosedPosition] = Bulk(
+    "e",
+    [
+        Column("wallet", "varchar", "position.wallet_address"),
+        Column("token", "varchar", "position.token_address"),
+    ],
+)
+DELETE_EMPTY_BALANCES = EMPTIED.sql("""
+DELETE FROM agent_balances b
+ USING {rows}
+ WHERE b.wallet_address = e.wallet AND b.token_address = e.token AND b.balance = 0
+""")
 
 
 class PositionQueries(OnConnection):
@@ -223,21 +238,23 @@ class PositionQueries(OnConnection):
 
     __slots__ = ()
 
-    async def trail_rows(self, token: str) -> list[TrailRow]:
-        """`TrailRow`s of the open simulation positions in `token` that automation may exit."""
+    async def trail_rows(self, tokens: Sequence[str]) -> list[TrailRow]:
+        """`TrailRow`s of the open simulation positions in `tokens` that automation may exit."""
         return [
             TrailRow(
-                r["id"],
-                r["agent_id"],
-                r["config_version"],
-                r["purchase_price"],
-                r["created_at"],
-                r["current_stop_loss_percentage"],
-                r["peak_price"],
-                r["lowest_price"],
-                r["exit_rules_id"],
+                id=r["id"],
+                agent_id=r["agent_id"],
+                token_address=r["token_address"],
+                wallet_address=r["wallet_address"],
+                config_version=r["config_version"],
+                purchase_price=r["purchase_price"],
+                created_at=r["created_at"],
+                current_stop_loss_percentage=r["current_stop_loss_percentage"],
+                peak_price=r["peak_price"],
+                lowest_price=r["lowest_price"],
+                exit_rules_id=r["exit_rules_id"],
             )
-            for r in await self.conn.fetch(SELECT_TRAIL_ROWS, token)
+            for r in await self.conn.fetch(SELECT_TRAIL_ROWS, list(tokens))
         ]
 
     async def exit_rules(self, ids: Sequence[UUID]) -> dict[UUID, str]:
@@ -245,14 +262,10 @@ class PositionQueries(OnConnection):
         rows = await self.conn.fetch(SELECT_EXIT_RULES, list(set(ids)))
         return {r["id"]: r["rules"] for r in rows}
 
-    async def open_positions(self, token: str, ids: Sequence[UUID]) -> list[OpenPosition]:
-        """Those open simulation positions in `token` (of agents with automated simulation
-        trading on), whole."""
-        return [_position(r) for r in await self.conn.fetch(SELECT_OPEN_BY_ID, token, list(ids))]
-
-    async def lock_positions(self, token: str, ids: Sequence[UUID]) -> list[OpenPosition]:
-        """Re-read and lock (FOR UPDATE) the given positions; closed ones are simply absent."""
-        rows = await self.conn.fetch(SELECT_AND_LOCK, token, list(ids))
+    async def lock_positions(self, ids: Sequence[UUID]) -> list[OpenPosition]:
+        """Lock (FOR UPDATE) and read whole, in id order, those of the positions that are
+        still open simulation positions automation may exit; the others are absent."""
+        rows = await self.conn.fetch(SELECT_AND_LOCK, list(ids))
         return [_position(r) for r in rows]
 
     async def lock_wallets_sol(self, wallets: Sequence[str]) -> None:
@@ -266,7 +279,7 @@ class PositionQueries(OnConnection):
         await self.conn.execute(UPDATE_TRAILS, *TRAILS.args(updates, now=now))
 
     async def update_positions(self, writes: Sequence[PositionWrite], now: datetime) -> None:
-        """Write the new state of positions that traded on this tick and stay open."""
+        """Write the new state of positions that traded on a chunk's ticks and stay open."""
         if not writes:
             return
         await self.conn.execute(UPDATE_POSITIONS, *WRITES.args(writes, now=now))
@@ -275,9 +288,6 @@ class PositionQueries(OnConnection):
         """Record each full exit in `agent_historical_swaps`; delete positions, empty rows."""
         if not closed:
             return
-        p = [c.position for c in closed]
         await self.conn.execute(INSERT_HISTORY, *EXITS.args(closed, now=now))
-        await self.conn.execute(DELETE_POSITIONS, [x.id for x in p])
-        await self.conn.execute(
-            DELETE_EMPTY_BALANCES, [x.wallet_address for x in p], p[0].token_address
-        )
+        await self.conn.execute(DELETE_POSITIONS, [c.position.id for c in closed])
+        await self.conn.execute(DELETE_EMPTY_BALANCES, *EMPTIED.args(closed))

@@ -2,24 +2,39 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
 
 from worker.db.base import OnConnection
+from worker.db.bulk import Bulk, Column
+from worker.domain.records import PriceWrite
 
 FETCH_PRICES = """
 SELECT token_address, price_usd FROM token_prices WHERE token_address = ANY($1::varchar[])
 """
-
-
-UPSERT_PRICE = """
+LATEST_PRICES = """
+SELECT token_address, price_usd, price_ts FROM token_prices
+ WHERE token_address = ANY($1::varchar[])
+"""
+PRICES: Bulk[PriceWrite] = Bulk(
+    "t",
+    [
+        Column("token", "varchar", "token_address"),
+        Column("price", "numeric", "price_usd"),
+        Column("ts", "timestamptz", "ts"),
+    ],
+)
+# In token order (the order every writer of these rows takes them in); a row already at
+# least as new is left alone, and is not returned.
+UPSERT_PRICES = PRICES.sql("""
 INSERT INTO token_prices (token_address, price_usd, price_ts, updated_at)
-VALUES ($1, $2, $3, now())
+SELECT t.token, t.price, t.ts, now() FROM {rows} ORDER BY t.token
 ON CONFLICT (token_address) DO UPDATE
    SET price_usd = EXCLUDED.price_usd, price_ts = EXCLUDED.price_ts, updated_at = now()
  WHERE token_prices.price_ts < EXCLUDED.price_ts
 RETURNING token_address
-"""
+""")
 
 
 class PriceQueries(OnConnection):
@@ -32,6 +47,15 @@ class PriceQueries(OnConnection):
         rows = await self.conn.fetch(FETCH_PRICES, tokens)
         return {r["token_address"]: r["price_usd"] for r in rows}
 
-    async def upsert_price(self, token: str, price_usd: Decimal, ts: datetime) -> bool:
-        """Store the tick unless a tick at least as new is stored; True when it was stored."""
-        return await self.conn.fetchval(UPSERT_PRICE, token, price_usd, ts) is not None
+    async def latest_prices(self, tokens: Sequence[str]) -> dict[str, tuple[Decimal, datetime]]:
+        """The stored (USD price, observed at) of each token that has one."""
+        rows = await self.conn.fetch(LATEST_PRICES, list(tokens))
+        return {r["token_address"]: (r["price_usd"], r["price_ts"]) for r in rows}
+
+    async def upsert_prices(self, prices: Sequence[PriceWrite]) -> set[str]:
+        """Store each price (one per token) unless one at least as new is stored; the
+        tokens whose price was stored."""
+        if not prices:
+            return set()
+        rows = await self.conn.fetch(UPSERT_PRICES, *PRICES.args(prices))
+        return {r["token_address"] for r in rows}

@@ -96,6 +96,8 @@ class TrailRow:
 
     id: UUID
     agent_id: UUID
+    token_address: str
+    wallet_address: str
     config_version: str  # the agents row's version: its config changed when this did
     purchase_price: Decimal
     created_at: datetime
@@ -103,6 +105,15 @@ class TrailRow:
     peak_price: Decimal | None
     lowest_price: Decimal | None
     exit_rules_id: UUID | None = None  # the rules it was opened with (`exit_rule_sets`)
+
+
+@dataclass(frozen=True, slots=True)
+class PriceWrite:
+    """The latest USD price of a token and when it was observed (`token_prices`)."""
+
+    token_address: str
+    price_usd: Decimal
+    ts: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,12 +128,13 @@ class TrailUpdate:
 
 @dataclass(frozen=True, slots=True)
 class PositionWrite:
-    """A position's whole new state after a tick that traded (and kept it open)."""
+    """A position's whole new state after ticks that traded (and kept it open), with the
+    DCA buys and take-profit sales they made, in order."""
 
     id: UUID
     state: PositionState
-    dca_transaction_id: UUID | None
-    take_profit_transaction_id: UUID | None
+    dca_transaction_ids: tuple[UUID, ...] = ()
+    take_profit_transaction_ids: tuple[UUID, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
