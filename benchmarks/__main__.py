@@ -1,16 +1,20 @@
 """`python -m benchmarks [--quick] [--out DIR] [--profile FILE]`: run every measurement.
 
-A full run takes about five minutes and writes `docs/benchmarks.md` and
-`docs/benchmarks.png` (or into `--out`); `--quick` runs everything at a tiny scale in
-seconds and writes nothing unless `--out` is given. Progress goes to stderr, the table
-to stdout. Exit 0 when every measurement ran (whether targets are met or not), 1 when one
-could not run.
+The headline figures come from a durable PostgreSQL of the benchmark's own
+(`benchmarks.durable`: fsync, synchronous commit and full page writes on), unless
+`BENCH_DATABASE_URL` names a server; fan-out 100 and the baselines are measured again on the
+local disposable server as a secondary column. A full run takes about ten minutes and
+writes `docs/benchmarks.md` and `docs/benchmarks.png` (or into `--out`); `--quick` runs
+everything at a tiny scale in seconds and writes nothing unless `--out` is given.
+Progress goes to stderr, the table to stdout. Exit 0 when every measurement ran (whether
+targets are met or not), 1 when one could not run.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -18,6 +22,7 @@ from pathlib import Path
 from aiokafka.errors import KafkaError
 
 from benchmarks import limits, scenarios
+from benchmarks.durable import DurablePostgres
 from benchmarks.infra import (
     ROOT,
     BenchError,
@@ -28,7 +33,7 @@ from benchmarks.infra import (
     describe_machine,
     new_tag,
 )
-from benchmarks.report import Results, chart, markdown, table
+from benchmarks.report import Disposable, Results, chart, markdown, table
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,9 +63,35 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _run(args: argparse.Namespace, progress: Progress) -> Results:
+    """The headline run on a durable server (the benchmark's own, unless
+    `BENCH_DATABASE_URL` names one), then the secondary figures on the local disposable
+    server (`DATABASE_URL`, else the local services' default)."""
     scale = scenarios.QUICK if args.quick else scenarios.FULL
-    services = Services.from_env()
+    local = Services.from_env()
     tag = new_tag()
+    given = os.environ.get("BENCH_DATABASE_URL")
+    durable = None if given else DurablePostgres(tag, progress)
+    try:
+        dsn = await durable.start() if durable is not None else str(given)
+        headline = Services(dsn, local.bootstrap)
+        results = await _headline(args, progress, scale, headline, tag)
+        if durable is not None:
+            results.disposable = await _disposable(progress, scale, local, tag + "d")
+    finally:
+        if durable is not None:
+            progress("durable PostgreSQL: stopping and deleting its cluster")
+            await durable.stop()
+    results.duration_s = progress.elapsed_s
+    return results
+
+
+async def _headline(
+    args: argparse.Namespace,
+    progress: Progress,
+    scale: scenarios.Scale,
+    services: Services,
+    tag: str,
+) -> Results:
     databases = Databases(services, tag)
     topics = TopicSet(services, tag)
     ctx = scenarios.Context(services, databases, topics, scale, progress, tag)
@@ -82,9 +113,23 @@ async def _run(args: argparse.Namespace, progress: Progress) -> Results:
             signals=scale.memory_signals,
             name=f"{scale.memory_agents:,} agents",
         )
-        results.latency = await scenarios.latency(ctx)
+        results.latency = await scenarios.latency(
+            ctx, rate=scale.latency_rate, fanout=scale.latency_fanout, duration_s=scale.latency_s
+        )
+        for fanout in scale.rest_fanouts:
+            results.rest.append(
+                await scenarios.latency(
+                    ctx,
+                    rate=scale.rest_rate,
+                    fanout=fanout,
+                    duration_s=scale.rest_s,
+                    name=f"rest{fanout}",
+                )
+            )
         results.one_tick = await scenarios.one_tick(ctx)
-        results.tick_rate = await scenarios.tick_rate(ctx)
+        results.stop_out = await scenarios.stop_out(ctx)
+        for tokens in scale.tick_tokens:
+            results.tick_rates.append(await scenarios.tick_rate(ctx, tokens))
         progress("limits: raw consume")
         consume_topic = (results.at(1) or results.throughput[0]).topics.signals
         results.raw_consume = await limits.raw_consume(
@@ -99,8 +144,31 @@ async def _run(args: argparse.Namespace, progress: Progress) -> Results:
         progress("cleaning up: dropping databases and topics")
         await databases.drop_all()
         await topics.delete_all()
-    results.duration_s = progress.elapsed_s
     return results
+
+
+async def _disposable(
+    progress: Progress, scale: scenarios.Scale, services: Services, tag: str
+) -> Disposable:
+    """Fan-out 100, the COPY ceiling and the faster naive baseline on the local server
+    (`fsync`, `synchronous_commit`, `full_page_writes` off): the secondary column."""
+    databases = Databases(services, tag)
+    topics = TopicSet(services, tag)
+    ctx = scenarios.Context(services, databases, topics, scale, progress, tag)
+    progress(f"disposable server: PostgreSQL {services.database_url.rsplit('@', 1)[-1]}")
+    machine = await describe_machine(services)
+    try:
+        await databases.create_template()
+        throughput = await scenarios.throughput(ctx, 100)
+        progress("disposable server: raw write (COPY)")
+        raw_write = await limits.raw_write(ctx)
+        connections = max(scale.naive_connections)
+        progress(f"disposable server: naive baseline, {connections} connections")
+        naive = await limits.naive(ctx, connections=connections)
+    finally:
+        await databases.drop_all()
+        await topics.delete_all()
+    return Disposable(machine.pg_settings, throughput, raw_write, naive, connections)
 
 
 def main(argv: list[str] | None = None) -> int:

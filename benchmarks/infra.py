@@ -397,6 +397,7 @@ async def describe_machine(services: Services) -> Machine:
                 "max_connections",
                 "track_commit_timestamp",
                 "wal_level",
+                "max_wal_size",
             ],
         )
     finally:

@@ -26,14 +26,15 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import asyncpg
+import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from benchmarks.infra import PARTITIONS, CpuMeter, connect
 from benchmarks.scenarios import Context
 from benchmarks.workload import (
-    AGENT_CONFIG,
     SIGNAL_TYPE,
     SOL_USD,
+    STEADY,
     TOKEN_USD,
     TokenNames,
     User,
@@ -55,7 +56,7 @@ LIMIT_FANOUT = 100  # the fan-out of the raw-write and naive workloads
 RAW_WRITERS = 4  # the connections of the raw write
 RAW_SIGNALS_PER_BATCH = 10  # the signals of one raw-write transaction
 # The default initial stop of a new position.
-STOP_LOSS = initial_stop_loss_pct(resolve_config(AGENT_CONFIG))
+STOP_LOSS = initial_stop_loss_pct(resolve_config(orjson.loads(STEADY.text)))
 # The worker's default `KAFKA_FETCH_MAX_RECORDS`: records a poll.
 FETCH_MAX_RECORDS: int = Settings.model_fields["kafka_fetch_max_records"].default
 
@@ -166,7 +167,15 @@ _BALANCE_COLUMNS = [
     "balance",
     "last_updated",
 ]
-_EXECUTION_COLUMNS = ["id", "signal_id", "agent_id", "status", "transaction_id", "executed_at"]
+_EXECUTION_COLUMNS = [
+    "id",
+    "signal_id",
+    "agent_id",
+    "status",
+    "transaction_id",
+    "error",
+    "executed_at",
+]
 _SIGNAL_COLUMNS = [
     "id",
     "user_id",
@@ -216,6 +225,12 @@ class _CopyBatch:
             )
         )
         for a in user.agents:
+            if a.profile.outcome != "success":
+                reason = f"not a buyer ({a.profile.name})"
+                self.executions.append(
+                    (uuid.uuid4(), signal_id, a.agent_id, a.profile.outcome, None, reason, now)
+                )
+                continue
             tx, pos = uuid.uuid4(), uuid.uuid4()
             self.txs.append(
                 (
@@ -265,11 +280,11 @@ class _CopyBatch:
             self.balances.append(
                 (uuid.uuid4(), a.agent_id, a.wallet, token, "BENCH", f.token_amount, now)
             )
-            self.executions.append((uuid.uuid4(), signal_id, a.agent_id, "success", tx, now))
+            self.executions.append((uuid.uuid4(), signal_id, a.agent_id, "success", tx, None, now))
 
     async def write(self, conn: asyncpg.Connection, user: User, signals: int) -> None:
         """COPY every row and debit each wallet's SOL, in one transaction."""
-        wallets = [a.wallet for a in user.agents]
+        wallets = [a.wallet for a in user.agents if a.profile.outcome == "success"]
         debits = [bench_fill().debit_sol * signals] * len(wallets)
         async with conn.transaction():
             for table, rows, columns in (

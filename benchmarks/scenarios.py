@@ -37,6 +37,7 @@ from benchmarks.infra import (
 )
 from benchmarks.workload import (
     SOL_USD,
+    STEADY,
     TOKEN_USD,
     Agent,
     TokenNames,
@@ -67,14 +68,19 @@ class Scale:
     memory_signals: int
     exit_positions: int  # positions in the one hot token
     trail_ticks: int
-    tick_tokens: int
+    tick_tokens: tuple[int, ...]  # the tick-rate runs: this many tokens each
     tick_positions_per_token: int
     tick_window_s: float
     limit_s: float  # raw write and naive baseline durations
     naive_connections: tuple[int, ...]
+    rest_rate: float = 2.0  # latency at rest: one signal at a time, this many a second
+    rest_s: float = 20.0
+    rest_fanouts: tuple[int, ...] = (10, 1000)
+    stop_out_positions: int = 100  # a tick that stops out this many positions, at rest
+    stop_out_ticks: int = 20
     # Expected executions/s by fan-out: sizes the pre-published backlog (x BACKLOG_FACTOR).
     expected_rate: dict[int, float] = field(default_factory=dict)
-    expected_ticks_per_s: float = 150.0
+    expected_ticks_per_s: float = 3000.0
     signals_per_user: int = 50
     group_size: int = 12  # users that signals go round-robin over (minimum signals too)
 
@@ -93,7 +99,7 @@ FULL = Scale(
     memory_signals=3,
     exit_positions=10_000,
     trail_ticks=5,
-    tick_tokens=1000,
+    tick_tokens=(1000, 10_000),
     tick_positions_per_token=10,
     tick_window_s=20,
     limit_s=8,
@@ -109,8 +115,13 @@ QUICK = dataclasses.replace(
     memory_signals=2,
     exit_positions=500,
     trail_ticks=2,
-    tick_tokens=20,
+    tick_tokens=(20, 40),
     tick_positions_per_token=3,
+    rest_s=2,
+    rest_fanouts=(10, 30),
+    stop_out_positions=10,
+    stop_out_ticks=3,
+    expected_ticks_per_s=150.0,
     tick_window_s=1,
     limit_s=1,
     group_size=2,
@@ -411,7 +422,7 @@ async def _drive(
 class Latency:
     """Send-to-commit latencies of a fixed offered load, in milliseconds."""
 
-    rate: int
+    rate: float
     fanout: int
     duration_s: float
     sent: int
@@ -435,25 +446,27 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(rank, len(ordered)) - 1]
 
 
-async def latency(ctx: Context) -> Latency:
-    """Offer `latency_rate` signals/s x `latency_fanout` agents; time each to its commit.
+async def latency(
+    ctx: Context, *, rate: float, fanout: int, duration_s: float, name: str = "latency"
+) -> Latency:
+    """Offer `rate` signals/s x `fanout` agents for `duration_s`; time each to its commit.
 
     The commit time of a signal is when a poll of `consumer_offsets` (every ~2 ms) first
     sees its partition's stored offset past the record: the worker writes that offset in
     the batch's transaction, so this is when the signal's executions became visible.
     """
     scale = ctx.scale
-    total = math.ceil(scale.latency_rate * scale.latency_s)
-    users_n = max(scale.group_size, math.ceil(total / scale.signals_per_user))
-    tag = f"latency {scale.latency_rate}/s x {scale.latency_fanout}"
-    ctx.progress(f"{tag}: {users_n} users x {scale.latency_fanout} agents")
-    dsn = await ctx.databases.create("latency")
-    topics = await ctx.topics.create("latency")
+    total = math.ceil(rate * duration_s)
+    users_n = max(min(scale.group_size, total), math.ceil(total / scale.signals_per_user))
+    tag = f"latency {rate}/s x {fanout:,}"
+    ctx.progress(f"{tag}: {users_n} users x {fanout:,} agents")
+    dsn = await ctx.databases.create(name)
+    topics = await ctx.topics.create(name)
     conn = await connect(dsn)
     poll_conn = await connect(dsn)
     producer = make_producer(ctx.services.bootstrap, linger_ms=0)
     try:
-        accounts = await create_users(conn, users_n, scale.latency_fanout)
+        accounts = await create_users(conn, users_n, fanout)
         await set_price(conn, SOL_MINT, SOL_USD)
         tokens = TokenNames("latency" + ctx.tag)
         worker = WorkerProcess(ctx.services, dsn, topics).start()
@@ -467,9 +480,11 @@ async def latency(ctx: Context) -> Latency:
             for key, value in warm:
                 await producer.send_and_wait(topics.signals, value, key=key)
             await _wait_committed(poll_conn, topics, len(warm), worker)
-            ctx.progress(f"{tag}: offering load for {scale.latency_s:.0f}s")
+            ctx.progress(f"{tag}: offering load for {duration_s:.0f}s")
             first_send = time.time()
-            offer = _Offer(ctx, producer, topics, accounts, tokens)
+            offer = _Offer(
+                ctx, producer, topics, accounts, tokens, rate=rate, duration_s=duration_s
+            )
             sender = asyncio.create_task(offer.send_all(total))
             await offer.poll(poll_conn, worker)
             await sender
@@ -491,9 +506,9 @@ async def latency(ctx: Context) -> Latency:
     latencies = [offer.seen[k] * 1000 - ts for k, ts in offer.sent.items() if k in offer.seen]
     to_start = [starts[k].timestamp() * 1000 - ts for k, ts in offer.sent.items() if k in starts]
     return Latency(
-        rate=scale.latency_rate,
-        fanout=scale.latency_fanout,
-        duration_s=scale.latency_s,
+        rate=rate,
+        fanout=fanout,
+        duration_s=duration_s,
         sent=len(offer.sent),
         latencies_ms=latencies,
         to_txn_start_ms=to_start,
@@ -513,8 +528,13 @@ class _Offer:
         topics: Topics,
         accounts: list[User],
         tokens: TokenNames,
+        *,
+        rate: float,
+        duration_s: float,
     ) -> None:
         self._ctx = ctx
+        self._rate = rate
+        self._duration_s = duration_s
         self._producer = producer
         self._topics = topics
         self._accounts = accounts
@@ -527,9 +547,9 @@ class _Offer:
 
     async def send_all(self, total: int) -> None:
         """Send `total` signals, signal i at i / rate seconds after the start."""
-        rate = self._ctx.scale.latency_rate
+        rate = self._rate
         started = time.monotonic()
-        acks: list[tuple[str, Any]] = []
+        acks: list[Any] = []
         for i in range(total):
             delay = started + i / rate - time.monotonic()
             if delay > 0:
@@ -544,12 +564,12 @@ class _Offer:
                 timestamp_ms=ts,
             )
             self.sent[key] = ts
-            acks.append((key, future))
-            while acks and acks[0][1].done():
-                self._ack(*acks.pop(0))
-        for key, future in acks:
-            await future
-            self._ack(key, future)
+            # Registered for the poll the moment the broker acknowledges it (its partition
+            # and offset are known only then), not at the next send: at 2 signals/s that
+            # would add half a second to every figure.
+            future.add_done_callback(lambda done, key=key: self._ack(key, done))
+            acks.append(future)
+        await asyncio.gather(*acks)
         self._sending_done.set()
 
     def _ack(self, key: str, future: Any) -> None:  # noqa: ANN401 - aiokafka is untyped
@@ -570,7 +590,7 @@ class _Offer:
         """Poll the stored offsets until every sent signal is seen committed."""
         polls = 0
         started = time.monotonic()
-        deadline = started + self._ctx.scale.latency_s + 60
+        deadline = started + self._duration_s + 60
         while time.monotonic() < deadline:
             rows = await conn.fetch(PARTITION_OFFSETS, self._topics.group, self._topics.signals)
             self._observe(rows, time.time())
@@ -629,31 +649,18 @@ async def one_tick(ctx: Context) -> TickTimes:
     topics = await ctx.topics.create("onetick")
     conn = await connect(dsn)
     try:
-        accounts = await create_users(conn, users_n, n // users_n)
+        accounts = await create_users(conn, users_n, n // users_n, profiles=(STEADY,))
         token = TokenNames("hot" + ctx.tag)(0)
         opened_at = datetime.now(UTC)
         await open_positions(conn, [(a, token) for u in accounts for a in u.agents], now=opened_at)
         await set_price(conn, SOL_MINT, SOL_USD)
         await conn.execute("ANALYZE")
         worker = WorkerProcess(ctx.services, dsn, topics).start()
-        producer = make_producer(ctx.services.bootstrap, linger_ms=0)
-        await producer.start()
+        sender = _TickSender(ctx, conn, topics, worker)
         try:
             await worker.wait_ready()
-            sent = 0
-            ts = datetime.now(UTC)
-
-            async def tick(token_: str, price: Decimal) -> float:
-                nonlocal sent, ts
-                ts += timedelta(seconds=1)
-                started = time.time()
-                await producer.send_and_wait(
-                    topics.prices, tick_value(token_, price, ts), key=token_.encode()
-                )
-                sent += 1
-                await _wait_committed(conn, topics, sent, worker, topic=topics.prices)
-                return (time.time() - started) * 1000
-
+            await sender.start()
+            tick = sender.tick
             await tick(TokenNames("cold" + ctx.tag)(0), TOKEN_USD)  # warm-up, no positions
             await tick(token, TOKEN_USD)  # the first tick of the token stores its price
             flat = await tick(token, TOKEN_USD)
@@ -664,7 +671,7 @@ async def one_tick(ctx: Context) -> TickTimes:
                 trail.append(await tick(token, price))
             stop = await tick(token, (price / 2).quantize(Decimal("1e-12")))
         finally:
-            await producer.stop()
+            await sender.stop()
             await worker.stop()
         closed = n - int(
             await conn.fetchval(
@@ -717,24 +724,26 @@ class TickBacklog(Backlog):
         return records
 
 
-async def tick_rate(ctx: Context) -> TickRate:
-    """Ticks for `tick_tokens` tokens, positions spread evenly over them; ticks/s."""
+async def tick_rate(ctx: Context, tokens_n: int) -> TickRate:
+    """Ticks for `tokens_n` tokens, positions spread evenly over them; ticks/s."""
     scale = ctx.scale
-    tokens_n, per_token = scale.tick_tokens, scale.tick_positions_per_token
+    per_token = scale.tick_positions_per_token
     positions = tokens_n * per_token
     ticks = max(
         2 * tokens_n, math.ceil(scale.expected_ticks_per_s * scale.tick_window_s * BACKLOG_FACTOR)
     )
     tag = f"ticks over {tokens_n:,} tokens"
     ctx.progress(f"{tag}: {positions:,} positions, {ticks:,} ticks")
-    dsn = await ctx.databases.create("tickrate")
-    topics = await ctx.topics.create("tickrate")
+    dsn = await ctx.databases.create(f"tickrate{tokens_n}")
+    topics = await ctx.topics.create(f"tickrate{tokens_n}")
     conn = await connect(dsn)
     names = TokenNames("spread" + ctx.tag)
     tokens = [names(i) for i in range(tokens_n)]
     backlog = TickBacklog(ctx.services.bootstrap, topics.prices, tokens)
     try:
-        accounts = await create_users(conn, max(1, positions // 1000), min(positions, 1000))
+        accounts = await create_users(
+            conn, max(1, positions // 1000), min(positions, 1000), profiles=(STEADY,)
+        )
         agents: list[Agent] = [a for u in accounts for a in u.agents]
         await open_positions(
             conn, [(a, tokens[i % tokens_n]) for i, a in enumerate(agents)], now=datetime.now(UTC)
@@ -775,6 +784,92 @@ async def tick_rate(ctx: Context) -> TickRate:
         worker_cpu_s=meter.process_s,
         database_cpu_s=meter.database_s,
     )
+
+
+@dataclass
+class StopOut:
+    """Send-to-commit times of ticks sent one at a time, each stopping out a token's
+    positions (sales, balances, P/L rows, deletes), in ms."""
+
+    positions: int  # per tick
+    times_ms: list[float]
+    closed: int  # positions closed over all the ticks
+
+    def pct(self, q: float) -> float:
+        """The `q`-th percentile (0..100) of `times_ms`, nearest rank."""
+        return percentile(self.times_ms, q)
+
+
+async def stop_out(ctx: Context) -> StopOut:
+    """`stop_out_ticks` tokens held by `stop_out_positions` positions each; one tick per
+    token, at rest (half a second apart), halves its price: every position stops out."""
+    scale = ctx.scale
+    n, ticks = scale.stop_out_positions, scale.stop_out_ticks
+    ctx.progress(f"exits at rest: {ticks} ticks, each stopping out {n} positions")
+    dsn = await ctx.databases.create("stopout")
+    topics = await ctx.topics.create("stopout")
+    conn = await connect(dsn)
+    try:
+        accounts = await create_users(conn, ticks, n, profiles=(STEADY,))
+        names = TokenNames("stop" + ctx.tag)
+        tokens = [names(i) for i in range(ticks)]
+        holdings = [(a, tokens[k]) for k, u in enumerate(accounts) for a in u.agents]
+        await open_positions(conn, holdings, now=datetime.now(UTC))
+        await set_price(conn, SOL_MINT, SOL_USD)
+        await conn.execute("ANALYZE")
+        worker = WorkerProcess(ctx.services, dsn, topics).start()
+        sender = _TickSender(ctx, conn, topics, worker)
+        try:
+            await worker.wait_ready()
+            await sender.start()
+            await sender.tick(TokenNames("cold" + ctx.tag)(0), TOKEN_USD)  # warm-up
+            times = []
+            for token in tokens:
+                await asyncio.sleep(0.5)
+                times.append(await sender.tick(token, TOKEN_USD / 2))
+        finally:
+            await sender.stop()
+            await worker.stop()
+        left = int(await conn.fetchval("SELECT count(*) FROM agent_positions"))
+    finally:
+        await conn.close()
+    await ctx.databases.drop(dsn)
+    return StopOut(positions=n, times_ms=times, closed=len(holdings) - left)
+
+
+class _TickSender:
+    """Sends ticks one at a time, each timed from its send to the commit of its offset."""
+
+    def __init__(
+        self, ctx: Context, conn: asyncpg.Connection, topics: Topics, worker: WorkerProcess
+    ) -> None:
+        self._conn = conn
+        self._topics = topics
+        self._worker = worker
+        self._producer = make_producer(ctx.services.bootstrap, linger_ms=0)
+        self._sent = 0
+        self._ts = datetime.now(UTC)
+
+    async def start(self) -> None:
+        """Start the producer."""
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        """Stop the producer."""
+        await self._producer.stop()
+
+    async def tick(self, token: str, price: Decimal) -> float:
+        """Send a tick for `token` at `price`, one second newer than the last; its ms."""
+        self._ts += timedelta(seconds=1)
+        started = time.time()
+        await self._producer.send_and_wait(
+            self._topics.prices, tick_value(token, price, self._ts), key=token.encode()
+        )
+        self._sent += 1
+        await _wait_committed(
+            self._conn, self._topics, self._sent, self._worker, topic=self._topics.prices
+        )
+        return (time.time() - started) * 1000
 
 
 def median(values: list[float]) -> float:

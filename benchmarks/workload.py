@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaProducer
 
 from worker.db.accounts import simulation_wallet_address
 from worker.db.store import PgStore
-from worker.domain.config import resolve_config
+from worker.domain.config import DEFAULT_TRADING_CONFIG, deep_merge, resolve_config
 from worker.domain.exits import open_position
 from worker.domain.fills import BuyFill, buy_fill
 from worker.domain.ledger import BalanceDelta, Holding, NewPosition, SwapRow, buy_rows
@@ -40,7 +40,72 @@ NETWORK_FEE_SOL: Decimal = Settings.model_fields["sim_network_fee_sol"].default
 # Older than any tick: a price set directly is stored on a fresh database, and any tick wins.
 PRICE_TS = datetime(2000, 1, 1, tzinfo=UTC)
 # Enough room for every buy of the run: no agent reaches its open-position limit.
-AGENT_CONFIG: dict[str, Any] = {"purchaseLimits": {"maxOpenPositions": 1000}}
+_ROOM: dict[str, Any] = {"purchaseLimits": {"maxOpenPositions": 1000}}
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A kind of agent: its whole stored config (every section, as a UI writes it: 1-2 KB of
+    JSON), its trading mode, and what it does with a benchmark signal."""
+
+    name: str
+    config: dict[str, Any]
+    outcome: str  # the execution status it gets: success, skipped or failed
+    trading_mode: str = "simulation"
+
+    @property
+    def text(self) -> str:
+        """The stored JSON: the overrides merged over every default."""
+        return orjson.dumps(
+            deep_merge(deep_merge(DEFAULT_TRADING_CONFIG, _ROOM), self.config)
+        ).decode()
+
+
+# Agents as users keep them: four temperaments that buy, and a fifth of the fan-out that
+# does not (a minimum score above the signal's, a whitelist without the token, live mode).
+STEADY = Profile("steady", {}, "success")
+MOMENTUM = Profile(
+    "momentum",
+    {
+        "stopLoss": {"mode": "exponential"},
+        "takeProfit": {"enabled": True, "mode": "aggressive"},
+        "dca": {"enabled": True, "mode": "aggressive"},
+    },
+    "success",
+)
+ZONED = Profile("zoned", {"stopLoss": {"mode": "zones", "defaultPercentage": -20}}, "success")
+LADDER = Profile(
+    "ladder",
+    {
+        "stopLoss": {
+            "mode": "custom",
+            "trailingLevels": [
+                {"change": 200, "stopLoss": 150},
+                {"change": 100, "stopLoss": 70},
+                {"change": 50, "stopLoss": 30},
+                {"change": 20, "stopLoss": 5},
+            ],
+        },
+        "takeProfit": {"enabled": True},
+        "staleTrade": {"minHoldTimeMinutes": 120},
+    },
+    "success",
+)
+PICKY = Profile("picky", {"signals": {"minScore": 5}}, "skipped")
+LISTED = Profile(
+    "whitelist",
+    {"signals": {"tokenFilterMode": "whitelist", "tokenList": ["Listed" + "1" * 38]}},
+    "skipped",
+)
+LIVE = Profile("live", {}, "failed", trading_mode="live")
+# By agent index within its user, modulo 20: 16 buy, 3 skip, 1 fails (rule 3: live).
+MIX: tuple[Profile, ...] = (
+    *(STEADY, MOMENTUM, ZONED, LADDER) * 4,
+    PICKY,
+    PICKY,
+    LISTED,
+    LIVE,
+)
 SIGNAL_TYPE = "Velocity (Dex Boost Detection)"
 BENCH_SYMBOL = "BENCH"  # the symbol of every benchmark token
 _B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
@@ -48,10 +113,11 @@ _B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 
 @dataclass(frozen=True)
 class Agent:
-    """A funded simulation agent."""
+    """A funded agent with a simulation wallet, of a profile."""
 
     agent_id: uuid.UUID
     wallet: str
+    profile: Profile = STEADY
 
 
 @dataclass(frozen=True)
@@ -74,9 +140,10 @@ INSERT INTO users (id, email)
 SELECT u.id, 'bench-' || u.id::text || '@bench.local' FROM unnest($1::uuid[]) AS u(id)
 """
 INSERT_AGENTS = """
-INSERT INTO agents (id, user_id, name, trading_mode, trading_config)
-SELECT a.id, a.user_id, a.name, 'simulation', $4::text::jsonb
-  FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS a(id, user_id, name)
+INSERT INTO agents (id, user_id, name, trading_mode, automated_trading_live, trading_config)
+SELECT a.id, a.user_id, a.name, a.mode, a.mode = 'live', a.config::jsonb
+  FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::varchar[], $5::text[])
+       AS a(id, user_id, name, mode, config)
 """
 INSERT_WALLETS = """
 INSERT INTO agent_wallets (wallet_address, agent_id, wallet_type)
@@ -102,28 +169,34 @@ async def create_users(
     users: int,
     agents_per_user: int,
     *,
-    config: dict[str, Any] | None = None,
+    profiles: Sequence[Profile] = MIX,
     deposit_sol: Decimal = DEPOSIT_SOL,
 ) -> list[User]:
-    """`users` users with `agents_per_user` funded simulation agents each, set-based."""
+    """`users` users with `agents_per_user` funded agents each, set-based. Profiles go
+    round in order over the agents of all the users, so the mix holds at every fan-out
+    (one agent each included)."""
     created = []
+    nth = 0
     for _ in range(users):
         user_id = uuid.uuid4()
         agents = []
         for _ in range(agents_per_user):
             agent_id = uuid.uuid4()
-            agents.append(Agent(agent_id, simulation_wallet_address(agent_id)))
+            profile = profiles[nth % len(profiles)]
+            nth += 1
+            agents.append(Agent(agent_id, simulation_wallet_address(agent_id), profile))
         created.append(User(user_id, agents))
     every = [(u.user_id, a) for u in created for a in u.agents]
-    config_text = orjson.dumps(config if config is not None else AGENT_CONFIG).decode()
+    texts = {p.name: p.text for p in profiles}
     async with conn.transaction():
         await conn.execute(INSERT_USERS, [u.user_id for u in created])
         await conn.execute(
             INSERT_AGENTS,
             [a.agent_id for _, a in every],
             [uid for uid, _ in every],
-            [f"bench agent {i}" for i in range(len(every))],
-            config_text,
+            [f"bench agent {i} ({a.profile.name})" for i, (_, a) in enumerate(every)],
+            [a.profile.trading_mode for _, a in every],
+            [texts[a.profile.name] for _, a in every],
         )
         wallets = [a.wallet for _, a in every]
         ids = [a.agent_id for _, a in every]
@@ -241,7 +314,7 @@ async def open_positions(
     one transaction, as the handler writes a batch's buys.
     """
     fill = bench_fill()
-    state = open_position(fill, created_at=now, cfg=resolve_config(AGENT_CONFIG))
+    state = open_position(fill, created_at=now, cfg=resolve_config(orjson.loads(STEADY.text)))
     swaps: list[SwapRow] = []
     deltas: list[BalanceDelta] = []
     positions: list[NewPosition] = []

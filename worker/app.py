@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import signal
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -42,11 +43,28 @@ _T = TypeVar("_T")
 async def run(settings: Settings, args: argparse.Namespace | None = None) -> int:
     """`signal-worker run`: the worker until SIGTERM/SIGINT, then drain and return 0."""
     del args
+    tune_gc()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, _request_stop, stop, sig)
     return await run_worker(settings, stop)
+
+
+# The cyclic garbage collector's first-generation threshold (Python's default: 700). The
+# worker allocates in bursts (thousands of rows and Decimals per batch, almost none of them
+# in reference cycles): at the default, a batch over 10,000 positions triggers dozens of
+# collections, each walking the young objects; here one or two.
+GC_GEN0_THRESHOLD = 50_000
+
+
+def tune_gc() -> None:
+    """Fewer cyclic-GC passes for a service that allocates in bursts: a higher first
+    threshold, and what start-up created (modules, settings, pools) frozen out of every
+    collection (`gc.freeze`). Memory stays bounded: cycles are still collected."""
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
 @dataclass

@@ -40,7 +40,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from uuid import UUID
 
 import structlog
@@ -56,7 +56,7 @@ from worker.domain.config import AgentTradingConfig
 from worker.domain.fills import token_price_sol
 from worker.domain.ledger import BalanceDelta, Holding, SwapRow, buy_rows, sale_rows
 from worker.domain.models import SOL_MINT, PositionState
-from worker.domain.money import to_price
+from worker.domain.money import MATH_CONTEXT, to_price
 from worker.domain.records import (
     ClosedPosition,
     OpenPosition,
@@ -280,41 +280,63 @@ def _trail_quiet(
     outcomes: list[TickOutcome],
 ) -> dict[UUID, TrailRow]:
     """Trail, tick by tick, the positions every tick of the chunk leaves quiet, and queue
-    their trails; the others (loud at some tick), by id."""
+    their trails; the others (loud at some tick), by id.
+
+    The hot loop of a busy token (every open position, every tick): one decimal context
+    for all of it, and a trailed position's new peak and low kept as a pair, not a copy of
+    its row, until a later tick of the chunk needs them."""
     bands: dict[int, QuietBand] = {}
-    current: dict[UUID, TrailRow] = {}
+    trailed: dict[UUID, tuple[TrailRow, Decimal | None, Decimal]] = {}  # row, peak, low
     trailed_at: dict[UUID, list[int]] = {}  # the ticks that trailed it, while quiet
     loud: dict[UUID, TrailRow] = {}
-    for step in steps:
-        rows = by_token.get(step.token, ())
-        outcomes[step.index].positions = len(rows)
-        price = token_price_sol(step.token_usd, step.sol_usd)
-        price_q = to_price(price)
-        for first in rows:
-            if first.id in loud:
-                continue
-            row = current.get(first.id, first)
-            cfg = cfgs[row.id]
-            band = bands.get(id(cfg))
-            if band is None:
-                band = bands[id(cfg)] = quiet_band(cfg)
-            if not is_quiet(row, price, now, band):
-                # Planned whole from the chunk's first tick on (`_act`), which counts again.
-                loud[row.id] = first
-                current.pop(row.id, None)
-                for index in trailed_at.pop(row.id, ()):
-                    outcomes[index].trailed -= 1
-                continue
-            peak, low = quiet_trail(row, price_q, band)
-            if peak != row.peak_price or low != row.lowest_price:
-                current[row.id] = replace(row, peak_price=peak, lowest_price=low)
-                trailed_at.setdefault(row.id, []).append(step.index)
-                outcomes[step.index].trailed += 1
-    for row in current.values():
-        sl = row.current_stop_loss_percentage
-        low = row.lowest_price if row.lowest_price is not None else row.purchase_price
-        writes.trails.append(TrailUpdate(row.id, row.peak_price, sl, low))
+    with localcontext(MATH_CONTEXT):
+        for step in steps:
+            rows = by_token.get(step.token, ())
+            outcome = outcomes[step.index]
+            outcome.positions = len(rows)
+            price = token_price_sol(step.token_usd, step.sol_usd)
+            price_q = to_price(price)
+            for row in rows:
+                if row.id in loud:
+                    continue
+                moved = trailed.get(row.id)
+                now_row = row if moved is None else _with_trail(row, moved[1], moved[2])
+                cfg = cfgs[row.id]
+                band = bands.get(id(cfg))
+                if band is None:
+                    band = bands[id(cfg)] = quiet_band(cfg)
+                if not is_quiet(now_row, price, now, band):
+                    # Planned whole from the chunk's first tick on (`_act`), which counts
+                    # its trails again.
+                    loud[row.id] = row
+                    trailed.pop(row.id, None)
+                    for index in trailed_at.pop(row.id, ()):
+                        outcomes[index].trailed -= 1
+                    continue
+                peak, low = quiet_trail(now_row, price_q, band)
+                if peak != now_row.peak_price or low != now_row.lowest_price:
+                    trailed[row.id] = (row, peak, low)
+                    trailed_at.setdefault(row.id, []).append(step.index)
+                    outcome.trailed += 1
+    for row, peak, low in trailed.values():
+        writes.trails.append(TrailUpdate(row.id, peak, row.current_stop_loss_percentage, low))
     return loud
+
+
+def _with_trail(row: TrailRow, peak: Decimal | None, low: Decimal) -> TrailRow:
+    return TrailRow(
+        row.id,
+        row.agent_id,
+        row.token_address,
+        row.wallet_address,
+        row.config_version,
+        row.purchase_price,
+        row.created_at,
+        row.current_stop_loss_percentage,
+        peak,
+        low,
+        row.exit_rules_id,
+    )
 
 
 @dataclass(slots=True)
@@ -344,13 +366,14 @@ def _act(
         by_token.setdefault(position.token_address, []).append(position)
     run = _Held({p.id: p.state for p in held}, {p.wallet_address: p.sol_balance for p in held})
     closed_in: dict[str, int] = {}  # positions closed so far, by token
-    for step in steps:
-        outcomes[step.index].positions -= closed_in.get(step.token, 0)
-        for p in by_token.get(step.token, ()):
-            if p.id not in run.closed:
-                _act_once(p, step, cfgs[p.id], now, fees, run, writes, outcomes[step.index])
-                if p.id in run.closed:
-                    closed_in[step.token] = closed_in.get(step.token, 0) + 1
+    with localcontext(MATH_CONTEXT):  # once, not once per position and tick
+        for step in steps:
+            outcomes[step.index].positions -= closed_in.get(step.token, 0)
+            for p in by_token.get(step.token, ()):
+                if p.id not in run.closed:
+                    _act_once(p, step, cfgs[p.id], now, fees, run, writes, outcomes[step.index])
+                    if p.id in run.closed:
+                        closed_in[step.token] = closed_in.get(step.token, 0) + 1
     for p in held:
         if p.id in run.closed:
             continue

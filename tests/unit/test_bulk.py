@@ -87,3 +87,15 @@ def test_every_declared_column_is_used_by_its_statement(bulk: Bulk[object]) -> N
             assert f"{bulk.alias}.{column.name}" in body, column.name
         for scalar in bulk.scalars:
             assert bulk.placeholder(scalar) in body, scalar
+
+
+def test_the_trail_read_lists_the_trail_row_fields_in_order() -> None:
+    # `PositionQueries.trail_rows` builds TrailRow positionally from this SELECT's columns.
+    import dataclasses
+    import re
+
+    from worker.domain.records import TrailRow
+
+    select = positions.SELECT_TRAIL_ROWS.split("FROM", 1)[0].replace("SELECT", "", 1)
+    columns = [re.split(r"\s+AS\s+|\.", c.strip())[-1] for c in select.split(",")]
+    assert columns == [f.name for f in dataclasses.fields(TrailRow)]

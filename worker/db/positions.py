@@ -240,22 +240,9 @@ class PositionQueries(OnConnection):
 
     async def trail_rows(self, tokens: Sequence[str]) -> list[TrailRow]:
         """`TrailRow`s of the open simulation positions in `tokens` that automation may exit."""
-        return [
-            TrailRow(
-                id=r["id"],
-                agent_id=r["agent_id"],
-                token_address=r["token_address"],
-                wallet_address=r["wallet_address"],
-                config_version=r["config_version"],
-                purchase_price=r["purchase_price"],
-                created_at=r["created_at"],
-                current_stop_loss_percentage=r["current_stop_loss_percentage"],
-                peak_price=r["peak_price"],
-                lowest_price=r["lowest_price"],
-                exit_rules_id=r["exit_rules_id"],
-            )
-            for r in await self.conn.fetch(SELECT_TRAIL_ROWS, list(tokens))
-        ]
+        # Positional: SELECT_TRAIL_ROWS lists TrailRow's fields in order (a test checks it);
+        # this read runs for every open position of every token a chunk of ticks moves.
+        return [TrailRow(*r) for r in await self.conn.fetch(SELECT_TRAIL_ROWS, list(tokens))]
 
     async def exit_rules(self, ids: Sequence[UUID]) -> dict[UUID, str]:
         """The stored exit rule sets (JSON text) by id; unknown ids are absent."""
