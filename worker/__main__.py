@@ -17,6 +17,7 @@ from typing import Any, Protocol, cast
 from pydantic import ValidationError
 
 from worker import version
+from worker.commands import options
 from worker.errors import UsageError, WorkerError
 from worker.failures import SERVICE_ERRORS
 from worker.logging import configure_logging
@@ -70,6 +71,23 @@ def _parser() -> argparse.ArgumentParser:
         "ignores; exit 1 if any is invalid",
     )
     sub.add_parser("snapshot", help="write this hour's balance snapshots now")
+    report = sub.add_parser(
+        "report",
+        help="what the agents did: executions, trades, realised and unrealised P/L",
+        description="Per agent: executions by status, trades (full exits), win rate, "
+        "realised P/L in SOL and %%, open positions with their unrealised P/L at the latest "
+        "prices, average hold time, largest loss, SOL balance now.",
+    )
+    options.add_arguments(report)
+    replay = sub.add_parser(
+        "replay",
+        help="recorded signals and ticks through other agent configs, in memory",
+        description="Replays the signals and price ticks of a time range (or of JSON lines "
+        "files) through the agents' stored configs and the configs you give, in memory, with "
+        "the worker's own rules, and prints each config's results next to the live ones. "
+        "Writes nothing.",
+    )
+    options.add_replay_arguments(replay)
     _add_offsets(sub)
     schema = sub.add_parser("schema", help="write the JSON Schemas of the Kafka messages")
     schema.add_argument(
@@ -186,6 +204,8 @@ _COMMANDS = {
     "demo": "worker.commands.demo",
     "agents": "worker.commands.agents",
     "snapshot": "worker.commands.snapshot",
+    "report": "worker.commands.report",
+    "replay": "worker.commands.replay",
     "offsets": "worker.commands.offsets",
     "schema": "worker.commands.schema",
 }

@@ -20,6 +20,7 @@ from worker import version
 from worker.consumer import FETCH_OPTIONS, GROUP_OPTIONS, Pipeline
 from worker.db.migrations import default_schema_dir, load_migrations, require_migrated
 from worker.db.pool import connection, create_pool
+from worker.db.prices import price_history_upkeep
 from worker.db.snapshots import hour_of, snapshot_all
 from worker.deadletters import DeadLetters
 from worker.errors import ServiceUnavailable
@@ -109,7 +110,7 @@ async def run_worker(
         log.info("worker_started", http_port=port)
         if started is not None and not started.done():
             started.set_result(port)
-        await _serve(pipeline, pool, stop)
+        await _serve(pipeline, pool, stop, settings)
         log.info("worker_draining")
     finally:
         await _close(parts, settings.shutdown_timeout_s)
@@ -167,8 +168,13 @@ async def _unless_stopped(work: Coroutine[Any, Any, _T], stop: asyncio.Event) ->
     return None
 
 
-async def _serve(pipeline: Pipeline, pool: asyncpg.Pool, stop: asyncio.Event) -> None:
-    snapshots = asyncio.create_task(snapshot_hourly(pool, stop), name="snapshots")
+async def _serve(
+    pipeline: Pipeline, pool: asyncpg.Pool, stop: asyncio.Event, settings: Settings
+) -> None:
+    snapshots = asyncio.create_task(
+        snapshot_hourly(pool, stop, price_history_days=settings.price_history_days),
+        name="snapshots",
+    )
     try:
         await pipeline.run(stop)
     except SERVICE_ERRORS as exc:
@@ -184,11 +190,16 @@ async def _serve(pipeline: Pipeline, pool: asyncpg.Pool, stop: asyncio.Event) ->
         await snapshots
 
 
-async def snapshot_hourly(pool: asyncpg.Pool, stop: asyncio.Event) -> None:
-    """Snapshot every wallet at start-up and at each UTC hour until `stop` is set.
+async def snapshot_hourly(
+    pool: asyncpg.Pool, stop: asyncio.Event, *, price_history_days: int = 30
+) -> None:
+    """Snapshot every wallet, and keep the price history's partitions (today's and the next
+    two days' made, those older than `price_history_days` dropped), at start-up and at each
+    UTC hour until `stop` is set.
 
-    Upserts, so several workers doing it at once write one row per wallet and hour. A
-    failure is logged and retried at the next hour: snapshots never stop the pipeline.
+    Upserts and idempotent DDL, so several workers doing it at once are fine. A failure is
+    logged and retried at the next hour: this upkeep never stops the pipeline (a tick with
+    no partition of its day lands in the history's default partition).
     """
     while not stop.is_set():
         now = datetime.now(UTC)
@@ -199,6 +210,11 @@ async def snapshot_hourly(pool: asyncpg.Pool, stop: asyncio.Event) -> None:
             log.info("snapshots_written", hour=hour.isoformat(), wallets=rows)
         except SERVICE_ERRORS as exc:
             log.warning("snapshots_failed", hour=hour.isoformat(), error=describe(exc))
+        try:
+            async with connection(pool) as conn:
+                await price_history_upkeep(conn, price_history_days)
+        except SERVICE_ERRORS as exc:
+            log.warning("price_history_upkeep_failed", error=describe(exc))
         next_hour = hour + timedelta(hours=1)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), (next_hour - datetime.now(UTC)).total_seconds())

@@ -98,6 +98,10 @@ class PriceStore(Protocol):
         whose price was stored."""
         ...
 
+    async def record_ticks(self, ticks: Sequence[PriceWrite]) -> None:
+        """Append the ticks that moved prices to the price history."""
+        ...
+
     async def trail_rows(self, tokens: Sequence[str]) -> list[TrailRow]:
         """A few columns of the open simulation positions in `tokens` that automation exits."""
         ...

@@ -15,7 +15,8 @@ then never stop out, and whether they shared a chunk depends on fetch timing.)
 
 A tick not newer than the stored price (by `ts`; a tick without `ts` takes its record
 timestamp), or than an earlier tick of the chunk, changes nothing at all, so a redelivered
-or replayed tick can never sell twice.
+or replayed tick can never sell twice. Every other tick is also appended to the price
+history (`token_price_history`), which `report` and `replay` read.
 
 Most positions, most ticks, are quiet: a tick can neither trade them nor move their stop
 (`worker.domain.ticks.is_quiet`, from a few columns read for every open position of the
@@ -205,18 +206,22 @@ async def _store_prices(
     sol = stored.get(SOL_MINT)
     sol_usd = sol[0] if sol is not None else None
     steps: list[_Step] = []
+    history: list[PriceWrite] = []
     for i in newer:
         tick = ticks[i]
         if tick.token not in written:
             # Another writer stored a newer price meanwhile (two owners for a moment
             # during a rebalance): as if this tick had come after it.
             outcomes[i].is_newer = False
-        elif tick.token == SOL_MINT:
+            continue
+        history.append(PriceWrite(tick.token, tick.message.price_usd, tick.ts))
+        if tick.token == SOL_MINT:
             sol_usd = tick.message.price_usd
         elif sol_usd is None:
             log.warning("exits_skipped_no_sol_price", token=tick.token)
         else:
             steps.append(_Step(i, tick.token, tick.message.price_usd, sol_usd))
+    await store.record_ticks(history)
     return steps
 
 

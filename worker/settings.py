@@ -116,6 +116,8 @@ class Settings(BaseSettings):
     sim_protocol_fee_bps: Decimal = Field(default=Decimal(0), ge=0, le=1000)
     # A tick's `ts` may lie at most this far ahead of its record's timestamp / the clock.
     price_max_future_s: float = Field(default=60.0, ge=0, le=86_400)
+    # Days of price ticks kept in token_price_history (for `report` and `replay`).
+    price_history_days: int = Field(default=30, ge=1, le=3650)
     http_max_connections: int = Field(default=64, ge=1, le=10_000)
     http_request_timeout_s: float = Field(default=5.0, gt=0, le=300)
 

@@ -201,6 +201,13 @@ EXPECTED_COLUMNS: dict[str, dict[str, str]] = {
     },
     "schema_migrations": {"name": "text", "checksum": "char(64)", "applied_at": TS},
     "exit_rule_sets": {"id": "uuid", "rules": "jsonb", "created_at": TS},
+    # Added by 0005 (partitioned by day; the partitions are not listed).
+    "token_price_history": {
+        "token_address": "varchar(255)",
+        "price_usd": "numeric(30,18)",
+        "price_ts": TS,
+        "recorded_at": TS,
+    },
 }
 
 NOW = "now()"
@@ -225,7 +232,8 @@ EXPECTED_DEFAULTS: dict[tuple[str, str], str] = {
         (table, column): NOW
         for table, columns in EXPECTED_COLUMNS.items()
         for column in columns
-        if column in ("created_at", "updated_at", "last_updated", "executed_at", "applied_at")
+        if column
+        in ("created_at", "updated_at", "last_updated", "executed_at", "applied_at", "recorded_at")
     },
     ("trading_signals", "id"): "nextval('trading_signals_id_seq'::regclass)",
     ("users", "failed_login_attempts"): "0",
@@ -349,6 +357,8 @@ EXPECTED_INDEXES: list[tuple[str, tuple[str, ...], str]] = [
     ("agent_historical_swaps", ("position_id",), UNIQUE),
     # Added by 0004.
     ("exit_rule_sets", ("id",), PK),
+    # Added by 0005.
+    ("token_price_history", ("token_address", "price_ts"), INDEX),
 ]
 
 SELECT_COLUMNS = """
@@ -357,10 +367,12 @@ SELECT table_name, column_name, data_type, udt_name, is_nullable,
        column_default
 FROM information_schema.columns
 WHERE table_schema = 'public'
+  AND table_name NOT IN (SELECT relname FROM pg_class WHERE relispartition)
 """
 SELECT_TABLES = """
 SELECT table_name FROM information_schema.tables
 WHERE table_schema = 'public' AND table_type = 'BASE TABLE'
+  AND table_name NOT IN (SELECT relname FROM pg_class WHERE relispartition)
 """
 SELECT_FOREIGN_KEYS = """
 SELECT c.conrelid::regclass::text AS tbl, a.attname AS col,
@@ -379,7 +391,7 @@ FROM pg_index i
 JOIN pg_class t ON t.oid = i.indrelid
 CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
 JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = k.attnum
-WHERE t.relnamespace = 'public'::regnamespace
+WHERE t.relnamespace = 'public'::regnamespace AND NOT t.relispartition
 GROUP BY i.indexrelid, t.relname, i.indisprimary, i.indisunique
 """
 FK_ACTIONS = {"c": CASCADE, "n": SET_NULL, "a": "NO ACTION", "r": "RESTRICT", "d": "SET DEFAULT"}

@@ -217,6 +217,7 @@ class FakePriceStore:
     history: list[ClosedPosition] = field(default_factory=list)
     locked_wallets: list[str] = field(default_factory=list)
     locked_positions: list[UUID] = field(default_factory=list)
+    history_ticks: list[PriceWrite] = field(default_factory=list)  # token_price_history
     configs_read: list[list[UUID]] = field(default_factory=list)  # agent_configs calls
 
     def _read(self, p: OpenPosition) -> OpenPosition:
@@ -234,6 +235,9 @@ class FakePriceStore:
 
     async def latest_prices(self, tokens: Sequence[str]) -> dict[str, tuple[Decimal, datetime]]:
         return {t: self.prices[t] for t in tokens if t in self.prices}
+
+    async def record_ticks(self, ticks: Sequence[PriceWrite]) -> None:
+        self.history_ticks.extend(ticks)
 
     async def upsert_prices(self, prices: Sequence[PriceWrite]) -> set[str]:
         assert len({p.token_address for p in prices}) == len(prices), "one price per token"

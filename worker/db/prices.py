@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
 
+import asyncpg
+
 from worker.db.base import OnConnection
 from worker.db.bulk import Bulk, Column
 from worker.domain.records import PriceWrite
@@ -37,6 +39,26 @@ RETURNING token_address
 """)
 
 
+TICKS: Bulk[PriceWrite] = Bulk(
+    "t",
+    [
+        Column("token", "varchar", "token_address"),
+        Column("price", "numeric", "price_usd"),
+        Column("ts", "timestamptz", "ts"),
+    ],
+)
+RECORD_TICKS = TICKS.sql("""
+INSERT INTO token_price_history (token_address, price_usd, price_ts)
+SELECT t.token, t.price, t.ts FROM {rows}
+""")
+PRICE_HISTORY_UPKEEP = "SELECT signal_worker_price_history_upkeep($1)"
+
+
+async def price_history_upkeep(conn: asyncpg.Connection, keep_days: int) -> None:
+    """Create the coming days' price-history partitions; drop those older than `keep_days`."""
+    await conn.execute(PRICE_HISTORY_UPKEEP, keep_days)
+
+
 class PriceQueries(OnConnection):
     """The latest USD price per token."""
 
@@ -51,6 +73,11 @@ class PriceQueries(OnConnection):
         """The stored (USD price, observed at) of each token that has one."""
         rows = await self.conn.fetch(LATEST_PRICES, list(tokens))
         return {r["token_address"]: (r["price_usd"], r["price_ts"]) for r in rows}
+
+    async def record_ticks(self, ticks: Sequence[PriceWrite]) -> None:
+        """Append ticks to the price history (`token_price_history`)."""
+        if ticks:
+            await self.conn.execute(RECORD_TICKS, *TICKS.args(ticks))
 
     async def upsert_prices(self, prices: Sequence[PriceWrite]) -> set[str]:
         """Store each price (one per token) unless one at least as new is stored; the

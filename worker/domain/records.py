@@ -145,3 +145,18 @@ class ClosedPosition:
     pnl: ExitPnl
     sale_transaction_id: UUID
     close_reason: CloseReason
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSetup:
+    """An agent as set up: owner, name, simulation wallet, stored config (JSON text), mode
+    and automation switches (what a replay starts each agent from)."""
+
+    user_id: UUID
+    agent_id: UUID
+    name: str
+    wallet_address: str
+    config_text: str | None
+    trading_mode: str = "simulation"
+    automated_trading_simulation: bool = True
+    automated_trading_live: bool = False

@@ -1,0 +1,79 @@
+"""Command-line options shared by `report` and `replay`; light (parsed before any command
+module is imported)."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import UTC, datetime
+from pathlib import Path
+from uuid import UUID
+
+FORMATS = ("table", "json", "csv")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The report's flags (shared with `replay`'s output flags where they apply)."""
+    parser.add_argument("--agent", action="append", type=uuid_arg, metavar="ID",
+                        help="only this agent (repeatable)")  # fmt: skip
+    parser.add_argument("--user", type=uuid_arg, metavar="ID", help="only this user's agents")
+    parser.add_argument(
+        "--since",
+        type=time_arg,
+        metavar="TIME",
+        help="executions and exits from this time on (ISO 8601, e.g. 2026-11-01 or "
+        "2026-11-01T12:00Z); open positions are always shown",
+    )
+    add_output_arguments(parser)
+
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """--format and --chart."""
+    parser.add_argument("--format", choices=FORMATS, default="table",
+                        help="table (default), json or csv")  # fmt: skip
+    parser.add_argument(
+        "--chart",
+        type=Path,
+        metavar="FILE.png",
+        help="also draw balance and realised P/L over time to this PNG",
+    )
+
+
+def uuid_arg(text: str) -> UUID:
+    try:
+        return UUID(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an id (a UUID): {text!r}") from None
+
+
+def time_arg(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a time: {text!r} (ISO 8601, e.g. 2026-11-01 or 2026-11-01T12:00Z)"
+        ) from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
+    """`replay`'s flags."""
+    add = parser.add_argument
+    add("--agent", action="append", type=uuid_arg, metavar="ID",
+        help="only this agent (repeatable); default: every agent")  # fmt: skip
+    add("--user", type=uuid_arg, metavar="ID", help="only this user's agents")
+    add("--from", dest="from_", type=time_arg, metavar="TIME",
+        help="the start of the range (ISO 8601); default: the first signal")  # fmt: skip
+    add("--to", type=time_arg, metavar="TIME",
+        help="the end of the range, excluded; default: now")  # fmt: skip
+    add("--signals", type=Path, metavar="FILE.jsonl",
+        help="signals from this file (one message per line, with created_at) instead of "
+        "the database")  # fmt: skip
+    add("--ticks", type=Path, metavar="FILE.jsonl",
+        help="price ticks from this file (one message per line, with ts)")  # fmt: skip
+    add("--config", action="append", type=Path, metavar="FILE.json",
+        help="a config to replay: overrides merged over each agent's stored config "
+        "(repeatable)")  # fmt: skip
+    add("--vary", action="append", metavar="PATH=V1,V2",
+        help="replay each value of a config path, e.g. stopLoss.mode=fixed,exponential "
+        "(repeatable: the grid of all)")  # fmt: skip
+    add_output_arguments(parser)

@@ -1,0 +1,185 @@
+"""`signal-worker report`: what the agents did, per agent: executions by status, trades, win
+rate, realised and unrealised P/L, open positions, average hold, largest loss, balance.
+
+A table on a terminal; `--format json` or `csv` for tools; `--chart FILE.png` draws each
+agent's portfolio balance over time (the hourly snapshots) and its realised P/L (needs
+matplotlib: `pip install 'signal-worker[chart]'`). The figures are defined in
+`worker.domain.results`; `replay` prints the same table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+from collections.abc import Sequence
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from uuid import UUID
+
+import orjson
+
+from worker.db.pool import connect_migrated
+from worker.db.report import Curves, Filters, read_report
+from worker.domain.money import fmt
+from worker.domain.results import STATUSES, AgentResult
+from worker.errors import UsageError
+from worker.settings import Settings
+
+COLUMNS = (
+    "agent", "executions (ok/skip/fail)", "trades", "win %", "realised SOL", "realised %",
+    "open", "unrealised SOL", "avg hold", "largest loss SOL", "SOL now",
+)  # fmt: skip
+
+
+async def run(settings: Settings, args: argparse.Namespace) -> int:
+    """Print the report; 0, or 1 when the filters match no agent."""
+    conn = await connect_migrated(settings.db, timeout_s=settings.startup_timeout_s)
+    try:
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            report = await read_report(conn, Filters(args.agent, args.user, args.since))
+    finally:
+        await conn.close()
+    if not report.results:
+        raise UsageError(_nothing_matched(args))
+    rows = [("", r) for r in report.results]
+    print(render(rows, args.format))
+    if args.chart is not None:
+        draw(args.chart, [(r.name, r.agent_id) for r in report.results], report.curves)
+        print(f"report: chart written to {args.chart}")
+    return 0
+
+
+def _nothing_matched(args: argparse.Namespace) -> str:
+    if args.agent:
+        return "no agent with the id " + ", ".join(map(str, args.agent))
+    if args.user:
+        return f"no agent of the user {args.user}"
+    return "no agents yet (`signal-worker seed-demo` creates some)"
+
+
+def render(rows: Sequence[tuple[str, AgentResult]], output: str) -> str:
+    """The rows as a table, JSON or CSV; a row's label (a replay's config) prefixes its name."""
+    if output == "json":
+        return orjson.dumps(
+            [{"label": label, **r.as_dict()} if label else r.as_dict() for label, r in rows],
+            option=orjson.OPT_INDENT_2,
+        ).decode()
+    if output == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        fields = list(rows[0][1].as_dict()) if rows else []
+        writer.writerow(["label", *fields] if any(label for label, _ in rows) else fields)
+        for label, r in rows:
+            d = r.as_dict()
+            d["executions"] = "/".join(str(r.executions.get(s, 0)) for s in STATUSES)
+            values = ["" if v is None else v for v in d.values()]
+            writer.writerow([label, *values] if any(lb for lb, _ in rows) else values)
+        return out.getvalue().rstrip("\n")
+    return _table(rows)
+
+
+def _table(rows: Sequence[tuple[str, AgentResult]]) -> str:
+    lines = [COLUMNS]
+    for label, r in rows:
+        name = f"{label}: {r.name}" if label else r.name
+        lines.append(
+            (
+                name,
+                "/".join(str(r.executions.get(s, 0)) for s in STATUSES),
+                str(r.trades),
+                _n(r.win_rate_pct),
+                _signed(r.realised_pnl_sol),
+                _signed(r.realised_pnl_pct),
+                str(r.open_positions),
+                _signed(r.unrealised_pnl_sol),
+                _duration(r.avg_hold_s),
+                _n(r.largest_loss_sol),
+                _n(r.balance_sol),
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(COLUMNS))]
+    return "\n".join(
+        "  ".join(
+            cell.ljust(w) if i == 0 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(line, widths, strict=True))
+        ).rstrip()
+        for line in lines
+    )
+
+
+def _n(value: Decimal | None) -> str:
+    return "-" if value is None else fmt(value)
+
+
+def _signed(value: Decimal | None) -> str:
+    if value is None:
+        return "-"
+    return ("+" if value > 0 else "") + fmt(value)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 172_800:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+def draw(path: Path, agents: Sequence[tuple[str, UUID]], curves: Curves) -> None:
+    """Portfolio balance (left) and realised P/L (right) over time, a line per agent."""
+    _draw(
+        path,
+        [
+            ("Portfolio balance (hourly snapshots)",
+             [(name, curves.balances.get(agent_id, [])) for name, agent_id in agents]),
+            ("Realised P/L after each exit",
+             [(name, curves.realised.get(agent_id, [])) for name, agent_id in agents]),
+        ],
+    )  # fmt: skip
+
+
+def draw_curves(
+    path: Path, series: Sequence[tuple[str, Sequence[tuple[datetime, Decimal]]]], *, title: str
+) -> None:
+    """One panel, a line per series."""
+    _draw(path, [(title, series)])
+
+
+def _draw(
+    path: Path,
+    panels: Sequence[tuple[str, Sequence[tuple[str, Sequence[tuple[datetime, Decimal]]]]]],
+) -> None:
+    try:
+        import matplotlib
+    except ImportError:
+        raise UsageError("--chart needs matplotlib: pip install 'signal-worker[chart]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), squeeze=False)
+    for ax, (title, series) in zip(axes[0], panels, strict=True):
+        for label, points in series:
+            if points:
+                xs = [x for x, _ in points]
+                ys = [float(y) for _, y in points]
+                ax.step(xs, ys, where="post", label=label)
+        ax.set_title(title)
+        ax.set_ylabel("SOL")
+        ax.tick_params(axis="x", labelrotation=30)
+        if ax.has_data():
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "no data yet", ha="center", va="center", transform=ax.transAxes)
+    fig.tight_layout()
+    try:
+        fig.savefig(path, dpi=100)
+    except OSError as exc:
+        raise UsageError(f"cannot write the chart to {path}: {exc.strerror}") from None
+    finally:
+        plt.close(fig)

@@ -1,0 +1,164 @@
+"""What `replay` reads from the database: the agents, the recorded signals and ticks of a
+time range, and the state at its start (SOL per agent, prices known). Read-only."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from decimal import Decimal
+from uuid import UUID
+
+import asyncpg
+
+from worker.domain.models import SOL_MINT, Signal
+from worker.domain.records import AgentSetup, PriceWrite
+
+SELECT_AGENTS = """
+SELECT a.id, a.user_id, a.name, a.trading_mode, a.automated_trading_simulation,
+       a.automated_trading_live, a.trading_config::text AS config, w.wallet_address
+  FROM agents a
+  JOIN agent_wallets w ON w.agent_id = a.id AND w.wallet_type = 'simulation'
+ WHERE ($1::uuid[] IS NULL OR a.id = ANY($1::uuid[]))
+   AND ($2::uuid IS NULL OR a.user_id = $2)
+ ORDER BY a.user_id, a.created_at, a.name, a.id
+"""
+SELECT_SIGNALS = """
+SELECT id, user_id, token_address, symbol, signal_type, activation_reason, signal_strength,
+       source, idempotency_key, price_usd, market_cap_usd, liquidity_usd, holder_count,
+       created_at, payload_digest, source_record
+  FROM trading_signals
+ WHERE user_id = ANY($1::uuid[])
+   AND ($2::timestamptz IS NULL OR created_at >= $2)
+   AND ($3::timestamptz IS NULL OR created_at < $3)
+ ORDER BY created_at, id
+"""
+SELECT_TICKS = """
+SELECT token_address, price_usd, price_ts
+  FROM token_price_history
+ WHERE token_address = ANY($1::varchar[])
+   AND ($2::timestamptz IS NULL OR price_ts >= $2)
+   AND ($3::timestamptz IS NULL OR price_ts < $3)
+ ORDER BY price_ts, token_address
+"""
+# The last price of each token before the start: from the history, else the stored latest
+# price when it is older than the start (a price set before the history existed, such as
+# seed-demo's placeholder SOL/USD).
+SELECT_PRICES_BEFORE = """
+SELECT DISTINCT ON (token_address) token_address, price_usd, price_ts
+  FROM (SELECT token_address, price_usd, price_ts FROM token_price_history
+         WHERE token_address = ANY($1::varchar[]) AND price_ts < $2
+        UNION ALL
+        SELECT token_address, price_usd, price_ts FROM token_prices
+         WHERE token_address = ANY($1::varchar[]) AND price_ts < $2) p
+ ORDER BY token_address, price_ts DESC
+"""
+# Each wallet's SOL at a time: every SOL move of its transactions before it (deposits,
+# withdrawals, swaps and their fees), as `check` sums them.
+SELECT_SOL_BEFORE = """
+SELECT wallet_address, sum(amount) AS sol FROM (
+    SELECT wallet_address, output_amount AS amount FROM agent_transactions
+     WHERE output_mint = $2 AND transaction_type IN ('DEPOSIT', 'SWAP')
+       AND wallet_address = ANY($1::varchar[]) AND transaction_time < $3
+    UNION ALL
+    SELECT wallet_address, -input_amount FROM agent_transactions
+     WHERE input_mint = $2 AND transaction_type IN ('SWAP', 'WITHDRAWAL', 'BURN')
+       AND wallet_address = ANY($1::varchar[]) AND transaction_time < $3
+    UNION ALL
+    SELECT wallet_address, -(coalesce(network_fee_sol, 0) + coalesce(protocol_fee_sol, 0))
+      FROM agent_transactions
+     WHERE transaction_type = 'SWAP' AND wallet_address = ANY($1::varchar[])
+       AND transaction_time < $3
+) moves GROUP BY wallet_address
+"""
+# Positions bought before the start and still open at it: not replayed (the replay starts
+# flat); counted so that the output can say so.
+COUNT_OPEN_AT = """
+SELECT count(*) FROM agent_transactions t
+  LEFT JOIN agent_historical_swaps h ON h.position_id = t.position_id
+ WHERE t.wallet_address = ANY($1::varchar[]) AND t.input_mint = $2
+   AND t.transaction_type = 'SWAP' AND t.transaction_time < $3 AND NOT t.is_dca
+   AND (h.id IS NULL OR h.sale_time >= $3)
+"""
+
+
+async def read_agents(
+    conn: asyncpg.Connection, agent_ids: Sequence[UUID] | None, user_id: UUID | None
+) -> list[AgentSetup]:
+    """The agents asked for (with a simulation wallet), their stored configs as text."""
+    rows = await conn.fetch(
+        SELECT_AGENTS, list(agent_ids) if agent_ids is not None else None, user_id
+    )
+    return [
+        AgentSetup(
+            user_id=r["user_id"],
+            agent_id=r["id"],
+            name=r["name"],
+            wallet_address=r["wallet_address"],
+            config_text=r["config"],
+            trading_mode=r["trading_mode"],
+            automated_trading_simulation=r["automated_trading_simulation"],
+            automated_trading_live=r["automated_trading_live"],
+        )
+        for r in rows
+    ]
+
+
+async def read_signals(
+    conn: asyncpg.Connection,
+    users: Sequence[UUID],
+    since: datetime | None,
+    until: datetime | None,
+) -> list[Signal]:
+    """The users' stored signals created in [since, until), under their stored ids."""
+    return [
+        Signal(
+            user_id=r["user_id"],
+            token_address=r["token_address"],
+            signal_type=r["signal_type"],
+            signal_strength=r["signal_strength"],
+            idempotency_key=r["idempotency_key"] or f"signal-{r['id']}",
+            created_at=r["created_at"],
+            symbol=r["symbol"],
+            activation_reason=r["activation_reason"],
+            source=r["source"],
+            price_usd=r["price_usd"],
+            market_cap_usd=r["market_cap_usd"],
+            liquidity_usd=r["liquidity_usd"],
+            holder_count=r["holder_count"],
+            id=r["id"],
+            digest=r["payload_digest"],
+            record=r["source_record"],
+        )
+        for r in await conn.fetch(SELECT_SIGNALS, list(users), since, until)
+    ]
+
+
+async def read_ticks(
+    conn: asyncpg.Connection,
+    tokens: Sequence[str],
+    since: datetime | None,
+    until: datetime | None,
+) -> list[PriceWrite]:
+    """The recorded ticks of `tokens` (SOL/USD among them) in [since, until), in time order."""
+    return [
+        PriceWrite(r["token_address"], r["price_usd"], r["price_ts"])
+        for r in await conn.fetch(SELECT_TICKS, list(tokens), since, until)
+    ]
+
+
+async def state_at(
+    conn: asyncpg.Connection, agents: Sequence[AgentSetup], tokens: Sequence[str], at: datetime
+) -> tuple[dict[UUID, Decimal], dict[str, tuple[Decimal, datetime]], int]:
+    """At `at`: each agent's SOL, the last price of each token, and how many positions
+    were open (which the replay does not carry)."""
+    wallets = {a.wallet_address: a.agent_id for a in agents}
+    sol = {
+        wallets[r["wallet_address"]]: r["sol"]
+        for r in await conn.fetch(SELECT_SOL_BEFORE, list(wallets), SOL_MINT, at)
+    }
+    prices = {
+        r["token_address"]: (r["price_usd"], r["price_ts"])
+        for r in await conn.fetch(SELECT_PRICES_BEFORE, list(tokens), at)
+    }
+    open_at = int(await conn.fetchval(COUNT_OPEN_AT, list(wallets), SOL_MINT, at))
+    return sol, prices, open_at

@@ -1,0 +1,148 @@
+"""What `signal-worker report` reads: agents, their executions, exits, open positions and the
+latest prices, in one read-only snapshot; the figures are `worker.domain.results`'."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from uuid import UUID
+
+import asyncpg
+
+from worker.domain.fills import token_price_sol
+from worker.domain.models import SOL_MINT
+from worker.domain.results import AgentResult, Close, Holding, summarize
+
+# The agents asked for (all, by id, or a user's), with the SOL balance of their current
+# mode's wallet.
+SELECT_AGENTS = """
+SELECT a.id, a.name, a.user_id, b.balance
+  FROM agents a
+  LEFT JOIN agent_wallets w ON w.agent_id = a.id AND w.wallet_type = a.trading_mode
+  LEFT JOIN agent_balances b ON b.wallet_address = w.wallet_address AND b.token_address = $3
+ WHERE ($1::uuid[] IS NULL OR a.id = ANY($1::uuid[]))
+   AND ($2::uuid IS NULL OR a.user_id = $2)
+ ORDER BY a.user_id, a.created_at, a.name, a.id
+"""
+SELECT_EXECUTIONS = """
+SELECT agent_id, status, count(*)::int AS n
+  FROM signal_executions
+ WHERE agent_id = ANY($1::uuid[]) AND ($2::timestamptz IS NULL OR executed_at >= $2)
+   AND ($3::timestamptz IS NULL OR executed_at < $3)
+ GROUP BY agent_id, status
+"""
+# What a closed position cost: its buys' SOL debits (the position's SOL-in swaps, fees
+# included), else (a row another writer made, without the link) amount x purchase price.
+SELECT_CLOSES = """
+SELECT h.agent_id, h.profit_loss_sol, h.sale_time,
+       extract(epoch FROM h.sale_time - h.purchase_time)::float8 AS held_s,
+       coalesce(inv.sol, h.amount * h.purchase_price) AS invested
+  FROM agent_historical_swaps h
+  LEFT JOIN LATERAL (
+        SELECT sum(t.input_amount + coalesce(t.network_fee_sol, 0)
+                   + coalesce(t.protocol_fee_sol, 0)) AS sol
+          FROM agent_transactions t
+         WHERE h.position_id IS NOT NULL AND t.position_id = h.position_id
+           AND t.input_mint = $3
+  ) inv ON true
+ WHERE h.agent_id = ANY($1::uuid[]) AND ($2::timestamptz IS NULL OR h.sale_time >= $2)
+   AND ($4::timestamptz IS NULL OR h.sale_time < $4)
+ ORDER BY h.sale_time
+"""
+SELECT_OPEN = """
+SELECT agent_id, token_address, coalesce(remaining_amount, purchase_amount) AS remaining,
+       total_invested_sol, take_profit_proceeds_sol
+  FROM agent_positions
+ WHERE agent_id = ANY($1::uuid[])
+"""
+SELECT_PRICES = """
+SELECT token_address, price_usd FROM token_prices WHERE token_address = ANY($1::varchar[])
+"""
+SELECT_SNAPSHOTS = """
+SELECT agent_id, snapshot_timestamp, portfolio_balance_sol
+  FROM agent_balance_snapshots
+ WHERE agent_id = ANY($1::uuid[]) AND ($2::timestamptz IS NULL OR snapshot_timestamp >= $2)
+ ORDER BY snapshot_timestamp
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    """Which agents, and the time range of the executions and exits counted (open
+    positions are those open now)."""
+
+    agent_ids: Sequence[UUID] | None = None
+    user_id: UUID | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+@dataclass(slots=True)
+class Curves:
+    """For the chart: each agent's portfolio balance over time (hourly snapshots) and its
+    realised P/L after each exit."""
+
+    balances: dict[UUID, list[tuple[datetime, Decimal]]] = field(default_factory=dict)
+    realised: dict[UUID, list[tuple[datetime, Decimal]]] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Report:
+    """The report's rows, in agent order, and the chart's data."""
+
+    results: list[AgentResult]
+    users: dict[UUID, UUID]  # agent -> user
+    curves: Curves
+
+
+async def read_report(conn: asyncpg.Connection, filters: Filters) -> Report:
+    """Read everything the report needs; run it inside one read-only transaction."""
+    ids = list(filters.agent_ids) if filters.agent_ids is not None else None
+    agents = await conn.fetch(SELECT_AGENTS, ids, filters.user_id, SOL_MINT)
+    agent_ids = [a["id"] for a in agents]
+    statuses: dict[UUID, dict[str, int]] = defaultdict(dict)
+    for r in await conn.fetch(SELECT_EXECUTIONS, agent_ids, filters.since, filters.until):
+        statuses[r["agent_id"]][r["status"]] = r["n"]
+    closes: dict[UUID, list[Close]] = defaultdict(list)
+    curves = Curves()
+    for r in await conn.fetch(SELECT_CLOSES, agent_ids, filters.since, SOL_MINT, filters.until):
+        closes[r["agent_id"]].append(Close(r["profit_loss_sol"], r["invested"], r["held_s"]))
+        points = curves.realised.setdefault(r["agent_id"], [])
+        before = points[-1][1] if points else Decimal(0)
+        points.append((r["sale_time"], before + r["profit_loss_sol"]))
+    holdings: dict[UUID, list[Holding]] = defaultdict(list)
+    for r in await conn.fetch(SELECT_OPEN, agent_ids):
+        holdings[r["agent_id"]].append(
+            Holding(
+                r["token_address"],
+                r["remaining"],
+                r["total_invested_sol"],
+                r["take_profit_proceeds_sol"],
+            )
+        )
+    tokens = sorted({h.token_address for hs in holdings.values() for h in hs} | {SOL_MINT})
+    usd = {r["token_address"]: r["price_usd"] for r in await conn.fetch(SELECT_PRICES, tokens)}
+    sol_usd = usd.get(SOL_MINT)
+    prices_sol = (
+        {t: token_price_sol(p, sol_usd) for t, p in usd.items() if t != SOL_MINT} if sol_usd else {}
+    )
+    for r in await conn.fetch(SELECT_SNAPSHOTS, agent_ids, filters.since):
+        curves.balances.setdefault(r["agent_id"], []).append(
+            (r["snapshot_timestamp"], r["portfolio_balance_sol"])
+        )
+    results = [
+        summarize(
+            a["id"],
+            a["name"],
+            executions=statuses.get(a["id"], {}),
+            closes=closes.get(a["id"], []),
+            holdings=holdings.get(a["id"], []),
+            prices_sol=prices_sol,
+            balance_sol=a["balance"],
+        )
+        for a in agents
+    ]
+    return Report(results, {a["id"]: a["user_id"] for a in agents}, curves)

@@ -1,0 +1,129 @@
+"""What an agent's trading came to: the figures of `signal-worker report` and `replay`.
+
+Pure: the live report feeds it rows read from the ledger, a replay the in-memory store's
+contents, so both tables mean the same thing.
+
+- Realised P/L is the sum of the full exits' `profit_loss_sol` (which already counts the
+  take-profit sales before each exit); its % is that over the SOL those positions cost
+  (buys and DCA buys, fees included).
+- Unrealised P/L values each open position as a sale at the latest price would, before
+  the sale's fees: remaining tokens x SOL per token + take-profit SOL already returned -
+  SOL invested. It is None when a held token has no price (or SOL/USD is missing).
+- Win rate: full exits with a profit over all full exits (None without exits).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from uuid import UUID
+
+from worker.domain.money import HUNDRED, ZERO, exact, fmt, to_sol
+
+STATUSES = ("success", "skipped", "failed")
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """A full exit: its P/L, what the position cost, how long it was held."""
+
+    profit_loss_sol: Decimal
+    invested_sol: Decimal
+    held_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Holding:
+    """An open position, as much of it as a valuation needs."""
+
+    token_address: str
+    remaining_amount: Decimal
+    invested_sol: Decimal
+    take_profit_proceeds_sol: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class AgentResult:
+    """One agent's figures (see the module's docstring)."""
+
+    agent_id: UUID
+    name: str
+    executions: Mapping[str, int]  # by status
+    trades: int  # full exits
+    win_rate_pct: Decimal | None
+    realised_pnl_sol: Decimal
+    realised_pnl_pct: Decimal | None
+    open_positions: int
+    unrealised_pnl_sol: Decimal | None
+    avg_hold_s: float | None
+    largest_loss_sol: Decimal | None  # the worst exit, when one lost
+    balance_sol: Decimal | None
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON-ready: numbers as exact strings, ids as text."""
+
+        def text(value: Decimal | None) -> str | None:
+            return None if value is None else fmt(value)
+
+        return {
+            "agent_id": str(self.agent_id),
+            "name": self.name,
+            "executions": {s: self.executions.get(s, 0) for s in STATUSES},
+            "trades": self.trades,
+            "win_rate_pct": text(self.win_rate_pct),
+            "realised_pnl_sol": text(self.realised_pnl_sol),
+            "realised_pnl_pct": text(self.realised_pnl_pct),
+            "open_positions": self.open_positions,
+            "unrealised_pnl_sol": text(self.unrealised_pnl_sol),
+            "avg_hold_s": None if self.avg_hold_s is None else round(self.avg_hold_s, 1),
+            "largest_loss_sol": text(self.largest_loss_sol),
+            "balance_sol": text(self.balance_sol),
+        }
+
+
+@exact
+def summarize(
+    agent_id: UUID,
+    name: str,
+    *,
+    executions: Mapping[str, int],
+    closes: Sequence[Close],
+    holdings: Sequence[Holding],
+    prices_sol: Mapping[str, Decimal],
+    balance_sol: Decimal | None,
+) -> AgentResult:
+    """The figures of one agent from its executions, exits, open positions, the latest SOL
+    price of each token (SOL per token) and its SOL balance."""
+    realised = sum((c.profit_loss_sol for c in closes), ZERO)
+    invested = sum((c.invested_sol for c in closes), ZERO)
+    wins = sum(1 for c in closes if c.profit_loss_sol > 0)
+    losses = [c.profit_loss_sol for c in closes if c.profit_loss_sol < 0]
+    unrealised: Decimal | None = ZERO
+    for h in holdings:
+        price = prices_sol.get(h.token_address)
+        if price is None or unrealised is None:
+            unrealised = None
+            continue
+        unrealised += h.remaining_amount * price + h.take_profit_proceeds_sol - h.invested_sol
+    return AgentResult(
+        agent_id=agent_id,
+        name=name,
+        executions=dict(executions),
+        trades=len(closes),
+        win_rate_pct=_pct(Decimal(wins), Decimal(len(closes))),
+        realised_pnl_sol=to_sol(realised),
+        realised_pnl_pct=_pct(realised, invested),
+        open_positions=len(holdings),
+        unrealised_pnl_sol=None if unrealised is None else to_sol(unrealised),
+        avg_hold_s=sum(c.held_s for c in closes) / len(closes) if closes else None,
+        largest_loss_sol=min(losses) if losses else None,
+        balance_sol=balance_sol,
+    )
+
+
+def _pct(part: Decimal, whole: Decimal) -> Decimal | None:
+    """part / whole in %, 2 places; None when whole is 0."""
+    if whole == 0:
+        return None
+    return (part * HUNDRED / whole).quantize(Decimal("0.01"))

@@ -1,0 +1,1 @@
+"""`signal-worker replay`: recorded signals and ticks through other configs, in memory."""

@@ -1,0 +1,207 @@
+"""A replay: recorded signals and ticks, in time order, through the live handlers, in memory.
+
+Each run starts from the same point (the agents, their SOL at the start, the prices known
+then) in a fresh `MemoryStore`, with every agent's config replaced by a variant's (its
+stored config with overrides merged in, objects merged and arrays replaced, as the
+worker merges a stored config over the defaults), and feeds the events one by one:
+
+- in time order (a signal at its `created_at`, a tick at its `ts`), ticks first at equal
+  times, then in the order recorded: the order the live worker follows when the feeds
+  stamp their messages with their publishing time (it takes ticks before signals by Kafka
+  record time, `worker.ordering`);
+- each at its own time: `now` is the event's time (live, it is the moment the worker
+  processed it, a few milliseconds later), so stale-trade and DCA-cooldown clocks run on
+  the recorded times;
+- signals under their recorded ids, so position sizes are drawn from the same seeds as
+  live (`worker.domain.sizing`).
+
+So the stored config, replayed, makes the live trades again; a variant shows what that
+config would have done with the same signals and prices.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+from worker.config_cache import ConfigTexts
+from worker.domain.config import decode_json, deep_merge, read_config
+from worker.domain.fills import token_price_sol
+from worker.domain.models import SOL_MINT, Signal
+from worker.domain.records import AgentSetup
+from worker.domain.results import AgentResult, Close, Holding, summarize
+from worker.errors import UsageError
+from worker.handlers import handle_signals
+from worker.prices import Tick, handle_prices
+from worker.replay.memory import MemoryStore
+from worker.settings import Settings
+
+CURVE_POINTS = 400  # at most this many points per balance curve
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A signal or a tick at its time; `seq` keeps the recorded order of equal times."""
+
+    at: datetime
+    seq: int
+    signal: Signal | None = None
+    tick: Tick | None = None
+
+    @property
+    def key(self) -> tuple[datetime, int, int]:
+        """Sort key: time, ticks before signals, recorded order."""
+        return (self.at, 0 if self.tick is not None else 1, self.seq)
+
+
+def events_of(signals: Iterable[Signal], ticks: Iterable[Tick]) -> list[Event]:
+    """Signals and ticks merged into replay order."""
+    events = [Event(s.created_at, i, signal=s) for i, s in enumerate(signals)]
+    events += [Event(t.ts, i, tick=t) for i, t in enumerate(ticks)]
+    events.sort(key=lambda e: e.key)
+    return events
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    """Where every run starts: the agents (their stored configs), SOL, known prices."""
+
+    agents: Sequence[AgentSetup]
+    sol: dict[UUID, Decimal]
+    prices: dict[str, tuple[Decimal, datetime]]
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """A config to replay: `overrides` merged over each agent's stored config (None: the
+    stored config itself)."""
+
+    label: str
+    overrides: dict[str, Any] | None = None
+
+    def config_text(self, stored: str | None) -> str | None:
+        """The agent's config under this variant, as stored JSON text."""
+        if self.overrides is None:
+            return stored
+        base = decode_json(stored) if stored is not None else {}
+        merged = deep_merge(base if isinstance(base, dict) else {}, self.overrides)
+        return json.dumps(merged, default=str)
+
+
+@dataclass
+class Run:
+    """What one variant did: the store at the end, and each agent's balance curve."""
+
+    variant: Variant
+    store: MemoryStore
+    events: int
+    seconds: float
+    curves: dict[UUID, list[tuple[datetime, Decimal]]] = field(default_factory=dict)
+
+    def results(self) -> list[AgentResult]:
+        """The report's figures for every agent, as `report` computes them live."""
+        store = self.store
+        sol = store.prices.get(SOL_MINT)
+        prices_sol = (
+            {t: token_price_sol(p, sol[0]) for t, (p, _) in store.prices.items() if t != SOL_MINT}
+            if sol is not None
+            else {}
+        )
+        statuses: dict[UUID, dict[str, int]] = {}
+        for (_, agent_id), row in store.executions.items():
+            counts = statuses.setdefault(agent_id, {})
+            counts[row.status.value] = counts.get(row.status.value, 0) + 1
+        closes: dict[UUID, list[Close]] = {}
+        for closed, at in store.closed:
+            pnl = closed.pnl
+            held = (at - closed.position.state.created_at).total_seconds()
+            closes.setdefault(closed.position.agent_id, []).append(
+                Close(pnl.profit_loss_sol, pnl.returned_sol - pnl.profit_loss_sol, held)
+            )
+        holdings: dict[UUID, list[Holding]] = {}
+        for p in store.positions.values():
+            s = p.state
+            remaining = s.remaining_amount if s.remaining_amount is not None else s.purchase_amount
+            holdings.setdefault(p.row.agent_id, []).append(
+                Holding(
+                    p.row.token_address,
+                    remaining,
+                    s.total_invested_sol,
+                    s.take_profit_proceeds_sol,
+                )
+            )
+        return [
+            summarize(
+                agent.agent_id,
+                agent.name,
+                executions=statuses.get(agent.agent_id, {}),
+                closes=closes.get(agent.agent_id, []),
+                holdings=holdings.get(agent.agent_id, []),
+                prices_sol=prices_sol,
+                balance_sol=store.sol_balance(agent.agent_id),
+            )
+            for agent in store.agents.values()
+        ]
+
+
+def check_variant(variant: Variant, start: Start) -> None:
+    """`UsageError` with the reason when the variant makes an agent's config invalid."""
+    for agent in start.agents:
+        reading = read_config(variant.config_text(agent.config_text))
+        if reading.error is not None:
+            raise UsageError(f"{variant.label}: for agent {agent.name!r}: {reading.error}")
+
+
+async def replay(
+    start: Start,
+    events: Sequence[Event],
+    variant: Variant,
+    settings: Settings,
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> Run:
+    """Run `events` from `start` under `variant`; writes nothing anywhere but memory."""
+    store = MemoryStore()
+    for agent in start.agents:
+        store.add_agent(
+            replace(agent, config_text=variant.config_text(agent.config_text)),
+            start.sol.get(agent.agent_id, Decimal(0)),
+        )
+    store.prices.update(start.prices)
+    configs = ConfigTexts()
+    run = Run(variant, store, len(events), 0.0)
+    every = max(1, len(events) // CURVE_POINTS)
+    started = time.perf_counter()
+    for n, event in enumerate(events, start=1):
+        if event.tick is not None:
+            await handle_prices(
+                store, [event.tick], configs=configs, settings=settings, now=event.at
+            )
+        elif event.signal is not None:
+            await handle_signals(store, [event.signal], trading=settings.trading, now=event.at)
+        if n % every == 0 or n == len(events):
+            _sample(run, event.at)
+        if progress is not None and n % 1000 == 0:
+            progress(n)
+    run.seconds = time.perf_counter() - started
+    return run
+
+
+def _sample(run: Run, at: datetime) -> None:
+    """Each agent's SOL plus what its open positions cost (less the SOL they returned)."""
+    store = run.store
+    held: dict[UUID, Decimal] = {}
+    for p in store.positions.values():
+        agent_id = p.row.agent_id
+        cost = p.state.total_invested_sol - p.state.take_profit_proceeds_sol
+        held[agent_id] = held.get(agent_id, Decimal(0)) + cost
+    for agent in store.agents.values():
+        sol = store.sol_balance(agent.agent_id) or Decimal(0)
+        value = sol + held.get(agent.agent_id, Decimal(0))
+        run.curves.setdefault(agent.agent_id, []).append((at, value))

@@ -1,0 +1,314 @@
+"""The worker's store in memory: both ports (`SignalStore`, `PriceStore`) over plain dicts.
+
+`replay` runs the live handlers (`handle_signals`, `handle_prices`) against it, so a
+replay applies the very rules the worker applies, not a second implementation of them.
+It keeps what PostgreSQL would enforce and the handlers rely on: one signal per (user,
+idempotency key), one execution per (signal, agent), one position per (agent, wallet,
+token), no balance below zero and no debit of a missing balance row, a price stored only
+when newer, trails that only rise (peak, stop) or fall (low). A violation raises
+`StoreViolation` (where PostgreSQL would roll the transaction back): in a replay that is a
+bug, never an outcome.
+
+Locks are no-ops (one replay, one thread). Signals keep the id they are given (a recorded
+signal replays under its stored id, so its position sizes are drawn from the same seed as
+live); others are numbered after the largest id seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from decimal import Decimal
+from uuid import UUID
+
+from worker.domain.config import ExitRules
+from worker.domain.ledger import BalanceDelta, NewPosition, SwapRow, merge_deltas
+from worker.domain.models import SOL_MINT, PositionState, Signal
+from worker.domain.records import (
+    AgentRow,
+    AgentSetup,
+    ClosedPosition,
+    ExecutionRow,
+    OpenPosition,
+    PositionWrite,
+    PriceWrite,
+    StoredSignal,
+    TrailRow,
+    TrailUpdate,
+)
+
+ZERO = Decimal(0)
+
+
+class StoreViolation(Exception):  # noqa: N818 - named as what it is, as PostgreSQL's are
+    """What PostgreSQL would refuse (a constraint): the replay has a bug."""
+
+
+@dataclass
+class _Position:
+    row: OpenPosition  # identity and the buy's signal; `state` is kept current below
+    state: PositionState
+    tx_dca: list[UUID] = field(default_factory=list)
+    tx_tp: list[UUID] = field(default_factory=list)
+
+
+@dataclass
+class MemoryStore:
+    """Both ports in memory (see the module's docstring)."""
+
+    agents: dict[UUID, AgentSetup] = field(default_factory=dict)
+    balances: dict[tuple[str, str], Decimal] = field(default_factory=dict)
+    prices: dict[str, tuple[Decimal, datetime]] = field(default_factory=dict)
+    signals: dict[tuple[UUID, str | None], StoredSignal] = field(default_factory=dict)
+    executions: dict[tuple[int, UUID], ExecutionRow] = field(default_factory=dict)
+    swaps: list[SwapRow] = field(default_factory=list)
+    rule_sets: dict[UUID, str] = field(default_factory=dict)
+    positions: dict[UUID, _Position] = field(default_factory=dict)
+    closed: list[tuple[ClosedPosition, datetime]] = field(default_factory=list)
+    ticks: list[PriceWrite] = field(default_factory=list)
+    _by_holding: dict[tuple[UUID, str, str], UUID] = field(default_factory=dict)
+    _held: dict[UUID, set[str]] = field(default_factory=dict)  # tokens by agent
+    _swap_signal: dict[UUID, int | None] = field(default_factory=dict)
+    _last_signal_id: int = 0
+
+    # --- set-up
+
+    def add_agent(self, agent: AgentSetup, sol: Decimal) -> None:
+        """An agent with `sol` in its simulation wallet."""
+        self.agents[agent.agent_id] = agent
+        self.balances[(agent.wallet_address, SOL_MINT)] = sol
+
+    def sol_balance(self, agent_id: UUID) -> Decimal | None:
+        """The SOL balance of the agent's wallet."""
+        agent = self.agents[agent_id]
+        return self.balances.get((agent.wallet_address, SOL_MINT))
+
+    def open_positions_of(self, agent_id: UUID) -> list[OpenPosition]:
+        """The agent's open positions, their state current."""
+        return [
+            replace(p.row, state=p.state)
+            for p in self.positions.values()
+            if p.row.agent_id == agent_id
+        ]
+
+    # --- SignalStore
+
+    async def existing_users(self, user_ids: Sequence[UUID]) -> set[UUID]:
+        users = {a.user_id for a in self.agents.values()}
+        return {u for u in user_ids if u in users}
+
+    async def insert_signals(self, signals: Sequence[Signal]) -> list[StoredSignal]:
+        out = []
+        for s in signals:
+            key = (s.user_id, s.idempotency_key)
+            found = self.signals.get(key)
+            if found is not None:
+                out.append(replace(found, is_new=False))
+                continue
+            signal_id = s.id if s.id is not None else self._last_signal_id + 1
+            self._last_signal_id = max(self._last_signal_id, signal_id)
+            self.signals[key] = StoredSignal(signal_id, True, s.digest, s.record)
+            out.append(self.signals[key])
+        return out
+
+    async def lock_signals(self, signal_ids: Sequence[int]) -> None:
+        del signal_ids  # one replay, one thread: nothing to serialise with
+
+    async def executions_of(self, signal_ids: Sequence[int]) -> dict[int, set[UUID]]:
+        wanted = set(signal_ids)
+        done: dict[int, set[UUID]] = {}
+        for signal_id, agent_id in self.executions:
+            if signal_id in wanted:
+                done.setdefault(signal_id, set()).add(agent_id)
+        return done
+
+    async def lock_users_sol_balances(self, user_ids: Sequence[UUID]) -> None:
+        del user_ids
+
+    async def fetch_agents(
+        self, user_ids: Sequence[UUID], tokens: Sequence[str]
+    ) -> dict[UUID, list[AgentRow]]:
+        users, wanted = set(user_ids), set(tokens)
+        out: dict[UUID, list[AgentRow]] = {}
+        for a in sorted(self.agents.values(), key=lambda a: (a.user_id, a.agent_id)):
+            if a.user_id not in users:
+                continue
+            wallet = a.wallet_address if a.trading_mode == "simulation" else None
+            mine = self._held.get(a.agent_id, set()) if wallet else set()
+            out.setdefault(a.user_id, []).append(
+                AgentRow(
+                    user_id=a.user_id,
+                    agent_id=a.agent_id,
+                    trading_mode=a.trading_mode,
+                    automated_trading_simulation=a.automated_trading_simulation,
+                    automated_trading_live=a.automated_trading_live,
+                    trading_config_text=a.config_text,
+                    wallet_address=wallet,
+                    sol_balance=self.balances.get((wallet, SOL_MINT)) if wallet else None,
+                    open_positions=len(mine),
+                    held_tokens=frozenset(t for t in mine if t in wanted),
+                )
+            )
+        return out
+
+    async def fetch_prices(self, tokens: list[str]) -> dict[str, Decimal]:
+        return {t: self.prices[t][0] for t in tokens if t in self.prices}
+
+    async def insert_swaps(self, swaps: Sequence[SwapRow]) -> None:
+        for s in swaps:
+            if s.id in self._swap_signal:
+                raise StoreViolation(f"a second transaction {s.id}")
+            self._swap_signal[s.id] = s.signal_id
+        self.swaps.extend(swaps)
+
+    async def apply_balance_deltas(self, deltas: Sequence[BalanceDelta]) -> None:
+        debits, credits = merge_deltas(deltas)
+        for d in debits:
+            key = (d.wallet_address, d.token_address)
+            if key not in self.balances:
+                raise StoreViolation(f"a debit of a missing balance row {key}")
+            balance = self.balances[key] + d.delta
+            if balance < 0:
+                raise StoreViolation(f"balance {key} would be {balance}")
+            self.balances[key] = balance
+        for d in credits:
+            key = (d.wallet_address, d.token_address)
+            self.balances[key] = self.balances.get(key, ZERO) + d.delta
+
+    async def insert_exit_rules(self, rules: Sequence[ExitRules]) -> None:
+        for r in rules:
+            self.rule_sets.setdefault(r.id, r.json)
+
+    async def insert_positions(self, positions: Sequence[NewPosition]) -> None:
+        for p in positions:
+            key = (p.agent_id, p.wallet_address, p.token_address)
+            if key in self._by_holding:
+                raise StoreViolation(f"a second position {key}")
+            # As the INSERT writes it: all of the purchase still held.
+            state = (
+                p.state
+                if p.state.remaining_amount is not None
+                else replace(p.state, remaining_amount=p.state.purchase_amount)
+            )
+            row = OpenPosition(
+                id=p.id,
+                agent_id=p.agent_id,
+                wallet_address=p.wallet_address,
+                token_address=p.token_address,
+                token_symbol=p.token_symbol,
+                purchase_transaction_id=p.purchase_transaction_id,
+                signal_id=self._swap_signal.get(p.purchase_transaction_id),
+                sol_balance=ZERO,
+                state=state,
+                exit_rules_id=p.exit_rules_id,
+            )
+            self.positions[p.id] = _Position(row, state)
+            self._by_holding[key] = p.id
+            self._held.setdefault(p.agent_id, set()).add(p.token_address)
+
+    async def insert_executions(self, rows: Sequence[ExecutionRow]) -> int:
+        new = 0
+        for r in rows:
+            if (r.signal_id, r.agent_id) not in self.executions:
+                self.executions[(r.signal_id, r.agent_id)] = r
+                new += 1
+        return new
+
+    # --- PriceStore
+
+    async def latest_prices(self, tokens: Sequence[str]) -> dict[str, tuple[Decimal, datetime]]:
+        return {t: self.prices[t] for t in tokens if t in self.prices}
+
+    async def upsert_prices(self, prices: Sequence[PriceWrite]) -> set[str]:
+        stored = set()
+        for p in prices:
+            prior = self.prices.get(p.token_address)
+            if prior is None or prior[1] < p.ts:
+                self.prices[p.token_address] = (p.price_usd, p.ts)
+                stored.add(p.token_address)
+        return stored
+
+    async def record_ticks(self, ticks: Sequence[PriceWrite]) -> None:
+        self.ticks.extend(ticks)
+
+    def _exitable(self, p: _Position) -> bool:
+        agent = self.agents.get(p.row.agent_id)
+        return agent is not None and agent.automated_trading_simulation
+
+    async def trail_rows(self, tokens: Sequence[str]) -> list[TrailRow]:
+        wanted = set(tokens)
+        return [
+            TrailRow(
+                p.row.id,
+                p.row.agent_id,
+                p.row.token_address,
+                p.row.wallet_address,
+                "v1",  # a replay's configs never change while it runs
+                p.state.purchase_price,
+                p.state.created_at,
+                p.state.current_stop_loss_percentage,
+                p.state.peak_price,
+                p.state.lowest_price,
+                p.row.exit_rules_id,
+            )
+            for p in self.positions.values()
+            if p.row.token_address in wanted and self._exitable(p)
+        ]
+
+    async def agent_configs(self, agent_ids: Sequence[UUID]) -> dict[UUID, tuple[str, str | None]]:
+        return {a: ("v1", self.agents[a].config_text) for a in agent_ids if a in self.agents}
+
+    async def exit_rules(self, ids: Sequence[UUID]) -> dict[UUID, str]:
+        return {i: self.rule_sets[i] for i in ids if i in self.rule_sets}
+
+    async def lock_wallets_sol(self, wallets: Sequence[str]) -> None:
+        del wallets
+
+    async def lock_positions(self, ids: Sequence[UUID]) -> list[OpenPosition]:
+        out = []
+        for i in sorted(set(ids)):
+            p = self.positions.get(i)
+            if p is None or not self._exitable(p):
+                continue
+            sol = self.balances.get((p.row.wallet_address, SOL_MINT), ZERO)
+            out.append(replace(p.row, state=p.state, sol_balance=sol))
+        return out
+
+    async def update_positions(self, writes: Sequence[PositionWrite], now: datetime) -> None:
+        del now
+        for w in writes:
+            p = self.positions[w.id]
+            p.state = w.state
+            p.tx_dca.extend(w.dca_transaction_ids)
+            p.tx_tp.extend(w.take_profit_transaction_ids)
+
+    async def update_trails(self, trails: Sequence[TrailUpdate], now: datetime) -> None:
+        del now
+        for t in trails:
+            p = self.positions[t.id]
+            s = p.state
+            low = t.lowest_price if s.lowest_price is None else min(s.lowest_price, t.lowest_price)
+            p.state = replace(
+                s,
+                peak_price=_greatest(s.peak_price, t.peak_price),
+                current_stop_loss_percentage=_greatest(
+                    s.current_stop_loss_percentage, t.stop_loss_pct
+                ),
+                lowest_price=low,
+            )
+
+    async def close_positions(self, closed: Sequence[ClosedPosition], now: datetime) -> None:
+        for c in closed:
+            p = self.positions.pop(c.position.id)
+            key = (p.row.agent_id, p.row.wallet_address, p.row.token_address)
+            del self._by_holding[key]
+            self._held[p.row.agent_id].discard(p.row.token_address)
+            balance_key = (p.row.wallet_address, p.row.token_address)
+            if self.balances.get(balance_key) == 0:
+                del self.balances[balance_key]
+            self.closed.append((c, now))
+
+
+def _greatest(a: Decimal | None, b: Decimal | None) -> Decimal | None:
+    return b if a is None else a if b is None else max(a, b)
