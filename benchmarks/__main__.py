@@ -130,6 +130,7 @@ async def _headline(
         results.stop_out = await scenarios.stop_out(ctx)
         for tokens in scale.tick_tokens:
             results.tick_rates.append(await scenarios.tick_rate(ctx, tokens))
+        results.replay = await scenarios.replay_speed(ctx)
         progress("limits: raw consume")
         consume_topic = (results.at(1) or results.throughput[0]).topics.signals
         results.raw_consume = await limits.raw_consume(

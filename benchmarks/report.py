@@ -15,6 +15,7 @@ from benchmarks.scenarios import (
     FANOUTS,
     NAIVE_CONNECTIONS,
     Latency,
+    ReplaySpeed,
     Scale,
     StopOut,
     Throughput,
@@ -41,6 +42,7 @@ ROWS = (
     "tick stopping out 100 positions, at rest: p50/p99",
     "ticks/s over 1,000 tokens",
     "ticks/s over 10,000 tokens",
+    "replay in memory: executions/s, ticks/s",
     "limit: raw consume (aiokafka)",
     "limit: raw write (COPY)",
     "naive, 1 connection",
@@ -62,6 +64,8 @@ TARGET_TICK_MS = 100.0  # one tick over 10,000 positions, nothing moves
 TARGET_TRAIL_MS = 200.0  # the same, every peak moves
 TARGET_TICKS_PER_S = 5_000.0  # over 1,000 tokens x 10 positions
 TARGET_MEMORY_MB = 200.0
+TARGET_REPLAY_EXECUTIONS = 50_000.0  # per second, in memory
+TARGET_REPLAY_TICKS = 20_000.0
 
 
 @dataclass
@@ -90,6 +94,7 @@ class Results:
     one_tick: TickTimes | None = None
     stop_out: StopOut | None = None
     tick_rates: list[TickRate] = field(default_factory=list)
+    replay: ReplaySpeed | None = None
     disposable: Disposable | None = None
     raw_consume: Rate | None = None
     raw_write: Rate | None = None
@@ -202,9 +207,25 @@ def _rows(r: Results) -> dict[str, Row]:
         for name, rest in zip(rest_rows, r.rest, strict=False):
             if rest.latencies_ms:
                 rows[name] = _rest_row(name, rest)
+    name = "replay in memory: executions/s, ticks/s"
+    rows[name] = _measured(name, r.replay, _replay_row)
     _limit_rows(r, rows)
     _disposable_rows(r, rows)
     return rows
+
+
+def _replay_row(name: str, s: ReplaySpeed) -> Row:
+    ok = s.executions_per_s >= TARGET_REPLAY_EXECUTIONS and s.ticks_per_s >= TARGET_REPLAY_TICKS
+    return Row(
+        name,
+        f"{_n(s.executions_per_s)} / {_n(s.ticks_per_s)}",
+        f">= {_n(TARGET_REPLAY_EXECUTIONS)} / {_n(TARGET_REPLAY_TICKS)}",
+        _verdict(ok),
+        f"the replay engine on one core, no services: {s.executions:,} executions (the "
+        f"agent mix, one user) in {s.signals_s:.2f}s; "
+        f"{s.ticks:,} ticks over {s.positions:,} positions (10 per token, each tick moving "
+        f"its positions' peaks) in {s.ticks_s:.2f}s",
+    )
 
 
 def _rest_row(name: str, lat: Latency) -> Row:

@@ -14,6 +14,7 @@ import dataclasses
 import math
 import statistics
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -36,10 +37,14 @@ from benchmarks.infra import (
     connect,
 )
 from benchmarks.workload import (
+    DEPOSIT_SOL,
+    MIX,
+    SIGNAL_TYPE,
     SOL_USD,
     STEADY,
     TOKEN_USD,
     Agent,
+    Profile,
     TokenNames,
     User,
     create_users,
@@ -51,7 +56,12 @@ from benchmarks.workload import (
     signals_round_robin,
     tick_value,
 )
-from worker.domain.models import SOL_MINT
+from worker.domain.models import SOL_MINT, Signal
+from worker.domain.records import AgentSetup
+from worker.messages import PriceTickV1
+from worker.prices import Tick
+from worker.replay.engine import Start, Variant, events_of, replay
+from worker.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -78,6 +88,10 @@ class Scale:
     rest_fanouts: tuple[int, ...] = (10, 1000)
     stop_out_positions: int = 100  # a tick that stops out this many positions, at rest
     stop_out_ticks: int = 20
+    replay_agents: int = 100  # replay in memory: one user's agents (the realistic mix)
+    replay_signals: int = 500
+    replay_tick_tokens: int = 1000  # ... then ticks over this many tokens, 10 positions each
+    replay_tick_rounds: int = 20
     # Expected executions/s by fan-out: sizes the pre-published backlog (x BACKLOG_FACTOR).
     expected_rate: dict[int, float] = field(default_factory=dict)
     expected_ticks_per_s: float = 3000.0
@@ -121,6 +135,10 @@ QUICK = dataclasses.replace(
     rest_fanouts=(10, 30),
     stop_out_positions=10,
     stop_out_ticks=3,
+    replay_agents=10,
+    replay_signals=20,
+    replay_tick_tokens=20,
+    replay_tick_rounds=2,
     expected_ticks_per_s=150.0,
     tick_window_s=1,
     limit_s=1,
@@ -870,6 +888,82 @@ class _TickSender:
             self._conn, self._topics, self._sent, self._worker, topic=self._topics.prices
         )
         return (time.time() - started) * 1000
+
+
+@dataclass
+class ReplaySpeed:
+    """`replay` in memory: signals through many agents, then ticks over many positions."""
+
+    executions: int
+    signals_s: float
+    ticks: int
+    positions: int
+    ticks_s: float
+
+    @property
+    def executions_per_s(self) -> float:
+        """Agent executions replayed per second."""
+        return self.executions / self.signals_s if self.signals_s > 0 else 0.0
+
+    @property
+    def ticks_per_s(self) -> float:
+        """Ticks replayed per second."""
+        return self.ticks / self.ticks_s if self.ticks_s > 0 else 0.0
+
+
+async def replay_speed(ctx: Context) -> ReplaySpeed:
+    """The replay engine on a synthetic record, in this process: no database, no broker."""
+    scale = ctx.scale
+    ctx.progress(
+        f"replay in memory: {scale.replay_signals:,} signals x {scale.replay_agents} agents, "
+        f"then {scale.replay_tick_rounds * scale.replay_tick_tokens:,} ticks"
+    )
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    user = uuid.uuid4()
+
+    def setups(n: int, profiles: tuple[Profile, ...]) -> list[AgentSetup]:
+        return [AgentSetup(user, uuid.uuid4(), f"agent {i}", f"sim_replay_{i}",
+                           profiles[i % len(profiles)].text,
+                           trading_mode=profiles[i % len(profiles)].trading_mode)
+                for i in range(n)]  # fmt: skip
+
+    def signal(i: int, token: str) -> Signal:
+        return Signal(user_id=user, token_address=token, signal_type=SIGNAL_TYPE,
+                      signal_strength=4, idempotency_key=f"replay-{i}",
+                      created_at=t0 + timedelta(seconds=i), symbol="BENCH", price_usd=TOKEN_USD,
+                      id=i + 1)  # fmt: skip
+
+    names = TokenNames("replay" + ctx.tag)
+    prices = {SOL_MINT: (SOL_USD, t0 - timedelta(days=1))}
+    settings = Settings(log_level="WARNING")
+    # Signals: the realistic mix of agents, one token per signal.
+    agents = setups(scale.replay_agents, MIX)
+    start = Start(agents, {a.agent_id: DEPOSIT_SOL for a in agents}, prices)
+    signals = [signal(i, names(i)) for i in range(scale.replay_signals)]
+    run = await replay(start, events_of(signals, []), Variant("bench"), settings)
+    executions, signals_s = len(run.store.executions), run.seconds
+    # Ticks: 10 agents buy every token, then rounds of ticks 0.2% up move every peak.
+    agents = setups(10, (STEADY,))
+    start = Start(agents, {a.agent_id: DEPOSIT_SOL for a in agents}, prices)
+    tokens = [names(100_000 + i) for i in range(scale.replay_tick_tokens)]
+    buys = [signal(i, token) for i, token in enumerate(tokens)]
+    first = len(buys) + 1
+    ticks = []
+    for r in range(scale.replay_tick_rounds):
+        price = (TOKEN_USD * Decimal("1.002") ** (r + 1)).quantize(Decimal("1e-12"))
+        for k, token in enumerate(tokens):
+            ts = t0 + timedelta(seconds=first + r * len(tokens) + k)
+            ticks.append(Tick(PriceTickV1.model_construct(token_address=token, price_usd=price,
+                                                          ts=ts), ts))  # fmt: skip
+    bought = await replay(start, events_of(buys, []), Variant("bench"), settings)
+    both = await replay(start, events_of(buys, ticks), Variant("bench"), settings)
+    return ReplaySpeed(
+        executions=executions,
+        signals_s=signals_s,
+        ticks=len(ticks),
+        positions=len(bought.store.positions),
+        ticks_s=max(both.seconds - bought.seconds, 1e-9),
+    )
 
 
 def median(values: list[float]) -> float:

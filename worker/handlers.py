@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from uuid import UUID
 
 from worker.config_cache import ConfigProblem, config_of_text, problem_of
@@ -29,6 +29,7 @@ from worker.domain.models import (
     Signal,
     Subscriber,
 )
+from worker.domain.money import MATH_CONTEXT
 from worker.domain.records import AgentRow, ExecutionRow, StoredSignal
 from worker.domain.sizing import sizing_seed
 from worker.ports import SignalStore
@@ -121,42 +122,56 @@ async def handle_signals(
     )
     buys = _Buys(now)
     rows: list[ExecutionRow] = []
-    results: list[SignalOutcome | UnknownUser] = []
-    for signal, stored_id in keyed:
-        if stored_id is None:
-            results.append(UnknownUser(f"unknown user_id {signal.user_id}: no such user"))
-            continue
-        signal_id, is_new = stored_id.id, stored_id.is_new
-        finished = done.setdefault(signal_id, set())
-        agents = fleet.agents_of(signal.user_id)
-        already = len(finished & fleet.ids(agents)) if finished else 0
-        outcome = SignalOutcome(
-            signal_id, is_new, already_done=already, conflicts_with=_conflict(signal, stored_id)
-        )
-        price = _Prices(
-            signal.price_usd if signal.price_usd is not None else prices.get(signal.token_address),
-            prices.get(SOL_MINT),
-        )
-        for agent in agents:
-            if agent.agent_id in finished:
-                continue
-            decision, tx_id = _execute(signal, signal_id, agent, price, trading, buys, fleet)
-            problem = problem_of(agent.agent_id, config_of_text(agent.trading_config_text))
-            if problem is not None:
-                outcome.config_problems.append(problem)
-            finished.add(agent.agent_id)
-            rows.append(
-                ExecutionRow(signal_id, agent.agent_id, decision.status, tx_id, decision.reason)
-            )
-            outcome.outcomes.append(AgentOutcome(agent.agent_id, decision, tx_id))
-        results.append(outcome)
-
+    with localcontext(MATH_CONTEXT):  # once for the batch, not once per agent and rule
+        results = [
+            _signal(signal, stored_id, done, fleet, prices, trading, buys, rows)
+            for signal, stored_id in keyed
+        ]
     await store.insert_swaps(buys.swaps)
     await store.apply_balance_deltas(buys.deltas)
     await store.insert_exit_rules(list(buys.rule_sets.values()))
     await store.insert_positions(buys.positions)
     await store.insert_executions(rows)
     return results
+
+
+def _signal(
+    signal: Signal,
+    stored_id: StoredSignal | None,
+    done: dict[int, set[UUID]],
+    fleet: _Fleet,
+    prices: dict[str, Decimal],
+    trading: TradingSettings,
+    buys: _Buys,
+    rows: list[ExecutionRow],
+) -> SignalOutcome | UnknownUser:
+    """One signal for every agent of its user without an execution yet."""
+    if stored_id is None:
+        return UnknownUser(f"unknown user_id {signal.user_id}: no such user")
+    signal_id, is_new = stored_id.id, stored_id.is_new
+    finished = done.setdefault(signal_id, set())
+    agents = fleet.agents_of(signal.user_id)
+    already = len(finished & fleet.ids(agents)) if finished else 0
+    outcome = SignalOutcome(
+        signal_id, is_new, already_done=already, conflicts_with=_conflict(signal, stored_id)
+    )
+    price = _Prices(
+        signal.price_usd if signal.price_usd is not None else prices.get(signal.token_address),
+        prices.get(SOL_MINT),
+    )
+    for agent in agents:
+        if agent.agent_id in finished:
+            continue
+        decision, tx_id = _execute(signal, signal_id, agent, price, trading, buys, fleet)
+        problem = problem_of(agent.agent_id, config_of_text(agent.trading_config_text))
+        if problem is not None:
+            outcome.config_problems.append(problem)
+        finished.add(agent.agent_id)
+        rows.append(
+            ExecutionRow(signal_id, agent.agent_id, decision.status, tx_id, decision.reason)
+        )
+        outcome.outcomes.append(AgentOutcome(agent.agent_id, decision, tx_id))
+    return outcome
 
 
 class _Fleet:
@@ -182,11 +197,17 @@ class _Fleet:
     def bought(self, agent: AgentRow, token: str, debit_sol: Decimal) -> None:
         """Record a buy: the SOL left, one more position, the token held."""
         user_id, index = self._where[agent.agent_id]
-        self._agents[user_id][index] = replace(
-            agent,
-            sol_balance=(agent.sol_balance or Decimal(0)) - debit_sol,
-            open_positions=agent.open_positions + 1,
-            held_tokens=agent.held_tokens | {token},
+        self._agents[user_id][index] = AgentRow(  # not `replace`: this runs once per buy
+            agent.user_id,
+            agent.agent_id,
+            agent.trading_mode,
+            agent.automated_trading_simulation,
+            agent.automated_trading_live,
+            agent.trading_config_text,
+            agent.wallet_address,
+            (agent.sol_balance or Decimal(0)) - debit_sol,
+            agent.open_positions + 1,
+            agent.held_tokens | {token},
         )
 
 

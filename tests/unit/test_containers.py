@@ -72,7 +72,7 @@ HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
 _INTERPOLATION_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
 # What a user's shell or .env gives the compose file: only what it requires (`${NAME:?...}`).
-SHELL_ENV = {"GRAFANA_ADMIN_PASSWORD": "from-dot-env"}
+SHELL_ENV = {"GRAFANA_ADMIN_PASSWORD": "from-dot-env", "GRAFANA_DB_PASSWORD": "from-dot-env-too"}
 _DURATION_RE = re.compile(r"^(\d+)(ms|s|m|h)$")
 _METRIC_RE = re.compile(r"\bsignal_worker_[a-z0-9_]+")
 
@@ -483,10 +483,10 @@ def test_compose_grafana_has_no_default_admin_password(
     assert _interpolate(raw, env={"GRAFANA_ADMIN_PASSWORD": "x1"}) == "x1"
 
 
-def test_compose_env_script_writes_a_random_admin_password_once(tmp_path: Path) -> None:
+def test_compose_env_script_writes_random_passwords_once(tmp_path: Path) -> None:
     env_file = tmp_path / ".env"
     env_file.write_text("LOG_LEVEL=DEBUG\n", encoding="utf-8")
-    clean = {k: v for k, v in os.environ.items() if k != "GRAFANA_ADMIN_PASSWORD"}
+    clean = {k: v for k, v in os.environ.items() if k not in SHELL_ENV}
 
     def run() -> None:
         subprocess.run(
@@ -503,8 +503,9 @@ def test_compose_env_script_writes_a_random_admin_password_once(tmp_path: Path) 
     assert env_file.read_text(encoding="utf-8") == first, "an existing password is kept"
     lines = first.splitlines()
     assert lines[0] == "LOG_LEVEL=DEBUG"
-    (password,) = [line.split("=", 1)[1] for line in lines if line.startswith("GRAFANA_ADMIN")]
-    assert re.fullmatch(r"[A-Za-z0-9]{24}", password), password
+    for name in ("GRAFANA_ADMIN_PASSWORD", "GRAFANA_DB_PASSWORD"):
+        (password,) = [line.split("=", 1)[1] for line in lines if line.startswith(name + "=")]
+        assert re.fullmatch(r"[A-Za-z0-9]{24}", password), (name, password)
     assert env_file.stat().st_mode & 0o077 == 0, ".env holds secrets: owner only"
 
 

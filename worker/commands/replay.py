@@ -32,6 +32,7 @@ from worker.domain.models import SOL_MINT, Signal
 from worker.domain.records import AgentSetup, PriceWrite
 from worker.domain.results import AgentResult
 from worker.errors import InvalidMessage, UsageError
+from worker.logging import configure_logging
 from worker.messages import PriceTickV1, SignalV1, decode_price, decode_signal
 from worker.prices import Tick
 from worker.replay.engine import Event, Run, Start, Variant, check_variant, events_of, replay
@@ -43,6 +44,8 @@ LIVE = "live"
 
 async def run(settings: Settings, args: argparse.Namespace) -> int:
     """Replay every variant; print the table (and draw the chart); 0."""
+    # The handlers log every exit at INFO; a replay of a month would print thousands of them.
+    configure_logging(settings.model_copy(update={"log_level": "WARNING"}))
     variants = [Variant(STORED), *_config_variants(args.config or []), *grid(args.vary or [])]
     conn = await connect_migrated(settings.db, timeout_s=settings.startup_timeout_s)
     try:
@@ -79,12 +82,12 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     if args.format == "table":
         _notes(events, runs, open_at)
     if args.chart is not None:
-        series = [
-            (f"{r.variant.label}: {a.name}", r.curves.get(a.agent_id, []))
+        panels = [
+            (f"{a.name}: SOL + open positions at cost",
+             [(r.variant.label, r.curves.get(a.agent_id, [])) for r in runs])
             for a in agents
-            for r in runs
-        ]
-        draw_curves(args.chart, series, title="SOL + open positions at cost, replayed")
+        ]  # fmt: skip
+        draw_curves(args.chart, panels)
         print(f"replay: chart written to {args.chart}")
     return 0
 
@@ -164,7 +167,9 @@ def _config_variants(paths: Sequence[Path]) -> list[Variant]:
 
 
 def grid(specs: Sequence[str]) -> list[Variant]:
-    """`path=v1,v2` specs as the variants of their product."""
+    """`path=v1,v2` specs as the variants of their product (none for no spec)."""
+    if not specs:
+        return []
     axes: list[list[tuple[str, Any]]] = []
     for spec in specs:
         path, sep, values = spec.partition("=")

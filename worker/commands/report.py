@@ -27,6 +27,7 @@ from worker.domain.results import STATUSES, AgentResult
 from worker.errors import UsageError
 from worker.settings import Settings
 
+MAX_PANELS = 12  # a chart draws the first dozen agents
 COLUMNS = (
     "agent", "executions (ok/skip/fail)", "trades", "win %", "realised SOL", "realised %",
     "open", "unrealised SOL", "avg hold", "largest loss SOL", "SOL now",
@@ -145,10 +146,11 @@ def draw(path: Path, agents: Sequence[tuple[str, UUID]], curves: Curves) -> None
 
 
 def draw_curves(
-    path: Path, series: Sequence[tuple[str, Sequence[tuple[datetime, Decimal]]]], *, title: str
+    path: Path,
+    panels: Sequence[tuple[str, Sequence[tuple[str, Sequence[tuple[datetime, Decimal]]]]]],
 ) -> None:
-    """One panel, a line per series."""
-    _draw(path, [(title, series)])
+    """A panel per title (an agent), a line per series in it (a config)."""
+    _draw(path, panels)
 
 
 def _draw(
@@ -162,18 +164,23 @@ def _draw(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), squeeze=False)
-    for ax, (title, series) in zip(axes[0], panels, strict=True):
+    shown = list(panels)[:MAX_PANELS]
+    cols = min(2, len(shown)) or 1
+    rows = -(-len(shown) // cols) or 1
+    fig, axes = plt.subplots(rows, cols, figsize=(7 * cols, 4.2 * rows), squeeze=False)
+    for ax in axes.flat[len(shown) :]:
+        ax.set_visible(False)
+    for ax, (title, series) in zip(axes.flat, shown, strict=False):
         for label, points in series:
             if points:
                 xs = [x for x, _ in points]
                 ys = [float(y) for _, y in points]
                 ax.step(xs, ys, where="post", label=label)
-        ax.set_title(title)
+        ax.set_title(title if len(title) <= 60 else title[:57] + "...", fontsize=10)
         ax.set_ylabel("SOL")
-        ax.tick_params(axis="x", labelrotation=30)
+        ax.tick_params(axis="x", labelrotation=30, labelsize=8)
         if ax.has_data():
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=7)
         else:
             ax.text(0.5, 0.5, "no data yet", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()

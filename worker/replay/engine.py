@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from typing import Any
 from uuid import UUID
 
@@ -34,6 +34,7 @@ from worker.config_cache import ConfigTexts
 from worker.domain.config import decode_json, deep_merge, read_config
 from worker.domain.fills import token_price_sol
 from worker.domain.models import SOL_MINT, Signal
+from worker.domain.money import MATH_CONTEXT
 from worker.domain.records import AgentSetup
 from worker.domain.results import AgentResult, Close, Holding, summarize
 from worker.errors import UsageError
@@ -103,6 +104,7 @@ class Run:
     events: int
     seconds: float
     curves: dict[UUID, list[tuple[datetime, Decimal]]] = field(default_factory=dict)
+    realised: dict[UUID, Decimal] = field(default_factory=dict)  # so far, by agent
 
     def results(self) -> list[AgentResult]:
         """The report's figures for every agent, as `report` computes them live."""
@@ -176,8 +178,25 @@ async def replay(
     store.prices.update(start.prices)
     configs = ConfigTexts()
     run = Run(variant, store, len(events), 0.0)
-    every = max(1, len(events) // CURVE_POINTS)
+    seen = [0]
     started = time.perf_counter()
+    with localcontext(MATH_CONTEXT):
+        await _feed(store, events, configs, settings, run, start, seen, progress)
+    run.seconds = time.perf_counter() - started
+    return run
+
+
+async def _feed(
+    store: MemoryStore,
+    events: Sequence[Event],
+    configs: ConfigTexts,
+    settings: Settings,
+    run: Run,
+    start: Start,
+    seen: list[int],
+    progress: Callable[[int], None] | None,
+) -> None:
+    every = max(1, len(events) // CURVE_POINTS)
     for n, event in enumerate(events, start=1):
         if event.tick is not None:
             await handle_prices(
@@ -186,22 +205,23 @@ async def replay(
         elif event.signal is not None:
             await handle_signals(store, [event.signal], trading=settings.trading, now=event.at)
         if n % every == 0 or n == len(events):
-            _sample(run, event.at)
+            _sample(run, event.at, start, seen)
         if progress is not None and n % 1000 == 0:
             progress(n)
-    run.seconds = time.perf_counter() - started
-    return run
 
 
-def _sample(run: Run, at: datetime) -> None:
-    """Each agent's SOL plus what its open positions cost (less the SOL they returned)."""
+def _sample(run: Run, at: datetime, start: Start, seen: list[int]) -> None:
+    """Each agent's SOL plus what its open positions cost (less what they returned): every
+    SOL move is a buy or a sale of a position, so that is its SOL at the start plus the
+    realised P/L of the positions closed so far (`seen[0]`: the closes counted)."""
     store = run.store
-    held: dict[UUID, Decimal] = {}
-    for p in store.positions.values():
-        agent_id = p.row.agent_id
-        cost = p.state.total_invested_sol - p.state.take_profit_proceeds_sol
-        held[agent_id] = held.get(agent_id, Decimal(0)) + cost
-    for agent in store.agents.values():
-        sol = store.sol_balance(agent.agent_id) or Decimal(0)
-        value = sol + held.get(agent.agent_id, Decimal(0))
-        run.curves.setdefault(agent.agent_id, []).append((at, value))
+    realised = run.realised
+    for closed, _ in store.closed[seen[0] :]:
+        agent_id = closed.position.agent_id
+        realised[agent_id] = realised.get(agent_id, Decimal(0)) + closed.pnl.profit_loss_sol
+    seen[0] = len(store.closed)
+    for agent in start.agents:
+        value = start.sol.get(agent.agent_id, Decimal(0)) + realised.get(agent.agent_id, Decimal(0))
+        curve = run.curves.setdefault(agent.agent_id, [])
+        if not curve or curve[-1][1] != value:
+            curve.append((at, value))

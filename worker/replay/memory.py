@@ -69,6 +69,7 @@ class MemoryStore:
     ticks: list[PriceWrite] = field(default_factory=list)
     _by_holding: dict[tuple[UUID, str, str], UUID] = field(default_factory=dict)
     _held: dict[UUID, set[str]] = field(default_factory=dict)  # tokens by agent
+    _in_token: dict[str, dict[UUID, None]] = field(default_factory=dict)  # positions by token
     _swap_signal: dict[UUID, int | None] = field(default_factory=dict)
     _last_signal_id: int = 0
 
@@ -135,7 +136,7 @@ class MemoryStore:
             if a.user_id not in users:
                 continue
             wallet = a.wallet_address if a.trading_mode == "simulation" else None
-            mine = self._held.get(a.agent_id, set()) if wallet else set()
+            mine: set[str] = self._held.get(a.agent_id, set()) if wallet else set()
             out.setdefault(a.user_id, []).append(
                 AgentRow(
                     user_id=a.user_id,
@@ -147,7 +148,7 @@ class MemoryStore:
                     wallet_address=wallet,
                     sol_balance=self.balances.get((wallet, SOL_MINT)) if wallet else None,
                     open_positions=len(mine),
-                    held_tokens=frozenset(t for t in mine if t in wanted),
+                    held_tokens=frozenset(mine & wanted),
                 )
             )
         return out
@@ -206,6 +207,7 @@ class MemoryStore:
             self.positions[p.id] = _Position(row, state)
             self._by_holding[key] = p.id
             self._held.setdefault(p.agent_id, set()).add(p.token_address)
+            self._in_token.setdefault(p.token_address, {})[p.id] = None
 
     async def insert_executions(self, rows: Sequence[ExecutionRow]) -> int:
         new = 0
@@ -237,7 +239,7 @@ class MemoryStore:
         return agent is not None and agent.automated_trading_simulation
 
     async def trail_rows(self, tokens: Sequence[str]) -> list[TrailRow]:
-        wanted = set(tokens)
+        held = [self.positions[i] for t in set(tokens) for i in self._in_token.get(t, ())]
         return [
             TrailRow(
                 p.row.id,
@@ -252,8 +254,8 @@ class MemoryStore:
                 p.state.lowest_price,
                 p.row.exit_rules_id,
             )
-            for p in self.positions.values()
-            if p.row.token_address in wanted and self._exitable(p)
+            for p in held
+            if self._exitable(p)
         ]
 
     async def agent_configs(self, agent_ids: Sequence[UUID]) -> dict[UUID, tuple[str, str | None]]:
@@ -304,6 +306,7 @@ class MemoryStore:
             key = (p.row.agent_id, p.row.wallet_address, p.row.token_address)
             del self._by_holding[key]
             self._held[p.row.agent_id].discard(p.row.token_address)
+            del self._in_token[p.row.token_address][p.row.id]
             balance_key = (p.row.wallet_address, p.row.token_address)
             if self.balances.get(balance_key) == 0:
                 del self.balances[balance_key]

@@ -1,0 +1,246 @@
+"""The price history, `report` and `replay` on a real database (the trades made by the
+live handlers on it), through the command line as a user runs them."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from tests.support import (
+    TOKEN_A,
+    TOKEN_B,
+    Account,
+    Services,
+    Topics,
+    env_for,
+    make_account,
+    make_settings,
+    run_cli,
+)
+from worker.config_cache import ConfigTexts
+from worker.db.prices import price_history_upkeep
+from worker.db.store import PgStore
+from worker.domain.models import SOL_MINT, Signal
+from worker.handlers import handle_signals
+from worker.messages import PriceTickV1
+from worker.prices import Tick, handle_prices
+from worker.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
+FIXED: dict[str, Any] = {"positionCalculator": {"randomization": {"enabled": False}}}
+
+
+async def _ticks(conn: asyncpg.Connection, *ticks: tuple[str, str, int]) -> None:
+    chunk = []
+    for token, price, seconds in ticks:
+        ts = T0 + timedelta(seconds=seconds)
+        chunk.append(Tick(PriceTickV1(token_address=token, price_usd=Decimal(price), ts=ts), ts))
+    async with conn.transaction():
+        await handle_prices(PgStore(conn), chunk, configs=ConfigTexts(), settings=Settings(),
+                            now=chunk[-1].ts)  # fmt: skip
+
+
+async def _trade(conn: asyncpg.Connection) -> Account:
+    """Two agents (a -32% and a -10% stop) buy A and B; A falls 15%, B 40%."""
+    account = await make_account(conn, [FIXED, {**FIXED, "stopLoss": {"defaultPercentage": -10}}])
+    # Funded before the record starts.
+    await conn.execute(
+        "UPDATE agent_transactions SET transaction_time = $1 WHERE transaction_type = 'DEPOSIT'",
+        T0 - timedelta(hours=1),
+    )
+    await _ticks(conn, (SOL_MINT, "100", 0))
+    signals = [
+        Signal(user_id=account.user_id, token_address=token, signal_type="Velocity",
+               signal_strength=4, idempotency_key=f"k-{token}",
+               created_at=T0 + timedelta(seconds=1), price_usd=Decimal(1))
+        for token in (TOKEN_A, TOKEN_B)
+    ]  # fmt: skip
+    async with conn.transaction():
+        await handle_signals(PgStore(conn), signals, trading=Settings().trading,
+                             now=T0 + timedelta(seconds=1))  # fmt: skip
+    await _ticks(conn, (TOKEN_A, "0.95", 10))
+    await _ticks(conn, (TOKEN_A, "0.85", 20), (TOKEN_B, "0.6", 30))
+    return account
+
+
+async def test_every_tick_that_moved_a_price_is_kept_in_the_history(
+    db_conn: asyncpg.Connection,
+) -> None:
+    await _ticks(db_conn, (TOKEN_A, "1", 0), (TOKEN_A, "2", 5), (TOKEN_A, "1.5", 3))
+    rows = await db_conn.fetch(
+        "SELECT price_usd, price_ts FROM token_price_history ORDER BY price_ts"
+    )
+    # The third tick is older than the second: it changed nothing, and is not kept.
+    assert [(r["price_usd"], r["price_ts"]) for r in rows] == [
+        (Decimal(1), T0),
+        (Decimal(2), T0 + timedelta(seconds=5)),
+    ]
+
+
+async def test_the_history_keeps_days_by_partition_and_drops_the_old_ones(
+    db_conn: asyncpg.Connection,
+) -> None:
+    today = datetime.now(UTC).date()
+    parts = {
+        r["relname"]
+        for r in await db_conn.fetch(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "WHERE i.inhparent = 'token_price_history'::regclass"
+        )
+    }
+    assert {f"token_price_history_p{today + timedelta(days=d):%Y%m%d}" for d in range(3)} <= parts
+    # An old day's partition and an old tick in the default partition (a tick far older
+    # than any partition): both go once they are older than the days kept.
+    await db_conn.execute(
+        "CREATE TABLE token_price_history_p20200101 PARTITION OF token_price_history "
+        "FOR VALUES FROM ('2020-01-01 00:00+00') TO ('2020-01-02 00:00+00')"
+    )
+    await db_conn.execute(
+        "INSERT INTO token_price_history (token_address, price_usd, price_ts) VALUES "
+        "($1, 1, '2020-01-01 12:00+00'), ($1, 1, '2019-06-01 12:00+00'), ($1, 1, now())",
+        TOKEN_A,
+    )
+    await price_history_upkeep(db_conn, 30)
+    assert await db_conn.fetchval("SELECT to_regclass('token_price_history_p20200101') IS NULL")
+    assert await db_conn.fetchval("SELECT count(*) FROM token_price_history") == 1
+    await price_history_upkeep(db_conn, 30)  # again: nothing to do, no error
+
+
+async def test_report_shows_each_agents_trades_as_json_csv_and_a_table(
+    services: Services, db_url: str, topics: Topics, db_conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    account = await _trade(db_conn)
+    env = env_for(make_settings(services, db_url, topics))
+    done = await run_cli(env, "report", "--user", str(account.user_id), "--format", "json")
+    assert done.code == 0, done.stderr
+    rows = {r["name"]: r for r in json.loads(done.stdout)}
+    pnl = {
+        r["name"]: r["pnl"]
+        for r in await db_conn.fetch(
+            "SELECT a.name, sum(h.profit_loss_sol) AS pnl FROM agent_historical_swaps h "
+            "JOIN agents a ON a.id = h.agent_id GROUP BY a.name"
+        )
+    }
+    wide, tight = rows["agent 0"], rows["agent 1"]
+    assert (wide["trades"], tight["trades"]) == (1, 2)  # -32% stop: B only; -10%: both
+    assert Decimal(wide["realised_pnl_sol"]) == pnl["agent 0"]
+    assert Decimal(tight["realised_pnl_sol"]) == pnl["agent 1"]
+    assert wide["executions"] == {"success": 2, "skipped": 0, "failed": 0}
+    assert (wide["open_positions"], tight["open_positions"]) == (1, 0)
+    assert Decimal(wide["unrealised_pnl_sol"]) < 0  # A is held at 0.85 after a buy at 1
+    assert wide["win_rate_pct"] == "0"
+    # Both lost the most on B (-40%, the same size bought): the same worst exit.
+    assert Decimal(tight["largest_loss_sol"]) == Decimal(wide["largest_loss_sol"]) < 0
+    table = await run_cli(env, "report", "--agent", str(account.agents[1].agent_id),
+                          "--chart", str(tmp_path / "report.png"))  # fmt: skip
+    assert table.code == 0, table.stderr
+    assert table.stdout.splitlines()[0].startswith("agent ")
+    assert "agent 1" in table.stdout and "agent 0" not in table.stdout
+    assert (tmp_path / "report.png").stat().st_size > 10_000
+    csv = await run_cli(env, "report", "--format", "csv", "--since", "2099-01-01")
+    assert csv.code == 0, csv.stderr
+    header, *lines = csv.stdout.splitlines()
+    assert header.startswith("agent_id,name,executions,trades")
+    assert len(lines) == 2 and all(",0/0/0,0," in line for line in lines)  # nothing since
+
+
+async def test_replay_of_the_record_matches_it_and_a_grid_changes_the_exits(
+    services: Services, db_url: str, topics: Topics, db_conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    account = await _trade(db_conn)
+    env = env_for(make_settings(services, db_url, topics))
+    done = await run_cli(env, "replay", "--user", str(account.user_id), "--format", "json",
+                         "--vary", "stopLoss.defaultPercentage=-4,-50")  # fmt: skip
+    assert done.code == 0, done.stderr
+    rows = json.loads(done.stdout)
+    by = {(r["label"], r["name"]): r for r in rows}
+    for name in ("agent 0", "agent 1"):
+        live, stored = by[("live", name)], by[("stored config", name)]
+        for field in ("executions", "trades", "realised_pnl_sol", "open_positions", "balance_sol"):
+            assert stored[field] == live[field], (name, field)
+        assert by[("stopLoss.defaultPercentage=-4", name)]["trades"] == 2  # both stop out
+        assert by[("stopLoss.defaultPercentage=-50", name)]["trades"] == 0  # neither
+    chart = tmp_path / "replay.png"
+    table = await run_cli(env, "replay", "--config", str(_file(tmp_path, {"takeProfit": {
+        "enabled": True}})), "--chart", str(chart))  # fmt: skip
+    assert table.code == 0, table.stderr
+    assert "takeProfit.json: agent 0" in table.stdout
+    assert "nothing was written" in table.stdout
+    assert chart.stat().st_size > 10_000
+
+
+def _file(folder: Path, content: object, name: str = "takeProfit.json") -> Path:
+    path = folder / name
+    path.write_text(json.dumps(content))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["report", "--agent", "00000000-0000-0000-0000-000000000001"],
+         "signal-worker report: no agent with the id 00000000-0000-0000-0000-000000000001"),
+        (["replay", "--from", "2099-01-01"],
+         "signal-worker replay: no signals of these agents' users from 2099-01-01 00:00: "
+         "nothing to replay"),
+        (["replay", "--vary", "stopLoss.mode"],
+         "signal-worker replay: --vary 'stopLoss.mode': expected PATH=VALUE[,VALUE...], e.g. "
+         "stopLoss.mode=fixed,exponential"),
+        (["replay", "--vary", "stopLoss.defaultPercentage=5"],
+         "signal-worker replay: stopLoss.defaultPercentage=5: for agent 'agent 0': "),
+        (["replay", "--config", "/nonexistent/alt.json"],
+         "signal-worker replay: --config /nonexistent/alt.json: No such file or directory"),
+        (["report", "--since", "yesterday"], "argument --since: not a time: 'yesterday'"),
+    ],
+)  # fmt: skip
+async def test_bad_input_gets_one_clear_line(
+    services: Services,
+    db_url: str,
+    topics: Topics,
+    db_conn: asyncpg.Connection,
+    args: list[str],
+    error: str,
+) -> None:
+    await _trade(db_conn)
+    done = await run_cli(env_for(make_settings(services, db_url, topics)), *args)
+    assert done.code == 2, (done.stdout, done.stderr)
+    assert done.stdout == ""
+    assert any(error in line for line in done.stderr), done.stderr
+    assert not any("Traceback" in line for line in done.stderr), done.stderr
+
+
+async def test_replay_of_message_files_needs_their_times_and_names_a_bad_line(
+    services: Services, db_url: str, topics: Topics, db_conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    account = await _trade(db_conn)
+    env = env_for(make_settings(services, db_url, topics))
+    signals = tmp_path / "signals.jsonl"
+    ticks = tmp_path / "ticks.jsonl"
+    at = (T0 + timedelta(minutes=5)).isoformat()
+    signals.write_text(json.dumps({"user_id": str(account.user_id), "token_address": TOKEN_A,
+                                   "signal_type": "Velocity", "signal_strength": 4,
+                                   "price_usd": "2", "created_at": at}) + "\n")  # fmt: skip
+    ticks.write_text(
+        json.dumps({"token_address": SOL_MINT, "price_usd": "100", "ts": at})
+        + "\n\n"
+        + json.dumps({"token_address": TOKEN_A, "price_usd": "1", "ts": at})
+        + "\n"
+    )
+    done = await run_cli(env, "replay", "--signals", str(signals), "--ticks", str(ticks),
+                         "--format", "json")  # fmt: skip
+    assert done.code == 0, done.stderr
+    rows = json.loads(done.stdout)
+    assert {r["label"] for r in rows} == {"stored config"}  # no live row for files
+    assert all(r["executions"]["success"] == 1 for r in rows)
+    ticks.write_text(json.dumps({"token_address": TOKEN_B, "price_usd": "1"}) + "\n")
+    bad = await run_cli(env, "replay", "--signals", str(signals), "--ticks", str(ticks))
+    assert bad.code == 2
+    assert any(f"{ticks}:1: a replayed tick needs its ts" in line for line in bad.stderr)

@@ -1,0 +1,209 @@
+"""The replay engine and its memory store, without services: order, variants, results."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from tests.support import TOKEN_A, TOKEN_B
+from worker.commands.replay import grid
+from worker.domain.ledger import BalanceDelta, NewPosition
+from worker.domain.models import SOL_MINT, PositionState, Signal
+from worker.domain.records import AgentSetup
+from worker.errors import UsageError
+from worker.messages import PriceTickV1
+from worker.prices import Tick
+from worker.replay.engine import Start, Variant, check_variant, events_of, replay
+from worker.replay.memory import MemoryStore, StoreViolation
+from worker.settings import Settings
+
+T0 = datetime(2026, 3, 1, 12, tzinfo=UTC)
+USER = uuid.UUID(int=1)
+FIXED = {"positionCalculator": {"randomization": {"enabled": False}}}
+
+
+def _agent(n: int, config: dict[str, Any] | None) -> AgentSetup:
+    return AgentSetup(
+        USER,
+        uuid.UUID(int=100 + n),
+        f"agent {n}",
+        f"sim_{n}",
+        json.dumps(config) if config else None,
+    )
+
+
+def _signal(n: int, token: str, seconds: int, price: str = "1") -> Signal:
+    return Signal(
+        user_id=USER,
+        token_address=token,
+        signal_type="Velocity (Dex Boost Detection)",
+        signal_strength=4,
+        idempotency_key=f"s{n}",
+        created_at=T0 + timedelta(seconds=seconds),
+        price_usd=Decimal(price),
+        id=n,
+    )
+
+
+def _tick(token: str, price: str, seconds: int) -> Tick:
+    ts = T0 + timedelta(seconds=seconds)
+    return Tick(PriceTickV1(token_address=token, price_usd=Decimal(price), ts=ts), ts)
+
+
+START = Start(
+    [_agent(1, FIXED), _agent(2, {**FIXED, "stopLoss": {"defaultPercentage": -10}})],
+    {uuid.UUID(int=101): Decimal(10), uuid.UUID(int=102): Decimal(10)},
+    {SOL_MINT: (Decimal(100), T0 - timedelta(days=1))},
+)
+EVENTS = events_of(
+    [_signal(1, TOKEN_A, 1), _signal(2, TOKEN_B, 2)],
+    [_tick(TOKEN_A, "0.95", 10), _tick(TOKEN_A, "0.85", 20), _tick(TOKEN_B, "0.6", 30)],
+)
+
+
+async def test_the_stored_configs_trade_and_each_stop_fires_where_it_is_set() -> None:
+    run = await replay(START, EVENTS, Variant("stored config"), Settings())
+    store = run.store
+    assert len(store.executions) == 4
+    assert all(e.status.value == "success" for e in store.executions.values())
+    closes = {(c.position.agent_id.int, c.position.token_address): at for c, at in store.closed}
+    # Agent 2's -10% stop: A at -15% (the tick at 20 s), B at -40%; agent 1's -32%: B only.
+    assert closes == {
+        (102, TOKEN_A): T0 + timedelta(seconds=20),
+        (102, TOKEN_B): T0 + timedelta(seconds=30),
+        (101, TOKEN_B): T0 + timedelta(seconds=30),
+    }
+    [open_position] = store.positions.values()
+    assert (open_position.row.agent_id.int, open_position.row.token_address) == (101, TOKEN_A)
+    results = {r.agent_id.int: r for r in run.results()}
+    # Every SOL move is a buy or a sale: SOL now + open positions at cost = start + realised.
+    for agent_id, r in results.items():
+        held = sum(
+            (p.state.total_invested_sol for p in store.positions.values()
+             if p.row.agent_id.int == agent_id),
+            Decimal(0),
+        )  # fmt: skip
+        assert r.balance_sol is not None
+        assert r.balance_sol + held == Decimal(10) + r.realised_pnl_sol
+        assert run.curves[uuid.UUID(int=agent_id)][-1][1] == Decimal(10) + r.realised_pnl_sol
+    assert (results[101].trades, results[102].trades) == (1, 2)
+    assert results[101].open_positions == 1
+    assert results[101].unrealised_pnl_sol is not None
+    assert results[101].unrealised_pnl_sol < 0  # A at 0.85 below its buy
+
+
+async def test_a_variant_replaces_what_it_names_for_every_agent() -> None:
+    tight = Variant("tight", {"stopLoss": {"defaultPercentage": -4}})
+    run = await replay(START, EVENTS, tight, Settings())
+    # Both agents now stop A out at the first tick (-5%).
+    assert sorted(c.position.agent_id.int for c, at in run.store.closed
+                  if c.position.token_address == TOKEN_A and at == T0 + timedelta(seconds=10)) == [
+        101, 102,
+    ]  # fmt: skip
+    # The same signals, the same sizes: the variant changes exits, not the buys.
+    stored = await replay(START, EVENTS, Variant("stored config"), Settings())
+    buys = sorted(
+        (s.agent_id, s.input_amount) for s in stored.store.swaps if s.input_mint == SOL_MINT
+    )
+    again = sorted(
+        (s.agent_id, s.input_amount) for s in run.store.swaps if s.input_mint == SOL_MINT
+    )
+    assert buys == again
+
+
+async def test_a_replay_is_the_same_each_time() -> None:
+    first = await replay(START, EVENTS, Variant("stored config"), Settings())
+    second = await replay(START, EVENTS, Variant("stored config"), Settings())
+    assert first.store.balances == second.store.balances
+    assert [r.as_dict() for r in first.results()] == [r.as_dict() for r in second.results()]
+
+
+def test_events_run_in_time_order_ticks_first_at_equal_times() -> None:
+    events = events_of(
+        [_signal(1, TOKEN_A, 5), _signal(2, TOKEN_A, 1)],
+        [_tick(TOKEN_A, "1", 5), _tick(TOKEN_B, "1", 5), _tick(TOKEN_A, "1", 0)],
+    )
+    kinds = [("tick", e.tick.token) if e.tick else ("signal", e.signal.id) for e in events]  # type: ignore[union-attr]
+    assert kinds == [
+        ("tick", TOKEN_A),
+        ("signal", 2),
+        ("tick", TOKEN_A),
+        ("tick", TOKEN_B),
+        ("signal", 1),
+    ]
+
+
+def test_a_variant_merges_its_overrides_over_the_stored_config() -> None:
+    stored = json.dumps({"stopLoss": {"mode": "zones", "trailingLevels": [{"change": 5}]},
+                         "dca": {"enabled": True}})  # fmt: skip
+    variant = Variant("v", {"stopLoss": {"trailingLevels": [], "defaultPercentage": -5}})
+    merged = json.loads(variant.config_text(stored) or "")
+    assert merged == {
+        "stopLoss": {"mode": "zones", "trailingLevels": [], "defaultPercentage": -5},
+        "dca": {"enabled": True},
+    }
+    assert Variant("stored").config_text(stored) == stored
+    assert json.loads(variant.config_text(None) or "") == {
+        "stopLoss": {"trailingLevels": [], "defaultPercentage": -5}
+    }
+
+
+def test_a_variant_that_makes_a_config_invalid_is_one_clear_line() -> None:
+    with pytest.raises(UsageError, match=r"^bad: for agent 'agent 1': .*defaultPercentage"):
+        check_variant(Variant("bad", {"stopLoss": {"defaultPercentage": 5}}), START)
+
+
+def test_vary_specs_make_the_grid_of_their_values() -> None:
+    variants = grid(["stopLoss.mode=fixed,exponential", "takeProfit.enabled=true,false"])
+    assert [v.label for v in variants] == [
+        "stopLoss.mode=fixed takeProfit.enabled=true",
+        "stopLoss.mode=fixed takeProfit.enabled=false",
+        "stopLoss.mode=exponential takeProfit.enabled=true",
+        "stopLoss.mode=exponential takeProfit.enabled=false",
+    ]
+    assert variants[1].overrides == {
+        "stopLoss": {"mode": "fixed"},
+        "takeProfit": {"enabled": False},
+    }
+    assert grid([]) == []
+    [number] = grid(["stopLoss.defaultPercentage=-12.5"])
+    assert number.overrides == {"stopLoss": {"defaultPercentage": Decimal("-12.5")}}
+
+
+@pytest.mark.parametrize("spec", ["stopLoss.mode", "=fixed", "stopLoss.mode=", " = "])
+def test_a_malformed_vary_spec_says_how_to_write_one(spec: str) -> None:
+    with pytest.raises(UsageError, match="expected PATH=VALUE"):
+        grid([spec])
+
+
+async def test_the_memory_store_refuses_what_postgresql_refuses() -> None:
+    store = MemoryStore()
+    store.add_agent(_agent(1, None), Decimal(1))
+    with pytest.raises(StoreViolation, match="missing balance row"):
+        await store.apply_balance_deltas(
+            [BalanceDelta(uuid.UUID(int=101), "sim_1", TOKEN_A, "A", Decimal(-1))]
+        )
+    with pytest.raises(StoreViolation, match="would be"):
+        await store.apply_balance_deltas(
+            [BalanceDelta(uuid.UUID(int=101), "sim_1", SOL_MINT, "SOL", Decimal(-2))]
+        )
+    state = PositionState(
+        purchase_price=Decimal(1),
+        purchase_amount=Decimal(1),
+        total_invested_sol=Decimal(1),
+        created_at=T0,
+    )
+    position = NewPosition(
+        uuid.uuid4(), uuid.UUID(int=101), "sim_1", TOKEN_A, "A", uuid.uuid4(), state
+    )
+    await store.insert_positions([position])
+    with pytest.raises(StoreViolation, match="a second position"):
+        await store.insert_positions([position])
+    # As the INSERT writes it: all of the purchase held.
+    [held] = store.open_positions_of(uuid.UUID(int=101))
+    assert held.state.remaining_amount == Decimal(1)
