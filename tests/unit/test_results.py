@@ -108,3 +108,10 @@ def test_as_dict_is_json_ready_with_every_status() -> None:
         "largest_loss_sol": None,
         "balance_sol": "9.5",
     }
+
+
+def test_an_exit_at_exactly_zero_is_neither_a_win_nor_a_loss() -> None:
+    r = _summary([Close(Decimal(0), Decimal(1), 10.0), Close(Decimal("0.2"), Decimal(1), 30.0)])
+    assert r.win_rate_pct == Decimal(50)
+    assert r.largest_loss_sol is None
+    assert r.realised_pnl_pct == Decimal(10)
