@@ -221,8 +221,9 @@ def _replay_row(name: str, s: ReplaySpeed) -> Row:
         f"{_n(s.executions_per_s)} / {_n(s.ticks_per_s)}",
         f">= {_n(TARGET_REPLAY_EXECUTIONS)} / {_n(TARGET_REPLAY_TICKS)}",
         _verdict(ok),
-        f"the replay engine on one core, no services: {s.executions:,} executions (the "
-        f"agent mix, one user) in {s.signals_s:.2f}s; "
+        f"a recorded stream (signals stored, ticks kept in the price history, read back by "
+        f"replay's own reads), replayed in memory on one core: {s.executions:,} executions "
+        f"(the agent mix, one user) in {s.signals_s:.2f}s; "
         f"{s.ticks:,} ticks over {s.positions:,} positions (10 per token, each tick moving "
         f"its positions' peaks) in {s.ticks_s:.2f}s",
     )

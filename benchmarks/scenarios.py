@@ -14,7 +14,6 @@ import dataclasses
 import math
 import statistics
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -37,14 +36,11 @@ from benchmarks.infra import (
     connect,
 )
 from benchmarks.workload import (
-    DEPOSIT_SOL,
-    MIX,
     SIGNAL_TYPE,
     SOL_USD,
     STEADY,
     TOKEN_USD,
     Agent,
-    Profile,
     TokenNames,
     User,
     create_users,
@@ -56,9 +52,11 @@ from benchmarks.workload import (
     signals_round_robin,
     tick_value,
 )
+from worker.commands.replay import tick_of
+from worker.db.replay import read_agents, read_signals, read_ticks, state_at
+from worker.db.store import PgStore
 from worker.domain.models import SOL_MINT, Signal
-from worker.domain.records import AgentSetup
-from worker.messages import PriceTickV1
+from worker.domain.records import PriceWrite
 from worker.prices import Tick
 from worker.replay.engine import Start, Variant, events_of, replay
 from worker.settings import Settings
@@ -912,57 +910,78 @@ class ReplaySpeed:
 
 
 async def replay_speed(ctx: Context) -> ReplaySpeed:
-    """The replay engine on a synthetic record, in this process: no database, no broker."""
+    """The replay engine on a recorded stream: signals stored and ticks kept in a database
+    as the worker stores them, read back by `replay`'s own reads, replayed in memory."""
     scale = ctx.scale
     ctx.progress(
-        f"replay in memory: {scale.replay_signals:,} signals x {scale.replay_agents} agents, "
-        f"then {scale.replay_tick_rounds * scale.replay_tick_tokens:,} ticks"
+        f"replay: recording {scale.replay_signals:,} signals x {scale.replay_agents} agents "
+        f"and {scale.replay_tick_rounds * scale.replay_tick_tokens:,} ticks"
     )
-    t0 = datetime(2026, 1, 1, tzinfo=UTC)
-    user = uuid.uuid4()
-
-    def setups(n: int, profiles: tuple[Profile, ...]) -> list[AgentSetup]:
-        return [AgentSetup(user, uuid.uuid4(), f"agent {i}", f"sim_replay_{i}",
-                           profiles[i % len(profiles)].text,
-                           trading_mode=profiles[i % len(profiles)].trading_mode)
-                for i in range(n)]  # fmt: skip
-
-    def signal(i: int, token: str) -> Signal:
-        return Signal(user_id=user, token_address=token, signal_type=SIGNAL_TYPE,
-                      signal_strength=4, idempotency_key=f"replay-{i}",
-                      created_at=t0 + timedelta(seconds=i), symbol="BENCH", price_usd=TOKEN_USD,
-                      id=i + 1)  # fmt: skip
-
+    dsn = await ctx.databases.create("replay")
+    conn = await connect(dsn)
+    # After the accounts' deposits (made now): the record's times lie ahead of them.
+    t0 = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
     names = TokenNames("replay" + ctx.tag)
-    prices = {SOL_MINT: (SOL_USD, t0 - timedelta(days=1))}
     settings = Settings(log_level="WARNING")
-    # Signals: the realistic mix of agents, one token per signal.
-    agents = setups(scale.replay_agents, MIX)
-    start = Start(agents, {a.agent_id: DEPOSIT_SOL for a in agents}, prices)
-    signals = [signal(i, names(i)) for i in range(scale.replay_signals)]
-    run = await replay(start, events_of(signals, []), Variant("bench"), settings)
-    executions, signals_s = len(run.store.executions), run.seconds
-    # Ticks: 10 agents buy every token, then rounds of ticks 0.2% up move every peak.
-    agents = setups(10, (STEADY,))
-    start = Start(agents, {a.agent_id: DEPOSIT_SOL for a in agents}, prices)
-    tokens = [names(100_000 + i) for i in range(scale.replay_tick_tokens)]
-    buys = [signal(i, token) for i, token in enumerate(tokens)]
-    first = len(buys) + 1
-    ticks = []
-    for r in range(scale.replay_tick_rounds):
-        price = (TOKEN_USD * Decimal("1.002") ** (r + 1)).quantize(Decimal("1e-12"))
-        for k, token in enumerate(tokens):
-            ts = t0 + timedelta(seconds=first + r * len(tokens) + k)
-            ticks.append(Tick(PriceTickV1.model_construct(token_address=token, price_usd=price,
-                                                          ts=ts), ts))  # fmt: skip
-    bought = await replay(start, events_of(buys, []), Variant("bench"), settings)
-    both = await replay(start, events_of(buys, ticks), Variant("bench"), settings)
+    try:
+        [mixed] = await create_users(conn, 1, scale.replay_agents)
+        [holders] = await create_users(conn, 1, 10, profiles=(STEADY,))
+        await set_price(conn, SOL_MINT, SOL_USD)
+        tokens = [names(100_000 + i) for i in range(scale.replay_tick_tokens)]
+        store = PgStore(conn)
+        async with conn.transaction():
+            await store.insert_signals(
+                [_bench_signal(mixed, i, names(i), t0) for i in range(scale.replay_signals)]
+            )
+            await store.insert_signals(
+                [_bench_signal(holders, i, token, t0) for i, token in enumerate(tokens)]
+            )
+            first = len(tokens) + 1
+            ticks = []
+            for r in range(scale.replay_tick_rounds):
+                price = (TOKEN_USD * Decimal("1.002") ** (r + 1)).quantize(Decimal("1e-12"))
+                for k, token in enumerate(tokens):
+                    ts = t0 + timedelta(seconds=first + r * len(tokens) + k)
+                    ticks.append(PriceWrite(token, price, ts))
+            await store.record_ticks(ticks)
+        ctx.progress("replay: reading the record back and replaying it in memory")
+
+        async def recorded(user: User) -> tuple[Start, list[Signal], list[Tick]]:
+            agents = await read_agents(conn, None, user.user_id)
+            signals = await read_signals(conn, [user.user_id], None, None)
+            wanted = sorted({s.token_address for s in signals} | {SOL_MINT})
+            kept = [tick_of(p) for p in await read_ticks(conn, wanted, None, None)]
+            sol, prices, _ = await state_at(conn, agents, wanted, t0)
+            return Start(agents, sol, prices), signals, kept
+
+        start, signals, _ = await recorded(mixed)
+        run = await replay(start, events_of(signals, []), Variant("bench"), settings)
+        executions, signals_s = len(run.store.executions), run.seconds
+        start, buys, kept = await recorded(holders)
+        bought = await replay(start, events_of(buys, []), Variant("bench"), settings)
+        both = await replay(start, events_of(buys, kept), Variant("bench"), settings)
+    finally:
+        await conn.close()
+    await ctx.databases.drop(dsn)
     return ReplaySpeed(
         executions=executions,
         signals_s=signals_s,
-        ticks=len(ticks),
+        ticks=len(kept),
         positions=len(bought.store.positions),
         ticks_s=max(both.seconds - bought.seconds, 1e-9),
+    )
+
+
+def _bench_signal(user: User, i: int, token: str, t0: datetime) -> Signal:
+    return Signal(
+        user_id=user.user_id,
+        token_address=token,
+        signal_type=SIGNAL_TYPE,
+        signal_strength=4,
+        idempotency_key=f"replay-{i}",
+        created_at=t0 + timedelta(seconds=i),
+        symbol="BENCH",
+        price_usd=TOKEN_USD,
     )
 
 
