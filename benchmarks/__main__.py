@@ -34,6 +34,8 @@ from benchmarks.infra import (
     new_tag,
 )
 from benchmarks.report import Disposable, Results, chart, markdown, table
+from worker.logging import configure_logging
+from worker.settings import Settings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -177,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     # aiokafka logs retried produce errors (a new topic's leader not known yet) as warnings.
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
+    # The replay scenario runs the worker's handlers in this process: their per-exit INFO
+    # lines would land on stdout, in the table.
+    configure_logging(Settings(log_level="WARNING", log_format="json"))
     progress = Progress()
     started = time.monotonic()
     try:

@@ -936,12 +936,14 @@ async def replay_speed(ctx: Context) -> ReplaySpeed:
             await store.insert_signals(
                 [_bench_signal(holders, i, token, t0) for i, token in enumerate(tokens)]
             )
-            first = len(tokens) + 1
+            # A tick every 100 ms after the buys: the whole record spans well under the
+            # stale-trade hold (60 minutes), so every tick only moves its positions' peaks.
+            first = t0 + timedelta(seconds=max(len(tokens), scale.replay_signals) / 10 + 1)
             ticks = []
             for r in range(scale.replay_tick_rounds):
                 price = (TOKEN_USD * Decimal("1.002") ** (r + 1)).quantize(Decimal("1e-12"))
                 for k, token in enumerate(tokens):
-                    ts = t0 + timedelta(seconds=first + r * len(tokens) + k)
+                    ts = first + timedelta(milliseconds=100 * (r * len(tokens) + k))
                     ticks.append(PriceWrite(token, price, ts))
             await store.record_ticks(ticks)
         ctx.progress("replay: reading the record back and replaying it in memory")
@@ -979,7 +981,7 @@ def _bench_signal(user: User, i: int, token: str, t0: datetime) -> Signal:
         signal_type=SIGNAL_TYPE,
         signal_strength=4,
         idempotency_key=f"replay-{i}",
-        created_at=t0 + timedelta(seconds=i),
+        created_at=t0 + timedelta(milliseconds=100 * i),
         symbol="BENCH",
         price_usd=TOKEN_USD,
     )

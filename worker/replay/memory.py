@@ -45,12 +45,48 @@ class StoreViolation(Exception):  # noqa: N818 - named as what it is, as Postgre
     """What PostgreSQL would refuse (a constraint): the replay has a bug."""
 
 
-@dataclass
 class _Position:
-    row: OpenPosition  # identity and the buy's signal; `state` is kept current below
-    state: PositionState
-    tx_dca: list[UUID] = field(default_factory=list)
-    tx_tp: list[UUID] = field(default_factory=list)
+    """A position: its identity (`row`) and its current state. Trails (peak, stop, low:
+    most ticks' only write) are kept apart and folded into the state when it is read, so a
+    quiet tick costs no copy of the whole state."""
+
+    __slots__ = ("_state", "row", "trail", "tx_dca", "tx_tp")
+
+    def __init__(self, row: OpenPosition, state: PositionState) -> None:
+        self.row = row
+        self._state = state
+        # (stop %, peak, low) as trailed since the state was last written, else None.
+        self.trail: tuple[Decimal | None, Decimal | None, Decimal | None] | None = None
+        self.tx_dca: list[UUID] = []
+        self.tx_tp: list[UUID] = []
+
+    @property
+    def state(self) -> PositionState:
+        """The state, trails folded in."""
+        if self.trail is not None:
+            sl, peak, low = self.trail
+            self._state = replace(
+                self._state, current_stop_loss_percentage=sl, peak_price=peak, lowest_price=low
+            )
+            self.trail = None
+        return self._state
+
+    @state.setter
+    def state(self, state: PositionState) -> None:
+        self._state = state
+        self.trail = None
+
+    @property
+    def written(self) -> PositionState:
+        """The state as last written, trails apart (its other fields are current)."""
+        return self._state
+
+    def trailed(self) -> tuple[Decimal | None, Decimal | None, Decimal | None]:
+        """(stop %, peak, low) now, without folding them in."""
+        if self.trail is not None:
+            return self.trail
+        s = self._state
+        return s.current_stop_loss_percentage, s.peak_price, s.lowest_price
 
 
 @dataclass
@@ -240,23 +276,27 @@ class MemoryStore:
 
     async def trail_rows(self, tokens: Sequence[str]) -> list[TrailRow]:
         held = [self.positions[i] for t in set(tokens) for i in self._in_token.get(t, ())]
-        return [
-            TrailRow(
-                p.row.id,
-                p.row.agent_id,
-                p.row.token_address,
-                p.row.wallet_address,
-                "v1",  # a replay's configs never change while it runs
-                p.state.purchase_price,
-                p.state.created_at,
-                p.state.current_stop_loss_percentage,
-                p.state.peak_price,
-                p.state.lowest_price,
-                p.row.exit_rules_id,
+        rows = []
+        for p in held:
+            if not self._exitable(p):
+                continue
+            sl, peak, low = p.trailed()
+            rows.append(
+                TrailRow(
+                    p.row.id,
+                    p.row.agent_id,
+                    p.row.token_address,
+                    p.row.wallet_address,
+                    "v1",  # a replay's configs never change while it runs
+                    p.written.purchase_price,
+                    p.written.created_at,
+                    sl,
+                    peak,
+                    low,
+                    p.row.exit_rules_id,
+                )
             )
-            for p in held
-            if self._exitable(p)
-        ]
+        return rows
 
     async def agent_configs(self, agent_ids: Sequence[UUID]) -> dict[UUID, tuple[str, str | None]]:
         return {a: ("v1", self.agents[a].config_text) for a in agent_ids if a in self.agents}
@@ -289,15 +329,11 @@ class MemoryStore:
         del now
         for t in trails:
             p = self.positions[t.id]
-            s = p.state
-            low = t.lowest_price if s.lowest_price is None else min(s.lowest_price, t.lowest_price)
-            p.state = replace(
-                s,
-                peak_price=_greatest(s.peak_price, t.peak_price),
-                current_stop_loss_percentage=_greatest(
-                    s.current_stop_loss_percentage, t.stop_loss_pct
-                ),
-                lowest_price=low,
+            sl, peak, low = p.trailed()
+            p.trail = (
+                _greatest(sl, t.stop_loss_pct),
+                _greatest(peak, t.peak_price),
+                t.lowest_price if low is None else min(low, t.lowest_price),
             )
 
     async def close_positions(self, closed: Sequence[ClosedPosition], now: datetime) -> None:
