@@ -93,7 +93,7 @@ def test_profit_is_kept_to_the_lamport_and_rates_to_two_places() -> None:
 
 
 def test_as_dict_is_json_ready_with_every_status() -> None:
-    d = _summary([Close(Decimal("1.50"), Decimal(3), 90.04)]).as_dict()
+    d = _summary([Close(Decimal("1.50"), Decimal(3), 90.26)]).as_dict()
     assert d == {
         "agent_id": str(AGENT),
         "name": "Steady",
@@ -104,7 +104,7 @@ def test_as_dict_is_json_ready_with_every_status() -> None:
         "realised_pnl_pct": "50",
         "open_positions": 0,
         "unrealised_pnl_sol": "0",
-        "avg_hold_s": 90.0,
+        "avg_hold_s": 90.3,
         "largest_loss_sol": None,
         "balance_sol": "9.5",
     }
@@ -115,3 +115,11 @@ def test_an_exit_at_exactly_zero_is_neither_a_win_nor_a_loss() -> None:
     assert r.win_rate_pct == Decimal(50)
     assert r.largest_loss_sol is None
     assert r.realised_pnl_pct == Decimal(10)
+
+
+def test_as_dict_of_an_agent_without_exits_and_of_one_with_a_loss() -> None:
+    assert _summary().as_dict()["avg_hold_s"] is None
+    assert _summary().as_dict()["unrealised_pnl_sol"] == "0"
+    lost = _summary([Close(Decimal("-0.75"), Decimal(2), 5.0)]).as_dict()
+    assert lost["largest_loss_sol"] == "-0.75"
+    assert lost["realised_pnl_pct"] == "-37.5"

@@ -99,13 +99,17 @@ def summarize(
     invested = sum((c.invested_sol for c in closes), ZERO)
     wins = sum(1 for c in closes if c.profit_loss_sol > 0)
     losses = [c.profit_loss_sol for c in closes if c.profit_loss_sol < 0]
-    unrealised: Decimal | None = ZERO
-    for h in holdings:
-        price = prices_sol.get(h.token_address)
-        if price is None or unrealised is None:
-            unrealised = None
-            continue
-        unrealised += h.remaining_amount * price + h.take_profit_proceeds_sol - h.invested_sol
+    unrealised: Decimal | None = None
+    if all(h.token_address in prices_sol for h in holdings):
+        unrealised = sum(
+            (
+                h.remaining_amount * prices_sol[h.token_address]
+                + h.take_profit_proceeds_sol
+                - h.invested_sol
+                for h in holdings
+            ),
+            ZERO,
+        )
     return AgentResult(
         agent_id=agent_id,
         name=name,
