@@ -17,7 +17,7 @@ from decimal import Decimal, localcontext
 from uuid import UUID
 
 from worker.config_cache import ConfigProblem, config_of_text, problem_of
-from worker.domain.config import AgentTradingConfig, ExitRules, exit_rules
+from worker.domain.config import AgentTradingConfig, ConfigReading, ExitRules, exit_rules
 from worker.domain.eligibility import decide_agent
 from worker.domain.exits import open_position
 from worker.domain.fills import BuyFill, buy_fill
@@ -27,7 +27,6 @@ from worker.domain.models import (
     Decision,
     ExecutionStatus,
     Signal,
-    Subscriber,
 )
 from worker.domain.money import MATH_CONTEXT
 from worker.domain.records import AgentRow, ExecutionRow, StoredSignal
@@ -162,8 +161,9 @@ def _signal(
     for agent in agents:
         if agent.agent_id in finished:
             continue
-        decision, tx_id = _execute(signal, signal_id, agent, price, trading, buys, fleet)
-        problem = problem_of(agent.agent_id, config_of_text(agent.trading_config_text))
+        reading = config_of_text(agent.trading_config_text)  # once per agent and signal
+        decision, tx_id = _execute(signal, signal_id, agent, reading, price, trading, buys, fleet)
+        problem = problem_of(agent.agent_id, reading)
         if problem is not None:
             outcome.config_problems.append(problem)
         finished.add(agent.agent_id)
@@ -215,6 +215,7 @@ def _execute(
     signal: Signal,
     signal_id: int,
     agent: AgentRow,
+    reading: ConfigReading,
     prices: _Prices,
     trading: TradingSettings,
     buys: _Buys,
@@ -222,7 +223,10 @@ def _execute(
 ) -> tuple[Decision, UUID | None]:
     """One agent's decision and, for a success, its buy; the purchase transaction id."""
     subscriber = agent.subscriber(signal.token_address)
-    decision, cfg = _decide(signal, signal_id, subscriber, agent.trading_config_text)
+    decision = decide_agent(
+        signal, subscriber, reading, seed=sizing_seed(signal_id, subscriber.agent_id)
+    )
+    cfg = reading.config
     if not decision.is_success or cfg is None or agent.wallet_address is None:
         return decision, None
     fill, decision = _fill(decision, prices, agent.sol_balance, signal, trading)
@@ -240,16 +244,6 @@ def _conflict(signal: Signal, stored: StoredSignal) -> str | None:
     if stored.digest == signal.digest:
         return None
     return stored.record or "an earlier record"
-
-
-def _decide(
-    signal: Signal, signal_id: int, agent: Subscriber, config_text: str | None
-) -> tuple[Decision, AgentTradingConfig | None]:
-    """The agent's decision, with its config from the cache keyed by the stored text (an
-    invalid config fails the agent with the reason, after the automated-trading check)."""
-    reading = config_of_text(config_text)
-    decision = decide_agent(signal, agent, reading, seed=sizing_seed(signal_id, agent.agent_id))
-    return decision, reading.config
 
 
 @dataclass(slots=True)

@@ -165,7 +165,7 @@ async def handle_prices(
     cfgs = await _exit_configs(store, configs, trails, problems)
     outcomes[steps[0].index].config_problems = problems
     by_token: dict[str, list[TrailRow]] = {}
-    for row in sorted(trails, key=lambda r: r.id):
+    for row in trails:  # in any order: quiet trails commute; loud ones are read in id order
         if row.id in cfgs:  # else its agent was deleted since the read (the positions too)
             by_token.setdefault(row.token_address, []).append(row)
     writes = _Writes()
