@@ -428,21 +428,13 @@ def _act_once(
 
 
 def _trailed(state: PositionState, final: PositionState) -> PositionState:
-    """`state` after a tick that did not trade, as `update_trails` writes it: the peak and
-    stop only rise and the low only falls (NULLs ignored, as GREATEST and LEAST do)."""
+    """`state` after a tick that did not trade, as `update_trails` writes it."""
     low = final.lowest_price if final.lowest_price is not None else final.purchase_price
-    return replace(
-        state,
-        peak_price=_greatest(state.peak_price, final.peak_price),
-        current_stop_loss_percentage=_greatest(
-            state.current_stop_loss_percentage, final.current_stop_loss_percentage
-        ),
-        lowest_price=low if state.lowest_price is None else min(state.lowest_price, low),
+    update = TrailUpdate(UUID(int=0), final.peak_price, final.current_stop_loss_percentage, low)
+    sl, peak, low = update.onto(
+        state.current_stop_loss_percentage, state.peak_price, state.lowest_price
     )
-
-
-def _greatest(a: Decimal | None, b: Decimal | None) -> Decimal | None:
-    return b if a is None else a if b is None else max(a, b)
+    return replace(state, current_stop_loss_percentage=sl, peak_price=peak, lowest_price=low)
 
 
 def _trade(

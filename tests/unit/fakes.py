@@ -293,19 +293,11 @@ class FakePriceStore:
             self.positions[w.id] = replace(self.positions[w.id], state=w.state)
 
     async def update_trails(self, trails: Sequence[TrailUpdate], now: datetime) -> None:  # noqa: ARG002 - the fake keeps no timestamps
-        def up(old: Decimal | None, new: Decimal | None) -> Decimal | None:
-            return new if old is None else old if new is None else max(old, new)
-
         for t in trails:
             p = self.positions[t.id]
             s = p.state
-            low = t.lowest_price if s.lowest_price is None else min(s.lowest_price, t.lowest_price)
-            state = replace(
-                s,
-                peak_price=up(s.peak_price, t.peak_price),
-                current_stop_loss_percentage=up(s.current_stop_loss_percentage, t.stop_loss_pct),
-                lowest_price=low,
-            )
+            sl, peak, low = t.onto(s.current_stop_loss_percentage, s.peak_price, s.lowest_price)
+            state = replace(s, current_stop_loss_percentage=sl, peak_price=peak, lowest_price=low)
             self.positions[t.id] = replace(p, state=state)
 
     async def close_positions(self, closed: Sequence[ClosedPosition], now: datetime) -> None:  # noqa: ARG002 - the fake keeps no timestamps

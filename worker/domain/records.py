@@ -125,6 +125,22 @@ class TrailUpdate:
     stop_loss_pct: Decimal | None
     lowest_price: Decimal
 
+    def onto(
+        self, stop_loss_pct: Decimal | None, peak: Decimal | None, low: Decimal | None
+    ) -> tuple[Decimal | None, Decimal | None, Decimal]:
+        """(stop %, peak, low) after this update, as `update_trails` writes them: the stop
+        and peak only rise, the low only falls (NULLs ignored, as GREATEST and LEAST do).
+        The one definition the stores and the tick planner share."""
+        return (
+            _greatest(stop_loss_pct, self.stop_loss_pct),
+            _greatest(peak, self.peak_price),
+            self.lowest_price if low is None else min(low, self.lowest_price),
+        )
+
+
+def _greatest(a: Decimal | None, b: Decimal | None) -> Decimal | None:
+    return b if a is None else a if b is None else max(a, b)
+
 
 @dataclass(frozen=True, slots=True)
 class PositionWrite:

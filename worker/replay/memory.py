@@ -329,12 +329,7 @@ class MemoryStore:
         del now
         for t in trails:
             p = self.positions[t.id]
-            sl, peak, low = p.trailed()
-            p.trail = (
-                _greatest(sl, t.stop_loss_pct),
-                _greatest(peak, t.peak_price),
-                t.lowest_price if low is None else min(low, t.lowest_price),
-            )
+            p.trail = t.onto(*p.trailed())
 
     async def close_positions(self, closed: Sequence[ClosedPosition], now: datetime) -> None:
         for c in closed:
@@ -347,7 +342,3 @@ class MemoryStore:
             if self.balances.get(balance_key) == 0:
                 del self.balances[balance_key]
             self.closed.append((c, now))
-
-
-def _greatest(a: Decimal | None, b: Decimal | None) -> Decimal | None:
-    return b if a is None else a if b is None else max(a, b)
