@@ -35,20 +35,24 @@ SELECT e.id, e.signal_id, e.agent_id, e.status, e.transaction_id, t.id AS tx_fou
     OR (e.status <> 'success' AND e.transaction_id IS NOT NULL)
  ORDER BY e.signal_id, e.agent_id
 """
-# Every transaction as signed balance moves per (wallet, token); compared with the balances.
-BALANCE_MISMATCHES = """
-WITH moves AS (
-    SELECT wallet_address, output_mint AS token, output_amount AS amount
+# Every transaction as signed balance moves: (wallet, token, amount, time). The SOL mint is
+# $1 (a swap's fees are paid in SOL). What the ledger says each balance is: `check` compares
+# it with the balances; `replay` sums it up to a time for each wallet's SOL then.
+LEDGER_MOVES = """
+    SELECT wallet_address, output_mint AS token, output_amount AS amount, transaction_time
       FROM agent_transactions
      WHERE transaction_type IN ('DEPOSIT', 'SWAP') AND output_mint IS NOT NULL
     UNION ALL
-    SELECT wallet_address, input_mint, -input_amount
+    SELECT wallet_address, input_mint, -input_amount, transaction_time
       FROM agent_transactions
      WHERE transaction_type IN ('SWAP', 'WITHDRAWAL', 'BURN') AND input_mint IS NOT NULL
     UNION ALL
-    SELECT wallet_address, $1, -(coalesce(network_fee_sol, 0) + coalesce(protocol_fee_sol, 0))
+    SELECT wallet_address, $1, -(coalesce(network_fee_sol, 0) + coalesce(protocol_fee_sol, 0)),
+           transaction_time
       FROM agent_transactions WHERE transaction_type = 'SWAP'
-), expected AS (
+"""
+BALANCE_MISMATCHES = f"""
+WITH moves AS ({LEDGER_MOVES}), expected AS (
     SELECT wallet_address, token, sum(amount) AS amount
       FROM moves WHERE wallet_address IS NOT NULL GROUP BY wallet_address, token
 )
@@ -59,7 +63,7 @@ SELECT coalesce(b.wallet_address, e.wallet_address) AS wallet_address,
   FULL JOIN expected e ON e.wallet_address = b.wallet_address AND e.token = b.token_address
  WHERE coalesce(b.balance, 0) <> coalesce(e.amount, 0) OR b.balance < 0
  ORDER BY 1, 2
-"""
+"""  # noqa: S608 - constant SQL pieces; values travel as parameters
 POSITION_MISMATCHES = """
 SELECT p.id, p.agent_id, p.wallet_address, p.token_address,
        coalesce(p.remaining_amount, p.purchase_amount) AS remaining, b.balance

@@ -10,6 +10,7 @@ from uuid import UUID
 
 import asyncpg
 
+from worker.db.ledger import LEDGER_MOVES
 from worker.domain.models import SOL_MINT, Signal
 from worker.domain.records import AgentSetup, PriceWrite
 
@@ -52,24 +53,15 @@ SELECT DISTINCT ON (token_address) token_address, price_usd, price_ts
          WHERE token_address = ANY($1::varchar[]) AND price_ts < $2) p
  ORDER BY token_address, price_ts DESC
 """
-# Each wallet's SOL at a time: every SOL move of its transactions before it (deposits,
-# withdrawals, swaps and their fees), as `check` sums them.
-SELECT_SOL_BEFORE = """
-SELECT wallet_address, sum(amount) AS sol FROM (
-    SELECT wallet_address, output_amount AS amount FROM agent_transactions
-     WHERE output_mint = $2 AND transaction_type IN ('DEPOSIT', 'SWAP')
-       AND wallet_address = ANY($1::varchar[]) AND transaction_time < $3
-    UNION ALL
-    SELECT wallet_address, -input_amount FROM agent_transactions
-     WHERE input_mint = $2 AND transaction_type IN ('SWAP', 'WITHDRAWAL', 'BURN')
-       AND wallet_address = ANY($1::varchar[]) AND transaction_time < $3
-    UNION ALL
-    SELECT wallet_address, -(coalesce(network_fee_sol, 0) + coalesce(protocol_fee_sol, 0))
-      FROM agent_transactions
-     WHERE transaction_type = 'SWAP' AND wallet_address = ANY($1::varchar[])
-       AND transaction_time < $3
-) moves GROUP BY wallet_address
-"""
+# Each wallet's SOL at a time: the ledger's SOL moves before it (deposits, withdrawals,
+# swaps and their fees), as `check` sums them.
+SELECT_SOL_BEFORE = f"""
+WITH moves AS ({LEDGER_MOVES})
+SELECT wallet_address, sum(amount) AS sol
+  FROM moves
+ WHERE token = $1 AND wallet_address = ANY($2::varchar[]) AND transaction_time < $3
+ GROUP BY wallet_address
+"""  # noqa: S608 - constant SQL pieces; values travel as parameters
 # Positions bought before the start and still open at it: not replayed (the replay starts
 # flat); counted so that the output can say so.
 COUNT_OPEN_AT = """
@@ -154,7 +146,7 @@ async def state_at(
     wallets = {a.wallet_address: a.agent_id for a in agents}
     sol = {
         wallets[r["wallet_address"]]: r["sol"]
-        for r in await conn.fetch(SELECT_SOL_BEFORE, list(wallets), SOL_MINT, at)
+        for r in await conn.fetch(SELECT_SOL_BEFORE, SOL_MINT, list(wallets), at)
     }
     prices = {
         r["token_address"]: (r["price_usd"], r["price_ts"])
