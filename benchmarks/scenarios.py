@@ -52,13 +52,11 @@ from benchmarks.workload import (
     signals_round_robin,
     tick_value,
 )
-from worker.commands.replay import tick_of
-from worker.db.replay import read_agents, read_signals, read_ticks, state_at
+from worker.db.replay import read_agents
 from worker.db.store import PgStore
 from worker.domain.models import SOL_MINT, Signal
 from worker.domain.records import PriceWrite
-from worker.prices import Tick
-from worker.replay.engine import Start, Variant, events_of, replay
+from worker.replay.engine import Record, Variant, read_record, replay
 from worker.settings import Settings
 
 
@@ -948,20 +946,20 @@ async def replay_speed(ctx: Context) -> ReplaySpeed:
             await store.record_ticks(ticks)
         ctx.progress("replay: reading the record back and replaying it in memory")
 
-        async def recorded(user: User) -> tuple[Start, list[Signal], list[Tick]]:
+        async def recorded(user: User) -> Record:
             agents = await read_agents(conn, None, user.user_id)
-            signals = await read_signals(conn, [user.user_id], None, None)
-            wanted = sorted({s.token_address for s in signals} | {SOL_MINT})
-            kept = [tick_of(p) for p in await read_ticks(conn, wanted, None, None)]
-            sol, prices, _ = await state_at(conn, agents, wanted, t0)
-            return Start(agents, sol, prices), signals, kept
+            record = await read_record(conn, agents)
+            assert record is not None
+            return record
 
-        start, signals, _ = await recorded(mixed)
-        run = await replay(start, events_of(signals, []), Variant("bench"), settings)
+        mixed_record = await recorded(mixed)
+        run = await replay(mixed_record.start, mixed_record.events, Variant("bench"), settings)
         executions, signals_s = len(run.store.executions), run.seconds
-        start, buys, kept = await recorded(holders)
-        bought = await replay(start, events_of(buys, []), Variant("bench"), settings)
-        both = await replay(start, events_of(buys, kept), Variant("bench"), settings)
+        held = await recorded(holders)
+        buys = [e for e in held.events if e.signal is not None]
+        kept = [e for e in held.events if e.tick is not None]
+        bought = await replay(held.start, buys, Variant("bench"), settings)
+        both = await replay(held.start, held.events, Variant("bench"), settings)
     finally:
         await conn.close()
     await ctx.databases.drop(dsn)

@@ -28,12 +28,11 @@ from tests.support import (
     signal_message,
     wait_for_count,
 )
-from worker.commands.replay import tick_of
-from worker.db.replay import read_agents, read_signals, read_ticks, state_at
+from worker.db.replay import read_agents
 from worker.domain.models import SOL_MINT
 from worker.domain.records import PriceWrite
 from worker.prices import Tick
-from worker.replay.engine import Run, Start, Variant, events_of, replay
+from worker.replay.engine import Run, Variant, read_record, replay, tick_of
 from worker.settings import Settings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -115,15 +114,10 @@ async def _record(settings: Settings, db_url: str, account: Account) -> None:
 
 
 async def _replay(conn: asyncpg.Connection, user_id: UUID, variant: Variant) -> Run:
-    agents = await read_agents(conn, None, user_id)
-    signals = await read_signals(conn, [user_id], None, None)
-    tokens = sorted({s.token_address for s in signals} | {SOL_MINT})
-    prices = await read_ticks(conn, tokens, None, None)
-    events = events_of(signals, [tick_of(p) for p in prices])
-    begin = events[0].at
-    sol, known, open_at = await state_at(conn, agents, tokens, begin)
-    assert open_at == 0
-    return await replay(Start(agents, sol, known), events, variant, Settings())
+    record = await read_record(conn, await read_agents(conn, None, user_id))
+    assert record is not None
+    assert record.open_at == 0
+    return await replay(record.start, record.events, variant, Settings())
 
 
 async def test_a_replay_makes_every_live_trade_again_and_a_tighter_stop_changes_them(

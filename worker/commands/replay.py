@@ -25,17 +25,25 @@ from typing import Any
 
 from worker.commands.report import draw_curves, render
 from worker.db.pool import connect_migrated
-from worker.db.replay import read_agents, read_signals, read_ticks, state_at
+from worker.db.replay import read_agents
 from worker.db.report import Filters, read_report
 from worker.domain.config import decode_json
-from worker.domain.models import SOL_MINT, Signal
-from worker.domain.records import AgentSetup, PriceWrite
+from worker.domain.models import Signal
+from worker.domain.records import AgentSetup
 from worker.domain.results import AgentResult
 from worker.errors import InvalidMessage, UsageError
 from worker.logging import configure_logging
 from worker.messages import PriceTickV1, SignalV1, decode_price, decode_signal
 from worker.prices import Tick
-from worker.replay.engine import Event, Run, Start, Variant, check_variant, events_of, replay
+from worker.replay.engine import (
+    Event,
+    Run,
+    Start,
+    Variant,
+    check_variant,
+    read_record,
+    replay,
+)
 from worker.settings import Settings
 
 STORED = "stored config"
@@ -53,28 +61,23 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
             agents = await read_agents(conn, args.agent, args.user)
             if not agents:
                 raise UsageError(_no_agents(args))
-            users = sorted({a.user_id for a in agents})
+            given = None
             if args.signals is not None or args.ticks is not None:
-                signals = _signals_file(args.signals) if args.signals else []
-                signals = [s for s in signals if s.user_id in set(users)]
-                ticks = _ticks_file(args.ticks) if args.ticks else []
-            else:
-                signals = await read_signals(conn, users, args.from_, args.to)
-                tokens = sorted({s.token_address for s in signals} | {SOL_MINT})
-                ticks = [tick_of(p) for p in await read_ticks(conn, tokens, args.from_, args.to)]
-            events = events_of(signals, ticks)
-            if not signals:
+                given = (
+                    _signals_file(args.signals) if args.signals else [],
+                    _ticks_file(args.ticks) if args.ticks else [],
+                )
+            record = await read_record(conn, agents, since=args.from_, until=args.to, given=given)
+            if record is None:
                 raise UsageError(_nothing_to_replay(args))
+            start, events, open_at = record.start, record.events, record.open_at
             begin = args.from_ or events[0].at
-            tokens = sorted({s.token_address for s in signals} | {SOL_MINT})
-            sol, prices, open_at = await state_at(conn, agents, tokens, begin)
             live = None
             if args.signals is None:
                 filters = Filters([a.agent_id for a in agents], None, begin, args.to)
                 live = (await read_report(conn, filters)).results
     finally:
         await conn.close()
-    start = Start(agents, sol, prices)
     for variant in variants:
         check_variant(variant, start)
     runs = [await _run(start, events, v, settings) for v in variants]
@@ -141,12 +144,6 @@ def _notes(events: Sequence[Event], runs: Sequence[Run], open_at: int) -> None:
 
 def _count(n: int, noun: str) -> str:
     return f"{n:,} {noun}{'' if n == 1 else 's'}"
-
-
-def tick_of(p: PriceWrite) -> Tick:
-    """A recorded tick as the handler takes it: observed and received at its recorded time."""
-    return Tick(PriceTickV1.model_construct(token_address=p.token_address,
-                                            price_usd=p.price_usd, ts=p.ts), p.ts)  # fmt: skip
 
 
 def _config_variants(paths: Sequence[Path]) -> list[Variant]:

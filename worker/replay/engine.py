@@ -30,15 +30,19 @@ from decimal import Decimal, localcontext
 from typing import Any
 from uuid import UUID
 
+import asyncpg
+
 from worker.config_cache import ConfigTexts
+from worker.db.replay import read_signals, read_ticks, state_at
 from worker.domain.config import decode_json, deep_merge, read_config
 from worker.domain.fills import token_price_sol
 from worker.domain.models import SOL_MINT, Signal
 from worker.domain.money import MATH_CONTEXT
-from worker.domain.records import AgentSetup
+from worker.domain.records import AgentSetup, PriceWrite
 from worker.domain.results import AgentResult, Close, Holding, summarize
 from worker.errors import UsageError
 from worker.handlers import handle_signals
+from worker.messages import PriceTickV1
 from worker.prices import Tick, handle_prices
 from worker.replay.memory import MemoryStore
 from worker.settings import Settings
@@ -150,6 +154,50 @@ class Run:
             )
             for agent in store.agents.values()
         ]
+
+
+def tick_of(p: PriceWrite) -> Tick:
+    """A recorded tick as the handler takes it: observed and received at its recorded time."""
+    message = PriceTickV1.model_construct(token_address=p.token_address, price_usd=p.price_usd,
+                                          ts=p.ts)  # fmt: skip
+    return Tick(message, p.ts)
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """What a replay runs: where it starts, its events in order, and how many positions
+    were open at the start (not carried: a replay starts flat)."""
+
+    start: Start
+    events: list[Event]
+    open_at: int
+
+
+async def read_record(
+    conn: asyncpg.Connection,
+    agents: Sequence[AgentSetup],
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    given: tuple[list[Signal], list[Tick]] | None = None,
+) -> Record | None:
+    """The agents' users' recorded signals and the ticks of their tokens in [since, until)
+    (or the `given` signals and ticks, from files), in replay order, and the state at the
+    start (`since`, else the first event); None when there is no signal to replay."""
+    users = {a.user_id for a in agents}
+    if given is None:
+        signals = await read_signals(conn, sorted(users), since, until)
+        tokens = sorted({s.token_address for s in signals} | {SOL_MINT})
+        ticks = [tick_of(p) for p in await read_ticks(conn, tokens, since, until)]
+    else:
+        signals = [s for s in given[0] if s.user_id in users]
+        tokens = sorted({s.token_address for s in signals} | {SOL_MINT})
+        ticks = given[1]
+    if not signals:
+        return None
+    events = events_of(signals, ticks)
+    sol, prices, open_at = await state_at(conn, agents, tokens, since or events[0].at)
+    return Record(Start(agents, sol, prices), events, open_at)
 
 
 def check_variant(variant: Variant, start: Start) -> None:
