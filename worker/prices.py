@@ -161,9 +161,7 @@ async def handle_prices(
     trails = await store.trail_rows(sorted({s.token for s in steps}))
     if not trails:
         return outcomes
-    problems: list[ConfigProblem] = []
-    cfgs = await _exit_configs(store, configs, trails, problems)
-    outcomes[steps[0].index].config_problems = problems
+    cfgs, outcomes[steps[0].index].config_problems = await _exit_configs(store, configs, trails)
     by_token: dict[str, list[TrailRow]] = {}
     for row in trails:  # in any order: quiet trails commute; loud ones are read in id order
         if row.id in cfgs:  # else its agent was deleted since the read (the positions too)
@@ -229,17 +227,17 @@ async def _exit_configs(
     store: PriceStore,
     configs: ConfigTexts,
     trails: list[TrailRow],
-    problems: list[ConfigProblem],
-) -> dict[UUID, AgentTradingConfig]:
+) -> tuple[dict[UUID, AgentTradingConfig], list[ConfigProblem]]:
     """The config that exits each position of `trails`, by position id: its agent's current
-    config, or (when that is invalid) the rules it was opened with. Agents deleted since the
-    read are left out (their positions go with them)."""
+    config, or (when that is invalid) the rules it was opened with; and the agents' config
+    problems. Agents deleted since the read are left out (their positions go with them)."""
     texts = await _config_texts(store, configs, trails)
     readings = {agent_id: config_of_text(text) for agent_id, text in texts.items()}
-    for agent_id, reading in readings.items():
-        problem = problem_of(agent_id, reading)
-        if problem is not None:
-            problems.append(problem)
+    problems = [
+        problem
+        for agent_id, reading in readings.items()
+        if (problem := problem_of(agent_id, reading)) is not None
+    ]
     invalid = {agent_id for agent_id, r in readings.items() if r.config is None}
     if invalid:
         wanted = [r.exit_rules_id for r in trails if r.agent_id in invalid and r.exit_rules_id]
@@ -257,7 +255,7 @@ async def _exit_configs(
         # A stored rule set that no longer validates (a future code change): the defaults.
         fallback = config_of_rules(configs.rules_text(row.exit_rules_id)).config
         cfgs[row.id] = fallback if fallback is not None else _DEFAULT_RULES
-    return cfgs
+    return cfgs, problems
 
 
 async def _config_texts(

@@ -123,3 +123,11 @@ def test_as_dict_of_an_agent_without_exits_and_of_one_with_a_loss() -> None:
     lost = _summary([Close(Decimal("-0.75"), Decimal(2), 5.0)]).as_dict()
     assert lost["largest_loss_sol"] == "-0.75"
     assert lost["realised_pnl_pct"] == "-37.5"
+
+
+def test_prices_in_sol_need_sols_own_price() -> None:
+    from worker.domain.results import prices_in_sol
+
+    usd = {"SOL": Decimal(100), "A": Decimal(2), "B": Decimal("0.5")}
+    assert prices_in_sol(usd, "SOL") == {"A": Decimal("0.02"), "B": Decimal("0.005")}
+    assert prices_in_sol({"A": Decimal(2)}, "SOL") == {}

@@ -77,3 +77,12 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
         help="replay each value of a config path, e.g. stopLoss.mode=fixed,exponential "
         "(repeatable: the grid of all)")  # fmt: skip
     add_output_arguments(parser)
+
+
+def no_agent_message(args: argparse.Namespace, wanted: str = "agent with the id") -> str:
+    """Why `--agent` / `--user` (or an empty database) matched no agent, in one line."""
+    if args.agent:
+        return f"no {wanted} " + ", ".join(map(str, args.agent))
+    if args.user:
+        return f"no agent of the user {args.user}"
+    return "no agents yet (`signal-worker seed-demo` creates some)"

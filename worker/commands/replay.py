@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from worker.commands.options import no_agent_message
 from worker.commands.report import draw_curves, render
 from worker.db.pool import connect_migrated
 from worker.db.replay import read_agents
@@ -60,7 +61,9 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             agents = await read_agents(conn, args.agent, args.user)
             if not agents:
-                raise UsageError(_no_agents(args))
+                raise UsageError(
+                    no_agent_message(args, "agent with a simulation wallet and the id")
+                )
             given = None
             if args.signals is not None or args.ticks is not None:
                 given = (
@@ -233,14 +236,6 @@ def _lines(path: Path) -> list[tuple[int, bytes]]:
     except OSError as exc:
         raise UsageError(f"{path}: {exc.strerror or exc}") from None
     return [(n, line) for n, line in enumerate(data.splitlines(), start=1) if line.strip()]
-
-
-def _no_agents(args: argparse.Namespace) -> str:
-    if args.agent:
-        return "no agent with a simulation wallet and the id " + ", ".join(map(str, args.agent))
-    if args.user:
-        return f"no agent of the user {args.user}"
-    return "no agents yet (`signal-worker seed-demo` creates some)"
 
 
 def _nothing_to_replay(args: argparse.Namespace) -> str:

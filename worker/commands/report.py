@@ -20,6 +20,7 @@ from uuid import UUID
 
 import orjson
 
+from worker.commands.options import no_agent_message
 from worker.db.pool import connect_migrated
 from worker.db.report import Curves, Filters, read_report
 from worker.domain.money import fmt
@@ -43,21 +44,13 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         await conn.close()
     if not report.results:
-        raise UsageError(_nothing_matched(args))
+        raise UsageError(no_agent_message(args))
     rows = [("", r) for r in report.results]
     print(render(rows, args.format))
     if args.chart is not None:
         draw(args.chart, [(r.name, r.agent_id) for r in report.results], report.curves)
         print(f"report: chart written to {args.chart}")
     return 0
-
-
-def _nothing_matched(args: argparse.Namespace) -> str:
-    if args.agent:
-        return "no agent with the id " + ", ".join(map(str, args.agent))
-    if args.user:
-        return f"no agent of the user {args.user}"
-    return "no agents yet (`signal-worker seed-demo` creates some)"
 
 
 def render(rows: Sequence[tuple[str, AgentResult]], output: str) -> str:
@@ -134,7 +127,7 @@ def _duration(seconds: float | None) -> str:
 
 def draw(path: Path, agents: Sequence[tuple[str, UUID]], curves: Curves) -> None:
     """Portfolio balance (left) and realised P/L (right) over time, a line per agent."""
-    _draw(
+    draw_curves(
         path,
         [
             ("Portfolio balance (hourly snapshots)",
@@ -149,14 +142,7 @@ def draw_curves(
     path: Path,
     panels: Sequence[tuple[str, Sequence[tuple[str, Sequence[tuple[datetime, Decimal]]]]]],
 ) -> None:
-    """A panel per title (an agent), a line per series in it (a config)."""
-    _draw(path, panels)
-
-
-def _draw(
-    path: Path,
-    panels: Sequence[tuple[str, Sequence[tuple[str, Sequence[tuple[datetime, Decimal]]]]]],
-) -> None:
+    """A panel per title (an agent, a measure), a line per series in it."""
     try:
         import matplotlib
     except ImportError:

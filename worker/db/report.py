@@ -12,9 +12,8 @@ from uuid import UUID
 
 import asyncpg
 
-from worker.domain.fills import token_price_sol
 from worker.domain.models import SOL_MINT
-from worker.domain.results import AgentResult, Close, Holding, summarize
+from worker.domain.results import AgentResult, Close, Holding, prices_in_sol, summarize
 
 # The agents asked for (all, by id, or a user's), with the SOL balance of their current
 # mode's wallet.
@@ -125,10 +124,7 @@ async def read_report(conn: asyncpg.Connection, filters: Filters) -> Report:
         )
     tokens = sorted({h.token_address for hs in holdings.values() for h in hs} | {SOL_MINT})
     usd = {r["token_address"]: r["price_usd"] for r in await conn.fetch(SELECT_PRICES, tokens)}
-    sol_usd = usd.get(SOL_MINT)
-    prices_sol = (
-        {t: token_price_sol(p, sol_usd) for t, p in usd.items() if t != SOL_MINT} if sol_usd else {}
-    )
+    prices_sol = prices_in_sol(usd, SOL_MINT)
     for r in await conn.fetch(SELECT_SNAPSHOTS, agent_ids, filters.since):
         curves.balances.setdefault(r["agent_id"], []).append(
             (r["snapshot_timestamp"], r["portfolio_balance_sol"])

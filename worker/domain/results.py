@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from uuid import UUID
 
+from worker.domain.fills import token_price_sol
 from worker.domain.money import HUNDRED, ZERO, exact, fmt, to_sol
 
 STATUSES = ("success", "skipped", "failed")
@@ -124,6 +125,15 @@ def summarize(
         largest_loss_sol=min(losses) if losses else None,
         balance_sol=balance_sol,
     )
+
+
+def prices_in_sol(prices_usd: Mapping[str, Decimal], sol_mint: str) -> dict[str, Decimal]:
+    """Each token's price in SOL per token, from USD prices that include SOL's own under
+    `sol_mint` (none without it)."""
+    sol_usd = prices_usd.get(sol_mint)
+    if sol_usd is None:
+        return {}
+    return {t: token_price_sol(p, sol_usd) for t, p in prices_usd.items() if t != sol_mint}
 
 
 def _pct(part: Decimal, whole: Decimal) -> Decimal | None:

@@ -35,11 +35,10 @@ import asyncpg
 from worker.config_cache import ConfigTexts
 from worker.db.replay import read_signals, read_ticks, state_at
 from worker.domain.config import decode_json, deep_merge, read_config
-from worker.domain.fills import token_price_sol
 from worker.domain.models import SOL_MINT, Signal
 from worker.domain.money import MATH_CONTEXT
 from worker.domain.records import AgentSetup, PriceWrite
-from worker.domain.results import AgentResult, Close, Holding, summarize
+from worker.domain.results import AgentResult, Close, Holding, prices_in_sol, summarize
 from worker.errors import UsageError
 from worker.handlers import handle_signals
 from worker.messages import PriceTickV1
@@ -109,16 +108,12 @@ class Run:
     seconds: float
     curves: dict[UUID, list[tuple[datetime, Decimal]]] = field(default_factory=dict)
     realised: dict[UUID, Decimal] = field(default_factory=dict)  # so far, by agent
+    closes_counted: int = 0  # of store.closed, into `realised`
 
     def results(self) -> list[AgentResult]:
         """The report's figures for every agent, as `report` computes them live."""
         store = self.store
-        sol = store.prices.get(SOL_MINT)
-        prices_sol = (
-            {t: token_price_sol(p, sol[0]) for t, (p, _) in store.prices.items() if t != SOL_MINT}
-            if sol is not None
-            else {}
-        )
+        prices_sol = prices_in_sol({t: p for t, (p, _) in store.prices.items()}, SOL_MINT)
         statuses: dict[UUID, dict[str, int]] = {}
         for (_, agent_id), row in store.executions.items():
             counts = statuses.setdefault(agent_id, {})
@@ -226,10 +221,9 @@ async def replay(
     store.prices.update(start.prices)
     configs = ConfigTexts()
     run = Run(variant, store, len(events), 0.0)
-    seen = [0]
     started = time.perf_counter()
     with localcontext(MATH_CONTEXT):
-        await _feed(store, events, configs, settings, run, start, seen, progress)
+        await _feed(store, events, configs, settings, run, start, progress)
     run.seconds = time.perf_counter() - started
     return run
 
@@ -241,7 +235,6 @@ async def _feed(
     settings: Settings,
     run: Run,
     start: Start,
-    seen: list[int],
     progress: Callable[[int], None] | None,
 ) -> None:
     every = max(1, len(events) // CURVE_POINTS)
@@ -253,21 +246,21 @@ async def _feed(
         elif event.signal is not None:
             await handle_signals(store, [event.signal], trading=settings.trading, now=event.at)
         if n % every == 0 or n == len(events):
-            _sample(run, event.at, start, seen)
+            _sample(run, event.at, start)
         if progress is not None and n % 1000 == 0:
             progress(n)
 
 
-def _sample(run: Run, at: datetime, start: Start, seen: list[int]) -> None:
+def _sample(run: Run, at: datetime, start: Start) -> None:
     """Each agent's SOL plus what its open positions cost (less what they returned): every
     SOL move is a buy or a sale of a position, so that is its SOL at the start plus the
-    realised P/L of the positions closed so far (`seen[0]`: the closes counted)."""
+    realised P/L of the positions closed so far."""
     store = run.store
     realised = run.realised
-    for closed, _ in store.closed[seen[0] :]:
+    for closed, _ in store.closed[run.closes_counted :]:
         agent_id = closed.position.agent_id
         realised[agent_id] = realised.get(agent_id, Decimal(0)) + closed.pnl.profit_loss_sol
-    seen[0] = len(store.closed)
+    run.closes_counted = len(store.closed)
     for agent in start.agents:
         value = start.sol.get(agent.agent_id, Decimal(0)) + realised.get(agent.agent_id, Decimal(0))
         curve = run.curves.setdefault(agent.agent_id, [])
