@@ -91,6 +91,20 @@ async def template_db(services: Services) -> AsyncIterator[str]:
 
 
 @pytest.fixture
+async def empty_db(services: Services) -> AsyncIterator[str]:
+    """The DSN of a new database with nothing in it (not even the schema: `migrate` has
+    never run there), dropped after the test whatever it did."""
+    name = f"sw_empty_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(services.database_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield services.with_database(name)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture
 async def db_url(services: Services, template_db: str) -> AsyncIterator[str]:
     """The DSN of a fresh database of this test's own, with the schema applied."""
     url = await create_database(services, template_db)

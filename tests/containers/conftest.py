@@ -15,15 +15,11 @@ import os
 import socket
 import subprocess
 import sys
-import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncpg
 import pytest
-
-from tests.support import Services
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "container-engine.sh"
@@ -115,19 +111,6 @@ def image(request: pytest.FixtureRequest, engine: Engine) -> str:
 def helm(request: pytest.FixtureRequest) -> str:
     """The path of helm, built once with `go install` into the cache."""
     return run_script(request, "helm").strip().splitlines()[-1]
-
-
-@pytest.fixture
-async def empty_db(services: Services) -> AsyncIterator[str]:
-    """The DSN of a new database with nothing in it (not even the schema), dropped after."""
-    name = f"sw_ctr_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(services.database_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield services.with_database(name)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 def free_port() -> int:

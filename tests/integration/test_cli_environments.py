@@ -9,10 +9,8 @@ import os
 import socket
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from tests.support import (
@@ -48,19 +46,6 @@ KAFKA_COMMANDS = [
 ]
 
 
-@pytest.fixture
-async def empty_db_url(services: Services) -> AsyncIterator[str]:
-    """A database with nothing in it: `migrate` has never run there."""
-    name = f"sw_empty_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(services.database_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield services.with_database(name)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
-
-
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -69,9 +54,9 @@ def _closed_port() -> int:
 
 @pytest.mark.parametrize("command", DATABASE_COMMANDS, ids=" ".join)
 async def test_on_a_database_never_migrated_every_command_says_to_migrate(
-    services: Services, topics: Topics, empty_db_url: str, command: tuple[str, ...]
+    services: Services, topics: Topics, empty_db: str, command: tuple[str, ...]
 ) -> None:
-    env = env_for(make_settings(services, empty_db_url, topics, startup_timeout_s=5))
+    env = env_for(make_settings(services, empty_db, topics, startup_timeout_s=5))
     run = await run_cli(env, *command, timeout_s=60)
     assert run.code == 1, run
     last = assert_log_lines_then_one_error(run.stderr, command[0])
@@ -83,9 +68,9 @@ async def test_on_a_database_never_migrated_every_command_says_to_migrate(
 
 
 async def test_a_partly_migrated_database_names_what_is_pending(
-    services: Services, topics: Topics, empty_db_url: str, tmp_path: Path
+    services: Services, topics: Topics, empty_db: str, tmp_path: Path
 ) -> None:
-    env = env_for(make_settings(services, empty_db_url, topics))
+    env = env_for(make_settings(services, empty_db, topics))
     schema = SCHEMA
     first = tmp_path / "schema"
     first.mkdir()

@@ -10,10 +10,8 @@ import json
 import os
 import re
 import sys
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Protocol
 
 import asyncpg
 import pytest
@@ -40,25 +38,6 @@ SELECT count(*) FROM pg_locks
 WHERE locktype = 'advisory' AND NOT granted
   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
 """
-
-
-class _Services(Protocol):
-    database_url: str
-
-    def with_database(self, name: str) -> str: ...
-
-
-@pytest.fixture
-async def empty_db(services: _Services) -> AsyncIterator[str]:
-    """The DSN of a new database with nothing in it, dropped after the test."""
-    name = f"sw_mig_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(services.database_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield services.with_database(name)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 @pytest.fixture
