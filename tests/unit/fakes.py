@@ -34,6 +34,7 @@ from worker.domain.records import (
     TrailRow,
     TrailUpdate,
 )
+from worker.replay.memory import StoreViolation, apply_deltas, keep_newer
 
 
 def _version(text: str | None) -> str:
@@ -41,8 +42,9 @@ def _version(text: str | None) -> str:
     return hashlib.sha256((text or "null").encode()).hexdigest()[:16]
 
 
-class ConstraintViolationError(Exception):
-    """What PostgreSQL would raise: the handler's transaction would roll back."""
+# What PostgreSQL would refuse: the handler's transaction would roll back. The replay's
+# store and these fakes share its rules (`worker.replay.memory`).
+ConstraintViolationError = StoreViolation
 
 
 def _insert_swaps(stored: list[SwapRow], swaps: Sequence[SwapRow]) -> None:
@@ -50,24 +52,6 @@ def _insert_swaps(stored: list[SwapRow], swaps: Sequence[SwapRow]) -> None:
     if {s.id for s in swaps} & {s.id for s in stored}:
         raise ConstraintViolationError("duplicate transaction id")
     stored.extend(swaps)
-
-
-def _apply_balance_deltas(
-    balances: dict[tuple[str, str], Decimal], deltas: Sequence[BalanceDelta]
-) -> None:
-    """`TradeWrites.apply_balance_deltas`: deltas summed per (wallet, token); a debit of
-    a missing row, or below zero, fails."""
-    merged: dict[tuple[str, str], Decimal] = {}
-    for d in deltas:
-        key = (d.wallet_address, d.token_address)
-        merged[key] = merged.get(key, Decimal(0)) + d.delta
-    for key, delta in merged.items():
-        if delta < 0 and key not in balances:
-            raise ConstraintViolationError(f"debit of a missing balance row {key}")
-        balance = balances.get(key, Decimal(0)) + delta
-        if balance < 0:
-            raise ConstraintViolationError(f"balance {key} would be {balance}")
-        balances[key] = balance
 
 
 @dataclass
@@ -174,7 +158,7 @@ class FakeSignalStore:
         _insert_swaps(self.swaps, swaps)
 
     async def apply_balance_deltas(self, deltas: Sequence[BalanceDelta]) -> None:
-        _apply_balance_deltas(self.balances, deltas)
+        apply_deltas(self.balances, deltas)
 
     async def insert_exit_rules(self, rules: Sequence[ExitRules]) -> None:
         for r in rules:
@@ -240,14 +224,7 @@ class FakePriceStore:
         self.history_ticks.extend(ticks)
 
     async def upsert_prices(self, prices: Sequence[PriceWrite]) -> set[str]:
-        assert len({p.token_address for p in prices}) == len(prices), "one price per token"
-        stored: set[str] = set()
-        for p in prices:
-            prior = self.prices.get(p.token_address)
-            if prior is None or prior[1] < p.ts:
-                self.prices[p.token_address] = (p.price_usd, p.ts)
-                stored.add(p.token_address)
-        return stored
+        return keep_newer(self.prices, prices)
 
     async def trail_rows(self, tokens: Sequence[str]) -> list[TrailRow]:
         return [
@@ -286,7 +263,7 @@ class FakePriceStore:
         _insert_swaps(self.swaps, swaps)
 
     async def apply_balance_deltas(self, deltas: Sequence[BalanceDelta]) -> None:
-        _apply_balance_deltas(self.balances, deltas)
+        apply_deltas(self.balances, deltas)
 
     async def update_positions(self, writes: Sequence[PositionWrite], now: datetime) -> None:  # noqa: ARG002 - the fake keeps no timestamps
         for w in writes:

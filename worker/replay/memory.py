@@ -45,6 +45,40 @@ class StoreViolation(Exception):  # noqa: N818 - named as what it is, as Postgre
     """What PostgreSQL would refuse (a constraint): the replay has a bug."""
 
 
+def apply_deltas(balances: dict[tuple[str, str], Decimal], deltas: Sequence[BalanceDelta]) -> None:
+    """`TradeWrites.apply_balance_deltas` on a dict of (wallet, token) balances: deltas
+    summed per balance; a debit of a missing row, or below zero, is refused."""
+    debits, credits = merge_deltas(deltas)
+    for d in debits:
+        key = (d.wallet_address, d.token_address)
+        if key not in balances:
+            raise StoreViolation(f"a debit of a missing balance row {key}")
+        balance = balances[key] + d.delta
+        if balance < 0:
+            raise StoreViolation(f"balance {key} would be {balance}")
+        balances[key] = balance
+    for d in credits:
+        key = (d.wallet_address, d.token_address)
+        balances[key] = balances.get(key, ZERO) + d.delta
+
+
+def keep_newer(
+    prices: dict[str, tuple[Decimal, datetime]], writes: Sequence[PriceWrite]
+) -> set[str]:
+    """`PriceQueries.upsert_prices` on a dict of (price, observed at) by token: each price
+    stored unless one at least as new is; the tokens stored. One price per token, as one
+    upsert statement may touch a row once."""
+    if len({w.token_address for w in writes}) != len(writes):
+        raise StoreViolation("two prices of one token in one upsert")
+    stored = set()
+    for w in writes:
+        prior = prices.get(w.token_address)
+        if prior is None or prior[1] < w.ts:
+            prices[w.token_address] = (w.price_usd, w.ts)
+            stored.add(w.token_address)
+    return stored
+
+
 class _Position:
     """A position: its identity (`row`) and its current state. Trails (peak, stop, low:
     most ticks' only write) are kept apart and folded into the state when it is read, so a
@@ -200,18 +234,7 @@ class MemoryStore:
         self.swaps.extend(swaps)
 
     async def apply_balance_deltas(self, deltas: Sequence[BalanceDelta]) -> None:
-        debits, credits = merge_deltas(deltas)
-        for d in debits:
-            key = (d.wallet_address, d.token_address)
-            if key not in self.balances:
-                raise StoreViolation(f"a debit of a missing balance row {key}")
-            balance = self.balances[key] + d.delta
-            if balance < 0:
-                raise StoreViolation(f"balance {key} would be {balance}")
-            self.balances[key] = balance
-        for d in credits:
-            key = (d.wallet_address, d.token_address)
-            self.balances[key] = self.balances.get(key, ZERO) + d.delta
+        apply_deltas(self.balances, deltas)
 
     async def insert_exit_rules(self, rules: Sequence[ExitRules]) -> None:
         for r in rules:
@@ -219,6 +242,8 @@ class MemoryStore:
 
     async def insert_positions(self, positions: Sequence[NewPosition]) -> None:
         for p in positions:
+            if p.exit_rules_id is not None and p.exit_rules_id not in self.rule_sets:
+                raise StoreViolation(f"position {p.id} names unknown exit rules")
             key = (p.agent_id, p.wallet_address, p.token_address)
             if key in self._by_holding:
                 raise StoreViolation(f"a second position {key}")
@@ -259,13 +284,7 @@ class MemoryStore:
         return {t: self.prices[t] for t in tokens if t in self.prices}
 
     async def upsert_prices(self, prices: Sequence[PriceWrite]) -> set[str]:
-        stored = set()
-        for p in prices:
-            prior = self.prices.get(p.token_address)
-            if prior is None or prior[1] < p.ts:
-                self.prices[p.token_address] = (p.price_usd, p.ts)
-                stored.add(p.token_address)
-        return stored
+        return keep_newer(self.prices, prices)
 
     async def record_ticks(self, ticks: Sequence[PriceWrite]) -> None:
         self.ticks.extend(ticks)
