@@ -22,7 +22,7 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from worker.deadletters import DeadLetter
 from worker.errors import InvalidMessage
-from worker.failures import Scope, disposition
+from worker.failures import Action, Scope, disposition
 from worker.messages import PriceTickV1, SignalV1, check_tick_time, decode_price, decode_signal
 
 # One transaction holds at most about this many agent executions (memory stays bounded).
@@ -69,8 +69,12 @@ class Chunk:
 
 
 def record_time(record: ConsumerRecord[Any, Any]) -> datetime:
-    """The record's Kafka timestamp as an aware UTC datetime."""
-    return datetime.fromtimestamp(record.timestamp / 1000, tz=UTC)
+    """The record's Kafka timestamp as an aware UTC datetime; `InvalidMessage` for one no
+    datetime holds (a producer may set any 64-bit value where the broker lets it)."""
+    try:
+        return datetime.fromtimestamp(record.timestamp / 1000, tz=UTC)
+    except (ValueError, OverflowError, OSError) as exc:
+        raise InvalidMessage(f"the record's timestamp {record.timestamp} is not a time") from exc
 
 
 def decode(
@@ -82,13 +86,18 @@ def decode(
     message: SignalV1 | PriceTickV1
     for record in records:
         try:
+            received_at = record_time(record)  # both kinds use it later: checked here
             if is_signal:
                 message = decode_signal(record.value)
             else:
                 message = decode_price(record.value)
-                check_tick_time(message, received_at=record_time(record), now=now, ahead=max_ahead)
-        except InvalidMessage as exc:
+                check_tick_time(message, received_at=received_at, now=now, ahead=max_ahead)
+        except Exception as exc:
+            # Invalid input, or a decoding bug one record triggers: either way that record
+            # is dead-lettered with the reason and the others go on.
             verdict = disposition(exc, Scope.RECORD)
+            if verdict.action is not Action.DEAD_LETTER:
+                raise
             dead.append(DeadLetter(record, verdict.reason or str(exc), verdict.kind or "invalid"))
             items.append(None)
             continue

@@ -36,6 +36,7 @@ from pydantic import (
 )
 
 from worker.domain.models import SOL_MINT, Signal
+from worker.domain.money import MATH_CONTEXT
 from worker.errors import InvalidMessage
 
 _BASE58_RE = re.compile(r"^[1-9A-HJ-NP-Za-km-z]{32,44}$")
@@ -50,7 +51,9 @@ def _rounded(places: int, column: str) -> AfterValidator:
     step = Decimal(1).scaleb(-places)
 
     def check(value: Decimal) -> Decimal:
-        rounded = value.quantize(step, rounding=ROUND_HALF_UP)
+        # In a 60-digit context: the default 28 digits cannot hold a price of 1e10 to 18
+        # places, and quantize would raise InvalidOperation, which no validator expects.
+        rounded = value.quantize(step, rounding=ROUND_HALF_UP, context=MATH_CONTEXT)
         if rounded <= 0:
             raise ValueError(
                 f"must be at least {step:f}: {value:f} rounds to 0 in {column} ({places} places)"
@@ -271,8 +274,16 @@ def check_tick_time(
 ) -> None:
     """`InvalidMessage` when the tick's `ts` lies more than `ahead` after the record's
     timestamp or the worker's clock (whichever is earlier): stored, such a tick would make
-    every real tick after it look older, freezing the price until its `ts` has passed."""
+    every real tick after it look older, freezing the price until its `ts` has passed.
+    A tick without `ts` is stamped with its record's timestamp, which is held to the
+    worker's clock the same way (a producer's clock, or a broker that lets it set any)."""
     if tick.ts is None:
+        if received_at > now + ahead:
+            raise InvalidMessage(
+                f"invalid price tick: it has no ts and its record's timestamp "
+                f"({received_at.isoformat()}) is more than {ahead.total_seconds():g}s ahead "
+                "of the worker's clock (PRICE_MAX_FUTURE_S)"
+            )
         return
     limit = min(received_at, now) + ahead
     if tick.ts > limit:

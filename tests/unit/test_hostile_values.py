@@ -12,10 +12,11 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from aiokafka.structs import ConsumerRecord
 
 from tests.support import TOKEN_A as TOKEN
 from tests.unit.fakes import FakeAgent, FakeSignalStore
-from worker.batching import Fanouts
+from worker.batching import Fanouts, decode
 from worker.domain.config import resolve_config
 from worker.domain.models import SOL_MINT, PositionState
 from worker.domain.ticks import Fees, plan_tick
@@ -229,3 +230,63 @@ async def test_a_key_reused_with_another_payload_is_the_same_signal_and_names_bo
     assert (conflict.is_new_signal, conflict.conflicts_with) == (False, "signals:0:5")
     assert conflict.outcomes == []  # nothing executed twice
     assert len(store.executions) == 1
+
+
+# --- decoding never stops the worker ------------------------------------------------------
+
+
+def test_prices_and_metrics_up_to_their_columns_decode_exactly() -> None:
+    # 1e10 to 18 places needs 29 digits: more than Python's default decimal context.
+    tick = decode_price(json.dumps({"token_address": TOKEN, "price_usd": 10_000_000_000}).encode())
+    assert tick.price_usd == Decimal(10_000_000_000)
+    top = "999999999999.999999999999999999"
+    assert decode_price(
+        json.dumps({"token_address": TOKEN, "price_usd": top}).encode()
+    ).price_usd == Decimal(top)
+    signal = decode_signal(_signal_json(market_cap_usd="9999999999999999999999.99999999",
+                                        liquidity_usd=1e21))  # fmt: skip
+    assert signal.market_cap_usd == Decimal("9999999999999999999999.99999999")
+    with pytest.raises(InvalidMessage, match=r"less than 1E\+12"):
+        decode_price(json.dumps({"token_address": TOKEN, "price_usd": 1e12}).encode())
+
+
+def test_a_tick_without_ts_is_held_to_the_clock_by_its_record_timestamp() -> None:
+    ahead = timedelta(seconds=60)
+    check_tick_time(_tick(None), received_at=NOW + ahead, now=NOW, ahead=ahead)
+    with pytest.raises(InvalidMessage, match="no ts and its record's timestamp"):
+        check_tick_time(_tick(None), received_at=NOW + timedelta(minutes=50), now=NOW, ahead=ahead)
+
+
+def _tick_record(value: bytes, timestamp_ms: int) -> ConsumerRecord[bytes, bytes]:
+    return ConsumerRecord("prices", 0, 7, timestamp_ms, 0, None, value, None, 0, len(value), ())
+
+
+def test_a_record_whose_timestamp_is_no_time_is_dead_lettered() -> None:
+    value = json.dumps({"token_address": TOKEN, "price_usd": "1"}).encode()
+    items, dead = decode([_tick_record(value, 2**62)], is_signal=False, now=NOW,
+                         max_ahead=timedelta(seconds=60))  # fmt: skip
+    assert items == [None]
+    assert [(d.kind, d.reason) for d in dead] == [
+        ("invalid", f"the record's timestamp {2**62} is not a time")
+    ]
+
+
+def test_a_decoding_bug_one_record_triggers_dead_letters_that_record_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import worker.batching
+
+    def broken(raw: bytes | None) -> PriceTickV1:
+        if raw == b"poison":
+            raise ArithmeticError("a bug the record found")
+        return decode_price(raw)
+
+    monkeypatch.setattr(worker.batching, "decode_price", broken)
+    ok = json.dumps({"token_address": TOKEN, "price_usd": "1"}).encode()
+    ms = int(NOW.timestamp() * 1000)
+    items, dead = decode([_tick_record(b"poison", ms), _tick_record(ok, ms)], is_signal=False,
+                         now=NOW, max_ahead=timedelta(seconds=60))  # fmt: skip
+    assert items[0] is None and items[1] is not None
+    assert [(d.kind, d.reason) for d in dead] == [
+        ("unexpected", "unexpected error: ArithmeticError: a bug the record found")
+    ]
