@@ -54,7 +54,7 @@ from worker.config_cache import (
     problem_of,
 )
 from worker.domain.config import AgentTradingConfig
-from worker.domain.fills import token_price_sol
+from worker.domain.fills import COLUMN_LIMIT, token_price_sol
 from worker.domain.ledger import BalanceDelta, Holding, SwapRow, buy_rows, sale_rows
 from worker.domain.models import SOL_MINT, PositionState
 from worker.domain.money import MATH_CONTEXT, to_price
@@ -139,6 +139,7 @@ class _Step:
     token: str
     token_usd: Decimal
     sol_usd: Decimal
+    price_sol: Decimal  # SOL per token, 18 places
 
 
 async def handle_prices(
@@ -217,8 +218,13 @@ async def _store_prices(
             sol_usd = tick.message.price_usd
         elif sol_usd is None:
             log.warning("exits_skipped_no_sol_price", token=tick.token)
+        elif (price_sol := token_price_sol(tick.message.price_usd, sol_usd)) >= COLUMN_LIMIT:
+            # A price in SOL no numeric(30,18) column holds (a tiny SOL/USD, a huge token
+            # price): the USD price is kept, but no exit can be written at it.
+            log.warning("exits_skipped_price_out_of_range", token=tick.token,
+                        price_sol=str(price_sol))  # fmt: skip
         else:
-            steps.append(_Step(i, tick.token, tick.message.price_usd, sol_usd))
+            steps.append(_Step(i, tick.token, tick.message.price_usd, sol_usd, price_sol))
     await store.record_ticks(history)
     return steps
 
@@ -297,7 +303,7 @@ def _trail_quiet(
             rows = by_token.get(step.token, ())
             outcome = outcomes[step.index]
             outcome.positions = len(rows)
-            price = token_price_sol(step.token_usd, step.sol_usd)
+            price = step.price_sol
             price_q = to_price(price)
             for row in rows:
                 if row.id in loud:

@@ -245,3 +245,14 @@ def test_the_config_cache_forgets_the_least_recent_agents_beyond_its_size() -> N
     assert configs.stale([(first, "1"), (second, "1"), (third, "7")]) == [first]
     assert configs.stale([(third, "8")]) == [third]  # another version: read again
     assert configs.text(second) is None
+
+
+async def test_a_price_in_sol_no_column_holds_keeps_the_usd_price_and_moves_nothing() -> None:
+    # SOL/USD at 1e-9 makes a 1,000 USD token 1e12 SOL: too large for numeric(30,18).
+    store = FakePriceStore(prices={SOL_MINT: (Decimal("0.000000001"), BOUGHT)})
+    p = _position(store)
+    outcome = await _handle(store, "1000", BOUGHT + timedelta(seconds=1))
+    assert outcome.is_newer
+    assert (outcome.positions, outcome.trailed, outcome.closes) == (0, 0, {})
+    assert store.prices[TOKEN] == (Decimal(1000), BOUGHT + timedelta(seconds=1))
+    assert store.positions[p.id] == p
