@@ -91,7 +91,7 @@ async def run_worker(
     during start-up (a service still unreachable) ends the start-up at once, with exit 0.
     """
     metrics = metrics or Metrics()
-    set_retry_observer(metrics.retries.inc)
+    set_retry_observer(lambda cause: metrics.retries.labels(cause).inc())
     log.info(
         "worker_starting",
         version=version(),
@@ -230,6 +230,9 @@ def _readiness(pipeline: Pipeline, pool: asyncpg.Pool) -> ReadyCheck:
     async def ready() -> str | None:
         if not pipeline.has_assignment():
             return "no partitions assigned"
+        trouble = pipeline.troubles.reason()
+        if trouble is not None:
+            return trouble
         try:
             async with asyncio.timeout(2):
                 async with pool.acquire() as conn:

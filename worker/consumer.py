@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 import asyncpg
 import structlog
 from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import IllegalStateError
 from aiokafka.structs import TopicPartition
 
 from worker.batching import (
@@ -57,7 +58,7 @@ from worker.metrics import Metrics
 from worker.ordering import MAX_HOLD_S, split_at
 from worker.prices import Tick, handle_prices
 from worker.rebalance import OffsetKeeper, names
-from worker.reporting import Outcome, Reporter, coordinates
+from worker.reporting import Outcome, Reporter, Troubles, coordinates
 from worker.retry import AsyncRetrying, describe, transient_retry
 from worker.settings import Settings
 
@@ -105,7 +106,12 @@ class Pipeline:
         self.consumer = consumer
         self._dead_letters = dead_letters
         self._metrics = metrics
-        self.offsets = OffsetKeeper(consumer, pool, settings.kafka, metrics)
+        # Set by a stop signal or a rebalance: a batch waiting to retry gives up at once.
+        self._interrupt = asyncio.Event()
+        self.offsets = OffsetKeeper(
+            consumer, pool, settings.kafka, metrics, on_revoking=self._interrupt.set
+        )
+        self.troubles = Troubles(metrics)
         self._fanouts = Fanouts()
         self._report = Reporter(metrics, log_level=settings.log_level, fanouts=self._fanouts)
         # Agents' configs by row version, for ticks (see `worker.config_cache`).
@@ -131,7 +137,21 @@ class Pipeline:
         partitions redoes it; `run` then returns normally.
         """
         self._stop = stop
+        watcher = asyncio.create_task(self._interrupt_on(stop))
+        try:
+            await self._loop(stop)
+        finally:
+            watcher.cancel()
+        await self.offsets.commit_kafka()
+
+    async def _interrupt_on(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self._interrupt.set()
+
+    async def _loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            if not self.offsets.revoking:
+                self._interrupt.clear()
             if self.offsets.fatal is not None:
                 raise WorkerError(f"cannot read stored offsets: {describe(self.offsets.fatal)}")
             fetched = await self.consumer.getmany(
@@ -144,10 +164,24 @@ class Pipeline:
                 async with self.offsets.lock:
                     await self._until_stopped(self._process_fetch(batch))
             except StopRequested as exc:
-                log.warning("batch_abandoned_at_shutdown", reason=str(exc))
-                break
+                if stop.is_set():
+                    log.warning("batch_abandoned_at_shutdown", reason=str(exc))
+                    break
+                # A rebalance came while the batch waited for the server: nothing of its
+                # unfinished lanes was stored; read them again from where they stand.
+                log.warning("batch_abandoned_for_rebalance", reason=str(exc))
+                self._rewind(batch)
+                continue
             await self.offsets.commit_kafka_if_due()
-        await self.offsets.commit_kafka()
+
+    def _rewind(self, batch: Batch) -> None:
+        """Seek each still-assigned partition of an abandoned `batch` back to its first
+        record not stored yet (a reassignment seeks to the stored offsets anyway)."""
+        assigned = self.consumer.assignment()
+        for tp, records in batch.items():
+            if tp in assigned and records:
+                with contextlib.suppress(IllegalStateError):
+                    self.consumer.seek(tp, max(records[0].offset, self.offsets.floor.get(tp, 0)))
 
     def _hold_late_signals(self, batch: Batch) -> Batch:
         """The fetch less the signals that must wait for ticks (`worker.ordering`); their
@@ -185,12 +219,13 @@ class Pipeline:
             # Every lane finishes (commits or gives up) before a failure is raised, so one
             # lane's outage never rolls back another's finished work.
             results = await asyncio.gather(
-                *(self._process_lane(lane) for lane in lanes), return_exceptions=True
+                *(self._process_lane(lane, key) for key, lane in enumerate(lanes)),
+                return_exceptions=True,
             )
             self._metrics.db_pool_in_use.set(self._pool.get_size() - self._pool.get_idle_size())
             for result in results:
                 if isinstance(result, BaseException):
-                    verdict = disposition(result, Scope.LANE, stopping=self._stop.is_set())
+                    verdict = disposition(result, Scope.LANE, stopping=self._interrupt.is_set())
                     if verdict.action is Action.ABANDON:
                         raise StopRequested(f"retries cut short: {describe(result)}") from result
                     raise result
@@ -262,20 +297,27 @@ class Pipeline:
         for user_id in unseen:
             self._fanouts[user_id] = max(1, counts.get(user_id, 0))
 
-    def _retrying(self) -> AsyncRetrying:
+    def _retrying(self, lane: int = -1) -> AsyncRetrying:
+        """Server trouble retried (by default until it passes), yielding to a stop signal
+        and to a rebalance; the trouble is told to `/readyz` and the metrics meanwhile."""
         return transient_retry(
             attempts=self._settings.retry_max_attempts,
             max_delay_s=self._settings.retry_max_delay_s,
-            stop=self._stop,
+            backoff_max_s=self._settings.retry_backoff_max_s,
+            stop=self._interrupt,
+            on_retry=lambda exc: self.troubles.retrying(lane, exc),
         )
 
-    async def _process_lane(self, lane: list[Part]) -> None:
+    async def _process_lane(self, lane: list[Part], key: int) -> None:
         started = time.perf_counter()
         for chunk in chunks(lane):
             outcomes: list[tuple[Item, Outcome]] = []
-            async for attempt in self._retrying():
-                with attempt:
-                    outcomes = await self._commit(chunk)
+            try:
+                async for attempt in self._retrying(key):
+                    with attempt:
+                        outcomes = await self._commit(chunk)
+            finally:
+                self.troubles.cleared(key)
             committed_at = time.time()
             self.offsets.stored(chunk.next_offsets)
             self._report.committed(

@@ -78,7 +78,17 @@ class Metrics:
             "signal_worker_db_pool_in_use", "Database connections in use", registry=r
         )
         self.retries = Counter(
-            "signal_worker_retries", "Retries after transient errors", registry=r
+            "signal_worker_retries",
+            "Retries after server trouble, by cause (SERVER_SQLSTATES in worker/retry.py)",
+            ["cause"],
+            registry=r,
+        )
+        self.retrying = Gauge(
+            "signal_worker_retrying",
+            "Batches waiting now for the server to be well again, by cause: their records "
+            "are held (offsets not stored), never dead-lettered",
+            ["cause"],
+            registry=r,
         )
         self.assigned_partitions = Gauge(
             "signal_worker_assigned_partitions", "Partitions assigned to this worker", registry=r

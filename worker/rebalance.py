@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 
 import asyncpg
 import structlog
@@ -46,6 +47,8 @@ class OffsetKeeper(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka
         pool: asyncpg.Pool,
         kafka: KafkaSettings,
         metrics: Metrics,
+        *,
+        on_revoking: Callable[[], None] | None = None,
     ) -> None:
         self.consumer = consumer
         self._pool = pool
@@ -58,11 +61,24 @@ class OffsetKeeper(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka
         # Ticks before signals (`worker.ordering`): the owned price partitions' progress.
         self.ticks = TickWatermarks()
         self.fatal: BaseException | None = None
+        # True while a revocation waits for the work in flight; `on_revoking` is told first,
+        # so that a batch waiting to retry gives up instead of holding the rebalance.
+        self.revoking = False
+        self._on_revoking = on_revoking
         self._uncommitted: dict[TopicPartition, int] = {}
         self._last_kafka_commit = time.monotonic()
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         """Wait for in-flight work so the next owner starts after our last commit."""
+        self.revoking = True
+        if self._on_revoking is not None:
+            self._on_revoking()
+        try:
+            await self._revoke(revoked)
+        finally:
+            self.revoking = False
+
+    async def _revoke(self, revoked: set[TopicPartition]) -> None:
         async with self.lock:
             if revoked:  # aiokafka also calls this before the first assignment, with nothing
                 log.info("partitions_revoked", partitions=names(revoked))

@@ -22,6 +22,7 @@ from worker.handlers import SignalOutcome
 from worker.messages import SignalV1
 from worker.metrics import Metrics
 from worker.prices import TickOutcome
+from worker.retry import describe, server_trouble
 
 log = structlog.get_logger(__name__)
 
@@ -154,3 +155,42 @@ class Reporter:
 def coordinates(record: Record) -> dict[str, object]:
     """A record's topic, partition and offset, for log context."""
     return {"topic": record.topic, "partition": record.partition, "offset": record.offset}
+
+
+class Troubles:
+    """The server troubles that lanes are retrying now (`worker.retry.server_trouble`):
+    what `/readyz` says and `signal_worker_retrying` counts while records are held."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        # Per lane in trouble: (cause, the error, since when: monotonic s).
+        self._lanes: dict[int, tuple[str, str, float]] = {}
+
+    def retrying(self, lane: int, exc: BaseException) -> None:
+        """`lane` failed with `exc` and will retry."""
+        cause = server_trouble(exc) or "unknown"
+        since = self._lanes[lane][2] if lane in self._lanes else time.monotonic()
+        self._set(lane, (cause, describe(exc), since))
+
+    def cleared(self, lane: int) -> None:
+        """`lane` committed (or gave its work up): no longer in trouble."""
+        self._set(lane, None)
+
+    def _set(self, lane: int, state: tuple[str, str, float] | None) -> None:
+        old = self._lanes.pop(lane, None)
+        if old is not None:
+            self._metrics.retrying.labels(old[0]).dec()
+        if state is not None:
+            self._lanes[lane] = state
+            self._metrics.retrying.labels(state[0]).inc()
+
+    def reason(self) -> str | None:
+        """Why the worker is not ready, while a lane waits for the server; else None."""
+        if not self._lanes:
+            return None
+        cause, error, since = min(self._lanes.values(), key=lambda t: t[2])
+        waited = time.monotonic() - since
+        return (
+            f"retrying {len(self._lanes)} batch(es) for {waited:.0f} s: {cause} ({error}); "
+            "their records are held, not dead-lettered"
+        )

@@ -1,111 +1,167 @@
-"""tenacity policies and `is_transient()`: what is worth retrying, and how."""
+"""What is worth retrying (`SERVER_SQLSTATES`, `server_trouble`), and how (tenacity policies)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from collections.abc import Callable
+from typing import Any
 
 import asyncpg
 import structlog
-from aiokafka.errors import (
-    KafkaConnectionError,
-    KafkaError,
-    KafkaTimeoutError,
-    NodeNotReadyError,
-)
-from aiokafka.errors import RequestTimedOutError as KafkaRequestTimedOut
+from aiokafka.errors import KafkaError
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
     retry_if_exception,
     stop_after_attempt,
     stop_after_delay,
+    stop_never,
     wait_exponential_jitter,
 )
 
 log = structlog.get_logger(__name__)
 
-# SQLSTATEs that mean "do it again": serialization failure, deadlock, and the connection
-# classes (08xxx), plus admin shutdown / cannot-connect-now while a server restarts.
-_TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "57P01", "57P02", "57P03", "53300"})
-
-_TRANSIENT_TYPES: tuple[type[BaseException], ...] = (
-    ConnectionError,
-    TimeoutError,
-    asyncio.TimeoutError,
-    asyncpg.exceptions.ConnectionDoesNotExistError,
-    asyncpg.exceptions.InterfaceError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.TooManyConnectionsError,
-    KafkaConnectionError,
-    KafkaTimeoutError,
-    NodeNotReadyError,
-    KafkaRequestTimedOut,
+# What a failure says about the server, not about the record: the one table. A key is a
+# full SQLSTATE or its two-character class; the value is the cause, the label of the
+# metrics and `/readyz`. Every error here is retried (with backoff, yielding to SIGTERM and
+# to a rebalance), never dead-lettered: the same record goes through once the server is
+# well again. What is not here (data exceptions 22, integrity constraints 23, ...) is the
+# record's own fault. `tests/unit/test_failures.py` has a case for each row.
+SERVER_SQLSTATES: dict[str, str | None] = {
+    "08": "connection",  # connection exceptions
+    "25006": "read_only",  # read_only_sql_transaction: a standby, default_transaction_read_only
+    "25P03": "idle_in_transaction_timeout",
+    "40": "transaction_rollback",  # the class: statement completion unknown, ...
+    "40002": None,  # a deferred constraint at commit: the record's, like class 23
+    "40001": "serialization_failure",
+    "40P01": "deadlock",
+    "42501": "insufficient_privilege",  # a grant revoked under the worker: the operator's
+    "53": "insufficient_resources",  # the class: out of memory, configuration limits
+    "53100": "disk_full",
+    "53200": "out_of_memory",
+    "53300": "too_many_connections",
+    "55": "object_not_in_prerequisite_state",  # the class: object in use, ...
+    "55P03": "lock_not_available",  # lock_timeout, NOWAIT
+    "57": "operator_intervention",  # the class
+    "57014": "query_canceled",  # statement_timeout, pg_cancel_backend
+    "57P01": "admin_shutdown",
+    "57P02": "crash_shutdown",
+    "57P03": "cannot_connect_now",
+    "57P05": "idle_session_timeout",
+    "58": "system_error",  # the class: I/O errors, files missing or duplicated
+    "F0": "config_file_error",
+    "XX": "internal_error",  # the class: data or index corrupted, internal errors
+}
+# The same for what is not a PostgreSQL error: the client side of the services.
+_SERVER_TYPES: tuple[tuple[type[BaseException], str], ...] = (
+    (asyncpg.exceptions.InterfaceError, "connection"),  # the connection closed under a query
+    (KafkaError, "kafka"),  # the record was decoded already: Kafka's trouble is never its
+    (TimeoutError, "timeout"),  # asyncpg's command_timeout, a bounded wait
+    (MemoryError, "out_of_memory"),
+    (OSError, "connection"),  # ConnectionError and the socket errors under both clients
 )
 
 
-def is_transient(exc: BaseException) -> bool:
-    """True for failures that may pass on their own: connection loss, 40001, deadlock, broker."""
-    if isinstance(exc, _TRANSIENT_TYPES):
-        return True
+def server_trouble(exc: BaseException) -> str | None:
+    """The cause when `exc` says the server (PostgreSQL, Kafka, the network, this host) is
+    in trouble, not the record: worth retrying; None otherwise."""
     if isinstance(exc, asyncpg.PostgresError):
         state = getattr(exc, "sqlstate", None) or ""
-        return state in _TRANSIENT_SQLSTATES or state.startswith("08")
-    return isinstance(exc, OSError)
+        if state in SERVER_SQLSTATES:
+            return SERVER_SQLSTATES[state]
+        return SERVER_SQLSTATES.get(state[:2])
+    for kind, cause in _SERVER_TYPES:
+        if isinstance(exc, kind):
+            return cause
+    return None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for failures that may pass on their own (`server_trouble`)."""
+    return server_trouble(exc) is not None
 
 
 def _log_retry(state: RetryCallState) -> None:
     exc = state.outcome.exception() if state.outcome else None
+    cause = (server_trouble(exc) if exc else None) or "unknown"
+    # Repeats of one cause are said once per interval with a count (`worker.logging`).
     log.warning(
         "retrying_after_transient_error",
+        cause=cause,
         attempt=state.attempt_number,
         error=describe(exc) if exc else None,
         sleep_s=round(state.next_action.sleep, 3) if state.next_action else None,
     )
     if _on_retry is not None:
-        _on_retry()
+        _on_retry(cause)
 
 
-_on_retry: Callable[[], None] | None = None
+_on_retry: Callable[[str], None] | None = None
 
 
-def set_retry_observer(observer: Callable[[], None] | None) -> None:
-    """Install a callback run on every retry (the metrics counter)."""
+def set_retry_observer(observer: Callable[[str], None] | None) -> None:
+    """Install a callback run on every retry with its cause (the metrics counter)."""
     global _on_retry  # one process-wide observer, set at start-up
     _on_retry = observer
 
 
 def transient_retry(
-    *, attempts: int = 5, max_delay_s: float = 60.0, stop: asyncio.Event | None = None
+    *,
+    attempts: int = 5,
+    max_delay_s: float = 60.0,
+    backoff_max_s: float = 5.0,
+    stop: asyncio.Event | None = None,
+    on_retry: Callable[[BaseException], None] | None = None,
 ) -> AsyncRetrying:
-    """Retry a whole unit of work on transient errors, with exponential backoff and jitter.
+    """Retry a whole unit of work on server trouble, with exponential backoff and jitter
+    up to `backoff_max_s` between attempts, for at most `attempts` attempts and
+    `max_delay_s` seconds (0: no limit; the last error is raised when they run out).
 
     With `stop`, a set event ends the retries at once: a backoff sleep wakes when it is set,
     and no further attempt starts (the last error is raised, as when retries run out).
+    `on_retry` is told of each failure that will be retried, before the sleep.
     """
-    ends = stop_after_attempt(attempts) | stop_after_delay(max_delay_s)
+    ends: Any = stop_never
+    if attempts:
+        ends = ends | stop_after_attempt(attempts)
+    if max_delay_s:
+        ends = ends | stop_after_delay(max_delay_s)
+    wait = wait_exponential_jitter(multiplier=0.2, max=backoff_max_s, jitter=0.2)
+
+    last: list[BaseException] = []  # the error a stop during the backoff sleep re-raises
+
+    def before_sleep(state: RetryCallState) -> None:
+        _log_retry(state)
+        exc = state.outcome.exception() if state.outcome else None
+        if exc is not None:
+            last[:] = [exc]
+            if on_retry is not None:
+                on_retry(exc)
+
     if stop is None:
         return AsyncRetrying(
             retry=retry_if_exception(is_transient),
             stop=ends,
-            wait=wait_exponential_jitter(multiplier=0.2, max=5.0, jitter=0.2),
+            wait=wait,
             reraise=True,
-            before_sleep=_log_retry,
+            before_sleep=before_sleep,
         )
     event = stop
 
     async def sleep_unless_stopped(seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), seconds)
+        if event.is_set() and last:
+            raise last[0]  # no further attempt: the unit of work is given up
 
     return AsyncRetrying(
         retry=retry_if_exception(is_transient),
         stop=lambda state: event.is_set() or ends(state),
-        wait=wait_exponential_jitter(multiplier=0.2, max=5.0, jitter=0.2),
+        wait=wait,
         sleep=sleep_unless_stopped,
         reraise=True,
-        before_sleep=_log_retry,
+        before_sleep=before_sleep,
     )
 
 
@@ -134,6 +190,7 @@ __all__ = [
     "AsyncRetrying",
     "describe",
     "is_transient",
+    "server_trouble",
     "set_retry_observer",
     "startup_retry",
     "transient_retry",

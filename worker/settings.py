@@ -108,8 +108,11 @@ class Settings(BaseSettings):
     kafka_request_timeout_s: float = Field(default=30.0, gt=0, le=600)
     kafka_topic_partitions: int = Field(default=12, ge=1, le=10_000)
     pipeline_concurrency: int = Field(default=4, ge=1, le=100)
-    retry_max_attempts: int = Field(default=10, ge=1, le=1000)
-    retry_max_delay_s: float = Field(default=60.0, gt=0, le=3600)
+    # A batch that meets server trouble (`worker.retry.SERVER_SQLSTATES`) is retried until
+    # the server is well again (0: no limit), or until these give up (the worker exits 1).
+    retry_max_attempts: int = Field(default=0, ge=0, le=1_000_000)
+    retry_max_delay_s: float = Field(default=0.0, ge=0, le=7 * 86_400)
+    retry_backoff_max_s: float = Field(default=5.0, gt=0, le=300)
     startup_timeout_s: float = Field(default=30.0, gt=0, le=3600)
     shutdown_timeout_s: float = Field(default=8.0, gt=0, le=300)
     sim_network_fee_sol: Decimal = Field(default=Decimal("0.000005"), ge=0, le=1)
