@@ -3,9 +3,13 @@ live handlers on it), through the command line as a user runs them."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
+import errno
 import io
 import json
+import os
+import sys
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -15,6 +19,7 @@ import asyncpg
 import pytest
 
 from tests.support import (
+    ROOT,
     TOKEN_A,
     TOKEN_B,
     Account,
@@ -303,3 +308,50 @@ async def test_names_are_escaped_in_report_replay_and_agents_lint(
     report_csv = await run_cli(env, "report", "--format", "csv")
     rows = list(csv.DictReader(io.StringIO(report_csv.stdout, newline="")))
     assert sorted(r["name"] for r in rows) == sorted(["'=1+1", evil])  # one row each
+
+
+async def test_replay_reads_its_input_before_it_opens_a_transaction(
+    services: Services, db_url: str, topics: Topics, db_conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """Issue 20, item 8: `sleep 40 | replay --signals /dev/stdin` held a transaction open
+    while it waited for its input, and a migration's lock queued behind it. The replay
+    reads a FIFO here: while it waits for the data, it has no session in the database."""
+    account = await _trade(db_conn)
+    env = env_for(make_settings(services, db_url, topics))
+    fifo = tmp_path / "signals.fifo"
+    os.mkfifo(fifo)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "worker", "replay", "--signals", str(fifo), "--format", "json",
+        env=env, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        # A FIFO opens for writing (without blocking) only once its reader has opened it.
+        fd = None
+        while fd is None:
+            assert proc.returncode is None, await proc.communicate()
+            try:
+                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as exc:
+                if exc.errno != errno.ENXIO:  # ENXIO: no reader yet
+                    raise
+                await asyncio.sleep(0.05)
+        # The replay is now reading its input, and will until the FIFO is closed.
+        sessions = await db_conn.fetch(
+            "SELECT pid, state FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        assert [tuple(s) for s in sessions] == []
+        line = {"user_id": str(account.user_id), "token_address": TOKEN_A,
+                "signal_type": "Velocity", "signal_strength": 4, "price_usd": "2",
+                "created_at": (T0 + timedelta(minutes=5)).isoformat()}  # fmt: skip
+        os.set_blocking(fd, True)
+        os.write(fd, json.dumps(line).encode() + b"\n")
+        os.close(fd)
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, err.decode()
+    rows = json.loads(out)
+    assert all(r["executions"]["success"] == 1 for r in rows)
