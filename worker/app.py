@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import itertools
 import signal
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -190,16 +191,22 @@ async def _serve(
         await snapshots
 
 
+UPKEEP_RETRY_S = (60.0, 120.0, 300.0, 600.0)  # then every 10 minutes, until the hour
+
+
 async def snapshot_hourly(
     pool: asyncpg.Pool, stop: asyncio.Event, *, price_history_days: int = 30
 ) -> None:
-    """Snapshot every wallet, and keep the price history's partitions (today's and the next
-    two days' made, those older than `price_history_days` dropped), at start-up and at each
-    UTC hour until `stop` is set.
+    """Snapshot every wallet, and keep the price history's partitions (made a week ahead,
+    those older than `price_history_days` dropped: `price_history_upkeep`), at start-up and
+    at each UTC hour until `stop` is set.
 
-    Upserts and idempotent DDL, so several workers doing it at once are fine. A failure is
-    logged and retried at the next hour: this upkeep never stops the pipeline (a tick with
-    no partition of its day lands in the history's default partition).
+    Upserts and idempotent DDL, so several workers doing it at once are fine. A failed
+    snapshot is logged and redone at the next hour. The upkeep never waits in front of the
+    pipeline: each step gives up after a short lock timeout, and an upkeep that could not
+    finish is tried again after 1, 2, 5, then every 10 minutes within the hour (a tick with
+    no partition of its day lands in the history's default partition meanwhile, and is
+    moved into its day's partition when that is made).
     """
     while not stop.is_set():
         now = datetime.now(UTC)
@@ -210,14 +217,40 @@ async def snapshot_hourly(
             log.info("snapshots_written", hour=hour.isoformat(), wallets=rows)
         except SERVICE_ERRORS as exc:
             log.warning("snapshots_failed", hour=hour.isoformat(), error=describe(exc))
-        try:
-            async with connection(pool) as conn:
-                await price_history_upkeep(conn, price_history_days)
-        except SERVICE_ERRORS as exc:
-            log.warning("price_history_upkeep_failed", error=describe(exc))
         next_hour = hour + timedelta(hours=1)
+        await _upkeep_within(pool, stop, price_history_days, next_hour)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), (next_hour - datetime.now(UTC)).total_seconds())
+
+
+async def _upkeep_within(
+    pool: asyncpg.Pool, stop: asyncio.Event, keep_days: int, deadline: datetime
+) -> None:
+    """`price_history_upkeep` until it is done, retried after `UPKEEP_RETRY_S`, until
+    `deadline` or `stop`."""
+    for attempt in itertools.count():
+        why: str | None
+        try:
+            async with connection(pool) as conn:
+                done = await price_history_upkeep(conn, keep_days)
+            why = done.postponed
+            if done.created or done.dropped or done.moved:
+                log.info("price_history_upkept", created=done.created, dropped=done.dropped,
+                         moved=done.moved)  # fmt: skip
+        except SERVICE_ERRORS as exc:
+            why = describe(exc)
+        if why is None:
+            return
+        delay = UPKEEP_RETRY_S[min(attempt, len(UPKEEP_RETRY_S) - 1)]
+        left = (deadline - datetime.now(UTC)).total_seconds()
+        log.warning("price_history_upkeep_postponed", reason=why,
+                    retry_in_s=delay if delay < left else None)  # fmt: skip
+        if delay >= left:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+        if stop.is_set():
+            return
 
 
 def _request_stop(stop: asyncio.Event, sig: signal.Signals) -> None:

@@ -3,7 +3,13 @@ live handlers on it), through the command line as a user runs them."""
 
 from __future__ import annotations
 
+import asyncio
+import csv
+import errno
+import io
 import json
+import os
+import sys
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -13,6 +19,7 @@ import asyncpg
 import pytest
 
 from tests.support import (
+    ROOT,
     TOKEN_A,
     TOKEN_B,
     Account,
@@ -199,6 +206,16 @@ def _file(folder: Path, content: object, name: str = "takeProfit.json") -> Path:
         (["replay", "--config", "/nonexistent/alt.json"],
          "signal-worker replay: --config /nonexistent/alt.json: No such file or directory"),
         (["report", "--since", "yesterday"], "argument --since: not a time: 'yesterday'"),
+        # Issue 20, item 12: what a grid cannot mean is one line, not a traceback.
+        (["replay", "--vary", "stopLoss=5", "--vary", "stopLoss.mode=fixed"],
+         "signal-worker replay: --vary stopLoss and --vary stopLoss.mode: one is inside the "
+         "other"),
+        (["replay", "--vary", "a." * 30_000 + "b=1"], ": a path of 30,001 keys;"),
+        (["replay", "--vary", "stopLos.mode=fixed"],
+         "signal-worker replay: --vary stopLos.mode=fixed: no config has the key(s) stopLos "),
+        (["replay", "--vary", "stopLoss.defaultPercentage=" + ",".join(["-5"] * 1000),
+          "--vary", "takeProfit.moonBag.retainPercent=" + ",".join(["5"] * 1000)],
+         "signal-worker replay: --vary: a grid of 1,000,000 configs (1000 x 1000)"),
     ],
 )  # fmt: skip
 async def test_bad_input_gets_one_clear_line(
@@ -244,3 +261,97 @@ async def test_replay_of_message_files_needs_their_times_and_names_a_bad_line(
     bad = await run_cli(env, "replay", "--signals", str(signals), "--ticks", str(ticks))
     assert bad.code == 2
     assert any(f"{ticks}:1: a replayed tick needs its ts" in line for line in bad.stderr)
+
+
+async def test_replay_refuses_unknown_config_keys_unless_allowed(
+    services: Services, db_url: str, topics: Topics, db_conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """Issue 20, item 12: a misspelt key in --config or --vary would replay as if it changed
+    something; it is refused with the keys `agents lint` would list, unless allowed."""
+    await _trade(db_conn)
+    env = env_for(make_settings(services, db_url, topics))
+    typo = _file(tmp_path, {"stopLoss": {"defaultPercentge": -4}, "signal": {}}, "typo.json")
+    refused = await run_cli(env, "replay", "--config", str(typo))
+    assert refused.code == 2, refused.stderr
+    assert refused.stderr[-1] == (
+        f"signal-worker replay: --config {typo}: no config has the key(s) "
+        "stopLoss.defaultPercentge, signal (misspelt? --allow-unknown-keys replays them "
+        "anyway, ignored as the worker ignores them)"
+    )
+    allowed = await run_cli(env, "replay", "--config", str(typo), "--vary", "stopLos.mode=fixed",
+                            "--allow-unknown-keys", "--format", "json")  # fmt: skip
+    assert allowed.code == 0, allowed.stderr
+    labels = {r["label"] for r in json.loads(allowed.stdout)}
+    assert labels == {"live", "stored config", "typo.json", "stopLos.mode=fixed"}
+
+
+async def test_names_are_escaped_in_report_replay_and_agents_lint(
+    services: Services, db_url: str, topics: Topics, db_conn: asyncpg.Connection
+) -> None:
+    """Issue 20, item 11: a name with ANSI escapes and a newline neither clears the screen
+    nor forges a row; in CSV, a name that is a formula is text."""
+    account = await _trade(db_conn)
+    evil = '\x1b[2J=HYPERLINK("http://x")\nagent 9  0/0/0'
+    await db_conn.execute("UPDATE agents SET name = $1 WHERE id = $2", evil,
+                          account.agents[0].agent_id)  # fmt: skip
+    await db_conn.execute("UPDATE agents SET name = $1 WHERE id = $2", "=1+1",
+                          account.agents[1].agent_id)  # fmt: skip
+    env = env_for(make_settings(services, db_url, topics))
+    for args in (["report"], ["replay"], ["agents", "lint"]):
+        await db_conn.execute("UPDATE agents SET trading_config = trading_config || "
+                              "jsonb_build_object('x\x1b[2J', 1)")  # fmt: skip
+        done = await run_cli(env, *args)
+        assert done.code == 0, done.stderr
+        assert "\x1b" not in done.stdout, args
+        assert "\\x1b[2J=HYPERLINK" in done.stdout, (args, done.stdout)
+        assert not any(line.startswith("agent 9") for line in done.stdout.splitlines()), args
+    report_csv = await run_cli(env, "report", "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(report_csv.stdout, newline="")))
+    assert sorted(r["name"] for r in rows) == sorted(["'=1+1", evil])  # one row each
+
+
+async def test_replay_reads_its_input_before_it_opens_a_transaction(
+    services: Services, db_url: str, topics: Topics, db_conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """Issue 20, item 8: `sleep 40 | replay --signals /dev/stdin` held a transaction open
+    while it waited for its input, and a migration's lock queued behind it. The replay
+    reads a FIFO here: while it waits for the data, it has no session in the database."""
+    account = await _trade(db_conn)
+    env = env_for(make_settings(services, db_url, topics))
+    fifo = tmp_path / "signals.fifo"
+    os.mkfifo(fifo)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "worker", "replay", "--signals", str(fifo), "--format", "json",
+        env=env, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        # A FIFO opens for writing (without blocking) only once its reader has opened it.
+        fd = None
+        while fd is None:
+            assert proc.returncode is None, await proc.communicate()
+            try:
+                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as exc:
+                if exc.errno != errno.ENXIO:  # ENXIO: no reader yet
+                    raise
+                await asyncio.sleep(0.05)
+        # The replay is now reading its input, and will until the FIFO is closed.
+        sessions = await db_conn.fetch(
+            "SELECT pid, state FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        assert [tuple(s) for s in sessions] == []
+        line = {"user_id": str(account.user_id), "token_address": TOKEN_A,
+                "signal_type": "Velocity", "signal_strength": 4, "price_usd": "2",
+                "created_at": (T0 + timedelta(minutes=5)).isoformat()}  # fmt: skip
+        os.set_blocking(fd, True)
+        os.write(fd, json.dumps(line).encode() + b"\n")
+        os.close(fd)
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, err.decode()
+    rows = json.loads(out)
+    assert all(r["executions"]["success"] == 1 for r in rows)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -18,7 +19,15 @@ from worker.domain.records import AgentSetup
 from worker.errors import UsageError
 from worker.messages import PriceTickV1
 from worker.prices import Tick
-from worker.replay.engine import Start, Variant, check_variant, events_of, replay
+from worker.replay.engine import (
+    Outcome,
+    Start,
+    Variant,
+    check_variant,
+    events_of,
+    replay,
+    replay_each,
+)
 from worker.replay.memory import MemoryStore, StoreViolation
 from worker.settings import Settings
 
@@ -207,3 +216,75 @@ async def test_the_memory_store_refuses_what_postgresql_refuses() -> None:
     # As the INSERT writes it: all of the purchase held.
     [held] = store.open_positions_of(uuid.UUID(int=101))
     assert held.state.remaining_amount == Decimal(1)
+
+
+# --- issue 20, item 12: the grid is capped, streamed, and refuses what it cannot mean ---
+
+
+def test_a_grid_beyond_the_cap_is_refused_before_any_variant_is_made() -> None:
+    values = ",".join(str(-n) for n in range(1, 101))
+    with pytest.raises(UsageError, match=r"^--vary: a grid of 10,000 configs \(100 x 100\); "
+                       r"a replay runs at most 64 configs"):  # fmt: skip
+        grid([f"stopLoss.defaultPercentage={values}", f"takeProfit.moonBag.retainPercent={values}"])
+    assert len(grid([f"stopLoss.defaultPercentage={','.join(['-5'] * 63)}"])) == 63
+
+
+@pytest.mark.parametrize(
+    ("specs", "error"),
+    [
+        (["stopLoss=5", "stopLoss.mode=fixed"],
+         r"^--vary stopLoss and --vary stopLoss.mode: one is inside the other"),
+        (["stopLoss.mode=fixed", "stopLoss={}"],
+         r"^--vary stopLoss and --vary stopLoss.mode: one is inside the other"),
+        (["stopLoss.mode=fixed", "stopLoss.mode=zones"], r"^--vary stopLoss.mode: given twice"),
+        (["stopLoss..mode=fixed"], r"^--vary stopLoss..mode: an empty key"),
+        (["a." * 30_000 + "b=1"], r"^--vary a\.a\.a.*\.\.\.: a path of 30,001 keys"),
+        (["stopLoss.mode=" + "[" * 900 + "]" * 900], r"nested deeper than any config"),
+    ],
+)  # fmt: skip
+def test_a_vary_that_cannot_be_one_config_is_one_line(specs: list[str], error: str) -> None:
+    with pytest.raises(UsageError, match=error) as raised:
+        grid(specs)
+    assert "\n" not in str(raised.value)
+    assert len(str(raised.value)) < 300
+
+
+def test_a_misspelt_vary_path_is_refused_unless_unknown_keys_are_allowed() -> None:
+    with pytest.raises(UsageError, match=r"^--vary stopLos.mode=fixed: no config has the "
+                       r"key\(s\) stopLos \(misspelt\? --allow-unknown-keys"):  # fmt: skip
+        grid(["stopLos.mode=fixed"])
+    with pytest.raises(UsageError, match=r"no config has the key\(s\) stopLoss.mdoe"):
+        grid(["stopLoss.mdoe=fixed,zones"])
+    [variant] = grid(["stopLos.mode=fixed"], allow_unknown=True)
+    assert variant.overrides == {"stopLos": {"mode": "fixed"}}
+    # The source's legacy key is accepted, as `agents lint` accepts it.
+    assert grid(["stopLoss.continuousTrailing=true"])
+
+
+async def test_variants_are_run_one_at_a_time_and_no_run_is_kept() -> None:
+    variants = grid(["stopLoss.defaultPercentage=-4,-10,-50"])
+    outcomes: list[Outcome] = []
+    async for outcome in replay_each(START, EVENTS, [Variant("stored config"), *variants],
+                                     Settings()):  # fmt: skip
+        gc.collect()
+        # Between runs no store is alive: not the one just run, not the earlier ones.
+        assert [o for o in gc.get_objects() if isinstance(o, MemoryStore)] == []
+        outcomes.append(outcome)
+    assert [o.variant.label for o in outcomes] == ["stored config", *(v.label for v in variants)]
+    run = await replay(START, EVENTS, Variant("stored config"), Settings())
+    assert [r.as_dict() for r in outcomes[0].results] == [r.as_dict() for r in run.results()]
+    assert outcomes[0].executions == len(run.store.executions) == 4
+    assert [o.results[1].trades for o in outcomes[1:]] == [2, 2, 0]
+
+
+async def test_an_agent_whose_stored_config_is_invalid_replays_as_the_worker_runs_it() -> None:
+    broken = AgentSetup(USER, uuid.UUID(int=103), "broken", "sim_3",
+                        json.dumps({"stopLoss": {"defaultPercentage": 5}}))  # fmt: skip
+    start = Start([*START.agents, broken], {**START.sol, broken.agent_id: Decimal(10)},
+                  START.prices)  # fmt: skip
+    assert check_variant(Variant("stored config"), start) == ["broken"]
+    assert check_variant(Variant("v", {"stopLoss": {"defaultPercentage": -4}}), start) == ["broken"]
+    run = await replay(start, EVENTS, Variant("stored config"), Settings())
+    by = {r.name: r for r in run.results()}
+    assert by["broken"].executions == {"failed": 2}
+    assert by["agent 1"].trades == 1

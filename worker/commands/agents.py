@@ -4,13 +4,15 @@ For each agent whose config has a problem: `invalid` (the reason: it buys nothin
 executions fail with that reason, and its open positions keep the exit rules they were
 opened with), or keys the worker ignores (`unknown`), or legacy keys of the source system
 that it accepts silently (`legacy`, listed for completeness). Exit 1 when any config is
-invalid, else 0: ignored keys are warnings.
+invalid, else 0: ignored keys are warnings. Names and keys are printed with their control
+characters escaped (`worker.commands.text`).
 """
 
 from __future__ import annotations
 
 import argparse
 
+from worker.commands.text import printable
 from worker.db.pool import connect_migrated
 from worker.db.store import PgStore
 from worker.domain.config import read_config
@@ -30,12 +32,14 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
                 who = f"agent {stored.agent_id} ({stored.name}, user {stored.user_id})"
                 if reading.error is not None:
                     invalid += 1
-                    print(f"{who}: invalid: {reading.error}")
+                    print(printable(f"{who}: invalid: {reading.error}"))
                 if reading.unknown_keys:
                     unknown += 1
-                    print(f"{who}: unknown keys (ignored): {', '.join(reading.unknown_keys)}")
+                    keys = ", ".join(reading.unknown_keys)
+                    print(printable(f"{who}: unknown keys (ignored): {keys}"))
                 if reading.legacy_keys:
-                    print(f"{who}: legacy keys (ignored): {', '.join(reading.legacy_keys)}")
+                    keys = ", ".join(reading.legacy_keys)
+                    print(printable(f"{who}: legacy keys (ignored): {keys}"))
     finally:
         await conn.close()
     print(

@@ -30,6 +30,7 @@ import structlog
 
 from worker.app import run_worker
 from worker.commands.seed_demo import DEMO_AGENTS, DEMO_EMAIL
+from worker.commands.text import printable
 from worker.db import accounts
 from worker.db.ledger import find_violations
 from worker.db.pool import connect_migrated
@@ -191,10 +192,10 @@ def format_results(results: list[SignalResult]) -> str:
     rows: list[tuple[str, ...]] = [header]
     notes: list[str] = []
     for r in results:
-        name = r.name.split(" (", 1)[0]
+        name = printable(r.name.split(" (", 1)[0])  # the demo user's agents may be renamed
         if r.status != "success":
             rows.append((name, r.status or "-", "-", "-", "-", "-", _sol(r.sol_balance)))
-            notes.append(f"{name}: {r.reason}")
+            notes.append(printable(f"{name}: {r.reason}"))
             continue
         take_profit = (
             f"{_sol(r.take_profit_sol)} in {r.take_profit_sales}" if r.take_profit_sales else "-"

@@ -32,9 +32,9 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
                         help="table (default), json or csv")  # fmt: skip
     parser.add_argument(
         "--chart",
-        type=Path,
+        type=chart_arg,
         metavar="FILE.png",
-        help="also draw balance and realised P/L over time to this PNG",
+        help="also draw the results over time to this file (.png, .svg or .pdf)",
     )
 
 
@@ -45,14 +45,36 @@ def uuid_arg(text: str) -> UUID:
         raise argparse.ArgumentTypeError(f"not an id (a UUID): {text!r}") from None
 
 
+# The times a message may carry (`worker.messages`): the range a --since/--from/--to means.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9999, 12, 30, tzinfo=UTC)
+CHART_SUFFIXES = (".png", ".svg", ".pdf")
+
+
 def time_arg(text: str) -> datetime:
+    """An ISO 8601 time (UTC when it names no zone), within the times messages carry."""
     try:
         value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
+        value = (value if value.tzinfo is not None else value.replace(tzinfo=UTC)).astimezone(UTC)
+    except (ValueError, OverflowError):
         raise argparse.ArgumentTypeError(
             f"not a time: {text!r} (ISO 8601, e.g. 2026-11-01 or 2026-11-01T12:00Z)"
         ) from None
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    if not EARLIEST <= value <= LATEST:
+        raise argparse.ArgumentTypeError(f"{text!r} is not between 1970-01-01 and 9999-12-30")
+    return value
+
+
+def chart_arg(text: str) -> Path:
+    """A file to draw a chart to: a kind matplotlib writes, not a directory."""
+    path = Path(text)
+    if path.suffix.lower() not in CHART_SUFFIXES:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: a chart is written as {', '.join(CHART_SUFFIXES)} (by its name's ending)"
+        )
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory, not a file to write")
+    return path
 
 
 def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,7 +97,10 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
         "(repeatable)")  # fmt: skip
     add("--vary", action="append", metavar="PATH=V1,V2",
         help="replay each value of a config path, e.g. stopLoss.mode=fixed,exponential "
-        "(repeatable: the grid of all)")  # fmt: skip
+        "(repeatable: the grid of all; at most 64 configs in all)")  # fmt: skip
+    add("--allow-unknown-keys", action="store_true",
+        help="replay --config and --vary keys no config has (ignored, as the worker "
+        "ignores them; refused by default: a misspelt key would change nothing)")  # fmt: skip
     add_output_arguments(parser)
 
 

@@ -16,19 +16,21 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from worker.commands.options import no_agent_message
 from worker.commands.report import draw_curves, render
+from worker.commands.text import printable
 from worker.db.pool import connect_migrated
 from worker.db.replay import read_agents
 from worker.db.report import Filters, read_report
-from worker.domain.config import decode_json
+from worker.domain.config import decode_json, unknown_keys
 from worker.domain.models import Signal
 from worker.domain.records import AgentSetup
 from worker.domain.results import AgentResult
@@ -37,17 +39,19 @@ from worker.logging import configure_logging
 from worker.messages import PriceTickV1, SignalV1, decode_price, decode_signal
 from worker.prices import Tick
 from worker.replay.engine import (
+    MAX_VARIANTS,
     Event,
-    Run,
+    Outcome,
     Start,
     Variant,
     check_variant,
     read_record,
-    replay,
+    replay_each,
 )
 from worker.settings import Settings
 
 STORED = "stored config"
+MAX_NESTING = 8  # levels of objects and arrays in overrides: a config has 4 at most
 LIVE = "live"
 
 
@@ -55,7 +59,11 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     """Replay every variant; print the table (and draw the chart); 0."""
     # The handlers log every exit at INFO; a replay of a month would print thousands of them.
     configure_logging(settings.model_copy(update={"log_level": "WARNING"}))
-    variants = [Variant(STORED), *_config_variants(args.config or []), *grid(args.vary or [])]
+    variants = _variants(args)
+    # The input files are read before any connection: a slow pipe on stdin must not hold a
+    # transaction open (a migration's lock would queue behind it, and the live worker behind
+    # that); the database is then read in one short read-only transaction.
+    given = _given(args)
     conn = await connect_migrated(settings.db, timeout_s=settings.startup_timeout_s)
     try:
         async with conn.transaction(isolation="repeatable_read", readonly=True):
@@ -64,33 +72,27 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
                 raise UsageError(
                     no_agent_message(args, "agent with a simulation wallet and the id")
                 )
-            given = None
-            if args.signals is not None or args.ticks is not None:
-                given = (
-                    _signals_file(args.signals) if args.signals else [],
-                    _ticks_file(args.ticks) if args.ticks else [],
-                )
             record = await read_record(conn, agents, since=args.from_, until=args.to, given=given)
             if record is None:
                 raise UsageError(_nothing_to_replay(args))
-            start, events, open_at = record.start, record.events, record.open_at
-            begin = args.from_ or events[0].at
             live = None
             if args.signals is None:
-                filters = Filters([a.agent_id for a in agents], None, begin, args.to)
+                filters = Filters([a.agent_id for a in agents], None, record.begin, args.to)
                 live = (await read_report(conn, filters)).results
     finally:
         await conn.close()
+    start, events = record.start, record.events
+    invalid: list[str] = []
     for variant in variants:
-        check_variant(variant, start)
-    runs = [await _run(start, events, v, settings) for v in variants]
-    print(render(_rows(agents, live, runs), args.format))
+        invalid = check_variant(variant, start)
+    outcomes = await _replay_all(start, events, variants, settings)
+    print(render(_rows(agents, live, outcomes), args.format))
     if args.format == "table":
-        _notes(events, runs, open_at)
+        _notes(events, outcomes, record.open_at, invalid)
     if args.chart is not None:
         panels = [
             (f"{a.name}: SOL + open positions at cost",
-             [(r.variant.label, r.curves.get(a.agent_id, [])) for r in runs])
+             [(o.variant.label, o.curves.get(a.agent_id, [])) for o in outcomes])
             for a in agents
         ]  # fmt: skip
         draw_curves(args.chart, panels)
@@ -98,93 +100,219 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _run(start: Start, events: Sequence[Event], variant: Variant, settings: Settings) -> Run:
+def _variants(args: argparse.Namespace) -> list[Variant]:
+    """The stored config, each --config and each point of the --vary grid: at most
+    `MAX_VARIANTS`, each checked for keys no config has."""
+    allow_unknown = bool(getattr(args, "allow_unknown_keys", False))
+    configs = args.config or []
+    if len(configs) >= MAX_VARIANTS:
+        raise UsageError(f"--config: {len(configs)} files; a replay runs at most "
+                         f"{MAX_VARIANTS} configs in all (the stored one counts)")  # fmt: skip
+    return [
+        Variant(STORED),
+        *_config_variants(configs, allow_unknown=allow_unknown),
+        *grid(args.vary or [], allow_unknown=allow_unknown, room=MAX_VARIANTS - 1 - len(configs)),
+    ]
+
+
+def _given(args: argparse.Namespace) -> tuple[list[Signal], list[Tick]] | None:
+    """The signals and ticks of --signals / --ticks, read in full (None: from the database)."""
+    if args.signals is None and args.ticks is None:
+        return None
+    return (
+        _signals_file(args.signals) if args.signals else [],
+        _ticks_file(args.ticks) if args.ticks else [],
+    )
+
+
+async def _replay_all(
+    start: Start, events: Sequence[Event], variants: Sequence[Variant], settings: Settings
+) -> list[Outcome]:
+    """Each variant's outcome, one run at a time (`replay_each`: no run's store is kept)."""
+    outcomes = []
     tty = sys.stderr.isatty()
-    total = len(events)
-    last = 0.0
+    async for outcome in replay_each(start, events, variants, settings,
+                                     progress=_progress(len(events), tty)):  # fmt: skip
+        if tty:
+            sys.stderr.write("\r" + " " * 79 + "\r")
+        label = printable(outcome.variant.label)
+        print(f"replay: {label}: {outcome.events:,} events in {outcome.seconds:.2f}s",
+              file=sys.stderr)  # fmt: skip
+        outcomes.append(outcome)
+    return outcomes
 
-    def progress(done: int) -> None:
-        nonlocal last
-        if tty and time.monotonic() - last > 0.25:
-            last = time.monotonic()
-            sys.stderr.write(f"\rreplay: {variant.label}: {done:,}/{total:,} events")
-            sys.stderr.flush()
 
-    result = await replay(start, events, variant, settings, progress=progress)
-    if tty:
-        sys.stderr.write("\r" + " " * 79 + "\r")
-    print(f"replay: {variant.label}: {total:,} events in {result.seconds:.2f}s", file=sys.stderr)
-    return result
+def _progress(total: int, tty: bool) -> Callable[[Variant], Callable[[int], None] | None]:
+    """A progress line per variant on a terminal's stderr (none elsewhere)."""
+
+    def for_variant(variant: Variant) -> Callable[[int], None] | None:
+        if not tty:
+            return None
+        last = 0.0
+        label = printable(variant.label)
+
+        def progress(done: int) -> None:
+            nonlocal last
+            if time.monotonic() - last > 0.25:
+                last = time.monotonic()
+                sys.stderr.write(f"\rreplay: {label}: {done:,}/{total:,} events")
+                sys.stderr.flush()
+
+        return progress
+
+    return for_variant
 
 
 def _rows(
-    agents: Sequence[AgentSetup], live: list[AgentResult] | None, runs: Sequence[Run]
+    agents: Sequence[AgentSetup], live: list[AgentResult] | None, outcomes: Sequence[Outcome]
 ) -> list[tuple[str, AgentResult]]:
     """Per agent: the live figures (when replaying the database), then each config's."""
-    by_run = [{r.agent_id: r for r in run.results()} for run in runs]
+    by_outcome = [{r.agent_id: r for r in o.results} for o in outcomes]
     live_by = {r.agent_id: r for r in live or []}
     rows: list[tuple[str, AgentResult]] = []
     for agent in agents:
         if agent.agent_id in live_by:
             rows.append((LIVE, live_by[agent.agent_id]))
-        rows.extend((run.variant.label, found[agent.agent_id]) for run, found in
-                    zip(runs, by_run, strict=True))  # fmt: skip
+        rows.extend((o.variant.label, found[agent.agent_id]) for o, found in
+                    zip(outcomes, by_outcome, strict=True))  # fmt: skip
     return rows
 
 
-def _notes(events: Sequence[Event], runs: Sequence[Run], open_at: int) -> None:
+def _notes(
+    events: Sequence[Event], outcomes: Sequence[Outcome], open_at: int, invalid: Sequence[str]
+) -> None:
     signals = sum(1 for e in events if e.signal is not None)
-    executions = sum(len(r.store.executions) for r in runs)
-    seconds = sum(r.seconds for r in runs)
+    executions = sum(o.executions for o in outcomes)
+    seconds = sum(o.seconds for o in outcomes)
     rate = f", {executions / seconds:,.0f} executions/s" if seconds > 0 else ""
     print(
         f"\nreplayed {_count(signals, 'signal')} and {_count(len(events) - signals, 'tick')} "
-        f"through {_count(len(runs), 'config')} in {seconds:.2f}s{rate}; nothing was written"
+        f"through {_count(len(outcomes), 'config')} in {seconds:.2f}s{rate}; nothing was written"
     )
     if open_at:
         print(f"{open_at} position(s) open at the start of the range are not replayed")
+    for name in invalid:
+        print(printable(f"agent {name!r}: its stored config is invalid (`agents lint` says why); "
+                        "it replays as the worker runs it: no buys"))  # fmt: skip
 
 
 def _count(n: int, noun: str) -> str:
     return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
-def _config_variants(paths: Sequence[Path]) -> list[Variant]:
+def _config_variants(paths: Sequence[Path], *, allow_unknown: bool) -> list[Variant]:
     variants = []
     for path in paths:
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise UsageError(f"--config {path}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"--config {path}: not UTF-8 text: {exc.reason}") from None
         try:
             value = decode_json(text)
         except ValueError as exc:
             raise UsageError(f"--config {path}: {exc}") from None
         if not isinstance(value, dict):
             raise UsageError(f"--config {path}: expected a JSON object of config overrides")
+        if _nesting(value) > MAX_NESTING:
+            raise UsageError(f"--config {path}: nested deeper than any config "
+                             f"({MAX_NESTING} levels at most)")  # fmt: skip
+        _refuse_unknown(f"--config {path}", value, allow_unknown=allow_unknown)
         variants.append(Variant(path.name, value))
     return variants
 
 
-def grid(specs: Sequence[str]) -> list[Variant]:
-    """`path=v1,v2` specs as the variants of their product (none for no spec)."""
+def grid(specs: Sequence[str], *, allow_unknown: bool = False, room: int = MAX_VARIANTS - 1
+         ) -> list[Variant]:  # fmt: skip
+    """`path=v1,v2` specs as the variants of their product (none for no spec).
+
+    Refused with one line, before any variant is made: a grid of more than `room` points,
+    a path given twice or inside another (`stopLoss=5` with `stopLoss.mode=fixed`), a
+    path deeper than any config's, and (unless `allow_unknown`) a key no config has."""
     if not specs:
         return []
-    axes: list[list[tuple[str, Any]]] = []
+    axes: list[tuple[str, list[Any]]] = []
     for spec in specs:
         path, sep, values = spec.partition("=")
-        if not sep or not path.strip() or not values.strip():
-            raise UsageError(f"--vary {spec!r}: expected PATH=VALUE[,VALUE...], e.g. "
+        path = path.strip()
+        if not sep or not path or not values.strip():
+            raise UsageError(f"--vary {_cut(spec)!r}: expected PATH=VALUE[,VALUE...], e.g. "
                              "stopLoss.mode=fixed,exponential")  # fmt: skip
-        axes.append([(path.strip(), _value(v.strip())) for v in values.split(",")])
+        axes.append((path, [_value(v.strip()) for v in values.split(",")]))
+    size = math.prod(len(values) for _, values in axes)
+    if size > room:
+        counts = " x ".join(str(len(values)) for _, values in axes)
+        raise UsageError(
+            f"--vary: a grid of {size:,} configs ({counts}); a replay runs at most "
+            f"{MAX_VARIANTS} configs in all (the stored one and each --config count): "
+            "vary fewer values"
+        )
+    parts = _check_paths([path for path, _ in axes])
     variants = []
-    for point in itertools.product(*axes):
+    for point in itertools.product(*[[(path, v) for v in values] for path, values in axes]):
         overrides: dict[str, Any] = {}
         for path, value in point:
-            _set(overrides, path.split("."), value)
+            _set(overrides, parts[path], value)
         label = " ".join(f"{path}={_show(value)}" for path, value in point)
+        if _nesting(overrides) > MAX_NESTING:
+            raise UsageError(f"--vary {_cut(label)}: a value nested deeper than any config "
+                             f"({MAX_NESTING} levels at most)")  # fmt: skip
+        _refuse_unknown(f"--vary {_cut(label)}", overrides, allow_unknown=allow_unknown)
         variants.append(Variant(label, overrides))
     return variants
+
+
+def _check_paths(paths: Sequence[str]) -> dict[str, list[str]]:
+    """Each path's keys; `UsageError` for an empty key, a path deeper than any config's,
+    a path given twice or inside another (its parent would be both a value and an object)."""
+    parts: dict[str, list[str]] = {}
+    for path in paths:
+        keys = path.split(".")
+        if len(keys) > MAX_NESTING:
+            raise UsageError(f"--vary {_cut(path)}: a path of {len(keys):,} keys; no config "
+                             f"is nested deeper than {MAX_NESTING}")  # fmt: skip
+        if any(not key.strip() for key in keys):
+            raise UsageError(f"--vary {path}: an empty key (PATH is keys joined by dots)")
+        if path in parts:
+            raise UsageError(f"--vary {path}: given twice; put its values in one --vary")
+        parts[path] = [key.strip() for key in keys]
+    for path, keys in parts.items():
+        for other, other_keys in parts.items():
+            if other != path and other_keys[: len(keys)] == keys:
+                raise UsageError(f"--vary {path} and --vary {other}: one is inside the other; "
+                                 "vary either the object or keys inside it")  # fmt: skip
+    return parts
+
+
+def _refuse_unknown(where: str, overrides: dict[str, Any], *, allow_unknown: bool) -> None:
+    """`UsageError` naming the keys no config has (as `agents lint` lists them), unless
+    allowed: a misspelt key would otherwise replay as if it changed something."""
+    unknown, _legacy = unknown_keys(overrides)
+    if unknown and not allow_unknown:
+        raise UsageError(
+            f"{where}: no config has the key(s) {_cut(', '.join(unknown))} (misspelt? "
+            "--allow-unknown-keys replays them anyway, ignored as the worker ignores them)"
+        )
+
+
+def _nesting(value: object) -> int:
+    """How deep objects and arrays nest in `value` (0 for a scalar), without recursion."""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return deepest
+
+
+def _cut(text: str, limit: int = 80) -> str:
+    """`text` short enough for a one-line message."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _value(text: str) -> Any:  # noqa: ANN401 - a JSON value
@@ -198,10 +326,10 @@ def _show(value: Any) -> str:  # noqa: ANN401 - a JSON value
     return "true" if value is True else "false" if value is False else str(value)
 
 
-def _set(target: dict[str, Any], path: list[str], value: Any) -> None:  # noqa: ANN401
-    for key in path[:-1]:
+def _set(target: dict[str, Any], keys: list[str], value: Any) -> None:  # noqa: ANN401
+    for key in keys[:-1]:
         target = target.setdefault(key, {})
-    target[path[-1]] = value
+    target[keys[-1]] = value
 
 
 def _signals_file(path: Path) -> list[Signal]:

@@ -21,6 +21,7 @@ from uuid import UUID
 import orjson
 
 from worker.commands.options import no_agent_message
+from worker.commands.text import csv_text, printable
 from worker.db.pool import connect_migrated
 from worker.db.report import Curves, Filters, read_report
 from worker.domain.money import fmt
@@ -54,7 +55,10 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def render(rows: Sequence[tuple[str, AgentResult]], output: str) -> str:
-    """The rows as a table, JSON or CSV; a row's label (a replay's config) prefixes its name."""
+    """The rows as a table, JSON or CSV; a row's label (a replay's config) prefixes its name.
+
+    Names and labels are anybody's text (`worker.commands.text`): control characters are
+    escaped in the table, formula-like cells neutralised in CSV; JSON escapes them itself."""
     if output == "json":
         return orjson.dumps(
             [{"label": label, **r.as_dict()} if label else r.as_dict() for label, r in rows],
@@ -62,22 +66,25 @@ def render(rows: Sequence[tuple[str, AgentResult]], output: str) -> str:
         ).decode()
     if output == "csv":
         out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
+        # RFC 4180's CRLF: a cell holding either a CR or an LF is then quoted (with "\n"
+        # alone, a name with a bare CR would be written unquoted and end its row early).
+        writer = csv.writer(out, lineterminator="\r\n")
         fields = list(rows[0][1].as_dict()) if rows else []
         writer.writerow(["label", *fields] if any(label for label, _ in rows) else fields)
         for label, r in rows:
             d = r.as_dict()
+            d["name"] = csv_text(r.name)  # the only text cell besides the label
             d["executions"] = "/".join(str(r.executions.get(s, 0)) for s in STATUSES)
             values = ["" if v is None else v for v in d.values()]
-            writer.writerow([label, *values] if any(lb for lb, _ in rows) else values)
-        return out.getvalue().rstrip("\n")
+            writer.writerow([csv_text(label), *values] if any(lb for lb, _ in rows) else values)
+        return out.getvalue().removesuffix("\r\n")
     return _table(rows)
 
 
 def _table(rows: Sequence[tuple[str, AgentResult]]) -> str:
     lines = [COLUMNS]
     for label, r in rows:
-        name = f"{label}: {r.name}" if label else r.name
+        name = printable(f"{label}: {r.name}" if label else r.name)
         lines.append(
             (
                 name,
@@ -174,5 +181,7 @@ def draw_curves(
         fig.savefig(path, dpi=100)
     except OSError as exc:
         raise UsageError(f"cannot write the chart to {path}: {exc.strerror}") from None
+    except (ValueError, OverflowError) as exc:  # matplotlib: a time it cannot place
+        raise UsageError(f"cannot draw the chart: {exc}") from None
     finally:
         plt.close(fig)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal, localcontext
@@ -151,6 +151,44 @@ class Run:
         ]
 
 
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What is kept of a run once it is over: its figures, curves and counts; not its store
+    (a run's store holds every position and execution of the replay)."""
+
+    variant: Variant
+    results: list[AgentResult]
+    curves: dict[UUID, list[tuple[datetime, Decimal]]]
+    events: int
+    executions: int
+    seconds: float
+
+
+def outcome_of(run: Run) -> Outcome:
+    """The figures of a finished run, without its store."""
+    return Outcome(run.variant, run.results(), run.curves, run.events,
+                   len(run.store.executions), run.seconds)  # fmt: skip
+
+
+async def replay_each(
+    start: Start,
+    events: Sequence[Event],
+    variants: Iterable[Variant],
+    settings: Settings,
+    *,
+    progress: Callable[[Variant], Callable[[int], None] | None] | None = None,
+) -> AsyncIterator[Outcome]:
+    """Replay each variant in turn (taken from `variants` as it goes), yielding its
+    outcome: one run's store is alive at a time, so memory is bounded by one run plus the
+    outcomes, whatever the number of variants."""
+    for variant in variants:
+        run = await replay(start, events, variant, settings,
+                           progress=progress(variant) if progress else None)  # fmt: skip
+        outcome = outcome_of(run)
+        del run  # before the next run starts, and while the caller holds the outcome
+        yield outcome
+
+
 def tick_of(p: PriceWrite) -> Tick:
     """A recorded tick as the handler takes it: observed and received at its recorded time."""
     message = PriceTickV1.model_construct(token_address=p.token_address, price_usd=p.price_usd,
@@ -160,12 +198,18 @@ def tick_of(p: PriceWrite) -> Tick:
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """What a replay runs: where it starts, its events in order, and how many positions
-    were open at the start (not carried: a replay starts flat)."""
+    """What a replay runs: where it starts (`begin`), its events in order, and how many
+    positions were open at the start (not carried: a replay starts flat)."""
 
     start: Start
     events: list[Event]
+    begin: datetime
     open_at: int
+
+
+# Configs per replay (the stored one, each --config, each point of the --vary grid): each
+# is a whole run over the record; a grid beyond it is refused before anything runs.
+MAX_VARIANTS = 64
 
 
 async def read_record(
@@ -177,30 +221,44 @@ async def read_record(
     given: tuple[list[Signal], list[Tick]] | None = None,
 ) -> Record | None:
     """The agents' users' recorded signals and the ticks of their tokens in [since, until)
-    (or the `given` signals and ticks, from files), in replay order, and the state at the
-    start (`since`, else the first event); None when there is no signal to replay."""
+    (or the `given` signals and ticks, from files, in that range), in replay order, and the
+    state at the start: `since`, else the first signal (earlier ticks only set prices);
+    None when there is no signal to replay."""
     users = {a.user_id for a in agents}
+
+    def in_range(at: datetime) -> bool:
+        return (since is None or at >= since) and (until is None or at < until)
+
     if given is None:
         signals = await read_signals(conn, sorted(users), since, until)
         tokens = sorted({s.token_address for s in signals} | {SOL_MINT})
         ticks = [tick_of(p) for p in await read_ticks(conn, tokens, since, until)]
     else:
-        signals = [s for s in given[0] if s.user_id in users]
+        signals = [s for s in given[0] if s.user_id in users and in_range(s.created_at)]
         tokens = sorted({s.token_address for s in signals} | {SOL_MINT})
-        ticks = given[1]
+        ticks = [t for t in given[1] if in_range(t.ts)]
     if not signals:
         return None
-    events = events_of(signals, ticks)
-    sol, prices, open_at = await state_at(conn, agents, tokens, since or events[0].at)
-    return Record(Start(agents, sol, prices), events, open_at)
+    begin = since or min(s.created_at for s in signals)
+    sol, prices, open_at = await state_at(conn, agents, tokens, begin)
+    return Record(Start(agents, sol, prices), events_of(signals, ticks), begin, open_at)
 
 
-def check_variant(variant: Variant, start: Start) -> None:
-    """`UsageError` with the reason when the variant makes an agent's config invalid."""
+def check_variant(variant: Variant, start: Start) -> list[str]:
+    """`UsageError` when the variant makes an agent's valid stored config invalid; the
+    names of the agents whose stored config is invalid already (they replay as the worker
+    runs them: no buys, their positions exited by the rules they were opened with).
+
+    Keys no config has are the caller's to refuse (`replay --allow-unknown-keys`)."""
+    invalid = []
     for agent in start.agents:
+        if read_config(agent.config_text).error is not None:
+            invalid.append(agent.name)
+            continue
         reading = read_config(variant.config_text(agent.config_text))
         if reading.error is not None:
             raise UsageError(f"{variant.label}: for agent {agent.name!r}: {reading.error}")
+    return invalid
 
 
 async def replay(

@@ -136,7 +136,7 @@ class MemoryStore:
     rule_sets: dict[UUID, str] = field(default_factory=dict)
     positions: dict[UUID, _Position] = field(default_factory=dict)
     closed: list[tuple[ClosedPosition, datetime]] = field(default_factory=list)
-    ticks: list[PriceWrite] = field(default_factory=list)
+    ticks_recorded: int = 0  # the price history a replay needs not keep: counted only
     _by_holding: dict[tuple[UUID, str, str], UUID] = field(default_factory=dict)
     _held: dict[UUID, set[str]] = field(default_factory=dict)  # tokens by agent
     _in_token: dict[str, dict[UUID, None]] = field(default_factory=dict)  # positions by token
@@ -287,7 +287,7 @@ class MemoryStore:
         return keep_newer(self.prices, prices)
 
     async def record_ticks(self, ticks: Sequence[PriceWrite]) -> None:
-        self.ticks.extend(ticks)
+        self.ticks_recorded += len(ticks)
 
     def _exitable(self, p: _Position) -> bool:
         agent = self.agents.get(p.row.agent_id)
