@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Mapping, MutableMapping
+import threading
+import time
+from collections.abc import Callable, Hashable, Mapping, MutableMapping
 from typing import Any
 
 import structlog
@@ -72,6 +74,103 @@ class _RetriedKafkaErrors(logging.Filter):
         return True
 
 
+# A condition that lasts (an outage, a lock held for minutes) is said once per interval, with
+# the count of the lines it stood for: the state itself is in `/readyz` and the metrics.
+REPEAT_INTERVAL_S = 60.0
+# The worker's own lines that a lasting condition repeats (keyed by event and cause); every
+# other line of the worker names a record, an agent or a batch, and is always written.
+REPEATED_EVENTS = frozenset(
+    {
+        "retrying_after_transient_error",
+        "kafka_commit_failed",
+        "snapshots_failed",
+        "price_history_upkeep_failed",
+        "price_history_upkeep_postponed",
+        "signals_not_held_longer",
+    }
+)
+
+
+class Repeats:
+    """Per key, the first line of each `interval_s` is written and the rest counted; the
+    next line written says how many were left out (`repeated`) and over how long."""
+
+    def __init__(
+        self, interval_s: float = REPEAT_INTERVAL_S, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._interval_s = interval_s
+        self._clock = clock
+        self._lock = threading.Lock()  # the standard library logs from threads too
+        # Per key: when its interval started, and the lines left out since.
+        self._seen: dict[Hashable, tuple[float, int]] = {}
+
+    @property
+    def interval_s(self) -> float:
+        """How long one key stays quiet after a line is written."""
+        return self._interval_s
+
+    def admit(self, key: Hashable) -> int | None:
+        """None: leave this line out; else write it, with the number left out before it."""
+        now = self._clock()
+        with self._lock:
+            started, left_out = self._seen.get(key, (None, 0))
+            if started is not None and now - started < self._interval_s:
+                self._seen[key] = (started, left_out + 1)
+                return None
+            if len(self._seen) > 10_000:  # keys are few; never let them grow without end
+                self._seen.clear()
+            self._seen[key] = (now, 0)
+            return left_out
+
+
+def _repeats_processor(repeats: Repeats) -> structlog.types.Processor:
+    def throttle(
+        _logger: object, _method: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        name = event.get("event")
+        if name not in REPEATED_EVENTS:
+            return event
+        left_out = repeats.admit((name, event.get("cause"), event.get("level")))
+        if left_out is None:
+            raise structlog.DropEvent
+        if left_out:
+            event["repeated"] = left_out
+            event["repeated_over_s"] = repeats.interval_s
+        return event
+
+    return throttle
+
+
+class _RepeatedLibraryLines(logging.Filter):
+    """The libraries' warnings and errors (aiokafka's, during a broker outage, thousands a
+    minute) by (logger, level, message template): once per interval, with a count."""
+
+    def __init__(self, repeats: Repeats) -> None:
+        super().__init__()
+        self._repeats = repeats
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        left_out = self._repeats.admit((record.name, record.levelno, str(record.msg)))
+        if left_out is None:
+            return False
+        if left_out:
+            record.repeated = left_out
+        return True
+
+
+def _add_repeated(
+    _logger: object, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    record = event.get("_record")
+    left_out = getattr(record, "repeated", None)
+    if left_out:
+        event["repeated"] = left_out
+        event["repeated_over_s"] = REPEAT_INTERVAL_S
+    return event
+
+
 def is_console(settings: Settings) -> bool:
     """True when lines are rendered for a person: `console`, or `auto` on a terminal."""
     if settings.log_format == "auto":
@@ -105,10 +204,12 @@ def configure_logging(settings: Settings) -> None:
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    repeats = Repeats()
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             *shared,
+            _repeats_processor(repeats),
             *tracebacks,
             _mask_secrets,
             renderer,
@@ -120,9 +221,10 @@ def configure_logging(settings: Settings) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.set_name(_HANDLER_NAME)
     handler.addFilter(_RetriedKafkaErrors())
+    handler.addFilter(_RepeatedLibraryLines(repeats))
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name, _add_repeated],
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 *tracebacks,

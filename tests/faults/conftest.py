@@ -40,6 +40,7 @@ from tests.support import (
 from worker.db.ledger import Violation, find_violations
 from worker.db.migrations import default_schema_dir, load_migrations, migrate
 from worker.domain.models import SOL_MINT
+from worker.logging import REPEATED_EVENTS
 
 FIGURES = pytest.StashKey[list[str]]()
 BASE58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
@@ -401,6 +402,30 @@ def log_events(worker: WorkerProcess, event: str) -> list[dict[str, Any]]:
             if entry.get("event") == event:
                 out.append(entry)
     return out
+
+
+def repeated_lines(worker: WorkerProcess) -> tuple[int, int, str]:
+    """(warning and error lines in all, the most lines of one kind, that kind): a kind is a
+    library's (logger, message) or one of the worker's lines a lasting condition repeats
+    (`worker.logging.REPEATED_EVENTS`); lines naming a record or an agent are not counted."""
+    kinds: Counter[str] = Counter()
+    total = 0
+    for line in worker.lines:
+        try:
+            entry = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if not isinstance(entry, dict) or entry.get("level") not in {"warning", "error"}:
+            continue
+        total += 1
+        if "logger" in entry:
+            kinds[f"{entry['logger']}: {str(entry.get('event'))[:60]}"] += 1
+        elif entry.get("event") in REPEATED_EVENTS:
+            kinds[f"{entry['event']} ({entry.get('cause')})"] += 1
+    if not kinds:
+        return total, 0, ""
+    kind, most = kinds.most_common(1)[0]
+    return total, most, kind
 
 
 def starts(worker: WorkerProcess) -> int:

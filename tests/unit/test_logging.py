@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import structlog
 
-from worker.logging import configure_logging
+from worker.logging import Repeats, configure_logging
 from worker.settings import Settings
 
 DSN = "postgresql://worker:hunter2-db@db.internal:5432/signals"
@@ -188,3 +188,41 @@ def test_a_new_brokers_start_up_states_are_warnings(
     logging.getLogger(logger).error(message)
     [line] = lines()
     assert json.loads(line)["level"] == "warning"
+
+
+def test_a_repeated_line_is_written_once_per_interval_with_the_count_left_out() -> None:
+    now = [0.0]
+    repeats = Repeats(interval_s=60, clock=lambda: now[0])
+    written = []
+    for second in range(0, 185):
+        now[0] = float(second)
+        left_out = repeats.admit(("aiokafka", "Unable connect to node %s"))
+        if left_out is not None:
+            written.append((second, left_out))
+    assert written == [(0, 0), (60, 59), (120, 59), (180, 59)]
+    assert repeats.admit("another kind") == 0  # each kind apart
+
+
+def test_library_errors_repeated_in_an_outage_become_one_line_with_a_count(
+    configure: Callable[..., Callable[[], list[str]]],
+) -> None:
+    read = configure(log_format="json")
+    library = logging.getLogger("aiokafka.conn")
+    for node in range(500):
+        library.error("Unable connect to node with id %s: %s", node % 3, "refused")
+    structlog.get_logger("worker.retry").warning(
+        "retrying_after_transient_error", cause="lock_not_available", attempt=1
+    )
+    for attempt in range(2, 50):
+        structlog.get_logger("worker.retry").warning(
+            "retrying_after_transient_error", cause="lock_not_available", attempt=attempt
+        )
+    structlog.get_logger("worker.x").warning("record_dead_lettered", offset=1)
+    structlog.get_logger("worker.x").warning("record_dead_lettered", offset=2)
+    lines = [json.loads(line) for line in read()]
+    assert [line["event"][:22] for line in lines] == [
+        "Unable connect to node",
+        "retrying_after_transie",
+        "record_dead_lettered",  # lines naming a record are never left out
+        "record_dead_lettered",
+    ]
