@@ -55,7 +55,7 @@ from worker.failures import Action, Scope, disposition
 from worker.handlers import UnknownUser, handle_signals
 from worker.messages import SignalV1
 from worker.metrics import Metrics
-from worker.ordering import MAX_HOLD_S, split_at
+from worker.ordering import MAX_HOLD_S, positions_now, readable_end, split_at
 from worker.prices import Tick, handle_prices
 from worker.rebalance import OffsetKeeper, names
 from worker.reporting import Outcome, Reporter, Troubles, coordinates
@@ -157,7 +157,7 @@ class Pipeline:
             fetched = await self.consumer.getmany(
                 timeout_ms=200, max_records=self._kafka.fetch_max_records
             )
-            batch = self._hold_late_signals(fetched)
+            batch = await self._hold_late_signals(fetched)
             if not batch:
                 continue
             try:
@@ -183,15 +183,19 @@ class Pipeline:
                 with contextlib.suppress(IllegalStateError):
                     self.consumer.seek(tp, max(records[0].offset, self.offsets.floor.get(tp, 0)))
 
-    def _hold_late_signals(self, batch: Batch) -> Batch:
+    async def _hold_late_signals(self, batch: Batch) -> Batch:
         """The fetch less the signals that must wait for ticks (`worker.ordering`); their
-        partitions are sought back to them, so a later fetch brings them again."""
+        partitions are sought back to them, so a later fetch brings them again. A price
+        partition is caught up by the consumer's position, not the last tick's offset: a
+        transaction marker or deleted records at its tail must not hold every signal."""
         prices = self._kafka.prices_topic
         for tp, records in batch.items():
             if tp.topic == prices:
                 self.offsets.ticks.observe(tp, records)
         owned = [tp for tp in self.consumer.assignment() if tp.topic == prices]
-        bound = self.offsets.ticks.bound(owned, self.consumer.highwater, self.offsets.floor)
+        ends = {tp: readable_end(self.consumer, tp) for tp in owned}
+        positions = await positions_now(self.consumer, owned)
+        bound = self.offsets.ticks.bound(owned, positions, ends)
         now = time.monotonic()
         if bound is None:
             self._holding_since = None

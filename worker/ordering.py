@@ -5,25 +5,41 @@ partitions are often fetched before the price partitions have a position, and a 
 feed can lag behind the signals. Deciding a signal then would use an older SOL or token
 price than a tick the broker had received before it.
 
-So the consumer keeps, for every price partition it owns, how far it has consumed and the
-record timestamp of the last tick it took. A price partition is *caught up* when its
-position has reached the high watermark the broker last reported (nothing received is left
-to read); otherwise it holds back every signal whose record timestamp is later than its last
-tick's (all of them when it has not been read at all yet). Held signals are not decoded:
-their partition is sought back to them, and a later fetch brings them again, after the
-ticks. A fetch's ticks are committed before its signals are decided (`consumer.py`).
+So the consumer keeps, for every price partition it owns, the record timestamp of the last
+tick it took. A price partition is *caught up* when the consumer's fetch position has
+reached the partition's last stable offset (read_committed: the end of what a consumer can
+read; the high watermark where the broker reports no stable offset): nothing received is
+left to read. Otherwise it holds back every signal whose record timestamp is later than its
+last tick's (all of them when it has not been read at all yet). Held signals are not
+decoded: their partition is sought back to them, and a later fetch brings them again, after
+the ticks. A fetch's ticks are committed before its signals are decided (`consumer.py`).
+
+Why the fetch position and not the last tick's offset + 1: a partition's tail is not always
+a data record. A transactional producer's commit or abort marker, the records of an aborted
+transaction and offsets compaction removed take offsets that no record returned to the
+worker has; and records deleted (delete-records, retention) before they were read leave a
+stored offset below the log start. The fetch position moves past all of them (aiokafka
+advances it over control batches and aborted batches, and resets it to the log start after
+an out-of-range fetch); the last tick's offset + 1 never would, so such a partition never
+looked caught up and every signal waited `MAX_HOLD_S`, until an ordinary tick came.
 
 Bounds, on purpose: only the price partitions this worker owns are considered (with several
 workers, a tick owned by another may commit after a signal decided here: the guarantee is
-per worker), and a signal is never held longer than `MAX_HOLD_S` (a price partition whose
-high watermark never arrives must not stall every signal).
+per worker); a transaction still open at the tail is not waited for (its records are not
+readable before its commit, which may never come; the last stable offset stops before it);
+and a signal is never held longer than `MAX_HOLD_S` (a price partition whose end never
+arrives must not stall every signal).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import asyncio
+import contextlib
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import IllegalStateError
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
 MAX_HOLD_S = 10.0
@@ -31,41 +47,73 @@ _NOTHING_SEEN = -1  # a record timestamp below every real one: hold every signal
 
 
 class TickWatermarks:
-    """Where consumption of each owned price partition stands."""
+    """The record timestamp of the last tick taken from each owned price partition."""
 
     def __init__(self) -> None:
-        self._position: dict[TopicPartition, int] = {}
         self._last_ts: dict[TopicPartition, int] = {}
 
     def observe(self, tp: TopicPartition, records: Sequence[ConsumerRecord[Any, Any]]) -> None:
         """Records of `tp` were taken (and will be applied before any signal of the fetch)."""
         if records:
-            self._position[tp] = records[-1].offset + 1
             self._last_ts[tp] = records[-1].timestamp
 
     def forget(self, tps: Iterable[TopicPartition]) -> None:
         """These partitions are no longer ours."""
         for tp in tps:
-            self._position.pop(tp, None)
             self._last_ts.pop(tp, None)
 
     def bound(
         self,
         tps: Iterable[TopicPartition],
-        highwater: Callable[[TopicPartition], int | None],
-        start: Mapping[TopicPartition, int],
+        position: Mapping[TopicPartition, int],
+        end: Mapping[TopicPartition, int | None],
     ) -> int | None:
         """The latest record timestamp (ms) a signal may have to be decided now; None when
-        every price partition in `tps` is caught up. `start` gives the position of a
-        partition nothing was read from yet (its stored offset)."""
+        every price partition in `tps` is caught up.
+
+        `position` is the consumer's fetch position of each partition that has one (a
+        partition still looking up where to start has none); `end` the offset up to which
+        it can be read (`readable_end`), None before the broker reported one. A partition
+        is caught up when it is empty or its position has reached its end.
+        """
         limits: list[int] = []
         for tp in tps:
-            end = highwater(tp)
-            position = self._position.get(tp, start.get(tp))
-            if end is not None and (end == 0 or (position is not None and position >= end)):
+            last = end.get(tp)
+            at = position.get(tp)
+            if last is not None and (last == 0 or (at is not None and at >= last)):
                 continue
             limits.append(self._last_ts.get(tp, _NOTHING_SEEN))
         return min(limits) if limits else None
+
+
+def readable_end(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
+    """Where an assigned partition's readable records end, as the last fetch response
+    said: the last stable offset (read_committed), else the high watermark (a broker
+    without transactions, or read_uncommitted, whose last stable offset is -1); None
+    before any fetch response."""
+    stable: int | None = consumer.last_stable_offset(tp)
+    if stable is not None and stable >= 0:
+        return stable
+    highwater: int | None = consumer.highwater(tp)
+    return highwater
+
+
+async def positions_now(
+    consumer: AIOKafkaConsumer, tps: Iterable[TopicPartition]
+) -> dict[TopicPartition, int]:
+    """The fetch position of each of `tps` that has one now, without waiting: a partition
+    whose position is still being looked up (or reset) is left out, and its signals wait.
+
+    aiokafka's `position()` returns at once when the position is known and otherwise waits
+    for it (for as long as the broker takes); the zero timeout cuts that wait short, so the
+    fetch loop never stalls on it. A partition revoked meanwhile is left out too.
+    """
+    found: dict[TopicPartition, int] = {}
+    for tp in tps:
+        with contextlib.suppress(TimeoutError, IllegalStateError):
+            async with asyncio.timeout(0):
+                found[tp] = int(await consumer.position(tp))
+    return found
 
 
 def split_at(

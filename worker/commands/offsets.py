@@ -70,8 +70,15 @@ class PartitionOffsets:
 
     @property
     def lag(self) -> int:
-        """Records between where the worker starts and the end of the log."""
-        return self.end - self.position
+        """Records between where the worker reads next and the end of the log: from the
+        log start when its position is below it (those records are gone, see `removed`)."""
+        return self.end - max(self.position, self.start)
+
+    @property
+    def removed(self) -> int:
+        """Records below the log start that the group never processed (deleted with
+        delete-records or by retention before they were read); 0 when none."""
+        return max(0, self.start - self.position)
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +264,17 @@ async def collect(
     ]
 
 
+def removed_notes(rows: Sequence[PartitionOffsets]) -> list[str]:
+    """One line per partition whose records were removed before the group processed them."""
+    return [
+        f"{r.topic}:{r.partition}: {r.removed} record(s) at offsets {r.position} to "
+        f"{r.start - 1} were removed from the log before they were processed (deleted or "
+        f"expired); the worker resumes at the log start, {r.start}"
+        for r in rows
+        if r.removed
+    ]
+
+
 def format_table(rows: Sequence[PartitionOffsets]) -> str:
     """Aligned columns: topic, partition, stored, committed, end, lag ('-' for none)."""
 
@@ -396,6 +414,8 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         await conn.close()
     if summary:
         print(summary)
+    for note in removed_notes(rows):
+        print(note)
     print(f"group {settings.consumer_group} (state {group.state}, {group.members} member(s))")
     print(format_table(rows))
     return 0
