@@ -39,7 +39,7 @@ class Numeric:
         rounded = value.quantize(
             Decimal(1).scaleb(-self.scale), rounding=ROUND_HALF_UP, context=MATH_CONTEXT
         )
-        return abs(rounded) < self.limit
+        return rounded.copy_abs() < self.limit  # not abs(): it rounds to the context's 28 digits
 
     def __str__(self) -> str:
         return f"numeric({self.precision},{self.scale})"

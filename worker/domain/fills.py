@@ -64,8 +64,11 @@ class BuyFill:
 
     @property
     def is_unstorable(self) -> bool:
-        """True when a number of the fill is too large for its column (not merely zero)."""
-        return _too_large(self.token_amount, (self.price_sol, self.debit_sol, self.value_usd))
+        """True when the fill is rejected for a number too large for its column (not for a
+        price or amount that rounds to 0)."""
+        return self.price_sol > ZERO and _too_large(
+            self.token_amount, (self.price_sol, self.debit_sol, self.value_usd)
+        )
 
 
 @dataclass(frozen=True, slots=True)
