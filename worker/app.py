@@ -35,6 +35,7 @@ from worker.kafka import (
     start_client,
 )
 from worker.metrics import Metrics
+from worker.reporting import report_snapshots
 from worker.retry import describe, set_retry_observer
 from worker.settings import Settings
 
@@ -111,7 +112,7 @@ async def run_worker(
         log.info("worker_started", http_port=port)
         if started is not None and not started.done():
             started.set_result(port)
-        await _serve(pipeline, pool, stop, settings)
+        await _serve(pipeline, pool, stop, settings, metrics)
         log.info("worker_draining")
     finally:
         await _close(parts, settings.shutdown_timeout_s)
@@ -170,10 +171,16 @@ async def _unless_stopped(work: Coroutine[Any, Any, _T], stop: asyncio.Event) ->
 
 
 async def _serve(
-    pipeline: Pipeline, pool: asyncpg.Pool, stop: asyncio.Event, settings: Settings
+    pipeline: Pipeline,
+    pool: asyncpg.Pool,
+    stop: asyncio.Event,
+    settings: Settings,
+    metrics: Metrics,
 ) -> None:
     snapshots = asyncio.create_task(
-        snapshot_hourly(pool, stop, price_history_days=settings.price_history_days),
+        snapshot_hourly(
+            pool, stop, price_history_days=settings.price_history_days, metrics=metrics
+        ),
         name="snapshots",
     )
     try:
@@ -195,7 +202,11 @@ UPKEEP_RETRY_S = (60.0, 120.0, 300.0, 600.0)  # then every 10 minutes, until the
 
 
 async def snapshot_hourly(
-    pool: asyncpg.Pool, stop: asyncio.Event, *, price_history_days: int = 30
+    pool: asyncpg.Pool,
+    stop: asyncio.Event,
+    *,
+    price_history_days: int = 30,
+    metrics: Metrics | None = None,
 ) -> None:
     """Snapshot every wallet, and keep the price history's partitions (made a week ahead,
     those older than `price_history_days` dropped: `price_history_upkeep`), at start-up and
@@ -213,8 +224,8 @@ async def snapshot_hourly(
         hour = hour_of(now)
         try:
             async with connection(pool) as conn:
-                rows = await snapshot_all(conn, hour)
-            log.info("snapshots_written", hour=hour.isoformat(), wallets=rows)
+                done = await snapshot_all(conn, hour)
+            report_snapshots(done, hour, metrics)
         except SERVICE_ERRORS as exc:
             log.warning("snapshots_failed", hour=hour.isoformat(), error=describe(exc))
         next_hour = hour + timedelta(hours=1)

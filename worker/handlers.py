@@ -31,12 +31,16 @@ from worker.domain.models import (
 from worker.domain.money import MATH_CONTEXT
 from worker.domain.records import AgentRow, ExecutionRow, StoredSignal
 from worker.domain.sizing import sizing_seed
+from worker.domain.storable import Unstorable, trade_misfit
 from worker.ports import SignalStore
 from worker.settings import TradingSettings
 
 # Ids of the rows a buy writes are derived from (signal, agent), so a replay is identical.
 _IDS = uuid.UUID("5e0d7a4c-61c8-4f43-9b8e-2f4f1c7d9a10")
 DEFAULT_TOKEN_SYMBOL = "TOKEN"  # noqa: S105 - a token symbol, not a secret
+# How a failed execution's reason says its buy wrote nothing because a value would not fit
+# its numeric column (such failures are also counted as unstorable).
+UNSTORABLE = "the buy cannot be stored"
 
 
 def buy_transaction_id(signal_id: int, agent_id: UUID) -> UUID:
@@ -73,6 +77,8 @@ class SignalOutcome:
     already_done: int = 0
     conflicts_with: str | None = None
     config_problems: list[ConfigProblem] = field(default_factory=list)
+    # Buys failed because a value would not fit its column (each logged and counted).
+    unstorable: list[Unstorable] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +169,8 @@ def _signal(
             continue
         reading = config_of_text(agent.trading_config_text)  # once per agent and signal
         decision, tx_id = _execute(signal, signal_id, agent, reading, price, trading, buys, fleet)
+        if decision.reason is not None and decision.reason.startswith(UNSTORABLE):
+            outcome.unstorable.append(Unstorable("buy", str(agent.agent_id), decision.reason))
         problem = problem_of(agent.agent_id, reading)
         if problem is not None:
             outcome.config_problems.append(problem)
@@ -232,9 +240,11 @@ def _execute(
     fill, decision = _fill(decision, prices, agent.sol_balance, signal, trading)
     if fill is None:
         return decision, None
-    tx_id = buys.add(signal, signal_id, agent.agent_id, agent.wallet_address, fill, cfg)
+    added = buys.add(signal, signal_id, agent.agent_id, agent.wallet_address, fill, cfg)
+    if isinstance(added, str):
+        return Decision(ExecutionStatus.FAILED, f"{UNSTORABLE}: {added}"), None
     fleet.bought(agent, signal.token_address, fill.debit_sol)
-    return decision, tx_id
+    return decision, added
 
 
 def _conflict(signal: Signal, stored: StoredSignal) -> str | None:
@@ -276,14 +286,19 @@ class _Buys:
         wallet: str,
         fill: BuyFill,
         cfg: AgentTradingConfig,
-    ) -> UUID:
-        """Add one agent's buy: the swap, the balance moves, the position; its tx id."""
+    ) -> UUID | str:
+        """Add one agent's buy: the swap, the balance moves, the position; its tx id, or
+        (nothing added) why a value of its rows would not fit its column."""
         token = signal.token_address
         symbol = signal.symbol or DEFAULT_TOKEN_SYMBOL
         tx_id = buy_transaction_id(signal_id, agent_id)
         pos_id = position_id(signal_id, agent_id)
         holding = Holding(agent_id, wallet, token, symbol, signal_id, pos_id)
         swap, deltas = buy_rows(tx_id, holding, fill, self.now)
+        state = open_position(fill, created_at=self.now, cfg=cfg)
+        problem = trade_misfit([swap], state=state)
+        if problem is not None:
+            return problem
         self.swaps.append(swap)
         self.deltas.extend(deltas)
         self.positions.append(
@@ -294,7 +309,7 @@ class _Buys:
                 token_address=token,
                 token_symbol=symbol,
                 purchase_transaction_id=tx_id,
-                state=open_position(fill, created_at=self.now, cfg=cfg),
+                state=state,
                 exit_rules_id=self.rules(cfg).id,
             )
         )
@@ -329,11 +344,16 @@ def _fill(
         protocol_fee_bps=trading.protocol_fee_bps,
     )
     if fill.rejection is not None:
-        return None, Decision(
-            ExecutionStatus.FAILED,
+        trade = (
             f"a buy of {decision.size_sol} SOL at {prices.token_usd} USD per token and "
-            f"{prices.sol_usd} USD per SOL cannot be made: {fill.rejection}",
+            f"{prices.sol_usd} USD per SOL"
         )
+        reason = (
+            f"{UNSTORABLE}: {trade}: {fill.rejection}"
+            if fill.is_unstorable
+            else f"{trade} cannot be made: {fill.rejection}"
+        )
+        return None, Decision(ExecutionStatus.FAILED, reason)
     available = balance or Decimal(0)
     if fill.debit_sol > available:
         return None, Decision(

@@ -50,6 +50,14 @@ class Metrics:
             ["problem"],
             registry=r,
         )
+        self.unstorable = Counter(
+            "signal_worker_unstorable_values",
+            "Writes left out because a value would not fit its numeric column, by what: buy "
+            "(the execution failed), dca (skipped), trade (one position's sales at one tick), "
+            "exits (every position of a token at one tick), snapshot (one wallet's)",
+            ["what"],
+            registry=r,
+        )
         self.exits = Counter(
             "signal_worker_exits",
             "Positions fully closed, by close reason",

@@ -53,8 +53,9 @@ from worker.config_cache import (
     config_of_text,
     problem_of,
 )
+from worker.domain.columns import misfit
 from worker.domain.config import AgentTradingConfig
-from worker.domain.fills import COLUMN_LIMIT, token_price_sol
+from worker.domain.fills import token_price_sol
 from worker.domain.ledger import BalanceDelta, Holding, SwapRow, buy_rows, sale_rows
 from worker.domain.models import SOL_MINT, PositionState
 from worker.domain.money import MATH_CONTEXT, to_price
@@ -66,6 +67,7 @@ from worker.domain.records import (
     TrailRow,
     TrailUpdate,
 )
+from worker.domain.storable import Unstorable, trade_misfit
 from worker.domain.ticks import (
     Fees,
     QuietBand,
@@ -115,6 +117,8 @@ class TickOutcome:
     partial_sales: int = 0  # take-profit sales that left the position open
     dca_buys: int = 0
     config_problems: list[ConfigProblem] = field(default_factory=list)
+    # Writes left out because a value would not fit its column (each logged and counted).
+    unstorable: list[Unstorable] = field(default_factory=list)
 
     @property
     def traded(self) -> bool:
@@ -218,13 +222,15 @@ async def _store_prices(
             sol_usd = tick.message.price_usd
         elif sol_usd is None:
             log.warning("exits_skipped_no_sol_price", token=tick.token)
-        elif (price_sol := token_price_sol(tick.message.price_usd, sol_usd)) >= COLUMN_LIMIT:
-            # A price in SOL no numeric(30,18) column holds (a tiny SOL/USD, a huge token
-            # price): the USD price is kept, but no exit can be written at it.
-            log.warning("exits_skipped_price_out_of_range", token=tick.token,
-                        price_sol=str(price_sol))  # fmt: skip
         else:
-            steps.append(_Step(i, tick.token, tick.message.price_usd, sol_usd, price_sol))
+            price_sol = token_price_sol(tick.message.price_usd, sol_usd)
+            # A price in SOL no numeric(30,18) column holds (a tiny SOL/USD, a huge token
+            # price): the USD price is kept, but no position can be trailed or sold at it.
+            problem = misfit("agent_positions", lowest_price=price_sol)
+            if problem is not None:
+                outcomes[i].unstorable.append(Unstorable("exits", tick.token, problem))
+            else:
+                steps.append(_Step(i, tick.token, tick.message.price_usd, sol_usd, price_sol))
     await store.record_ticks(history)
     return steps
 
@@ -406,7 +412,12 @@ def _act_once(
     writes: _Writes,
     outcome: TickOutcome,
 ) -> None:
-    """One tick's plan for one loud position, applied to `run` and queued in `writes`."""
+    """One tick's plan for one loud position, applied to `run` and queued in `writes`.
+
+    A plan that would write a value no column holds (a P/L in USD beyond numeric(20,8) at
+    an extreme SOL/USD, a wallet's SOL beyond numeric(30,18), ...) is left out whole for
+    this position and tick, with its reason in `outcome.unstorable`: the position stays as
+    it was, the tick's price and every other position's trades are written."""
     plan = plan_tick(
         run.state[p.id],
         token_usd=step.token_usd,
@@ -416,6 +427,8 @@ def _act_once(
         sol_balance=run.sol[p.wallet_address],
         fees=fees,
     )
+    if plan.is_dca_unstorable and plan.dca_skipped_reason is not None:
+        outcome.unstorable.append(Unstorable("dca", str(p.id), plan.dca_skipped_reason))
     if not plan.moves_money:
         if plan.final is not None:
             trailed = _trailed(run.state[p.id], plan.final)
@@ -423,8 +436,29 @@ def _act_once(
                 run.state[p.id] = trailed
                 outcome.trailed += 1
         return
+    trade = _trade(p, plan, now)
+    sol_after = run.sol[p.wallet_address] + trade.sol_change
+    problem = trade_misfit(
+        trade.swaps,
+        state=plan.final,
+        exit_pnl=trade.closed.pnl if trade.closed is not None else None,
+        sol_balance=sol_after,
+    )
+    if problem is not None:
+        outcome.unstorable.append(Unstorable("trade", str(p.id), problem))
+        return
+    writes.swaps.extend(trade.swaps)
+    writes.deltas.extend(trade.deltas)
     dca_txs, tp_txs = run.traded.setdefault(p.id, ([], []))
-    run.sol[p.wallet_address] += _trade(p, plan, now, writes, outcome, dca_txs, tp_txs)
+    dca_txs.extend(trade.dca_txs)
+    tp_txs.extend(trade.tp_txs)
+    outcome.partial_sales += len(trade.tp_txs)
+    outcome.dca_buys += len(trade.dca_txs)
+    if trade.closed is not None:
+        writes.closed.append(trade.closed)
+        reason = trade.closed.close_reason.value
+        outcome.closes[reason] = outcome.closes.get(reason, 0) + 1
+    run.sol[p.wallet_address] = sol_after
     if plan.final is None:
         run.closed.add(p.id)
     else:
@@ -441,42 +475,42 @@ def _trailed(state: PositionState, final: PositionState) -> PositionState:
     return replace(state, current_stop_loss_percentage=sl, peak_price=peak, lowest_price=low)
 
 
-def _trade(
-    p: OpenPosition,
-    plan: TickPlan,
-    now: datetime,
-    writes: _Writes,
-    outcome: TickOutcome,
-    dca_txs: list[UUID],
-    tp_txs: list[UUID],
-) -> Decimal:
-    """Queue the sales and the DCA buy of `plan`; the change of the wallet's SOL balance."""
+@dataclass(slots=True)
+class _Trade:
+    """The rows one position's plan writes at one tick, before they are checked."""
+
+    swaps: list[SwapRow] = field(default_factory=list)
+    deltas: list[BalanceDelta] = field(default_factory=list)
+    closed: ClosedPosition | None = None
+    dca_txs: list[UUID] = field(default_factory=list)
+    tp_txs: list[UUID] = field(default_factory=list)
+    sol_change: Decimal = Decimal(0)  # of the wallet's SOL balance
+
+
+def _trade(p: OpenPosition, plan: TickPlan, now: datetime) -> _Trade:
+    """The rows of the sales and the DCA buy of `plan`."""
     holding = Holding(
         p.agent_id, p.wallet_address, p.token_address, p.token_symbol, p.signal_id, p.id
     )
-    sol_change = Decimal(0)
+    trade = _Trade()
     for sale in plan.sales:
         tx_id = uuid.uuid4()
         swap, deltas = sale_rows(tx_id, holding, sale.fill, now, is_take_profit=sale.is_take_profit)
-        writes.swaps.append(swap)
-        writes.deltas.extend(deltas)
-        sol_change += sale.fill.credit_sol
+        trade.swaps.append(swap)
+        trade.deltas.extend(deltas)
+        trade.sol_change += sale.fill.credit_sol
         if sale.close_reason is not None and sale.pnl is not None:
-            writes.closed.append(ClosedPosition(p, sale.pnl, tx_id, sale.close_reason))
-            reason = sale.close_reason.value
-            outcome.closes[reason] = outcome.closes.get(reason, 0) + 1
+            trade.closed = ClosedPosition(p, sale.pnl, tx_id, sale.close_reason)
         elif sale.is_take_profit:
-            tp_txs.append(tx_id)
-            outcome.partial_sales += 1
+            trade.tp_txs.append(tx_id)
     if plan.final is not None and plan.dca is not None:
         dca_tx = uuid.uuid4()
-        dca_txs.append(dca_tx)
-        outcome.dca_buys += 1
+        trade.dca_txs.append(dca_tx)
         swap, deltas = buy_rows(dca_tx, holding, plan.dca, now, is_dca=True)
-        writes.swaps.append(swap)
-        writes.deltas.extend(deltas)
-        sol_change -= plan.dca.debit_sol
-    return sol_change
+        trade.swaps.append(swap)
+        trade.deltas.extend(deltas)
+        trade.sol_change -= plan.dca.debit_sol
+    return trade
 
 
 def _log_closes(closed: list[ClosedPosition]) -> None:

@@ -12,12 +12,15 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from datetime import datetime
 
 import structlog
 from aiokafka.structs import TopicPartition
 
 from worker.batching import FANOUT_MEMORY, Chunk, Fanouts, Item, Record
 from worker.config_cache import ConfigProblem
+from worker.db.snapshots import Snapshots
+from worker.domain.storable import Unstorable
 from worker.handlers import SignalOutcome
 from worker.messages import SignalV1
 from worker.metrics import Metrics
@@ -71,6 +74,7 @@ class Reporter:
     def _tick(self, outcome: TickOutcome) -> None:
         for reason, count in outcome.closes.items():
             self._metrics.exits.labels(reason).inc(count)
+        self.unstorable(outcome.unstorable)
         self.configs(outcome.config_problems)
         if not outcome.is_newer:
             self._metrics.stale_ticks.inc()
@@ -87,6 +91,13 @@ class Reporter:
             take_profit_sales=outcome.partial_sales,
             dca_buys=outcome.dca_buys,
         )
+
+    def unstorable(self, skipped: Sequence[Unstorable]) -> None:
+        """Log and count each write left out because a value would not fit its column."""
+        for u in skipped:
+            self._metrics.unstorable.labels(u.what).inc()
+            log.warning("unstorable_write_skipped", what=u.what, subject=u.subject,
+                        reason=u.reason)  # fmt: skip
 
     def configs(self, problems: list[ConfigProblem]) -> None:
         """Log and count each agent config's problem once."""
@@ -122,6 +133,7 @@ class Reporter:
         for status, n in counts.items():
             self._metrics.executions.labels(status).inc(n)
         self.configs(outcome.config_problems)
+        self.unstorable(outcome.unstorable)
         if outcome.conflicts_with is not None:
             self._metrics.conflicting_signals.inc()
             log.warning(
@@ -150,6 +162,17 @@ class Reporter:
             already_executed=outcome.already_done,
             latency_ms=latency_ms,
         )
+
+
+def report_snapshots(done: Snapshots, hour: datetime, metrics: Metrics | None) -> None:
+    """Log an hour's snapshots, and each wallet left out (counted as unstorable)."""
+    for u in done.skipped:
+        if metrics is not None:
+            metrics.unstorable.labels(u.what).inc()
+        log.warning("unstorable_write_skipped", what=u.what, subject=u.subject, reason=u.reason)
+    log.info(
+        "snapshots_written", hour=hour.isoformat(), wallets=done.written, skipped=len(done.skipped)
+    )
 
 
 def coordinates(record: Record) -> dict[str, object]:

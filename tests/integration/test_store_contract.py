@@ -8,7 +8,8 @@ compare every decision, balance, position and exit.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -21,11 +22,14 @@ from tests.support import TOKEN_A, TOKEN_B, make_account, set_price, set_sol_pri
 from tests.unit.fakes import FakeAgent, FakePriceStore, FakeSignalStore
 from worker.config_cache import ConfigTexts
 from worker.db.store import PgStore
+from worker.domain.ledger import BalanceDelta, SwapRow
 from worker.domain.models import SOL_MINT, Signal
+from worker.domain.records import AgentSetup, PriceWrite
 from worker.handlers import SignalOutcome, handle_signals
 from worker.messages import PriceTickV1
 from worker.ports import SignalStore
 from worker.prices import Tick, handle_prices
+from worker.replay.memory import MemoryStore, StoreViolation
 from worker.settings import Settings, TradingSettings
 
 pytestmark = pytest.mark.integration
@@ -352,3 +356,47 @@ async def test_a_config_changed_in_the_database_applies_on_the_next_tick(
     # The stored stop of the open position stays -32% (it was set at the buy); the new
     # config's default is what the next tick ratchets from: max(-32, -5) = -5, crossed.
     assert await tick("0.9", 3) == {"stop_loss": 1}
+
+
+def _unfit_writes(user_id: UUID, wallet: str, agent_id: UUID) -> dict[str, Any]:
+    """One write per kind whose value no column holds (a second past `NOW`)."""
+    big = Decimal(10) ** 12
+    at = NOW + timedelta(seconds=1)
+    swap = SwapRow(
+        id=uuid.uuid4(), agent_id=agent_id, wallet_address=wallet, time=at, signal_id=None,
+        value_usd=big, input_mint=SOL_MINT, input_symbol="SOL", input_amount=Decimal(1),
+        input_price=Decimal(1), output_mint=TOKEN_A, output_symbol="A", output_amount=Decimal(1),
+        output_price=Decimal(1), network_fee_sol=Decimal(0), protocol_fee_sol=Decimal(0),
+    )  # fmt: skip
+    price = PriceWrite(TOKEN_A, Decimal("999999999999.9999999999999999999"), at)
+    signal = replace(_signals(user_id)[0], idempotency_key="unfit", price_usd=price.price_usd)
+    return {
+        "insert_swaps": [swap],
+        "apply_balance_deltas": [BalanceDelta(agent_id, wallet, TOKEN_A, "A", big)],
+        "upsert_prices": [price],
+        "record_ticks": [price],
+        "insert_signals": [signal],
+    }
+
+
+@pytest.mark.parametrize(
+    "write",
+    ["insert_swaps", "apply_balance_deltas", "upsert_prices", "record_ticks", "insert_signals"],
+)
+async def test_the_memory_store_refuses_what_postgresql_cannot_hold(
+    db_conn: asyncpg.Connection, write: str
+) -> None:
+    """A value beyond its numeric column: PostgreSQL refuses it (numeric field overflow),
+    and so does the replay's memory store, where the same value would otherwise be kept."""
+    account = await make_account(db_conn, [FIXED])
+    agent = account.agents[0]
+    args = _unfit_writes(account.user_id, agent.wallet_address, agent.agent_id)[write]
+    with pytest.raises(asyncpg.NumericValueOutOfRangeError):
+        async with db_conn.transaction():
+            await getattr(PgStore(db_conn), write)(args)
+    memory = MemoryStore()
+    memory.add_agent(
+        AgentSetup(account.user_id, agent.agent_id, "a", agent.wallet_address, None), Decimal(10)
+    )
+    with pytest.raises(StoreViolation, match="cannot hold"):
+        await getattr(memory, write)(args)

@@ -197,6 +197,31 @@ def test_a_dca_buy_the_columns_cannot_hold_is_skipped_with_its_reason() -> None:
     )
     assert plan.final is not None
     assert plan.final.dca_count == 0
+    assert plan.is_dca_unstorable
+
+
+def test_a_dca_buy_that_would_leave_the_position_beyond_its_columns_is_skipped() -> None:
+    # The 1.5 SOL buy fits, but the invested SOL afterwards reaches 10^12: numeric(20,8).
+    config = {"dca": {"enabled": True, "mode": "aggressive"}, "stopLoss": {"enabled": False}}
+    pos = position(total_invested_sol=Decimal("999999999999"))
+    plan = tick(pos, "0.75", config)
+    assert plan.dca is None
+    assert plan.is_dca_unstorable
+    assert plan.dca_skipped_reason == (
+        "the position after it cannot be stored: agent_positions.total_invested_sol would be "
+        "1000000000000.500005, which numeric(20,8) cannot hold"
+    )
+    assert plan.final is not None
+    assert plan.final.dca_count == 0
+    assert plan.final.total_invested_sol == pos.total_invested_sol
+
+
+def test_a_dca_buy_the_balance_cannot_pay_is_skipped_but_not_unstorable() -> None:
+    config = {"dca": {"enabled": True, "mode": "aggressive"}, "stopLoss": {"enabled": False}}
+    plan = tick(position(), "0.75", config, balance=Decimal(1))
+    assert plan.dca is None
+    assert plan.dca_skipped_reason is not None
+    assert not plan.is_dca_unstorable
 
 
 # --- sales that cannot be made --------------------------------------------------------------

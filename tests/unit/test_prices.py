@@ -254,5 +254,8 @@ async def test_a_price_in_sol_no_column_holds_keeps_the_usd_price_and_moves_noth
     outcome = await _handle(store, "1000", BOUGHT + timedelta(seconds=1))
     assert outcome.is_newer
     assert (outcome.positions, outcome.trailed, outcome.closes) == (0, 0, {})
+    [skipped] = outcome.unstorable  # logged and counted after the commit
+    assert (skipped.what, skipped.subject) == ("exits", TOKEN)
+    assert skipped.reason.startswith("agent_positions.lowest_price would be 1000000000000")
     assert store.prices[TOKEN] == (Decimal(1000), BOUGHT + timedelta(seconds=1))
     assert store.positions[p.id] == p

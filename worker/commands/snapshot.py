@@ -16,8 +16,10 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     hour = hour_of(datetime.now(UTC))
     conn = await connect_migrated(settings.db, timeout_s=settings.startup_timeout_s)
     try:
-        rows = await snapshot_all(conn, hour)
+        done = await snapshot_all(conn, hour)
     finally:
         await conn.close()
-    print(f"snapshot: {rows} wallet snapshot(s) for {hour.isoformat()}")
+    for u in done.skipped:
+        print(f"snapshot: left out {u.subject}: {u.reason}")
+    print(f"snapshot: {done.written} wallet snapshot(s) for {hour.isoformat()}")
     return 0

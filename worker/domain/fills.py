@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
+from worker.domain.columns import AMOUNT
 from worker.domain.money import (
     BPS_PER_UNIT,
     ZERO,
@@ -38,8 +39,8 @@ from worker.domain.money import (
     to_token,
 )
 
-# numeric(30,18) and numeric(20,8) both hold magnitudes below 10^12.
-COLUMN_LIMIT = Decimal(10) ** 12
+# numeric(30,18) and numeric(20,8) both hold magnitudes below 10^12 (`worker.domain.columns`).
+COLUMN_LIMIT = AMOUNT.limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +61,14 @@ class BuyFill:
         if self.price_sol <= ZERO:
             return "the token price rounds to 0 SOL at 18 decimal places"
         return _rejection(self.token_amount, (self.price_sol, self.debit_sol, self.value_usd))
+
+    @property
+    def is_unstorable(self) -> bool:
+        """True when the fill is rejected for a number too large for its column (not for a
+        price or amount that rounds to 0)."""
+        return self.price_sol > ZERO and _too_large(
+            self.token_amount, (self.price_sol, self.debit_sol, self.value_usd)
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +162,10 @@ def sell_fill(
         credit_sol=gross - network - protocol,
         value_usd=to_sol(mul(gross, sol_price_usd)),
     )
+
+
+def _too_large(token_amount: Decimal, others: tuple[Decimal, ...]) -> bool:
+    return token_amount >= COLUMN_LIMIT or any(value >= COLUMN_LIMIT for value in others)
 
 
 def _rejection(token_amount: Decimal, others: tuple[Decimal, ...]) -> str | None:

@@ -41,6 +41,7 @@ from worker.domain.exits import (
 from worker.domain.fills import BuyFill, SellFill, buy_fill, sell_fill, token_price_sol
 from worker.domain.models import CloseReason, PositionState
 from worker.domain.money import exact
+from worker.domain.storable import position_misfit
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +72,8 @@ class TickPlan:
     stop_loss: StopLossOutcome | None = None
     final: PositionState | None = None
     dca_skipped_reason: str | None = None
+    # The DCA was skipped because a value it writes would not fit its column.
+    is_dca_unstorable: bool = False
 
     @property
     def close_reason(self) -> CloseReason | None:
@@ -138,19 +141,40 @@ def plan_tick(
             network_fee_sol=fees.network_fee_sol,
             protocol_fee_bps=fees.protocol_fee_bps,
         )
-        if fill_buy.rejection is not None:
-            plan.dca_skipped_reason = fill_buy.rejection
-        elif fill_buy.debit_sol > sol_balance:
-            plan.dca_skipped_reason = (
-                f"DCA buy needs {fill_buy.debit_sol} SOL with fees but the balance is "
-                f"{sol_balance} SOL"
-            )
-        else:
-            plan.dca = fill_buy
-            state = apply_dca(state, fill_buy, now=now, cfg=cfg)
+        state = _dca(plan, state, fill_buy, sol_balance, now, cfg)
 
     plan.final = replace(state, lowest_price=lowest_price(state, price))
     return plan
+
+
+def _dca(
+    plan: TickPlan,
+    state: PositionState,
+    fill: BuyFill,
+    sol_balance: Decimal,
+    now: datetime,
+    cfg: AgentTradingConfig,
+) -> PositionState:
+    """Make the DCA buy `fill` in `plan`, or say why it is skipped; the state after it."""
+    if fill.rejection is not None:
+        plan.dca_skipped_reason = fill.rejection
+        plan.is_dca_unstorable = fill.is_unstorable
+        return state
+    if fill.debit_sol > sol_balance:
+        plan.dca_skipped_reason = (
+            f"DCA buy needs {fill.debit_sol} SOL with fees but the balance is {sol_balance} SOL"
+        )
+        return state
+    bought = apply_dca(state, fill, now=now, cfg=cfg)
+    # A DCA whose position no longer fits its columns (invested SOL or tokens of 10^12 or
+    # more) is skipped like an unaffordable one: the rest of the tick holds.
+    problem = position_misfit(bought)
+    if problem is not None:
+        plan.dca_skipped_reason = f"the position after it cannot be stored: {problem}"
+        plan.is_dca_unstorable = True
+        return state
+    plan.dca = fill
+    return bought
 
 
 def _sell(amount: Decimal, token_usd: Decimal, sol_usd: Decimal, fees: Fees) -> SellFill | None:

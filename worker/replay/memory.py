@@ -5,7 +5,9 @@ replay applies the very rules the worker applies, not a second implementation of
 It keeps what PostgreSQL would enforce and the handlers rely on: one signal per (user,
 idempotency key), one execution per (signal, agent), one position per (agent, wallet,
 token), no balance below zero and no debit of a missing balance row, a price stored only
-when newer, trails that only rise (peak, stop) or fall (low). A violation raises
+when newer, trails that only rise (peak, stop) or fall (low), and no value its numeric
+column cannot hold (`worker.domain.storable`; PostgreSQL's "numeric field overflow"). A
+violation raises
 `StoreViolation` (where PostgreSQL would roll the transaction back): in a replay that is a
 bug, never an outcome.
 
@@ -22,6 +24,7 @@ from datetime import datetime
 from decimal import Decimal
 from uuid import UUID
 
+from worker.domain.columns import misfit
 from worker.domain.config import ExitRules
 from worker.domain.ledger import BalanceDelta, NewPosition, SwapRow, merge_deltas
 from worker.domain.models import SOL_MINT, PositionState, Signal
@@ -37,12 +40,25 @@ from worker.domain.records import (
     TrailRow,
     TrailUpdate,
 )
+from worker.domain.storable import (
+    balance_misfit,
+    exit_misfit,
+    position_misfit,
+    price_misfit,
+    swap_misfit,
+)
 
 ZERO = Decimal(0)
 
 
 class StoreViolation(Exception):  # noqa: N818 - named as what it is, as PostgreSQL's are
     """What PostgreSQL would refuse (a constraint): the replay has a bug."""
+
+
+def refuse(problem: str | None) -> None:
+    """Raise `StoreViolation` for a value its column cannot hold (`problem` not None)."""
+    if problem is not None:
+        raise StoreViolation(problem)
 
 
 def apply_deltas(balances: dict[tuple[str, str], Decimal], deltas: Sequence[BalanceDelta]) -> None:
@@ -59,7 +75,9 @@ def apply_deltas(balances: dict[tuple[str, str], Decimal], deltas: Sequence[Bala
         balances[key] = balance
     for d in credits:
         key = (d.wallet_address, d.token_address)
-        balances[key] = balances.get(key, ZERO) + d.delta
+        balance = balances.get(key, ZERO) + d.delta
+        refuse(balance_misfit(balance))
+        balances[key] = balance
 
 
 def keep_newer(
@@ -70,6 +88,8 @@ def keep_newer(
     upsert statement may touch a row once."""
     if len({w.token_address for w in writes}) != len(writes):
         raise StoreViolation("two prices of one token in one upsert")
+    for w in writes:
+        refuse(price_misfit(w.price_usd))
     stored = set()
     for w in writes:
         prior = prices.get(w.token_address)
@@ -172,6 +192,14 @@ class MemoryStore:
     async def insert_signals(self, signals: Sequence[Signal]) -> list[StoredSignal]:
         out = []
         for s in signals:
+            refuse(
+                misfit(
+                    "trading_signals",
+                    price_usd=s.price_usd,
+                    market_cap_usd=s.market_cap_usd,
+                    liquidity_usd=s.liquidity_usd,
+                )
+            )
             key = (s.user_id, s.idempotency_key)
             found = self.signals.get(key)
             if found is not None:
@@ -228,6 +256,7 @@ class MemoryStore:
 
     async def insert_swaps(self, swaps: Sequence[SwapRow]) -> None:
         for s in swaps:
+            refuse(swap_misfit(s))
             if s.id in self._swap_signal:
                 raise StoreViolation(f"a second transaction {s.id}")
             self._swap_signal[s.id] = s.signal_id
@@ -244,6 +273,7 @@ class MemoryStore:
         for p in positions:
             if p.exit_rules_id is not None and p.exit_rules_id not in self.rule_sets:
                 raise StoreViolation(f"position {p.id} names unknown exit rules")
+            refuse(position_misfit(p.state))
             key = (p.agent_id, p.wallet_address, p.token_address)
             if key in self._by_holding:
                 raise StoreViolation(f"a second position {key}")
@@ -287,6 +317,8 @@ class MemoryStore:
         return keep_newer(self.prices, prices)
 
     async def record_ticks(self, ticks: Sequence[PriceWrite]) -> None:
+        for t in ticks:
+            refuse(price_misfit(t.price_usd))
         self.ticks_recorded += len(ticks)
 
     def _exitable(self, p: _Position) -> bool:
@@ -339,6 +371,7 @@ class MemoryStore:
     async def update_positions(self, writes: Sequence[PositionWrite], now: datetime) -> None:
         del now
         for w in writes:
+            refuse(position_misfit(w.state))
             p = self.positions[w.id]
             p.state = w.state
             p.tx_dca.extend(w.dca_transaction_ids)
@@ -347,11 +380,20 @@ class MemoryStore:
     async def update_trails(self, trails: Sequence[TrailUpdate], now: datetime) -> None:
         del now
         for t in trails:
+            refuse(
+                misfit(
+                    "agent_positions",
+                    peak_price=t.peak_price,
+                    current_stop_loss_percentage=t.stop_loss_pct,
+                    lowest_price=t.lowest_price,
+                )
+            )
             p = self.positions[t.id]
             p.trail = t.onto(*p.trailed())
 
     async def close_positions(self, closed: Sequence[ClosedPosition], now: datetime) -> None:
         for c in closed:
+            refuse(exit_misfit(c.pnl))
             p = self.positions.pop(c.position.id)
             key = (p.row.agent_id, p.row.wallet_address, p.row.token_address)
             del self._by_holding[key]
