@@ -65,6 +65,7 @@ class FakeAgent:
     trading_mode: str = "simulation"
     automated_trading_simulation: bool = True
     automated_trading_live: bool = True
+    created_at: datetime | None = None
 
 
 @dataclass
@@ -105,7 +106,9 @@ class FakeSignalStore:
             if key in self.signals:
                 out.append(replace(self.signals[key], is_new=False))
             else:
-                self.signals[key] = StoredSignal(len(self.signals) + 1, True, s.digest, s.record)
+                self.signals[key] = StoredSignal(
+                    len(self.signals) + 1, True, s.digest, s.record, s.created_at
+                )
                 out.append(self.signals[key])
         return out
 
@@ -147,6 +150,7 @@ class FakeSignalStore:
                     sol_balance=self.balances.get((wallet, SOL_MINT)) if wallet else None,
                     open_positions=len(held),
                     held_tokens=frozenset(t for t in held if t in tokens),
+                    created_at=a.created_at,
                 )
             )
         return out

@@ -26,7 +26,8 @@ SELECT a.user_id                           AS user_id,
        w.wallet_address                    AS wallet_address,
        b.balance                           AS sol_balance,
        COALESCE(p.open_positions, 0)::int  AS open_positions,
-       p.held_tokens                       AS held_tokens
+       p.held_tokens                       AS held_tokens,
+       a.created_at                        AS created_at
 FROM agents a
 LEFT JOIN agent_wallets w
        ON w.agent_id = a.id AND w.wallet_type = a.trading_mode
@@ -82,7 +83,8 @@ class AgentQueries(OnConnection):
     async def fetch_agents(
         self, user_ids: Sequence[UUID], tokens: Sequence[str]
     ) -> dict[UUID, list[AgentRow]]:
-        """Every agent of each user, by agent id, with holdings among `tokens`; one query."""
+        """Every agent of each user, by agent id, with holdings among `tokens` and its
+        creation time; one query."""
         rows = await self.conn.fetch(FETCH_AGENTS, list(set(user_ids)), SOL_MINT, list(set(tokens)))
         agents: dict[UUID, list[AgentRow]] = {}
         for row in rows:
@@ -98,6 +100,7 @@ class AgentQueries(OnConnection):
                     sol_balance=row["sol_balance"],
                     open_positions=row["open_positions"],
                     held_tokens=frozenset(row["held_tokens"] or ()),
+                    created_at=row["created_at"],
                 )
             )
         return agents

@@ -16,7 +16,8 @@ from worker.domain.records import AgentSetup, PriceWrite
 
 SELECT_AGENTS = """
 SELECT a.id, a.user_id, a.name, a.trading_mode, a.automated_trading_simulation,
-       a.automated_trading_live, a.trading_config::text AS config, w.wallet_address
+       a.automated_trading_live, a.trading_config::text AS config, w.wallet_address,
+       a.created_at
   FROM agents a
   JOIN agent_wallets w ON w.agent_id = a.id AND w.wallet_type = 'simulation'
  WHERE ($1::uuid[] IS NULL OR a.id = ANY($1::uuid[]))
@@ -90,6 +91,7 @@ async def read_agents(
             trading_mode=r["trading_mode"],
             automated_trading_simulation=r["automated_trading_simulation"],
             automated_trading_live=r["automated_trading_live"],
+            created_at=r["created_at"],
         )
         for r in rows
     ]

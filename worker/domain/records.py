@@ -35,6 +35,7 @@ class AgentRow:
     sol_balance: Decimal | None
     open_positions: int
     held_tokens: frozenset[str]
+    created_at: datetime | None = None
 
     def subscriber(self, token_address: str) -> Subscriber:
         """The agent as a subscriber of a signal for `token_address`."""
@@ -52,13 +53,15 @@ class AgentRow:
 
 @dataclass(frozen=True, slots=True)
 class StoredSignal:
-    """A signal as stored: its id, whether this call stored it, and the payload digest and
-    Kafka record of the message that stored it first."""
+    """A signal as stored: its id, whether this call stored it, and the payload digest,
+    Kafka record and `created_at` of the message that stored it first (None: not known,
+    the message's own applies)."""
 
     id: int
     is_new: bool
     digest: bytes | None = None
     record: str | None = None
+    created_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,8 +168,8 @@ class ClosedPosition:
 
 @dataclass(frozen=True, slots=True)
 class AgentSetup:
-    """An agent as set up: owner, name, simulation wallet, stored config (JSON text), mode
-    and automation switches (what a replay starts each agent from)."""
+    """An agent as set up: owner, name, simulation wallet, stored config (JSON text), mode,
+    automation switches and creation time (what a replay starts each agent from)."""
 
     user_id: UUID
     agent_id: UUID
@@ -176,3 +179,4 @@ class AgentSetup:
     trading_mode: str = "simulation"
     automated_trading_simulation: bool = True
     automated_trading_live: bool = False
+    created_at: datetime | None = None

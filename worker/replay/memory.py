@@ -179,7 +179,7 @@ class MemoryStore:
                 continue
             signal_id = s.id if s.id is not None else self._last_signal_id + 1
             self._last_signal_id = max(self._last_signal_id, signal_id)
-            self.signals[key] = StoredSignal(signal_id, True, s.digest, s.record)
+            self.signals[key] = StoredSignal(signal_id, True, s.digest, s.record, s.created_at)
             out.append(self.signals[key])
         return out
 
@@ -219,6 +219,7 @@ class MemoryStore:
                     sol_balance=self.balances.get((wallet, SOL_MINT)) if wallet else None,
                     open_positions=len(mine),
                     held_tokens=frozenset(mine & wanted),
+                    created_at=a.created_at,
                 )
             )
         return out
