@@ -115,7 +115,8 @@ async def handle_signals(
         done = await store.executions_of(replayed)
     users = list(known)
     await store.lock_users_sol_balances(users)
-    fleet = _Fleet(await store.fetch_agents(users, [s.token_address for s in stored]))
+    tokens = [s.token_address for s in stored]
+    fleet = _Fleet(await store.fetch_agents(users, tokens, trading.max_config_bytes))
     prices = await store.fetch_prices(
         [SOL_MINT, *(s.token_address for s in stored if s.price_usd is None)]
     )

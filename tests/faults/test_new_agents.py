@@ -79,7 +79,7 @@ async def test_an_agent_created_since_gets_none_of_the_older_signals_read_again(
         newcomers.append(agent.agent_id)
     if reread.startswith("offsets reset"):
         reset = await run_cli(env, "offsets", "reset", "--to-earliest", "--topic", topics.signals)
-        assert reset.code == 0, reset.stdout + reset.stderr
+        assert reset.code == 0, reset.stdout + "\n".join(reset.stderr)
         group = topics.group
     else:
         group = f"{topics.group}-new"

@@ -157,6 +157,26 @@ async def test_the_stored_signal_time_decides_when_a_redelivery_carries_another(
     assert (again.signal_id, again.outcomes) == (first.signal_id, [])
 
 
+async def test_a_config_over_the_cap_fails_that_agent_with_the_reason_and_others_trade() -> None:
+    store, user_id = _store({}, {"trading_config": {**FIXED, "notes": "x" * 2000}}, {})
+    capped_trading = TradingSettings(
+        network_fee_sol=Decimal("0.000005"), protocol_fee_bps=Decimal(0), max_config_bytes=1024
+    )
+    big = next(a for a in store.agents.values() if "notes" in a.trading_config)
+    [outcome] = await handle_signals(store, [_signal(user_id)], trading=capped_trading, now=NOW)
+    assert isinstance(outcome, SignalOutcome)
+    reason = (
+        "invalid trading_config: the stored config is 2,074 bytes, over the 1,024-byte cap "
+        "(AGENT_CONFIG_MAX_BYTES)"
+    )
+    by_agent = {a.agent_id: a.decision for a in outcome.outcomes}
+    assert by_agent.pop(big.agent_id).reason == reason
+    assert store.executions[(outcome.signal_id, big.agent_id)].status is FAILED
+    assert [d.status for d in by_agent.values()] == [SUCCESS, SUCCESS]
+    [problem] = outcome.config_problems
+    assert (problem.agent_id, problem.error) == (big.agent_id, reason)
+
+
 async def test_an_unknown_user_is_an_outcome_and_writes_nothing() -> None:
     store, user_id = _store({})
     stranger = uuid.uuid4()

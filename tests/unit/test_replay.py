@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -153,13 +153,13 @@ def test_a_variant_merges_its_overrides_over_the_stored_config() -> None:
     stored = json.dumps({"stopLoss": {"mode": "zones", "trailingLevels": [{"change": 5}]},
                          "dca": {"enabled": True}})  # fmt: skip
     variant = Variant("v", {"stopLoss": {"trailingLevels": [], "defaultPercentage": -5}})
-    merged = json.loads(variant.config_text(stored) or "")
+    merged = json.loads(str(variant.config_text(stored)))
     assert merged == {
         "stopLoss": {"mode": "zones", "trailingLevels": [], "defaultPercentage": -5},
         "dca": {"enabled": True},
     }
     assert Variant("stored").config_text(stored) == stored
-    assert json.loads(variant.config_text(None) or "") == {
+    assert json.loads(str(variant.config_text(None))) == {
         "stopLoss": {"trailingLevels": [], "defaultPercentage": -5}
     }
 

@@ -11,6 +11,7 @@ from datetime import datetime
 from decimal import Decimal
 from uuid import UUID
 
+from worker.domain.config import StoredConfigText
 from worker.domain.exits import ExitPnl
 from worker.domain.models import CloseReason, ExecutionStatus, PositionState, Subscriber
 
@@ -30,7 +31,7 @@ class AgentRow:
     trading_mode: str
     automated_trading_simulation: bool
     automated_trading_live: bool
-    trading_config_text: str | None
+    trading_config_text: StoredConfigText
     wallet_address: str | None
     sol_balance: Decimal | None
     open_positions: int
@@ -175,7 +176,7 @@ class AgentSetup:
     agent_id: UUID
     name: str
     wallet_address: str
-    config_text: str | None
+    config_text: StoredConfigText
     trading_mode: str = "simulation"
     automated_trading_simulation: bool = True
     automated_trading_live: bool = False

@@ -22,7 +22,7 @@ from datetime import datetime
 from decimal import Decimal
 from uuid import UUID
 
-from worker.domain.config import ExitRules
+from worker.domain.config import DEFAULT_MAX_CONFIG_BYTES, ExitRules, StoredConfigText, capped
 from worker.domain.ledger import BalanceDelta, NewPosition, SwapRow, merge_deltas
 from worker.domain.models import SOL_MINT, PositionState, Signal
 from worker.domain.records import (
@@ -198,7 +198,10 @@ class MemoryStore:
         del user_ids
 
     async def fetch_agents(
-        self, user_ids: Sequence[UUID], tokens: Sequence[str]
+        self,
+        user_ids: Sequence[UUID],
+        tokens: Sequence[str],
+        max_config_bytes: int = DEFAULT_MAX_CONFIG_BYTES,
     ) -> dict[UUID, list[AgentRow]]:
         users, wanted = set(user_ids), set(tokens)
         out: dict[UUID, list[AgentRow]] = {}
@@ -214,7 +217,7 @@ class MemoryStore:
                     trading_mode=a.trading_mode,
                     automated_trading_simulation=a.automated_trading_simulation,
                     automated_trading_live=a.automated_trading_live,
-                    trading_config_text=a.config_text,
+                    trading_config_text=capped(a.config_text, max_config_bytes),
                     wallet_address=wallet,
                     sol_balance=self.balances.get((wallet, SOL_MINT)) if wallet else None,
                     open_positions=len(mine),
@@ -318,8 +321,14 @@ class MemoryStore:
             )
         return rows
 
-    async def agent_configs(self, agent_ids: Sequence[UUID]) -> dict[UUID, tuple[str, str | None]]:
-        return {a: ("v1", self.agents[a].config_text) for a in agent_ids if a in self.agents}
+    async def agent_configs(
+        self, agent_ids: Sequence[UUID], max_config_bytes: int = DEFAULT_MAX_CONFIG_BYTES
+    ) -> dict[UUID, tuple[str, StoredConfigText]]:
+        return {
+            a: ("v1", capped(self.agents[a].config_text, max_config_bytes))
+            for a in agent_ids
+            if a in self.agents
+        }
 
     async def exit_rules(self, ids: Sequence[UUID]) -> dict[UUID, str]:
         return {i: self.rule_sets[i] for i in ids if i in self.rule_sets}
