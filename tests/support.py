@@ -18,6 +18,7 @@ import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -40,6 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TOKEN_A = "7GCihgDB8fe6KNjn2MYtkzZcRjQy3t9GHdC8uHYmW2hr"
 TOKEN_B = "DezXAZ8z7PnrnRJjz3wXBoRgixCa6xjnB7YaB1pPB263"
 TOKEN_C = "EPjFWdd5AufqSSqeM2qN1xzybapC8G4wEGGkZwyTDt1v"
+# When `make_account`'s agents are created: before any signal of any test.
+LONG_AGO = datetime(2020, 1, 1, tzinfo=UTC)
 
 
 @dataclass
@@ -56,23 +59,31 @@ async def make_account(
     *,
     deposit_sol: Decimal = Decimal(10),
     deposits: Sequence[Decimal] | None = None,
+    created_at: datetime | None = LONG_AGO,
     **agent_kwargs: Any,
 ) -> Account:
-    """A user with one funded simulation agent per config."""
+    """A user with one funded simulation agent per config, created at `created_at`.
+
+    An agent is decided only for signals made from its creation on, and tests date their
+    signals freely (fixed times, hours ago): so the agents are made long before, unless
+    `created_at` says otherwise (None: the database's `now()`)."""
     user_id = await accounts.create_user(conn, f"u{uuid.uuid4().hex[:12]}@test.local")
     account = Account(user_id)
     for i, config in enumerate(configs):
         amount = deposits[i] if deposits is not None else deposit_sol
-        account.agents.append(
-            await accounts.create_funded_agent(
-                conn,
-                user_id,
-                f"agent {i}",
-                deposit_sol=amount,
-                trading_config=config,
-                **agent_kwargs,
-            )
+        agent = await accounts.create_funded_agent(
+            conn,
+            user_id,
+            f"agent {i}",
+            deposit_sol=amount,
+            trading_config=config,
+            **agent_kwargs,
         )
+        if created_at is not None:
+            await conn.execute(
+                "UPDATE agents SET created_at = $2 WHERE id = $1", agent.agent_id, created_at
+            )
+        account.agents.append(agent)
     return account
 
 

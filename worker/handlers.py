@@ -18,7 +18,7 @@ from uuid import UUID
 
 from worker.config_cache import ConfigProblem, config_of_text, problem_of
 from worker.domain.config import AgentTradingConfig, ConfigReading, ExitRules, exit_rules
-from worker.domain.eligibility import decide_agent
+from worker.domain.eligibility import decide_agent, is_subscriber
 from worker.domain.exits import open_position
 from worker.domain.fills import BuyFill, buy_fill
 from worker.domain.ledger import BalanceDelta, Holding, NewPosition, SwapRow, buy_rows
@@ -121,7 +121,8 @@ async def handle_signals(
         done = await store.executions_of(replayed)
     users = list(known)
     await store.lock_users_sol_balances(users)
-    fleet = _Fleet(await store.fetch_agents(users, [s.token_address for s in stored]))
+    tokens = [s.token_address for s in stored]
+    fleet = _Fleet(await store.fetch_agents(users, tokens, trading.max_config_bytes))
     prices = await store.fetch_prices(
         [SOL_MINT, *(s.token_address for s in stored if s.price_usd is None)]
     )
@@ -150,12 +151,20 @@ def _signal(
     buys: _Buys,
     rows: list[ExecutionRow],
 ) -> SignalOutcome | UnknownUser:
-    """One signal for every agent of its user without an execution yet."""
+    """One signal for every agent of its user that existed when the signal was made and has
+    no execution yet.
+
+    The signal's time is its stored `created_at` (the first delivery's, should a redelivery
+    carry another), so an offset reset, a new consumer group or a replay offers an old
+    signal to the same agents as the first run did: never to an agent created since
+    (`is_subscriber`), which gets no execution row for it at all.
+    """
     if stored_id is None:
         return UnknownUser(f"unknown user_id {signal.user_id}: no such user")
     signal_id, is_new = stored_id.id, stored_id.is_new
     finished = done.setdefault(signal_id, set())
-    agents = fleet.agents_of(signal.user_id)
+    made_at = stored_id.created_at or signal.created_at
+    agents = [a for a in fleet.agents_of(signal.user_id) if is_subscriber(a.created_at, made_at)]
     already = len(finished & fleet.ids(agents)) if finished else 0
     outcome = SignalOutcome(
         signal_id, is_new, already_done=already, conflicts_with=_conflict(signal, stored_id)
@@ -216,6 +225,7 @@ class _Fleet:
             (agent.sol_balance or Decimal(0)) - debit_sol,
             agent.open_positions + 1,
             agent.held_tokens | {token},
+            agent.created_at,
         )
 
 

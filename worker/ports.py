@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import Protocol
 from uuid import UUID
 
-from worker.domain.config import ExitRules
+from worker.domain.config import DEFAULT_MAX_CONFIG_BYTES, ExitRules, StoredConfigText
 from worker.domain.ledger import BalanceDelta, NewPosition, SwapRow
 from worker.domain.models import Signal
 from worker.domain.records import (
@@ -56,9 +56,13 @@ class SignalStore(Protocol):
         ...
 
     async def fetch_agents(
-        self, user_ids: Sequence[UUID], tokens: Sequence[str]
+        self,
+        user_ids: Sequence[UUID],
+        tokens: Sequence[str],
+        max_config_bytes: int = DEFAULT_MAX_CONFIG_BYTES,
     ) -> dict[UUID, list[AgentRow]]:
-        """Every agent of each user, by agent id, with its holdings among `tokens`."""
+        """Every agent of each user, by agent id, with its holdings among `tokens`; a config
+        over `max_config_bytes` comes as an `OversizedConfig`, never as its text."""
         ...
 
     async def fetch_prices(self, tokens: list[str]) -> dict[str, Decimal]:
@@ -106,8 +110,11 @@ class PriceStore(Protocol):
         """A few columns of the open simulation positions in `tokens` that automation exits."""
         ...
 
-    async def agent_configs(self, agent_ids: Sequence[UUID]) -> dict[UUID, tuple[str, str | None]]:
-        """Each agent's row version and `trading_config` JSON text (None: NULL)."""
+    async def agent_configs(
+        self, agent_ids: Sequence[UUID], max_config_bytes: int = DEFAULT_MAX_CONFIG_BYTES
+    ) -> dict[UUID, tuple[str, StoredConfigText]]:
+        """Each agent's row version and `trading_config` JSON text (None: NULL; an
+        `OversizedConfig` over `max_config_bytes`)."""
         ...
 
     async def exit_rules(self, ids: Sequence[UUID]) -> dict[UUID, str]:

@@ -54,7 +54,7 @@ from worker.config_cache import (
     problem_of,
 )
 from worker.domain.columns import misfit
-from worker.domain.config import AgentTradingConfig
+from worker.domain.config import AgentTradingConfig, StoredConfigText
 from worker.domain.fills import token_price_sol
 from worker.domain.ledger import BalanceDelta, Holding, SwapRow, buy_rows, sale_rows
 from worker.domain.models import SOL_MINT, PositionState
@@ -166,7 +166,9 @@ async def handle_prices(
     trails = await store.trail_rows(sorted({s.token for s in steps}))
     if not trails:
         return outcomes
-    cfgs, outcomes[steps[0].index].config_problems = await _exit_configs(store, configs, trails)
+    cfgs, outcomes[steps[0].index].config_problems = await _exit_configs(
+        store, configs, trails, settings.agent_config_max_bytes
+    )
     by_token: dict[str, list[TrailRow]] = {}
     for row in trails:  # in any order: quiet trails commute; loud ones are read in id order
         if row.id in cfgs:  # else its agent was deleted since the read (the positions too)
@@ -239,11 +241,14 @@ async def _exit_configs(
     store: PriceStore,
     configs: ConfigTexts,
     trails: list[TrailRow],
+    max_config_bytes: int,
 ) -> tuple[dict[UUID, AgentTradingConfig], list[ConfigProblem]]:
     """The config that exits each position of `trails`, by position id: its agent's current
     config, or (when that is invalid) the rules it was opened with; and the agents' config
-    problems. Agents deleted since the read are left out (their positions go with them)."""
-    texts = await _config_texts(store, configs, trails)
+    problems. Agents deleted since the read are left out (their positions go with them).
+    A config over `max_config_bytes` is invalid like any other (its positions keep their
+    rules)."""
+    texts = await _config_texts(store, configs, trails, max_config_bytes)
     readings = {agent_id: config_of_text(text) for agent_id, text in texts.items()}
     problems = [
         problem
@@ -271,8 +276,8 @@ async def _exit_configs(
 
 
 async def _config_texts(
-    store: PriceStore, configs: ConfigTexts, trails: list[TrailRow]
-) -> dict[UUID, str | None]:
+    store: PriceStore, configs: ConfigTexts, trails: list[TrailRow], max_config_bytes: int
+) -> dict[UUID, StoredConfigText]:
     """The config text of every agent in `trails`: those held at the row's version from
     `configs`, the others read (and held from now on)."""
     stale = set(configs.stale((row.agent_id, row.config_version) for row in trails))
@@ -280,7 +285,7 @@ async def _config_texts(
         row.agent_id: configs.text(row.agent_id) for row in trails if row.agent_id not in stale
     }
     if stale:
-        read = await store.agent_configs(list(stale))
+        read = await store.agent_configs(list(stale), max_config_bytes)
         configs.update(read)
         texts.update({agent_id: text for agent_id, (_, text) in read.items()})
     return texts

@@ -24,6 +24,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from worker.domain.config import DEFAULT_MAX_CONFIG_BYTES
+
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
@@ -70,12 +72,14 @@ class KafkaSettings(BaseModel):
 
 
 class TradingSettings(BaseModel):
-    """Simulation costs that the source system takes from its swap quotes."""
+    """Simulation costs that the source system takes from its swap quotes, and the largest
+    stored agent config the fan-out reads (UTF-8 bytes of its JSON text)."""
 
     model_config = ConfigDict(frozen=True)
 
     network_fee_sol: Decimal
     protocol_fee_bps: Decimal
+    max_config_bytes: int = DEFAULT_MAX_CONFIG_BYTES
 
 
 class Settings(BaseSettings):
@@ -123,6 +127,11 @@ class Settings(BaseSettings):
     price_history_days: int = Field(default=30, ge=1, le=3650)
     http_max_connections: int = Field(default=64, ge=1, le=10_000)
     http_request_timeout_s: float = Field(default=5.0, gt=0, le=300)
+    # A stored agents.trading_config larger than this (its JSON text, UTF-8) is not read:
+    # that agent's executions fail with the reason (realistic configs are about 1 KB).
+    agent_config_max_bytes: int = Field(
+        default=DEFAULT_MAX_CONFIG_BYTES, ge=1024, le=16 * 1024 * 1024
+    )
 
     @field_validator("log_level", "kafka_security_protocol", "kafka_sasl_mechanism", mode="before")
     @classmethod
@@ -250,6 +259,7 @@ class Settings(BaseSettings):
         return TradingSettings(
             network_fee_sol=self.sim_network_fee_sol,
             protocol_fee_bps=self.sim_protocol_fee_bps,
+            max_config_bytes=self.agent_config_max_bytes,
         )
 
 

@@ -55,8 +55,11 @@ async def insert_nexgent_account(conn: asyncpg.Connection) -> tuple[uuid.UUID, u
         f"{user_id.hex[:8]}@nexgent.local",
     )
     await conn.execute(
+        # Created a year ago: before the signals the test dates (an agent is decided only
+        # for signals made from its creation on).
         "INSERT INTO agents (id, user_id, name, trading_mode, trading_config, created_at, "
-        "updated_at) VALUES ($1, $2, 'From Nexgent', 'simulation', $3::jsonb, now(), now())",
+        "updated_at) VALUES ($1, $2, 'From Nexgent', 'simulation', $3::jsonb, "
+        "now() - interval '1 year', now())",
         agent_id,
         user_id,
         nexgent_config(),

@@ -35,6 +35,7 @@ from worker.settings import Settings, TradingSettings
 pytestmark = pytest.mark.integration
 
 NOW = datetime(2026, 1, 1, 12, tzinfo=UTC)
+SECOND = timedelta(seconds=1)
 TRADING = TradingSettings(network_fee_sol=Decimal("0.000005"), protocol_fee_bps=Decimal(0))
 FIXED: dict[str, Any] = {"positionCalculator": {"randomization": {"enabled": False}}}
 AGENTS: list[dict[str, Any]] = [
@@ -42,6 +43,8 @@ AGENTS: list[dict[str, Any]] = [
     {"config": {**FIXED, "signals": {"minScore": 5}}},
     {"config": FIXED, "automated": False},
     {"config": None},  # the defaults: randomised sizes, the same on both stores
+    # Created after signals "a" to "c" were made: decided only for "d" (made later).
+    {"config": FIXED, "created_at": NOW + SECOND},
 ]
 
 
@@ -55,14 +58,14 @@ class Seen:
 
 
 def _signals(user_id: UUID) -> list[Signal]:
-    def signal(token: str, key: str, price: str | None) -> Signal:
+    def signal(token: str, key: str, price: str | None, made: datetime = NOW) -> Signal:
         return Signal(
             user_id=user_id,
             token_address=token,
             signal_type="Velocity (Dex Boost Detection)",
             signal_strength=3,
             idempotency_key=key,
-            created_at=NOW,
+            created_at=made,
             price_usd=Decimal(price) if price is not None else None,
         )
 
@@ -71,7 +74,8 @@ def _signals(user_id: UUID) -> list[Signal]:
         signal(TOKEN_A, "b", "1.1"),  # already held from "a"
         signal(TOKEN_B, "c", None),  # priced by the stored tick
         signal(TOKEN_A, "a", "1"),  # a redelivery of "a", in a batch of its own
-        signal(TOKEN_A, "d", "1"),  # a new signal in a held token, in a later batch
+        # A new signal in a held token, in a later batch, after the last agent was created.
+        signal(TOKEN_A, "d", "1", NOW + timedelta(seconds=2)),
     ]
 
 
@@ -118,6 +122,8 @@ async def test_the_fake_store_and_postgresql_agree_on_a_batch(db_conn: asyncpg.C
         account.agents[2].agent_id,
     )
     pg_ids = [a.agent_id for a in account.agents]
+    newer = account.agents[-1].agent_id
+    await db_conn.execute("UPDATE agents SET created_at = $2 WHERE id = $1", newer, NOW + SECOND)
     async with db_conn.transaction():
         pg_out = await _run(PgStore(db_conn), account.user_id)
     wallets = [a.wallet_address for a in account.agents]
@@ -149,6 +155,7 @@ async def test_the_fake_store_and_postgresql_agree_on_a_batch(db_conn: asyncpg.C
             {"simulation": wallets[i]},
             spec["config"],
             automated_trading_simulation=spec.get("automated", True),
+            created_at=spec.get("created_at"),  # the others: None, always there
         )
         fake.add_agent(agent, sol=Decimal(10))
     fake_out = await _run(fake, account.user_id)
@@ -164,7 +171,7 @@ async def test_the_fake_store_and_postgresql_agree_on_a_batch(db_conn: asyncpg.C
     assert statuses[0] == ["success", "skipped", "skipped", "success"]
     assert statuses[1] == ["skipped", "skipped", "skipped", "skipped"]
     assert pg.outcomes[3] == (False, 4, [])
-    assert statuses[4] == ["skipped"] * 4
+    assert statuses[4] == ["skipped"] * 4 + ["success"]  # the newer agent's first signal
     assert "hold" in str(pg.outcomes[4][2][0][2])
 
 

@@ -20,7 +20,7 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-from worker.domain.config import ExitRules
+from worker.domain.config import DEFAULT_MAX_CONFIG_BYTES, ExitRules, StoredConfigText, capped
 from worker.domain.ledger import BalanceDelta, NewPosition, SwapRow
 from worker.domain.models import SOL_MINT, Signal
 from worker.domain.records import (
@@ -37,9 +37,9 @@ from worker.domain.records import (
 from worker.replay.memory import StoreViolation, apply_deltas, keep_newer
 
 
-def _version(text: str | None) -> str:
+def _version(text: StoredConfigText) -> str:
     """A row version for a config, as `xmin` would change with it."""
-    return hashlib.sha256((text or "null").encode()).hexdigest()[:16]
+    return hashlib.sha256(str(text).encode()).hexdigest()[:16]
 
 
 # What PostgreSQL would refuse: the handler's transaction would roll back. The replay's
@@ -65,6 +65,7 @@ class FakeAgent:
     trading_mode: str = "simulation"
     automated_trading_simulation: bool = True
     automated_trading_live: bool = True
+    created_at: datetime | None = None
 
 
 @dataclass
@@ -105,7 +106,9 @@ class FakeSignalStore:
             if key in self.signals:
                 out.append(replace(self.signals[key], is_new=False))
             else:
-                self.signals[key] = StoredSignal(len(self.signals) + 1, True, s.digest, s.record)
+                self.signals[key] = StoredSignal(
+                    len(self.signals) + 1, True, s.digest, s.record, s.created_at
+                )
                 out.append(self.signals[key])
         return out
 
@@ -123,7 +126,10 @@ class FakeSignalStore:
         self.locked_users.extend(user_ids)
 
     async def fetch_agents(
-        self, user_ids: Sequence[UUID], tokens: Sequence[str]
+        self,
+        user_ids: Sequence[UUID],
+        tokens: Sequence[str],
+        max_config_bytes: int = DEFAULT_MAX_CONFIG_BYTES,
     ) -> dict[UUID, list[AgentRow]]:
         out: dict[UUID, list[AgentRow]] = {}
         for a in sorted(self.agents.values(), key=lambda a: a.agent_id):
@@ -140,13 +146,15 @@ class FakeSignalStore:
                     trading_mode=a.trading_mode,
                     automated_trading_simulation=a.automated_trading_simulation,
                     automated_trading_live=a.automated_trading_live,
-                    trading_config_text=(
-                        None if a.trading_config is None else json.dumps(a.trading_config)
+                    trading_config_text=capped(
+                        None if a.trading_config is None else json.dumps(a.trading_config),
+                        max_config_bytes,
                     ),
                     wallet_address=wallet,
                     sol_balance=self.balances.get((wallet, SOL_MINT)) if wallet else None,
                     open_positions=len(held),
                     held_tokens=frozenset(t for t in held if t in tokens),
+                    created_at=a.created_at,
                 )
             )
         return out
@@ -193,7 +201,7 @@ class FakePriceStore:
 
     prices: dict[str, tuple[Decimal, datetime]] = field(default_factory=dict)
     positions: dict[UUID, OpenPosition] = field(default_factory=dict)
-    configs: dict[UUID, str | None] = field(default_factory=dict)  # by agent
+    configs: dict[UUID, StoredConfigText] = field(default_factory=dict)  # by agent
     rule_sets: dict[UUID, str] = field(default_factory=dict)  # exit rules by id
     balances: dict[tuple[str, str], Decimal] = field(default_factory=dict)
     paused: set[UUID] = field(default_factory=set)
@@ -247,9 +255,14 @@ class FakePriceStore:
     async def exit_rules(self, ids: Sequence[UUID]) -> dict[UUID, str]:
         return {i: self.rule_sets[i] for i in ids if i in self.rule_sets}
 
-    async def agent_configs(self, agent_ids: Sequence[UUID]) -> dict[UUID, tuple[str, str | None]]:
+    async def agent_configs(
+        self, agent_ids: Sequence[UUID], max_config_bytes: int = DEFAULT_MAX_CONFIG_BYTES
+    ) -> dict[UUID, tuple[str, StoredConfigText]]:
         self.configs_read.append(sorted(agent_ids))
-        return {a: (_version(self.configs[a]), self.configs[a]) for a in agent_ids}
+        return {
+            a: (_version(self.configs[a]), capped(self.configs[a], max_config_bytes))
+            for a in agent_ids
+        }
 
     async def lock_wallets_sol(self, wallets: Sequence[str]) -> None:
         self.locked_wallets.extend(sorted(set(wallets)))

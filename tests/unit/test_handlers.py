@@ -8,7 +8,7 @@ the 0.000005 SOL network fee (no protocol fee).
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -42,8 +42,7 @@ def _signal(user_id: uuid.UUID, token: str = TOKEN, key: str = "k-1", **kw: Any)
         token_address=token,
         signal_type="Velocity (Dex Boost Detection)",
         idempotency_key=key,
-        created_at=NOW,
-        **{"price_usd": Decimal(1), "signal_strength": 3, **kw},
+        **{"created_at": NOW, "price_usd": Decimal(1), "signal_strength": 3, **kw},
     )
 
 
@@ -109,6 +108,73 @@ async def test_a_replay_decides_only_for_agents_without_an_execution() -> None:
     assert [a.agent_id for a in again.outcomes] == [late.agent_id]
     assert again.already_done == 1
     assert store.executions[(first.signal_id, late.agent_id)].status is SUCCESS
+
+
+async def test_an_agent_created_after_a_signal_is_not_decided_for_it_on_a_redelivery() -> None:
+    # An offset reset or a new consumer group delivers an old signal again after an agent was
+    # created: the new agent did not exist when the signal was made, so it gets no
+    # execution (not even a skipped one); the older agent's is not written twice.
+    store, user_id = _store({"created_at": NOW - timedelta(days=1)})
+    [first] = await _handle(store, _signal(user_id))
+    newer = store.add_agent(
+        FakeAgent(user_id, uuid.uuid4(), {"simulation": "sim_newer"}, FIXED,
+                  created_at=NOW + timedelta(seconds=1)),
+        sol=Decimal(10),
+    )  # fmt: skip
+    before = (dict(store.balances), len(store.swaps), len(store.executions))
+    [again] = await _handle(store, _signal(user_id))
+    assert (again.outcomes, again.already_done) == ([], 1)
+    assert (dict(store.balances), len(store.swaps), len(store.executions)) == before
+    assert (first.signal_id, newer.agent_id) not in store.executions
+    # A signal made from its creation on is decided for it, at its very moment too.
+    [later] = await _handle(store, _signal(user_id, OTHER, "k-2", created_at=newer.created_at))
+    assert sorted(a.agent_id for a in later.outcomes) == sorted(store.agents)
+    assert store.executions[(later.signal_id, newer.agent_id)].status is SUCCESS
+
+
+async def test_a_signal_made_before_an_agent_is_not_decided_for_it_on_its_first_delivery() -> None:
+    # Live too (a signal arriving late, or dated by its publisher): the signal's time
+    # decides, not when the worker happens to process it.
+    store, user_id = _store(
+        {"created_at": NOW - timedelta(seconds=1)}, {"created_at": NOW + timedelta(microseconds=1)}
+    )
+    older = min(store.agents.values(), key=lambda a: a.created_at or NOW)
+    [outcome] = await _handle(store, _signal(user_id))
+    assert [a.agent_id for a in outcome.outcomes] == [older.agent_id]
+    assert list(store.executions) == [(outcome.signal_id, older.agent_id)]
+
+
+async def test_the_stored_signal_time_decides_when_a_redelivery_carries_another() -> None:
+    store, user_id = _store({"created_at": NOW - timedelta(days=1)})
+    [first] = await _handle(store, _signal(user_id))
+    store.add_agent(
+        FakeAgent(user_id, uuid.uuid4(), {"simulation": "sim_newer"}, FIXED,
+                  created_at=NOW + timedelta(seconds=1)),
+        sol=Decimal(10),
+    )  # fmt: skip
+    # The same key with a later created_at (a publisher's bug): still the stored signal.
+    [again] = await _handle(store, _signal(user_id, created_at=NOW + timedelta(hours=1)))
+    assert (again.signal_id, again.outcomes) == (first.signal_id, [])
+
+
+async def test_a_config_over_the_cap_fails_that_agent_with_the_reason_and_others_trade() -> None:
+    store, user_id = _store({}, {"trading_config": {**FIXED, "notes": "x" * 2000}}, {})
+    capped_trading = TradingSettings(
+        network_fee_sol=Decimal("0.000005"), protocol_fee_bps=Decimal(0), max_config_bytes=1024
+    )
+    big = next(a for a in store.agents.values() if "notes" in a.trading_config)
+    [outcome] = await handle_signals(store, [_signal(user_id)], trading=capped_trading, now=NOW)
+    assert isinstance(outcome, SignalOutcome)
+    reason = (
+        "invalid trading_config: the stored config is 2,074 bytes, over the 1,024-byte cap "
+        "(AGENT_CONFIG_MAX_BYTES)"
+    )
+    by_agent = {a.agent_id: a.decision for a in outcome.outcomes}
+    assert by_agent.pop(big.agent_id).reason == reason
+    assert store.executions[(outcome.signal_id, big.agent_id)].status is FAILED
+    assert [d.status for d in by_agent.values()] == [SUCCESS, SUCCESS]
+    [problem] = outcome.config_problems
+    assert (problem.agent_id, problem.error) == (big.agent_id, reason)
 
 
 async def test_an_unknown_user_is_an_outcome_and_writes_nothing() -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from tests.support import TOKEN_A as TOKEN
 from tests.unit.fakes import FakePriceStore
-from worker.config_cache import ConfigTexts
+from worker.config_cache import ENTRY_OVERHEAD, ConfigTexts
 from worker.domain.config import exit_rules, resolve_config
 from worker.domain.models import SOL_MINT, CloseReason, PositionState
 from worker.domain.records import OpenPosition
@@ -196,6 +196,26 @@ async def test_an_invalid_config_leaves_positions_with_the_rules_they_were_opene
     assert all(p.error for p in outcome.config_problems)
 
 
+async def test_a_config_grown_over_the_cap_leaves_positions_with_their_rules() -> None:
+    store = _store()
+    # Opened with a -10% stop; then the agent's config grew past the cap (1,024 bytes here).
+    rules_id, rules_json = _rules({"stopLoss": {"defaultPercentage": -10}})
+    p = _position(store, {"stopLoss": {"defaultPercentage": -10}, "notes": "x" * 2000})
+    state = replace(p.state, current_stop_loss_percentage=Decimal(-10))
+    store.positions[p.id] = replace(p, exit_rules_id=rules_id, state=state)
+    store.rule_sets[rules_id] = rules_json
+    settings = Settings(agent_config_max_bytes=1024)
+    ts = BOUGHT + timedelta(seconds=1)
+    tick = PriceTickV1(token_address=TOKEN, price_usd=Decimal("0.85"), ts=ts)
+    [outcome] = await handle_prices(
+        store, [Tick(tick, ts)], configs=ConfigTexts(), settings=settings, now=ts
+    )
+    assert outcome.closes == {"stop_loss": 1}  # -15%: through its -10% stop
+    [problem] = outcome.config_problems
+    assert problem.error is not None
+    assert "over the 1,024-byte cap" in problem.error
+
+
 async def test_unknown_keys_are_reported_and_ignored() -> None:
     store = _store()
     p = _position(store, {"stopLoss": {"defaultPercentage": -10, "continuousTrailing": True},
@@ -238,7 +258,7 @@ async def test_configs_are_read_once_per_agent_and_again_when_they_change() -> N
 
 
 def test_the_config_cache_forgets_the_least_recent_agents_beyond_its_size() -> None:
-    configs = ConfigTexts(maxsize=2)
+    configs = ConfigTexts(max_bytes=2 * ENTRY_OVERHEAD + 5)  # room for two short texts
     first, second, third = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     configs.update({first: ("1", "{}"), second: ("1", None)})
     configs.update({third: ("7", "{}")})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -106,6 +107,16 @@ async def test_the_stored_configs_trade_and_each_stop_fires_where_it_is_set() ->
     assert results[101].unrealised_pnl_sol < 0  # A at 0.85 below its buy
 
 
+async def test_a_replay_decides_an_agent_only_for_signals_from_its_creation_on() -> None:
+    # Agent 3 was created between the two signals: as live, the first is not its signal.
+    late = replace(_agent(3, FIXED), created_at=T0 + timedelta(seconds=1, milliseconds=500))
+    start = Start([*START.agents, late], {**START.sol, late.agent_id: Decimal(10)}, START.prices)
+    run = await replay(start, EVENTS, Variant("stored config"), Settings())
+    assert sorted((s, a.int) for s, a in run.store.executions) == [
+        (1, 101), (1, 102), (2, 101), (2, 102), (2, 103),
+    ]  # fmt: skip
+
+
 async def test_a_variant_replaces_what_it_names_for_every_agent() -> None:
     tight = Variant("tight", {"stopLoss": {"defaultPercentage": -4}})
     run = await replay(START, EVENTS, tight, Settings())
@@ -151,13 +162,13 @@ def test_a_variant_merges_its_overrides_over_the_stored_config() -> None:
     stored = json.dumps({"stopLoss": {"mode": "zones", "trailingLevels": [{"change": 5}]},
                          "dca": {"enabled": True}})  # fmt: skip
     variant = Variant("v", {"stopLoss": {"trailingLevels": [], "defaultPercentage": -5}})
-    merged = json.loads(variant.config_text(stored) or "")
+    merged = json.loads(str(variant.config_text(stored)))
     assert merged == {
         "stopLoss": {"mode": "zones", "trailingLevels": [], "defaultPercentage": -5},
         "dca": {"enabled": True},
     }
     assert Variant("stored").config_text(stored) == stored
-    assert json.loads(variant.config_text(None) or "") == {
+    assert json.loads(str(variant.config_text(None))) == {
         "stopLoss": {"trailingLevels": [], "defaultPercentage": -5}
     }
 

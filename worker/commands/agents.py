@@ -1,6 +1,7 @@
 """`signal-worker agents lint`: every agent's stored trading_config, as the worker reads it.
 
-For each agent whose config has a problem: `invalid` (the reason: it buys nothing, its
+For each agent whose config has a problem: `invalid` (the reason, such as a config over
+AGENT_CONFIG_MAX_BYTES, which is not even read: it buys nothing, its
 executions fail with that reason, and its open positions keep the exit rules they were
 opened with), or keys the worker ignores (`unknown`), or legacy keys of the source system
 that it accepts silently (`legacy`, listed for completeness). Exit 1 when any config is
@@ -26,7 +27,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     agents = invalid = unknown = 0
     try:
         async with conn.transaction(readonly=True):
-            async for stored in PgStore(conn).stored_configs():
+            async for stored in PgStore(conn).stored_configs(settings.agent_config_max_bytes):
                 agents += 1
                 reading = read_config(stored.text)
                 who = f"agent {stored.agent_id} ({stored.name}, user {stored.user_id})"

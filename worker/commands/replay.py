@@ -67,7 +67,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     conn = await connect_migrated(settings.db, timeout_s=settings.startup_timeout_s)
     try:
         async with conn.transaction(isolation="repeatable_read", readonly=True):
-            agents = await read_agents(conn, args.agent, args.user)
+            agents = await read_agents(conn, args.agent, args.user, settings.agent_config_max_bytes)
             if not agents:
                 raise UsageError(
                     no_agent_message(args, "agent with a simulation wallet and the id")

@@ -10,19 +10,22 @@ from uuid import UUID
 
 import asyncpg
 
+from worker.db.agents import config_columns, stored_config
 from worker.db.ledger import LEDGER_MOVES
+from worker.domain.config import DEFAULT_MAX_CONFIG_BYTES
 from worker.domain.models import SOL_MINT, Signal
 from worker.domain.records import AgentSetup, PriceWrite
 
-SELECT_AGENTS = """
+SELECT_AGENTS = f"""
 SELECT a.id, a.user_id, a.name, a.trading_mode, a.automated_trading_simulation,
-       a.automated_trading_live, a.trading_config::text AS config, w.wallet_address
+       a.automated_trading_live, {config_columns("$3")}, w.wallet_address,
+       a.created_at
   FROM agents a
   JOIN agent_wallets w ON w.agent_id = a.id AND w.wallet_type = 'simulation'
  WHERE ($1::uuid[] IS NULL OR a.id = ANY($1::uuid[]))
    AND ($2::uuid IS NULL OR a.user_id = $2)
  ORDER BY a.user_id, a.created_at, a.name, a.id
-"""
+"""  # noqa: S608 - constant SQL pieces; values travel as parameters
 SELECT_SIGNALS = """
 SELECT id, user_id, token_address, symbol, signal_type, activation_reason, signal_strength,
        source, idempotency_key, price_usd, market_cap_usd, liquidity_usd, holder_count,
@@ -74,11 +77,19 @@ SELECT count(*) FROM agent_transactions t
 
 
 async def read_agents(
-    conn: asyncpg.Connection, agent_ids: Sequence[UUID] | None, user_id: UUID | None
+    conn: asyncpg.Connection,
+    agent_ids: Sequence[UUID] | None,
+    user_id: UUID | None,
+    max_config_bytes: int = DEFAULT_MAX_CONFIG_BYTES,
 ) -> list[AgentSetup]:
-    """The agents asked for (with a simulation wallet), their stored configs as text."""
+    """The agents asked for (with a simulation wallet), their stored configs as text (an
+    `OversizedConfig` beyond `max_config_bytes`: such an agent buys nothing in a replay
+    either)."""
     rows = await conn.fetch(
-        SELECT_AGENTS, list(agent_ids) if agent_ids is not None else None, user_id
+        SELECT_AGENTS,
+        list(agent_ids) if agent_ids is not None else None,
+        user_id,
+        max_config_bytes,
     )
     return [
         AgentSetup(
@@ -86,10 +97,11 @@ async def read_agents(
             agent_id=r["id"],
             name=r["name"],
             wallet_address=r["wallet_address"],
-            config_text=r["config"],
+            config_text=stored_config(r, max_config_bytes),
             trading_mode=r["trading_mode"],
             automated_trading_simulation=r["automated_trading_simulation"],
             automated_trading_live=r["automated_trading_live"],
+            created_at=r["created_at"],
         )
         for r in rows
     ]

@@ -42,14 +42,14 @@ SELECT s.user_id, s.token_address, s.symbol, s.signal_type, s.activation_reason,
        s.liquidity_usd, s.holder_count, s.created_at, s.payload_digest, s.source_record
   FROM {rows}
 ON CONFLICT (user_id, idempotency_key) DO NOTHING
-RETURNING id, user_id, idempotency_key, payload_digest, source_record
+RETURNING id, user_id, idempotency_key, payload_digest, source_record, created_at
 """)
 KEYS: Bulk[Signal] = Bulk(
     "k",
     [Column("user_id", "uuid", "user_id"), Column("idempotency_key", "varchar", "idempotency_key")],
 )
 SELECT_SIGNAL_IDS = KEYS.sql("""
-SELECT s.id, s.user_id, s.idempotency_key, s.payload_digest, s.source_record
+SELECT s.id, s.user_id, s.idempotency_key, s.payload_digest, s.source_record, s.created_at
   FROM trading_signals s
   JOIN {rows}
     ON s.user_id = k.user_id AND s.idempotency_key = k.idempotency_key
@@ -120,7 +120,13 @@ class SignalQueries(OnConnection):
             signal_id = int(row["id"])
             is_new = signal_id in inserted and signal_id not in seen
             result.append(
-                StoredSignal(signal_id, is_new, row["payload_digest"], row["source_record"])
+                StoredSignal(
+                    signal_id,
+                    is_new,
+                    row["payload_digest"],
+                    row["source_record"],
+                    row["created_at"],
+                )
             )
             seen.add(signal_id)
         return result

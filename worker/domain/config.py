@@ -460,6 +460,49 @@ def resolve_config(stored: object) -> AgentTradingConfig:
         raise InvalidConfig(msg) from exc
 
 
+# The largest stored config (its JSON text, UTF-8) the worker reads, unless
+# AGENT_CONFIG_MAX_BYTES says otherwise. Realistic configs are about 1 KB.
+DEFAULT_MAX_CONFIG_BYTES: Final = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class OversizedConfig:
+    """A stored `trading_config` larger than the cap, in place of its text: the database
+    sends its size, never the text (`worker.db.agents`), so no stored row can take the
+    worker's memory. It reads as an invalid config: the agent buys nothing (each
+    execution `failed` with `reason`), its open positions keep the exit rules they were
+    opened with."""
+
+    size_bytes: int
+    max_bytes: int
+
+    @property
+    def reason(self) -> str:
+        """One sentence naming the size and the cap."""
+        return (
+            f"invalid trading_config: the stored config is {self.size_bytes:,} bytes, over "
+            f"the {self.max_bytes:,}-byte cap (AGENT_CONFIG_MAX_BYTES)"
+        )
+
+
+# A stored config as the stores give it: its JSON text, NULL (None: the defaults), or
+# the fact that it is too large to read.
+StoredConfigText = str | OversizedConfig | None
+
+
+def text_bytes(text: str) -> int:
+    """The UTF-8 size of `text` in bytes (what PostgreSQL's `octet_length` counts)."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def capped(text: StoredConfigText, max_bytes: int) -> StoredConfigText:
+    """`text` as a store with the cap gives it: an `OversizedConfig` beyond `max_bytes`
+    (for the stores that hold configs in memory; PostgreSQL does it in its query)."""
+    if isinstance(text, str) and (size := text_bytes(text)) > max_bytes:
+        return OversizedConfig(size, max_bytes)
+    return text
+
+
 @dataclass(frozen=True, slots=True)
 class ConfigReading:
     """What one stored `trading_config` text says: the config, or why there is none (`error`,
@@ -471,10 +514,12 @@ class ConfigReading:
     legacy_keys: tuple[str, ...] = ()
 
 
-def read_config(text: str | None) -> ConfigReading:
+def read_config(text: StoredConfigText) -> ConfigReading:
     """Decode and validate `agents.trading_config` as the database's JSON text (None: SQL
-    NULL, all defaults). Never raises: whatever the text holds, an invalid config comes
-    back as `error`."""
+    NULL, all defaults; an `OversizedConfig`: invalid, with its reason). Never raises:
+    whatever the text holds, an invalid config comes back as `error`."""
+    if isinstance(text, OversizedConfig):
+        return ConfigReading(None, text.reason)
     try:
         stored = decode_json(text)
         config = resolve_config(stored)

@@ -1,5 +1,9 @@
 """Whether one agent buys on one signal, and how much (`contract.md` section 3).
 
+Who is decided at all: the agents of the signal's user that existed when the signal was
+made (`is_subscriber`); an agent created later has no execution for it, not even a
+skipped one.
+
 Rules, first match wins:
 
 1. automated trading off for the agent's current `trading_mode` -> skipped
@@ -20,6 +24,7 @@ limit problems as FAILED and never writes SKIPPED; the contract classifies them 
 
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal
 
 from worker.domain.config import AgentTradingConfig, ConfigReading, TokenFilterMode
@@ -39,6 +44,20 @@ def skipped(reason: str) -> Decision:
 def failed(reason: str) -> Decision:
     """The agent meant to trade and could not, for `reason`."""
     return Decision(ExecutionStatus.FAILED, reason)
+
+
+def is_subscriber(agent_created_at: datetime | None, signal_created_at: datetime) -> bool:
+    """Whether an agent is a subscriber of a signal: it was created at or before the
+    signal's `created_at` (its event time: the message's, else its Kafka record's).
+
+    Both times are stored (`agents.created_at`, `trading_signals.created_at`), so a
+    redelivery, an offset reset, a new consumer group and a replay all decide the same
+    agents for a signal, whenever they run: an agent created since is not offered the old
+    signals (it did not exist; it gets no execution row, as the ledger never had it among
+    the signal's agents). An agent of unknown creation time (None) was always there; one
+    created long ago (a source's old row) gets every signal, as before.
+    """
+    return agent_created_at is None or agent_created_at <= signal_created_at
 
 
 def decide(signal: Signal, agent: Subscriber, cfg: AgentTradingConfig, *, seed: bytes) -> Decision:

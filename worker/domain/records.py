@@ -11,6 +11,7 @@ from datetime import datetime
 from decimal import Decimal
 from uuid import UUID
 
+from worker.domain.config import StoredConfigText
 from worker.domain.exits import ExitPnl
 from worker.domain.models import CloseReason, ExecutionStatus, PositionState, Subscriber
 
@@ -30,11 +31,12 @@ class AgentRow:
     trading_mode: str
     automated_trading_simulation: bool
     automated_trading_live: bool
-    trading_config_text: str | None
+    trading_config_text: StoredConfigText
     wallet_address: str | None
     sol_balance: Decimal | None
     open_positions: int
     held_tokens: frozenset[str]
+    created_at: datetime | None = None
 
     def subscriber(self, token_address: str) -> Subscriber:
         """The agent as a subscriber of a signal for `token_address`."""
@@ -52,13 +54,15 @@ class AgentRow:
 
 @dataclass(frozen=True, slots=True)
 class StoredSignal:
-    """A signal as stored: its id, whether this call stored it, and the payload digest and
-    Kafka record of the message that stored it first."""
+    """A signal as stored: its id, whether this call stored it, and the payload digest,
+    Kafka record and `created_at` of the message that stored it first (None: not known,
+    the message's own applies)."""
 
     id: int
     is_new: bool
     digest: bytes | None = None
     record: str | None = None
+    created_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,14 +169,15 @@ class ClosedPosition:
 
 @dataclass(frozen=True, slots=True)
 class AgentSetup:
-    """An agent as set up: owner, name, simulation wallet, stored config (JSON text), mode
-    and automation switches (what a replay starts each agent from)."""
+    """An agent as set up: owner, name, simulation wallet, stored config (JSON text), mode,
+    automation switches and creation time (what a replay starts each agent from)."""
 
     user_id: UUID
     agent_id: UUID
     name: str
     wallet_address: str
-    config_text: str | None
+    config_text: StoredConfigText
     trading_mode: str = "simulation"
     automated_trading_simulation: bool = True
     automated_trading_live: bool = False
+    created_at: datetime | None = None

@@ -34,7 +34,13 @@ import asyncpg
 
 from worker.config_cache import ConfigTexts
 from worker.db.replay import read_signals, read_ticks, state_at
-from worker.domain.config import decode_json, deep_merge, read_config
+from worker.domain.config import (
+    OversizedConfig,
+    StoredConfigText,
+    decode_json,
+    deep_merge,
+    read_config,
+)
 from worker.domain.models import SOL_MINT, Signal
 from worker.domain.money import MATH_CONTEXT
 from worker.domain.records import AgentSetup, PriceWrite
@@ -89,9 +95,10 @@ class Variant:
     label: str
     overrides: dict[str, Any] | None = None
 
-    def config_text(self, stored: str | None) -> str | None:
-        """The agent's config under this variant, as stored JSON text."""
-        if self.overrides is None:
+    def config_text(self, stored: StoredConfigText) -> StoredConfigText:
+        """The agent's config under this variant, as stored JSON text (an oversized stored
+        config stays what it is: it was never read, so nothing is merged into it)."""
+        if self.overrides is None or isinstance(stored, OversizedConfig):
             return stored
         base = decode_json(stored) if stored is not None else {}
         merged = deep_merge(base if isinstance(base, dict) else {}, self.overrides)

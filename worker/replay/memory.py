@@ -25,7 +25,7 @@ from decimal import Decimal
 from uuid import UUID
 
 from worker.domain.columns import misfit
-from worker.domain.config import ExitRules
+from worker.domain.config import DEFAULT_MAX_CONFIG_BYTES, ExitRules, StoredConfigText, capped
 from worker.domain.ledger import BalanceDelta, NewPosition, SwapRow, merge_deltas
 from worker.domain.models import SOL_MINT, PositionState, Signal
 from worker.domain.records import (
@@ -207,7 +207,7 @@ class MemoryStore:
                 continue
             signal_id = s.id if s.id is not None else self._last_signal_id + 1
             self._last_signal_id = max(self._last_signal_id, signal_id)
-            self.signals[key] = StoredSignal(signal_id, True, s.digest, s.record)
+            self.signals[key] = StoredSignal(signal_id, True, s.digest, s.record, s.created_at)
             out.append(self.signals[key])
         return out
 
@@ -226,7 +226,10 @@ class MemoryStore:
         del user_ids
 
     async def fetch_agents(
-        self, user_ids: Sequence[UUID], tokens: Sequence[str]
+        self,
+        user_ids: Sequence[UUID],
+        tokens: Sequence[str],
+        max_config_bytes: int = DEFAULT_MAX_CONFIG_BYTES,
     ) -> dict[UUID, list[AgentRow]]:
         users, wanted = set(user_ids), set(tokens)
         out: dict[UUID, list[AgentRow]] = {}
@@ -242,11 +245,12 @@ class MemoryStore:
                     trading_mode=a.trading_mode,
                     automated_trading_simulation=a.automated_trading_simulation,
                     automated_trading_live=a.automated_trading_live,
-                    trading_config_text=a.config_text,
+                    trading_config_text=capped(a.config_text, max_config_bytes),
                     wallet_address=wallet,
                     sol_balance=self.balances.get((wallet, SOL_MINT)) if wallet else None,
                     open_positions=len(mine),
                     held_tokens=frozenset(mine & wanted),
+                    created_at=a.created_at,
                 )
             )
         return out
@@ -349,8 +353,14 @@ class MemoryStore:
             )
         return rows
 
-    async def agent_configs(self, agent_ids: Sequence[UUID]) -> dict[UUID, tuple[str, str | None]]:
-        return {a: ("v1", self.agents[a].config_text) for a in agent_ids if a in self.agents}
+    async def agent_configs(
+        self, agent_ids: Sequence[UUID], max_config_bytes: int = DEFAULT_MAX_CONFIG_BYTES
+    ) -> dict[UUID, tuple[str, StoredConfigText]]:
+        return {
+            a: ("v1", capped(self.agents[a].config_text, max_config_bytes))
+            for a in agent_ids
+            if a in self.agents
+        }
 
     async def exit_rules(self, ids: Sequence[UUID]) -> dict[UUID, str]:
         return {i: self.rule_sets[i] for i in ids if i in self.rule_sets}
