@@ -230,6 +230,8 @@ def _readiness(pipeline: Pipeline, pool: asyncpg.Pool) -> ReadyCheck:
     async def ready() -> str | None:
         if not pipeline.has_assignment():
             return "no partitions assigned"
+        if (blocked := pipeline.offsets.blocked_reason()) is not None:
+            return blocked
         try:
             async with asyncio.timeout(2):
                 async with pool.acquire() as conn:
