@@ -159,6 +159,7 @@ class OffsetKeeper(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka
         async for attempt in transient_retry():
             with attempt:
                 topics = [self._kafka.signals_topic, self._kafka.prices_topic]
+                # The consumer's own connections (aiokafka has no public way to send one).
                 ids = await topic_ids(self.consumer._client, topics)
                 self.topic_ids = ids if ids is not None else dict.fromkeys(topics)
                 if not partitions:
