@@ -253,6 +253,41 @@ class OffsetKeeper(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka
             f"of group {self._kafka.consumer_group}, then run {commands}"
         )
 
+    def stored(self, next_offsets: dict[TopicPartition, int]) -> None:
+        """These offsets were just stored with their records' effects."""
+        self._uncommitted.update(next_offsets)
+        for tp, offset in next_offsets.items():
+            self.floor[tp] = max(offset, self.floor.get(tp, 0))
+
+    async def commit_kafka_if_due(self) -> None:
+        """`commit_kafka` when `KAFKA_COMMIT_INTERVAL_S` has passed since the last one."""
+        if time.monotonic() - self._last_kafka_commit >= KAFKA_COMMIT_INTERVAL_S:
+            await self.commit_kafka()
+
+    async def commit_kafka(self, only: set[TopicPartition] | None = None) -> None:
+        """Commit the offsets stored in PostgreSQL since the last time to Kafka too.
+
+        Only for lag tools: the database holds the truth, so a lost commit only delays
+        what they show. Partitions no longer assigned are left to their new owner.
+        """
+        self._last_kafka_commit = time.monotonic()
+        pending = {
+            tp: offset for tp, offset in self._uncommitted.items() if only is None or tp in only
+        }
+        for tp in pending:
+            del self._uncommitted[tp]
+        assigned = self.consumer.assignment()
+        offsets = {tp: offset for tp, offset in pending.items() if tp in assigned}
+        if not offsets:
+            return
+        try:
+            # Bounded: while the broker is away aiokafka waits for a group coordinator
+            # forever, which would hold up the loop and a SIGTERM's drain with it.
+            async with asyncio.timeout(KAFKA_COMMIT_TIMEOUT_S):
+                await self.consumer.commit(offsets)
+        except (KafkaError, TimeoutError) as exc:
+            log.warning("kafka_commit_failed", error=describe(exc), partitions=names(set(offsets)))
+
 
 def names(tps: set[TopicPartition]) -> list[str]:
     """`topic:partition` of each, sorted (for logs)."""
