@@ -14,6 +14,7 @@ from decimal import Decimal
 
 import asyncpg
 import pytest
+from aiokafka.errors import TopicAlreadyExistsError
 
 from tests.faults.conftest import (
     EXECUTIONS,
@@ -55,7 +56,7 @@ async def recreate(bootstrap: str, topic: str) -> None:
     while True:  # deletion is asynchronous in the broker: create fails until it is done
         try:
             await create_topics(bootstrap, [topic], 3)
-        except Exception:  # noqa: BLE001 - TopicAlreadyExists while the deletion runs
+        except TopicAlreadyExistsError:  # while the deletion runs
             if asyncio.get_running_loop().time() > deadline:
                 raise
             await asyncio.sleep(0.5)
