@@ -102,6 +102,10 @@ class OffsetKeeper(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka
         self._metrics.assigned_partitions.set(len(assigned))
         if not assigned:
             return
+        # Nothing is fetched until each partition is checked and sought: aiokafka starts
+        # fetching a new assignment (from the log start) while this listener awaits.
+        with contextlib.suppress(IllegalStateError):
+            self.consumer.pause(*assigned)
         try:
             stored = await self._stored_offsets()
             known = {tp for tp in assigned if (tp.topic, tp.partition) in stored}
@@ -134,6 +138,8 @@ class OffsetKeeper(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka
             except IllegalStateError:
                 # Reassigned while the offsets were read: the next assignment seeks.
                 log.warning("seek_skipped_partition_reassigned", partition=names({tp}))
+        with contextlib.suppress(IllegalStateError):
+            self.consumer.resume(*(assigned - set(self.blocked)))
         log.info(
             "partitions_assigned",
             partitions=names(assigned),
