@@ -82,8 +82,7 @@ async def test_a_partly_migrated_database_names_what_is_pending(
     assert run.stderr[-1].endswith(
         "the database is not fully migrated: 5 of 6 migrations pending "
         "(0002_position_ledger_links.sql, 0003_drop_redundant_indexes.sql, "
-        "0004_exit_rules_and_signal_provenance.sql, 0005_price_history.sql, "
-        "0006_consumer_offsets_topic_id.sql); run "
+        "0004_exit_rules_and_signal_provenance.sql, 0005_price_history.sql, ...); run "
         "`signal-worker migrate` first"
     ), run.stderr[-1]
     dry = await run_cli(env, "migrate", "--dry-run")
