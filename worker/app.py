@@ -277,6 +277,8 @@ def _readiness(pipeline: Pipeline, pool: asyncpg.Pool) -> ReadyCheck:
         trouble = pipeline.troubles.reason()
         if trouble is not None:
             return trouble
+        if (blocked := pipeline.offsets.blocked_reason()) is not None:
+            return blocked
         try:
             async with asyncio.timeout(2):
                 async with pool.acquire() as conn:

@@ -173,6 +173,7 @@ class Pipeline:
                 self._rewind(batch)
                 continue
             await self.offsets.commit_kafka_if_due()
+            await self.offsets.recheck_if_due()
 
     def _rewind(self, batch: Batch) -> None:
         """Seek each still-assigned partition of an abandoned `batch` back to its first
@@ -192,7 +193,12 @@ class Pipeline:
         for tp, records in batch.items():
             if tp.topic == prices:
                 self.offsets.ticks.observe(tp, records)
-        owned = [tp for tp in self.consumer.assignment() if tp.topic == prices]
+        # A blocked price partition (`worker.offset_checks`) is not waited for: it is not read.
+        owned = [
+            tp
+            for tp in self.consumer.assignment()
+            if tp.topic == prices and tp not in self.offsets.blocked
+        ]
         ends = {tp: readable_end(self.consumer, tp) for tp in owned}
         positions = await positions_now(self.consumer, owned)
         bound = self.offsets.ticks.bound(owned, positions, ends)
@@ -259,7 +265,15 @@ class Pipeline:
         dead: list[DeadLetter] = []
         now = datetime.now(UTC)
         ahead = timedelta(seconds=self._settings.price_max_future_s)
+        floor = self.offsets.floor
+        if any(records and records[0].offset < floor.get(tp, 0) for tp, records in batch.items()):
+            # A fetch from below the stored offset: a seek a rebalance overtook, or a log
+            # that is not the one the offset belongs to (a topic recreated under the
+            # worker). The latter is blocked, never dropped from.
+            await self.offsets.recheck()
         for tp, fetched in batch.items():
+            if tp in self.offsets.blocked:
+                continue  # not consumed: its records stay in the log, nothing is stored
             self._metrics.records_consumed.labels(tp.topic).inc(len(fetched))
             records = above(fetched, self.offsets.floor.get(tp, 0))
             if len(records) < len(fetched):
@@ -365,6 +379,7 @@ class Pipeline:
             conn,
             self._kafka.consumer_group,
             [(tp.topic, tp.partition, offset) for tp, offset in next_offsets.items()],
+            self.offsets.topic_ids,
         )
         if dead:
             # Acknowledged by the broker before the offset moves past them (the commit).

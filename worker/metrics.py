@@ -98,6 +98,19 @@ class Metrics:
             ["cause"],
             registry=r,
         )
+        self.partitions_blocked = Gauge(
+            "signal_worker_partitions_blocked",
+            "Owned partitions not consumed because their stored offset does not belong to the "
+            "log (topic_recreated: another topic id; past_log_end), until `offsets reset`",
+            ["topic", "partition", "reason"],
+            registry=r,
+        )
+        self.offsets_never_processed = Counter(
+            "signal_worker_offsets_never_processed",
+            "Offsets removed from the log (retention, delete-records) before they were processed",
+            ["topic"],
+            registry=r,
+        )
         self.assigned_partitions = Gauge(
             "signal_worker_assigned_partitions", "Partitions assigned to this worker", registry=r
         )

@@ -7,6 +7,15 @@ and seeks there; it also keeps it as the partition's *floor* (a record below it 
 decided again, whatever position a fetch comes from); on revocation it waits for the work in
 flight (`lock`), so the next owner starts after this worker's last commit. Offsets are also
 committed to Kafka, at most once per `KAFKA_COMMIT_INTERVAL_S`, for lag tools only.
+
+Before seeking, each stored offset is checked against the partition's log as it is now
+(`worker.offset_checks`): its start, its end and its topic's id (`worker.topic_ids`). A
+partition whose stored offset cannot belong to that log (a recreated topic, another
+cluster) is *blocked*: paused, never consumed, never dropped from, with one error line, the
+`signal_worker_partitions_blocked` gauge and `/readyz` failing until an operator resolves it
+(`signal-worker offsets reset`, which needs every worker of the group stopped). A stored
+offset below the log's start is consumed from the start, with the count of offsets that
+were never processed logged and counted.
 """
 
 from __future__ import annotations
@@ -22,13 +31,15 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.errors import IllegalStateError, KafkaError
 from aiokafka.structs import TopicPartition
 
-from worker.db.offsets import fetch_offsets
+from worker.db.offsets import StoredOffset, fetch_stored
 from worker.db.pool import connection
 from worker.failures import SERVICE_ERRORS
 from worker.metrics import Metrics
+from worker.offset_checks import Verdict, check, resolving_command
 from worker.ordering import TickWatermarks
 from worker.retry import describe, transient_retry
 from worker.settings import KafkaSettings
+from worker.topic_ids import topic_ids
 
 log = structlog.get_logger(__name__)
 
@@ -36,6 +47,10 @@ log = structlog.get_logger(__name__)
 KAFKA_COMMIT_TIMEOUT_S = 5.0
 # Kafka commits are batched off the hot path: at most one round trip per interval.
 KAFKA_COMMIT_INTERVAL_S = 1.0
+# How often the owned partitions' topic ids and log ends are checked again while running
+# (one metadata and two list-offsets requests): a topic recreated under the worker is
+# blocked within about this long.
+TOPIC_RECHECK_INTERVAL_S = 30.0
 
 
 class OffsetKeeper(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped: its listener base class is Any to mypy
@@ -65,8 +80,14 @@ class OffsetKeeper(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka
         # so that a batch waiting to retry gives up instead of holding the rebalance.
         self.revoking = False
         self._on_revoking = on_revoking
+        # Owned partitions that are not consumed, and why (`worker.offset_checks`).
+        self.blocked: dict[TopicPartition, Verdict] = {}
+        # The id of each topic as the brokers gave it at the last assignment (None: unknown);
+        # stored with the offsets.
+        self.topic_ids: dict[str, str | None] = {}
         self._uncommitted: dict[TopicPartition, int] = {}
         self._last_kafka_commit = time.monotonic()
+        self._last_recheck = time.monotonic()
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         """Wait for in-flight work so the next owner starts after our last commit."""
@@ -86,20 +107,29 @@ class OffsetKeeper(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka
             self.ticks.forget(revoked)
             for tp in revoked:
                 self.floor.pop(tp, None)
+                self._unblock(tp)
                 # Another worker reports this partition's lag from now on.
                 with contextlib.suppress(KeyError):
                     self._metrics.consumer_lag.remove(tp.topic, str(tp.partition))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        """Seek every assigned partition to the offset stored with its effects."""
+        """Seek every assigned partition to the offset stored with its effects, unless that
+        offset does not belong to the partition's log (then block it)."""
         self._metrics.assigned_partitions.set(len(assigned))
         if not assigned:
             return
+        # Nothing is fetched until each partition is checked and sought: aiokafka starts
+        # fetching a new assignment (from the log start) while this listener awaits.
+        with contextlib.suppress(IllegalStateError):
+            self.consumer.pause(*assigned)
         try:
             stored = await self._stored_offsets()
+            known = {tp for tp in assigned if (tp.topic, tp.partition) in stored}
+            start, end = await self._log_bounds(known)
         except SERVICE_ERRORS as exc:
-            # Without the stored offsets the consumer would fall back to Kafka's committed
-            # ones; safe (effects are idempotent) but not what we promise: stop instead.
+            # Without the stored offsets (or the logs' bounds to check them against) the
+            # consumer would fall back to Kafka's committed ones, or to a log the offsets do
+            # not belong to: stop instead.
             self.fatal = exc
             log.exception("stored_offsets_unreadable", error=describe(exc))
             return
@@ -107,28 +137,143 @@ class OffsetKeeper(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka
             offset = stored.get((tp.topic, tp.partition))
             if offset is None:
                 continue
-            self.floor[tp] = max(offset, self.floor.get(tp, 0))
+            verdict = check(
+                offset.next_offset,
+                offset.topic_id,
+                start=start[tp],
+                end=end[tp],
+                topic_id=self.topic_ids.get(tp.topic),
+            )
+            self.floor[tp] = max(offset.next_offset, self.floor.get(tp, 0))
+            if verdict.is_blocked:
+                self.block(tp, verdict)
+                continue
+            self._report_missed(tp, verdict)
             try:
-                self.consumer.seek(tp, offset)
+                self.consumer.seek(tp, verdict.seek_to)
             except IllegalStateError:
                 # Reassigned while the offsets were read: the next assignment seeks.
                 log.warning("seek_skipped_partition_reassigned", partition=names({tp}))
+        with contextlib.suppress(IllegalStateError):
+            self.consumer.resume(*(assigned - set(self.blocked)))
         log.info(
             "partitions_assigned",
             partitions=names(assigned),
-            stored={f"{t}:{p}": o for (t, p), o in stored.items()},
+            stored={f"{t}:{p}": o.next_offset for (t, p), o in stored.items()},
+            topic_ids=self.topic_ids,
         )
 
-    async def _stored_offsets(self) -> dict[tuple[str, int], int]:
+    async def _stored_offsets(self) -> dict[tuple[str, int], StoredOffset]:
         async for attempt in transient_retry():
             with attempt:
                 async with connection(self._pool) as conn:
-                    return await fetch_offsets(
+                    return await fetch_stored(
                         conn,
                         self._kafka.consumer_group,
                         [self._kafka.signals_topic, self._kafka.prices_topic],
                     )
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _log_bounds(
+        self, partitions: set[TopicPartition]
+    ) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
+        """The log start and end of each of `partitions`; refreshes `topic_ids`."""
+        async for attempt in transient_retry():
+            with attempt:
+                topics = [self._kafka.signals_topic, self._kafka.prices_topic]
+                # The consumer's own connections (aiokafka has no public way to send one).
+                ids = await topic_ids(self.consumer._client, topics)
+                self.topic_ids = ids if ids is not None else dict.fromkeys(topics)
+                if not partitions:
+                    return {}, {}
+                start = await self.consumer.beginning_offsets(list(partitions))
+                end = await self.consumer.end_offsets(list(partitions))
+                return dict(start), dict(end)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def recheck(self) -> set[TopicPartition]:
+        """Check every owned partition's floor against its log again (as on assignment, with
+        the topic ids seen then as the stored ones); block and return those that no longer
+        belong. For a topic recreated under a running worker, which a rebalance may not
+        follow: a fetch from below the floor, and every `TOPIC_RECHECK_INTERVAL_S`."""
+        self._last_recheck = time.monotonic()
+        owned: set[TopicPartition] = set(self.consumer.assignment())
+        seen = dict(self.topic_ids)
+        start, end = await self._log_bounds(owned)
+        for tp in owned:
+            verdict = check(
+                self.floor.get(tp, 0),
+                seen.get(tp.topic),
+                start=start[tp],
+                end=end[tp],
+                topic_id=self.topic_ids.get(tp.topic),
+            )
+            if verdict.is_blocked:
+                self.block(tp, verdict)
+        return owned & set(self.blocked)
+
+    async def recheck_if_due(self) -> None:
+        """`recheck` when `TOPIC_RECHECK_INTERVAL_S` has passed; a Kafka failure is only
+        logged (the next interval tries again; the outage is reported elsewhere)."""
+        if time.monotonic() - self._last_recheck < TOPIC_RECHECK_INTERVAL_S:
+            return
+        async with self.lock:
+            try:
+                await self.recheck()
+            except SERVICE_ERRORS as exc:
+                log.warning("topic_recheck_failed", error=describe(exc))
+
+    def block(self, tp: TopicPartition, verdict: Verdict) -> None:
+        """Stop consuming `tp` (paused; its records are neither processed nor dropped) until
+        an operator resolves it and the partition is assigned again."""
+        with contextlib.suppress(IllegalStateError):
+            self.consumer.pause(tp)
+        if tp in self.blocked:
+            return
+        self.blocked[tp] = verdict
+        self._metrics.partitions_blocked.labels(tp.topic, str(tp.partition), verdict.blocked).set(1)
+        log.error(
+            "partition_not_consumed",
+            partition=f"{tp.topic}:{tp.partition}",
+            reason=verdict.blocked,
+            detail=verdict.detail,
+            resolve=(
+                f"stop every worker of group {self._kafka.consumer_group}, then run "
+                f"`{resolving_command(tp.topic)}` (or --to-latest to skip the new records)"
+            ),
+        )
+
+    def _unblock(self, tp: TopicPartition) -> None:
+        verdict = self.blocked.pop(tp, None)
+        if verdict is not None:
+            with contextlib.suppress(KeyError):
+                self._metrics.partitions_blocked.remove(
+                    tp.topic, str(tp.partition), str(verdict.blocked)
+                )
+
+    def _report_missed(self, tp: TopicPartition, verdict: Verdict) -> None:
+        if not verdict.never_processed:
+            return
+        self._metrics.offsets_never_processed.labels(tp.topic).inc(verdict.never_processed)
+        log.error(
+            "records_removed_before_processed",
+            partition=f"{tp.topic}:{tp.partition}",
+            never_processed=verdict.never_processed,
+            detail=verdict.detail,
+        )
+
+    def blocked_reason(self) -> str | None:
+        """Why `/readyz` fails because of blocked partitions; None when none is."""
+        if not self.blocked:
+            return None
+        first = min(self.blocked, key=lambda tp: (tp.topic, tp.partition))
+        topics = sorted({tp.topic for tp in self.blocked})
+        commands = " and ".join(f"`{resolving_command(t)}`" for t in topics)
+        return (
+            f"{len(self.blocked)} partition(s) not consumed ({', '.join(names(set(self.blocked)))})"
+            f", {first.topic}:{first.partition}: {self.blocked[first].detail}; stop every worker "
+            f"of group {self._kafka.consumer_group}, then run {commands}"
+        )
 
     def stored(self, next_offsets: dict[TopicPartition, int]) -> None:
         """These offsets were just stored with their records' effects."""

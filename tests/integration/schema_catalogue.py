@@ -198,6 +198,8 @@ EXPECTED_COLUMNS: dict[str, dict[str, str]] = {
         "partition": "integer",
         "next_offset": "bigint",
         "updated_at": TS,
+        # Added by 0006: the id of the topic the offset belongs to.
+        "topic_id": "text?",
     },
     "schema_migrations": {"name": "text", "checksum": "char(64)", "applied_at": TS},
     "exit_rule_sets": {"id": "uuid", "rules": "jsonb", "created_at": TS},

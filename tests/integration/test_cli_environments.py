@@ -61,7 +61,7 @@ async def test_on_a_database_never_migrated_every_command_says_to_migrate(
     assert run.code == 1, run
     last = assert_log_lines_then_one_error(run.stderr, command[0])
     assert last.endswith(
-        "the database is not migrated: 5 of 5 migrations pending (0001_core.sql, "
+        "the database is not migrated: 6 of 6 migrations pending (0001_core.sql, "
         "0002_position_ledger_links.sql, 0003_drop_redundant_indexes.sql, "
         "0004_exit_rules_and_signal_provenance.sql, ...); run `signal-worker migrate` first"
     ), last
@@ -80,14 +80,14 @@ async def test_a_partly_migrated_database_names_what_is_pending(
     run = await run_cli(env, "check")
     assert run.code == 1
     assert run.stderr[-1].endswith(
-        "the database is not fully migrated: 4 of 5 migrations pending "
+        "the database is not fully migrated: 5 of 6 migrations pending "
         "(0002_position_ledger_links.sql, 0003_drop_redundant_indexes.sql, "
-        "0004_exit_rules_and_signal_provenance.sql, 0005_price_history.sql); run "
+        "0004_exit_rules_and_signal_provenance.sql, 0005_price_history.sql, ...); run "
         "`signal-worker migrate` first"
     ), run.stderr[-1]
     dry = await run_cli(env, "migrate", "--dry-run")
     assert dry.code == 0
-    assert dry.stdout.splitlines()[-1] == "4 of 5 migrations pending; schema is not yet up to date"
+    assert dry.stdout.splitlines()[-1] == "5 of 6 migrations pending; schema is not yet up to date"
 
 
 @pytest.mark.parametrize("command", KAFKA_COMMANDS, ids=" ".join)

@@ -77,6 +77,8 @@ def parse_table(stdout: str) -> dict[tuple[str, int], Row]:
     start = next(i for i, line in enumerate(lines) if line.split()[:2] == ["topic", "partition"])
     rows = {}
     for line in lines[start + 1 :]:
+        if not line.strip():
+            break  # what is wrong with some offsets follows the table
         topic, partition, stored, committed, end, lag = line.split()
         rows[(topic, int(partition))] = Row(
             None if stored == "-" else int(stored),

@@ -8,6 +8,12 @@ price topics. `reset` moves both, and only while no member of the group is activ
 running worker would go on from the offsets it holds and overwrite the new ones. `skip`
 moves one partition past the one record it would read next, after sending that record to
 the dead-letter topic (a record is never dropped silently), under the same rule.
+
+Under the table, `show` says what is wrong with a stored offset that does not fit its log
+(`worker.offset_checks`): past the log's end or of another topic id (the topic was recreated,
+or this is another cluster's: the worker does not consume that partition until `reset`),
+or below the log's start (that many offsets were removed before they were processed).
+`reset` stores the topic's current id with the offsets, so a recreated topic is accepted.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from worker.db.offsets import fetch_offsets, set_offset
+from worker.db.offsets import fetch_stored, set_offset
 from worker.db.pool import connect_migrated
 from worker.deadletters import DeadLetter, DeadLetters
 from worker.errors import UsageError, WorkerError
@@ -37,8 +43,10 @@ from worker.kafka import (
     start_client,
 )
 from worker.metrics import Metrics
+from worker.offset_checks import check, resolving_command
 from worker.retry import describe
 from worker.settings import KafkaSettings, Settings
+from worker.topic_ids import topic_ids
 
 # Group states in which no consumer holds partitions (Kafka's classic group protocol).
 _IDLE_STATES = frozenset({"Empty", "Dead"})
@@ -58,6 +66,30 @@ class PartitionOffsets:
     committed: int | None
     start: int
     end: int
+    stored_topic_id: str | None = None
+    topic_id: str | None = None
+
+    @property
+    def problem(self) -> str | None:
+        """What is wrong with the stored offset in this log, and what to do; None if fine."""
+        if self.stored is None:
+            return None
+        verdict = check(
+            self.stored,
+            self.stored_topic_id,
+            start=self.start,
+            end=self.end,
+            topic_id=self.topic_id,
+        )
+        if verdict.is_blocked:
+            return (
+                f"{verdict.detail}; the worker does not consume this partition: stop every "
+                f"worker of the group, then run `{resolving_command(self.topic)}` (or "
+                "--to-latest to skip the log's records)"
+            )
+        if verdict.never_processed:
+            return verdict.detail
+        return None
 
     @property
     def position(self) -> int:
@@ -125,6 +157,12 @@ class _Cluster:
                 TopicPartition(topic["topic"], p["partition"]) for p in topic["partitions"]
             )
         return sorted(found)
+
+    async def topic_ids(self, topics: list[str]) -> dict[str, str | None]:
+        """Each topic's id (None where the brokers give none)."""
+        # The admin client's own connections (aiokafka has no public way to send a request).
+        ids = await topic_ids(self.admin._client, topics)
+        return ids if ids is not None else dict.fromkeys(topics)
 
     async def committed(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
         """The group's committed offsets (partitions without one are left out)."""
@@ -248,20 +286,26 @@ async def collect(
     """The offsets of every partition of `topics` (or `only` that one), from the database
     and Kafka."""
     partitions = [tp for tp in await cluster.partitions(topics) if only is None or tp == only]
-    stored = await fetch_offsets(conn, settings.consumer_group, topics)
+    stored = await fetch_stored(conn, settings.consumer_group, topics)
     committed = await cluster.committed(partitions)
     start, end = await cluster.bounds(partitions)
-    return [
-        PartitionOffsets(
-            topic=tp.topic,
-            partition=tp.partition,
-            stored=stored.get((tp.topic, tp.partition)),
-            committed=committed.get(tp),
-            start=start[tp],
-            end=end[tp],
+    ids = await cluster.topic_ids(topics)
+    rows = []
+    for tp in partitions:
+        row = stored.get((tp.topic, tp.partition))
+        rows.append(
+            PartitionOffsets(
+                topic=tp.topic,
+                partition=tp.partition,
+                stored=None if row is None else row.next_offset,
+                committed=committed.get(tp),
+                start=start[tp],
+                end=end[tp],
+                stored_topic_id=None if row is None else row.topic_id,
+                topic_id=ids.get(tp.topic),
+            )
         )
-        for tp in partitions
-    ]
+    return rows
 
 
 def removed_notes(rows: Sequence[PartitionOffsets]) -> list[str]:
@@ -295,6 +339,11 @@ def format_table(rows: Sequence[PartitionOffsets]) -> str:
     return "\n".join(lines)
 
 
+def format_problems(rows: Sequence[PartitionOffsets]) -> str:
+    """One line per partition whose stored offset does not fit its log ('' when none)."""
+    return "\n".join(f"{r.topic}:{r.partition}: {r.problem}" for r in rows if r.problem is not None)
+
+
 async def _targets(
     cluster: _Cluster, partitions: list[TopicPartition], args: argparse.Namespace
 ) -> tuple[dict[TopicPartition, int], str]:
@@ -325,9 +374,13 @@ async def _reset(
     await _refuse_if_active(cluster)
     partitions = await cluster.partitions(topics)
     targets, where = await _targets(cluster, partitions, args)
+    # The offsets now belong to the topics as they are (a recreated topic is accepted).
+    ids = await cluster.topic_ids(topics)
     async with conn.transaction():
         for tp, offset in targets.items():
-            await set_offset(conn, settings.consumer_group, tp.topic, tp.partition, offset)
+            await set_offset(
+                conn, settings.consumer_group, tp.topic, tp.partition, offset, ids.get(tp.topic)
+            )
         # Committed before the database commits: Kafka refuses the commit of a consumer
         # outside the group once a worker has joined, and then the database rolls back.
         await _refuse_if_active(cluster)
@@ -418,4 +471,8 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         print(note)
     print(f"group {settings.consumer_group} (state {group.state}, {group.members} member(s))")
     print(format_table(rows))
+    problems = format_problems(rows)
+    if problems:
+        print()
+        print(problems)
     return 0
