@@ -137,16 +137,16 @@ async def test_lenient_spellings_are_dead_lettered_and_nothing_else_is_lost(
         code = worker.terminate()
 
     expected_dead: dict[tuple[str, int, int], tuple[bytes, str]] = {}
-    for at, i in zip(sent_signals, order, strict=True):
+    for sent, i in zip(sent_signals, order, strict=True):
         if i >= len(valid):
-            expected_dead[(topics.signals, at.partition, at.offset)] = (
+            expected_dead[(topics.signals, sent.partition, sent.offset)] = (
                 signals[i],
                 BAD_SIGNALS[i - len(valid)][1],
             )
-    for at, value in zip(sent_ticks, ticks, strict=True):
+    for sent, value in zip(sent_ticks, ticks, strict=True):
         if value in bad_ticks:
             reason = BAD_TICKS[bad_ticks.index(value)][1]
-            expected_dead[(topics.prices, at.partition, at.offset)] = (value, reason)
+            expected_dead[(topics.prices, sent.partition, sent.offset)] = (value, reason)
     got_dead: dict[tuple[str, int, int], tuple[bytes, str]] = {}
     for d in dead:
         headers = dict(d.headers)
