@@ -179,6 +179,8 @@ def _storable_text(value: str) -> str:
 def is_visible(value: str) -> bool:
     """Whether `value` holds a letter, number, punctuation or symbol: not only whitespace,
     zero-width or format characters (Unicode Z*, Cf), controls or combining marks."""
+    if value.isascii() and value.isprintable():  # the usual case, without a lookup per char
+        return not value.isspace() and bool(value)
     return any(unicodedata.category(char)[0] in _VISIBLE_CATEGORIES for char in value)
 
 
