@@ -1,16 +1,37 @@
 """Versioned wire models of the Kafka messages (contract sections 3 and 4) and their decoding.
 
-Numbers are parsed as `Decimal` from their JSON text (never through float), NaN and
-Infinity are refused, integers and strings are strict (no `"5x"` or `"5"` into an int, no
-number into a string). Unknown fields are ignored, as the contract says.
+A ledger reads its input strictly: what could be read two ways, or was likely meant
+otherwise, is refused (an `invalid` dead letter with the reason), never guessed at.
 
-The models refuse what the database would refuse, so such a record is an ordinary
-`invalid` dead letter with a reason in the publisher's terms, never a database error in
-the middle of a batch: prices are rounded to the 18 places of numeric(30,18) (half away
-from zero, as PostgreSQL rounds) and must still be above 0, USD metrics likewise to 8
-places; text may not hold NUL characters or unpaired surrogates (PostgreSQL and UTF-8
-cannot store them); timestamps lie between 1970 and 9999; integers have at most 40
-digits. A signal for the SOL mint is refused: SOL is the quote currency, not a token.
+- JSON: UTF-8, at most `MAX_MESSAGE_BYTES`; a key twice in one object is refused (it is
+  not an error in JSON, but which value counts differs from one reader to the next);
+  NaN and Infinity are refused, integers have at most 40 digits.
+- Decimals (`price_usd`, `market_cap_usd`, `liquidity_usd`) are JSON numbers or strings
+  written as a JSON number is: ASCII digits, an optional leading `-`, an optional
+  fraction and exponent (`"0.5"`, `"1.5e-7"`). Refused: other digits (`"١٢"`), `"1_000"`,
+  surrounding or inner spaces, `"+1"`, `".5"`, `"5."`, `"0x10"`, `"NaN"`. Numbers are
+  parsed as `Decimal` from their text, never through float. A value is rounded to its
+  column's places as PostgreSQL rounds (half away from zero: 18 for numeric(30,18) prices,
+  8 for numeric(30,8) metrics), and its bounds are checked on the rounded value: above 0,
+  and below what the column holds (1e12 for prices, 1e22 for metrics), so a value that
+  passes always fits its column.
+- Timestamps (`created_at`, `ts`) are RFC 3339 strings with seconds and an offset
+  (`2026-11-26T12:00:00Z`, `2026-11-26T12:00:00.5+01:00`; `T` or a space between date
+  and time); Unix numbers are refused (seconds or milliseconds cannot be told apart), as
+  are offsets without a colon, missing seconds and other ISO 8601 forms. They lie between
+  1970 and 9999.
+- Integers are strict: no `"5"` or `5.0` into an int; no number into a string.
+- Text is normalised to Unicode NFC, then trimmed of whitespace at both ends, then held to
+  its column's length: the NFC and NFD spellings of one idempotency key are one key.
+  `signal_type` and `idempotency_key` must hold a visible character (a letter, digit,
+  punctuation or symbol: whitespace and zero-width or format characters alone are
+  refused); an optional text with none is treated as absent. Text may not hold NUL
+  characters or unpaired surrogates (PostgreSQL and UTF-8 cannot store them).
+- `token_address` is a base58 mint (ASCII), trimmed; a signal for the SOL mint is refused:
+  SOL is the quote currency, not a token. `user_id` is any spelling of a UUID that
+  pydantic reads (it is stored as a uuid, so every spelling is the same value).
+
+Unknown fields are ignored, as the contract says.
 """
 
 from __future__ import annotations
@@ -18,9 +39,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import unicodedata
 from datetime import UTC, datetime, timedelta
-from decimal import ROUND_HALF_UP, Decimal
-from typing import Annotated, NoReturn
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from typing import Annotated, Any, NoReturn
 from uuid import UUID
 
 import orjson
@@ -28,10 +50,12 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
     ValidationError,
+    WithJsonSchema,
     field_validator,
 )
 
@@ -40,27 +64,106 @@ from worker.domain.money import MATH_CONTEXT
 from worker.errors import InvalidMessage
 
 _BASE58_RE = re.compile(r"^[1-9A-HJ-NP-Za-km-z]{32,44}$")
+# A decimal string is written as a JSON number is (RFC 8259 section 6), in ASCII digits.
+DECIMAL_PATTERN = r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?$"
+_DECIMAL_RE = re.compile(DECIMAL_PATTERN, re.ASCII)
+# RFC 3339 section 5.6 date-time (a space for the T, as its note allows), ASCII digits.
+TIMESTAMP_PATTERN = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
+    r"([Zz]|[-+][0-9]{2}:[0-9]{2})$"
+)
+_TIMESTAMP_RE = re.compile(TIMESTAMP_PATTERN, re.ASCII)
+# Unicode categories of a visible character: letters, numbers, punctuation, symbols.
+_VISIBLE_CATEGORIES = frozenset("LNPS")
 MAX_MESSAGE_BYTES = 1_048_576
 MAX_INT_DIGITS = 40
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST = datetime(9999, 12, 30, tzinfo=UTC)
 
 
-def _rounded(places: int, column: str) -> AfterValidator:
-    """Round to the column's places as PostgreSQL would; what is left must still be > 0."""
+def _strict_decimal(value: object) -> object:
+    """A decimal string in the JSON number grammar, as a `Decimal`; a JSON number (already
+    a `Decimal` or an `int`) as it is; anything else refused."""
+    if isinstance(value, str):
+        if not _DECIMAL_RE.fullmatch(value):
+            raise ValueError(
+                f"must be a decimal written as a JSON number (ASCII digits, e.g. 0.5 or "
+                f"1.5e-7; no spaces, underscores, '+' or other digits), not {_shown(value)}"
+            )
+        try:
+            return Decimal(value)
+        except InvalidOperation as exc:  # an exponent beyond what a Decimal holds
+            raise ValueError(f"is not a number this worker accepts: {_shown(value)}") from exc
+    if isinstance(value, bool) or not isinstance(value, Decimal | int):
+        # A float never comes from JSON here (parse_float=Decimal); refused from code too.
+        raise ValueError(  # noqa: TRY004 - pydantic reports only a ValueError as invalid
+            "must be a decimal: a JSON number or a string holding one"
+        )
+    if isinstance(value, Decimal) and not value.is_finite():  # never from JSON; from code
+        raise ValueError("must be a finite number")
+    return value
+
+
+def _shown(text: str, limit: int = 40) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "…")
+
+
+def _number(value: Decimal, limit: int = 40) -> str:
+    """`value` for a message, cut at `limit` characters; in scientific notation when its
+    plain text would be longer than any message (1e-999999999999999999: no memory holds it)."""
+    exponent = value.as_tuple().exponent
+    width = max(value.adjusted(), 0) + max(-exponent, 0) if isinstance(exponent, int) else 0
+    if width > MAX_MESSAGE_BYTES:
+        return f"{value:.6e}"
+    text = f"{value:f}"
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _column(places: int, below: Decimal, column: str) -> AfterValidator:
+    """Round to the column's places as PostgreSQL would, then check the bounds on what is
+    stored: above 0 and below `below`, what the column holds."""
     step = Decimal(1).scaleb(-places)
 
     def check(value: Decimal) -> Decimal:
+        if value <= 0:
+            raise ValueError(f"must be greater than 0, not {_number(value)}")
+        if value >= below:  # also keeps quantize away from values it cannot hold
+            raise ValueError(f"must be less than {below:f} to fit {column}, not {_number(value)}")
         # In a 60-digit context: the default 28 digits cannot hold a price of 1e10 to 18
         # places, and quantize would raise InvalidOperation, which no validator expects.
         rounded = value.quantize(step, rounding=ROUND_HALF_UP, context=MATH_CONTEXT)
         if rounded <= 0:
             raise ValueError(
-                f"must be at least {step:f}: {value:f} rounds to 0 in {column} ({places} places)"
+                f"must be at least {step:f}: {_number(value)} rounds to 0 in {column} "
+                f"({places} places)"
+            )
+        if rounded >= below:
+            raise ValueError(
+                f"must be less than {below:f} to fit {column}: {_number(value)} rounds to "
+                f"{rounded:f} ({places} places)"
             )
         return rounded
 
     return AfterValidator(check)
+
+
+def _decimal_schema(below: Decimal) -> WithJsonSchema:
+    return WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": float(below)},
+                {"type": "string", "pattern": DECIMAL_PATTERN},
+            ],
+            "description": (
+                f"a decimal > 0, as a JSON number or a string in the JSON number grammar; "
+                f"below {below:f} after rounding to its column's places"
+            ),
+        }
+    )
+
+
+def _nfc(value: object) -> object:
+    return unicodedata.normalize("NFC", value) if isinstance(value, str) else value
 
 
 def _storable_text(value: str) -> str:
@@ -73,6 +176,41 @@ def _storable_text(value: str) -> str:
     return value
 
 
+def is_visible(value: str) -> bool:
+    """Whether `value` holds a letter, number, punctuation or symbol: not only whitespace,
+    zero-width or format characters (Unicode Z*, Cf), controls or combining marks."""
+    if value.isascii() and value.isprintable():  # the usual case, without a lookup per char
+        return not value.isspace() and bool(value)
+    return any(unicodedata.category(char)[0] in _VISIBLE_CATEGORIES for char in value)
+
+
+def _visible(value: str) -> str:
+    if not is_visible(value):
+        raise ValueError(
+            "must hold a visible character (not only whitespace, zero-width or format characters)"
+        )
+    return value
+
+
+def _timestamp_text(value: object) -> object:
+    """An RFC 3339 string goes on to pydantic's parser; a number (Unix time: seconds or
+    milliseconds?) or another date format is refused. A `datetime` (from code) passes."""
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str):
+        number = isinstance(value, int | Decimal | float) and not isinstance(value, bool)
+        raise ValueError(  # noqa: TRY004 - pydantic reports only a ValueError as invalid
+            "must be an RFC 3339 timestamp string such as 2026-11-26T12:00:00Z"
+            + (", not a number (Unix time is ambiguous: seconds or milliseconds)" if number else "")
+        )
+    if not _TIMESTAMP_RE.fullmatch(value):
+        raise ValueError(
+            f"must be an RFC 3339 timestamp with seconds and an offset, such as "
+            f"2026-11-26T12:00:00Z, not {_shown(value)}"
+        )
+    return value
+
+
 def _in_range(value: datetime) -> datetime:
     if not EARLIEST <= value <= LATEST:
         raise ValueError("must lie between 1970-01-01 and 9999-12-30")
@@ -82,27 +220,43 @@ def _in_range(value: datetime) -> datetime:
 StrictInt = Annotated[int, Field(strict=True)]
 # The pattern is checked by `_check_mint` (after trimming); here it documents the schema.
 MintAddress = Annotated[str, Field(strict=True, json_schema_extra={"pattern": _BASE58_RE.pattern})]
-# Upper bounds keep values inside their columns: numeric(30,18) prices, numeric(30,8) metrics.
+PRICE_BELOW = Decimal("1e12")  # numeric(30,18): 12 digits before the point
+METRIC_BELOW = Decimal("1e22")  # numeric(30,8): 22 digits before the point
 PriceUsd = Annotated[
-    Decimal, Field(gt=0, lt=Decimal("1e12"), allow_inf_nan=False), _rounded(18, "numeric(30,18)")
+    Decimal,
+    BeforeValidator(_strict_decimal),
+    _column(18, PRICE_BELOW, "numeric(30,18)"),
+    _decimal_schema(PRICE_BELOW),
 ]
 MetricUsd = Annotated[
-    Decimal, Field(gt=0, lt=Decimal("1e22"), allow_inf_nan=False), _rounded(8, "numeric(30,8)")
+    Decimal,
+    BeforeValidator(_strict_decimal),
+    _column(8, METRIC_BELOW, "numeric(30,8)"),
+    _decimal_schema(METRIC_BELOW),
 ]
-Timestamp = Annotated[AwareDatetime, AfterValidator(_in_range)]
+Timestamp = Annotated[
+    AwareDatetime,
+    BeforeValidator(_timestamp_text),
+    AfterValidator(_in_range),
+    WithJsonSchema({"type": "string", "format": "date-time", "pattern": TIMESTAMP_PATTERN}),
+]
 
 
 def _trimmed(max_length: int, min_length: int = 0) -> StringConstraints:
     return StringConstraints(strip_whitespace=True, min_length=min_length, max_length=max_length)
 
 
-SignalType = Annotated[str, Field(strict=True), _trimmed(50, 1), AfterValidator(_storable_text)]
-Symbol = Annotated[str, Field(strict=True), _trimmed(50), AfterValidator(_storable_text)]
-Reason = Annotated[str, Field(strict=True), _trimmed(2000), AfterValidator(_storable_text)]
-Source = Annotated[str, Field(strict=True), _trimmed(100), AfterValidator(_storable_text)]
-IdempotencyKey = Annotated[
-    str, Field(strict=True), _trimmed(200, 1), AfterValidator(_storable_text)
-]
+# Text is made NFC first (the before-validator wraps the str schema, so the length checked
+# is the stored text's), then trimmed, bounded and checked to be storable; identifying
+# text must hold a visible character.
+_NFC = BeforeValidator(_nfc)
+_STORABLE = AfterValidator(_storable_text)
+_VISIBLE = AfterValidator(_visible)
+SignalType = Annotated[str, Field(strict=True), _trimmed(50, 1), _NFC, _STORABLE, _VISIBLE]
+Symbol = Annotated[str, Field(strict=True), _trimmed(50), _NFC, _STORABLE]
+Reason = Annotated[str, Field(strict=True), _trimmed(2000), _NFC, _STORABLE]
+Source = Annotated[str, Field(strict=True), _trimmed(100), _NFC, _STORABLE]
+IdempotencyKey = Annotated[str, Field(strict=True), _trimmed(200, 1), _NFC, _STORABLE, _VISIBLE]
 
 
 def _check_mint(value: str) -> str:
@@ -118,12 +272,17 @@ class SignalV1(BaseModel):
 
     user_id: UUID
     token_address: MintAddress
-    signal_type: SignalType
+    signal_type: Annotated[
+        SignalType, Field(description="NFC, trimmed; must hold a visible character")
+    ]
     signal_strength: Annotated[StrictInt, Field(ge=1, le=5)]
     symbol: Symbol | None = None
     activation_reason: Reason | None = None
     source: Source | None = None
-    idempotency_key: IdempotencyKey | None = None
+    idempotency_key: Annotated[
+        IdempotencyKey | None,
+        Field(description="NFC, trimmed; must hold a visible character"),
+    ] = None
     price_usd: PriceUsd | None = None
     created_at: Timestamp | None = None
     market_cap_usd: MetricUsd | None = None
@@ -141,7 +300,8 @@ class SignalV1(BaseModel):
     @field_validator("symbol", "activation_reason", "source")
     @classmethod
     def _blank_is_none(cls, value: str | None) -> str | None:
-        return value or None
+        # Nothing visible (empty, or only zero-width or format characters) is no value.
+        return value if value and is_visible(value) else None
 
     def digest(self) -> bytes:
         """16 bytes of SHA-256 over the validated fields (unknown fields left out): the same
@@ -191,6 +351,24 @@ class _UnacceptedNumberError(ValueError):
     """A JSON number this worker does not accept (NaN, Infinity, too many digits)."""
 
 
+class _DuplicateKeyError(ValueError):
+    """A key twice in one JSON object."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """The object of `pairs`, refused when a key repeats: JSON readers differ on which of
+    the values counts (this one took the last), so a ledger takes neither. About 2 us per
+    object (tools/decode_cost.py), a tenth of a message's decoding."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKeyError(f"the key {_shown(key)} appears twice in one object")
+            seen.add(key)
+    return obj
+
+
 def _refuse_constant(name: str) -> NoReturn:
     raise _UnacceptedNumberError(f"{name} is not a number this worker accepts")
 
@@ -216,10 +394,18 @@ def parse_json(raw: bytes | None) -> object:
         raise InvalidMessage(f"not UTF-8: {exc.reason} at byte {exc.start}") from exc
     try:
         return json.loads(
-            text, parse_float=Decimal, parse_int=_parse_int, parse_constant=_refuse_constant
+            text,
+            parse_float=Decimal,
+            parse_int=_parse_int,
+            parse_constant=_refuse_constant,
+            object_pairs_hook=_unique_keys,
         )
-    except _UnacceptedNumberError as exc:
+    except (_UnacceptedNumberError, _DuplicateKeyError) as exc:
         raise InvalidMessage(f"not JSON this worker accepts: {exc}") from exc
+    except InvalidOperation as exc:  # a number's exponent beyond what a Decimal holds
+        raise InvalidMessage(
+            "not JSON this worker accepts: a number's exponent is too large"
+        ) from exc
     except RecursionError as exc:
         raise InvalidMessage("not JSON this worker accepts: nested too deeply") from exc
     except ValueError as exc:

@@ -108,6 +108,48 @@ async def test_publish_price_sends_ticks_keyed_by_token_and_refuses_bad_ones(
     assert sorted(r.key for r in records) == sorted([SOL_MINT.encode(), TOKEN_A.encode()])
 
 
+async def test_publish_refuses_lenient_spellings_with_their_line_numbers(
+    services: Services, topics: Topics, db_url: str, tmp_path: Path
+) -> None:
+    """Issue 20: `publish-price` sent "١٢" (read as 12), a key given twice and a price that
+    overflows numeric(30,18) once rounded; `publish` sent a Unix `created_at`."""
+    env = env_for(make_settings(services, db_url, topics))
+    path = tmp_path / "ticks.jsonl"
+    token = TOKEN_A.encode()
+    path.write_bytes(
+        b'{"token_address": "%s", "price_usd": "0.52"}\n' % token
+        + f'{{"token_address": "{TOKEN_A}", "price_usd": "١٢"}}\n'.encode()
+        + b'{"token_address": "%s", "price_usd": "1", "price_usd": "2"}\n' % token
+        + b'{"token_address": "%s", "price_usd": "999999999999.9999999999999999999"}\n' % token
+        + b'{"token_address": "%s", "price_usd": "1_000"}\n' % token
+    )
+    run = await run_cli(env, "publish-price", "--file", str(path))
+    assert run.code == 1
+    assert run.stdout.startswith(f"sent 1 price tick to {topics.prices} (partition ")
+    assert run.stdout.strip().endswith("; 4 lines rejected (2, 3, 4, 5)")
+    reasons = dict(_rejections(run.stderr))
+    assert sorted(reasons) == [2, 3, 4, 5]
+    assert "must be a decimal written as a JSON number" in reasons[2]
+    assert (
+        reasons[3]
+        == "not JSON this worker accepts: the key 'price_usd' appears twice in one object"
+    )
+    assert "rounds to 1000000000000" in reasons[4]
+    assert "must be a decimal written as a JSON number" in reasons[5]
+
+    user_id = str(uuid.uuid4())
+    run = await run_cli(
+        env, "publish", "--user-id", user_id, "--token-address", TOKEN_A,
+        "--created-at", "1767268800",
+    )  # fmt: skip
+    assert run.code == 1
+    [(line, reason)] = _rejections(run.stderr)
+    assert line == 1
+    assert "created_at: must be an RFC 3339 timestamp with seconds and an offset" in reason
+    [record] = await read_topic(services.kafka_bootstrap, topics.prices, 1)
+    assert json.loads(record.value)["price_usd"] == "0.52"
+
+
 async def test_a_signal_for_the_sol_mint_is_refused_before_it_is_sent(
     services: Services, topics: Topics, db_url: str
 ) -> None:
