@@ -67,6 +67,8 @@ METRICS = {
     "signal_worker_consumer_lag": "gauge",
     "signal_worker_db_pool_in_use": "gauge",
     "signal_worker_retries_total": "counter",
+    "signal_worker_retrying": "gauge",
+    "signal_worker_partitions_blocked": "gauge",
 }
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
