@@ -274,9 +274,6 @@ def _readiness(pipeline: Pipeline, pool: asyncpg.Pool) -> ReadyCheck:
     async def ready() -> str | None:
         if not pipeline.has_assignment():
             return "no partitions assigned"
-        trouble = pipeline.troubles.reason()
-        if trouble is not None:
-            return trouble
         if (blocked := pipeline.offsets.blocked_reason()) is not None:
             return blocked
         try:
@@ -291,7 +288,8 @@ def _readiness(pipeline: Pipeline, pool: asyncpg.Pool) -> ReadyCheck:
                 await pipeline.consumer.topics()
         except SERVICE_ERRORS as exc:
             return f"Kafka unreachable: {describe(exc)}"
-        return None
+        # Both answer, yet work waits for the server: a lock, a timeout, a full disk.
+        return pipeline.troubles.reason()
 
     return ready
 

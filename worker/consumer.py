@@ -23,9 +23,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, TypeVar
+from uuid import UUID
 
 import asyncpg
 import structlog
@@ -59,7 +61,7 @@ from worker.ordering import MAX_HOLD_S, positions_now, readable_end, split_at
 from worker.prices import Tick, handle_prices
 from worker.rebalance import OffsetKeeper, names
 from worker.reporting import Outcome, Reporter, Troubles, coordinates
-from worker.retry import AsyncRetrying, describe, transient_retry
+from worker.retry import describe, is_transient, transient_retry
 from worker.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -83,6 +85,17 @@ GROUP_OPTIONS: dict[str, Any] = {
 
 _T = TypeVar("_T")
 Batch = dict[TopicPartition, list[Record]]
+
+
+def where(chunk: Chunk) -> str:
+    """The partitions and offsets a chunk covers: `topic:partition@first-last, …`."""
+    first: dict[TopicPartition, int] = {}
+    for r in chunk.records:
+        first.setdefault(TopicPartition(r.topic, r.partition), r.offset)
+    return ", ".join(
+        f"{tp.topic}:{tp.partition}@{first.get(tp, end - 1)}-{end - 1}"
+        for tp, end in sorted(chunk.next_offsets.items())
+    )
 
 
 class StopRequested(Exception):  # noqa: N818 - a condition, not a failure
@@ -159,9 +172,14 @@ class Pipeline:
             )
             batch = await self._hold_late_signals(fetched)
             if not batch:
+                await self.offsets.recheck_if_due()
                 continue
             try:
                 async with self.offsets.lock:
+                    # A rebalance may have run while the fetch was read: what is no longer
+                    # ours is left to its new owner.
+                    assigned = self.consumer.assignment()
+                    batch = {tp: r for tp, r in batch.items() if tp in assigned}
                     await self._until_stopped(self._process_fetch(batch))
             except StopRequested as exc:
                 if stop.is_set():
@@ -216,7 +234,8 @@ class Pipeline:
             ready, held = (records, []) if tp.topic == prices else split_at(records, bound)
             if held:
                 held_any = True
-                self.consumer.seek(tp, held[0].offset)
+                with contextlib.suppress(IllegalStateError):  # revoked meanwhile
+                    self.consumer.seek(tp, held[0].offset)
                 log.debug("signals_held_for_ticks", partition=names({tp}), held=len(held))
             if ready:
                 kept[tp] = ready
@@ -229,7 +248,7 @@ class Pipeline:
             # Every lane finishes (commits or gives up) before a failure is raised, so one
             # lane's outage never rolls back another's finished work.
             results = await asyncio.gather(
-                *(self._process_lane(lane, key) for key, lane in enumerate(lanes)),
+                *(self._process_lane(lane, f"lane-{i}") for i, lane in enumerate(lanes)),
                 return_exceptions=True,
             )
             self._metrics.db_pool_in_use.set(self._pool.get_size() - self._pool.get_idle_size())
@@ -292,9 +311,11 @@ class Pipeline:
             parts.append(Part(tp, records, items))
         if dead:
             # Acknowledged before any transaction can store an offset past them.
-            async for attempt in self._retrying():
-                with attempt:
-                    await self._dead_letters.send(dead)
+            await self._retried(
+                "dead-letters",
+                f"dead letters of {len(dead)} record(s)",
+                lambda: self._dead_letters.send(dead),
+            )
         await self._learn_fanouts([i for p in parts for i in p.items])
         for part in parts:
             part.costs = [self._fanouts.cost(item) for item in part.items]
@@ -308,34 +329,43 @@ class Pipeline:
         unseen = self._fanouts.unseen(items)
         if not unseen:
             return
-        async for attempt in self._retrying():
-            with attempt:
-                async with connection(self._pool) as conn:
-                    counts = await PgStore(conn).agent_counts(list(unseen))
+
+        async def count() -> dict[UUID, int]:
+            async with connection(self._pool) as conn:
+                return await PgStore(conn).agent_counts(list(unseen))
+
+        counts = await self._retried("fan-outs", f"agent counts of {len(unseen)} user(s)", count)
         for user_id in unseen:
             self._fanouts[user_id] = max(1, counts.get(user_id, 0))
 
-    def _retrying(self, lane: int = -1) -> AsyncRetrying:
-        """Server trouble retried (by default until it passes), yielding to a stop signal
-        and to a rebalance; the trouble is told to `/readyz` and the metrics meanwhile."""
-        return transient_retry(
+    async def _retried(self, key: str, what: str, work: Callable[[], Awaitable[_T]]) -> _T:
+        """`work()`, retried on server trouble (by default until it passes) with backoff
+        that yields to a stop signal and to a rebalance (`StopRequested`: nothing of it was
+        stored); meanwhile the retry lines, `/readyz` and the metrics say what waits, why."""
+        policy = transient_retry(
             attempts=self._settings.retry_max_attempts,
             max_delay_s=self._settings.retry_max_delay_s,
             backoff_max_s=self._settings.retry_backoff_max_s,
             stop=self._interrupt,
-            on_retry=lambda exc: self.troubles.retrying(lane, exc),
+            on_retry=lambda exc: self.troubles.retrying(key, exc, what),
         )
+        try:
+            with structlog.contextvars.bound_contextvars(waiting=what):
+                async for attempt in policy:
+                    with attempt:
+                        return await work()
+        except Exception as exc:  # the failure policy decides
+            if self._interrupt.is_set() and is_transient(exc):
+                raise StopRequested(f"retries cut short: {describe(exc)}") from exc
+            raise
+        finally:
+            self.troubles.cleared(key)
+        raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _process_lane(self, lane: list[Part], key: int) -> None:
+    async def _process_lane(self, lane: list[Part], key: str) -> None:
         started = time.perf_counter()
         for chunk in chunks(lane):
-            outcomes: list[tuple[Item, Outcome]] = []
-            try:
-                async for attempt in self._retrying(key):
-                    with attempt:
-                        outcomes = await self._commit(chunk)
-            finally:
-                self.troubles.cleared(key)
+            outcomes = await self._retried(key, where(chunk), partial(self._commit, chunk))
             committed_at = time.time()
             self.offsets.stored(chunk.next_offsets)
             self._report.committed(

@@ -13,6 +13,14 @@ still gets one, smaller, and the worker moves on:
    bytes) and `original-headers-dropped` (how many) saying so;
 3. else (the broker still refuses it) with no value at all (`payload: omitted`).
 
+A dead letter the broker refuses for what it carries rather than for its size (a topic
+whose `message.timestamp.*.max.ms` refuses the record's old timestamp, a compacted DLQ that
+wants a key) is sent once more *restamped*: the broker's time instead of the record's (kept
+in the header `original-timestamp`) and an empty key where it had none. A refusal of that
+too is raised, and stops the worker without storing an offset past the record (nothing is
+lost); refusals that say something about the broker (a leader moving, a timeout, a lost
+connection) are raised for the caller to retry (`worker.retry.server_trouble`).
+
 Each step down is counted (`signal_worker_dead_letters_truncated_total`) and logged. The
 broker acknowledges every dead letter before the caller lets an offset move past its record.
 """
@@ -21,13 +29,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError
+from aiokafka.errors import BrokerResponseError, MessageSizeTooLargeError, RecordListTooLargeError
 from aiokafka.structs import ConsumerRecord
 
 from worker.metrics import Metrics
@@ -52,6 +60,7 @@ DLQ_HEADERS = frozenset(
         "payload",
         "original-size",
         "original-headers-dropped",
+        "original-timestamp",
     }
 )
 _TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
@@ -120,6 +129,34 @@ def letter(dead: DeadLetter, form: Form) -> Letter:
     return Letter(key, value, [*own, *headers], form, r.timestamp)
 
 
+def refused_for_content(result: object) -> bool:
+    """True when the broker refused a letter for what it carries (not its size, not the
+    broker's own trouble): an error response aiokafka does not mark retriable."""
+    return (
+        isinstance(result, BrokerResponseError)
+        and not isinstance(result, _TOO_LARGE)
+        and not getattr(result, "retriable", False)
+        and "Authorization" not in type(result).__name__  # an ACL: the operator's to fix
+    )
+
+
+def is_restamped(one: Letter) -> bool:
+    """True for a letter `restamped` already."""
+    return any(k == "original-timestamp" for k, _ in one.headers)
+
+
+def restamped(one: Letter) -> Letter:
+    """`one` stamped by the broker (its own time kept in `original-timestamp`), with an
+    empty key where it had none."""
+    original = str(one.timestamp_ms if one.timestamp_ms is not None else "").encode()
+    return replace(
+        one,
+        key=b"" if one.key is None else one.key,
+        headers=[*one.headers, ("original-timestamp", original)],
+        timestamp_ms=None,
+    )
+
+
 def first_fitting(dead: DeadLetter, max_bytes: int) -> Letter:
     """The most complete form of `dead` whose estimated size fits `max_bytes`."""
     for form in (Form.WHOLE, Form.TRUNCATED):
@@ -141,11 +178,12 @@ class DeadLetters:
         self._max_bytes = max_bytes
 
     async def send(self, dead: Sequence[DeadLetter]) -> None:
-        """Produce every dead letter (cut down where it must be) and wait for the acks.
+        """Produce every dead letter (cut down or restamped where it must be) and wait for
+        the acks.
 
-        Raises what the producer raises for anything but a size refusal (connection loss:
-        the caller retries the whole batch; a redelivered dead letter is a duplicate in the
-        DLQ, never a loss)."""
+        Raises what the producer raises for anything else (connection loss: the caller
+        retries the whole batch; a redelivered dead letter is a duplicate in the DLQ, never a
+        loss)."""
         pending = [(d, first_fitting(d, self._max_bytes)) for d in dead]
         while pending:
             results = await asyncio.gather(
@@ -156,6 +194,15 @@ class DeadLetters:
                 if isinstance(result, _TOO_LARGE) and one.form is not Form.OMITTED:
                     smaller = Form.TRUNCATED if one.form is Form.WHOLE else Form.OMITTED
                     retry.append((d, letter(d, smaller)))
+                elif refused_for_content(result) and not is_restamped(one):
+                    log.warning(
+                        "dead_letter_restamped",
+                        refusal=type(result).__name__,
+                        topic=d.record.topic,
+                        partition=d.record.partition,
+                        offset=d.record.offset,
+                    )
+                    retry.append((d, restamped(one)))
                 elif isinstance(result, BaseException):
                     raise result
                 else:

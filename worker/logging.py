@@ -77,7 +77,8 @@ class _RetriedKafkaErrors(logging.Filter):
 # A condition that lasts (an outage, a lock held for minutes) is said once per interval, with
 # the count of the lines it stood for: the state itself is in `/readyz` and the metrics.
 REPEAT_INTERVAL_S = 60.0
-# The worker's own lines that a lasting condition repeats (keyed by event and cause); every
+# The worker's own lines that a lasting condition repeats (keyed by event, cause and what
+# waits: a stalled batch is named once a minute, each one apart); every
 # other line of the worker names a record, an agent or a batch, and is always written.
 REPEATED_EVENTS = frozenset(
     {
@@ -87,6 +88,7 @@ REPEATED_EVENTS = frozenset(
         "price_history_upkeep_failed",
         "price_history_upkeep_postponed",
         "signals_not_held_longer",
+        "topic_recheck_failed",
     }
 )
 
@@ -130,7 +132,8 @@ def _repeats_processor(repeats: Repeats) -> structlog.types.Processor:
         name = event.get("event")
         if name not in REPEATED_EVENTS:
             return event
-        left_out = repeats.admit((name, event.get("cause"), event.get("level")))
+        key = (name, event.get("cause"), event.get("level"), event.get("waiting"))
+        left_out = repeats.admit(key)
         if left_out is None:
             raise structlog.DropEvent
         if left_out:

@@ -177,8 +177,9 @@ class OffsetKeeper(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka
     async def _log_bounds(
         self, partitions: set[TopicPartition]
     ) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
-        """The log start and end of each of `partitions`; refreshes `topic_ids`."""
-        async for attempt in transient_retry():
+        """The log start and end of each of `partitions`; refreshes `topic_ids`. Briefly
+        retried: an assignment must finish within the group's rebalance timeout."""
+        async for attempt in transient_retry(attempts=3, max_delay_s=15):
             with attempt:
                 topics = [self._kafka.signals_topic, self._kafka.prices_topic]
                 # The consumer's own connections (aiokafka has no public way to send one).

@@ -181,39 +181,40 @@ def coordinates(record: Record) -> dict[str, object]:
 
 
 class Troubles:
-    """The server troubles that lanes are retrying now (`worker.retry.server_trouble`):
-    what `/readyz` says and `signal_worker_retrying` counts while records are held."""
+    """The server troubles that work is retrying now (`worker.retry.server_trouble`): what
+    `/readyz` says and `signal_worker_retrying` counts while records are held."""
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
-        # Per lane in trouble: (cause, the error, since when: monotonic s).
-        self._lanes: dict[int, tuple[str, str, float]] = {}
+        # Per unit of work in trouble: (cause, the error, what waits, since: monotonic s).
+        self._waiting: dict[str, tuple[str, str, str, float]] = {}
 
-    def retrying(self, lane: int, exc: BaseException) -> None:
-        """`lane` failed with `exc` and will retry."""
+    def retrying(self, key: str, exc: BaseException, what: str) -> None:
+        """The work `key` (`what`: the partitions and offsets) failed with `exc` and will
+        retry."""
         cause = server_trouble(exc) or "unknown"
-        since = self._lanes[lane][2] if lane in self._lanes else time.monotonic()
-        self._set(lane, (cause, describe(exc), since))
+        since = self._waiting[key][3] if key in self._waiting else time.monotonic()
+        self._set(key, (cause, describe(exc), what, since))
 
-    def cleared(self, lane: int) -> None:
-        """`lane` committed (or gave its work up): no longer in trouble."""
-        self._set(lane, None)
+    def cleared(self, key: str) -> None:
+        """The work `key` finished (or was given up): no longer in trouble."""
+        self._set(key, None)
 
-    def _set(self, lane: int, state: tuple[str, str, float] | None) -> None:
-        old = self._lanes.pop(lane, None)
+    def _set(self, key: str, state: tuple[str, str, str, float] | None) -> None:
+        old = self._waiting.pop(key, None)
         if old is not None:
             self._metrics.retrying.labels(old[0]).dec()
         if state is not None:
-            self._lanes[lane] = state
+            self._waiting[key] = state
             self._metrics.retrying.labels(state[0]).inc()
 
     def reason(self) -> str | None:
-        """Why the worker is not ready, while a lane waits for the server; else None."""
-        if not self._lanes:
+        """Why the worker is not ready while work waits for the server; else None."""
+        if not self._waiting:
             return None
-        cause, error, since = min(self._lanes.values(), key=lambda t: t[2])
+        cause, error, what, since = min(self._waiting.values(), key=lambda t: t[3])
         waited = time.monotonic() - since
         return (
-            f"retrying {len(self._lanes)} batch(es) for {waited:.0f} s: {cause} ({error}); "
-            "their records are held, not dead-lettered"
+            f"retrying {len(self._waiting)} batch(es) for {waited:.0f} s: {cause} ({error}), "
+            f"the longest waiting: {what}; their records are held, not dead-lettered"
         )

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import Callable
 from typing import Any
 
 import asyncpg
 import structlog
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    KafkaUnavailableError,
+)
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -53,13 +59,23 @@ SERVER_SQLSTATES: dict[str, str | None] = {
     "F0": "config_file_error",
     "XX": "internal_error",  # the class: data or index corrupted, internal errors
 }
-# The same for what is not a PostgreSQL error: the client side of the services.
+# The same for what is not a PostgreSQL error: the client side of the services. Kafka's
+# errors are the broker's trouble when aiokafka marks them retriable (a leader moving, a
+# request timing out) or when they are the connection's; the others (a record refused for
+# its timestamp or size, credentials or a certificate refused) are not retried.
 _SERVER_TYPES: tuple[tuple[type[BaseException], str], ...] = (
     (asyncpg.exceptions.InterfaceError, "connection"),  # the connection closed under a query
-    (KafkaError, "kafka"),  # the record was decoded already: Kafka's trouble is never its
+    (KafkaConnectionError, "kafka"),
+    (KafkaTimeoutError, "kafka"),
+    (KafkaUnavailableError, "kafka"),
     (TimeoutError, "timeout"),  # asyncpg's command_timeout, a bounded wait
     (MemoryError, "out_of_memory"),
     (OSError, "connection"),  # ConnectionError and the socket errors under both clients
+)
+# Subclasses of the types above that are the record's (or the caller's) fault after all.
+_NOT_SERVER_TYPES: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions._base.DataError,  # a query argument asyncpg cannot encode
+    ssl.SSLCertVerificationError,  # a certificate the CA file did not sign: never passes
 )
 
 
@@ -71,6 +87,10 @@ def server_trouble(exc: BaseException) -> str | None:
         if state in SERVER_SQLSTATES:
             return SERVER_SQLSTATES[state]
         return SERVER_SQLSTATES.get(state[:2])
+    if isinstance(exc, _NOT_SERVER_TYPES):
+        return None
+    if isinstance(exc, KafkaError) and getattr(exc, "retriable", False):
+        return "kafka"
     for kind, cause in _SERVER_TYPES:
         if isinstance(exc, kind):
             return cause

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from typing import Any
 
 import asyncpg
 import pytest
-from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, TopicAuthorizationFailedError
+from aiokafka.errors import (
+    InvalidTimestampError,
+    KafkaConnectionError,
+    KafkaTimeoutError,
+    NotLeaderForPartitionError,
+    RequestTimedOutError,
+    TopicAuthorizationFailedError,
+)
 
 from worker.errors import InvalidMessage
 from worker.failures import Action, Scope, disposition
+from worker.kafka import BrokerRefusedError
 from worker.retry import SERVER_SQLSTATES, server_trouble
 
 
@@ -132,7 +141,13 @@ def test_the_table_has_a_case_for_each_row() -> None:
         (asyncpg.InterfaceError("connection is closed"), "connection"),
         (KafkaConnectionError(), "kafka"),
         (KafkaTimeoutError(), "kafka"),
-        (TopicAuthorizationFailedError(), "kafka"),  # an ACL changed: the operator's
+        (NotLeaderForPartitionError(), "kafka"),  # retriable: a leader moving
+        (RequestTimedOutError(), "kafka"),
+        (InvalidTimestampError(), None),  # a letter refused for what it carries
+        (TopicAuthorizationFailedError(), None),  # fails at once: never passes on its own
+        (BrokerRefusedError("SASL authentication failed"), None),
+        (asyncpg.exceptions._base.DataError("invalid input for query argument $1"), None),
+        (ssl.SSLCertVerificationError("certificate verify failed"), None),
         (MemoryError(), "out_of_memory"),
         (OSError(28, "No space left on device"), "connection"),
         (ValueError("a bug"), None),
