@@ -256,11 +256,15 @@ async def _exit_configs(
         if (problem := problem_of(agent_id, reading)) is not None
     ]
     invalid = {agent_id for agent_id, r in readings.items() if r.config is None}
+    # The rule sets read now are used from here, not from the cache: a bounded cache may
+    # drop what it was just given (then the stored rules, never the defaults, apply).
+    read: dict[UUID, str] = {}
     if invalid:
         wanted = [r.exit_rules_id for r in trails if r.agent_id in invalid and r.exit_rules_id]
         missing = configs.missing_rules(wanted)
         if missing:
-            configs.update_rules(await store.exit_rules(missing))
+            read = await store.exit_rules(missing)
+            configs.update_rules(read)
     cfgs: dict[UUID, AgentTradingConfig] = {}
     for row in trails:
         current = readings.get(row.agent_id)
@@ -270,7 +274,8 @@ async def _exit_configs(
             cfgs[row.id] = current.config
             continue
         # A stored rule set that no longer validates (a future code change): the defaults.
-        fallback = config_of_rules(configs.rules_text(row.exit_rules_id)).config
+        text = read.get(row.exit_rules_id) if row.exit_rules_id else None
+        fallback = config_of_rules(text or configs.rules_text(row.exit_rules_id)).config
         cfgs[row.id] = fallback if fallback is not None else _DEFAULT_RULES
     return cfgs, problems
 

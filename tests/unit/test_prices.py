@@ -216,6 +216,26 @@ async def test_a_config_grown_over_the_cap_leaves_positions_with_their_rules() -
     assert "over the 1,024-byte cap" in problem.error
 
 
+async def test_rule_sets_a_full_cache_drops_still_apply_to_the_tick_that_read_them() -> None:
+    store = _store()
+    # Two positions opened with take profit on (the defaults have it off); both agents'
+    # configs broken since, so the rules they were opened with exit them.
+    held = []
+    for _ in range(2):
+        rules_id, rules_json = _rules({"takeProfit": {"enabled": True}})
+        p = _position(store, {"stopLoss": {"mode": "sideways"}})
+        store.positions[p.id] = replace(p, exit_rules_id=rules_id)
+        store.rule_sets[rules_id] = rules_json
+        held.append(p.id)
+    # A cache with room for less than one rule set: whatever it is given, it drops.
+    configs = ConfigTexts(rules_max_bytes=1)
+    ts = BOUGHT + timedelta(seconds=1)
+    tick = PriceTickV1(token_address=TOKEN, price_usd=Decimal("3"), ts=ts)
+    outcome = await _one(store, tick, configs, ts)
+    # +200%: their take-profit levels sell (the defaults, wrongly applied, would not).
+    assert outcome.partial_sales + sum(outcome.closes.values()) == 2
+
+
 async def test_unknown_keys_are_reported_and_ignored() -> None:
     store = _store()
     p = _position(store, {"stopLoss": {"defaultPercentage": -10, "continuousTrailing": True},
