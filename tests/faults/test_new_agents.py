@@ -1,4 +1,4 @@
-"""Issue 20, item 4: an agent created after signals were processed, then the signals read
+"""Scenario 15: an agent created after signals were processed, then the signals read
 again (the group's offsets reset to the earliest, or a new consumer group): the new agent
 gets no execution for the older signals, the older agents' are not written twice, and it
 trades the signals made after it."""
@@ -109,7 +109,7 @@ async def test_an_agent_created_since_gets_none_of_the_older_signals_read_again(
     for_old = await db_conn.fetchval(OLD_SIGNALS_OF_NEW_AGENTS, newcomers, old_keys)
     read_again = len(log_events(worker, "signal_processed"))
     report(
-        f"20.4 new agents, {reread}",
+        f"15 new agents, {reread}",
         records=f"{len(old)} signals x {AGENTS} agents, then {USERS} agents created and "
         f"{len(new)} signals x {AGENTS + 1} agents",
         faults=f"{reread}: {read_again} signal records read after it; executions of the new "

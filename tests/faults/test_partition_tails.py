@@ -1,4 +1,4 @@
-"""Scenario 2 of issue 20: a price partition whose tail is not a data record.
+"""Scenario 13 (issue 20, item 2): a price partition whose tail is not a data record.
 
 Before: a price partition was *caught up* when the last tick's offset + 1 reached the high
 watermark. A tail that is no tick never got there, and every signal waited the full
@@ -178,7 +178,7 @@ async def test_signals_are_not_held_by_a_price_partition_whose_tail_is_no_tick(
         if line.split()[:2] == [topics.prices, str(TAIL)]
     )
     report(
-        f"i20.2 partition tails ({case})",
+        f"13 partition tails ({case})",
         records=f"1 price partition's tail: {case}, then {len(signals)} signals x {AGENTS} agents",
         faults=f"{len(held_long)} holds cut at 10 s, executions {statuses}, fill prices "
         f"{[str(f) for f in fills]}, offsets show {' '.join(tail_row[2:])}",

@@ -1,4 +1,4 @@
-"""Scenario: the signals topic deleted and recreated between runs (issue 20, item 3).
+"""Scenario 14: the signals topic deleted and recreated between runs (issue 20, item 3).
 
 Before: the offsets stored in PostgreSQL lay past the new log's end, the consumer fell back
 to its start and dropped every new record below the stored offset as "already applied",
@@ -128,7 +128,7 @@ async def test_a_recreated_signals_topic_loses_nothing_after_the_reset(
 
     ledger = await measure(db_conn, book.expected)
     report(
-        "20.3 recreated topic",
+        "14 recreated topic",
         records=f"{len(first)} signals x {AGENTS} agents, topic recreated, {len(second)} more",
         faults=f"stored {sum(before.values())} past the new end {len(second)}; blocked "
         f"{len(blocked_lines)} partitions, dropped {len(dropped)}, reset then resumed",
