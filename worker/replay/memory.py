@@ -185,9 +185,8 @@ class MemoryStore:
 
     def add_position(self, p: NewPosition) -> None:
         """Open a position as `insert_positions` does (its opening columns, all of the
-        purchase held), refusing what PostgreSQL would."""
-        if p.exit_rules_id is not None and p.exit_rules_id not in self.rule_sets:
-            raise StoreViolation(f"position {p.id} names unknown exit rules")
+        purchase held), refusing what PostgreSQL would. Its exit rules need not be stored
+        (no foreign key, as in the schema: a position without its set takes the defaults)."""
         refuse(position_misfit(p.state))
         key = (p.agent_id, p.wallet_address, p.token_address)
         if key in self._by_holding:
