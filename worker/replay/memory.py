@@ -191,17 +191,12 @@ class MemoryStore:
         key = (p.agent_id, p.wallet_address, p.token_address)
         if key in self._by_holding:
             raise StoreViolation(f"a second position {key}")
+        # The columns the INSERT writes (price, amount held, invested, opened at, stop, peak,
+        # low); the others start at their defaults whatever `p.state` says.
         s = p.state
-        state = PositionState(
-            purchase_price=s.purchase_price,
-            purchase_amount=s.purchase_amount,
-            total_invested_sol=s.total_invested_sol,
-            created_at=s.created_at,
-            remaining_amount=s.purchase_amount,
-            current_stop_loss_percentage=s.current_stop_loss_percentage,
-            peak_price=s.peak_price,
-            lowest_price=s.lowest_price,
-        )
+        state = PositionState(s.purchase_price, s.purchase_amount, s.total_invested_sol,
+                              s.created_at, s.purchase_amount, s.current_stop_loss_percentage,
+                              s.peak_price, s.lowest_price)  # fmt: skip
         row = OpenPosition(
             id=p.id,
             agent_id=p.agent_id,
