@@ -4,8 +4,9 @@ They speak only in domain values (`worker.domain.records`, `worker.domain.ledger
 handlers import this and the domain, never `worker.db` (an import-linter contract).
 
 A handler sees one store per transaction: the consumer opens the transaction (its offsets
-go into the same one) and hands the handler a store bound to that connection. The unit
-tests run the handlers against in-memory fakes of these protocols (`tests/unit/fakes.py`).
+go into the same one) and hands the handler a store bound to that connection. The other
+implementation is `worker.replay.memory.MemoryStore`, which the replay and the unit tests
+run; `tests/integration/test_store_contract.py` holds it to `PgStore`.
 """
 
 from __future__ import annotations

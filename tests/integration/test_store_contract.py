@@ -1,33 +1,40 @@
-"""The fakes of `worker.ports` answer as PostgreSQL does, for the handlers.
+"""The in-memory store answers as PostgreSQL does: one script, `PgStore` and `MemoryStore`.
 
-The unit tests of `handle_signals` and `handle_prices` run against `tests.unit.fakes`;
-these run the same batch of signals (new ones, a second signal in a held token, a replay)
-and the same ticks through a fake and through `worker.db.store` on the real database, and
-compare every decision, balance, position and exit.
+The unit tests run `handle_signals` and `handle_prices` against `MemoryStore` (through
+`tests.memory`), and so does `replay`. Each contract test below runs once over each store
+(the `world` fixture: PostgreSQL through `PgStore`, or memory) and asserts the same: what
+is refused, what is kept, what is offered to exits. Two more run the same batch of signals
+and the same chunks of ticks through both stores at once and compare every decision,
+balance, position and exit.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 from uuid import UUID
 
 import asyncpg
 import pytest
 
-from tests.support import TOKEN_A, TOKEN_B, make_account, set_price, set_sol_price
-from tests.unit.fakes import FakeAgent, FakePriceStore, FakeSignalStore
+from tests.memory import add_agent, pause, set_config
+from tests.support import LONG_AGO, TOKEN_A, TOKEN_B, Account, make_account, set_price
 from worker.config_cache import ConfigTexts
+from worker.db.accounts import FundedAgent
 from worker.db.store import PgStore
-from worker.domain.ledger import BalanceDelta, SwapRow
-from worker.domain.models import SOL_MINT, Signal
-from worker.domain.records import AgentSetup, PriceWrite
+from worker.domain.ledger import BalanceDelta, NewPosition, SwapRow
+from worker.domain.models import SOL_MINT, PositionState, Signal
+from worker.domain.records import PriceWrite, TrailUpdate
+from worker.errors import DomainError
 from worker.handlers import SignalOutcome, handle_signals
 from worker.messages import PriceTickV1
-from worker.ports import SignalStore
+from worker.ports import PriceStore, SignalStore
 from worker.prices import Tick, handle_prices
 from worker.replay.memory import MemoryStore, StoreViolation
 from worker.settings import Settings, TradingSettings
@@ -112,298 +119,572 @@ def _seen(
     )
 
 
-async def test_the_fake_store_and_postgresql_agree_on_a_batch(db_conn: asyncpg.Connection) -> None:
-    # PostgreSQL.
-    await set_sol_price(db_conn, "100")
-    await set_price(db_conn, TOKEN_B, "0.5")
-    account = await make_account(db_conn, [a["config"] for a in AGENTS])
-    await db_conn.execute(
-        "UPDATE agents SET automated_trading_simulation = false WHERE id = $1",
-        account.agents[2].agent_id,
-    )
-    pg_ids = [a.agent_id for a in account.agents]
-    newer = account.agents[-1].agent_id
-    await db_conn.execute("UPDATE agents SET created_at = $2 WHERE id = $1", newer, NOW + SECOND)
-    async with db_conn.transaction():
-        pg_out = await _run(PgStore(db_conn), account.user_id)
-    wallets = [a.wallet_address for a in account.agents]
-    rows = await db_conn.fetch(
-        "SELECT wallet_address, token_address, balance FROM agent_balances "
-        "WHERE wallet_address = ANY($1::varchar[])",
-        wallets,
-    )
-    pg_sol = [
-        next(
-            r["balance"]
-            for r in rows
-            if r["wallet_address"] == w and r["token_address"] == SOL_MINT
-        )
-        for w in wallets
-    ]
-    pg_tokens = [
-        (wallets.index(r["wallet_address"]), r["token_address"], r["balance"])
-        for r in rows
-        if r["token_address"] != SOL_MINT
-    ]
+# --- the two stores behind one seeding interface ----------------------------------------
 
-    # The fake, with the same user id and agents in the same order.
-    fake = FakeSignalStore(prices={SOL_MINT: Decimal(100), TOKEN_B: Decimal("0.5")})
-    for i, spec in enumerate(AGENTS):
-        agent = FakeAgent(
-            account.user_id,
-            pg_ids[i],
-            {"simulation": wallets[i]},
-            spec["config"],
-            automated_trading_simulation=spec.get("automated", True),
-            created_at=spec.get("created_at"),  # the others: None, always there
-        )
-        fake.add_agent(agent, sol=Decimal(10))
-    fake_out = await _run(fake, account.user_id)
-    fake_sol = [fake.balances[(w, SOL_MINT)] for w in wallets]
-    fake_tokens = [
-        (wallets.index(w), t, amount) for (w, t), amount in fake.balances.items() if t != SOL_MINT
-    ]
 
-    pg = _seen(pg_out, pg_ids, pg_sol, pg_tokens)
-    assert _seen(fake_out, pg_ids, fake_sol, fake_tokens) == pg
+class Store(SignalStore, PriceStore, Protocol):
+    """Both ports, as `PgStore` and `MemoryStore` implement them."""
+
+
+@dataclass(frozen=True)
+class Spec:
+    """An agent to seed: its config, automation switch, creation time and SOL."""
+
+    config: dict[str, Any] | None = None
+    automated: bool = True
+    created_at: datetime = LONG_AGO
+    sol: Decimal = Decimal(10)
+
+
+def _spec(agent: dict[str, Any]) -> Spec:
+    return Spec(agent["config"], agent.get("automated", True),
+                agent.get("created_at", LONG_AGO))  # fmt: skip
+
+
+class World(Protocol):
+    """A store and what a test needs to seed it and read it back, for one kind of store."""
+
+    kind: str
+
+    @property
+    def store(self) -> Store: ...
+
+    async def account(self, specs: Sequence[Spec], like: Account | None = None) -> Account: ...
+    async def user(self) -> UUID: ...
+    async def set_price(self, token: str, price: Decimal, at: datetime) -> None: ...
+    async def pause(self, agent_id: UUID) -> None: ...
+    async def set_config(self, agent_id: UUID, config: dict[str, Any]) -> None: ...
+    def transaction(self) -> AbstractAsyncContextManager[None]: ...
+    async def balances(self) -> dict[tuple[str, str], Decimal]: ...
+    async def exits(self) -> list[tuple[UUID, str, Decimal]]: ...
+    async def sales_of(self, position_id: UUID) -> tuple[list[str], list[str]]: ...
+    async def sales(self) -> int: ...
+    async def trail_of(self, position_id: UUID) -> tuple[Decimal | None, Decimal | None]: ...
+
+
+class PgWorld:
+    """PostgreSQL, through `PgStore`, in this test's own database."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+        self.store = PgStore(conn)
+        self.kind = "postgresql"
+
+    async def account(self, specs: Sequence[Spec], like: Account | None = None) -> Account:
+        assert like is None
+        account = await make_account(
+            self.conn, [s.config for s in specs], deposits=[s.sol for s in specs]
+        )
+        for spec, agent in zip(specs, account.agents, strict=True):
+            await self.conn.execute(
+                "UPDATE agents SET created_at = $2, automated_trading_simulation = $3 "
+                "WHERE id = $1",
+                agent.agent_id, spec.created_at, spec.automated,
+            )  # fmt: skip
+        return account
+
+    async def user(self) -> UUID:
+        return (await make_account(self.conn, [])).user_id
+
+    async def set_price(self, token: str, price: Decimal, at: datetime) -> None:
+        await set_price(self.conn, token, price)
+        await self.conn.execute(
+            "UPDATE token_prices SET price_ts = $2 WHERE token_address = $1", token, at
+        )
+
+    async def pause(self, agent_id: UUID) -> None:
+        await self.conn.execute(
+            "UPDATE agents SET automated_trading_simulation = false WHERE id = $1", agent_id
+        )
+
+    async def set_config(self, agent_id: UUID, config: dict[str, Any]) -> None:
+        await self.conn.execute(
+            "UPDATE agents SET trading_config = $2::text::jsonb WHERE id = $1",
+            agent_id,
+            json.dumps(config),
+        )
+
+    def transaction(self) -> AbstractAsyncContextManager[None]:
+        return self.conn.transaction()
+
+    async def balances(self) -> dict[tuple[str, str], Decimal]:
+        rows = await self.conn.fetch(
+            "SELECT wallet_address, token_address, balance FROM agent_balances"
+        )
+        return {(r["wallet_address"], r["token_address"]): r["balance"] for r in rows}
+
+    async def exits(self) -> list[tuple[UUID, str, Decimal]]:
+        rows = await self.conn.fetch(
+            "SELECT position_id, close_reason, profit_loss_sol FROM agent_historical_swaps"
+        )
+        return sorted((r["position_id"], r["close_reason"], r["profit_loss_sol"]) for r in rows)
+
+    async def sales_of(self, position_id: UUID) -> tuple[list[str], list[str]]:
+        row = await self.conn.fetchrow(
+            "SELECT dca_transaction_ids, take_profit_transaction_ids FROM agent_positions "
+            "WHERE id = $1",
+            position_id,
+        )
+        assert row is not None
+        return list(row["dca_transaction_ids"]), list(row["take_profit_transaction_ids"])
+
+    async def sales(self) -> int:
+        count: int = await self.conn.fetchval(
+            "SELECT count(*) FROM agent_transactions WHERE input_mint <> $1 "
+            "AND transaction_type = 'SWAP'",
+            SOL_MINT,
+        )
+        return count
+
+    async def trail_of(self, position_id: UUID) -> tuple[Decimal | None, Decimal | None]:
+        row = await self.conn.fetchrow(
+            "SELECT peak_price, lowest_price FROM agent_positions WHERE id = $1", position_id
+        )
+        assert row is not None
+        return row["peak_price"], row["lowest_price"]
+
+
+class MemoryWorld:
+    """`MemoryStore`, seeded through `tests.memory`."""
+
+    def __init__(self) -> None:
+        self.store = MemoryStore()
+        self.kind = "memory"
+
+    async def account(self, specs: Sequence[Spec], like: Account | None = None) -> Account:
+        account = Account(like.user_id if like is not None else uuid.uuid4())
+        for i, spec in enumerate(specs):
+            agent = add_agent(
+                self.store, account.user_id, config=spec.config, sol=spec.sol,
+                agent_id=like.agents[i].agent_id if like is not None else None,
+                wallet=like.agents[i].wallet_address if like is not None else None,
+                automated_trading_simulation=spec.automated, created_at=spec.created_at,
+            )  # fmt: skip
+            account.agents.append(FundedAgent(agent.agent_id, agent.wallet_address, agent.name))
+        return account
+
+    async def user(self) -> UUID:
+        user_id = uuid.uuid4()
+        self.store.users.add(user_id)
+        return user_id
+
+    async def set_price(self, token: str, price: Decimal, at: datetime) -> None:
+        self.store.prices[token] = (price, at)
+
+    async def pause(self, agent_id: UUID) -> None:
+        pause(self.store, agent_id)
+
+    async def set_config(self, agent_id: UUID, config: dict[str, Any]) -> None:
+        set_config(self.store, agent_id, config)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[None]:
+        yield
+
+    async def balances(self) -> dict[tuple[str, str], Decimal]:
+        return dict(self.store.balances)
+
+    async def exits(self) -> list[tuple[UUID, str, Decimal]]:
+        return sorted(
+            (c.position.id, c.close_reason.value, c.pnl.profit_loss_sol)
+            for c, _ in self.store.closed
+        )
+
+    async def sales_of(self, position_id: UUID) -> tuple[list[str], list[str]]:
+        p = self.store.positions[position_id]
+        return [str(i) for i in p.tx_dca], [str(i) for i in p.tx_tp]
+
+    async def sales(self) -> int:
+        return sum(1 for s in self.store.swaps if s.input_mint != SOL_MINT)
+
+    async def trail_of(self, position_id: UUID) -> tuple[Decimal | None, Decimal | None]:
+        state = self.store.positions[position_id].state
+        return state.peak_price, state.lowest_price
+
+
+@pytest.fixture(params=["postgresql", "memory"])
+def world(request: pytest.FixtureRequest) -> World:
+    """Each contract test runs once over PostgreSQL and once over memory."""
+    if request.param == "memory":
+        return MemoryWorld()
+    return PgWorld(request.getfixturevalue("db_conn"))
+
+
+async def _bought(world: World, specs: Sequence[Spec], token: str = TOKEN_A) -> Account:
+    """An account whose agents each bought `token` at 1 USD (SOL at 100 USD) at `NOW`."""
+    await world.set_price(SOL_MINT, Decimal(100), NOW - SECOND)
+    account = await world.account(specs)
+    signal = replace(_signals(account.user_id)[0], token_address=token)
+    async with world.transaction():
+        await handle_signals(world.store, [signal], trading=TRADING, now=NOW)
+    return account
+
+
+def _ticks(token: str, *prices: tuple[str, int]) -> list[Tick]:
+    ticks = []
+    for price, seconds in prices:
+        ts = NOW + timedelta(seconds=seconds)
+        ticks.append(Tick(PriceTickV1(token_address=token, price_usd=Decimal(price), ts=ts), ts))
+    return ticks
+
+
+# --- the same script through both stores, compared -----------------------------------------
+
+
+async def test_memory_and_postgresql_agree_on_a_batch(db_conn: asyncpg.Connection) -> None:
+    pg, memory = PgWorld(db_conn), MemoryWorld()
+    specs = [_spec(a) for a in AGENTS]
+    account = await pg.account(specs)
+    await memory.account(specs, like=account)  # the same ids: the same sizes are drawn
+    seen = []
+    for world in (pg, memory):
+        await world.set_price(SOL_MINT, Decimal(100), NOW)
+        await world.set_price(TOKEN_B, Decimal("0.5"), NOW)
+        async with world.transaction():
+            outcomes = await _run(world.store, account.user_id)
+        balances = await world.balances()
+        wallets = [a.wallet_address for a in account.agents]
+        sol = [balances[(w, SOL_MINT)] for w in wallets]
+        tokens = [(wallets.index(w), t, b) for (w, t), b in balances.items() if t != SOL_MINT]
+        seen.append(_seen(outcomes, [a.agent_id for a in account.agents], sol, tokens))
+    assert seen[1] == seen[0]
     # And the batch did what it says: buys, a skip for the held token, a replay.
-    statuses = [[s for _, s, _ in decisions] for _, _, decisions in pg.outcomes]
+    pg_seen = seen[0]
+    statuses = [[s for _, s, _ in decisions] for _, _, decisions in pg_seen.outcomes]
     assert statuses[0] == ["success", "skipped", "skipped", "success"]
     assert statuses[1] == ["skipped", "skipped", "skipped", "skipped"]
-    assert pg.outcomes[3] == (False, 4, [])
+    assert pg_seen.outcomes[3] == (False, 4, [])
     assert statuses[4] == ["skipped"] * 4 + ["success"]  # the newer agent's first signal
-    assert "hold" in str(pg.outcomes[4][2][0][2])
+    assert "hold" in str(pg_seen.outcomes[4][2][0][2])
 
 
-async def test_the_fake_price_store_and_postgresql_agree_on_ticks(
-    db_conn: asyncpg.Connection,
-) -> None:
+async def test_memory_and_postgresql_agree_on_ticks(db_conn: asyncpg.Connection) -> None:
     """Positions opened by a real batch in two tokens, then the same chunks of ticks through
     both stores: quiet ticks, take-profit sales (two in one chunk), a stale close, stop
     losses in both tokens in one chunk, and a paused agent's positions left alone."""
-    await set_sol_price(db_conn, "100")
-    await set_price(db_conn, TOKEN_B, "1")
-    configs: list[dict[str, Any] | None] = [
-        FIXED,
-        {**FIXED, "takeProfit": {"enabled": True}, "stopLoss": {"enabled": False}},
-        {**FIXED, "stopLoss": {"defaultPercentage": -10}},
-        FIXED,
+    pg, memory = PgWorld(db_conn), MemoryWorld()
+    specs = [
+        Spec(FIXED),
+        Spec({**FIXED, "takeProfit": {"enabled": True}, "stopLoss": {"enabled": False}}),
+        Spec({**FIXED, "stopLoss": {"defaultPercentage": -10}}),
+        Spec(FIXED),
     ]
-    account = await make_account(db_conn, configs)
-    async with db_conn.transaction():
-        await handle_signals(
-            PgStore(db_conn), _signals(account.user_id)[:3], trading=TRADING, now=NOW
-        )
-    # The prices as if observed just before the ticks below.
-    await db_conn.execute("UPDATE token_prices SET price_ts = $1", NOW)
-    pg = PgStore(db_conn)
-    all_ids = [p.id for p in await pg.trail_rows([TOKEN_A, TOKEN_B])]
-    opened = await pg.lock_positions(all_ids)
-    assert len(opened) == 8  # four agents, two tokens
-    # Then one agent turns automated trading off: its positions are no longer offered.
+    account = await pg.account(specs)
+    await memory.account(specs, like=account)
     paused = account.agents[3].agent_id
-    await db_conn.execute(
-        "UPDATE agents SET automated_trading_simulation = false WHERE id = $1", paused
-    )
-    ids = [p.id for p in await pg.trail_rows([TOKEN_A, TOKEN_B])]
-    assert len(ids) == 6  # the paused agent's positions are not offered
-    paused_positions = [p for p in opened if p.agent_id == paused]
-
-    fake = FakePriceStore(prices=await pg.latest_prices([SOL_MINT, TOKEN_A, TOKEN_B]))
-    fake.paused.add(paused)
-    for p in opened:  # all of them: the fake must leave the paused ones alone as PostgreSQL does
-        fake.positions[p.id] = p
-    agents = [a.agent_id for a in account.agents]
-    fake.configs = {a: text for a, (_, text) in (await pg.agent_configs(agents)).items()}
-    rows = await db_conn.fetch("SELECT wallet_address, token_address, balance FROM agent_balances")
-    fake.balances = {(r["wallet_address"], r["token_address"]): r["balance"] for r in rows}
-
     settings = Settings()
     chunks = [
         [(TOKEN_A, "1.05", 1), (TOKEN_B, "1.02", 2), (TOKEN_A, "1.6", 3), (TOKEN_A, "2.6", 4)],
         [(TOKEN_A, "0.85", 5)],
         [(TOKEN_B, "0.5", 6), (TOKEN_A, "0.5", 7), (SOL_MINT, "90", 8), (TOKEN_A, "0.4", 9)],
     ]
-    pg_configs, fake_configs = ConfigTexts(), ConfigTexts()
-    for chunk in chunks:
-        ticks = []
-        for token, price, seconds in chunk:
-            ts = NOW + timedelta(seconds=seconds)
-            message = PriceTickV1(token_address=token, price_usd=Decimal(price), ts=ts)
-            ticks.append(Tick(message, ts))
-        now = ticks[-1].ts
-        async with db_conn.transaction():
-            pg_exits = await handle_prices(
-                pg, ticks, configs=pg_configs, settings=settings, now=now
-            )
-        fake_exits = await handle_prices(
-            fake, ticks, configs=fake_configs, settings=settings, now=now
-        )
-        assert fake_exits == pg_exits, chunk
-
-    pg_open = {p.id: p.state for p in await pg.lock_positions(ids)}
-    assert {i: p.state for i, p in fake.positions.items() if i in ids} == pg_open
-    rows = await db_conn.fetch("SELECT wallet_address, token_address, balance FROM agent_balances")
-    assert fake.balances == {(r["wallet_address"], r["token_address"]): r["balance"] for r in rows}
-    assert fake.prices == await pg.latest_prices([SOL_MINT, TOKEN_A, TOKEN_B])
-    history = await db_conn.fetch(
-        "SELECT position_id, close_reason, profit_loss_sol FROM agent_historical_swaps"
-    )
-    assert sorted(
-        (c.position.id, c.close_reason.value, c.pnl.profit_loss_sol) for c in fake.history
-    ) == sorted((r["position_id"], r["close_reason"], r["profit_loss_sol"]) for r in history)
-    assert {r["close_reason"] for r in history} >= {"stop_loss"}
-    assert {c.position.token_address for c in fake.history} == {TOKEN_A, TOKEN_B}
-    sales = await db_conn.fetchval(
-        "SELECT count(*) FROM agent_transactions WHERE input_mint = ANY($1::varchar[])",
-        [TOKEN_A, TOKEN_B],
-    )
-    assert sales == len(fake.swaps) >= 4
-    # The take-profit agent sold at +60% and +160% in one chunk: both sales are listed on
-    # its position, in order, until it closed.
-    tp_sales = await db_conn.fetch(
-        "SELECT id::text AS id FROM agent_transactions WHERE is_take_profit ORDER BY output_amount"
-    )
-    assert len(tp_sales) >= 2
-    # The paused agent's positions went through every tick untouched, in both stores.
-    for position in paused_positions:
-        row = await db_conn.fetchrow(
-            "SELECT peak_price, lowest_price FROM agent_positions WHERE id = $1", position.id
-        )
-        assert row is not None
-        state = position.state
-        assert (row["peak_price"], row["lowest_price"]) == (state.peak_price, state.lowest_price)
-        assert fake.positions[position.id] == position
+    exits, states, opened = [], [], {}
+    for world in (pg, memory):
+        await world.set_price(SOL_MINT, Decimal(100), NOW - SECOND)
+        await world.set_price(TOKEN_B, Decimal(1), NOW - SECOND)
+        async with world.transaction():
+            signals = _signals(account.user_id)[:3]
+            await handle_signals(world.store, signals, trading=TRADING, now=NOW)
+        ids = [p.id for p in await world.store.trail_rows([TOKEN_A, TOKEN_B])]
+        opened = {p.id: p for p in await world.store.lock_positions(ids)}
+        assert len(opened) == 8  # four agents, two tokens
+        # Then one agent turns automated trading off: its positions are no longer offered.
+        await world.pause(paused)
+        assert len(await world.store.trail_rows([TOKEN_A, TOKEN_B])) == 6
+        configs, outcomes = ConfigTexts(), []
+        for chunk in chunks:
+            ticks = [t for token, price, at in chunk for t in _ticks(token, (price, at))]
+            async with world.transaction():
+                done = await handle_prices(
+                    world.store, ticks, configs=configs, settings=settings, now=ticks[-1].ts
+                )
+            outcomes.append(done)
+        exits.append((outcomes, await world.exits(), await world.sales()))
+        now_open = {p.id: p for p in await world.store.lock_positions(list(opened))}
+        states.append(
+            ({i: p.state for i, p in now_open.items()}, await world.balances(),
+             await world.store.latest_prices([SOL_MINT, TOKEN_A, TOKEN_B]))
+        )  # fmt: skip
+        # The paused agent's positions went through every tick untouched.
+        for position in opened.values():
+            if position.agent_id == paused:
+                state = position.state
+                assert await world.trail_of(position.id) == (state.peak_price, state.lowest_price)
+    assert exits[1] == exits[0]
+    assert states[1] == states[0]
+    _, history, sales = exits[0]
+    assert {reason for _, reason, _ in history} >= {"stop_loss"}
+    assert {opened[i].token_address for i, _, _ in history} == {TOKEN_A, TOKEN_B}
+    assert sales >= 4
 
 
-async def test_a_chunk_lists_every_dca_and_take_profit_sale_on_its_position(
-    db_conn: asyncpg.Connection,
-) -> None:
+async def test_a_chunk_lists_every_dca_and_take_profit_sale_on_its_position(world: World) -> None:
     """Two take-profit sales in one chunk and two DCA buys: the positions' transaction-id
-    arrays list all of them."""
-    await set_sol_price(db_conn, "100")
+    arrays list all of them, in order."""
     take_profit = {**FIXED, "takeProfit": {"enabled": True}, "stopLoss": {"enabled": False}}
     dca = {
         **FIXED,
         "stopLoss": {"enabled": False},
         "dca": {"enabled": True, "mode": "aggressive", "cooldownSeconds": 10},
     }
-    account = await make_account(db_conn, [take_profit, dca])
-    async with db_conn.transaction():
-        await handle_signals(
-            PgStore(db_conn), _signals(account.user_id)[:1], trading=TRADING, now=NOW
+    account = await _bought(world, [Spec(take_profit), Spec(dca)])
+    [tp_id, dca_id] = [
+        p.agent_id and p.id
+        for a in account.agents
+        for p in await world.store.lock_positions(
+            [r.id for r in await world.store.trail_rows([TOKEN_A]) if r.agent_id == a.agent_id]
         )
-    store, configs, settings = PgStore(db_conn), ConfigTexts(), Settings()
+    ]
+    configs, settings = ConfigTexts(), Settings()
 
     async def chunk(*prices: tuple[str, int]) -> None:
-        ticks = []
-        for price, seconds in prices:
-            ts = NOW + timedelta(seconds=seconds)
-            message = PriceTickV1(token_address=TOKEN_A, price_usd=Decimal(price), ts=ts)
-            ticks.append(Tick(message, ts))
-        async with db_conn.transaction():
-            await handle_prices(store, ticks, configs=configs, settings=settings, now=ticks[-1].ts)
+        ticks = _ticks(TOKEN_A, *prices)
+        async with world.transaction():
+            await handle_prices(world.store, ticks, configs=configs, settings=settings,
+                                now=ticks[-1].ts)  # fmt: skip
 
     await chunk(("1.6", 1), ("2.6", 2))  # take profit at +50% and +150%
     # DCA at -11%, then -16% (a chunk's ticks share the time they are processed at, so the
     # 10 s cooldown keeps a second DCA out of the same chunk).
     await chunk(("0.89", 20))
     await chunk(("0.79", 40), ("0.78", 41))
-    rows = {
-        r["agent_id"]: r
-        for r in await db_conn.fetch(
-            "SELECT agent_id, dca_transaction_ids, take_profit_transaction_ids, dca_count "
-            "FROM agent_positions"
-        )
-    }
-    tp_row, dca_row = rows[account.agents[0].agent_id], rows[account.agents[1].agent_id]
-    tp_ids = await db_conn.fetch(
-        "SELECT id::text AS id FROM agent_transactions WHERE is_take_profit "
-        "ORDER BY transaction_time, output_amount DESC"
-    )
-    dca_ids = await db_conn.fetch(
-        "SELECT id::text AS id FROM agent_transactions WHERE is_dca ORDER BY transaction_time"
-    )
-    assert len(tp_ids) == 2
-    assert set(tp_row["take_profit_transaction_ids"]) == {r["id"] for r in tp_ids}
-    assert tp_row["dca_transaction_ids"] == []
-    assert len(dca_ids) == dca_row["dca_count"] == 2
-    assert set(dca_row["dca_transaction_ids"]) == {r["id"] for r in dca_ids}
-    assert dca_row["take_profit_transaction_ids"] == []
+    tp_dca, tp_sales = await world.sales_of(tp_id)
+    dca_buys, dca_tp = await world.sales_of(dca_id)
+    assert (len(tp_sales), tp_dca) == (2, [])
+    assert (len(dca_buys), dca_tp) == (2, [])
+    [dca_position] = await world.store.lock_positions([dca_id])
+    assert dca_position.state.dca_count == 2
 
 
-async def test_a_config_changed_in_the_database_applies_on_the_next_tick(
-    db_conn: asyncpg.Connection,
-) -> None:
+async def test_a_config_changed_in_the_store_applies_on_the_next_tick(world: World) -> None:
     """Configs are held by the agents row's version (`xmin`): an update is seen at once."""
-    await set_sol_price(db_conn, "100")
-    account = await make_account(db_conn, [FIXED])
-    async with db_conn.transaction():
-        await handle_signals(
-            PgStore(db_conn), _signals(account.user_id)[:1], trading=TRADING, now=NOW
-        )
-    store, configs, settings = PgStore(db_conn), ConfigTexts(), Settings()
+    account = await _bought(world, [Spec(FIXED)])
+    configs, settings = ConfigTexts(), Settings()
 
     async def tick(price: str, seconds: int) -> dict[str, int]:
-        ts = NOW + timedelta(seconds=seconds)
-        message = PriceTickV1(token_address=TOKEN_A, price_usd=Decimal(price), ts=ts)
-        async with db_conn.transaction():
+        async with world.transaction():
             [outcome] = await handle_prices(
-                store, [Tick(message, ts)], configs=configs, settings=settings, now=ts
-            )
+                world.store, _ticks(TOKEN_A, (price, seconds)), configs=configs,
+                settings=settings, now=NOW + timedelta(seconds=seconds),
+            )  # fmt: skip
             return outcome.closes
 
     assert await tick("0.9", 1) == {}  # -10%: inside the default -32% stop
     assert await tick("0.91", 2) == {}
-    await db_conn.execute(
-        "UPDATE agents SET trading_config = $2::jsonb WHERE id = $1",
-        account.agents[0].agent_id,
-        '{"stopLoss": {"defaultPercentage": -5}}',
-    )
+    await world.set_config(account.agents[0].agent_id, {"stopLoss": {"defaultPercentage": -5}})
     # The stored stop of the open position stays -32% (it was set at the buy); the new
     # config's default is what the next tick ratchets from: max(-32, -5) = -5, crossed.
     assert await tick("0.9", 3) == {"stop_loss": 1}
 
 
-def _unfit_writes(user_id: UUID, wallet: str, agent_id: UUID) -> dict[str, Any]:
-    """One write per kind whose value no column holds (a second past `NOW`)."""
-    big = Decimal(10) ** 12
-    at = NOW + timedelta(seconds=1)
-    swap = SwapRow(
-        id=uuid.uuid4(), agent_id=agent_id, wallet_address=wallet, time=at, signal_id=None,
-        value_usd=big, input_mint=SOL_MINT, input_symbol="SOL", input_amount=Decimal(1),
-        input_price=Decimal(1), output_mint=TOKEN_A, output_symbol="A", output_amount=Decimal(1),
-        output_price=Decimal(1), network_fee_sol=Decimal(0), protocol_fee_sol=Decimal(0),
-    )  # fmt: skip
-    price = PriceWrite(TOKEN_A, Decimal("999999999999.9999999999999999999"), at)
-    signal = replace(_signals(user_id)[0], idempotency_key="unfit", price_usd=price.price_usd)
-    return {
-        "insert_swaps": [swap],
-        "apply_balance_deltas": [BalanceDelta(agent_id, wallet, TOKEN_A, "A", big)],
-        "upsert_prices": [price],
-        "record_ticks": [price],
-        "insert_signals": [signal],
-    }
-
-
-@pytest.mark.parametrize(
-    "write",
-    ["insert_swaps", "apply_balance_deltas", "upsert_prices", "record_ticks", "insert_signals"],
-)
-async def test_the_memory_store_refuses_what_postgresql_cannot_hold(
-    db_conn: asyncpg.Connection, write: str
+async def test_an_agents_row_version_moves_when_the_row_changes_and_only_then(
+    world: World,
 ) -> None:
-    """A value beyond its numeric column: PostgreSQL refuses it (numeric field overflow),
-    and so does the replay's memory store, where the same value would otherwise be kept."""
-    account = await make_account(db_conn, [FIXED])
+    account = await _bought(world, [Spec(FIXED)])
+    agent_id = account.agents[0].agent_id
+    [row] = await world.store.trail_rows([TOKEN_A])
+    [(version, _)] = (await world.store.agent_configs([agent_id])).values()
+    assert row.config_version == version
+    [again] = await world.store.trail_rows([TOKEN_A])
+    assert again.config_version == version
+    await world.set_config(agent_id, {"stopLoss": {"defaultPercentage": -5}})
+    [changed] = await world.store.trail_rows([TOKEN_A])
+    [(new_version, text)] = (await world.store.agent_configs([agent_id])).values()
+    assert changed.config_version == new_version != version
+    assert text is not None and "-5" in str(text)
+
+
+async def test_a_user_without_agents_exists(world: World) -> None:
+    user_id, stranger = await world.user(), uuid.uuid4()
+    assert await world.store.existing_users([user_id, stranger]) == {user_id}
+    assert await world.store.fetch_agents([user_id], [TOKEN_A]) == {}
+
+
+async def test_a_paused_agents_positions_are_not_offered_to_exits(world: World) -> None:
+    account = await _bought(world, [Spec(FIXED), Spec(FIXED)])
+    rows = await world.store.trail_rows([TOKEN_A])
+    assert len(rows) == 2
+    paused = account.agents[0].agent_id
+    await world.pause(paused)
+    [row] = await world.store.trail_rows([TOKEN_A])
+    assert row.agent_id == account.agents[1].agent_id
+    [locked] = await world.store.lock_positions([r.id for r in rows])
+    assert locked.agent_id == account.agents[1].agent_id
+
+
+async def test_a_price_is_stored_only_when_newer(world: World) -> None:
+    at = NOW
+    assert await world.store.upsert_prices([PriceWrite(TOKEN_A, Decimal(1), at)]) == {TOKEN_A}
+    older, same = PriceWrite(TOKEN_A, Decimal(2), at - SECOND), PriceWrite(TOKEN_A, Decimal(3), at)
+    assert await world.store.upsert_prices([older]) == set()
+    assert await world.store.upsert_prices([same]) == set()
+    assert await world.store.latest_prices([TOKEN_A, TOKEN_B]) == {TOKEN_A: (Decimal(1), at)}
+    newer = PriceWrite(TOKEN_A, Decimal(4), at + SECOND)
+    assert await world.store.upsert_prices([newer]) == {TOKEN_A}
+    assert await world.store.fetch_prices([TOKEN_A]) == {TOKEN_A: Decimal(4)}
+
+
+async def test_trails_only_rise_and_lows_only_fall(world: World) -> None:
+    await _bought(world, [Spec(FIXED)])
+    [row] = await world.store.trail_rows([TOKEN_A])
+    low, peak = Decimal("0.005"), Decimal("0.02")
+    async with world.transaction():
+        await world.store.update_trails([TrailUpdate(row.id, peak, Decimal(-10), low)], NOW)
+        # A later, smaller peak and stop and a higher low (ticks interleaved): ignored.
+        await world.store.update_trails(
+            [TrailUpdate(row.id, Decimal("0.015"), Decimal(-20), Decimal("0.008"))], NOW
+        )
+    [after] = await world.store.trail_rows([TOKEN_A])
+    assert (after.peak_price, after.current_stop_loss_percentage, after.lowest_price) == (
+        peak, Decimal(-10), low,
+    )  # fmt: skip
+
+
+async def test_a_position_opens_with_all_of_its_purchase_held(world: World) -> None:
+    """The INSERT writes a position's opening columns only: whatever else the state says
+    (a part sold, DCA buys, take-profit levels) is not what a new position is."""
+    await world.set_price(SOL_MINT, Decimal(100), NOW)
+    account = await world.account([Spec(FIXED)])
     agent = account.agents[0]
-    args = _unfit_writes(account.user_id, agent.wallet_address, agent.agent_id)[write]
-    with pytest.raises(asyncpg.NumericValueOutOfRangeError):
-        async with db_conn.transaction():
-            await getattr(PgStore(db_conn), write)(args)
-    memory = MemoryStore()
-    memory.add_agent(
-        AgentSetup(account.user_id, agent.agent_id, "a", agent.wallet_address, None), Decimal(10)
+    swap = _swap(agent)
+    state = PositionState(
+        purchase_price=Decimal(1), purchase_amount=Decimal(1), total_invested_sol=Decimal(1),
+        created_at=NOW, remaining_amount=Decimal("0.5"), dca_count=2, take_profit_levels_hit=1,
+    )  # fmt: skip
+    position = NewPosition(uuid.uuid4(), agent.agent_id, agent.wallet_address, TOKEN_A, "A",
+                           swap.id, state)  # fmt: skip
+    async with world.transaction():
+        await world.store.insert_swaps([swap])
+        await world.store.insert_positions([position])
+    [held] = await world.store.lock_positions([position.id])
+    assert held.state == PositionState(
+        purchase_price=Decimal(1), purchase_amount=Decimal(1), total_invested_sol=Decimal(1),
+        created_at=NOW, remaining_amount=Decimal(1),
+    )  # fmt: skip
+
+
+async def test_a_position_may_name_exit_rules_that_are_not_stored(world: World) -> None:
+    """No foreign key on purpose (schema 0004): such a position takes the default rules."""
+    account = await world.account([Spec(FIXED)])
+    agent, swap, rules = account.agents[0], _swap(account.agents[0]), uuid.uuid4()
+    async with world.transaction():
+        await world.store.insert_swaps([swap])
+        await world.store.insert_positions([_position(agent, swap, rules)])
+    [held] = await world.store.lock_positions(
+        [r.id for r in await world.store.trail_rows([TOKEN_A])]
     )
-    with pytest.raises(StoreViolation, match="cannot hold"):
-        await getattr(memory, write)(args)
+    assert held.exit_rules_id == rules
+    assert await world.store.exit_rules([rules]) == {}
+
+
+# --- what both refuse --------------------------------------------------------------------
+
+
+def _swap(agent: FundedAgent, **fields: Any) -> SwapRow:
+    """A buy of one token A for one SOL by `agent`, a second past `NOW`."""
+    return replace(
+        SwapRow(
+            id=uuid.uuid4(), agent_id=agent.agent_id, wallet_address=agent.wallet_address,
+            time=NOW + SECOND, signal_id=None, value_usd=Decimal(1), input_mint=SOL_MINT,
+            input_symbol="SOL", input_amount=Decimal(1), input_price=Decimal(1),
+            output_mint=TOKEN_A, output_symbol="A", output_amount=Decimal(1),
+            output_price=Decimal(1), network_fee_sol=Decimal(0), protocol_fee_sol=Decimal(0),
+        ),
+        **fields,
+    )  # fmt: skip
+
+
+def _position(agent: FundedAgent, swap: SwapRow, rules: UUID | None = None) -> NewPosition:
+    state = PositionState(Decimal(1), Decimal(1), Decimal(1), NOW)
+    return NewPosition(uuid.uuid4(), agent.agent_id, agent.wallet_address, TOKEN_A, "A",
+                       swap.id, state, rules)  # fmt: skip
+
+
+BIG = Decimal(10) ** 12
+UNFIT_PRICE = PriceWrite(TOKEN_A, Decimal("999999999999.9999999999999999999"), NOW + SECOND)
+
+
+async def _second_position(store: Store, agent: FundedAgent) -> Callable[[], Awaitable[None]]:
+    first, second = _swap(agent), _swap(agent)
+    await store.insert_swaps([first, second])
+    await store.insert_positions([_position(agent, first)])
+    return lambda: store.insert_positions([_position(agent, second)])
+
+
+async def _second_swap(store: Store, agent: FundedAgent) -> Callable[[], Awaitable[None]]:
+    swap = _swap(agent)
+    await store.insert_swaps([swap])
+    return lambda: store.insert_swaps([replace(swap, input_amount=Decimal(2))])
+
+
+def _write(name: str, *args: Any) -> Callable[[Store, FundedAgent], Awaitable[Any]]:
+    """A case whose refused write is the first: `name` of the store, with `args` built
+    from the agent."""
+
+    async def prepare(store: Store, agent: FundedAgent) -> Callable[[], Awaitable[None]]:
+        built = [a(agent) if callable(a) else a for a in args]
+        return lambda: getattr(store, name)(*built)
+
+    return prepare
+
+
+def _signal(agent: FundedAgent) -> list[Signal]:
+    del agent
+    return [replace(_signals(uuid.uuid4())[0], price_usd=UNFIT_PRICE.price_usd)]
+
+
+REFUSALS: list[Any] = [
+    # A value beyond its numeric column (PostgreSQL: numeric field overflow).
+    pytest.param(_write("insert_swaps", lambda a: [_swap(a, value_usd=BIG)]),
+                 asyncpg.NumericValueOutOfRangeError, "cannot hold", id="swap-overflow"),
+    pytest.param(_write("apply_balance_deltas",
+                        lambda a: [BalanceDelta(a.agent_id, a.wallet_address, TOKEN_A, "A", BIG)]),
+                 asyncpg.NumericValueOutOfRangeError, "cannot hold", id="balance-overflow"),
+    pytest.param(_write("upsert_prices", [UNFIT_PRICE]),
+                 asyncpg.NumericValueOutOfRangeError, "cannot hold", id="price-overflow"),
+    pytest.param(_write("record_ticks", [UNFIT_PRICE]),
+                 asyncpg.NumericValueOutOfRangeError, "cannot hold", id="tick-overflow"),
+    pytest.param(_write("insert_signals", _signal),
+                 asyncpg.NumericValueOutOfRangeError, "cannot hold", id="signal-overflow"),
+    # The ledger's own rules.
+    pytest.param(_write("apply_balance_deltas",
+                        lambda a: [BalanceDelta(a.agent_id, a.wallet_address, TOKEN_A, "A",
+                                                Decimal(-1))]),
+                 DomainError, "missing balance row", id="debit-of-a-missing-row"),
+    pytest.param(_write("apply_balance_deltas",
+                        lambda a: [BalanceDelta(a.agent_id, a.wallet_address, SOL_MINT, "SOL",
+                                                Decimal(-11))]),
+                 asyncpg.CheckViolationError, "would be", id="debit-below-zero"),
+    pytest.param(_second_position, asyncpg.UniqueViolationError, "a second position",
+                 id="second-position-in-a-token"),
+    pytest.param(_second_swap, asyncpg.UniqueViolationError, "a second transaction",
+                 id="second-transaction-with-an-id"),
+    pytest.param(_write("upsert_prices", [PriceWrite(TOKEN_A, Decimal(1), NOW),
+                                          PriceWrite(TOKEN_A, Decimal(2), NOW + SECOND)]),
+                 asyncpg.CardinalityViolationError, "two prices of one token",
+                 id="two-prices-of-a-token-in-one-upsert"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "pg_error", "memory_error"), REFUSALS)
+async def test_both_stores_refuse_what_postgresql_refuses(
+    world: World,
+    case: Callable[[Store, FundedAgent], Awaitable[Callable[[], Awaitable[None]]]],
+    pg_error: type[Exception],
+    memory_error: str,
+) -> None:
+    """Where PostgreSQL rolls the transaction back, the memory store raises
+    `StoreViolation` (in a replay: a bug, never an outcome)."""
+    account = await world.account([Spec(FIXED, sol=Decimal(10))])
+    agent = account.agents[0]
+    in_memory = world.kind == "memory"
+    refused: type[Exception] = StoreViolation if in_memory else pg_error
+    match = memory_error if in_memory else None
+
+    async def attempt() -> None:
+        async with world.transaction():  # what it wrote before is rolled back with it
+            write = await case(world.store, agent)
+            await write()
+
+    with pytest.raises(refused, match=match):
+        await attempt()

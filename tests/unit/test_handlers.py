@@ -1,4 +1,4 @@
-"""`handle_signals` against the in-memory fake of its port: fan-out, decisions, buys, replay.
+"""`handle_signals` against the in-memory store (`tests.memory`): fan-out, decisions, buys, replay.
 
 Prices: SOL at 100 USD, the token at 1 USD (0.01 SOL). An agent with 10 SOL and
 randomisation off buys in the large tier: 2.0 SOL for 200 tokens, 2.000005 SOL debited with
@@ -15,10 +15,10 @@ from typing import Any
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from tests.memory import RecordingStore, add_agent
 from tests.support import TOKEN_A as TOKEN
 from tests.support import TOKEN_B as OTHER
 from tests.support import TOKEN_C
-from tests.unit.fakes import FakeAgent, FakeSignalStore
 from worker.domain.models import SOL_MINT, ExecutionStatus, Signal
 from worker.handlers import (
     SignalOutcome,
@@ -46,21 +46,16 @@ def _signal(user_id: uuid.UUID, token: str = TOKEN, key: str = "k-1", **kw: Any)
     )
 
 
-def _store(
-    *agents: dict[str, Any], sol: Decimal = Decimal(10)
-) -> tuple[FakeSignalStore, uuid.UUID]:
+def _store(*agents: dict[str, Any], sol: Decimal = Decimal(10)) -> tuple[RecordingStore, uuid.UUID]:
     """A store with one user whose agents take `agents`' overrides; SOL at 100 USD."""
-    store = FakeSignalStore(prices={SOL_MINT: Decimal(100)})
+    store = RecordingStore(prices={SOL_MINT: (Decimal(100), NOW)})
     user_id = uuid.uuid4()
     for overrides in agents:
-        agent_id = uuid.uuid4()
-        wallets = {"simulation": f"sim_{agent_id.hex}", "live": f"live_{agent_id.hex}"}
-        fields: dict[str, Any] = {"trading_config": FIXED, **overrides}
-        store.add_agent(FakeAgent(user_id, agent_id, wallets, **fields), sol=sol)
+        add_agent(store, user_id, sol=sol, **{"config": FIXED, **overrides})
     return store, user_id
 
 
-async def _handle(store: FakeSignalStore, *signals: Signal) -> list[SignalOutcome]:
+async def _handle(store: RecordingStore, *signals: Signal) -> list[SignalOutcome]:
     results = await handle_signals(store, signals, trading=TRADING, now=NOW)
     outcomes = [r for r in results if isinstance(r, SignalOutcome)]
     assert len(outcomes) == len(results)
@@ -78,7 +73,7 @@ async def test_fans_out_one_execution_per_agent_and_buys_for_each() -> None:
     assert _statuses(outcome) == [SUCCESS] * 3
     assert len(store.executions) == len(store.swaps) == len(store.positions) == 3
     for agent in store.agents.values():
-        wallet = agent.wallets["simulation"]
+        wallet = agent.wallet_address
         assert store.balances[(wallet, SOL_MINT)] == Decimal(10) - DEBIT
         assert store.balances[(wallet, TOKEN)] == Decimal(200)
         row = store.executions[(outcome.signal_id, agent.agent_id)]
@@ -101,9 +96,7 @@ async def test_a_redelivered_signal_writes_nothing_twice() -> None:
 async def test_a_replay_decides_only_for_agents_without_an_execution() -> None:
     store, user_id = _store({})
     [first] = await _handle(store, _signal(user_id))
-    late = store.add_agent(
-        FakeAgent(user_id, uuid.uuid4(), {"simulation": "sim_late"}, FIXED), sol=Decimal(10)
-    )
+    late = add_agent(store, user_id, config=FIXED)
     [again] = await _handle(store, _signal(user_id))
     assert [a.agent_id for a in again.outcomes] == [late.agent_id]
     assert again.already_done == 1
@@ -116,11 +109,7 @@ async def test_an_agent_created_after_a_signal_is_not_decided_for_it_on_a_redeli
     # execution (not even a skipped one); the older agent's is not written twice.
     store, user_id = _store({"created_at": NOW - timedelta(days=1)})
     [first] = await _handle(store, _signal(user_id))
-    newer = store.add_agent(
-        FakeAgent(user_id, uuid.uuid4(), {"simulation": "sim_newer"}, FIXED,
-                  created_at=NOW + timedelta(seconds=1)),
-        sol=Decimal(10),
-    )  # fmt: skip
+    newer = add_agent(store, user_id, config=FIXED, created_at=NOW + timedelta(seconds=1))
     before = (dict(store.balances), len(store.swaps), len(store.executions))
     [again] = await _handle(store, _signal(user_id))
     assert (again.outcomes, again.already_done) == ([], 1)
@@ -147,22 +136,18 @@ async def test_a_signal_made_before_an_agent_is_not_decided_for_it_on_its_first_
 async def test_the_stored_signal_time_decides_when_a_redelivery_carries_another() -> None:
     store, user_id = _store({"created_at": NOW - timedelta(days=1)})
     [first] = await _handle(store, _signal(user_id))
-    store.add_agent(
-        FakeAgent(user_id, uuid.uuid4(), {"simulation": "sim_newer"}, FIXED,
-                  created_at=NOW + timedelta(seconds=1)),
-        sol=Decimal(10),
-    )  # fmt: skip
+    add_agent(store, user_id, config=FIXED, created_at=NOW + timedelta(seconds=1))
     # The same key with a later created_at (a publisher's bug): still the stored signal.
     [again] = await _handle(store, _signal(user_id, created_at=NOW + timedelta(hours=1)))
     assert (again.signal_id, again.outcomes) == (first.signal_id, [])
 
 
 async def test_a_config_over_the_cap_fails_that_agent_with_the_reason_and_others_trade() -> None:
-    store, user_id = _store({}, {"trading_config": {**FIXED, "notes": "x" * 2000}}, {})
+    store, user_id = _store({}, {"config": {**FIXED, "notes": "x" * 2000}}, {})
     capped_trading = TradingSettings(
         network_fee_sol=Decimal("0.000005"), protocol_fee_bps=Decimal(0), max_config_bytes=1024
     )
-    big = next(a for a in store.agents.values() if "notes" in a.trading_config)
+    big = next(a for a in store.agents.values() if "notes" in str(a.config_text))
     [outcome] = await handle_signals(store, [_signal(user_id)], trading=capped_trading, now=NOW)
     assert isinstance(outcome, SignalOutcome)
     reason = (
@@ -200,7 +185,7 @@ async def test_signals_of_one_batch_see_each_others_buys() -> None:
     assert _statuses(second) == [SKIPPED]
     assert _statuses(other) == [SUCCESS]
     [agent] = store.agents.values()
-    wallet = agent.wallets["simulation"]
+    wallet = agent.wallet_address
     # Two buys: the second sized from the balance the first left (8 SOL: the medium tier).
     assert store.balances[(wallet, SOL_MINT)] < Decimal(10) - DEBIT
     assert len(store.positions) == 2
@@ -210,8 +195,8 @@ async def test_each_agent_gets_its_own_decision_and_reason() -> None:
     store, user_id = _store(
         {},
         {"automated_trading_simulation": False},
-        {"trading_mode": "live"},
-        {"trading_config": {**FIXED, "signals": {"minScore": 5}}},
+        {"trading_mode": "live", "automated_trading_live": True},
+        {"config": {**FIXED, "signals": {"minScore": 5}}},
     )
     [outcome] = await _handle(store, _signal(user_id))
     decisions = {a.agent_id: a.decision for a in outcome.outcomes}
@@ -237,7 +222,7 @@ async def test_without_a_sol_price_every_buy_fails_and_nothing_moves() -> None:
 
 async def test_a_signal_without_a_price_takes_the_latest_tick() -> None:
     store, user_id = _store({})
-    store.prices[TOKEN] = Decimal(2)
+    store.prices[TOKEN] = (Decimal(2), NOW)
     [outcome] = await _handle(store, _signal(user_id, price_usd=None))
     assert _statuses(outcome) == [SUCCESS]
     [position] = store.positions.values()
@@ -290,13 +275,12 @@ CONFIGS = [
 async def test_any_sequence_of_batches_keeps_the_ledger_exact(
     configs: list[int], deposits: list[Decimal], batches: list[list[tuple[int, int, int]]]
 ) -> None:
-    store = FakeSignalStore(prices={SOL_MINT: Decimal(100)})
+    store = RecordingStore(prices={SOL_MINT: (Decimal(100), NOW)})
     user_id = uuid.uuid4()
-    agents = []
-    for i, c in enumerate(configs):
-        agent_id = uuid.UUID(int=i + 1)
-        agent = FakeAgent(user_id, agent_id, {"simulation": f"sim_{i}"}, CONFIGS[c])
-        agents.append(store.add_agent(agent, sol=deposits[i]))
+    agents = [
+        add_agent(store, user_id, config=CONFIGS[c], sol=deposits[i], agent_id=uuid.UUID(int=i + 1))
+        for i, c in enumerate(configs)
+    ]
     first_seen: dict[str, tuple[int, int]] = {}
     for batch in batches:
         signals = []
@@ -312,7 +296,7 @@ async def test_any_sequence_of_batches_keeps_the_ledger_exact(
     }
     swaps_by_id = {s.id: s for s in store.swaps}
     for i, agent in enumerate(agents):
-        wallet = agent.wallets["simulation"]
+        wallet = agent.wallet_address
         bought = [s for s in store.swaps if s.agent_id == agent.agent_id]
         rows = [r for (_, a), r in store.executions.items() if a == agent.agent_id]
         # Each success is one buy, each buy one success, and the SOL balance says so.
@@ -323,7 +307,7 @@ async def test_any_sequence_of_batches_keeps_the_ledger_exact(
                     Decimal(0))  # fmt: skip
         assert store.balances[(wallet, SOL_MINT)] == deposits[i] - spent >= 0
         # At most one position per token, each backed by its buy, within the limit.
-        held = [p for (a, _, _), p in store.positions.items() if a == agent.agent_id]
+        held = store.open_positions_of(agent.agent_id)
         assert len(held) == len(bought)
         assert all(swaps_by_id[p.purchase_transaction_id].output_amount == p.state.purchase_amount
                    for p in held)  # fmt: skip
@@ -336,12 +320,9 @@ async def test_any_sequence_of_batches_keeps_the_ledger_exact(
 
 
 async def test_a_buy_opens_its_position_in_the_opening_state_of_the_exit_rules() -> None:
-    store, user_id = _store({}, {"trading_config": {**FIXED, "stopLoss": {"enabled": False}}})
+    store, user_id = _store({}, {"config": {**FIXED, "stopLoss": {"enabled": False}}})
     await _handle(store, _signal(user_id))
-    with_stop, without = (
-        next(p for p in store.positions.values() if p.agent_id == a.agent_id)
-        for a in store.agents.values()
-    )
+    with_stop, without = (store.open_positions_of(a.agent_id)[0] for a in store.agents.values())
     assert with_stop.state.current_stop_loss_percentage == Decimal(-32)
     assert with_stop.state.peak_price == with_stop.state.lowest_price == Decimal("0.01")
     # No stop loss: no stop and no peak to trail (the low is tracked either way).

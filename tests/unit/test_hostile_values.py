@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from aiokafka.structs import ConsumerRecord
 
+from tests.memory import add_agent
 from tests.support import TOKEN_A as TOKEN
-from tests.unit.fakes import FakeAgent, FakeSignalStore
 from worker.batching import Fanouts, decode
 from worker.domain.config import resolve_config
 from worker.domain.models import SOL_MINT, PositionState
@@ -23,6 +23,7 @@ from worker.domain.ticks import Fees, plan_tick
 from worker.errors import InvalidMessage
 from worker.handlers import SignalOutcome, handle_signals
 from worker.messages import PriceTickV1, check_tick_time, decode_price, decode_signal
+from worker.replay.memory import MemoryStore
 from worker.settings import TradingSettings
 
 NOW = datetime(2026, 1, 1, 12, tzinfo=UTC)
@@ -206,10 +207,8 @@ def test_a_take_profit_sale_that_credits_no_sol_is_not_made() -> None:
 async def test_a_key_reused_with_another_payload_is_the_same_signal_and_names_both_records() -> (
     None
 ):
-    store = FakeSignalStore(prices={SOL_MINT: Decimal(100)})
-    user_id = uuid.UUID(USER)
-    agent_id = uuid.uuid4()
-    store.add_agent(FakeAgent(user_id, agent_id, {"simulation": "sim_1"}), sol=Decimal(10))
+    store = MemoryStore(prices={SOL_MINT: (Decimal(100), NOW)})
+    add_agent(store, uuid.UUID(USER))
     first = decode_signal(_signal_json(idempotency_key="k", price_usd="1"))
     again = decode_signal(_signal_json(idempotency_key="k", price_usd="1"))
     other = decode_signal(_signal_json(idempotency_key="k", price_usd="2"))

@@ -1,4 +1,4 @@
-"""`handle_prices` against the in-memory fake of its port: trails, exits, stale ticks.
+"""`handle_prices` against the in-memory store (`tests.memory`): trails, exits, stale ticks.
 
 One position per agent, bought at 1 USD per token with SOL at 100 USD: 200 tokens at
 0.01 SOL for 2.000005 SOL (the 0.000005 SOL network fee), leaving 7.999995 SOL.
@@ -6,15 +6,13 @@ One position per agent, bought at 1 USD per token with SOL at 100 USD: 200 token
 
 from __future__ import annotations
 
-import json
 import uuid
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from tests.memory import RecordingStore, add_agent, held, open_position, pause, set_config
 from tests.support import TOKEN_A as TOKEN
-from tests.unit.fakes import FakePriceStore
 from worker.config_cache import ENTRY_OVERHEAD, ConfigTexts
 from worker.domain.config import exit_rules, resolve_config
 from worker.domain.models import SOL_MINT, CloseReason, PositionState
@@ -29,49 +27,46 @@ INVESTED = Decimal("2.000005")
 FEE = Decimal("0.000005")
 
 
-def _position(store: FakePriceStore, config: dict[str, Any] | None = None) -> OpenPosition:
-    """An open position of a new agent, with its wallet's balances."""
-    agent_id = uuid.uuid4()
-    wallet = f"sim_{agent_id.hex}"
-    position = OpenPosition(
-        id=uuid.uuid4(),
-        agent_id=agent_id,
-        wallet_address=wallet,
-        token_address=TOKEN,
-        token_symbol="TKN",
-        purchase_transaction_id=uuid.uuid4(),
-        signal_id=7,
-        sol_balance=Decimal(0),  # read from the store's balances
-        state=PositionState(
-            purchase_price=Decimal("0.01"),
-            purchase_amount=Decimal(200),
-            total_invested_sol=INVESTED,
-            created_at=BOUGHT,
-            current_stop_loss_percentage=Decimal(-32),
-            peak_price=Decimal("0.01"),
-            lowest_price=Decimal("0.01"),
-        ),
+def _position(
+    store: RecordingStore,
+    config: dict[str, Any] | None = None,
+    *,
+    stop: Decimal = Decimal(-32),
+    rules: dict[str, Any] | None = None,
+) -> OpenPosition:
+    """An open position of a new agent (its stop at `stop`, opened with the exit rules of
+    `rules` if given), with its wallet's balances."""
+    agent = add_agent(store, config=config or {}, sol=Decimal(10) - INVESTED)
+    rules_id = None
+    if rules is not None:
+        rule_set = exit_rules(resolve_config(rules))
+        store.rule_sets[rule_set.id] = rule_set.json
+        rules_id = rule_set.id
+    state = PositionState(
+        purchase_price=Decimal("0.01"),
+        purchase_amount=Decimal(200),
+        total_invested_sol=INVESTED,
+        created_at=BOUGHT,
+        current_stop_loss_percentage=stop,
+        peak_price=Decimal("0.01"),
+        lowest_price=Decimal("0.01"),
     )
-    store.positions[position.id] = position
-    store.configs[agent_id] = json.dumps(config or {})
-    store.balances[(wallet, SOL_MINT)] = Decimal(10) - INVESTED
-    store.balances[(wallet, TOKEN)] = Decimal(200)
-    return position
+    return open_position(store, agent, TOKEN, state, exit_rules_id=rules_id)
 
 
-def _store() -> FakePriceStore:
-    return FakePriceStore(prices={SOL_MINT: (Decimal(100), BOUGHT)})
+def _store() -> RecordingStore:
+    return RecordingStore(prices={SOL_MINT: (Decimal(100), BOUGHT)})
 
 
 async def _handle(
-    store: FakePriceStore, price_usd: str, ts: datetime, configs: ConfigTexts | None = None
+    store: RecordingStore, price_usd: str, ts: datetime, configs: ConfigTexts | None = None
 ) -> TickOutcome:
     tick = PriceTickV1(token_address=TOKEN, price_usd=Decimal(price_usd), ts=ts)
     return await _one(store, tick, configs if configs is not None else ConfigTexts(), ts)
 
 
 async def _one(
-    store: FakePriceStore, tick: PriceTickV1, configs: ConfigTexts, now: datetime
+    store: RecordingStore, tick: PriceTickV1, configs: ConfigTexts, now: datetime
 ) -> TickOutcome:
     [outcome] = await handle_prices(
         store, [Tick(tick, now)], configs=configs, settings=SETTINGS, now=now
@@ -80,7 +75,7 @@ async def _one(
 
 
 async def _tick(
-    store: FakePriceStore, price_usd: str, ts: datetime, configs: ConfigTexts | None = None
+    store: RecordingStore, price_usd: str, ts: datetime, configs: ConfigTexts | None = None
 ) -> dict[str, int]:
     return (await _handle(store, price_usd, ts, configs)).closes
 
@@ -122,10 +117,10 @@ async def test_a_tick_not_newer_than_the_stored_one_changes_nothing() -> None:
     p = _position(store)
     ts = BOUGHT + timedelta(seconds=10)
     await _tick(store, "1.05", ts)
-    before = store.positions[p.id]
+    before = held(store, p.id)
     assert await _tick(store, "0.5", ts - timedelta(seconds=1)) == {}  # older
     assert await _tick(store, "0.5", ts) == {}  # a redelivery of the same moment
-    assert store.positions[p.id] == before
+    assert held(store, p.id) == before
     assert store.prices[TOKEN] == (Decimal("1.05"), ts)
     assert store.swaps == []
 
@@ -147,31 +142,20 @@ async def test_only_positions_that_automation_may_exit_are_evaluated() -> None:
     store = _store()
     paused = _position(store)
     live = _position(store)
-    store.paused.add(paused.agent_id)
+    pause(store, paused.agent_id)
     assert await _tick(store, "0.5", BOUGHT + timedelta(seconds=1)) == {"stop_loss": 1}
     assert set(store.positions) == {paused.id}
     assert [c.position.id for c in store.history] == [live.id]
 
 
-def _rules(config: dict[str, Any]) -> tuple[uuid.UUID, str]:
-    rules = exit_rules(resolve_config(config))
-    return rules.id, rules.json
-
-
 async def test_an_invalid_config_leaves_positions_with_the_rules_they_were_opened_with() -> None:
     store = _store()
     # Opened with a -60% stop, then the agent's config was broken by an edit.
-    wide_id, wide_json = _rules({"stopLoss": {"defaultPercentage": -60}})
-    wide = _position(store, {"stopLoss": {"mode": "sideways"}})
-    wide_state = replace(wide.state, current_stop_loss_percentage=Decimal(-60))
-    store.positions[wide.id] = replace(wide, exit_rules_id=wide_id, state=wide_state)
-    store.rule_sets[wide_id] = wide_json
+    sixty, forty = ({"stopLoss": {"defaultPercentage": pct}} for pct in (-60, -40))
+    wide = _position(store, {"stopLoss": {"mode": "sideways"}}, stop=Decimal(-60), rules=sixty)
     # Opened with a -40% stop, config broken too.
-    tight_id, tight_json = _rules({"stopLoss": {"defaultPercentage": -40}})
-    tight = _position(store, {"purchaseLimits": {"maxPurchasePerToken": "1e400"}})
-    tight_state = replace(tight.state, current_stop_loss_percentage=Decimal(-40))
-    store.positions[tight.id] = replace(tight, exit_rules_id=tight_id, state=tight_state)
-    store.rule_sets[tight_id] = tight_json
+    broken = {"purchaseLimits": {"maxPurchasePerToken": "1e400"}}
+    tight = _position(store, broken, stop=Decimal(-40), rules=forty)
     # Opened before rules were kept: the default -32% stop applies.
     legacy = _position(store, {"stopLoss": {"mode": "sideways"}})
     configs = ConfigTexts()
@@ -199,11 +183,8 @@ async def test_an_invalid_config_leaves_positions_with_the_rules_they_were_opene
 async def test_a_config_grown_over_the_cap_leaves_positions_with_their_rules() -> None:
     store = _store()
     # Opened with a -10% stop; then the agent's config grew past the cap (1,024 bytes here).
-    rules_id, rules_json = _rules({"stopLoss": {"defaultPercentage": -10}})
-    p = _position(store, {"stopLoss": {"defaultPercentage": -10}, "notes": "x" * 2000})
-    state = replace(p.state, current_stop_loss_percentage=Decimal(-10))
-    store.positions[p.id] = replace(p, exit_rules_id=rules_id, state=state)
-    store.rule_sets[rules_id] = rules_json
+    ten = {"stopLoss": {"defaultPercentage": -10}}
+    _position(store, {**ten, "notes": "x" * 2000}, stop=Decimal(-10), rules=ten)
     settings = Settings(agent_config_max_bytes=1024)
     ts = BOUGHT + timedelta(seconds=1)
     tick = PriceTickV1(token_address=TOKEN, price_usd=Decimal("0.85"), ts=ts)
@@ -220,13 +201,10 @@ async def test_rule_sets_a_full_cache_drops_still_apply_to_the_tick_that_read_th
     store = _store()
     # Two positions opened with take profit on (the defaults have it off); both agents'
     # configs broken since, so the rules they were opened with exit them.
-    held = []
     for _ in range(2):
-        rules_id, rules_json = _rules({"takeProfit": {"enabled": True}})
-        p = _position(store, {"stopLoss": {"mode": "sideways"}})
-        store.positions[p.id] = replace(p, exit_rules_id=rules_id)
-        store.rule_sets[rules_id] = rules_json
-        held.append(p.id)
+        _position(
+            store, {"stopLoss": {"mode": "sideways"}}, rules={"takeProfit": {"enabled": True}}
+        )
     # A cache with room for less than one rule set: whatever it is given, it drops.
     configs = ConfigTexts(rules_max_bytes=1)
     ts = BOUGHT + timedelta(seconds=1)
@@ -255,10 +233,10 @@ async def test_unknown_keys_are_reported_and_ignored() -> None:
 
 
 async def test_without_a_sol_price_nothing_is_evaluated() -> None:
-    store = FakePriceStore()
+    store = RecordingStore()
     p = _position(store)
     assert await _tick(store, "0.5", BOUGHT + timedelta(seconds=1)) == {}
-    assert store.positions[p.id] == p
+    assert held(store, p.id) == p
     assert store.prices[TOKEN][0] == Decimal("0.5")  # the price itself is stored
 
 
@@ -270,8 +248,7 @@ async def test_configs_are_read_once_per_agent_and_again_when_they_change() -> N
     await _tick(store, "1.02", BOUGHT + timedelta(seconds=2), configs)
     assert store.configs_read == [sorted([a.agent_id, b.agent_id])]
     # The agent's row changes (a tighter stop): its config is read again, and applies.
-    tighter = json.dumps({"stopLoss": {"defaultPercentage": -1}})
-    store.configs[b.agent_id] = tighter
+    set_config(store, b.agent_id, {"stopLoss": {"defaultPercentage": -1}})
     assert await _tick(store, "0.98", BOUGHT + timedelta(seconds=3), configs) == {"stop_loss": 1}
     assert store.configs_read[1:] == [[b.agent_id]]
     assert set(store.positions) == {a.id}
@@ -289,7 +266,7 @@ def test_the_config_cache_forgets_the_least_recent_agents_beyond_its_size() -> N
 
 async def test_a_price_in_sol_no_column_holds_keeps_the_usd_price_and_moves_nothing() -> None:
     # SOL/USD at 1e-9 makes a 1,000 USD token 1e12 SOL: too large for numeric(30,18).
-    store = FakePriceStore(prices={SOL_MINT: (Decimal("0.000000001"), BOUGHT)})
+    store = RecordingStore(prices={SOL_MINT: (Decimal("0.000000001"), BOUGHT)})
     p = _position(store)
     outcome = await _handle(store, "1000", BOUGHT + timedelta(seconds=1))
     assert outcome.is_newer
@@ -298,4 +275,4 @@ async def test_a_price_in_sol_no_column_holds_keeps_the_usd_price_and_moves_noth
     assert (skipped.what, skipped.subject) == ("exits", TOKEN)
     assert skipped.reason.startswith("agent_positions.lowest_price would be 1000000000000")
     assert store.prices[TOKEN] == (Decimal(1000), BOUGHT + timedelta(seconds=1))
-    assert store.positions[p.id] == p
+    assert held(store, p.id) == p

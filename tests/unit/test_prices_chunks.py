@@ -9,7 +9,6 @@ stale closes), several tokens per wallet and SOL/USD moving in between.
 from __future__ import annotations
 
 import itertools
-import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -18,10 +17,9 @@ from typing import Any
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from tests.unit.fakes import FakePriceStore
+from tests.memory import RecordingStore, add_agent, open_position
 from worker.config_cache import ConfigTexts
 from worker.domain.models import SOL_MINT, PositionState
-from worker.domain.records import OpenPosition
 from worker.messages import PriceTickV1
 from worker.prices import Tick, TickOutcome, handle_prices
 from worker.settings import Settings
@@ -46,38 +44,26 @@ CONFIGS: list[dict[str, Any]] = [
 ]
 
 
-def _store(sol_balances: list[Decimal]) -> FakePriceStore:
+def _store(sol_balances: list[Decimal]) -> RecordingStore:
     """Two wallets per config, each with a position in every token, bought at 0.01 SOL."""
-    store = FakePriceStore(prices={SOL_MINT: (Decimal(100), BOUGHT)})
+    store = RecordingStore(prices={SOL_MINT: (Decimal(100), BOUGHT)})
+    state = PositionState(
+        purchase_price=Decimal("0.01"),
+        purchase_amount=Decimal(100),
+        total_invested_sol=Decimal("1.000005"),
+        created_at=BOUGHT,
+        current_stop_loss_percentage=Decimal(-32),
+        peak_price=Decimal("0.01"),
+        lowest_price=Decimal("0.01"),
+    )
     n = 0
     for config in CONFIGS:
         for _ in range(2):
-            agent_id = uuid.UUID(int=n + 1)
-            wallet = f"sim_{n:04d}"
-            store.configs[agent_id] = json.dumps(config)
-            store.balances[(wallet, SOL_MINT)] = sol_balances[n % len(sol_balances)]
+            agent = add_agent(store, config=config, sol=sol_balances[n % len(sol_balances)],
+                              agent_id=uuid.UUID(int=n + 1), wallet=f"sim_{n:04d}")  # fmt: skip
             for k, token in enumerate(TOKENS):
-                position = OpenPosition(
-                    id=uuid.UUID(int=1000 * (n + 1) + k),
-                    agent_id=agent_id,
-                    wallet_address=wallet,
-                    token_address=token,
-                    token_symbol=f"T{k}",
-                    purchase_transaction_id=uuid.UUID(int=10**6 + 1000 * n + k),
-                    signal_id=n,
-                    sol_balance=Decimal(0),
-                    state=PositionState(
-                        purchase_price=Decimal("0.01"),
-                        purchase_amount=Decimal(100),
-                        total_invested_sol=Decimal("1.000005"),
-                        created_at=BOUGHT,
-                        current_stop_loss_percentage=Decimal(-32),
-                        peak_price=Decimal("0.01"),
-                        lowest_price=Decimal("0.01"),
-                    ),
-                )
-                store.positions[position.id] = position
-                store.balances[(wallet, token)] = Decimal(100)
+                position_id = uuid.UUID(int=1000 * (n + 1) + k)
+                open_position(store, agent, token, state, position_id=position_id, symbol=f"T{k}")
             n += 1
     return store
 
@@ -94,7 +80,7 @@ def _ticks(path: list[tuple[int, int]]) -> list[Tick]:
     return ticks
 
 
-async def _run(store: FakePriceStore, ticks: list[Tick], cuts: list[int]) -> list[TickOutcome]:
+async def _run(store: RecordingStore, ticks: list[Tick], cuts: list[int]) -> list[TickOutcome]:
     configs = ConfigTexts()
     outcomes: list[TickOutcome] = []
     bounds = [0, *sorted(set(cuts)), len(ticks)]
@@ -106,7 +92,7 @@ async def _run(store: FakePriceStore, ticks: list[Tick], cuts: list[int]) -> lis
     return outcomes
 
 
-def _state(store: FakePriceStore) -> dict[str, Any]:
+def _state(store: RecordingStore) -> dict[str, Any]:
     """The store's content, transaction ids left out (they are random)."""
     swaps = sorted(
         (s.agent_id, s.input_mint, s.output_mint, s.input_amount, s.output_amount,

@@ -14,8 +14,7 @@ import pytest
 
 from tests.support import TOKEN_A, TOKEN_B
 from worker.commands.replay import grid
-from worker.domain.ledger import BalanceDelta, NewPosition
-from worker.domain.models import SOL_MINT, PositionState, Signal
+from worker.domain.models import SOL_MINT, Signal
 from worker.domain.records import AgentSetup
 from worker.errors import UsageError
 from worker.messages import PriceTickV1
@@ -29,7 +28,7 @@ from worker.replay.engine import (
     replay,
     replay_each,
 )
-from worker.replay.memory import MemoryStore, StoreViolation
+from worker.replay.memory import MemoryStore
 from worker.settings import Settings
 
 T0 = datetime(2026, 3, 1, 12, tzinfo=UTC)
@@ -199,34 +198,6 @@ def test_vary_specs_make_the_grid_of_their_values() -> None:
 def test_a_malformed_vary_spec_says_how_to_write_one(spec: str) -> None:
     with pytest.raises(UsageError, match="expected PATH=VALUE"):
         grid([spec])
-
-
-async def test_the_memory_store_refuses_what_postgresql_refuses() -> None:
-    store = MemoryStore()
-    store.add_agent(_agent(1, None), Decimal(1))
-    with pytest.raises(StoreViolation, match="missing balance row"):
-        await store.apply_balance_deltas(
-            [BalanceDelta(uuid.UUID(int=101), "sim_1", TOKEN_A, "A", Decimal(-1))]
-        )
-    with pytest.raises(StoreViolation, match="would be"):
-        await store.apply_balance_deltas(
-            [BalanceDelta(uuid.UUID(int=101), "sim_1", SOL_MINT, "SOL", Decimal(-2))]
-        )
-    state = PositionState(
-        purchase_price=Decimal(1),
-        purchase_amount=Decimal(1),
-        total_invested_sol=Decimal(1),
-        created_at=T0,
-    )
-    position = NewPosition(
-        uuid.uuid4(), uuid.UUID(int=101), "sim_1", TOKEN_A, "A", uuid.uuid4(), state
-    )
-    await store.insert_positions([position])
-    with pytest.raises(StoreViolation, match="a second position"):
-        await store.insert_positions([position])
-    # As the INSERT writes it: all of the purchase held.
-    [held] = store.open_positions_of(uuid.UUID(int=101))
-    assert held.state.remaining_amount == Decimal(1)
 
 
 # --- issue 20, item 12: the grid is capped, streamed, and refuses what it cannot mean ---

@@ -13,7 +13,11 @@ bug, never an outcome.
 
 Locks are no-ops (one replay, one thread). Signals keep the id they are given (a recorded
 signal replays under its stored id, so its position sizes are drawn from the same seed as
-live); others are numbered after the largest id seen.
+live); others are numbered after the largest id seen. An agent's row version (PostgreSQL's
+`xmin`) is a counter that `add_agent` moves each time it stores the agent again.
+
+It is the only store in memory: the unit tests run the handlers against it too, and
+`tests/integration/test_store_contract.py` runs one script over it and over `PgStore`.
 """
 
 from __future__ import annotations
@@ -147,6 +151,7 @@ class _Position:
 class MemoryStore:
     """Both ports in memory (see the module's docstring)."""
 
+    users: set[UUID] = field(default_factory=set)
     agents: dict[UUID, AgentSetup] = field(default_factory=dict)
     balances: dict[tuple[str, str], Decimal] = field(default_factory=dict)
     prices: dict[str, tuple[Decimal, datetime]] = field(default_factory=dict)
@@ -162,13 +167,52 @@ class MemoryStore:
     _in_token: dict[str, dict[UUID, None]] = field(default_factory=dict)  # positions by token
     _swap_signal: dict[UUID, int | None] = field(default_factory=dict)
     _last_signal_id: int = 0
+    _versions: dict[UUID, int] = field(default_factory=dict)  # agents' row versions
 
     # --- set-up
 
-    def add_agent(self, agent: AgentSetup, sol: Decimal) -> None:
-        """An agent with `sol` in its simulation wallet."""
+    def add_agent(self, agent: AgentSetup, sol: Decimal | None = None) -> None:
+        """An agent (and its user) with `sol` in its simulation wallet (None: the balance
+        as it is). Storing an agent again is an update: its row version moves on."""
+        self.users.add(agent.user_id)
         self.agents[agent.agent_id] = agent
-        self.balances[(agent.wallet_address, SOL_MINT)] = sol
+        self._versions[agent.agent_id] = self._versions.get(agent.agent_id, 0) + 1
+        if sol is not None:
+            self.balances[(agent.wallet_address, SOL_MINT)] = sol
+
+    def _version(self, agent_id: UUID) -> str:
+        return str(self._versions.get(agent_id, 0))
+
+    def add_position(self, p: NewPosition) -> None:
+        """Open a position as `insert_positions` does (its opening columns, all of the
+        purchase held), refusing what PostgreSQL would. Its exit rules need not be stored
+        (no foreign key, as in the schema: a position without its set takes the defaults)."""
+        refuse(position_misfit(p.state))
+        key = (p.agent_id, p.wallet_address, p.token_address)
+        if key in self._by_holding:
+            raise StoreViolation(f"a second position {key}")
+        # The columns the INSERT writes (price, amount held, invested, opened at, stop, peak,
+        # low); the others start at their defaults whatever `p.state` says.
+        s = p.state
+        state = PositionState(s.purchase_price, s.purchase_amount, s.total_invested_sol,
+                              s.created_at, s.purchase_amount, s.current_stop_loss_percentage,
+                              s.peak_price, s.lowest_price)  # fmt: skip
+        row = OpenPosition(
+            id=p.id,
+            agent_id=p.agent_id,
+            wallet_address=p.wallet_address,
+            token_address=p.token_address,
+            token_symbol=p.token_symbol,
+            purchase_transaction_id=p.purchase_transaction_id,
+            signal_id=self._swap_signal.get(p.purchase_transaction_id),
+            sol_balance=ZERO,
+            state=state,
+            exit_rules_id=p.exit_rules_id,
+        )
+        self.positions[p.id] = _Position(row, state)
+        self._by_holding[key] = p.id
+        self._held.setdefault(p.agent_id, set()).add(p.token_address)
+        self._in_token.setdefault(p.token_address, {})[p.id] = None
 
     def sol_balance(self, agent_id: UUID) -> Decimal | None:
         """The SOL balance of the agent's wallet."""
@@ -186,8 +230,7 @@ class MemoryStore:
     # --- SignalStore
 
     async def existing_users(self, user_ids: Sequence[UUID]) -> set[UUID]:
-        users = {a.user_id for a in self.agents.values()}
-        return {u for u in user_ids if u in users}
+        return {u for u in user_ids if u in self.users}
 
     async def insert_signals(self, signals: Sequence[Signal]) -> list[StoredSignal]:
         out = []
@@ -275,34 +318,7 @@ class MemoryStore:
 
     async def insert_positions(self, positions: Sequence[NewPosition]) -> None:
         for p in positions:
-            if p.exit_rules_id is not None and p.exit_rules_id not in self.rule_sets:
-                raise StoreViolation(f"position {p.id} names unknown exit rules")
-            refuse(position_misfit(p.state))
-            key = (p.agent_id, p.wallet_address, p.token_address)
-            if key in self._by_holding:
-                raise StoreViolation(f"a second position {key}")
-            # As the INSERT writes it: all of the purchase still held.
-            state = (
-                p.state
-                if p.state.remaining_amount is not None
-                else replace(p.state, remaining_amount=p.state.purchase_amount)
-            )
-            row = OpenPosition(
-                id=p.id,
-                agent_id=p.agent_id,
-                wallet_address=p.wallet_address,
-                token_address=p.token_address,
-                token_symbol=p.token_symbol,
-                purchase_transaction_id=p.purchase_transaction_id,
-                signal_id=self._swap_signal.get(p.purchase_transaction_id),
-                sol_balance=ZERO,
-                state=state,
-                exit_rules_id=p.exit_rules_id,
-            )
-            self.positions[p.id] = _Position(row, state)
-            self._by_holding[key] = p.id
-            self._held.setdefault(p.agent_id, set()).add(p.token_address)
-            self._in_token.setdefault(p.token_address, {})[p.id] = None
+            self.add_position(p)
 
     async def insert_executions(self, rows: Sequence[ExecutionRow]) -> int:
         new = 0
@@ -342,7 +358,7 @@ class MemoryStore:
                     p.row.agent_id,
                     p.row.token_address,
                     p.row.wallet_address,
-                    "v1",  # a replay's configs never change while it runs
+                    self._version(p.row.agent_id),
                     p.written.purchase_price,
                     p.written.created_at,
                     sl,
@@ -357,7 +373,7 @@ class MemoryStore:
         self, agent_ids: Sequence[UUID], max_config_bytes: int = DEFAULT_MAX_CONFIG_BYTES
     ) -> dict[UUID, tuple[str, StoredConfigText]]:
         return {
-            a: ("v1", capped(self.agents[a].config_text, max_config_bytes))
+            a: (self._version(a), capped(self.agents[a].config_text, max_config_bytes))
             for a in agent_ids
             if a in self.agents
         }
