@@ -350,8 +350,8 @@ def _fill(
         decision.size_sol,
         prices.token_usd,
         prices.sol_usd,
-        network_fee_sol=trading.network_fee_sol,
-        protocol_fee_bps=trading.protocol_fee_bps,
+        network_fee_sol=trading.fees.network_fee_sol,
+        protocol_fee_bps=trading.fees.protocol_fee_bps,
     )
     if fill.rejection is not None:
         trade = (

@@ -22,13 +22,13 @@ from tests.support import TOKEN_A, TOKEN_B, make_account, set_price, set_sol_pri
 from tests.unit.fakes import FakeAgent, FakePriceStore, FakeSignalStore
 from worker.config_cache import ConfigTexts
 from worker.db.store import PgStore
+from worker.domain.fills import Fees
 from worker.domain.ledger import BalanceDelta, SwapRow
-from worker.domain.models import SOL_MINT, Signal
+from worker.domain.models import SOL_MINT, PriceTick, Signal
 from worker.domain.records import AgentSetup, PriceWrite
 from worker.handlers import SignalOutcome, handle_signals
-from worker.messages import PriceTickV1
 from worker.ports import SignalStore
-from worker.prices import Tick, handle_prices
+from worker.prices import handle_prices
 from worker.replay.memory import MemoryStore, StoreViolation
 from worker.settings import Settings, TradingSettings
 
@@ -36,7 +36,7 @@ pytestmark = pytest.mark.integration
 
 NOW = datetime(2026, 1, 1, 12, tzinfo=UTC)
 SECOND = timedelta(seconds=1)
-TRADING = TradingSettings(network_fee_sol=Decimal("0.000005"), protocol_fee_bps=Decimal(0))
+TRADING = TradingSettings(fees=Fees(Decimal("0.000005"), Decimal(0)))
 FIXED: dict[str, Any] = {"positionCalculator": {"randomization": {"enabled": False}}}
 AGENTS: list[dict[str, Any]] = [
     {"config": FIXED},
@@ -229,15 +229,14 @@ async def test_the_fake_price_store_and_postgresql_agree_on_ticks(
         ticks = []
         for token, price, seconds in chunk:
             ts = NOW + timedelta(seconds=seconds)
-            message = PriceTickV1(token_address=token, price_usd=Decimal(price), ts=ts)
-            ticks.append(Tick(message, ts))
+            ticks.append(PriceTick(token, Decimal(price), ts))
         now = ticks[-1].ts
         async with db_conn.transaction():
             pg_exits = await handle_prices(
-                pg, ticks, configs=pg_configs, settings=settings, now=now
+                pg, ticks, configs=pg_configs, trading=settings.trading, now=now
             )
         fake_exits = await handle_prices(
-            fake, ticks, configs=fake_configs, settings=settings, now=now
+            fake, ticks, configs=fake_configs, trading=settings.trading, now=now
         )
         assert fake_exits == pg_exits, chunk
 
@@ -299,10 +298,11 @@ async def test_a_chunk_lists_every_dca_and_take_profit_sale_on_its_position(
         ticks = []
         for price, seconds in prices:
             ts = NOW + timedelta(seconds=seconds)
-            message = PriceTickV1(token_address=TOKEN_A, price_usd=Decimal(price), ts=ts)
-            ticks.append(Tick(message, ts))
+            ticks.append(PriceTick(TOKEN_A, Decimal(price), ts))
         async with db_conn.transaction():
-            await handle_prices(store, ticks, configs=configs, settings=settings, now=ticks[-1].ts)
+            await handle_prices(
+                store, ticks, configs=configs, trading=settings.trading, now=ticks[-1].ts
+            )
 
     await chunk(("1.6", 1), ("2.6", 2))  # take profit at +50% and +150%
     # DCA at -11%, then -16% (a chunk's ticks share the time they are processed at, so the
@@ -346,10 +346,10 @@ async def test_a_config_changed_in_the_database_applies_on_the_next_tick(
 
     async def tick(price: str, seconds: int) -> dict[str, int]:
         ts = NOW + timedelta(seconds=seconds)
-        message = PriceTickV1(token_address=TOKEN_A, price_usd=Decimal(price), ts=ts)
+        message = PriceTick(TOKEN_A, Decimal(price), ts)
         async with db_conn.transaction():
             [outcome] = await handle_prices(
-                store, [Tick(message, ts)], configs=configs, settings=settings, now=ts
+                store, [message], configs=configs, trading=settings.trading, now=ts
             )
             return outcome.closes
 

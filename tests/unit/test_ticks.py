@@ -10,9 +10,10 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from worker.domain.config import resolve_config
+from worker.domain.fills import Fees
 from worker.domain.models import CloseReason, PositionState
 from worker.domain.money import to_price
-from worker.domain.ticks import Fees, is_quiet, plan_tick, quiet_band, quiet_trail
+from worker.domain.ticks import is_quiet, plan_tick, quiet_band, quiet_trail
 
 NOW = datetime(2026, 11, 26, 12, tzinfo=UTC)
 FEES = Fees(Decimal("0.000005"), Decimal(0))
