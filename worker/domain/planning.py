@@ -27,16 +27,16 @@ pass a counter.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal, localcontext
+from decimal import Decimal
 from uuid import UUID
 
 from worker.domain.config import AgentTradingConfig
 from worker.domain.fills import Fees
 from worker.domain.ledger import BalanceDelta, Holding, SwapRow, buy_rows, sale_rows
 from worker.domain.models import PositionState
-from worker.domain.money import MATH_CONTEXT, to_price
+from worker.domain.money import exact, to_price
 from worker.domain.records import (
     ClosedPosition,
     OpenPosition,
@@ -45,7 +45,15 @@ from worker.domain.records import (
     TrailUpdate,
 )
 from worker.domain.storable import Unstorable, trade_misfit
-from worker.domain.ticks import QuietBand, TickPlan, is_quiet, plan_tick, quiet_band, quiet_trail
+from worker.domain.ticks import (
+    QuietBand,
+    TickPlan,
+    Trail,
+    is_quiet,
+    plan_tick,
+    quiet_band,
+    quiet_trail,
+)
 
 # Makes the id of a transaction a tick writes (a sale or a DCA buy).
 IdFactory = Callable[[], UUID]
@@ -91,6 +99,7 @@ class Writes:
     trails: list[TrailUpdate] = field(default_factory=list)
 
 
+@exact
 def trail_quiet(
     steps: Sequence[Step],
     trails: Sequence[TrailRow],
@@ -104,42 +113,41 @@ def trail_quiet(
     config in `cfgs` (its agent was deleted since the read) is left out.
 
     The hot loop of a busy token (every open position, every tick): one decimal context
-    for all of it, and a trailed position's new peak and low kept as a pair, not a copy of
-    its row, until a later tick of the chunk needs them."""
+    for all of it (`@exact`), and a trailed position's new peak and low kept as a pair, not
+    a copy of its row, until a later tick of the chunk needs them."""
     by_token = _by_token(trails, cfgs)
     bands: dict[int, QuietBand] = {}
     trailed: dict[UUID, tuple[TrailRow, Decimal | None, Decimal]] = {}  # row, peak, low
     trailed_at: dict[UUID, list[int]] = {}  # the ticks that trailed it, while quiet
     loud: dict[UUID, TrailRow] = {}
-    with localcontext(MATH_CONTEXT):
-        for step in steps:
-            rows = by_token.get(step.token, ())
-            tally = tallies[step.index]
-            tally.positions = len(rows)
-            price = step.price_sol
-            price_q = to_price(price)
-            for row in rows:
-                if row.id in loud:
-                    continue
-                moved = trailed.get(row.id)
-                now_row = row if moved is None else _with_trail(row, moved[1], moved[2])
-                cfg = cfgs[row.id]
-                band = bands.get(id(cfg))
-                if band is None:
-                    band = bands[id(cfg)] = quiet_band(cfg)
-                if not is_quiet(now_row, price, now, band):
-                    # Planned whole from the chunk's first tick on (`act_loud`), which
-                    # counts its trails again.
-                    loud[row.id] = row
-                    trailed.pop(row.id, None)
-                    for index in trailed_at.pop(row.id, ()):
-                        tallies[index].trailed -= 1
-                    continue
-                peak, low = quiet_trail(now_row, price_q, band)
-                if peak != now_row.peak_price or low != now_row.lowest_price:
-                    trailed[row.id] = (row, peak, low)
-                    trailed_at.setdefault(row.id, []).append(step.index)
-                    tally.trailed += 1
+    for step in steps:
+        rows = by_token.get(step.token, ())
+        tally = tallies[step.index]
+        tally.positions = len(rows)
+        price = step.price_sol
+        price_q = to_price(price)
+        for row in rows:
+            if row.id in loud:
+                continue
+            moved = trailed.get(row.id)
+            now_row: Trail = row if moved is None else _moved(row, moved[1], moved[2])
+            cfg = cfgs[row.id]
+            band = bands.get(id(cfg))
+            if band is None:
+                band = bands[id(cfg)] = quiet_band(cfg)
+            if not is_quiet(now_row, price, now, band):
+                # Planned whole from the chunk's first tick on (`act_loud`), which
+                # counts its trails again.
+                loud[row.id] = row
+                trailed.pop(row.id, None)
+                for index in trailed_at.pop(row.id, ()):
+                    tallies[index].trailed -= 1
+                continue
+            peak, low = quiet_trail(now_row, price_q, band)
+            if peak != now_row.peak_price or low != now_row.lowest_price:
+                trailed[row.id] = (row, peak, low)
+                trailed_at.setdefault(row.id, []).append(step.index)
+                tally.trailed += 1
     for row, peak, low in trailed.values():
         writes.trails.append(TrailUpdate(row.id, peak, row.current_stop_loss_percentage, low))
     return loud
@@ -156,21 +164,20 @@ def _by_token(
     return by_token
 
 
-def _with_trail(row: TrailRow, peak: Decimal | None, low: Decimal) -> TrailRow:
-    # Built field by field: `replace` costs twice as much, in the hot loop.
-    return TrailRow(
-        row.id,
-        row.agent_id,
-        row.token_address,
-        row.wallet_address,
-        row.config_version,
-        row.purchase_price,
-        row.created_at,
-        row.current_stop_loss_percentage,
-        peak,
-        low,
-        row.exit_rules_id,
-    )
+@dataclass(frozen=True, slots=True)
+class _Trailed:
+    """A quiet position as earlier ticks of the chunk trailed it: what `is_quiet` and
+    `quiet_trail` read (`worker.domain.ticks.Trail`)."""
+
+    purchase_price: Decimal
+    created_at: datetime
+    current_stop_loss_percentage: Decimal | None
+    peak_price: Decimal | None
+    lowest_price: Decimal
+
+
+def _moved(row: TrailRow, peak: Decimal | None, low: Decimal) -> _Trailed:
+    return _Trailed(row.purchase_price, row.created_at, row.current_stop_loss_percentage, peak, low)
 
 
 @dataclass(slots=True)
@@ -193,6 +200,7 @@ class _Context:
     new_id: IdFactory
 
 
+@exact
 def act_loud(
     steps: Sequence[Step],
     held: Sequence[OpenPosition],
@@ -213,14 +221,13 @@ def act_loud(
     run = _Held({p.id: p.state for p in held}, {p.wallet_address: p.sol_balance for p in held})
     context = _Context(now, fees, new_id)
     closed_in: dict[str, int] = {}  # positions closed so far, by token
-    with localcontext(MATH_CONTEXT):  # once, not once per position and tick
-        for step in steps:
-            tallies[step.index].positions -= closed_in.get(step.token, 0)
-            for p in by_token.get(step.token, ()):
-                if p.id not in run.closed:
-                    _act_once(p, step, cfgs[p.id], context, run, writes, tallies[step.index])
-                    if p.id in run.closed:
-                        closed_in[step.token] = closed_in.get(step.token, 0) + 1
+    for step in steps:
+        tallies[step.index].positions -= closed_in.get(step.token, 0)
+        for p in by_token.get(step.token, ()):
+            if p.id not in run.closed:
+                _act_once(p, step, cfgs[p.id], context, run, writes, tallies[step.index])
+                if p.id in run.closed:
+                    closed_in[step.token] = closed_in.get(step.token, 0) + 1
     for p in held:
         if p.id in run.closed:
             continue
@@ -229,6 +236,8 @@ def act_loud(
             dca_txs, tp_txs = run.traded[p.id]
             writes.updates.append(PositionWrite(p.id, final, tuple(dca_txs), tuple(tp_txs)))
         elif final != p.state:
+            # A plan's state always has a lowest price (`lowest_price`); the column's type
+            # does not say so.
             low = final.lowest_price if final.lowest_price is not None else final.purchase_price
             sl = final.current_stop_loss_percentage
             writes.trails.append(TrailUpdate(p.id, final.peak_price, sl, low))
@@ -261,11 +270,11 @@ def _act_once(
     if plan.is_dca_unstorable and plan.dca_skipped_reason is not None:
         tally.unstorable.append(Unstorable("dca", str(p.id), plan.dca_skipped_reason))
     if not plan.moves_money:
-        if plan.final is not None:
-            trailed = _trailed(run.state[p.id], plan.final)
-            if trailed != run.state[p.id]:
-                run.state[p.id] = trailed
-                tally.trailed += 1
+        # Without a trade the plan only raises the peak and the stop (`evaluate_stop_loss`
+        # never loosens it) and lowers the low: its state is what `update_trails` stores.
+        if plan.final is not None and plan.final != run.state[p.id]:
+            run.state[p.id] = plan.final
+            tally.trailed += 1
         return
     trade = _trade(p, plan, context)
     sol_after = run.sol[p.wallet_address] + trade.sol_change
@@ -294,16 +303,6 @@ def _act_once(
         run.closed.add(p.id)
     else:
         run.state[p.id] = plan.final
-
-
-def _trailed(state: PositionState, final: PositionState) -> PositionState:
-    """`state` after a tick that did not trade, as `update_trails` writes it."""
-    low = final.lowest_price if final.lowest_price is not None else final.purchase_price
-    update = TrailUpdate(UUID(int=0), final.peak_price, final.current_stop_loss_percentage, low)
-    sl, peak, low = update.onto(
-        state.current_stop_loss_percentage, state.peak_price, state.lowest_price
-    )
-    return replace(state, current_stop_loss_percentage=sl, peak_price=peak, lowest_price=low)
 
 
 @dataclass(slots=True)
