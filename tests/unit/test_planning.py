@@ -254,3 +254,52 @@ def test_a_tally_says_whether_the_tick_traded() -> None:
     assert TickTally(partial_sales=1).traded
     assert TickTally(dca_buys=1).traded
     assert not replace(TickTally(), trailed=3, positions=2).traded
+
+
+def test_the_rows_of_a_trade_name_the_position_its_agent_signal_and_time() -> None:
+    p = _position()
+    writes, _, _ = _run([p], _steps("1.6", "0.89"), TP_AND_DCA)
+    sale, dca = writes.swaps
+    for swap in (sale, dca):
+        assert (swap.agent_id, swap.wallet_address, swap.position_id) == (p.agent_id, "sim_1", p.id)
+        assert (swap.signal_id, swap.time) == (7, NOW)
+    assert (sale.input_mint, sale.input_symbol) == (TOKEN, "TKN")
+    assert (dca.output_mint, dca.output_symbol) == (TOKEN, "TKN")
+    assert {(d.agent_id, d.wallet_address) for d in writes.deltas} == {(p.agent_id, "sim_1")}
+    assert {d.token_symbol for d in writes.deltas if d.token_address == TOKEN} == {"TKN"}
+
+
+def test_a_tick_of_a_token_without_positions_counts_none() -> None:
+    p = _position()
+    other = Step(1, SOL_MINT, SOL_USD, SOL_USD, Decimal(1))
+    writes, tallies, _ = _run([p], [*_steps("1.05"), other])
+    assert [t.positions for t in tallies] == [1, 0]
+    assert [t.id for t in writes.trails] == [p.id]
+
+
+def test_every_dca_buy_of_a_tick_is_counted() -> None:
+    writes, tallies, _ = _run([_position(1), _position(2)], _steps("0.75"), DCA_ONLY)
+    assert tallies[0].dca_buys == 2
+    assert len(writes.updates) == 2
+
+
+def test_both_sales_of_one_plan_credit_the_wallet_before_the_next_position() -> None:
+    # A (bought at 0.01 SOL) sells a take-profit level at +60% and closes as a stale trade
+    # (its band reaches 100%) in one tick: 0.8 + 2.4 SOL, less two fees. B, in the same
+    # wallet and bought at 0.02 SOL, is then at -20%: its DCA buy costs 3.000005 SOL, which
+    # the wallet has only with both sales credited (0.5 + 3.19999).
+    a = _position(
+        1, sol=Decimal("0.5"), wallet="sim_shared", created_at=BOUGHT - timedelta(hours=2)
+    )
+    b = _position(2, sol=Decimal("0.5"), wallet="sim_shared", purchase_price=Decimal("0.02"),
+                  purchase_amount=Decimal("187.5"), peak_price=Decimal("0.02"),
+                  lowest_price=Decimal("0.02"))  # fmt: skip
+    stale = {"enabled": True, "minHoldTimeMinutes": 1, "maxProfitPercent": 100}
+    cfgs = {
+        a.id: resolve_config({"takeProfit": {"enabled": True}, "staleTrade": stale}),
+        b.id: resolve_config({**DCA_ONLY, "staleTrade": {"enabled": False}}),
+    }
+    writes, tallies, _ = _run([a, b], _steps("1.6"), cfgs=cfgs)
+    assert (tallies[0].partial_sales, tallies[0].closes) == (1, {"stale_trade": 1})
+    assert tallies[0].dca_buys == 1
+    assert [u.id for u in writes.updates] == [b.id]
