@@ -44,7 +44,8 @@ UNSTORABLE = "the buy cannot be stored"
 
 
 def buy_transaction_id(signal_id: int, agent_id: UUID) -> UUID:
-    """The purchase transaction id of (signal, agent): the same on every replay."""
+    """The purchase transaction id of (signal, agent): the same on every replay. (The ids of
+    sales and DCA buys are not derived: `worker.domain.planning` says why.)"""
     return uuid.uuid5(_IDS, f"buy:{signal_id}:{agent_id}")
 
 
