@@ -58,7 +58,7 @@ from worker.handlers import UnknownUser, handle_signals
 from worker.messages import SignalV1
 from worker.metrics import Metrics
 from worker.ordering import MAX_HOLD_S, positions_now, readable_end, split_at
-from worker.prices import Tick, handle_prices
+from worker.prices import handle_prices
 from worker.rebalance import OffsetKeeper, names
 from worker.reporting import Outcome, Reporter, Troubles, coordinates
 from worker.retry import describe, is_transient, transient_retry
@@ -482,12 +482,12 @@ class Pipeline:
         ticks = []
         for item in items:
             assert not isinstance(item.message, SignalV1)  # noqa: S101 - only ticks here
-            ticks.append(Tick(item.message, record_time(item.record)))
+            ticks.append(item.message.to_domain(received_at=record_time(item.record)))
         results = await handle_prices(
             PgStore(conn),
             ticks,
             configs=self._config_texts,
-            settings=self._settings,
+            trading=self._settings.trading,
             now=datetime.now(UTC),
         )
         return list(zip(items, results, strict=True))

@@ -44,7 +44,8 @@ UNSTORABLE = "the buy cannot be stored"
 
 
 def buy_transaction_id(signal_id: int, agent_id: UUID) -> UUID:
-    """The purchase transaction id of (signal, agent): the same on every replay."""
+    """The purchase transaction id of (signal, agent): the same on every replay. (The ids of
+    sales and DCA buys are not derived: `worker.domain.planning` says why.)"""
     return uuid.uuid5(_IDS, f"buy:{signal_id}:{agent_id}")
 
 
@@ -350,8 +351,8 @@ def _fill(
         decision.size_sol,
         prices.token_usd,
         prices.sol_usd,
-        network_fee_sol=trading.network_fee_sol,
-        protocol_fee_bps=trading.protocol_fee_bps,
+        network_fee_sol=trading.fees.network_fee_sol,
+        protocol_fee_bps=trading.fees.protocol_fee_bps,
     )
     if fill.rejection is not None:
         trade = (

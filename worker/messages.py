@@ -59,7 +59,7 @@ from pydantic import (
     field_validator,
 )
 
-from worker.domain.models import SOL_MINT, Signal
+from worker.domain.models import SOL_MINT, PriceTick, Signal
 from worker.domain.money import MATH_CONTEXT
 from worker.errors import InvalidMessage
 
@@ -345,6 +345,10 @@ class PriceTickV1(BaseModel):
     @classmethod
     def _mint(cls, value: str) -> str:
         return _check_mint(value.strip())
+
+    def to_domain(self, *, received_at: datetime) -> PriceTick:
+        """The domain tick; observed at `ts`, else at `received_at` (its record's timestamp)."""
+        return PriceTick(self.token_address, self.price_usd, self.ts or received_at)
 
 
 class _UnacceptedNumberError(ValueError):

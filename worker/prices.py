@@ -23,7 +23,9 @@ Most positions, most ticks, are quiet: a tick can neither trade them nor move th
 token), and only their peak and low trail. The others (loud at some tick of the chunk)
 are read whole, after their wallets' SOL rows are locked (in address order, as every
 writer does) and the positions themselves (FOR UPDATE). Trails are written with
-GREATEST/LEAST, which commute, so quiet positions need no lock.
+GREATEST/LEAST, which commute, so quiet positions need no lock. What the ticks do to the
+positions is planned in memory, purely, by `worker.domain.planning`; this module reads
+and writes around it.
 
 Only ticks of a position's own token evaluate it: a SOL/USD tick moves no position by
 itself (as in the source, where SOL/USD is only read when a token's price arrives); it
@@ -39,9 +41,9 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal, localcontext
+from decimal import Decimal
 from uuid import UUID
 
 import structlog
@@ -56,110 +58,45 @@ from worker.config_cache import (
 from worker.domain.columns import misfit
 from worker.domain.config import AgentTradingConfig, StoredConfigText
 from worker.domain.fills import token_price_sol
-from worker.domain.ledger import BalanceDelta, Holding, SwapRow, buy_rows, sale_rows
-from worker.domain.models import SOL_MINT, PositionState
-from worker.domain.money import MATH_CONTEXT, to_price
-from worker.domain.records import (
-    ClosedPosition,
-    OpenPosition,
-    PositionWrite,
-    PriceWrite,
-    TrailRow,
-    TrailUpdate,
-)
-from worker.domain.storable import Unstorable, trade_misfit
-from worker.domain.ticks import (
-    Fees,
-    QuietBand,
-    TickPlan,
-    is_quiet,
-    plan_tick,
-    quiet_band,
-    quiet_trail,
-)
-from worker.messages import PriceTickV1
+from worker.domain.models import SOL_MINT, PriceTick
+from worker.domain.planning import IdFactory, Step, TickTally, Writes, act_loud, trail_quiet
+from worker.domain.records import ClosedPosition, PriceWrite, TrailRow
+from worker.domain.storable import Unstorable
 from worker.ports import PriceStore
-from worker.settings import Settings
+from worker.settings import TradingSettings
 
 log = structlog.get_logger(__name__)
 # The exit rules of a position whose agent's config is invalid and that has none stored.
 _DEFAULT_RULES = AgentTradingConfig()
 
 
-@dataclass(frozen=True, slots=True)
-class Tick:
-    """A price tick as the handler takes it: the message and its record's timestamp."""
-
-    message: PriceTickV1
-    received_at: datetime
-
-    @property
-    def token(self) -> str:
-        """The token the tick prices."""
-        return self.message.token_address
-
-    @property
-    def ts(self) -> datetime:
-        """When the price was observed: the message's `ts`, else the record's timestamp."""
-        return self.message.ts or self.received_at
-
-
-@dataclass(slots=True)
-class TickOutcome:
-    """What one tick did, for logs and metrics."""
+@dataclass(slots=True, kw_only=True)
+class TickOutcome(TickTally):
+    """What one tick did, for logs and metrics: what the planning counted, the tick, whether
+    it was newer than the stored price, and the config problems its chunk met."""
 
     token: str
     price_usd: Decimal
     is_newer: bool = True  # False: not newer than the stored price, so it did nothing
-    positions: int = 0  # open positions in the token that automation may exit
-    trailed: int = 0  # positions whose peak, stop or low moved without a trade
-    closes: dict[str, int] = field(default_factory=dict)  # full exits by close reason
-    partial_sales: int = 0  # take-profit sales that left the position open
-    dca_buys: int = 0
     config_problems: list[ConfigProblem] = field(default_factory=list)
-    # Writes left out because a value would not fit its column (each logged and counted).
-    unstorable: list[Unstorable] = field(default_factory=list)
-
-    @property
-    def traded(self) -> bool:
-        """True when the tick sold or bought anything."""
-        return bool(self.closes) or self.partial_sales > 0 or self.dca_buys > 0
-
-
-@dataclass(slots=True)
-class _Writes:
-    swaps: list[SwapRow] = field(default_factory=list)
-    deltas: list[BalanceDelta] = field(default_factory=list)
-    updates: list[PositionWrite] = field(default_factory=list)
-    closed: list[ClosedPosition] = field(default_factory=list)
-    trails: list[TrailUpdate] = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class _Step:
-    """A tick that moves positions: its index in the chunk and the prices it is read at."""
-
-    index: int
-    token: str
-    token_usd: Decimal
-    sol_usd: Decimal
-    price_sol: Decimal  # SOL per token, 18 places
 
 
 async def handle_prices(
     store: PriceStore,
-    ticks: Sequence[Tick],
+    ticks: Sequence[PriceTick],
     *,
     configs: ConfigTexts,
-    settings: Settings,
+    trading: TradingSettings,
     now: datetime,
+    new_id: IdFactory = uuid.uuid4,
 ) -> list[TickOutcome]:
     """Store the chunk's newer prices and run the exits its ticks trigger, tick by tick in
     order; what each tick did, in the order of `ticks`.
 
     `configs` holds agents' configs and exit rule sets across chunks; those not held at
-    the version the positions' read shows are read (and held) first."""
-    outcomes = [TickOutcome(t.token, t.message.price_usd) for t in ticks]
+    the version the positions' read shows are read (and held) first. `new_id` makes the
+    ids of the sales and DCA buys (random: `worker.domain.planning` says why)."""
+    outcomes = [TickOutcome(token=t.token_address, price_usd=t.price_usd) for t in ticks]
     steps = await _store_prices(store, ticks, outcomes)
     if not steps:
         return outcomes
@@ -167,19 +104,17 @@ async def handle_prices(
     if not trails:
         return outcomes
     cfgs, outcomes[steps[0].index].config_problems = await _exit_configs(
-        store, configs, trails, settings.agent_config_max_bytes
+        store, configs, trails, trading.max_config_bytes
     )
-    by_token: dict[str, list[TrailRow]] = {}
-    for row in trails:  # in any order: quiet trails commute; loud ones are read in id order
-        if row.id in cfgs:  # else its agent was deleted since the read (the positions too)
-            by_token.setdefault(row.token_address, []).append(row)
-    writes = _Writes()
-    loud = _trail_quiet(steps, by_token, cfgs, now, writes, outcomes)
+    writes = Writes()
+    loud = trail_quiet(steps, trails, cfgs, now, writes, outcomes)
     if loud:
-        fees = Fees(settings.sim_network_fee_sol, settings.sim_protocol_fee_bps)
         await store.lock_wallets_sol([row.wallet_address for row in loud.values()])
         held = await store.lock_positions(sorted(loud))
-        _act(steps, held, cfgs, now, fees, writes, outcomes)
+        act_loud(
+            steps, held, cfgs,
+            now=now, fees=trading.fees, new_id=new_id, writes=writes, tallies=outcomes,
+        )  # fmt: skip
     await store.insert_swaps(writes.swaps)
     await store.apply_balance_deltas(writes.deltas)
     await store.update_positions(writes.updates, now)
@@ -190,49 +125,49 @@ async def handle_prices(
 
 
 async def _store_prices(
-    store: PriceStore, ticks: Sequence[Tick], outcomes: list[TickOutcome]
-) -> list[_Step]:
+    store: PriceStore, ticks: Sequence[PriceTick], outcomes: list[TickOutcome]
+) -> list[Step]:
     """Mark the ticks not newer than what is stored or came before them; store the latest
     price of each token; the ticks that move positions, with the SOL/USD of their moment."""
-    stored = await store.latest_prices(sorted({t.token for t in ticks} | {SOL_MINT}))
+    stored = await store.latest_prices(sorted({t.token_address for t in ticks} | {SOL_MINT}))
     latest = dict(stored)
     newer: list[int] = []
     for i, tick in enumerate(ticks):
-        prior = latest.get(tick.token)
+        prior = latest.get(tick.token_address)
         if prior is not None and prior[1] >= tick.ts:
             outcomes[i].is_newer = False
             continue
-        latest[tick.token] = (tick.message.price_usd, tick.ts)
+        latest[tick.token_address] = (tick.price_usd, tick.ts)
         newer.append(i)
     if not newer:
         return []
-    tokens = sorted({ticks[i].token for i in newer})
+    tokens = sorted({ticks[i].token_address for i in newer})
     written = await store.upsert_prices([PriceWrite(t, *latest[t]) for t in tokens])
     sol = stored.get(SOL_MINT)
     sol_usd = sol[0] if sol is not None else None
-    steps: list[_Step] = []
+    steps: list[Step] = []
     history: list[PriceWrite] = []
     for i in newer:
         tick = ticks[i]
-        if tick.token not in written:
+        if tick.token_address not in written:
             # Another writer stored a newer price meanwhile (two owners for a moment
             # during a rebalance): as if this tick had come after it.
             outcomes[i].is_newer = False
             continue
-        history.append(PriceWrite(tick.token, tick.message.price_usd, tick.ts))
-        if tick.token == SOL_MINT:
-            sol_usd = tick.message.price_usd
+        history.append(PriceWrite(tick.token_address, tick.price_usd, tick.ts))
+        if tick.token_address == SOL_MINT:
+            sol_usd = tick.price_usd
         elif sol_usd is None:
-            log.warning("exits_skipped_no_sol_price", token=tick.token)
+            log.warning("exits_skipped_no_sol_price", token=tick.token_address)
         else:
-            price_sol = token_price_sol(tick.message.price_usd, sol_usd)
+            price_sol = token_price_sol(tick.price_usd, sol_usd)
             # A price in SOL no numeric(30,18) column holds (a tiny SOL/USD, a huge token
             # price): the USD price is kept, but no position can be trailed or sold at it.
             problem = misfit("agent_positions", lowest_price=price_sol)
             if problem is not None:
-                outcomes[i].unstorable.append(Unstorable("exits", tick.token, problem))
+                outcomes[i].unstorable.append(Unstorable("exits", tick.token_address, problem))
             else:
-                steps.append(_Step(i, tick.token, tick.message.price_usd, sol_usd, price_sol))
+                steps.append(Step(i, tick.token_address, tick.price_usd, sol_usd, price_sol))
     await store.record_ticks(history)
     return steps
 
@@ -294,233 +229,6 @@ async def _config_texts(
         configs.update(read)
         texts.update({agent_id: text for agent_id, (_, text) in read.items()})
     return texts
-
-
-def _trail_quiet(
-    steps: list[_Step],
-    by_token: dict[str, list[TrailRow]],
-    cfgs: dict[UUID, AgentTradingConfig],
-    now: datetime,
-    writes: _Writes,
-    outcomes: list[TickOutcome],
-) -> dict[UUID, TrailRow]:
-    """Trail, tick by tick, the positions every tick of the chunk leaves quiet, and queue
-    their trails; the others (loud at some tick), by id.
-
-    The hot loop of a busy token (every open position, every tick): one decimal context
-    for all of it, and a trailed position's new peak and low kept as a pair, not a copy of
-    its row, until a later tick of the chunk needs them."""
-    bands: dict[int, QuietBand] = {}
-    trailed: dict[UUID, tuple[TrailRow, Decimal | None, Decimal]] = {}  # row, peak, low
-    trailed_at: dict[UUID, list[int]] = {}  # the ticks that trailed it, while quiet
-    loud: dict[UUID, TrailRow] = {}
-    with localcontext(MATH_CONTEXT):
-        for step in steps:
-            rows = by_token.get(step.token, ())
-            outcome = outcomes[step.index]
-            outcome.positions = len(rows)
-            price = step.price_sol
-            price_q = to_price(price)
-            for row in rows:
-                if row.id in loud:
-                    continue
-                moved = trailed.get(row.id)
-                now_row = row if moved is None else _with_trail(row, moved[1], moved[2])
-                cfg = cfgs[row.id]
-                band = bands.get(id(cfg))
-                if band is None:
-                    band = bands[id(cfg)] = quiet_band(cfg)
-                if not is_quiet(now_row, price, now, band):
-                    # Planned whole from the chunk's first tick on (`_act`), which counts
-                    # its trails again.
-                    loud[row.id] = row
-                    trailed.pop(row.id, None)
-                    for index in trailed_at.pop(row.id, ()):
-                        outcomes[index].trailed -= 1
-                    continue
-                peak, low = quiet_trail(now_row, price_q, band)
-                if peak != now_row.peak_price or low != now_row.lowest_price:
-                    trailed[row.id] = (row, peak, low)
-                    trailed_at.setdefault(row.id, []).append(step.index)
-                    outcome.trailed += 1
-    for row, peak, low in trailed.values():
-        writes.trails.append(TrailUpdate(row.id, peak, row.current_stop_loss_percentage, low))
-    return loud
-
-
-def _with_trail(row: TrailRow, peak: Decimal | None, low: Decimal) -> TrailRow:
-    return TrailRow(
-        row.id,
-        row.agent_id,
-        row.token_address,
-        row.wallet_address,
-        row.config_version,
-        row.purchase_price,
-        row.created_at,
-        row.current_stop_loss_percentage,
-        peak,
-        low,
-        row.exit_rules_id,
-    )
-
-
-@dataclass(slots=True)
-class _Held:
-    """The loud positions while `_act` plans them: each one's state, its wallet's SOL, the
-    DCA and take-profit transactions of those that traded, the ids of those closed."""
-
-    state: dict[UUID, PositionState]
-    sol: dict[str, Decimal]
-    traded: dict[UUID, tuple[list[UUID], list[UUID]]] = field(default_factory=dict)
-    closed: set[UUID] = field(default_factory=set)
-
-
-def _act(
-    steps: list[_Step],
-    held: list[OpenPosition],
-    cfgs: dict[UUID, AgentTradingConfig],
-    now: datetime,
-    fees: Fees,
-    writes: _Writes,
-    outcomes: list[TickOutcome],
-) -> None:
-    """Plan the loud positions (locked and read whole) tick by tick, carrying each one's
-    state and its wallet's SOL balance from tick to tick; queue what they did."""
-    by_token: dict[str, list[OpenPosition]] = {}
-    for position in held:  # in id order, as read
-        by_token.setdefault(position.token_address, []).append(position)
-    run = _Held({p.id: p.state for p in held}, {p.wallet_address: p.sol_balance for p in held})
-    closed_in: dict[str, int] = {}  # positions closed so far, by token
-    with localcontext(MATH_CONTEXT):  # once, not once per position and tick
-        for step in steps:
-            outcomes[step.index].positions -= closed_in.get(step.token, 0)
-            for p in by_token.get(step.token, ()):
-                if p.id not in run.closed:
-                    _act_once(p, step, cfgs[p.id], now, fees, run, writes, outcomes[step.index])
-                    if p.id in run.closed:
-                        closed_in[step.token] = closed_in.get(step.token, 0) + 1
-    for p in held:
-        if p.id in run.closed:
-            continue
-        final = run.state[p.id]
-        if p.id in run.traded:
-            dca_txs, tp_txs = run.traded[p.id]
-            writes.updates.append(PositionWrite(p.id, final, tuple(dca_txs), tuple(tp_txs)))
-        elif final != p.state:
-            low = final.lowest_price if final.lowest_price is not None else final.purchase_price
-            sl = final.current_stop_loss_percentage
-            writes.trails.append(TrailUpdate(p.id, final.peak_price, sl, low))
-
-
-def _act_once(
-    p: OpenPosition,
-    step: _Step,
-    cfg: AgentTradingConfig,
-    now: datetime,
-    fees: Fees,
-    run: _Held,
-    writes: _Writes,
-    outcome: TickOutcome,
-) -> None:
-    """One tick's plan for one loud position, applied to `run` and queued in `writes`.
-
-    A plan that would write a value no column holds (a P/L in USD beyond numeric(20,8) at
-    an extreme SOL/USD, a wallet's SOL beyond numeric(30,18), ...) is left out whole for
-    this position and tick, with its reason in `outcome.unstorable`: the position stays as
-    it was, the tick's price and every other position's trades are written."""
-    plan = plan_tick(
-        run.state[p.id],
-        token_usd=step.token_usd,
-        sol_usd=step.sol_usd,
-        now=now,
-        cfg=cfg,
-        sol_balance=run.sol[p.wallet_address],
-        fees=fees,
-    )
-    if plan.is_dca_unstorable and plan.dca_skipped_reason is not None:
-        outcome.unstorable.append(Unstorable("dca", str(p.id), plan.dca_skipped_reason))
-    if not plan.moves_money:
-        if plan.final is not None:
-            trailed = _trailed(run.state[p.id], plan.final)
-            if trailed != run.state[p.id]:
-                run.state[p.id] = trailed
-                outcome.trailed += 1
-        return
-    trade = _trade(p, plan, now)
-    sol_after = run.sol[p.wallet_address] + trade.sol_change
-    problem = trade_misfit(
-        trade.swaps,
-        state=plan.final,
-        exit_pnl=trade.closed.pnl if trade.closed is not None else None,
-        sol_balance=sol_after,
-    )
-    if problem is not None:
-        outcome.unstorable.append(Unstorable("trade", str(p.id), problem))
-        return
-    writes.swaps.extend(trade.swaps)
-    writes.deltas.extend(trade.deltas)
-    dca_txs, tp_txs = run.traded.setdefault(p.id, ([], []))
-    dca_txs.extend(trade.dca_txs)
-    tp_txs.extend(trade.tp_txs)
-    outcome.partial_sales += len(trade.tp_txs)
-    outcome.dca_buys += len(trade.dca_txs)
-    if trade.closed is not None:
-        writes.closed.append(trade.closed)
-        reason = trade.closed.close_reason.value
-        outcome.closes[reason] = outcome.closes.get(reason, 0) + 1
-    run.sol[p.wallet_address] = sol_after
-    if plan.final is None:
-        run.closed.add(p.id)
-    else:
-        run.state[p.id] = plan.final
-
-
-def _trailed(state: PositionState, final: PositionState) -> PositionState:
-    """`state` after a tick that did not trade, as `update_trails` writes it."""
-    low = final.lowest_price if final.lowest_price is not None else final.purchase_price
-    update = TrailUpdate(UUID(int=0), final.peak_price, final.current_stop_loss_percentage, low)
-    sl, peak, low = update.onto(
-        state.current_stop_loss_percentage, state.peak_price, state.lowest_price
-    )
-    return replace(state, current_stop_loss_percentage=sl, peak_price=peak, lowest_price=low)
-
-
-@dataclass(slots=True)
-class _Trade:
-    """The rows one position's plan writes at one tick, before they are checked."""
-
-    swaps: list[SwapRow] = field(default_factory=list)
-    deltas: list[BalanceDelta] = field(default_factory=list)
-    closed: ClosedPosition | None = None
-    dca_txs: list[UUID] = field(default_factory=list)
-    tp_txs: list[UUID] = field(default_factory=list)
-    sol_change: Decimal = Decimal(0)  # of the wallet's SOL balance
-
-
-def _trade(p: OpenPosition, plan: TickPlan, now: datetime) -> _Trade:
-    """The rows of the sales and the DCA buy of `plan`."""
-    holding = Holding(
-        p.agent_id, p.wallet_address, p.token_address, p.token_symbol, p.signal_id, p.id
-    )
-    trade = _Trade()
-    for sale in plan.sales:
-        tx_id = uuid.uuid4()
-        swap, deltas = sale_rows(tx_id, holding, sale.fill, now, is_take_profit=sale.is_take_profit)
-        trade.swaps.append(swap)
-        trade.deltas.extend(deltas)
-        trade.sol_change += sale.fill.credit_sol
-        if sale.close_reason is not None and sale.pnl is not None:
-            trade.closed = ClosedPosition(p, sale.pnl, tx_id, sale.close_reason)
-        elif sale.is_take_profit:
-            trade.tp_txs.append(tx_id)
-    if plan.final is not None and plan.dca is not None:
-        dca_tx = uuid.uuid4()
-        trade.dca_txs.append(dca_tx)
-        swap, deltas = buy_rows(dca_tx, holding, plan.dca, now, is_dca=True)
-        trade.swaps.append(swap)
-        trade.deltas.extend(deltas)
-        trade.sol_change -= plan.dca.debit_sol
-    return trade
 
 
 def _log_closes(closed: list[ClosedPosition]) -> None:

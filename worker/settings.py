@@ -25,6 +25,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.domain.config import DEFAULT_MAX_CONFIG_BYTES
+from worker.domain.fills import Fees
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
@@ -77,8 +78,7 @@ class TradingSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    network_fee_sol: Decimal
-    protocol_fee_bps: Decimal
+    fees: Fees
     max_config_bytes: int = DEFAULT_MAX_CONFIG_BYTES
 
 
@@ -255,10 +255,9 @@ class Settings(BaseSettings):
 
     @property
     def trading(self) -> TradingSettings:
-        """The simulation-cost slice."""
+        """The simulation-cost slice: the one `Fees` of every buy, sale and DCA buy."""
         return TradingSettings(
-            network_fee_sol=self.sim_network_fee_sol,
-            protocol_fee_bps=self.sim_protocol_fee_bps,
+            fees=Fees(self.sim_network_fee_sol, self.sim_protocol_fee_bps),
             max_config_bytes=self.agent_config_max_bytes,
         )
 

@@ -23,6 +23,7 @@ from tests.support import (
 )
 from worker.db.store import PgStore
 from worker.domain.config import DEFAULT_TRADING_CONFIG
+from worker.domain.fills import Fees
 from worker.domain.models import SOL_MINT, ExecutionStatus, Signal
 from worker.handlers import SignalOutcome, handle_signals
 from worker.settings import TradingSettings
@@ -30,7 +31,7 @@ from worker.settings import TradingSettings
 pytestmark = pytest.mark.integration
 
 NOW = datetime(2026, 11, 30, 12, tzinfo=UTC)
-TRADING = TradingSettings(network_fee_sol=Decimal("0.000005"), protocol_fee_bps=Decimal(0))
+TRADING = TradingSettings(fees=Fees(Decimal("0.000005"), Decimal(0)))
 
 
 def nexgent_config() -> str:

@@ -26,10 +26,9 @@ from tests.support import (
 from worker.config_cache import ConfigTexts
 from worker.db.store import PgStore
 from worker.domain.config import OversizedConfig
-from worker.domain.models import ExecutionStatus, Signal
+from worker.domain.models import ExecutionStatus, PriceTick, Signal
 from worker.handlers import SignalOutcome, handle_signals
-from worker.messages import PriceTickV1
-from worker.prices import Tick, handle_prices
+from worker.prices import handle_prices
 from worker.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -110,10 +109,10 @@ async def test_an_oversized_config_fails_its_agent_and_never_leaves_the_database
 
     # Its position in A keeps the -10% stop it was opened with (the default is -32%).
     ts = later + timedelta(seconds=1)
-    tick = Tick(PriceTickV1(token_address=TOKEN_A, price_usd=Decimal("0.85"), ts=ts), ts)
+    tick = PriceTick(TOKEN_A, Decimal("0.85"), ts)
     async with db_conn.transaction():
         [moved] = await handle_prices(
-            store, [tick], configs=ConfigTexts(), settings=settings, now=ts
+            store, [tick], configs=ConfigTexts(), trading=settings.trading, now=ts
         )
     assert moved.closes == {"stop_loss": 3}  # the big agent's too: at -32% it would stay
     assert [p.agent_id for p in moved.config_problems] == [big]

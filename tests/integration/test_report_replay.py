@@ -33,10 +33,9 @@ from tests.support import (
 from worker.config_cache import ConfigTexts
 from worker.db.prices import price_history_upkeep
 from worker.db.store import PgStore
-from worker.domain.models import SOL_MINT, Signal
+from worker.domain.models import SOL_MINT, PriceTick, Signal
 from worker.handlers import handle_signals
-from worker.messages import PriceTickV1
-from worker.prices import Tick, handle_prices
+from worker.prices import handle_prices
 from worker.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -49,9 +48,9 @@ async def _ticks(conn: asyncpg.Connection, *ticks: tuple[str, str, int]) -> None
     chunk = []
     for token, price, seconds in ticks:
         ts = T0 + timedelta(seconds=seconds)
-        chunk.append(Tick(PriceTickV1(token_address=token, price_usd=Decimal(price), ts=ts), ts))
+        chunk.append(PriceTick(token, Decimal(price), ts))
     async with conn.transaction():
-        await handle_prices(PgStore(conn), chunk, configs=ConfigTexts(), settings=Settings(),
+        await handle_prices(PgStore(conn), chunk, configs=ConfigTexts(), trading=Settings().trading,
                             now=chunk[-1].ts)  # fmt: skip
 
 

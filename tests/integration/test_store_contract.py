@@ -28,14 +28,14 @@ from tests.support import LONG_AGO, TOKEN_A, TOKEN_B, Account, make_account, set
 from worker.config_cache import ConfigTexts
 from worker.db.accounts import FundedAgent
 from worker.db.store import PgStore
+from worker.domain.fills import Fees
 from worker.domain.ledger import BalanceDelta, NewPosition, SwapRow
-from worker.domain.models import SOL_MINT, PositionState, Signal
+from worker.domain.models import SOL_MINT, PositionState, PriceTick, Signal
 from worker.domain.records import PriceWrite, TrailUpdate
 from worker.errors import DomainError
 from worker.handlers import SignalOutcome, handle_signals
-from worker.messages import PriceTickV1
 from worker.ports import PriceStore, SignalStore
-from worker.prices import Tick, handle_prices
+from worker.prices import handle_prices
 from worker.replay.memory import MemoryStore, StoreViolation
 from worker.settings import Settings, TradingSettings
 
@@ -43,7 +43,7 @@ pytestmark = pytest.mark.integration
 
 NOW = datetime(2026, 1, 1, 12, tzinfo=UTC)
 SECOND = timedelta(seconds=1)
-TRADING = TradingSettings(network_fee_sol=Decimal("0.000005"), protocol_fee_bps=Decimal(0))
+TRADING = TradingSettings(fees=Fees(Decimal("0.000005"), Decimal(0)))
 FIXED: dict[str, Any] = {"positionCalculator": {"randomization": {"enabled": False}}}
 AGENTS: list[dict[str, Any]] = [
     {"config": FIXED},
@@ -320,12 +320,11 @@ async def _bought(world: World, specs: Sequence[Spec], token: str = TOKEN_A) -> 
     return account
 
 
-def _ticks(token: str, *prices: tuple[str, int]) -> list[Tick]:
-    ticks = []
-    for price, seconds in prices:
-        ts = NOW + timedelta(seconds=seconds)
-        ticks.append(Tick(PriceTickV1(token_address=token, price_usd=Decimal(price), ts=ts), ts))
-    return ticks
+def _ticks(token: str, *prices: tuple[str, int]) -> list[PriceTick]:
+    return [
+        PriceTick(token, Decimal(price), NOW + timedelta(seconds=seconds))
+        for price, seconds in prices
+    ]
 
 
 # --- the same script through both stores, compared -----------------------------------------
@@ -396,7 +395,7 @@ async def test_memory_and_postgresql_agree_on_ticks(db_conn: asyncpg.Connection)
             ticks = [t for token, price, at in chunk for t in _ticks(token, (price, at))]
             async with world.transaction():
                 done = await handle_prices(
-                    world.store, ticks, configs=configs, settings=settings, now=ticks[-1].ts
+                    world.store, ticks, configs=configs, trading=settings.trading, now=ticks[-1].ts
                 )
             outcomes.append(done)
         exits.append((outcomes, await world.exits(), await world.sales()))
@@ -440,7 +439,7 @@ async def test_a_chunk_lists_every_dca_and_take_profit_sale_on_its_position(worl
     async def chunk(*prices: tuple[str, int]) -> None:
         ticks = _ticks(TOKEN_A, *prices)
         async with world.transaction():
-            await handle_prices(world.store, ticks, configs=configs, settings=settings,
+            await handle_prices(world.store, ticks, configs=configs, trading=settings.trading,
                                 now=ticks[-1].ts)  # fmt: skip
 
     await chunk(("1.6", 1), ("2.6", 2))  # take profit at +50% and +150%
@@ -465,7 +464,7 @@ async def test_a_config_changed_in_the_store_applies_on_the_next_tick(world: Wor
         async with world.transaction():
             [outcome] = await handle_prices(
                 world.store, _ticks(TOKEN_A, (price, seconds)), configs=configs,
-                settings=settings, now=NOW + timedelta(seconds=seconds),
+                trading=settings.trading, now=NOW + timedelta(seconds=seconds),
             )  # fmt: skip
             return outcome.closes
 

@@ -22,17 +22,17 @@ from worker.config_cache import ConfigTexts
 from worker.db.ledger import find_violations
 from worker.db.snapshots import hour_of, snapshot_all
 from worker.db.store import PgStore
-from worker.domain.models import SOL_MINT, Signal
+from worker.domain.fills import Fees
+from worker.domain.models import SOL_MINT, PriceTick, Signal
 from worker.domain.money import MATH_CONTEXT
 from worker.handlers import SignalOutcome, handle_signals
-from worker.messages import PriceTickV1
-from worker.prices import Tick, TickOutcome, handle_prices
-from worker.settings import Settings, TradingSettings
+from worker.prices import TickOutcome, handle_prices
+from worker.settings import TradingSettings
 
 pytestmark = pytest.mark.integration
 
 T0 = datetime(2026, 1, 1, 12, tzinfo=UTC)
-TRADING = TradingSettings(network_fee_sol=Decimal("0.000005"), protocol_fee_bps=Decimal(0))
+TRADING = TradingSettings(fees=Fees(Decimal("0.000005"), Decimal(0)))
 FIXED: dict[str, Any] = {"positionCalculator": {"randomization": {"enabled": False}}}
 # The largest price a message may carry: 18 places, below 10^12.
 MAX_PRICE = Decimal("999999999999.999999999999999999")
@@ -96,10 +96,10 @@ async def _ticks(
     ticks = []
     for i, (token, price) in enumerate(prices, start=1):
         ts = T0 + timedelta(seconds=i)
-        ticks.append(Tick(PriceTickV1(token_address=token, price_usd=price, ts=ts), ts))
+        ticks.append(PriceTick(token, price, ts))
     async with conn.transaction():
         return await handle_prices(
-            PgStore(conn), ticks, configs=ConfigTexts(), settings=Settings(), now=ticks[-1].ts
+            PgStore(conn), ticks, configs=ConfigTexts(), trading=TRADING, now=ticks[-1].ts
         )
 
 

@@ -19,6 +19,7 @@ from tests.memory import RecordingStore, add_agent
 from tests.support import TOKEN_A as TOKEN
 from tests.support import TOKEN_B as OTHER
 from tests.support import TOKEN_C
+from worker.domain.fills import Fees
 from worker.domain.models import SOL_MINT, ExecutionStatus, Signal
 from worker.handlers import (
     SignalOutcome,
@@ -29,7 +30,7 @@ from worker.handlers import (
 from worker.settings import TradingSettings
 
 NOW = datetime(2026, 1, 1, 12, tzinfo=UTC)
-TRADING = TradingSettings(network_fee_sol=Decimal("0.000005"), protocol_fee_bps=Decimal(0))
+TRADING = TradingSettings(fees=Fees(Decimal("0.000005"), Decimal(0)))
 FIXED = {"positionCalculator": {"randomization": {"enabled": False}}}
 DEBIT = Decimal("2.000005")
 
@@ -144,9 +145,7 @@ async def test_the_stored_signal_time_decides_when_a_redelivery_carries_another(
 
 async def test_a_config_over_the_cap_fails_that_agent_with_the_reason_and_others_trade() -> None:
     store, user_id = _store({}, {"config": {**FIXED, "notes": "x" * 2000}}, {})
-    capped_trading = TradingSettings(
-        network_fee_sol=Decimal("0.000005"), protocol_fee_bps=Decimal(0), max_config_bytes=1024
-    )
+    capped_trading = TradingSettings(fees=TRADING.fees, max_config_bytes=1024)
     big = next(a for a in store.agents.values() if "notes" in str(a.config_text))
     [outcome] = await handle_signals(store, [_signal(user_id)], trading=capped_trading, now=NOW)
     assert isinstance(outcome, SignalOutcome)

@@ -18,8 +18,9 @@ from tests.memory import add_agent
 from tests.support import TOKEN_A as TOKEN
 from worker.batching import Fanouts, decode
 from worker.domain.config import resolve_config
+from worker.domain.fills import Fees
 from worker.domain.models import SOL_MINT, PositionState
-from worker.domain.ticks import Fees, plan_tick
+from worker.domain.ticks import plan_tick
 from worker.errors import InvalidMessage
 from worker.handlers import SignalOutcome, handle_signals
 from worker.messages import PriceTickV1, check_tick_time, decode_price, decode_signal
@@ -212,7 +213,7 @@ async def test_a_key_reused_with_another_payload_is_the_same_signal_and_names_bo
     first = decode_signal(_signal_json(idempotency_key="k", price_usd="1"))
     again = decode_signal(_signal_json(idempotency_key="k", price_usd="1"))
     other = decode_signal(_signal_json(idempotency_key="k", price_usd="2"))
-    trading = TradingSettings(network_fee_sol=Decimal("0.000005"), protocol_fee_bps=Decimal(0))
+    trading = TradingSettings(fees=Fees(Decimal("0.000005"), Decimal(0)))
 
     async def handle(message: Any, record: str) -> SignalOutcome:
         [result] = await handle_signals(

@@ -13,9 +13,9 @@ import pytest
 
 from worker.domain.config import resolve_config
 from worker.domain.exits import ExitPnl
-from worker.domain.fills import sell_fill
+from worker.domain.fills import Fees, sell_fill
 from worker.domain.models import CloseReason, PositionState
-from worker.domain.ticks import Fees, PlannedSale, TickPlan, plan_tick
+from worker.domain.ticks import PlannedSale, TickPlan, plan_tick
 
 NOW = datetime(2026, 11, 26, 12, tzinfo=UTC)
 FEES = Fees(Decimal("0.000005"), Decimal(0))

@@ -15,14 +15,13 @@ from tests.memory import RecordingStore, add_agent, held, open_position, pause, 
 from tests.support import TOKEN_A as TOKEN
 from worker.config_cache import ENTRY_OVERHEAD, ConfigTexts
 from worker.domain.config import exit_rules, resolve_config
-from worker.domain.models import SOL_MINT, CloseReason, PositionState
+from worker.domain.models import SOL_MINT, CloseReason, PositionState, PriceTick
 from worker.domain.records import OpenPosition
-from worker.messages import PriceTickV1
-from worker.prices import Tick, TickOutcome, handle_prices
+from worker.prices import TickOutcome, handle_prices
 from worker.settings import Settings
 
 BOUGHT = datetime(2026, 1, 1, 12, tzinfo=UTC)
-SETTINGS = Settings()
+TRADING = Settings().trading
 INVESTED = Decimal("2.000005")
 FEE = Decimal("0.000005")
 
@@ -61,16 +60,14 @@ def _store() -> RecordingStore:
 async def _handle(
     store: RecordingStore, price_usd: str, ts: datetime, configs: ConfigTexts | None = None
 ) -> TickOutcome:
-    tick = PriceTickV1(token_address=TOKEN, price_usd=Decimal(price_usd), ts=ts)
+    tick = PriceTick(token_address=TOKEN, price_usd=Decimal(price_usd), ts=ts)
     return await _one(store, tick, configs if configs is not None else ConfigTexts(), ts)
 
 
 async def _one(
-    store: RecordingStore, tick: PriceTickV1, configs: ConfigTexts, now: datetime
+    store: RecordingStore, tick: PriceTick, configs: ConfigTexts, now: datetime
 ) -> TickOutcome:
-    [outcome] = await handle_prices(
-        store, [Tick(tick, now)], configs=configs, settings=SETTINGS, now=now
-    )
+    [outcome] = await handle_prices(store, [tick], configs=configs, trading=TRADING, now=now)
     return outcome
 
 
@@ -162,9 +159,7 @@ async def test_an_invalid_config_leaves_positions_with_the_rules_they_were_opene
     # -50%: below -40% and -32%, above -60%.
     outcome = await _one(
         store,
-        PriceTickV1(
-            token_address=TOKEN, price_usd=Decimal("0.5"), ts=BOUGHT + timedelta(seconds=1)
-        ),
+        PriceTick(token_address=TOKEN, price_usd=Decimal("0.5"), ts=BOUGHT + timedelta(seconds=1)),
         configs,
         BOUGHT + timedelta(seconds=1),
     )
@@ -185,12 +180,10 @@ async def test_a_config_grown_over_the_cap_leaves_positions_with_their_rules() -
     # Opened with a -10% stop; then the agent's config grew past the cap (1,024 bytes here).
     ten = {"stopLoss": {"defaultPercentage": -10}}
     _position(store, {**ten, "notes": "x" * 2000}, stop=Decimal(-10), rules=ten)
-    settings = Settings(agent_config_max_bytes=1024)
+    trading = Settings(agent_config_max_bytes=1024).trading
     ts = BOUGHT + timedelta(seconds=1)
-    tick = PriceTickV1(token_address=TOKEN, price_usd=Decimal("0.85"), ts=ts)
-    [outcome] = await handle_prices(
-        store, [Tick(tick, ts)], configs=ConfigTexts(), settings=settings, now=ts
-    )
+    tick = PriceTick(token_address=TOKEN, price_usd=Decimal("0.85"), ts=ts)
+    [outcome] = await handle_prices(store, [tick], configs=ConfigTexts(), trading=trading, now=ts)
     assert outcome.closes == {"stop_loss": 1}  # -15%: through its -10% stop
     [problem] = outcome.config_problems
     assert problem.error is not None
@@ -208,7 +201,7 @@ async def test_rule_sets_a_full_cache_drops_still_apply_to_the_tick_that_read_th
     # A cache with room for less than one rule set: whatever it is given, it drops.
     configs = ConfigTexts(rules_max_bytes=1)
     ts = BOUGHT + timedelta(seconds=1)
-    tick = PriceTickV1(token_address=TOKEN, price_usd=Decimal("3"), ts=ts)
+    tick = PriceTick(token_address=TOKEN, price_usd=Decimal("3"), ts=ts)
     outcome = await _one(store, tick, configs, ts)
     # +200%: their take-profit levels sell (the defaults, wrongly applied, would not).
     assert outcome.partial_sales + sum(outcome.closes.values()) == 2
@@ -220,9 +213,7 @@ async def test_unknown_keys_are_reported_and_ignored() -> None:
                           "signals": {"minscore": 4}})  # fmt: skip
     outcome = await _one(
         store,
-        PriceTickV1(
-            token_address=TOKEN, price_usd=Decimal("0.85"), ts=BOUGHT + timedelta(seconds=1)
-        ),
+        PriceTick(token_address=TOKEN, price_usd=Decimal("0.85"), ts=BOUGHT + timedelta(seconds=1)),
         ConfigTexts(),
         BOUGHT + timedelta(seconds=1),
     )

@@ -19,12 +19,11 @@ from hypothesis import strategies as st
 
 from tests.memory import RecordingStore, add_agent, open_position
 from worker.config_cache import ConfigTexts
-from worker.domain.models import SOL_MINT, PositionState
-from worker.messages import PriceTickV1
-from worker.prices import Tick, TickOutcome, handle_prices
+from worker.domain.models import SOL_MINT, PositionState, PriceTick
+from worker.prices import TickOutcome, handle_prices
 from worker.settings import Settings
 
-SETTINGS = Settings()
+TRADING = Settings().trading
 BOUGHT = datetime(2026, 1, 1, 12, tzinfo=UTC)
 NOW = BOUGHT + timedelta(hours=2)  # past the stale trade's hold time
 TOKENS = [f"Tok{c}" + "1" * 40 for c in "ABC"]
@@ -68,7 +67,7 @@ def _store(sol_balances: list[Decimal]) -> RecordingStore:
     return store
 
 
-def _ticks(path: list[tuple[int, int]]) -> list[Tick]:
+def _ticks(path: list[tuple[int, int]]) -> list[PriceTick]:
     """(token index, price in cents) pairs as ticks one second apart; index 3 is SOL/USD
     (priced around 100 USD, the others around 1 USD)."""
     ticks = []
@@ -76,18 +75,18 @@ def _ticks(path: list[tuple[int, int]]) -> list[Tick]:
         token = SOL_MINT if which == len(TOKENS) else TOKENS[which]
         price = Decimal(cents) if token == SOL_MINT else Decimal(cents) / 100
         ts = BOUGHT + timedelta(seconds=i + 1)
-        ticks.append(Tick(PriceTickV1(token_address=token, price_usd=price, ts=ts), ts))
+        ticks.append(PriceTick(token, price, ts))
     return ticks
 
 
-async def _run(store: RecordingStore, ticks: list[Tick], cuts: list[int]) -> list[TickOutcome]:
+async def _run(store: RecordingStore, ticks: list[PriceTick], cuts: list[int]) -> list[TickOutcome]:
     configs = ConfigTexts()
     outcomes: list[TickOutcome] = []
     bounds = [0, *sorted(set(cuts)), len(ticks)]
     for start, end in itertools.pairwise(bounds):
         if start < end:
             outcomes += await handle_prices(
-                store, ticks[start:end], configs=configs, settings=SETTINGS, now=NOW
+                store, ticks[start:end], configs=configs, trading=TRADING, now=NOW
             )
     return outcomes
 
@@ -176,10 +175,10 @@ async def test_chunks_do_what_single_ticks_do(
 async def test_a_tick_not_newer_than_an_earlier_one_of_the_chunk_does_nothing() -> None:
     store = _store([Decimal(5)])
     first, second = _ticks([(0, 50), (0, 99)])
-    stale = Tick(PriceTickV1(token_address=TOKENS[0], price_usd=Decimal(2), ts=BOUGHT), BOUGHT)
+    stale = PriceTick(TOKENS[0], Decimal(2), BOUGHT)
     # The newest first: the two after it are older, so they change nothing.
     outcomes = await handle_prices(
-        store, [second, first, stale], configs=ConfigTexts(), settings=SETTINGS, now=NOW
+        store, [second, first, stale], configs=ConfigTexts(), trading=TRADING, now=NOW
     )
     assert [o.is_newer for o in outcomes] == [True, False, False]
     assert store.prices[TOKENS[0]] == (Decimal("0.99"), second.ts)
@@ -194,10 +193,8 @@ async def test_only_loud_positions_are_locked_and_their_wallets_first() -> None:
     # -0.5% on token 0, two hours after the buys: quiet for every config but the stale
     # closer with the band -5..5% (the default band is 1..10%).
     ts = BOUGHT + timedelta(seconds=1)
-    tick = Tick(PriceTickV1(token_address=TOKENS[0], price_usd=Decimal("0.995"), ts=ts), ts)
-    [outcome] = await handle_prices(
-        store, [tick], configs=ConfigTexts(), settings=SETTINGS, now=NOW
-    )
+    tick = PriceTick(TOKENS[0], Decimal("0.995"), ts)
+    [outcome] = await handle_prices(store, [tick], configs=ConfigTexts(), trading=TRADING, now=NOW)
     stale_wallets = {f"sim_{n:04d}" for n in (12, 13)}
     assert set(store.locked_wallets) == stale_wallets
     assert {store.positions.get(i) for i in store.locked_positions} == {None}  # closed

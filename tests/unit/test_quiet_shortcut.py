@@ -26,9 +26,10 @@ from typing import Any
 import pytest
 
 from worker.domain.config import resolve_config
+from worker.domain.fills import Fees
 from worker.domain.models import PositionState
 from worker.domain.money import to_price
-from worker.domain.ticks import Fees, TickPlan, is_quiet, plan_tick, quiet_band, quiet_trail
+from worker.domain.ticks import TickPlan, is_quiet, plan_tick, quiet_band, quiet_trail
 
 NOW = datetime(2026, 11, 26, 12, tzinfo=UTC)
 SOL_USD = Decimal(100)

@@ -14,11 +14,9 @@ import pytest
 
 from tests.support import TOKEN_A, TOKEN_B
 from worker.commands.replay import grid
-from worker.domain.models import SOL_MINT, Signal
+from worker.domain.models import SOL_MINT, PriceTick, Signal
 from worker.domain.records import AgentSetup
 from worker.errors import UsageError
-from worker.messages import PriceTickV1
-from worker.prices import Tick
 from worker.replay.engine import (
     Outcome,
     Start,
@@ -59,9 +57,8 @@ def _signal(n: int, token: str, seconds: int, price: str = "1") -> Signal:
     )
 
 
-def _tick(token: str, price: str, seconds: int) -> Tick:
-    ts = T0 + timedelta(seconds=seconds)
-    return Tick(PriceTickV1(token_address=token, price_usd=Decimal(price), ts=ts), ts)
+def _tick(token: str, price: str, seconds: int) -> PriceTick:
+    return PriceTick(token, Decimal(price), T0 + timedelta(seconds=seconds))
 
 
 START = Start(
@@ -147,7 +144,7 @@ def test_events_run_in_time_order_ticks_first_at_equal_times() -> None:
         [_signal(1, TOKEN_A, 5), _signal(2, TOKEN_A, 1)],
         [_tick(TOKEN_A, "1", 5), _tick(TOKEN_B, "1", 5), _tick(TOKEN_A, "1", 0)],
     )
-    kinds = [("tick", e.tick.token) if e.tick else ("signal", e.signal.id) for e in events]  # type: ignore[union-attr]
+    kinds = [("tick", e.tick.token_address) if e.tick else ("signal", e.signal.id) for e in events]  # type: ignore[union-attr]
     assert kinds == [
         ("tick", TOKEN_A),
         ("signal", 2),

@@ -10,9 +10,11 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from worker.domain.config import resolve_config
-from worker.domain.models import CloseReason, PositionState
+from worker.domain.fills import Fees
+from worker.domain.models import CloseReason, PositionState, PriceTick
 from worker.domain.money import to_price
-from worker.domain.ticks import Fees, is_quiet, plan_tick, quiet_band, quiet_trail
+from worker.domain.ticks import is_quiet, plan_tick, quiet_band, quiet_trail
+from worker.messages import decode_price
 
 NOW = datetime(2026, 11, 26, 12, tzinfo=UTC)
 FEES = Fees(Decimal("0.000005"), Decimal(0))
@@ -225,3 +227,13 @@ def test_the_positions_query_names_the_sol_mint_it_inlines() -> None:
     from worker.domain.models import SOL_MINT
 
     assert f"'{SOL_MINT}'" in SELECT_AND_LOCK
+
+
+def test_a_tick_message_becomes_a_domain_tick_observed_at_its_ts_else_at_its_record_time() -> None:
+    mint = "7GCihgDB8fe6KNjn2MYtkzZcRjQy3t9GHdC8uHYmW2hr"
+    received = NOW + timedelta(seconds=5)
+    stamped = decode_price(f'{{"token_address": "{mint}", "price_usd": "0.52", '
+                           '"ts": "2026-11-26T12:00:00Z"}'.encode())  # fmt: skip
+    bare = decode_price(f'{{"token_address": " {mint} ", "price_usd": 0.5}}'.encode())
+    assert stamped.to_domain(received_at=received) == PriceTick(mint, Decimal("0.52"), NOW)
+    assert bare.to_domain(received_at=received) == PriceTick(mint, Decimal("0.5"), received)

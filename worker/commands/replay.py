@@ -31,13 +31,12 @@ from worker.db.pool import connect_migrated
 from worker.db.replay import read_agents
 from worker.db.report import Filters, read_report
 from worker.domain.config import decode_json, unknown_keys
-from worker.domain.models import Signal
+from worker.domain.models import PriceTick, Signal
 from worker.domain.records import AgentSetup
 from worker.domain.results import AgentResult
 from worker.errors import InvalidMessage, UsageError
 from worker.logging import configure_logging
 from worker.messages import PriceTickV1, SignalV1, decode_price, decode_signal
-from worker.prices import Tick
 from worker.replay.engine import (
     MAX_VARIANTS,
     Event,
@@ -115,7 +114,7 @@ def _variants(args: argparse.Namespace) -> list[Variant]:
     ]
 
 
-def _given(args: argparse.Namespace) -> tuple[list[Signal], list[Tick]] | None:
+def _given(args: argparse.Namespace) -> tuple[list[Signal], list[PriceTick]] | None:
     """The signals and ticks of --signals / --ticks, read in full (None: from the database)."""
     if args.signals is None and args.ticks is None:
         return None
@@ -345,7 +344,7 @@ def _signals_file(path: Path) -> list[Signal]:
     return out
 
 
-def _ticks_file(path: Path) -> list[Tick]:
+def _ticks_file(path: Path) -> list[PriceTick]:
     out = []
     for n, raw in _lines(path):
         try:
@@ -354,7 +353,7 @@ def _ticks_file(path: Path) -> list[Tick]:
             raise UsageError(f"{path}:{n}: {exc}") from None
         if message.ts is None:
             raise UsageError(f"{path}:{n}: a replayed tick needs its ts")
-        out.append(Tick(message, message.ts))
+        out.append(message.to_domain(received_at=message.ts))
     return out
 
 

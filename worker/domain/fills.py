@@ -44,6 +44,16 @@ COLUMN_LIMIT = AMOUNT.limit
 
 
 @dataclass(frozen=True, slots=True)
+class Fees:
+    """The simulated fees of every swap (buys, take-profit and exit sales, DCA buys): a
+    network fee in SOL and a protocol fee in basis points of the SOL leg. Built once from
+    the settings (`SIM_NETWORK_FEE_SOL`, `SIM_PROTOCOL_FEE_BPS`)."""
+
+    network_fee_sol: Decimal
+    protocol_fee_bps: Decimal
+
+
+@dataclass(frozen=True, slots=True)
 class BuyFill:
     """A simulated buy: SOL swapped (fees excluded), tokens received, fees, SOL debited."""
 

@@ -54,6 +54,16 @@ class Signal:
 
 
 @dataclass(frozen=True, slots=True)
+class PriceTick:
+    """A validated price tick: the token's USD price and when it was observed (the message's
+    `ts`, else its Kafka record's timestamp)."""
+
+    token_address: str
+    price_usd: Decimal
+    ts: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class Subscriber:
     """One agent of the signal's user, with what the decision needs about its wallet.
 

@@ -38,18 +38,10 @@ from worker.domain.exits import (
     is_stale,
     lowest_price,
 )
-from worker.domain.fills import BuyFill, SellFill, buy_fill, sell_fill, token_price_sol
+from worker.domain.fills import BuyFill, Fees, SellFill, buy_fill, sell_fill, token_price_sol
 from worker.domain.models import CloseReason, PositionState
 from worker.domain.money import exact
 from worker.domain.storable import position_misfit
-
-
-@dataclass(frozen=True, slots=True)
-class Fees:
-    """The simulated fees of every swap."""
-
-    network_fee_sol: Decimal
-    protocol_fee_bps: Decimal
 
 
 @dataclass(frozen=True, slots=True)

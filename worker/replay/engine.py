@@ -41,14 +41,13 @@ from worker.domain.config import (
     deep_merge,
     read_config,
 )
-from worker.domain.models import SOL_MINT, Signal
+from worker.domain.models import SOL_MINT, PriceTick, Signal
 from worker.domain.money import MATH_CONTEXT
 from worker.domain.records import AgentSetup, PriceWrite
 from worker.domain.results import AgentResult, Close, Holding, prices_in_sol, summarize
 from worker.errors import UsageError
 from worker.handlers import handle_signals
-from worker.messages import PriceTickV1
-from worker.prices import Tick, handle_prices
+from worker.prices import handle_prices
 from worker.replay.memory import MemoryStore
 from worker.settings import Settings
 
@@ -62,7 +61,7 @@ class Event:
     at: datetime
     seq: int
     signal: Signal | None = None
-    tick: Tick | None = None
+    tick: PriceTick | None = None
 
     @property
     def key(self) -> tuple[datetime, int, int]:
@@ -70,7 +69,7 @@ class Event:
         return (self.at, 0 if self.tick is not None else 1, self.seq)
 
 
-def events_of(signals: Iterable[Signal], ticks: Iterable[Tick]) -> list[Event]:
+def events_of(signals: Iterable[Signal], ticks: Iterable[PriceTick]) -> list[Event]:
     """Signals and ticks merged into replay order."""
     events = [Event(s.created_at, i, signal=s) for i, s in enumerate(signals)]
     events += [Event(t.ts, i, tick=t) for i, t in enumerate(ticks)]
@@ -196,11 +195,9 @@ async def replay_each(
         yield outcome
 
 
-def tick_of(p: PriceWrite) -> Tick:
-    """A recorded tick as the handler takes it: observed and received at its recorded time."""
-    message = PriceTickV1.model_construct(token_address=p.token_address, price_usd=p.price_usd,
-                                          ts=p.ts)  # fmt: skip
-    return Tick(message, p.ts)
+def tick_of(p: PriceWrite) -> PriceTick:
+    """A recorded tick as the handler takes it: observed at its recorded time."""
+    return PriceTick(p.token_address, p.price_usd, p.ts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +222,7 @@ async def read_record(
     *,
     since: datetime | None = None,
     until: datetime | None = None,
-    given: tuple[list[Signal], list[Tick]] | None = None,
+    given: tuple[list[Signal], list[PriceTick]] | None = None,
 ) -> Record | None:
     """The agents' users' recorded signals and the ticks of their tokens in [since, until)
     (or the `given` signals and ticks, from files, in that range), in replay order, and the
@@ -306,7 +303,7 @@ async def _feed(
     for n, event in enumerate(events, start=1):
         if event.tick is not None:
             await handle_prices(
-                store, [event.tick], configs=configs, settings=settings, now=event.at
+                store, [event.tick], configs=configs, trading=settings.trading, now=event.at
             )
         elif event.signal is not None:
             await handle_signals(store, [event.signal], trading=settings.trading, now=event.at)
