@@ -25,20 +25,13 @@ from tests.containers.conftest import (
     Engine,
     env_flags,
     free_port,
-    http_get,
     migration_names,
 )
-from tests.support import (
-    Services,
-    Topics,
-    env_for,
-    make_account,
-    make_settings,
-    publish,
-    set_sol_price,
-    signal_message,
-    wait_for,
-)
+from tests.helpers.books import make_account, set_sol_price, signal_message
+from tests.helpers.http import http_get
+from tests.helpers.kafka import Topics, publish
+from tests.helpers.services import Services
+from tests.helpers.workers import env_for, make_settings, wait_for
 from worker.settings import Settings
 
 pytestmark = [pytest.mark.containers, pytest.mark.timeout(SETUP_TIMEOUT_S + 300)]

@@ -8,17 +8,10 @@ import sys
 import asyncpg
 import pytest
 
-from tests.support import (
-    TOKEN_A,
-    Services,
-    Topics,
-    WorkerProcess,
-    env_for,
-    make_account,
-    make_settings,
-    set_sol_price,
-    wait_for_count,
-)
+from tests.helpers.books import TOKEN_A, make_account, set_sol_price
+from tests.helpers.kafka import Topics
+from tests.helpers.services import Services
+from tests.helpers.workers import WorkerProcess, env_for, make_settings, wait_for_count
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 

@@ -11,15 +11,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from tests.support import (
-    Services,
-    Topics,
-    WorkerProcess,
-    env_for,
-    make_settings,
-    run_cli,
-    wait_for_count,
-)
+from tests.helpers.cli import run_cli
+from tests.helpers.kafka import Topics
+from tests.helpers.services import Services
+from tests.helpers.workers import WorkerProcess, env_for, make_settings, wait_for_count
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 

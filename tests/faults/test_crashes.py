@@ -8,30 +8,12 @@ import random
 import asyncpg
 import pytest
 
-from tests.faults.conftest import (
-    EXECUTIONS,
-    Feed,
-    Report,
-    assert_exactly_once,
-    latest_prices,
-    make_book,
-    measure,
-    mint,
-    seeded,
-    stored_offsets,
-    stored_prices,
-    ticks,
-)
-from tests.support import (
-    Services,
-    Topics,
-    WorkerProcess,
-    count,
-    env_for,
-    make_settings,
-    wait_for,
-    wait_for_count,
-)
+from tests.helpers.books import latest_prices, make_book, mint, ticks
+from tests.helpers.db import count, stored_offsets, stored_prices
+from tests.helpers.kafka import Feed, Topics
+from tests.helpers.ledger import EXECUTIONS, Report, assert_exactly_once, measure, seeded
+from tests.helpers.services import Services
+from tests.helpers.workers import WorkerProcess, env_for, make_settings, wait_for, wait_for_count
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(420)]
 

@@ -5,24 +5,15 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from tests.faults.conftest import (
-    EXECUTIONS,
-    Report,
-    assert_exactly_once,
-    log_events,
-    make_book,
-    measure,
-    mint,
-    seeded,
-    send_all,
-)
-from tests.support import (
-    Services,
+from tests.helpers.books import make_book, mint
+from tests.helpers.db import count
+from tests.helpers.kafka import create_test_topics, delete_topics, send_all
+from tests.helpers.ledger import EXECUTIONS, Report, assert_exactly_once, measure, seeded
+from tests.helpers.services import Services
+from tests.helpers.workers import (
     WorkerProcess,
-    count,
-    create_test_topics,
-    delete_topics,
     env_for,
+    log_events,
     make_settings,
     wait_for,
     wait_for_count,

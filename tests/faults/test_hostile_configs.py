@@ -16,26 +16,15 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
-from tests.faults.conftest import (
-    EXECUTIONS,
-    Book,
-    Report,
-    assert_exactly_once,
-    measure,
-    mint,
-    read_all,
-    seeded,
-    send_all,
-    starts,
-)
-from tests.support import (
-    Services,
-    Topics,
+from tests.helpers.books import Book, make_account, mint, set_sol_price
+from tests.helpers.kafka import Topics, read_all, send_all
+from tests.helpers.ledger import EXECUTIONS, Report, assert_exactly_once, measure, seeded
+from tests.helpers.services import Services
+from tests.helpers.workers import (
     WorkerProcess,
     env_for,
-    make_account,
     make_settings,
-    set_sol_price,
+    starts,
     wait_for,
     wait_for_count,
 )

@@ -26,19 +26,12 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from tests.faults.conftest import (
-    Report,
-    Sent,
-    assert_exactly_once,
-    make_book,
-    measure,
-    mint,
-    read_all,
-    send_all,
-    starts,
-    stored_offsets,
-)
-from tests.support import Services, Topics, WorkerProcess, env_for, make_settings, wait_for
+from tests.helpers.books import make_book, mint
+from tests.helpers.db import stored_offsets
+from tests.helpers.kafka import Sent, Topics, read_all, send_all
+from tests.helpers.ledger import Report, assert_exactly_once, measure
+from tests.helpers.services import Services
+from tests.helpers.workers import WorkerProcess, env_for, make_settings, starts, wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
 

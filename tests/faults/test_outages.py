@@ -12,32 +12,19 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from tests.faults.conftest import (
-    EXECUTIONS,
-    Book,
-    Feed,
-    Report,
-    assert_exactly_once,
-    http_status,
-    make_book,
-    measure,
-    mint,
-    repeated_lines,
-    seeded,
-    send_all,
-    starts,
-    stop_own,
-    terminate_within,
-)
-from tests.support import (
-    OwnServices,
-    Topics,
+from tests.helpers.books import Book, make_book, mint
+from tests.helpers.db import count
+from tests.helpers.http import http_get
+from tests.helpers.kafka import Feed, Topics, create_test_topics, delete_topics, send_all
+from tests.helpers.ledger import EXECUTIONS, Report, assert_exactly_once, measure, seeded
+from tests.helpers.services import OwnServices, stop_own
+from tests.helpers.workers import (
     WorkerProcess,
-    count,
-    create_test_topics,
-    delete_topics,
     env_for,
     make_settings,
+    repeated_lines,
+    starts,
+    terminate_within,
     wait_for,
     wait_for_count,
 )
@@ -70,7 +57,7 @@ async def _book(db_url: str) -> Book:
 
 async def _ready_status(worker: WorkerProcess) -> tuple[int, str]:
     assert worker.http_port is not None
-    return await http_status(worker.http_port, "/readyz")
+    return await http_get(worker.http_port, "/readyz")
 
 
 async def _wait_ready(worker: WorkerProcess, timeout_s: float = 60) -> None:

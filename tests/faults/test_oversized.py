@@ -15,20 +15,12 @@ import asyncpg
 import orjson
 import pytest
 
-from tests.faults.conftest import (
-    EXECUTIONS,
-    Report,
-    assert_exactly_once,
-    http_status,
-    make_book,
-    measure,
-    mint,
-    read_all,
-    seeded,
-    send_all,
-    starts,
-)
-from tests.support import Services, Topics, WorkerProcess, env_for, make_settings, wait_for_count
+from tests.helpers.books import make_book, mint
+from tests.helpers.http import http_get
+from tests.helpers.kafka import Topics, read_all, send_all
+from tests.helpers.ledger import EXECUTIONS, Report, assert_exactly_once, measure, seeded
+from tests.helpers.services import Services
+from tests.helpers.workers import WorkerProcess, env_for, make_settings, starts, wait_for_count
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(180)]
 
@@ -79,7 +71,7 @@ async def test_records_too_large_to_dead_letter_whole_are_cut_down_and_the_strea
         await wait_for_count(db_url, EXECUTIONS, total, timeout_s=90)
         dead = await read_all(services.kafka_bootstrap, topics.dlq)
         assert worker.http_port is not None
-        _, metrics = await http_status(worker.http_port, "/metrics")
+        _, metrics = await http_get(worker.http_port, "/metrics")
         assert worker.proc is not None
         alive = worker.proc.poll() is None
     finally:

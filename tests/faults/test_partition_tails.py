@@ -32,25 +32,17 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from aiokafka.structs import TopicPartition
 
-from tests.faults.conftest import (
-    EXECUTIONS,
-    Report,
-    assert_exactly_once,
-    log_events,
-    make_book,
-    measure,
-    mint,
-    seeded,
-    send_all,
-    starts,
-)
-from tests.support import (
-    Services,
-    Topics,
+from tests.helpers.books import make_book, mint
+from tests.helpers.cli import run_cli
+from tests.helpers.kafka import Topics, send_all
+from tests.helpers.ledger import EXECUTIONS, Report, assert_exactly_once, measure, seeded
+from tests.helpers.services import Services
+from tests.helpers.workers import (
     WorkerProcess,
     env_for,
+    log_events,
     make_settings,
-    run_cli,
+    starts,
     wait_for_count,
 )
 

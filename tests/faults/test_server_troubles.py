@@ -27,25 +27,17 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from tests.faults.conftest import (
-    EXECUTIONS,
-    Report,
-    assert_exactly_once,
-    http_status,
-    log_events,
-    make_book,
-    measure,
-    mint,
-    seeded,
-    send_all,
-    starts,
-)
-from tests.support import (
-    Services,
-    Topics,
+from tests.helpers.books import make_book, mint
+from tests.helpers.http import http_get
+from tests.helpers.kafka import Topics, send_all
+from tests.helpers.ledger import EXECUTIONS, Report, assert_exactly_once, measure, seeded
+from tests.helpers.services import Services
+from tests.helpers.workers import (
     WorkerProcess,
     env_for,
+    log_events,
     make_settings,
+    starts,
     wait_for,
     wait_for_count,
 )
@@ -66,7 +58,7 @@ async def _ready_says(worker: WorkerProcess, words: str) -> str:
     async def says() -> bool:
         nonlocal said
         assert worker.http_port is not None
-        status, body = await http_status(worker.http_port, "/readyz")
+        status, body = await http_get(worker.http_port, "/readyz")
         if status == 503 and words in body:
             said = body
             return True
@@ -79,7 +71,7 @@ async def _ready_says(worker: WorkerProcess, words: str) -> str:
 async def _ready(worker: WorkerProcess) -> None:
     async def ok() -> bool:
         assert worker.http_port is not None
-        return (await http_status(worker.http_port, "/readyz"))[0] == 200
+        return (await http_get(worker.http_port, "/readyz"))[0] == 200
 
     await wait_for(ok, timeout_s=60, what="/readyz to say 200 again")
 

@@ -13,20 +13,19 @@ from collections import defaultdict
 import asyncpg
 import pytest
 
-from tests.faults.conftest import (
-    EXECUTIONS,
-    Report,
-    assert_exactly_once,
+from tests.helpers.books import make_book, mint
+from tests.helpers.db import stored_offsets
+from tests.helpers.kafka import Topics, send_all
+from tests.helpers.ledger import EXECUTIONS, Report, assert_exactly_once, measure, seeded
+from tests.helpers.services import Services
+from tests.helpers.workers import (
+    WorkerProcess,
+    env_for,
     log_events,
-    make_book,
-    measure,
-    mint,
-    seeded,
-    send_all,
-    stored_offsets,
+    make_settings,
     terminate_within,
+    wait_for_count,
 )
-from tests.support import Services, Topics, WorkerProcess, env_for, make_settings, wait_for_count
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(180)]
 

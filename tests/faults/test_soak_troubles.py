@@ -15,27 +15,15 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.faults.conftest import (
-    EXECUTIONS,
-    Report,
-    Tick,
-    assert_exactly_once,
-    latest_prices,
-    log_events,
-    make_book,
-    measure,
-    mint,
-    seeded,
-    send_all,
-    stored_prices,
-    ticks,
-)
-from tests.support import (
-    Services,
+from tests.helpers.books import Tick, latest_prices, make_book, mint, ticks
+from tests.helpers.db import stored_prices
+from tests.helpers.kafka import create_test_topics, delete_topics, send_all
+from tests.helpers.ledger import EXECUTIONS, Report, assert_exactly_once, measure, seeded
+from tests.helpers.services import Services
+from tests.helpers.workers import (
     WorkerProcess,
-    create_test_topics,
-    delete_topics,
     env_for,
+    log_events,
     make_settings,
     wait_for,
     wait_for_count,

@@ -20,21 +20,12 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.faults.conftest import (
-    EXECUTIONS,
-    Report,
-    assert_exactly_once,
-    make_book,
-    measure,
-    mint,
-    read_all,
-    seeded,
-    send_all,
-    starts,
-    stored_offsets,
-    stored_prices,
-)
-from tests.support import Services, Topics, WorkerProcess, env_for, make_settings, wait_for
+from tests.helpers.books import make_book, mint
+from tests.helpers.db import stored_offsets, stored_prices
+from tests.helpers.kafka import Topics, read_all, send_all
+from tests.helpers.ledger import EXECUTIONS, Report, assert_exactly_once, measure, seeded
+from tests.helpers.services import Services
+from tests.helpers.workers import WorkerProcess, env_for, make_settings, starts, wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(180)]
 

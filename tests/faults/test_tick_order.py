@@ -15,25 +15,16 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
-from tests.faults.conftest import (
-    EXECUTIONS,
-    Report,
-    assert_exactly_once,
-    http_status,
-    make_book,
-    measure,
-    mint,
-    read_all,
-    seeded,
-    send_all,
-    starts,
-)
-from tests.support import (
-    Services,
-    Topics,
+from tests.helpers.books import make_book, mint
+from tests.helpers.http import http_get
+from tests.helpers.kafka import Topics, read_all, send_all
+from tests.helpers.ledger import EXECUTIONS, Report, assert_exactly_once, measure, seeded
+from tests.helpers.services import Services
+from tests.helpers.workers import (
     WorkerProcess,
     env_for,
     make_settings,
+    starts,
     wait_for,
     wait_for_count,
 )
@@ -139,7 +130,7 @@ async def test_signals_see_the_ticks_before_them_and_future_ticks_are_refused(
         )
         dead = await read_all(services.kafka_bootstrap, topics.dlq)
         assert worker.http_port is not None
-        _, metrics = await http_status(worker.http_port, "/metrics")
+        _, metrics = await http_get(worker.http_port, "/metrics")
         assert worker.proc is not None
         alive = worker.proc.poll() is None
     finally:

@@ -13,15 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import (
-    TOKEN_A,
-    Services,
-    Topics,
-    assert_log_lines_then_one_error,
-    env_for,
-    make_settings,
-    run_cli,
-)
+from tests.helpers.books import TOKEN_A
+from tests.helpers.cli import assert_log_lines_then_one_error, run_cli
+from tests.helpers.kafka import Topics
+from tests.helpers.services import Services
+from tests.helpers.workers import env_for, make_settings
 from worker.domain.models import SOL_MINT
 
 pytestmark = pytest.mark.integration

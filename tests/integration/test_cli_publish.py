@@ -9,7 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import TOKEN_A, Services, Topics, env_for, make_settings, read_topic, run_cli
+from tests.helpers.books import TOKEN_A
+from tests.helpers.cli import run_cli
+from tests.helpers.kafka import Topics, read_topic
+from tests.helpers.services import Services
+from tests.helpers.workers import env_for, make_settings
 from worker.domain.models import SOL_MINT
 
 pytestmark = pytest.mark.integration

@@ -8,25 +8,19 @@ import random
 import asyncpg
 import pytest
 
-from tests.support import (
+from tests.helpers.books import (
     TOKEN_A,
     TOKEN_B,
     TOKEN_C,
     Account,
-    Services,
-    Topics,
-    WorkerProcess,
-    count,
-    create_test_topics,
-    delete_topics,
-    env_for,
     make_account,
-    make_settings,
-    publish,
     set_sol_price,
     signal_message,
-    wait_for_count,
 )
+from tests.helpers.db import count
+from tests.helpers.kafka import Topics, create_test_topics, delete_topics, publish
+from tests.helpers.services import Services
+from tests.helpers.workers import WorkerProcess, env_for, make_settings, wait_for_count
 from worker.db.ledger import find_violations
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]

@@ -11,16 +11,11 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
-from tests.support import (
-    TOKEN_A,
-    Services,
-    Topics,
-    env_for,
-    make_account,
-    make_settings,
-    run_cli,
-    set_sol_price,
-)
+from tests.helpers.books import TOKEN_A, make_account, set_sol_price
+from tests.helpers.cli import run_cli
+from tests.helpers.kafka import Topics
+from tests.helpers.services import Services
+from tests.helpers.workers import env_for, make_settings
 from worker.db.store import PgStore
 from worker.domain.config import DEFAULT_TRADING_CONFIG
 from worker.domain.models import SOL_MINT, ExecutionStatus, Signal

@@ -14,23 +14,18 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
-from tests.support import (
+from tests.helpers.books import (
     TOKEN_A,
     TOKEN_B,
-    Services,
-    create_database,
-    create_test_topics,
-    delete_topics,
-    drop_database,
     make_account,
-    make_settings,
-    publish,
-    running_worker,
     set_price,
     set_sol_price,
     signal_message,
-    wait_for_count,
 )
+from tests.helpers.db import create_database, drop_database
+from tests.helpers.kafka import create_test_topics, delete_topics, publish
+from tests.helpers.services import Services
+from tests.helpers.workers import make_settings, running_worker, wait_for_count
 from worker.db.snapshots import hour_of, snapshot_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]

@@ -13,21 +13,12 @@ from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from aiokafka.structs import TopicPartition
 from structlog.testing import capture_logs
 
-from tests.support import (
-    Services,
-    Topics,
-    count,
-    env_for,
-    make_account,
-    make_settings,
-    publish,
-    run_cli,
-    running_worker,
-    set_sol_price,
-    signal_message,
-    wait_for,
-    wait_for_count,
-)
+from tests.helpers.books import make_account, set_sol_price, signal_message
+from tests.helpers.cli import run_cli
+from tests.helpers.db import count
+from tests.helpers.kafka import Topics, publish
+from tests.helpers.services import Services
+from tests.helpers.workers import env_for, make_settings, running_worker, wait_for, wait_for_count
 from worker.metrics import Metrics
 from worker.settings import Settings
 

@@ -17,28 +17,12 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import (
-    TOKEN_A,
-    TOKEN_B,
-    CliRun,
-    OwnServices,
-    Services,
-    Topics,
-    create_test_topics,
-    delete_topics,
-    drop_database,
-    env_for,
-    make_account,
-    make_settings,
-    publish,
-    read_topic,
-    run_cli,
-    running_worker,
-    set_sol_price,
-    signal_message,
-    wait_for,
-    wait_for_count,
-)
+from tests.helpers.books import TOKEN_A, TOKEN_B, make_account, set_sol_price, signal_message
+from tests.helpers.cli import CliRun, run_cli
+from tests.helpers.db import drop_database
+from tests.helpers.kafka import Topics, create_test_topics, delete_topics, publish, read_topic
+from tests.helpers.services import OwnServices, Services
+from tests.helpers.workers import env_for, make_settings, running_worker, wait_for, wait_for_count
 from worker.db.migrations import default_schema_dir, load_migrations, migrate
 from worker.metrics import Metrics
 from worker.settings import Settings

@@ -12,17 +12,11 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.support import (
-    TOKEN_A,
-    TOKEN_B,
-    Services,
-    Topics,
-    env_for,
-    make_account,
-    make_settings,
-    run_cli,
-    set_sol_price,
-)
+from tests.helpers.books import TOKEN_A, TOKEN_B, make_account, set_sol_price
+from tests.helpers.cli import run_cli
+from tests.helpers.kafka import Topics
+from tests.helpers.services import Services
+from tests.helpers.workers import env_for, make_settings
 from worker.config_cache import ConfigTexts
 from worker.db.store import PgStore
 from worker.domain.config import OversizedConfig

@@ -13,7 +13,7 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
-from tests.support import TOKEN_A, TOKEN_B
+from tests.helpers.books import TOKEN_A, TOKEN_B
 from worker.db.prices import UPKEEP_DAYS_AHEAD, PriceQueries, partition_name, price_history_upkeep
 from worker.domain.records import PriceWrite
 

@@ -18,18 +18,11 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.support import (
-    ROOT,
-    TOKEN_A,
-    TOKEN_B,
-    Account,
-    Services,
-    Topics,
-    env_for,
-    make_account,
-    make_settings,
-    run_cli,
-)
+from tests.helpers.books import TOKEN_A, TOKEN_B, Account, make_account
+from tests.helpers.cli import run_cli
+from tests.helpers.kafka import Topics
+from tests.helpers.services import ROOT, Services
+from tests.helpers.workers import env_for, make_settings
 from worker.config_cache import ConfigTexts
 from worker.db.prices import price_history_upkeep
 from worker.db.store import PgStore

@@ -19,20 +19,12 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from tests.support import (
-    TOKEN_A,
-    Services,
-    Topics,
-    WorkerProcess,
-    assert_log_lines_then_one_error,
-    env_for,
-    make_account,
-    make_certificate,
-    make_settings,
-    run_cli,
-    set_sol_price,
-    wait_for_count,
-)
+from tests.helpers.books import TOKEN_A, make_account, set_sol_price
+from tests.helpers.certificates import make_certificate
+from tests.helpers.cli import assert_log_lines_then_one_error, run_cli
+from tests.helpers.kafka import Topics
+from tests.helpers.services import Services
+from tests.helpers.workers import WorkerProcess, env_for, make_settings, wait_for_count
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

@@ -18,7 +18,7 @@ from uuid import UUID
 import asyncpg
 import pytest
 
-from tests.support import TOKEN_A, TOKEN_B, make_account, set_price, set_sol_price
+from tests.helpers.books import TOKEN_A, TOKEN_B, make_account, set_price, set_sol_price
 from tests.unit.fakes import FakeAgent, FakePriceStore, FakeSignalStore
 from worker.config_cache import ConfigTexts
 from worker.db.store import PgStore

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from aiokafka.structs import ConsumerRecord
 
-from tests.support import TOKEN_A as TOKEN
+from tests.helpers.books import TOKEN_A as TOKEN
 from tests.unit.fakes import FakeAgent, FakeSignalStore
 from worker.batching import Fanouts, decode
 from worker.domain.config import resolve_config

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from tests.support import TOKEN_A as TOKEN
+from tests.helpers.books import TOKEN_A as TOKEN
 from tests.unit.fakes import FakePriceStore
 from worker.config_cache import ENTRY_OVERHEAD, ConfigTexts
 from worker.domain.config import exit_rules, resolve_config

@@ -20,7 +20,10 @@ from typing import Any
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from tests.support import ROOT, TOKEN_A, assert_log_lines_then_one_error, make_certificate
+from tests.helpers.books import TOKEN_A
+from tests.helpers.certificates import make_certificate
+from tests.helpers.cli import assert_log_lines_then_one_error
+from tests.helpers.services import ROOT
 from worker.__main__ import main
 from worker.kafka import client_options
 from worker.settings import Settings, describe_error, mask_dsn
