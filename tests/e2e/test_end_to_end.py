@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import asyncpg
 import pytest
 
 from tests.helpers.books import TOKEN_A, make_account, set_sol_price
+from tests.helpers.cli import run_cli
 from tests.helpers.kafka import Topics
 from tests.helpers.services import Services
 from tests.helpers.workers import WorkerProcess, env_for, make_settings, wait_for_count
@@ -25,32 +23,24 @@ async def test_published_signal_becomes_a_trade_and_sigterm_stops_cleanly(
     worker = WorkerProcess(env).start()
     try:
         await worker.wait_started()
-        published = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "worker",
-                "publish",
-                "--user-id",
-                str(account.user_id),
-                "--token-address",
-                TOKEN_A,
-                "--symbol",
-                "E2E",
-                "--price-usd",
-                "0.25",
-                "--signal-strength",
-                "3",
-                "--idempotency-key",
-                "e2e-1",
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
+        published = await run_cli(
+            env,
+            "publish",
+            "--user-id",
+            str(account.user_id),
+            "--token-address",
+            TOKEN_A,
+            "--symbol",
+            "E2E",
+            "--price-usd",
+            "0.25",
+            "--signal-strength",
+            "3",
+            "--idempotency-key",
+            "e2e-1",
+            timeout_s=60,
         )
-        assert published.returncode == 0, published.stderr
+        assert published.code == 0, published.stderr
         assert "sent 1 signal to" in published.stdout
 
         await wait_for_count(db_url, "SELECT count(*) FROM signal_executions", 2)
@@ -75,13 +65,6 @@ async def test_published_signal_becomes_a_trade_and_sigterm_stops_cleanly(
     assert code == 0, worker.tail()
     assert any('"worker_stopped"' in line for line in worker.lines)
 
-    check = subprocess.run(
-        [sys.executable, "-m", "worker", "check"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert check.returncode == 0, check.stdout + check.stderr
+    check = await run_cli(env, "check", timeout_s=60)
+    assert check.code == 0, check
     assert "all ledger invariants hold" in check.stdout

@@ -18,21 +18,34 @@ class CliRun(NamedTuple):
     stderr: list[str]
 
 
-async def run_cli(env: dict[str, str], *args: str, timeout_s: float = 90) -> CliRun:
-    """`python -m worker ARGS` in `env` without blocking the event loop."""
-    proc = await asyncio.create_subprocess_exec(
+async def start_cli(
+    env: dict[str, str] | None, *args: str, stdout: int = asyncio.subprocess.PIPE
+) -> asyncio.subprocess.Process:
+    """Start `python -m worker ARGS` in `env` (None: this process's) from the checkout's
+    root, stderr piped; for a test that acts while it runs (else `run_cli`)."""
+    return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "worker",
         *args,
         env=env,
         cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
+        stdout=stdout,
         stderr=asyncio.subprocess.PIPE,
     )
+
+
+async def finish_cli(proc: asyncio.subprocess.Process, timeout_s: float = 90) -> CliRun:
+    """Wait for a started run's end (failing the test past `timeout_s`): what it left."""
     out, err = await asyncio.wait_for(proc.communicate(), timeout=timeout_s)
     assert proc.returncode is not None
-    return CliRun(proc.returncode, out.decode(), err.decode().splitlines())
+    return CliRun(proc.returncode, (out or b"").decode(), err.decode().splitlines())
+
+
+async def run_cli(env: dict[str, str] | None, *args: str, timeout_s: float = 90) -> CliRun:
+    """`python -m worker ARGS` in `env` (None: this process's) without blocking the event
+    loop, from the checkout's root; fails the test past `timeout_s`."""
+    return await finish_cli(await start_cli(env, *args), timeout_s)
 
 
 def assert_log_lines_then_one_error(lines: list[str], command: str) -> str:

@@ -7,14 +7,13 @@ import asyncio
 import json
 import os
 import socket
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
 
 from tests.helpers.books import TOKEN_A
-from tests.helpers.cli import assert_log_lines_then_one_error, run_cli
+from tests.helpers.cli import assert_log_lines_then_one_error, run_cli, start_cli
 from tests.helpers.kafka import Topics
 from tests.helpers.services import Services
 from tests.helpers.workers import env_for, make_settings
@@ -121,15 +120,7 @@ async def test_a_stdout_closed_early_ends_the_command_quietly(
     read_end, write_end = os.pipe()
     os.close(read_end)  # a stdout nobody will ever read
     try:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "worker",
-            *command,
-            env=env,
-            stdout=write_end,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        proc = await start_cli(env, *command, stdout=write_end)
     finally:
         os.close(write_end)
     assert proc.stderr is not None
@@ -147,10 +138,7 @@ async def test_help_and_version_with_a_closed_stdout_exit_quietly(flag: str) -> 
     read_end, write_end = os.pipe()
     os.close(read_end)
     try:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "worker", flag, stdout=write_end,
-            stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
+        proc = await start_cli(None, flag, stdout=write_end)
     finally:
         os.close(write_end)
     assert proc.stderr is not None

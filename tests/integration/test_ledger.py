@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -22,6 +20,7 @@ from tests.helpers.books import (
     set_sol_price,
     signal_message,
 )
+from tests.helpers.cli import CliRun, run_cli
 from tests.helpers.db import create_database, drop_database
 from tests.helpers.kafka import create_test_topics, delete_topics, publish
 from tests.helpers.services import Services
@@ -88,16 +87,8 @@ async def copy(history: History) -> AsyncIterator[str]:
     await drop_database(history.services, url)
 
 
-def check(url: str) -> subprocess.CompletedProcess[str]:
-    env = {"DATABASE_URL": url, "PATH": "/usr/bin:/bin"}
-    return subprocess.run(
-        [sys.executable, "-m", "worker", "check"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+async def check(url: str) -> CliRun:
+    return await run_cli({"DATABASE_URL": url, "PATH": "/usr/bin:/bin"}, "check", timeout_s=60)
 
 
 async def test_check_passes_on_the_history(copy: str) -> None:
@@ -111,8 +102,8 @@ async def test_check_passes_on_the_history(copy: str) -> None:
         await conn.close()
     assert {r["status"]: r["count"] for r in kinds} == {"success": 3, "skipped": 1}
     assert sales == 4  # two take-profit sales, two stop-loss closes
-    result = check(copy)
-    assert result.returncode == 0, result.stdout + result.stderr
+    result = await check(copy)
+    assert result.code == 0, result
     assert result.stdout.strip() == "check: all ledger invariants hold"
 
 
@@ -191,15 +182,15 @@ async def test_check_fails_naming_the_row_of_each_broken_invariant(copy: str, na
     finally:
         await conn.close()
     assert named
-    result = check(copy)
-    assert result.returncode == 1, result.stdout + result.stderr
+    result = await check(copy)
+    assert result.code == 1, result
     lines = result.stdout.splitlines()
     assert any(line.startswith(f"invariant {invariant}:") and named in line for line in lines), (
         named,
         result.stdout,
     )
     assert lines[-1].startswith("check: ") and "violation" in lines[-1]
-    assert "Traceback" not in result.stderr
+    assert not any("Traceback" in line for line in result.stderr), result.stderr
 
 
 async def test_snapshots_write_one_row_per_wallet_and_hour_even_when_concurrent(
@@ -244,13 +235,6 @@ async def test_snapshots_write_one_row_per_wallet_and_hour_even_when_concurrent(
 
 async def test_the_snapshot_command_writes_this_hour(copy: str) -> None:
     env = {"DATABASE_URL": copy, "PATH": "/usr/bin:/bin"}
-    result = subprocess.run(
-        [sys.executable, "-m", "worker", "snapshot"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
+    result = await run_cli(env, "snapshot", timeout_s=60)
+    assert result.code == 0, result.stderr
     assert "snapshot: 2 wallet snapshot(s)" in result.stdout

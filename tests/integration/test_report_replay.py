@@ -9,7 +9,6 @@ import errno
 import io
 import json
 import os
-import sys
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -19,9 +18,9 @@ import asyncpg
 import pytest
 
 from tests.helpers.books import TOKEN_A, TOKEN_B, Account, make_account
-from tests.helpers.cli import run_cli
+from tests.helpers.cli import run_cli, start_cli
 from tests.helpers.kafka import Topics
-from tests.helpers.services import ROOT, Services
+from tests.helpers.services import Services
 from tests.helpers.workers import env_for, make_settings
 from worker.config_cache import ConfigTexts
 from worker.db.prices import price_history_upkeep
@@ -313,10 +312,7 @@ async def test_replay_reads_its_input_before_it_opens_a_transaction(
     env = env_for(make_settings(services, db_url, topics))
     fifo = tmp_path / "signals.fifo"
     os.mkfifo(fifo)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "worker", "replay", "--signals", str(fifo), "--format", "json",
-        env=env, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    proc = await start_cli(env, "replay", "--signals", str(fifo), "--format", "json")
     try:
         # A FIFO opens for writing (without blocking) only once its reader has opened it.
         fd = None
