@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
 import pytest
 
-from tests.helpers.db import create_database, create_template, drop_database
+from tests.helpers.db import connected, create_database, create_template, drop_database
 from tests.helpers.kafka import Topics, create_test_topics, delete_topics
 from tests.helpers.services import (
     KAFKA_IMAGE,
@@ -80,14 +79,11 @@ async def template_db(services: Services) -> AsyncIterator[str]:
 async def empty_db(services: Services) -> AsyncIterator[str]:
     """The DSN of a new database with nothing in it (not even the schema: `migrate` has
     never run there), dropped after the test whatever it did."""
-    name = f"sw_empty_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(services.database_url)
+    url = await create_database(services)
     try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield services.with_database(name)
+        yield url
     finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        await drop_database(services, url)
 
 
 @pytest.fixture
@@ -101,11 +97,8 @@ async def db_url(services: Services, template_db: str) -> AsyncIterator[str]:
 @pytest.fixture
 async def db_conn(db_url: str) -> AsyncIterator[asyncpg.Connection]:
     """A connection to this test's own database."""
-    conn = await asyncpg.connect(db_url)
-    try:
+    async with connected(db_url) as conn:
         yield conn
-    finally:
-        await conn.close()
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ import tomllib
 import uuid
 from typing import Any
 
-import asyncpg
 import pytest
 
 from tests.containers.conftest import (
@@ -28,6 +27,7 @@ from tests.containers.conftest import (
     migration_names,
 )
 from tests.helpers.books import make_account, set_sol_price, signal_message
+from tests.helpers.db import connected
 from tests.helpers.http import http_get
 from tests.helpers.kafka import Topics, publish
 from tests.helpers.services import Services
@@ -97,14 +97,11 @@ async def test_image_migrates_trades_and_drains_as_non_root_on_a_read_only_root(
 
     # 1. migrate: a one-shot container, as a release's migration job runs it.
     await engine.arun("run", "--rm", *flags, image, "migrate")
-    conn = await asyncpg.connect(empty_db)
-    try:
+    async with connected(empty_db) as conn:
         applied = [r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations")]
         assert sorted(applied) == list(migration_names())
         account = await make_account(conn)
         await set_sol_price(conn, "150")
-    finally:
-        await conn.close()
 
     # 2. run: the image's default command.
     name = f"sw-test-{uuid.uuid4().hex[:10]}"
@@ -140,13 +137,10 @@ async def test_image_migrates_trades_and_drains_as_non_root_on_a_read_only_root(
 
 
 async def has_success(db_url: str) -> bool:
-    conn = await asyncpg.connect(db_url)
-    try:
+    async with connected(db_url) as conn:
         return bool(
             await conn.fetchval("SELECT count(*) FROM signal_executions WHERE status = 'success'")
         )
-    finally:
-        await conn.close()
 
 
 async def wait_ready(engine: Engine, name: str, port: int, timeout_s: float = 60) -> None:

@@ -11,7 +11,13 @@ from tests.helpers.books import Book, make_account, mint, set_sol_price
 from tests.helpers.kafka import Topics, read_all, send_all
 from tests.helpers.ledger import EXECUTIONS, Report, assert_exactly_once, measure, seeded
 from tests.helpers.services import Services
-from tests.helpers.workers import WorkerProcess, env_for, make_settings, starts, wait_for_count
+from tests.helpers.workers import (
+    WorkerProcess,
+    assert_ran_through,
+    env_for,
+    make_settings,
+    wait_for_count,
+)
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(120)]
 
@@ -59,8 +65,7 @@ async def test_bad_agent_rows_fail_only_their_agent(
         await send_all(services.kafka_bootstrap, topics.signals, signals)
         await wait_for_count(db_url, EXECUTIONS, SIGNALS * len(account.agents), timeout_s=60)
         dead = await read_all(services.kafka_bootstrap, topics.dlq)
-        assert worker.proc is not None
-        alive = worker.proc.poll() is None
+        alive = worker.is_alive()
     finally:
         code = worker.terminate()
 
@@ -80,8 +85,7 @@ async def test_bad_agent_rows_fail_only_their_agent(
         exit=code,
         seed=seed,
     )
-    assert alive and starts(worker) == 1, worker.tail()
-    assert code == 0, worker.tail()
+    assert_ran_through(worker, code, alive=alive)
     assert dead == [], "a signal was dead-lettered because of one agent's bad row"
     for fault, agent in bad.items():
         outcomes = by_agent.get(agent.agent_id, [])

@@ -22,9 +22,9 @@ from tests.helpers.ledger import EXECUTIONS, Report, assert_exactly_once, measur
 from tests.helpers.services import Services
 from tests.helpers.workers import (
     WorkerProcess,
+    assert_ran_through,
     env_for,
     make_settings,
-    starts,
     wait_for,
     wait_for_count,
 )
@@ -98,8 +98,7 @@ async def test_hostile_configs_fail_only_their_agents_and_positions_keep_their_e
         price = await db_conn.fetchval(
             "SELECT price_usd FROM token_prices WHERE token_address = $1", held
         )
-        assert worker.proc is not None
-        alive = worker.proc.poll() is None
+        alive = worker.is_alive()
     finally:
         code = worker.terminate()
 
@@ -124,8 +123,7 @@ async def test_hostile_configs_fail_only_their_agents_and_positions_keep_their_e
         exit=code,
         seed=seed,
     )
-    assert alive and starts(worker) == 1, worker.tail()
-    assert code == 0, worker.tail()
+    assert_ran_through(worker, code, alive=alive)
     assert dead == [], "a record was dead-lettered because of an agent's config"
     assert price == Decimal("0.5")
     assert closes == agents_n

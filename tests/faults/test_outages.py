@@ -13,8 +13,7 @@ import asyncpg
 import pytest
 
 from tests.helpers.books import Book, make_book, mint
-from tests.helpers.db import count
-from tests.helpers.http import http_get
+from tests.helpers.db import connected, count
 from tests.helpers.kafka import Feed, Topics, create_test_topics, delete_topics, send_all
 from tests.helpers.ledger import EXECUTIONS, Report, assert_exactly_once, measure, seeded
 from tests.helpers.services import OwnServices, stop_own
@@ -48,16 +47,12 @@ async def own_topics(own_services: OwnServices) -> AsyncIterator[Topics]:
 
 
 async def _book(db_url: str) -> Book:
-    conn = await asyncpg.connect(db_url)
-    try:
+    async with connected(db_url) as conn:
         return await make_book(conn, USERS, AGENTS)
-    finally:
-        await conn.close()
 
 
 async def _ready_status(worker: WorkerProcess) -> tuple[int, str]:
-    assert worker.http_port is not None
-    return await http_get(worker.http_port, "/readyz")
+    return await worker.get("/readyz")
 
 
 async def _wait_ready(worker: WorkerProcess, timeout_s: float = 60) -> None:
@@ -101,21 +96,17 @@ async def test_database_outage_mid_stream_waits_retries_and_carries_on(
             if status == 503:
                 seen_503.append(body)
             await asyncio.sleep(0.5)
-        assert worker.proc is not None
-        assert worker.proc.poll() is None, f"the worker exited during the outage:\n{worker.tail()}"
+        assert worker.is_alive(), f"the worker exited during the outage:\n{worker.tail()}"
         await asyncio.to_thread(own.start, "postgres")
         await wait_for_count(own_db_url, EXECUTIONS, total, timeout_s=120)
         await _wait_ready(worker)
-        alive = worker.proc.poll() is None
+        alive = worker.is_alive()
     finally:
         own.start("postgres")
         code = worker.terminate()
 
-    conn = await asyncpg.connect(own_db_url)
-    try:
+    async with connected(own_db_url) as conn:
         ledger = await measure(conn, book.expected)
-    finally:
-        await conn.close()
     retries = sum('"retrying_after_transient_error"' in line for line in worker.lines)
     report(
         "2 database outage",
@@ -161,14 +152,13 @@ async def test_broker_outage_mid_stream_waits_retries_and_carries_on(
         while asyncio.get_running_loop().time() - stopped < OUTAGE_S:
             statuses.append(await _ready_status(worker))
             await asyncio.sleep(0.5)
-        assert worker.proc is not None
-        assert worker.proc.poll() is None, f"the worker exited during the outage:\n{worker.tail()}"
+        assert worker.is_alive(), f"the worker exited during the outage:\n{worker.tail()}"
         await asyncio.to_thread(own.start, "kafka")
         feed.release()
         await feeder
         await wait_for_count(own_db_url, EXECUTIONS, total, timeout_s=150)
         await _wait_ready(worker)
-        alive = worker.proc.poll() is None
+        alive = worker.is_alive()
     finally:
         if feeder is not None:
             feeder.cancel()
@@ -176,11 +166,8 @@ async def test_broker_outage_mid_stream_waits_retries_and_carries_on(
         code = worker.terminate()
     lines, most, kind = repeated_lines(worker)
 
-    conn = await asyncpg.connect(own_db_url)
-    try:
+    async with connected(own_db_url) as conn:
         ledger = await measure(conn, book.expected)
-    finally:
-        await conn.close()
     report(
         "3 broker outage",
         records=f"{len(stream)} signals x {AGENTS} agents",
@@ -300,11 +287,8 @@ async def test_sigterm_while_a_batch_retries_in_a_database_outage_exits_0_in_tim
         await wait_for_count(own_db_url, EXECUTIONS, total, timeout_s=120)
     finally:
         second_code = second.terminate()
-    conn = await asyncpg.connect(own_db_url)
-    try:
+    async with connected(own_db_url) as conn:
         ledger = await measure(conn, book.expected)
-    finally:
-        await conn.close()
     report(
         "2b SIGTERM while a batch retries in a database outage",
         records=f"{len(before) + len(during)} signals x {AGENTS} agents",

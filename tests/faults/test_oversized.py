@@ -16,11 +16,16 @@ import orjson
 import pytest
 
 from tests.helpers.books import make_book, mint
-from tests.helpers.http import http_get
 from tests.helpers.kafka import Topics, read_all, send_all
 from tests.helpers.ledger import EXECUTIONS, Report, assert_exactly_once, measure, seeded
 from tests.helpers.services import Services
-from tests.helpers.workers import WorkerProcess, env_for, make_settings, starts, wait_for_count
+from tests.helpers.workers import (
+    WorkerProcess,
+    assert_ran_through,
+    env_for,
+    make_settings,
+    wait_for_count,
+)
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(180)]
 
@@ -70,10 +75,8 @@ async def test_records_too_large_to_dead_letter_whole_are_cut_down_and_the_strea
         total = (len(before) + len(after)) * AGENTS
         await wait_for_count(db_url, EXECUTIONS, total, timeout_s=90)
         dead = await read_all(services.kafka_bootstrap, topics.dlq)
-        assert worker.http_port is not None
-        _, metrics = await http_get(worker.http_port, "/metrics")
-        assert worker.proc is not None
-        alive = worker.proc.poll() is None
+        _, metrics = await worker.get("/metrics")
+        alive = worker.is_alive()
     finally:
         code = worker.terminate()
 
@@ -87,8 +90,7 @@ async def test_records_too_large_to_dead_letter_whole_are_cut_down_and_the_strea
         exit=code,
         seed=seed,
     )
-    assert alive and starts(worker) == 1, worker.tail()
-    assert code == 0, worker.tail()
+    assert_ran_through(worker, code, alive=alive)
     assert len(dead) == 2, [dict(r.headers) for r in dead]
     # By partition and offset: the two records may sit at the same offset of two partitions.
     by_record = {

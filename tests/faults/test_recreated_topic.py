@@ -110,8 +110,7 @@ async def test_a_recreated_signals_topic_loses_nothing_after_the_reset(
     try:
         await worker.wait_started()
         await wait_for_count(db_url, EXECUTIONS, (len(first) + len(second)) * AGENTS, timeout_s=60)
-        assert worker.http_port is not None
-        ready_after = await http_get(worker.http_port, "/readyz")
+        ready_after = await worker.get("/readyz")
     finally:
         last_exit = worker.terminate()
 

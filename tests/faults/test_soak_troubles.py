@@ -16,7 +16,7 @@ import asyncpg
 import pytest
 
 from tests.helpers.books import Tick, latest_prices, make_book, mint, ticks
-from tests.helpers.db import stored_prices
+from tests.helpers.db import connected, stored_prices
 from tests.helpers.kafka import create_test_topics, delete_topics, send_all
 from tests.helpers.ledger import EXECUTIONS, Report, assert_exactly_once, measure, seeded
 from tests.helpers.services import Services
@@ -40,15 +40,11 @@ HOLD_S = 2.0  # each injected lock is held this long, past the timeouts below
 
 
 async def _hold(db_url: str, sql: str, *args: object) -> None:
-    conn = await asyncpg.connect(db_url)
-    try:
-        async with conn.transaction():
-            await conn.execute("SET LOCAL statement_timeout = 0")
-            await conn.execute("SET LOCAL lock_timeout = 0")
-            await conn.fetch(sql, *args)
-            await asyncio.sleep(HOLD_S)
-    finally:
-        await conn.close()
+    async with connected(db_url) as conn, conn.transaction():
+        await conn.execute("SET LOCAL statement_timeout = 0")
+        await conn.execute("SET LOCAL lock_timeout = 0")
+        await conn.fetch(sql, *args)
+        await asyncio.sleep(HOLD_S)
 
 
 async def _inject_troubles(db_url: str, rng: random.Random, done: asyncio.Event) -> int:

@@ -25,7 +25,13 @@ from tests.helpers.db import stored_offsets, stored_prices
 from tests.helpers.kafka import Topics, read_all, send_all
 from tests.helpers.ledger import EXECUTIONS, Report, assert_exactly_once, measure, seeded
 from tests.helpers.services import Services
-from tests.helpers.workers import WorkerProcess, env_for, make_settings, starts, wait_for
+from tests.helpers.workers import (
+    WorkerProcess,
+    assert_ran_through,
+    env_for,
+    make_settings,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(180)]
 
@@ -112,8 +118,7 @@ async def test_lenient_spellings_are_dead_lettered_and_nothing_else_is_lost(
         )
 
         async def all_consumed() -> bool:
-            assert worker.proc is not None
-            assert worker.proc.poll() is None, f"the worker died:\n{worker.tail(60)}"
+            assert worker.is_alive(), f"the worker died:\n{worker.tail(60)}"
             done_signals = await stored_offsets(db_url, topics.group, topics.signals)
             done_ticks = await stored_offsets(db_url, topics.group, topics.prices)
             return sum(done_signals.values()) >= len(signals) and sum(done_ticks.values()) >= len(
@@ -122,8 +127,7 @@ async def test_lenient_spellings_are_dead_lettered_and_nothing_else_is_lost(
 
         await wait_for(all_consumed, timeout_s=90, what="every record consumed")
         dead = await read_all(services.kafka_bootstrap, topics.dlq)
-        assert worker.proc is not None
-        alive = worker.proc.poll() is None
+        alive = worker.is_alive()
     finally:
         code = worker.terminate()
 
@@ -164,8 +168,7 @@ async def test_lenient_spellings_are_dead_lettered_and_nothing_else_is_lost(
         exit=code,
         seed=seed,
     )
-    assert alive and starts(worker) == 1, worker.tail()
-    assert code == 0, worker.tail()
+    assert_ran_through(worker, code, alive=alive)
     assert len(dead) == len(got_dead) == len(expected_dead), [e for _, e in got_dead.values()]
     assert got_dead.keys() == expected_dead.keys()
     for at, (value, reason) in expected_dead.items():

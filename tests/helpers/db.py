@@ -3,8 +3,9 @@ few queries the tests read them with."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
@@ -15,65 +16,65 @@ from tests.helpers.services import Services
 from worker.db.migrations import default_schema_dir, load_migrations, migrate
 
 
-async def create_template(services: Services) -> str:
-    """A database on `services` with every migration applied; returns its name."""
-    name = f"sw_tmpl_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(services.database_url)
+@contextlib.asynccontextmanager
+async def connected(url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to `url` for the block, closed after it whatever happens."""
+    conn = await asyncpg.connect(url)
     try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    conn = await asyncpg.connect(services.with_database(name))
-    try:
-        await migrate(conn, load_migrations(default_schema_dir()))
+        yield conn
     finally:
         await conn.close()
-    return name
 
 
-async def create_database(services: Services, template: str) -> str:
-    """A new database cloned from `template`; returns its DSN."""
+def database_name(url: str) -> str:
+    """The database a DSN names."""
+    return urlsplit(url).path.lstrip("/")
+
+
+async def create_database(services: Services, template: str | None = None) -> str:
+    """A new database on `services`, a clone of `template` or else empty; returns its DSN."""
     name = f"sw_t_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(services.database_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
-    finally:
-        await admin.close()
+    clone = f' TEMPLATE "{template}"' if template else ""
+    async with connected(services.database_url) as admin:
+        await admin.execute(f'CREATE DATABASE "{name}"{clone}')
     return services.with_database(name)
+
+
+async def create_migrated(services: Services) -> str:
+    """A new database on `services` with every migration applied; returns its DSN."""
+    url = await create_database(services)
+    async with connected(url) as conn:
+        await migrate(conn, load_migrations(default_schema_dir()))
+    return url
+
+
+async def create_template(services: Services) -> str:
+    """A migrated database for others to be cloned from; returns its name."""
+    return database_name(await create_migrated(services))
 
 
 async def drop_database(services: Services, url: str) -> None:
     """Drop the database of `url`, disconnecting whoever is still on it."""
-    name = urlsplit(url).path.lstrip("/")
-    admin = await asyncpg.connect(services.database_url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with connected(services.database_url) as admin:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{database_name(url)}" WITH (FORCE)')
 
 
 async def count(db_url: str, sql: str, *args: Any) -> int:
     """Run a count query on a fresh connection."""
-    conn = await asyncpg.connect(db_url)
-    try:
+    async with connected(db_url) as conn:
         value: int = await conn.fetchval(sql, *args)
-        return value
-    finally:
-        await conn.close()
+    return value
 
 
 async def stored_offsets(db_url: str, group: str, topic: str) -> dict[int, int]:
     """`consumer_offsets` of `group` on `topic`, by partition."""
-    conn = await asyncpg.connect(db_url)
-    try:
+    async with connected(db_url) as conn:
         rows = await conn.fetch(
             "SELECT partition, next_offset FROM consumer_offsets "
             "WHERE consumer_group = $1 AND topic = $2",
             group,
             topic,
         )
-    finally:
-        await conn.close()
     return {r["partition"]: r["next_offset"] for r in rows}
 
 

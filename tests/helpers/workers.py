@@ -19,6 +19,7 @@ import orjson
 from pydantic import SecretStr
 
 from tests.helpers.db import count
+from tests.helpers.http import http_get
 from tests.helpers.kafka import Topics
 from tests.helpers.services import ROOT, Services
 from worker.app import run_worker
@@ -159,6 +160,15 @@ class WorkerProcess:
         if self.proc is not None and self.proc.stderr is not None:
             self.proc.stderr.close()
 
+    def is_alive(self) -> bool:
+        """Started and not exited (yet)."""
+        return self.proc is not None and self.proc.poll() is None
+
+    async def get(self, path: str) -> tuple[int, str]:
+        """GET `path` on its HTTP port: (status, body)."""
+        assert self.http_port is not None, "the worker has not started"
+        return await http_get(self.http_port, path)
+
     def tail(self, n: int = 30) -> str:
         """The last `n` lines of its stderr."""
         return "\n".join(self.lines[-n:])
@@ -249,3 +259,10 @@ def terminate_within(worker: WorkerProcess, bound_s: float) -> int:
             f"the worker had not exited {bound_s}s after SIGTERM (killed); its last lines "
             "but aiokafka's:\n" + "\n".join(own[-25:])
         ) from None
+
+
+def assert_ran_through(worker: WorkerProcess, code: int, *, alive: bool) -> None:
+    """The worker ran the whole scenario as one process (`alive` at its end, started once:
+    no crash, no restart) and exited 0 on SIGTERM."""
+    assert alive and starts(worker) == 1, worker.tail()
+    assert code == 0, worker.tail()

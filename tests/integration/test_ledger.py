@@ -21,7 +21,7 @@ from tests.helpers.books import (
     signal_message,
 )
 from tests.helpers.cli import CliRun, run_cli
-from tests.helpers.db import create_database, drop_database
+from tests.helpers.db import connected, create_database, drop_database
 from tests.helpers.kafka import create_test_topics, delete_topics, publish
 from tests.helpers.services import Services
 from tests.helpers.workers import make_settings, running_worker, wait_for_count
@@ -92,14 +92,11 @@ async def check(url: str) -> CliRun:
 
 
 async def test_check_passes_on_the_history(copy: str) -> None:
-    conn = await asyncpg.connect(copy)
-    try:
+    async with connected(copy) as conn:
         kinds = await conn.fetch("SELECT status, count(*) FROM signal_executions GROUP BY 1")
         sales = await conn.fetchval(
             "SELECT count(*) FROM agent_transactions WHERE input_mint = $1", TOKEN_A
         )
-    finally:
-        await conn.close()
     assert {r["status"]: r["count"] for r in kinds} == {"success": 3, "skipped": 1}
     assert sales == 4  # two take-profit sales, two stop-loss closes
     result = await check(copy)
@@ -173,14 +170,11 @@ BREAKS = {
 @pytest.mark.parametrize("name", list(BREAKS))
 async def test_check_fails_naming_the_row_of_each_broken_invariant(copy: str, name: str) -> None:
     invariant, sql = BREAKS[name]
-    conn = await asyncpg.connect(copy)
-    try:
+    async with connected(copy) as conn:
         *setup, returning = sql.split(";")
         for statement in setup:
             await conn.execute(statement)
         named = await conn.fetchval(returning)
-    finally:
-        await conn.close()
     assert named
     result = await check(copy)
     assert result.code == 1, result

@@ -16,6 +16,7 @@ import asyncpg
 import pytest
 
 from tests.helpers.cli import CliRun, finish_cli, run_cli, start_cli
+from tests.helpers.db import connected
 from worker.db.migrations import (
     MIGRATION_LOCK_ID,
     Migration,
@@ -42,11 +43,8 @@ WHERE locktype = 'advisory' AND NOT granted
 
 @pytest.fixture
 async def conn(empty_db: str) -> AsyncIterator[asyncpg.Connection]:
-    connection = await asyncpg.connect(empty_db)
-    try:
+    async with connected(empty_db) as connection:
         yield connection
-    finally:
-        await connection.close()
 
 
 @pytest.fixture
@@ -225,8 +223,7 @@ async def test_dry_run_lists_pending_files_and_writes_nothing(
 async def test_the_lock_is_released_after_success_and_failure(
     conn: asyncpg.Connection, empty_db: str, tmp_path: Path
 ) -> None:
-    other = await asyncpg.connect(empty_db)
-    try:
+    async with connected(empty_db) as other:
         write(tmp_path, "0001_a.sql", "CREATE TABLE a (id int);")
         await migrate(conn, load_migrations(tmp_path))
         assert await other.fetchval("SELECT pg_try_advisory_lock($1)", MIGRATION_LOCK_ID)
@@ -236,8 +233,6 @@ async def test_the_lock_is_released_after_success_and_failure(
         with pytest.raises(MigrationError):
             await migrate(conn, load_migrations(tmp_path))
         assert await other.fetchval("SELECT pg_try_advisory_lock($1)", MIGRATION_LOCK_ID)
-    finally:
-        await other.close()
 
 
 # ----------------------------------------------------------------------------- the CLI

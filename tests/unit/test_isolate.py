@@ -101,13 +101,8 @@ class Recording(Pipeline):
             raise self.error
         return [(item, None) for item in items], []
 
-    async def _finish(
-        self,
-        conn: asyncpg.Connection,
-        next_offsets: dict[TopicPartition, int],
-        dead: list[DeadLetter],
-    ) -> None:
-        log: Conn = conn  # type: ignore[assignment]  # the transaction log stands in
+    async def _finish(self, conn: Any, next_offsets: Any, dead: list[DeadLetter]) -> None:
+        log: Conn = conn  # the transaction log stands in
         log.effects.append(("offsets", dict(next_offsets)))
         log.effects.extend(("dead", d.record.offset, d.kind, d.reason) for d in dead)
 
