@@ -9,7 +9,7 @@ from tests.helpers.books import TOKEN_A, make_account, set_sol_price
 from tests.helpers.cli import run_cli
 from tests.helpers.kafka import Topics
 from tests.helpers.services import Services
-from tests.helpers.workers import WorkerProcess, env_for, make_settings, wait_for_count
+from tests.helpers.workers import WorkerProcess, wait_for_count, worker_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -19,7 +19,7 @@ async def test_published_signal_becomes_a_trade_and_sigterm_stops_cleanly(
 ) -> None:
     account = await make_account(db_conn, [None, {"signals": {"minScore": 5}}])
     await set_sol_price(db_conn, "150")
-    env = env_for(make_settings(services, db_url, topics))
+    env = worker_env(services, db_url, topics)
     worker = WorkerProcess(env).start()
     try:
         await worker.wait_started()

@@ -11,13 +11,7 @@ from tests.helpers.books import Book, make_account, mint, set_sol_price
 from tests.helpers.kafka import Topics, read_all, send_all
 from tests.helpers.ledger import EXECUTIONS, Report, assert_exactly_once, measure, seeded
 from tests.helpers.services import Services
-from tests.helpers.workers import (
-    WorkerProcess,
-    assert_ran_through,
-    env_for,
-    make_settings,
-    wait_for_count,
-)
+from tests.helpers.workers import WorkerProcess, assert_ran_through, wait_for_count, worker_env
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(120)]
 
@@ -59,7 +53,7 @@ async def test_bad_agent_rows_fail_only_their_agent(
         s["price_usd"] = "0.5"
         s["signal_strength"] = 5
 
-    worker = WorkerProcess(env_for(make_settings(services, db_url, topics))).start()
+    worker = WorkerProcess(worker_env(services, db_url, topics)).start()
     try:
         await worker.wait_started()
         await send_all(services.kafka_bootstrap, topics.signals, signals)

@@ -23,10 +23,9 @@ from tests.helpers.services import Services
 from tests.helpers.workers import (
     WorkerProcess,
     assert_ran_through,
-    env_for,
-    make_settings,
     wait_for,
     wait_for_count,
+    worker_env,
 )
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(180)]
@@ -57,7 +56,7 @@ async def test_hostile_configs_fail_only_their_agents_and_positions_keep_their_e
     first[0].update(price_usd="1", signal_strength=5)
     broken = dict(zip(HOSTILE, account.agents[GOOD:], strict=False))
     reported = account.agents[-1]
-    worker = WorkerProcess(env_for(make_settings(services, db_url, topics))).start()
+    worker = WorkerProcess(worker_env(services, db_url, topics)).start()
     try:
         await worker.wait_started()
         await send_all(services.kafka_bootstrap, topics.signals, first)

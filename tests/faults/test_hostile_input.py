@@ -31,7 +31,7 @@ from tests.helpers.db import stored_offsets
 from tests.helpers.kafka import Sent, Topics, read_all, send_all
 from tests.helpers.ledger import Report, assert_exactly_once, measure
 from tests.helpers.services import Services
-from tests.helpers.workers import WorkerProcess, env_for, make_settings, starts, wait_for
+from tests.helpers.workers import WorkerProcess, starts, wait_for, worker_env
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
 
@@ -404,7 +404,7 @@ async def test_hostile_records_go_to_the_dlq_and_valid_ones_through(
     nulls = [Record(None, None, None, is_bad=True, kind="no_key_no_value")] * NULL_RECORDS
     kinds = sorted({r.kind for r in records + nulls})
 
-    worker = WorkerProcess(env_for(make_settings(services, db_url, topics))).start()
+    worker = WorkerProcess(worker_env(services, db_url, topics)).start()
     try:
         await worker.wait_started()
         # The keyless null records go in the middle of the stream.

@@ -24,6 +24,7 @@ from tests.helpers.workers import (
     terminate_within,
     wait_for,
     wait_for_count,
+    worker_env,
 )
 from worker.db import accounts
 
@@ -75,7 +76,7 @@ async def test_an_agent_created_since_gets_none_of_the_older_signals_read_again(
         group = topics.group
     else:
         group = f"{topics.group}-new"
-        env = env_for(make_settings(services, db_url, topics, consumer_group=group))
+        env = worker_env(services, db_url, topics, consumer_group=group)
     new = book.signals(NEW, tokens, start=OLD)  # for every agent, the newcomers too
     total = len(old) * AGENTS + len(new) * (AGENTS + 1)
 

@@ -19,13 +19,12 @@ from tests.helpers.ledger import EXECUTIONS, Report, assert_exactly_once, measur
 from tests.helpers.services import OwnServices, stop_own
 from tests.helpers.workers import (
     WorkerProcess,
-    env_for,
-    make_settings,
     repeated_lines,
     starts,
     terminate_within,
     wait_for,
     wait_for_count,
+    worker_env,
 )
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
@@ -79,7 +78,7 @@ async def test_database_outage_mid_stream_waits_retries_and_carries_on(
     before = book.signals(PER_USER, tokens)
     during = book.signals(PER_USER, tokens, start=PER_USER)
     total = (len(before) + len(during)) * AGENTS
-    worker = WorkerProcess(env_for(make_settings(own.services, own_db_url, own_topics))).start()
+    worker = WorkerProcess(worker_env(own.services, own_db_url, own_topics)).start()
     seen_503: list[str] = []
     try:
         await worker.wait_started()
@@ -138,7 +137,7 @@ async def test_broker_outage_mid_stream_waits_retries_and_carries_on(
     # The broker stops as the feed reaches its hold, two thirds in; the rest comes after.
     feed = Feed(own.services.kafka_bootstrap, [(own_topics.signals, stream)], 30, hold_at=20)
     before = feed.before_hold(stream)
-    worker = WorkerProcess(env_for(make_settings(own.services, own_db_url, own_topics))).start()
+    worker = WorkerProcess(worker_env(own.services, own_db_url, own_topics)).start()
     statuses: list[tuple[int, str]] = []
     feeder: asyncio.Task[None] | None = None
     try:
@@ -207,7 +206,7 @@ async def test_sigterm_during_a_broker_outage_still_drains_and_exits_0(
     book = await make_book(db_conn, USERS, AGENTS)
     stream = book.signals(PER_USER * 2, tokens)
     total = len(stream) * AGENTS
-    env = env_for(make_settings(own.services, db_url, own_topics))
+    env = worker_env(own.services, db_url, own_topics)
     # Half the stream is published before the broker stops, the rest only after the restart.
     half = len(stream) // 2
     worker = WorkerProcess(env).start()
@@ -258,7 +257,7 @@ async def test_sigterm_while_a_batch_retries_in_a_database_outage_exits_0_in_tim
     before = book.signals(PER_USER, tokens)
     during = book.signals(PER_USER, tokens, start=PER_USER)
     total = (len(before) + len(during)) * AGENTS
-    env = env_for(make_settings(own.services, own_db_url, own_topics))
+    env = worker_env(own.services, own_db_url, own_topics)
     worker = WorkerProcess(env).start()
     try:
         await worker.wait_started()

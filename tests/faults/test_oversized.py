@@ -19,13 +19,7 @@ from tests.helpers.books import make_book, mint
 from tests.helpers.kafka import Topics, read_all, send_all
 from tests.helpers.ledger import EXECUTIONS, Report, assert_exactly_once, measure, seeded
 from tests.helpers.services import Services
-from tests.helpers.workers import (
-    WorkerProcess,
-    assert_ran_through,
-    env_for,
-    make_settings,
-    wait_for_count,
-)
+from tests.helpers.workers import WorkerProcess, assert_ran_through, wait_for_count, worker_env
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(180)]
 
@@ -61,7 +55,7 @@ async def test_records_too_large_to_dead_letter_whole_are_cut_down_and_the_strea
     after = book.signals(PER_USER, tokens, start=PER_USER)
     not_json = b"x" * HUGE
     nobody = _huge_signal_of_nobody()
-    worker = WorkerProcess(env_for(make_settings(services, db_url, topics))).start()
+    worker = WorkerProcess(worker_env(services, db_url, topics)).start()
     try:
         await worker.wait_started()
         await send_all(services.kafka_bootstrap, topics.signals, before)

@@ -34,12 +34,11 @@ from tests.helpers.ledger import EXECUTIONS, Report, assert_exactly_once, measur
 from tests.helpers.services import Services
 from tests.helpers.workers import (
     WorkerProcess,
-    env_for,
     log_events,
-    make_settings,
     starts,
     wait_for,
     wait_for_count,
+    worker_env,
 )
 from worker.domain.models import SOL_MINT
 
@@ -80,7 +79,7 @@ def _dead_letters(worker: WorkerProcess) -> int:
 
 @contextlib.asynccontextmanager
 async def _worker(services: Services, db_url: str, topics: Topics) -> AsyncIterator[WorkerProcess]:
-    worker = WorkerProcess(env_for(make_settings(services, db_url, topics))).start()
+    worker = WorkerProcess(worker_env(services, db_url, topics)).start()
     try:
         await worker.wait_started()
         yield worker

@@ -20,11 +20,10 @@ from tests.helpers.ledger import EXECUTIONS, Report, assert_exactly_once, measur
 from tests.helpers.services import Services
 from tests.helpers.workers import (
     WorkerProcess,
-    env_for,
     log_events,
-    make_settings,
     terminate_within,
     wait_for_count,
+    worker_env,
 )
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(180)]
@@ -56,7 +55,7 @@ async def test_sigterm_under_load_drains_and_the_next_worker_resumes_exactly(
     book = await make_book(db_conn, USERS, AGENTS)
     burst = book.signals(PER_USER, tokens, keyed=False)
     total = len(burst) * AGENTS
-    env = env_for(make_settings(services, db_url, topics))
+    env = worker_env(services, db_url, topics)
 
     first = WorkerProcess(env).start()
     try:

@@ -20,14 +20,7 @@ from tests.helpers.db import connected, stored_prices
 from tests.helpers.kafka import create_test_topics, delete_topics, send_all
 from tests.helpers.ledger import EXECUTIONS, Report, assert_exactly_once, measure, seeded
 from tests.helpers.services import Services
-from tests.helpers.workers import (
-    WorkerProcess,
-    env_for,
-    log_events,
-    make_settings,
-    wait_for,
-    wait_for_count,
-)
+from tests.helpers.workers import WorkerProcess, log_events, wait_for, wait_for_count, worker_env
 from worker.domain.models import SOL_MINT
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(420)]
@@ -88,7 +81,7 @@ async def test_two_workers_under_kills_terms_and_database_timeouts_lose_and_doub
     name = await db_conn.fetchval("SELECT current_database()")
     await db_conn.execute(f"ALTER DATABASE \"{name}\" SET lock_timeout = '500ms'")
     await db_conn.execute(f"ALTER DATABASE \"{name}\" SET statement_timeout = '1s'")
-    env = env_for(make_settings(services, db_url, topics))
+    env = worker_env(services, db_url, topics)
     every: list[WorkerProcess] = []
     workers = [WorkerProcess(env).start() for _ in range(2)]
     every.extend(workers)

@@ -25,13 +25,7 @@ from tests.helpers.db import stored_offsets, stored_prices
 from tests.helpers.kafka import Topics, read_all, send_all
 from tests.helpers.ledger import EXECUTIONS, Report, assert_exactly_once, measure, seeded
 from tests.helpers.services import Services
-from tests.helpers.workers import (
-    WorkerProcess,
-    assert_ran_through,
-    env_for,
-    make_settings,
-    wait_for,
-)
+from tests.helpers.workers import WorkerProcess, assert_ran_through, wait_for, worker_env
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(180)]
 
@@ -98,7 +92,7 @@ async def test_lenient_spellings_are_dead_lettered_and_nothing_else_is_lost(
     ticks: list[bytes] = [bad_ticks[0], bad_ticks[1], json.dumps(good_tick).encode()]
     ticks += bad_ticks[2:]
 
-    worker = WorkerProcess(env_for(make_settings(services, db_url, topics))).start()
+    worker = WorkerProcess(worker_env(services, db_url, topics)).start()
     try:
         await worker.wait_started()
         keys = [json.loads(s)["user_id"].encode() for s in signals]

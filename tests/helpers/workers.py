@@ -89,6 +89,11 @@ async def running_worker(
         await asyncio.wait_for(task, timeout=15)
 
 
+def worker_env(services: Services, db_url: str, topics: Topics, **overrides: Any) -> dict[str, str]:
+    """The environment of a worker or command run on this test's database and topics."""
+    return env_for(make_settings(services, db_url, topics, **overrides))
+
+
 class WorkerProcess:
     """`python -m worker run` as a subprocess, with its stderr kept for inspection."""
 

@@ -16,7 +16,7 @@ from tests.helpers.books import TOKEN_A
 from tests.helpers.cli import assert_log_lines_then_one_error, run_cli, start_cli
 from tests.helpers.kafka import Topics
 from tests.helpers.services import Services
-from tests.helpers.workers import env_for, make_settings
+from tests.helpers.workers import env_for, make_settings, worker_env
 from worker.domain.models import SOL_MINT
 
 pytestmark = pytest.mark.integration
@@ -51,7 +51,7 @@ def _closed_port() -> int:
 async def test_on_a_database_never_migrated_every_command_says_to_migrate(
     services: Services, topics: Topics, empty_db: str, command: tuple[str, ...]
 ) -> None:
-    env = env_for(make_settings(services, empty_db, topics, startup_timeout_s=5))
+    env = worker_env(services, empty_db, topics, startup_timeout_s=5)
     run = await run_cli(env, *command, timeout_s=60)
     assert run.code == 1, run
     last = assert_log_lines_then_one_error(run.stderr, command[0])
@@ -65,7 +65,7 @@ async def test_on_a_database_never_migrated_every_command_says_to_migrate(
 async def test_a_partly_migrated_database_names_what_is_pending(
     services: Services, topics: Topics, empty_db: str, tmp_path: Path
 ) -> None:
-    env = env_for(make_settings(services, empty_db, topics))
+    env = worker_env(services, empty_db, topics)
     schema = SCHEMA
     first = tmp_path / "schema"
     first.mkdir()
@@ -116,7 +116,7 @@ async def test_a_stdout_closed_early_ends_the_command_quietly(
     """As `signal-worker offsets show | head -0` would: exit 141 (as a shell tool killed by
     SIGPIPE), and nothing on stderr but log lines. (`--help` and `--version` print through
     argparse, which ignores a failed write: they exit 0, as quietly.)"""
-    env = env_for(make_settings(services, db_url, topics))
+    env = worker_env(services, db_url, topics)
     read_end, write_end = os.pipe()
     os.close(read_end)  # a stdout nobody will ever read
     try:

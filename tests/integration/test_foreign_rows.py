@@ -15,7 +15,7 @@ from tests.helpers.books import TOKEN_A, make_account, set_sol_price
 from tests.helpers.cli import run_cli
 from tests.helpers.kafka import Topics
 from tests.helpers.services import Services
-from tests.helpers.workers import env_for, make_settings
+from tests.helpers.workers import worker_env
 from worker.db.store import PgStore
 from worker.domain.config import DEFAULT_TRADING_CONFIG
 from worker.domain.models import SOL_MINT, ExecutionStatus, Signal
@@ -122,7 +122,7 @@ async def test_rows_nexgent_writes_are_accepted_and_its_agent_trades(
     assert (agent.agent_id, agent.decision.status) == (agent_id, ExecutionStatus.SUCCESS)
     assert outcome.config_problems == []  # its legacy key is accepted silently
 
-    env = env_for(make_settings(services, db_url, topics))
+    env = worker_env(services, db_url, topics)
     check = await run_cli(env, "check")
     assert check.code == 0, check.stdout
     lint = await run_cli(env, "agents", "lint")
@@ -149,7 +149,7 @@ async def test_agents_lint_lists_every_problem_and_fails_on_an_invalid_config(
             account.agents[i].agent_id,
             text,
         )
-    env = env_for(make_settings(services, db_url, topics))
+    env = worker_env(services, db_url, topics)
     lint = await run_cli(env, "agents", "lint")
     assert lint.code == 1
     lines = lint.stdout.splitlines()
