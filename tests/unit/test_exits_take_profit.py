@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
 
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from tests.helpers.positions import AVG, make_position
 from worker.domain.config import AgentTradingConfig, resolve_config
 from worker.domain.exits import (
     TakeProfitOutcome,
@@ -18,9 +17,6 @@ from worker.domain.exits import (
     take_profit_pnl,
 )
 from worker.domain.models import PositionState
-
-T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
-AVG = Decimal("0.001")
 
 # Moderate (the default): targets 50/150/300/400 % selling 25/25/25/15 % of the purchase
 # amount, moon bag of 10 % once the gain reaches 300 % or the last level.
@@ -39,16 +35,6 @@ HALVES = resolve_config(
         }
     }
 )
-
-
-def make_position(**changes: Any) -> PositionState:
-    position = PositionState(
-        purchase_price=AVG,
-        purchase_amount=Decimal(1000),
-        total_invested_sol=Decimal("1.00001"),
-        created_at=T0,
-    )
-    return dataclasses.replace(position, **changes)
 
 
 def at_gain(percent: int | str) -> Decimal:
