@@ -7,35 +7,30 @@ Services come, in this order, from:
 
 Each test that asks for `db_url` gets a new database cloned from a template that already
 has the schema (milliseconds), dropped afterwards; `topics` gives fresh topic names. The
-helpers these fixtures use live in `tests.support`, with the others.
+helpers these fixtures use live in `tests/helpers/` (`services`, `db`, `kafka`).
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
-import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
 import pytest
 
-from tests.support import (
+from tests.helpers.db import connected, create_database, create_template, drop_database
+from tests.helpers.kafka import Topics, create_test_topics, delete_topics
+from tests.helpers.services import (
     KAFKA_IMAGE,
     POSTGRES_IMAGE,
     ROOT,
     SERVICES_SCRIPT,
     OwnServices,
     Services,
-    Topics,
-    create_database,
-    create_test_topics,
-    delete_topics,
     docker_answers,
-    drop_database,
     own_ports,
 )
-from worker.db.migrations import default_schema_dir, load_migrations, migrate
 
 
 @pytest.fixture(scope="session")
@@ -75,33 +70,20 @@ def services() -> Iterator[Services]:
 @pytest.fixture(scope="session")
 async def template_db(services: Services) -> AsyncIterator[str]:
     """A database with every migration applied, cloned by each test's `db_url`."""
-    name = f"sw_tmpl_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(services.database_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        conn = await asyncpg.connect(services.with_database(name))
-        try:
-            await migrate(conn, load_migrations(default_schema_dir()))
-        finally:
-            await conn.close()
-        yield name
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    name = await create_template(services)
+    yield name
+    await drop_database(services, services.with_database(name))
 
 
 @pytest.fixture
 async def empty_db(services: Services) -> AsyncIterator[str]:
     """The DSN of a new database with nothing in it (not even the schema: `migrate` has
     never run there), dropped after the test whatever it did."""
-    name = f"sw_empty_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(services.database_url)
+    url = await create_database(services)
     try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield services.with_database(name)
+        yield url
     finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        await drop_database(services, url)
 
 
 @pytest.fixture
@@ -115,11 +97,8 @@ async def db_url(services: Services, template_db: str) -> AsyncIterator[str]:
 @pytest.fixture
 async def db_conn(db_url: str) -> AsyncIterator[asyncpg.Connection]:
     """A connection to this test's own database."""
-    conn = await asyncpg.connect(db_url)
-    try:
+    async with connected(db_url) as conn:
         yield conn
-    finally:
-        await conn.close()
 
 
 @pytest.fixture

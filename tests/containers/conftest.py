@@ -121,20 +121,6 @@ def free_port() -> int:
         return port
 
 
-async def http_get(port: int, path: str) -> tuple[int, str]:
-    """GET `path` on 127.0.0.1:`port`: (status, body); ConnectionError when nothing listens."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
-        await writer.drain()
-        raw = await asyncio.wait_for(reader.read(), timeout=10)
-    finally:
-        writer.close()
-        await writer.wait_closed()
-    head, _, body = raw.partition(b"\r\n\r\n")
-    return int(head.split(b" ", 2)[1]), body.decode("utf-8", "replace").strip()
-
-
 def env_flags(env: dict[str, str]) -> list[str]:
     """`--env NAME=VALUE` for each variable."""
     return [flag for name, value in sorted(env.items()) for flag in ("--env", f"{name}={value}")]

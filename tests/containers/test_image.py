@@ -16,7 +16,6 @@ import tomllib
 import uuid
 from typing import Any
 
-import asyncpg
 import pytest
 
 from tests.containers.conftest import (
@@ -25,20 +24,14 @@ from tests.containers.conftest import (
     Engine,
     env_flags,
     free_port,
-    http_get,
     migration_names,
 )
-from tests.support import (
-    Services,
-    Topics,
-    env_for,
-    make_account,
-    make_settings,
-    publish,
-    set_sol_price,
-    signal_message,
-    wait_for,
-)
+from tests.helpers.books import make_account, set_sol_price, signal_message
+from tests.helpers.db import connected
+from tests.helpers.http import http_get
+from tests.helpers.kafka import Topics, publish
+from tests.helpers.services import Services
+from tests.helpers.workers import env_for, make_settings, wait_for
 from worker.settings import Settings
 
 pytestmark = [pytest.mark.containers, pytest.mark.timeout(SETUP_TIMEOUT_S + 300)]
@@ -104,14 +97,11 @@ async def test_image_migrates_trades_and_drains_as_non_root_on_a_read_only_root(
 
     # 1. migrate: a one-shot container, as a release's migration job runs it.
     await engine.arun("run", "--rm", *flags, image, "migrate")
-    conn = await asyncpg.connect(empty_db)
-    try:
+    async with connected(empty_db) as conn:
         applied = [r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations")]
         assert sorted(applied) == list(migration_names())
         account = await make_account(conn)
         await set_sol_price(conn, "150")
-    finally:
-        await conn.close()
 
     # 2. run: the image's default command.
     name = f"sw-test-{uuid.uuid4().hex[:10]}"
@@ -147,13 +137,10 @@ async def test_image_migrates_trades_and_drains_as_non_root_on_a_read_only_root(
 
 
 async def has_success(db_url: str) -> bool:
-    conn = await asyncpg.connect(db_url)
-    try:
+    async with connected(db_url) as conn:
         return bool(
             await conn.fetchval("SELECT count(*) FROM signal_executions WHERE status = 'success'")
         )
-    finally:
-        await conn.close()
 
 
 async def wait_ready(engine: Engine, name: str, port: int, timeout_s: float = 60) -> None:

@@ -14,10 +14,10 @@ import sys
 import zipfile
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from tests.containers.conftest import ROOT, migration_names
+from tests.helpers.db import connected
 
 pytestmark = [pytest.mark.containers, pytest.mark.timeout(300)]
 
@@ -113,9 +113,6 @@ async def test_the_installed_wheel_migrates_a_fresh_database(
     assert version.strip() == "signal-worker 0.1.0"
     for name in migration_names():
         assert f"would apply {name}" in dry_run
-    conn = await asyncpg.connect(empty_db)
-    try:
+    async with connected(empty_db) as conn:
         applied = [r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations")]
-    finally:
-        await conn.close()
     assert sorted(applied) == list(migration_names())

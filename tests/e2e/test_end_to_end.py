@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import asyncpg
 import pytest
 
-from tests.support import (
-    TOKEN_A,
-    Services,
-    Topics,
-    WorkerProcess,
-    env_for,
-    make_account,
-    make_settings,
-    set_sol_price,
-    wait_for_count,
-)
+from tests.helpers.books import TOKEN_A, make_account, set_sol_price
+from tests.helpers.cli import run_cli
+from tests.helpers.kafka import Topics
+from tests.helpers.services import Services
+from tests.helpers.workers import WorkerProcess, wait_for_count, worker_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -28,36 +19,28 @@ async def test_published_signal_becomes_a_trade_and_sigterm_stops_cleanly(
 ) -> None:
     account = await make_account(db_conn, [None, {"signals": {"minScore": 5}}])
     await set_sol_price(db_conn, "150")
-    env = env_for(make_settings(services, db_url, topics))
+    env = worker_env(services, db_url, topics)
     worker = WorkerProcess(env).start()
     try:
         await worker.wait_started()
-        published = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "worker",
-                "publish",
-                "--user-id",
-                str(account.user_id),
-                "--token-address",
-                TOKEN_A,
-                "--symbol",
-                "E2E",
-                "--price-usd",
-                "0.25",
-                "--signal-strength",
-                "3",
-                "--idempotency-key",
-                "e2e-1",
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
+        published = await run_cli(
+            env,
+            "publish",
+            "--user-id",
+            str(account.user_id),
+            "--token-address",
+            TOKEN_A,
+            "--symbol",
+            "E2E",
+            "--price-usd",
+            "0.25",
+            "--signal-strength",
+            "3",
+            "--idempotency-key",
+            "e2e-1",
+            timeout_s=60,
         )
-        assert published.returncode == 0, published.stderr
+        assert published.code == 0, published.stderr
         assert "sent 1 signal to" in published.stdout
 
         await wait_for_count(db_url, "SELECT count(*) FROM signal_executions", 2)
@@ -82,13 +65,6 @@ async def test_published_signal_becomes_a_trade_and_sigterm_stops_cleanly(
     assert code == 0, worker.tail()
     assert any('"worker_stopped"' in line for line in worker.lines)
 
-    check = subprocess.run(
-        [sys.executable, "-m", "worker", "check"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert check.returncode == 0, check.stdout + check.stderr
+    check = await run_cli(env, "check", timeout_s=60)
+    assert check.code == 0, check
     assert "all ledger invariants hold" in check.stdout

@@ -11,15 +11,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from tests.support import (
-    Services,
-    Topics,
-    WorkerProcess,
-    env_for,
-    make_settings,
-    run_cli,
-    wait_for_count,
-)
+from tests.helpers.cli import run_cli
+from tests.helpers.kafka import Topics
+from tests.helpers.services import Services
+from tests.helpers.workers import WorkerProcess, wait_for_count, worker_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -44,7 +39,7 @@ def readme_publish_example() -> list[str]:
 async def test_the_readme_publish_example_after_seed_demo_makes_a_trade(
     services: Services, db_url: str, topics: Topics, db_conn: asyncpg.Connection
 ) -> None:
-    env = env_for(make_settings(services, db_url, topics))
+    env = worker_env(services, db_url, topics)
     seeded = await run_cli(env, "seed-demo")
     assert seeded.code == 0, seeded.stderr
     match = re.search(r"^demo user ([0-9a-f-]{36}) ", seeded.stdout, re.MULTILINE)
@@ -79,7 +74,7 @@ async def test_the_readme_publish_example_after_seed_demo_makes_a_trade(
 async def test_demo_shows_a_buy_a_take_profit_and_stop_loss_exits(
     services: Services, db_url: str, topics: Topics, worker_running: bool
 ) -> None:
-    env = env_for(make_settings(services, db_url, topics))
+    env = worker_env(services, db_url, topics)
     worker = WorkerProcess(env).start() if worker_running else None
     try:
         if worker is not None:

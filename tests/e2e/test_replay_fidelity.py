@@ -14,20 +14,10 @@ from uuid import UUID
 import asyncpg
 import pytest
 
-from tests.support import (
-    TOKEN_A,
-    TOKEN_B,
-    TOKEN_C,
-    Account,
-    Services,
-    Topics,
-    make_account,
-    make_settings,
-    publish,
-    running_worker,
-    signal_message,
-    wait_for_count,
-)
+from tests.helpers.books import TOKEN_A, TOKEN_B, TOKEN_C, Account, make_account, signal_message
+from tests.helpers.kafka import Topics, publish
+from tests.helpers.services import Services
+from tests.helpers.workers import make_settings, running_worker, wait_for_count
 from worker.db.replay import read_agents
 from worker.domain.models import SOL_MINT, PriceTick
 from worker.domain.records import PriceWrite

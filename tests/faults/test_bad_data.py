@@ -7,28 +7,11 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
-from tests.faults.conftest import (
-    EXECUTIONS,
-    Book,
-    Report,
-    assert_exactly_once,
-    measure,
-    mint,
-    read_all,
-    seeded,
-    send_all,
-    starts,
-)
-from tests.support import (
-    Services,
-    Topics,
-    WorkerProcess,
-    env_for,
-    make_account,
-    make_settings,
-    set_sol_price,
-    wait_for_count,
-)
+from tests.helpers.books import Book, make_account, mint, set_sol_price
+from tests.helpers.kafka import Topics, read_all, send_all
+from tests.helpers.ledger import EXECUTIONS, Report, assert_exactly_once, measure, seeded
+from tests.helpers.services import Services
+from tests.helpers.workers import WorkerProcess, assert_ran_through, wait_for_count, worker_env
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(120)]
 
@@ -70,14 +53,13 @@ async def test_bad_agent_rows_fail_only_their_agent(
         s["price_usd"] = "0.5"
         s["signal_strength"] = 5
 
-    worker = WorkerProcess(env_for(make_settings(services, db_url, topics))).start()
+    worker = WorkerProcess(worker_env(services, db_url, topics)).start()
     try:
         await worker.wait_started()
         await send_all(services.kafka_bootstrap, topics.signals, signals)
         await wait_for_count(db_url, EXECUTIONS, SIGNALS * len(account.agents), timeout_s=60)
         dead = await read_all(services.kafka_bootstrap, topics.dlq)
-        assert worker.proc is not None
-        alive = worker.proc.poll() is None
+        alive = worker.is_alive()
     finally:
         code = worker.terminate()
 
@@ -97,8 +79,7 @@ async def test_bad_agent_rows_fail_only_their_agent(
         exit=code,
         seed=seed,
     )
-    assert alive and starts(worker) == 1, worker.tail()
-    assert code == 0, worker.tail()
+    assert_ran_through(worker, code, alive=alive)
     assert dead == [], "a signal was dead-lettered because of one agent's bad row"
     for fault, agent in bad.items():
         outcomes = by_agent.get(agent.agent_id, [])

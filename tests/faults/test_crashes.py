@@ -8,30 +8,12 @@ import random
 import asyncpg
 import pytest
 
-from tests.faults.conftest import (
-    EXECUTIONS,
-    Feed,
-    Report,
-    assert_exactly_once,
-    latest_prices,
-    make_book,
-    measure,
-    mint,
-    seeded,
-    stored_offsets,
-    stored_prices,
-    ticks,
-)
-from tests.support import (
-    Services,
-    Topics,
-    WorkerProcess,
-    count,
-    env_for,
-    make_settings,
-    wait_for,
-    wait_for_count,
-)
+from tests.helpers.books import latest_prices, make_book, mint, ticks
+from tests.helpers.db import count, stored_offsets, stored_prices
+from tests.helpers.kafka import Feed, Topics
+from tests.helpers.ledger import EXECUTIONS, Report, assert_exactly_once, measure, seeded
+from tests.helpers.services import Services
+from tests.helpers.workers import WorkerProcess, wait_for, wait_for_count, worker_env
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(420)]
 
@@ -60,7 +42,7 @@ async def test_sigkill_at_five_random_moments_loses_and_doubles_nothing(
     signals = book.signals(PER_USER, tokens)
     published_ticks = ticks(rng, tokens + tick_only, TICKS)
     total = len(signals) * AGENTS
-    env = env_for(make_settings(services, db_url, topics))
+    env = worker_env(services, db_url, topics)
 
     feed = Feed(
         services.kafka_bootstrap,

@@ -5,28 +5,12 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from tests.faults.conftest import (
-    EXECUTIONS,
-    Report,
-    assert_exactly_once,
-    log_events,
-    make_book,
-    measure,
-    mint,
-    seeded,
-    send_all,
-)
-from tests.support import (
-    Services,
-    WorkerProcess,
-    count,
-    create_test_topics,
-    delete_topics,
-    env_for,
-    make_settings,
-    wait_for,
-    wait_for_count,
-)
+from tests.helpers.books import make_book, mint
+from tests.helpers.db import count
+from tests.helpers.kafka import create_test_topics, delete_topics, send_all
+from tests.helpers.ledger import EXECUTIONS, Report, assert_exactly_once, measure, seeded
+from tests.helpers.services import Services
+from tests.helpers.workers import WorkerProcess, log_events, wait_for, wait_for_count, worker_env
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
 
@@ -45,7 +29,7 @@ async def test_group_survives_a_killed_member_and_a_new_one(
     first = book.signals(PER_USER // 2, tokens)
     second = book.signals(PER_USER // 2, tokens, start=PER_USER // 2)
     total = (len(first) + len(second)) * AGENTS
-    env = env_for(make_settings(services, db_url, topics))
+    env = worker_env(services, db_url, topics)
     workers = [WorkerProcess(env).start() for _ in range(3)]
     victim = workers[rng.randrange(3)]
     try:

@@ -16,28 +16,16 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
-from tests.faults.conftest import (
-    EXECUTIONS,
-    Book,
-    Report,
-    assert_exactly_once,
-    measure,
-    mint,
-    read_all,
-    seeded,
-    send_all,
-    starts,
-)
-from tests.support import (
-    Services,
-    Topics,
+from tests.helpers.books import Book, make_account, mint, set_sol_price
+from tests.helpers.kafka import Topics, read_all, send_all
+from tests.helpers.ledger import EXECUTIONS, Report, assert_exactly_once, measure, seeded
+from tests.helpers.services import Services
+from tests.helpers.workers import (
     WorkerProcess,
-    env_for,
-    make_account,
-    make_settings,
-    set_sol_price,
+    assert_ran_through,
     wait_for,
     wait_for_count,
+    worker_env,
 )
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(180)]
@@ -68,7 +56,7 @@ async def test_hostile_configs_fail_only_their_agents_and_positions_keep_their_e
     first[0].update(price_usd="1", signal_strength=5)
     broken = dict(zip(HOSTILE, account.agents[GOOD:], strict=False))
     reported = account.agents[-1]
-    worker = WorkerProcess(env_for(make_settings(services, db_url, topics))).start()
+    worker = WorkerProcess(worker_env(services, db_url, topics)).start()
     try:
         await worker.wait_started()
         await send_all(services.kafka_bootstrap, topics.signals, first)
@@ -109,8 +97,7 @@ async def test_hostile_configs_fail_only_their_agents_and_positions_keep_their_e
         price = await db_conn.fetchval(
             "SELECT price_usd FROM token_prices WHERE token_address = $1", held
         )
-        assert worker.proc is not None
-        alive = worker.proc.poll() is None
+        alive = worker.is_alive()
     finally:
         code = worker.terminate()
 
@@ -135,8 +122,7 @@ async def test_hostile_configs_fail_only_their_agents_and_positions_keep_their_e
         exit=code,
         seed=seed,
     )
-    assert alive and starts(worker) == 1, worker.tail()
-    assert code == 0, worker.tail()
+    assert_ran_through(worker, code, alive=alive)
     assert dead == [], "a record was dead-lettered because of an agent's config"
     assert price == Decimal("0.5")
     assert closes == agents_n

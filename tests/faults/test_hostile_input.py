@@ -26,19 +26,12 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from tests.faults.conftest import (
-    Report,
-    Sent,
-    assert_exactly_once,
-    make_book,
-    measure,
-    mint,
-    read_all,
-    send_all,
-    starts,
-    stored_offsets,
-)
-from tests.support import Services, Topics, WorkerProcess, env_for, make_settings, wait_for
+from tests.helpers.books import make_book, mint
+from tests.helpers.db import stored_offsets
+from tests.helpers.kafka import Sent, Topics, read_all, send_all
+from tests.helpers.ledger import Report, assert_exactly_once, measure
+from tests.helpers.services import Services
+from tests.helpers.workers import WorkerProcess, starts, wait_for, worker_env
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
 
@@ -411,7 +404,7 @@ async def test_hostile_records_go_to_the_dlq_and_valid_ones_through(
     nulls = [Record(None, None, None, is_bad=True, kind="no_key_no_value")] * NULL_RECORDS
     kinds = sorted({r.kind for r in records + nulls})
 
-    worker = WorkerProcess(env_for(make_settings(services, db_url, topics))).start()
+    worker = WorkerProcess(worker_env(services, db_url, topics)).start()
     try:
         await worker.wait_started()
         # The keyless null records go in the middle of the stream.
@@ -422,15 +415,13 @@ async def test_hostile_records_go_to_the_dlq_and_valid_ones_through(
         records = records[:half] + nulls + records[half:]
 
         async def all_consumed() -> bool:
-            assert worker.proc is not None
-            assert worker.proc.poll() is None, f"the worker died:\n{worker.tail(60)}"
+            assert worker.is_alive(), f"the worker died:\n{worker.tail(60)}"
             offsets = await stored_offsets(db_url, topics.group, topics.signals)
             return sum(offsets.values()) >= len(records)
 
         await wait_for(all_consumed, timeout_s=180, what="every record consumed")
         dead = await read_all(services.kafka_bootstrap, topics.dlq)
-        assert worker.proc is not None
-        alive = worker.proc.poll() is None
+        alive = worker.is_alive()
     finally:
         code = worker.terminate()
 

@@ -10,28 +10,21 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
-from tests.faults.conftest import (
-    EXECUTIONS,
-    Report,
-    assert_exactly_once,
-    log_events,
-    make_book,
-    measure,
-    mint,
-    seeded,
-    send_all,
-    stored_offsets,
-    terminate_within,
-)
-from tests.support import (
-    Services,
-    Topics,
+from tests.helpers.books import make_book, mint
+from tests.helpers.cli import run_cli
+from tests.helpers.db import stored_offsets
+from tests.helpers.kafka import Topics, send_all
+from tests.helpers.ledger import EXECUTIONS, Report, assert_exactly_once, measure, seeded
+from tests.helpers.services import Services
+from tests.helpers.workers import (
     WorkerProcess,
     env_for,
+    log_events,
     make_settings,
-    run_cli,
+    terminate_within,
     wait_for,
     wait_for_count,
+    worker_env,
 )
 from worker.db import accounts
 
@@ -83,7 +76,7 @@ async def test_an_agent_created_since_gets_none_of_the_older_signals_read_again(
         group = topics.group
     else:
         group = f"{topics.group}-new"
-        env = env_for(make_settings(services, db_url, topics, consumer_group=group))
+        env = worker_env(services, db_url, topics, consumer_group=group)
     new = book.signals(NEW, tokens, start=OLD)  # for every agent, the newcomers too
     total = len(old) * AGENTS + len(new) * (AGENTS + 1)
 

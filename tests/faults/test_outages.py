@@ -12,34 +12,19 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from tests.faults.conftest import (
-    EXECUTIONS,
-    Book,
-    Feed,
-    Report,
-    assert_exactly_once,
-    http_status,
-    make_book,
-    measure,
-    mint,
-    repeated_lines,
-    seeded,
-    send_all,
-    starts,
-    stop_own,
-    terminate_within,
-)
-from tests.support import (
-    OwnServices,
-    Topics,
+from tests.helpers.books import Book, make_book, mint
+from tests.helpers.db import connected, count
+from tests.helpers.kafka import Feed, Topics, create_test_topics, delete_topics, send_all
+from tests.helpers.ledger import EXECUTIONS, Report, assert_exactly_once, measure, seeded
+from tests.helpers.services import OwnServices, stop_own
+from tests.helpers.workers import (
     WorkerProcess,
-    count,
-    create_test_topics,
-    delete_topics,
-    env_for,
-    make_settings,
+    repeated_lines,
+    starts,
+    terminate_within,
     wait_for,
     wait_for_count,
+    worker_env,
 )
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
@@ -61,16 +46,12 @@ async def own_topics(own_services: OwnServices) -> AsyncIterator[Topics]:
 
 
 async def _book(db_url: str) -> Book:
-    conn = await asyncpg.connect(db_url)
-    try:
+    async with connected(db_url) as conn:
         return await make_book(conn, USERS, AGENTS)
-    finally:
-        await conn.close()
 
 
 async def _ready_status(worker: WorkerProcess) -> tuple[int, str]:
-    assert worker.http_port is not None
-    return await http_status(worker.http_port, "/readyz")
+    return await worker.get("/readyz")
 
 
 async def _wait_ready(worker: WorkerProcess, timeout_s: float = 60) -> None:
@@ -97,7 +78,7 @@ async def test_database_outage_mid_stream_waits_retries_and_carries_on(
     before = book.signals(PER_USER, tokens)
     during = book.signals(PER_USER, tokens, start=PER_USER)
     total = (len(before) + len(during)) * AGENTS
-    worker = WorkerProcess(env_for(make_settings(own.services, own_db_url, own_topics))).start()
+    worker = WorkerProcess(worker_env(own.services, own_db_url, own_topics)).start()
     seen_503: list[str] = []
     try:
         await worker.wait_started()
@@ -114,21 +95,17 @@ async def test_database_outage_mid_stream_waits_retries_and_carries_on(
             if status == 503:
                 seen_503.append(body)
             await asyncio.sleep(0.5)
-        assert worker.proc is not None
-        assert worker.proc.poll() is None, f"the worker exited during the outage:\n{worker.tail()}"
+        assert worker.is_alive(), f"the worker exited during the outage:\n{worker.tail()}"
         await asyncio.to_thread(own.start, "postgres")
         await wait_for_count(own_db_url, EXECUTIONS, total, timeout_s=120)
         await _wait_ready(worker)
-        alive = worker.proc.poll() is None
+        alive = worker.is_alive()
     finally:
         own.start("postgres")
         code = worker.terminate()
 
-    conn = await asyncpg.connect(own_db_url)
-    try:
+    async with connected(own_db_url) as conn:
         ledger = await measure(conn, book.expected)
-    finally:
-        await conn.close()
     retries = sum('"retrying_after_transient_error"' in line for line in worker.lines)
     report(
         "2 database outage",
@@ -160,7 +137,7 @@ async def test_broker_outage_mid_stream_waits_retries_and_carries_on(
     # The broker stops as the feed reaches its hold, two thirds in; the rest comes after.
     feed = Feed(own.services.kafka_bootstrap, [(own_topics.signals, stream)], 30, hold_at=20)
     before = feed.before_hold(stream)
-    worker = WorkerProcess(env_for(make_settings(own.services, own_db_url, own_topics))).start()
+    worker = WorkerProcess(worker_env(own.services, own_db_url, own_topics)).start()
     statuses: list[tuple[int, str]] = []
     feeder: asyncio.Task[None] | None = None
     try:
@@ -174,14 +151,13 @@ async def test_broker_outage_mid_stream_waits_retries_and_carries_on(
         while asyncio.get_running_loop().time() - stopped < OUTAGE_S:
             statuses.append(await _ready_status(worker))
             await asyncio.sleep(0.5)
-        assert worker.proc is not None
-        assert worker.proc.poll() is None, f"the worker exited during the outage:\n{worker.tail()}"
+        assert worker.is_alive(), f"the worker exited during the outage:\n{worker.tail()}"
         await asyncio.to_thread(own.start, "kafka")
         feed.release()
         await feeder
         await wait_for_count(own_db_url, EXECUTIONS, total, timeout_s=150)
         await _wait_ready(worker)
-        alive = worker.proc.poll() is None
+        alive = worker.is_alive()
     finally:
         if feeder is not None:
             feeder.cancel()
@@ -189,11 +165,8 @@ async def test_broker_outage_mid_stream_waits_retries_and_carries_on(
         code = worker.terminate()
     lines, most, kind = repeated_lines(worker)
 
-    conn = await asyncpg.connect(own_db_url)
-    try:
+    async with connected(own_db_url) as conn:
         ledger = await measure(conn, book.expected)
-    finally:
-        await conn.close()
     report(
         "3 broker outage",
         records=f"{len(stream)} signals x {AGENTS} agents",
@@ -233,7 +206,7 @@ async def test_sigterm_during_a_broker_outage_still_drains_and_exits_0(
     book = await make_book(db_conn, USERS, AGENTS)
     stream = book.signals(PER_USER * 2, tokens)
     total = len(stream) * AGENTS
-    env = env_for(make_settings(own.services, db_url, own_topics))
+    env = worker_env(own.services, db_url, own_topics)
     # Half the stream is published before the broker stops, the rest only after the restart.
     half = len(stream) // 2
     worker = WorkerProcess(env).start()
@@ -284,7 +257,7 @@ async def test_sigterm_while_a_batch_retries_in_a_database_outage_exits_0_in_tim
     before = book.signals(PER_USER, tokens)
     during = book.signals(PER_USER, tokens, start=PER_USER)
     total = (len(before) + len(during)) * AGENTS
-    env = env_for(make_settings(own.services, own_db_url, own_topics))
+    env = worker_env(own.services, own_db_url, own_topics)
     worker = WorkerProcess(env).start()
     try:
         await worker.wait_started()
@@ -313,11 +286,8 @@ async def test_sigterm_while_a_batch_retries_in_a_database_outage_exits_0_in_tim
         await wait_for_count(own_db_url, EXECUTIONS, total, timeout_s=120)
     finally:
         second_code = second.terminate()
-    conn = await asyncpg.connect(own_db_url)
-    try:
+    async with connected(own_db_url) as conn:
         ledger = await measure(conn, book.expected)
-    finally:
-        await conn.close()
     report(
         "2b SIGTERM while a batch retries in a database outage",
         records=f"{len(before) + len(during)} signals x {AGENTS} agents",

@@ -15,20 +15,11 @@ import asyncpg
 import orjson
 import pytest
 
-from tests.faults.conftest import (
-    EXECUTIONS,
-    Report,
-    assert_exactly_once,
-    http_status,
-    make_book,
-    measure,
-    mint,
-    read_all,
-    seeded,
-    send_all,
-    starts,
-)
-from tests.support import Services, Topics, WorkerProcess, env_for, make_settings, wait_for_count
+from tests.helpers.books import make_book, mint
+from tests.helpers.kafka import Topics, read_all, send_all
+from tests.helpers.ledger import EXECUTIONS, Report, assert_exactly_once, measure, seeded
+from tests.helpers.services import Services
+from tests.helpers.workers import WorkerProcess, assert_ran_through, wait_for_count, worker_env
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(180)]
 
@@ -64,7 +55,7 @@ async def test_records_too_large_to_dead_letter_whole_are_cut_down_and_the_strea
     after = book.signals(PER_USER, tokens, start=PER_USER)
     not_json = b"x" * HUGE
     nobody = _huge_signal_of_nobody()
-    worker = WorkerProcess(env_for(make_settings(services, db_url, topics))).start()
+    worker = WorkerProcess(worker_env(services, db_url, topics)).start()
     try:
         await worker.wait_started()
         await send_all(services.kafka_bootstrap, topics.signals, before)
@@ -78,10 +69,8 @@ async def test_records_too_large_to_dead_letter_whole_are_cut_down_and_the_strea
         total = (len(before) + len(after)) * AGENTS
         await wait_for_count(db_url, EXECUTIONS, total, timeout_s=90)
         dead = await read_all(services.kafka_bootstrap, topics.dlq)
-        assert worker.http_port is not None
-        _, metrics = await http_status(worker.http_port, "/metrics")
-        assert worker.proc is not None
-        alive = worker.proc.poll() is None
+        _, metrics = await worker.get("/metrics")
+        alive = worker.is_alive()
     finally:
         code = worker.terminate()
 
@@ -95,8 +84,7 @@ async def test_records_too_large_to_dead_letter_whole_are_cut_down_and_the_strea
         exit=code,
         seed=seed,
     )
-    assert alive and starts(worker) == 1, worker.tail()
-    assert code == 0, worker.tail()
+    assert_ran_through(worker, code, alive=alive)
     assert len(dead) == 2, [dict(r.headers) for r in dead]
     # By partition and offset: the two records may sit at the same offset of two partitions.
     by_record = {

@@ -32,25 +32,17 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from aiokafka.structs import TopicPartition
 
-from tests.faults.conftest import (
-    EXECUTIONS,
-    Report,
-    assert_exactly_once,
-    log_events,
-    make_book,
-    measure,
-    mint,
-    seeded,
-    send_all,
-    starts,
-)
-from tests.support import (
-    Services,
-    Topics,
+from tests.helpers.books import make_book, mint
+from tests.helpers.cli import run_cli
+from tests.helpers.kafka import Topics, send_all
+from tests.helpers.ledger import EXECUTIONS, Report, assert_exactly_once, measure, seeded
+from tests.helpers.services import Services
+from tests.helpers.workers import (
     WorkerProcess,
+    assert_ran_through,
     env_for,
+    log_events,
     make_settings,
-    run_cli,
     wait_for_count,
 )
 
@@ -153,8 +145,7 @@ async def test_signals_are_not_held_by_a_price_partition_whose_tail_is_no_tick(
         await send_all(bootstrap, topics.signals, signals)
         await wait_for_count(db_url, EXECUTIONS, len(signals) * AGENTS, timeout_s=60)
         held_long = log_events(worker, "signals_not_held_longer")
-        assert worker.proc is not None
-        alive = worker.proc.poll() is None
+        alive = worker.is_alive()
     finally:
         code = worker.terminate()
     shown = await run_cli(env_for(settings), "offsets", "show", "--topic", topics.prices)
@@ -186,8 +177,7 @@ async def test_signals_are_not_held_by_a_price_partition_whose_tail_is_no_tick(
         exit=code,
         seed=seed,
     )
-    assert alive and starts(worker) == 1, worker.tail()
-    assert code == 0, worker.tail()
+    assert_ran_through(worker, code, alive=alive)
     # No signal waited for a partition that had nothing left to read.
     assert held_long == [], held_long
     assert statuses == {"success": len(signals) * AGENTS}, statuses

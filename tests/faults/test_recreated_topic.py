@@ -16,29 +16,18 @@ import asyncpg
 import pytest
 from aiokafka.errors import TopicAlreadyExistsError
 
-from tests.faults.conftest import (
-    EXECUTIONS,
-    Report,
-    assert_exactly_once,
-    http_status,
-    log_events,
-    make_book,
-    measure,
-    mint,
-    seeded,
-    send_all,
-    stored_offsets,
-)
-from tests.support import (
-    Services,
-    Topics,
+from tests.helpers.books import make_book, mint
+from tests.helpers.cli import run_cli
+from tests.helpers.db import count, stored_offsets
+from tests.helpers.http import http_get
+from tests.helpers.kafka import Topics, create_topics, delete_topics, send_all
+from tests.helpers.ledger import EXECUTIONS, Report, assert_exactly_once, measure, seeded
+from tests.helpers.services import Services
+from tests.helpers.workers import (
     WorkerProcess,
-    count,
-    create_topics,
-    delete_topics,
     env_for,
+    log_events,
     make_settings,
-    run_cli,
     wait_for,
     wait_for_count,
 )
@@ -101,12 +90,12 @@ async def test_a_recreated_signals_topic_loses_nothing_after_the_reset(
         port = worker.http_port
 
         async def not_ready() -> bool:
-            status, body = await http_status(port, "/readyz")
+            status, body = await http_get(port, "/readyz")
             return status == 503 and "not consumed" in body
 
         await wait_for(not_ready, timeout_s=60, what="/readyz to say partitions are not consumed")
-        _, readyz = await http_status(port, "/readyz")
-        _, metrics = await http_status(port, "/metrics")
+        _, readyz = await http_get(port, "/readyz")
+        _, metrics = await http_get(port, "/metrics")
         blocked_lines = log_events(worker, "partition_not_consumed")
         dropped = log_events(worker, "records_below_stored_offset_dropped")
         executions_blocked = await count(db_url, EXECUTIONS)
@@ -121,8 +110,7 @@ async def test_a_recreated_signals_topic_loses_nothing_after_the_reset(
     try:
         await worker.wait_started()
         await wait_for_count(db_url, EXECUTIONS, (len(first) + len(second)) * AGENTS, timeout_s=60)
-        assert worker.http_port is not None
-        ready_after = await http_status(worker.http_port, "/readyz")
+        ready_after = await worker.get("/readyz")
     finally:
         last_exit = worker.terminate()
 

@@ -27,27 +27,18 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from tests.faults.conftest import (
-    EXECUTIONS,
-    Report,
-    assert_exactly_once,
-    http_status,
-    log_events,
-    make_book,
-    measure,
-    mint,
-    seeded,
-    send_all,
-    starts,
-)
-from tests.support import (
-    Services,
-    Topics,
+from tests.helpers.books import make_book, mint
+from tests.helpers.db import connected
+from tests.helpers.kafka import Topics, send_all
+from tests.helpers.ledger import EXECUTIONS, Report, assert_exactly_once, measure, seeded
+from tests.helpers.services import Services
+from tests.helpers.workers import (
     WorkerProcess,
-    env_for,
-    make_settings,
+    log_events,
+    starts,
     wait_for,
     wait_for_count,
+    worker_env,
 )
 from worker.domain.models import SOL_MINT
 
@@ -65,8 +56,7 @@ async def _ready_says(worker: WorkerProcess, words: str) -> str:
 
     async def says() -> bool:
         nonlocal said
-        assert worker.http_port is not None
-        status, body = await http_status(worker.http_port, "/readyz")
+        status, body = await worker.get("/readyz")
         if status == 503 and words in body:
             said = body
             return True
@@ -78,8 +68,7 @@ async def _ready_says(worker: WorkerProcess, words: str) -> str:
 
 async def _ready(worker: WorkerProcess) -> None:
     async def ok() -> bool:
-        assert worker.http_port is not None
-        return (await http_status(worker.http_port, "/readyz"))[0] == 200
+        return (await worker.get("/readyz"))[0] == 200
 
     await wait_for(ok, timeout_s=60, what="/readyz to say 200 again")
 
@@ -90,7 +79,7 @@ def _dead_letters(worker: WorkerProcess) -> int:
 
 @contextlib.asynccontextmanager
 async def _worker(services: Services, db_url: str, topics: Topics) -> AsyncIterator[WorkerProcess]:
-    worker = WorkerProcess(env_for(make_settings(services, db_url, topics))).start()
+    worker = WorkerProcess(worker_env(services, db_url, topics)).start()
     try:
         await worker.wait_started()
         yield worker
@@ -113,14 +102,10 @@ async def test_a_lock_timeout_on_the_balances_is_retried_not_dead_lettered(
     signals = book.signals(PER_USER, [mint(rng) for _ in range(10)])
     await _set_for_new_sessions(db_conn, "lock_timeout", "1s")
     async with _worker(services, db_url, topics) as worker:
-        holder = await asyncpg.connect(db_url)
-        try:
-            async with holder.transaction():
-                held = await holder.fetch(HOLD_SOL_BALANCES, SOL_MINT)
-                await send_all(services.kafka_bootstrap, topics.signals, signals)
-                said = await _ready_says(worker, "lock_not_available")
-        finally:
-            await holder.close()
+        async with connected(db_url) as holder, holder.transaction():
+            held = await holder.fetch(HOLD_SOL_BALANCES, SOL_MINT)
+            await send_all(services.kafka_bootstrap, topics.signals, signals)
+            said = await _ready_says(worker, "lock_not_available")
         await wait_for_count(db_url, EXECUTIONS, len(signals) * AGENTS, timeout_s=120)
         await _ready(worker)
         dead = _dead_letters(worker)
@@ -141,15 +126,12 @@ async def test_a_lock_timeout_on_the_balances_is_retried_not_dead_lettered(
 
 
 async def _open_positions(db_url: str, token: str) -> int:
-    conn = await asyncpg.connect(db_url)
-    try:
+    async with connected(db_url) as conn:
         return int(
             await conn.fetchval(
                 "SELECT count(*) FROM agent_positions WHERE token_address = $1", token
             )
         )
-    finally:
-        await conn.close()
 
 
 async def test_a_statement_timeout_on_locked_positions_is_retried_and_the_tick_stops_them_out(
@@ -165,15 +147,11 @@ async def test_a_statement_timeout_on_locked_positions_is_retried_and_the_tick_s
         await wait_for_count(db_url, EXECUTIONS, 3)
         opened = await _open_positions(db_url, token)
         crash = {"token_address": token, "price_usd": "0.1"}  # -90%: every stop loss
-        holder = await asyncpg.connect(db_url)
-        try:
-            async with holder.transaction():
-                await holder.execute("SET LOCAL statement_timeout = 0")
-                await holder.fetch(HOLD_POSITIONS, token)
-                await send_all(services.kafka_bootstrap, topics.prices, [crash])
-                said = await _ready_says(worker, "query_canceled")
-        finally:
-            await holder.close()
+        async with connected(db_url) as holder, holder.transaction():
+            await holder.execute("SET LOCAL statement_timeout = 0")
+            await holder.fetch(HOLD_POSITIONS, token)
+            await send_all(services.kafka_bootstrap, topics.prices, [crash])
+            said = await _ready_says(worker, "query_canceled")
 
         async def closed() -> bool:
             return await _open_positions(db_url, token) == 0

@@ -13,20 +13,18 @@ from collections import defaultdict
 import asyncpg
 import pytest
 
-from tests.faults.conftest import (
-    EXECUTIONS,
-    Report,
-    assert_exactly_once,
+from tests.helpers.books import make_book, mint
+from tests.helpers.db import stored_offsets
+from tests.helpers.kafka import Topics, send_all
+from tests.helpers.ledger import EXECUTIONS, Report, assert_exactly_once, measure, seeded
+from tests.helpers.services import Services
+from tests.helpers.workers import (
+    WorkerProcess,
     log_events,
-    make_book,
-    measure,
-    mint,
-    seeded,
-    send_all,
-    stored_offsets,
     terminate_within,
+    wait_for_count,
+    worker_env,
 )
-from tests.support import Services, Topics, WorkerProcess, env_for, make_settings, wait_for_count
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(180)]
 
@@ -57,7 +55,7 @@ async def test_sigterm_under_load_drains_and_the_next_worker_resumes_exactly(
     book = await make_book(db_conn, USERS, AGENTS)
     burst = book.signals(PER_USER, tokens, keyed=False)
     total = len(burst) * AGENTS
-    env = env_for(make_settings(services, db_url, topics))
+    env = worker_env(services, db_url, topics)
 
     first = WorkerProcess(env).start()
     try:

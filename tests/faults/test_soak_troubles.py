@@ -15,31 +15,12 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.faults.conftest import (
-    EXECUTIONS,
-    Report,
-    Tick,
-    assert_exactly_once,
-    latest_prices,
-    log_events,
-    make_book,
-    measure,
-    mint,
-    seeded,
-    send_all,
-    stored_prices,
-    ticks,
-)
-from tests.support import (
-    Services,
-    WorkerProcess,
-    create_test_topics,
-    delete_topics,
-    env_for,
-    make_settings,
-    wait_for,
-    wait_for_count,
-)
+from tests.helpers.books import Tick, latest_prices, make_book, mint, ticks
+from tests.helpers.db import connected, stored_prices
+from tests.helpers.kafka import create_test_topics, delete_topics, send_all
+from tests.helpers.ledger import EXECUTIONS, Report, assert_exactly_once, measure, seeded
+from tests.helpers.services import Services
+from tests.helpers.workers import WorkerProcess, log_events, wait_for, wait_for_count, worker_env
 from worker.domain.models import SOL_MINT
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(420)]
@@ -52,15 +33,11 @@ HOLD_S = 2.0  # each injected lock is held this long, past the timeouts below
 
 
 async def _hold(db_url: str, sql: str, *args: object) -> None:
-    conn = await asyncpg.connect(db_url)
-    try:
-        async with conn.transaction():
-            await conn.execute("SET LOCAL statement_timeout = 0")
-            await conn.execute("SET LOCAL lock_timeout = 0")
-            await conn.fetch(sql, *args)
-            await asyncio.sleep(HOLD_S)
-    finally:
-        await conn.close()
+    async with connected(db_url) as conn, conn.transaction():
+        await conn.execute("SET LOCAL statement_timeout = 0")
+        await conn.execute("SET LOCAL lock_timeout = 0")
+        await conn.fetch(sql, *args)
+        await asyncio.sleep(HOLD_S)
 
 
 async def _inject_troubles(db_url: str, rng: random.Random, done: asyncio.Event) -> int:
@@ -104,7 +81,7 @@ async def test_two_workers_under_kills_terms_and_database_timeouts_lose_and_doub
     name = await db_conn.fetchval("SELECT current_database()")
     await db_conn.execute(f"ALTER DATABASE \"{name}\" SET lock_timeout = '500ms'")
     await db_conn.execute(f"ALTER DATABASE \"{name}\" SET statement_timeout = '1s'")
-    env = env_for(make_settings(services, db_url, topics))
+    env = worker_env(services, db_url, topics)
     every: list[WorkerProcess] = []
     workers = [WorkerProcess(env).start() for _ in range(2)]
     every.extend(workers)

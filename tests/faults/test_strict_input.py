@@ -20,21 +20,12 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.faults.conftest import (
-    EXECUTIONS,
-    Report,
-    assert_exactly_once,
-    make_book,
-    measure,
-    mint,
-    read_all,
-    seeded,
-    send_all,
-    starts,
-    stored_offsets,
-    stored_prices,
-)
-from tests.support import Services, Topics, WorkerProcess, env_for, make_settings, wait_for
+from tests.helpers.books import make_book, mint
+from tests.helpers.db import stored_offsets, stored_prices
+from tests.helpers.kafka import Topics, read_all, send_all
+from tests.helpers.ledger import EXECUTIONS, Report, assert_exactly_once, measure, seeded
+from tests.helpers.services import Services
+from tests.helpers.workers import WorkerProcess, assert_ran_through, wait_for, worker_env
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(180)]
 
@@ -101,7 +92,7 @@ async def test_lenient_spellings_are_dead_lettered_and_nothing_else_is_lost(
     ticks: list[bytes] = [bad_ticks[0], bad_ticks[1], json.dumps(good_tick).encode()]
     ticks += bad_ticks[2:]
 
-    worker = WorkerProcess(env_for(make_settings(services, db_url, topics))).start()
+    worker = WorkerProcess(worker_env(services, db_url, topics)).start()
     try:
         await worker.wait_started()
         keys = [json.loads(s)["user_id"].encode() for s in signals]
@@ -121,8 +112,7 @@ async def test_lenient_spellings_are_dead_lettered_and_nothing_else_is_lost(
         )
 
         async def all_consumed() -> bool:
-            assert worker.proc is not None
-            assert worker.proc.poll() is None, f"the worker died:\n{worker.tail(60)}"
+            assert worker.is_alive(), f"the worker died:\n{worker.tail(60)}"
             done_signals = await stored_offsets(db_url, topics.group, topics.signals)
             done_ticks = await stored_offsets(db_url, topics.group, topics.prices)
             return sum(done_signals.values()) >= len(signals) and sum(done_ticks.values()) >= len(
@@ -131,8 +121,7 @@ async def test_lenient_spellings_are_dead_lettered_and_nothing_else_is_lost(
 
         await wait_for(all_consumed, timeout_s=90, what="every record consumed")
         dead = await read_all(services.kafka_bootstrap, topics.dlq)
-        assert worker.proc is not None
-        alive = worker.proc.poll() is None
+        alive = worker.is_alive()
     finally:
         code = worker.terminate()
 
@@ -173,8 +162,7 @@ async def test_lenient_spellings_are_dead_lettered_and_nothing_else_is_lost(
         exit=code,
         seed=seed,
     )
-    assert alive and starts(worker) == 1, worker.tail()
-    assert code == 0, worker.tail()
+    assert_ran_through(worker, code, alive=alive)
     assert len(dead) == len(got_dead) == len(expected_dead), [e for _, e in got_dead.values()]
     assert got_dead.keys() == expected_dead.keys()
     for at, (value, reason) in expected_dead.items():

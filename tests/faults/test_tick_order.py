@@ -15,23 +15,13 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
-from tests.faults.conftest import (
-    EXECUTIONS,
-    Report,
-    assert_exactly_once,
-    http_status,
-    make_book,
-    measure,
-    mint,
-    read_all,
-    seeded,
-    send_all,
-    starts,
-)
-from tests.support import (
-    Services,
-    Topics,
+from tests.helpers.books import make_book, mint
+from tests.helpers.kafka import Topics, read_all, send_all
+from tests.helpers.ledger import EXECUTIONS, Report, assert_exactly_once, measure, seeded
+from tests.helpers.services import Services
+from tests.helpers.workers import (
     WorkerProcess,
+    assert_ran_through,
     env_for,
     make_settings,
     wait_for,
@@ -138,10 +128,8 @@ async def test_signals_see_the_ticks_before_them_and_future_ticks_are_refused(
             "SELECT price_usd FROM token_prices WHERE token_address = $1", future
         )
         dead = await read_all(services.kafka_bootstrap, topics.dlq)
-        assert worker.http_port is not None
-        _, metrics = await http_status(worker.http_port, "/metrics")
-        assert worker.proc is not None
-        alive = worker.proc.poll() is None
+        _, metrics = await worker.get("/metrics")
+        alive = worker.is_alive()
     finally:
         code = worker.terminate()
 
@@ -159,8 +147,7 @@ async def test_signals_see_the_ticks_before_them_and_future_ticks_are_refused(
         exit=code,
         seed=seed,
     )
-    assert alive and starts(worker) == 1, worker.tail()
-    assert code == 0, worker.tail()
+    assert_ran_through(worker, code, alive=alive)
     assert statuses == {"success": len(cold) * AGENTS}, (statuses, errors)
     # 2 USD / 150 USD per SOL: every warm buy filled at the tick's price.
     assert [r[0] for r in fills] == [Decimal("0.013333333333333333")]

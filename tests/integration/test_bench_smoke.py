@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from benchmarks.report import ROWS
-from tests.support import ROOT, Services
+from tests.helpers.services import ROOT, Services
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

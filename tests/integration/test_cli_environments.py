@@ -7,21 +7,16 @@ import asyncio
 import json
 import os
 import socket
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.support import (
-    TOKEN_A,
-    Services,
-    Topics,
-    assert_log_lines_then_one_error,
-    env_for,
-    make_settings,
-    run_cli,
-)
+from tests.helpers.books import TOKEN_A
+from tests.helpers.cli import assert_log_lines_then_one_error, run_cli, start_cli
+from tests.helpers.kafka import Topics
+from tests.helpers.services import Services
+from tests.helpers.workers import env_for, make_settings, worker_env
 from worker.domain.models import SOL_MINT
 
 pytestmark = pytest.mark.integration
@@ -56,7 +51,7 @@ def _closed_port() -> int:
 async def test_on_a_database_never_migrated_every_command_says_to_migrate(
     services: Services, topics: Topics, empty_db: str, command: tuple[str, ...]
 ) -> None:
-    env = env_for(make_settings(services, empty_db, topics, startup_timeout_s=5))
+    env = worker_env(services, empty_db, topics, startup_timeout_s=5)
     run = await run_cli(env, *command, timeout_s=60)
     assert run.code == 1, run
     last = assert_log_lines_then_one_error(run.stderr, command[0])
@@ -70,7 +65,7 @@ async def test_on_a_database_never_migrated_every_command_says_to_migrate(
 async def test_a_partly_migrated_database_names_what_is_pending(
     services: Services, topics: Topics, empty_db: str, tmp_path: Path
 ) -> None:
-    env = env_for(make_settings(services, empty_db, topics))
+    env = worker_env(services, empty_db, topics)
     schema = SCHEMA
     first = tmp_path / "schema"
     first.mkdir()
@@ -121,19 +116,11 @@ async def test_a_stdout_closed_early_ends_the_command_quietly(
     """As `signal-worker offsets show | head -0` would: exit 141 (as a shell tool killed by
     SIGPIPE), and nothing on stderr but log lines. (`--help` and `--version` print through
     argparse, which ignores a failed write: they exit 0, as quietly.)"""
-    env = env_for(make_settings(services, db_url, topics))
+    env = worker_env(services, db_url, topics)
     read_end, write_end = os.pipe()
     os.close(read_end)  # a stdout nobody will ever read
     try:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "worker",
-            *command,
-            env=env,
-            stdout=write_end,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        proc = await start_cli(env, *command, stdout=write_end)
     finally:
         os.close(write_end)
     assert proc.stderr is not None
@@ -151,10 +138,7 @@ async def test_help_and_version_with_a_closed_stdout_exit_quietly(flag: str) -> 
     read_end, write_end = os.pipe()
     os.close(read_end)
     try:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "worker", flag, stdout=write_end,
-            stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
+        proc = await start_cli(None, flag, stdout=write_end)
     finally:
         os.close(write_end)
     assert proc.stderr is not None

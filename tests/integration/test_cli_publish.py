@@ -9,7 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import TOKEN_A, Services, Topics, env_for, make_settings, read_topic, run_cli
+from tests.helpers.books import TOKEN_A
+from tests.helpers.cli import run_cli
+from tests.helpers.kafka import Topics, read_topic
+from tests.helpers.services import Services
+from tests.helpers.workers import worker_env
 from worker.domain.models import SOL_MINT
 
 pytestmark = pytest.mark.integration
@@ -42,7 +46,7 @@ async def test_a_line_that_is_not_utf8_is_reported_with_its_own_number_and_the_r
     lines.insert(100, b"")  # a blank line is skipped, not counted as rejected
     path = tmp_path / "signals.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n")
-    env = env_for(make_settings(services, db_url, topics))
+    env = worker_env(services, db_url, topics)
 
     run = await run_cli(env, "publish", "--file", str(path))
 
@@ -58,7 +62,7 @@ async def test_a_line_that_is_not_utf8_is_reported_with_its_own_number_and_the_r
 async def test_one_signal_from_flags_carries_the_market_data_and_says_where_it_went(
     services: Services, topics: Topics, db_url: str
 ) -> None:
-    env = env_for(make_settings(services, db_url, topics))
+    env = worker_env(services, db_url, topics)
     user_id = str(uuid.uuid4())
     run = await run_cli(
         env, "publish", "--user-id", user_id, "--token-address", TOKEN_A,
@@ -87,7 +91,7 @@ async def test_one_signal_from_flags_carries_the_market_data_and_says_where_it_w
 async def test_publish_price_sends_ticks_keyed_by_token_and_refuses_bad_ones(
     services: Services, topics: Topics, db_url: str, tmp_path: Path
 ) -> None:
-    env = env_for(make_settings(services, db_url, topics))
+    env = worker_env(services, db_url, topics)
     run = await run_cli(env, "publish-price", "--token-address", SOL_MINT, "--price-usd", "150")
     assert run.code == 0, run.stderr
     assert run.stdout.startswith(f"sent 1 price tick to {topics.prices} (partition ")
@@ -113,7 +117,7 @@ async def test_publish_refuses_lenient_spellings_with_their_line_numbers(
 ) -> None:
     """Issue 20: `publish-price` sent "١٢" (read as 12), a key given twice and a price that
     overflows numeric(30,18) once rounded; `publish` sent a Unix `created_at`."""
-    env = env_for(make_settings(services, db_url, topics))
+    env = worker_env(services, db_url, topics)
     path = tmp_path / "ticks.jsonl"
     token = TOKEN_A.encode()
     path.write_bytes(
@@ -153,7 +157,7 @@ async def test_publish_refuses_lenient_spellings_with_their_line_numbers(
 async def test_a_signal_for_the_sol_mint_is_refused_before_it_is_sent(
     services: Services, topics: Topics, db_url: str
 ) -> None:
-    env = env_for(make_settings(services, db_url, topics))
+    env = worker_env(services, db_url, topics)
     run = await run_cli(
         env, "publish", "--user-id", str(uuid.uuid4()), "--token-address", SOL_MINT,
         "--price-usd", "0.5",
@@ -167,7 +171,7 @@ async def test_a_signal_for_the_sol_mint_is_refused_before_it_is_sent(
 async def test_a_missing_topic_is_one_line_not_thirty_seconds_of_retries(
     services: Services, topics: Topics, db_url: str
 ) -> None:
-    env = env_for(make_settings(services, db_url, topics, signals_topic="no-such-topic-x"))
+    env = worker_env(services, db_url, topics, signals_topic="no-such-topic-x")
     run = await run_cli(
         env, "publish", "--user-id", str(uuid.uuid4()), "--token-address", TOKEN_A, timeout_s=20
     )

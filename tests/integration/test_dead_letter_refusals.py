@@ -17,8 +17,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import ConsumerRecord
 
-from tests.faults.conftest import read_all
-from tests.support import Services, delete_topics
+from tests.helpers.kafka import delete_topics, read_all
+from tests.helpers.services import Services
 from worker.deadletters import DeadLetter, DeadLetters
 from worker.metrics import Metrics
 

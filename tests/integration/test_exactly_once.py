@@ -8,25 +8,19 @@ import random
 import asyncpg
 import pytest
 
-from tests.support import (
+from tests.helpers.books import (
     TOKEN_A,
     TOKEN_B,
     TOKEN_C,
     Account,
-    Services,
-    Topics,
-    WorkerProcess,
-    count,
-    create_test_topics,
-    delete_topics,
-    env_for,
     make_account,
-    make_settings,
-    publish,
     set_sol_price,
     signal_message,
-    wait_for_count,
 )
+from tests.helpers.db import count
+from tests.helpers.kafka import Topics, create_test_topics, delete_topics, publish
+from tests.helpers.services import Services
+from tests.helpers.workers import WorkerProcess, wait_for_count, worker_env
 from worker.db.ledger import find_violations
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -78,7 +72,7 @@ async def test_sigkill_mid_stream_and_restart_executes_each_pair_once(
 ) -> None:
     users, agents, per_user = 5, 10, 100  # 500 signals x 10 agents
     accounts = await _accounts(db_conn, users, agents)
-    env = env_for(make_settings(services, db_url, topics))
+    env = worker_env(services, db_url, topics)
     worker = WorkerProcess(env).start()
     await worker.wait_started()
     stream = _stream(accounts, per_user)
@@ -124,7 +118,7 @@ async def test_group_of_two_then_three_workers_has_no_duplicate_and_no_gap(
     topics = await create_test_topics(services, partitions=6)
     users, agents, per_user = 6, 5, 60
     accounts = await _accounts(db_conn, users, agents)
-    env = env_for(make_settings(services, db_url, topics))
+    env = worker_env(services, db_url, topics)
     stream = _stream(accounts, per_user)
     workers = [WorkerProcess(env).start(), WorkerProcess(env).start()]
     try:

@@ -17,21 +17,18 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.support import (
+from tests.helpers.books import (
     TOKEN_A,
     TOKEN_B,
     TOKEN_C,
     Account,
-    Services,
-    Topics,
     make_account,
-    make_settings,
-    publish,
-    running_worker,
     set_sol_price,
     signal_message,
-    wait_for_count,
 )
+from tests.helpers.kafka import Topics, publish
+from tests.helpers.services import Services
+from tests.helpers.workers import make_settings, running_worker, wait_for_count
 from worker.db.ledger import find_violations
 from worker.domain.config import resolve_config
 from worker.domain.exits import stop_loss_target

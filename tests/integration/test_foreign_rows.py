@@ -11,16 +11,11 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
-from tests.support import (
-    TOKEN_A,
-    Services,
-    Topics,
-    env_for,
-    make_account,
-    make_settings,
-    run_cli,
-    set_sol_price,
-)
+from tests.helpers.books import TOKEN_A, make_account, set_sol_price
+from tests.helpers.cli import run_cli
+from tests.helpers.kafka import Topics
+from tests.helpers.services import Services
+from tests.helpers.workers import worker_env
 from worker.db.store import PgStore
 from worker.domain.config import DEFAULT_TRADING_CONFIG
 from worker.domain.fills import Fees
@@ -128,7 +123,7 @@ async def test_rows_nexgent_writes_are_accepted_and_its_agent_trades(
     assert (agent.agent_id, agent.decision.status) == (agent_id, ExecutionStatus.SUCCESS)
     assert outcome.config_problems == []  # its legacy key is accepted silently
 
-    env = env_for(make_settings(services, db_url, topics))
+    env = worker_env(services, db_url, topics)
     check = await run_cli(env, "check")
     assert check.code == 0, check.stdout
     lint = await run_cli(env, "agents", "lint")
@@ -155,7 +150,7 @@ async def test_agents_lint_lists_every_problem_and_fails_on_an_invalid_config(
             account.agents[i].agent_id,
             text,
         )
-    env = env_for(make_settings(services, db_url, topics))
+    env = worker_env(services, db_url, topics)
     lint = await run_cli(env, "agents", "lint")
     assert lint.code == 1
     lines = lint.stdout.splitlines()

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -14,23 +12,19 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
-from tests.support import (
+from tests.helpers.books import (
     TOKEN_A,
     TOKEN_B,
-    Services,
-    create_database,
-    create_test_topics,
-    delete_topics,
-    drop_database,
     make_account,
-    make_settings,
-    publish,
-    running_worker,
     set_price,
     set_sol_price,
     signal_message,
-    wait_for_count,
 )
+from tests.helpers.cli import CliRun, run_cli
+from tests.helpers.db import connected, create_database, drop_database
+from tests.helpers.kafka import create_test_topics, delete_topics, publish
+from tests.helpers.services import Services
+from tests.helpers.workers import make_settings, running_worker, wait_for_count
 from worker.db.snapshots import hour_of, snapshot_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -93,31 +87,20 @@ async def copy(history: History) -> AsyncIterator[str]:
     await drop_database(history.services, url)
 
 
-def check(url: str) -> subprocess.CompletedProcess[str]:
-    env = {"DATABASE_URL": url, "PATH": "/usr/bin:/bin"}
-    return subprocess.run(
-        [sys.executable, "-m", "worker", "check"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+async def check(url: str) -> CliRun:
+    return await run_cli({"DATABASE_URL": url, "PATH": "/usr/bin:/bin"}, "check", timeout_s=60)
 
 
 async def test_check_passes_on_the_history(copy: str) -> None:
-    conn = await asyncpg.connect(copy)
-    try:
+    async with connected(copy) as conn:
         kinds = await conn.fetch("SELECT status, count(*) FROM signal_executions GROUP BY 1")
         sales = await conn.fetchval(
             "SELECT count(*) FROM agent_transactions WHERE input_mint = $1", TOKEN_A
         )
-    finally:
-        await conn.close()
     assert {r["status"]: r["count"] for r in kinds} == {"success": 3, "skipped": 1}
     assert sales == 4  # two take-profit sales, two stop-loss closes
-    result = check(copy)
-    assert result.returncode == 0, result.stdout + result.stderr
+    result = await check(copy)
+    assert result.code == 0, result
     assert result.stdout.strip() == "check: all ledger invariants hold"
 
 
@@ -187,24 +170,21 @@ BREAKS = {
 @pytest.mark.parametrize("name", list(BREAKS))
 async def test_check_fails_naming_the_row_of_each_broken_invariant(copy: str, name: str) -> None:
     invariant, sql = BREAKS[name]
-    conn = await asyncpg.connect(copy)
-    try:
+    async with connected(copy) as conn:
         *setup, returning = sql.split(";")
         for statement in setup:
             await conn.execute(statement)
         named = await conn.fetchval(returning)
-    finally:
-        await conn.close()
     assert named
-    result = check(copy)
-    assert result.returncode == 1, result.stdout + result.stderr
+    result = await check(copy)
+    assert result.code == 1, result
     lines = result.stdout.splitlines()
     assert any(line.startswith(f"invariant {invariant}:") and named in line for line in lines), (
         named,
         result.stdout,
     )
     assert lines[-1].startswith("check: ") and "violation" in lines[-1]
-    assert "Traceback" not in result.stderr
+    assert not any("Traceback" in line for line in result.stderr), result.stderr
 
 
 async def test_snapshots_write_one_row_per_wallet_and_hour_even_when_concurrent(
@@ -249,13 +229,6 @@ async def test_snapshots_write_one_row_per_wallet_and_hour_even_when_concurrent(
 
 async def test_the_snapshot_command_writes_this_hour(copy: str) -> None:
     env = {"DATABASE_URL": copy, "PATH": "/usr/bin:/bin"}
-    result = subprocess.run(
-        [sys.executable, "-m", "worker", "snapshot"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
+    result = await run_cli(env, "snapshot", timeout_s=60)
+    assert result.code == 0, result.stderr
     assert "snapshot: 2 wallet snapshot(s)" in result.stdout

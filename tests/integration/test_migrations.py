@@ -9,13 +9,14 @@ import asyncio
 import json
 import os
 import re
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
 import pytest
 
+from tests.helpers.cli import CliRun, finish_cli, run_cli, start_cli
+from tests.helpers.db import connected
 from worker.db.migrations import (
     MIGRATION_LOCK_ID,
     Migration,
@@ -42,11 +43,8 @@ WHERE locktype = 'advisory' AND NOT granted
 
 @pytest.fixture
 async def conn(empty_db: str) -> AsyncIterator[asyncpg.Connection]:
-    connection = await asyncpg.connect(empty_db)
-    try:
+    async with connected(empty_db) as connection:
         yield connection
-    finally:
-        await connection.close()
 
 
 @pytest.fixture
@@ -78,26 +76,6 @@ def cli_env(db_url: str) -> dict[str, str]:
     return env
 
 
-async def start_cli(db_url: str, *args: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "worker",
-        "migrate",
-        *args,
-        cwd=ROOT,
-        env=cli_env(db_url),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-
-
-async def finish(proc: asyncio.subprocess.Process) -> tuple[int, str, str]:
-    out, err = await asyncio.wait_for(proc.communicate(), CLI_TIMEOUT_S)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
 def applied_names(err: str) -> list[str]:
     """The files a `migrate` run applied, from its `migration_applied` log lines (JSON)."""
     events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
@@ -114,8 +92,14 @@ def up_to_date(err: str) -> dict[str, int]:
     return {"applied_now": event["applied_now"], "migrations": event["migrations"]}
 
 
-async def run_cli(db_url: str, *args: str) -> tuple[int, str, str]:
-    return await finish(await start_cli(db_url, *args))
+def plain(run: CliRun) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of a `migrate` run."""
+    return run.code, run.stdout, "\n".join(run.stderr)
+
+
+async def migrate_cli(db_url: str, *args: str) -> tuple[int, str, str]:
+    """`signal-worker migrate ARGS` against `db_url`, to its end."""
+    return plain(await run_cli(cli_env(db_url), "migrate", *args, timeout_s=CLI_TIMEOUT_S))
 
 
 # ------------------------------------------------------------------------ the function
@@ -239,8 +223,7 @@ async def test_dry_run_lists_pending_files_and_writes_nothing(
 async def test_the_lock_is_released_after_success_and_failure(
     conn: asyncpg.Connection, empty_db: str, tmp_path: Path
 ) -> None:
-    other = await asyncpg.connect(empty_db)
-    try:
+    async with connected(empty_db) as other:
         write(tmp_path, "0001_a.sql", "CREATE TABLE a (id int);")
         await migrate(conn, load_migrations(tmp_path))
         assert await other.fetchval("SELECT pg_try_advisory_lock($1)", MIGRATION_LOCK_ID)
@@ -250,8 +233,6 @@ async def test_the_lock_is_released_after_success_and_failure(
         with pytest.raises(MigrationError):
             await migrate(conn, load_migrations(tmp_path))
         assert await other.fetchval("SELECT pg_try_advisory_lock($1)", MIGRATION_LOCK_ID)
-    finally:
-        await other.close()
 
 
 # ----------------------------------------------------------------------------- the CLI
@@ -260,8 +241,8 @@ async def test_the_lock_is_released_after_success_and_failure(
 async def test_cli_migrate_twice_applies_then_does_nothing(
     empty_db: str, conn: asyncpg.Connection
 ) -> None:
-    code1, out1, err1 = await run_cli(empty_db)
-    code2, out2, err2 = await run_cli(empty_db)
+    code1, out1, err1 = await migrate_cli(empty_db)
+    code2, out2, err2 = await migrate_cli(empty_db)
 
     assert (code1, code2) == (0, 0), err1 + err2
     assert applied_names(err1) == real_names()
@@ -276,7 +257,7 @@ async def test_three_processes_at_once_apply_each_file_exactly_once(
 ) -> None:
     # Hold the lock until all three wait for it, so they really do run at the same time.
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
-    procs = [await start_cli(empty_db) for _ in range(3)]
+    procs = [await start_cli(cli_env(empty_db), "migrate") for _ in range(3)]
     try:
         try:
             async with asyncio.timeout(CLI_TIMEOUT_S):
@@ -286,7 +267,10 @@ async def test_three_processes_at_once_apply_each_file_exactly_once(
         except TimeoutError:
             pytest.fail("the three processes never waited for the lock")
         await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
-        results = await asyncio.gather(*(finish(p) for p in procs))
+        results = [
+            plain(run)
+            for run in await asyncio.gather(*(finish_cli(p, CLI_TIMEOUT_S) for p in procs))
+        ]
     finally:
         for proc in procs:
             if proc.returncode is None:
@@ -306,7 +290,7 @@ async def test_cli_refuses_an_edited_applied_file(
     core = schema_copy / "0001_core.sql"
     core.write_text(core.read_text(encoding="utf-8").replace("varchar(44)", "varchar(45)", 1))
 
-    code, _, err = await run_cli(empty_db, "--schema-dir", str(schema_copy))
+    code, _, err = await migrate_cli(empty_db, "--schema-dir", str(schema_copy))
 
     assert code == 1
     assert "0001_core.sql was changed after it was applied" in err
@@ -318,7 +302,7 @@ async def test_cli_refuses_an_edited_applied_file(
 async def test_cli_dry_run_lists_pending_files_without_applying(
     empty_db: str, conn: asyncpg.Connection
 ) -> None:
-    code, out, err = await run_cli(empty_db, "--dry-run")
+    code, out, err = await migrate_cli(empty_db, "--dry-run")
 
     assert code == 0, err
     assert WOULD_APPLY_LINE.findall(out) == real_names()
@@ -331,7 +315,7 @@ async def test_cli_reports_a_failing_file_and_exits_non_zero(
 ) -> None:
     write(tmp_path, "0001_bad.sql", "CREATE TABLE a (id int);\nCREATE TABLE a (id int);")
 
-    code, _, err = await run_cli(empty_db, "--schema-dir", str(tmp_path))
+    code, _, err = await migrate_cli(empty_db, "--schema-dir", str(tmp_path))
 
     assert code == 1
     assert "0001_bad.sql failed" in err

@@ -13,21 +13,13 @@ from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from aiokafka.structs import TopicPartition
 from structlog.testing import capture_logs
 
-from tests.support import (
-    Services,
-    Topics,
-    count,
-    env_for,
-    make_account,
-    make_settings,
-    publish,
-    run_cli,
-    running_worker,
-    set_sol_price,
-    signal_message,
-    wait_for,
-    wait_for_count,
-)
+from tests.helpers.books import make_account, set_sol_price, signal_message
+from tests.helpers.cli import run_cli
+from tests.helpers.db import count
+from tests.helpers.http import http_get
+from tests.helpers.kafka import Topics, publish
+from tests.helpers.services import Services
+from tests.helpers.workers import env_for, make_settings, running_worker, wait_for, wait_for_count
 from worker.metrics import Metrics
 from worker.settings import Settings
 
@@ -39,19 +31,6 @@ STORE = (
     "INSERT INTO consumer_offsets (consumer_group, topic, partition, next_offset, topic_id) "
     "VALUES ($1, $2, $3, $4, $5)"
 )
-
-
-async def http_get(port: int, path: str) -> tuple[int, str]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
-        await writer.drain()
-        data = await asyncio.wait_for(reader.read(), timeout=10)
-    finally:
-        writer.close()
-        await writer.wait_closed()
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split()[1]), body.decode()
 
 
 def blocked(metrics: Metrics) -> dict[tuple[str, str], str]:

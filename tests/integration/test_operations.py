@@ -7,7 +7,6 @@ so that its metrics registry and HTTP port are at hand.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -17,29 +16,13 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import (
-    TOKEN_A,
-    TOKEN_B,
-    CliRun,
-    OwnServices,
-    Services,
-    Topics,
-    create_test_topics,
-    delete_topics,
-    drop_database,
-    env_for,
-    make_account,
-    make_settings,
-    publish,
-    read_topic,
-    run_cli,
-    running_worker,
-    set_sol_price,
-    signal_message,
-    wait_for,
-    wait_for_count,
-)
-from worker.db.migrations import default_schema_dir, load_migrations, migrate
+from tests.helpers.books import TOKEN_A, TOKEN_B, make_account, set_sol_price, signal_message
+from tests.helpers.cli import CliRun, run_cli
+from tests.helpers.db import connected, create_migrated, drop_database
+from tests.helpers.http import http_get
+from tests.helpers.kafka import Topics, create_test_topics, delete_topics, publish, read_topic
+from tests.helpers.services import OwnServices, Services
+from tests.helpers.workers import env_for, make_settings, running_worker, wait_for, wait_for_count
 from worker.metrics import Metrics
 from worker.settings import Settings
 
@@ -90,33 +73,16 @@ def parse_table(stdout: str) -> dict[tuple[str, int], Row]:
 
 
 async def stored_offsets(db_url: str, group: str) -> dict[tuple[str, int], int]:
-    conn = await asyncpg.connect(db_url)
-    try:
+    async with connected(db_url) as conn:
         rows = await conn.fetch(
             "SELECT topic, partition, next_offset FROM consumer_offsets WHERE consumer_group = $1",
             group,
         )
-    finally:
-        await conn.close()
     return {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
 
 
 async def table_counts(conn: asyncpg.Connection) -> dict[str, int]:
     return {t: await conn.fetchval(f"SELECT count(*) FROM {t}") for t in TABLES}
-
-
-async def http_get(port: int, path: str) -> tuple[int, str]:
-    """A plain HTTP/1.1 GET against the worker's server; (status, body)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
-        await writer.drain()
-        data = await asyncio.wait_for(reader.read(), timeout=10)
-    finally:
-        writer.close()
-        await writer.wait_closed()
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split()[1]), body.decode()
 
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -428,21 +394,9 @@ async def test_metrics_move_by_what_a_run_did(
 @pytest.fixture
 async def own_database(own_services: OwnServices) -> AsyncIterator[str]:
     """A database with the schema on the restartable PostgreSQL."""
-    own = own_services.services
-    name = f"sw_ops_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(own.database_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    url = own.with_database(name)
-    conn = await asyncpg.connect(url)
-    try:
-        await migrate(conn, load_migrations(default_schema_dir()))
-    finally:
-        await conn.close()
+    url = await create_migrated(own_services.services)
     yield url
-    await drop_database(own, url)
+    await drop_database(own_services.services, url)
 
 
 @pytest.mark.timeout(180)

@@ -12,17 +12,11 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.support import (
-    TOKEN_A,
-    TOKEN_B,
-    Services,
-    Topics,
-    env_for,
-    make_account,
-    make_settings,
-    run_cli,
-    set_sol_price,
-)
+from tests.helpers.books import TOKEN_A, TOKEN_B, make_account, set_sol_price
+from tests.helpers.cli import run_cli
+from tests.helpers.kafka import Topics
+from tests.helpers.services import Services
+from tests.helpers.workers import worker_env
 from worker.config_cache import ConfigTexts
 from worker.db.store import PgStore
 from worker.domain.config import OversizedConfig
@@ -117,7 +111,7 @@ async def test_an_oversized_config_fails_its_agent_and_never_leaves_the_database
     assert moved.closes == {"stop_loss": 3}  # the big agent's too: at -32% it would stay
     assert [p.agent_id for p in moved.config_problems] == [big]
 
-    lint = await run_cli(env_for(make_settings(services, db_url, topics)), "agents", "lint")
+    lint = await run_cli(worker_env(services, db_url, topics), "agents", "lint")
     assert lint.code == 1, lint.stdout
     assert f"agent {big} (agent 1, user {account.user_id}): invalid: {failed.reason}" in (
         lint.stdout

@@ -11,25 +11,18 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.support import (
+from tests.helpers.books import (
     TOKEN_A,
     TOKEN_B,
     TOKEN_C,
-    Services,
-    Topics,
-    create_database,
-    create_test_topics,
-    delete_topics,
-    drop_database,
     make_account,
-    make_settings,
-    publish,
-    read_topic,
-    running_worker,
     set_sol_price,
     signal_message,
-    wait_for_count,
 )
+from tests.helpers.db import create_database, drop_database
+from tests.helpers.kafka import Topics, create_test_topics, delete_topics, publish, read_topic
+from tests.helpers.services import Services
+from tests.helpers.workers import make_settings, running_worker, wait_for_count
 from worker.db import accounts
 from worker.db.ledger import find_violations
 from worker.db.offsets import set_offset

@@ -13,7 +13,8 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
-from tests.support import TOKEN_A, TOKEN_B
+from tests.helpers.books import TOKEN_A, TOKEN_B
+from tests.helpers.db import connected
 from worker.db.prices import UPKEEP_DAYS_AHEAD, PriceQueries, partition_name, price_history_upkeep
 from worker.domain.records import PriceWrite
 
@@ -37,13 +38,9 @@ async def _partitions(conn: asyncpg.Connection) -> set[str]:
 async def _reader(db_url: str) -> AsyncIterator[asyncpg.Connection]:
     """A session in an open transaction that has read the history (a `pg_dump`, an
     analyst): ACCESS SHARE on it and on each of its partitions until it ends."""
-    conn = await asyncpg.connect(db_url)
-    try:
-        async with conn.transaction():
-            await conn.fetchval("SELECT count(*) FROM token_price_history")
-            yield conn
-    finally:
-        await conn.close()
+    async with connected(db_url) as conn, conn.transaction():
+        await conn.fetchval("SELECT count(*) FROM token_price_history")
+        yield conn
 
 
 async def _waiting(conn: asyncpg.Connection, pid: int) -> None:

@@ -9,7 +9,6 @@ import errno
 import io
 import json
 import os
-import sys
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -18,18 +17,11 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.support import (
-    ROOT,
-    TOKEN_A,
-    TOKEN_B,
-    Account,
-    Services,
-    Topics,
-    env_for,
-    make_account,
-    make_settings,
-    run_cli,
-)
+from tests.helpers.books import TOKEN_A, TOKEN_B, Account, make_account
+from tests.helpers.cli import run_cli, start_cli
+from tests.helpers.kafka import Topics
+from tests.helpers.services import Services
+from tests.helpers.workers import worker_env
 from worker.config_cache import ConfigTexts
 from worker.db.prices import price_history_upkeep
 from worker.db.store import PgStore
@@ -124,7 +116,7 @@ async def test_report_shows_each_agents_trades_as_json_csv_and_a_table(
     services: Services, db_url: str, topics: Topics, db_conn: asyncpg.Connection, tmp_path: Path
 ) -> None:
     account = await _trade(db_conn)
-    env = env_for(make_settings(services, db_url, topics))
+    env = worker_env(services, db_url, topics)
     done = await run_cli(env, "report", "--user", str(account.user_id), "--format", "json")
     assert done.code == 0, done.stderr
     rows = {r["name"]: r for r in json.loads(done.stdout)}
@@ -162,7 +154,7 @@ async def test_replay_of_the_record_matches_it_and_a_grid_changes_the_exits(
     services: Services, db_url: str, topics: Topics, db_conn: asyncpg.Connection, tmp_path: Path
 ) -> None:
     account = await _trade(db_conn)
-    env = env_for(make_settings(services, db_url, topics))
+    env = worker_env(services, db_url, topics)
     done = await run_cli(env, "replay", "--user", str(account.user_id), "--format", "json",
                          "--vary", "stopLoss.defaultPercentage=-4,-50")  # fmt: skip
     assert done.code == 0, done.stderr
@@ -226,7 +218,7 @@ async def test_bad_input_gets_one_clear_line(
     error: str,
 ) -> None:
     await _trade(db_conn)
-    done = await run_cli(env_for(make_settings(services, db_url, topics)), *args)
+    done = await run_cli(worker_env(services, db_url, topics), *args)
     assert done.code == 2, (done.stdout, done.stderr)
     assert done.stdout == ""
     assert any(error in line for line in done.stderr), done.stderr
@@ -237,7 +229,7 @@ async def test_replay_of_message_files_needs_their_times_and_names_a_bad_line(
     services: Services, db_url: str, topics: Topics, db_conn: asyncpg.Connection, tmp_path: Path
 ) -> None:
     account = await _trade(db_conn)
-    env = env_for(make_settings(services, db_url, topics))
+    env = worker_env(services, db_url, topics)
     signals = tmp_path / "signals.jsonl"
     ticks = tmp_path / "ticks.jsonl"
     at = (T0 + timedelta(minutes=5)).isoformat()
@@ -268,7 +260,7 @@ async def test_replay_refuses_unknown_config_keys_unless_allowed(
     """Issue 20, item 12: a misspelt key in --config or --vary would replay as if it changed
     something; it is refused with the keys `agents lint` would list, unless allowed."""
     await _trade(db_conn)
-    env = env_for(make_settings(services, db_url, topics))
+    env = worker_env(services, db_url, topics)
     typo = _file(tmp_path, {"stopLoss": {"defaultPercentge": -4}, "signal": {}}, "typo.json")
     refused = await run_cli(env, "replay", "--config", str(typo))
     assert refused.code == 2, refused.stderr
@@ -295,7 +287,7 @@ async def test_names_are_escaped_in_report_replay_and_agents_lint(
                           account.agents[0].agent_id)  # fmt: skip
     await db_conn.execute("UPDATE agents SET name = $1 WHERE id = $2", "=1+1",
                           account.agents[1].agent_id)  # fmt: skip
-    env = env_for(make_settings(services, db_url, topics))
+    env = worker_env(services, db_url, topics)
     for args in (["report"], ["replay"], ["agents", "lint"]):
         await db_conn.execute("UPDATE agents SET trading_config = trading_config || "
                               "jsonb_build_object('x\x1b[2J', 1)")  # fmt: skip
@@ -318,13 +310,10 @@ async def test_replay_reads_its_input_before_it_opens_a_transaction(
     while it waited for its input, and a migration's lock queued behind it. The replay
     reads a FIFO here: while it waits for the data, it has no session in the database."""
     account = await _trade(db_conn)
-    env = env_for(make_settings(services, db_url, topics))
+    env = worker_env(services, db_url, topics)
     fifo = tmp_path / "signals.fifo"
     os.mkfifo(fifo)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "worker", "replay", "--signals", str(fifo), "--format", "json",
-        env=env, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    proc = await start_cli(env, "replay", "--signals", str(fifo), "--format", "json")
     try:
         # A FIFO opens for writing (without blocking) only once its reader has opened it.
         fd = None

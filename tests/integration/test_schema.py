@@ -9,14 +9,7 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
-from tests.builders import (
-    HUGE_PRICE,
-    MINT,
-    TINY,
-    add_graph,
-    add_wallet,
-    count,
-)
+from tests.builders import HUGE_PRICE, MINT, TINY, add_graph, add_wallet, count
 from tests.integration.schema_catalogue import (
     CASCADE,
     EXPECTED_COLUMNS,

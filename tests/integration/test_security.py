@@ -19,20 +19,12 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from tests.support import (
-    TOKEN_A,
-    Services,
-    Topics,
-    WorkerProcess,
-    assert_log_lines_then_one_error,
-    env_for,
-    make_account,
-    make_certificate,
-    make_settings,
-    run_cli,
-    set_sol_price,
-    wait_for_count,
-)
+from tests.helpers.books import TOKEN_A, make_account, set_sol_price
+from tests.helpers.certificates import make_certificate
+from tests.helpers.cli import assert_log_lines_then_one_error, run_cli
+from tests.helpers.kafka import Topics
+from tests.helpers.services import Services
+from tests.helpers.workers import WorkerProcess, env_for, make_settings, wait_for_count, worker_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -126,7 +118,7 @@ async def test_a_wrong_password_stops_the_worker_at_once_with_one_clear_line(
 ) -> None:
     wrong = "wrong-password-never-logged"
     env = sasl_env(
-        {**env_for(make_settings(services, db_url, topics)), "STARTUP_TIMEOUT_S": "5"},
+        {**worker_env(services, db_url, topics), "STARTUP_TIMEOUT_S": "5"},
         sasl_bootstrap,
         mechanism,
         wrong,
@@ -147,7 +139,7 @@ async def test_run_with_an_unreachable_broker_ends_in_one_line_after_bounded_ret
     services: Services, db_url: str, topics: Topics
 ) -> None:
     env = {
-        **env_for(make_settings(services, db_url, topics)),
+        **worker_env(services, db_url, topics),
         "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
         "STARTUP_TIMEOUT_S": "3",
     }
@@ -187,7 +179,7 @@ async def test_a_broker_certificate_the_ca_file_did_not_sign_fails_at_once(
 ) -> None:
     port, other_ca = tls_server
     env = {
-        **env_for(make_settings(services, db_url, topics)),
+        **worker_env(services, db_url, topics),
         "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}",
         "KAFKA_SECURITY_PROTOCOL": "SSL",
         "KAFKA_SSL_CAFILE": str(other_ca),

@@ -23,8 +23,8 @@ from uuid import UUID
 import asyncpg
 import pytest
 
+from tests.helpers.books import LONG_AGO, TOKEN_A, TOKEN_B, Account, make_account, set_price
 from tests.memory import add_agent, pause, set_config
-from tests.support import LONG_AGO, TOKEN_A, TOKEN_B, Account, make_account, set_price
 from worker.config_cache import ConfigTexts
 from worker.db.accounts import FundedAgent
 from worker.db.store import PgStore

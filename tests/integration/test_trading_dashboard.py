@@ -20,8 +20,9 @@ from typing import Any
 import asyncpg
 import pytest
 
+from tests.helpers.books import TOKEN_A, make_account
+from tests.helpers.services import ROOT
 from tests.integration.test_report_replay import _trade
-from tests.support import ROOT, TOKEN_A, make_account
 from worker.db.snapshots import hour_of, snapshot_all
 from worker.db.store import PgStore
 from worker.domain.models import Signal

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tests.support import TOKEN_A, TOKEN_B, make_account
+from tests.helpers.books import TOKEN_A, TOKEN_B, make_account
 from worker.config_cache import ConfigTexts
 from worker.db.ledger import find_violations
 from worker.db.snapshots import hour_of, snapshot_all

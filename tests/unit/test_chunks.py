@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from tests.support import TOKEN_A as TOKEN
+from tests.helpers.books import TOKEN_A as TOKEN
 from worker.batching import (
     MAX_EXECUTIONS_PER_TRANSACTION,
     UNKNOWN_FANOUT,

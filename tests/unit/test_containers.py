@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support import KAFKA_IMAGE, POSTGRES_IMAGE
+from tests.helpers.services import KAFKA_IMAGE, POSTGRES_IMAGE
 from worker.db.migrations import default_schema_dir
 from worker.settings import Settings
 

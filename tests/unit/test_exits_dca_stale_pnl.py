@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal, localcontext
 from typing import Any
 
@@ -11,6 +10,8 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from tests.helpers.positions import AVG, T0
+from tests.helpers.positions import make_position as position
 from worker.domain.config import resolve_config
 from worker.domain.exits import (
     DcaOutcome,
@@ -29,22 +30,15 @@ from worker.domain.fills import buy_fill, sell_fill, token_price_sol
 from worker.domain.models import PositionState
 from worker.domain.money import MATH_CONTEXT
 
-T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 NOW = T0 + timedelta(hours=2)
-AVG = Decimal("0.001")
 
 # Moderate DCA: two levels, each at -20 % from the (current) average buying 75 % more.
 DCA = resolve_config({"dca": {"enabled": True}})
 
 
 def make_position(**changes: Any) -> PositionState:
-    position = PositionState(
-        purchase_price=AVG,
-        purchase_amount=Decimal(1000),
-        total_invested_sol=Decimal("1.00000000"),
-        created_at=T0,
-    )
-    return dataclasses.replace(position, **changes)
+    """The shared position, bought for exactly 1 SOL (round P/L figures)."""
+    return position(**{"total_invested_sol": Decimal("1.00000000"), **changes})
 
 
 # --- DCA ---------------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
@@ -11,6 +10,8 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from tests.helpers.positions import AVG
+from tests.helpers.positions import make_position as position
 from worker.domain.config import AgentTradingConfig, resolve_config
 from worker.domain.exits import (
     StopLossOutcome,
@@ -20,21 +21,17 @@ from worker.domain.exits import (
 )
 from worker.domain.models import PositionState
 
-T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
-AVG = Decimal("0.001")
-
 
 def make_position(**changes: Any) -> PositionState:
-    position = PositionState(
-        purchase_price=AVG,
-        purchase_amount=Decimal(1000),
-        total_invested_sol=Decimal("1.00001"),
-        created_at=T0,
-        current_stop_loss_percentage=Decimal("-32.00"),
-        peak_price=AVG,
-        lowest_price=AVG,
+    """The shared position, its stop at -32 % and its peak and low at the purchase price."""
+    return position(
+        **{
+            "current_stop_loss_percentage": Decimal("-32.00"),
+            "peak_price": AVG,
+            "lowest_price": AVG,
+            **changes,
+        }
     )
-    return dataclasses.replace(position, **changes)
 
 
 def mode(name: str, **stop_loss: Any) -> AgentTradingConfig:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
 
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from tests.helpers.positions import AVG, make_position
 from worker.domain.config import AgentTradingConfig, resolve_config
 from worker.domain.exits import (
     TakeProfitOutcome,
@@ -19,22 +18,23 @@ from worker.domain.exits import (
 )
 from worker.domain.models import PositionState
 
-T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
-AVG = Decimal("0.001")
-
 # Moderate (the default): targets 50/150/300/400 % selling 25/25/25/15 % of the purchase
 # amount, moon bag of 10 % once the gain reaches 300 % or the last level.
 MODERATE = resolve_config({"takeProfit": {"enabled": True}})
-
-
-def make_position(**changes: Any) -> PositionState:
-    position = PositionState(
-        purchase_price=AVG,
-        purchase_amount=Decimal(1000),
-        total_invested_sol=Decimal("1.00001"),
-        created_at=T0,
-    )
-    return dataclasses.replace(position, **changes)
+# Two levels of half each, and no moon bag.
+HALVES = resolve_config(
+    {
+        "takeProfit": {
+            "enabled": True,
+            "mode": "custom",
+            "levels": [
+                {"targetPercent": 50, "sellPercent": 50},
+                {"targetPercent": 100, "sellPercent": 50},
+            ],
+            "moonBag": {"enabled": False},
+        }
+    }
+)
 
 
 def at_gain(percent: int | str) -> Decimal:
@@ -155,20 +155,7 @@ def test_a_batch_never_fires_past_the_stored_total() -> None:
 
 
 def test_full_exit_without_a_moon_bag() -> None:
-    cfg = resolve_config(
-        {
-            "takeProfit": {
-                "enabled": True,
-                "mode": "custom",
-                "levels": [
-                    {"targetPercent": 50, "sellPercent": 50},
-                    {"targetPercent": 100, "sellPercent": 50},
-                ],
-                "moonBag": {"enabled": False},
-            }
-        }
-    )
-    outcome = evaluate(make_position(), 120, cfg)
+    outcome = evaluate(make_position(), 120, HALVES)
     assert outcome.sell_amount == Decimal(1000)
     assert outcome.remaining_amount == 0
     assert outcome.is_full_exit
@@ -176,43 +163,15 @@ def test_full_exit_without_a_moon_bag() -> None:
 
 
 def test_dust_left_by_rounding_is_sold_with_the_last_level() -> None:
-    cfg = resolve_config(
-        {
-            "takeProfit": {
-                "enabled": True,
-                "mode": "custom",
-                "levels": [
-                    {"targetPercent": 50, "sellPercent": 50},
-                    {"targetPercent": 100, "sellPercent": 50},
-                ],
-                "moonBag": {"enabled": False},
-            }
-        }
-    )
     position = make_position(purchase_amount=Decimal("1.000000000000000001"))
-    first = evaluate(position, 60, cfg)
+    first = evaluate(position, 60, HALVES)
     assert first.sell_amount == Decimal("0.5")  # 0.5000000000000000005 rounded down
     after = dataclasses.replace(
         position, remaining_amount=first.remaining_amount, take_profit_levels_hit=first.levels_hit
     )
-    last = evaluate(after, 110, cfg)
+    last = evaluate(after, 110, HALVES)
     assert last.sell_amount == Decimal("0.500000000000000001")  # 1e-18 of dust swept along
     assert last.is_full_exit
-
-
-HALVES = resolve_config(
-    {
-        "takeProfit": {
-            "enabled": True,
-            "mode": "custom",
-            "levels": [
-                {"targetPercent": 50, "sellPercent": 50},
-                {"targetPercent": 100, "sellPercent": 50},
-            ],
-            "moonBag": {"enabled": False},
-        }
-    }
-)
 
 
 def test_a_last_level_leaving_exactly_the_dust_threshold_keeps_it() -> None:

@@ -15,18 +15,13 @@ from typing import Any
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from tests.helpers.books import TOKEN_A as TOKEN
+from tests.helpers.books import TOKEN_B as OTHER
+from tests.helpers.books import TOKEN_C
 from tests.memory import RecordingStore, add_agent
-from tests.support import TOKEN_A as TOKEN
-from tests.support import TOKEN_B as OTHER
-from tests.support import TOKEN_C
 from worker.domain.fills import Fees
 from worker.domain.models import SOL_MINT, ExecutionStatus, Signal
-from worker.handlers import (
-    SignalOutcome,
-    UnknownUser,
-    buy_transaction_id,
-    handle_signals,
-)
+from worker.handlers import SignalOutcome, UnknownUser, buy_transaction_id, handle_signals
 from worker.settings import TradingSettings
 
 NOW = datetime(2026, 1, 1, 12, tzinfo=UTC)

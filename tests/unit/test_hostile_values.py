@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from aiokafka.structs import ConsumerRecord
 
+from tests.helpers.books import TOKEN_A as TOKEN
 from tests.memory import add_agent
-from tests.support import TOKEN_A as TOKEN
 from worker.batching import Fanouts, decode
 from worker.domain.config import resolve_config
 from worker.domain.fills import Fees

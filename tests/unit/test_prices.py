@@ -11,8 +11,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from tests.helpers.books import TOKEN_A as TOKEN
 from tests.memory import RecordingStore, add_agent, held, open_position, pause, set_config
-from tests.support import TOKEN_A as TOKEN
 from worker.config_cache import ENTRY_OVERHEAD, ConfigTexts
 from worker.domain.config import exit_rules, resolve_config
 from worker.domain.models import SOL_MINT, CloseReason, PositionState, PriceTick

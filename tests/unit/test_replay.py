@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import TOKEN_A, TOKEN_B
+from tests.helpers.books import TOKEN_A, TOKEN_B
 from worker.commands.replay import grid
 from worker.domain.models import SOL_MINT, PriceTick, Signal
 from worker.domain.records import AgentSetup

@@ -8,8 +8,6 @@ must parse, name the contract's topics and refer to those files.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.helpers.cli import run_cli
 from worker.commands.schema import SCHEMAS, render, write_schemas
 from worker.messages import PriceTickV1, SignalV1
 from worker.settings import Settings
@@ -85,16 +84,9 @@ def test_committed_schema_files_are_what_the_models_generate(tmp_path: Path) -> 
         )
 
 
-def test_the_schema_command_writes_the_same_files(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "worker", "schema", "--out", str(tmp_path / "out")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+async def test_the_schema_command_writes_the_same_files(tmp_path: Path) -> None:
+    done = await run_cli(None, "schema", "--out", str(tmp_path / "out"), timeout_s=60)
+    assert done.code == 0, done.stderr
     for name, model in SCHEMAS.items():
         assert (tmp_path / "out" / name).read_text(encoding="utf-8") == render(model)
         assert f"wrote {tmp_path / 'out' / name}" in done.stdout

@@ -7,10 +7,9 @@ all at once in the background, so they take as long as one bounded start-up retr
 
 from __future__ import annotations
 
+import asyncio
 import os
 import ssl
-import subprocess
-import sys
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,7 +19,9 @@ from typing import Any
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from tests.support import ROOT, TOKEN_A, assert_log_lines_then_one_error, make_certificate
+from tests.helpers.books import TOKEN_A
+from tests.helpers.certificates import make_certificate
+from tests.helpers.cli import CliRun, assert_log_lines_then_one_error, run_cli
 from worker.__main__ import main
 from worker.kafka import client_options
 from worker.settings import Settings, describe_error, mask_dsn
@@ -236,13 +237,6 @@ UNREACHABLE = {
 }
 
 
-@dataclass(frozen=True)
-class Result:
-    code: int
-    stdout: str
-    stderr: list[str]
-
-
 def _env(case: Case) -> dict[str, str]:
     env = {
         k: v
@@ -260,20 +254,12 @@ def _env(case: Case) -> dict[str, str]:
     return env
 
 
-def _run(case: Case) -> Result:
-    done = subprocess.run(
-        [sys.executable, "-m", "worker", *case.args],
-        env=_env(case),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    return Result(done.returncode, done.stdout, done.stderr.splitlines())
+def _run(case: Case) -> CliRun:
+    """The real CLI; in a thread's own event loop, so that the cases can run side by side."""
+    return asyncio.run(run_cli(_env(case), *case.args, timeout_s=60))
 
 
-def _check_bad_value(result: Result, case: Case) -> None:
+def _check_bad_value(result: CliRun, case: Case) -> None:
     assert result.code == 2, result
     assert len(result.stderr) == 1, result.stderr
     [line] = result.stderr
@@ -296,7 +282,7 @@ def test_a_bad_value_exits_2_with_one_line_naming_the_variable(
         monkeypatch.setenv(variable, value)
     code = main(list(case.args))
     out, err = capsys.readouterr()
-    _check_bad_value(Result(code, out, err.splitlines()), case)
+    _check_bad_value(CliRun(code, out, err.splitlines()), case)
 
 
 def test_a_bad_value_through_python_dash_m_exits_2_with_one_line() -> None:
@@ -306,7 +292,7 @@ def test_a_bad_value_through_python_dash_m_exits_2_with_one_line() -> None:
 
 
 @pytest.fixture(scope="module")
-def unreachable() -> Iterator[dict[str, Future[Result]]]:
+def unreachable() -> Iterator[dict[str, Future[CliRun]]]:
     """Every unreachable-service case, started at once in the background."""
     with ThreadPoolExecutor(max_workers=len(UNREACHABLE)) as pool:
         yield {name: pool.submit(_run, case) for name, case in UNREACHABLE.items()}
@@ -314,7 +300,7 @@ def unreachable() -> Iterator[dict[str, Future[Result]]]:
 
 @pytest.mark.parametrize("name", list(UNREACHABLE))
 def test_an_unreachable_service_ends_in_one_clear_line_after_bounded_retries(
-    unreachable: dict[str, Future[Result]], name: str
+    unreachable: dict[str, Future[CliRun]], name: str
 ) -> None:
     case = UNREACHABLE[name]
     result = unreachable[name].result(timeout=60)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from aiokafka.structs import ConsumerRecord
 
-from tests.support import TOKEN_A as TOKEN
+from tests.helpers.books import TOKEN_A as TOKEN
 from worker.batching import decode
 from worker.errors import InvalidMessage
 from worker.messages import decode_price, decode_signal
