@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-from worker.domain.config import DEFAULT_MAX_CONFIG_BYTES, StoredConfigText
+from worker.domain.config_reading import DEFAULT_MAX_CONFIG_BYTES, StoredConfigText
 from worker.domain.ledger import NewPosition
 from worker.domain.models import PositionState
 from worker.domain.records import AgentSetup, ClosedPosition, OpenPosition

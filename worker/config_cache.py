@@ -29,13 +29,8 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 from uuid import UUID
 
-from worker.domain.config import (
-    ConfigReading,
-    StoredConfigText,
-    config_of_exit_rules,
-    read_config,
-    text_bytes,
-)
+from worker.domain.config_reading import ConfigReading, StoredConfigText, read_config, text_bytes
+from worker.domain.exit_rules import config_of_exit_rules
 
 MIB = 1024 * 1024
 READINGS_MAX_BYTES = 32 * MIB

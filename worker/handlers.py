@@ -17,8 +17,10 @@ from decimal import Decimal, localcontext
 from uuid import UUID
 
 from worker.config_cache import ConfigProblem, config_of_text, problem_of
-from worker.domain.config import AgentTradingConfig, ConfigReading, ExitRules, exit_rules
+from worker.domain.config import AgentTradingConfig
+from worker.domain.config_reading import ConfigReading
 from worker.domain.eligibility import decide_agent, is_subscriber
+from worker.domain.exit_rules import ExitRules, exit_rules
 from worker.domain.exits import open_position
 from worker.domain.fills import BuyFill, buy_fill
 from worker.domain.ledger import BalanceDelta, Holding, NewPosition, SwapRow, buy_rows

@@ -37,12 +37,11 @@ Unknown fields are ignored, as the contract says.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import unicodedata
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from typing import Annotated, Any, NoReturn
+from typing import Annotated
 from uuid import UUID
 
 import orjson
@@ -59,6 +58,7 @@ from pydantic import (
     field_validator,
 )
 
+from worker.domain.exact_json import JsonRefusedError, loads_exact
 from worker.domain.models import SOL_MINT, PriceTick, Signal
 from worker.domain.money import MATH_CONTEXT
 from worker.errors import InvalidMessage
@@ -76,7 +76,6 @@ _TIMESTAMP_RE = re.compile(TIMESTAMP_PATTERN, re.ASCII)
 # Unicode categories of a visible character: letters, numbers, punctuation, symbols.
 _VISIBLE_CATEGORIES = frozenset("LNPS")
 MAX_MESSAGE_BYTES = 1_048_576
-MAX_INT_DIGITS = 40
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST = datetime(9999, 12, 30, tzinfo=UTC)
 
@@ -351,41 +350,6 @@ class PriceTickV1(BaseModel):
         return PriceTick(self.token_address, self.price_usd, self.ts or received_at)
 
 
-class _UnacceptedNumberError(ValueError):
-    """A JSON number this worker does not accept (NaN, Infinity, too many digits)."""
-
-
-class _DuplicateKeyError(ValueError):
-    """A key twice in one JSON object."""
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """The object of `pairs`, refused when a key repeats: JSON readers differ on which of
-    the values counts (this one took the last), so a ledger takes neither. About 2 us per
-    object (tools/decode_cost.py), a tenth of a message's decoding."""
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise _DuplicateKeyError(f"the key {_shown(key)} appears twice in one object")
-            seen.add(key)
-    return obj
-
-
-def _refuse_constant(name: str) -> NoReturn:
-    raise _UnacceptedNumberError(f"{name} is not a number this worker accepts")
-
-
-def _parse_int(digits: str) -> int:
-    count = len(digits.lstrip("-"))
-    if count > MAX_INT_DIGITS:
-        raise _UnacceptedNumberError(
-            f"a number with {count} digits is too long (at most {MAX_INT_DIGITS} digits)"
-        )
-    return int(digits)
-
-
 def parse_json(raw: bytes | None) -> object:
     """Decode a record value as UTF-8 JSON with exact decimals; `InvalidMessage` otherwise."""
     if raw is None:
@@ -397,23 +361,9 @@ def parse_json(raw: bytes | None) -> object:
     except UnicodeDecodeError as exc:
         raise InvalidMessage(f"not UTF-8: {exc.reason} at byte {exc.start}") from exc
     try:
-        return json.loads(
-            text,
-            parse_float=Decimal,
-            parse_int=_parse_int,
-            parse_constant=_refuse_constant,
-            object_pairs_hook=_unique_keys,
-        )
-    except (_UnacceptedNumberError, _DuplicateKeyError) as exc:
-        raise InvalidMessage(f"not JSON this worker accepts: {exc}") from exc
-    except InvalidOperation as exc:  # a number's exponent beyond what a Decimal holds
-        raise InvalidMessage(
-            "not JSON this worker accepts: a number's exponent is too large"
-        ) from exc
-    except RecursionError as exc:
-        raise InvalidMessage("not JSON this worker accepts: nested too deeply") from exc
-    except ValueError as exc:
-        raise InvalidMessage(f"not JSON: {_first_line(str(exc))}") from exc
+        return loads_exact(text)
+    except JsonRefusedError as exc:
+        raise InvalidMessage(str(exc)) from exc
 
 
 def _first_line(text: str, limit: int = 300) -> str:

@@ -17,7 +17,8 @@ from decimal import Decimal
 from typing import Protocol
 from uuid import UUID
 
-from worker.domain.config import DEFAULT_MAX_CONFIG_BYTES, ExitRules, StoredConfigText
+from worker.domain.config_reading import DEFAULT_MAX_CONFIG_BYTES, StoredConfigText
+from worker.domain.exit_rules import ExitRules
 from worker.domain.ledger import BalanceDelta, NewPosition, SwapRow
 from worker.domain.models import Signal
 from worker.domain.records import (

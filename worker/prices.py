@@ -56,7 +56,8 @@ from worker.config_cache import (
     problem_of,
 )
 from worker.domain.columns import misfit
-from worker.domain.config import AgentTradingConfig, StoredConfigText
+from worker.domain.config import AgentTradingConfig
+from worker.domain.config_reading import StoredConfigText
 from worker.domain.fills import token_price_sol
 from worker.domain.models import SOL_MINT, PriceTick
 from worker.domain.planning import IdFactory, Step, TickTally, Writes, act_loud, trail_quiet

@@ -24,7 +24,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from worker.domain.config import DEFAULT_MAX_CONFIG_BYTES
+from worker.domain.config_reading import DEFAULT_MAX_CONFIG_BYTES
 from worker.domain.fills import Fees
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]

@@ -135,7 +135,7 @@ async def test_hostile_configs_fail_only_their_agents_and_positions_keep_their_e
         "than 1000000000000"
     )
     assert by_agent[broken["2,000 deep"].agent_id][1] == (
-        "invalid trading_config: JSON nested too deeply"
+        "invalid trading_config: not JSON this worker accepts: nested too deeply"
     )
     for agent in [*account.agents[:GOOD], reported]:
         assert by_agent[agent.agent_id] == ("success", None)

@@ -164,8 +164,7 @@ async def test_agents_lint_lists_every_problem_and_fails_on_an_invalid_config(
         for line in lines
     ), lines
     assert any(
-        line.startswith(f"agent {ids[1]} ") and line.endswith("JSON nested too deeply")
-        for line in lines
+        line.startswith(f"agent {ids[1]} ") and line.endswith("nested too deeply") for line in lines
     ), lines
     assert any(
         line.startswith(f"agent {ids[2]} ")

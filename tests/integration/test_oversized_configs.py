@@ -19,7 +19,7 @@ from tests.helpers.services import Services
 from tests.helpers.workers import worker_env
 from worker.config_cache import ConfigTexts
 from worker.db.store import PgStore
-from worker.domain.config import OversizedConfig
+from worker.domain.config_reading import OversizedConfig
 from worker.domain.models import ExecutionStatus, PriceTick, Signal
 from worker.handlers import SignalOutcome, handle_signals
 from worker.prices import handle_prices

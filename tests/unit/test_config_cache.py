@@ -16,7 +16,7 @@ from worker.config_cache import (
     ConfigTexts,
     config_of_text,
 )
-from worker.domain.config import OversizedConfig, capped, read_config, text_bytes
+from worker.domain.config_reading import OversizedConfig, capped, read_config, text_bytes
 
 
 def test_the_cache_drops_the_least_recent_entries_beyond_its_bound() -> None:

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from worker.domain.config import ConfigReading, read_config, resolve_config
+from worker.domain.config import resolve_config
+from worker.domain.config_reading import ConfigReading, read_config
 from worker.domain.eligibility import decide, decide_agent
 from worker.domain.models import Decision, ExecutionStatus, Signal, Subscriber
 
@@ -287,7 +288,8 @@ def test_decide_agent_fails_on_text_that_is_not_json_or_too_big_a_number() -> No
         ('{"purchaseLimits": {"maxPurchasePerToken": 1e400}}',
          "invalid trading_config: purchaseLimits.maxPurchasePerToken: Input should be less "
          "than 1000000000000"),
-        ("[" * 2000 + "]" * 2000, "invalid trading_config: JSON nested too deeply"),
+        ("[" * 2000 + "]" * 2000,
+         "invalid trading_config: not JSON this worker accepts: nested too deeply"),
     ]:  # fmt: skip
         decision = decide_agent(make_signal(), make_agent(), read_config(text), seed=SEED)
         assert decision == Decision(FAILED, reason)

@@ -16,7 +16,7 @@ import argparse
 from worker.commands.text import printable
 from worker.db.pool import connect_migrated
 from worker.db.store import PgStore
-from worker.domain.config import read_config
+from worker.domain.config_reading import read_config
 from worker.settings import Settings
 
 

@@ -30,7 +30,7 @@ from worker.commands.text import printable
 from worker.db.pool import connect_migrated
 from worker.db.replay import read_agents
 from worker.db.report import Filters, read_report
-from worker.domain.config import decode_json, unknown_keys
+from worker.domain.config_reading import decode_json, unknown_keys
 from worker.domain.models import PriceTick, Signal
 from worker.domain.records import AgentSetup
 from worker.domain.results import AgentResult

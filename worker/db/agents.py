@@ -9,7 +9,7 @@ from uuid import UUID
 import asyncpg
 
 from worker.db.base import OnConnection
-from worker.domain.config import DEFAULT_MAX_CONFIG_BYTES, OversizedConfig, StoredConfigText
+from worker.domain.config_reading import DEFAULT_MAX_CONFIG_BYTES, OversizedConfig, StoredConfigText
 from worker.domain.models import SOL_MINT
 from worker.domain.records import AgentRow
 

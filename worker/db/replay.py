@@ -12,7 +12,7 @@ import asyncpg
 
 from worker.db.agents import config_columns, stored_config
 from worker.db.ledger import LEDGER_MOVES
-from worker.domain.config import DEFAULT_MAX_CONFIG_BYTES
+from worker.domain.config_reading import DEFAULT_MAX_CONFIG_BYTES
 from worker.domain.models import SOL_MINT, Signal
 from worker.domain.records import AgentSetup, PriceWrite
 

@@ -11,7 +11,7 @@ from uuid import UUID
 
 from worker.db.base import OnConnection
 from worker.db.bulk import Bulk, Column
-from worker.domain.config import ExitRules
+from worker.domain.exit_rules import ExitRules
 from worker.domain.ledger import BalanceDelta, NewPosition, SwapRow, merge_deltas
 from worker.domain.models import SOL_MINT
 from worker.errors import DomainError

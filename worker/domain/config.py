@@ -10,18 +10,13 @@ Differences from the source system, on purpose:
 
 - `purchaseLimits.maxOpenPositions` (int, 1..1000, default 25) is new: the source
   hard-codes 25.
-- Keys this worker does not know are ignored, as the source ignores them (its zod schemas
-  strip them), so a config that Nexgent itself writes is accepted; but unlike the source
-  they are not silent: `read_config` lists them (`ConfigReading.unknown_keys`), the
-  worker logs and counts them once per config, and `signal-worker agents lint` lists them
-  per agent. So a typo such as `minscore` is reported, not refused. The source's legacy
-  key `stopLoss.continuousTrailing` (which it deletes on read) is accepted without a report.
+- Keys this worker does not know are ignored, and reported (`worker.domain.config_reading`).
 - Every number has finite bounds (beyond the source's, which has none above for most):
   a value must fit the column it reaches or the arithmetic it feeds, so a stored
   `1e400` is an invalid config with its reason, never an error deep in the pipeline.
-- The stored JSON text is decoded exactly (`read_config`: fractions and integers of more
-  than 40 digits as `Decimal`, nesting bounded), so no stored row can raise anything but
-  `InvalidConfig`.
+- The stored JSON text is decoded exactly, by the rules every JSON input follows
+  (`worker.domain.exact_json`), and read without raising (`worker.domain.config_reading`);
+  the exit sections a position was opened with are kept (`worker.domain.exit_rules`).
 - Booleans must be JSON booleans and integers may not be booleans.
 - Take-profit levels follow the mode, as DCA levels do (see `take_profit_levels`). The
   source always uses `takeProfit.levels`, whatever the mode: an agent set to `aggressive`
@@ -33,12 +28,9 @@ Differences from the source system, on purpose:
 
 from __future__ import annotations
 
-import json
-import uuid
 from collections.abc import Mapping, Sequence
 from copy import deepcopy
-from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from enum import StrEnum
 from itertools import pairwise
 from typing import Annotated, Any, Final, Self
@@ -53,7 +45,6 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
-from pydantic.fields import FieldInfo
 
 from worker.domain.money import fmt
 
@@ -68,9 +59,7 @@ PCT_LIMIT = Decimal(10) ** 6
 MINUTES_LIMIT = Decimal(10) ** 8  # about 190 years
 INT32_MAX = 2**31 - 1
 # Integers of a stored config longer than this are read as Decimal, not int.
-MAX_INT_DIGITS = 40
 # Keys of the source's configs that it deletes on read: accepted without a report.
-LEGACY_KEYS: Final = frozenset({"stopLoss.continuousTrailing"})
 
 
 class InvalidConfig(ValueError):  # noqa: N818 - the name the pipeline codes against
@@ -458,209 +447,6 @@ def resolve_config(stored: object) -> AgentTradingConfig:
     except ValidationError as exc:
         msg = _describe(exc)
         raise InvalidConfig(msg) from exc
-
-
-# The largest stored config (its JSON text, UTF-8) the worker reads, unless
-# AGENT_CONFIG_MAX_BYTES says otherwise. Realistic configs are about 1 KB.
-DEFAULT_MAX_CONFIG_BYTES: Final = 64 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class OversizedConfig:
-    """A stored `trading_config` larger than the cap, in place of its text: the database
-    sends its size, never the text (`worker.db.agents`), so no stored row can take the
-    worker's memory. It reads as an invalid config: the agent buys nothing (each
-    execution `failed` with `reason`), its open positions keep the exit rules they were
-    opened with."""
-
-    size_bytes: int
-    max_bytes: int
-
-    @property
-    def reason(self) -> str:
-        """One sentence naming the size and the cap."""
-        return (
-            f"invalid trading_config: the stored config is {self.size_bytes:,} bytes, over "
-            f"the {self.max_bytes:,}-byte cap (AGENT_CONFIG_MAX_BYTES)"
-        )
-
-
-# A stored config as the stores give it: its JSON text, NULL (None: the defaults), or
-# the fact that it is too large to read.
-StoredConfigText = str | OversizedConfig | None
-
-
-def text_bytes(text: str) -> int:
-    """The UTF-8 size of `text` in bytes (what PostgreSQL's `octet_length` counts)."""
-    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
-
-
-def capped(text: StoredConfigText, max_bytes: int) -> StoredConfigText:
-    """`text` as a store with the cap gives it: an `OversizedConfig` beyond `max_bytes`
-    (for the stores that hold configs in memory; PostgreSQL does it in its query)."""
-    if isinstance(text, str) and (size := text_bytes(text)) > max_bytes:
-        return OversizedConfig(size, max_bytes)
-    return text
-
-
-@dataclass(frozen=True, slots=True)
-class ConfigReading:
-    """What one stored `trading_config` text says: the config, or why there is none (`error`,
-    one sentence), and the keys in it that this worker does not use."""
-
-    config: AgentTradingConfig | None
-    error: str | None = None
-    unknown_keys: tuple[str, ...] = ()
-    legacy_keys: tuple[str, ...] = ()
-
-
-def read_config(text: StoredConfigText) -> ConfigReading:
-    """Decode and validate `agents.trading_config` as the database's JSON text (None: SQL
-    NULL, all defaults; an `OversizedConfig`: invalid, with its reason). Never raises:
-    whatever the text holds, an invalid config comes back as `error`."""
-    if isinstance(text, OversizedConfig):
-        return ConfigReading(None, text.reason)
-    try:
-        stored = decode_json(text)
-        config = resolve_config(stored)
-    except InvalidConfig as exc:
-        return ConfigReading(None, str(exc))
-    unknown, legacy = unknown_keys(stored)
-    return ConfigReading(config, None, unknown, legacy)
-
-
-class _UnacceptedNumberError(ValueError):
-    """A JSON number a config may not hold (NaN, Infinity, too many digits)."""
-
-
-def _parse_int(digits: str) -> int | Decimal:
-    # Long integers become Decimals: no int() of thousands of digits, and the field's own
-    # bounds then say what is wrong with it (PostgreSQL prints a stored 1e400 in full).
-    return int(digits) if len(digits) <= MAX_INT_DIGITS else Decimal(digits)
-
-
-def _parse_decimal(text: str) -> Decimal:
-    try:
-        return Decimal(text)
-    except InvalidOperation as exc:  # an exponent beyond what a Decimal holds (about 10^18)
-        shown = text if len(text) <= MAX_INT_DIGITS else text[: MAX_INT_DIGITS - 3] + "..."
-        raise _UnacceptedNumberError(shown) from exc
-
-
-def _refuse_constant(name: str) -> object:
-    raise _UnacceptedNumberError(name)
-
-
-def decode_json(text: str | None) -> object:
-    """The JSON value of `text` with exact numbers (`Decimal` for fractions and for whole
-    numbers of more than `MAX_INT_DIGITS` digits, else `int`); None for None;
-    `InvalidConfig` for anything that is not JSON."""
-    if text is None:
-        return None
-    try:
-        return json.loads(
-            text, parse_float=_parse_decimal, parse_int=_parse_int, parse_constant=_refuse_constant
-        )
-    except _UnacceptedNumberError as exc:
-        raise InvalidConfig(
-            f"invalid trading_config: {exc.args[0]} is not a number this worker accepts"
-        ) from exc
-    except RecursionError as exc:
-        raise InvalidConfig("invalid trading_config: JSON nested too deeply") from exc
-    except ValueError as exc:
-        line = str(exc).splitlines()[0] if str(exc) else "invalid"
-        raise InvalidConfig(f"invalid trading_config: not JSON: {line[:200]}") from exc  # fmt: skip
-
-
-def unknown_keys(stored: object) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The keys of a stored config that no model field reads: (unknown, legacy), as paths
-    such as `signals.minscore` or `takeProfit.levels[1].target`."""
-    found: list[str] = []
-    if isinstance(stored, Mapping):
-        _walk_keys(AgentTradingConfig, stored, "", found)
-    unknown = tuple(path for path in found if path not in LEGACY_KEYS)
-    legacy = tuple(path for path in found if path in LEGACY_KEYS)
-    return unknown, legacy
-
-
-def _walk_keys(
-    model: type[BaseModel], stored: Mapping[Any, Any], prefix: str, found: list[str]
-) -> None:
-    fields: dict[str, FieldInfo] = {}
-    for name, field_info in model.model_fields.items():
-        fields[name] = field_info
-        if field_info.alias:
-            fields[field_info.alias] = field_info
-    for key, value in stored.items():
-        path = f"{prefix}.{key}" if prefix else str(key)
-        info = fields.get(key)
-        if info is None:
-            found.append(path[:MAX_MESSAGE_CHARS])
-            continue
-        inner = _model_of(info.annotation)
-        if inner is None:
-            continue
-        if isinstance(value, Mapping):
-            _walk_keys(inner, value, path, found)
-        elif isinstance(value, list):
-            for index, item in enumerate(value):
-                if isinstance(item, Mapping):
-                    _walk_keys(inner, item, f"{path}[{index}]", found)
-
-
-def _model_of(annotation: object) -> type[BaseModel] | None:
-    """The model a field holds (itself, or as the items of a tuple), if any."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()):
-        if isinstance(arg, type) and issubclass(arg, BaseModel):
-            return arg
-    return None
-
-
-# --- the exit rules a position is opened with ------------------------------------------
-#
-# A position keeps the exit sections of the config its buy was decided with (stored once
-# per distinct set, content-addressed). Ticks use the agent's current config while it is
-# valid (a change applies to open positions, as in the source); when it is not, they use
-# these, so no position is ever left without its stop loss, take profit, DCA or stale close.
-
-_EXIT_SECTIONS = ("stopLoss", "takeProfit", "dca", "staleTrade")
-_EXIT_RULES_NAMESPACE = uuid.UUID("0b6c54f6-6a43-4c3b-9df4-4c1f5c2f0e51")
-
-
-@dataclass(frozen=True, slots=True)
-class ExitRules:
-    """The exit sections of a config as canonical JSON, and the id derived from them."""
-
-    id: uuid.UUID
-    json: str
-
-
-def exit_rules(cfg: AgentTradingConfig) -> ExitRules:
-    """The exit sections of `cfg` (stop loss, take profit, DCA, stale trade) as canonical
-    JSON, with a content-derived id: the same rules always get the same id."""
-    dumped = cfg.model_dump(mode="json", by_alias=True, exclude_none=True)
-    text = json.dumps({k: dumped[k] for k in _EXIT_SECTIONS}, sort_keys=True, separators=(",", ":"))
-    return ExitRules(uuid.uuid5(_EXIT_RULES_NAMESPACE, text), text)
-
-
-def config_of_exit_rules(text: str | None) -> ConfigReading:
-    """The config that exits use for a position opened with these rules (None: opened
-    before rules were kept, so the defaults); the other sections are the defaults."""
-    reading = read_config(text)
-    if reading.config is None:
-        return reading
-    return ConfigReading(
-        AgentTradingConfig().model_copy(
-            update={
-                "stop_loss": reading.config.stop_loss,
-                "take_profit": reading.config.take_profit,
-                "dca": reading.config.dca,
-                "stale_trade": reading.config.stale_trade,
-            }
-        )
-    )
 
 
 def _describe(exc: ValidationError) -> str:

@@ -27,7 +27,8 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
-from worker.domain.config import AgentTradingConfig, ConfigReading, TokenFilterMode
+from worker.domain.config import AgentTradingConfig, TokenFilterMode
+from worker.domain.config_reading import ConfigReading
 from worker.domain.models import Decision, ExecutionStatus, Signal, Subscriber
 from worker.domain.money import ZERO, fmt
 from worker.domain.sizing import SizingFailure, position_size

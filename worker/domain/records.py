@@ -11,7 +11,7 @@ from datetime import datetime
 from decimal import Decimal
 from uuid import UUID
 
-from worker.domain.config import StoredConfigText
+from worker.domain.config_reading import StoredConfigText
 from worker.domain.exits import ExitPnl
 from worker.domain.models import CloseReason, ExecutionStatus, PositionState, Subscriber
 

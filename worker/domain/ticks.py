@@ -18,12 +18,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Protocol
 
-from worker.domain.config import (
-    AgentTradingConfig,
-    StopLossMode,
-    dca_levels,
-    take_profit_levels,
-)
+from worker.domain.config import AgentTradingConfig, StopLossMode, dca_levels, take_profit_levels
 from worker.domain.exits import (
     TRAILING_START_PCT,
     ExitPnl,

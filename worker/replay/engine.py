@@ -34,13 +34,8 @@ import asyncpg
 
 from worker.config_cache import ConfigTexts
 from worker.db.replay import read_signals, read_ticks, state_at
-from worker.domain.config import (
-    OversizedConfig,
-    StoredConfigText,
-    decode_json,
-    deep_merge,
-    read_config,
-)
+from worker.domain.config import deep_merge
+from worker.domain.config_reading import OversizedConfig, StoredConfigText, decode_json, read_config
 from worker.domain.models import SOL_MINT, PriceTick, Signal
 from worker.domain.money import MATH_CONTEXT
 from worker.domain.records import AgentSetup, PriceWrite

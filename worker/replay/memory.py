@@ -29,7 +29,8 @@ from decimal import Decimal
 from uuid import UUID
 
 from worker.domain.columns import misfit
-from worker.domain.config import DEFAULT_MAX_CONFIG_BYTES, ExitRules, StoredConfigText, capped
+from worker.domain.config_reading import DEFAULT_MAX_CONFIG_BYTES, StoredConfigText, capped
+from worker.domain.exit_rules import ExitRules
 from worker.domain.ledger import BalanceDelta, NewPosition, SwapRow, merge_deltas
 from worker.domain.models import SOL_MINT, PositionState, Signal
 from worker.domain.records import (

@@ -1,0 +1,83 @@
+"""One JSON reader for everything the worker decodes: Kafka messages and stored configs.
+
+The same rules wherever JSON comes in, so a value means one thing in a message, a stored
+`trading_config` and a `replay --config` file:
+
+- numbers exact: fractions as `Decimal`, integers as `int` of at most `MAX_INT_DIGITS`
+  digits (no `int()` of thousands of digits); NaN and Infinity refused, and so is an
+  exponent beyond what a `Decimal` holds;
+- a key twice in one object refused: JSON readers differ on which value counts (Python's
+  takes the last, PostgreSQL's jsonb too), so a ledger takes neither;
+- nesting bounded (Python's recursion limit, about a thousand levels).
+
+Every refusal is a `JsonRefusedError` (a `ValueError`) with one sentence; callers put it in
+their own words (`InvalidMessage`, `InvalidConfig`).
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal, InvalidOperation
+from typing import Any, NoReturn
+
+MAX_INT_DIGITS = 40
+_SHOWN_CHARS = 40
+
+
+class JsonRefusedError(ValueError):
+    """Text that is not JSON, or JSON this worker does not accept; the reason is its text."""
+
+
+class _UnacceptedError(ValueError):
+    """Raised inside the parse, turned into `JsonRefusedError` by `loads_exact`."""
+
+
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "…")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """The object of `pairs`, refused when a key repeats (about 2 us per object)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _UnacceptedError(f"the key {_shown(key)} appears twice in one object")
+            seen.add(key)
+    return obj
+
+
+def _refuse_constant(name: str) -> NoReturn:
+    raise _UnacceptedError(f"{name} is not a number this worker accepts")
+
+
+def _parse_int(digits: str) -> int:
+    count = len(digits.lstrip("-"))
+    if count > MAX_INT_DIGITS:
+        raise _UnacceptedError(
+            f"a number with {count} digits is too long (at most {MAX_INT_DIGITS} digits)"
+        )
+    return int(digits)
+
+
+def loads_exact(text: str) -> object:
+    """The JSON value of `text` by the rules above; `JsonRefusedError` with the reason."""
+    try:
+        return json.loads(
+            text,
+            parse_float=Decimal,
+            parse_int=_parse_int,
+            parse_constant=_refuse_constant,
+            object_pairs_hook=_unique_keys,
+        )
+    except _UnacceptedError as exc:
+        raise JsonRefusedError(f"not JSON this worker accepts: {exc}") from exc
+    except InvalidOperation as exc:  # a number's exponent beyond what a Decimal holds
+        raise JsonRefusedError(
+            "not JSON this worker accepts: a number's exponent is too large"
+        ) from exc
+    except RecursionError as exc:
+        raise JsonRefusedError("not JSON this worker accepts: nested too deeply") from exc
+    except ValueError as exc:  # json's own: one short line ("Expecting value: line 1 ...")
+        raise JsonRefusedError(f"not JSON: {exc}") from exc

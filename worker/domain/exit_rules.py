@@ -1,0 +1,54 @@
+"""The exit rules a position is opened with.
+
+A position keeps the exit sections of the config its buy was decided with (stored once per
+distinct set, content-addressed, `exit_rule_sets`). Ticks use the agent's current config
+while it is valid (a change applies to open positions, as in the source); when it is not,
+they use these, so no position is ever left without its stop loss, take profit, DCA or
+stale close.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+
+from worker.domain.config import AgentTradingConfig
+from worker.domain.config_reading import ConfigReading, read_config
+
+_EXIT_SECTIONS = ("stopLoss", "takeProfit", "dca", "staleTrade")
+_EXIT_RULES_NAMESPACE = uuid.UUID("0b6c54f6-6a43-4c3b-9df4-4c1f5c2f0e51")
+
+
+@dataclass(frozen=True, slots=True)
+class ExitRules:
+    """The exit sections of a config as canonical JSON, and the id derived from them."""
+
+    id: uuid.UUID
+    json: str
+
+
+def exit_rules(cfg: AgentTradingConfig) -> ExitRules:
+    """The exit sections of `cfg` (stop loss, take profit, DCA, stale trade) as canonical
+    JSON, with a content-derived id: the same rules always get the same id."""
+    dumped = cfg.model_dump(mode="json", by_alias=True, exclude_none=True)
+    text = json.dumps({k: dumped[k] for k in _EXIT_SECTIONS}, sort_keys=True, separators=(",", ":"))
+    return ExitRules(uuid.uuid5(_EXIT_RULES_NAMESPACE, text), text)
+
+
+def config_of_exit_rules(text: str | None) -> ConfigReading:
+    """The config that exits use for a position opened with these rules (None: opened
+    before rules were kept, so the defaults); the other sections are the defaults."""
+    reading = read_config(text)
+    if reading.config is None:
+        return reading
+    return ConfigReading(
+        AgentTradingConfig().model_copy(
+            update={
+                "stop_loss": reading.config.stop_loss,
+                "take_profit": reading.config.take_profit,
+                "dca": reading.config.dca,
+                "stale_trade": reading.config.stale_trade,
+            }
+        )
+    )
