@@ -5,36 +5,17 @@ that cannot be made, and which sales are take profits."""
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
 
-from worker.domain.config import resolve_config
+from tests.helpers.ticks import FEES, NOW, SOL_USD, plan_at, position
 from worker.domain.exits import ExitPnl
-from worker.domain.fills import Fees, sell_fill
+from worker.domain.fills import sell_fill
 from worker.domain.models import CloseReason, PositionState
-from worker.domain.ticks import PlannedSale, TickPlan, plan_tick
-
-NOW = datetime(2026, 11, 26, 12, tzinfo=UTC)
-FEES = Fees(Decimal("0.000005"), Decimal(0))
-SOL_USD = Decimal(100)
-
-
-def position(**overrides: Any) -> PositionState:
-    """200 tokens at 0.01 SOL (1 USD with SOL at 100), bought for 2.000005 SOL, 5 min ago."""
-    fields: dict[str, Any] = {
-        "purchase_price": Decimal("0.01"),
-        "purchase_amount": Decimal(200),
-        "total_invested_sol": Decimal("2.000005"),
-        "created_at": NOW - timedelta(minutes=5),
-        "current_stop_loss_percentage": Decimal(-32),
-        "peak_price": Decimal("0.01"),
-        "lowest_price": Decimal("0.01"),
-    }
-    fields.update(overrides)
-    return PositionState(**fields)
+from worker.domain.ticks import PlannedSale, TickPlan
 
 
 def tick(
@@ -46,15 +27,7 @@ def tick(
     balance: Decimal = Decimal(10),
     sol_usd: Decimal = SOL_USD,
 ) -> TickPlan:
-    return plan_tick(
-        pos,
-        token_usd=Decimal(usd),
-        sol_usd=sol_usd,
-        now=now,
-        cfg=resolve_config(config),
-        sol_balance=balance,
-        fees=FEES,
-    )
+    return plan_at(pos, Decimal(usd), config, now=now, balance=balance, sol_usd=sol_usd)
 
 
 def sale(amount: str, usd: str) -> Any:

@@ -25,11 +25,12 @@ from typing import Any
 
 import pytest
 
+from tests.helpers.ticks import plan_at
 from worker.domain.config import resolve_config
 from worker.domain.fills import Fees
 from worker.domain.models import PositionState
 from worker.domain.money import to_price
-from worker.domain.ticks import TickPlan, is_quiet, plan_tick, quiet_band, quiet_trail
+from worker.domain.ticks import TickPlan, is_quiet, quiet_band, quiet_trail
 
 NOW = datetime(2026, 11, 26, 12, tzinfo=UTC)
 SOL_USD = Decimal(100)
@@ -78,15 +79,7 @@ def shortcut(pos: PositionState, price: Decimal, config: dict[str, Any]) -> tupl
     cfg = resolve_config(config)
     band = quiet_band(cfg)
     quiet = is_quiet(pos, price, NOW, band)
-    plan = plan_tick(
-        pos,
-        token_usd=price * SOL_USD,
-        sol_usd=SOL_USD,
-        now=NOW,
-        cfg=cfg,
-        sol_balance=Decimal(10),
-        fees=FEES,
-    )
+    plan = plan_at(pos, price * SOL_USD, cfg)
     assert plan.price_sol == price
     if quiet:
         peak, low = quiet_trail(pos, to_price(price), band)

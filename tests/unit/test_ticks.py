@@ -2,39 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from tests.helpers.ticks import FEES, NOW, SOL_USD, plan_at, position
 from worker.domain.config import resolve_config
-from worker.domain.fills import Fees
 from worker.domain.models import CloseReason, PositionState, PriceTick
 from worker.domain.money import to_price
-from worker.domain.ticks import is_quiet, plan_tick, quiet_band, quiet_trail
+from worker.domain.ticks import is_quiet, quiet_band, quiet_trail
 from worker.messages import decode_price
-
-NOW = datetime(2026, 11, 26, 12, tzinfo=UTC)
-FEES = Fees(Decimal("0.000005"), Decimal(0))
-SOL_USD = Decimal(100)
-
-
-def position(**overrides: Any) -> PositionState:
-    """200 tokens at 0.01 SOL (1 USD with SOL at 100), bought for 2.000005 SOL."""
-    fields: dict[str, Any] = {
-        "purchase_price": Decimal("0.01"),
-        "purchase_amount": Decimal(200),
-        "remaining_amount": Decimal(200),
-        "total_invested_sol": Decimal("2.000005"),
-        "created_at": NOW - timedelta(minutes=5),
-        "current_stop_loss_percentage": Decimal(-32),
-        "peak_price": Decimal("0.01"),
-        "lowest_price": Decimal("0.01"),
-    }
-    fields.update(overrides)
-    return PositionState(**fields)
 
 
 def plan(
@@ -43,15 +23,7 @@ def plan(
     config: dict[str, Any] | None = None,
     balance: Decimal = Decimal(10),
 ) -> Any:
-    return plan_tick(
-        pos,
-        token_usd=Decimal(usd),
-        sol_usd=SOL_USD,
-        now=NOW,
-        cfg=resolve_config(config),
-        sol_balance=balance,
-        fees=FEES,
-    )
+    return plan_at(pos, Decimal(usd), config, balance=balance)
 
 
 def test_a_quiet_tick_only_moves_the_lowest_price() -> None:
@@ -205,15 +177,7 @@ def test_a_quiet_tick_is_one_the_full_plan_neither_trades_nor_moves_the_stop_on(
     band = quiet_band(cfg)
     if not is_quiet(pos, price, NOW, band):
         return
-    result = plan_tick(
-        pos,
-        token_usd=price * SOL_USD,
-        sol_usd=SOL_USD,
-        now=NOW,
-        cfg=cfg,
-        sol_balance=Decimal(10),
-        fees=FEES,
-    )
+    result = plan_at(pos, price * SOL_USD, cfg)
     assert not result.moves_money
     assert result.final is not None
     trailed_peak, trailed_low = quiet_trail(pos, to_price(price), band)
