@@ -24,12 +24,12 @@ import pytest
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from tests.helpers.books import signal_message
-from worker.batching import Chunk, Item
-from worker.consumer import Pipeline
-from worker.deadletters import DeadLetter
 from worker.messages import SignalV1
 from worker.metrics import Metrics
-from worker.reporting import Outcome
+from worker.pipeline.batching import Chunk, Item
+from worker.pipeline.consumer import Pipeline
+from worker.pipeline.deadletters import DeadLetter
+from worker.pipeline.telemetry import Outcome
 from worker.settings import Settings
 
 TP = TopicPartition("signals", 0)

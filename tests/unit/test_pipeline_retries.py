@@ -12,10 +12,10 @@ import pytest
 from aiokafka.errors import KafkaConnectionError
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from worker.batching import Chunk
-from worker.consumer import Pipeline, StopRequested, where
 from worker.metrics import Metrics
-from worker.reporting import Troubles
+from worker.pipeline.batching import Chunk
+from worker.pipeline.consumer import Pipeline, StopRequested, where
+from worker.pipeline.telemetry import Troubles
 from worker.settings import Settings
 
 TP = TopicPartition("signals", 0)

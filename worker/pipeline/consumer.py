@@ -2,16 +2,16 @@
 
 Exactly-once effects: the rows a chunk of records produces and the next offset of each
 partition it covers (`consumer_offsets`) are committed in one PostgreSQL transaction. On
-assignment the consumer seeks to the stored offset (`worker.rebalance`), so a crash, a
+assignment the consumer seeks to the stored offset (`worker.pipeline.rebalance`), so a crash, a
 redelivery or a rebalance never applies a record twice.
 
-Per fetch: the signals that must wait for ticks are held back (`worker.ordering`); the rest
-are decoded and their partitions dealt into lanes (`worker.batching`); the price lanes
+Per fetch: the signals that must wait for ticks are held back (`worker.pipeline.ordering`); the rest
+are decoded and their partitions dealt into lanes (`worker.pipeline.batching`); the price lanes
 commit before the signal lanes start, so a signal sees the ticks before it. Lanes run side
 by side, each on its own connection, in transactions of bounded size. What a failure
-means is decided in one place (`worker.failures`): a transient one is retried with
+means is decided in one place (`worker.pipeline.failures`): a transient one is retried with
 backoff, a batch that fails otherwise is redone record by record so that only the record at
-fault is dead-lettered (`worker.deadletters`), and a stop signal cuts retries short.
+fault is dead-lettered (`worker.pipeline.deadletters`), and a stop signal cuts retries short.
 
 Shutdown: when the stop event is set, fetching stops, a batch waiting to retry gives up at
 once (its offsets are not stored, so the next owner redoes it), and a batch in flight gets
@@ -35,32 +35,32 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import IllegalStateError
 from aiokafka.structs import TopicPartition
 
-from worker.batching import (
+from worker.db.offsets import store_offsets
+from worker.db.pool import connection
+from worker.db.store import PgStore
+from worker.errors import WorkerError
+from worker.handlers.config_cache import ConfigTexts
+from worker.handlers.signals import UnknownUser, handle_signals
+from worker.handlers.ticks import handle_prices
+from worker.messages import SignalV1
+from worker.metrics import Metrics
+from worker.pipeline.batching import (
     Chunk,
     Fanouts,
     Item,
+    KafkaRecord,
     Part,
-    Record,
     above,
     chunks,
     deal,
     decode,
     record_time,
 )
-from worker.config_cache import ConfigTexts
-from worker.db.offsets import store_offsets
-from worker.db.pool import connection
-from worker.db.store import PgStore
-from worker.deadletters import DeadLetter, DeadLetters
-from worker.errors import WorkerError
-from worker.failures import Action, Scope, disposition
-from worker.handlers import UnknownUser, handle_signals
-from worker.messages import SignalV1
-from worker.metrics import Metrics
-from worker.ordering import MAX_HOLD_S, positions_now, readable_end, split_at
-from worker.prices import handle_prices
-from worker.rebalance import OffsetKeeper, names
-from worker.reporting import Outcome, Reporter, Troubles, coordinates
+from worker.pipeline.deadletters import DeadLetter, DeadLetters
+from worker.pipeline.failures import Action, Scope, disposition
+from worker.pipeline.ordering import MAX_HOLD_S, positions_now, readable_end, split_at
+from worker.pipeline.rebalance import OffsetKeeper, names
+from worker.pipeline.telemetry import Outcome, Reporter, Troubles, coordinates
 from worker.retry import describe, is_transient, transient_retry
 from worker.settings import Settings
 
@@ -84,7 +84,7 @@ GROUP_OPTIONS: dict[str, Any] = {
 }
 
 _T = TypeVar("_T")
-Batch = dict[TopicPartition, list[Record]]
+Batch = dict[TopicPartition, list[KafkaRecord]]
 
 
 def where(chunk: Chunk) -> str:
@@ -127,7 +127,7 @@ class Pipeline:
         self.troubles = Troubles(metrics)
         self._fanouts = Fanouts()
         self._report = Reporter(metrics, log_level=settings.log_level, fanouts=self._fanouts)
-        # Agents' configs by row version, for ticks (see `worker.config_cache`).
+        # Agents' configs by row version, for ticks (see `worker.handlers.config_cache`).
         self._config_texts = ConfigTexts()
         self._holding_since: float | None = None
         self._stop = asyncio.Event()
@@ -203,7 +203,7 @@ class Pipeline:
                     self.consumer.seek(tp, max(records[0].offset, self.offsets.floor.get(tp, 0)))
 
     async def _hold_late_signals(self, batch: Batch) -> Batch:
-        """The fetch less the signals that must wait for ticks (`worker.ordering`); their
+        """The fetch less the signals that must wait for ticks (`worker.pipeline.ordering`); their
         partitions are sought back to them, so a later fetch brings them again. A price
         partition is caught up by the consumer's position, not the last tick's offset: a
         transaction marker or deleted records at its tail must not hold every signal."""
@@ -211,7 +211,8 @@ class Pipeline:
         for tp, records in batch.items():
             if tp.topic == prices:
                 self.offsets.ticks.observe(tp, records)
-        # A blocked price partition (`worker.offset_checks`) is not waited for: it is not read.
+        # A blocked price partition (`worker.pipeline.offset_checks`) is not waited for: it is
+        # not read.
         owned = [
             tp
             for tp in self.consumer.assignment()

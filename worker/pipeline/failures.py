@@ -24,18 +24,9 @@ from dataclasses import dataclass
 from enum import Enum
 
 import asyncpg
-from aiokafka.errors import KafkaError
 
 from worker.errors import InvalidMessage
 from worker.retry import describe, is_transient
-
-# The errors of the services the worker talks to (the one definition of the tuple).
-SERVICE_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    KafkaError,
-)
 
 
 class Scope(Enum):

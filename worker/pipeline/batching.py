@@ -20,10 +20,10 @@ from uuid import UUID
 
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from worker.deadletters import DeadLetter
 from worker.errors import InvalidMessage
-from worker.failures import Action, Scope, disposition
 from worker.messages import PriceTickV1, SignalV1, check_tick_time, decode_price, decode_signal
+from worker.pipeline.deadletters import DeadLetter
+from worker.pipeline.failures import Action, Scope, disposition
 
 # One transaction holds at most about this many agent executions (memory stays bounded).
 MAX_EXECUTIONS_PER_TRANSACTION = 5_000
@@ -32,14 +32,14 @@ UNKNOWN_FANOUT = 100
 # Users whose fan-out is remembered (least recently seen forgotten first).
 FANOUT_MEMORY = 100_000
 
-Record: TypeAlias = ConsumerRecord[bytes, bytes]
+KafkaRecord: TypeAlias = ConsumerRecord[bytes, bytes]
 
 
 @dataclass(frozen=True, slots=True)
 class Item:
     """A record that decoded into a message."""
 
-    record: Record
+    record: KafkaRecord
     message: SignalV1 | PriceTickV1
 
 
@@ -49,7 +49,7 @@ class Part:
     it was dead-lettered) and `costs[i]` its estimated agent executions."""
 
     tp: TopicPartition
-    records: Sequence[Record]
+    records: Sequence[KafkaRecord]
     items: list[Item | None]
     costs: list[int] = field(default_factory=list)
 
@@ -63,7 +63,7 @@ class Part:
 class Chunk:
     """What one transaction covers: records of one or more partitions of one lane."""
 
-    records: list[Record] = field(default_factory=list)
+    records: list[KafkaRecord] = field(default_factory=list)
     items: list[Item] = field(default_factory=list)
     next_offsets: dict[TopicPartition, int] = field(default_factory=dict)
 
@@ -78,7 +78,7 @@ def record_time(record: ConsumerRecord[Any, Any]) -> datetime:
 
 
 def decode(
-    records: Sequence[Record], *, is_signal: bool, now: datetime, max_ahead: timedelta
+    records: Sequence[KafkaRecord], *, is_signal: bool, now: datetime, max_ahead: timedelta
 ) -> tuple[list[Item | None], list[DeadLetter]]:
     """Each record's item (None for one that cannot be processed), and the dead letters."""
     items: list[Item | None] = []
@@ -179,7 +179,7 @@ def chunks(lane: list[Part], budget: int = MAX_EXECUTIONS_PER_TRANSACTION) -> It
         yield chunk
 
 
-def above(records: list[Record], floor: int) -> list[Record]:
+def above(records: list[KafkaRecord], floor: int) -> list[KafkaRecord]:
     """The records at or after `floor` (the first offset not applied yet)."""
     if not records or records[0].offset >= floor:
         return records

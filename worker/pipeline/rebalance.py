@@ -9,13 +9,13 @@ flight (`lock`), so the next owner starts after this worker's last commit. Offse
 committed to Kafka, at most once per `KAFKA_COMMIT_INTERVAL_S`, for lag tools only.
 
 Before seeking, each stored offset is checked against the partition's log as it is now
-(`worker.offset_checks`): its start, its end and its topic's id (`worker.topic_ids`). A
-partition whose stored offset cannot belong to that log (a recreated topic, another
-cluster) is *blocked*: paused, never consumed, never dropped from, with one error line, the
-`signal_worker_partitions_blocked` gauge and `/readyz` failing until an operator resolves it
-(`signal-worker offsets reset`, which needs every worker of the group stopped). A stored
-offset below the log's start is consumed from the start, with the count of offsets that
-were never processed logged and counted.
+(`worker.pipeline.offset_checks`): its start, its end and its topic's id
+(`worker.pipeline.topic_ids`). A partition whose stored offset cannot belong to that log (a
+recreated topic, another cluster) is *blocked*: paused, never consumed, never dropped from,
+with one error line, the `signal_worker_partitions_blocked` gauge and `/readyz` failing until
+an operator resolves it (`signal-worker offsets reset`, which needs every worker of the group
+stopped). A stored offset below the log's start is consumed from the start, with the count
+of offsets that were never processed logged and counted.
 """
 
 from __future__ import annotations
@@ -33,13 +33,12 @@ from aiokafka.structs import TopicPartition
 
 from worker.db.offsets import StoredOffset, fetch_stored
 from worker.db.pool import connection
-from worker.failures import SERVICE_ERRORS
 from worker.metrics import Metrics
-from worker.offset_checks import Verdict, check, resolving_command
-from worker.ordering import TickWatermarks
-from worker.retry import describe, transient_retry
+from worker.pipeline.offset_checks import Verdict, check, resolving_command
+from worker.pipeline.ordering import TickWatermarks
+from worker.pipeline.topic_ids import topic_ids
+from worker.retry import SERVICE_ERRORS, describe, transient_retry
 from worker.settings import KafkaSettings
-from worker.topic_ids import topic_ids
 
 log = structlog.get_logger(__name__)
 
@@ -73,14 +72,14 @@ class OffsetKeeper(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka
         self.lock = asyncio.Lock()
         # Per partition, the first offset not applied yet as far as this worker knows.
         self.floor: dict[TopicPartition, int] = {}
-        # Ticks before signals (`worker.ordering`): the owned price partitions' progress.
+        # Ticks before signals (`worker.pipeline.ordering`): the owned price partitions' progress.
         self.ticks = TickWatermarks()
         self.fatal: BaseException | None = None
         # True while a revocation waits for the work in flight; `on_revoking` is told first,
         # so that a batch waiting to retry gives up instead of holding the rebalance.
         self.revoking = False
         self._on_revoking = on_revoking
-        # Owned partitions that are not consumed, and why (`worker.offset_checks`).
+        # Owned partitions that are not consumed, and why (`worker.pipeline.offset_checks`).
         self.blocked: dict[TopicPartition, Verdict] = {}
         # The id of each topic as the brokers gave it at the last assignment (None: unknown);
         # stored with the offsets.

@@ -184,7 +184,7 @@ async def ensure_topics(kafka: KafkaSettings, *, timeout_s: float) -> int:
     The DLQ topic is created accepting records `DLQ_HEADROOM_BYTES` larger than the largest
     the input topics accept, so the dead letter of any input record fits whole. When it
     exists already with a smaller limit, that is logged (dead letters that do not fit are
-    cut down, see `worker.deadletters`), and its actual limit is returned.
+    cut down, see `worker.pipeline.deadletters`), and its actual limit is returned.
     """
     admin = AIOKafkaAdminClient(**client_options(kafka))
     await start_client(admin, kafka, timeout_s=timeout_s)
