@@ -152,3 +152,12 @@ class PriceStore(Protocol):
     async def close_positions(self, closed: Sequence[ClosedPosition], now: datetime) -> None:
         """Record each full exit in the history and delete the position (and empty balances)."""
         ...
+
+
+class PipelineStore(SignalStore, PriceStore, Protocol):
+    """What the pipeline's transactions use (`worker.db.store.PgStore` on one connection):
+    both handlers' stores, and the agents per user that size the transactions."""
+
+    async def agent_counts(self, user_ids: Sequence[UUID]) -> dict[UUID, int]:
+        """The number of agents of each user (users without agents are left out)."""
+        ...

@@ -12,9 +12,11 @@ import pytest
 from aiokafka.errors import KafkaConnectionError
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
+from worker.db.store import PgStore
 from worker.metrics import Metrics
-from worker.pipeline.batching import Chunk
-from worker.pipeline.consumer import Pipeline, StopRequested, where
+from worker.pipeline.batching import Chunk, where
+from worker.pipeline.consumer import Pipeline
+from worker.pipeline.failures import StopRequested
 from worker.pipeline.telemetry import Troubles
 from worker.settings import Settings
 
@@ -49,7 +51,7 @@ class DeadLetters:
 
 def _pipeline(letters: DeadLetters) -> Pipeline:
     settings = Settings(signals_topic="signals", prices_topic="prices", retry_backoff_max_s=0.01)
-    return Pipeline(settings, object(), Consumer(), letters, Metrics())  # type: ignore[arg-type]
+    return Pipeline(settings, object(), Consumer(), letters, Metrics(), stores=PgStore)  # type: ignore[arg-type]
 
 
 def _not_json(offset: int) -> ConsumerRecord[bytes, bytes]:

@@ -20,6 +20,7 @@ from uuid import UUID
 
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
+from worker.domain.models import PriceTick, Signal
 from worker.errors import InvalidMessage
 from worker.messages import PriceTickV1, SignalV1, check_tick_time, decode_price, decode_signal
 from worker.pipeline.deadletters import DeadLetter
@@ -184,3 +185,38 @@ def above(records: list[KafkaRecord], floor: int) -> list[KafkaRecord]:
     if not records or records[0].offset >= floor:
         return records
     return [r for r in records if r.offset >= floor]
+
+
+def where(chunk: Chunk) -> str:
+    """The partitions and offsets a chunk covers: `topic:partition@first-last, …`."""
+    first: dict[TopicPartition, int] = {}
+    for r in chunk.records:
+        first.setdefault(TopicPartition(r.topic, r.partition), r.offset)
+    return ", ".join(
+        f"{tp.topic}:{tp.partition}@{first.get(tp, end - 1)}-{end - 1}"
+        for tp, end in sorted(chunk.next_offsets.items())
+    )
+
+
+def signals_of(items: Sequence[Item]) -> list[Signal]:
+    """The domain signals of decoded signal items, each with the record it came from."""
+    signals = []
+    for item in items:
+        assert isinstance(item.message, SignalV1)  # noqa: S101 - only signal items here
+        record = item.record
+        signals.append(
+            item.message.to_domain(
+                coordinates=f"{record.topic}:{record.partition}:{record.offset}",
+                received_at=record_time(record),
+            )
+        )
+    return signals
+
+
+def ticks_of(items: Sequence[Item]) -> list[PriceTick]:
+    """The domain ticks of decoded tick items, received at their records' times."""
+    ticks = []
+    for item in items:
+        assert not isinstance(item.message, SignalV1)  # noqa: S101 - only ticks here
+        ticks.append(item.message.to_domain(received_at=record_time(item.record)))
+    return ticks

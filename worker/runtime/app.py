@@ -22,12 +22,15 @@ from worker.db.migrations import default_schema_dir, load_migrations, require_mi
 from worker.db.pool import connection, create_pool
 from worker.db.prices import price_history_upkeep
 from worker.db.snapshots import hour_of, snapshot_all
+from worker.db.store import PgStore
 from worker.errors import ServiceUnavailable
 from worker.metrics import Metrics
-from worker.pipeline.consumer import FETCH_OPTIONS, GROUP_OPTIONS, Pipeline
+from worker.pipeline.consumer import Pipeline
 from worker.pipeline.deadletters import DeadLetters
 from worker.pipeline.kafka import (
     DLQ_HEADROOM_BYTES,
+    FETCH_OPTIONS,
+    GROUP_OPTIONS,
     client_options,
     ensure_topics,
     make_producer,
@@ -140,7 +143,7 @@ async def _start(
         group_id=settings.consumer_group,
         max_poll_records=settings.kafka_fetch_max_records,
     )
-    parts.pipeline = Pipeline(settings, parts.pool, consumer, dead_letters, metrics)
+    parts.pipeline = Pipeline(settings, parts.pool, consumer, dead_letters, metrics, stores=PgStore)
     parts.pipeline.subscribe()
     await start_client(parts.pipeline.consumer, settings.kafka, timeout_s=timeout_s)
     parts.http = HealthServer(
