@@ -34,7 +34,7 @@ from benchmarks.infra import (
     new_tag,
 )
 from benchmarks.report import Disposable, Results, chart, markdown, table
-from worker.logging import configure_logging
+from worker.runtime.logging import configure_logging
 from worker.settings import Settings
 
 

@@ -42,14 +42,14 @@ from benchmarks.workload import (
     create_users,
     set_price,
 )
-from worker.config_cache import config_of_text
-from worker.consumer import FETCH_OPTIONS
 from worker.db.store import PgStore
 from worker.domain.config import resolve_config
 from worker.domain.eligibility import decide
 from worker.domain.exits import initial_stop_loss_pct
 from worker.domain.models import SOL_MINT, SOL_SYMBOL, ExecutionStatus, Signal
 from worker.domain.sizing import sizing_seed
+from worker.handlers.config_cache import config_of_text
+from worker.pipeline.kafka import FETCH_OPTIONS
 from worker.settings import Settings
 
 LIMIT_FANOUT = 100  # the fan-out of the raw-write and naive workloads

@@ -52,11 +52,11 @@ from benchmarks.workload import (
     signals_round_robin,
     tick_value,
 )
-from worker.db.replay import read_agents
+from worker.db.replay import read_agents, read_history
 from worker.db.store import PgStore
 from worker.domain.models import SOL_MINT, Signal
 from worker.domain.records import PriceWrite
-from worker.replay.engine import Record, Variant, read_record, replay
+from worker.replay.engine import Record, Variant, record_of, replay
 from worker.settings import Settings
 
 
@@ -948,7 +948,7 @@ async def replay_speed(ctx: Context) -> ReplaySpeed:
 
         async def recorded(user: User) -> Record:
             agents = await read_agents(conn, None, user.user_id)
-            record = await read_record(conn, agents)
+            record = record_of(agents, await read_history(conn, agents))
             assert record is not None
             return record
 

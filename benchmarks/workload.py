@@ -28,7 +28,7 @@ from worker.db.store import PgStore
 from worker.domain.config import DEFAULT_TRADING_CONFIG, deep_merge, resolve_config
 from worker.domain.exits import open_position
 from worker.domain.fills import BuyFill, buy_fill
-from worker.domain.ledger import BalanceDelta, Holding, NewPosition, SwapRow, buy_rows
+from worker.domain.ledger import BalanceDelta, NewPosition, SwapOwner, SwapRow, buy_rows
 from worker.domain.models import SOL_MINT, SOL_SYMBOL
 from worker.domain.records import PriceWrite
 from worker.settings import Settings
@@ -320,7 +320,7 @@ async def open_positions(
     positions: list[NewPosition] = []
     for agent, token in holdings:
         tx_id, position_id = uuid.uuid4(), uuid.uuid4()
-        holding = Holding(agent.agent_id, agent.wallet, token, BENCH_SYMBOL, None, position_id)
+        holding = SwapOwner(agent.agent_id, agent.wallet, token, BENCH_SYMBOL, None, position_id)
         swap, moves = buy_rows(tx_id, holding, fill, now)
         swaps.append(swap)
         deltas.extend(moves)

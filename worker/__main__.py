@@ -19,9 +19,8 @@ from pydantic import ValidationError
 from worker import version
 from worker.commands import options
 from worker.errors import UsageError, WorkerError
-from worker.failures import SERVICE_ERRORS
-from worker.logging import configure_logging
-from worker.retry import describe
+from worker.retry import SERVICE_ERRORS, describe
+from worker.runtime.logging import configure_logging
 from worker.settings import Settings, describe_error, load_settings
 
 EXIT_OK = 0
@@ -196,7 +195,7 @@ def _add_offsets(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 _COMMANDS = {
     "migrate": "worker.commands.migrate",
-    "run": "worker.app",
+    "run": "worker.runtime.app",
     "publish": "worker.commands.publish",
     "publish-price": "worker.commands.publish:run_price",
     "seed-demo": "worker.commands.seed_demo",

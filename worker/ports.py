@@ -35,7 +35,8 @@ from worker.domain.records import (
 
 
 class SignalStore(Protocol):
-    """What `worker.handlers.handle_signals` reads and writes, set-based, in one transaction."""
+    """What `worker.handlers.signals.handle_signals` reads and writes, set-based, in one
+    transaction."""
 
     async def existing_users(self, user_ids: Sequence[UUID]) -> set[UUID]:
         """The ids among `user_ids` that name a user."""
@@ -93,7 +94,8 @@ class SignalStore(Protocol):
 
 
 class PriceStore(Protocol):
-    """What `worker.prices.handle_prices` reads and writes, set-based, in one transaction."""
+    """What `worker.handlers.ticks.handle_prices` reads and writes, set-based, in one
+    transaction."""
 
     async def latest_prices(self, tokens: Sequence[str]) -> dict[str, tuple[Decimal, datetime]]:
         """The stored (USD price, observed at) of each token that has one."""
@@ -149,4 +151,13 @@ class PriceStore(Protocol):
 
     async def close_positions(self, closed: Sequence[ClosedPosition], now: datetime) -> None:
         """Record each full exit in the history and delete the position (and empty balances)."""
+        ...
+
+
+class PipelineStore(SignalStore, PriceStore, Protocol):
+    """What the pipeline's transactions use (`worker.db.store.PgStore` on one connection):
+    both handlers' stores, and the agents per user that size the transactions."""
+
+    async def agent_counts(self, user_ids: Sequence[UUID]) -> dict[UUID, int]:
+        """The number of agents of each user (users without agents are left out)."""
         ...

@@ -28,6 +28,16 @@ from tenacity import (
 
 log = structlog.get_logger(__name__)
 
+# The errors of the services the worker talks to (the one definition of the tuple):
+# here, beneath both `worker.db` and `worker.pipeline`, which catch them.
+SERVICE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    KafkaError,
+)
+
+
 # What a failure says about the server, not about the record: the one table. A key is a
 # full SQLSTATE or its two-character class; the value is the cause, the label of the
 # metrics and `/readyz`. Every error here is retried (with backoff, yielding to SIGTERM and
@@ -105,7 +115,7 @@ def is_transient(exc: BaseException) -> bool:
 def _log_retry(state: RetryCallState) -> None:
     exc = state.outcome.exception() if state.outcome else None
     cause = (server_trouble(exc) if exc else None) or "unknown"
-    # Repeats of one cause are said once per interval with a count (`worker.logging`).
+    # Repeats of one cause are said once per interval with a count (`worker.runtime.logging`).
     log.warning(
         "retrying_after_transient_error",
         cause=cause,

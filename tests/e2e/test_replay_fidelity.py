@@ -18,10 +18,10 @@ from tests.helpers.books import TOKEN_A, TOKEN_B, TOKEN_C, Account, make_account
 from tests.helpers.kafka import Topics, publish
 from tests.helpers.services import Services
 from tests.helpers.workers import make_settings, running_worker, wait_for_count
-from worker.db.replay import read_agents
+from worker.db.replay import read_agents, read_history, tick_of
 from worker.domain.models import SOL_MINT, PriceTick
 from worker.domain.records import PriceWrite
-from worker.replay.engine import Run, Variant, read_record, replay, tick_of
+from worker.replay.engine import Run, Variant, record_of, replay
 from worker.settings import Settings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -103,7 +103,8 @@ async def _record(settings: Settings, db_url: str, account: Account) -> None:
 
 
 async def _replay(conn: asyncpg.Connection, user_id: UUID, variant: Variant) -> Run:
-    record = await read_record(conn, await read_agents(conn, None, user_id))
+    agents = await read_agents(conn, None, user_id)
+    record = record_of(agents, await read_history(conn, agents))
     assert record is not None
     assert record.open_at == 0
     return await replay(record.start, record.events, variant, Settings())

@@ -22,9 +22,9 @@ from tests.helpers.db import count
 from tests.helpers.http import http_get
 from tests.helpers.kafka import Topics
 from tests.helpers.services import ROOT, Services
-from worker.app import run_worker
-from worker.logging import REPEATED_EVENTS
 from worker.metrics import Metrics
+from worker.runtime.app import run_worker
+from worker.runtime.logging import REPEATED_EVENTS
 from worker.settings import Settings
 
 
@@ -228,7 +228,8 @@ def log_events(worker: WorkerProcess, event: str) -> list[dict[str, Any]]:
 def repeated_lines(worker: WorkerProcess) -> tuple[int, int, str]:
     """(warning and error lines in all, the most lines of one kind, that kind): a kind is a
     library's (logger, message) or one of the worker's lines a lasting condition repeats
-    (`worker.logging.REPEATED_EVENTS`); lines naming a record or an agent are not counted."""
+    (`worker.runtime.logging.REPEATED_EVENTS`); lines naming a record or an agent are not
+    counted."""
     kinds: Counter[str] = Counter()
     total = 0
     for line in worker.lines:

@@ -19,8 +19,8 @@ from aiokafka.structs import ConsumerRecord
 
 from tests.helpers.kafka import delete_topics, read_all
 from tests.helpers.services import Services
-from worker.deadletters import DeadLetter, DeadLetters
 from worker.metrics import Metrics
+from worker.pipeline.deadletters import DeadLetter, DeadLetters
 
 pytestmark = pytest.mark.integration
 

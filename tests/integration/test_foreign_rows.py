@@ -20,7 +20,7 @@ from worker.db.store import PgStore
 from worker.domain.config import DEFAULT_TRADING_CONFIG
 from worker.domain.fills import Fees
 from worker.domain.models import SOL_MINT, ExecutionStatus, Signal
-from worker.handlers import SignalOutcome, handle_signals
+from worker.handlers.signals import SignalOutcome, handle_signals
 from worker.settings import TradingSettings
 
 pytestmark = pytest.mark.integration

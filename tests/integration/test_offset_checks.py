@@ -1,5 +1,5 @@
 """Stored offsets that do not belong to the partition's log (a recreated topic, another
-cluster, records removed by retention): never a silent drop (`worker.offset_checks`)."""
+cluster, records removed by retention): never a silent drop (`worker.pipeline.offset_checks`)."""
 
 from __future__ import annotations
 

@@ -22,12 +22,12 @@ from tests.helpers.cli import run_cli, start_cli
 from tests.helpers.kafka import Topics
 from tests.helpers.services import Services
 from tests.helpers.workers import worker_env
-from worker.config_cache import ConfigTexts
 from worker.db.prices import price_history_upkeep
 from worker.db.store import PgStore
 from worker.domain.models import SOL_MINT, PriceTick, Signal
-from worker.handlers import handle_signals
-from worker.prices import handle_prices
+from worker.handlers.config_cache import ConfigTexts
+from worker.handlers.signals import handle_signals
+from worker.handlers.ticks import handle_prices
 from worker.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -25,7 +25,6 @@ import pytest
 
 from tests.helpers.books import LONG_AGO, TOKEN_A, TOKEN_B, Account, make_account, set_price
 from tests.memory import add_agent, pause, set_config
-from worker.config_cache import ConfigTexts
 from worker.db.accounts import FundedAgent
 from worker.db.store import PgStore
 from worker.domain.fills import Fees
@@ -33,9 +32,10 @@ from worker.domain.ledger import BalanceDelta, NewPosition, SwapRow
 from worker.domain.models import SOL_MINT, PositionState, PriceTick, Signal
 from worker.domain.records import PriceWrite, TrailUpdate
 from worker.errors import DomainError
-from worker.handlers import SignalOutcome, handle_signals
+from worker.handlers.config_cache import ConfigTexts
+from worker.handlers.signals import SignalOutcome, handle_signals
+from worker.handlers.ticks import handle_prices
 from worker.ports import PriceStore, SignalStore
-from worker.prices import handle_prices
 from worker.replay.memory import MemoryStore, StoreViolation
 from worker.settings import Settings, TradingSettings
 

@@ -26,7 +26,7 @@ from tests.integration.test_report_replay import _trade
 from worker.db.snapshots import hour_of, snapshot_all
 from worker.db.store import PgStore
 from worker.domain.models import Signal
-from worker.handlers import handle_signals
+from worker.handlers.signals import handle_signals
 from worker.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -18,15 +18,15 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests.helpers.books import TOKEN_A, TOKEN_B, make_account
-from worker.config_cache import ConfigTexts
 from worker.db.ledger import find_violations
 from worker.db.snapshots import hour_of, snapshot_all
 from worker.db.store import PgStore
 from worker.domain.fills import Fees
 from worker.domain.models import SOL_MINT, PriceTick, Signal
 from worker.domain.money import MATH_CONTEXT
-from worker.handlers import SignalOutcome, handle_signals
-from worker.prices import TickOutcome, handle_prices
+from worker.handlers.config_cache import ConfigTexts
+from worker.handlers.signals import SignalOutcome, handle_signals
+from worker.handlers.ticks import TickOutcome, handle_prices
 from worker.settings import TradingSettings
 
 pytestmark = pytest.mark.integration

@@ -1,4 +1,4 @@
-"""From a fetch to transactions (`worker.batching`): decoding, costs, lanes and chunks."""
+"""From a fetch to transactions (`worker.pipeline.batching`): decoding, costs, lanes and chunks."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from datetime import UTC, datetime, timedelta
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from tests.helpers.books import TOKEN_A as TOKEN
-from worker.batching import (
+from worker.messages import SignalV1
+from worker.pipeline.batching import (
     MAX_EXECUTIONS_PER_TRANSACTION,
     UNKNOWN_FANOUT,
     Fanouts,
@@ -19,7 +20,6 @@ from worker.batching import (
     deal,
     decode,
 )
-from worker.messages import SignalV1
 
 TOPIC = "trading-signals"
 NOW = datetime(2026, 11, 30, 12, tzinfo=UTC)

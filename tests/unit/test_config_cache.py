@@ -8,15 +8,15 @@ import uuid
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from worker import config_cache
-from worker.config_cache import (
+from worker.domain.config_reading import OversizedConfig, capped, read_config, text_bytes
+from worker.handlers import config_cache
+from worker.handlers.config_cache import (
     ENTRY_OVERHEAD,
     READINGS_MAX_BYTES,
     ByteBoundedCache,
     ConfigTexts,
     config_of_text,
 )
-from worker.domain.config_reading import OversizedConfig, capped, read_config, text_bytes
 
 
 def test_the_cache_drops_the_least_recent_entries_beyond_its_bound() -> None:

@@ -13,7 +13,8 @@ import pytest
 from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
 from aiokafka.structs import ConsumerRecord
 
-from worker.deadletters import (
+from worker.metrics import Metrics
+from worker.pipeline.deadletters import (
     MAX_KEPT_HEADER_BYTES,
     TRUNCATED_BYTES,
     DeadLetter,
@@ -22,7 +23,6 @@ from worker.deadletters import (
     first_fitting,
     letter,
 )
-from worker.metrics import Metrics
 
 
 def _record(

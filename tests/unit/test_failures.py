@@ -18,8 +18,8 @@ from aiokafka.errors import (
 )
 
 from worker.errors import InvalidMessage
-from worker.failures import Action, Scope, disposition
-from worker.kafka import BrokerRefusedError
+from worker.pipeline.failures import Action, Scope, disposition
+from worker.pipeline.kafka import BrokerRefusedError
 from worker.retry import SERVER_SQLSTATES, server_trouble
 
 

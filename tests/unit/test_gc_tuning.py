@@ -1,4 +1,4 @@
-"""`worker.app.tune_gc`: the collector's first threshold raised, start-up objects frozen."""
+"""`worker.runtime.app.tune_gc`: the collector's first threshold raised, start-up objects frozen."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from worker.app import GC_GEN0_THRESHOLD, tune_gc
+from worker.runtime.app import GC_GEN0_THRESHOLD, tune_gc
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from tests.helpers.books import TOKEN_C
 from tests.memory import RecordingStore, add_agent
 from worker.domain.fills import Fees
 from worker.domain.models import SOL_MINT, ExecutionStatus, Signal
-from worker.handlers import SignalOutcome, UnknownUser, buy_transaction_id, handle_signals
+from worker.handlers.signals import SignalOutcome, UnknownUser, buy_transaction_id, handle_signals
 from worker.settings import TradingSettings
 
 NOW = datetime(2026, 1, 1, 12, tzinfo=UTC)

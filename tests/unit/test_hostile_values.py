@@ -16,14 +16,14 @@ from aiokafka.structs import ConsumerRecord
 
 from tests.helpers.books import TOKEN_A as TOKEN
 from tests.memory import add_agent
-from worker.batching import Fanouts, decode
 from worker.domain.config import resolve_config
 from worker.domain.fills import Fees
 from worker.domain.models import SOL_MINT, PositionState
 from worker.domain.ticks import plan_tick
 from worker.errors import InvalidMessage
-from worker.handlers import SignalOutcome, handle_signals
+from worker.handlers.signals import SignalOutcome, handle_signals
 from worker.messages import PriceTickV1, check_tick_time, decode_price, decode_signal
+from worker.pipeline.batching import Fanouts, decode
 from worker.replay.memory import MemoryStore
 from worker.settings import TradingSettings
 
@@ -274,14 +274,14 @@ def test_a_record_whose_timestamp_is_no_time_is_dead_lettered() -> None:
 def test_a_decoding_bug_one_record_triggers_dead_letters_that_record_only(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import worker.batching
+    import worker.pipeline.batching
 
     def broken(raw: bytes | None) -> PriceTickV1:
         if raw == b"poison":
             raise ArithmeticError("a bug the record found")
         return decode_price(raw)
 
-    monkeypatch.setattr(worker.batching, "decode_price", broken)
+    monkeypatch.setattr(worker.pipeline.batching, "decode_price", broken)
     ok = json.dumps({"token_address": TOKEN, "price_usd": "1"}).encode()
     ms = int(NOW.timestamp() * 1000)
     items, dead = decode([_tick_record(b"poison", ms), _tick_record(ok, ms)], is_signal=False,

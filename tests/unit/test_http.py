@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 from prometheus_client import CollectorRegistry
 
-from worker.http import MAX_HEADERS, MAX_LINE_BYTES, HealthServer
+from worker.runtime.http import MAX_HEADERS, MAX_LINE_BYTES, HealthServer
 
 
 async def _ready() -> str | None:

@@ -24,12 +24,13 @@ import pytest
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from tests.helpers.books import signal_message
-from worker.batching import Chunk, Item
-from worker.consumer import Pipeline
-from worker.deadletters import DeadLetter
+from worker.db.store import PgStore
 from worker.messages import SignalV1
 from worker.metrics import Metrics
-from worker.reporting import Outcome
+from worker.pipeline.batching import Chunk, Item
+from worker.pipeline.consumer import Pipeline
+from worker.pipeline.deadletters import DeadLetter
+from worker.pipeline.telemetry import Outcome
 from worker.settings import Settings
 
 TP = TopicPartition("signals", 0)
@@ -109,7 +110,7 @@ class Recording(Pipeline):
 
 def _pipeline(pool: Pool, error: Exception) -> Recording:
     settings = Settings(signals_topic="signals", prices_topic="prices")
-    pipeline = Recording(settings, pool, object(), object(), Metrics())  # type: ignore[arg-type]
+    pipeline = Recording(settings, pool, object(), object(), Metrics(), stores=PgStore)  # type: ignore[arg-type]
     pipeline.error = error
     return pipeline
 
@@ -198,7 +199,7 @@ async def test_server_trouble_while_isolating_is_raised_and_nothing_is_kept() ->
 
     pool = Pool()
     settings = Settings(signals_topic="signals", prices_topic="prices")
-    pipeline = Flaky(settings, pool, object(), object(), Metrics())  # type: ignore[arg-type]
+    pipeline = Flaky(settings, pool, object(), object(), Metrics(), stores=PgStore)  # type: ignore[arg-type]
     with pytest.raises(ConnectionResetError):
         await pipeline._commit(_chunk(range(5)))
     assert pool.conn.committed == []

@@ -8,7 +8,7 @@ from decimal import Decimal
 from uuid import UUID
 
 from worker.domain.fills import BuyFill, SellFill
-from worker.domain.ledger import BalanceDelta, Holding, SwapRow, buy_rows, merge_deltas, sale_rows
+from worker.domain.ledger import BalanceDelta, SwapOwner, SwapRow, buy_rows, merge_deltas, sale_rows
 from worker.domain.models import SOL_MINT, SOL_SYMBOL, Subscriber
 from worker.domain.records import AgentRow
 
@@ -18,7 +18,7 @@ POSITION = UUID(int=3)
 TX = UUID(int=4)
 TOKEN = "Tok1111111111111111111111111111111111111111"
 AT = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
-HOLDING = Holding(AGENT, "sim_wallet", TOKEN, "TOK", 42, POSITION)
+HOLDING = SwapOwner(AGENT, "sim_wallet", TOKEN, "TOK", 42, POSITION)
 
 BUY = BuyFill(
     size_sol=Decimal("0.5"),

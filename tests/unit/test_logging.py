@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import structlog
 
-from worker.logging import Repeats, configure_logging
+from worker.runtime.logging import Repeats, configure_logging
 from worker.settings import Settings
 
 DSN = "postgresql://worker:hunter2-db@db.internal:5432/signals"
@@ -161,7 +161,7 @@ def test_auto_is_json_when_stderr_is_not_a_terminal(configure: Any) -> None:
 def test_auto_is_console_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
-    from worker.logging import is_console
+    from worker.runtime.logging import is_console
 
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     assert is_console(Settings(log_format="auto"))

@@ -1,12 +1,12 @@
 """The stored offset against its partition's log: consume, blocked (with why), or consumed
-from the log start with the count never processed (`worker.offset_checks`)."""
+from the log start with the count never processed (`worker.pipeline.offset_checks`)."""
 
 from __future__ import annotations
 
 import pytest
 
-from worker.offset_checks import Blocked, Verdict, check, resolving_command
-from worker.topic_ids import format_topic_id
+from worker.pipeline.offset_checks import Blocked, Verdict, check, resolving_command
+from worker.pipeline.topic_ids import format_topic_id
 
 OLD = "Qy4E_usSRFi7UALX_enQ9g"
 NEW = "baauIxKITMyoTqKs_Zk7JQ"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from worker.ordering import TickWatermarks, split_at
+from worker.pipeline.ordering import TickWatermarks, split_at
 
 P0, P1 = TopicPartition("prices", 0), TopicPartition("prices", 1)
 

@@ -12,10 +12,12 @@ import pytest
 from aiokafka.errors import KafkaConnectionError
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from worker.batching import Chunk
-from worker.consumer import Pipeline, StopRequested, where
+from worker.db.store import PgStore
 from worker.metrics import Metrics
-from worker.reporting import Troubles
+from worker.pipeline.batching import Chunk, where
+from worker.pipeline.consumer import Pipeline
+from worker.pipeline.failures import StopRequested
+from worker.pipeline.telemetry import Troubles
 from worker.settings import Settings
 
 TP = TopicPartition("signals", 0)
@@ -49,7 +51,7 @@ class DeadLetters:
 
 def _pipeline(letters: DeadLetters) -> Pipeline:
     settings = Settings(signals_topic="signals", prices_topic="prices", retry_backoff_max_s=0.01)
-    return Pipeline(settings, object(), Consumer(), letters, Metrics())  # type: ignore[arg-type]
+    return Pipeline(settings, object(), Consumer(), letters, Metrics(), stores=PgStore)  # type: ignore[arg-type]
 
 
 def _not_json(offset: int) -> ConsumerRecord[bytes, bytes]:

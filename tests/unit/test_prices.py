@@ -13,12 +13,12 @@ from typing import Any
 
 from tests.helpers.books import TOKEN_A as TOKEN
 from tests.memory import RecordingStore, add_agent, held, open_position, pause, set_config
-from worker.config_cache import ENTRY_OVERHEAD, ConfigTexts
 from worker.domain.config import resolve_config
 from worker.domain.exit_rules import exit_rules
 from worker.domain.models import SOL_MINT, CloseReason, PositionState, PriceTick
 from worker.domain.records import OpenPosition
-from worker.prices import TickOutcome, handle_prices
+from worker.handlers.config_cache import ENTRY_OVERHEAD, ConfigTexts
+from worker.handlers.ticks import TickOutcome, handle_prices
 from worker.settings import Settings
 
 BOUGHT = datetime(2026, 1, 1, 12, tzinfo=UTC)

@@ -18,9 +18,9 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tests.memory import RecordingStore, add_agent, open_position
-from worker.config_cache import ConfigTexts
 from worker.domain.models import SOL_MINT, PositionState, PriceTick
-from worker.prices import TickOutcome, handle_prices
+from worker.handlers.config_cache import ConfigTexts
+from worker.handlers.ticks import TickOutcome, handle_prices
 from worker.settings import Settings
 
 TRADING = Settings().trading

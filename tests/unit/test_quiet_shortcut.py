@@ -1,6 +1,6 @@
 """The quiet-tick shortcut, proven at its boundaries.
 
-`worker/prices.py` skips `plan_tick` for a position whenever `is_quiet` says so, and only
+`worker/handlers/ticks.py` skips `plan_tick` for a position whenever `is_quiet` says so, and only
 trails its peak and low (`quiet_trail`). Every case below first checks that promise:
 
     is_quiet  =>  plan_tick makes no trade, and its final state is the position with the

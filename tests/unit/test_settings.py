@@ -23,7 +23,7 @@ from tests.helpers.books import TOKEN_A
 from tests.helpers.certificates import make_certificate
 from tests.helpers.cli import CliRun, assert_log_lines_then_one_error, run_cli
 from worker.__main__ import main
-from worker.kafka import client_options
+from worker.pipeline.kafka import client_options
 from worker.settings import Settings, describe_error, mask_dsn
 
 SETTING_NAMES = [name.upper() for name in Settings.model_fields]

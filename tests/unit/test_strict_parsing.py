@@ -14,9 +14,9 @@ import pytest
 from aiokafka.structs import ConsumerRecord
 
 from tests.helpers.books import TOKEN_A as TOKEN
-from worker.batching import decode
 from worker.errors import InvalidMessage
 from worker.messages import decode_price, decode_signal
+from worker.pipeline.batching import decode
 
 USER = "6f1c0f3e-8a47-4d0c-9a51-2d7c1e0b9f11"
 NOW = datetime(2026, 1, 1, 12, tzinfo=UTC)

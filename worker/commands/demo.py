@@ -28,7 +28,6 @@ from uuid import UUID
 import orjson
 import structlog
 
-from worker.app import run_worker
 from worker.commands.seed_demo import DEMO_AGENTS, DEMO_EMAIL
 from worker.commands.text import printable
 from worker.db import accounts
@@ -38,7 +37,8 @@ from worker.db.results import SignalResult, price_time, signal_id_of, signal_res
 from worker.domain.models import SOL_MINT
 from worker.domain.money import fmt
 from worker.errors import WorkerError
-from worker.kafka import group_members, make_producer, start_client
+from worker.pipeline.kafka import group_members, make_producer, start_client
+from worker.runtime.app import run_worker
 from worker.settings import Settings
 
 log = structlog.get_logger(__name__)

@@ -10,46 +10,30 @@ moves one partition past the one record it would read next, after sending that r
 the dead-letter topic (a record is never dropped silently), under the same rule.
 
 Under the table, `show` says what is wrong with a stored offset that does not fit its log
-(`worker.offset_checks`): past the log's end or of another topic id (the topic was recreated,
-or this is another cluster's: the worker does not consume that partition until `reset`),
-or below the log's start (that many offsets were removed before they were processed).
+(`worker.pipeline.offset_checks`): past the log's end or of another topic id (the topic was
+recreated, or this is another cluster's: the worker does not consume that partition until
+`reset`), or below the log's start (that many offsets were removed before they were processed).
 `reset` stores the topic's current id with the offsets, so a recreated topic is accepted.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import CommitFailedError, KafkaError
-from aiokafka.structs import ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError
+from aiokafka.structs import TopicPartition
 
 from worker.db.offsets import fetch_stored, set_offset
 from worker.db.pool import connect_migrated
-from worker.deadletters import DeadLetter, DeadLetters
 from worker.errors import UsageError, WorkerError
-from worker.kafka import (
-    KAFKA_DEFAULT_MAX_MESSAGE_BYTES,
-    client_options,
-    make_producer,
-    record_limits,
-    start_client,
-)
-from worker.metrics import Metrics
-from worker.offset_checks import check, resolving_command
+from worker.pipeline.group_admin import Cluster, open_cluster
+from worker.pipeline.offset_checks import check, resolving_command
 from worker.retry import describe
-from worker.settings import KafkaSettings, Settings
-from worker.topic_ids import topic_ids
-
-# Group states in which no consumer holds partitions (Kafka's classic group protocol).
-_IDLE_STATES = frozenset({"Empty", "Dead"})
+from worker.settings import Settings
 
 
 class GroupActiveError(WorkerError):
@@ -113,143 +97,6 @@ class PartitionOffsets:
         return max(0, self.start - self.position)
 
 
-@dataclass(frozen=True, slots=True)
-class GroupState:
-    """What the group coordinator says about the group."""
-
-    state: str
-    members: int
-
-    @property
-    def is_active(self) -> bool:
-        """True when some consumer is (or is becoming) a member of the group."""
-        return self.members > 0 or self.state not in _IDLE_STATES
-
-
-class _Cluster:
-    """The admin client and a consumer outside the group, for metadata and log offsets."""
-
-    def __init__(
-        self, kafka: KafkaSettings, admin: AIOKafkaAdminClient, reader: AIOKafkaConsumer
-    ) -> None:
-        self.kafka = kafka
-        self.admin = admin
-        self.reader = reader
-
-    async def group_state(self) -> GroupState:
-        """The group's state and member count."""
-        responses = await self.admin.describe_consumer_groups([self.kafka.consumer_group])
-        group = responses[0].to_object()["groups"][0]
-        if group["error_code"]:
-            raise WorkerError(
-                f"cannot describe consumer group {self.kafka.consumer_group!r} "
-                f"(Kafka error code {group['error_code']})"
-            )
-        return GroupState(str(group["state"]), len(group["members"]))
-
-    async def partitions(self, topics: Sequence[str]) -> list[TopicPartition]:
-        """Every partition of `topics`, which must exist."""
-        found: list[TopicPartition] = []
-        for topic in await self.admin.describe_topics(list(topics)):
-            if topic["error_code"] or not topic["partitions"]:
-                raise WorkerError(f"topic {topic['topic']!r} does not exist on the brokers")
-            found.extend(
-                TopicPartition(topic["topic"], p["partition"]) for p in topic["partitions"]
-            )
-        return sorted(found)
-
-    async def topic_ids(self, topics: list[str]) -> dict[str, str | None]:
-        """Each topic's id (None where the brokers give none)."""
-        # The admin client's own connections (aiokafka has no public way to send a request).
-        ids = await topic_ids(self.admin._client, topics)
-        return ids if ids is not None else dict.fromkeys(topics)
-
-    async def committed(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
-        """The group's committed offsets (partitions without one are left out)."""
-        offsets = await self.admin.list_consumer_group_offsets(
-            self.kafka.consumer_group, partitions=partitions
-        )
-        return {tp: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
-
-    async def bounds(
-        self, partitions: list[TopicPartition]
-    ) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
-        """The first and the next-to-be-written offset of each partition."""
-        start = await self.reader.beginning_offsets(partitions)
-        end = await self.reader.end_offsets(partitions)
-        return dict(start), dict(end)
-
-    async def at_time(self, partitions: list[TopicPartition], ms: int) -> dict[TopicPartition, int]:
-        """The first offset at or after `ms` in each partition; the end where none is."""
-        found = await self.reader.offsets_for_times(dict.fromkeys(partitions, ms))
-        _, end = await self.bounds(partitions)
-        return {tp: found[tp].offset if found.get(tp) is not None else end[tp] for tp in partitions}
-
-    async def read(
-        self, tp: TopicPartition, offset: int, *, timeout_s: float
-    ) -> ConsumerRecord[bytes, bytes] | None:
-        """The record at `offset` of `tp`; None when the log no longer holds it."""
-        self.reader.assign([tp])
-        self.reader.seek(tp, offset)
-        async with asyncio.timeout(timeout_s):
-            record: ConsumerRecord[bytes, bytes] = await self.reader.getone(tp)
-        return record if record.offset == offset else None
-
-    async def dead_letter(
-        self, record: ConsumerRecord[bytes, bytes], reason: str, *, timeout_s: float
-    ) -> None:
-        """Send `record` to the DLQ topic with `reason`, cut down as the worker would."""
-        producer = make_producer(self.kafka)
-        await start_client(producer, self.kafka, timeout_s=timeout_s)
-        try:
-            limits = await record_limits(self.admin, [self.kafka.dlq_topic])
-            letters = DeadLetters(
-                producer,
-                self.kafka.dlq_topic,
-                Metrics(),
-                max_bytes=limits.get(self.kafka.dlq_topic, KAFKA_DEFAULT_MAX_MESSAGE_BYTES),
-            )
-            await letters.send([DeadLetter(record, reason, "skipped")])
-        finally:
-            await producer.stop()
-
-    async def commit(self, offsets: dict[TopicPartition, int], *, timeout_s: float) -> None:
-        """Commit `offsets` for the group as a consumer outside it (refused if it has members)."""
-        committer = AIOKafkaConsumer(
-            **client_options(self.kafka),
-            group_id=self.kafka.consumer_group,
-            enable_auto_commit=False,
-        )
-        await start_client(committer, self.kafka, timeout_s=timeout_s)
-        try:
-            committer.assign(list(offsets))
-            committer.pause(*offsets)  # it must not fetch, only commit
-            await committer.commit(offsets)
-        finally:
-            await committer.stop()
-
-
-@contextlib.asynccontextmanager
-async def _cluster(settings: Settings) -> AsyncIterator[_Cluster]:
-    kafka = settings.kafka
-    admin = AIOKafkaAdminClient(**client_options(kafka))
-    await start_client(admin, kafka, timeout_s=settings.startup_timeout_s)
-    try:
-        # read_committed: the end the worker's own consumer sees (the last stable offset).
-        reader = AIOKafkaConsumer(
-            **client_options(kafka), group_id=None, isolation_level="read_committed"
-        )
-        await start_client(reader, kafka, timeout_s=settings.startup_timeout_s)
-        try:
-            yield _Cluster(kafka, admin, reader)
-        except KafkaError as exc:
-            raise WorkerError(f"Kafka at {kafka.bootstrap_servers}: {exc}") from exc
-        finally:
-            await reader.stop()
-    finally:
-        await admin.close()
-
-
 def _topics(settings: Settings, args: argparse.Namespace) -> list[str]:
     known = [settings.signals_topic, settings.prices_topic]
     wanted: list[str] = args.topic or known
@@ -277,7 +124,7 @@ def parse_timestamp(text: str) -> datetime:
 
 async def collect(
     settings: Settings,
-    cluster: _Cluster,
+    cluster: Cluster,
     conn: asyncpg.Connection,
     topics: list[str],
     *,
@@ -345,7 +192,7 @@ def format_problems(rows: Sequence[PartitionOffsets]) -> str:
 
 
 async def _targets(
-    cluster: _Cluster, partitions: list[TopicPartition], args: argparse.Namespace
+    cluster: Cluster, partitions: list[TopicPartition], args: argparse.Namespace
 ) -> tuple[dict[TopicPartition, int], str]:
     if args.to_timestamp is not None:
         moment = parse_timestamp(args.to_timestamp)
@@ -357,7 +204,7 @@ async def _targets(
     return start, "the earliest records"
 
 
-async def _refuse_if_active(cluster: _Cluster) -> None:
+async def _refuse_if_active(cluster: Cluster) -> None:
     group = await cluster.group_state()
     if group.is_active:
         raise GroupActiveError(
@@ -367,7 +214,7 @@ async def _refuse_if_active(cluster: _Cluster) -> None:
 
 
 async def _reset(
-    settings: Settings, args: argparse.Namespace, cluster: _Cluster, conn: asyncpg.Connection
+    settings: Settings, args: argparse.Namespace, cluster: Cluster, conn: asyncpg.Connection
 ) -> str:
     """Set the stored and the committed offsets together; return what they were set to."""
     topics = _topics(settings, args)
@@ -395,7 +242,7 @@ async def _reset(
 
 
 async def _skip(
-    settings: Settings, args: argparse.Namespace, cluster: _Cluster, conn: asyncpg.Connection
+    settings: Settings, args: argparse.Namespace, cluster: Cluster, conn: asyncpg.Connection
 ) -> str:
     """Dead-letter the record the partition would be read from next, then move past it."""
     await _refuse_if_active(cluster)
@@ -449,7 +296,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         parse_timestamp(args.to_timestamp)  # a typo fails before anything is touched
     conn = await connect_migrated(settings.db, timeout_s=settings.startup_timeout_s)
     try:
-        async with _cluster(settings) as cluster:
+        async with open_cluster(settings.kafka, timeout_s=settings.startup_timeout_s) as cluster:
             summary: str | None = None
             if args.offsets_command == "reset":
                 summary = await _reset(settings, args, cluster, conn)

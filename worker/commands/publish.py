@@ -24,8 +24,8 @@ import structlog
 from aiokafka.errors import KafkaError
 
 from worker.errors import InvalidMessage, UsageError, WorkerError
-from worker.kafka import make_producer, require_topics, start_client
 from worker.messages import decode_price, decode_signal
+from worker.pipeline.kafka import make_producer, require_topics, start_client
 from worker.retry import describe
 from worker.settings import Settings
 

@@ -28,14 +28,13 @@ from worker.commands.options import no_agent_message
 from worker.commands.report import draw_curves, render
 from worker.commands.text import printable
 from worker.db.pool import connect_migrated
-from worker.db.replay import read_agents
+from worker.db.replay import read_agents, read_history
 from worker.db.report import Filters, read_report
 from worker.domain.config_reading import decode_json, unknown_keys
 from worker.domain.models import PriceTick, Signal
 from worker.domain.records import AgentSetup
 from worker.domain.results import AgentResult
 from worker.errors import InvalidMessage, UsageError
-from worker.logging import configure_logging
 from worker.messages import PriceTickV1, SignalV1, decode_price, decode_signal
 from worker.replay.engine import (
     MAX_VARIANTS,
@@ -44,9 +43,10 @@ from worker.replay.engine import (
     Start,
     Variant,
     check_variant,
-    read_record,
+    record_of,
     replay_each,
 )
+from worker.runtime.logging import configure_logging
 from worker.settings import Settings
 
 STORED = "stored config"
@@ -71,7 +71,8 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
                 raise UsageError(
                     no_agent_message(args, "agent with a simulation wallet and the id")
                 )
-            record = await read_record(conn, agents, since=args.from_, until=args.to, given=given)
+            history = await read_history(conn, agents, since=args.from_, until=args.to, given=given)
+            record = record_of(agents, history)
             if record is None:
                 raise UsageError(_nothing_to_replay(args))
             live = None

@@ -21,7 +21,7 @@ OFFSETS: Bulk[tuple[str, int, int, str | None]] = Bulk(
     scalars=["group"],
 )
 # The topic id is only ever filled in: a partition whose stored id differs from the topic's
-# is not consumed (`worker.offset_checks`), so nothing stores over it but `offsets reset`.
+# is not consumed (`worker.pipeline.offset_checks`), so nothing stores over it but `offsets reset`.
 STORE_OFFSETS = OFFSETS.sql("""
 INSERT INTO consumer_offsets (consumer_group, topic, partition, next_offset, topic_id, updated_at)
 SELECT {group}, x.t, x.p, x.o, x.i, now()

@@ -11,8 +11,7 @@ import orjson
 
 from worker.db.migrations import default_schema_dir, load_migrations, require_migrated
 from worker.errors import ServiceUnavailable
-from worker.failures import SERVICE_ERRORS
-from worker.retry import describe, is_transient, startup_retry
+from worker.retry import SERVICE_ERRORS, describe, is_transient, startup_retry
 from worker.settings import DbSettings
 
 Pool = asyncpg.Pool

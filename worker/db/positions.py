@@ -47,7 +47,7 @@ SELECT p.id, p.agent_id, p.wallet_address, p.token_address, p.token_symbol,
 # The open positions in the tokens of a chunk of ticks, without the joins and columns only a
 # trade needs (signal, SOL balance, amounts): a third of the time for a token many agents hold.
 # Not the config either, only the agents row's version (`xmin`, which every update of the
-# row changes): the worker keeps configs by agent and version (`worker.config_cache`).
+# row changes): the worker keeps configs by agent and version (`worker.handlers.config_cache`).
 SELECT_TRAIL_ROWS = """
 SELECT p.id, p.agent_id, p.token_address, p.wallet_address, a.xmin::text AS config_version,
        p.purchase_price, p.created_at, p.current_stop_loss_percentage, p.peak_price,

@@ -13,8 +13,8 @@ import asyncpg
 from worker.db.agents import config_columns, stored_config
 from worker.db.ledger import LEDGER_MOVES
 from worker.domain.config_reading import DEFAULT_MAX_CONFIG_BYTES
-from worker.domain.models import SOL_MINT, Signal
-from worker.domain.records import AgentSetup, PriceWrite
+from worker.domain.models import SOL_MINT, PriceTick, Signal
+from worker.domain.records import AgentSetup, PriceWrite, ReplayHistory
 
 SELECT_AGENTS = f"""
 SELECT a.id, a.user_id, a.name, a.trading_mode, a.automated_trading_simulation,
@@ -166,3 +166,40 @@ async def state_at(
     }
     open_at = int(await conn.fetchval(COUNT_OPEN_AT, list(wallets), SOL_MINT, at))
     return sol, prices, open_at
+
+
+def tick_of(p: PriceWrite) -> PriceTick:
+    """A recorded tick as the handler takes it: observed at its recorded time."""
+    return PriceTick(p.token_address, p.price_usd, p.ts)
+
+
+async def read_history(
+    conn: asyncpg.Connection,
+    agents: Sequence[AgentSetup],
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    given: tuple[list[Signal], list[PriceTick]] | None = None,
+) -> ReplayHistory | None:
+    """The agents' users' recorded signals and the ticks of their tokens in [since, until)
+    (or the `given` signals and ticks, from files, in that range), and the state at the
+    start: `since`, else the first signal (earlier ticks only set prices); None when there is
+    no signal to replay. `worker.replay.engine.record_of` puts them in replay order."""
+    users = {a.user_id for a in agents}
+
+    def in_range(at: datetime) -> bool:
+        return (since is None or at >= since) and (until is None or at < until)
+
+    if given is None:
+        signals = await read_signals(conn, sorted(users), since, until)
+        tokens = sorted({s.token_address for s in signals} | {SOL_MINT})
+        ticks = [tick_of(p) for p in await read_ticks(conn, tokens, since, until)]
+    else:
+        signals = [s for s in given[0] if s.user_id in users and in_range(s.created_at)]
+        tokens = sorted({s.token_address for s in signals} | {SOL_MINT})
+        ticks = [t for t in given[1] if in_range(t.ts)]
+    if not signals:
+        return None
+    begin = since or min(s.created_at for s in signals)
+    sol, prices, open_at = await state_at(conn, agents, tokens, begin)
+    return ReplayHistory(signals, ticks, begin, sol, prices, open_at)

@@ -55,7 +55,7 @@ MAX_MESSAGE_CHARS = 300
 # (60 significant digits) exact.
 SOL_LIMIT = Decimal(10) ** 12
 USD_LIMIT = Decimal(10) ** 22
-PCT_LIMIT = Decimal(10) ** 6
+PCT_SETTING_LIMIT = Decimal(10) ** 6
 MINUTES_LIMIT = Decimal(10) ** 8  # about 190 years
 INT32_MAX = 2**31 - 1
 # Integers of a stored config longer than this are read as Decimal, not int.
@@ -173,7 +173,7 @@ class SignalFilters(_Model):
 class TrailingLevel(_Model):
     """A custom stop-loss level: from `change`% gain on, the stop sits at +`stop_loss`%."""
 
-    change: Decimal = Field(gt=0, le=PCT_LIMIT)
+    change: Decimal = Field(gt=0, le=PCT_SETTING_LIMIT)
     stop_loss: Decimal = Field(alias="stopLoss", gt=0, le=1000)
 
 
@@ -264,10 +264,10 @@ class StaleTradeConfig(_Model):
         Decimal(60), alias="minHoldTimeMinutes", ge=1, le=MINUTES_LIMIT
     )
     min_profit_percent: Decimal = Field(
-        Decimal(1), alias="minProfitPercent", ge=-PCT_LIMIT, le=PCT_LIMIT
+        Decimal(1), alias="minProfitPercent", ge=-PCT_SETTING_LIMIT, le=PCT_SETTING_LIMIT
     )
     max_profit_percent: Decimal = Field(
-        Decimal(10), alias="maxProfitPercent", ge=-PCT_LIMIT, le=PCT_LIMIT
+        Decimal(10), alias="maxProfitPercent", ge=-PCT_SETTING_LIMIT, le=PCT_SETTING_LIMIT
     )
 
     @model_validator(mode="after")

@@ -49,7 +49,7 @@ from worker.domain.money import (
     HUNDRED,
     MATH_CONTEXT,
     ONE,
-    PCT_LIMIT,
+    PCT_COLUMN_MAX,
     ZERO,
     clamp,
     div,
@@ -446,7 +446,9 @@ def full_exit_pnl(pos: PositionState, sale_credit_sol: Decimal, sol_price_usd: D
     pnl = returned - pos.total_invested_sol
     invested = pos.total_invested_sol
     change = (
-        clamp(div(mul(pnl, HUNDRED), invested), -PCT_LIMIT, PCT_LIMIT) if invested > 0 else ZERO
+        clamp(div(mul(pnl, HUNDRED), invested), -PCT_COLUMN_MAX, PCT_COLUMN_MAX)
+        if invested > 0
+        else ZERO
     )
     return ExitPnl(
         amount=pos.purchase_amount,

@@ -90,7 +90,7 @@ class NewPosition:
 
 
 @dataclass(frozen=True, slots=True)
-class Holding:
+class SwapOwner:
     """Whose trade it is and in which token: the parts every swap row of a position shares."""
 
     agent_id: UUID
@@ -102,7 +102,7 @@ class Holding:
 
 
 def buy_rows(
-    tx_id: UUID, holding: Holding, fill: BuyFill, time: datetime, *, is_dca: bool = False
+    tx_id: UUID, holding: SwapOwner, fill: BuyFill, time: datetime, *, is_dca: bool = False
 ) -> tuple[SwapRow, list[BalanceDelta]]:
     """The swap (SOL in, token out) and balance moves of a buy: SOL down by the debit."""
     h = holding
@@ -123,7 +123,7 @@ def buy_rows(
 
 
 def sale_rows(
-    tx_id: UUID, holding: Holding, fill: SellFill, time: datetime, *, is_take_profit: bool
+    tx_id: UUID, holding: SwapOwner, fill: SellFill, time: datetime, *, is_take_profit: bool
 ) -> tuple[SwapRow, list[BalanceDelta]]:
     """The swap (token in, gross SOL out) and balance moves of a sale: SOL up by the credit."""
     h = holding

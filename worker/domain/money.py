@@ -48,7 +48,7 @@ HUNDRED = Decimal(100)
 BPS_PER_UNIT = Decimal(10_000)
 
 # The largest magnitude numeric(10,4) holds (percentages such as change_percent).
-PCT_LIMIT = Decimal("999999.9999")
+PCT_COLUMN_MAX = Decimal("999999.9999")
 
 
 def exact(func: Callable[P, R]) -> Callable[P, R]:

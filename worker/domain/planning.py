@@ -1,6 +1,6 @@
 """What a chunk of ticks does to the open positions of its tokens, planned in memory.
 
-`worker.prices.handle_prices` reads (prices, trails, locked positions) and writes; between
+`worker.handlers.ticks.handle_prices` reads (prices, trails, locked positions) and writes; between
 its reads it calls the two steps here, which run the rules tick by tick in offset order,
 each tick seeing what the ticks before it did (peaks, stops, sales, DCA buys, the wallet's
 SOL), and queue the rows to write in a `Writes`:
@@ -15,7 +15,7 @@ Pure: no clock (`now` comes in), no I/O, no logging; the ids of the transactions
 DCA buy writes come from `new_id`, a factory the shell passes in.
 
 Why those ids differ from a buy's: a buy's transaction and position ids are derived from
-(signal, agent) (`worker.handlers.buy_transaction_id`), the unique key of its execution, so
+(signal, agent) (`worker.handlers.signals.buy_transaction_id`), the unique key of its execution, so
 a redelivered or replayed signal names the same rows. A tick has no such key for the
 transactions it writes (one position may sell, sell again and buy in one tick), and needs
 none: a tick not newer than the stored price does nothing, so no redelivery writes a sale
@@ -34,7 +34,7 @@ from uuid import UUID
 
 from worker.domain.config import AgentTradingConfig
 from worker.domain.fills import Fees
-from worker.domain.ledger import BalanceDelta, Holding, SwapRow, buy_rows, sale_rows
+from worker.domain.ledger import BalanceDelta, SwapOwner, SwapRow, buy_rows, sale_rows
 from worker.domain.models import PositionState
 from worker.domain.money import exact, to_price
 from worker.domain.records import (
@@ -319,7 +319,7 @@ class _Trade:
 
 def _trade(p: OpenPosition, plan: TickPlan, context: _Context) -> _Trade:
     """The rows of the sales and the DCA buy of `plan`, each with an id from `new_id`."""
-    holding = Holding(
+    holding = SwapOwner(
         p.agent_id, p.wallet_address, p.token_address, p.token_symbol, p.signal_id, p.id
     )
     trade = _Trade()

@@ -13,7 +13,14 @@ from uuid import UUID
 
 from worker.domain.config_reading import StoredConfigText
 from worker.domain.exits import ExitPnl
-from worker.domain.models import CloseReason, ExecutionStatus, PositionState, Subscriber
+from worker.domain.models import (
+    CloseReason,
+    ExecutionStatus,
+    PositionState,
+    PriceTick,
+    Signal,
+    Subscriber,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,7 +30,7 @@ class AgentRow:
     `held_tokens` are the tokens, among those asked about, in which that wallet has a
     position; `open_positions` counts all of its positions. `trading_config_text` is the
     stored JSON as text, decoded and validated once per distinct text by
-    `worker.config_cache.config_of_text`.
+    `worker.handlers.config_cache.config_of_text`.
     """
 
     user_id: UUID
@@ -181,3 +188,17 @@ class AgentSetup:
     automated_trading_simulation: bool = True
     automated_trading_live: bool = False
     created_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayHistory:
+    """What a replay reads: the signals and ticks of its range (in the order read), where it
+    begins, and the state then: each agent's SOL, the last price of each token, and how many
+    positions were open (which the replay does not carry)."""
+
+    signals: list[Signal]
+    ticks: list[PriceTick]
+    begin: datetime
+    sol: dict[UUID, Decimal]
+    prices: dict[str, tuple[Decimal, datetime]]
+    open_at: int

@@ -8,7 +8,7 @@ worker merges a stored config over the defaults), and feeds the events one by on
 - in time order (a signal at its `created_at`, a tick at its `ts`), ticks first at equal
   times, then in the order recorded: the order the live worker follows when the feeds
   stamp their messages with their publishing time (it takes ticks before signals by Kafka
-  record time, `worker.ordering`);
+  record time, `worker.pipeline.ordering`);
 - each at its own time: `now` is the event's time (live, it is the moment the worker
   processed it, a few milliseconds later), so stale-trade and DCA-cooldown clocks run on
   the recorded times;
@@ -30,19 +30,16 @@ from decimal import Decimal, localcontext
 from typing import Any
 from uuid import UUID
 
-import asyncpg
-
-from worker.config_cache import ConfigTexts
-from worker.db.replay import read_signals, read_ticks, state_at
 from worker.domain.config import deep_merge
 from worker.domain.config_reading import OversizedConfig, StoredConfigText, decode_json, read_config
 from worker.domain.models import SOL_MINT, PriceTick, Signal
 from worker.domain.money import MATH_CONTEXT
-from worker.domain.records import AgentSetup, PriceWrite
+from worker.domain.records import AgentSetup, ReplayHistory
 from worker.domain.results import AgentResult, Close, Holding, prices_in_sol, summarize
 from worker.errors import UsageError
-from worker.handlers import handle_signals
-from worker.prices import handle_prices
+from worker.handlers.config_cache import ConfigTexts
+from worker.handlers.signals import handle_signals
+from worker.handlers.ticks import handle_prices
 from worker.replay.memory import MemoryStore
 from worker.settings import Settings
 
@@ -190,11 +187,6 @@ async def replay_each(
         yield outcome
 
 
-def tick_of(p: PriceWrite) -> PriceTick:
-    """A recorded tick as the handler takes it: observed at its recorded time."""
-    return PriceTick(p.token_address, p.price_usd, p.ts)
-
-
 @dataclass(frozen=True, slots=True)
 class Record:
     """What a replay runs: where it starts (`begin`), its events in order, and how many
@@ -211,36 +203,13 @@ class Record:
 MAX_VARIANTS = 64
 
 
-async def read_record(
-    conn: asyncpg.Connection,
-    agents: Sequence[AgentSetup],
-    *,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    given: tuple[list[Signal], list[PriceTick]] | None = None,
-) -> Record | None:
-    """The agents' users' recorded signals and the ticks of their tokens in [since, until)
-    (or the `given` signals and ticks, from files, in that range), in replay order, and the
-    state at the start: `since`, else the first signal (earlier ticks only set prices);
-    None when there is no signal to replay."""
-    users = {a.user_id for a in agents}
-
-    def in_range(at: datetime) -> bool:
-        return (since is None or at >= since) and (until is None or at < until)
-
-    if given is None:
-        signals = await read_signals(conn, sorted(users), since, until)
-        tokens = sorted({s.token_address for s in signals} | {SOL_MINT})
-        ticks = [tick_of(p) for p in await read_ticks(conn, tokens, since, until)]
-    else:
-        signals = [s for s in given[0] if s.user_id in users and in_range(s.created_at)]
-        tokens = sorted({s.token_address for s in signals} | {SOL_MINT})
-        ticks = [t for t in given[1] if in_range(t.ts)]
-    if not signals:
+def record_of(agents: Sequence[AgentSetup], history: ReplayHistory | None) -> Record | None:
+    """The agents' history (`worker.db.replay.read_history`) in replay order, starting from
+    the state it read; None when there is nothing to replay."""
+    if history is None:
         return None
-    begin = since or min(s.created_at for s in signals)
-    sol, prices, open_at = await state_at(conn, agents, tokens, begin)
-    return Record(Start(agents, sol, prices), events_of(signals, ticks), begin, open_at)
+    start = Start(agents, history.sol, history.prices)
+    return Record(start, events_of(history.signals, history.ticks), history.begin, history.open_at)
 
 
 def check_variant(variant: Variant, start: Start) -> list[str]:

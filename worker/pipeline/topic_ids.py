@@ -9,7 +9,7 @@ protocol types support) and sends it over the client's own connections.
 
 A broker that does not speak Metadata v10 (before Kafka 2.8) gives no ids: `topic_ids`
 returns None and the worker falls back to comparing the stored offsets with the log's
-bounds (`worker.offset_checks`).
+bounds (`worker.pipeline.offset_checks`).
 """
 
 from __future__ import annotations

@@ -48,13 +48,6 @@ from uuid import UUID
 
 import structlog
 
-from worker.config_cache import (
-    ConfigProblem,
-    ConfigTexts,
-    config_of_rules,
-    config_of_text,
-    problem_of,
-)
 from worker.domain.columns import misfit
 from worker.domain.config import AgentTradingConfig
 from worker.domain.config_reading import StoredConfigText
@@ -63,6 +56,13 @@ from worker.domain.models import SOL_MINT, PriceTick
 from worker.domain.planning import IdFactory, Step, TickTally, Writes, act_loud, trail_quiet
 from worker.domain.records import ClosedPosition, PriceWrite, TrailRow
 from worker.domain.storable import Unstorable
+from worker.handlers.config_cache import (
+    ConfigProblem,
+    ConfigTexts,
+    config_of_rules,
+    config_of_text,
+    problem_of,
+)
 from worker.ports import PriceStore
 from worker.settings import TradingSettings
 

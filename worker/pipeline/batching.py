@@ -20,10 +20,11 @@ from uuid import UUID
 
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from worker.deadletters import DeadLetter
+from worker.domain.models import PriceTick, Signal
 from worker.errors import InvalidMessage
-from worker.failures import Action, Scope, disposition
 from worker.messages import PriceTickV1, SignalV1, check_tick_time, decode_price, decode_signal
+from worker.pipeline.deadletters import DeadLetter
+from worker.pipeline.failures import Action, Scope, disposition
 
 # One transaction holds at most about this many agent executions (memory stays bounded).
 MAX_EXECUTIONS_PER_TRANSACTION = 5_000
@@ -32,14 +33,14 @@ UNKNOWN_FANOUT = 100
 # Users whose fan-out is remembered (least recently seen forgotten first).
 FANOUT_MEMORY = 100_000
 
-Record: TypeAlias = ConsumerRecord[bytes, bytes]
+KafkaRecord: TypeAlias = ConsumerRecord[bytes, bytes]
 
 
 @dataclass(frozen=True, slots=True)
 class Item:
     """A record that decoded into a message."""
 
-    record: Record
+    record: KafkaRecord
     message: SignalV1 | PriceTickV1
 
 
@@ -49,7 +50,7 @@ class Part:
     it was dead-lettered) and `costs[i]` its estimated agent executions."""
 
     tp: TopicPartition
-    records: Sequence[Record]
+    records: Sequence[KafkaRecord]
     items: list[Item | None]
     costs: list[int] = field(default_factory=list)
 
@@ -63,7 +64,7 @@ class Part:
 class Chunk:
     """What one transaction covers: records of one or more partitions of one lane."""
 
-    records: list[Record] = field(default_factory=list)
+    records: list[KafkaRecord] = field(default_factory=list)
     items: list[Item] = field(default_factory=list)
     next_offsets: dict[TopicPartition, int] = field(default_factory=dict)
 
@@ -78,7 +79,7 @@ def record_time(record: ConsumerRecord[Any, Any]) -> datetime:
 
 
 def decode(
-    records: Sequence[Record], *, is_signal: bool, now: datetime, max_ahead: timedelta
+    records: Sequence[KafkaRecord], *, is_signal: bool, now: datetime, max_ahead: timedelta
 ) -> tuple[list[Item | None], list[DeadLetter]]:
     """Each record's item (None for one that cannot be processed), and the dead letters."""
     items: list[Item | None] = []
@@ -179,8 +180,43 @@ def chunks(lane: list[Part], budget: int = MAX_EXECUTIONS_PER_TRANSACTION) -> It
         yield chunk
 
 
-def above(records: list[Record], floor: int) -> list[Record]:
+def above(records: list[KafkaRecord], floor: int) -> list[KafkaRecord]:
     """The records at or after `floor` (the first offset not applied yet)."""
     if not records or records[0].offset >= floor:
         return records
     return [r for r in records if r.offset >= floor]
+
+
+def where(chunk: Chunk) -> str:
+    """The partitions and offsets a chunk covers: `topic:partition@first-last, …`."""
+    first: dict[TopicPartition, int] = {}
+    for r in chunk.records:
+        first.setdefault(TopicPartition(r.topic, r.partition), r.offset)
+    return ", ".join(
+        f"{tp.topic}:{tp.partition}@{first.get(tp, end - 1)}-{end - 1}"
+        for tp, end in sorted(chunk.next_offsets.items())
+    )
+
+
+def signals_of(items: Sequence[Item]) -> list[Signal]:
+    """The domain signals of decoded signal items, each with the record it came from."""
+    signals = []
+    for item in items:
+        assert isinstance(item.message, SignalV1)  # noqa: S101 - only signal items here
+        record = item.record
+        signals.append(
+            item.message.to_domain(
+                coordinates=f"{record.topic}:{record.partition}:{record.offset}",
+                received_at=record_time(record),
+            )
+        )
+    return signals
+
+
+def ticks_of(items: Sequence[Item]) -> list[PriceTick]:
+    """The domain ticks of decoded tick items, received at their records' times."""
+    ticks = []
+    for item in items:
+        assert not isinstance(item.message, SignalV1)  # noqa: S101 - only ticks here
+        ticks.append(item.message.to_domain(received_at=record_time(item.record)))
+    return ticks

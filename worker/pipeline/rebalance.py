@@ -9,13 +9,13 @@ flight (`lock`), so the next owner starts after this worker's last commit. Offse
 committed to Kafka, at most once per `KAFKA_COMMIT_INTERVAL_S`, for lag tools only.
 
 Before seeking, each stored offset is checked against the partition's log as it is now
-(`worker.offset_checks`): its start, its end and its topic's id (`worker.topic_ids`). A
-partition whose stored offset cannot belong to that log (a recreated topic, another
-cluster) is *blocked*: paused, never consumed, never dropped from, with one error line, the
-`signal_worker_partitions_blocked` gauge and `/readyz` failing until an operator resolves it
-(`signal-worker offsets reset`, which needs every worker of the group stopped). A stored
-offset below the log's start is consumed from the start, with the count of offsets that
-were never processed logged and counted.
+(`worker.pipeline.offset_checks`): its start, its end and its topic's id
+(`worker.pipeline.topic_ids`). A partition whose stored offset cannot belong to that log (a
+recreated topic, another cluster) is *blocked*: paused, never consumed, never dropped from,
+with one error line, the `signal_worker_partitions_blocked` gauge and `/readyz` failing until
+an operator resolves it (`signal-worker offsets reset`, which needs every worker of the group
+stopped). A stored offset below the log's start is consumed from the start, with the count
+of offsets that were never processed logged and counted.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any
 
 import asyncpg
 import structlog
@@ -31,15 +32,16 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.errors import IllegalStateError, KafkaError
 from aiokafka.structs import TopicPartition
 
-from worker.db.offsets import StoredOffset, fetch_stored
+from worker.db.offsets import StoredOffset, fetch_stored, store_offsets
 from worker.db.pool import connection
-from worker.failures import SERVICE_ERRORS
+from worker.errors import WorkerError
 from worker.metrics import Metrics
-from worker.offset_checks import Verdict, check, resolving_command
-from worker.ordering import TickWatermarks
-from worker.retry import describe, transient_retry
+from worker.pipeline.batching import KafkaRecord, above
+from worker.pipeline.offset_checks import Verdict, check, resolving_command
+from worker.pipeline.ordering import SignalHold, TickWatermarks, names
+from worker.pipeline.topic_ids import topic_ids
+from worker.retry import SERVICE_ERRORS, describe, transient_retry
 from worker.settings import KafkaSettings
-from worker.topic_ids import topic_ids
 
 log = structlog.get_logger(__name__)
 
@@ -73,21 +75,82 @@ class OffsetKeeper(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka
         self.lock = asyncio.Lock()
         # Per partition, the first offset not applied yet as far as this worker knows.
         self.floor: dict[TopicPartition, int] = {}
-        # Ticks before signals (`worker.ordering`): the owned price partitions' progress.
+        # Ticks before signals (`worker.pipeline.ordering`): the owned price partitions' progress.
         self.ticks = TickWatermarks()
         self.fatal: BaseException | None = None
         # True while a revocation waits for the work in flight; `on_revoking` is told first,
         # so that a batch waiting to retry gives up instead of holding the rebalance.
         self.revoking = False
         self._on_revoking = on_revoking
-        # Owned partitions that are not consumed, and why (`worker.offset_checks`).
+        # Owned partitions that are not consumed, and why (`worker.pipeline.offset_checks`).
         self.blocked: dict[TopicPartition, Verdict] = {}
         # The id of each topic as the brokers gave it at the last assignment (None: unknown);
         # stored with the offsets.
         self.topic_ids: dict[str, str | None] = {}
+        # Signals wait for the ticks before them (`worker.pipeline.ordering`).
+        self.hold = SignalHold(consumer, kafka.prices_topic, self.ticks, self.blocked)
         self._uncommitted: dict[TopicPartition, int] = {}
         self._last_kafka_commit = time.monotonic()
         self._last_recheck = time.monotonic()
+
+    @contextlib.asynccontextmanager
+    async def working(self) -> AsyncIterator[None]:
+        """Held while the loop works on a fetch: a revocation waits for it to finish."""
+        async with self.lock:
+            yield
+
+    def check_fatal(self) -> None:
+        """Raise when the stored offsets could not be read at an assignment."""
+        if self.fatal is not None:
+            raise WorkerError(f"cannot read stored offsets: {describe(self.fatal)}")
+
+    def floor_of(self, tp: TopicPartition) -> int:
+        """The first offset of `tp` not applied yet, as far as this worker knows."""
+        return self.floor.get(tp, 0)
+
+    def is_blocked(self, tp: TopicPartition) -> bool:
+        """True when `tp` is owned but not consumed (`worker.pipeline.offset_checks`)."""
+        return tp in self.blocked
+
+    async def recheck_if_below(self, batch: Mapping[TopicPartition, Sequence[Any]]) -> None:
+        """Check the stored offsets again when a fetch starts below one: a seek a rebalance
+        overtook, or a log that is not the one the offset belongs to (a topic recreated
+        under the worker), which is then blocked, never dropped from."""
+        if any(records and records[0].offset < self.floor_of(tp) for tp, records in batch.items()):
+            await self.recheck()
+
+    def unstored(self, tp: TopicPartition, fetched: list[KafkaRecord]) -> list[KafkaRecord]:
+        """The records of `tp` at or above its floor: those below (a fetch from before the
+        stored offset, a seek a rebalance overtook) have their effects committed and are not
+        decided again."""
+        records = above(fetched, self.floor_of(tp))
+        if len(records) < len(fetched):
+            log.warning(
+                "records_below_stored_offset_dropped",
+                partition=names({tp}),
+                dropped=len(fetched) - len(records),
+            )
+        return records
+
+    def rewind(self, batch: Mapping[TopicPartition, Sequence[KafkaRecord]]) -> None:
+        """Seek each still-assigned partition of an abandoned `batch` back to its first
+        record not stored yet (a reassignment seeks to the stored offsets anyway)."""
+        assigned = self.consumer.assignment()
+        for tp, records in batch.items():
+            if tp in assigned and records:
+                with contextlib.suppress(IllegalStateError):
+                    self.consumer.seek(tp, max(records[0].offset, self.floor_of(tp)))
+
+    async def store(
+        self, conn: asyncpg.Connection, next_offsets: dict[TopicPartition, int]
+    ) -> None:
+        """Store `next_offsets` in the transaction of `conn`, with each topic's id."""
+        await store_offsets(
+            conn,
+            self._kafka.consumer_group,
+            [(tp.topic, tp.partition, offset) for tp, offset in next_offsets.items()],
+            self.topic_ids,
+        )
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         """Wait for in-flight work so the next owner starts after our last commit."""
@@ -310,8 +373,3 @@ class OffsetKeeper(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka
                 await self.consumer.commit(offsets)
         except (KafkaError, TimeoutError) as exc:
             log.warning("kafka_commit_failed", error=describe(exc), partitions=names(set(offsets)))
-
-
-def names(tps: set[TopicPartition]) -> list[str]:
-    """`topic:partition` of each, sorted (for logs)."""
-    return sorted(f"{tp.topic}:{tp.partition}" for tp in tps)

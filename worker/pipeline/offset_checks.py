@@ -3,7 +3,7 @@
 On assignment the worker compares each partition's stored next offset with the partition's
 log as the brokers have it now: its start (the first offset still held), its end (the
 next offset to be written, read_committed) and, where the broker gives one, the topic's
-id (`worker.topic_ids`). `check` decides:
+id (`worker.pipeline.topic_ids`). `check` decides:
 
 - **consume** from the stored offset: it lies within the log, and the topic's id is the
   one stored (or either id is unknown).

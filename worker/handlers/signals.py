@@ -16,14 +16,13 @@ from datetime import datetime
 from decimal import Decimal, localcontext
 from uuid import UUID
 
-from worker.config_cache import ConfigProblem, config_of_text, problem_of
 from worker.domain.config import AgentTradingConfig
 from worker.domain.config_reading import ConfigReading
 from worker.domain.eligibility import decide_agent, is_subscriber
 from worker.domain.exit_rules import ExitRules, exit_rules
 from worker.domain.exits import open_position
 from worker.domain.fills import BuyFill, buy_fill
-from worker.domain.ledger import BalanceDelta, Holding, NewPosition, SwapRow, buy_rows
+from worker.domain.ledger import BalanceDelta, NewPosition, SwapOwner, SwapRow, buy_rows
 from worker.domain.models import (
     SOL_MINT,
     Decision,
@@ -34,6 +33,7 @@ from worker.domain.money import MATH_CONTEXT
 from worker.domain.records import AgentRow, ExecutionRow, StoredSignal
 from worker.domain.sizing import sizing_seed
 from worker.domain.storable import Unstorable, trade_misfit
+from worker.handlers.config_cache import ConfigProblem, config_of_text, problem_of
 from worker.ports import SignalStore
 from worker.settings import TradingSettings
 
@@ -306,7 +306,7 @@ class _Buys:
         symbol = signal.symbol or DEFAULT_TOKEN_SYMBOL
         tx_id = buy_transaction_id(signal_id, agent_id)
         pos_id = position_id(signal_id, agent_id)
-        holding = Holding(agent_id, wallet, token, symbol, signal_id, pos_id)
+        holding = SwapOwner(agent_id, wallet, token, symbol, signal_id, pos_id)
         swap, deltas = buy_rows(tx_id, holding, fill, self.now)
         state = open_position(fill, created_at=self.now, cfg=cfg)
         problem = trade_misfit([swap], state=state)

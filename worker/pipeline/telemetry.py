@@ -17,14 +17,14 @@ from datetime import datetime
 import structlog
 from aiokafka.structs import TopicPartition
 
-from worker.batching import FANOUT_MEMORY, Chunk, Fanouts, Item, Record
-from worker.config_cache import ConfigProblem
 from worker.db.snapshots import Snapshots
 from worker.domain.storable import Unstorable
-from worker.handlers import SignalOutcome
+from worker.handlers.config_cache import ConfigProblem
+from worker.handlers.signals import SignalOutcome
+from worker.handlers.ticks import TickOutcome
 from worker.messages import SignalV1
 from worker.metrics import Metrics
-from worker.prices import TickOutcome
+from worker.pipeline.batching import FANOUT_MEMORY, Chunk, Fanouts, Item, KafkaRecord
 from worker.retry import describe, server_trouble
 
 log = structlog.get_logger(__name__)
@@ -125,7 +125,7 @@ class Reporter:
                     effect="ignored (signal-worker agents lint lists every agent's)",
                 )
 
-    def _signal(self, record: Record, outcome: SignalOutcome, committed_at: float) -> None:
+    def _signal(self, record: KafkaRecord, outcome: SignalOutcome, committed_at: float) -> None:
         counts: dict[str, int] = {}
         for agent in outcome.outcomes:
             status = agent.decision.status.value
@@ -175,7 +175,7 @@ def report_snapshots(done: Snapshots, hour: datetime, metrics: Metrics | None) -
     )
 
 
-def coordinates(record: Record) -> dict[str, object]:
+def coordinates(record: KafkaRecord) -> dict[str, object]:
     """A record's topic, partition and offset, for log context."""
     return {"topic": record.topic, "partition": record.partition, "offset": record.offset}
 

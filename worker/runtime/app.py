@@ -18,25 +18,27 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from worker import version
-from worker.consumer import FETCH_OPTIONS, GROUP_OPTIONS, Pipeline
 from worker.db.migrations import default_schema_dir, load_migrations, require_migrated
 from worker.db.pool import connection, create_pool
 from worker.db.prices import price_history_upkeep
 from worker.db.snapshots import hour_of, snapshot_all
-from worker.deadletters import DeadLetters
+from worker.db.store import PgStore
 from worker.errors import ServiceUnavailable
-from worker.failures import SERVICE_ERRORS
-from worker.http import HealthServer, ReadyCheck
-from worker.kafka import (
+from worker.metrics import Metrics
+from worker.pipeline.consumer import Pipeline
+from worker.pipeline.deadletters import DeadLetters
+from worker.pipeline.kafka import (
     DLQ_HEADROOM_BYTES,
+    FETCH_OPTIONS,
+    GROUP_OPTIONS,
     client_options,
     ensure_topics,
     make_producer,
     start_client,
 )
-from worker.metrics import Metrics
-from worker.reporting import report_snapshots
-from worker.retry import describe, set_retry_observer
+from worker.pipeline.telemetry import report_snapshots
+from worker.retry import SERVICE_ERRORS, describe, set_retry_observer
+from worker.runtime.http import HealthServer, ReadyCheck
 from worker.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -141,7 +143,7 @@ async def _start(
         group_id=settings.consumer_group,
         max_poll_records=settings.kafka_fetch_max_records,
     )
-    parts.pipeline = Pipeline(settings, parts.pool, consumer, dead_letters, metrics)
+    parts.pipeline = Pipeline(settings, parts.pool, consumer, dead_letters, metrics, stores=PgStore)
     parts.pipeline.subscribe()
     await start_client(parts.pipeline.consumer, settings.kafka, timeout_s=timeout_s)
     parts.http = HealthServer(

@@ -2,16 +2,16 @@
 
 Exactly-once effects: the rows a chunk of records produces and the next offset of each
 partition it covers (`consumer_offsets`) are committed in one PostgreSQL transaction. On
-assignment the consumer seeks to the stored offset (`worker.rebalance`), so a crash, a
+assignment the consumer seeks to the stored offset (`worker.pipeline.rebalance`), so a crash, a
 redelivery or a rebalance never applies a record twice.
 
-Per fetch: the signals that must wait for ticks are held back (`worker.ordering`); the rest
-are decoded and their partitions dealt into lanes (`worker.batching`); the price lanes
+Per fetch: the signals that must wait for ticks are held back (`worker.pipeline.ordering`); the rest
+are decoded and their partitions dealt into lanes (`worker.pipeline.batching`); the price lanes
 commit before the signal lanes start, so a signal sees the ticks before it. Lanes run side
 by side, each on its own connection, in transactions of bounded size. What a failure
-means is decided in one place (`worker.failures`): a transient one is retried with
+means is decided in one place (`worker.pipeline.failures`): a transient one is retried with
 backoff, a batch that fails otherwise is redone record by record so that only the record at
-fault is dead-lettered (`worker.deadletters`), and a stop signal cuts retries short.
+fault is dead-lettered (`worker.pipeline.deadletters`), and a stop signal cuts retries short.
 
 Shutdown: when the stop event is set, fetching stops, a batch waiting to retry gives up at
 once (its offsets are not stored, so the next owner redoes it), and a batch in flight gets
@@ -21,85 +21,56 @@ half of `SHUTDOWN_TIMEOUT_S` to commit before it is cancelled (rolled back, redo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any, TypeVar
+from typing import TypeVar
 from uuid import UUID
 
 import asyncpg
 import structlog
 from aiokafka import AIOKafkaConsumer
-from aiokafka.errors import IllegalStateError
 from aiokafka.structs import TopicPartition
 
-from worker.batching import (
+from worker.db.pool import connection
+from worker.handlers.config_cache import ConfigTexts
+from worker.handlers.signals import UnknownUser, handle_signals
+from worker.handlers.ticks import handle_prices
+from worker.messages import SignalV1
+from worker.metrics import Metrics
+from worker.pipeline.batching import (
     Chunk,
     Fanouts,
     Item,
+    KafkaRecord,
     Part,
-    Record,
-    above,
     chunks,
     deal,
     decode,
-    record_time,
+    signals_of,
+    ticks_of,
+    where,
 )
-from worker.config_cache import ConfigTexts
-from worker.db.offsets import store_offsets
-from worker.db.pool import connection
-from worker.db.store import PgStore
-from worker.deadletters import DeadLetter, DeadLetters
-from worker.errors import WorkerError
-from worker.failures import Action, Scope, disposition
-from worker.handlers import UnknownUser, handle_signals
-from worker.messages import SignalV1
-from worker.metrics import Metrics
-from worker.ordering import MAX_HOLD_S, positions_now, readable_end, split_at
-from worker.prices import handle_prices
-from worker.rebalance import OffsetKeeper, names
-from worker.reporting import Outcome, Reporter, Troubles, coordinates
-from worker.retry import describe, is_transient, transient_retry
+from worker.pipeline.deadletters import DeadLetter, DeadLetters
+from worker.pipeline.failures import (
+    Action,
+    Retrier,
+    Scope,
+    StopRequested,
+    disposition,
+    until_stopped,
+)
+from worker.pipeline.rebalance import OffsetKeeper
+from worker.pipeline.telemetry import Outcome, Reporter, Troubles, coordinates
+from worker.ports import PipelineStore
+from worker.retry import describe
 from worker.settings import Settings
 
 log = structlog.get_logger(__name__)
 
-# How the consumer reads (the benchmark's raw consume reads with the same): from the stored
-# offsets (else the earliest), committed records only, no auto-commit, and the fetch sizes.
-FETCH_OPTIONS: dict[str, Any] = {
-    "enable_auto_commit": False,
-    "auto_offset_reset": "earliest",
-    "isolation_level": "read_committed",
-    "fetch_max_bytes": 16 * 1024 * 1024,
-    "max_partition_fetch_bytes": 2 * 1024 * 1024,
-}
-# The group membership timings the worker's consumer runs with.
-GROUP_OPTIONS: dict[str, Any] = {
-    "session_timeout_ms": 10_000,
-    "heartbeat_interval_ms": 2_000,
-    "rebalance_timeout_ms": 30_000,
-    "metadata_max_age_ms": 30_000,
-}
-
 _T = TypeVar("_T")
-Batch = dict[TopicPartition, list[Record]]
-
-
-def where(chunk: Chunk) -> str:
-    """The partitions and offsets a chunk covers: `topic:partition@first-last, …`."""
-    first: dict[TopicPartition, int] = {}
-    for r in chunk.records:
-        first.setdefault(TopicPartition(r.topic, r.partition), r.offset)
-    return ", ".join(
-        f"{tp.topic}:{tp.partition}@{first.get(tp, end - 1)}-{end - 1}"
-        for tp, end in sorted(chunk.next_offsets.items())
-    )
-
-
-class StopRequested(Exception):  # noqa: N818 - a condition, not a failure
-    """The stop event cut a batch short: nothing of it was stored, the next owner redoes it."""
+Batch = dict[TopicPartition, list[KafkaRecord]]
 
 
 class Pipeline:
@@ -112,6 +83,8 @@ class Pipeline:
         consumer: AIOKafkaConsumer,
         dead_letters: DeadLetters,
         metrics: Metrics,
+        *,
+        stores: Callable[[asyncpg.Connection], PipelineStore],
     ) -> None:
         self._settings = settings
         self._kafka = settings.kafka
@@ -119,17 +92,18 @@ class Pipeline:
         self.consumer = consumer
         self._dead_letters = dead_letters
         self._metrics = metrics
+        self._stores = stores  # the store of one transaction's connection
         # Set by a stop signal or a rebalance: a batch waiting to retry gives up at once.
         self._interrupt = asyncio.Event()
         self.offsets = OffsetKeeper(
             consumer, pool, settings.kafka, metrics, on_revoking=self._interrupt.set
         )
         self.troubles = Troubles(metrics)
+        self._retried = Retrier(settings, self._interrupt, self.troubles)
         self._fanouts = Fanouts()
         self._report = Reporter(metrics, log_level=settings.log_level, fanouts=self._fanouts)
-        # Agents' configs by row version, for ticks (see `worker.config_cache`).
+        # Agents' configs by row version, for ticks (see `worker.handlers.config_cache`).
         self._config_texts = ConfigTexts()
-        self._holding_since: float | None = None
         self._stop = asyncio.Event()
 
     def subscribe(self) -> None:
@@ -165,22 +139,22 @@ class Pipeline:
         while not stop.is_set():
             if not self.offsets.revoking:
                 self._interrupt.clear()
-            if self.offsets.fatal is not None:
-                raise WorkerError(f"cannot read stored offsets: {describe(self.offsets.fatal)}")
+            self.offsets.check_fatal()
             fetched = await self.consumer.getmany(
                 timeout_ms=200, max_records=self._kafka.fetch_max_records
             )
-            batch = await self._hold_late_signals(fetched)
+            batch = await self.offsets.hold.release(fetched)
             if not batch:
                 await self.offsets.recheck_if_due()
                 continue
             try:
-                async with self.offsets.lock:
+                async with self.offsets.working():
                     # A rebalance may have run while the fetch was read: what is no longer
                     # ours is left to its new owner.
                     assigned = self.consumer.assignment()
                     batch = {tp: r for tp, r in batch.items() if tp in assigned}
-                    await self._until_stopped(self._process_fetch(batch))
+                    grace_s = self._settings.shutdown_timeout_s / 2
+                    await until_stopped(self._process_fetch(batch), self._stop, grace_s)
             except StopRequested as exc:
                 if stop.is_set():
                     log.warning("batch_abandoned_at_shutdown", reason=str(exc))
@@ -188,59 +162,10 @@ class Pipeline:
                 # A rebalance came while the batch waited for the server: nothing of its
                 # unfinished lanes was stored; read them again from where they stand.
                 log.warning("batch_abandoned_for_rebalance", reason=str(exc))
-                self._rewind(batch)
+                self.offsets.rewind(batch)
                 continue
             await self.offsets.commit_kafka_if_due()
             await self.offsets.recheck_if_due()
-
-    def _rewind(self, batch: Batch) -> None:
-        """Seek each still-assigned partition of an abandoned `batch` back to its first
-        record not stored yet (a reassignment seeks to the stored offsets anyway)."""
-        assigned = self.consumer.assignment()
-        for tp, records in batch.items():
-            if tp in assigned and records:
-                with contextlib.suppress(IllegalStateError):
-                    self.consumer.seek(tp, max(records[0].offset, self.offsets.floor.get(tp, 0)))
-
-    async def _hold_late_signals(self, batch: Batch) -> Batch:
-        """The fetch less the signals that must wait for ticks (`worker.ordering`); their
-        partitions are sought back to them, so a later fetch brings them again. A price
-        partition is caught up by the consumer's position, not the last tick's offset: a
-        transaction marker or deleted records at its tail must not hold every signal."""
-        prices = self._kafka.prices_topic
-        for tp, records in batch.items():
-            if tp.topic == prices:
-                self.offsets.ticks.observe(tp, records)
-        # A blocked price partition (`worker.offset_checks`) is not waited for: it is not read.
-        owned = [
-            tp
-            for tp in self.consumer.assignment()
-            if tp.topic == prices and tp not in self.offsets.blocked
-        ]
-        ends = {tp: readable_end(self.consumer, tp) for tp in owned}
-        positions = await positions_now(self.consumer, owned)
-        bound = self.offsets.ticks.bound(owned, positions, ends)
-        now = time.monotonic()
-        if bound is None:
-            self._holding_since = None
-            return batch
-        if self._holding_since is not None and now - self._holding_since > MAX_HOLD_S:
-            log.warning("signals_not_held_longer", held_s=round(now - self._holding_since, 1))
-            self._holding_since = None
-            return batch
-        kept: Batch = {}
-        held_any = False
-        for tp, records in batch.items():
-            ready, held = (records, []) if tp.topic == prices else split_at(records, bound)
-            if held:
-                held_any = True
-                with contextlib.suppress(IllegalStateError):  # revoked meanwhile
-                    self.consumer.seek(tp, held[0].offset)
-                log.debug("signals_held_for_ticks", partition=names({tp}), held=len(held))
-            if ready:
-                kept[tp] = ready
-        self._holding_since = (self._holding_since or now) if held_any else None
-        return kept
 
     async def _process_fetch(self, batch: Batch) -> None:
         """The fetch's price lanes, then its signal lanes (so signals see the ticks)."""
@@ -259,24 +184,6 @@ class Pipeline:
                         raise StopRequested(f"retries cut short: {describe(result)}") from result
                     raise result
 
-    async def _until_stopped(self, work: Awaitable[_T]) -> _T:
-        """`work`, or once stop is set and half of `SHUTDOWN_TIMEOUT_S` has passed without
-        it finishing, its cancellation (`StopRequested`)."""
-        task = asyncio.ensure_future(work)
-        stopping = asyncio.ensure_future(self._stop.wait())
-        try:
-            await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            if not task.done():
-                await asyncio.wait({task}, timeout=self._settings.shutdown_timeout_s / 2)
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-                raise StopRequested("the batch in flight did not finish in the drain time")
-            return task.result()
-        finally:
-            stopping.cancel()
-
     async def _lanes(self, batch: Batch) -> tuple[list[list[Part]], list[list[Part]]]:
         """Decode the fetch, dead-letter what is invalid, deal the partitions into lanes:
         (price lanes, signal lanes)."""
@@ -284,25 +191,12 @@ class Pipeline:
         dead: list[DeadLetter] = []
         now = datetime.now(UTC)
         ahead = timedelta(seconds=self._settings.price_max_future_s)
-        floor = self.offsets.floor
-        if any(records and records[0].offset < floor.get(tp, 0) for tp, records in batch.items()):
-            # A fetch from below the stored offset: a seek a rebalance overtook, or a log
-            # that is not the one the offset belongs to (a topic recreated under the
-            # worker). The latter is blocked, never dropped from.
-            await self.offsets.recheck()
+        await self.offsets.recheck_if_below(batch)
         for tp, fetched in batch.items():
-            if tp in self.offsets.blocked:
+            if self.offsets.is_blocked(tp):
                 continue  # not consumed: its records stay in the log, nothing is stored
             self._metrics.records_consumed.labels(tp.topic).inc(len(fetched))
-            records = above(fetched, self.offsets.floor.get(tp, 0))
-            if len(records) < len(fetched):
-                # A fetch from before the stored offset (a seek a rebalance overtook): those
-                # records' effects are committed; they are not decided again.
-                log.warning(
-                    "records_below_stored_offset_dropped",
-                    partition=names({tp}),
-                    dropped=len(fetched) - len(records),
-                )
+            records = self.offsets.unstored(tp, fetched)
             if not records:
                 continue
             is_signal = tp.topic == self._kafka.signals_topic
@@ -332,35 +226,11 @@ class Pipeline:
 
         async def count() -> dict[UUID, int]:
             async with connection(self._pool) as conn:
-                return await PgStore(conn).agent_counts(list(unseen))
+                return await self._stores(conn).agent_counts(list(unseen))
 
         counts = await self._retried("fan-outs", f"agent counts of {len(unseen)} user(s)", count)
         for user_id in unseen:
             self._fanouts[user_id] = max(1, counts.get(user_id, 0))
-
-    async def _retried(self, key: str, what: str, work: Callable[[], Awaitable[_T]]) -> _T:
-        """`work()`, retried on server trouble (by default until it passes) with backoff
-        that yields to a stop signal and to a rebalance (`StopRequested`: nothing of it was
-        stored); meanwhile the retry lines, `/readyz` and the metrics say what waits, why."""
-        policy = transient_retry(
-            attempts=self._settings.retry_max_attempts,
-            max_delay_s=self._settings.retry_max_delay_s,
-            backoff_max_s=self._settings.retry_backoff_max_s,
-            stop=self._interrupt,
-            on_retry=lambda exc: self.troubles.retrying(key, exc, what),
-        )
-        try:
-            with structlog.contextvars.bound_contextvars(waiting=what):
-                async for attempt in policy:
-                    with attempt:
-                        return await work()
-        except Exception as exc:  # the failure policy decides
-            if self._interrupt.is_set() and is_transient(exc):
-                raise StopRequested(f"retries cut short: {describe(exc)}") from exc
-            raise
-        finally:
-            self.troubles.cleared(key)
-        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _process_lane(self, lane: list[Part], key: str) -> None:
         started = time.perf_counter()
@@ -405,12 +275,7 @@ class Pipeline:
         next_offsets: dict[TopicPartition, int],
         dead: list[DeadLetter],
     ) -> None:
-        await store_offsets(
-            conn,
-            self._kafka.consumer_group,
-            [(tp.topic, tp.partition, offset) for tp, offset in next_offsets.items()],
-            self.offsets.topic_ids,
-        )
+        await self.offsets.store(conn, next_offsets)
         if dead:
             # Acknowledged by the broker before the offset moves past them (the commit).
             await self._dead_letters.send(dead)
@@ -420,16 +285,14 @@ class Pipeline:
     ) -> tuple[list[tuple[Item, Outcome]], list[DeadLetter]]:
         """Each item's outcome and the dead letters; signals set-based unless isolated."""
         if not isolated and items:
-            if isinstance(items[0].message, SignalV1):
-                return await self._apply_signals(conn, items)
-            return await self._apply_ticks(conn, items), []
+            return await self._apply_set(conn, items)
         outcomes: list[tuple[Item, Outcome]] = []
         dead: list[DeadLetter] = []
         for item in items:
             with structlog.contextvars.bound_contextvars(**coordinates(item.record)):
                 try:
                     async with conn.transaction():
-                        done, letters = await self._apply_one(conn, item)
+                        done, letters = await self._apply_set(conn, [item])
                 except Exception as exc:  # the failure policy decides
                     verdict = disposition(exc, Scope.RECORD)
                     if verdict.action is not Action.DEAD_LETTER:
@@ -441,29 +304,23 @@ class Pipeline:
             dead.extend(letters)
         return outcomes, dead
 
-    async def _apply_one(
-        self, conn: asyncpg.Connection, item: Item
+    async def _apply_set(
+        self, conn: asyncpg.Connection, items: list[Item]
     ) -> tuple[list[tuple[Item, Outcome]], list[DeadLetter]]:
-        if isinstance(item.message, SignalV1):
-            return await self._apply_signals(conn, [item])
-        return await self._apply_ticks(conn, [item]), []
+        """Items of one topic, set-based."""
+        if isinstance(items[0].message, SignalV1):
+            return await self._apply_signals(conn, items)
+        return await self._apply_ticks(conn, items), []
 
     async def _apply_signals(
         self, conn: asyncpg.Connection, items: list[Item]
     ) -> tuple[list[tuple[Item, Outcome]], list[DeadLetter]]:
         """A chunk's signals, set-based in one go (a fixed number of statements)."""
-        signals = []
-        for item in items:
-            assert isinstance(item.message, SignalV1)  # noqa: S101 - only signal items here
-            record = item.record
-            signals.append(
-                item.message.to_domain(
-                    coordinates=f"{record.topic}:{record.partition}:{record.offset}",
-                    received_at=record_time(record),
-                )
-            )
         results = await handle_signals(
-            PgStore(conn), signals, trading=self._settings.trading, now=datetime.now(UTC)
+            self._stores(conn),
+            signals_of(items),
+            trading=self._settings.trading,
+            now=datetime.now(UTC),
         )
         outcomes: list[tuple[Item, Outcome]] = []
         dead: list[DeadLetter] = []
@@ -479,13 +336,9 @@ class Pipeline:
         self, conn: asyncpg.Connection, items: list[Item]
     ) -> list[tuple[Item, Outcome]]:
         """A chunk's ticks, set-based in one go (a fixed number of statements)."""
-        ticks = []
-        for item in items:
-            assert not isinstance(item.message, SignalV1)  # noqa: S101 - only ticks here
-            ticks.append(item.message.to_domain(received_at=record_time(item.record)))
         results = await handle_prices(
-            PgStore(conn),
-            ticks,
+            self._stores(conn),
+            ticks_of(items),
             configs=self._config_texts,
             trading=self._settings.trading,
             now=datetime.now(UTC),

@@ -35,14 +35,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Container, Iterable, Mapping, Sequence
 from typing import Any
 
+import structlog
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import IllegalStateError
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
 MAX_HOLD_S = 10.0
+
+log = structlog.get_logger(__name__)
+Batch = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
 _NOTHING_SEEN = -1  # a record timestamp below every real one: hold every signal
 
 
@@ -125,3 +130,67 @@ def split_at(
         if record.timestamp > bound:
             return list(records[:i]), list(records[i:])
     return list(records), []
+
+
+def names(tps: set[TopicPartition]) -> list[str]:
+    """`topic:partition` of each, sorted (for logs)."""
+    return sorted(f"{tp.topic}:{tp.partition}" for tp in tps)
+
+
+class SignalHold:
+    """Holds back the signals of a fetch that must wait for ticks, at most `MAX_HOLD_S` in a
+    row; `ticks` and `blocked` are the offset keeper's (`worker.pipeline.rebalance`)."""
+
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        prices_topic: str,
+        ticks: TickWatermarks,
+        blocked: Container[TopicPartition],
+    ) -> None:
+        self._consumer = consumer
+        self._prices = prices_topic
+        self._ticks = ticks
+        self._blocked = blocked
+        self._holding_since: float | None = None
+
+    async def release(self, batch: Batch) -> Batch:
+        """The fetch less the signals that must wait for ticks; their partitions are sought
+        back to them, so a later fetch brings them again. A price partition is caught up by
+        the consumer's position, not the last tick's offset: a transaction marker or deleted
+        records at its tail must not hold every signal."""
+        prices = self._prices
+        for tp, records in batch.items():
+            if tp.topic == prices:
+                self._ticks.observe(tp, records)
+        # A blocked price partition (`worker.pipeline.offset_checks`) is not waited for: it is
+        # not read.
+        owned = [
+            tp
+            for tp in self._consumer.assignment()
+            if tp.topic == prices and tp not in self._blocked
+        ]
+        ends = {tp: readable_end(self._consumer, tp) for tp in owned}
+        positions = await positions_now(self._consumer, owned)
+        bound = self._ticks.bound(owned, positions, ends)
+        now = time.monotonic()
+        if bound is None:
+            self._holding_since = None
+            return batch
+        if self._holding_since is not None and now - self._holding_since > MAX_HOLD_S:
+            log.warning("signals_not_held_longer", held_s=round(now - self._holding_since, 1))
+            self._holding_since = None
+            return batch
+        kept: Batch = {}
+        held_any = False
+        for tp, records in batch.items():
+            ready, held = (records, []) if tp.topic == prices else split_at(records, bound)
+            if held:
+                held_any = True
+                with contextlib.suppress(IllegalStateError):  # revoked meanwhile
+                    self._consumer.seek(tp, held[0].offset)
+                log.debug("signals_held_for_ticks", partition=names({tp}), held=len(held))
+            if ready:
+                kept[tp] = ready
+        self._holding_since = (self._holding_since or now) if held_any else None
+        return kept

@@ -184,7 +184,7 @@ async def ensure_topics(kafka: KafkaSettings, *, timeout_s: float) -> int:
     The DLQ topic is created accepting records `DLQ_HEADROOM_BYTES` larger than the largest
     the input topics accept, so the dead letter of any input record fits whole. When it
     exists already with a smaller limit, that is logged (dead letters that do not fit are
-    cut down, see `worker.deadletters`), and its actual limit is returned.
+    cut down, see `worker.pipeline.deadletters`), and its actual limit is returned.
     """
     admin = AIOKafkaAdminClient(**client_options(kafka))
     await start_client(admin, kafka, timeout_s=timeout_s)
@@ -280,3 +280,21 @@ async def group_members(kafka: KafkaSettings, *, timeout_s: float) -> int:
     finally:
         await admin.close()
     return 0 if group["error_code"] else len(group["members"])
+
+
+# How the consumer reads (the benchmark's raw consume reads with the same): from the stored
+# offsets (else the earliest), committed records only, no auto-commit, and the fetch sizes.
+FETCH_OPTIONS: dict[str, Any] = {
+    "enable_auto_commit": False,
+    "auto_offset_reset": "earliest",
+    "isolation_level": "read_committed",
+    "fetch_max_bytes": 16 * 1024 * 1024,
+    "max_partition_fetch_bytes": 2 * 1024 * 1024,
+}
+# The group membership timings the worker's consumer runs with.
+GROUP_OPTIONS: dict[str, Any] = {
+    "session_timeout_ms": 10_000,
+    "heartbeat_interval_ms": 2_000,
+    "rebalance_timeout_ms": 30_000,
+    "metadata_max_age_ms": 30_000,
+}

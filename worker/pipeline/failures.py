@@ -20,22 +20,21 @@ one middleware, `disposition` maps an exception, in the scope where it happened,
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import Enum
+from typing import Protocol, TypeVar
 
 import asyncpg
-from aiokafka.errors import KafkaError
+import structlog
 
 from worker.errors import InvalidMessage
-from worker.retry import describe, is_transient
+from worker.retry import describe, is_transient, transient_retry
+from worker.settings import Settings
 
-# The errors of the services the worker talks to (the one definition of the tuple).
-SERVICE_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    KafkaError,
-)
+_T = TypeVar("_T")
 
 
 class Scope(Enum):
@@ -87,3 +86,67 @@ def disposition(exc: BaseException, scope: Scope, *, stopping: bool = False) -> 
     if isinstance(exc, asyncpg.PostgresError):
         return Disposition(Action.DEAD_LETTER, "database", f"database rejected it: {describe(exc)}")
     return Disposition(Action.DEAD_LETTER, "unexpected", f"unexpected error: {describe(exc)}")
+
+
+class StopRequested(Exception):  # noqa: N818 - a condition, not a failure
+    """The stop event cut a batch short: nothing of it was stored, the next owner redoes it."""
+
+
+class Watch(Protocol):
+    """Who is told what waits on server trouble (`worker.pipeline.telemetry.Troubles`)."""
+
+    def retrying(self, key: str, exc: BaseException, what: str) -> None: ...
+
+    def cleared(self, key: str) -> None: ...
+
+
+class Retrier:
+    """Runs a unit of work of the pipeline, retried on server trouble (`RETRY`)."""
+
+    def __init__(self, settings: Settings, interrupt: asyncio.Event, watch: Watch) -> None:
+        self._settings = settings
+        self._interrupt = interrupt
+        self._watch = watch
+
+    async def __call__(self, key: str, what: str, work: Callable[[], Awaitable[_T]]) -> _T:
+        """`work()`, retried on server trouble (by default until it passes) with backoff
+        that yields to a stop signal and to a rebalance (`StopRequested`: nothing of it was
+        stored); meanwhile the retry lines, `/readyz` and the metrics say what waits, why."""
+        policy = transient_retry(
+            attempts=self._settings.retry_max_attempts,
+            max_delay_s=self._settings.retry_max_delay_s,
+            backoff_max_s=self._settings.retry_backoff_max_s,
+            stop=self._interrupt,
+            on_retry=lambda exc: self._watch.retrying(key, exc, what),
+        )
+        try:
+            with structlog.contextvars.bound_contextvars(waiting=what):
+                async for attempt in policy:
+                    with attempt:
+                        return await work()
+        except Exception as exc:  # the failure policy decides
+            if self._interrupt.is_set() and is_transient(exc):
+                raise StopRequested(f"retries cut short: {describe(exc)}") from exc
+            raise
+        finally:
+            self._watch.cleared(key)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def until_stopped(work: Awaitable[_T], stop: asyncio.Event, grace_s: float) -> _T:
+    """`work`, or once `stop` is set and `grace_s` has passed without it finishing, its
+    cancellation (`StopRequested`)."""
+    task = asyncio.ensure_future(work)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            await asyncio.wait({task}, timeout=grace_s)
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            raise StopRequested("the batch in flight did not finish in the drain time")
+        return task.result()
+    finally:
+        stopping.cancel()

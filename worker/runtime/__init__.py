@@ -1,0 +1,1 @@
+"""The running service: the composition (`app`), the health and metrics server, logging."""
