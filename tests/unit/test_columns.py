@@ -15,7 +15,7 @@ import pytest
 from tests.integration.schema_catalogue import EXPECTED_COLUMNS
 from worker.domain.columns import AMOUNT, COLUMNS, PCT, SL_PCT, SOL, Numeric, misfit
 from worker.domain.exits import ExitPnl
-from worker.domain.fills import COLUMN_LIMIT, buy_fill
+from worker.domain.fills import COLUMN_LIMIT, BuyFill, buy_fill
 from worker.domain.ledger import SwapRow
 from worker.domain.models import PositionState
 from worker.domain.storable import (
@@ -54,6 +54,7 @@ def test_the_table_is_every_numeric_column_of_the_schema_with_its_type() -> None
         (AMOUNT, Decimal("-999999999999.999999999999999999"), True),
         (AMOUNT, BIG, False),
         (AMOUNT, Decimal("1e40"), False),  # too long to round in 60 digits
+        (AMOUNT, Decimal("1e47"), False),  # refused before rounding: 66 digits at 18 places
         (AMOUNT, Decimal("1e-40"), True),  # rounds to 0
         (AMOUNT, Decimal(0), True),
         (AMOUNT, Decimal("NaN"), False),
@@ -261,3 +262,22 @@ def test_a_fill_is_unstorable_only_when_a_number_is_too_large() -> None:
                     protocol_fee_bps=0)  # fmt: skip
     assert dust.rejection is not None
     assert not dust.is_unstorable
+
+
+def test_a_fill_with_any_number_at_the_column_limit_is_unstorable() -> None:
+    one = Decimal(1)
+    for at_limit in ("price_sol", "debit_sol", "value_usd"):
+        fields = {"size_sol": one, "token_amount": one, "price_sol": one,
+                  "network_fee_sol": Decimal(0), "protocol_fee_sol": Decimal(0),
+                  "debit_sol": one, "value_usd": one, at_limit: COLUMN_LIMIT}  # fmt: skip
+        assert BuyFill(**fields).is_unstorable, at_limit
+
+
+@pytest.mark.parametrize("fee", ["network_fee_sol", "protocol_fee_sol"])
+def test_each_fee_is_held_to_its_own_column_beside_their_sum(fee: str) -> None:
+    """A fee beyond its column is refused even when the other (say, a rebate) brings the
+    sum back within `fees`."""
+    other = "protocol_fee_sol" if fee == "network_fee_sol" else "network_fee_sol"
+    problem = swap_misfit(_swap(**{fee: BIG, other: -Decimal(1)}))
+    assert problem is not None
+    assert problem.startswith(f"agent_transactions.{fee} would be ")
