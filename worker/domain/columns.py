@@ -34,7 +34,11 @@ class Numeric:
         once rounded to `scale` places half away from zero (as PostgreSQL rounds)."""
         if not value.is_finite():
             return False
-        if value.adjusted() >= self.precision - self.scale:
+        digits = self.precision - self.scale
+        exponent = value.adjusted()
+        if exponent < digits - 1:
+            return True  # below 10^(p-s-1): no rounding reaches 10^(p-s) (the common case)
+        if exponent >= digits:
             return False  # at least 10^(p-s) before rounding (and too long to round)
         rounded = value.quantize(
             Decimal(1).scaleb(-self.scale), rounding=ROUND_HALF_UP, context=MATH_CONTEXT
