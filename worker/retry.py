@@ -112,7 +112,7 @@ def is_transient(exc: BaseException) -> bool:
     return server_trouble(exc) is not None
 
 
-def _log_retry(state: RetryCallState) -> None:
+def _log_retry(state: RetryCallState, waiting: str | None = None) -> None:
     exc = state.outcome.exception() if state.outcome else None
     cause = (server_trouble(exc) if exc else None) or "unknown"
     # Repeats of one cause are said once per interval with a count (`worker.runtime.logging`).
@@ -122,6 +122,7 @@ def _log_retry(state: RetryCallState) -> None:
         attempt=state.attempt_number,
         error=describe(exc) if exc else None,
         sleep_s=round(state.next_action.sleep, 3) if state.next_action else None,
+        **({"waiting": waiting} if waiting is not None else {}),
     )
     if _on_retry is not None:
         _on_retry(cause)
@@ -143,6 +144,7 @@ def transient_retry(
     backoff_max_s: float = 5.0,
     stop: asyncio.Event | None = None,
     on_retry: Callable[[BaseException], None] | None = None,
+    what: Callable[[], str] | None = None,
 ) -> AsyncRetrying:
     """Retry a whole unit of work on server trouble, with exponential backoff and jitter
     up to `backoff_max_s` between attempts, for at most `attempts` attempts and
@@ -150,7 +152,9 @@ def transient_retry(
 
     With `stop`, a set event ends the retries at once: a backoff sleep wakes when it is set,
     and no further attempt starts (the last error is raised, as when retries run out).
-    `on_retry` is told of each failure that will be retried, before the sleep.
+    `on_retry` is told of each failure that will be retried, before the sleep; `what`
+    names the work in the retry line (called only on a retry: the happy path builds no
+    description).
     """
     ends: Any = stop_never
     if attempts:
@@ -162,7 +166,7 @@ def transient_retry(
     last: list[BaseException] = []  # the error a stop during the backoff sleep re-raises
 
     def before_sleep(state: RetryCallState) -> None:
-        _log_retry(state)
+        _log_retry(state, what() if what is not None else None)
         exc = state.outcome.exception() if state.outcome else None
         if exc is not None:
             last[:] = [exc]

@@ -207,7 +207,7 @@ class Pipeline:
             # Acknowledged before any transaction can store an offset past them.
             await self._retried(
                 "dead-letters",
-                f"dead letters of {len(dead)} record(s)",
+                lambda: f"dead letters of {len(dead)} record(s)",
                 lambda: self._dead_letters.send(dead),
             )
         await self._learn_fanouts([i for p in parts for i in p.items])
@@ -228,14 +228,16 @@ class Pipeline:
             async with connection(self._pool) as conn:
                 return await self._stores(conn).agent_counts(list(unseen))
 
-        counts = await self._retried("fan-outs", f"agent counts of {len(unseen)} user(s)", count)
+        counts = await self._retried(
+            "fan-outs", lambda: f"agent counts of {len(unseen)} user(s)", count
+        )
         for user_id in unseen:
             self._fanouts[user_id] = max(1, counts.get(user_id, 0))
 
     async def _process_lane(self, lane: list[Part], key: str) -> None:
         started = time.perf_counter()
         for chunk in chunks(lane):
-            outcomes = await self._retried(key, where(chunk), partial(self._commit, chunk))
+            outcomes = await self._retried(key, partial(where, chunk), partial(self._commit, chunk))
             committed_at = time.time()
             self.offsets.stored(chunk.next_offsets)
             self._report.committed(

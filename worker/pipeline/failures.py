@@ -28,7 +28,6 @@ from enum import Enum
 from typing import Protocol, TypeVar
 
 import asyncpg
-import structlog
 
 from worker.errors import InvalidMessage
 from worker.retry import describe, is_transient, transient_retry
@@ -108,22 +107,25 @@ class Retrier:
         self._interrupt = interrupt
         self._watch = watch
 
-    async def __call__(self, key: str, what: str, work: Callable[[], Awaitable[_T]]) -> _T:
+    async def __call__(
+        self, key: str, what: Callable[[], str], work: Callable[[], Awaitable[_T]]
+    ) -> _T:
         """`work()`, retried on server trouble (by default until it passes) with backoff
         that yields to a stop signal and to a rebalance (`StopRequested`: nothing of it was
-        stored); meanwhile the retry lines, `/readyz` and the metrics say what waits, why."""
+        stored); meanwhile the retry lines, `/readyz` and the metrics say what waits
+        (`what()`, built only when a retry comes), and why."""
         policy = transient_retry(
             attempts=self._settings.retry_max_attempts,
             max_delay_s=self._settings.retry_max_delay_s,
             backoff_max_s=self._settings.retry_backoff_max_s,
             stop=self._interrupt,
-            on_retry=lambda exc: self._watch.retrying(key, exc, what),
+            on_retry=lambda exc: self._watch.retrying(key, exc, what()),
+            what=what,
         )
         try:
-            with structlog.contextvars.bound_contextvars(waiting=what):
-                async for attempt in policy:
-                    with attempt:
-                        return await work()
+            async for attempt in policy:
+                with attempt:
+                    return await work()
         except Exception as exc:  # the failure policy decides
             if self._interrupt.is_set() and is_transient(exc):
                 raise StopRequested(f"retries cut short: {describe(exc)}") from exc
