@@ -29,7 +29,10 @@ class SizingFailure:
 
 
 def sizing_seed(signal_id: int, agent_id: UUID) -> bytes:
-    """The seed of the size draw for one (signal, agent): stable across processes and replays."""
+    """The seed of the size draw for one (signal, agent): stable across processes, crashes
+    and redeliveries of a stored signal (its id is stored). Not across fresh runs of the same
+    input: `signal_id` is the serial `trading_signals.id`, assigned in insertion order, which
+    fetch sizes and the number of workers change (issue 22: seed from the signal's identity)."""
     return f"signal-worker/sizing/v1/{signal_id}/{agent_id}".encode()
 
 
