@@ -432,3 +432,22 @@ def check_tick_time(
             f"{ahead.total_seconds():g}s ahead of the record's timestamp "
             f"({received_at.isoformat()}) or the worker's clock (PRICE_MAX_FUTURE_S)"
         )
+
+
+def check_signal_time(
+    signal: SignalV1, *, received_at: datetime, now: datetime, ahead: timedelta
+) -> None:
+    """`InvalidMessage` when the signal's time (its `created_at`, else its record's
+    timestamp) lies more than `ahead` after the record's timestamp or the worker's clock
+    (whichever is earlier): it is the signal's place in the order of everything the worker
+    applies (`worker.pipeline.timeline`), and its partition's records after it would be
+    decided no earlier than it, so a time far ahead would hold them all until it passed."""
+    stamped = signal.created_at if signal.created_at is not None else received_at
+    limit = min(received_at, now) + ahead
+    if stamped > limit:
+        what = "created_at" if signal.created_at is not None else "its record's timestamp"
+        raise InvalidMessage(
+            f"invalid signal: {what} {stamped.isoformat()} is more than "
+            f"{ahead.total_seconds():g}s ahead of the record's timestamp "
+            f"({received_at.isoformat()}) or the worker's clock (PRICE_MAX_FUTURE_S)"
+        )

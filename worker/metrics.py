@@ -70,6 +70,25 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
             registry=r,
         )
+        self.signal_wait = Histogram(
+            "signal_worker_signal_wait_seconds",
+            "From reading a signal to deciding it: the wait for the prices before it in event "
+            "time (the order, worker/pipeline/timeline.py)",
+            buckets=(0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.late_records = Counter(
+            "signal_worker_late_records",
+            "Records readable after records later in event time were decided (beyond "
+            "LATENESS_MS): decided right after them, by topic",
+            ["topic"],
+            registry=r,
+        )
+        self.order_buffered = Gauge(
+            "signal_worker_order_buffered_records",
+            "Records read and waiting for their turn in event-time order",
+            registry=r,
+        )
         self.batch_seconds = Histogram(
             "signal_worker_batch_seconds",
             "Time to process one transaction's records (one lane's batch), commit included",

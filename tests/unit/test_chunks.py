@@ -50,7 +50,7 @@ def test_chunks_cover_every_record_once_within_the_execution_budget() -> None:
         assert len(dead) == users.count(None)
         assert {d.kind for d in dead} == {"invalid"}
         assert fanouts.unseen(items) == {small}
-        lane.append(Part(tp, records, items, [fanouts.cost(i) for i in items]))
+        lane.append(Part(tp, records, items, [fanouts.cost(i) for i in items], [NOW] * len(items)))
     batches = list(chunks(lane))
     assert len(batches) > 2
     # Each partition's records contiguous and in order, each once; bad ones ride inside.
@@ -78,7 +78,8 @@ def test_a_record_costlier_than_the_budget_goes_alone() -> None:
     fanouts[user] = 7
     records = [_record(0, i, user) for i in range(5)]
     items, _ = decode(records, is_signal=True, now=NOW, max_ahead=timedelta(seconds=60))
-    part = Part(TopicPartition(TOPIC, 0), records, items, [fanouts.cost(i) for i in items])
+    costs = [fanouts.cost(i) for i in items]
+    part = Part(TopicPartition(TOPIC, 0), records, items, costs, [NOW] * len(items))
     assert [len(c.records) for c in chunks([part], budget=14)] == [2, 2, 1]
     assert [len(c.records) for c in chunks([part], budget=3)] == [1, 1, 1, 1, 1]
 

@@ -102,9 +102,9 @@ class Recording(Pipeline):
             raise self.error
         return [(item, None) for item in items], []
 
-    async def _finish(self, conn: Any, next_offsets: Any, dead: list[DeadLetter]) -> None:
+    async def _finish(self, conn: Any, chunk: Any, dead: list[DeadLetter]) -> None:
         log: Conn = conn  # the transaction log stands in
-        log.effects.append(("offsets", dict(next_offsets)))
+        log.effects.append(("offsets", dict(chunk.next_offsets)))
         log.effects.extend(("dead", d.record.offset, d.kind, d.reason) for d in dead)
 
 

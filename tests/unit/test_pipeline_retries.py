@@ -32,6 +32,18 @@ class Consumer:
     def highwater(self, _tp: TopicPartition) -> int | None:
         return None
 
+    def last_stable_offset(self, _tp: TopicPartition) -> int | None:
+        return None
+
+    async def position(self, _tp: TopicPartition) -> int:
+        return 6
+
+    def pause(self, *_tps: TopicPartition) -> None:
+        pass
+
+    def resume(self, *_tps: TopicPartition) -> None:
+        pass
+
 
 class DeadLetters:
     """Fails `failures` times with a broker connection error, then takes the letters."""
@@ -51,7 +63,9 @@ class DeadLetters:
 
 def _pipeline(letters: DeadLetters) -> Pipeline:
     settings = Settings(signals_topic="signals", prices_topic="prices", retry_backoff_max_s=0.01)
-    return Pipeline(settings, object(), Consumer(), letters, Metrics(), stores=PgStore)  # type: ignore[arg-type]
+    pipeline = Pipeline(settings, object(), Consumer(), letters, Metrics(), stores=PgStore)  # type: ignore[arg-type]
+    pipeline.offsets.open(TP)
+    return pipeline
 
 
 def _not_json(offset: int) -> ConsumerRecord[bytes, bytes]:
@@ -61,8 +75,10 @@ def _not_json(offset: int) -> ConsumerRecord[bytes, bytes]:
 async def test_a_blip_while_dead_lettering_is_retried_and_readyz_clears_after() -> None:
     letters = DeadLetters(failures=3)
     pipeline = _pipeline(letters)
-    await pipeline._lanes({TP: [_not_json(5)]})
+    released = await pipeline._order({TP: [_not_json(5)]})
     assert len(letters.sent) == 1
+    # The record's place in the order, so that its offset is stored in its turn.
+    assert [(e.source, e.offset) for e in released] == [(TP, 5)]
     assert pipeline.troubles.reason() is None
 
 
@@ -72,7 +88,7 @@ async def test_a_stop_or_rebalance_while_dead_letters_wait_abandons_the_fetch(by
     pipeline = _pipeline(letters)
     stop = asyncio.Event()
     pipeline._stop = stop
-    work = asyncio.create_task(pipeline._process_fetch({TP: [_not_json(5)]}))
+    work = asyncio.create_task(pipeline._order({TP: [_not_json(5)]}))
     await letters.tried.wait()
     await asyncio.sleep(0.05)  # in its backoff sleep now (the next try comes after it)
     assert "dead letters of 1 record(s)" in (pipeline.troubles.reason() or "")

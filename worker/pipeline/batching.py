@@ -13,18 +13,26 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeAlias
 from uuid import UUID
 
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from worker.domain.models import PriceTick, Signal
+from worker.domain.models import SOL_MINT, PriceTick, Signal
 from worker.errors import InvalidMessage
-from worker.messages import PriceTickV1, SignalV1, check_tick_time, decode_price, decode_signal
+from worker.messages import (
+    PriceTickV1,
+    SignalV1,
+    check_signal_time,
+    check_tick_time,
+    decode_price,
+    decode_signal,
+)
 from worker.pipeline.deadletters import DeadLetter
 from worker.pipeline.failures import Action, Scope, disposition
+from worker.pipeline.timeline import RANK_SIGNAL, RANK_SOL_TICK, RANK_TICK, Entry
 
 # One transaction holds at most about this many agent executions (memory stays bounded).
 MAX_EXECUTIONS_PER_TRANSACTION = 5_000
@@ -38,21 +46,31 @@ KafkaRecord: TypeAlias = ConsumerRecord[bytes, bytes]
 
 @dataclass(frozen=True, slots=True)
 class Item:
-    """A record that decoded into a message."""
+    """A record that decoded into a message; `at` its decision time once placed in the
+    order (`worker.pipeline.timeline`), `taken` when the worker read it (monotonic s)."""
 
     record: KafkaRecord
     message: SignalV1 | PriceTickV1
+    at: datetime | None = None
+    taken: float = 0.0
+
+    def event_time(self) -> datetime:
+        """A signal's `created_at`, a tick's `ts`, else the record's timestamp."""
+        own = self.message.created_at if isinstance(self.message, SignalV1) else self.message.ts
+        return own if own is not None else record_time(self.record)
 
 
 @dataclass(slots=True)
 class Part:
     """One partition's records of a fetch, decoded: `items[i]` is `records[i]`'s (None when
-    it was dead-lettered) and `costs[i]` its estimated agent executions."""
+    it was dead-lettered), `costs[i]` its estimated agent executions, `ats[i]` its decision
+    time."""
 
     tp: TopicPartition
     records: Sequence[KafkaRecord]
     items: list[Item | None]
     costs: list[int] = field(default_factory=list)
+    ats: list[datetime] = field(default_factory=list)
 
     @property
     def cost(self) -> int:
@@ -62,11 +80,22 @@ class Part:
 
 @dataclass(slots=True)
 class Chunk:
-    """What one transaction covers: records of one or more partitions of one lane."""
+    """What one transaction covers: records of one or more partitions of one lane, in the
+    order they are applied; each partition's next offset and the decision time of its last
+    record."""
 
     records: list[KafkaRecord] = field(default_factory=list)
     items: list[Item] = field(default_factory=list)
     next_offsets: dict[TopicPartition, int] = field(default_factory=dict)
+    last_at: dict[TopicPartition, datetime] = field(default_factory=dict)
+
+    def add(self, tp: TopicPartition, record: KafkaRecord, item: Item | None, at: datetime) -> None:
+        """`record` of `tp` (and its item, None when it was dead-lettered), decided at `at`."""
+        self.records.append(record)
+        self.next_offsets[tp] = record.offset + 1
+        self.last_at[tp] = at
+        if item is not None:
+            self.items.append(item)
 
 
 def record_time(record: ConsumerRecord[Any, Any]) -> datetime:
@@ -90,6 +119,7 @@ def decode(
             received_at = record_time(record)  # both kinds use it later: checked here
             if is_signal:
                 message = decode_signal(record.value)
+                check_signal_time(message, received_at=received_at, now=now, ahead=max_ahead)
             else:
                 message = decode_price(record.value)
                 check_tick_time(message, received_at=received_at, now=now, ahead=max_ahead)
@@ -167,15 +197,14 @@ def chunks(lane: list[Part], budget: int = MAX_EXECUTIONS_PER_TRANSACTION) -> It
     record costlier than the budget goes alone), partitions whole and in order."""
     chunk, spent = Chunk(), 0
     for part in lane:
-        for record, item, cost in zip(part.records, part.items, part.costs, strict=True):
+        for record, item, cost, at in zip(
+            part.records, part.items, part.costs, part.ats, strict=True
+        ):
             if chunk.records and spent + cost > budget:
                 yield chunk
                 chunk, spent = Chunk(), 0
             spent += cost
-            chunk.records.append(record)
-            chunk.next_offsets[part.tp] = record.offset + 1
-            if item is not None:
-                chunk.items.append(item)
+            chunk.add(part.tp, record, item, at)
     if chunk.records:
         yield chunk
 
@@ -220,3 +249,57 @@ def ticks_of(items: Sequence[Item]) -> list[PriceTick]:
         assert not isinstance(item.message, SignalV1)  # noqa: S101 - only ticks here
         ticks.append(item.message.to_domain(received_at=record_time(item.record)))
     return ticks
+
+
+def placing(
+    item: Item | None, tp: TopicPartition, *, is_signal: bool
+) -> tuple[datetime | None, int, tuple[Any, ...]]:
+    """(event time, rank, tie-break) of a record in the order (`worker.pipeline.timeline`):
+    a record that goes to the dead-letter topic has no time (it is placed at its
+    partition's) and keeps its partition's rank."""
+    if item is None:
+        return (
+            (None, RANK_SIGNAL, (tp.partition,))
+            if is_signal
+            else (None, RANK_TICK, ("", tp.partition))
+        )
+    message = item.message
+    if isinstance(message, SignalV1):
+        return item.event_time(), RANK_SIGNAL, (tp.partition,)
+    rank = RANK_SOL_TICK if message.token_address == SOL_MINT else RANK_TICK
+    return item.event_time(), rank, (message.token_address, tp.partition)
+
+
+def parts_of(run: Sequence[Entry[TopicPartition]]) -> list[Part]:
+    """Released records of one topic as one part per partition (each in offset order), each
+    item with its decision time."""
+    by_tp: dict[TopicPartition, Part] = {}
+    records: dict[TopicPartition, list[KafkaRecord]] = {}
+    for entry in run:
+        record, item = entry.payload
+        part = by_tp.get(entry.source)
+        if part is None:
+            part = by_tp[entry.source] = Part(
+                entry.source, records.setdefault(entry.source, []), []
+            )
+        records.setdefault(entry.source, []).append(record)
+        part.items.append(None if item is None else replace(item, at=entry.at))
+        part.ats.append(entry.at)
+    return list(by_tp.values())
+
+
+def ordered_chunks(
+    run: Sequence[Entry[TopicPartition]], budget: int = MAX_EXECUTIONS_PER_TRANSACTION
+) -> Iterator[Chunk]:
+    """Released records in their order, in transactions of at most `budget` records."""
+    chunk = Chunk()
+    for entry in run:
+        if len(chunk.records) >= budget:
+            yield chunk
+            chunk = Chunk()
+        record, item = entry.payload
+        chunk.add(
+            entry.source, record, None if item is None else replace(item, at=entry.at), entry.at
+        )
+    if chunk.records:
+        yield chunk

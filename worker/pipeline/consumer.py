@@ -21,8 +21,10 @@ half of `SHUTDOWN_TIMEOUT_S` to commit before it is cancelled (rolled back, redo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import TypeVar
@@ -31,6 +33,7 @@ from uuid import UUID
 import asyncpg
 import structlog
 from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import IllegalStateError
 from aiokafka.structs import TopicPartition
 
 from worker.db.pool import connection
@@ -44,10 +47,12 @@ from worker.pipeline.batching import (
     Fanouts,
     Item,
     KafkaRecord,
-    Part,
     chunks,
     deal,
     decode,
+    ordered_chunks,
+    parts_of,
+    placing,
     signals_of,
     ticks_of,
     where,
@@ -61,8 +66,10 @@ from worker.pipeline.failures import (
     disposition,
     until_stopped,
 )
+from worker.pipeline.ordering import names, read_to_end
 from worker.pipeline.rebalance import OffsetKeeper
 from worker.pipeline.telemetry import Outcome, Reporter, Troubles, coordinates
+from worker.pipeline.timeline import Entry, runs
 from worker.ports import PipelineStore
 from worker.retry import describe
 from worker.settings import Settings
@@ -71,6 +78,9 @@ log = structlog.get_logger(__name__)
 
 _T = TypeVar("_T")
 Batch = dict[TopicPartition, list[KafkaRecord]]
+# The order's wait for a partition is logged once it has lasted this long, and then again
+# after as long.
+WAIT_REPORT_S = 10.0
 
 
 class Pipeline:
@@ -96,8 +106,18 @@ class Pipeline:
         # Set by a stop signal or a rebalance: a batch waiting to retry gives up at once.
         self._interrupt = asyncio.Event()
         self.offsets = OffsetKeeper(
-            consumer, pool, settings.kafka, metrics, on_revoking=self._interrupt.set
+            consumer,
+            pool,
+            settings.kafka,
+            metrics,
+            lateness=timedelta(milliseconds=settings.lateness_ms),
+            on_revoking=self._interrupt.set,
         )
+        # Partitions not fetched because their records wait in numbers (`_pause_full`).
+        self._paused: set[TopicPartition] = set()
+        # Since when records have waited for their turn without a pause (None: none wait).
+        self._waiting_since: float | None = None
+        self._waiting_reported = 0.0
         self.troubles = Troubles(metrics)
         self._retried = Retrier(settings, self._interrupt, self.troubles)
         self._fanouts = Fanouts()
@@ -143,18 +163,13 @@ class Pipeline:
             fetched = await self.consumer.getmany(
                 timeout_ms=200, max_records=self._kafka.fetch_max_records
             )
-            batch = await self.offsets.hold.release(fetched)
-            if not batch:
-                await self.offsets.recheck_if_due()
-                continue
             try:
                 async with self.offsets.working():
-                    # A rebalance may have run while the fetch was read: what is no longer
-                    # ours is left to its new owner.
-                    assigned = self.consumer.assignment()
-                    batch = {tp: r for tp, r in batch.items() if tp in assigned}
+                    released = await self._order(fetched)
+                    if not released:
+                        continue
                     grace_s = self._settings.shutdown_timeout_s / 2
-                    await until_stopped(self._process_fetch(batch), self._stop, grace_s)
+                    await until_stopped(self._process_released(released), self._stop, grace_s)
             except StopRequested as exc:
                 if stop.is_set():
                     log.warning("batch_abandoned_at_shutdown", reason=str(exc))
@@ -162,47 +177,42 @@ class Pipeline:
                 # A rebalance came while the batch waited for the server: nothing of its
                 # unfinished lanes was stored; read them again from where they stand.
                 log.warning("batch_abandoned_for_rebalance", reason=str(exc))
-                self.offsets.rewind(batch)
+                self.offsets.rewind()
                 continue
-            await self.offsets.commit_kafka_if_due()
-            await self.offsets.recheck_if_due()
+            finally:
+                await self.offsets.commit_kafka_if_due()
+                await self.offsets.recheck_if_due()
 
-    async def _process_fetch(self, batch: Batch) -> None:
-        """The fetch's price lanes, then its signal lanes (so signals see the ticks)."""
-        for lanes in await self._lanes(batch):
-            # Every lane finishes (commits or gives up) before a failure is raised, so one
-            # lane's outage never rolls back another's finished work.
-            results = await asyncio.gather(
-                *(self._process_lane(lane, f"lane-{i}") for i, lane in enumerate(lanes)),
-                return_exceptions=True,
-            )
-            self._metrics.db_pool_in_use.set(self._pool.get_size() - self._pool.get_idle_size())
-            for result in results:
-                if isinstance(result, BaseException):
-                    verdict = disposition(result, Scope.LANE, stopping=self._interrupt.is_set())
-                    if verdict.action is Action.ABANDON:
-                        raise StopRequested(f"retries cut short: {describe(result)}") from result
-                    raise result
-
-    async def _lanes(self, batch: Batch) -> tuple[list[list[Part]], list[list[Part]]]:
-        """Decode the fetch, dead-letter what is invalid, deal the partitions into lanes:
-        (price lanes, signal lanes)."""
-        parts: list[Part] = []
+    async def _order(self, fetched: Batch) -> list[Entry[TopicPartition]]:
+        """Decode the fetch into the order (`worker.pipeline.timeline`), dead-letter what is
+        invalid, and return what the order lets go now."""
+        timeline = self.offsets.timeline
         dead: list[DeadLetter] = []
         now = datetime.now(UTC)
         ahead = timedelta(seconds=self._settings.price_max_future_s)
-        await self.offsets.recheck_if_below(batch)
-        for tp, fetched in batch.items():
-            if self.offsets.is_blocked(tp):
-                continue  # not consumed: its records stay in the log, nothing is stored
-            self._metrics.records_consumed.labels(tp.topic).inc(len(fetched))
-            records = self.offsets.unstored(tp, fetched)
-            if not records:
-                continue
+        taken = time.monotonic()
+        await self.offsets.recheck_if_below(fetched)
+        for tp, records in fetched.items():
+            if self.offsets.is_blocked(tp) or not timeline.is_open(tp):
+                continue  # not ours now, or not consumed: nothing is stored
+            self._metrics.records_consumed.labels(tp.topic).inc(len(records))
+            records = self.offsets.unstored(tp, records)
             is_signal = tp.topic == self._kafka.signals_topic
             items, bad = decode(records, is_signal=is_signal, now=now, max_ahead=ahead)
             dead.extend(bad)
-            parts.append(Part(tp, records, items))
+            for record, decoded in zip(records, items, strict=True):
+                item = None if decoded is None else replace(decoded, taken=taken)
+                entry = timeline.place(
+                    tp, record.offset, *placing(item, tp, is_signal=is_signal), (record, item)
+                )
+                if entry.late:
+                    self._metrics.late_records.labels(tp.topic).inc()
+                    log.warning(
+                        "record_late",
+                        **coordinates(record),
+                        event_time=entry.event_time.isoformat(),
+                        decided_at=entry.at.isoformat(),
+                    )
         if dead:
             # Acknowledged before any transaction can store an offset past them.
             await self._retried(
@@ -210,13 +220,91 @@ class Pipeline:
                 lambda: f"dead letters of {len(dead)} record(s)",
                 lambda: self._dead_letters.send(dead),
             )
-        await self._learn_fanouts([i for p in parts for i in p.items])
-        for part in parts:
-            part.costs = [self._fanouts.cost(item) for item in part.items]
-        concurrency = self._settings.pipeline_concurrency
-        prices = [p for p in parts if p.tp.topic == self._kafka.prices_topic]
-        signals = [p for p in parts if p.tp.topic == self._kafka.signals_topic]
-        return deal(prices, concurrency), deal(signals, concurrency)
+        idle = await read_to_end(self.consumer, timeline.sources())
+        released = timeline.release(idle=idle, now=datetime.now(UTC))
+        self._pause_full()
+        buffered = len(timeline)
+        self._metrics.order_buffered.set(buffered)
+        if buffered and not released:
+            self._waiting_since = self._waiting_since or time.monotonic()
+            self._report_waiting(idle)
+        else:
+            self._waiting_since = None
+        return released
+
+    def _pause_full(self) -> None:
+        """Stop fetching a partition whose records wait in numbers (memory stays bounded);
+        fetch it again once they went. A partition that holds the others back never has any
+        waiting, so this never stops the order."""
+        timeline = self.offsets.timeline
+        limit = max(100, 2 * self._kafka.fetch_max_records)
+        for tp in timeline.sources():
+            full = timeline.buffered(tp) >= limit
+            if full and tp not in self._paused:
+                with contextlib.suppress(IllegalStateError):
+                    self.consumer.pause(tp)
+                self._paused.add(tp)
+            elif not full and tp in self._paused:
+                self._paused.discard(tp)
+                if not self.offsets.is_blocked(tp):
+                    with contextlib.suppress(IllegalStateError):
+                        self.consumer.resume(tp)
+        self._paused &= set(timeline.sources())
+
+    def _report_waiting(self, idle: list[TopicPartition]) -> None:
+        """Say which partitions the order waits for, when it has waited a while."""
+        since = self._waiting_since
+        if since is None or time.monotonic() - since < WAIT_REPORT_S:
+            return
+        if time.monotonic() - self._waiting_reported < WAIT_REPORT_S:
+            return
+        waiting = self.offsets.timeline.waiting_on(idle=idle, now=datetime.now(UTC))
+        if waiting:
+            self._waiting_reported = time.monotonic()
+            log.warning(
+                "order_waits_for_partitions",
+                partitions=names(set(waiting)),
+                waited_s=round(time.monotonic() - since, 1),
+                buffered=len(self.offsets.timeline),
+                hint="a partition not read to its end holds back the records after it in "
+                "event time (LATENESS_MS covers one read to its end)",
+            )
+
+    async def _process_released(self, entries: list[Entry[TopicPartition]]) -> None:
+        """Apply released records in their order: each run of ticks in one lane, in order;
+        each run of signals dealt by partition into lanes side by side (one user's signals
+        stay on one partition, and users do not affect each other)."""
+        prices = self._kafka.prices_topic
+        now = time.monotonic()
+        for run in runs(entries, kind=lambda e: e.source.topic == prices):
+            if run[0].source.topic == prices:
+                await self._run_lanes([ordered_chunks(run)])
+                continue
+            parts = parts_of(run)
+            items = [i for p in parts for i in p.items]
+            await self._learn_fanouts(items)
+            for part in parts:
+                part.costs = [self._fanouts.cost(item) for item in part.items]
+                for item in part.items:
+                    if item is not None:
+                        self._metrics.signal_wait.observe(max(0.0, now - item.taken))
+            lanes = deal(parts, self._settings.pipeline_concurrency)
+            await self._run_lanes([chunks(lane) for lane in lanes])
+
+    async def _run_lanes(self, lanes: list[Iterable[Chunk]]) -> None:
+        """The lanes side by side; every lane finishes (commits or gives up) before a
+        failure is raised, so one lane's outage never rolls back another's finished work."""
+        results = await asyncio.gather(
+            *(self._process_lane(lane, f"lane-{i}") for i, lane in enumerate(lanes)),
+            return_exceptions=True,
+        )
+        self._metrics.db_pool_in_use.set(self._pool.get_size() - self._pool.get_idle_size())
+        for result in results:
+            if isinstance(result, BaseException):
+                verdict = disposition(result, Scope.LANE, stopping=self._interrupt.is_set())
+                if verdict.action is Action.ABANDON:
+                    raise StopRequested(f"retries cut short: {describe(result)}") from result
+                raise result
 
     async def _learn_fanouts(self, items: list[Item | None]) -> None:
         """Count the agents of users not seen yet, to size the transactions."""
@@ -234,12 +322,12 @@ class Pipeline:
         for user_id in unseen:
             self._fanouts[user_id] = max(1, counts.get(user_id, 0))
 
-    async def _process_lane(self, lane: list[Part], key: str) -> None:
+    async def _process_lane(self, lane: Iterable[Chunk], key: str) -> None:
         started = time.perf_counter()
-        for chunk in chunks(lane):
+        for chunk in lane:
             outcomes = await self._retried(key, partial(where, chunk), partial(self._commit, chunk))
             committed_at = time.time()
-            self.offsets.stored(chunk.next_offsets)
+            self.offsets.stored(chunk.next_offsets, chunk.last_at)
             self._report.committed(
                 chunk,
                 outcomes,
@@ -256,7 +344,7 @@ class Pipeline:
             try:
                 async with conn.transaction():
                     outcomes, dead = await self._apply(conn, chunk.items, isolated=False)
-                    await self._finish(conn, chunk.next_offsets, dead)
+                    await self._finish(conn, chunk, dead)
             except Exception as exc:  # the failure policy decides
                 if disposition(exc, Scope.BATCH).action is not Action.ISOLATE:
                     raise
@@ -268,16 +356,11 @@ class Pipeline:
             # the partition) and the others go through.
             async with conn.transaction():
                 outcomes, dead = await self._apply(conn, chunk.items, isolated=True)
-                await self._finish(conn, chunk.next_offsets, dead)
+                await self._finish(conn, chunk, dead)
             return outcomes
 
-    async def _finish(
-        self,
-        conn: asyncpg.Connection,
-        next_offsets: dict[TopicPartition, int],
-        dead: list[DeadLetter],
-    ) -> None:
-        await self.offsets.store(conn, next_offsets)
+    async def _finish(self, conn: asyncpg.Connection, chunk: Chunk, dead: list[DeadLetter]) -> None:
+        await self.offsets.store(conn, chunk.next_offsets, chunk.last_at)
         if dead:
             # Acknowledged by the broker before the offset moves past them (the commit).
             await self._dead_letters.send(dead)

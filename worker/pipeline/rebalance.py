@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -38,7 +39,8 @@ from worker.errors import WorkerError
 from worker.metrics import Metrics
 from worker.pipeline.batching import KafkaRecord, above
 from worker.pipeline.offset_checks import Verdict, check, resolving_command
-from worker.pipeline.ordering import SignalHold, TickWatermarks, names
+from worker.pipeline.ordering import names
+from worker.pipeline.timeline import RANK_SIGNAL, RANK_SOL_TICK, Timeline
 from worker.pipeline.topic_ids import topic_ids
 from worker.retry import SERVICE_ERRORS, describe, transient_retry
 from worker.settings import KafkaSettings
@@ -65,6 +67,7 @@ class OffsetKeeper(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka
         kafka: KafkaSettings,
         metrics: Metrics,
         *,
+        lateness: timedelta = timedelta(0),
         on_revoking: Callable[[], None] | None = None,
     ) -> None:
         self.consumer = consumer
@@ -75,8 +78,10 @@ class OffsetKeeper(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka
         self.lock = asyncio.Lock()
         # Per partition, the first offset not applied yet as far as this worker knows.
         self.floor: dict[TopicPartition, int] = {}
-        # Ticks before signals (`worker.pipeline.ordering`): the owned price partitions' progress.
-        self.ticks = TickWatermarks()
+        # Per partition, the decision time of the record before its floor (None: unknown).
+        self.floor_at: dict[TopicPartition, datetime | None] = {}
+        # The owned partitions' records in one order (`worker.pipeline.timeline`).
+        self.timeline: Timeline[TopicPartition] = Timeline(lateness)
         self.fatal: BaseException | None = None
         # True while a revocation waits for the work in flight; `on_revoking` is told first,
         # so that a batch waiting to retry gives up instead of holding the rebalance.
@@ -87,8 +92,6 @@ class OffsetKeeper(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka
         # The id of each topic as the brokers gave it at the last assignment (None: unknown);
         # stored with the offsets.
         self.topic_ids: dict[str, str | None] = {}
-        # Signals wait for the ticks before them (`worker.pipeline.ordering`).
-        self.hold = SignalHold(consumer, kafka.prices_topic, self.ticks, self.blocked)
         self._uncommitted: dict[TopicPartition, int] = {}
         self._last_kafka_commit = time.monotonic()
         self._last_recheck = time.monotonic()
@@ -132,24 +135,34 @@ class OffsetKeeper(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka
             )
         return records
 
-    def rewind(self, batch: Mapping[TopicPartition, Sequence[KafkaRecord]]) -> None:
-        """Seek each still-assigned partition of an abandoned `batch` back to its first
-        record not stored yet (a reassignment seeks to the stored offsets anyway)."""
-        assigned = self.consumer.assignment()
-        for tp, records in batch.items():
-            if tp in assigned and records:
-                with contextlib.suppress(IllegalStateError):
-                    self.consumer.seek(tp, max(records[0].offset, self.floor_of(tp)))
+    def rewind(self) -> None:
+        """After abandoned work: every owned partition read again from its floor (the first
+        record not stored), its buffered records forgotten and its place in the order
+        restored (a reassignment does the same)."""
+        for tp in list(self.timeline.sources()):
+            self.open(tp)
+            with contextlib.suppress(IllegalStateError):
+                self.consumer.seek(tp, self.floor_of(tp))
+
+    def open(self, tp: TopicPartition) -> None:
+        """Start ordering `tp` from its floor (`worker.pipeline.timeline`)."""
+        lowest = RANK_SOL_TICK if tp.topic == self._kafka.prices_topic else RANK_SIGNAL
+        self.timeline.open(tp, lowest_rank=lowest, last_at=self.floor_at.get(tp))
 
     async def store(
-        self, conn: asyncpg.Connection, next_offsets: dict[TopicPartition, int]
+        self,
+        conn: asyncpg.Connection,
+        next_offsets: dict[TopicPartition, int],
+        last_at: Mapping[TopicPartition, datetime] | None = None,
     ) -> None:
-        """Store `next_offsets` in the transaction of `conn`, with each topic's id."""
+        """Store `next_offsets` in the transaction of `conn`, with each topic's id and the
+        decision time of each partition's last record."""
         await store_offsets(
             conn,
             self._kafka.consumer_group,
             [(tp.topic, tp.partition, offset) for tp, offset in next_offsets.items()],
             self.topic_ids,
+            {(tp.topic, tp.partition): at for tp, at in (last_at or {}).items()},
         )
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
@@ -167,8 +180,9 @@ class OffsetKeeper(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka
             if revoked:  # aiokafka also calls this before the first assignment, with nothing
                 log.info("partitions_revoked", partitions=names(revoked))
             await self.commit_kafka(only=revoked)
-            self.ticks.forget(revoked)
             for tp in revoked:
+                self.timeline.close(tp)
+                self.floor_at.pop(tp, None)
                 self.floor.pop(tp, None)
                 self._unblock(tp)
                 # Another worker reports this partition's lag from now on.
@@ -199,6 +213,7 @@ class OffsetKeeper(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka
         for tp in assigned:
             offset = stored.get((tp.topic, tp.partition))
             if offset is None:
+                self.open(tp)  # never consumed: its first record sets its time
                 continue
             verdict = check(
                 offset.next_offset,
@@ -207,11 +222,14 @@ class OffsetKeeper(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka
                 end=end[tp],
                 topic_id=self.topic_ids.get(tp.topic),
             )
+            if offset.next_offset >= self.floor.get(tp, 0):
+                self.floor_at[tp] = offset.event_at
             self.floor[tp] = max(offset.next_offset, self.floor.get(tp, 0))
             if verdict.is_blocked:
                 self.block(tp, verdict)
                 continue
             self._report_missed(tp, verdict)
+            self.open(tp)
             try:
                 self.consumer.seek(tp, verdict.seek_to)
             except IllegalStateError:
@@ -292,6 +310,7 @@ class OffsetKeeper(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka
         an operator resolves it and the partition is assigned again."""
         with contextlib.suppress(IllegalStateError):
             self.consumer.pause(tp)
+        self.timeline.close(tp)  # not read: it holds nothing back
         if tp in self.blocked:
             return
         self.blocked[tp] = verdict
@@ -339,10 +358,18 @@ class OffsetKeeper(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka
             f"of group {self._kafka.consumer_group}, then run {commands}"
         )
 
-    def stored(self, next_offsets: dict[TopicPartition, int]) -> None:
-        """These offsets were just stored with their records' effects."""
+    def stored(
+        self,
+        next_offsets: dict[TopicPartition, int],
+        last_at: Mapping[TopicPartition, datetime] | None = None,
+    ) -> None:
+        """These offsets (and the decision times of the records before them) were just
+        stored with their records' effects."""
         self._uncommitted.update(next_offsets)
+        ats = last_at or {}
         for tp, offset in next_offsets.items():
+            if offset >= self.floor.get(tp, 0) and tp in ats:
+                self.floor_at[tp] = ats[tp]
             self.floor[tp] = max(offset, self.floor.get(tp, 0))
 
     async def commit_kafka_if_due(self) -> None:

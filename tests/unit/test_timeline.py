@@ -1,0 +1,242 @@
+"""The event-time merge: one order whatever the fetch boundaries, restarts and lateness."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from worker.pipeline.timeline import (
+    RANK_SIGNAL,
+    RANK_SOL_TICK,
+    RANK_TICK,
+    STEP,
+    Entry,
+    Timeline,
+)
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+FAR = T0 + timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class Rec:
+    source: str  # "s0", "s1" (signal partitions), "t0", "t1" (tick partitions)
+    offset: int
+    ms: int | None
+    rank: int
+    token: str = ""
+
+    @property
+    def tie(self) -> tuple[object, ...]:
+        return (self.token, self.source) if self.rank < RANK_SIGNAL else (self.source,)
+
+
+def lowest(source: str) -> int:
+    return RANK_SIGNAL if source.startswith("s") else RANK_SOL_TICK
+
+
+def timeline(sources: list[str], lateness_ms: int = 0) -> Timeline[str]:
+    line: Timeline[str] = Timeline(timedelta(milliseconds=lateness_ms))
+    for s in sources:
+        line.open(s, lowest_rank=lowest(s), last_at=None)
+    return line
+
+
+def put(line: Timeline[str], r: Rec) -> Entry[str]:
+    at = None if r.ms is None else T0 + timedelta(milliseconds=r.ms)
+    return line.place(r.source, r.offset, at, r.rank, r.tie, r)
+
+
+def keys(entries: list[Entry[str]]) -> list[tuple[str, int, datetime, tuple[object, ...]]]:
+    return [(e.source, e.offset, e.at, e.key) for e in entries]
+
+
+def test_a_tick_stamped_after_a_signal_goes_after_it_though_fetched_first() -> None:
+    line = timeline(["s0", "t0"])
+    put(line, Rec("t0", 0, 5, RANK_TICK, "A"))
+    put(line, Rec("s0", 0, 4, RANK_SIGNAL))
+    out = line.release(idle=["s0", "t0"], now=FAR)
+    assert [(e.source, e.offset) for e in out] == [("s0", 0), ("t0", 0)]
+
+
+def test_equal_times_sol_first_then_token_ticks_then_signals() -> None:
+    line = timeline(["s0", "t0", "t1", "t2"])
+    put(line, Rec("s0", 0, 7, RANK_SIGNAL))
+    put(line, Rec("t0", 0, 7, RANK_TICK, "B"))
+    put(line, Rec("t1", 0, 7, RANK_TICK, "A"))
+    put(line, Rec("t2", 0, 7, RANK_SOL_TICK, "So1"))
+    out = line.release(idle=["s0", "t0", "t1", "t2"], now=FAR)
+    assert [(e.source, e.offset) for e in out] == [("t2", 0), ("t1", 0), ("t0", 0), ("s0", 0)]
+
+
+def test_a_partition_keeps_its_order_at_equal_times_a_microsecond_apart() -> None:
+    line = timeline(["t0"])
+    first = put(line, Rec("t0", 0, 7, RANK_TICK, "A"))
+    sol = put(line, Rec("t0", 1, 7, RANK_SOL_TICK, "So1"))
+    assert sol.at == first.at + STEP
+    assert not sol.late
+    out = line.release(idle=["t0"], now=FAR)
+    assert [(e.source, e.offset) for e in out] == [("t0", 0), ("t0", 1)]
+
+
+def test_a_signal_waits_for_a_tick_partition_not_read_to_its_end() -> None:
+    line = timeline(["s0", "t0"])
+    put(line, Rec("s0", 0, 10, RANK_SIGNAL))
+    put(line, Rec("t0", 0, 3, RANK_TICK, "A"))
+    # t0's next ticks come after its tick at 3, but may be stamped before the signal.
+    assert [(e.source, e.offset) for e in line.release(idle=["s0"], now=FAR)] == [("t0", 0)]
+    assert line.waiting_on(idle=["s0"], now=FAR) == ["t0"]
+    put(line, Rec("t0", 1, 9, RANK_TICK, "A"))
+    assert [(e.source, e.offset) for e in line.release(idle=["s0"], now=FAR)] == [("t0", 1)]
+    # A tick at the signal's time goes first; after it, t0 can only bring later ones.
+    put(line, Rec("t0", 2, 10, RANK_TICK, "A"))
+    out = line.release(idle=["s0"], now=FAR)
+    assert [(e.source, e.offset) for e in out] == [("t0", 2), ("s0", 0)]
+
+
+def test_a_partition_never_read_holds_everything_back() -> None:
+    line = timeline(["s0", "t0"])
+    put(line, Rec("s0", 0, 10, RANK_SIGNAL))
+    assert line.release(idle=["s0"], now=FAR) == []
+    assert line.waiting_on(idle=["s0"], now=FAR) == ["t0"]
+
+
+def test_a_caught_up_partition_holds_back_only_what_lies_within_the_lateness() -> None:
+    line = timeline(["s0", "t0"], lateness_ms=1000)
+    put(line, Rec("s0", 0, 10, RANK_SIGNAL))
+    # The clock 500 ms after the signal: a tick stamped before it may still be on its way.
+    assert line.release(idle=["s0", "t0"], now=T0 + timedelta(milliseconds=510)) == []
+    out = line.release(idle=["s0", "t0"], now=T0 + timedelta(milliseconds=1011))
+    assert [(e.source, e.offset) for e in out] == [("s0", 0)]
+
+
+def test_a_record_stamped_before_its_predecessor_is_decided_at_its_time() -> None:
+    line = timeline(["t0"])
+    put(line, Rec("t0", 0, 10, RANK_TICK, "A"))
+    entry = put(line, Rec("t0", 1, 4, RANK_TICK, "B"))
+    assert entry.at == T0 + timedelta(milliseconds=10) + STEP
+    assert entry.event_time == T0 + timedelta(milliseconds=4)
+    assert not entry.late
+
+
+def test_a_late_record_is_decided_right_after_what_was_decided_and_marked() -> None:
+    line = timeline(["s0", "t0"], lateness_ms=0)
+    put(line, Rec("s0", 0, 10, RANK_SIGNAL))
+    assert len(line.release(idle=["s0", "t0"], now=T0 + timedelta(milliseconds=20))) == 1
+    late = put(line, Rec("t0", 0, 5, RANK_TICK, "A"))
+    assert late.late
+    assert late.at == T0 + timedelta(milliseconds=10) + STEP
+    out = line.release(idle=["s0", "t0"], now=T0 + timedelta(milliseconds=30))
+    assert [(e.source, e.offset, e.late) for e in out] == [("t0", 0, True)]
+
+
+def test_a_closed_partition_no_longer_holds_the_others_back() -> None:
+    line = timeline(["s0", "t0"])
+    put(line, Rec("s0", 0, 10, RANK_SIGNAL))
+    line.close("t0")
+    assert [(e.source, e.offset) for e in line.release(idle=["s0"], now=FAR)] == [("s0", 0)]
+
+
+def test_a_record_without_a_time_takes_its_partitions_time() -> None:
+    line = timeline(["s0"])
+    put(line, Rec("s0", 0, 10, RANK_SIGNAL))
+    entry = put(line, Rec("s0", 1, None, RANK_SIGNAL))
+    assert entry.at == T0 + timedelta(milliseconds=10) + STEP
+
+
+# ---------------------------------------------------------------- the property
+
+SOURCES = ["s0", "s1", "t0", "t1"]
+
+
+@st.composite
+def logs(draw: st.DrawFn) -> dict[str, list[Rec]]:
+    """A backlog: per partition, records with times that mostly rise, some equal, some
+    stamped before their predecessor."""
+    out: dict[str, list[Rec]] = {}
+    for source in SOURCES:
+        n = draw(st.integers(0, 8))
+        records = []
+        for offset in range(n):
+            ms = (
+                draw(st.one_of(st.none(), st.integers(0, 40)))
+                if offset % 5 == 4
+                else draw(st.integers(0, 40))
+            )
+            if source.startswith("s"):
+                records.append(Rec(source, offset, ms, RANK_SIGNAL))
+            else:
+                token = draw(st.sampled_from(["So1", "A", "B"]))
+                rank = RANK_SOL_TICK if token == "So1" else RANK_TICK
+                records.append(Rec(source, offset, ms, rank, token))
+        out[source] = records
+    return out
+
+
+def consume(
+    log: dict[str, list[Rec]], steps: list[tuple[str, int]], restart_at: int | None
+) -> list[tuple[str, int, datetime, tuple[object, ...]]]:
+    """Consume `log` as a backlog: each step takes up to n next records of a partition,
+    then releases (a partition is idle once all its records were taken); optionally a
+    restart after step `restart_at` (buffers lost, each partition read again from its last
+    released record, as from stored offsets and decision times)."""
+    line = timeline(SOURCES)
+    taken = dict.fromkeys(SOURCES, 0)
+    applied: list[Entry[str]] = []
+    last_at: dict[str, datetime | None] = dict.fromkeys(SOURCES)
+
+    def idle() -> list[str]:
+        return [s for s in SOURCES if taken[s] == len(log[s])]
+
+    def step(source: str, n: int) -> None:
+        for r in log[source][taken[source] : taken[source] + n]:
+            put(line, r)
+        taken[source] = min(len(log[source]), taken[source] + n)
+        done = line.release(idle=idle(), now=T0)  # a backlog: the clock is before everything
+        applied.extend(done)
+        for e in done:
+            last_at[e.source] = e.at
+
+    for i, (source, n) in enumerate(steps):
+        step(source, n)
+        if i == restart_at:
+            line = timeline([])
+            for s in SOURCES:
+                line.open(s, lowest_rank=lowest(s), last_at=last_at[s])
+                done = [e.offset for e in applied if e.source == s]
+                taken[s] = (max(done) + 1) if done else 0
+    while any(taken[s] < len(log[s]) for s in SOURCES):
+        for s in SOURCES:
+            step(s, 3)
+    applied.extend(line.release(idle=SOURCES, now=FAR))  # the backlog is over
+    return keys(applied)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    log=logs(),
+    a=st.lists(st.tuples(st.sampled_from(SOURCES), st.integers(1, 4)), max_size=30),
+    b=st.lists(st.tuples(st.sampled_from(SOURCES), st.integers(1, 500)), max_size=5),
+    restart=st.one_of(st.none(), st.integers(0, 10)),
+)
+def test_any_fetch_boundaries_and_a_restart_give_the_one_order(
+    log: dict[str, list[Rec]],
+    a: list[tuple[str, int]],
+    b: list[tuple[str, int]],
+    restart: int | None,
+) -> None:
+    one = consume(log, a, restart)
+    other = consume(log, b, None)
+    assert one == other
+    assert len(one) == sum(len(v) for v in log.values())
+    # A backlog has no late records: the order is the key order.
+    assert one == sorted(one, key=lambda x: x[3])
+    # Within each partition, offset order and decision times never go back.
+    for source in SOURCES:
+        mine = [(o, at) for s, o, at, _ in one if s == source]
+        assert [o for o, _ in mine] == list(range(len(log[source])))
+        assert all(x[1] <= y[1] for x, y in itertools.pairwise(mine))

@@ -1,0 +1,216 @@
+"""One order for everything the worker applies: the event-time merge of its input partitions.
+
+Why: a user's ledger depends on the order in which its signals and the ticks of the tokens it
+holds are applied (a tick before a signal can stop out a position and free its slot; a SOL/USD
+tick before a token tick changes the USD figures of a close). Deciding that order by arrival
+(fetch boundaries, which lane ran first) makes the same records give different ledgers.
+So every record gets a place in one total order that depends only on the records:
+
+- **Event time**: a signal's `created_at`, else its Kafka record timestamp; a tick's `ts`, else
+  its record timestamp (`batching.event_time`).
+- **Decision time** (`at`): the event time, but always at least a microsecond after the
+  decision time of the previous record of the same partition (a record stamped at or before
+  its predecessor is decided just after it: a partition's order is kept, whatever the fetch
+  boundaries, and its decision times only rise). `at` is the clock of every decision the
+  record causes (`Signal.at`, `PriceTick.at`) and is stored with the record's effects, so a
+  replay orders and decides by exactly it.
+- **Key**: `(at, rank, tie-break)`. Rank 0: a SOL/USD tick, 1: another tick, 2: a signal (at
+  equal times the prices come first, SOL/USD before the token prices it converts). Ticks then
+  by token address and offset, signals by partition and offset. Records that go to the
+  dead-letter topic keep their place only to move their partition's offset on.
+
+**Release** (after Kafka Streams' stream time and task idling, KIP-353/KIP-695, and Flink's
+watermarks): records are buffered per partition and released in key order once no record
+still unseen can come before them. A partition's unseen records have keys of at least
+`(bound, lowest rank it can carry)`, where `bound` is its last decision time, or, when the
+consumer has read everything the partition holds (caught up), the worker's clock minus the
+lateness allowance `LATENESS_MS`, if that is later. Everything buffered below the lowest
+bound of all partitions is released, merged. So a backlog (records already in Kafka when
+read) is always released in exactly this order, whatever the fetch sizes or restarts; and a
+live stream is too, as long as each record is readable within `LATENESS_MS` of its event
+time by the worker's clock. The clock only paces: it says when a caught-up partition can no
+longer bring anything earlier, never what a decision is.
+
+**Late records**: a record readable only after the worker's clock passed its event time by
+more than `LATENESS_MS` may find records after it already decided. It is decided at the
+latest decision time released so far plus one microsecond (after everything already
+decided; its stored decision time says so, so a replay places it exactly there), counted in
+`signal_worker_late_records_total`. Never dropped.
+
+Pure: no I/O, no clock of its own (the caller passes the time of its observation).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Hashable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Generic, TypeVar
+
+RANK_SOL_TICK = 0
+RANK_TICK = 1
+RANK_SIGNAL = 2
+STEP = timedelta(microseconds=1)  # the least step of a decision time (PostgreSQL's)
+
+P = TypeVar("P", bound=Hashable)  # a partition's identity
+
+
+@dataclass(frozen=True, slots=True)
+class Entry(Generic[P]):
+    """One record placed in the order: where it came from, its key and what it carries."""
+
+    source: P
+    offset: int
+    at: datetime  # decision time
+    rank: int
+    tie: tuple[Any, ...]  # the tie-break after (at, rank), ending with the offset
+    payload: Any  # what the caller applies (None for a record that was dead-lettered)
+    event_time: datetime
+    late: bool = False
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        """The place in the order."""
+        return (self.at, self.rank, *self.tie)
+
+
+@dataclass(slots=True)
+class _Input(Generic[P]):
+    lowest_rank: int
+    last_at: datetime | None  # decision time of the last record taken (None: none yet)
+    buffer: list[tuple[tuple[Any, ...], int, Entry[P]]] = field(default_factory=list)
+
+    def admits(self, key: tuple[Any, ...], idle_since: datetime | None) -> bool:
+        """True when no record of this partition still unseen can come before `key`.
+
+        An unseen record is decided at least a microsecond after the last one taken, with
+        a rank at least the partition's lowest, and, when the partition is read to its
+        end, no earlier than `idle_since` (or it is late)."""
+        floor = None if self.last_at is None else self.last_at + STEP
+        if idle_since is not None and (floor is None or idle_since > floor):
+            floor = idle_since
+        return floor is not None and key < (floor, self.lowest_rank)
+
+
+class Timeline(Generic[P]):
+    """The owned partitions' buffered records and the order they are released in."""
+
+    def __init__(self, lateness: timedelta) -> None:
+        self._lateness = lateness
+        self._inputs: dict[P, _Input[P]] = {}
+        self._released: tuple[Any, ...] | None = None  # the key of the last record released
+        self._seq = itertools.count()
+
+    # ------------------------------------------------------------------ partitions
+
+    def open(self, source: P, *, lowest_rank: int, last_at: datetime | None) -> None:
+        """Start ordering `source` (assigned, or read again from its stored offset), whose
+        last record applied was decided at `last_at` (None: never one)."""
+        self._inputs[source] = _Input(lowest_rank, last_at)
+
+    def close(self, source: P) -> None:
+        """Stop ordering `source` (revoked, or blocked): its buffered records are forgotten
+        (its next owner reads them again from the stored offset) and it no longer holds
+        back the others."""
+        self._inputs.pop(source, None)
+
+    def is_open(self, source: P) -> bool:
+        """True when `source` is being ordered."""
+        return source in self._inputs
+
+    def sources(self) -> list[P]:
+        """The partitions being ordered."""
+        return list(self._inputs)
+
+    def buffered(self, source: P) -> int:
+        """How many records of `source` wait for their turn."""
+        state = self._inputs.get(source)
+        return 0 if state is None else len(state.buffer)
+
+    def __len__(self) -> int:
+        return sum(len(s.buffer) for s in self._inputs.values())
+
+    # ------------------------------------------------------------------ records
+
+    def place(
+        self,
+        source: P,
+        offset: int,
+        event_time: datetime | None,
+        rank: int,
+        tie: tuple[Any, ...],
+        payload: object,
+    ) -> Entry[P]:
+        """Take in the next record of `source` (a partition's records come in offset order);
+        `event_time` None for one without a usable time (a record going to the dead-letter
+        topic: it is placed at its partition's time). Returns it placed."""
+        state = self._inputs[source]
+        previous = state.last_at
+        at = event_time
+        if previous is not None and (at is None or at <= previous):
+            at = previous + STEP  # a partition's decision times only ever rise
+        if at is None:  # a partition's first record, without a time of its own
+            at = self._released[0] if self._released is not None else _EARLIEST
+        late = False
+        if self._released is not None and (at, rank, *tie, offset) <= self._released:
+            # Something after it was decided already: it is decided right after that.
+            at = self._released[0] + STEP
+            late = True
+        entry = Entry(source, offset, at, rank, (*tie, offset), payload, event_time or at, late)
+        state.last_at = at
+        heapq.heappush(state.buffer, (entry.key, next(self._seq), entry))
+        return entry
+
+    def release(self, *, idle: Iterable[P], now: datetime) -> list[Entry[P]]:
+        """The buffered records no unseen record can precede, in order, taken out of the
+        buffers. `idle`: the partitions the consumer has read to their end; `now`: the
+        worker's clock at that observation."""
+        idle_since = now - self._lateness
+        idle_set = set(idle)
+        bounds = [
+            (state, idle_since if source in idle_set else None)
+            for source, state in self._inputs.items()
+        ]
+        inputs = self._inputs
+        heads = [(s.buffer[0][0], s.buffer[0][1], src) for src, s in inputs.items() if s.buffer]
+        heapq.heapify(heads)
+        out: list[Entry[P]] = []
+        while heads:
+            key, _, source = heads[0]
+            if not all(state.admits(key, since) for state, since in bounds):
+                break
+            buffer = inputs[source].buffer
+            out.append(heapq.heappop(buffer)[2])
+            if buffer:
+                heapq.heapreplace(heads, (buffer[0][0], buffer[0][1], source))
+            else:
+                heapq.heappop(heads)
+        if out and (self._released is None or out[-1].key > self._released):
+            self._released = out[-1].key
+        return out
+
+    def waiting_on(self, *, idle: Iterable[P], now: datetime) -> list[P]:
+        """The partitions that hold the earliest buffered record back (for `/readyz` and the
+        logs); empty when nothing waits."""
+        heads = [s.buffer[0][0] for s in self._inputs.values() if s.buffer]
+        if not heads:
+            return []
+        first = min(heads)
+        idle_since = now - self._lateness
+        idle_set = set(idle)
+        return [
+            source
+            for source, state in self._inputs.items()
+            if not state.admits(first, idle_since if source in idle_set else None)
+        ]
+
+
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+
+
+def runs(entries: Iterable[Entry[P]], kind: Any) -> Iterator[list[Entry[P]]]:  # noqa: ANN401
+    """Consecutive entries of the same kind (`kind(entry)`), in order."""
+    for _, group in itertools.groupby(entries, key=kind):
+        yield list(group)
