@@ -84,7 +84,9 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
         help="only this agent (repeatable); default: every agent")  # fmt: skip
     add("--user", type=uuid_arg, metavar="ID", help="only this user's agents")
     add("--from", dest="from_", type=time_arg, metavar="TIME",
-        help="the start of the range (ISO 8601); default: the first signal")  # fmt: skip
+        help="the start of the range (ISO 8601); default: the first signal of the agents' "
+        "users (each agent starts with its SOL at its own user's first signal, or at its "
+        "creation when later)")  # fmt: skip
     add("--to", type=time_arg, metavar="TIME",
         help="the end of the range, excluded; default: now")  # fmt: skip
     add("--signals", type=Path, metavar="FILE.jsonl",
