@@ -77,9 +77,11 @@ async def _swap(
     )  # fmt: skip
 
 
-async def _starting_sol(conn: asyncpg.Connection, **range_: datetime) -> dict[UUID, Decimal]:
+async def _starting_sol(
+    conn: asyncpg.Connection, since: datetime | None = None
+) -> dict[UUID, Decimal]:
     agents = await read_agents(conn, None, None)
-    history = await read_history(conn, agents, **range_)
+    history = await read_history(conn, agents, since=since)
     assert history is not None
     return history.sol
 

@@ -103,6 +103,7 @@ async def test_verify_says_identical_then_names_an_altered_row(
         "AND output_mint = $1 ORDER BY id LIMIT 1) RETURNING agent_id, output_amount",
         TOKEN_B,
     )
+    assert changed is not None
     run = await run_cli(env, "replay", "--verify", "--ignore", CLOCK_AND_IDS)
 
     assert run.code == 1, (run.stdout, run.stderr)
@@ -113,3 +114,22 @@ async def test_verify_says_identical_then_names_an_altered_row(
         f"{Decimal(changed['output_amount']).normalize():f} replay "
     ), first
     assert run.stdout.splitlines()[-1].startswith("1 difference(s) in "), run.stdout
+
+
+async def test_verify_runs_over_the_demos_ledger(
+    services: Services, db_url: str, topics: Topics
+) -> None:
+    env = env_for(make_settings(services, db_url, topics))
+    demo = await run_cli(env, "demo", timeout_s=150)
+    assert demo.code == 0, demo.stderr[-20:]
+
+    run = await run_cli(env, "replay", "--verify", "--ignore", CLOCK_AND_IDS, "--format", "json")
+
+    # The demo's ticks are stamped before its signal is sent, and live applies a fetch's
+    # ticks before its signals (issue 22, cause 1): the ledgers may differ until the
+    # ordering lands. What is required today: it runs, compares and says so, exit 0 or 1.
+    assert run.code in (0, 1), run.stderr
+    result = json.loads(run.stdout)
+    assert result["identical"] is (run.code == 0)
+    assert result["compared"]["executions"] == 4, result  # one signal, four demo agents
+    print(run.stdout)  # the differences, for the record (pytest -s)
