@@ -84,7 +84,9 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
         help="only this agent (repeatable); default: every agent")  # fmt: skip
     add("--user", type=uuid_arg, metavar="ID", help="only this user's agents")
     add("--from", dest="from_", type=time_arg, metavar="TIME",
-        help="the start of the range (ISO 8601); default: the first signal")  # fmt: skip
+        help="the start of the range (ISO 8601); default: the first signal of the agents' "
+        "users (each agent starts with its SOL at its own user's first signal, or at its "
+        "creation when later)")  # fmt: skip
     add("--to", type=time_arg, metavar="TIME",
         help="the end of the range, excluded; default: now")  # fmt: skip
     add("--signals", type=Path, metavar="FILE.jsonl",
@@ -101,7 +103,28 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
     add("--allow-unknown-keys", action="store_true",
         help="replay --config and --vary keys no config has (ignored, as the worker "
         "ignores them; refused by default: a misspelt key would change nothing)")  # fmt: skip
+    add("--verify", action="store_true",
+        help="replay the range (default: everything) with the stored configs and compare it "
+        "with the live ledger row by row: executions, swaps, balances at the range's end, "
+        "positions (open ones only without --to); rows of other agents or signals out of "
+        "the range are not compared. Prints 'identical' (exit 0) or the differences "
+        "(exit 1)")  # fmt: skip
+    add("--max-differences", type=positive_int, default=20, metavar="N",
+        help="--verify: print at most N differences (default: %(default)s)")  # fmt: skip
+    add("--ignore", action="append", metavar="COLUMN[,COLUMN]",
+        help="--verify: leave these columns out of the comparison, e.g. time,id")  # fmt: skip
     add_output_arguments(parser)
+
+
+def positive_int(text: str) -> int:
+    """A whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: at least 1")
+    return value
 
 
 def no_agent_message(args: argparse.Namespace, wanted: str = "agent with the id") -> str:

@@ -24,12 +24,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from worker.commands.options import no_agent_message
 from worker.commands.report import draw_curves, render
 from worker.commands.text import printable
 from worker.db.pool import connect_migrated
 from worker.db.replay import read_agents, read_history
 from worker.db.report import Filters, read_report
+from worker.db.verify import read_live_rows
 from worker.domain.config_reading import decode_json, unknown_keys
 from worker.domain.models import PriceTick, Signal
 from worker.domain.records import AgentSetup
@@ -44,8 +47,10 @@ from worker.replay.engine import (
     Variant,
     check_variant,
     record_of,
+    replay,
     replay_each,
 )
+from worker.replay.verify import compare, replayed_rows, report_lines
 from worker.runtime.logging import configure_logging
 from worker.settings import Settings
 
@@ -55,9 +60,12 @@ LIVE = "live"
 
 
 async def run(settings: Settings, args: argparse.Namespace) -> int:
-    """Replay every variant; print the table (and draw the chart); 0."""
+    """Replay every variant; print the table (and draw the chart); 0. With --verify, the
+    stored configs' replay against the live ledger: 0 when identical, else 1."""
     # The handlers log every exit at INFO; a replay of a month would print thousands of them.
     configure_logging(settings.model_copy(update={"log_level": "WARNING"}))
+    if getattr(args, "verify", False):
+        return await _verify(settings, args)
     variants = _variants(args)
     # The input files are read before any connection: a slow pipe on stdin must not hold a
     # transaction open (a migration's lock would queue behind it, and the live worker behind
@@ -98,6 +106,65 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         draw_curves(args.chart, panels)
         print(f"replay: chart written to {args.chart}")
     return 0
+
+
+VERIFY_ALONE = (("config", "--config"), ("vary", "--vary"), ("signals", "--signals"),
+                ("ticks", "--ticks"), ("chart", "--chart"))  # fmt: skip
+
+
+async def _verify(settings: Settings, args: argparse.Namespace) -> int:
+    """`replay --verify`: the range replayed with the stored configs, compared row by row
+    with the live ledger (`worker.replay.verify`); its lines (or JSON); 0 or 1."""
+    for name, flag in VERIFY_ALONE:
+        if getattr(args, name, None):
+            raise UsageError(f"--verify replays the stored configs over the recorded "
+                             f"signals and ticks: {flag} does not go with it")  # fmt: skip
+    if args.format == "csv":
+        raise UsageError("--verify prints lines (--format table) or --format json")
+    ignore = {c.strip() for spec in args.ignore or [] for c in spec.split(",") if c.strip()}
+    with_open = args.to is None
+    conn = await connect_migrated(settings.db, timeout_s=settings.startup_timeout_s)
+    try:
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            agents = await read_agents(conn, args.agent, args.user, settings.agent_config_max_bytes)
+            if not agents:
+                raise UsageError(
+                    no_agent_message(args, "agent with a simulation wallet and the id")
+                )
+            history = await read_history(conn, agents, since=args.from_, until=args.to)
+            record = record_of(agents, history)
+            if history is None or record is None:
+                raise UsageError(_nothing_to_replay(args))
+            live = await read_live_rows(
+                conn,
+                [s.id for s in history.signals if s.id is not None],
+                [(a.agent_id, a.wallet_address) for a in agents],
+                args.to,
+                with_open=with_open,
+            )
+    finally:
+        await conn.close()
+    run = await replay(record.start, record.events, Variant(STORED), settings)
+    replayed = replayed_rows(run.store, history.signals, agents, with_open=with_open)
+    comparison = compare(live, replayed, ignore)
+    notes = []
+    if record.open_at:
+        notes.append(f"{record.open_at} position(s) open at the start of the range are not "
+                     "replayed: their sales and balances are live only")  # fmt: skip
+    if not with_open:
+        notes.append("open positions are not compared (--to given: the live table holds "
+                     "their state now, not at the range's end)")  # fmt: skip
+    if args.format == "json":
+        print(orjson.dumps({
+            "identical": comparison.identical, "compared": comparison.counts,
+            "differences": len(comparison.differences),
+            "first": [d.as_dict() for d in comparison.differences[: args.max_differences]],
+            "ignored": sorted(ignore), "notes": notes,
+        }, option=orjson.OPT_INDENT_2).decode())  # fmt: skip
+    else:
+        for line in [*report_lines(comparison, args.max_differences), *notes]:
+            print(printable(line))
+    return 0 if comparison.identical else 1
 
 
 def _variants(args: argparse.Namespace) -> list[Variant]:

@@ -11,7 +11,6 @@ from uuid import UUID
 import asyncpg
 
 from worker.db.agents import config_columns, stored_config
-from worker.db.ledger import LEDGER_MOVES
 from worker.domain.config_reading import DEFAULT_MAX_CONFIG_BYTES
 from worker.domain.models import SOL_MINT, PriceTick, Signal
 from worker.domain.records import AgentSetup, PriceWrite, ReplayHistory
@@ -56,23 +55,42 @@ SELECT DISTINCT ON (token_address) token_address, price_usd, price_ts
          WHERE token_address = ANY($1::varchar[]) AND price_ts < $2) p
  ORDER BY token_address, price_ts DESC
 """
-# Each wallet's SOL at a time: the ledger's SOL moves before it (deposits, withdrawals,
-# swaps and their fees), as `check` sums them.
-SELECT_SOL_BEFORE = f"""
-WITH moves AS ({LEDGER_MOVES})
-SELECT wallet_address, sum(amount) AS sol
-  FROM moves
- WHERE token = $1 AND wallet_address = ANY($2::varchar[]) AND transaction_time < $3
- GROUP BY wallet_address
-"""  # noqa: S608 - constant SQL pieces; values travel as parameters
-# Positions bought before the start and still open at it: not replayed (the replay starts
-# flat); counted so that the output can say so.
+# Each wallet's SOL at its own start: the balance now, less the SOL moves recorded after
+# the start. Trades (swaps, burns) at the start itself are after it (a replay makes them
+# again from the start on); deposits and withdrawals at the start are before it (an agent's
+# funding, written with it at its creation, is what it starts with). On a ledger that holds
+# its invariants (`check`) this is the sum of the moves before the start, exact to the
+# lamport; on one where another writer credited a balance without a transaction, it keeps
+# that credit as there since ever.
+SELECT_SOL_AT = """
+SELECT s.wallet_address,
+       coalesce((SELECT b.balance FROM agent_balances b
+                  WHERE b.wallet_address = s.wallet_address AND b.token_address = $1), 0)
+     - coalesce((SELECT sum(
+                     CASE WHEN t.output_mint = $1 AND t.transaction_type IN ('DEPOSIT', 'SWAP')
+                          THEN t.output_amount ELSE 0 END
+                   - CASE WHEN t.input_mint = $1
+                               AND t.transaction_type IN ('SWAP', 'WITHDRAWAL', 'BURN')
+                          THEN t.input_amount ELSE 0 END
+                   - CASE WHEN t.transaction_type = 'SWAP'
+                          THEN coalesce(t.network_fee_sol, 0) + coalesce(t.protocol_fee_sol, 0)
+                          ELSE 0 END)
+                   FROM agent_transactions t
+                  WHERE t.wallet_address = s.wallet_address
+                    AND (t.transaction_time > s.start_at
+                         OR (t.transaction_time = s.start_at
+                             AND t.transaction_type IN ('SWAP', 'BURN')))), 0) AS sol
+  FROM unnest($2::varchar[], $3::timestamptz[]) AS s(wallet_address, start_at)
+"""
+# Positions bought before their agent's start and still open at it: not replayed (the
+# replay starts flat); counted so that the output can say so.
 COUNT_OPEN_AT = """
-SELECT count(*) FROM agent_transactions t
+SELECT count(*)
+  FROM unnest($1::varchar[], $3::timestamptz[]) AS s(wallet_address, start_at)
+  JOIN agent_transactions t ON t.wallet_address = s.wallet_address
   LEFT JOIN agent_historical_swaps h ON h.position_id = t.position_id
- WHERE t.wallet_address = ANY($1::varchar[]) AND t.input_mint = $2
-   AND t.transaction_type = 'SWAP' AND t.transaction_time < $3 AND NOT t.is_dca
-   AND (h.id IS NULL OR h.sale_time >= $3)
+ WHERE t.input_mint = $2 AND t.transaction_type = 'SWAP' AND t.transaction_time < s.start_at
+   AND NOT t.is_dca AND (h.id IS NULL OR h.sale_time >= s.start_at)
 """
 
 
@@ -151,21 +169,52 @@ async def read_ticks(
 
 
 async def state_at(
-    conn: asyncpg.Connection, agents: Sequence[AgentSetup], tokens: Sequence[str], at: datetime
+    conn: asyncpg.Connection,
+    agents: Sequence[AgentSetup],
+    tokens: Sequence[str],
+    at: datetime,
+    starts: dict[UUID, datetime] | None = None,
 ) -> tuple[dict[UUID, Decimal], dict[str, tuple[Decimal, datetime]], int]:
-    """At `at`: each agent's SOL, the last price of each token, and how many positions
-    were open (which the replay does not carry)."""
-    wallets = {a.wallet_address: a.agent_id for a in agents}
+    """Each agent's SOL at its start (`starts`, else `at`; `SELECT_SOL_AT`), the last
+    price of each token before `at`, and how many positions were open at their agent's
+    start (which the replay does not carry)."""
+    starts = starts or {}
+    wallets = [a.wallet_address for a in agents]
+    times = [starts.get(a.agent_id, at) for a in agents]
+    by_wallet = {a.wallet_address: a.agent_id for a in agents}
     sol = {
-        wallets[r["wallet_address"]]: r["sol"]
-        for r in await conn.fetch(SELECT_SOL_BEFORE, SOL_MINT, list(wallets), at)
+        by_wallet[r["wallet_address"]]: r["sol"]
+        for r in await conn.fetch(SELECT_SOL_AT, SOL_MINT, wallets, times)
     }
     prices = {
         r["token_address"]: (r["price_usd"], r["price_ts"])
         for r in await conn.fetch(SELECT_PRICES_BEFORE, list(tokens), at)
     }
-    open_at = int(await conn.fetchval(COUNT_OPEN_AT, list(wallets), SOL_MINT, at))
+    open_at = int(await conn.fetchval(COUNT_OPEN_AT, wallets, SOL_MINT, times))
     return sol, prices, open_at
+
+
+def agent_starts(
+    agents: Sequence[AgentSetup], signals: Sequence[Signal], since: datetime | None
+) -> dict[UUID, datetime]:
+    """Where each agent's replay starts: `since` (else its user's first signal in the
+    range), or the agent's creation when that is later (it decides nothing before it, and
+    its funding comes with it). So no other user's signal, whatever its stamp (1970, or
+    years ahead), moves an agent's start or its SOL then; an agent of a user with no signal
+    in the range starts at `since`, else at its creation."""
+    first: dict[UUID, datetime] = {}
+    for s in signals:
+        if s.user_id not in first or s.created_at < first[s.user_id]:
+            first[s.user_id] = s.created_at
+    starts = {}
+    for a in agents:
+        start = since or first.get(a.user_id) or a.created_at
+        if start is None:
+            continue
+        if a.created_at is not None and a.created_at > start:
+            start = a.created_at
+        starts[a.agent_id] = start
+    return starts
 
 
 def tick_of(p: PriceWrite) -> PriceTick:
@@ -181,25 +230,33 @@ async def read_history(
     until: datetime | None = None,
     given: tuple[list[Signal], list[PriceTick]] | None = None,
 ) -> ReplayHistory | None:
-    """The agents' users' recorded signals and the ticks of their tokens in [since, until)
-    (or the `given` signals and ticks, from files, in that range), and the state at the
-    start: `since`, else the first signal (earlier ticks only set prices); None when there is
-    no signal to replay. `worker.replay.engine.record_of` puts them in replay order."""
+    """The agents' users' recorded signals in [since, until) and the ticks of their tokens
+    from the start on (or the `given` signals and ticks, from files, in [since, until)), and the
+    state at the start; None when there is no signal to replay.
+
+    The range starts at `since`, else at the first signal of the agents' users (ticks
+    before it only set the prices known at the start). Each agent starts with its SOL at
+    its own start (`agent_starts`: its user's first signal, or its creation when later), so
+    one user's signal stamped 1970 moves no other user's agents.
+    `worker.replay.engine.record_of` puts them in replay order."""
     users = {a.user_id for a in agents}
 
-    def in_range(at: datetime) -> bool:
-        return (since is None or at >= since) and (until is None or at < until)
+    def in_range(at: datetime, begin: datetime | None) -> bool:
+        return (begin is None or at >= begin) and (until is None or at < until)
 
     if given is None:
         signals = await read_signals(conn, sorted(users), since, until)
-        tokens = sorted({s.token_address for s in signals} | {SOL_MINT})
-        ticks = [tick_of(p) for p in await read_ticks(conn, tokens, since, until)]
     else:
-        signals = [s for s in given[0] if s.user_id in users and in_range(s.created_at)]
-        tokens = sorted({s.token_address for s in signals} | {SOL_MINT})
-        ticks = [t for t in given[1] if in_range(t.ts)]
+        signals = [s for s in given[0] if s.user_id in users and in_range(s.created_at, since)]
     if not signals:
         return None
     begin = since or min(s.created_at for s in signals)
-    sol, prices, open_at = await state_at(conn, agents, tokens, begin)
+    tokens = sorted({s.token_address for s in signals} | {SOL_MINT})
+    if given is None:
+        ticks = [tick_of(p) for p in await read_ticks(conn, tokens, begin, until)]
+    else:
+        # A file's ticks before its first signal are the prices known then: all are kept.
+        ticks = [t for t in given[1] if in_range(t.ts, since)]
+    starts = agent_starts(agents, signals, since)
+    sol, prices, open_at = await state_at(conn, agents, tokens, begin, starts)
     return ReplayHistory(signals, ticks, begin, sol, prices, open_at)
