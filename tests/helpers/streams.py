@@ -1,0 +1,261 @@
+"""A recorded stream of signals and ticks, published as a backlog or live, and the ledger it
+leaves, row by row (the order-independence tests of issues 22 and 27).
+
+The stream is made to hit what order decides: every stop-loss mode, take profit with and
+without a moon bag, DCA with cooldowns, stale closes; ticks and signals with equal
+timestamps; SOL/USD moves on another partition at the same millisecond as token ticks;
+prices exactly on stop, take-profit and DCA boundaries; holds and cooldowns ending exactly
+on a tick; and records published out of event-time order within a bound (`late_ms`), across
+partitions and within one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+
+from tests.helpers.books import mint
+from worker.db.verify import read_live_rows
+from worker.domain.ledger_rows import LedgerRow
+from worker.domain.models import SOL_MINT
+from worker.replay.verify import compare, report_lines
+
+# One config per stop-loss mode, take profit with and without a moon bag, DCA with cooldowns,
+# stale closes after one minute.
+CONFIGS: list[dict[str, Any] | None] = [
+    {
+        "stopLoss": {"enabled": True, "defaultPercentage": -10, "mode": "fixed"},
+        "takeProfit": {"enabled": True, "mode": "moderate"},
+        "staleTrade": {"enabled": False},
+    },
+    {
+        "stopLoss": {"enabled": True, "defaultPercentage": -15, "mode": "exponential"},
+        "takeProfit": {
+            "enabled": True,
+            "mode": "custom",
+            "levels": [
+                {"targetPercent": 20, "sellPercent": 50},
+                {"targetPercent": 40, "sellPercent": 50},
+            ],
+            "moonBag": {"enabled": False},
+        },
+        "dca": {"enabled": True, "mode": "custom", "maxDCACount": 2, "cooldownSeconds": 10,
+                "levels": [{"dropPercent": -8, "buyPercent": 50}]},
+        "staleTrade": {"enabled": False},
+    },
+    {
+        "stopLoss": {"enabled": True, "defaultPercentage": -20, "mode": "zones"},
+        "staleTrade": {"enabled": True, "minHoldTimeMinutes": 1, "minProfitPercent": -50,
+                       "maxProfitPercent": 50},
+    },
+    {
+        "stopLoss": {"enabled": True, "defaultPercentage": -12, "mode": "custom",
+                     "trailingLevels": [{"change": 30, "stopLoss": 15},
+                                        {"change": 10, "stopLoss": 2}]},
+        "dca": {"enabled": True, "mode": "aggressive", "cooldownSeconds": 10},
+        "takeProfit": {"enabled": True, "mode": "aggressive",
+                       "moonBag": {"enabled": True, "triggerPercent": 25, "retainPercent": 20}},
+        "staleTrade": {"enabled": True, "minHoldTimeMinutes": 1, "minProfitPercent": -100,
+                       "maxProfitPercent": 100},
+    },
+    None,  # the defaults
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Record:
+    """One record of the stream: where it goes, its event time (ms) and payload."""
+
+    at_ms: int
+    topic: str  # "signals" or "prices"
+    key: bytes
+    value: dict[str, Any]
+
+
+def stamp(ms: int) -> str:
+    """RFC 3339 with milliseconds, UTC."""
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+
+
+def recorded_stream(
+    rng: random.Random,
+    users: Sequence[uuid.UUID],
+    *,
+    start_ms: int,
+    span_s: int = 130,
+    tokens_n: int = 6,
+    signals_n: int = 60,
+    late_ms: int = 300,
+) -> list[Record]:
+    """The stream, in publishing order (event-time order, but some records held back by
+    up to `late_ms` behind later ones, across partitions and within one)."""
+    tokens = [mint(rng) for _ in range(tokens_n)]
+    end_ms = start_ms + span_s * 1000
+    ticks = _token_ticks(rng, tokens, start_ms, end_ms)
+    ticks += _sol_ticks(rng, [t.at_ms for t in ticks], start_ms, end_ms)
+    ticks.sort(key=lambda r: r.at_ms)
+    out = list(ticks)
+    for i in range(signals_n):
+        signal = _signal(rng, i, users[i % len(users)], tokens, ticks, start_ms, span_s)
+        out.append(signal)
+        if i % 3 == 0:
+            out += _boundaries(signal, ticks)
+    out.sort(key=lambda r: (r.at_ms, r.topic, r.key))
+    return _held_back(rng, out, late_ms)
+
+
+def _tick(ms: int, token: str, usd: Decimal) -> Record:
+    value = {"token_address": token, "price_usd": str(usd), "ts": stamp(ms)}
+    return Record(ms, "prices", token.encode(), value)
+
+
+def _token_ticks(
+    rng: random.Random, tokens: Sequence[str], start_ms: int, end_ms: int
+) -> list[Record]:
+    """Per token a random walk with jumps, a tick every 0.4 to 1.6 s."""
+    out = []
+    for token in tokens:
+        price = Decimal(rng.choice(["0.01", "0.5", "2", "0.0004"]))
+        ms = start_ms + rng.randrange(0, 400)
+        while ms < end_ms:
+            move = Decimal(rng.choice(["0.97", "0.99", "1", "1.01", "1.03", "1.2", "0.8"]))
+            price = (price * move).quantize(Decimal("0.000000001"))
+            out.append(_tick(ms, token, price))
+            ms += rng.randrange(400, 1600)
+    return out
+
+
+def _sol_ticks(rng: random.Random, token_ms: list[int], start_ms: int, end_ms: int) -> list[Record]:
+    """SOL/USD every 2 s, some at exactly the millisecond of a token tick."""
+    out = []
+    sol = Decimal(150)
+    ms = start_ms
+    while ms < end_ms:
+        sol = (sol * Decimal(rng.choice(["0.995", "1", "1.005"]))).quantize(Decimal("0.0001"))
+        out.append(_tick(rng.choice(token_ms) if rng.random() < 0.4 else ms, SOL_MINT, sol))
+        ms += 2000
+    return out
+
+
+def _signal(
+    rng: random.Random,
+    i: int,
+    user: uuid.UUID,
+    tokens: Sequence[str],
+    ticks: Sequence[Record],
+    start_ms: int,
+    span_s: int,
+) -> Record:
+    """A signal at a random time, or (3 in 10) at exactly a tick's millisecond."""
+    ms, token = start_ms + rng.randrange(1000, (span_s - 70) * 1000), rng.choice(tokens)
+    if rng.random() < 0.3:
+        base = rng.choice(ticks)
+        ms = base.at_ms
+        if base.value["token_address"] != SOL_MINT:
+            token = base.value["token_address"]
+    value = {
+        "user_id": str(user),
+        "token_address": token,
+        "signal_type": "Velocity",
+        "signal_strength": rng.randint(3, 5),
+        "idempotency_key": f"det-{i}",
+        "created_at": stamp(ms),
+    }
+    return Record(ms, "signals", str(user).encode(), value)
+
+
+def _boundaries(signal: Record, ticks: Sequence[Record]) -> list[Record]:
+    """Ticks exactly on the stop (-10%), DCA (-8%) and take-profit (+20%) boundaries of a
+    position the signal opens at its token's last price, 10.000 s after the DCA boundary (a
+    cooldown ending on it) and 60.000 s after the signal (a one-minute hold ending on it)."""
+    token, ms = signal.value["token_address"], signal.at_ms
+    before = [t for t in ticks if t.value["token_address"] == token and t.at_ms <= ms]
+    if not before:
+        return []
+    entry = Decimal(before[-1].value["price_usd"])
+    steps = (("0.92", 3000), ("0.90", 5000), ("1.2", 9000), ("0.92", 13000), ("1", 60000))
+    return [_tick(ms + delay, token, entry * Decimal(f)) for f, delay in steps]
+
+
+def _held_back(rng: random.Random, records: list[Record], late_ms: int) -> list[Record]:
+    """Some records published after later ones, less than `late_ms` later in event time."""
+    out = list(records)
+    for i in range(len(out) - 1, 0, -1):
+        if rng.random() < 0.05:
+            j = i
+            while j + 1 < len(out) and out[j + 1].at_ms - out[i].at_ms < late_ms:
+                j += 1
+            if j > i:
+                out.insert(j, out.pop(i))
+    return out
+
+
+async def publish_stream(
+    bootstrap: str,
+    signals_topic: str,
+    prices_topic: str,
+    records: Sequence[Record],
+    *,
+    paced_from_ms: int | None = None,
+) -> None:
+    """Publish `records` in their order, each with its event time as the record's
+    timestamp; with `paced_from_ms`, each no earlier than its event time on this machine's
+    clock (live) else all at once (a backlog)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
+    await producer.start()
+    try:
+        futures = []
+        for r in records:
+            if paced_from_ms is not None:
+                delay = r.at_ms / 1000 - time.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            topic = signals_topic if r.topic == "signals" else prices_topic
+            futures.append(
+                await producer.send(
+                    topic, json.dumps(r.value).encode(), key=r.key, timestamp_ms=r.at_ms
+                )
+            )
+            if paced_from_ms is not None:
+                await futures[-1]  # live: in the log before the next is sent
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def ledger_rows(conn: asyncpg.Connection) -> list[LedgerRow]:
+    """Every execution, swap, balance and position of the database, keyed by natural keys
+    (`worker.db.verify`), so two runs of one input compare whatever their serial ids."""
+    signal_ids = [r[0] for r in await conn.fetch("SELECT id FROM trading_signals")]
+    agents = [
+        (r["agent_id"], r["wallet_address"])
+        for r in await conn.fetch("SELECT agent_id, wallet_address FROM agent_wallets")
+    ]
+    return await read_live_rows(conn, signal_ids, agents, None, with_open=True)
+
+
+def differences(a: Sequence[LedgerRow], b: Sequence[LedgerRow], limit: int = 15) -> list[str]:
+    """Empty when the ledgers are identical, else lines naming the first differences."""
+    comparison = compare(a, b)
+    return [] if comparison.identical else report_lines(comparison, limit)
+
+
+def event_ms(when: datetime) -> int:
+    """Epoch milliseconds of `when`."""
+    return int(when.timestamp() * 1000)
+
+
+def soon_ms(seconds: float) -> int:
+    """Epoch milliseconds `seconds` from now, on a whole millisecond."""
+    return event_ms(datetime.now(UTC) + timedelta(seconds=seconds))
