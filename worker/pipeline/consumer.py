@@ -322,7 +322,6 @@ class Pipeline:
             self._stores(conn),
             signals_of(items),
             trading=self._settings.trading,
-            now=datetime.now(UTC),
         )
         outcomes: list[tuple[Item, Outcome]] = []
         dead: list[DeadLetter] = []
@@ -343,6 +342,5 @@ class Pipeline:
             ticks_of(items),
             configs=self._config_texts,
             trading=self._settings.trading,
-            now=datetime.now(UTC),
         )
         return list(zip(items, results, strict=True))
