@@ -40,6 +40,7 @@ STALE = {
         "minProfitPercent": -5,
         "maxProfitPercent": 5,
     },
+    "dca": {"enabled": False},
 }
 # Buys on dips, at most once per 10 s; no stop loss (the dips would stop it out).
 DCA = {
