@@ -152,9 +152,7 @@ async def test_holds_and_cooldowns_end_exactly_on_a_tick_whatever_the_chunks() -
         for s in one_by_one.swaps
         if s.position_id == x_stale and s.input_mint == SOL_MINT and not s.is_dca
     ]
-    assert [(s.id, s.time) for s in buys] == [
-        (buy_transaction_id(USER, "x-1", STALE_AGENT), T0)
-    ]
+    assert [(s.id, s.time) for s in buys] == [(buy_transaction_id(USER, "x-1", STALE_AGENT), T0)]
 
     for chunks in _splits():
         assert _ledger(await _consumed(chunks)) == expected, [len(c) for c in chunks]

@@ -13,8 +13,9 @@ bug, never an outcome.
 
 Locks are no-ops (one replay, one thread). Signals keep the id they are given (a recorded
 signal replays under its stored id, which its rows' `signal_id` name, as live; sizes and
-row ids do not depend on it); others are numbered after the largest id seen. An agent's row version (PostgreSQL's
-`xmin`) is a counter that `add_agent` moves each time it stores the agent again.
+row ids do not depend on it); others are numbered after the largest id seen. An agent's
+row version (PostgreSQL's `xmin`) is a counter that `add_agent` moves each time it stores
+the agent again.
 
 It is the only store in memory: the unit tests run the handlers against it too, and
 `tests/integration/test_store_contract.py` runs one script over it and over `PgStore`.
