@@ -450,7 +450,8 @@ async def _naive_signal(conn: asyncpg.Connection, user: User, token: str, deadli
         wallet = agent.wallet_address or ""
         async with conn.transaction():
             balance = await conn.fetchval(NAIVE_LOCK, wallet, SOL_MINT)
-            decision = decide(signal, agent, cfg, seed=sizing_seed(signal_id, agent.agent_id))
+            seed = sizing_seed(signal.user_id, signal.idempotency_key, agent.agent_id)
+            decision = decide(signal, agent, cfg, seed=seed)
             tx_id = None
             if decision.status is ExecutionStatus.SUCCESS and decision.size_sol is not None:
                 fill = bench_fill(TOKEN_USD, decision.size_sol)

@@ -141,15 +141,15 @@ class PriceStore(Protocol):
         """Add each delta to its (wallet, token) balance; a debit may not go below zero."""
         ...
 
-    async def update_positions(self, writes: Sequence[PositionWrite], now: datetime) -> None:
+    async def update_positions(self, writes: Sequence[PositionWrite]) -> None:
         """The new state of positions that traded and stay open."""
         ...
 
-    async def update_trails(self, trails: Sequence[TrailUpdate], now: datetime) -> None:
+    async def update_trails(self, trails: Sequence[TrailUpdate]) -> None:
         """Raise peaks and stops, lower lows; never the other way."""
         ...
 
-    async def close_positions(self, closed: Sequence[ClosedPosition], now: datetime) -> None:
+    async def close_positions(self, closed: Sequence[ClosedPosition]) -> None:
         """Record each full exit in the history and delete the position (and empty balances)."""
         ...
 

@@ -88,6 +88,8 @@ EXPECTED_COLUMNS: dict[str, dict[str, str]] = {
         # Added by 0004: which payload and which record stored the signal.
         "payload_digest": "bytea?",
         "source_record": "text?",
+        # Added by 0007: the time the signal was decided at (NULL: created_at).
+        "event_at": TS_NULL,
     },
     "signal_executions": {
         "id": "uuid",
@@ -209,6 +211,8 @@ EXPECTED_COLUMNS: dict[str, dict[str, str]] = {
         "price_usd": "numeric(30,18)",
         "price_ts": TS,
         "recorded_at": TS,
+        # Added by 0007: the time the tick was decided at (NULL: price_ts).
+        "event_at": TS_NULL,
     },
 }
 

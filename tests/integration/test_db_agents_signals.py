@@ -151,6 +151,8 @@ async def test_insert_signal_stores_every_field(db_conn: asyncpg.Connection) -> 
         "created_at": signal.created_at,
         "payload_digest": bytes(range(16)),
         "source_record": "trading-signals:3:41",
+        # Its decision time: no `at` set, so its created_at (schema 0007).
+        "event_at": signal.created_at,
     }
 
 

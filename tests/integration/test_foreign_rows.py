@@ -117,7 +117,7 @@ async def test_rows_nexgent_writes_are_accepted_and_its_agent_trades(
         price_usd=Decimal("0.5"),
     )
     async with db_conn.transaction():
-        [outcome] = await handle_signals(PgStore(db_conn), [signal], trading=TRADING, now=NOW)
+        [outcome] = await handle_signals(PgStore(db_conn), [signal], trading=TRADING)
     assert isinstance(outcome, SignalOutcome)
     [agent] = outcome.outcomes
     assert (agent.agent_id, agent.decision.status) == (agent_id, ExecutionStatus.SUCCESS)

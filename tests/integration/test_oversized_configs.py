@@ -62,7 +62,7 @@ async def test_an_oversized_config_fails_its_agent_and_never_leaves_the_database
     # Agent 1 buys A with its -10% stop; then its config grows to 2 MB.
     async with db_conn.transaction():
         await handle_signals(
-            store, [_signal(account.user_id, TOKEN_A, "a", NOW)], trading=settings.trading, now=NOW
+            store, [_signal(account.user_id, TOKEN_A, "a", NOW)], trading=settings.trading
         )
     await db_conn.execute(GROW, big, NOTES)
     size = await db_conn.fetchval(
@@ -82,7 +82,6 @@ async def test_an_oversized_config_fails_its_agent_and_never_leaves_the_database
             store,
             [_signal(account.user_id, TOKEN_B, "b", later)],
             trading=settings.trading,
-            now=later,
         )
     assert isinstance(outcome, SignalOutcome)
     decisions = {a.agent_id: a.decision for a in outcome.outcomes}
@@ -106,7 +105,7 @@ async def test_an_oversized_config_fails_its_agent_and_never_leaves_the_database
     tick = PriceTick(TOKEN_A, Decimal("0.85"), ts)
     async with db_conn.transaction():
         [moved] = await handle_prices(
-            store, [tick], configs=ConfigTexts(), trading=settings.trading, now=ts
+            store, [tick], configs=ConfigTexts(), trading=settings.trading
         )
     assert moved.closes == {"stop_loss": 3}  # the big agent's too: at -32% it would stay
     assert [p.agent_id for p in moved.config_problems] == [big]

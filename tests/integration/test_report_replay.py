@@ -42,8 +42,7 @@ async def _ticks(conn: asyncpg.Connection, *ticks: tuple[str, str, int]) -> None
         ts = T0 + timedelta(seconds=seconds)
         chunk.append(PriceTick(token, Decimal(price), ts))
     async with conn.transaction():
-        await handle_prices(PgStore(conn), chunk, configs=ConfigTexts(), trading=Settings().trading,
-                            now=chunk[-1].ts)  # fmt: skip
+        await handle_prices(PgStore(conn), chunk, configs=ConfigTexts(), trading=Settings().trading)
 
 
 async def _trade(conn: asyncpg.Connection) -> Account:
@@ -62,8 +61,7 @@ async def _trade(conn: asyncpg.Connection) -> Account:
         for token in (TOKEN_A, TOKEN_B)
     ]  # fmt: skip
     async with conn.transaction():
-        await handle_signals(PgStore(conn), signals, trading=Settings().trading,
-                             now=T0 + timedelta(seconds=1))  # fmt: skip
+        await handle_signals(PgStore(conn), signals, trading=Settings().trading)
     await _ticks(conn, (TOKEN_A, "0.95", 10))
     await _ticks(conn, (TOKEN_A, "0.85", 20), (TOKEN_B, "0.6", 30))
     return account

@@ -90,7 +90,7 @@ async def _run(store: SignalStore, user_id: UUID) -> list[SignalOutcome]:
     signals = _signals(user_id)
     results = []
     for batch in (signals[:3], signals[3:4], signals[4:]):
-        results += await handle_signals(store, batch, trading=TRADING, now=NOW)
+        results += await handle_signals(store, batch, trading=TRADING)
     assert all(isinstance(r, SignalOutcome) for r in results)
     return [r for r in results if isinstance(r, SignalOutcome)]
 
@@ -316,7 +316,7 @@ async def _bought(world: World, specs: Sequence[Spec], token: str = TOKEN_A) -> 
     account = await world.account(specs)
     signal = replace(_signals(account.user_id)[0], token_address=token)
     async with world.transaction():
-        await handle_signals(world.store, [signal], trading=TRADING, now=NOW)
+        await handle_signals(world.store, [signal], trading=TRADING)
     return account
 
 
@@ -383,7 +383,7 @@ async def test_memory_and_postgresql_agree_on_ticks(db_conn: asyncpg.Connection)
         await world.set_price(TOKEN_B, Decimal(1), NOW - SECOND)
         async with world.transaction():
             signals = _signals(account.user_id)[:3]
-            await handle_signals(world.store, signals, trading=TRADING, now=NOW)
+            await handle_signals(world.store, signals, trading=TRADING)
         ids = [p.id for p in await world.store.trail_rows([TOKEN_A, TOKEN_B])]
         opened = {p.id: p for p in await world.store.lock_positions(ids)}
         assert len(opened) == 8  # four agents, two tokens
@@ -395,7 +395,7 @@ async def test_memory_and_postgresql_agree_on_ticks(db_conn: asyncpg.Connection)
             ticks = [t for token, price, at in chunk for t in _ticks(token, (price, at))]
             async with world.transaction():
                 done = await handle_prices(
-                    world.store, ticks, configs=configs, trading=settings.trading, now=ticks[-1].ts
+                    world.store, ticks, configs=configs, trading=settings.trading
                 )
             outcomes.append(done)
         exits.append((outcomes, await world.exits(), await world.sales()))
@@ -439,12 +439,11 @@ async def test_a_chunk_lists_every_dca_and_take_profit_sale_on_its_position(worl
     async def chunk(*prices: tuple[str, int]) -> None:
         ticks = _ticks(TOKEN_A, *prices)
         async with world.transaction():
-            await handle_prices(world.store, ticks, configs=configs, trading=settings.trading,
-                                now=ticks[-1].ts)  # fmt: skip
+            await handle_prices(world.store, ticks, configs=configs, trading=settings.trading)
 
     await chunk(("1.6", 1), ("2.6", 2))  # take profit at +50% and +150%
-    # DCA at -11%, then -16% (a chunk's ticks share the time they are processed at, so the
-    # 10 s cooldown keeps a second DCA out of the same chunk).
+    # DCA at -11%, then -16% (each tick at its own time: the second tick of the last
+    # chunk comes 1 s after the DCA at 40 s, inside the 10 s cooldown).
     await chunk(("0.89", 20))
     await chunk(("0.79", 40), ("0.78", 41))
     tp_dca, tp_sales = await world.sales_of(tp_id)
@@ -464,7 +463,7 @@ async def test_a_config_changed_in_the_store_applies_on_the_next_tick(world: Wor
         async with world.transaction():
             [outcome] = await handle_prices(
                 world.store, _ticks(TOKEN_A, (price, seconds)), configs=configs,
-                trading=settings.trading, now=NOW + timedelta(seconds=seconds),
+                trading=settings.trading,
             )  # fmt: skip
             return outcome.closes
 
@@ -528,10 +527,10 @@ async def test_trails_only_rise_and_lows_only_fall(world: World) -> None:
     [row] = await world.store.trail_rows([TOKEN_A])
     low, peak = Decimal("0.005"), Decimal("0.02")
     async with world.transaction():
-        await world.store.update_trails([TrailUpdate(row.id, peak, Decimal(-10), low)], NOW)
+        await world.store.update_trails([TrailUpdate(row.id, peak, Decimal(-10), low, NOW)])
         # A later, smaller peak and stop and a higher low (ticks interleaved): ignored.
         await world.store.update_trails(
-            [TrailUpdate(row.id, Decimal("0.015"), Decimal(-20), Decimal("0.008"))], NOW
+            [TrailUpdate(row.id, Decimal("0.015"), Decimal(-20), Decimal("0.008"), NOW)]
         )
     [after] = await world.store.trail_rows([TOKEN_A])
     assert (after.peak_price, after.current_stop_loss_percentage, after.lowest_price) == (

@@ -97,8 +97,7 @@ async def test_every_panel_returns_rows_for_the_reader_which_cannot_write(
                     signal_strength=4, idempotency_key="picky", created_at=datetime.now(UTC),
                     price_usd=Decimal(1))  # fmt: skip
     async with db_conn.transaction():
-        await handle_signals(PgStore(db_conn), [signal], trading=Settings().trading,
-                             now=datetime.now(UTC))  # fmt: skip
+        await handle_signals(PgStore(db_conn), [signal], trading=Settings().trading)  # fmt: skip
     await snapshot_all(db_conn, hour_of(datetime.now(UTC)))
     conn = await asyncpg.connect(db_url, user=reader, password="test-password")
     try:

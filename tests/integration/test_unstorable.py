@@ -83,7 +83,7 @@ def _signal(user_id: UUID, price_usd: Decimal, key: str = "k") -> Signal:
 async def _buy(conn: asyncpg.Connection, user_id: UUID, price_usd: Decimal) -> SignalOutcome:
     async with conn.transaction():
         [outcome] = await handle_signals(
-            PgStore(conn), [_signal(user_id, price_usd)], trading=TRADING, now=T0
+            PgStore(conn), [_signal(user_id, price_usd)], trading=TRADING
         )
     assert isinstance(outcome, SignalOutcome)
     return outcome
@@ -98,9 +98,7 @@ async def _ticks(
         ts = T0 + timedelta(seconds=i)
         ticks.append(PriceTick(token, price, ts))
     async with conn.transaction():
-        return await handle_prices(
-            PgStore(conn), ticks, configs=ConfigTexts(), trading=TRADING, now=ticks[-1].ts
-        )
+        return await handle_prices(PgStore(conn), ticks, configs=ConfigTexts(), trading=TRADING)
 
 
 async def _price(conn: asyncpg.Connection, token: str) -> Decimal | None:

@@ -20,8 +20,9 @@ from tests.helpers.books import TOKEN_B as OTHER
 from tests.helpers.books import TOKEN_C
 from tests.memory import RecordingStore, add_agent
 from worker.domain.fills import Fees
+from worker.domain.ids import buy_transaction_id
 from worker.domain.models import SOL_MINT, ExecutionStatus, Signal
-from worker.handlers.signals import SignalOutcome, UnknownUser, buy_transaction_id, handle_signals
+from worker.handlers.signals import SignalOutcome, UnknownUser, handle_signals
 from worker.settings import TradingSettings
 
 NOW = datetime(2026, 1, 1, 12, tzinfo=UTC)
@@ -52,7 +53,7 @@ def _store(*agents: dict[str, Any], sol: Decimal = Decimal(10)) -> tuple[Recordi
 
 
 async def _handle(store: RecordingStore, *signals: Signal) -> list[SignalOutcome]:
-    results = await handle_signals(store, signals, trading=TRADING, now=NOW)
+    results = await handle_signals(store, signals, trading=TRADING)
     outcomes = [r for r in results if isinstance(r, SignalOutcome)]
     assert len(outcomes) == len(results)
     return outcomes
@@ -73,7 +74,7 @@ async def test_fans_out_one_execution_per_agent_and_buys_for_each() -> None:
         assert store.balances[(wallet, SOL_MINT)] == Decimal(10) - DEBIT
         assert store.balances[(wallet, TOKEN)] == Decimal(200)
         row = store.executions[(outcome.signal_id, agent.agent_id)]
-        assert row.transaction_id == buy_transaction_id(outcome.signal_id, agent.agent_id)
+        assert row.transaction_id == buy_transaction_id(user_id, "k-1", agent.agent_id)
     assert store.locked_users == [user_id]
 
 
@@ -142,7 +143,7 @@ async def test_a_config_over_the_cap_fails_that_agent_with_the_reason_and_others
     store, user_id = _store({}, {"config": {**FIXED, "notes": "x" * 2000}}, {})
     capped_trading = TradingSettings(fees=TRADING.fees, max_config_bytes=1024)
     big = next(a for a in store.agents.values() if "notes" in str(a.config_text))
-    [outcome] = await handle_signals(store, [_signal(user_id)], trading=capped_trading, now=NOW)
+    [outcome] = await handle_signals(store, [_signal(user_id)], trading=capped_trading)
     assert isinstance(outcome, SignalOutcome)
     reason = (
         "invalid trading_config: the stored config is 2,074 bytes, over the 1,024-byte cap "
@@ -159,9 +160,7 @@ async def test_a_config_over_the_cap_fails_that_agent_with_the_reason_and_others
 async def test_an_unknown_user_is_an_outcome_and_writes_nothing() -> None:
     store, user_id = _store({})
     stranger = uuid.uuid4()
-    results = await handle_signals(
-        store, [_signal(stranger), _signal(user_id)], trading=TRADING, now=NOW
-    )
+    results = await handle_signals(store, [_signal(stranger), _signal(user_id)], trading=TRADING)
     assert results[0] == UnknownUser(f"unknown user_id {stranger}: no such user")
     assert isinstance(results[1], SignalOutcome)
     assert list(store.signals) == [(user_id, "k-1")]

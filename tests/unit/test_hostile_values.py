@@ -218,7 +218,6 @@ async def test_a_key_reused_with_another_payload_is_the_same_signal_and_names_bo
     async def handle(message: Any, record: str) -> SignalOutcome:
         [result] = await handle_signals(
             store, [message.to_domain(coordinates=record, received_at=NOW)], trading=trading,
-            now=NOW,
         )  # fmt: skip
         assert isinstance(result, SignalOutcome)
         return result

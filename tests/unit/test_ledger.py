@@ -158,7 +158,7 @@ def test_an_agent_row_as_subscriber_of_a_signal_knows_whether_it_holds_the_token
 def test_a_trail_update_only_raises_the_stop_and_peak_and_only_lowers_the_low() -> None:
     from worker.domain.records import TrailUpdate
 
-    up = TrailUpdate(UUID(int=9), Decimal(2), Decimal(-10), Decimal("0.5"))
+    up = TrailUpdate(UUID(int=9), Decimal(2), Decimal(-10), Decimal("0.5"), AT)
     assert up.onto(Decimal(-20), Decimal(1), Decimal(1)) == (
         Decimal(-10),
         Decimal(2),
@@ -171,6 +171,6 @@ def test_a_trail_update_only_raises_the_stop_and_peak_and_only_lowers_the_low() 
     )
     # NULLs are ignored, as GREATEST and LEAST ignore them; a missing low takes the update's.
     assert up.onto(None, None, None) == (Decimal(-10), Decimal(2), Decimal("0.5"))
-    bare = TrailUpdate(UUID(int=9), None, None, Decimal(1))
+    bare = TrailUpdate(UUID(int=9), None, None, Decimal(1), AT)
     assert bare.onto(Decimal(-5), Decimal(4), Decimal(2)) == (Decimal(-5), Decimal(4), Decimal(1))
     assert bare.onto(None, None, None) == (None, None, Decimal(1))

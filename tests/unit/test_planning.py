@@ -7,9 +7,7 @@ counter, so every written row is known exactly.
 
 from __future__ import annotations
 
-import itertools
 import uuid
-from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -17,6 +15,7 @@ from typing import Any
 
 from worker.domain.config import AgentTradingConfig, resolve_config
 from worker.domain.fills import Fees, token_price_sol
+from worker.domain.ids import tick_transaction_id
 from worker.domain.models import SOL_MINT, CloseReason, PositionState
 from worker.domain.planning import Step, TickTally, Writes, act_loud, trail_quiet
 from worker.domain.records import OpenPosition, PositionWrite, TrailRow, TrailUpdate
@@ -72,19 +71,21 @@ def _trail(p: OpenPosition) -> TrailRow:
     )  # fmt: skip
 
 
+def _ts(i: int) -> datetime:
+    """The observed time of the chunk's tick `i` (all decided at NOW)."""
+    return NOW + timedelta(microseconds=i)
+
+
 def _steps(*usd: str, sol_usd: Decimal = SOL_USD) -> list[Step]:
     return [
-        Step(i, TOKEN, Decimal(u), sol_usd, token_price_sol(Decimal(u), sol_usd))
+        Step(i, TOKEN, Decimal(u), sol_usd, token_price_sol(Decimal(u), sol_usd), NOW, _ts(i))
         for i, u in enumerate(usd)
     ]
 
 
-def _ids() -> Callable[[], uuid.UUID]:
-    counter = itertools.count(1)
-    return lambda: uuid.UUID(int=next(counter) << 64)
-
-
-ID1, ID2 = uuid.UUID(int=1 << 64), uuid.UUID(int=2 << 64)
+def _tx(p: OpenPosition, tick: int, kind: str, index: int = 0) -> uuid.UUID:
+    """The id of the sale or DCA buy of `p` at the chunk's tick `tick`."""
+    return tick_transaction_id(p.id, NOW, _ts(tick), kind, index)
 
 
 def _run(
@@ -98,26 +99,28 @@ def _run(
     cfg = resolve_config(config)
     cfgs = cfgs if cfgs is not None else {p.id: cfg for p in positions}
     writes, tallies = Writes(), [TickTally() for _ in steps]
-    loud = trail_quiet(steps, [_trail(p) for p in positions], cfgs, NOW, writes, tallies)
+    loud = trail_quiet(steps, [_trail(p) for p in positions], cfgs, writes, tallies)
     held = [p for p in positions if p.id in loud]
-    act_loud(steps, held, cfgs, now=NOW, fees=FEES, new_id=_ids(), writes=writes,
-             tallies=tallies)  # fmt: skip
+    act_loud(steps, held, cfgs, fees=FEES, writes=writes, tallies=tallies)
     return writes, tallies, set(loud)
 
 
-def test_sales_and_dca_buys_take_their_ids_from_the_factory_in_order() -> None:
+def test_sales_and_dca_buys_take_ids_derived_from_their_position_tick_and_kind() -> None:
     p = _position()
     # +60%: the first take-profit level sells; then -11%: the aggressive DCA's first level.
     writes, tallies, loud = _run([p], _steps("1.6", "0.89"), TP_AND_DCA)
     assert loud == {p.id}
+    tp, dca = _tx(p, 0, "take_profit"), _tx(p, 1, "dca")
+    assert len({tp, dca}) == 2
     assert [(s.id, s.is_take_profit, s.is_dca) for s in writes.swaps] == [
-        (ID1, True, False),
-        (ID2, False, True),
+        (tp, True, False),
+        (dca, False, True),
     ]
     [update] = writes.updates
-    assert update.dca_transaction_ids == (ID2,)
-    assert update.take_profit_transaction_ids == (ID1,)
-    assert update == PositionWrite(p.id, update.state, (ID2,), (ID1,))
+    assert update.dca_transaction_ids == (dca,)
+    assert update.take_profit_transaction_ids == (tp,)
+    # No stop loss in this config: the peak and stop never move (no `stop_at`).
+    assert update == PositionWrite(p.id, update.state, NOW, (dca,), (tp,), None, NOW)
     assert update.state.dca_count == 1
     assert (update.state.take_profit_levels_hit, update.state.remaining_amount) == (1, Decimal(300))
     assert [(t.partial_sales, t.dca_buys, t.closes) for t in tallies] == [(1, 0, {}), (0, 1, {})]
@@ -125,12 +128,13 @@ def test_sales_and_dca_buys_take_their_ids_from_the_factory_in_order() -> None:
     assert writes.trails == []
 
 
-def test_a_full_exit_takes_its_id_from_the_factory_and_counts_once() -> None:
+def test_a_full_exit_takes_its_id_from_its_tick_and_counts_once() -> None:
     p = _position()
     writes, tallies, _ = _run([p], _steps("0.67", "0.5"))
     [sale] = writes.swaps
     [closed] = writes.closed
-    assert (sale.id, closed.sale_transaction_id) == (ID1, ID1)
+    sold = _tx(p, 0, "stop_loss")
+    assert (sale.id, closed.sale_transaction_id, closed.at) == (sold, sold, NOW)
     assert (closed.position, closed.close_reason) == (p, CloseReason.STOP_LOSS)
     assert [t.closes for t in tallies] == [{"stop_loss": 1}, {}]
     # The second tick finds the position closed: it no longer counts it.
@@ -153,7 +157,9 @@ def test_a_loud_position_that_does_not_trade_writes_the_state_its_plan_reached()
     assert final.current_stop_loss_percentage is not None
     assert final.current_stop_loss_percentage > Decimal(-32)
     assert writes.trails == [
-        TrailUpdate(p.id, Decimal("0.014"), final.current_stop_loss_percentage, Decimal("0.008"))
+        TrailUpdate(
+            p.id, Decimal("0.014"), final.current_stop_loss_percentage, Decimal("0.008"), NOW, NOW
+        )
     ]
     # Only the first tick moved it: at +35% the peak and the stop hold.
     assert [t.trailed for t in tallies] == [1, 0]
@@ -166,7 +172,9 @@ def test_quiet_ticks_trail_from_where_the_chunks_earlier_ticks_left_the_position
     p = _position()
     writes, tallies, loud = _run([p], _steps("1.05", "0.95", "1.02"), stale)
     assert loud == set()
-    assert writes.trails == [TrailUpdate(p.id, Decimal("0.0105"), Decimal(-32), Decimal("0.0095"))]
+    assert writes.trails == [
+        TrailUpdate(p.id, Decimal("0.0105"), Decimal(-32), Decimal("0.0095"), NOW, NOW)
+    ]
     assert [(t.positions, t.trailed) for t in tallies] == [(1, 1), (1, 1), (1, 0)]
 
 
@@ -245,7 +253,9 @@ def test_the_wallets_sol_carries_from_one_position_to_the_next() -> None:
     second = _position(2, sol=Decimal("2.5"), wallet="sim_shared")
     writes, tallies, _ = _run([first, second], _steps("0.75"), DCA_ONLY)
     assert tallies[0].dca_buys == 1
-    assert [(u.id, u.dca_transaction_ids) for u in writes.updates] == [(first.id, (ID1,))]
+    assert [(u.id, u.dca_transaction_ids) for u in writes.updates] == [
+        (first.id, (_tx(first, 0, "dca"),))
+    ]
 
 
 def test_a_tally_says_whether_the_tick_traded() -> None:
@@ -271,7 +281,7 @@ def test_the_rows_of_a_trade_name_the_position_its_agent_signal_and_time() -> No
 
 def test_a_tick_of_a_token_without_positions_counts_none() -> None:
     p = _position()
-    other = Step(1, SOL_MINT, SOL_USD, SOL_USD, Decimal(1))
+    other = Step(1, SOL_MINT, SOL_USD, SOL_USD, Decimal(1), NOW, _ts(1))
     writes, tallies, _ = _run([p], [*_steps("1.05"), other])
     assert [t.positions for t in tallies] == [1, 0]
     assert [t.id for t in writes.trails] == [p.id]

@@ -62,13 +62,11 @@ async def _handle(
     store: RecordingStore, price_usd: str, ts: datetime, configs: ConfigTexts | None = None
 ) -> TickOutcome:
     tick = PriceTick(token_address=TOKEN, price_usd=Decimal(price_usd), ts=ts)
-    return await _one(store, tick, configs if configs is not None else ConfigTexts(), ts)
+    return await _one(store, tick, configs if configs is not None else ConfigTexts())
 
 
-async def _one(
-    store: RecordingStore, tick: PriceTick, configs: ConfigTexts, now: datetime
-) -> TickOutcome:
-    [outcome] = await handle_prices(store, [tick], configs=configs, trading=TRADING, now=now)
+async def _one(store: RecordingStore, tick: PriceTick, configs: ConfigTexts) -> TickOutcome:
+    [outcome] = await handle_prices(store, [tick], configs=configs, trading=TRADING)
     return outcome
 
 
@@ -162,7 +160,6 @@ async def test_an_invalid_config_leaves_positions_with_the_rules_they_were_opene
         store,
         PriceTick(token_address=TOKEN, price_usd=Decimal("0.5"), ts=BOUGHT + timedelta(seconds=1)),
         configs,
-        BOUGHT + timedelta(seconds=1),
     )
     assert outcome.closes == {"stop_loss": 2}
     assert set(store.positions) == {wide.id}
@@ -184,7 +181,7 @@ async def test_a_config_grown_over_the_cap_leaves_positions_with_their_rules() -
     trading = Settings(agent_config_max_bytes=1024).trading
     ts = BOUGHT + timedelta(seconds=1)
     tick = PriceTick(token_address=TOKEN, price_usd=Decimal("0.85"), ts=ts)
-    [outcome] = await handle_prices(store, [tick], configs=ConfigTexts(), trading=trading, now=ts)
+    [outcome] = await handle_prices(store, [tick], configs=ConfigTexts(), trading=trading)
     assert outcome.closes == {"stop_loss": 1}  # -15%: through its -10% stop
     [problem] = outcome.config_problems
     assert problem.error is not None
@@ -203,7 +200,7 @@ async def test_rule_sets_a_full_cache_drops_still_apply_to_the_tick_that_read_th
     configs = ConfigTexts(rules_max_bytes=1)
     ts = BOUGHT + timedelta(seconds=1)
     tick = PriceTick(token_address=TOKEN, price_usd=Decimal("3"), ts=ts)
-    outcome = await _one(store, tick, configs, ts)
+    outcome = await _one(store, tick, configs)
     # +200%: their take-profit levels sell (the defaults, wrongly applied, would not).
     assert outcome.partial_sales + sum(outcome.closes.values()) == 2
 
@@ -216,7 +213,6 @@ async def test_unknown_keys_are_reported_and_ignored() -> None:
         store,
         PriceTick(token_address=TOKEN, price_usd=Decimal("0.85"), ts=BOUGHT + timedelta(seconds=1)),
         ConfigTexts(),
-        BOUGHT + timedelta(seconds=1),
     )
     assert outcome.closes == {"stop_loss": 1}  # -15% through the agent's own -10% stop
     assert p.id not in store.positions

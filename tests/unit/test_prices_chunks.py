@@ -68,13 +68,14 @@ def _store(sol_balances: list[Decimal]) -> RecordingStore:
 
 
 def _ticks(path: list[tuple[int, int]]) -> list[PriceTick]:
-    """(token index, price in cents) pairs as ticks one second apart; index 3 is SOL/USD
-    (priced around 100 USD, the others around 1 USD)."""
+    """(token index, price in cents) pairs as ticks one second apart from NOW (past the
+    stale hold; 10 s DCA cooldowns end within a path); index 3 is SOL/USD (priced around
+    100 USD, the others around 1 USD)."""
     ticks = []
     for i, (which, cents) in enumerate(path):
         token = SOL_MINT if which == len(TOKENS) else TOKENS[which]
         price = Decimal(cents) if token == SOL_MINT else Decimal(cents) / 100
-        ts = BOUGHT + timedelta(seconds=i + 1)
+        ts = NOW + timedelta(seconds=i + 1)
         ticks.append(PriceTick(token, price, ts))
     return ticks
 
@@ -86,22 +87,25 @@ async def _run(store: RecordingStore, ticks: list[PriceTick], cuts: list[int]) -
     for start, end in itertools.pairwise(bounds):
         if start < end:
             outcomes += await handle_prices(
-                store, ticks[start:end], configs=configs, trading=TRADING, now=NOW
+                store, ticks[start:end], configs=configs, trading=TRADING
             )
     return outcomes
 
 
 def _state(store: RecordingStore) -> dict[str, Any]:
-    """The store's content, transaction ids left out (they are random)."""
+    """The store's content, with every id and time (derived from the ticks, so a chunk
+    and single ticks write the same ones)."""
     swaps = sorted(
-        (s.agent_id, s.input_mint, s.output_mint, s.input_amount, s.output_amount,
-         s.network_fee_sol, s.protocol_fee_sol, s.is_dca, s.is_take_profit, s.position_id)
+        (s.id, s.time, s.agent_id, s.input_mint, s.output_mint, s.input_amount,
+         s.output_amount, s.network_fee_sol, s.protocol_fee_sol, s.is_dca, s.is_take_profit,
+         s.position_id)
         for s in store.swaps
     )  # fmt: skip
     history = sorted(
-        (c.position.id, c.close_reason, c.pnl.profit_loss_sol, c.pnl.sale_price)
+        (c.position.id, c.close_reason, c.pnl.profit_loss_sol, c.pnl.sale_price,
+         c.sale_transaction_id, c.at)
         for c in store.history
-    )
+    )  # fmt: skip
     return {
         "positions": {i: p.state for i, p in store.positions.items()},
         "balances": dict(store.balances),
@@ -178,7 +182,7 @@ async def test_a_tick_not_newer_than_an_earlier_one_of_the_chunk_does_nothing() 
     stale = PriceTick(TOKENS[0], Decimal(2), BOUGHT)
     # The newest first: the two after it are older, so they change nothing.
     outcomes = await handle_prices(
-        store, [second, first, stale], configs=ConfigTexts(), trading=TRADING, now=NOW
+        store, [second, first, stale], configs=ConfigTexts(), trading=TRADING
     )
     assert [o.is_newer for o in outcomes] == [True, False, False]
     assert store.prices[TOKENS[0]] == (Decimal("0.99"), second.ts)
@@ -192,9 +196,9 @@ async def test_only_loud_positions_are_locked_and_their_wallets_first() -> None:
     store = _store([Decimal(5)])
     # -0.5% on token 0, two hours after the buys: quiet for every config but the stale
     # closer with the band -5..5% (the default band is 1..10%).
-    ts = BOUGHT + timedelta(seconds=1)
+    ts = NOW
     tick = PriceTick(TOKENS[0], Decimal("0.995"), ts)
-    [outcome] = await handle_prices(store, [tick], configs=ConfigTexts(), trading=TRADING, now=NOW)
+    [outcome] = await handle_prices(store, [tick], configs=ConfigTexts(), trading=TRADING)
     stale_wallets = {f"sim_{n:04d}" for n in (12, 13)}
     assert set(store.locked_wallets) == stale_wallets
     assert {store.positions.get(i) for i in store.locked_positions} == {None}  # closed

@@ -14,6 +14,7 @@ from worker.domain.config import AgentTradingConfig, resolve_config
 from worker.domain.sizing import SizingFailure, draw_in_range, position_size, sizing_seed
 
 AGENT = uuid.UUID("0b7f6f38-3f4e-4a55-9a3c-6a7f1d1f2e01")
+USER = uuid.UUID("5a1c0de0-0000-4000-8000-000000000001")
 DEFAULTS = resolve_config(None)
 NOT_RANDOM = resolve_config({"positionCalculator": {"randomization": {"enabled": False}}})
 
@@ -48,7 +49,7 @@ def test_keeps_the_minimum_balance_when_the_size_would_eat_into_it() -> None:
 )
 def test_tier_sizes_fall_in_the_tier_range(balance: str, low: str, high: str) -> None:
     for signal_id in range(50):
-        size = size_of(balance, seed=sizing_seed(signal_id, AGENT))
+        size = size_of(balance, seed=sizing_seed(USER, f"k-{signal_id}", AGENT))
         assert Decimal(low) <= size < Decimal(high)
 
 
@@ -117,16 +118,44 @@ def test_failures_name_the_numbers(balance: str, overrides: dict[str, Any], reas
 
 def test_seed_is_stable_and_distinct_per_signal_and_agent() -> None:
     other = uuid.UUID("0b7f6f38-3f4e-4a55-9a3c-6a7f1d1f2e02")
-    assert sizing_seed(7, AGENT) == sizing_seed(7, AGENT)
-    assert (
-        sizing_seed(7, AGENT) == b"signal-worker/sizing/v1/7/0b7f6f38-3f4e-4a55-9a3c-6a7f1d1f2e01"
+    other_user = uuid.UUID("5a1c0de0-0000-4000-8000-000000000002")
+    assert sizing_seed(USER, "k-7", AGENT) == sizing_seed(USER, "k-7", AGENT)
+    assert sizing_seed(USER, "k-7", AGENT) == (
+        b"signal-worker/sizing/v2/5a1c0de0-0000-4000-8000-000000000001/"
+        b"0b7f6f38-3f4e-4a55-9a3c-6a7f1d1f2e01/k-7"
     )
-    assert len({sizing_seed(7, AGENT), sizing_seed(8, AGENT), sizing_seed(7, other)}) == 3
+    seeds = {
+        sizing_seed(USER, "k-7", AGENT),
+        sizing_seed(USER, "k-8", AGENT),
+        sizing_seed(USER, "k-7", other),
+        sizing_seed(other_user, "k-7", AGENT),
+    }
+    assert len(seeds) == 4
+
+
+@given(
+    user=st.uuids(),
+    key=st.text(min_size=1, max_size=40),
+    agent=st.uuids(),
+    other_key=st.text(min_size=1, max_size=40),
+    other_agent=st.uuids(),
+)
+# a key that looks like the seed's separators, and one that only a prefix tells apart
+@example(user=USER, key="a/b", agent=AGENT, other_key="a/b/", other_agent=AGENT)
+@example(user=USER, key="k-1", agent=AGENT, other_key="k-10", other_agent=AGENT)
+def test_seeds_depend_on_the_natural_key_and_agent_alone(
+    user: uuid.UUID, key: str, agent: uuid.UUID, other_key: str, other_agent: uuid.UUID
+) -> None:
+    # A function of (user, key, agent) only: no serial id, no clock, nothing else.
+    assert sizing_seed(user, key, agent) == sizing_seed(user, key, agent)
+    if (key, agent) != (other_key, other_agent):
+        assert sizing_seed(user, key, agent) != sizing_seed(user, other_key, other_agent)
 
 
 def test_draw_spreads_over_the_range() -> None:
     sizes = [
-        draw_in_range(Decimal("0.5"), Decimal("1.0"), sizing_seed(i, AGENT)) for i in range(400)
+        draw_in_range(Decimal("0.5"), Decimal("1.0"), sizing_seed(USER, f"k-{i}", AGENT))
+        for i in range(400)
     ]
     assert min(sizes) < Decimal("0.55")
     assert max(sizes) > Decimal("0.95")
@@ -185,7 +214,7 @@ sol_amounts = st.decimals(
 def test_sizing_is_deterministic_bounded_and_keeps_the_minimum(
     balance: Decimal, signal_id: int, seed_agent: uuid.UUID
 ) -> None:
-    seed = sizing_seed(signal_id, seed_agent)
+    seed = sizing_seed(USER, f"signal-{signal_id}", seed_agent)
     first = position_size(balance, DEFAULTS, seed)
     assert position_size(balance, DEFAULTS, seed) == first
     if isinstance(first, SizingFailure):

@@ -1,9 +1,11 @@
-"""Open positions for price-tick exits: read them per token, write what a tick did, set-based."""
+"""Open positions for price-tick exits: read them per token, write what a tick did, set-based.
+
+Every time written here is a decision time carried by the row (the tick's, never the
+database's `now()`), so a replay and a live run write the same positions and closes."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 from uuid import UUID
 
 import asyncpg
@@ -111,8 +113,9 @@ TRAILS: Bulk[TrailUpdate] = Bulk(
         Column("peak", "numeric", "peak_price"),
         Column("sl", "numeric", "stop_loss_pct"),
         Column("low", "numeric", "lowest_price"),
+        Column("at", "timestamptz", "at"),
+        Column("stop_at", "timestamptz", "stop_at"),
     ],
-    scalars=["now"],
 )
 UPDATE_TRAILS = TRAILS.sql("""
 UPDATE agent_positions p
@@ -120,10 +123,11 @@ UPDATE agent_positions p
        current_stop_loss_percentage = GREATEST(p.current_stop_loss_percentage, d.sl),
        last_stop_loss_update = CASE
            WHEN d.sl > p.current_stop_loss_percentage OR d.peak > p.peak_price
-             OR (p.current_stop_loss_percentage IS NULL AND d.sl IS NOT NULL) THEN {now}
+             OR (p.current_stop_loss_percentage IS NULL AND d.sl IS NOT NULL)
+           THEN coalesce(d.stop_at, d.at)
            ELSE p.last_stop_loss_update END,
        lowest_price = LEAST(p.lowest_price, d.low),
-       updated_at = {now}
+       updated_at = d.at
   FROM {rows}
  WHERE p.id = d.id
 """)
@@ -157,8 +161,10 @@ WRITES: Bulk[PositionWrite] = Bulk(
         Column("bag", "numeric", "state.moon_bag_amount"),
         Column("realized", "numeric", "state.realized_profit_sol"),
         Column("proceeds", "numeric", "state.take_profit_proceeds_sol"),
+        Column("at", "timestamptz", "at"),
+        Column("stop_at", "timestamptz", "stop_at"),
+        Column("tp_at", "timestamptz", "take_profit_at"),
     ],
-    scalars=["now"],
 )
 UPDATE_POSITIONS = WRITES.sql("""
 UPDATE agent_positions p
@@ -167,7 +173,8 @@ UPDATE agent_positions p
        peak_price = d.peak,
        last_stop_loss_update = CASE
            WHEN d.sl IS DISTINCT FROM p.current_stop_loss_percentage
-             OR d.peak IS DISTINCT FROM p.peak_price THEN {now} ELSE p.last_stop_loss_update END,
+             OR d.peak IS DISTINCT FROM p.peak_price THEN coalesce(d.stop_at, d.at)
+           ELSE p.last_stop_loss_update END,
        lowest_price = d.low, dca_count = d.dca_count, last_dca_time = d.last_dca,
        dca_transaction_ids = CASE WHEN d.dca_txs IS NULL THEN p.dca_transaction_ids
            ELSE coalesce(p.dca_transaction_ids, '{{}}') || string_to_array(d.dca_txs, ',') END,
@@ -177,10 +184,10 @@ UPDATE agent_positions p
            THEN p.take_profit_transaction_ids
            ELSE p.take_profit_transaction_ids || string_to_array(d.tp_txs, ',') END,
        last_take_profit_time = CASE WHEN d.tp_txs IS NULL THEN p.last_take_profit_time
-           ELSE {now} END,
+           ELSE coalesce(d.tp_at, d.at) END,
        moon_bag_activated = d.bag_on, moon_bag_amount = d.bag,
        realized_profit_sol = d.realized, take_profit_proceeds_sol = d.proceeds,
-       updated_at = {now}
+       updated_at = d.at
   FROM {rows}
  WHERE p.id = d.id
 """)
@@ -205,8 +212,8 @@ EXITS: Bulk[ClosedPosition] = Bulk(
         Column("signal_id", "int", "position.signal_id"),
         Column("reason", "varchar", "close_reason.value"),
         Column("position_id", "uuid", "position.id"),
+        Column("at", "timestamptz", "at"),
     ],
-    scalars=["now"],
 )
 INSERT_HISTORY = EXITS.sql("""
 INSERT INTO agent_historical_swaps (
@@ -214,7 +221,7 @@ INSERT INTO agent_historical_swaps (
     change_percent, profit_loss_usd, profit_loss_sol, purchase_time, sale_time,
     purchase_transaction_id, sale_transaction_id, signal_id, close_reason, position_id)
 SELECT h.agent_id, h.wallet, h.token, h.symbol, h.amount, h.purchase_price, h.sale_price,
-       h.change, h.pnl_usd, h.pnl_sol, h.purchase_time, {now},
+       h.change, h.pnl_usd, h.pnl_sol, h.purchase_time, h.at,
        h.purchase_tx, h.sale_tx, h.signal_id, h.reason, h.position_id
   FROM {rows}
 """)
@@ -259,22 +266,23 @@ class PositionQueries(OnConnection):
         """Lock the wallets' SOL balance rows in address order (the order every writer uses)."""
         await self.conn.execute(LOCK_WALLET_SOL, sorted(set(wallets)), SOL_MINT)
 
-    async def update_trails(self, updates: Sequence[TrailUpdate], now: datetime) -> None:
+    async def update_trails(self, updates: Sequence[TrailUpdate]) -> None:
         """Raise peaks and stops and lower lows; never the other way, so ticks may interleave."""
         if not updates:
             return
-        await self.conn.execute(UPDATE_TRAILS, *TRAILS.args(updates, now=now))
+        await self.conn.execute(UPDATE_TRAILS, *TRAILS.args(updates))
 
-    async def update_positions(self, writes: Sequence[PositionWrite], now: datetime) -> None:
+    async def update_positions(self, writes: Sequence[PositionWrite]) -> None:
         """Write the new state of positions that traded on a chunk's ticks and stay open."""
         if not writes:
             return
-        await self.conn.execute(UPDATE_POSITIONS, *WRITES.args(writes, now=now))
+        await self.conn.execute(UPDATE_POSITIONS, *WRITES.args(writes))
 
-    async def close_positions(self, closed: Sequence[ClosedPosition], now: datetime) -> None:
-        """Record each full exit in `agent_historical_swaps`; delete positions, empty rows."""
+    async def close_positions(self, closed: Sequence[ClosedPosition]) -> None:
+        """Record each full exit in `agent_historical_swaps` (its `sale_time` the closing
+        tick's decision time); delete positions, empty rows."""
         if not closed:
             return
-        await self.conn.execute(INSERT_HISTORY, *EXITS.args(closed, now=now))
+        await self.conn.execute(INSERT_HISTORY, *EXITS.args(closed))
         await self.conn.execute(DELETE_POSITIONS, [c.position.id for c in closed])
         await self.conn.execute(DELETE_EMPTY_BALANCES, *EMPTIED.args(closed))

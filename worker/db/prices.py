@@ -46,11 +46,13 @@ TICKS: Bulk[PriceWrite] = Bulk(
         Column("token", "varchar", "token_address"),
         Column("price", "numeric", "price_usd"),
         Column("ts", "timestamptz", "ts"),
+        Column("at", "timestamptz", "at"),
     ],
 )
+# `event_at`: the tick's decision time, which `replay` decides it at (schema 0007).
 RECORD_TICKS = TICKS.sql("""
-INSERT INTO token_price_history (token_address, price_usd, price_ts)
-SELECT t.token, t.price, t.ts FROM {rows}
+INSERT INTO token_price_history (token_address, price_usd, price_ts, event_at)
+SELECT t.token, t.price, t.ts, t.at FROM {rows}
 """)
 # --- the price history's partitions --------------------------------------------------
 #

@@ -28,7 +28,7 @@ SELECT a.id, a.user_id, a.name, a.trading_mode, a.automated_trading_simulation,
 SELECT_SIGNALS = """
 SELECT id, user_id, token_address, symbol, signal_type, activation_reason, signal_strength,
        source, idempotency_key, price_usd, market_cap_usd, liquidity_usd, holder_count,
-       created_at, payload_digest, source_record
+       created_at, payload_digest, source_record, event_at
   FROM trading_signals
  WHERE user_id = ANY($1::uuid[])
    AND ($2::timestamptz IS NULL OR created_at >= $2)
@@ -36,7 +36,7 @@ SELECT id, user_id, token_address, symbol, signal_type, activation_reason, signa
  ORDER BY created_at, id
 """
 SELECT_TICKS = """
-SELECT token_address, price_usd, price_ts
+SELECT token_address, price_usd, price_ts, event_at
   FROM token_price_history
  WHERE token_address = ANY($1::varchar[])
    AND ($2::timestamptz IS NULL OR price_ts >= $2)
@@ -131,7 +131,9 @@ async def read_signals(
     since: datetime | None,
     until: datetime | None,
 ) -> list[Signal]:
-    """The users' stored signals created in [since, until), under their stored ids."""
+    """The users' stored signals created in [since, until), under their stored ids, each
+    with the decision time the worker stored (`at`; None for rows from before schema 0007
+    or another writer: their `created_at` is their decision time)."""
     return [
         Signal(
             user_id=r["user_id"],
@@ -150,6 +152,7 @@ async def read_signals(
             id=r["id"],
             digest=r["payload_digest"],
             record=r["source_record"],
+            at=r["event_at"],
         )
         for r in await conn.fetch(SELECT_SIGNALS, list(users), since, until)
     ]
@@ -161,9 +164,10 @@ async def read_ticks(
     since: datetime | None,
     until: datetime | None,
 ) -> list[PriceWrite]:
-    """The recorded ticks of `tokens` (SOL/USD among them) in [since, until), in time order."""
+    """The recorded ticks of `tokens` (SOL/USD among them) in [since, until), in time order,
+    each with its stored decision time (None before schema 0007: `price_ts` is)."""
     return [
-        PriceWrite(r["token_address"], r["price_usd"], r["price_ts"])
+        PriceWrite(r["token_address"], r["price_usd"], r["price_ts"], r["event_at"])
         for r in await conn.fetch(SELECT_TICKS, list(tokens), since, until)
     ]
 
@@ -218,8 +222,9 @@ def agent_starts(
 
 
 def tick_of(p: PriceWrite) -> PriceTick:
-    """A recorded tick as the handler takes it: observed at its recorded time."""
-    return PriceTick(p.token_address, p.price_usd, p.ts)
+    """A recorded tick as the handler takes it: observed at its recorded time and decided
+    at its recorded decision time (None: at `ts`)."""
+    return PriceTick(p.token_address, p.price_usd, p.ts, p.at)
 
 
 async def read_history(

@@ -29,27 +29,31 @@ SIGNALS: Bulk[Signal] = Bulk(
         Column("created_at", "timestamptz", "created_at"),
         Column("payload_digest", "bytea", "digest"),
         Column("source_record", "text", "record"),
+        Column("event_at", "timestamptz", lambda s: s.decision_time),
     ],
 )
 INSERT_SIGNALS = SIGNALS.sql("""
 INSERT INTO trading_signals (
     user_id, token_address, symbol, signal_type, activation_reason, signal_strength, source,
     idempotency_key, price_usd, market_cap_usd, liquidity_usd, holder_count, created_at,
-    payload_digest, source_record
+    payload_digest, source_record, event_at
 )
 SELECT s.user_id, s.token_address, s.symbol, s.signal_type, s.activation_reason,
        s.signal_strength, s.source, s.idempotency_key, s.price_usd, s.market_cap_usd,
-       s.liquidity_usd, s.holder_count, s.created_at, s.payload_digest, s.source_record
+       s.liquidity_usd, s.holder_count, s.created_at, s.payload_digest, s.source_record,
+       s.event_at
   FROM {rows}
 ON CONFLICT (user_id, idempotency_key) DO NOTHING
-RETURNING id, user_id, idempotency_key, payload_digest, source_record, created_at
+RETURNING id, user_id, idempotency_key, payload_digest, source_record,
+          coalesce(event_at, created_at) AS decided_at
 """)
 KEYS: Bulk[Signal] = Bulk(
     "k",
     [Column("user_id", "uuid", "user_id"), Column("idempotency_key", "varchar", "idempotency_key")],
 )
 SELECT_SIGNAL_IDS = KEYS.sql("""
-SELECT s.id, s.user_id, s.idempotency_key, s.payload_digest, s.source_record, s.created_at
+SELECT s.id, s.user_id, s.idempotency_key, s.payload_digest, s.source_record,
+       coalesce(s.event_at, s.created_at) AS decided_at
   FROM trading_signals s
   JOIN {rows}
     ON s.user_id = k.user_id AND s.idempotency_key = k.idempotency_key
@@ -125,7 +129,7 @@ class SignalQueries(OnConnection):
                     is_new,
                     row["payload_digest"],
                     row["source_record"],
-                    row["created_at"],
+                    row["decided_at"],
                 )
             )
             seen.add(signal_id)

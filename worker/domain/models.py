@@ -51,16 +51,33 @@ class Signal:
     # conflict, not a redelivery) and the Kafka record it came in (topic:partition:offset).
     digest: bytes | None = None
     record: str | None = None
+    # The decision time the pipeline set (its event time, kept monotone per partition and
+    # raised for a record later than the lateness bound); None: not set, `created_at` is.
+    at: datetime | None = None
+
+    @property
+    def decision_time(self) -> datetime:
+        """The clock of every decision about this signal and of the rows it writes: `at`,
+        else `created_at`."""
+        return self.created_at if self.at is None else self.at
 
 
 @dataclass(frozen=True, slots=True)
 class PriceTick:
     """A validated price tick: the token's USD price and when it was observed (the message's
-    `ts`, else its Kafka record's timestamp)."""
+    `ts`, else its Kafka record's timestamp); `at` is its decision time (None: not set,
+    `ts` is)."""
 
     token_address: str
     price_usd: Decimal
     ts: datetime
+    at: datetime | None = None
+
+    @property
+    def decision_time(self) -> datetime:
+        """The clock of every decision this tick makes (stale holds, DCA cooldowns) and of
+        the rows it writes: `at`, else `ts`."""
+        return self.ts if self.at is None else self.at
 
 
 @dataclass(frozen=True, slots=True)

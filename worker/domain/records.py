@@ -62,14 +62,14 @@ class AgentRow:
 @dataclass(frozen=True, slots=True)
 class StoredSignal:
     """A signal as stored: its id, whether this call stored it, and the payload digest,
-    Kafka record and `created_at` of the message that stored it first (None: not known,
-    the message's own applies)."""
+    Kafka record and decision time (`Signal.decision_time`) of the message that stored it
+    first (None: not known, the message's own applies)."""
 
     id: int
     is_new: bool
     digest: bytes | None = None
     record: str | None = None
-    created_at: datetime | None = None
+    at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,21 +120,29 @@ class TrailRow:
 
 @dataclass(frozen=True, slots=True)
 class PriceWrite:
-    """The latest USD price of a token and when it was observed (`token_prices`)."""
+    """The latest USD price of a token and when it was observed (`token_prices`); in the
+    price history also its decision time (`PriceTick.decision_time`; None: not kept)."""
 
     token_address: str
     price_usd: Decimal
     ts: datetime
+    at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class TrailUpdate:
-    """Monotone state a tick moves without trading: the peak and stop rise, the low falls."""
+    """Monotone state a tick moves without trading: the peak and stop rise, the low falls.
+
+    `at` is the decision time of the last tick that moved any of them (`updated_at`);
+    `stop_at` that of the last tick that raised the peak or the stop (None: neither rose;
+    `last_stop_loss_update`)."""
 
     id: UUID
     peak_price: Decimal | None
     stop_loss_pct: Decimal | None
     lowest_price: Decimal
+    at: datetime
+    stop_at: datetime | None = None
 
     def onto(
         self, stop_loss_pct: Decimal | None, peak: Decimal | None, low: Decimal | None
@@ -156,22 +164,31 @@ def _greatest(a: Decimal | None, b: Decimal | None) -> Decimal | None:
 @dataclass(frozen=True, slots=True)
 class PositionWrite:
     """A position's whole new state after ticks that traded (and kept it open), with the
-    DCA buys and take-profit sales they made, in order."""
+    DCA buys and take-profit sales they made, in order.
+
+    Times are decision times of the chunk's ticks: `at` of the last that changed the
+    position (`updated_at`), `stop_at` of the last that moved its peak or stop, and
+    `take_profit_at` of its last take-profit sale (None: none)."""
 
     id: UUID
     state: PositionState
+    at: datetime
     dca_transaction_ids: tuple[UUID, ...] = ()
     take_profit_transaction_ids: tuple[UUID, ...] = ()
+    stop_at: datetime | None = None
+    take_profit_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class ClosedPosition:
-    """A full exit: the position and the numbers of its `agent_historical_swaps` row."""
+    """A full exit: the position and the numbers of its `agent_historical_swaps` row; `at`
+    is the decision time of the tick that closed it (`sale_time`)."""
 
     position: OpenPosition
     pnl: ExitPnl
     sale_transaction_id: UUID
     close_reason: CloseReason
+    at: datetime
 
 
 @dataclass(frozen=True, slots=True)

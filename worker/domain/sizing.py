@@ -5,7 +5,9 @@ a size in the tier's [min, max) when randomization is on, else its max; capped a
 `maxPurchasePerToken`; reduced so that `minimumAgentBalance` SOL stays in the wallet.
 
 The source draws the size with `Math.random()`. Here the draw is a pure function of a
-seed (`sizing_seed(signal_id, agent_id)`), so a replay after a crash sizes the same trade.
+seed (`sizing_seed(user_id, idempotency_key, agent_id)`): the signal's natural key and the
+agent, so a redelivery, a replay, or a fresh run of the same input (whatever order its
+signals are stored in) sizes the same trade.
 """
 
 from __future__ import annotations
@@ -28,12 +30,14 @@ class SizingFailure:
     reason: str
 
 
-def sizing_seed(signal_id: int, agent_id: UUID) -> bytes:
-    """The seed of the size draw for one (signal, agent): stable across processes, crashes
-    and redeliveries of a stored signal (its id is stored). Not across fresh runs of the same
-    input: `signal_id` is the serial `trading_signals.id`, assigned in insertion order, which
-    fetch sizes and the number of workers change (issue 22: seed from the signal's identity)."""
-    return f"signal-worker/sizing/v1/{signal_id}/{agent_id}".encode()
+def sizing_seed(user_id: UUID, idempotency_key: str, agent_id: UUID) -> bytes:
+    """The seed of the size draw for one agent on the signal (user, idempotency key), the
+    signal's natural key (unique per the contract): the same across processes, crashes,
+    redeliveries, replays and fresh runs of the same input. Not the serial
+    `trading_signals.id`, which insertion order (fetch sizes, workers) decides. (v2: v1
+    seeded by that serial id.) The key comes last: the UUIDs have a fixed length, so no two
+    different triples give one seed."""
+    return f"signal-worker/sizing/v2/{user_id}/{agent_id}/{idempotency_key}".encode()
 
 
 @exact

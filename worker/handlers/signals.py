@@ -5,11 +5,18 @@ offsets in the same one), through a `worker.ports.SignalStore` bound to it, so a
 any moment leaves either all of a signal's rows or none. A redelivered signal finds its
 row (unique on user and idempotency key), takes its lock, and decides only for agents
 that have no execution yet: nothing is written twice.
+
+Each signal is decided at its decision time (`Signal.decision_time`: the `at` the pipeline
+set, else `created_at`; for a redelivery, the one stored by its first delivery), never at
+the moment of processing: which agents it is offered to, and the times of the buys'
+transactions and positions. The rows' ids and the sizes are derived from the signal's
+natural key (user id, idempotency key) and the agent (`worker.domain.ids`,
+`worker.domain.sizing.sizing_seed`), not from the serial `trading_signals.id`, so the
+same input gives the same ledger whatever order its signals were stored in.
 """
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,6 +29,7 @@ from worker.domain.eligibility import decide_agent, is_subscriber
 from worker.domain.exit_rules import ExitRules, exit_rules
 from worker.domain.exits import open_position
 from worker.domain.fills import BuyFill, buy_fill
+from worker.domain.ids import buy_transaction_id, position_id
 from worker.domain.ledger import BalanceDelta, NewPosition, SwapOwner, SwapRow, buy_rows
 from worker.domain.models import (
     SOL_MINT,
@@ -37,23 +45,10 @@ from worker.handlers.config_cache import ConfigProblem, config_of_text, problem_
 from worker.ports import SignalStore
 from worker.settings import TradingSettings
 
-# Ids of the rows a buy writes are derived from (signal, agent), so a replay is identical.
-_IDS = uuid.UUID("5e0d7a4c-61c8-4f43-9b8e-2f4f1c7d9a10")
 DEFAULT_TOKEN_SYMBOL = "TOKEN"  # noqa: S105 - a token symbol, not a secret
 # How a failed execution's reason says its buy wrote nothing because a value would not fit
 # its numeric column (such failures are also counted as unstorable).
 UNSTORABLE = "the buy cannot be stored"
-
-
-def buy_transaction_id(signal_id: int, agent_id: UUID) -> UUID:
-    """The purchase transaction id of (signal, agent): the same on every replay. (The ids of
-    sales and DCA buys are not derived: `worker.domain.planning` says why.)"""
-    return uuid.uuid5(_IDS, f"buy:{signal_id}:{agent_id}")
-
-
-def position_id(signal_id: int, agent_id: UUID) -> UUID:
-    """The id of the position a (signal, agent) buy opens."""
-    return uuid.uuid5(_IDS, f"position:{signal_id}:{agent_id}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,10 +97,10 @@ async def handle_signals(
     signals: Sequence[Signal],
     *,
     trading: TradingSettings,
-    now: datetime,
 ) -> list[SignalOutcome | UnknownUser]:
-    """Store the signals and execute each, in order, for every agent of its user that has no
-    execution yet; one result per signal (`UnknownUser`: nothing of it written).
+    """Store the signals and execute each, in order and each at its own decision time, for
+    every agent of its user that has no execution yet; one result per signal
+    (`UnknownUser`: nothing of it written).
 
     Set-based for the whole batch: a fixed number of statements however many signals and
     agents. Signals of one user see each other's effects (balance, positions held), as if
@@ -129,7 +124,7 @@ async def handle_signals(
     prices = await store.fetch_prices(
         [SOL_MINT, *(s.token_address for s in stored if s.price_usd is None)]
     )
-    buys = _Buys(now)
+    buys = _Buys()
     rows: list[ExecutionRow] = []
     with localcontext(MATH_CONTEXT):  # once for the batch, not once per agent and rule
         results = [
@@ -154,19 +149,20 @@ def _signal(
     buys: _Buys,
     rows: list[ExecutionRow],
 ) -> SignalOutcome | UnknownUser:
-    """One signal for every agent of its user that existed when the signal was made and has
-    no execution yet.
+    """One signal for every agent of its user that existed at the signal's decision time
+    and has no execution yet.
 
-    The signal's time is its stored `created_at` (the first delivery's, should a redelivery
-    carry another), so an offset reset, a new consumer group or a replay offers an old
-    signal to the same agents as the first run did: never to an agent created since
-    (`is_subscriber`), which gets no execution row for it at all.
+    The signal's time is its stored decision time (the first delivery's, should a
+    redelivery carry another), so an offset reset, a new consumer group or a replay offers
+    an old signal to the same agents as the first run did: never to an agent created since
+    (`is_subscriber`), which gets no execution row for it at all. Its buys are made at that
+    time too.
     """
     if stored_id is None:
         return UnknownUser(f"unknown user_id {signal.user_id}: no such user")
     signal_id, is_new = stored_id.id, stored_id.is_new
     finished = done.setdefault(signal_id, set())
-    made_at = stored_id.created_at or signal.created_at
+    made_at = stored_id.at or signal.decision_time
     agents = [a for a in fleet.agents_of(signal.user_id) if is_subscriber(a.created_at, made_at)]
     already = len(finished & fleet.ids(agents)) if finished else 0
     outcome = SignalOutcome(
@@ -180,7 +176,9 @@ def _signal(
         if agent.agent_id in finished:
             continue
         reading = config_of_text(agent.trading_config_text)  # once per agent and signal
-        decision, tx_id = _execute(signal, signal_id, agent, reading, price, trading, buys, fleet)
+        decision, tx_id = _execute(
+            signal, _Made(signal_id, made_at), agent, reading, price, trading, buys, fleet
+        )
         if decision.reason is not None and decision.reason.startswith(UNSTORABLE):
             outcome.unstorable.append(Unstorable("buy", str(agent.agent_id), decision.reason))
         problem = problem_of(agent.agent_id, reading)
@@ -232,9 +230,17 @@ class _Fleet:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class _Made:
+    """A stored signal's serial id (its rows' `signal_id`) and decision time."""
+
+    signal_id: int
+    at: datetime
+
+
 def _execute(
     signal: Signal,
-    signal_id: int,
+    made: _Made,
     agent: AgentRow,
     reading: ConfigReading,
     prices: _Prices,
@@ -244,16 +250,15 @@ def _execute(
 ) -> tuple[Decision, UUID | None]:
     """One agent's decision and, for a success, its buy; the purchase transaction id."""
     subscriber = agent.subscriber(signal.token_address)
-    decision = decide_agent(
-        signal, subscriber, reading, seed=sizing_seed(signal_id, subscriber.agent_id)
-    )
+    seed = sizing_seed(signal.user_id, signal.idempotency_key, subscriber.agent_id)
+    decision = decide_agent(signal, subscriber, reading, seed=seed)
     cfg = reading.config
     if not decision.is_success or cfg is None or agent.wallet_address is None:
         return decision, None
     fill, decision = _fill(decision, prices, agent.sol_balance, signal, trading)
     if fill is None:
         return decision, None
-    added = buys.add(signal, signal_id, agent.agent_id, agent.wallet_address, fill, cfg)
+    added = buys.add(signal, made, agent.agent_id, agent.wallet_address, fill, cfg)
     if isinstance(added, str):
         return Decision(ExecutionStatus.FAILED, f"{UNSTORABLE}: {added}"), None
     fleet.bought(agent, signal.token_address, fill.debit_sol)
@@ -273,7 +278,6 @@ def _conflict(signal: Signal, stored: StoredSignal) -> str | None:
 class _Buys:
     """The rows of a batch's buys, written set-based after every agent is decided."""
 
-    now: datetime
     swaps: list[SwapRow] = field(default_factory=list)
     deltas: list[BalanceDelta] = field(default_factory=list)
     positions: list[NewPosition] = field(default_factory=list)
@@ -294,21 +298,22 @@ class _Buys:
     def add(
         self,
         signal: Signal,
-        signal_id: int,
+        made: _Made,
         agent_id: UUID,
         wallet: str,
         fill: BuyFill,
         cfg: AgentTradingConfig,
     ) -> UUID | str:
-        """Add one agent's buy: the swap, the balance moves, the position; its tx id, or
-        (nothing added) why a value of its rows would not fit its column."""
+        """Add one agent's buy at the signal's decision time: the swap, the balance moves,
+        the position; its tx id, or (nothing added) why a value of its rows would not fit
+        its column."""
         token = signal.token_address
         symbol = signal.symbol or DEFAULT_TOKEN_SYMBOL
-        tx_id = buy_transaction_id(signal_id, agent_id)
-        pos_id = position_id(signal_id, agent_id)
-        holding = SwapOwner(agent_id, wallet, token, symbol, signal_id, pos_id)
-        swap, deltas = buy_rows(tx_id, holding, fill, self.now)
-        state = open_position(fill, created_at=self.now, cfg=cfg)
+        tx_id = buy_transaction_id(signal.user_id, signal.idempotency_key, agent_id)
+        pos_id = position_id(signal.user_id, signal.idempotency_key, agent_id)
+        holding = SwapOwner(agent_id, wallet, token, symbol, made.signal_id, pos_id)
+        swap, deltas = buy_rows(tx_id, holding, fill, made.at)
+        state = open_position(fill, created_at=made.at, cfg=cfg)
         problem = trade_misfit([swap], state=state)
         if problem is not None:
             return problem

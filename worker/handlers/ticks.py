@@ -27,6 +27,13 @@ GREATEST/LEAST, which commute, so quiet positions need no lock. What the ticks d
 positions is planned in memory, purely, by `worker.domain.planning`; this module reads
 and writes around it.
 
+Each tick is decided at its decision time (`PriceTick.decision_time`: the `at` the pipeline
+set, else its `ts`), never at the moment of processing: stale holds, DCA cooldowns and
+every time written on a row (transactions, positions, closes, the history's `event_at`)
+come from the tick, so the rows are the same whichever chunk a tick comes in and whenever
+it is processed. Sales and DCA buys get ids derived from the tick
+(`worker.domain.ids.tick_transaction_id`).
+
 Only ticks of a position's own token evaluate it: a SOL/USD tick moves no position by
 itself (as in the source, where SOL/USD is only read when a token's price arrives); it
 changes the SOL/USD that the chunk's later ticks use.
@@ -39,10 +46,8 @@ agent's buys, never its positions' stop losses.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from decimal import Decimal
 from uuid import UUID
 
@@ -53,7 +58,7 @@ from worker.domain.config import AgentTradingConfig
 from worker.domain.config_reading import StoredConfigText
 from worker.domain.fills import token_price_sol
 from worker.domain.models import SOL_MINT, PriceTick
-from worker.domain.planning import IdFactory, Step, TickTally, Writes, act_loud, trail_quiet
+from worker.domain.planning import Step, TickTally, Writes, act_loud, trail_quiet
 from worker.domain.records import ClosedPosition, PriceWrite, TrailRow
 from worker.domain.storable import Unstorable
 from worker.handlers.config_cache import (
@@ -88,15 +93,12 @@ async def handle_prices(
     *,
     configs: ConfigTexts,
     trading: TradingSettings,
-    now: datetime,
-    new_id: IdFactory = uuid.uuid4,
 ) -> list[TickOutcome]:
     """Store the chunk's newer prices and run the exits its ticks trigger, tick by tick in
-    order; what each tick did, in the order of `ticks`.
+    order, each at its own decision time; what each tick did, in the order of `ticks`.
 
     `configs` holds agents' configs and exit rule sets across chunks; those not held at
-    the version the positions' read shows are read (and held) first. `new_id` makes the
-    ids of the sales and DCA buys (random: `worker.domain.planning` says why)."""
+    the version the positions' read shows are read (and held) first."""
     outcomes = [TickOutcome(token=t.token_address, price_usd=t.price_usd) for t in ticks]
     steps = await _store_prices(store, ticks, outcomes)
     if not steps:
@@ -108,19 +110,16 @@ async def handle_prices(
         store, configs, trails, trading.max_config_bytes
     )
     writes = Writes()
-    loud = trail_quiet(steps, trails, cfgs, now, writes, outcomes)
+    loud = trail_quiet(steps, trails, cfgs, writes, outcomes)
     if loud:
         await store.lock_wallets_sol([row.wallet_address for row in loud.values()])
         held = await store.lock_positions(sorted(loud))
-        act_loud(
-            steps, held, cfgs,
-            now=now, fees=trading.fees, new_id=new_id, writes=writes, tallies=outcomes,
-        )  # fmt: skip
+        act_loud(steps, held, cfgs, fees=trading.fees, writes=writes, tallies=outcomes)
     await store.insert_swaps(writes.swaps)
     await store.apply_balance_deltas(writes.deltas)
-    await store.update_positions(writes.updates, now)
-    await store.update_trails(writes.trails, now)
-    await store.close_positions(writes.closed, now)
+    await store.update_positions(writes.updates)
+    await store.update_trails(writes.trails)
+    await store.close_positions(writes.closed)
     _log_closes(writes.closed)
     return outcomes
 
@@ -155,7 +154,8 @@ async def _store_prices(
             # during a rebalance): as if this tick had come after it.
             outcomes[i].is_newer = False
             continue
-        history.append(PriceWrite(tick.token_address, tick.price_usd, tick.ts))
+        at = tick.decision_time
+        history.append(PriceWrite(tick.token_address, tick.price_usd, tick.ts, at))
         if tick.token_address == SOL_MINT:
             sol_usd = tick.price_usd
         elif sol_usd is None:
@@ -168,7 +168,9 @@ async def _store_prices(
             if problem is not None:
                 outcomes[i].unstorable.append(Unstorable("exits", tick.token_address, problem))
             else:
-                steps.append(Step(i, tick.token_address, tick.price_usd, sol_usd, price_sol))
+                steps.append(
+                    Step(i, tick.token_address, tick.price_usd, sol_usd, price_sol, at, tick.ts)
+                )
     await store.record_ticks(history)
     return steps
 

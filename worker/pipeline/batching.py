@@ -20,7 +20,8 @@ from uuid import UUID
 
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from worker.domain.models import SOL_MINT, PriceTick, Signal
+from worker.domain.models import PriceTick, Signal
+from worker.domain.order import RANK_SIGNAL, RANK_TICK, tick_rank
 from worker.errors import InvalidMessage
 from worker.messages import (
     PriceTickV1,
@@ -32,7 +33,7 @@ from worker.messages import (
 )
 from worker.pipeline.deadletters import DeadLetter
 from worker.pipeline.failures import Action, Scope, disposition
-from worker.pipeline.timeline import RANK_SIGNAL, RANK_SOL_TICK, RANK_TICK, Entry
+from worker.pipeline.timeline import Entry
 
 # One transaction holds at most about this many agent executions (memory stays bounded).
 MAX_EXECUTIONS_PER_TRANSACTION = 5_000
@@ -228,26 +229,28 @@ def where(chunk: Chunk) -> str:
 
 
 def signals_of(items: Sequence[Item]) -> list[Signal]:
-    """The domain signals of decoded signal items, each with the record it came from."""
+    """The domain signals of decoded signal items, each with the record it came from and
+    its decision time (`worker.pipeline.timeline`)."""
     signals = []
     for item in items:
         assert isinstance(item.message, SignalV1)  # noqa: S101 - only signal items here
         record = item.record
-        signals.append(
-            item.message.to_domain(
-                coordinates=f"{record.topic}:{record.partition}:{record.offset}",
-                received_at=record_time(record),
-            )
+        signal = item.message.to_domain(
+            coordinates=f"{record.topic}:{record.partition}:{record.offset}",
+            received_at=record_time(record),
         )
+        signals.append(signal if item.at is None else replace(signal, at=item.at))
     return signals
 
 
 def ticks_of(items: Sequence[Item]) -> list[PriceTick]:
-    """The domain ticks of decoded tick items, received at their records' times."""
+    """The domain ticks of decoded tick items, received at their records' times, each with
+    its decision time (`worker.pipeline.timeline`)."""
     ticks = []
     for item in items:
         assert not isinstance(item.message, SignalV1)  # noqa: S101 - only ticks here
-        ticks.append(item.message.to_domain(received_at=record_time(item.record)))
+        tick = item.message.to_domain(received_at=record_time(item.record))
+        ticks.append(tick if item.at is None else replace(tick, at=item.at))
     return ticks
 
 
@@ -266,8 +269,11 @@ def placing(
     message = item.message
     if isinstance(message, SignalV1):
         return item.event_time(), RANK_SIGNAL, (tp.partition,)
-    rank = RANK_SOL_TICK if message.token_address == SOL_MINT else RANK_TICK
-    return item.event_time(), rank, (message.token_address, tp.partition)
+    return (
+        item.event_time(),
+        tick_rank(message.token_address),
+        (message.token_address, tp.partition),
+    )
 
 
 def parts_of(run: Sequence[Entry[TopicPartition]]) -> list[Part]:

@@ -405,7 +405,6 @@ class Pipeline:
             self._stores(conn),
             signals_of(items),
             trading=self._settings.trading,
-            now=datetime.now(UTC),
         )
         outcomes: list[tuple[Item, Outcome]] = []
         dead: list[DeadLetter] = []
@@ -426,6 +425,5 @@ class Pipeline:
             ticks_of(items),
             configs=self._config_texts,
             trading=self._settings.trading,
-            now=datetime.now(UTC),
         )
         return list(zip(items, results, strict=True))

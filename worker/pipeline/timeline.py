@@ -49,9 +49,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
-RANK_SOL_TICK = 0
-RANK_TICK = 1
-RANK_SIGNAL = 2
+from worker.domain.order import RANK_SIGNAL, RANK_SOL_TICK, RANK_TICK
+
+__all__ = ["RANK_SIGNAL", "RANK_SOL_TICK", "RANK_TICK", "STEP", "Entry", "Timeline", "runs"]
 STEP = timedelta(microseconds=1)  # the least step of a decision time (PostgreSQL's)
 
 P = TypeVar("P", bound=Hashable)  # a partition's identity

@@ -5,15 +5,15 @@ then) in a fresh `MemoryStore`, with every agent's config replaced by a variant'
 stored config with overrides merged in, objects merged and arrays replaced, as the
 worker merges a stored config over the defaults), and feeds the events one by one:
 
-- in time order (a signal at its `created_at`, a tick at its `ts`), ticks first at equal
+- in time order (each at its decision time: the `at` the live worker stored, else a
+  signal's `created_at`, a tick's `ts`), ticks first at equal
   times, then in the order recorded: the order the live worker follows when the feeds
   stamp their messages with their publishing time (it takes ticks before signals by Kafka
   record time, `worker.pipeline.ordering`);
-- each at its own time: `now` is the event's time (live, it is the moment the worker
-  processed it, a few milliseconds later), so stale-trade and DCA-cooldown clocks run on
-  the recorded times;
-- signals under their recorded ids, so position sizes are drawn from the same seeds as
-  live (`worker.domain.sizing`).
+- each decided at that time (its `at` is set to it), as live: stale-trade and DCA-cooldown
+  clocks and the times written on rows run on the recorded decision times;
+- position sizes and the rows' ids derived from the signals' natural keys and the ticks
+  (`worker.domain.sizing`, `worker.domain.ids`), as live.
 
 So the stored config, replayed, makes the live trades again; a variant shows what that
 config would have done with the same signals and prices.
@@ -34,6 +34,7 @@ from worker.domain.config import deep_merge
 from worker.domain.config_reading import OversizedConfig, StoredConfigText, decode_json, read_config
 from worker.domain.models import SOL_MINT, PriceTick, Signal
 from worker.domain.money import MATH_CONTEXT
+from worker.domain.order import RANK_SIGNAL, tick_rank
 from worker.domain.records import AgentSetup, ReplayHistory
 from worker.domain.results import AgentResult, Close, Holding, prices_in_sol, summarize
 from worker.errors import UsageError
@@ -56,15 +57,24 @@ class Event:
     tick: PriceTick | None = None
 
     @property
-    def key(self) -> tuple[datetime, int, int]:
-        """Sort key: time, ticks before signals, recorded order."""
-        return (self.at, 0 if self.tick is not None else 1, self.seq)
+    def key(self) -> tuple[datetime, int, str, int]:
+        """Sort key: the live worker's order (`worker.pipeline.timeline`): decision time,
+        then SOL/USD ticks, other ticks by token, signals; then the recorded order."""
+        if self.tick is None:
+            return (self.at, RANK_SIGNAL, "", self.seq)
+        token = self.tick.token_address
+        return (self.at, tick_rank(token), token, self.seq)
 
 
 def events_of(signals: Iterable[Signal], ticks: Iterable[PriceTick]) -> list[Event]:
-    """Signals and ticks merged into replay order."""
-    events = [Event(s.created_at, i, signal=s) for i, s in enumerate(signals)]
-    events += [Event(t.ts, i, tick=t) for i, t in enumerate(ticks)]
+    """Signals and ticks merged into replay order, each with its decision time set (`at`)."""
+    events = [
+        Event(s.decision_time, i, signal=replace(s, at=s.decision_time))
+        for i, s in enumerate(signals)
+    ]
+    events += [
+        Event(t.decision_time, i, tick=replace(t, at=t.decision_time)) for i, t in enumerate(ticks)
+    ]
     events.sort(key=lambda e: e.key)
     return events
 
@@ -266,11 +276,9 @@ async def _feed(
     every = max(1, len(events) // CURVE_POINTS)
     for n, event in enumerate(events, start=1):
         if event.tick is not None:
-            await handle_prices(
-                store, [event.tick], configs=configs, trading=settings.trading, now=event.at
-            )
+            await handle_prices(store, [event.tick], configs=configs, trading=settings.trading)
         elif event.signal is not None:
-            await handle_signals(store, [event.signal], trading=settings.trading, now=event.at)
+            await handle_signals(store, [event.signal], trading=settings.trading)
         if n % every == 0 or n == len(events):
             _sample(run, event.at, start)
         if progress is not None and n % 1000 == 0:

@@ -12,9 +12,10 @@ violation raises
 bug, never an outcome.
 
 Locks are no-ops (one replay, one thread). Signals keep the id they are given (a recorded
-signal replays under its stored id, so its position sizes are drawn from the same seed as
-live); others are numbered after the largest id seen. An agent's row version (PostgreSQL's
-`xmin`) is a counter that `add_agent` moves each time it stores the agent again.
+signal replays under its stored id, which its rows' `signal_id` name, as live; sizes and
+row ids do not depend on it); others are numbered after the largest id seen. An agent's
+row version (PostgreSQL's `xmin`) is a counter that `add_agent` moves each time it stores
+the agent again.
 
 It is the only store in memory: the unit tests run the handlers against it too, and
 `tests/integration/test_store_contract.py` runs one script over it and over `PgStore`.
@@ -251,7 +252,7 @@ class MemoryStore:
                 continue
             signal_id = s.id if s.id is not None else self._last_signal_id + 1
             self._last_signal_id = max(self._last_signal_id, signal_id)
-            self.signals[key] = StoredSignal(signal_id, True, s.digest, s.record, s.created_at)
+            self.signals[key] = StoredSignal(signal_id, True, s.digest, s.record, s.decision_time)
             out.append(self.signals[key])
         return out
 
@@ -395,8 +396,7 @@ class MemoryStore:
             out.append(replace(p.row, state=p.state, sol_balance=sol))
         return out
 
-    async def update_positions(self, writes: Sequence[PositionWrite], now: datetime) -> None:
-        del now
+    async def update_positions(self, writes: Sequence[PositionWrite]) -> None:
         for w in writes:
             refuse(position_misfit(w.state))
             p = self.positions[w.id]
@@ -404,8 +404,7 @@ class MemoryStore:
             p.tx_dca.extend(w.dca_transaction_ids)
             p.tx_tp.extend(w.take_profit_transaction_ids)
 
-    async def update_trails(self, trails: Sequence[TrailUpdate], now: datetime) -> None:
-        del now
+    async def update_trails(self, trails: Sequence[TrailUpdate]) -> None:
         for t in trails:
             refuse(
                 misfit(
@@ -418,7 +417,7 @@ class MemoryStore:
             p = self.positions[t.id]
             p.trail = t.onto(*p.trailed())
 
-    async def close_positions(self, closed: Sequence[ClosedPosition], now: datetime) -> None:
+    async def close_positions(self, closed: Sequence[ClosedPosition]) -> None:
         for c in closed:
             refuse(exit_misfit(c.pnl))
             p = self.positions.pop(c.position.id)
@@ -429,4 +428,4 @@ class MemoryStore:
             balance_key = (p.row.wallet_address, p.row.token_address)
             if self.balances.get(balance_key) == 0:
                 del self.balances[balance_key]
-            self.closed.append((c, now))
+            self.closed.append((c, c.at))
