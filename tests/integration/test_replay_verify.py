@@ -30,10 +30,6 @@ CONFIGS: list[dict[str, Any] | None] = [
 # After the buys at 1 (A) and 0.5 (B): A runs up through take-profit levels and falls back
 # through the stops, B drifts.
 PATHS = {TOKEN_A: ["1.35", "1.5", "0.6"], TOKEN_B: ["0.55", "0.52"]}
-# Live rows are stamped with the moment the worker wrote them, replayed ones with their
-# record's time; a sale's transaction id is random today. Until the decision clock and
-# derived ids land (issue 22), these columns are left out.
-CLOCK_AND_IDS = "time,purchase_time,sale_time,last_dca_time,id"
 
 
 async def _run_stream(settings: Settings, db_url: str, account: Account) -> None:
@@ -81,13 +77,12 @@ async def test_verify_says_identical_then_names_an_altered_row(
     await _run_stream(settings, db_url, account)
     env = env_for(settings)
 
-    run = await run_cli(env, "replay", "--verify", "--ignore", CLOCK_AND_IDS)
+    run = await run_cli(env, "replay", "--verify")
 
     assert run.code == 0, (run.stdout, run.stderr)
     line = run.stdout.strip().splitlines()[0]
     assert line.startswith("identical: 6 executions, "), line
-    compared = await run_cli(env, "replay", "--verify", "--ignore", CLOCK_AND_IDS,
-                             "--format", "json")  # fmt: skip
+    compared = await run_cli(env, "replay", "--verify", "--format", "json")  # fmt: skip
     figures = json.loads(compared.stdout)["compared"]
     assert figures["transactions"] >= 6 and figures["positions"] == 4, figures  # 4 buys
     closes = await db_conn.fetchval("SELECT count(*) FROM agent_historical_swaps")
@@ -104,7 +99,7 @@ async def test_verify_says_identical_then_names_an_altered_row(
         TOKEN_B,
     )
     assert changed is not None
-    run = await run_cli(env, "replay", "--verify", "--ignore", CLOCK_AND_IDS)
+    run = await run_cli(env, "replay", "--verify")
 
     assert run.code == 1, (run.stdout, run.stderr)
     first = run.stdout.splitlines()[0]
@@ -123,7 +118,7 @@ async def test_verify_runs_over_the_demos_ledger(
     demo = await run_cli(env, "demo", timeout_s=150)
     assert demo.code == 0, demo.stderr[-20:]
 
-    run = await run_cli(env, "replay", "--verify", "--ignore", CLOCK_AND_IDS, "--format", "json")
+    run = await run_cli(env, "replay", "--verify", "--format", "json")
 
     # The demo's ticks are stamped before its signal is sent, and live applies a fetch's
     # ticks before its signals (issue 22, cause 1): the ledgers may differ until the
