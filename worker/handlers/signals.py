@@ -17,6 +17,7 @@ from decimal import Decimal, localcontext
 from uuid import UUID
 
 from worker.domain.config import AgentTradingConfig
+from worker.domain.config_history import decision_time
 from worker.domain.config_reading import ConfigReading
 from worker.domain.eligibility import decide_agent, is_subscriber
 from worker.domain.exit_rules import ExitRules, exit_rules
@@ -125,7 +126,9 @@ async def handle_signals(
     users = list(known)
     await store.lock_users_sol_balances(users)
     tokens = [s.token_address for s in stored]
-    fleet = _Fleet(await store.fetch_agents(users, tokens, trading.max_config_bytes))
+    times = [decision_time(s) for s in stored]
+    span = (min(times), max(times)) if times else None
+    fleet = _Fleet(await store.fetch_agents(users, tokens, trading.max_config_bytes, span))
     prices = await store.fetch_prices(
         [SOL_MINT, *(s.token_address for s in stored if s.price_usd is None)]
     )
@@ -160,7 +163,9 @@ def _signal(
     The signal's time is its stored `created_at` (the first delivery's, should a redelivery
     carry another), so an offset reset, a new consumer group or a replay offers an old
     signal to the same agents as the first run did: never to an agent created since
-    (`is_subscriber`), which gets no execution row for it at all.
+    (`is_subscriber`), which gets no execution row for it at all. Each agent is decided
+    with its settings in force at the signal's decision time (`AgentRow.at`), so an edit
+    applies to the signals from its time on, however late the worker gets to them.
     """
     if stored_id is None:
         return UnknownUser(f"unknown user_id {signal.user_id}: no such user")
@@ -176,9 +181,11 @@ def _signal(
         signal.price_usd if signal.price_usd is not None else prices.get(signal.token_address),
         prices.get(SOL_MINT),
     )
-    for agent in agents:
-        if agent.agent_id in finished:
+    at = decision_time(signal)
+    for subscribed in agents:
+        if subscribed.agent_id in finished:
             continue
+        agent = subscribed.at(at)  # the settings in force at the signal's time
         reading = config_of_text(agent.trading_config_text)  # once per agent and signal
         decision, tx_id = _execute(signal, signal_id, agent, reading, price, trading, buys, fleet)
         if decision.reason is not None and decision.reason.startswith(UNSTORABLE):
@@ -229,6 +236,7 @@ class _Fleet:
             agent.open_positions + 1,
             agent.held_tokens | {token},
             agent.created_at,
+            agent.versions,
         )
 
 
