@@ -41,19 +41,25 @@ def stored_config(row: asyncpg.Record, max_bytes: int) -> StoredConfigText:
 
 
 # The versions of each agent's settings in force at some time of [$lo, $hi]: the one in
-# force at $lo (the last starting at or before it) and those starting within (one row each,
-# usually none). Used by the fan-out (joined per agent) and by the ticks (on their own).
+# force at $lo (the last starting at or before it; before the first version, the first)
+# and those starting after it up to $hi (one row each, usually none). Used by the fan-out
+# (joined per agent) and by the ticks.
 VERSIONS_IN_SPAN = """
-(SELECT h.id, h.valid_from, h.trading_mode, h.automated_trading_simulation,
-        h.automated_trading_live{text}
-   FROM agent_config_history h
-  WHERE h.agent_id = {agent} AND h.valid_from <= {lo}
-  ORDER BY h.valid_from DESC, h.id DESC LIMIT 1)
-UNION ALL
-(SELECT h.id, h.valid_from, h.trading_mode, h.automated_trading_simulation,
-        h.automated_trading_live{text}
-   FROM agent_config_history h
-  WHERE h.agent_id = {agent} AND h.valid_from > {lo} AND h.valid_from <= {hi})
+SELECT v.* FROM (
+  SELECT greatest({lo}, min(h0.valid_from)) AS lo
+    FROM agent_config_history h0 WHERE h0.agent_id = {agent}
+) s CROSS JOIN LATERAL (
+  (SELECT h.id, h.valid_from, h.trading_mode, h.automated_trading_simulation,
+          h.automated_trading_live{text}
+     FROM agent_config_history h
+    WHERE h.agent_id = {agent} AND h.valid_from <= s.lo
+    ORDER BY h.valid_from DESC, h.id DESC LIMIT 1)
+  UNION ALL
+  (SELECT h.id, h.valid_from, h.trading_mode, h.automated_trading_simulation,
+          h.automated_trading_live{text}
+     FROM agent_config_history h
+    WHERE h.agent_id = {agent} AND h.valid_from > s.lo AND h.valid_from <= {hi})
+) v
 """
 
 # The wallet is the simulation wallet, whatever the mode: this worker only trades that one

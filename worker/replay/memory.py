@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 from uuid import UUID
 
 from worker.domain.columns import misfit
@@ -320,6 +321,22 @@ class MemoryStore:
             )
         return out
 
+    def edit_agent(self, agent_id: UUID, at: datetime, **settings: Any) -> None:  # noqa: ANN401
+        """An update of the agent's settings (`AgentSetup` fields: `config_text`,
+        `trading_mode`, `automated_trading_simulation`, `automated_trading_live`) in force
+        from `at`, recorded as the update trigger records it (never before the last one)."""
+        agent = self.agents[agent_id]
+        changed = replace(agent, **settings)
+        self._last_version_id -= 1
+        version = ConfigVersion(
+            self._last_version_id, max(at, agent.versions[-1].valid_from), changed.trading_mode,
+            changed.automated_trading_simulation, changed.automated_trading_live,
+            changed.config_text,
+        )  # fmt: skip
+        self.agents[agent_id] = replace(changed, versions=(*agent.versions, version))
+        self._texts[self._last_version_id] = version.text
+        self._histories.pop(agent_id, None)
+
     def _history(self, agent: AgentSetup, max_config_bytes: int) -> tuple[ConfigVersion, ...]:
         held = self._histories.get(agent.agent_id)
         if held is None or held[0] != max_config_bytes:
@@ -408,8 +425,9 @@ class MemoryStore:
             if agent is None:
                 continue
             history = agent.history()
-            span = [in_force(history, since)]
-            span += [v for v in history if since < v.valid_from <= until and v is not span[0]]
+            start = max(since, history[0].valid_from)  # before the first: the first
+            span = [in_force(history, start)]
+            span += [v for v in history if start < v.valid_from <= until]
             # Texts travel apart (`version_texts`), but for a version without id.
             out[agent_id] = [
                 replace(v, text=capped(v.text, max_config_bytes) if v.id is None else None)
