@@ -30,7 +30,7 @@ CREATE TABLE agent_config_history (
     trading_config               jsonb,
     automated_trading_simulation boolean      NOT NULL,
     automated_trading_live       boolean      NOT NULL,
-    recorded_at                  timestamptz(6) NOT NULL DEFAULT clock_timestamp(),
+    recorded_at                  timestamptz(6) NOT NULL DEFAULT now(),
     CONSTRAINT agent_config_history_pkey PRIMARY KEY (id),
     CONSTRAINT agent_config_history_agent_id_fkey FOREIGN KEY (agent_id)
         REFERENCES agents (id) ON DELETE CASCADE ON UPDATE CASCADE
