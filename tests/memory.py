@@ -93,6 +93,12 @@ def add_agent(
     return agent
 
 
+def wallet_of(agent: AgentSetup) -> str:
+    """The agent's simulation wallet (the tests' agents have one)."""
+    assert agent.wallet_address is not None
+    return agent.wallet_address
+
+
 def set_config(store: MemoryStore, agent_id: UUID, config: Any) -> None:
     """The agent's config changed (an update of its row: a new version, and in force at
     any time: the store's history is replaced)."""
@@ -121,7 +127,7 @@ def open_position(
     position = NewPosition(
         position_id or uuid.uuid4(),
         agent.agent_id,
-        agent.wallet_address,
+        wallet_of(agent),
         token,
         symbol,
         uuid.uuid4(),
@@ -129,7 +135,7 @@ def open_position(
         exit_rules_id,
     )
     store.add_position(position)
-    store.balances[(agent.wallet_address, token)] = state.purchase_amount
+    store.balances[(wallet_of(agent), token)] = state.purchase_amount
     return held(store, position.id)
 
 

@@ -21,7 +21,7 @@ from tests.helpers.services import Services
 from tests.helpers.workers import worker_env
 from worker.db.replay import read_agents, read_history
 from worker.db.store import PgStore
-from worker.domain.models import SOL_MINT, ExecutionStatus, PriceTick, Signal
+from worker.domain.models import SOL_MINT, PriceTick, Signal
 from worker.handlers.config_cache import ConfigTexts
 from worker.handlers.signals import handle_signals
 from worker.handlers.ticks import handle_prices
@@ -113,7 +113,7 @@ async def test_an_insert_and_each_decision_column_updated_record_a_version(
         ("automated_trading_live", False, ""),
     ]
     for n, (column, value, cast) in enumerate(updates, start=2):
-        await db_conn.execute(f"UPDATE agents SET {column} = $2{cast} WHERE id = $1",  # noqa: S608
+        await db_conn.execute(f"UPDATE agents SET {column} = $2{cast} WHERE id = $1",
                               agent_id, value)  # fmt: skip
         versions = await _versions(db_conn, agent_id)
         assert len(versions) == n, column

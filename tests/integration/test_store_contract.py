@@ -24,7 +24,7 @@ import asyncpg
 import pytest
 
 from tests.helpers.books import LONG_AGO, TOKEN_A, TOKEN_B, Account, make_account, set_price
-from tests.memory import add_agent
+from tests.memory import add_agent, wallet_of
 from worker.db.accounts import FundedAgent
 from worker.db.store import PgStore
 from worker.domain.fills import Fees
@@ -277,7 +277,7 @@ class MemoryWorld:
                 wallet=like.agents[i].wallet_address if like is not None else None,
                 automated_trading_simulation=spec.automated, created_at=spec.created_at,
             )  # fmt: skip
-            account.agents.append(FundedAgent(agent.agent_id, agent.wallet_address, agent.name))
+            account.agents.append(FundedAgent(agent.agent_id, wallet_of(agent), agent.name))
         return account
 
     async def user(self) -> UUID:
