@@ -65,41 +65,26 @@ SELECT v.* FROM (
 # The wallet is the simulation wallet, whatever the mode: this worker only trades that one
 # (a live-mode version fails before any wallet is looked at), so the mode can come from the
 # version in force at each signal's time. Positions are counted per wallet.
-# The settings are the versions in force over the batch's span ($5, $6; one row per
-# version, usually one; none only for an agent without history: its row's own settings).
+# The settings are the agents row's: the latest version, in force over the whole batch for
+# every agent without a version starting after the batch's first time $5 (`is_edited`:
+# one probe of the history's index; `RECENT_VERSIONS` reads the others' versions).
 # trading_config is read as text: the worker decodes it itself (`worker.domain.config`), so
 # no stored value can fail the read of every agent of the user; and only up to $4 bytes.
 FETCH_AGENTS = f"""
 SELECT a.user_id                           AS user_id,
        a.id                                AS agent_id,
-       v.id                                AS version_id,
-       v.valid_from                        AS valid_from,
-       coalesce(v.trading_mode, a.trading_mode) AS trading_mode,
-       coalesce(v.automated_trading_simulation, a.automated_trading_simulation)
-                                           AS automated_trading_simulation,
-       coalesce(v.automated_trading_live, a.automated_trading_live)
-                                           AS automated_trading_live,
-       {config_columns("$4", "c")},
+       a.trading_mode                      AS trading_mode,
+       a.automated_trading_simulation      AS automated_trading_simulation,
+       a.automated_trading_live            AS automated_trading_live,
+       {config_columns("$4")},
        w.wallet_address                    AS wallet_address,
        b.balance                           AS sol_balance,
        COALESCE(p.open_positions, 0)::int  AS open_positions,
        p.held_tokens                       AS held_tokens,
-       a.created_at                        AS created_at
+       a.created_at                        AS created_at,
+       EXISTS (SELECT FROM agent_config_history h
+                WHERE h.agent_id = a.id AND h.valid_from > $5) AS is_edited
 FROM agents a
-LEFT JOIN LATERAL (
-{
-    VERSIONS_IN_SPAN.format(
-        text=", h.trading_config",
-        agent="a.id",
-        lo="coalesce($5::timestamptz, 'infinity')",
-        hi="$6::timestamptz",
-    )
-}
-) v ON true
-CROSS JOIN LATERAL (
-       SELECT CASE WHEN v.id IS NULL THEN a.trading_config ELSE v.trading_config END
-                  AS trading_config
-) c
 LEFT JOIN agent_wallets w
        ON w.agent_id = a.id AND w.wallet_type = 'simulation'
 LEFT JOIN agent_balances b
@@ -112,7 +97,31 @@ LEFT JOIN LATERAL (
        WHERE ap.agent_id = a.id AND ap.wallet_address = w.wallet_address
 ) p ON true
 WHERE a.user_id = ANY($1::uuid[])
-ORDER BY a.user_id, a.id, v.valid_from, v.id
+ORDER BY a.user_id, a.id
+"""  # noqa: S608 - constant SQL pieces; values travel as parameters
+
+
+# The versions in force over [$2, $3] of the agents $1 (those with a version starting after
+# $2: an edit since the batch's first time, or an agent whose history starts later), with
+# their configs (up to $4 bytes).
+RECENT_VERSIONS = f"""
+SELECT r.agent_id                          AS agent_id,
+       v.id                                AS version_id,
+       v.valid_from                        AS valid_from,
+       v.trading_mode                      AS trading_mode,
+       v.automated_trading_simulation      AS automated_trading_simulation,
+       v.automated_trading_live            AS automated_trading_live,
+       {config_columns("$4", "v")},
+       NULL::timestamptz                   AS created_at
+  FROM unnest($1::uuid[]) AS r(agent_id)
+  CROSS JOIN LATERAL (
+{
+    VERSIONS_IN_SPAN.format(
+        text=", h.trading_config", agent="r.agent_id", lo="$2::timestamptz", hi="$3::timestamptz"
+    )
+}
+) v
+ ORDER BY r.agent_id, v.valid_from, v.id
 """  # noqa: S608 - constant SQL pieces; values travel as parameters
 
 
@@ -185,6 +194,20 @@ def version_of_row(row: asyncpg.Record, max_config_bytes: int) -> ConfigVersion:
     )
 
 
+def _in_span(agent: AgentRow, versions: list[ConfigVersion]) -> AgentRow:
+    """The agent with the settings of its first version in the span, and all of them when
+    there are several (`AgentRow.at`)."""
+    first = versions[0]
+    return replace(
+        agent,
+        trading_mode=first.trading_mode,
+        automated_trading_simulation=first.automated_trading_simulation,
+        automated_trading_live=first.automated_trading_live,
+        trading_config_text=first.text,
+        versions=tuple(versions) if len(versions) > 1 else (),
+    )
+
+
 class AgentQueries(OnConnection):
     """Users, agents and their stored configs."""
 
@@ -205,41 +228,36 @@ class AgentQueries(OnConnection):
         time and its settings in force over `span` (the batch's first and last decision
         times; None: the current ones), configs beyond `max_config_bytes` as
         `OversizedConfig`; one query."""
-        lo, hi = span if span is not None else (None, None)
         rows = await self.conn.fetch(
             FETCH_AGENTS, list(set(user_ids)), SOL_MINT, list(set(tokens)), max_config_bytes,
-            lo, hi,
+            span[0] if span is not None else None,
         )  # fmt: skip
+        edited = [row["agent_id"] for row in rows if row["is_edited"]]
+        recent: dict[UUID, list[ConfigVersion]] = {}
+        if edited and span is not None:
+            for r in await self.conn.fetch(
+                RECENT_VERSIONS, edited, span[0], span[1], max_config_bytes
+            ):
+                recent.setdefault(r["agent_id"], []).append(version_of_row(r, max_config_bytes))
         agents: dict[UUID, list[AgentRow]] = {}
-        versions: dict[UUID, list[ConfigVersion]] = {}
-        several: list[tuple[UUID, int]] = []  # agents with several versions: (user, index)
         for row in rows:
-            version = version_of_row(row, max_config_bytes)
-            held = versions.get(row["agent_id"])
-            if held is not None:  # a later version within the span
-                if len(held) == 1:
-                    several.append((row["user_id"], len(agents[row["user_id"]]) - 1))
-                held.append(version)
-                continue
-            versions[row["agent_id"]] = [version]
-            agents.setdefault(row["user_id"], []).append(
-                AgentRow(
-                    user_id=row["user_id"],
-                    agent_id=row["agent_id"],
-                    trading_mode=version.trading_mode,
-                    automated_trading_simulation=version.automated_trading_simulation,
-                    automated_trading_live=version.automated_trading_live,
-                    trading_config_text=version.text,
-                    wallet_address=row["wallet_address"],
-                    sol_balance=row["sol_balance"],
-                    open_positions=row["open_positions"],
-                    held_tokens=frozenset(row["held_tokens"] or ()),
-                    created_at=row["created_at"],
-                )
+            agent = AgentRow(
+                user_id=row["user_id"],
+                agent_id=row["agent_id"],
+                trading_mode=row["trading_mode"],
+                automated_trading_simulation=row["automated_trading_simulation"],
+                automated_trading_live=row["automated_trading_live"],
+                trading_config_text=stored_config(row, max_config_bytes),
+                wallet_address=row["wallet_address"],
+                sol_balance=row["sol_balance"],
+                open_positions=row["open_positions"],
+                held_tokens=frozenset(row["held_tokens"] or ()),
+                created_at=row["created_at"],
             )
-        for user_id, index in several:
-            agent = agents[user_id][index]
-            agents[user_id][index] = replace(agent, versions=tuple(versions[agent.agent_id]))
+            versions = recent.get(agent.agent_id)
+            if versions:
+                agent = _in_span(agent, versions)
+            agents.setdefault(row["user_id"], []).append(agent)
         return agents
 
     async def config_versions(
