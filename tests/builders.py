@@ -262,12 +262,13 @@ async def add_fleet(conn: asyncpg.Connection) -> Fleet:
     bare = await add_agent(conn, user_id)
     expected.append(Subscriber(bare, "simulation", True, True, None, None, 0, False))
 
-    # Live mode, but only a simulation wallet: no wallet for its mode.
+    # Live mode with a simulation wallet holding the smallest amount of SOL: the fan-out
+    # reads the simulation wallet whatever the mode (the mode is the config version's; a
+    # live one fails before the wallet is looked at).
     mismatched = await add_agent(conn, user_id, mode="live", config={})
     other_sim = await add_wallet(conn, mismatched, "simulation")
-    await add_balance(conn, mismatched, other_sim, SOL_MINT, Decimal(3))
-    await add_position(conn, mismatched, other_sim, MINT)
-    expected.append(Subscriber(mismatched, "live", True, True, None, None, 0, False))
+    await add_balance(conn, mismatched, other_sim, SOL_MINT, TINY)
+    expected.append(Subscriber(mismatched, "live", True, True, other_sim, TINY, 0, False))
 
     # A wallet with a token but no SOL row; automated simulation trading off.
     no_sol = await add_agent(conn, user_id, simulation_on=False)
@@ -276,11 +277,11 @@ async def add_fleet(conn: asyncpg.Connection) -> Fleet:
     await add_position(conn, no_sol, no_sol_wallet, OTHER_MINT)
     expected.append(Subscriber(no_sol, "simulation", False, True, no_sol_wallet, None, 1, False))
 
-    # Live mode with a live wallet holding the smallest amount of SOL.
+    # Live mode with only a live wallet: no simulation wallet to read.
     live_agent = await add_agent(conn, user_id, mode="live", live_on=False)
     live_wallet = await add_wallet(conn, live_agent, "live")
-    await add_balance(conn, live_agent, live_wallet, SOL_MINT, TINY)
-    expected.append(Subscriber(live_agent, "live", True, False, live_wallet, TINY, 0, False))
+    await add_balance(conn, live_agent, live_wallet, SOL_MINT, Decimal(3))
+    expected.append(Subscriber(live_agent, "live", True, False, None, None, 0, False))
 
     # Someone else's agent, holding the token: never a subscriber.
     stranger = await add_user(conn)

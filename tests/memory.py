@@ -31,7 +31,7 @@ class RecordingStore(MemoryStore):
     locked_users: list[UUID] = field(default_factory=list)
     locked_wallets: list[str] = field(default_factory=list)
     locked_positions: list[UUID] = field(default_factory=list)
-    configs_read: list[list[UUID]] = field(default_factory=list)  # agent_configs calls
+    configs_read: list[list[UUID]] = field(default_factory=list)  # version_texts calls, by agent
 
     @property
     def history(self) -> list[ClosedPosition]:
@@ -54,11 +54,13 @@ class RecordingStore(MemoryStore):
         self.locked_positions.extend(sorted(set(ids)))
         return await super().lock_positions(ids)
 
-    async def agent_configs(
-        self, agent_ids: Sequence[UUID], max_config_bytes: int = DEFAULT_MAX_CONFIG_BYTES
-    ) -> dict[UUID, tuple[str, StoredConfigText]]:
-        self.configs_read.append(sorted(agent_ids))
-        return await super().agent_configs(agent_ids, max_config_bytes)
+    async def version_texts(
+        self, version_ids: Sequence[int], max_config_bytes: int = DEFAULT_MAX_CONFIG_BYTES
+    ) -> dict[int, StoredConfigText]:
+        wanted = set(version_ids)
+        owners = {a.agent_id for a in self.agents.values() for v in a.versions if v.id in wanted}
+        self.configs_read.append(sorted(owners))
+        return await super().version_texts(version_ids, max_config_bytes)
 
 
 def config_text(config: Any) -> StoredConfigText:
@@ -91,14 +93,23 @@ def add_agent(
     return agent
 
 
+def wallet_of(agent: AgentSetup) -> str:
+    """The agent's simulation wallet (the tests' agents have one)."""
+    assert agent.wallet_address is not None
+    return agent.wallet_address
+
+
 def set_config(store: MemoryStore, agent_id: UUID, config: Any) -> None:
-    """The agent's config changed (an update of its row: a new row version)."""
-    store.add_agent(replace(store.agents[agent_id], config_text=config_text(config)))
+    """The agent's config changed (an update of its row: a new version, and in force at
+    any time: the store's history is replaced)."""
+    store.add_agent(replace(store.agents[agent_id], config_text=config_text(config), versions=()))
 
 
 def pause(store: MemoryStore, agent_id: UUID) -> None:
     """The agent's automated simulation trading turned off."""
-    store.add_agent(replace(store.agents[agent_id], automated_trading_simulation=False))
+    store.add_agent(
+        replace(store.agents[agent_id], automated_trading_simulation=False, versions=())
+    )
 
 
 def open_position(
@@ -116,7 +127,7 @@ def open_position(
     position = NewPosition(
         position_id or uuid.uuid4(),
         agent.agent_id,
-        agent.wallet_address,
+        wallet_of(agent),
         token,
         symbol,
         uuid.uuid4(),
@@ -124,7 +135,7 @@ def open_position(
         exit_rules_id,
     )
     store.add_position(position)
-    store.balances[(agent.wallet_address, token)] = state.purchase_amount
+    store.balances[(wallet_of(agent), token)] = state.purchase_amount
     return held(store, position.id)
 
 

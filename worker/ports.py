@@ -17,6 +17,7 @@ from decimal import Decimal
 from typing import Protocol
 from uuid import UUID
 
+from worker.domain.config_history import ConfigVersion
 from worker.domain.config_reading import DEFAULT_MAX_CONFIG_BYTES, StoredConfigText
 from worker.domain.exit_rules import ExitRules
 from worker.domain.ledger import BalanceDelta, NewPosition, SwapRow
@@ -63,8 +64,10 @@ class SignalStore(Protocol):
         user_ids: Sequence[UUID],
         tokens: Sequence[str],
         max_config_bytes: int = DEFAULT_MAX_CONFIG_BYTES,
+        span: tuple[datetime, datetime] | None = None,
     ) -> dict[UUID, list[AgentRow]]:
-        """Every agent of each user, by agent id, with its holdings among `tokens`; a config
+        """Every agent of each user, by agent id, with its holdings among `tokens` and its
+        settings in force over `span` (None: the current ones; `AgentRow.at`); a config
         over `max_config_bytes` comes as an `OversizedConfig`, never as its text."""
         ...
 
@@ -111,14 +114,27 @@ class PriceStore(Protocol):
         ...
 
     async def trail_rows(self, tokens: Sequence[str]) -> list[TrailRow]:
-        """A few columns of the open simulation positions in `tokens` that automation exits."""
+        """A few columns of the open simulation positions in `tokens` (whether automation
+        exits them is the version in force's to say)."""
         ...
 
-    async def agent_configs(
-        self, agent_ids: Sequence[UUID], max_config_bytes: int = DEFAULT_MAX_CONFIG_BYTES
-    ) -> dict[UUID, tuple[str, StoredConfigText]]:
-        """Each agent's row version and `trading_config` JSON text (None: NULL; an
-        `OversizedConfig` over `max_config_bytes`)."""
+    async def config_versions(
+        self,
+        agent_ids: Sequence[UUID],
+        since: datetime,
+        until: datetime,
+        max_config_bytes: int = DEFAULT_MAX_CONFIG_BYTES,
+    ) -> dict[UUID, list[ConfigVersion]]:
+        """Each agent's versions in force at some time of [`since`, `until`], in order,
+        without their texts (`version_texts`), except the one version (id None) of an agent
+        without history, which carries its row's; agents deleted are absent."""
+        ...
+
+    async def version_texts(
+        self, version_ids: Sequence[int], max_config_bytes: int = DEFAULT_MAX_CONFIG_BYTES
+    ) -> dict[int, StoredConfigText]:
+        """Each version's `trading_config` JSON text (None: NULL; an `OversizedConfig` over
+        `max_config_bytes`)."""
         ...
 
     async def exit_rules(self, ids: Sequence[UUID]) -> dict[UUID, str]:
@@ -130,7 +146,7 @@ class PriceStore(Protocol):
         ...
 
     async def lock_positions(self, ids: Sequence[UUID]) -> list[OpenPosition]:
-        """Lock and read whole those positions still open to automation, in id order."""
+        """Lock and read whole those positions still open, in id order."""
         ...
 
     async def insert_swaps(self, swaps: Sequence[SwapRow]) -> None:

@@ -214,6 +214,17 @@ EXPECTED_COLUMNS: dict[str, dict[str, str]] = {
         # Added by 0007: the time the tick was decided at (NULL: price_ts).
         "event_at": TS_NULL,
     },
+    # Added by 0008 (written by triggers on agents).
+    "agent_config_history": {
+        "id": "bigint",
+        "agent_id": "uuid",
+        "valid_from": TS,
+        "trading_mode": "varchar(20)",
+        "trading_config": "jsonb?",
+        "automated_trading_simulation": "boolean",
+        "automated_trading_live": "boolean",
+        "recorded_at": TS,
+    },
 }
 
 NOW = "now()"
@@ -285,6 +296,7 @@ EXPECTED_FOREIGN_KEYS: dict[tuple[str, str], tuple[str, str, str]] = {
     ("agent_positions", "agent_id"): ("agents", "id", CASCADE),
     ("agent_positions", "wallet_address"): ("agent_wallets", "wallet_address", CASCADE),
     ("agent_positions", "purchase_transaction_id"): ("agent_transactions", "id", CASCADE),
+    ("agent_config_history", "agent_id"): ("agents", "id", CASCADE),  # added by 0008
 }
 
 PK, UNIQUE, INDEX = "primary key", "unique", "index"
@@ -365,6 +377,9 @@ EXPECTED_INDEXES: list[tuple[str, tuple[str, ...], str]] = [
     ("exit_rule_sets", ("id",), PK),
     # Added by 0005.
     ("token_price_history", ("token_address", "price_ts"), INDEX),
+    # Added by 0008.
+    ("agent_config_history", ("id",), PK),
+    ("agent_config_history", ("agent_id", "valid_from", "id"), INDEX),
 ]
 
 SELECT_COLUMNS = """

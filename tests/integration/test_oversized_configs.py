@@ -76,7 +76,11 @@ async def test_an_oversized_config_fails_its_agent_and_never_leaves_the_database
     assert configs[big] == OversizedConfig(size, 65_536)
     assert all(isinstance(t, str) and len(t) < 1000 for a, t in configs.items() if a != big)
 
-    later = NOW + timedelta(seconds=1)
+    # A signal after the edit (the trigger dated it by the clock) is decided with it.
+    edited = await db_conn.fetchval(
+        "SELECT max(valid_from) FROM agent_config_history WHERE agent_id = $1", big
+    )
+    later = edited + timedelta(seconds=1)
     async with db_conn.transaction():
         [outcome] = await handle_signals(
             store,

@@ -24,7 +24,7 @@ import asyncpg
 import pytest
 
 from tests.helpers.books import LONG_AGO, TOKEN_A, TOKEN_B, Account, make_account, set_price
-from tests.memory import add_agent, pause, set_config
+from tests.memory import add_agent, wallet_of
 from worker.db.accounts import FundedAgent
 from worker.db.store import PgStore
 from worker.domain.fills import Fees
@@ -152,8 +152,8 @@ class World(Protocol):
     async def account(self, specs: Sequence[Spec], like: Account | None = None) -> Account: ...
     async def user(self) -> UUID: ...
     async def set_price(self, token: str, price: Decimal, at: datetime) -> None: ...
-    async def pause(self, agent_id: UUID) -> None: ...
-    async def set_config(self, agent_id: UUID, config: dict[str, Any]) -> None: ...
+    async def pause(self, agent_id: UUID, at: datetime) -> None: ...
+    async def set_config(self, agent_id: UUID, config: dict[str, Any], at: datetime) -> None: ...
     def transaction(self) -> AbstractAsyncContextManager[None]: ...
     async def balances(self) -> dict[tuple[str, str], Decimal]: ...
     async def exits(self) -> list[tuple[UUID, str, Decimal]]: ...
@@ -181,6 +181,11 @@ class PgWorld:
                 "WHERE id = $1",
                 agent.agent_id, spec.created_at, spec.automated,
             )  # fmt: skip
+            # Its settings as they were from its creation (the triggers dated them now).
+            await self.conn.execute(
+                "UPDATE agent_config_history SET valid_from = $2 WHERE agent_id = $1",
+                agent.agent_id, spec.created_at,
+            )  # fmt: skip
         return account
 
     async def user(self) -> UUID:
@@ -192,16 +197,28 @@ class PgWorld:
             "UPDATE token_prices SET price_ts = $2 WHERE token_address = $1", token, at
         )
 
-    async def pause(self, agent_id: UUID) -> None:
+    async def pause(self, agent_id: UUID, at: datetime) -> None:
         await self.conn.execute(
             "UPDATE agents SET automated_trading_simulation = false WHERE id = $1", agent_id
         )
+        await self._dated(agent_id, at)
 
-    async def set_config(self, agent_id: UUID, config: dict[str, Any]) -> None:
+    async def set_config(self, agent_id: UUID, config: dict[str, Any], at: datetime) -> None:
         await self.conn.execute(
             "UPDATE agents SET trading_config = $2::text::jsonb WHERE id = $1",
             agent_id,
             json.dumps(config),
+        )
+        await self._dated(agent_id, at)
+
+    async def _dated(self, agent_id: UUID, at: datetime) -> None:
+        """The version the update's trigger just recorded, as if made at `at` (the tests'
+        events are dated in the past, the trigger dates an edit by the clock)."""
+        await self.conn.execute(
+            "UPDATE agent_config_history SET valid_from = $2 WHERE id = "
+            "(SELECT max(id) FROM agent_config_history WHERE agent_id = $1)",
+            agent_id,
+            at,
         )
 
     def transaction(self) -> AbstractAsyncContextManager[None]:
@@ -260,7 +277,7 @@ class MemoryWorld:
                 wallet=like.agents[i].wallet_address if like is not None else None,
                 automated_trading_simulation=spec.automated, created_at=spec.created_at,
             )  # fmt: skip
-            account.agents.append(FundedAgent(agent.agent_id, agent.wallet_address, agent.name))
+            account.agents.append(FundedAgent(agent.agent_id, wallet_of(agent), agent.name))
         return account
 
     async def user(self) -> UUID:
@@ -271,11 +288,11 @@ class MemoryWorld:
     async def set_price(self, token: str, price: Decimal, at: datetime) -> None:
         self.store.prices[token] = (price, at)
 
-    async def pause(self, agent_id: UUID) -> None:
-        pause(self.store, agent_id)
+    async def pause(self, agent_id: UUID, at: datetime) -> None:
+        self.store.edit_agent(agent_id, at, automated_trading_simulation=False)
 
-    async def set_config(self, agent_id: UUID, config: dict[str, Any]) -> None:
-        set_config(self.store, agent_id, config)
+    async def set_config(self, agent_id: UUID, config: dict[str, Any], at: datetime) -> None:
+        self.store.edit_agent(agent_id, at, config_text=json.dumps(config))
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[None]:
@@ -387,9 +404,10 @@ async def test_memory_and_postgresql_agree_on_ticks(db_conn: asyncpg.Connection)
         ids = [p.id for p in await world.store.trail_rows([TOKEN_A, TOKEN_B])]
         opened = {p.id: p for p in await world.store.lock_positions(ids)}
         assert len(opened) == 8  # four agents, two tokens
-        # Then one agent turns automated trading off: its positions are no longer offered.
-        await world.pause(paused)
-        assert len(await world.store.trail_rows([TOKEN_A, TOKEN_B])) == 6
+        # Then one agent turns automated trading off (before the ticks): its positions are
+        # still offered, but the version in force at the ticks' times leaves them alone.
+        await world.pause(paused, NOW)
+        assert len(await world.store.trail_rows([TOKEN_A, TOKEN_B])) == 8
         configs, outcomes = ConfigTexts(), []
         for chunk in chunks:
             ticks = [t for token, price, at in chunk for t in _ticks(token, (price, at))]
@@ -455,7 +473,7 @@ async def test_a_chunk_lists_every_dca_and_take_profit_sale_on_its_position(worl
 
 
 async def test_a_config_changed_in_the_store_applies_on_the_next_tick(world: World) -> None:
-    """Configs are held by the agents row's version (`xmin`): an update is seen at once."""
+    """Configs are held by version id: a new version is seen from its time on."""
     account = await _bought(world, [Spec(FIXED)])
     configs, settings = ConfigTexts(), Settings()
 
@@ -469,27 +487,32 @@ async def test_a_config_changed_in_the_store_applies_on_the_next_tick(world: Wor
 
     assert await tick("0.9", 1) == {}  # -10%: inside the default -32% stop
     assert await tick("0.91", 2) == {}
-    await world.set_config(account.agents[0].agent_id, {"stopLoss": {"defaultPercentage": -5}})
+    await world.set_config(
+        account.agents[0].agent_id, {"stopLoss": {"defaultPercentage": -5}}, NOW + 2 * SECOND
+    )
     # The stored stop of the open position stays -32% (it was set at the buy); the new
     # config's default is what the next tick ratchets from: max(-32, -5) = -5, crossed.
     assert await tick("0.9", 3) == {"stop_loss": 1}
 
 
-async def test_an_agents_row_version_moves_when_the_row_changes_and_only_then(
-    world: World,
-) -> None:
+async def test_an_edit_is_a_new_version_in_force_from_its_time(world: World) -> None:
     account = await _bought(world, [Spec(FIXED)])
     agent_id = account.agents[0].agent_id
-    [row] = await world.store.trail_rows([TOKEN_A])
-    [(version, _)] = (await world.store.agent_configs([agent_id])).values()
-    assert row.config_version == version
-    [again] = await world.store.trail_rows([TOKEN_A])
-    assert again.config_version == version
-    await world.set_config(agent_id, {"stopLoss": {"defaultPercentage": -5}})
-    [changed] = await world.store.trail_rows([TOKEN_A])
-    [(new_version, text)] = (await world.store.agent_configs([agent_id])).values()
-    assert changed.config_version == new_version != version
-    assert text is not None and "-5" in str(text)
+    span = (NOW, NOW + 60 * SECOND)
+    [first] = (await world.store.config_versions([agent_id], *span))[agent_id]
+    await world.set_config(agent_id, {"stopLoss": {"defaultPercentage": -5}}, NOW + 10 * SECOND)
+    [same, edited] = (await world.store.config_versions([agent_id], *span))[agent_id]
+    assert same == first and edited.valid_from == NOW + 10 * SECOND
+    assert edited.id is not None and edited.id != first.id
+    # Before the edit only the first was in force; from it on, only the edit.
+    assert (await world.store.config_versions([agent_id], NOW, NOW + 9 * SECOND)) == {
+        agent_id: [first]
+    }
+    assert (await world.store.config_versions([agent_id], NOW + 10 * SECOND, span[1])) == {
+        agent_id: [edited]
+    }
+    texts = await world.store.version_texts([edited.id])
+    assert "-5" in str(texts[edited.id])
 
 
 async def test_a_user_without_agents_exists(world: World) -> None:
@@ -498,16 +521,17 @@ async def test_a_user_without_agents_exists(world: World) -> None:
     assert await world.store.fetch_agents([user_id], [TOKEN_A]) == {}
 
 
-async def test_a_paused_agents_positions_are_not_offered_to_exits(world: World) -> None:
+async def test_a_pause_is_a_version_the_exits_read(world: World) -> None:
     account = await _bought(world, [Spec(FIXED), Spec(FIXED)])
     rows = await world.store.trail_rows([TOKEN_A])
     assert len(rows) == 2
     paused = account.agents[0].agent_id
-    await world.pause(paused)
-    [row] = await world.store.trail_rows([TOKEN_A])
-    assert row.agent_id == account.agents[1].agent_id
-    [locked] = await world.store.lock_positions([r.id for r in rows])
-    assert locked.agent_id == account.agents[1].agent_id
+    await world.pause(paused, NOW + SECOND)
+    # The positions are still offered: whether automation exits them depends on the time.
+    assert len(await world.store.trail_rows([TOKEN_A])) == 2
+    assert len(await world.store.lock_positions([r.id for r in rows])) == 2
+    versions = await world.store.config_versions([paused], NOW + SECOND, NOW + 2 * SECOND)
+    assert [v.automated_trading_simulation for v in versions[paused]] == [False]
 
 
 async def test_a_price_is_stored_only_when_newer(world: World) -> None:

@@ -3,8 +3,6 @@ never read: it is an invalid config with a reason naming its size and the cap.""
 
 from __future__ import annotations
 
-import uuid
-
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -55,11 +53,11 @@ def test_the_cache_never_holds_more_than_its_bound(puts: list[tuple[int, int]]) 
 def test_config_texts_hold_at_most_their_bound_of_large_texts() -> None:
     configs = ConfigTexts(max_bytes=1_000_000)
     text = '{"notes": "' + "x" * 60_000 + '"}'
-    agents = [uuid.uuid4() for _ in range(100)]  # 6 MB of texts in all
-    for agent_id in agents:
-        configs.update({agent_id: ("1", text)})
+    agents = list(range(100))  # versions: 6 MB of texts in all
+    for version_id in agents:
+        configs.update({version_id: text})
         assert configs.texts.bytes <= 1_000_000
-    held = [a for a in agents if not configs.stale([(a, "1")])]
+    held = [a for a in agents if not configs.missing([a])]
     assert held == agents[-len(held) :]  # the most recent
     assert len(held) == 1_000_000 // (len(text) + ENTRY_OVERHEAD)
 

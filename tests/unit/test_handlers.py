@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from tests.helpers.books import TOKEN_A as TOKEN
 from tests.helpers.books import TOKEN_B as OTHER
 from tests.helpers.books import TOKEN_C
-from tests.memory import RecordingStore, add_agent
+from tests.memory import RecordingStore, add_agent, wallet_of
 from worker.domain.fills import Fees
 from worker.domain.ids import buy_transaction_id
 from worker.domain.models import SOL_MINT, ExecutionStatus, Signal
@@ -70,7 +70,7 @@ async def test_fans_out_one_execution_per_agent_and_buys_for_each() -> None:
     assert _statuses(outcome) == [SUCCESS] * 3
     assert len(store.executions) == len(store.swaps) == len(store.positions) == 3
     for agent in store.agents.values():
-        wallet = agent.wallet_address
+        wallet = wallet_of(agent)
         assert store.balances[(wallet, SOL_MINT)] == Decimal(10) - DEBIT
         assert store.balances[(wallet, TOKEN)] == Decimal(200)
         row = store.executions[(outcome.signal_id, agent.agent_id)]
@@ -178,7 +178,7 @@ async def test_signals_of_one_batch_see_each_others_buys() -> None:
     assert _statuses(second) == [SKIPPED]
     assert _statuses(other) == [SUCCESS]
     [agent] = store.agents.values()
-    wallet = agent.wallet_address
+    wallet = wallet_of(agent)
     # Two buys: the second sized from the balance the first left (8 SOL: the medium tier).
     assert store.balances[(wallet, SOL_MINT)] < Decimal(10) - DEBIT
     assert len(store.positions) == 2
@@ -289,7 +289,7 @@ async def test_any_sequence_of_batches_keeps_the_ledger_exact(
     }
     swaps_by_id = {s.id: s for s in store.swaps}
     for i, agent in enumerate(agents):
-        wallet = agent.wallet_address
+        wallet = wallet_of(agent)
         bought = [s for s in store.swaps if s.agent_id == agent.agent_id]
         rows = [r for (_, a), r in store.executions.items() if a == agent.agent_id]
         # Each success is one buy, each buy one success, and the SOL balance says so.

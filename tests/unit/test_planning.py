@@ -66,7 +66,7 @@ def _trail(p: OpenPosition) -> TrailRow:
     s = p.state
     assert s.lowest_price is not None
     return TrailRow(
-        p.id, p.agent_id, p.token_address, p.wallet_address, "1", s.purchase_price,
+        p.id, p.agent_id, p.token_address, p.wallet_address, s.purchase_price,
         s.created_at, s.current_stop_loss_percentage, s.peak_price, s.lowest_price,
     )  # fmt: skip
 

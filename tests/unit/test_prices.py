@@ -6,7 +6,6 @@ One position per agent, bought at 1 USD per token with SOL at 100 USD: 200 token
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -242,14 +241,13 @@ async def test_configs_are_read_once_per_agent_and_again_when_they_change() -> N
     assert set(store.positions) == {a.id}
 
 
-def test_the_config_cache_forgets_the_least_recent_agents_beyond_its_size() -> None:
+def test_the_config_cache_forgets_the_least_recent_versions_beyond_its_size() -> None:
     configs = ConfigTexts(max_bytes=2 * ENTRY_OVERHEAD + 5)  # room for two short texts
-    first, second, third = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
-    configs.update({first: ("1", "{}"), second: ("1", None)})
-    configs.update({third: ("7", "{}")})
-    assert configs.stale([(first, "1"), (second, "1"), (third, "7")]) == [first]
-    assert configs.stale([(third, "8")]) == [third]  # another version: read again
-    assert configs.text(second) is None
+    configs.update({1: "{}", 2: None})
+    configs.update({3: "{}"})
+    assert configs.missing([1, 2, 3]) == [1]
+    assert configs.missing([3, 4]) == [4]  # another version: read
+    assert configs.text(2) is None
 
 
 async def test_a_price_in_sol_no_column_holds_keeps_the_usd_price_and_moves_nothing() -> None:

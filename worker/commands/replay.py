@@ -76,9 +76,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             agents = await read_agents(conn, args.agent, args.user, settings.agent_config_max_bytes)
             if not agents:
-                raise UsageError(
-                    no_agent_message(args, "agent with a simulation wallet and the id")
-                )
+                raise UsageError(no_agent_message(args))
             history = await read_history(conn, agents, since=args.from_, until=args.to, given=given)
             record = record_of(agents, history)
             if record is None:
@@ -138,7 +136,7 @@ async def _verify(settings: Settings, args: argparse.Namespace) -> int:
             live = await read_live_rows(
                 conn,
                 [s.id for s in history.signals if s.id is not None],
-                [(a.agent_id, a.wallet_address) for a in agents],
+                [(a.agent_id, a.wallet_address) for a in agents if a.wallet_address is not None],
                 args.to,
                 with_open=with_open,
             )
@@ -259,8 +257,9 @@ def _notes(
     if open_at:
         print(f"{open_at} position(s) open at the start of the range are not replayed")
     for name in invalid:
-        print(printable(f"agent {name!r}: its stored config is invalid (`agents lint` says why); "
-                        "it replays as the worker runs it: no buys"))  # fmt: skip
+        print(printable(f"agent {name!r}: a stored version of its config is invalid (`agents "
+                        "lint` says why for the current one); it replays as the worker ran it: "
+                        "no buys while it was in force"))  # fmt: skip
 
 
 def _count(n: int, noun: str) -> str:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime
 from uuid import UUID
 
 import asyncpg
 
 from worker.db.base import OnConnection
+from worker.domain.config_history import ConfigVersion
 from worker.domain.config_reading import DEFAULT_MAX_CONFIG_BYTES, OversizedConfig, StoredConfigText
 from worker.domain.models import SOL_MINT
 from worker.domain.records import AgentRow
@@ -16,15 +18,15 @@ from worker.domain.records import AgentRow
 EXISTING_USERS = "SELECT id FROM users WHERE id = ANY($1::uuid[])"
 
 
-def config_columns(cap: str) -> str:
-    """The select list's `trading_config` (the JSON text, NULL beyond `cap` bytes) and
-    `config_bytes` (its size): the database never sends an oversized config, so no stored
-    row can take the worker's memory; `stored_config` turns the pair into the text or an
-    `OversizedConfig`."""
+def config_columns(cap: str, table: str = "a") -> str:
+    """The select list's `trading_config` (the JSON text of `table`'s, NULL beyond `cap`
+    bytes) and `config_bytes` (its size): the database never sends an oversized config, so
+    no stored row can take the worker's memory; `stored_config` turns the pair into the
+    text or an `OversizedConfig`."""
     return (
-        f"CASE WHEN octet_length(a.trading_config::text) <= {cap} "
-        "THEN a.trading_config::text END AS trading_config, "
-        "octet_length(a.trading_config::text) AS config_bytes"
+        f"CASE WHEN octet_length({table}.trading_config::text) <= {cap} "
+        f"THEN {table}.trading_config::text END AS trading_config, "
+        f"octet_length({table}.trading_config::text) AS config_bytes"
     )
 
 
@@ -38,7 +40,34 @@ def stored_config(row: asyncpg.Record, max_bytes: int) -> StoredConfigText:
     return text
 
 
-# The wallet is the one of the agent's current trading mode; positions are counted per wallet.
+# The versions of each agent's settings in force at some time of [$lo, $hi]: the one in
+# force at $lo (the last starting at or before it; before the first version, the first)
+# and those starting after it up to $hi (one row each, usually none). Used by the fan-out
+# (joined per agent) and by the ticks.
+VERSIONS_IN_SPAN = """
+SELECT v.* FROM (
+  SELECT greatest({lo}, min(h0.valid_from)) AS lo
+    FROM agent_config_history h0 WHERE h0.agent_id = {agent}
+) s CROSS JOIN LATERAL (
+  (SELECT h.id, h.valid_from, h.trading_mode, h.automated_trading_simulation,
+          h.automated_trading_live{text}
+     FROM agent_config_history h
+    WHERE h.agent_id = {agent} AND h.valid_from <= s.lo
+    ORDER BY h.valid_from DESC, h.id DESC LIMIT 1)
+  UNION ALL
+  (SELECT h.id, h.valid_from, h.trading_mode, h.automated_trading_simulation,
+          h.automated_trading_live{text}
+     FROM agent_config_history h
+    WHERE h.agent_id = {agent} AND h.valid_from > s.lo AND h.valid_from <= {hi})
+) v
+"""
+
+# The wallet is the simulation wallet, whatever the mode: this worker only trades that one
+# (a live-mode version fails before any wallet is looked at), so the mode can come from the
+# version in force at each signal's time. Positions are counted per wallet.
+# The settings are the agents row's: the latest version, in force over the whole batch for
+# every agent without a version starting after the batch's first time $5 (`is_edited`:
+# one probe of the history's index; `RECENT_VERSIONS` reads the others' versions).
 # trading_config is read as text: the worker decodes it itself (`worker.domain.config`), so
 # no stored value can fail the read of every agent of the user; and only up to $4 bytes.
 FETCH_AGENTS = f"""
@@ -52,10 +81,12 @@ SELECT a.user_id                           AS user_id,
        b.balance                           AS sol_balance,
        COALESCE(p.open_positions, 0)::int  AS open_positions,
        p.held_tokens                       AS held_tokens,
-       a.created_at                        AS created_at
+       a.created_at                        AS created_at,
+       EXISTS (SELECT FROM agent_config_history h
+                WHERE h.agent_id = a.id AND h.valid_from > $5) AS is_edited
 FROM agents a
 LEFT JOIN agent_wallets w
-       ON w.agent_id = a.id AND w.wallet_type = a.trading_mode
+       ON w.agent_id = a.id AND w.wallet_type = 'simulation'
 LEFT JOIN agent_balances b
        ON b.wallet_address = w.wallet_address AND b.token_address = $2
 LEFT JOIN LATERAL (
@@ -70,15 +101,66 @@ ORDER BY a.user_id, a.id
 """  # noqa: S608 - constant SQL pieces; values travel as parameters
 
 
+# The versions in force over [$2, $3] of the agents $1 (those with a version starting after
+# $2: an edit since the batch's first time, or an agent whose history starts later), with
+# their configs (up to $4 bytes).
+RECENT_VERSIONS = f"""
+SELECT r.agent_id                          AS agent_id,
+       v.id                                AS version_id,
+       v.valid_from                        AS valid_from,
+       v.trading_mode                      AS trading_mode,
+       v.automated_trading_simulation      AS automated_trading_simulation,
+       v.automated_trading_live            AS automated_trading_live,
+       {config_columns("$4", "v")},
+       NULL::timestamptz                   AS created_at
+  FROM unnest($1::uuid[]) AS r(agent_id)
+  CROSS JOIN LATERAL (
+{
+    VERSIONS_IN_SPAN.format(
+        text=", h.trading_config", agent="r.agent_id", lo="$2::timestamptz", hi="$3::timestamptz"
+    )
+}
+) v
+ ORDER BY r.agent_id, v.valid_from, v.id
+"""  # noqa: S608 - constant SQL pieces; values travel as parameters
+
+
+# The versions of agents' settings in force over a span, without their configs: the ticks
+# keep configs by version id (`worker.handlers.config_cache.ConfigTexts`), and read the
+# texts of those they do not hold (`SELECT_VERSION_TEXTS`). An agent without history (its
+# rows written with the triggers off) comes with its row's settings, config included.
+SELECT_CONFIG_VERSIONS = f"""
+SELECT a.id                                AS agent_id,
+       v.id                                AS version_id,
+       v.valid_from                        AS valid_from,
+       coalesce(v.trading_mode, a.trading_mode) AS trading_mode,
+       coalesce(v.automated_trading_simulation, a.automated_trading_simulation)
+                                           AS automated_trading_simulation,
+       coalesce(v.automated_trading_live, a.automated_trading_live)
+                                           AS automated_trading_live,
+       {config_columns("$4", "c")},
+       a.created_at                        AS created_at
+  FROM agents a
+  LEFT JOIN LATERAL (
+{VERSIONS_IN_SPAN.format(text="", agent="a.id", lo="$2::timestamptz", hi="$3::timestamptz")}
+) v ON true
+  CROSS JOIN LATERAL (
+       SELECT CASE WHEN v.id IS NULL THEN a.trading_config END AS trading_config
+) c
+ WHERE a.id = ANY($1::uuid[])
+ ORDER BY a.id, v.valid_from, v.id
+"""  # noqa: S608 - constant SQL pieces; values travel as parameters
+
+
+SELECT_VERSION_TEXTS = f"""
+SELECT h.id, {config_columns("$2", "h")}
+  FROM agent_config_history h WHERE h.id = ANY($1::bigint[])
+"""  # noqa: S608 - constant SQL pieces; values travel as parameters
+
+
 AGENT_COUNTS = """
 SELECT user_id, count(*) AS agents FROM agents WHERE user_id = ANY($1::uuid[]) GROUP BY user_id
 """
-
-
-SELECT_AGENT_CONFIGS = f"""
-SELECT a.id, a.xmin::text AS version, {config_columns("$2")}
-  FROM agents a WHERE a.id = ANY($1::uuid[])
-"""  # noqa: S608 - constant SQL pieces; values travel as parameters
 
 
 SELECT_ALL_CONFIGS = f"""
@@ -98,6 +180,34 @@ class StoredConfig:
     text: StoredConfigText
 
 
+def version_of_row(row: asyncpg.Record, max_config_bytes: int) -> ConfigVersion:
+    """A version from a row of `FETCH_AGENTS`, `SELECT_CONFIG_VERSIONS` or replay's
+    history (`version_id`, `valid_from` or else `created_at`, the settings, the config
+    selected with `config_columns`)."""
+    return ConfigVersion(
+        row["version_id"],
+        row["valid_from"] or row["created_at"],  # no history: the agents row since creation
+        row["trading_mode"],
+        row["automated_trading_simulation"],
+        row["automated_trading_live"],
+        stored_config(row, max_config_bytes),
+    )
+
+
+def _in_span(agent: AgentRow, versions: list[ConfigVersion]) -> AgentRow:
+    """The agent with the settings of its first version in the span, and all of them when
+    there are several (`AgentRow.at`)."""
+    first = versions[0]
+    return replace(
+        agent,
+        trading_mode=first.trading_mode,
+        automated_trading_simulation=first.automated_trading_simulation,
+        automated_trading_live=first.automated_trading_live,
+        trading_config_text=first.text,
+        versions=tuple(versions) if len(versions) > 1 else (),
+    )
+
+
 class AgentQueries(OnConnection):
     """Users, agents and their stored configs."""
 
@@ -112,38 +222,69 @@ class AgentQueries(OnConnection):
         user_ids: Sequence[UUID],
         tokens: Sequence[str],
         max_config_bytes: int = DEFAULT_MAX_CONFIG_BYTES,
+        span: tuple[datetime, datetime] | None = None,
     ) -> dict[UUID, list[AgentRow]]:
         """Every agent of each user, by agent id, with holdings among `tokens`, its creation
-        time and its config (an `OversizedConfig` beyond `max_config_bytes`); one query."""
+        time and its settings in force over `span` (the batch's first and last decision
+        times; None: the current ones), configs beyond `max_config_bytes` as
+        `OversizedConfig`; one query."""
         rows = await self.conn.fetch(
-            FETCH_AGENTS, list(set(user_ids)), SOL_MINT, list(set(tokens)), max_config_bytes
-        )
+            FETCH_AGENTS, list(set(user_ids)), SOL_MINT, list(set(tokens)), max_config_bytes,
+            span[0] if span is not None else None,
+        )  # fmt: skip
+        edited = [row["agent_id"] for row in rows if row["is_edited"]]
+        recent: dict[UUID, list[ConfigVersion]] = {}
+        if edited and span is not None:
+            for r in await self.conn.fetch(
+                RECENT_VERSIONS, edited, span[0], span[1], max_config_bytes
+            ):
+                recent.setdefault(r["agent_id"], []).append(version_of_row(r, max_config_bytes))
         agents: dict[UUID, list[AgentRow]] = {}
         for row in rows:
-            agents.setdefault(row["user_id"], []).append(
-                AgentRow(
-                    user_id=row["user_id"],
-                    agent_id=row["agent_id"],
-                    trading_mode=row["trading_mode"],
-                    automated_trading_simulation=row["automated_trading_simulation"],
-                    automated_trading_live=row["automated_trading_live"],
-                    trading_config_text=stored_config(row, max_config_bytes),
-                    wallet_address=row["wallet_address"],
-                    sol_balance=row["sol_balance"],
-                    open_positions=row["open_positions"],
-                    held_tokens=frozenset(row["held_tokens"] or ()),
-                    created_at=row["created_at"],
-                )
+            agent = AgentRow(
+                user_id=row["user_id"],
+                agent_id=row["agent_id"],
+                trading_mode=row["trading_mode"],
+                automated_trading_simulation=row["automated_trading_simulation"],
+                automated_trading_live=row["automated_trading_live"],
+                trading_config_text=stored_config(row, max_config_bytes),
+                wallet_address=row["wallet_address"],
+                sol_balance=row["sol_balance"],
+                open_positions=row["open_positions"],
+                held_tokens=frozenset(row["held_tokens"] or ()),
+                created_at=row["created_at"],
             )
+            versions = recent.get(agent.agent_id)
+            if versions:
+                agent = _in_span(agent, versions)
+            agents.setdefault(row["user_id"], []).append(agent)
         return agents
 
-    async def agent_configs(
-        self, agent_ids: Sequence[UUID], max_config_bytes: int = DEFAULT_MAX_CONFIG_BYTES
-    ) -> dict[UUID, tuple[str, StoredConfigText]]:
-        """Each agent's row version (`xmin`) and `trading_config` as JSON text (None: NULL;
-        an `OversizedConfig` beyond `max_config_bytes`)."""
-        rows = await self.conn.fetch(SELECT_AGENT_CONFIGS, list(set(agent_ids)), max_config_bytes)
-        return {r["id"]: (r["version"], stored_config(r, max_config_bytes)) for r in rows}
+    async def config_versions(
+        self,
+        agent_ids: Sequence[UUID],
+        since: datetime,
+        until: datetime,
+        max_config_bytes: int = DEFAULT_MAX_CONFIG_BYTES,
+    ) -> dict[UUID, list[ConfigVersion]]:
+        """Each agent's versions in force at some time of [`since`, `until`], in order,
+        without their texts (`version_texts`) but for an agent without history (one
+        version, id None: its row's settings, config included); deleted agents are absent."""
+        rows = await self.conn.fetch(
+            SELECT_CONFIG_VERSIONS, list(set(agent_ids)), since, until, max_config_bytes
+        )
+        versions: dict[UUID, list[ConfigVersion]] = {}
+        for r in rows:
+            versions.setdefault(r["agent_id"], []).append(version_of_row(r, max_config_bytes))
+        return versions
+
+    async def version_texts(
+        self, version_ids: Sequence[int], max_config_bytes: int = DEFAULT_MAX_CONFIG_BYTES
+    ) -> dict[int, StoredConfigText]:
+        """The `trading_config` JSON text of each version (None: NULL; an `OversizedConfig`
+        beyond `max_config_bytes`)."""
+        rows = await self.conn.fetch(SELECT_VERSION_TEXTS, list(set(version_ids)), max_config_bytes)
+        return {r["id"]: stored_config(r, max_config_bytes) for r in rows}
 
     async def agent_counts(self, user_ids: Sequence[UUID]) -> dict[UUID, int]:
         """How many agents each user has (users without agents are absent)."""

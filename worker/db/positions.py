@@ -31,7 +31,6 @@ SELECT p.id, p.agent_id, p.wallet_address, p.token_address, p.token_symbol,
        p.total_take_profit_levels, p.moon_bag_activated, p.moon_bag_amount,
        p.realized_profit_sol, p.take_profit_proceeds_sol, p.exit_rules_id
   FROM agent_positions p
-  JOIN agents a ON a.id = p.agent_id
   JOIN agent_wallets w ON w.wallet_address = p.wallet_address
   LEFT JOIN agent_transactions t ON t.id = p.purchase_transaction_id
   -- The SOL mint as a literal, not a parameter: with a parameter, a cached generic plan
@@ -40,7 +39,6 @@ SELECT p.id, p.agent_id, p.wallet_address, p.token_address, p.token_symbol,
         AND b.token_address = 'So11111111111111111111111111111111111111112'
  WHERE p.id = ANY($1::uuid[])
    AND w.wallet_type = 'simulation'
-   AND a.automated_trading_simulation
  ORDER BY p.id
    FOR UPDATE OF p
 """
@@ -48,18 +46,16 @@ SELECT p.id, p.agent_id, p.wallet_address, p.token_address, p.token_symbol,
 
 # The open positions in the tokens of a chunk of ticks, without the joins and columns only a
 # trade needs (signal, SOL balance, amounts): a third of the time for a token many agents hold.
-# Not the config either, only the agents row's version (`xmin`, which every update of the
-# row changes): the worker keeps configs by agent and version (`worker.handlers.config_cache`).
+# Not the config either, nor the automated-trading switch: both are those in force at each
+# tick's time (`worker.handlers.ticks`, from the agents' config history).
 SELECT_TRAIL_ROWS = """
-SELECT p.id, p.agent_id, p.token_address, p.wallet_address, a.xmin::text AS config_version,
+SELECT p.id, p.agent_id, p.token_address, p.wallet_address,
        p.purchase_price, p.created_at, p.current_stop_loss_percentage, p.peak_price,
        p.lowest_price, p.exit_rules_id
   FROM agent_positions p
-  JOIN agents a ON a.id = p.agent_id
   JOIN agent_wallets w ON w.wallet_address = p.wallet_address
  WHERE p.token_address = ANY($1::varchar[])
    AND w.wallet_type = 'simulation'
-   AND a.automated_trading_simulation
 """
 
 

@@ -10,20 +10,32 @@ from uuid import UUID
 
 import asyncpg
 
-from worker.db.agents import config_columns, stored_config
+from worker.db.agents import config_columns, stored_config, version_of_row
+from worker.domain.config_history import ConfigVersion
 from worker.domain.config_reading import DEFAULT_MAX_CONFIG_BYTES
 from worker.domain.models import SOL_MINT, PriceTick, Signal
 from worker.domain.records import AgentSetup, PriceWrite, ReplayHistory
 
+# Every agent asked for, with or without a simulation wallet: one without makes only
+# failed executions live, and replays them.
 SELECT_AGENTS = f"""
 SELECT a.id, a.user_id, a.name, a.trading_mode, a.automated_trading_simulation,
        a.automated_trading_live, {config_columns("$3")}, w.wallet_address,
        a.created_at
   FROM agents a
-  JOIN agent_wallets w ON w.agent_id = a.id AND w.wallet_type = 'simulation'
+  LEFT JOIN agent_wallets w ON w.agent_id = a.id AND w.wallet_type = 'simulation'
  WHERE ($1::uuid[] IS NULL OR a.id = ANY($1::uuid[]))
    AND ($2::uuid IS NULL OR a.user_id = $2)
  ORDER BY a.user_id, a.created_at, a.name, a.id
+"""  # noqa: S608 - constant SQL pieces; values travel as parameters
+# The agents' config histories (`worker.domain.config_history`), each in order.
+SELECT_HISTORY = f"""
+SELECT h.agent_id, h.id AS version_id, h.valid_from, h.trading_mode,
+       h.automated_trading_simulation, h.automated_trading_live,
+       {config_columns("$2", "h")}, NULL::timestamptz AS created_at
+  FROM agent_config_history h
+ WHERE h.agent_id = ANY($1::uuid[])
+ ORDER BY h.agent_id, h.valid_from, h.id
 """  # noqa: S608 - constant SQL pieces; values travel as parameters
 SELECT_SIGNALS = """
 SELECT id, user_id, token_address, symbol, signal_type, activation_reason, signal_strength,
@@ -100,15 +112,18 @@ async def read_agents(
     user_id: UUID | None,
     max_config_bytes: int = DEFAULT_MAX_CONFIG_BYTES,
 ) -> list[AgentSetup]:
-    """The agents asked for (with a simulation wallet), their stored configs as text (an
-    `OversizedConfig` beyond `max_config_bytes`: such an agent buys nothing in a replay
-    either)."""
+    """The agents asked for (with or without a simulation wallet), their stored configs as
+    text and their config histories (an `OversizedConfig` beyond `max_config_bytes`: such
+    a version buys nothing in a replay either)."""
     rows = await conn.fetch(
         SELECT_AGENTS,
         list(agent_ids) if agent_ids is not None else None,
         user_id,
         max_config_bytes,
     )
+    histories: dict[UUID, list[ConfigVersion]] = {}
+    for h in await conn.fetch(SELECT_HISTORY, [r["id"] for r in rows], max_config_bytes):
+        histories.setdefault(h["agent_id"], []).append(version_of_row(h, max_config_bytes))
     return [
         AgentSetup(
             user_id=r["user_id"],
@@ -120,6 +135,7 @@ async def read_agents(
             automated_trading_simulation=r["automated_trading_simulation"],
             automated_trading_live=r["automated_trading_live"],
             created_at=r["created_at"],
+            versions=tuple(histories.get(r["id"], ())),
         )
         for r in rows
     ]
@@ -181,11 +197,13 @@ async def state_at(
 ) -> tuple[dict[UUID, Decimal], dict[str, tuple[Decimal, datetime]], int]:
     """Each agent's SOL at its start (`starts`, else `at`; `SELECT_SOL_AT`), the last
     price of each token before `at`, and how many positions were open at their agent's
-    start (which the replay does not carry)."""
+    start (which the replay does not carry). Agents without a simulation wallet have no
+    SOL (they decide nothing but `failed`)."""
     starts = starts or {}
-    wallets = [a.wallet_address for a in agents]
-    times = [starts.get(a.agent_id, at) for a in agents]
-    by_wallet = {a.wallet_address: a.agent_id for a in agents}
+    walleted = [a for a in agents if a.wallet_address is not None]
+    wallets = [a.wallet_address for a in walleted]
+    times = [starts.get(a.agent_id, at) for a in walleted]
+    by_wallet = {a.wallet_address: a.agent_id for a in walleted}
     sol = {
         by_wallet[r["wallet_address"]]: r["sol"]
         for r in await conn.fetch(SELECT_SOL_AT, SOL_MINT, wallets, times)

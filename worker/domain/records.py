@@ -6,11 +6,12 @@ maps them to rows, so the handlers never see a database type.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from decimal import Decimal
 from uuid import UUID
 
+from worker.domain.config_history import ConfigVersion, in_force
 from worker.domain.config_reading import StoredConfigText
 from worker.domain.exits import ExitPnl
 from worker.domain.models import (
@@ -31,6 +32,10 @@ class AgentRow:
     position; `open_positions` counts all of its positions. `trading_config_text` is the
     stored JSON as text, decoded and validated once per distinct text by
     `worker.handlers.config_cache.config_of_text`.
+
+    The settings (mode, switches, config) are those in force at the start of the batch;
+    `versions` holds the agent's versions in force over the batch when there are several
+    (an edit within the batch's span), and `at` gives the agent as of a time.
     """
 
     user_id: UUID
@@ -44,6 +49,20 @@ class AgentRow:
     open_positions: int
     held_tokens: frozenset[str]
     created_at: datetime | None = None
+    versions: tuple[ConfigVersion, ...] = ()
+
+    def at(self, time: datetime) -> AgentRow:
+        """The agent with the settings in force at `time` (itself when it has one version)."""
+        if not self.versions:
+            return self
+        v = in_force(self.versions, time)
+        return replace(
+            self,
+            trading_mode=v.trading_mode,
+            automated_trading_simulation=v.automated_trading_simulation,
+            automated_trading_live=v.automated_trading_live,
+            trading_config_text=v.text,
+        )
 
     def subscriber(self, token_address: str) -> Subscriber:
         """The agent as a subscriber of a signal for `token_address`."""
@@ -86,7 +105,7 @@ class ExecutionRow:
 @dataclass(frozen=True, slots=True)
 class OpenPosition:
     """A position with what a tick needs around it: owner, signal, SOL balance (the config
-    comes from `agent_configs`, once per agent and tick)."""
+    comes from the agent's config history, `config_versions`, once per agent and chunk)."""
 
     id: UUID
     agent_id: UUID
@@ -109,7 +128,6 @@ class TrailRow:
     agent_id: UUID
     token_address: str
     wallet_address: str
-    config_version: str  # the agents row's version: its config changed when this did
     purchase_price: Decimal
     created_at: datetime
     current_stop_loss_percentage: Decimal | None
@@ -193,18 +211,29 @@ class ClosedPosition:
 
 @dataclass(frozen=True, slots=True)
 class AgentSetup:
-    """An agent as set up: owner, name, simulation wallet, stored config (JSON text), mode,
-    automation switches and creation time (what a replay starts each agent from)."""
+    """An agent as set up: owner, name, simulation wallet (None: it has none, and every
+    buy fails as live), stored config (JSON text), mode, automation switches and creation
+    time (what a replay starts each agent from); and `versions`, its config history (in
+    order; empty: the settings here were always in force)."""
 
     user_id: UUID
     agent_id: UUID
     name: str
-    wallet_address: str
+    wallet_address: str | None
     config_text: StoredConfigText
     trading_mode: str = "simulation"
     automated_trading_simulation: bool = True
     automated_trading_live: bool = False
     created_at: datetime | None = None
+    versions: tuple[ConfigVersion, ...] = ()
+
+    def history(self) -> tuple[ConfigVersion, ...]:
+        """Its versions; for an agent without history, its settings as one version."""
+        if self.versions:
+            return self.versions
+        since = self.created_at or datetime.min.replace(tzinfo=UTC)
+        return (ConfigVersion(None, since, self.trading_mode, self.automated_trading_simulation,
+                              self.automated_trading_live, self.config_text),)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,9 +2,9 @@
 effect on the next signal or tick that reads the agent, with no invalidation to get wrong.
 
 Ticks read the configs of every agent holding the token; rather than carry each config's
-JSON with every position on every tick, they carry the agents row's version and
-`ConfigTexts` keeps the text by (agent, version): only agents new to the worker, or whose
-row changed since, are read again.
+JSON with every position on every tick, they read which versions of the agents' settings
+are in force (`agent_config_history`, ids only) and `ConfigTexts` keeps the text by
+version id (a version never changes): only versions new to the worker are read.
 
 Every cache here is bounded in bytes, not in entries (`ByteBoundedCache`): a stored config
 is at most AGENT_CONFIG_MAX_BYTES (the stores send an `OversizedConfig` instead of a larger
@@ -143,38 +143,31 @@ def config_of_rules(text: str | None) -> ConfigReading:
 
 
 class ConfigTexts:
-    """Agents' `trading_config` JSON text (or `OversizedConfig`) by agent and row version,
-    and the exit rule sets that positions were opened with, by id (immutable); each the
-    least recent dropped beyond its bound in bytes (see the module's docstring)."""
+    """Agents' `trading_config` JSON text (or `OversizedConfig`) by version id
+    (`agent_config_history`) and the exit rule sets that positions were opened with, by id
+    (both immutable); each the least recent dropped beyond its bound in bytes (see the
+    module's docstring)."""
 
     def __init__(
         self, max_bytes: int = TEXTS_MAX_BYTES, rules_max_bytes: int = RULE_TEXTS_MAX_BYTES
     ) -> None:
-        self.texts: ByteBoundedCache[UUID, tuple[str, StoredConfigText]] = ByteBoundedCache(
-            max_bytes
-        )
+        self.texts: ByteBoundedCache[int, StoredConfigText] = ByteBoundedCache(max_bytes)
         self.rules: ByteBoundedCache[UUID, str] = ByteBoundedCache(rules_max_bytes)
 
-    def stale(self, versions: Iterable[tuple[UUID, str]]) -> list[UUID]:
-        """The agents whose text is not held at the given version."""
-        missing: dict[UUID, None] = {}
-        for agent_id, version in versions:
-            held = self.texts.get(agent_id)
-            if held is None or held[0] != version:
-                missing[agent_id] = None
-        return list(missing)
+    def missing(self, version_ids: Iterable[int]) -> list[int]:
+        """The versions among `version_ids` whose text is not held."""
+        return [v for v in dict.fromkeys(version_ids) if v not in self.texts]
 
-    def update(self, texts: dict[UUID, tuple[str, StoredConfigText]]) -> None:
-        """Hold these (version, text) pairs."""
-        for agent_id, pair in texts.items():
-            self.texts.put(agent_id, pair, _text_weight(pair[1]))
+    def update(self, texts: dict[int, StoredConfigText]) -> None:
+        """Hold these texts by version id."""
+        for version_id, text in texts.items():
+            self.texts.put(version_id, text, _text_weight(text))
 
-    def text(self, agent_id: UUID) -> StoredConfigText:
-        """The held text of `agent_id` (None for a NULL config); KeyError if not held."""
-        held = self.texts.peek(agent_id)
-        if held is None:
-            raise KeyError(agent_id)
-        return held[1]
+    def text(self, version_id: int) -> StoredConfigText:
+        """The held text of a version (None for a NULL config); KeyError if not held."""
+        if version_id not in self.texts:
+            raise KeyError(version_id)
+        return self.texts.get(version_id)
 
     def missing_rules(self, ids: Iterable[UUID]) -> list[UUID]:
         """The rule set ids among `ids` not held."""

@@ -24,6 +24,7 @@ from decimal import Decimal, localcontext
 from uuid import UUID
 
 from worker.domain.config import AgentTradingConfig
+from worker.domain.config_history import decision_time
 from worker.domain.config_reading import ConfigReading
 from worker.domain.eligibility import decide_agent, is_subscriber
 from worker.domain.exit_rules import ExitRules, exit_rules
@@ -120,7 +121,9 @@ async def handle_signals(
     users = list(known)
     await store.lock_users_sol_balances(users)
     tokens = [s.token_address for s in stored]
-    fleet = _Fleet(await store.fetch_agents(users, tokens, trading.max_config_bytes))
+    times = [decision_time(s) for s in stored]
+    span = (min(times), max(times)) if times else None
+    fleet = _Fleet(await store.fetch_agents(users, tokens, trading.max_config_bytes, span))
     prices = await store.fetch_prices(
         [SOL_MINT, *(s.token_address for s in stored if s.price_usd is None)]
     )
@@ -156,7 +159,8 @@ def _signal(
     redelivery carry another), so an offset reset, a new consumer group or a replay offers
     an old signal to the same agents as the first run did: never to an agent created since
     (`is_subscriber`), which gets no execution row for it at all. Its buys are made at that
-    time too.
+    time too, and each agent is decided with its settings in force then (`AgentRow.at`), so
+    an edit applies to the signals from its time on, however late the worker gets to them.
     """
     if stored_id is None:
         return UnknownUser(f"unknown user_id {signal.user_id}: no such user")
@@ -172,9 +176,10 @@ def _signal(
         signal.price_usd if signal.price_usd is not None else prices.get(signal.token_address),
         prices.get(SOL_MINT),
     )
-    for agent in agents:
-        if agent.agent_id in finished:
+    for subscribed in agents:
+        if subscribed.agent_id in finished:
             continue
+        agent = subscribed.at(made_at)  # the settings in force at the signal's time
         reading = config_of_text(agent.trading_config_text)  # once per agent and signal
         decision, tx_id = _execute(
             signal, _Made(signal_id, made_at), agent, reading, price, trading, buys, fleet
@@ -227,6 +232,7 @@ class _Fleet:
             agent.open_positions + 1,
             agent.held_tokens | {token},
             agent.created_at,
+            agent.versions,
         )
 
 

@@ -38,16 +38,22 @@ Only ticks of a position's own token evaluate it: a SOL/USD tick moves no positi
 itself (as in the source, where SOL/USD is only read when a token's price arrives); it
 changes the SOL/USD that the chunk's later ticks use.
 
-Which rules exit a position: the agent's current config while it is valid (an edit applies
-to open positions, as in the source); when the stored config is invalid, the exit rules the
-position was opened with (`exit_rule_sets`), else the defaults. An invalid config stops an
-agent's buys, never its positions' stop losses.
+Which rules exit a position: the agent's config in force at the tick's time
+(`agent_config_history`) while it is valid (an edit applies to open positions from its
+time on, as the source applied it from its moment); when that config is invalid, the exit
+rules the position was opened with (`exit_rule_sets`), else the defaults. An invalid config
+stops an agent's buys, never its positions' stop losses. Whether automation exits a
+position at all is the version in force's `automated_trading_simulation` too. A chunk
+within which a version of one of its agents starts is run in parts, cut at those times
+(`_parts`): the same result as one tick at a time.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from uuid import UUID
 
@@ -55,6 +61,7 @@ import structlog
 
 from worker.domain.columns import misfit
 from worker.domain.config import AgentTradingConfig
+from worker.domain.config_history import ConfigVersion, boundaries, in_force
 from worker.domain.config_reading import StoredConfigText
 from worker.domain.fills import token_price_sol
 from worker.domain.models import SOL_MINT, PriceTick
@@ -101,27 +108,84 @@ async def handle_prices(
     the version the positions' read shows are read (and held) first."""
     outcomes = [TickOutcome(token=t.token_address, price_usd=t.price_usd) for t in ticks]
     steps = await _store_prices(store, ticks, outcomes)
-    if not steps:
-        return outcomes
+    if steps:
+        times = [t.decision_time for t in ticks]
+        chunk = _Chunk(configs, trading, outcomes, times)
+        await _exits(store, steps, chunk)
+    return outcomes
+
+
+@dataclass(frozen=True, slots=True)
+class _Chunk:
+    """What the exits of a chunk's steps share: the caches, the settings, the outcomes and
+    each tick's decision time (by index)."""
+
+    configs: ConfigTexts
+    trading: TradingSettings
+    outcomes: list[TickOutcome]
+    times: list[datetime]
+
+
+async def _exits(store: PriceStore, steps: list[Step], chunk: _Chunk) -> None:
+    """The exits of `steps` (ticks in order), with the settings of each position's agent in
+    force at each tick's time: when a version starts among them, the steps are run in parts
+    that one version each decides (each part reading what the ones before it wrote)."""
     trails = await store.trail_rows(sorted({s.token for s in steps}))
     if not trails:
-        return outcomes
-    cfgs, outcomes[steps[0].index].config_problems = await _exit_configs(
-        store, configs, trails, trading.max_config_bytes
-    )
+        return
+    times = [chunk.times[s.index] for s in steps]
+    versions = await store.config_versions(
+        sorted({r.agent_id for r in trails}), min(times), max(times),
+        chunk.trading.max_config_bytes,
+    )  # fmt: skip
+    parts = _parts(steps, times, versions)
+    if len(parts) > 1:
+        for part in parts:
+            await _exits(store, part, chunk)
+        return
+    settings = {agent_id: in_force(held, times[0]) for agent_id, held in versions.items()}
+    # Automated trading off (for the simulation wallet) at that time: not exited, not trailed.
+    trails = [
+        r for r in trails
+        if (v := settings.get(r.agent_id)) is not None and v.automated_trading_simulation
+    ]  # fmt: skip
+    if not trails:
+        return
+    cfgs, problems = await _exit_configs(store, chunk.configs, trails, settings,
+                                         chunk.trading.max_config_bytes)  # fmt: skip
+    chunk.outcomes[steps[0].index].config_problems.extend(problems)
     writes = Writes()
+    outcomes = chunk.outcomes
     loud = trail_quiet(steps, trails, cfgs, writes, outcomes)
     if loud:
         await store.lock_wallets_sol([row.wallet_address for row in loud.values()])
         held = await store.lock_positions(sorted(loud))
-        act_loud(steps, held, cfgs, fees=trading.fees, writes=writes, tallies=outcomes)
+        act_loud(steps, held, cfgs, fees=chunk.trading.fees, writes=writes, tallies=outcomes)
     await store.insert_swaps(writes.swaps)
     await store.apply_balance_deltas(writes.deltas)
     await store.update_positions(writes.updates)
     await store.update_trails(writes.trails)
     await store.close_positions(writes.closed)
     _log_closes(writes.closed)
-    return outcomes
+
+
+def _parts(
+    steps: list[Step], times: list[datetime], versions: dict[UUID, list[ConfigVersion]]
+) -> list[list[Step]]:
+    """`steps` cut, in their order, into runs within which no version starts (one run when
+    none starts among their times)."""
+    cuts = boundaries([v for held in versions.values() for v in held], min(times), max(times))
+    if not cuts:
+        return [steps]
+    parts: list[list[Step]] = []
+    last = -1
+    for step, at in zip(steps, times, strict=True):
+        period = bisect_right(cuts, at)
+        if period != last:
+            parts.append([])
+            last = period
+        parts[-1].append(step)
+    return parts
 
 
 async def _store_prices(
@@ -179,14 +243,15 @@ async def _exit_configs(
     store: PriceStore,
     configs: ConfigTexts,
     trails: list[TrailRow],
+    settings: dict[UUID, ConfigVersion],
     max_config_bytes: int,
 ) -> tuple[dict[UUID, AgentTradingConfig], list[ConfigProblem]]:
-    """The config that exits each position of `trails`, by position id: its agent's current
-    config, or (when that is invalid) the rules it was opened with; and the agents' config
-    problems. Agents deleted since the read are left out (their positions go with them).
-    A config over `max_config_bytes` is invalid like any other (its positions keep their
-    rules)."""
-    texts = await _config_texts(store, configs, trails, max_config_bytes)
+    """The config that exits each position of `trails`, by position id: its agent's config
+    in force (`settings`), or (when that is invalid) the rules it was opened with; and the
+    agents' config problems. A config over `max_config_bytes` is invalid like any other
+    (its positions keep their rules)."""
+    texts = await _config_texts(store, configs, {r.agent_id: settings[r.agent_id] for r in trails},
+                                max_config_bytes)  # fmt: skip
     readings = {agent_id: config_of_text(text) for agent_id, text in texts.items()}
     problems = [
         problem
@@ -205,9 +270,7 @@ async def _exit_configs(
             configs.update_rules(read)
     cfgs: dict[UUID, AgentTradingConfig] = {}
     for row in trails:
-        current = readings.get(row.agent_id)
-        if current is None:
-            continue
+        current = readings[row.agent_id]
         if current.config is not None:
             cfgs[row.id] = current.config
             continue
@@ -219,19 +282,22 @@ async def _exit_configs(
 
 
 async def _config_texts(
-    store: PriceStore, configs: ConfigTexts, trails: list[TrailRow], max_config_bytes: int
+    store: PriceStore,
+    configs: ConfigTexts,
+    settings: dict[UUID, ConfigVersion],
+    max_config_bytes: int,
 ) -> dict[UUID, StoredConfigText]:
-    """The config text of every agent in `trails`: those held at the row's version from
-    `configs`, the others read (and held from now on)."""
-    stale = set(configs.stale((row.agent_id, row.config_version) for row in trails))
-    texts = {
-        row.agent_id: configs.text(row.agent_id) for row in trails if row.agent_id not in stale
+    """The config text of each agent's version in `settings`: held ones from `configs`, the
+    others read (and held from now on); an agent without history carries its own."""
+    wanted = [v.id for v in settings.values() if v.id is not None]
+    missing = configs.missing(wanted)
+    # Used from here, not from the cache, which may drop what it was just given.
+    read = await store.version_texts(missing, max_config_bytes) if missing else {}
+    configs.update(read)
+    return {
+        agent_id: v.text if v.id is None else read[v.id] if v.id in read else configs.text(v.id)
+        for agent_id, v in settings.items()
     }
-    if stale:
-        read = await store.agent_configs(list(stale), max_config_bytes)
-        configs.update(read)
-        texts.update({agent_id: text for agent_id, (_, text) in read.items()})
-    return texts
 
 
 def _log_closes(closed: list[ClosedPosition]) -> None:

@@ -1,9 +1,10 @@
 """A replay: recorded signals and ticks, in time order, through the live handlers, in memory.
 
 Each run starts from the same point (the agents, their SOL at the start, the prices known
-then) in a fresh `MemoryStore`, with every agent's config replaced by a variant's (its
-stored config with overrides merged in, objects merged and arrays replaced, as the
-worker merges a stored config over the defaults), and feeds the events one by one:
+then) in a fresh `MemoryStore`, with every agent's config history as stored (each version
+in force from its time, as live: `worker.domain.config_history`) or a variant's (the
+overrides merged into every version, objects merged and arrays replaced, as the worker
+merges a stored config over the defaults), and feeds the events one by one:
 
 - in time order (each at its decision time: the `at` the live worker stored, else a
   signal's `created_at`, a tick's `ts`), ticks first at equal
@@ -104,6 +105,17 @@ class Variant:
         base = decode_json(stored) if stored is not None else {}
         merged = deep_merge(base if isinstance(base, dict) else {}, self.overrides)
         return json.dumps(merged, default=str)
+
+    def setup(self, agent: AgentSetup) -> AgentSetup:
+        """The agent under this variant: the overrides merged over each version of its
+        config history (and over its stored config)."""
+        if self.overrides is None:
+            return agent
+        return replace(
+            agent,
+            config_text=self.config_text(agent.config_text),
+            versions=tuple(replace(v, text=self.config_text(v.text)) for v in agent.versions),
+        )
 
 
 @dataclass
@@ -223,19 +235,22 @@ def record_of(agents: Sequence[AgentSetup], history: ReplayHistory | None) -> Re
 
 
 def check_variant(variant: Variant, start: Start) -> list[str]:
-    """`UsageError` when the variant makes an agent's valid stored config invalid; the
-    names of the agents whose stored config is invalid already (they replay as the worker
-    runs them: no buys, their positions exited by the rules they were opened with).
+    """`UsageError` when the variant makes a valid version of an agent's config invalid;
+    the names of the agents with a stored version invalid already (they replay as the
+    worker ran them: no buys while it was in force, their positions exited by the rules
+    they were opened with).
 
     Keys no config has are the caller's to refuse (`replay --allow-unknown-keys`)."""
     invalid = []
     for agent in start.agents:
-        if read_config(agent.config_text).error is not None:
+        texts = [v.text for v in agent.history()]
+        if any(read_config(text).error is not None for text in texts):
             invalid.append(agent.name)
             continue
-        reading = read_config(variant.config_text(agent.config_text))
-        if reading.error is not None:
-            raise UsageError(f"{variant.label}: for agent {agent.name!r}: {reading.error}")
+        for text in texts:
+            reading = read_config(variant.config_text(text))
+            if reading.error is not None:
+                raise UsageError(f"{variant.label}: for agent {agent.name!r}: {reading.error}")
     return invalid
 
 
@@ -250,10 +265,7 @@ async def replay(
     """Run `events` from `start` under `variant`; writes nothing anywhere but memory."""
     store = MemoryStore()
     for agent in start.agents:
-        store.add_agent(
-            replace(agent, config_text=variant.config_text(agent.config_text)),
-            start.sol.get(agent.agent_id, Decimal(0)),
-        )
+        store.add_agent(variant.setup(agent), start.sol.get(agent.agent_id, Decimal(0)))
     store.prices.update(start.prices)
     configs = ConfigTexts()
     run = Run(variant, store, len(events), 0.0)

@@ -14,8 +14,8 @@ bug, never an outcome.
 Locks are no-ops (one replay, one thread). Signals keep the id they are given (a recorded
 signal replays under its stored id, which its rows' `signal_id` name, as live; sizes and
 row ids do not depend on it); others are numbered after the largest id seen. An agent's
-row version (PostgreSQL's `xmin`) is a counter that `add_agent` moves each time it stores
-the agent again.
+settings over time are its `AgentSetup.history()` (the config history a replay read, or its
+settings as one version); storing an agent again replaces them.
 
 It is the only store in memory: the unit tests run the handlers against it too, and
 `tests/integration/test_store_contract.py` runs one script over it and over `PgStore`.
@@ -27,9 +27,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 from uuid import UUID
 
 from worker.domain.columns import misfit
+from worker.domain.config_history import ConfigVersion, in_force
 from worker.domain.config_reading import DEFAULT_MAX_CONFIG_BYTES, StoredConfigText, capped
 from worker.domain.exit_rules import ExitRules
 from worker.domain.ledger import BalanceDelta, NewPosition, SwapRow, merge_deltas
@@ -55,6 +57,12 @@ from worker.domain.storable import (
 )
 
 ZERO = Decimal(0)
+
+
+def _capped(history: tuple[ConfigVersion, ...], max_config_bytes: int) -> tuple[ConfigVersion, ...]:
+    """The versions with their texts as the database sends them (`OversizedConfig` beyond
+    `max_config_bytes`)."""
+    return tuple(replace(v, text=capped(v.text, max_config_bytes)) for v in history)
 
 
 class StoreViolation(Exception):  # noqa: N818 - named as what it is, as PostgreSQL's are
@@ -169,21 +177,30 @@ class MemoryStore:
     _in_token: dict[str, dict[UUID, None]] = field(default_factory=dict)  # positions by token
     _swap_signal: dict[UUID, int | None] = field(default_factory=dict)
     _last_signal_id: int = 0
-    _versions: dict[UUID, int] = field(default_factory=dict)  # agents' row versions
+    _texts: dict[int, StoredConfigText] = field(default_factory=dict)  # configs by version id
+    _last_version_id: int = 0  # of the versions `add_agent` makes (negative)
+    # Each agent's history as `fetch_agents` sends it, and the cap it was made for.
+    _histories: dict[UUID, tuple[int, tuple[ConfigVersion, ...]]] = field(default_factory=dict)
 
     # --- set-up
 
     def add_agent(self, agent: AgentSetup, sol: Decimal | None = None) -> None:
         """An agent (and its user) with `sol` in its simulation wallet (None: the balance
-        as it is). Storing an agent again is an update: its row version moves on."""
+        as it is; an agent without a wallet has none). Storing an agent again replaces its
+        settings and history (an edit). An agent given without history gets its settings
+        as one version, under a new (negative) id, as the insert trigger would write it."""
         self.users.add(agent.user_id)
+        if not agent.versions:
+            self._last_version_id -= 1
+            (only,) = agent.history()
+            agent = replace(agent, versions=(replace(only, id=self._last_version_id),))
         self.agents[agent.agent_id] = agent
-        self._versions[agent.agent_id] = self._versions.get(agent.agent_id, 0) + 1
-        if sol is not None:
+        self._histories.pop(agent.agent_id, None)
+        for v in agent.versions:
+            if v.id is not None:
+                self._texts[v.id] = v.text
+        if sol is not None and agent.wallet_address is not None:
             self.balances[(agent.wallet_address, SOL_MINT)] = sol
-
-    def _version(self, agent_id: UUID) -> str:
-        return str(self._versions.get(agent_id, 0))
 
     def add_position(self, p: NewPosition) -> None:
         """Open a position as `insert_positions` does (its opening columns, all of the
@@ -218,8 +235,8 @@ class MemoryStore:
 
     def sol_balance(self, agent_id: UUID) -> Decimal | None:
         """The SOL balance of the agent's wallet."""
-        agent = self.agents[agent_id]
-        return self.balances.get((agent.wallet_address, SOL_MINT))
+        wallet = self.agents[agent_id].wallet_address
+        return None if wallet is None else self.balances.get((wallet, SOL_MINT))
 
     def open_positions_of(self, agent_id: UUID) -> list[OpenPosition]:
         """The agent's open positions, their state current."""
@@ -275,30 +292,59 @@ class MemoryStore:
         user_ids: Sequence[UUID],
         tokens: Sequence[str],
         max_config_bytes: int = DEFAULT_MAX_CONFIG_BYTES,
+        span: tuple[datetime, datetime] | None = None,
     ) -> dict[UUID, list[AgentRow]]:
         users, wanted = set(user_ids), set(tokens)
         out: dict[UUID, list[AgentRow]] = {}
         for a in sorted(self.agents.values(), key=lambda a: (a.user_id, a.agent_id)):
             if a.user_id not in users:
                 continue
-            wallet = a.wallet_address if a.trading_mode == "simulation" else None
+            wallet = a.wallet_address
             mine: set[str] = self._held.get(a.agent_id, set()) if wallet else set()
+            history = self._history(a, max_config_bytes)
+            first = history[-1] if span is None else in_force(history, span[0])
             out.setdefault(a.user_id, []).append(
                 AgentRow(
                     user_id=a.user_id,
                     agent_id=a.agent_id,
-                    trading_mode=a.trading_mode,
-                    automated_trading_simulation=a.automated_trading_simulation,
-                    automated_trading_live=a.automated_trading_live,
-                    trading_config_text=capped(a.config_text, max_config_bytes),
+                    trading_mode=first.trading_mode,
+                    automated_trading_simulation=first.automated_trading_simulation,
+                    automated_trading_live=first.automated_trading_live,
+                    trading_config_text=first.text,
                     wallet_address=wallet,
                     sol_balance=self.balances.get((wallet, SOL_MINT)) if wallet else None,
                     open_positions=len(mine),
                     held_tokens=frozenset(mine & wanted),
                     created_at=a.created_at,
+                    versions=history if span is not None and len(history) > 1 else (),
                 )
             )
         return out
+
+    def edit_agent(self, agent_id: UUID, at: datetime, **settings: Any) -> None:  # noqa: ANN401
+        """An update of the agent's settings (`AgentSetup` fields: `config_text`,
+        `trading_mode`, `automated_trading_simulation`, `automated_trading_live`) in force
+        from `at`, recorded as the update trigger records it (never before the last one)."""
+        agent = self.agents[agent_id]
+        changed = replace(agent, **settings)
+        self._last_version_id -= 1
+        version = ConfigVersion(
+            self._last_version_id, max(at, agent.versions[-1].valid_from), changed.trading_mode,
+            changed.automated_trading_simulation, changed.automated_trading_live,
+            changed.config_text,
+        )  # fmt: skip
+        self.agents[agent_id] = replace(changed, versions=(*agent.versions, version))
+        self._texts[self._last_version_id] = version.text
+        self._histories.pop(agent_id, None)
+
+    def _history(self, agent: AgentSetup, max_config_bytes: int) -> tuple[ConfigVersion, ...]:
+        held = self._histories.get(agent.agent_id)
+        if held is None or held[0] != max_config_bytes:
+            held = self._histories[agent.agent_id] = (
+                max_config_bytes,
+                _capped(agent.history(), max_config_bytes),
+            )
+        return held[1]
 
     async def fetch_prices(self, tokens: list[str]) -> dict[str, Decimal]:
         return {t: self.prices[t][0] for t in tokens if t in self.prices}
@@ -343,15 +389,11 @@ class MemoryStore:
             refuse(price_misfit(t.price_usd))
         self.ticks_recorded += len(ticks)
 
-    def _exitable(self, p: _Position) -> bool:
-        agent = self.agents.get(p.row.agent_id)
-        return agent is not None and agent.automated_trading_simulation
-
     async def trail_rows(self, tokens: Sequence[str]) -> list[TrailRow]:
         held = [self.positions[i] for t in set(tokens) for i in self._in_token.get(t, ())]
         rows = []
         for p in held:
-            if not self._exitable(p):
+            if p.row.agent_id not in self.agents:
                 continue
             sl, peak, low = p.trailed()
             rows.append(
@@ -360,7 +402,6 @@ class MemoryStore:
                     p.row.agent_id,
                     p.row.token_address,
                     p.row.wallet_address,
-                    self._version(p.row.agent_id),
                     p.written.purchase_price,
                     p.written.created_at,
                     sl,
@@ -371,13 +412,34 @@ class MemoryStore:
             )
         return rows
 
-    async def agent_configs(
-        self, agent_ids: Sequence[UUID], max_config_bytes: int = DEFAULT_MAX_CONFIG_BYTES
-    ) -> dict[UUID, tuple[str, StoredConfigText]]:
+    async def config_versions(
+        self,
+        agent_ids: Sequence[UUID],
+        since: datetime,
+        until: datetime,
+        max_config_bytes: int = DEFAULT_MAX_CONFIG_BYTES,
+    ) -> dict[UUID, list[ConfigVersion]]:
+        out: dict[UUID, list[ConfigVersion]] = {}
+        for agent_id in dict.fromkeys(agent_ids):
+            agent = self.agents.get(agent_id)
+            if agent is None:
+                continue
+            history = agent.history()
+            start = max(since, history[0].valid_from)  # before the first: the first
+            span = [in_force(history, start)]
+            span += [v for v in history if start < v.valid_from <= until]
+            # Texts travel apart (`version_texts`), but for a version without id.
+            out[agent_id] = [
+                replace(v, text=capped(v.text, max_config_bytes) if v.id is None else None)
+                for v in span
+            ]
+        return out
+
+    async def version_texts(
+        self, version_ids: Sequence[int], max_config_bytes: int = DEFAULT_MAX_CONFIG_BYTES
+    ) -> dict[int, StoredConfigText]:
         return {
-            a: (self._version(a), capped(self.agents[a].config_text, max_config_bytes))
-            for a in agent_ids
-            if a in self.agents
+            v: capped(self._texts[v], max_config_bytes) for v in version_ids if v in self._texts
         }
 
     async def exit_rules(self, ids: Sequence[UUID]) -> dict[UUID, str]:
@@ -390,7 +452,7 @@ class MemoryStore:
         out = []
         for i in sorted(set(ids)):
             p = self.positions.get(i)
-            if p is None or not self._exitable(p):
+            if p is None or p.row.agent_id not in self.agents:
                 continue
             sol = self.balances.get((p.row.wallet_address, SOL_MINT), ZERO)
             out.append(replace(p.row, state=p.state, sol_balance=sol))
