@@ -10,7 +10,9 @@ clone of one database on fresh topics:
 - 16b a backlog (published while no worker runs, then consumed) with
   `KAFKA_FETCH_MAX_RECORDS` 500;
 - 16c the same backlog with `KAFKA_FETCH_MAX_RECORDS` 1;
-- 16d the same backlog by a worker killed (SIGKILL) twice mid-way and restarted.
+- 16d the same backlog by a worker killed (SIGKILL) twice mid-way and restarted;
+- 16e the same backlog by three workers, one killed (SIGKILL) a third of the way through
+  (its partitions move to the others) and a fourth started (they move again).
 
 Their ledgers (every execution, swap, balance and position, keyed by natural keys) must be
 identical row for row, and `replay --verify` over each must say identical.
@@ -217,6 +219,25 @@ async def test_one_stream_consumed_live_as_a_backlog_and_with_kills_gives_one_le
             await _consume(run, counts, kafka_fetch_max_records=7)
             late[run.name] = run.late
             ledgers[run.name], verdicts[run.name] = await run.ledger(), await run.verify()
+
+        async with Run(services, template, "16e backlog, 3 workers, SIGKILL, rebalance") as run:
+            await run.publish(records)
+            workers = [WorkerProcess(run.env(kafka_fetch_max_records=50)).start() for _ in range(3)]
+            for w in workers:
+                await w.wait_started()
+
+            async def third() -> bool:
+                return await _executions(run.url) >= expected_executions / 3
+
+            await _kill_when(run, workers[0], third)  # its partitions move to the others
+            workers.append(WorkerProcess(run.env(kafka_fetch_max_records=50)).start())
+            await workers[-1].wait_started()  # and some come back: another rebalance
+            await run.until_processed(counts, workers[1])
+            for w in workers[1:]:
+                run.late += len(log_events(w, "record_late"))
+                assert w.terminate() == 0, w.tail()
+            late[run.name] = run.late
+            ledgers[run.name], verdicts[run.name] = await run.ledger(), await run.verify()
     finally:
         await drop_database(services, base_url)
 
@@ -227,10 +248,11 @@ async def test_one_stream_consumed_live_as_a_backlog_and_with_kills_gives_one_le
         for t in ("executions", "transactions", "balances", "positions")
     }
     report(
-        "16 one stream, four ways",
+        "16 one stream, five ways",
         records=f"{counts['signals']} signals x {len(CONFIGS)} agents x {USERS} users' "
         f"{len(CONFIGS)} configs, {counts['prices']} ticks over 130 s",
-        faults="live; backlog fetch 500; backlog fetch 1; backlog with 2 SIGKILLs",
+        faults="live; backlog fetch 500; backlog fetch 1; backlog with 2 SIGKILLs; "
+        "3 workers with a SIGKILL and 2 rebalances",
         ledger=", ".join(f"{n} {t}" for t, n in tables.items()),
         differing={name: len(d) for name, d in diffs.items()},
         late=late,

@@ -129,9 +129,39 @@ def test_a_late_record_is_decided_right_after_what_was_decided_and_marked() -> N
     assert len(line.release(idle=["s0", "t0"], now=T0 + timedelta(milliseconds=20))) == 1
     late = put(line, Rec("t0", 0, 5, RANK_TICK, "A"))
     assert late.late
-    assert late.at == T0 + timedelta(milliseconds=10) + STEP
+    # t0 was read to its end when the clock said 20 ms: it is decided then.
+    assert late.at == T0 + timedelta(milliseconds=20)
     out = line.release(idle=["s0", "t0"], now=T0 + timedelta(milliseconds=30))
     assert [(e.source, e.offset, e.late) for e in out] == [("t0", 0, True)]
+
+
+def test_a_late_record_of_a_partition_never_idle_goes_right_after_what_was_decided() -> None:
+    line = timeline(["s0", "t0"])
+    put(line, Rec("t0", 0, 30, RANK_TICK, "A"))
+    put(line, Rec("s0", 0, 10, RANK_SIGNAL))
+    put(line, Rec("s0", 1, 40, RANK_SIGNAL))
+    out = line.release(idle=[], now=FAR)
+    assert [(e.source, e.offset) for e in out] == [("s0", 0), ("t0", 0)]
+    # A tick stamped 20 ms is impossible in order now (t0 is past 30 ms); a partition
+    # whose next record is stamped before its last is decided just after it.
+    entry = put(line, Rec("t0", 1, 20, RANK_TICK, "A"))
+    assert entry.at == T0 + timedelta(milliseconds=30) + STEP
+    assert not entry.late
+
+
+def test_other_workers_partitions_bound_the_release() -> None:
+    line = timeline(["s0"])
+    put(line, Rec("s0", 0, 10, RANK_SIGNAL))
+    put(line, Rec("s0", 1, 20, RANK_SIGNAL))
+    at = T0 + timedelta(milliseconds=15)
+    # Unknown: nothing goes.
+    assert line.release(idle=["s0"], now=FAR, elsewhere={"t9": None}) == []
+    # A tick partition elsewhere may still apply ticks from 15 ms on: the signal at 10 goes.
+    out = line.release(idle=["s0"], now=FAR, elsewhere={"t9": (at, RANK_SOL_TICK)})
+    assert [(e.source, e.offset) for e in out] == [("s0", 0)]
+    # What this worker tells the others: its first record not applied.
+    second = (T0 + timedelta(milliseconds=20), RANK_SIGNAL, "s0", 1)
+    assert line.bounds(idle=["s0"], now=FAR)["s0"] == second
 
 
 def test_a_closed_partition_no_longer_holds_the_others_back() -> None:

@@ -36,6 +36,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import IllegalStateError
 from aiokafka.structs import TopicPartition
 
+from worker.db.bounds import Bound, publish_bounds, read_bounds
 from worker.db.pool import connection
 from worker.handlers.config_cache import ConfigTexts
 from worker.handlers.signals import UnknownUser, handle_signals
@@ -81,6 +82,9 @@ Batch = dict[TopicPartition, list[KafkaRecord]]
 # The order's wait for a partition is logged once it has lasted this long, and then again
 # after as long.
 WAIT_REPORT_S = 10.0
+# How long a fetch waits for records when other workers share the group: between fetches
+# the worker tells them where its partitions stand and reads where theirs do.
+SHARED_POLL_MS = 20
 
 
 class Pipeline:
@@ -115,6 +119,9 @@ class Pipeline:
         )
         # Partitions not fetched because their records wait in numbers (`_pause_full`).
         self._paused: set[TopicPartition] = set()
+        # Whether other workers own partitions of the topics, and the bounds last told them.
+        self._shared = False
+        self._published: dict[tuple[str, int], Bound] = {}
         # Since when records have waited for their turn without a pause (None: none wait).
         self._waiting_since: float | None = None
         self._waiting_reported = 0.0
@@ -160,8 +167,10 @@ class Pipeline:
             if not self.offsets.revoking:
                 self._interrupt.clear()
             self.offsets.check_fatal()
+            # With other workers, their progress is read between fetches: wait less.
             fetched = await self.consumer.getmany(
-                timeout_ms=200, max_records=self._kafka.fetch_max_records
+                timeout_ms=SHARED_POLL_MS if self._shared else 200,
+                max_records=self._kafka.fetch_max_records,
             )
             try:
                 async with self.offsets.working():
@@ -221,7 +230,9 @@ class Pipeline:
                 lambda: self._dead_letters.send(dead),
             )
         idle = await read_to_end(self.consumer, timeline.sources())
-        released = timeline.release(idle=idle, now=datetime.now(UTC))
+        now = datetime.now(UTC)
+        elsewhere = await self._share(idle, now)
+        released = timeline.release(idle=idle, now=now, elsewhere=elsewhere)
         self._pause_full()
         buffered = len(timeline)
         self._metrics.order_buffered.set(buffered)
@@ -231,6 +242,45 @@ class Pipeline:
         else:
             self._waiting_since = None
         return released
+
+    async def _share(
+        self, idle: list[TopicPartition], now: datetime
+    ) -> dict[TopicPartition, Bound]:
+        """With other workers in the group: tell them where this worker's partitions stand
+        (`order_bounds`) and learn where theirs do; {} when this worker owns every partition
+        (then nothing is written or read)."""
+        kafka = self._kafka
+        everything: set[TopicPartition] = set()
+        for topic in (kafka.signals_topic, kafka.prices_topic):
+            ids = self.consumer.partitions_for_topic(topic) or set()
+            everything |= {TopicPartition(topic, p) for p in ids}
+        assigned = self.consumer.assignment()
+        others = everything - set(assigned)
+        self._shared = bool(others)
+        if not others:
+            return {}
+        mine = {
+            (tp.topic, tp.partition): bound
+            for tp, bound in self.offsets.timeline.bounds(idle=idle, now=now).items()
+        }
+        blocked = {(tp.topic, tp.partition): True for tp in assigned if self.offsets.is_blocked(tp)}
+        mine.update(dict.fromkeys(blocked))
+
+        async def exchange() -> tuple[dict[tuple[str, int], Bound], set[tuple[str, int]]]:
+            async with connection(self._pool) as conn:
+                if mine != self._published:
+                    await publish_bounds(conn, kafka.consumer_group, mine, blocked)
+                    self._published = mine
+                return await read_bounds(conn, kafka.consumer_group)
+
+        bounds, excluded = await self._retried(
+            "order", lambda: "the other workers' places in the order", exchange
+        )
+        return {
+            tp: bounds.get((tp.topic, tp.partition))
+            for tp in others
+            if (tp.topic, tp.partition) not in excluded
+        }
 
     def _pause_full(self) -> None:
         """Stop fetching a partition whose records wait in numbers (memory stays bounded);

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Hashable, Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
@@ -81,9 +81,13 @@ class _Input(Generic[P]):
     lowest_rank: int
     last_at: datetime | None  # decision time of the last record taken (None: none yet)
     buffer: list[tuple[tuple[Any, ...], int, Entry[P]]] = field(default_factory=list)
+    # The latest time this partition was said to bring nothing before (read to its end): a
+    # record stamped before it that comes after all is late.
+    promised: datetime | None = None
 
-    def admits(self, key: tuple[Any, ...], idle_since: datetime | None) -> bool:
-        """True when no record of this partition still unseen can come before `key`.
+    def unseen(self, idle_since: datetime | None) -> tuple[Any, ...] | None:
+        """The least key a record of this partition still unseen can have (a prefix: any
+        key starting with it may come); None when nothing is known.
 
         An unseen record is decided at least a microsecond after the last one taken, with
         a rank at least the partition's lowest, and, when the partition is read to its
@@ -91,7 +95,21 @@ class _Input(Generic[P]):
         floor = None if self.last_at is None else self.last_at + STEP
         if idle_since is not None and (floor is None or idle_since > floor):
             floor = idle_since
-        return floor is not None and key < (floor, self.lowest_rank)
+            if self.promised is None or idle_since > self.promised:
+                self.promised = idle_since
+        return None if floor is None else (floor, self.lowest_rank)
+
+    def admits(self, key: tuple[Any, ...], idle_since: datetime | None) -> bool:
+        """True when no record of this partition still unseen can come before `key`."""
+        bound = self.unseen(idle_since)
+        return bound is not None and key < bound
+
+    def bound(self, idle_since: datetime | None) -> tuple[Any, ...] | None:
+        """The least key of any record of this partition not applied yet: its first
+        buffered record's, else the unseen bound (None: unknown)."""
+        if self.buffer:
+            return self.buffer[0][0]
+        return self.unseen(idle_since)
 
 
 class Timeline(Generic[P]):
@@ -154,6 +172,10 @@ class Timeline(Generic[P]):
         if at is None:  # a partition's first record, without a time of its own
             at = self._released[0] if self._released is not None else _EARLIEST
         late = False
+        if state.promised is not None and at < state.promised:
+            # Its partition was said to bring nothing before `promised` (to this worker's
+            # order and to the other workers'): it is decided then.
+            at, late = state.promised, True
         if self._released is not None and (at, rank, *tie, offset) <= self._released:
             # Something after it was decided already: it is decided right after that.
             at = self._released[0] + STEP
@@ -163,22 +185,36 @@ class Timeline(Generic[P]):
         heapq.heappush(state.buffer, (entry.key, next(self._seq), entry))
         return entry
 
-    def release(self, *, idle: Iterable[P], now: datetime) -> list[Entry[P]]:
+    def release(
+        self,
+        *,
+        idle: Iterable[P],
+        now: datetime,
+        elsewhere: Mapping[Any, tuple[Any, ...] | None] | None = None,
+    ) -> list[Entry[P]]:
         """The buffered records no unseen record can precede, in order, taken out of the
         buffers. `idle`: the partitions the consumer has read to their end; `now`: the
-        worker's clock at that observation."""
+        worker's clock at that observation; `elsewhere`: the partitions other workers own,
+        each with the least key it may still apply (`bounds`; None: unknown, everything
+        waits for it)."""
         idle_since = now - self._lateness
         idle_set = set(idle)
         bounds = [
             (state, idle_since if source in idle_set else None)
             for source, state in self._inputs.items()
         ]
+        others = list((elsewhere or {}).values())
+        if any(b is None for b in others):
+            return []
+        limit = min(others, default=None)  # type: ignore[type-var]  # keys compare
         inputs = self._inputs
         heads = [(s.buffer[0][0], s.buffer[0][1], src) for src, s in inputs.items() if s.buffer]
         heapq.heapify(heads)
         out: list[Entry[P]] = []
         while heads:
             key, _, source = heads[0]
+            if limit is not None and not key < limit:
+                break
             if not all(state.admits(key, since) for state, since in bounds):
                 break
             buffer = inputs[source].buffer
@@ -190,6 +226,16 @@ class Timeline(Generic[P]):
         if out and (self._released is None or out[-1].key > self._released):
             self._released = out[-1].key
         return out
+
+    def bounds(self, *, idle: Iterable[P], now: datetime) -> dict[P, tuple[Any, ...] | None]:
+        """For the other workers: the least key each partition may still apply (a record
+        released is applied before the next call), None when unknown."""
+        idle_since = now - self._lateness
+        idle_set = set(idle)
+        return {
+            source: state.bound(idle_since if source in idle_set else None)
+            for source, state in self._inputs.items()
+        }
 
     def waiting_on(self, *, idle: Iterable[P], now: datetime) -> list[P]:
         """The partitions that hold the earliest buffered record back (for `/readyz` and the

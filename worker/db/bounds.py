@@ -1,0 +1,77 @@
+"""Where each partition stands in the one order, shared between the workers of a group
+(`order_bounds`, schema 0010; `worker.pipeline.timeline`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+from worker.db.bulk import Bulk, Column
+
+# A partition's bound: (decision time, rank, *tie-break); None: unknown.
+Bound = tuple[Any, ...] | None
+
+BOUNDS: Bulk[tuple[str, int, datetime | None, int, str, bool]] = Bulk(
+    "b",
+    [
+        Column("t", "text", lambda r: r[0]),
+        Column("p", "int", lambda r: r[1]),
+        Column("a", "timestamptz", lambda r: r[2]),
+        Column("r", "int", lambda r: r[3]),
+        Column("k", "text", lambda r: r[4]),
+        Column("x", "bool", lambda r: r[5]),
+    ],
+    scalars=["group"],
+)
+PUBLISH = BOUNDS.sql("""
+INSERT INTO order_bounds
+       (consumer_group, topic, partition, bound_at, bound_rank, bound_tie, excluded, updated_at)
+SELECT {group}, b.t, b.p, b.a, b.r, b.k::jsonb, b.x, now() FROM {rows} ORDER BY b.t, b.p
+ON CONFLICT (consumer_group, topic, partition) DO UPDATE
+   SET bound_at = EXCLUDED.bound_at, bound_rank = EXCLUDED.bound_rank,
+       bound_tie = EXCLUDED.bound_tie, excluded = EXCLUDED.excluded, updated_at = now()
+""")
+READ = """
+SELECT topic, partition, bound_at, bound_rank, bound_tie::text AS tie, excluded
+  FROM order_bounds WHERE consumer_group = $1
+"""
+
+
+async def publish_bounds(
+    conn: asyncpg.Connection,
+    group: str,
+    bounds: Mapping[tuple[str, int], Bound],
+    excluded: Mapping[tuple[str, int], bool] | None = None,
+) -> None:
+    """Write the bound of each (topic, partition), and whether nothing waits for it."""
+    skip = excluded or {}
+    rows = []
+    for (topic, partition), bound in sorted(bounds.items()):
+        if bound is None:
+            rows.append((topic, partition, None, 0, "[]", skip.get((topic, partition), False)))
+            continue
+        at, rank, *tie = bound
+        text = orjson.dumps(tie).decode()
+        rows.append((topic, partition, at, rank, text, skip.get((topic, partition), False)))
+    await conn.execute(PUBLISH, *BOUNDS.args(rows, group=group))
+
+
+async def read_bounds(
+    conn: asyncpg.Connection, group: str
+) -> tuple[dict[tuple[str, int], Bound], set[tuple[str, int]]]:
+    """(the bound of every partition the group has written one for, those nothing waits
+    for)."""
+    bounds: dict[tuple[str, int], Bound] = {}
+    excluded: set[tuple[str, int]] = set()
+    for r in await conn.fetch(READ, group):
+        where = (r["topic"], r["partition"])
+        if r["excluded"]:
+            excluded.add(where)
+            continue
+        at = r["bound_at"]
+        bounds[where] = None if at is None else (at, r["bound_rank"], *orjson.loads(r["tie"]))
+    return bounds, excluded
