@@ -31,125 +31,28 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.books import LONG_AGO, make_account
-from tests.helpers.cli import run_cli
 from tests.helpers.db import (
     connected,
-    create_database,
-    create_migrated,
     database_name,
     drop_database,
 )
-from tests.helpers.kafka import Topics, create_test_topics, delete_topics
 from tests.helpers.ledger import Report, seeded
 from tests.helpers.services import Services
 from tests.helpers.streams import (
     CONFIGS,
-    Record,
+    USERS,
+    Run,
+    base_database,
     differences,
-    ledger_rows,
-    publish_stream,
+    record_counts,
     recorded_stream,
     soon_ms,
 )
-from tests.helpers.workers import WorkerProcess, log_events, wait_for, worker_env
+from tests.helpers.workers import WorkerProcess, log_events, wait_for
 
 pytestmark = pytest.mark.timeout(900)
 
-USERS = 3
 LATENESS_MS = 2000
-
-
-async def _base(services: Services) -> tuple[str, list[uuid.UUID]]:
-    """A migrated database with the users and their agents (one per config each)."""
-    url = await create_migrated(services)
-    users = []
-    async with connected(url) as conn:
-        for _ in range(USERS):
-            account = await make_account(conn, CONFIGS, created_at=LONG_AGO)
-            users.append(account.user_id)
-    return url, users
-
-
-async def _processed(url: str, topics: Topics, counts: dict[str, int]) -> bool:
-    async with connected(url) as conn:
-        rows = await conn.fetch(
-            "SELECT topic, sum(next_offset) AS n FROM consumer_offsets "
-            "WHERE consumer_group = $1 GROUP BY topic",
-            topics.group,
-        )
-    done = {r["topic"]: int(r["n"]) for r in rows}
-    return (
-        done.get(topics.signals, 0) >= counts["signals"]
-        and done.get(topics.prices, 0) >= counts["prices"]
-    )
-
-
-class Run:
-    """One way of consuming the stream: its database, topics and worker settings."""
-
-    def __init__(self, services: Services, template: str, name: str, **overrides: Any) -> None:
-        self.services = services
-        self.template = template
-        self.name = name
-        self.overrides = {"lateness_ms": LATENESS_MS, **overrides}
-        self.url = ""
-        self.topics: Topics | None = None
-        self.late = 0
-
-    async def __aenter__(self) -> Run:
-        self.url = await create_database(self.services, self.template)
-        self.topics = await create_test_topics(self.services)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.topics is not None
-        await delete_topics(
-            self.services.kafka_bootstrap,
-            [self.topics.signals, self.topics.prices, self.topics.dlq],
-        )
-        await drop_database(self.services, self.url)
-
-    def env(self, **more: Any) -> dict[str, str]:
-        assert self.topics is not None
-        return worker_env(self.services, self.url, self.topics, **self.overrides, **more)
-
-    async def publish(self, records: list[Record], *, live: bool = False) -> None:
-        assert self.topics is not None
-        await publish_stream(
-            self.services.kafka_bootstrap,
-            self.topics.signals,
-            self.topics.prices,
-            records,
-            paced_from_ms=records[0].at_ms if live else None,
-        )
-
-    async def until_processed(self, counts: dict[str, int], worker: WorkerProcess) -> None:
-        assert self.topics is not None
-        topics = self.topics
-
-        async def check() -> bool:
-            assert worker.is_alive(), worker.tail()
-            return await _processed(self.url, topics, counts)
-
-        await wait_for(check, timeout_s=300, what=f"{self.name}: every record processed")
-
-    async def ledger(self) -> list[Any]:
-        async with connected(self.url) as conn:
-            return await ledger_rows(conn)
-
-    async def verify(self) -> str:
-        assert self.topics is not None
-        result = await run_cli(self.env(), "replay", "--verify")
-        assert result.code == 0, (self.name, result.stdout[-3000:], result.stderr[-20:])
-        return result.stdout.strip().splitlines()[-1]
-
-
-def _counts(records: list[Record]) -> dict[str, int]:
-    return {
-        "signals": sum(r.topic == "signals" for r in records),
-        "prices": sum(r.topic == "prices" for r in records),
-    }
 
 
 async def _consume(run: Run, counts: dict[str, int], **env: Any) -> WorkerProcess:
@@ -177,17 +80,17 @@ async def test_one_stream_consumed_live_as_a_backlog_and_with_kills_gives_one_le
     services: Services, report: Report
 ) -> None:
     seed, rng = seeded("determinism")
-    base_url, users = await _base(services)
+    base_url, users = await base_database(services)
     template = database_name(base_url)
     # Live first: the stream's times start a few seconds from now.
     records = recorded_stream(rng, users, start_ms=soon_ms(8), late_ms=300)
-    counts = _counts(records)
+    counts = record_counts(records)
     expected_executions = counts["signals"] * len(CONFIGS)
     ledgers: dict[str, list[Any]] = {}
     verdicts: dict[str, str] = {}
     late: dict[str, int] = {}
     try:
-        async with Run(services, template, "16a live") as run:
+        async with Run(services, template, "16a live", lateness_ms=LATENESS_MS) as run:
             worker = WorkerProcess(run.env()).start()
             await worker.wait_started()
             await run.publish(records, live=True)
@@ -200,13 +103,15 @@ async def test_one_stream_consumed_live_as_a_backlog_and_with_kills_gives_one_le
             ("16b backlog, fetch 500", {"kafka_fetch_max_records": 500}),
             ("16c backlog, fetch 1", {"kafka_fetch_max_records": 1}),
         ):
-            async with Run(services, template, name) as run:
+            async with Run(services, template, name, lateness_ms=LATENESS_MS) as run:
                 await run.publish(records)
                 await _consume(run, counts, **env)
                 late[name] = run.late
                 ledgers[name], verdicts[name] = await run.ledger(), await run.verify()
 
-        async with Run(services, template, "16d backlog, 2 SIGKILLs") as run:
+        async with Run(
+            services, template, "16d backlog, 2 SIGKILLs", lateness_ms=LATENESS_MS
+        ) as run:
             await run.publish(records)
             for share in (3, 3 / 2):
                 worker = WorkerProcess(run.env(kafka_fetch_max_records=7)).start()
@@ -220,7 +125,12 @@ async def test_one_stream_consumed_live_as_a_backlog_and_with_kills_gives_one_le
             late[run.name] = run.late
             ledgers[run.name], verdicts[run.name] = await run.ledger(), await run.verify()
 
-        async with Run(services, template, "16e backlog, 3 workers, SIGKILL, rebalance") as run:
+        async with Run(
+            services,
+            template,
+            "16e backlog, 3 workers, SIGKILL, rebalance",
+            lateness_ms=LATENESS_MS,
+        ) as run:
             await run.publish(records)
             workers = [WorkerProcess(run.env(kafka_fetch_max_records=50)).start() for _ in range(3)]
             for w in workers:

@@ -25,7 +25,12 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaProducer
 
-from tests.helpers.books import mint
+from tests.helpers.books import LONG_AGO, make_account, mint
+from tests.helpers.cli import run_cli
+from tests.helpers.db import connected, create_database, create_migrated, drop_database
+from tests.helpers.kafka import Topics, create_test_topics, delete_topics
+from tests.helpers.services import Services
+from tests.helpers.workers import WorkerProcess, wait_for, worker_env
 from worker.db.verify import read_live_rows
 from worker.domain.ledger_rows import LedgerRow
 from worker.domain.models import SOL_MINT
@@ -259,3 +264,101 @@ def event_ms(when: datetime) -> int:
 def soon_ms(seconds: float) -> int:
     """Epoch milliseconds `seconds` from now, on a whole millisecond."""
     return event_ms(datetime.now(UTC) + timedelta(seconds=seconds))
+
+
+# ---------------------------------------------------------------- consuming it
+
+
+USERS = 3
+
+
+async def base_database(services: Services) -> tuple[str, list[uuid.UUID]]:
+    """A migrated database with the users and their agents (one per config each)."""
+    url = await create_migrated(services)
+    users = []
+    async with connected(url) as conn:
+        for _ in range(USERS):
+            account = await make_account(conn, CONFIGS, created_at=LONG_AGO)
+            users.append(account.user_id)
+    return url, users
+
+
+async def _processed(url: str, topics: Topics, counts: dict[str, int]) -> bool:
+    async with connected(url) as conn:
+        rows = await conn.fetch(
+            "SELECT topic, sum(next_offset) AS n FROM consumer_offsets "
+            "WHERE consumer_group = $1 GROUP BY topic",
+            topics.group,
+        )
+    done = {r["topic"]: int(r["n"]) for r in rows}
+    return (
+        done.get(topics.signals, 0) >= counts["signals"]
+        and done.get(topics.prices, 0) >= counts["prices"]
+    )
+
+
+class Run:
+    """One way of consuming the stream: its database, topics and worker settings."""
+
+    def __init__(self, services: Services, template: str, name: str, **overrides: Any) -> None:
+        self.services = services
+        self.template = template
+        self.name = name
+        self.overrides = overrides
+        self.url = ""
+        self.topics: Topics | None = None
+        self.late = 0
+
+    async def __aenter__(self) -> Run:
+        self.url = await create_database(self.services, self.template)
+        self.topics = await create_test_topics(self.services)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.topics is not None
+        await delete_topics(
+            self.services.kafka_bootstrap,
+            [self.topics.signals, self.topics.prices, self.topics.dlq],
+        )
+        await drop_database(self.services, self.url)
+
+    def env(self, **more: Any) -> dict[str, str]:
+        assert self.topics is not None
+        return worker_env(self.services, self.url, self.topics, **self.overrides, **more)
+
+    async def publish(self, records: list[Record], *, live: bool = False) -> None:
+        assert self.topics is not None
+        await publish_stream(
+            self.services.kafka_bootstrap,
+            self.topics.signals,
+            self.topics.prices,
+            records,
+            paced_from_ms=records[0].at_ms if live else None,
+        )
+
+    async def until_processed(self, counts: dict[str, int], worker: WorkerProcess) -> None:
+        assert self.topics is not None
+        topics = self.topics
+
+        async def check() -> bool:
+            assert worker.is_alive(), worker.tail()
+            return await _processed(self.url, topics, counts)
+
+        await wait_for(check, timeout_s=300, what=f"{self.name}: every record processed")
+
+    async def ledger(self) -> list[Any]:
+        async with connected(self.url) as conn:
+            return await ledger_rows(conn)
+
+    async def verify(self) -> str:
+        assert self.topics is not None
+        result = await run_cli(self.env(), "replay", "--verify")
+        assert result.code == 0, (self.name, result.stdout[-3000:], result.stderr[-20:])
+        return result.stdout.strip().splitlines()[-1]
+
+
+def record_counts(records: list[Record]) -> dict[str, int]:
+    return {
+        "signals": sum(r.topic == "signals" for r in records),
+        "prices": sum(r.topic == "prices" for r in records),
+    }

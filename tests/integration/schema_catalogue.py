@@ -202,6 +202,19 @@ EXPECTED_COLUMNS: dict[str, dict[str, str]] = {
         "updated_at": TS,
         # Added by 0006: the id of the topic the offset belongs to.
         "topic_id": "text?",
+        # Added by 0009: the decision time of the record before the offset.
+        "event_at": TS_NULL,
+    },
+    # Added by 0010: where each partition stands in the one order, for the other workers.
+    "order_bounds": {
+        "consumer_group": "text",
+        "topic": "text",
+        "partition": "integer",
+        "bound_at": TS_NULL,
+        "bound_rank": "integer",
+        "bound_tie": "jsonb",
+        "excluded": "boolean",
+        "updated_at": TS,
     },
     "schema_migrations": {"name": "text", "checksum": "char(64)", "applied_at": TS},
     "exit_rule_sets": {"id": "uuid", "rules": "jsonb", "created_at": TS},
@@ -269,6 +282,9 @@ EXPECTED_DEFAULTS: dict[tuple[str, str], str] = {
     ("agent_positions", "realized_profit_sol"): "0",
     ("agent_positions", "tp_batch_start_level"): "0",
     ("agent_positions", "take_profit_proceeds_sol"): "0",  # added by 0002
+    ("order_bounds", "bound_rank"): "0",  # added by 0010
+    ("order_bounds", "bound_tie"): "'[]'::jsonb",
+    ("order_bounds", "excluded"): "false",
 }
 
 CASCADE, SET_NULL = "CASCADE", "SET NULL"
@@ -369,6 +385,7 @@ EXPECTED_INDEXES: list[tuple[str, tuple[str, ...], str]] = [
     # dropped by 0003: ("agent_positions", ("purchase_transaction_id",), INDEX),
     ("token_prices", ("token_address",), PK),
     ("consumer_offsets", ("consumer_group", "topic", "partition"), PK),
+    ("order_bounds", ("consumer_group", "topic", "partition"), PK),
     ("schema_migrations", ("name",), PK),
     # Added by 0002.
     ("agent_transactions", ("position_id",), INDEX),

@@ -119,6 +119,7 @@ class Pipeline:
         )
         # Partitions not fetched because their records wait in numbers (`_pause_full`).
         self._paused: set[TopicPartition] = set()
+        self._paused_in = 0  # the offset keeper's generation `_paused` belongs to
         # Whether other workers own partitions of the topics, and the bounds last told them.
         self._shared = False
         self._published: dict[tuple[str, int], Bound] = {}
@@ -288,6 +289,10 @@ class Pipeline:
         waiting, so this never stops the order."""
         timeline = self.offsets.timeline
         limit = max(100, 2 * self._kafka.fetch_max_records)
+        if self._paused_in != self.offsets.generation:
+            # A rebalance came: the partitions are assigned afresh (not paused by this).
+            self._paused_in = self.offsets.generation
+            self._paused.clear()
         for tp in timeline.sources():
             full = timeline.buffered(tp) >= limit
             if full and tp not in self._paused:

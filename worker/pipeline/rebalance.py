@@ -83,6 +83,8 @@ class OffsetKeeper(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka
         # The owned partitions' records in one order (`worker.pipeline.timeline`).
         self.timeline: Timeline[TopicPartition] = Timeline(lateness)
         self.fatal: BaseException | None = None
+        # Counts revocations: what the loop paused before one is no longer its to resume.
+        self.generation = 0
         # True while a revocation waits for the work in flight; `on_revoking` is told first,
         # so that a batch waiting to retry gives up instead of holding the rebalance.
         self.revoking = False
@@ -177,6 +179,7 @@ class OffsetKeeper(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka
 
     async def _revoke(self, revoked: set[TopicPartition]) -> None:
         async with self.lock:
+            self.generation += 1
             if revoked:  # aiokafka also calls this before the first assignment, with nothing
                 log.info("partitions_revoked", partitions=names(revoked))
             await self.commit_kafka(only=revoked)
