@@ -3,8 +3,9 @@
 One recorded stream (`tests.helpers.streams`: several users, every stop-loss mode, take profit
 with and without a moon bag, DCA with cooldowns, stale closes, equal timestamps, SOL/USD moves
 on another partition, prices exactly on the boundaries, holds and cooldowns ending exactly on
-a tick, records out of order within the lateness bound) is consumed several ways, each into a
-clone of one database on fresh topics:
+a tick, records out of order within the lateness bound; a valid and an invalid config edit
+in force from the middle of the stream) is consumed several ways, each into a clone of one
+database on fresh topics:
 
 - 16a live: published in real time while a worker runs;
 - 16b a backlog (published while no worker runs, then consumed) with
@@ -27,6 +28,7 @@ from __future__ import annotations
 import itertools
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -44,6 +46,7 @@ from tests.helpers.streams import (
     Run,
     base_database,
     differences,
+    edit_mid_stream,
     record_counts,
     recorded_stream,
     soon_ms,
@@ -83,7 +86,10 @@ async def test_one_stream_consumed_live_as_a_backlog_and_with_kills_gives_one_le
     base_url, users = await base_database(services)
     template = database_name(base_url)
     # Live first: the stream's times start a few seconds from now.
-    records = recorded_stream(rng, users, start_ms=soon_ms(8), late_ms=300)
+    start_ms = soon_ms(8)
+    records = recorded_stream(rng, users, start_ms=start_ms, late_ms=300)
+    # A valid and an invalid config edit in force from the middle of the stream.
+    await edit_mid_stream(base_url, users, datetime.fromtimestamp(start_ms / 1000 + 50, UTC))
     counts = record_counts(records)
     expected_executions = counts["signals"] * len(CONFIGS)
     ledgers: dict[str, list[Any]] = {}
@@ -171,6 +177,9 @@ async def test_one_stream_consumed_live_as_a_backlog_and_with_kills_gives_one_le
     )
     assert tables["executions"] == counts["signals"] * len(CONFIGS)
     assert tables["positions"] > 0 and tables["transactions"] > tables["positions"]
+    # The invalid edit took effect from the middle of the stream: that agent's buys failed.
+    failed = [r for r in reference if r.table == "executions" and r.values["status"] == "failed"]
+    assert any("config" in str(r.values["error"]) for r in failed), failed[:3]
     for name, lines in diffs.items():
         assert lines == [], f"{name} differs from the backlog (fetch 500):\n" + "\n".join(lines)
     assert late == dict.fromkeys(ledgers, 0), late

@@ -283,6 +283,43 @@ async def base_database(services: Services) -> tuple[str, list[uuid.UUID]]:
     return url, users
 
 
+async def edit_mid_stream(url: str, users: Sequence[uuid.UUID], at: datetime) -> None:
+    """Two config edits in force from `at` (as if made then): a valid one (the first user's
+    fixed-stop agent stops at -5% instead of -10%) and an invalid one (the second user's
+    exponential agent gets take-profit levels out of order: its buys fail from then on, its
+    open positions keep their rules)."""
+    valid = {**(CONFIGS[0] or {}), "stopLoss": {"enabled": True, "defaultPercentage": -5}}
+    invalid = {
+        **(CONFIGS[1] or {}),
+        "takeProfit": {
+            "enabled": True,
+            "mode": "custom",
+            "levels": [
+                {"targetPercent": 40, "sellPercent": 50},
+                {"targetPercent": 20, "sellPercent": 50},
+            ],
+        },
+    }
+    async with connected(url) as conn:
+        for user, index, config in ((users[0], 0, valid), (users[1 % len(users)], 1, invalid)):
+            agent = await conn.fetchval(
+                "SELECT id FROM agents WHERE user_id = $1 ORDER BY name OFFSET $2 LIMIT 1",
+                user,
+                index,
+            )
+            await conn.execute(
+                "UPDATE agents SET trading_config = $2::jsonb WHERE id = $1",
+                agent,
+                json.dumps(config),
+            )
+            await conn.execute(
+                "UPDATE agent_config_history SET valid_from = $2 WHERE id = "
+                "(SELECT max(id) FROM agent_config_history WHERE agent_id = $1)",
+                agent,
+                at,
+            )
+
+
 async def _processed(url: str, topics: Topics, counts: dict[str, int]) -> bool:
     async with connected(url) as conn:
         rows = await conn.fetch(

@@ -35,8 +35,14 @@ ON CONFLICT (consumer_group, topic, partition) DO UPDATE
    SET bound_at = EXCLUDED.bound_at, bound_rank = EXCLUDED.bound_rank,
        bound_tie = EXCLUDED.bound_tie, excluded = EXCLUDED.excluded, updated_at = now()
 """)
+# A partition is left out of the order only while its owner keeps saying so: a worker that
+# died with a partition blocked leaves a row that soon means "unknown" instead (everything
+# waits for the partition's next owner to say where it stands).
+EXCLUDED_FRESH_S = 10
 READ = """
-SELECT topic, partition, bound_at, bound_rank, bound_tie::text AS tie, excluded
+SELECT topic, partition, bound_at, bound_rank, bound_tie::text AS tie,
+       excluded AND updated_at > now() - interval '10 seconds' AS excluded,
+       excluded AS was_excluded
   FROM order_bounds WHERE consumer_group = $1
 """
 
@@ -73,5 +79,8 @@ async def read_bounds(
             excluded.add(where)
             continue
         at = r["bound_at"]
+        if r["was_excluded"]:
+            bounds[where] = None  # its owner stopped saying so: wait for the next one
+            continue
         bounds[where] = None if at is None else (at, r["bound_rank"], *orjson.loads(r["tie"]))
     return bounds, excluded

@@ -82,6 +82,10 @@ Batch = dict[TopicPartition, list[KafkaRecord]]
 # The order's wait for a partition is logged once it has lasted this long, and then again
 # after as long.
 WAIT_REPORT_S = 10.0
+# Bounds unchanged are written again after this long (`worker.db.bounds.EXCLUDED_FRESH_S`).
+REPUBLISH_S = 3.0
+# After this long waiting on the same partitions, `/readyz` says so.
+ORDER_STALL_S = 30.0
 # How long a fetch waits for records when other workers share the group: between fetches
 # the worker tells them where its partitions stand and reads where theirs do.
 SHARED_POLL_MS = 20
@@ -123,8 +127,11 @@ class Pipeline:
         # Whether other workers own partitions of the topics, and the bounds last told them.
         self._shared = False
         self._published: dict[tuple[str, int], Bound] = {}
-        # Since when records have waited for their turn without a pause (None: none wait).
+        self._published_at = 0.0
+        # Since when records have waited for their turn without a pause (None: none wait),
+        # and the partitions they waited for at the last report.
         self._waiting_since: float | None = None
+        self._waiting_on: list[str] = []
         self._waiting_reported = 0.0
         self.troubles = Troubles(metrics)
         self._retried = Retrier(settings, self._interrupt, self.troubles)
@@ -239,9 +246,10 @@ class Pipeline:
         self._metrics.order_buffered.set(buffered)
         if buffered and not released:
             self._waiting_since = self._waiting_since or time.monotonic()
-            self._report_waiting(idle)
+            self._report_waiting(idle, elsewhere)
         else:
             self._waiting_since = None
+            self._waiting_on = []
         return released
 
     async def _share(
@@ -269,9 +277,12 @@ class Pipeline:
 
         async def exchange() -> tuple[dict[tuple[str, int], Bound], set[tuple[str, int]]]:
             async with connection(self._pool) as conn:
-                if mine != self._published:
+                # Again when unchanged, now and then: a partition left out of the order
+                # stays out only while its owner keeps saying so (`worker.db.bounds`).
+                stale = time.monotonic() - self._published_at > REPUBLISH_S
+                if mine != self._published or stale:
                     await publish_bounds(conn, kafka.consumer_group, mine, blocked)
-                    self._published = mine
+                    self._published, self._published_at = mine, time.monotonic()
                 return await read_bounds(conn, kafka.consumer_group)
 
         bounds, excluded = await self._retried(
@@ -306,24 +317,51 @@ class Pipeline:
                         self.consumer.resume(tp)
         self._paused &= set(timeline.sources())
 
-    def _report_waiting(self, idle: list[TopicPartition]) -> None:
-        """Say which partitions the order waits for, when it has waited a while."""
+    def _report_waiting(
+        self, idle: list[TopicPartition], elsewhere: dict[TopicPartition, Bound]
+    ) -> None:
+        """Say which partitions the order waits for, when it has waited a while (the log,
+        and `/readyz` after `ORDER_STALL_S`)."""
         since = self._waiting_since
         if since is None or time.monotonic() - since < WAIT_REPORT_S:
             return
         if time.monotonic() - self._waiting_reported < WAIT_REPORT_S:
             return
-        waiting = self.offsets.timeline.waiting_on(idle=idle, now=datetime.now(UTC))
-        if waiting:
-            self._waiting_reported = time.monotonic()
-            log.warning(
-                "order_waits_for_partitions",
-                partitions=names(set(waiting)),
-                waited_s=round(time.monotonic() - since, 1),
-                buffered=len(self.offsets.timeline),
-                hint="a partition not read to its end holds back the records after it in "
-                "event time (LATENESS_MS covers one read to its end)",
-            )
+        timeline = self.offsets.timeline
+        waiting = set(timeline.waiting_on(idle=idle, now=datetime.now(UTC)))
+        first = timeline.first_key()
+        remote = {
+            tp
+            for tp, bound in elsewhere.items()
+            if bound is None or first is None or first >= bound
+        }
+        if not (waiting or remote):
+            return
+        self._waiting_reported = time.monotonic()
+        self._waiting_on = names(waiting) + [f"{n} (another worker's)" for n in names(remote)]
+        log.warning(
+            "order_waits_for_partitions",
+            partitions=self._waiting_on,
+            waited_s=round(time.monotonic() - since, 1),
+            buffered=len(timeline),
+            hint="a partition not read to its end (or another worker's not yet applied up to "
+            "this point) holds back the records after it in event time",
+        )
+
+    def order_reason(self) -> str | None:
+        """Why `/readyz` fails because the order has waited for `ORDER_STALL_S` on the same
+        partitions; None otherwise."""
+        since = self._waiting_since
+        if since is None or not self._waiting_on:
+            return None
+        waited = time.monotonic() - since
+        if waited < ORDER_STALL_S:
+            return None
+        return (
+            f"records wait {waited:.0f}s for their turn in event-time order: nothing is "
+            f"applied until {', '.join(self._waiting_on)} can no longer bring anything "
+            "earlier (a partition not read to its end, or another worker's not advancing)"
+        )
 
     async def _process_released(self, entries: list[Entry[TopicPartition]]) -> None:
         """Apply released records in their order: each run of ticks in one lane, in order;

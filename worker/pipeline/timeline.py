@@ -227,6 +227,11 @@ class Timeline(Generic[P]):
             self._released = out[-1].key
         return out
 
+    def first_key(self) -> tuple[Any, ...] | None:
+        """The key of the earliest buffered record (None: nothing waits)."""
+        heads = [s.buffer[0][0] for s in self._inputs.values() if s.buffer]
+        return min(heads) if heads else None
+
     def bounds(self, *, idle: Iterable[P], now: datetime) -> dict[P, tuple[Any, ...] | None]:
         """For the other workers: the least key each partition may still apply (a record
         released is applied before the next call), None when unknown."""

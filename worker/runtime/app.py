@@ -290,8 +290,9 @@ def _readiness(pipeline: Pipeline, pool: asyncpg.Pool) -> ReadyCheck:
                 await pipeline.consumer.topics()
         except SERVICE_ERRORS as exc:
             return f"Kafka unreachable: {describe(exc)}"
-        # Both answer, yet work waits for the server: a lock, a timeout, a full disk.
-        return pipeline.troubles.reason()
+        # Both answer, yet work waits for the server: a lock, a timeout, a full disk; or
+        # for a partition that holds back the order.
+        return pipeline.troubles.reason() or pipeline.order_reason()
 
     return ready
 
