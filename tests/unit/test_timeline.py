@@ -164,6 +164,20 @@ def test_other_workers_partitions_bound_the_release() -> None:
     assert line.bounds(idle=["s0"], now=FAR)["s0"] == second
 
 
+def test_after_a_restart_a_record_released_but_not_applied_is_not_late() -> None:
+    line = timeline(["s0", "t0"])
+    put(line, Rec("t0", 0, 5, RANK_TICK, "A"))
+    put(line, Rec("s0", 0, 10, RANK_SIGNAL))
+    assert len(line.release(idle=["s0", "t0"], now=FAR)) == 2
+    # Abandoned before its commit: both partitions read again from their stored offsets.
+    line.restart()
+    line.open("t0", lowest_rank=RANK_SOL_TICK, last_at=None)
+    line.open("s0", lowest_rank=RANK_SIGNAL, last_at=None)
+    again = put(line, Rec("t0", 0, 5, RANK_TICK, "A"))
+    assert not again.late
+    assert again.at == T0 + timedelta(milliseconds=5)
+
+
 def test_a_closed_partition_no_longer_holds_the_others_back() -> None:
     line = timeline(["s0", "t0"])
     put(line, Rec("s0", 0, 10, RANK_SIGNAL))

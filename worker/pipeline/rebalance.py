@@ -141,6 +141,7 @@ class OffsetKeeper(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka
         """After abandoned work: every owned partition read again from its floor (the first
         record not stored), its buffered records forgotten and its place in the order
         restored (a reassignment does the same)."""
+        self.timeline.restart()
         for tp in list(self.timeline.sources()):
             self.open(tp)
             with contextlib.suppress(IllegalStateError):
@@ -202,6 +203,7 @@ class OffsetKeeper(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka
         # fetching a new assignment (from the log start) while this listener awaits.
         with contextlib.suppress(IllegalStateError):
             self.consumer.pause(*assigned)
+        self.timeline.restart()  # every partition is read again from its stored offset
         try:
             stored = await self._stored_offsets()
             known = {tp for tp in assigned if (tp.topic, tp.partition) in stored}

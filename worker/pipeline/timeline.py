@@ -128,6 +128,12 @@ class Timeline(Generic[P]):
         last record applied was decided at `last_at` (None: never one)."""
         self._inputs[source] = _Input(lowest_rank, last_at)
 
+    def restart(self) -> None:
+        """Forget what was released: the partitions are read again from where their
+        effects were stored (abandoned work, a reassignment), so a record released before
+        and not applied is not late when it comes again."""
+        self._released = None
+
     def close(self, source: P) -> None:
         """Stop ordering `source` (revoked, or blocked): its buffered records are forgotten
         (its next owner reads them again from the stored offset) and it no longer holds
