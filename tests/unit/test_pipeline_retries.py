@@ -35,6 +35,9 @@ class Consumer:
     def last_stable_offset(self, _tp: TopicPartition) -> int | None:
         return None
 
+    def partitions_for_topic(self, topic: str) -> set[int] | None:
+        return {0} if topic == TP.topic else set()
+
     async def position(self, _tp: TopicPartition) -> int:
         return 6
 
