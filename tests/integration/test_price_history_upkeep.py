@@ -99,8 +99,9 @@ async def test_a_days_ticks_in_the_default_partition_are_moved_into_its_new_part
     await db_conn.execute(f"DROP TABLE {partition_name(day)}")
     noon = datetime(day.year, day.month, day.day, 12, tzinfo=UTC)
     far = noon + timedelta(days=400)  # beyond any partition made
+    decided = noon + timedelta(seconds=1)  # a tick decided after its ts (bumped or late)
     await PriceQueries(db_conn).record_ticks([
-        PriceWrite(TOKEN_A, Decimal(1), noon),
+        PriceWrite(TOKEN_A, Decimal(1), noon, decided),
         PriceWrite(TOKEN_B, Decimal(2), noon + timedelta(hours=11, minutes=59)),
         PriceWrite(TOKEN_A, Decimal(3), far),
     ])  # fmt: skip
@@ -113,6 +114,11 @@ async def test_a_days_ticks_in_the_default_partition_are_moved_into_its_new_part
     assert [r[0] for r in await db_conn.fetch(where)] == [
         partition_name(day), partition_name(day), "token_price_history_default",
     ]  # fmt: skip
+    # Every column moves with its row: a replay decides the tick when the worker did.
+    moved = await db_conn.fetchval(
+        "SELECT event_at FROM token_price_history WHERE price_ts = $1", noon
+    )
+    assert moved == decided
     # A week ahead, whatever the days already made.
     ahead = {partition_name(today + timedelta(days=n)) for n in range(UPKEEP_DAYS_AHEAD + 1)}
     assert ahead <= await _partitions(db_conn)

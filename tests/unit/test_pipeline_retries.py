@@ -44,6 +44,12 @@ class Consumer:
     def pause(self, *_tps: TopicPartition) -> None:
         pass
 
+    def paused(self) -> set[TopicPartition]:
+        return set()
+
+    def last_poll_timestamp(self, _tp: TopicPartition) -> int:
+        return 1_700_000_001_000
+
     def resume(self, *_tps: TopicPartition) -> None:
         pass
 

@@ -46,6 +46,17 @@ def timeline(sources: list[str], lateness_ms: int = 0) -> Timeline[str]:
     return line
 
 
+def go(
+    line: Timeline[str],
+    idle: list[str],
+    now: datetime,
+    elsewhere: dict[str, tuple[object, ...] | None] | None = None,
+) -> list[Entry[str]]:
+    """The partitions `idle` read to their end at `now`; what the order lets go."""
+    line.promise(dict.fromkeys(idle, now))
+    return line.release(elsewhere=elsewhere)
+
+
 def put(line: Timeline[str], r: Rec) -> Entry[str]:
     at = None if r.ms is None else T0 + timedelta(milliseconds=r.ms)
     return line.place(r.source, r.offset, at, r.rank, r.tie, r)
@@ -59,7 +70,7 @@ def test_a_tick_stamped_after_a_signal_goes_after_it_though_fetched_first() -> N
     line = timeline(["s0", "t0"])
     put(line, Rec("t0", 0, 5, RANK_TICK, "A"))
     put(line, Rec("s0", 0, 4, RANK_SIGNAL))
-    out = line.release(idle=["s0", "t0"], now=FAR)
+    out = go(line, ["s0", "t0"], FAR)
     assert [(e.source, e.offset) for e in out] == [("s0", 0), ("t0", 0)]
 
 
@@ -69,7 +80,7 @@ def test_equal_times_sol_first_then_token_ticks_then_signals() -> None:
     put(line, Rec("t0", 0, 7, RANK_TICK, "B"))
     put(line, Rec("t1", 0, 7, RANK_TICK, "A"))
     put(line, Rec("t2", 0, 7, RANK_SOL_TICK, "So1"))
-    out = line.release(idle=["s0", "t0", "t1", "t2"], now=FAR)
+    out = go(line, ["s0", "t0", "t1", "t2"], FAR)
     assert [(e.source, e.offset) for e in out] == [("t2", 0), ("t1", 0), ("t0", 0), ("s0", 0)]
 
 
@@ -79,7 +90,7 @@ def test_a_partition_keeps_its_order_at_equal_times_a_microsecond_apart() -> Non
     sol = put(line, Rec("t0", 1, 7, RANK_SOL_TICK, "So1"))
     assert sol.at == first.at + STEP
     assert not sol.late
-    out = line.release(idle=["t0"], now=FAR)
+    out = go(line, ["t0"], FAR)
     assert [(e.source, e.offset) for e in out] == [("t0", 0), ("t0", 1)]
 
 
@@ -88,29 +99,29 @@ def test_a_signal_waits_for_a_tick_partition_not_read_to_its_end() -> None:
     put(line, Rec("s0", 0, 10, RANK_SIGNAL))
     put(line, Rec("t0", 0, 3, RANK_TICK, "A"))
     # t0's next ticks come after its tick at 3, but may be stamped before the signal.
-    assert [(e.source, e.offset) for e in line.release(idle=["s0"], now=FAR)] == [("t0", 0)]
-    assert line.waiting_on(idle=["s0"], now=FAR) == ["t0"]
+    assert [(e.source, e.offset) for e in go(line, ["s0"], FAR)] == [("t0", 0)]
+    assert line.waiting_on() == ["t0"]
     put(line, Rec("t0", 1, 9, RANK_TICK, "A"))
-    assert [(e.source, e.offset) for e in line.release(idle=["s0"], now=FAR)] == [("t0", 1)]
+    assert [(e.source, e.offset) for e in go(line, ["s0"], FAR)] == [("t0", 1)]
     # A tick at the signal's time goes first; after it, t0 can only bring later ones.
     put(line, Rec("t0", 2, 10, RANK_TICK, "A"))
-    out = line.release(idle=["s0"], now=FAR)
+    out = go(line, ["s0"], FAR)
     assert [(e.source, e.offset) for e in out] == [("t0", 2), ("s0", 0)]
 
 
 def test_a_partition_never_read_holds_everything_back() -> None:
     line = timeline(["s0", "t0"])
     put(line, Rec("s0", 0, 10, RANK_SIGNAL))
-    assert line.release(idle=["s0"], now=FAR) == []
-    assert line.waiting_on(idle=["s0"], now=FAR) == ["t0"]
+    assert go(line, ["s0"], FAR) == []
+    assert line.waiting_on() == ["t0"]
 
 
 def test_a_caught_up_partition_holds_back_only_what_lies_within_the_lateness() -> None:
     line = timeline(["s0", "t0"], lateness_ms=1000)
     put(line, Rec("s0", 0, 10, RANK_SIGNAL))
     # The clock 500 ms after the signal: a tick stamped before it may still be on its way.
-    assert line.release(idle=["s0", "t0"], now=T0 + timedelta(milliseconds=510)) == []
-    out = line.release(idle=["s0", "t0"], now=T0 + timedelta(milliseconds=1011))
+    assert go(line, ["s0", "t0"], T0 + timedelta(milliseconds=510)) == []
+    out = go(line, ["s0", "t0"], T0 + timedelta(milliseconds=1011))
     assert [(e.source, e.offset) for e in out] == [("s0", 0)]
 
 
@@ -126,12 +137,12 @@ def test_a_record_stamped_before_its_predecessor_is_decided_at_its_time() -> Non
 def test_a_late_record_is_decided_right_after_what_was_decided_and_marked() -> None:
     line = timeline(["s0", "t0"], lateness_ms=0)
     put(line, Rec("s0", 0, 10, RANK_SIGNAL))
-    assert len(line.release(idle=["s0", "t0"], now=T0 + timedelta(milliseconds=20))) == 1
+    assert len(go(line, ["s0", "t0"], T0 + timedelta(milliseconds=20))) == 1
     late = put(line, Rec("t0", 0, 5, RANK_TICK, "A"))
     assert late.late
     # t0 was read to its end when the clock said 20 ms: it is decided then.
     assert late.at == T0 + timedelta(milliseconds=20)
-    out = line.release(idle=["s0", "t0"], now=T0 + timedelta(milliseconds=30))
+    out = go(line, ["s0", "t0"], T0 + timedelta(milliseconds=30))
     assert [(e.source, e.offset, e.late) for e in out] == [("t0", 0, True)]
 
 
@@ -140,7 +151,7 @@ def test_a_late_record_of_a_partition_never_idle_goes_right_after_what_was_decid
     put(line, Rec("t0", 0, 30, RANK_TICK, "A"))
     put(line, Rec("s0", 0, 10, RANK_SIGNAL))
     put(line, Rec("s0", 1, 40, RANK_SIGNAL))
-    out = line.release(idle=[], now=FAR)
+    out = go(line, [], FAR)
     assert [(e.source, e.offset) for e in out] == [("s0", 0), ("t0", 0)]
     # A tick stamped 20 ms is impossible in order now (t0 is past 30 ms); a partition
     # whose next record is stamped before its last is decided just after it.
@@ -155,20 +166,20 @@ def test_other_workers_partitions_bound_the_release() -> None:
     put(line, Rec("s0", 1, 20, RANK_SIGNAL))
     at = T0 + timedelta(milliseconds=15)
     # Unknown: nothing goes.
-    assert line.release(idle=["s0"], now=FAR, elsewhere={"t9": None}) == []
+    assert go(line, ["s0"], FAR, {"t9": None}) == []
     # A tick partition elsewhere may still apply ticks from 15 ms on: the signal at 10 goes.
-    out = line.release(idle=["s0"], now=FAR, elsewhere={"t9": (at, RANK_SOL_TICK)})
+    out = go(line, ["s0"], FAR, {"t9": (at, RANK_SOL_TICK)})
     assert [(e.source, e.offset) for e in out] == [("s0", 0)]
     # What this worker tells the others: its first record not applied.
     second = (T0 + timedelta(milliseconds=20), RANK_SIGNAL, "s0", 1)
-    assert line.bounds(idle=["s0"], now=FAR)["s0"] == second
+    assert line.bounds()["s0"] == second
 
 
 def test_after_a_restart_a_record_released_but_not_applied_is_not_late() -> None:
     line = timeline(["s0", "t0"])
     put(line, Rec("t0", 0, 5, RANK_TICK, "A"))
     put(line, Rec("s0", 0, 10, RANK_SIGNAL))
-    assert len(line.release(idle=["s0", "t0"], now=FAR)) == 2
+    assert len(go(line, ["s0", "t0"], FAR)) == 2
     # Abandoned before its commit: both partitions read again from their stored offsets.
     line.restart()
     line.open("t0", lowest_rank=RANK_SOL_TICK, last_at=None)
@@ -178,11 +189,45 @@ def test_after_a_restart_a_record_released_but_not_applied_is_not_late() -> None
     assert again.at == T0 + timedelta(milliseconds=5)
 
 
+def test_a_promise_outlives_a_restart_and_applies_from_its_offset_on() -> None:
+    line = timeline(["s0", "t0"])
+    put(line, Rec("t0", 0, 5, RANK_TICK, "A"))
+    moved = line.promise({"t0": T0 + timedelta(milliseconds=30)})
+    assert moved == {"t0": (T0 + timedelta(milliseconds=30), 1)}
+    # Stored, then the worker restarts: the partition is opened again with its promise.
+    again: Timeline[str] = Timeline(timedelta(0))
+    again.open("s0", lowest_rank=RANK_SIGNAL, last_at=None)
+    again.open("t0", lowest_rank=RANK_SOL_TICK, last_at=None, next_offset=0, promise=moved["t0"])
+    # The record read before the promise is not late; the one after it, stamped before, is.
+    first = put(again, Rec("t0", 0, 5, RANK_TICK, "A"))
+    second = put(again, Rec("t0", 1, 20, RANK_TICK, "A"))
+    assert (first.late, first.at) == (False, T0 + timedelta(milliseconds=5))
+    assert (second.late, second.at) == (True, T0 + timedelta(milliseconds=30))
+
+
+def test_a_promise_only_moves_forward() -> None:
+    line = timeline(["t0"])
+    assert line.promise({"t0": T0}) == {"t0": (T0, 0)}
+    assert line.promise({"t0": T0 - timedelta(seconds=1)}) == {}
+    assert line.promises() == {"t0": (T0, 0)}
+
+
+def test_the_lateness_allowance_holds_back_what_may_still_come_on_time() -> None:
+    line = timeline(["s0", "t0"], lateness_ms=1000)
+    put(line, Rec("s0", 0, 10, RANK_SIGNAL))
+    assert go(line, ["s0", "t0"], T0 + timedelta(milliseconds=900)) == []
+    # A tick stamped 5 ms, readable only now, is on time.
+    tick = put(line, Rec("t0", 0, 5, RANK_TICK, "A"))
+    assert not tick.late
+    out = go(line, ["s0", "t0"], T0 + timedelta(milliseconds=1011))
+    assert [(e.source, e.offset) for e in out] == [("t0", 0), ("s0", 0)]
+
+
 def test_a_closed_partition_no_longer_holds_the_others_back() -> None:
     line = timeline(["s0", "t0"])
     put(line, Rec("s0", 0, 10, RANK_SIGNAL))
     line.close("t0")
-    assert [(e.source, e.offset) for e in line.release(idle=["s0"], now=FAR)] == [("s0", 0)]
+    assert [(e.source, e.offset) for e in go(line, ["s0"], FAR)] == [("s0", 0)]
 
 
 def test_a_record_without_a_time_takes_its_partitions_time() -> None:
@@ -240,7 +285,7 @@ def consume(
         for r in log[source][taken[source] : taken[source] + n]:
             put(line, r)
         taken[source] = min(len(log[source]), taken[source] + n)
-        done = line.release(idle=idle(), now=T0)  # a backlog: the clock is before everything
+        done = go(line, idle(), T0)  # a backlog: the clock is before everything
         applied.extend(done)
         for e in done:
             last_at[e.source] = e.at
@@ -256,7 +301,7 @@ def consume(
     while any(taken[s] < len(log[s]) for s in SOURCES):
         for s in SOURCES:
             step(s, 3)
-    applied.extend(line.release(idle=SOURCES, now=FAR))  # the backlog is over
+    applied.extend(go(line, SOURCES, FAR))  # the backlog is over
     return keys(applied)
 
 

@@ -38,10 +38,10 @@ ON CONFLICT (consumer_group, topic, partition) DO UPDATE
 # A partition is left out of the order only while its owner keeps saying so: a worker that
 # died with a partition blocked leaves a row that soon means "unknown" instead (everything
 # waits for the partition's next owner to say where it stands).
-EXCLUDED_FRESH_S = 10
+EXCLUDED_FRESH_S = 60
 READ = """
 SELECT topic, partition, bound_at, bound_rank, bound_tie::text AS tie,
-       excluded AND updated_at > now() - interval '10 seconds' AS excluded,
+       excluded AND updated_at > now() - interval '60 seconds' AS excluded,
        excluded AS was_excluded
   FROM order_bounds WHERE consumer_group = $1
 """
@@ -84,3 +84,46 @@ async def read_bounds(
             continue
         bounds[where] = None if at is None else (at, r["bound_rank"], *orjson.loads(r["tie"]))
     return bounds, excluded
+
+
+PROMISES: Bulk[tuple[str, int, datetime, int]] = Bulk(
+    "p",
+    [
+        Column("t", "text", lambda r: r[0]),
+        Column("p", "int", lambda r: r[1]),
+        Column("a", "timestamptz", lambda r: r[2]),
+        Column("o", "bigint", lambda r: r[3]),
+    ],
+    scalars=["group"],
+)
+# A promise only ever moves forward (a late write of an older one changes nothing).
+STORE_PROMISES = PROMISES.sql("""
+INSERT INTO order_bounds (consumer_group, topic, partition, promised_at, promised_from)
+SELECT {group}, p.t, p.p, p.a, p.o FROM {rows} ORDER BY p.t, p.p
+ON CONFLICT (consumer_group, topic, partition) DO UPDATE
+   SET promised_at = EXCLUDED.promised_at, promised_from = EXCLUDED.promised_from
+ WHERE order_bounds.promised_at IS NULL OR order_bounds.promised_at < EXCLUDED.promised_at
+""")
+READ_PROMISES = """
+SELECT topic, partition, promised_at, promised_from FROM order_bounds
+ WHERE consumer_group = $1 AND topic = ANY($2::text[]) AND promised_at IS NOT NULL
+"""
+
+
+async def store_promises(
+    conn: asyncpg.Connection, group: str, promises: Mapping[tuple[str, int], tuple[datetime, int]]
+) -> None:
+    """Store each (topic, partition)'s promise: nothing from that offset on is decided
+    before that time (`worker.pipeline.timeline`)."""
+    rows = [(t, p, at, offset) for (t, p), (at, offset) in sorted(promises.items())]
+    await conn.execute(STORE_PROMISES, *PROMISES.args(rows, group=group))
+
+
+async def read_promises(
+    conn: asyncpg.Connection, group: str, topics: list[str]
+) -> dict[tuple[str, int], tuple[datetime, int]]:
+    """The stored promise of each (topic, partition) of `topics` that has one."""
+    return {
+        (r["topic"], r["partition"]): (r["promised_at"], r["promised_from"])
+        for r in await conn.fetch(READ_PROMISES, group, topics)
+    }

@@ -122,7 +122,8 @@ async def set_offset(
     """Set the stored offset to exactly `next_offset`, backwards too (the reset command);
     with `topic_id`, it now belongs to that topic (a recreated topic accepted)."""
     await conn.execute(SET_OFFSET, group, topic, partition, next_offset, topic_id)
-    # Where the partition stood in the order no longer holds (`worker.db.bounds`).
+    # Where the partition stood in the order, and what it promised, no longer hold
+    # (`worker.db.bounds`).
     await conn.execute(
         "DELETE FROM order_bounds WHERE consumer_group = $1 AND topic = $2 AND partition = $3",
         group,

@@ -87,8 +87,10 @@ DAY_PARTITION_DDL = """
 SELECT format('CREATE TABLE %I (LIKE token_price_history INCLUDING DEFAULTS)', $1::text),
        format('WITH moved AS (DELETE FROM token_price_history_default'
               ' WHERE price_ts >= %L AND price_ts < %L'
-              ' RETURNING token_address, price_usd, price_ts, recorded_at)'
-              ' INSERT INTO %I SELECT * FROM moved', $2::timestamptz, $3::timestamptz, $1::text),
+              ' RETURNING token_address, price_usd, price_ts, recorded_at, event_at)'
+              ' INSERT INTO %I (token_address, price_usd, price_ts, recorded_at, event_at)'
+              ' SELECT token_address, price_usd, price_ts, recorded_at, event_at FROM moved',
+              $2::timestamptz, $3::timestamptz, $1::text),
        format('ALTER TABLE token_price_history ATTACH PARTITION %I FOR VALUES FROM (%L) TO (%L)',
               $1::text, $2::timestamptz, $3::timestamptz)
 """

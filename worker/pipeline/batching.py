@@ -255,25 +255,32 @@ def ticks_of(items: Sequence[Item]) -> list[PriceTick]:
 
 
 def placing(
-    item: Item | None, tp: TopicPartition, *, is_signal: bool
+    item: Item | None,
+    record: KafkaRecord,
+    tp: TopicPartition,
+    *,
+    is_signal: bool,
+    latest: datetime,
 ) -> tuple[datetime | None, int, tuple[Any, ...]]:
-    """(event time, rank, tie-break) of a record in the order (`worker.pipeline.timeline`):
-    a record that goes to the dead-letter topic has no time (it is placed at its
-    partition's) and keeps its partition's rank."""
+    """(event time, rank, tie-break) of a record in the order (`worker.pipeline.timeline`).
+    A record that goes to the dead-letter topic keeps its partition's rank and is placed at
+    its record's timestamp when that is a time no later than `latest` (else at its
+    partition's time): its place only moves its partition's offset on."""
     if item is None:
+        try:
+            at: datetime | None = record_time(record)
+        except InvalidMessage:
+            at = None
+        if at is not None and at > latest:
+            at = None
         return (
-            (None, RANK_SIGNAL, (tp.partition,))
-            if is_signal
-            else (None, RANK_TICK, ("", tp.partition))
+            (at, RANK_SIGNAL, (tp.partition,)) if is_signal else (at, RANK_TICK, ("", tp.partition))
         )
     message = item.message
     if isinstance(message, SignalV1):
         return item.event_time(), RANK_SIGNAL, (tp.partition,)
-    return (
-        item.event_time(),
-        tick_rank(message.token_address),
-        (message.token_address, tp.partition),
-    )
+    token = message.token_address
+    return item.event_time(), tick_rank(token), (token, tp.partition)
 
 
 def parts_of(run: Sequence[Entry[TopicPartition]]) -> list[Part]:

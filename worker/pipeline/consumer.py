@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -36,7 +36,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import IllegalStateError
 from aiokafka.structs import TopicPartition
 
-from worker.db.bounds import Bound, publish_bounds, read_bounds
+from worker.db.bounds import Bound, publish_bounds, read_bounds, store_promises
 from worker.db.pool import connection
 from worker.handlers.config_cache import ConfigTexts
 from worker.handlers.signals import UnknownUser, handle_signals
@@ -70,7 +70,7 @@ from worker.pipeline.failures import (
 from worker.pipeline.ordering import names, read_to_end
 from worker.pipeline.rebalance import OffsetKeeper
 from worker.pipeline.telemetry import Outcome, Reporter, Troubles, coordinates
-from worker.pipeline.timeline import Entry, runs
+from worker.pipeline.timeline import Entry, Promise, runs
 from worker.ports import PipelineStore
 from worker.retry import describe
 from worker.settings import Settings
@@ -84,6 +84,9 @@ Batch = dict[TopicPartition, list[KafkaRecord]]
 WAIT_REPORT_S = 10.0
 # Bounds unchanged are written again after this long (`worker.db.bounds.EXCLUDED_FRESH_S`).
 REPUBLISH_S = 3.0
+# Records waiting for their turn take at most about this much memory (their keys and
+# values): beyond it, no partition with records waiting is fetched.
+ORDER_BUFFER_MAX_BYTES = 64 * 1024 * 1024
 # After this long waiting on the same partitions, `/readyz` says so.
 ORDER_STALL_S = 30.0
 # How long a fetch waits for records when other workers share the group: between fetches
@@ -219,9 +222,9 @@ class Pipeline:
             dead.extend(bad)
             for record, decoded in zip(records, items, strict=True):
                 item = None if decoded is None else replace(decoded, taken=taken)
-                entry = timeline.place(
-                    tp, record.offset, *placing(item, tp, is_signal=is_signal), (record, item)
-                )
+                where = placing(item, record, tp, is_signal=is_signal, latest=now + ahead)
+                size = record.serialized_value_size + max(record.serialized_key_size, 0)
+                entry = timeline.place(tp, record.offset, *where, (record, item), size)
                 if entry.late:
                     self._metrics.late_records.labels(tp.topic).inc()
                     log.warning(
@@ -237,27 +240,38 @@ class Pipeline:
                 lambda: f"dead letters of {len(dead)} record(s)",
                 lambda: self._dead_letters.send(dead),
             )
-        idle = await read_to_end(self.consumer, timeline.sources())
-        now = datetime.now(UTC)
-        elsewhere = await self._share(idle, now)
-        released = timeline.release(idle=idle, now=now, elsewhere=elsewhere)
+        moved = timeline.promise(await self._read_to_end(timeline.sources()))
+        elsewhere = await self._share(moved)
+        released = timeline.release(elsewhere=elsewhere)
         self._pause_full()
         buffered = len(timeline)
         self._metrics.order_buffered.set(buffered)
         if buffered and not released:
             self._waiting_since = self._waiting_since or time.monotonic()
-            self._report_waiting(idle, elsewhere)
+            self._report_waiting(elsewhere)
         else:
             self._waiting_since = None
             self._waiting_on = []
         return released
 
-    async def _share(
-        self, idle: list[TopicPartition], now: datetime
-    ) -> dict[TopicPartition, Bound]:
-        """With other workers in the group: tell them where this worker's partitions stand
-        (`order_bounds`) and learn where theirs do; {} when this worker owns every partition
-        (then nothing is written or read)."""
+    async def _read_to_end(self, tps: list[TopicPartition]) -> dict[TopicPartition, datetime]:
+        """The partitions of `tps` read to their end, each with when that end was seen (the
+        last fetch response for it; a paused partition is not fetched, so its end is not
+        known to be its end)."""
+        paused = self.consumer.paused()
+        seen: dict[TopicPartition, datetime] = {}
+        now = datetime.now(UTC)
+        for tp in await read_to_end(self.consumer, [tp for tp in tps if tp not in paused]):
+            polled = self.consumer.last_poll_timestamp(tp)
+            at = datetime.fromtimestamp(polled / 1000, UTC) if polled else now
+            seen[tp] = min(at, now)
+        return seen
+
+    async def _share(self, moved: Mapping[TopicPartition, Promise]) -> dict[TopicPartition, Bound]:
+        """Store the promises that moved (before anything is released on their strength);
+        with other workers in the group, tell them where this worker's partitions stand
+        (`order_bounds`) and learn where theirs do ({} when this worker owns every
+        partition)."""
         kafka = self._kafka
         everything: set[TopicPartition] = set()
         for topic in (kafka.signals_topic, kafka.prices_topic):
@@ -266,27 +280,36 @@ class Pipeline:
         assigned = self.consumer.assignment()
         others = everything - set(assigned)
         self._shared = bool(others)
-        if not others:
+        promises = {(tp.topic, tp.partition): v for tp, v in moved.items()}
+        mine: dict[tuple[str, int], Bound] = {}
+        blocked: dict[tuple[str, int], bool] = {}
+        if others:
+            mine = {(tp.topic, tp.partition): b for tp, b in self.offsets.timeline.bounds().items()}
+            blocked = {
+                (tp.topic, tp.partition): True for tp in assigned if self.offsets.is_blocked(tp)
+            }
+            mine.update(dict.fromkeys(blocked))
+        # Again when unchanged, now and then: a partition left out of the order stays out
+        # only while its owner keeps saying so (`worker.db.bounds`).
+        publish = bool(others) and (
+            mine != self._published or time.monotonic() - self._published_at > REPUBLISH_S
+        )
+        if not (promises or publish or others):
             return {}
-        mine = {
-            (tp.topic, tp.partition): bound
-            for tp, bound in self.offsets.timeline.bounds(idle=idle, now=now).items()
-        }
-        blocked = {(tp.topic, tp.partition): True for tp in assigned if self.offsets.is_blocked(tp)}
-        mine.update(dict.fromkeys(blocked))
 
         async def exchange() -> tuple[dict[tuple[str, int], Bound], set[tuple[str, int]]]:
             async with connection(self._pool) as conn:
-                # Again when unchanged, now and then: a partition left out of the order
-                # stays out only while its owner keeps saying so (`worker.db.bounds`).
-                stale = time.monotonic() - self._published_at > REPUBLISH_S
-                if mine != self._published or stale:
+                if promises:
+                    await store_promises(conn, kafka.consumer_group, promises)
+                if publish:
                     await publish_bounds(conn, kafka.consumer_group, mine, blocked)
                     self._published, self._published_at = mine, time.monotonic()
+                if not others:
+                    return {}, set()
                 return await read_bounds(conn, kafka.consumer_group)
 
         bounds, excluded = await self._retried(
-            "order", lambda: "the other workers' places in the order", exchange
+            "order", lambda: "the order's promises and the other workers' places", exchange
         )
         return {
             tp: bounds.get((tp.topic, tp.partition))
@@ -295,17 +318,20 @@ class Pipeline:
         }
 
     def _pause_full(self) -> None:
-        """Stop fetching a partition whose records wait in numbers (memory stays bounded);
-        fetch it again once they went. A partition that holds the others back never has any
-        waiting, so this never stops the order."""
+        """Stop fetching a partition whose records wait in numbers, or any partition with
+        records waiting once they take `ORDER_BUFFER_MAX_BYTES` in all (memory stays
+        bounded); fetch it again once they went. A partition that holds the others back has
+        none waiting, so this never stops the order."""
         timeline = self.offsets.timeline
         limit = max(100, 2 * self._kafka.fetch_max_records)
+        too_big = timeline.buffered_bytes() > ORDER_BUFFER_MAX_BYTES
         if self._paused_in != self.offsets.generation:
             # A rebalance came: the partitions are assigned afresh (not paused by this).
             self._paused_in = self.offsets.generation
             self._paused.clear()
         for tp in timeline.sources():
-            full = timeline.buffered(tp) >= limit
+            waiting = timeline.buffered(tp)
+            full = waiting >= limit or (too_big and waiting > 0)
             if full and tp not in self._paused:
                 with contextlib.suppress(IllegalStateError):
                     self.consumer.pause(tp)
@@ -317,9 +343,7 @@ class Pipeline:
                         self.consumer.resume(tp)
         self._paused &= set(timeline.sources())
 
-    def _report_waiting(
-        self, idle: list[TopicPartition], elsewhere: dict[TopicPartition, Bound]
-    ) -> None:
+    def _report_waiting(self, elsewhere: dict[TopicPartition, Bound]) -> None:
         """Say which partitions the order waits for, when it has waited a while (the log,
         and `/readyz` after `ORDER_STALL_S`)."""
         since = self._waiting_since
@@ -328,12 +352,12 @@ class Pipeline:
         if time.monotonic() - self._waiting_reported < WAIT_REPORT_S:
             return
         timeline = self.offsets.timeline
-        waiting = set(timeline.waiting_on(idle=idle, now=datetime.now(UTC)))
+        waiting = set(timeline.waiting_on())
         first = timeline.first_key()
         remote = {
             tp
             for tp, bound in elsewhere.items()
-            if bound is None or first is None or first >= bound
+            if bound is None or first is None or not first < bound
         }
         if not (waiting or remote):
             return

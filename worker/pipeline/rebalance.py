@@ -33,6 +33,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.errors import IllegalStateError, KafkaError
 from aiokafka.structs import TopicPartition
 
+from worker.db.bounds import read_promises
 from worker.db.offsets import StoredOffset, fetch_stored, store_offsets
 from worker.db.pool import connection
 from worker.errors import WorkerError
@@ -40,7 +41,7 @@ from worker.metrics import Metrics
 from worker.pipeline.batching import KafkaRecord, above
 from worker.pipeline.offset_checks import Verdict, check, resolving_command
 from worker.pipeline.ordering import names
-from worker.pipeline.timeline import RANK_SIGNAL, RANK_SOL_TICK, Timeline
+from worker.pipeline.timeline import RANK_SIGNAL, RANK_SOL_TICK, Promise, Timeline
 from worker.pipeline.topic_ids import topic_ids
 from worker.retry import SERVICE_ERRORS, describe, transient_retry
 from worker.settings import KafkaSettings
@@ -78,8 +79,10 @@ class OffsetKeeper(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka
         self.lock = asyncio.Lock()
         # Per partition, the first offset not applied yet as far as this worker knows.
         self.floor: dict[TopicPartition, int] = {}
-        # Per partition, the decision time of the record before its floor (None: unknown).
+        # Per partition, the decision time of the record before its floor (None: unknown),
+        # and its last promise in the order (`worker.pipeline.timeline`), as stored.
         self.floor_at: dict[TopicPartition, datetime | None] = {}
+        self.promised: dict[TopicPartition, Promise] = {}
         # The owned partitions' records in one order (`worker.pipeline.timeline`).
         self.timeline: Timeline[TopicPartition] = Timeline(lateness)
         self.fatal: BaseException | None = None
@@ -142,6 +145,7 @@ class OffsetKeeper(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka
         record not stored), its buffered records forgotten and its place in the order
         restored (a reassignment does the same)."""
         self.timeline.restart()
+        self.promised.update(self.timeline.promises())
         for tp in list(self.timeline.sources()):
             self.open(tp)
             with contextlib.suppress(IllegalStateError):
@@ -150,7 +154,13 @@ class OffsetKeeper(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka
     def open(self, tp: TopicPartition) -> None:
         """Start ordering `tp` from its floor (`worker.pipeline.timeline`)."""
         lowest = RANK_SOL_TICK if tp.topic == self._kafka.prices_topic else RANK_SIGNAL
-        self.timeline.open(tp, lowest_rank=lowest, last_at=self.floor_at.get(tp))
+        self.timeline.open(
+            tp,
+            lowest_rank=lowest,
+            last_at=self.floor_at.get(tp),
+            next_offset=self.floor_of(tp),
+            promise=self.promised.get(tp),
+        )
 
     async def store(
         self,
@@ -187,6 +197,7 @@ class OffsetKeeper(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka
             for tp in revoked:
                 self.timeline.close(tp)
                 self.floor_at.pop(tp, None)
+                self.promised.pop(tp, None)
                 self.floor.pop(tp, None)
                 self._unblock(tp)
                 # Another worker reports this partition's lag from now on.
@@ -250,14 +261,15 @@ class OffsetKeeper(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka
         )
 
     async def _stored_offsets(self) -> dict[tuple[str, int], StoredOffset]:
+        """The stored offsets (and, into `promised`, the stored promises)."""
+        topics = [self._kafka.signals_topic, self._kafka.prices_topic]
         async for attempt in transient_retry():
             with attempt:
                 async with connection(self._pool) as conn:
-                    return await fetch_stored(
-                        conn,
-                        self._kafka.consumer_group,
-                        [self._kafka.signals_topic, self._kafka.prices_topic],
-                    )
+                    stored = await fetch_stored(conn, self._kafka.consumer_group, topics)
+                    promises = await read_promises(conn, self._kafka.consumer_group, topics)
+                self.promised = {TopicPartition(t, p): v for (t, p), v in promises.items()}
+                return stored
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _log_bounds(

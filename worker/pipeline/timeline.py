@@ -31,11 +31,14 @@ live stream is too, as long as each record is readable within `LATENESS_MS` of i
 time by the worker's clock. The clock only paces: it says when a caught-up partition can no
 longer bring anything earlier, never what a decision is.
 
-**Late records**: a record readable only after the worker's clock passed its event time by
-more than `LATENESS_MS` may find records after it already decided. It is decided at the
-latest decision time released so far plus one microsecond (after everything already
-decided; its stored decision time says so, so a replay places it exactly there), counted in
-`signal_worker_late_records_total`. Never dropped.
+**Late records**: when a partition has been read to its end, it *promises* that nothing it
+brings from its next offset on is decided before that moment less `LATENESS_MS`; a record
+that comes after all stamped before the promise is late: it is decided at the promised time
+(or right after what was decided, whichever is later), counted in
+`signal_worker_late_records_total`, and its stored decision time says so, so a replay places
+it exactly there. Promises are stored (`order_bounds`) before anything is released on their
+strength and restored with the partition, so a restart or a new owner decides a late record
+as the uninterrupted worker would have. Never dropped.
 
 Pure: no I/O, no clock of its own (the caller passes the time of its observation).
 """
@@ -51,7 +54,16 @@ from typing import Any, Generic, TypeVar
 
 from worker.domain.order import RANK_SIGNAL, RANK_SOL_TICK, RANK_TICK
 
-__all__ = ["RANK_SIGNAL", "RANK_SOL_TICK", "RANK_TICK", "STEP", "Entry", "Timeline", "runs"]
+__all__ = [
+    "RANK_SIGNAL",
+    "RANK_SOL_TICK",
+    "RANK_TICK",
+    "STEP",
+    "Entry",
+    "Promise",
+    "Timeline",
+    "runs",
+]
 STEP = timedelta(microseconds=1)  # the least step of a decision time (PostgreSQL's)
 
 P = TypeVar("P", bound=Hashable)  # a partition's identity
@@ -76,40 +88,41 @@ class Entry(Generic[P]):
         return (self.at, self.rank, *self.tie)
 
 
+# A partition's promise: nothing it brings from `offset` on is decided before `at`.
+Promise = tuple[datetime, int]
+
+
 @dataclass(slots=True)
 class _Input(Generic[P]):
     lowest_rank: int
     last_at: datetime | None  # decision time of the last record taken (None: none yet)
-    buffer: list[tuple[tuple[Any, ...], int, Entry[P]]] = field(default_factory=list)
-    # The latest time this partition was said to bring nothing before (read to its end): a
-    # record stamped before it that comes after all is late.
-    promised: datetime | None = None
+    next_offset: int = 0  # no record still to come has a lower offset
+    promise: Promise | None = None
+    size: int = 0  # bytes of the records waiting in `buffer`
+    # (key, arrival, entry, bytes), a heap
+    buffer: list[tuple[tuple[Any, ...], int, Entry[P], int]] = field(default_factory=list)
 
-    def unseen(self, idle_since: datetime | None) -> tuple[Any, ...] | None:
+    def unseen(self) -> tuple[Any, ...] | None:
         """The least key a record of this partition still unseen can have (a prefix: any
-        key starting with it may come); None when nothing is known.
-
-        An unseen record is decided at least a microsecond after the last one taken, with
-        a rank at least the partition's lowest, and, when the partition is read to its
-        end, no earlier than `idle_since` (or it is late)."""
+        key starting with it may come); None when nothing is known: a microsecond after
+        the last one taken, with a rank at least the partition's lowest, and not before
+        its promise."""
         floor = None if self.last_at is None else self.last_at + STEP
-        if idle_since is not None and (floor is None or idle_since > floor):
-            floor = idle_since
-            if self.promised is None or idle_since > self.promised:
-                self.promised = idle_since
+        if self.promise is not None and (floor is None or self.promise[0] > floor):
+            floor = self.promise[0]
         return None if floor is None else (floor, self.lowest_rank)
 
-    def admits(self, key: tuple[Any, ...], idle_since: datetime | None) -> bool:
+    def admits(self, key: tuple[Any, ...]) -> bool:
         """True when no record of this partition still unseen can come before `key`."""
-        bound = self.unseen(idle_since)
+        bound = self.unseen()
         return bound is not None and key < bound
 
-    def bound(self, idle_since: datetime | None) -> tuple[Any, ...] | None:
+    def bound(self) -> tuple[Any, ...] | None:
         """The least key of any record of this partition not applied yet: its first
         buffered record's, else the unseen bound (None: unknown)."""
         if self.buffer:
             return self.buffer[0][0]
-        return self.unseen(idle_since)
+        return self.unseen()
 
 
 class Timeline(Generic[P]):
@@ -123,10 +136,19 @@ class Timeline(Generic[P]):
 
     # ------------------------------------------------------------------ partitions
 
-    def open(self, source: P, *, lowest_rank: int, last_at: datetime | None) -> None:
-        """Start ordering `source` (assigned, or read again from its stored offset), whose
-        last record applied was decided at `last_at` (None: never one)."""
-        self._inputs[source] = _Input(lowest_rank, last_at)
+    def open(
+        self,
+        source: P,
+        *,
+        lowest_rank: int,
+        last_at: datetime | None,
+        next_offset: int = 0,
+        promise: Promise | None = None,
+    ) -> None:
+        """Start ordering `source` (assigned, or read again from its stored offset
+        `next_offset`), whose last record applied was decided at `last_at` (None: never
+        one), with the last promise made for it (`promise`; it outlives restarts)."""
+        self._inputs[source] = _Input(lowest_rank, last_at, next_offset, promise)
 
     def restart(self) -> None:
         """Forget what was released: the partitions are read again from where their
@@ -153,10 +175,33 @@ class Timeline(Generic[P]):
         state = self._inputs.get(source)
         return 0 if state is None else len(state.buffer)
 
+    def buffered_bytes(self) -> int:
+        """The size of every record waiting for its turn."""
+        return sum(s.size for s in self._inputs.values())
+
     def __len__(self) -> int:
         return sum(len(s.buffer) for s in self._inputs.values())
 
+    def promises(self) -> dict[P, Promise]:
+        """The promise of each partition that has one."""
+        return {src: s.promise for src, s in self._inputs.items() if s.promise is not None}
+
     # ------------------------------------------------------------------ records
+
+    def promise(self, read_to_end: Mapping[P, datetime]) -> dict[P, Promise]:
+        """The partitions read to their end (each with when its end was seen) promise that
+        nothing they bring from now on is decided before that moment less the lateness
+        allowance; returns the promises that moved (to be stored before anything is
+        released on their strength: a promise outlives a restart)."""
+        moved: dict[P, Promise] = {}
+        for source, seen in read_to_end.items():
+            state = self._inputs.get(source)
+            if state is None:
+                continue
+            since = seen - self._lateness
+            if state.promise is None or since > state.promise[0]:
+                state.promise = moved[source] = (since, state.next_offset)
+        return moved
 
     def place(
         self,
@@ -166,54 +211,48 @@ class Timeline(Generic[P]):
         rank: int,
         tie: tuple[Any, ...],
         payload: object,
+        size: int = 0,
     ) -> Entry[P]:
-        """Take in the next record of `source` (a partition's records come in offset order);
-        `event_time` None for one without a usable time (a record going to the dead-letter
-        topic: it is placed at its partition's time). Returns it placed."""
+        """Take in the next record of `source` (a partition's records come in offset order;
+        `size` its bytes); `event_time` None for one without a usable time (a record going
+        to the dead-letter topic: it is placed at its partition's time). Returns it
+        placed."""
         state = self._inputs[source]
         previous = state.last_at
         at = event_time
         if previous is not None and (at is None or at <= previous):
             at = previous + STEP  # a partition's decision times only ever rise
         if at is None:  # a partition's first record, without a time of its own
-            at = self._released[0] if self._released is not None else _EARLIEST
+            at = _EARLIEST
         late = False
-        if state.promised is not None and at < state.promised:
-            # Its partition was said to bring nothing before `promised` (to this worker's
-            # order and to the other workers'): it is decided then.
-            at, late = state.promised, True
+        promise = state.promise
+        if promise is not None and offset >= promise[1] and at < promise[0]:
+            # Its partition promised nothing before then (to this worker's order and to the
+            # other workers'): it is decided then.
+            at, late = promise[0], True
         if self._released is not None and (at, rank, *tie, offset) <= self._released:
             # Something after it was decided already: it is decided right after that.
             at = self._released[0] + STEP
             late = True
         entry = Entry(source, offset, at, rank, (*tie, offset), payload, event_time or at, late)
         state.last_at = at
-        heapq.heappush(state.buffer, (entry.key, next(self._seq), entry))
+        state.next_offset = offset + 1
+        state.size += size
+        heapq.heappush(state.buffer, (entry.key, next(self._seq), entry, size))
         return entry
 
     def release(
-        self,
-        *,
-        idle: Iterable[P],
-        now: datetime,
-        elsewhere: Mapping[Any, tuple[Any, ...] | None] | None = None,
+        self, *, elsewhere: Mapping[Any, tuple[Any, ...] | None] | None = None
     ) -> list[Entry[P]]:
         """The buffered records no unseen record can precede, in order, taken out of the
-        buffers. `idle`: the partitions the consumer has read to their end; `now`: the
-        worker's clock at that observation; `elsewhere`: the partitions other workers own,
-        each with the least key it may still apply (`bounds`; None: unknown, everything
-        waits for it)."""
-        idle_since = now - self._lateness
-        idle_set = set(idle)
-        bounds = [
-            (state, idle_since if source in idle_set else None)
-            for source, state in self._inputs.items()
-        ]
+        buffers. `elsewhere`: the partitions other workers own, each with the least key it
+        may still apply (`bounds`; None: unknown, everything waits for it)."""
         others = list((elsewhere or {}).values())
         if any(b is None for b in others):
             return []
         limit = min(others, default=None)  # type: ignore[type-var]  # keys compare
         inputs = self._inputs
+        states = list(inputs.values())
         heads = [(s.buffer[0][0], s.buffer[0][1], src) for src, s in inputs.items() if s.buffer]
         heapq.heapify(heads)
         out: list[Entry[P]] = []
@@ -221,10 +260,13 @@ class Timeline(Generic[P]):
             key, _, source = heads[0]
             if limit is not None and not key < limit:
                 break
-            if not all(state.admits(key, since) for state, since in bounds):
+            if not all(state.admits(key) for state in states):
                 break
-            buffer = inputs[source].buffer
-            out.append(heapq.heappop(buffer)[2])
+            state = inputs[source]
+            buffer = state.buffer
+            popped = heapq.heappop(buffer)
+            state.size -= popped[3]
+            out.append(popped[2])
             if buffer:
                 heapq.heapreplace(heads, (buffer[0][0], buffer[0][1], source))
             else:
@@ -238,30 +280,18 @@ class Timeline(Generic[P]):
         heads = [s.buffer[0][0] for s in self._inputs.values() if s.buffer]
         return min(heads) if heads else None
 
-    def bounds(self, *, idle: Iterable[P], now: datetime) -> dict[P, tuple[Any, ...] | None]:
+    def bounds(self) -> dict[P, tuple[Any, ...] | None]:
         """For the other workers: the least key each partition may still apply (a record
         released is applied before the next call), None when unknown."""
-        idle_since = now - self._lateness
-        idle_set = set(idle)
-        return {
-            source: state.bound(idle_since if source in idle_set else None)
-            for source, state in self._inputs.items()
-        }
+        return {source: state.bound() for source, state in self._inputs.items()}
 
-    def waiting_on(self, *, idle: Iterable[P], now: datetime) -> list[P]:
+    def waiting_on(self) -> list[P]:
         """The partitions that hold the earliest buffered record back (for `/readyz` and the
         logs); empty when nothing waits."""
-        heads = [s.buffer[0][0] for s in self._inputs.values() if s.buffer]
-        if not heads:
+        first = self.first_key()
+        if first is None:
             return []
-        first = min(heads)
-        idle_since = now - self._lateness
-        idle_set = set(idle)
-        return [
-            source
-            for source, state in self._inputs.items()
-            if not state.admits(first, idle_since if source in idle_set else None)
-        ]
+        return [source for source, state in self._inputs.items() if not state.admits(first)]
 
 
 _EARLIEST = datetime.min.replace(tzinfo=UTC)

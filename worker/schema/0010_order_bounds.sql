@@ -10,6 +10,12 @@
 -- topic) is `excluded`: nothing waits for it. A row stays when its partition moves to
 -- another worker: it still says what the old owner committed, and the new owner updates it.
 --
+-- A partition read to its end also promises that nothing it brings from `promised_from` on
+-- is decided before `promised_at` (its clock less LATENESS_MS); a record that comes after all
+-- stamped earlier is late and decided then. The promise is written before anything is
+-- applied on its strength, and restored with the partition, so a restart or a new owner
+-- decides a late record as the uninterrupted worker would have.
+--
 -- The key: `bound_at` (a decision time; NULL: unknown, everything waits), `bound_rank`
 -- (0 SOL/USD tick, 1 other tick, 2 signal) and `bound_tie` (the tie-break after them, a
 -- JSON array; empty for "any record from (bound_at, bound_rank) on").
@@ -22,6 +28,8 @@ CREATE TABLE order_bounds (
     bound_rank     integer      NOT NULL DEFAULT 0,
     bound_tie      jsonb        NOT NULL DEFAULT '[]' CHECK (jsonb_typeof(bound_tie) = 'array'),
     excluded       boolean      NOT NULL DEFAULT false,
+    promised_at    timestamptz,
+    promised_from  bigint       CHECK (promised_from >= 0),
     updated_at     timestamptz  NOT NULL DEFAULT now(),
     PRIMARY KEY (consumer_group, topic, partition)
 );
