@@ -125,9 +125,11 @@ class Settings(BaseSettings):
     price_max_future_s: float = Field(default=60.0, ge=0, le=86_400)
     # How late a record may become readable (after its event time, by the worker's clock) and
     # still be applied in event-time order (`worker.pipeline.timeline`); a later one is
-    # decided after what was decided already. The cost: a signal waits this long for a price
-    # partition that has nothing newer to read.
-    lateness_ms: int = Field(default=0, ge=0, le=3_600_000)
+    # decided when its partition promised nothing earlier. It must cover the producer's
+    # send, the broker and one fetch (and any skew between the producers' clocks and the
+    # worker's). The cost: a signal waits this long for a price partition that has nothing
+    # newer to read (at rest); with prices flowing, until each has a tick after it.
+    lateness_ms: int = Field(default=250, ge=0, le=3_600_000)
     # Days of price ticks kept in token_price_history (for `report` and `replay`).
     price_history_days: int = Field(default=30, ge=1, le=3650)
     http_max_connections: int = Field(default=64, ge=1, le=10_000)

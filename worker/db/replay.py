@@ -43,29 +43,33 @@ SELECT id, user_id, token_address, symbol, signal_type, activation_reason, signa
        created_at, payload_digest, source_record, event_at
   FROM trading_signals
  WHERE user_id = ANY($1::uuid[])
-   AND ($2::timestamptz IS NULL OR created_at >= $2)
-   AND ($3::timestamptz IS NULL OR created_at < $3)
- ORDER BY created_at, id
+   AND ($2::timestamptz IS NULL OR coalesce(event_at, created_at) >= $2)
+   AND ($3::timestamptz IS NULL OR coalesce(event_at, created_at) < $3)
+ ORDER BY coalesce(event_at, created_at), id
 """
 SELECT_TICKS = """
 SELECT token_address, price_usd, price_ts, event_at
   FROM token_price_history
  WHERE token_address = ANY($1::varchar[])
-   AND ($2::timestamptz IS NULL OR price_ts >= $2)
-   AND ($3::timestamptz IS NULL OR price_ts < $3)
- ORDER BY price_ts, token_address
+   AND ($2::timestamptz IS NULL OR coalesce(event_at, price_ts) >= $2)
+   AND ($3::timestamptz IS NULL OR coalesce(event_at, price_ts) < $3)
+ ORDER BY coalesce(event_at, price_ts), token_address, price_ts
 """
-# The last price of each token before the start: from the history, else the stored latest
-# price when it is older than the start (a price set before the history existed, such as
-# seed-demo's placeholder SOL/USD).
+# The last price of each token before the start, by decision time (a tick decided after
+# its `ts`, late or after its partition's previous record, is where the worker put it):
+# from the history, else the stored latest price when it is older than the start (a price
+# set before the history existed, such as seed-demo's placeholder SOL/USD).
 SELECT_PRICES_BEFORE = """
 SELECT DISTINCT ON (token_address) token_address, price_usd, price_ts
-  FROM (SELECT token_address, price_usd, price_ts FROM token_price_history
-         WHERE token_address = ANY($1::varchar[]) AND price_ts < $2
+  FROM (SELECT token_address, price_usd, price_ts, coalesce(event_at, price_ts) AS at
+          FROM token_price_history
+         WHERE token_address = ANY($1::varchar[]) AND coalesce(event_at, price_ts) < $2
         UNION ALL
-        SELECT token_address, price_usd, price_ts FROM token_prices
-         WHERE token_address = ANY($1::varchar[]) AND price_ts < $2) p
- ORDER BY token_address, price_ts DESC
+        SELECT token_address, price_usd, price_ts, price_ts FROM token_prices
+         WHERE token_address = ANY($1::varchar[]) AND price_ts < $2
+           AND NOT EXISTS (SELECT 1 FROM token_price_history h
+                            WHERE h.token_address = token_prices.token_address)) p
+ ORDER BY token_address, at DESC, price_ts DESC
 """
 # Each wallet's SOL at its own start: the balance now, less the SOL moves recorded after
 # the start. Trades (swaps, burns) at the start itself are after it (a replay makes them
@@ -226,8 +230,8 @@ def agent_starts(
     in the range starts at `since`, else at its creation."""
     first: dict[UUID, datetime] = {}
     for s in signals:
-        if s.user_id not in first or s.created_at < first[s.user_id]:
-            first[s.user_id] = s.created_at
+        if s.user_id not in first or s.decision_time < first[s.user_id]:
+            first[s.user_id] = s.decision_time
     starts = {}
     for a in agents:
         start = since or first.get(a.user_id) or a.created_at
@@ -273,7 +277,7 @@ async def read_history(
         signals = [s for s in given[0] if s.user_id in users and in_range(s.created_at, since)]
     if not signals:
         return None
-    begin = since or min(s.created_at for s in signals)
+    begin = since or min(s.decision_time for s in signals)
     tokens = sorted({s.token_address for s in signals} | {SOL_MINT})
     if given is None:
         ticks = [tick_of(p) for p in await read_ticks(conn, tokens, begin, until)]
