@@ -205,6 +205,22 @@ def test_a_promise_outlives_a_restart_and_applies_from_its_offset_on() -> None:
     assert (second.late, second.at) == (True, T0 + timedelta(milliseconds=30))
 
 
+def test_a_promise_holds_nothing_back_before_the_records_it_follows_are_taken() -> None:
+    # Promised after offset 3 (a worker read the partition to its end, then was killed with
+    # offsets 1 to 3 not stored): read again from offset 1, those records are not covered.
+    line: Timeline[str] = Timeline(timedelta(0))
+    line.open("s0", lowest_rank=RANK_SIGNAL, last_at=None)
+    promise = (T0 + timedelta(seconds=60), 4)
+    line.open("t0", lowest_rank=RANK_SOL_TICK, last_at=T0, next_offset=1, promise=promise)
+    put(line, Rec("s0", 0, 20, RANK_SIGNAL))
+    # t0 may still bring offsets 1 to 3 at any time from T0 on: the signal waits.
+    assert line.release() == []
+    for offset, ms in ((1, 10), (2, 15), (3, 25)):
+        assert not put(line, Rec("t0", offset, ms, RANK_TICK, "A")).late
+    out = line.release()
+    assert [(e.source, e.offset) for e in out] == [("t0", 1), ("t0", 2), ("s0", 0)]
+
+
 def test_a_promise_only_moves_forward() -> None:
     line = timeline(["t0"])
     assert line.promise({"t0": T0}) == {"t0": (T0, 0)}

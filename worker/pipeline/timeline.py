@@ -106,10 +106,14 @@ class _Input(Generic[P]):
         """The least key a record of this partition still unseen can have (a prefix: any
         key starting with it may come); None when nothing is known: a microsecond after
         the last one taken, with a rank at least the partition's lowest, and not before
-        its promise."""
+        its promise (once every record before the promise was taken)."""
         floor = None if self.last_at is None else self.last_at + STEP
-        if self.promise is not None and (floor is None or self.promise[0] > floor):
-            floor = self.promise[0]
+        promise = self.promise
+        # A promise covers what comes from its offset on: records before it (read again
+        # after a restart) still come at their own times.
+        if promise is not None and self.next_offset >= promise[1]:
+            if floor is None or promise[0] > floor:
+                floor = promise[0]
         return None if floor is None else (floor, self.lowest_rank)
 
     def admits(self, key: tuple[Any, ...]) -> bool:
