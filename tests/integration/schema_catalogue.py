@@ -214,6 +214,8 @@ EXPECTED_COLUMNS: dict[str, dict[str, str]] = {
         "bound_rank": "integer",
         "bound_tie": "jsonb",
         "excluded": "boolean",
+        "promised_at": TS_NULL,
+        "promised_from": "bigint?",
         "updated_at": TS,
     },
     "schema_migrations": {"name": "text", "checksum": "char(64)", "applied_at": TS},
