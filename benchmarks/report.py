@@ -788,6 +788,23 @@ past a record means that record's rows are committed.
   before it is stopped. The table gives the highest of all worker runs; the details also
   give a run with one user of {s.memory_agents:,} agents ({s.memory_signals} signals,
   fan-out {s.memory_agents:,}).
+- **The wait for prices**: the worker applies its records in one event-time order, so a
+  signal waits until no price partition can still bring a tick before it. The figures are
+  the worker's own histogram `signal_worker_signal_wait_seconds` (from reading a signal to
+  its release), read from its `/metrics` after the warm-up and at the end of a run (the
+  difference), p50/p99 interpolated within the buckets. *At rest*: the latency-at-rest run
+  at fan-out 10 (no ticks). *Under load*: {s.load_ticks_per_s} ticks/s round-robin over
+  {s.load_tokens} tokens (every price partition, each tick stamped when sent) while
+  {s.load_rate} signals/s x {s.load_fanout} agents buy those tokens for {s.latency_s:.0f} s.
+- **Catch-up**: {s.catchup_span_s:,} s of event time up to now, published while no worker
+  runs: {s.catchup_tokens} tokens ticking every {s.catchup_tick_every_s:g} s (random walks
+  of 0.1% steps with occasional 15% jumps), SOL/USD every second, {s.catchup_signals:,}
+  signals without a price at random times to {s.catchup_users} users of four agents (every
+  kind of stop, take profit, DCA, stale trade). Every record's Kafka timestamp and payload
+  time is its event time. Timed from the worker's readiness to every stored offset at the
+  topics' ends; `/readyz` and `/metrics` are read once a second meanwhile. The buys are
+  checked against the published stream: each one's SOL price must be the last tick of its
+  token and of SOL/USD at or before the signal's time (a DCA buy: its own time).
 
 **Noise.** The machine has {r.machine.cores} cores shared by Kafka, PostgreSQL, the
 worker, the benchmark itself and whatever else runs (other test suites); figures move by
