@@ -41,7 +41,7 @@ def test_a_later_scrape_minus_an_earlier_one_is_what_was_observed_between() -> N
     earlier = Histogram((0.001, 1.0, INF), (100, 100, 100), 0.05)
     later = Histogram((0.001, 1.0, INF), (100, 110, 110), 5.05)
     between = later.since(earlier)
-    assert between.counts == (0, 10, 10)
+    assert between.counts == (0.0, 10.0, 10.0)
     assert between.count == 10
     assert between.mean == pytest.approx(0.5)
     with pytest.raises(ValueError, match="different buckets"):
