@@ -21,7 +21,7 @@ from pathlib import Path
 
 from aiokafka.errors import KafkaError
 
-from benchmarks import limits, scenarios
+from benchmarks import catchup, limits, scenarios
 from benchmarks.durable import DurablePostgres
 from benchmarks.infra import (
     ROOT,
@@ -128,6 +128,16 @@ async def _headline(
                     name=f"rest{fanout}",
                 )
             )
+        results.load = await scenarios.latency(
+            ctx,
+            rate=scale.load_rate,
+            fanout=scale.load_fanout,
+            duration_s=scale.latency_s,
+            name="load",
+            ticks_per_s=scale.load_ticks_per_s,
+            tick_tokens=scale.load_tokens,
+        )
+        results.catch_up = await catchup.catch_up(ctx)
         results.one_tick = await scenarios.one_tick(ctx)
         results.stop_out = await scenarios.stop_out(ctx)
         for tokens in scale.tick_tokens:

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
+from benchmarks.catchup import CatchUp
 from benchmarks.infra import Machine
 from benchmarks.limits import LIMIT_FANOUT, RAW_SIGNALS_PER_BATCH, RAW_WRITERS, Rate
 from benchmarks.scenarios import (
@@ -36,6 +37,9 @@ ROWS = (
     "latency at rest, fan-out 10: p50/p99",
     "latency at rest, fan-out 1,000: p50/p99",
     "latency at 200 signals/s x 10: p50/p95/p99/max",
+    "signal wait for prices at rest, fan-out 10: p50/p99",
+    "signal wait for prices under load: p50/p99",
+    "signal wait / send-to-commit, p99: at rest, under load",
     "tick over one token: nothing moves",
     "tick over one token: peaks move",
     "tick over one token: all stop out",
@@ -43,6 +47,8 @@ ROWS = (
     "ticks/s over 1,000 tokens",
     "ticks/s over 10,000 tokens",
     "replay in memory: executions/s, ticks/s",
+    "catch-up of an hour's backlog",
+    "catch-up: buys at their own time's prices",
     "limit: raw consume (aiokafka)",
     "limit: raw write (COPY)",
     "naive, 1 connection",
@@ -95,6 +101,8 @@ class Results:
     stop_out: StopOut | None = None
     tick_rates: list[TickRate] = field(default_factory=list)
     replay: ReplaySpeed | None = None
+    load: Latency | None = None  # signals offered while ticks flow on every price partition
+    catch_up: CatchUp | None = None
     disposable: Disposable | None = None
     raw_consume: Rate | None = None
     raw_write: Rate | None = None
@@ -209,9 +217,124 @@ def _rows(r: Results) -> dict[str, Row]:
                 rows[name] = _rest_row(name, rest)
     name = "replay in memory: executions/s, ticks/s"
     rows[name] = _measured(name, r.replay, _replay_row)
+    _wait_rows(r, rows)
+    _catch_up_rows(r, rows)
     _limit_rows(r, rows)
     _disposable_rows(r, rows)
     return rows
+
+
+def _ms(seconds: float) -> str:
+    return _n(seconds * 1000)
+
+
+def _wait_figure(lat: Latency) -> str:
+    w = lat.wait
+    assert w is not None
+    return f"{_ms(w.quantile(0.5))} / {_ms(w.quantile(0.99))} ms"
+
+
+def _wait_details(lat: Latency) -> str:
+    w = lat.wait
+    assert w is not None
+    return (
+        f"the worker's signal_worker_signal_wait_seconds (read to released in event-time "
+        f"order, interpolated in its buckets) over {w.count:,} signals, warm-up left out; "
+        f"mean {_ms(w.mean)} ms; the same signals' send to commit p50/p99 "
+        f"{_n(lat.pct(50))} / {_n(lat.pct(99))} ms"
+    )
+
+
+def _wait_rows(r: Results, rows: dict[str, Row]) -> None:
+    """The time a signal waits for the prices before it, at rest and with ticks flowing."""
+    name = "signal wait for prices at rest, fan-out 10: p50/p99"
+    rest = next((x for x in r.rest if x.fanout == 10 and x.wait is not None and x.wait.count), None)
+    if rest is None:
+        rows[name] = Row(name, "not run")
+    else:
+        rows[name] = Row(
+            name,
+            _wait_figure(rest),
+            details=f"the latency-at-rest run ({rest.rate:g} signals/s x {rest.fanout:,} "
+            f"agents, no ticks): {_wait_details(rest)}",
+        )
+    name = "signal wait for prices under load: p50/p99"
+    load = r.load if r.load is not None and r.load.wait is not None and r.load.wait.count else None
+    if load is None:
+        rows[name] = Row(name, "not run")
+    else:
+        rows[name] = Row(
+            name,
+            _wait_figure(load),
+            details=f"{load.ticks_sent:,} ticks at {load.ticks_per_s:g}/s round-robin over "
+            f"{load.tick_tokens:,} tokens (every price partition) while {load.rate:g} "
+            f"signals/s x {load.fanout} agents buy those tokens for {load.duration_s:.0f}s "
+            f"({len(load.latencies_ms):,} committed, {load.executions:,} executions): "
+            f"{_wait_details(load)}",
+        )
+    name = "signal wait / send-to-commit, p99: at rest, under load"
+    if rest is None or load is None:
+        rows[name] = Row(name, "not run")
+        return
+    ratios = [
+        x.wait.quantile(0.99) * 1000 / x.pct(99) if x.wait is not None else math.nan
+        for x in (rest, load)
+    ]
+    rows[name] = Row(
+        name,
+        " / ".join(f"{v:.2f}" for v in ratios),
+        details="the share of a signal's send-to-commit time (p99 against p99) spent waiting "
+        "in the order for the prices before it",
+    )
+
+
+def _catch_up_rows(r: Results, rows: dict[str, Row]) -> None:
+    names = ("catch-up of an hour's backlog", "catch-up: buys at their own time's prices")
+    c = r.catch_up
+    if c is None:
+        for name in names:
+            rows[name] = Row(name, "not run")
+        return
+    run = c.run
+    closes = ", ".join(f"{n:,} {reason}" for reason, n in sorted(c.closes.items())) or "none"
+    statuses = ", ".join(f"{n:,} {s}" for s, n in sorted(c.statuses.items()))
+    readyz = ", ".join(f"{n} x {answer!r}" for answer, n in sorted(run.readyz.items()))
+    wait = run.wait
+    waited = (
+        f"{_n(wait.quantile(0.5))} / {_n(wait.quantile(0.99))} s"
+        if wait is not None and wait.count
+        else "n/a"
+    )
+    rows[names[0]] = Row(
+        names[0],
+        f"{_n(c.rate, 'records/s')} ({run.seconds:.0f} s)",
+        details=f"{c.span_s:,}s of event time up to now, published while no worker ran "
+        f"(in {c.publish_s:.0f}s): {c.ticks:,} ticks of {c.tokens} tokens (random walks with "
+        f"jumps), {c.sol_ticks:,} SOL/USD ticks, {c.signals:,} signals without a price to "
+        f"{c.users} users x {c.agents // max(c.users, 1)} agents with exits (fixed, "
+        f"exponential, zoned and custom stops, take profit, DCA, stale trade); "
+        f"{c.records:,} records in {run.seconds:.1f}s from the worker's readiness "
+        f"(start-up {run.startup_s:.1f}s before it) to every offset stored; executions "
+        f"{statuses}; positions closed: {closes}; {c.take_profit_sales:,} take-profit "
+        f"sales, {c.check.dca_buys:,} DCA buys; signal wait p50/p99 {waited}; late records "
+        f"{run.late}; meanwhile /readyz answered {readyz}, consumer lag up to "
+        f"{run.max_lag:,} records, order buffer up to {run.max_buffered:,} records",
+    )
+    check = c.check
+    total = check.buys + check.dca_buys
+    same = check.buys_at_own_time + check.dca_at_own_time
+    pct = 100 * same / total if total else math.nan
+    rows[names[1]] = Row(
+        names[1],
+        f"{pct:.1f}% ({same:,} of {total:,})" if total else "n/a (no buys)",
+        "100%",
+        _verdict(same == total) if total else "",
+        f"each buy's price in SOL against the published stream's last tick of its token and "
+        f"of SOL/USD at or before the signal's time: {check.buys_at_own_time:,} of "
+        f"{check.buys:,} signal buys; DCA re-buys at their own time: "
+        f"{check.dca_at_own_time:,} of {check.dca_buys:,}"
+        + (f"; first other: {check.mismatch}" if check.mismatch else ""),
+    )
 
 
 def _replay_row(name: str, s: ReplaySpeed) -> Row:
@@ -665,6 +788,23 @@ past a record means that record's rows are committed.
   before it is stopped. The table gives the highest of all worker runs; the details also
   give a run with one user of {s.memory_agents:,} agents ({s.memory_signals} signals,
   fan-out {s.memory_agents:,}).
+- **The wait for prices**: the worker applies its records in one event-time order, so a
+  signal waits until no price partition can still bring a tick before it. The figures are
+  the worker's own histogram `signal_worker_signal_wait_seconds` (from reading a signal to
+  its release), read from its `/metrics` after the warm-up and at the end of a run (the
+  difference), p50/p99 interpolated within the buckets. *At rest*: the latency-at-rest run
+  at fan-out 10 (no ticks). *Under load*: {s.load_ticks_per_s} ticks/s round-robin over
+  {s.load_tokens} tokens (every price partition, each tick stamped when sent) while
+  {s.load_rate} signals/s x {s.load_fanout} agents buy those tokens for {s.latency_s:.0f} s.
+- **Catch-up**: {s.catchup_span_s:,} s of event time up to now, published while no worker
+  runs: {s.catchup_tokens} tokens ticking every {s.catchup_tick_every_s:g} s (random walks
+  of 0.1% steps with occasional 15% jumps), SOL/USD every second, {s.catchup_signals:,}
+  signals without a price at random times to {s.catchup_users} users of four agents (every
+  kind of stop, take profit, DCA, stale trade). Every record's Kafka timestamp and payload
+  time is its event time. Timed from the worker's readiness to every stored offset at the
+  topics' ends; `/readyz` and `/metrics` are read once a second meanwhile. The buys are
+  checked against the published stream: each one's SOL price must be the last tick of its
+  token and of SOL/USD at or before the signal's time (a DCA buy: its own time).
 
 **Noise.** The machine has {r.machine.cores} cores shared by Kafka, PostgreSQL, the
 worker, the benchmark itself and whatever else runs (other test suites); figures move by

@@ -10,10 +10,12 @@ which records' effects are committed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import math
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -35,6 +37,7 @@ from benchmarks.infra import (
     WorkerProcess,
     connect,
 )
+from benchmarks.scrape import WAIT, Histogram, scrape
 from benchmarks.workload import (
     SIGNAL_TYPE,
     SOL_USD,
@@ -88,6 +91,18 @@ class Scale:
     replay_signals: int = 500
     replay_tick_tokens: int = 1000  # ... then ticks over this many tokens, 10 positions each
     replay_tick_rounds: int = 20
+    # Under load (the signal's wait for the prices): ticks on every price partition at this
+    # rate over this many tokens, while signals are offered at `load_rate` x `load_fanout`.
+    load_rate: int = 50
+    load_fanout: int = 10
+    load_ticks_per_s: int = 500
+    load_tokens: int = 300
+    # Catch-up (benchmarks.catchup): a backlog of `catchup_span_s` of event time up to now.
+    catchup_tokens: int = 50
+    catchup_span_s: int = 3600
+    catchup_tick_every_s: float = 1.0
+    catchup_signals: int = 1500
+    catchup_users: int = 150  # 4 agents each, one of each exit profile
     # Expected executions/s by fan-out: sizes the pre-published backlog (x BACKLOG_FACTOR).
     expected_rate: dict[int, float] = field(default_factory=dict)
     expected_ticks_per_s: float = 3000.0
@@ -135,6 +150,13 @@ QUICK = dataclasses.replace(
     replay_signals=20,
     replay_tick_tokens=20,
     replay_tick_rounds=2,
+    load_rate=20,
+    load_ticks_per_s=100,
+    load_tokens=20,
+    catchup_tokens=10,
+    catchup_span_s=120,
+    catchup_signals=60,
+    catchup_users=10,
     expected_ticks_per_s=150.0,
     tick_window_s=1,
     limit_s=1,
@@ -445,6 +467,12 @@ class Latency:
     poll_interval_ms: float
     executions: int
     achieved_per_s: float  # executions / (last commit seen - first send)
+    # The worker's own `signal_worker_signal_wait_seconds` over the measured signals (the
+    # warm-up's left out): from reading a signal to its release in event-time order.
+    wait: Histogram | None = None
+    ticks_per_s: float = 0.0  # ticks offered meanwhile (0: none)
+    tick_tokens: int = 0
+    ticks_sent: int = 0
 
     def pct(self, q: float) -> float:
         """The `q`-th percentile (0..100) of `latencies_ms`, nearest rank."""
@@ -461,18 +489,30 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def latency(
-    ctx: Context, *, rate: float, fanout: int, duration_s: float, name: str = "latency"
+    ctx: Context,
+    *,
+    rate: float,
+    fanout: int,
+    duration_s: float,
+    name: str = "latency",
+    ticks_per_s: float = 0.0,
+    tick_tokens: int = 0,
 ) -> Latency:
     """Offer `rate` signals/s x `fanout` agents for `duration_s`; time each to its commit.
 
     The commit time of a signal is when a poll of `consumer_offsets` (every ~2 ms) first
     sees its partition's stored offset past the record: the worker writes that offset in
     the batch's transaction, so this is when the signal's executions became visible.
+
+    With `ticks_per_s`, ticks flow meanwhile on every price partition, round-robin over
+    `tick_tokens` tokens (each tick 0.1% up or down), and the signals buy those tokens:
+    each signal then waits for the ticks before it in event time (the worker's order).
+    The worker's wait histogram is read from its `/metrics` after the warm-up and at the end.
     """
     scale = ctx.scale
     total = math.ceil(rate * duration_s)
     users_n = max(min(scale.group_size, total), math.ceil(total / scale.signals_per_user))
-    tag = f"latency {rate}/s x {fanout:,}"
+    tag = f"latency {rate}/s x {fanout:,}" + (f", {ticks_per_s:g} ticks/s" if ticks_per_s else "")
     ctx.progress(f"{tag}: {users_n} users x {fanout:,} agents")
     dsn = await ctx.databases.create(name)
     topics = await ctx.topics.create(name)
@@ -482,11 +522,19 @@ async def latency(
     try:
         accounts = await create_users(conn, users_n, fanout)
         await set_price(conn, SOL_MINT, SOL_USD)
-        tokens = TokenNames("latency" + ctx.tag)
+        tokens: Callable[[int], str] = TokenNames("latency" + ctx.tag)
+        flow = None
+        if ticks_per_s:
+            ticking = TokenNames("ticking" + ctx.tag)
+            names = [ticking(i) for i in range(tick_tokens)]
+            tokens = lambda i: names[i % len(names)]  # noqa: E731 - the signals buy them
+            flow = TickFlow(producer, topics.prices, names, ticks_per_s)
         worker = WorkerProcess(ctx.services, dsn, topics).start()
         await producer.start()
         try:
             await worker.wait_ready()
+            if flow is not None:
+                flow.start()
             # Warm-up: a few signals end to end (connections, statements, caches).
             warm = signals_round_robin(
                 accounts, len(accounts), TokenNames("warm" + ctx.tag), "warm"
@@ -494,6 +542,7 @@ async def latency(
             for key, value in warm:
                 await producer.send_and_wait(topics.signals, value, key=key)
             await _wait_committed(poll_conn, topics, len(warm), worker)
+            before = await scrape(worker.http_port)
             ctx.progress(f"{tag}: offering load for {duration_s:.0f}s")
             first_send = time.time()
             offer = _Offer(
@@ -503,9 +552,15 @@ async def latency(
             await offer.poll(poll_conn, worker)
             await sender
             last_commit = max(offer.seen.values(), default=first_send)
+            after = await scrape(worker.http_port)
         finally:
+            if flow is not None:
+                await flow.stop()
             await producer.stop()
             await worker.stop()
+        wait = None
+        if before is not None and after is not None:
+            wait = after.histogram(WAIT).since(before.histogram(WAIT))
         per_key = await conn.fetch(
             "SELECT s.idempotency_key AS key, max(e.executed_at) AS started, count(*) AS n "
             "FROM trading_signals s JOIN signal_executions e ON e.signal_id = s.id "
@@ -529,7 +584,59 @@ async def latency(
         poll_interval_ms=offer.poll_interval_s * 1000,
         executions=executions,
         achieved_per_s=executions / (last_commit - first_send) if last_commit > first_send else 0.0,
+        wait=wait,
+        ticks_per_s=ticks_per_s,
+        tick_tokens=tick_tokens,
+        ticks_sent=flow.sent if flow is not None else 0,
     )
+
+
+class TickFlow:
+    """Ticks at a steady rate, round-robin over `tokens`, stamped with the wall clock, each
+    0.1% above or below the token's price (alternately), until stopped."""
+
+    def __init__(
+        self, producer: AIOKafkaProducer, topic: str, tokens: list[str], per_s: float
+    ) -> None:
+        self._producer = producer
+        self._topic = topic
+        self._tokens = tokens
+        self._per_s = per_s
+        self._task: asyncio.Task[None] | None = None
+        self._acks: list[Any] = []
+        self.sent = 0
+
+    def start(self) -> None:
+        """Start sending in the background."""
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        """Stop sending and wait for every acknowledgement."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await asyncio.gather(*self._acks, return_exceptions=True)
+
+    async def _run(self) -> None:
+        started = time.monotonic()
+        up, down = TOKEN_USD * Decimal("1.001"), TOKEN_USD * Decimal("0.999")
+        while True:
+            due = int((time.monotonic() - started) * self._per_s) + 1
+            while self.sent < due:
+                round_, k = divmod(self.sent, len(self._tokens))
+                token = self._tokens[k]
+                ts = now_ms()
+                value = tick_value(
+                    token, up if round_ % 2 else down, datetime.fromtimestamp(ts / 1000, UTC)
+                )
+                self._acks.append(
+                    await self._producer.send(
+                        self._topic, value, key=token.encode(), timestamp_ms=ts
+                    )
+                )
+                self.sent += 1
+            await asyncio.sleep(0.005)
 
 
 class _Offer:
@@ -541,7 +648,7 @@ class _Offer:
         producer: AIOKafkaProducer,
         topics: Topics,
         accounts: list[User],
-        tokens: TokenNames,
+        tokens: Callable[[int], str],
         *,
         rate: float,
         duration_s: float,
@@ -716,14 +823,21 @@ class TickRate:
         return self.ticks / self.window_s if self.window_s > 0 else 0.0
 
 
+# The tick-rate backlog's rounds are a second apart from this long ago: all of them lie in
+# the past. (Stamped from now on, they would lie ahead of the worker's clock, and the order
+# holds a record until the clock passes it: the run would measure the clock, not the worker.)
+TICK_BACKLOG_AGE = timedelta(hours=1)
+
+
 class TickBacklog(Backlog):
     """Rounds of ticks, one per token a round, each round 0.2% up on the one before (below
-    the trailing start): every tick moves its positions' peaks, so each one writes."""
+    the trailing start): every tick moves its positions' peaks, so each one writes. Round r
+    is stamped `base` + r seconds."""
 
-    def __init__(self, bootstrap: str, topic: str, tokens: list[str]) -> None:
+    def __init__(self, bootstrap: str, topic: str, tokens: list[str], base: datetime) -> None:
         super().__init__(bootstrap, topic)
         self._tokens = tokens
-        self._base = datetime.now(UTC)
+        self._base = base
 
     async def make(self, start: int, count: int) -> list[tuple[bytes, bytes]]:
         """Ticks `start` .. `start + count - 1`."""
@@ -753,14 +867,17 @@ async def tick_rate(ctx: Context, tokens_n: int) -> TickRate:
     conn = await connect(dsn)
     names = TokenNames("spread" + ctx.tag)
     tokens = [names(i) for i in range(tokens_n)]
-    backlog = TickBacklog(ctx.services.bootstrap, topics.prices, tokens)
+    base = datetime.now(UTC) - TICK_BACKLOG_AGE
+    backlog = TickBacklog(ctx.services.bootstrap, topics.prices, tokens, base)
     try:
         accounts = await create_users(
             conn, max(1, positions // 1000), min(positions, 1000), profiles=(STEADY,)
         )
         agents: list[Agent] = [a for u in accounts for a in u.agents]
         await open_positions(
-            conn, [(a, tokens[i % tokens_n]) for i, a in enumerate(agents)], now=datetime.now(UTC)
+            conn,
+            [(a, tokens[i % tokens_n]) for i, a in enumerate(agents)],
+            now=base - timedelta(minutes=1),
         )
         await set_price(conn, SOL_MINT, SOL_USD)
         await conn.execute("ANALYZE")
@@ -873,8 +990,11 @@ class _TickSender:
         await self._producer.stop()
 
     async def tick(self, token: str, price: Decimal) -> float:
-        """Send a tick for `token` at `price`, one second newer than the last; its ms."""
-        self._ts += timedelta(seconds=1)
+        """Send a tick for `token` at `price`, stamped now (and newer than the last); its ms.
+
+        Never ahead of the clock: the worker's order holds a record stamped in the future
+        until its clock passes it."""
+        self._ts = max(datetime.now(UTC), self._ts + timedelta(milliseconds=1))
         started = time.time()
         await self._producer.send_and_wait(
             self._topics.prices, tick_value(token, price, self._ts), key=token.encode()

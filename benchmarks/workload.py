@@ -140,8 +140,10 @@ INSERT INTO users (id, email)
 SELECT u.id, 'bench-' || u.id::text || '@bench.local' FROM unnest($1::uuid[]) AS u(id)
 """
 INSERT_AGENTS = """
-INSERT INTO agents (id, user_id, name, trading_mode, automated_trading_live, trading_config)
-SELECT a.id, a.user_id, a.name, a.mode, a.mode = 'live', a.config::jsonb
+INSERT INTO agents (id, user_id, name, trading_mode, automated_trading_live, trading_config,
+                    created_at)
+SELECT a.id, a.user_id, a.name, a.mode, a.mode = 'live', a.config::jsonb,
+       coalesce($6::timestamptz, now())
   FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::varchar[], $5::text[])
        AS a(id, user_id, name, mode, config)
 """
@@ -171,10 +173,12 @@ async def create_users(
     *,
     profiles: Sequence[Profile] = MIX,
     deposit_sol: Decimal = DEPOSIT_SOL,
+    created_at: datetime | None = None,
 ) -> list[User]:
     """`users` users with `agents_per_user` funded agents each, set-based. Profiles go
     round in order over the agents of all the users, so the mix holds at every fan-out
-    (one agent each included)."""
+    (one agent each included). The agents exist from `created_at` (default: now): signals
+    older than that are not theirs."""
     created = []
     nth = 0
     for _ in range(users):
@@ -197,6 +201,7 @@ async def create_users(
             [f"bench agent {i} ({a.profile.name})" for i, (_, a) in enumerate(every)],
             [a.profile.trading_mode for _, a in every],
             [texts[a.profile.name] for _, a in every],
+            created_at,
         )
         wallets = [a.wallet for _, a in every]
         ids = [a.agent_id for _, a in every]
