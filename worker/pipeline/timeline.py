@@ -111,9 +111,9 @@ class _Input(Generic[P]):
         promise = self.promise
         # A promise covers what comes from its offset on: records before it (read again
         # after a restart) still come at their own times.
-        if promise is not None and self.next_offset >= promise[1]:
-            if floor is None or promise[0] > floor:
-                floor = promise[0]
+        covers = promise is not None and self.next_offset >= promise[1]
+        if covers and promise is not None and (floor is None or promise[0] > floor):
+            floor = promise[0]
         return None if floor is None else (floor, self.lowest_rank)
 
     def admits(self, key: tuple[Any, ...]) -> bool:
