@@ -69,9 +69,18 @@ async def test_a_worker_down_longer_than_the_bound_loses_nothing_and_a_late_tick
             late_after_gap = len(log_events(worker, "record_late"))
             caught_up = await run.ledger()
 
-            # Now a tick stamped 5 s ago, of a token the stream ticks, arrives: late.
-            token = next(r.value["token_address"] for r in records if r.topic == "prices")
-            stamped = datetime.now(UTC) - timedelta(seconds=5)
+            # Now a tick stamped 3 s ago (beyond the 2 s bound) arrives: late. Its token is
+            # the one whose last tick is the oldest, and its stamp newer than that (a tick
+            # not newer than the stored price changes nothing, late or not).
+            last: dict[str, int] = {}
+            for r in records:
+                if r.topic == "prices":
+                    last[r.value["token_address"]] = max(
+                        last.get(r.value["token_address"], 0), r.at_ms
+                    )
+            token = min(last, key=lambda t: last[t])
+            await asyncio.sleep(max(0.0, (last[token] + 4000) / 1000 - time.time()))
+            stamped = datetime.now(UTC) - timedelta(seconds=3)
             assert run.topics is not None
             producer = AIOKafkaProducer(bootstrap_servers=services.kafka_bootstrap)
             await producer.start()
@@ -115,7 +124,7 @@ async def test_a_worker_down_longer_than_the_bound_loses_nothing_and_a_late_tick
     report(
         "17 stopped longer than the bound",
         records=f"{counts['signals']} signals x {len(CONFIGS)} agents x {USERS} users, "
-        f"{counts['prices']} ticks, then 1 tick stamped 5 s ago",
+        f"{counts['prices']} ticks, then 1 tick stamped 3 s ago",
         faults=f"worker stopped {DOWN_S} s (LATENESS_MS {LATENESS_MS}) mid-stream",
         differing_from_one_backlog=len(differences(expected, caught_up)),
         late=f"{late_before} before the gap, {late_after_gap} after it, then {len(late)}",
