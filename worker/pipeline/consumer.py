@@ -242,7 +242,8 @@ class Pipeline:
             )
         moved = timeline.promise(await self._read_to_end(timeline.sources()))
         elsewhere = await self._share(moved)
-        released = timeline.release(elsewhere=elsewhere)
+        prices = {tp: b for tp, b in elsewhere.items() if tp.topic == self._kafka.prices_topic}
+        released = timeline.release(elsewhere=elsewhere, elsewhere_prices=prices)
         self._pause_full()
         buffered = len(timeline)
         self._metrics.order_buffered.set(buffered)

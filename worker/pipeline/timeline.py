@@ -21,7 +21,9 @@ So every record gets a place in one total order that depends only on the records
 
 **Release** (after Kafka Streams' stream time and task idling, KIP-353/KIP-695, and Flink's
 watermarks): records are buffered per partition and released in key order once no record
-still unseen can come before them. A partition's unseen records have keys of at least
+still unseen can come before them: for a tick, of any partition; for a signal, of the
+partitions that carry prices (signals of different partitions are of different users and
+commute, so they do not wait for each other). A partition's unseen records have keys of at least
 `(bound, lowest rank it can carry)`, where `bound` is its last decision time, or, when the
 consumer has read everything the partition holds (caught up), the worker's clock minus the
 lateness allowance `LATENESS_MS`, if that is later. Everything buffered below the lowest
@@ -135,7 +137,9 @@ class Timeline(Generic[P]):
     def __init__(self, lateness: timedelta) -> None:
         self._lateness = lateness
         self._inputs: dict[P, _Input[P]] = {}
-        self._released: tuple[Any, ...] | None = None  # the key of the last record released
+        # The greatest key released, and the greatest of a tick.
+        self._released: tuple[Any, ...] | None = None
+        self._released_tick: tuple[Any, ...] | None = None
         self._seq = itertools.count()
 
     # ------------------------------------------------------------------ partitions
@@ -158,7 +162,7 @@ class Timeline(Generic[P]):
         """Forget what was released: the partitions are read again from where their
         effects were stored (abandoned work, a reassignment), so a record released before
         and not applied is not late when it comes again."""
-        self._released = None
+        self._released = self._released_tick = None
 
     def close(self, source: P) -> None:
         """Stop ordering `source` (revoked, or blocked): its buffered records are forgotten
@@ -234,9 +238,12 @@ class Timeline(Generic[P]):
             # Its partition promised nothing before then (to this worker's order and to the
             # other workers'): it is decided then.
             at, late = promise[0], True
-        if self._released is not None and (at, rank, *tie, offset) <= self._released:
+        # What it must come after: every tick, and for a tick every signal too (signals of
+        # other partitions commute with a signal; its own partition's come before it).
+        after = self._released_tick if rank == RANK_SIGNAL else self._released
+        if after is not None and (at, rank, *tie, offset) <= after:
             # Something after it was decided already: it is decided right after that.
-            at = self._released[0] + STEP
+            at = after[0] + STEP
             late = True
         entry = Entry(source, offset, at, rank, (*tie, offset), payload, event_time or at, late)
         state.last_at = at
@@ -246,25 +253,34 @@ class Timeline(Generic[P]):
         return entry
 
     def release(
-        self, *, elsewhere: Mapping[Any, tuple[Any, ...] | None] | None = None
+        self,
+        *,
+        elsewhere: Mapping[Any, tuple[Any, ...] | None] | None = None,
+        elsewhere_prices: Mapping[Any, tuple[Any, ...] | None] | None = None,
     ) -> list[Entry[P]]:
         """The buffered records no unseen record can precede, in order, taken out of the
         buffers. `elsewhere`: the partitions other workers own, each with the least key it
-        may still apply (`bounds`; None: unknown, everything waits for it)."""
-        others = list((elsewhere or {}).values())
-        if any(b is None for b in others):
-            return []
-        limit = min(others, default=None)  # type: ignore[type-var]  # keys compare
+        may still apply (`bounds`; None: unknown, everything waits for it);
+        `elsewhere_prices`: those of them that carry prices (None: all may).
+
+        Signals of different partitions are of different users and touch nothing of each
+        other's, so a signal waits only for the partitions that carry prices; a tick waits
+        for every partition (it acts on the positions of every user)."""
+        every = _limit((elsewhere or {}).values())
+        prices = every if elsewhere_prices is None else _limit(elsewhere_prices.values())
         inputs = self._inputs
         states = list(inputs.values())
+        price_states = [s for s in states if s.lowest_rank < RANK_SIGNAL]
         heads = [(s.buffer[0][0], s.buffer[0][1], src) for src, s in inputs.items() if s.buffer]
         heapq.heapify(heads)
         out: list[Entry[P]] = []
         while heads:
             key, _, source = heads[0]
-            if limit is not None and not key < limit:
+            is_signal = key[1] == RANK_SIGNAL
+            waits, limit = prices if is_signal else every
+            if waits or (limit is not None and not key < limit):
                 break
-            if not all(state.admits(key) for state in states):
+            if not all(state.admits(key) for state in (price_states if is_signal else states)):
                 break
             state = inputs[source]
             buffer = state.buffer
@@ -275,8 +291,13 @@ class Timeline(Generic[P]):
                 heapq.heapreplace(heads, (buffer[0][0], buffer[0][1], source))
             else:
                 heapq.heappop(heads)
-        if out and (self._released is None or out[-1].key > self._released):
-            self._released = out[-1].key
+        for entry in out:
+            if self._released is None or entry.key > self._released:
+                self._released = entry.key
+            if entry.rank != RANK_SIGNAL and (
+                self._released_tick is None or entry.key > self._released_tick
+            ):
+                self._released_tick = entry.key
         return out
 
     def first_key(self) -> tuple[Any, ...] | None:
@@ -295,10 +316,26 @@ class Timeline(Generic[P]):
         first = self.first_key()
         if first is None:
             return []
-        return [source for source, state in self._inputs.items() if not state.admits(first)]
+        is_signal = first[1] == RANK_SIGNAL
+        return [
+            source
+            for source, state in self._inputs.items()
+            if not (is_signal and state.lowest_rank == RANK_SIGNAL) and not state.admits(first)
+        ]
 
 
 _EARLIEST = datetime.min.replace(tzinfo=UTC)
+
+
+def _limit(bounds: Iterable[tuple[Any, ...] | None]) -> tuple[bool, tuple[Any, ...] | None]:
+    """(True when one of `bounds` is unknown: everything waits; else their least, None for
+    none)."""
+    known = []
+    for bound in bounds:
+        if bound is None:
+            return True, None
+        known.append(bound)
+    return False, min(known, default=None)
 
 
 def runs(entries: Iterable[Entry[P]], kind: Any) -> Iterator[list[Entry[P]]]:  # noqa: ANN401
