@@ -351,9 +351,9 @@ def test_any_fetch_boundaries_and_a_restart_give_the_one_order(
     # What each user sees is one order: the ticks and one signal partition's records, in
     # key order, whatever the fetches (signals of different partitions commute).
     for signals in ("s0", "s1"):
-        mine = [x for x in one if x[0] in (signals, "t0", "t1")]
-        assert mine == [x for x in other if x[0] in (signals, "t0", "t1")]
-        assert mine == sorted(mine, key=lambda x: x[3])
+        seen = [x for x in one if x[0] in (signals, "t0", "t1")]
+        assert seen == [x for x in other if x[0] in (signals, "t0", "t1")]
+        assert seen == sorted(seen, key=lambda x: x[3])
     # Within each partition, offset order and decision times never go back.
     for source in SOURCES:
         mine = [(o, at) for s, o, at, _ in one if s == source]
