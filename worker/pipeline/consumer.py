@@ -256,17 +256,19 @@ class Pipeline:
         return released
 
     async def _read_to_end(self, tps: list[TopicPartition]) -> dict[TopicPartition, datetime]:
-        """The partitions of `tps` read to their end, each with when that end was seen (the
-        last fetch response for it; a paused partition is not fetched, so its end is not
-        known to be its end)."""
+        """The partitions of `tps` read to their end, each with when that end holds: now.
+
+        A partition read to its end and not paused has a fetch waiting at the broker (a long
+        poll, answered as soon as a record is appended), so "nothing more" holds up to now,
+        less the time a record takes from its producer to the worker, which `LATENESS_MS`
+        covers. (Not the time of the last fetch response: an idle partition's long poll
+        answers only every fetch wait, so its promise would lag by that much and every
+        signal with it.) A paused partition is not fetched: its end is not known to be its
+        end."""
         paused = self.consumer.paused()
-        seen: dict[TopicPartition, datetime] = {}
         now = datetime.now(UTC)
-        for tp in await read_to_end(self.consumer, [tp for tp in tps if tp not in paused]):
-            polled = self.consumer.last_poll_timestamp(tp)
-            at = datetime.fromtimestamp(polled / 1000, UTC) if polled else now
-            seen[tp] = min(at, now)
-        return seen
+        ready = await read_to_end(self.consumer, [tp for tp in tps if tp not in paused])
+        return dict.fromkeys(ready, now)
 
     async def _share(self, moved: Mapping[TopicPartition, Promise]) -> dict[TopicPartition, Bound]:
         """Store the promises that moved (before anything is released on their strength);
