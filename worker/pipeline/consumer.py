@@ -180,7 +180,7 @@ class Pipeline:
             self.offsets.check_fatal()
             # With other workers, their progress is read between fetches: wait less.
             fetched = await self.consumer.getmany(
-                timeout_ms=SHARED_POLL_MS if self._shared else 200,
+                timeout_ms=self._poll_ms(),
                 max_records=self._kafka.fetch_max_records,
             )
             try:
@@ -254,6 +254,19 @@ class Pipeline:
             self._waiting_since = None
             self._waiting_on = []
         return released
+
+    def _poll_ms(self) -> int:
+        """How long the next fetch may wait for records: less when other workers share the
+        group (their progress is read between fetches), and no longer than until the first
+        record waiting for its turn can go if nothing else comes (its time plus
+        `LATENESS_MS`: a partition read to its end then holds nothing earlier)."""
+        wait = SHARED_POLL_MS if self._shared else 200
+        first = self.offsets.timeline.first_key()
+        if first is not None:
+            due = first[0] + timedelta(milliseconds=self._settings.lateness_ms)
+            until = (due - datetime.now(UTC)).total_seconds() * 1000
+            wait = max(1, min(wait, int(until) + 1))
+        return wait
 
     async def _read_to_end(self, tps: list[TopicPartition]) -> dict[TopicPartition, datetime]:
         """The partitions of `tps` read to their end, each with when that end holds: now.
