@@ -87,6 +87,9 @@ REPUBLISH_S = 3.0
 # Records waiting for their turn take at most about this much memory (their keys and
 # values): beyond it, no partition with records waiting is fetched.
 ORDER_BUFFER_MAX_BYTES = 64 * 1024 * 1024
+# A partition's fetch is answered at least this often while the broker answers (aiokafka's
+# fetch wait, 500 ms, and some slack); beyond it, its end holds only as of its last answer.
+FETCH_ANSWERED = timedelta(milliseconds=750)
 # After this long waiting on the same partitions, `/readyz` says so.
 ORDER_STALL_S = 30.0
 # How long a fetch waits for records when other workers share the group: between fetches
@@ -269,10 +272,12 @@ class Pipeline:
         return wait
 
     async def _read_to_end(self, tps: list[TopicPartition]) -> dict[TopicPartition, datetime]:
-        """The partitions of `tps` read to their end, each with when that end holds: now.
+        """The partitions of `tps` read to their end, each with when that end holds: now,
+        while the broker answers.
 
         A partition read to its end and not paused has a fetch waiting at the broker (a long
-        poll, answered as soon as a record is appended), so "nothing more" holds up to now,
+        poll, answered as soon as a record is appended, else after the fetch wait), so
+        while its fetches are answered "nothing more" holds up to now,
         less the time a record takes from its producer to the worker, which `LATENESS_MS`
         covers. (Not the time of the last fetch response: an idle partition's long poll
         answers only every fetch wait, so its promise would lag by that much and every
@@ -280,8 +285,14 @@ class Pipeline:
         end."""
         paused = self.consumer.paused()
         now = datetime.now(UTC)
-        ready = await read_to_end(self.consumer, [tp for tp in tps if tp not in paused])
-        return dict.fromkeys(ready, now)
+        seen: dict[TopicPartition, datetime] = {}
+        for tp in await read_to_end(self.consumer, [tp for tp in tps if tp not in paused]):
+            polled = self.consumer.last_poll_timestamp(tp)
+            last = datetime.fromtimestamp(polled / 1000, UTC) if polled else now
+            # Answered within a fetch wait: the long poll stands, "nothing more" holds now;
+            # else the broker is not answering, and it holds only when it last answered.
+            seen[tp] = now if now - last <= FETCH_ANSWERED else min(last, now)
+        return seen
 
     async def _share(self, moved: Mapping[TopicPartition, Promise]) -> dict[TopicPartition, Bound]:
         """Store the promises that moved (before anything is released on their strength);
