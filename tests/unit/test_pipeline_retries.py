@@ -24,7 +24,11 @@ TP = TopicPartition("signals", 0)
 
 
 class Consumer:
-    """What the pipeline asks of its consumer on these paths."""
+    """What the pipeline asks of its consumer on these paths (pauses kept, as aiokafka
+    keeps them)."""
+
+    def __init__(self) -> None:
+        self._paused: set[TopicPartition] = set()
 
     def assignment(self) -> set[TopicPartition]:
         return {TP}
@@ -41,17 +45,17 @@ class Consumer:
     async def position(self, _tp: TopicPartition) -> int:
         return 6
 
-    def pause(self, *_tps: TopicPartition) -> None:
-        pass
+    def pause(self, *tps: TopicPartition) -> None:
+        self._paused.update(tps)
 
     def paused(self) -> set[TopicPartition]:
-        return set()
+        return set(self._paused)
 
     def last_poll_timestamp(self, _tp: TopicPartition) -> int:
         return 1_700_000_001_000
 
-    def resume(self, *_tps: TopicPartition) -> None:
-        pass
+    def resume(self, *tps: TopicPartition) -> None:
+        self._paused.difference_update(tps)
 
 
 class DeadLetters:
