@@ -41,7 +41,7 @@ import re
 import unicodedata
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from typing import Annotated
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import orjson
@@ -53,6 +53,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    TypeAdapter,
     ValidationError,
     WithJsonSchema,
     field_validator,
@@ -348,6 +349,207 @@ class PriceTickV1(BaseModel):
     def to_domain(self, *, received_at: datetime) -> PriceTick:
         """The domain tick; observed at `ts`, else at `received_at` (its record's timestamp)."""
         return PriceTick(self.token_address, self.price_usd, self.ts or received_at)
+
+
+# ----------------------------------------------------------------------------- commands
+# Contract section 4b: what a user asks of its agents, on `COMMANDS_TOPIC`, keyed by user id
+# (co-partitioned with the signals, so a user's commands and signals are applied in one
+# order). One model per command, told apart by `command`.
+
+SOL_BELOW = Decimal("1e12")  # numeric(30,18): 12 digits before the point
+SolAmount = Annotated[
+    Decimal,
+    BeforeValidator(_strict_decimal),
+    _column(18, SOL_BELOW, "numeric(30,18)"),
+    _decimal_schema(SOL_BELOW),
+]
+AgentName = Annotated[str, Field(strict=True), _trimmed(255, 1), _NFC, _STORABLE, _VISIBLE]
+Email = Annotated[str, Field(strict=True), _trimmed(255, 3), _NFC, _STORABLE, _VISIBLE]
+PauseMode = Literal["simulation", "live", "all"]
+# A config or patch as a JSON object (its numbers exact); held to AGENT_CONFIG_MAX_BYTES and
+# the config rules when applied (a refusal with the reason, not a dead letter).
+JsonObject = Annotated[
+    dict[str, Any],
+    WithJsonSchema({"type": "object", "description": "a trading_config JSON object"}),
+]
+
+
+class _CommandBase(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    user_id: UUID
+    idempotency_key: Annotated[
+        IdempotencyKey | None,
+        Field(
+            description="NFC, trimmed; the same key from the same user is the same command "
+            "(applied once); absent: the record's Kafka coordinates"
+        ),
+    ] = None
+    created_at: Annotated[
+        Timestamp | None, Field(description="the command's event time; absent: its record's")
+    ] = None
+
+    def key(self, coordinates: str) -> str:
+        """The idempotency key; without one, the Kafka coordinates."""
+        return self.idempotency_key or coordinates
+
+
+class CreateUserV1(_CommandBase):
+    """Create the user `user_id` (refused when it exists, or its email is taken)."""
+
+    command: Literal["create_user"]
+    email: Email
+
+
+class CreateAgentV1(_CommandBase):
+    """Create an agent with a simulation wallet, funded with `sol` when given."""
+
+    command: Literal["create_agent"]
+    agent_id: Annotated[
+        UUID | None, Field(description="absent: derived from user_id and the idempotency key")
+    ] = None
+    name: AgentName
+    trading_mode: Literal["simulation", "live"] = "simulation"
+    config: Annotated[
+        JsonObject | None, Field(description="absent: the complete default config")
+    ] = None
+    sol: SolAmount | None = None
+
+
+class RenameAgentV1(_CommandBase):
+    """Rename an agent."""
+
+    command: Literal["rename_agent"]
+    agent_id: UUID
+    name: AgentName
+
+
+class ReplaceConfigV1(_CommandBase):
+    """Replace an agent's trading_config (validated as a stored config is)."""
+
+    command: Literal["replace_config"]
+    agent_id: UUID
+    config: JsonObject
+
+
+class PatchConfigV1(_CommandBase):
+    """Patch an agent's trading_config with a JSON Merge Patch (RFC 7396)."""
+
+    command: Literal["patch_config"]
+    agent_id: UUID
+    patch: JsonObject
+
+
+class PauseV1(_CommandBase):
+    """Turn automated trading off for a mode (or both)."""
+
+    command: Literal["pause"]
+    agent_id: UUID
+    mode: PauseMode = "all"
+
+
+class ResumeV1(_CommandBase):
+    """Turn automated trading on again for a mode (or both)."""
+
+    command: Literal["resume"]
+    agent_id: UUID
+    mode: PauseMode = "all"
+
+
+class DepositV1(_CommandBase):
+    """Add simulation SOL to the agent's simulation wallet (a DEPOSIT)."""
+
+    command: Literal["deposit"]
+    agent_id: UUID
+    amount: SolAmount
+
+
+class WithdrawV1(_CommandBase):
+    """Take simulation SOL out of the agent's simulation wallet (a WITHDRAWAL), never
+    below zero."""
+
+    command: Literal["withdraw"]
+    agent_id: UUID
+    amount: SolAmount
+
+
+class ClosePositionsV1(_CommandBase):
+    """Close the agent's open simulation position in `token_address` (absent: all of them)
+    by hand, at the latest price as of the command's time."""
+
+    command: Literal["close_positions"]
+    agent_id: UUID
+    token_address: MintAddress | None = None
+
+    @field_validator("token_address")
+    @classmethod
+    def _mint(cls, value: str | None) -> str | None:
+        return None if value is None else _check_mint(value.strip())
+
+
+CommandV1 = Annotated[
+    CreateUserV1
+    | CreateAgentV1
+    | RenameAgentV1
+    | ReplaceConfigV1
+    | PatchConfigV1
+    | PauseV1
+    | ResumeV1
+    | DepositV1
+    | WithdrawV1
+    | ClosePositionsV1,
+    Field(discriminator="command"),
+]
+COMMAND_ADAPTER: TypeAdapter[CommandV1] = TypeAdapter(CommandV1)
+COMMAND_NAMES = tuple(
+    m.model_fields["command"].annotation.__args__[0]  # type: ignore[union-attr]
+    for m in (
+        CreateUserV1,
+        CreateAgentV1,
+        RenameAgentV1,
+        ReplaceConfigV1,
+        PatchConfigV1,
+        PauseV1,
+        ResumeV1,
+        DepositV1,
+        WithdrawV1,
+        ClosePositionsV1,
+    )
+)
+
+
+def decode_command(raw: bytes | None) -> CommandV1:
+    """A validated command from a record value; `InvalidMessage` with the reason otherwise."""
+    data = parse_json(raw)
+    if not isinstance(data, dict):
+        raise InvalidMessage(f"a command must be a JSON object, not {_json_kind(data)}")
+    kind = data.get("command")
+    if kind not in COMMAND_NAMES:
+        raise InvalidMessage(
+            f"invalid command: command must be one of {', '.join(COMMAND_NAMES)}, "
+            f"not {_shown(str(kind)) if isinstance(kind, str) else _json_kind(kind)}"
+        )
+    try:
+        return COMMAND_ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        described = describe_validation(exc).replace(f"{kind}.", "")
+        raise InvalidMessage(f"invalid {kind} command: {described}") from exc
+
+
+def check_command_time(
+    command: CommandV1, *, received_at: datetime, now: datetime, ahead: timedelta
+) -> None:
+    """`InvalidMessage` when the command's time lies more than `ahead` after its record's
+    timestamp or the worker's clock (as for a signal: `check_signal_time`)."""
+    stamped = command.created_at if command.created_at is not None else received_at
+    limit = min(received_at, now) + ahead
+    if stamped > limit:
+        what = "created_at" if command.created_at is not None else "its record's timestamp"
+        raise InvalidMessage(
+            f"invalid command: {what} {stamped.isoformat()} is more than "
+            f"{ahead.total_seconds():g}s ahead of the record's timestamp "
+            f"({received_at.isoformat()}) or the worker's clock (PRICE_MAX_FUTURE_S)"
+        )
 
 
 def parse_json(raw: bytes | None) -> object:

@@ -81,3 +81,53 @@ def loads_exact(text: str) -> object:
         raise JsonRefusedError("not JSON this worker accepts: nested too deeply") from exc
     except ValueError as exc:  # json's own: one short line ("Expecting value: line 1 ...")
         raise JsonRefusedError(f"not JSON: {exc}") from exc
+
+
+def dumps_exact(value: object) -> str:
+    """JSON text of a value `loads_exact` gives (dicts, lists, str, int, `Decimal`, bool,
+    None), numbers written exactly as their `Decimal` holds them (never through float), so
+    `loads_exact(dumps_exact(v)) == v`. `ValueError` for anything else."""
+    parts: list[str] = []
+    _write(value, parts)
+    return "".join(parts)
+
+
+def _write(value: object, out: list[str]) -> None:
+    if isinstance(value, dict):
+        out.append("{")
+        for i, (key, item) in enumerate(value.items()):
+            if not isinstance(key, str):
+                raise ValueError(f"a JSON object key must be text, not {type(key).__name__}")
+            out.append(("," if i else "") + json.dumps(key, ensure_ascii=False) + ":")
+            _write(item, out)
+        out.append("}")
+    elif isinstance(value, list | tuple):
+        out.append("[")
+        for i, item in enumerate(value):
+            if i:
+                out.append(",")
+            _write(item, out)
+        out.append("]")
+    elif isinstance(value, Decimal):
+        if not value.is_finite():
+            raise ValueError("JSON holds no NaN or Infinity")
+        out.append(str(value))
+    elif value is None or isinstance(value, str | bool | int):
+        out.append(json.dumps(value, ensure_ascii=False))
+    else:
+        raise ValueError(f"not a JSON value: {type(value).__name__}")
+
+
+def merge_patch(target: object, patch: object) -> object:
+    """`patch` applied to `target` as JSON Merge Patch says (RFC 7396): an object patch
+    merges key by key, a null removes the key, anything else replaces the target whole.
+    Neither argument is changed."""
+    if not isinstance(patch, dict):
+        return patch
+    result: dict[str, Any] = dict(target) if isinstance(target, dict) else {}
+    for key, item in patch.items():
+        if item is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), item)
+    return result
