@@ -62,6 +62,7 @@ class KafkaSettings(BaseModel):
     prices_topic: str
     dlq_topic: str
     consumer_group: str
+    commands_topic: str
     security_protocol: SecurityProtocol
     sasl_mechanism: SaslMechanism | None
     sasl_username: str | None
@@ -92,6 +93,8 @@ class Settings(BaseSettings):
     signals_topic: str = "trading-signals"
     prices_topic: str = "token-prices"
     dlq_topic: str = "trading-signals.dlq"
+    # Empty: `<SIGNALS_TOPIC>.commands` (`commands_topic_name`).
+    commands_topic: str = ""
     consumer_group: str = "signal-worker"
     kafka_security_protocol: SecurityProtocol = "PLAINTEXT"
     kafka_sasl_mechanism: SaslMechanism | None = None
@@ -200,6 +203,11 @@ class Settings(BaseSettings):
                 raise ValueError(f"{broker!r} is not host:port")
         return ",".join(brokers)
 
+    @field_validator("commands_topic")
+    @classmethod
+    def _valid_commands_topic(cls, value: str) -> str:
+        return "" if not value.strip() else cls._valid_name(value.strip())
+
     @field_validator("signals_topic", "prices_topic", "dlq_topic", "consumer_group")
     @classmethod
     def _valid_name(cls, value: str) -> str:
@@ -221,6 +229,9 @@ class Settings(BaseSettings):
                 )
         if len({self.signals_topic, self.prices_topic, self.dlq_topic}) != 3:
             raise ValueError("SIGNALS_TOPIC, PRICES_TOPIC and DLQ_TOPIC must differ")
+        topics = {self.signals_topic, self.prices_topic, self.dlq_topic}
+        if self.commands_topic_name in topics:
+            raise ValueError("COMMANDS_TOPIC must differ from SIGNALS_TOPIC, PRICES_TOPIC, DLQ_TOPIC")
         if self.db_pool_min_size > self.db_pool_max_size:
             raise ValueError("DB_POOL_MIN_SIZE must not exceed DB_POOL_MAX_SIZE")
         if 2 * self.pipeline_concurrency > self.db_pool_max_size:
@@ -242,6 +253,11 @@ class Settings(BaseSettings):
         )
 
     @property
+    def commands_topic_name(self) -> str:
+        """COMMANDS_TOPIC, else `<SIGNALS_TOPIC>.commands`."""
+        return self.commands_topic or f"{self.signals_topic}.commands"
+
+    @property
     def kafka(self) -> KafkaSettings:
         """The Kafka slice."""
         return KafkaSettings(
@@ -249,6 +265,7 @@ class Settings(BaseSettings):
             signals_topic=self.signals_topic,
             prices_topic=self.prices_topic,
             dlq_topic=self.dlq_topic,
+            commands_topic=self.commands_topic_name,
             consumer_group=self.consumer_group,
             security_protocol=self.kafka_security_protocol,
             sasl_mechanism=self.kafka_sasl_mechanism,
