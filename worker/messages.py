@@ -59,7 +59,8 @@ from pydantic import (
     field_validator,
 )
 
-from worker.domain.exact_json import JsonRefusedError, loads_exact
+from worker.domain.commands import Command
+from worker.domain.exact_json import JsonRefusedError, dumps_exact, loads_exact
 from worker.domain.models import SOL_MINT, PriceTick, Signal
 from worker.domain.money import MATH_CONTEXT
 from worker.errors import InvalidMessage
@@ -392,6 +393,42 @@ class _CommandBase(BaseModel):
     def key(self, coordinates: str) -> str:
         """The idempotency key; without one, the Kafka coordinates."""
         return self.idempotency_key or coordinates
+
+    def event_time(self, received_at: datetime) -> datetime:
+        """`created_at`, else its record's timestamp."""
+        return self.created_at or received_at
+
+    def payload_json(self) -> str:
+        """The command as validated, as JSON (numbers exact)."""
+        data: dict[str, Any] = self.model_dump(mode="json", exclude_none=True)
+        for name in ("config", "patch"):
+            value = getattr(self, name, None)
+            if value is not None:
+                data[name] = value
+        return dumps_exact(data)
+
+    def to_domain(self, *, coordinates: str, at: datetime) -> Command:
+        """The domain `Command`, decided at `at`; without an idempotency key, the Kafka
+        coordinates are the key."""
+        fields = {
+            name: getattr(self, name)
+            for name in (
+                "agent_id", "name", "email", "trading_mode", "config", "patch", "mode",
+                "token_address",
+            )
+            if hasattr(self, name)
+        }  # fmt: skip
+        amount = getattr(self, "amount", None) or getattr(self, "sol", None)
+        return Command(
+            kind=getattr(self, "command"),  # noqa: B009 - every concrete model has it
+            user_id=self.user_id,
+            key=self.key(coordinates),
+            at=at,
+            record=coordinates,
+            payload=self.payload_json(),
+            amount=amount,
+            **fields,
+        )
 
 
 class CreateUserV1(_CommandBase):

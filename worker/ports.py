@@ -14,9 +14,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import Protocol
+from typing import Any, Protocol
 from uuid import UUID
 
+from worker.domain.commands import AgentState, Transfer
 from worker.domain.config_history import ConfigVersion
 from worker.domain.config_reading import DEFAULT_MAX_CONFIG_BYTES, StoredConfigText
 from worker.domain.exit_rules import ExitRules
@@ -170,9 +171,108 @@ class PriceStore(Protocol):
         ...
 
 
-class PipelineStore(SignalStore, PriceStore, Protocol):
+class CommandStore(PriceStore, Protocol):
+    """What `worker.handlers.commands.handle_commands` reads and writes, in one transaction
+    (`worker.db.commands.CommandQueries` and the price store's reads and exit writes)."""
+
+    async def lock_command(self, user_id: UUID, key: str) -> None:
+        """Serialise with another transaction applying the same command."""
+        ...
+
+    async def command_result(self, user_id: UUID, key: str) -> dict[str, Any] | None:
+        """The stored result of the command (user, key), if any."""
+        ...
+
+    async def insert_command_result(
+        self,
+        *,
+        user_id: UUID,
+        key: str,
+        command: str,
+        status: str,
+        reason: str | None,
+        agent_id: UUID | None,
+        payload: str,
+        changes: str | None,
+        at: datetime,
+        record: str | None,
+    ) -> None:
+        """Record a command's outcome (once per (user, key))."""
+        ...
+
+    async def user_exists(self, user_id: UUID) -> bool:
+        """True when `user_id` names a user."""
+        ...
+
+    async def email_taken(self, email: str) -> bool:
+        """True when a user has this email."""
+        ...
+
+    async def insert_user(self, user_id: UUID, email: str, at: datetime) -> None:
+        """Create the user."""
+        ...
+
+    async def agent_state(
+        self, agent_id: UUID, max_config_bytes: int = DEFAULT_MAX_CONFIG_BYTES
+    ) -> AgentState | None:
+        """The agent, its simulation wallet and SOL (None: no such agent)."""
+        ...
+
+    async def agent_exists(self, agent_id: UUID) -> bool:
+        """True when `agent_id` names an agent."""
+        ...
+
+    async def wallet_taken(self, wallet: str) -> bool:
+        """True when some agent has this wallet address."""
+        ...
+
+    async def insert_agent(
+        self,
+        *,
+        agent_id: UUID,
+        user_id: UUID,
+        name: str,
+        trading_mode: str,
+        config_text: str,
+        wallet: str,
+        balance_id: UUID,
+        at: datetime,
+    ) -> None:
+        """The agent, its simulation wallet and a SOL balance row of 0."""
+        ...
+
+    async def update_agent(
+        self,
+        agent_id: UUID,
+        at: datetime,
+        *,
+        name: str | None = None,
+        config_text: str | None = None,
+        set_config: bool = False,
+        automated_simulation: bool | None = None,
+        automated_live: bool | None = None,
+    ) -> None:
+        """Change the agent's columns given; a new config version is in force from `at`."""
+        ...
+
+    async def lock_sol(self, wallet: str) -> Decimal | None:
+        """Lock the wallet's SOL balance row and read it."""
+        ...
+
+    async def insert_transfer(self, transfer: Transfer, balance_id: UUID) -> None:
+        """The transfer's transaction and its move of the wallet's SOL."""
+        ...
+
+    async def open_positions_of(
+        self, agent_id: UUID, token: str | None
+    ) -> Sequence[tuple[UUID, str]]:
+        """The agent's open simulation positions (id, token)."""
+        ...
+
+
+class PipelineStore(SignalStore, CommandStore, Protocol):
     """What the pipeline's transactions use (`worker.db.store.PgStore` on one connection):
-    both handlers' stores, and the agents per user that size the transactions."""
+    the handlers' stores, and the agents per user that size the transactions."""
 
     async def agent_counts(self, user_ids: Sequence[UUID]) -> dict[UUID, int]:
         """The number of agents of each user (users without agents are left out)."""

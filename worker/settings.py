@@ -72,6 +72,16 @@ class KafkaSettings(BaseModel):
     request_timeout_s: float
     topic_partitions: int
 
+    @property
+    def input_topics(self) -> list[str]:
+        """The topics the worker consumes: signals, prices, commands."""
+        return [self.signals_topic, self.prices_topic, self.commands_topic]
+
+    @property
+    def user_topics(self) -> tuple[str, str]:
+        """The topics keyed by user id and co-partitioned: signals, commands."""
+        return (self.signals_topic, self.commands_topic)
+
 
 class TradingSettings(BaseModel):
     """Simulation costs that the source system takes from its swap quotes, and the largest

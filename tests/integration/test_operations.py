@@ -324,7 +324,7 @@ async def test_reset_to_a_timestamp_lands_between_records_and_to_latest_at_the_e
     [
         (["reset", "--to-timestamp", "yesterday"], "is not an RFC 3339 timestamp"),
         (["reset", "--to-timestamp", "2026-11-26T12:00:00"], "needs a UTC offset"),
-        (["show", "--topic", "other-topic"], "is neither SIGNALS_TOPIC"),
+        (["show", "--topic", "other-topic"], "is none of SIGNALS_TOPIC"),
     ],
 )
 async def test_bad_arguments_exit_2_with_one_line(

@@ -45,7 +45,7 @@ def test_chunks_cover_every_record_once_within_the_execution_budget() -> None:
         tp = TopicPartition(TOPIC, partition)
         users = [big if i % 2 else (small if i % 5 else None) for i in range(60)]
         records = [_record(partition, 100 + i, user) for i, user in enumerate(users)]
-        items, dead = decode(records, is_signal=True, now=NOW, max_ahead=timedelta(seconds=60))
+        items, dead = decode(records, kind="signals", now=NOW, max_ahead=timedelta(seconds=60))
         dead_count += len(dead)
         assert len(dead) == users.count(None)
         assert {d.kind for d in dead} == {"invalid"}
@@ -77,7 +77,7 @@ def test_a_record_costlier_than_the_budget_goes_alone() -> None:
     fanouts = Fanouts()
     fanouts[user] = 7
     records = [_record(0, i, user) for i in range(5)]
-    items, _ = decode(records, is_signal=True, now=NOW, max_ahead=timedelta(seconds=60))
+    items, _ = decode(records, kind="signals", now=NOW, max_ahead=timedelta(seconds=60))
     costs = [fanouts.cost(i) for i in items]
     part = Part(TopicPartition(TOPIC, 0), records, items, costs, [NOW] * len(items))
     assert [len(c.records) for c in chunks([part], budget=14)] == [2, 2, 1]
@@ -88,7 +88,7 @@ def test_ticks_and_invalid_records_cost_one_and_unknown_users_the_default() -> N
     fanouts = Fanouts()
     assert fanouts.cost(None) == 1
     records = [_record(0, 0, uuid.uuid4())]
-    [item], _ = decode(records, is_signal=True, now=NOW, max_ahead=timedelta(seconds=60))
+    [item], _ = decode(records, kind="signals", now=NOW, max_ahead=timedelta(seconds=60))
     assert fanouts.cost(item) == UNKNOWN_FANOUT
 
 
@@ -97,7 +97,7 @@ def test_ticks_from_too_far_ahead_are_dead_letters() -> None:
                        "ts": (NOW + timedelta(minutes=5)).isoformat()}).encode()  # fmt: skip
     record = ConsumerRecord("prices", 0, 9, int(NOW.timestamp() * 1000), 0, None, tick, None, 0,
                             len(tick), ())  # fmt: skip
-    items, dead = decode([record], is_signal=False, now=NOW, max_ahead=timedelta(seconds=60))
+    items, dead = decode([record], kind="ticks", now=NOW, max_ahead=timedelta(seconds=60))
     assert items == [None]
     assert [d.kind for d in dead] == ["invalid"]
     assert "more than 60s ahead" in dead[0].reason

@@ -262,7 +262,7 @@ def _tick_record(value: bytes, timestamp_ms: int) -> ConsumerRecord[bytes, bytes
 
 def test_a_record_whose_timestamp_is_no_time_is_dead_lettered() -> None:
     value = json.dumps({"token_address": TOKEN, "price_usd": "1"}).encode()
-    items, dead = decode([_tick_record(value, 2**62)], is_signal=False, now=NOW,
+    items, dead = decode([_tick_record(value, 2**62)], kind="ticks", now=NOW,
                          max_ahead=timedelta(seconds=60))  # fmt: skip
     assert items == [None]
     assert [(d.kind, d.reason) for d in dead] == [
@@ -283,7 +283,7 @@ def test_a_decoding_bug_one_record_triggers_dead_letters_that_record_only(
     monkeypatch.setattr(worker.pipeline.batching, "decode_price", broken)
     ok = json.dumps({"token_address": TOKEN, "price_usd": "1"}).encode()
     ms = int(NOW.timestamp() * 1000)
-    items, dead = decode([_tick_record(b"poison", ms), _tick_record(ok, ms)], is_signal=False,
+    items, dead = decode([_tick_record(b"poison", ms), _tick_record(ok, ms)], kind="ticks",
                          now=NOW, max_ahead=timedelta(seconds=60))  # fmt: skip
     assert items[0] is None and items[1] is not None
     assert [(d.kind, d.reason) for d in dead] == [

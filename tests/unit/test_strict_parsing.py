@@ -41,9 +41,9 @@ def _tick(**fields: Any) -> bytes:
     return json.dumps({**TICK, **fields}).encode()
 
 
-def _refused(raw: bytes, *, is_signal: bool) -> str:
+def _refused(raw: bytes, *, kind: str) -> str:
     with pytest.raises(InvalidMessage) as caught:
-        (decode_signal if is_signal else decode_price)(raw)
+        (decode_signal if kind == "signals" else decode_price)(raw)
     return str(caught.value)
 
 
@@ -107,7 +107,7 @@ def _refused(raw: bytes, *, is_signal: bool) -> str:
     ],
 )  # fmt: skip
 def test_a_lenient_price_tick_is_refused(raw: bytes, reason: str) -> None:
-    assert reason in _refused(raw, is_signal=False)
+    assert reason in _refused(raw, kind="ticks")
 
 
 @pytest.mark.parametrize(
@@ -150,7 +150,7 @@ def test_a_lenient_price_tick_is_refused(raw: bytes, reason: str) -> None:
     ],
 )  # fmt: skip
 def test_a_lenient_signal_is_refused(raw: bytes, reason: str) -> None:
-    assert reason in _refused(raw, is_signal=True)
+    assert reason in _refused(raw, kind="signals")
 
 
 # --- accepted: the strict forms, at their boundaries -----------------------------------------
@@ -173,7 +173,7 @@ def test_decimals_in_the_json_number_grammar_are_read_and_rounded_to_the_column(
 ) -> None:
     if stored is None:
         assert "price_usd: must be greater than 0" in _refused(
-            _tick(price_usd=price), is_signal=False
+            _tick(price_usd=price), kind="ticks"
         )
         return
     assert decode_price(_tick(price_usd=price)).price_usd == stored
@@ -228,7 +228,7 @@ def test_refused_ticks_are_invalid_dead_letters_and_the_others_go_on() -> None:
         _record(b'{"token_address": "%s", "price_usd": "1", "price_usd": "2"}' % TOKEN.encode(), 2),
         _record(_tick(price_usd="999999999999.9999999999999999999"), 3),
     ]
-    items, dead = decode(records, is_signal=False, now=NOW, max_ahead=timedelta(seconds=60))
+    items, dead = decode(records, kind="ticks", now=NOW, max_ahead=timedelta(seconds=60))
     assert [i is not None for i in items] == [False, True, False, False]
     assert [d.kind for d in dead] == ["invalid"] * 3
     assert [d.record.offset for d in dead] == [0, 2, 3]

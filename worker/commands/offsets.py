@@ -98,13 +98,13 @@ class PartitionOffsets:
 
 
 def _topics(settings: Settings, args: argparse.Namespace) -> list[str]:
-    known = [settings.signals_topic, settings.prices_topic]
+    known = settings.kafka.input_topics
     wanted: list[str] = args.topic or known
     unknown = [t for t in wanted if t not in known]
     if unknown:
         raise UsageError(
-            f"--topic {unknown[0]} is neither SIGNALS_TOPIC ({known[0]}) nor PRICES_TOPIC "
-            f"({known[1]})"
+            f"--topic {unknown[0]} is none of SIGNALS_TOPIC ({known[0]}), PRICES_TOPIC "
+            f"({known[1]}), COMMANDS_TOPIC ({known[2]})"
         )
     return list(dict.fromkeys(wanted))
 
@@ -297,6 +297,11 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     conn = await connect_migrated(settings.db, timeout_s=settings.startup_timeout_s)
     try:
         async with open_cluster(settings.kafka, timeout_s=settings.startup_timeout_s) as cluster:
+            if not getattr(args, "topic", None):
+                # The commands topic, unless named, only once it exists (the worker creates
+                # it at its first start).
+                topics = await cluster.existing(topics, optional=[settings.kafka.commands_topic])
+                args.topic = topics
             summary: str | None = None
             if args.offsets_command == "reset":
                 summary = await _reset(settings, args, cluster, conn)

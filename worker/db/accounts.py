@@ -7,7 +7,6 @@ transaction of the same amount.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -16,6 +15,7 @@ from uuid import UUID
 import asyncpg
 import orjson
 
+from worker.domain.ids import simulation_wallet_address
 from worker.domain.models import SOL_MINT, SOL_SYMBOL
 
 FIND_USER = "SELECT id FROM users WHERE email = $1"
@@ -75,11 +75,6 @@ SELECT a.id, a.name, w.wallet_address
   FROM agents a LEFT JOIN agent_wallets w ON w.agent_id = a.id AND w.wallet_type = 'simulation'
  WHERE a.user_id = $1 ORDER BY a.created_at, a.id
 """
-
-
-def simulation_wallet_address(agent_id: UUID) -> str:
-    """A stable 44-character simulation wallet address for an agent (`sim_` + 40 hex)."""
-    return "sim_" + hashlib.sha256(agent_id.bytes).hexdigest()[:40]
 
 
 async def create_funded_agent(

@@ -10,13 +10,16 @@ of forwarding in between; the statements run inside the caller's transaction on 
 from __future__ import annotations
 
 from worker.db.agents import AgentQueries
+from worker.db.commands import CommandQueries
 from worker.db.positions import PositionQueries
 from worker.db.prices import PriceQueries
 from worker.db.signals import SignalQueries
 from worker.db.trades import TradeWrites
 
 
-class PgStore(AgentQueries, SignalQueries, PriceQueries, TradeWrites, PositionQueries):
+class PgStore(
+    AgentQueries, SignalQueries, PriceQueries, TradeWrites, PositionQueries, CommandQueries
+):
     """All of the worker's statements on one connection (see the module's docstring)."""
 
     __slots__ = ()

@@ -17,6 +17,7 @@ length (the idempotency key), so no two different inputs hash the same text.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
@@ -47,3 +48,14 @@ def tick_transaction_id(position: UUID, at: datetime, ts: datetime, kind: str, i
 def _micros(at: datetime) -> int:
     """Microseconds since the epoch, exactly (no float)."""
     return (at - _EPOCH) // _MICROSECOND
+
+
+def command_id(user_id: UUID, idempotency_key: str, what: str) -> UUID:
+    """The id of a row the command (user, key) makes: `what` names the row ("agent",
+    "balance", "deposit", "withdrawal", or "manual:<position id>" for a manual sale)."""
+    return uuid.uuid5(_IDS, f"command:{what}:{user_id}:{idempotency_key}")
+
+
+def simulation_wallet_address(agent_id: UUID) -> str:
+    """A stable 44-character simulation wallet address for an agent (`sim_` + 40 hex)."""
+    return "sim_" + hashlib.sha256(agent_id.bytes).hexdigest()[:40]

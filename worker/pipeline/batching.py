@@ -21,13 +21,17 @@ from uuid import UUID
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from worker.domain.models import PriceTick, Signal
-from worker.domain.order import RANK_SIGNAL, RANK_TICK, tick_rank
+from worker.domain.commands import Command
+from worker.domain.order import RANK_COMMAND, RANK_SIGNAL, RANK_TICK, tick_rank
 from worker.errors import InvalidMessage
 from worker.messages import (
+    CommandV1,
     PriceTickV1,
     SignalV1,
+    check_command_time,
     check_signal_time,
     check_tick_time,
+    decode_command,
     decode_price,
     decode_signal,
 )
@@ -43,6 +47,8 @@ UNKNOWN_FANOUT = 100
 FANOUT_MEMORY = 100_000
 
 KafkaRecord: TypeAlias = ConsumerRecord[bytes, bytes]
+# What a topic carries.
+SIGNALS, TICKS, COMMANDS = "signals", "ticks", "commands"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,13 +57,14 @@ class Item:
     order (`worker.pipeline.timeline`), `taken` when the worker read it (monotonic s)."""
 
     record: KafkaRecord
-    message: SignalV1 | PriceTickV1
+    message: SignalV1 | PriceTickV1 | CommandV1
     at: datetime | None = None
     taken: float = 0.0
 
     def event_time(self) -> datetime:
-        """A signal's `created_at`, a tick's `ts`, else the record's timestamp."""
-        own = self.message.created_at if isinstance(self.message, SignalV1) else self.message.ts
+        """A signal's or command's `created_at`, a tick's `ts`, else the record's timestamp."""
+        message = self.message
+        own = message.ts if isinstance(message, PriceTickV1) else message.created_at
         return own if own is not None else record_time(self.record)
 
 
@@ -109,18 +116,22 @@ def record_time(record: ConsumerRecord[Any, Any]) -> datetime:
 
 
 def decode(
-    records: Sequence[KafkaRecord], *, is_signal: bool, now: datetime, max_ahead: timedelta
+    records: Sequence[KafkaRecord], *, kind: str, now: datetime, max_ahead: timedelta
 ) -> tuple[list[Item | None], list[DeadLetter]]:
-    """Each record's item (None for one that cannot be processed), and the dead letters."""
+    """Each record's item (None for one that cannot be processed), and the dead letters;
+    `kind` what the topic carries (`SIGNALS`, `TICKS`, `COMMANDS`)."""
     items: list[Item | None] = []
     dead: list[DeadLetter] = []
-    message: SignalV1 | PriceTickV1
+    message: SignalV1 | PriceTickV1 | CommandV1
     for record in records:
         try:
-            received_at = record_time(record)  # both kinds use it later: checked here
-            if is_signal:
+            received_at = record_time(record)  # every kind uses it later: checked here
+            if kind == SIGNALS:
                 message = decode_signal(record.value)
                 check_signal_time(message, received_at=received_at, now=now, ahead=max_ahead)
+            elif kind == COMMANDS:
+                message = decode_command(record.value)
+                check_command_time(message, received_at=received_at, now=now, ahead=max_ahead)
             else:
                 message = decode_price(record.value)
                 check_tick_time(message, received_at=received_at, now=now, ahead=max_ahead)
@@ -243,12 +254,28 @@ def signals_of(items: Sequence[Item]) -> list[Signal]:
     return signals
 
 
+def commands_of(items: Sequence[Item]) -> list[Command]:
+    """The domain commands of decoded command items, each decided at its decision time."""
+    commands = []
+    for item in items:
+        message = item.message
+        assert not isinstance(message, SignalV1 | PriceTickV1)  # noqa: S101 - commands only
+        record = item.record
+        at = item.at if item.at is not None else message.event_time(record_time(record))
+        commands.append(
+            message.to_domain(
+                coordinates=f"{record.topic}:{record.partition}:{record.offset}", at=at
+            )
+        )
+    return commands
+
+
 def ticks_of(items: Sequence[Item]) -> list[PriceTick]:
     """The domain ticks of decoded tick items, received at their records' times, each with
     its decision time (`worker.pipeline.timeline`)."""
     ticks = []
     for item in items:
-        assert not isinstance(item.message, SignalV1)  # noqa: S101 - only ticks here
+        assert isinstance(item.message, PriceTickV1)  # noqa: S101 - only ticks here
         tick = item.message.to_domain(received_at=record_time(item.record))
         ticks.append(tick if item.at is None else replace(tick, at=item.at))
     return ticks
@@ -259,7 +286,7 @@ def placing(
     record: KafkaRecord,
     tp: TopicPartition,
     *,
-    is_signal: bool,
+    kind: str,
     latest: datetime,
 ) -> tuple[datetime | None, int, tuple[Any, ...]]:
     """(event time, rank, tie-break) of a record in the order (`worker.pipeline.timeline`).
@@ -273,12 +300,16 @@ def placing(
             at = None
         if at is not None and at > latest:
             at = None
-        return (
-            (at, RANK_SIGNAL, (tp.partition,)) if is_signal else (at, RANK_TICK, ("", tp.partition))
-        )
+        if kind == SIGNALS:
+            return at, RANK_SIGNAL, (tp.partition,)
+        if kind == COMMANDS:
+            return at, RANK_COMMAND, (tp.partition,)
+        return at, RANK_TICK, ("", tp.partition)
     message = item.message
     if isinstance(message, SignalV1):
         return item.event_time(), RANK_SIGNAL, (tp.partition,)
+    if not isinstance(message, PriceTickV1):
+        return item.event_time(), RANK_COMMAND, (tp.partition,)
     token = message.token_address
     return item.event_time(), tick_rank(token), (token, tp.partition)
 

@@ -39,16 +39,21 @@ from aiokafka.structs import TopicPartition
 from worker.db.bounds import Bound, publish_bounds, read_bounds, store_promises
 from worker.db.pool import connection
 from worker.handlers.config_cache import ConfigTexts
+from worker.handlers.commands import handle_commands
 from worker.handlers.signals import UnknownUser, handle_signals
 from worker.handlers.ticks import handle_prices
-from worker.messages import SignalV1
+from worker.messages import PriceTickV1, SignalV1
 from worker.metrics import Metrics
 from worker.pipeline.batching import (
+    COMMANDS,
+    SIGNALS,
+    TICKS,
     Chunk,
     Fanouts,
     Item,
     KafkaRecord,
     chunks,
+    commands_of,
     deal,
     decode,
     ordered_chunks,
@@ -146,12 +151,16 @@ class Pipeline:
         # Agents' configs by row version, for ticks (see `worker.handlers.config_cache`).
         self._config_texts = ConfigTexts()
         self._stop = asyncio.Event()
+        # What each input topic carries.
+        self._kinds = {
+            self._kafka.signals_topic: SIGNALS,
+            self._kafka.prices_topic: TICKS,
+            self._kafka.commands_topic: COMMANDS,
+        }
 
     def subscribe(self) -> None:
         """Subscribe to the signal and price topics, the offset keeper as rebalance listener."""
-        self.consumer.subscribe(
-            [self._kafka.signals_topic, self._kafka.prices_topic], listener=self.offsets
-        )
+        self.consumer.subscribe(self._kafka.input_topics, listener=self.offsets)
 
     def has_assignment(self) -> bool:
         """True when this worker owns at least one partition."""
@@ -220,12 +229,12 @@ class Pipeline:
                 continue  # not ours now, or not consumed: nothing is stored
             self._metrics.records_consumed.labels(tp.topic).inc(len(records))
             records = self.offsets.unstored(tp, records)
-            is_signal = tp.topic == self._kafka.signals_topic
-            items, bad = decode(records, is_signal=is_signal, now=now, max_ahead=ahead)
+            kind = self._kinds.get(tp.topic, TICKS)
+            items, bad = decode(records, kind=kind, now=now, max_ahead=ahead)
             dead.extend(bad)
             for record, decoded in zip(records, items, strict=True):
                 item = None if decoded is None else replace(decoded, taken=taken)
-                where = placing(item, record, tp, is_signal=is_signal, latest=now + ahead)
+                where = placing(item, record, tp, kind=kind, latest=now + ahead)
                 size = record.serialized_value_size + max(record.serialized_key_size, 0)
                 entry = timeline.place(tp, record.offset, *where, (record, item), size)
                 if entry.late:
@@ -246,7 +255,13 @@ class Pipeline:
         moved = timeline.promise(await self._read_to_end(timeline.sources()))
         elsewhere = await self._share(moved)
         prices = {tp: b for tp, b in elsewhere.items() if tp.topic == self._kafka.prices_topic}
-        released = timeline.release(elsewhere=elsewhere, elsewhere_prices=prices)
+        groups: dict[int | None, list[Bound]] = {}
+        for tp, bound in elsewhere.items():
+            if tp.topic in self._kafka.user_topics:
+                groups.setdefault(tp.partition, []).append(bound)
+        released = timeline.release(
+            elsewhere=elsewhere, elsewhere_prices=prices, elsewhere_groups=groups
+        )
         self._pause_full()
         buffered = len(timeline)
         self._metrics.order_buffered.set(buffered)
@@ -301,7 +316,7 @@ class Pipeline:
         partition)."""
         kafka = self._kafka
         everything: set[TopicPartition] = set()
-        for topic in (kafka.signals_topic, kafka.prices_topic):
+        for topic in kafka.input_topics:
             ids = self.consumer.partitions_for_topic(topic) or set()
             everything |= {TopicPartition(topic, p) for p in ids}
         assigned = self.consumer.assignment()
@@ -418,10 +433,11 @@ class Pipeline:
         """Apply released records in their order: each run of ticks in one lane, in order;
         each run of signals dealt by partition into lanes side by side (one user's signals
         stay on one partition, and users do not affect each other)."""
-        prices = self._kafka.prices_topic
+        signals = self._kafka.signals_topic
         now = time.monotonic()
-        for run in runs(entries, kind=lambda e: e.source.topic == prices):
-            if run[0].source.topic == prices:
+        for run in runs(entries, kind=lambda e: e.source.topic):
+            if run[0].source.topic != signals:
+                # Ticks (they act on every user) and commands (rare): one lane, in order.
                 await self._run_lanes([ordered_chunks(run)])
                 continue
             parts = parts_of(run)
@@ -539,7 +555,25 @@ class Pipeline:
         """Items of one topic, set-based."""
         if isinstance(items[0].message, SignalV1):
             return await self._apply_signals(conn, items)
-        return await self._apply_ticks(conn, items), []
+        if isinstance(items[0].message, PriceTickV1):
+            return await self._apply_ticks(conn, items), []
+        return await self._apply_commands(conn, items), []
+
+    async def _apply_commands(
+        self, conn: asyncpg.Connection, items: list[Item]
+    ) -> list[tuple[Item, Outcome]]:
+        """A chunk's commands, one after the other (each is a few statements)."""
+        results = await handle_commands(
+            self._stores(conn), commands_of(items), trading=self._settings.trading
+        )
+        for item, result in zip(items, results, strict=True):
+            log.info(
+                "command_duplicate" if result.duplicate else f"command_{result.outcome.status}",
+                **coordinates(item.record),
+                command=result.command,
+                reason=result.outcome.reason,
+            )
+        return [(item, None) for item in items]
 
     async def _apply_signals(
         self, conn: asyncpg.Connection, items: list[Item]

@@ -65,6 +65,11 @@ class Cluster:
             )
         return GroupState(str(group["state"]), len(group["members"]))
 
+    async def existing(self, topics: Sequence[str], *, optional: Sequence[str]) -> list[str]:
+        """`topics` without those of `optional` that do not exist."""
+        found = set(await self.admin.list_topics())
+        return [t for t in topics if t in found or t not in optional]
+
     async def partitions(self, topics: Sequence[str]) -> list[TopicPartition]:
         """Every partition of `topics`, which must exist."""
         found: list[TopicPartition] = []

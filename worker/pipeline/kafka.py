@@ -194,6 +194,8 @@ async def ensure_topics(kafka: KafkaSettings, *, timeout_s: float) -> int:
         missing_inputs = [t for t in inputs if t not in existing]
         if missing_inputs:
             await _create(admin, kafka, missing_inputs, {})
+        await _ensure_commands(admin, kafka, existing)
+        inputs.append(kafka.commands_topic)
         limits = await record_limits(admin, inputs)
         wanted = max(limits.values(), default=KAFKA_DEFAULT_MAX_MESSAGE_BYTES)
         wanted += DLQ_HEADROOM_BYTES
@@ -233,8 +235,46 @@ async def require_topics(kafka: KafkaSettings, topics: list[str], *, timeout_s: 
         )
 
 
+async def partition_counts(admin: AIOKafkaAdminClient, topics: list[str]) -> dict[str, int]:
+    """The number of partitions of each of `topics` that exists."""
+    counts: dict[str, int] = {}
+    for topic in await admin.describe_topics(topics):
+        if not topic.get("error_code") and topic.get("partitions"):
+            counts[topic["topic"]] = len(topic["partitions"])
+    return counts
+
+
+async def _ensure_commands(
+    admin: AIOKafkaAdminClient, kafka: KafkaSettings, existing: set[str]
+) -> None:
+    """The commands topic, co-partitioned with the signals topic (a user's commands and
+    signals on partitions of the same number, applied in one order): created with the
+    signals' partition count when missing; `WorkerError` in one line when its count differs."""
+    signals, commands = kafka.signals_topic, kafka.commands_topic
+    counts = await partition_counts(admin, [signals, commands])
+    if signals not in counts and signals not in existing:  # just created: metadata may lag
+        counts[signals] = kafka.topic_partitions
+    if signals not in counts:
+        raise WorkerError(f"SIGNALS_TOPIC {signals!r}: the brokers describe no partitions")
+    if commands not in existing and commands not in counts:
+        await _create(admin, kafka, [commands], {}, partitions=counts[signals])
+        return
+    if commands in counts and counts[commands] != counts[signals]:
+        raise WorkerError(
+            f"COMMANDS_TOPIC {commands!r} has {counts[commands]} partitions and SIGNALS_TOPIC "
+            f"{signals!r} {counts[signals]}: they must be co-partitioned (the same count, "
+            "keyed by user id) so that a user's commands and signals are applied in one "
+            "order; recreate one of them, or name another COMMANDS_TOPIC"
+        )
+
+
 async def _create(
-    admin: AIOKafkaAdminClient, kafka: KafkaSettings, topics: list[str], configs: dict[str, str]
+    admin: AIOKafkaAdminClient,
+    kafka: KafkaSettings,
+    topics: list[str],
+    configs: dict[str, str],
+    *,
+    partitions: int | None = None,
 ) -> None:
     metadata = await admin.describe_cluster()
     brokers = len(metadata.get("brokers", [])) or 1
@@ -242,13 +282,18 @@ async def _create(
     try:
         await admin.create_topics(
             [
-                NewTopic(t, kafka.topic_partitions, replication, topic_configs=configs)
+                NewTopic(t, partitions or kafka.topic_partitions, replication, topic_configs=configs)
                 for t in topics
             ]
         )
     except TopicAlreadyExistsError:
         log.info("topics_created_concurrently", topics=topics)
-    log.info("topics_created", topics=topics, partitions=kafka.topic_partitions, configs=configs)
+    log.info(
+        "topics_created",
+        topics=topics,
+        partitions=partitions or kafka.topic_partitions,
+        configs=configs,
+    )
 
 
 async def record_limits(admin: AIOKafkaAdminClient, topics: list[str]) -> dict[str, int]:

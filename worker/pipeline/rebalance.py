@@ -41,7 +41,7 @@ from worker.metrics import Metrics
 from worker.pipeline.batching import KafkaRecord, above
 from worker.pipeline.offset_checks import Verdict, check, resolving_command
 from worker.pipeline.ordering import names
-from worker.pipeline.timeline import RANK_SIGNAL, RANK_SOL_TICK, Promise, Timeline
+from worker.pipeline.timeline import RANK_COMMAND, RANK_SIGNAL, RANK_SOL_TICK, Promise, Timeline
 from worker.pipeline.topic_ids import topic_ids
 from worker.retry import SERVICE_ERRORS, describe, transient_retry
 from worker.settings import KafkaSettings
@@ -153,13 +153,14 @@ class OffsetKeeper(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka
 
     def open(self, tp: TopicPartition) -> None:
         """Start ordering `tp` from its floor (`worker.pipeline.timeline`)."""
-        lowest = RANK_SOL_TICK if tp.topic == self._kafka.prices_topic else RANK_SIGNAL
+        lowest = {self._kafka.prices_topic: RANK_SOL_TICK, self._kafka.commands_topic: RANK_COMMAND}
         self.timeline.open(
             tp,
-            lowest_rank=lowest,
+            lowest_rank=lowest.get(tp.topic, RANK_SIGNAL),
             last_at=self.floor_at.get(tp),
             next_offset=self.floor_of(tp),
             promise=self.promised.get(tp),
+            group=tp.partition if tp.topic in self._kafka.user_topics else None,
         )
 
     async def store(
@@ -262,7 +263,7 @@ class OffsetKeeper(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka
 
     async def _stored_offsets(self) -> dict[tuple[str, int], StoredOffset]:
         """The stored offsets (and, into `promised`, the stored promises)."""
-        topics = [self._kafka.signals_topic, self._kafka.prices_topic]
+        topics = self._kafka.input_topics
         async for attempt in transient_retry():
             with attempt:
                 async with connection(self._pool) as conn:
@@ -279,7 +280,7 @@ class OffsetKeeper(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka
         retried: an assignment must finish within the group's rebalance timeout."""
         async for attempt in transient_retry(attempts=3, max_delay_s=15):
             with attempt:
-                topics = [self._kafka.signals_topic, self._kafka.prices_topic]
+                topics = self._kafka.input_topics
                 # The consumer's own connections (aiokafka has no public way to send one).
                 ids = await topic_ids(self.consumer._client, topics)
                 self.topic_ids = ids if ids is not None else dict.fromkeys(topics)

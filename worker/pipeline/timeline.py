@@ -14,15 +14,18 @@ So every record gets a place in one total order that depends only on the records
   boundaries, and its decision times only rise). `at` is the clock of every decision the
   record causes (`Signal.at`, `PriceTick.at`) and is stored with the record's effects, so a
   replay orders and decides by exactly it.
-- **Key**: `(at, rank, tie-break)`. Rank 0: a SOL/USD tick, 1: another tick, 2: a signal (at
-  equal times the prices come first, SOL/USD before the token prices it converts). Ticks then
-  by token address and offset, signals by partition and offset. Records that go to the
+- **Key**: `(at, rank, tie-break)`. Rank 0: a SOL/USD tick, 1: another tick, 2: a signal,
+  3: a command (at equal times the prices come first, SOL/USD before the token prices it
+  converts, and a user's signals before its commands). Ticks then by token address and
+  offset, signals and commands by partition and offset. Records that go to the
   dead-letter topic keep their place only to move their partition's offset on.
 
 **Release** (after Kafka Streams' stream time and task idling, KIP-353/KIP-695, and Flink's
 watermarks): records are buffered per partition and released in key order once no record
-still unseen can come before them: for a tick, of any partition; for a signal, of the
-partitions that carry prices (signals of different partitions are of different users and
+still unseen can come before them: for a tick, of any partition; for a user's record (a
+signal or a command), of the partitions that carry prices and of the users' partitions of
+its number (the signals and commands topics are co-partitioned by user: a user's signals and
+commands are one order; those of different partition numbers are of different users and
 commute, so they do not wait for each other). A partition's unseen records have keys of at least
 `(bound, lowest rank it can carry)`, where `bound` is its last decision time, or, when the
 consumer has read everything the partition holds (caught up), the worker's clock minus the
@@ -54,9 +57,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
-from worker.domain.order import RANK_SIGNAL, RANK_SOL_TICK, RANK_TICK
+from worker.domain.order import RANK_COMMAND, RANK_SIGNAL, RANK_SOL_TICK, RANK_TICK, RANK_USER
 
 __all__ = [
+    "RANK_COMMAND",
     "RANK_SIGNAL",
     "RANK_SOL_TICK",
     "RANK_TICK",
@@ -100,6 +104,7 @@ class _Input(Generic[P]):
     last_at: datetime | None  # decision time of the last record taken (None: none yet)
     next_offset: int = 0  # no record still to come has a lower offset
     promise: Promise | None = None
+    group: int | None = None  # the users' partition number (co-partitioned topics)
     size: int = 0  # bytes of the records waiting in `buffer`
     # (key, arrival, entry, bytes), a heap
     buffer: list[tuple[tuple[Any, ...], int, Entry[P], int]] = field(default_factory=list)
@@ -140,6 +145,9 @@ class Timeline(Generic[P]):
         # The greatest key released, and the greatest of a tick.
         self._released: tuple[Any, ...] | None = None
         self._released_tick: tuple[Any, ...] | None = None
+        # The greatest key released of each group's user records (signals and commands of
+        # one partition number are one set of users: they do not commute).
+        self._released_group: dict[int | None, tuple[Any, ...]] = {}
         self._seq = itertools.count()
 
     # ------------------------------------------------------------------ partitions
@@ -152,17 +160,21 @@ class Timeline(Generic[P]):
         last_at: datetime | None,
         next_offset: int = 0,
         promise: Promise | None = None,
+        group: int | None = None,
     ) -> None:
         """Start ordering `source` (assigned, or read again from its stored offset
         `next_offset`), whose last record applied was decided at `last_at` (None: never
-        one), with the last promise made for it (`promise`; it outlives restarts)."""
-        self._inputs[source] = _Input(lowest_rank, last_at, next_offset, promise)
+        one), with the last promise made for it (`promise`; it outlives restarts). `group`:
+        for a partition of users' records (signals, commands), its partition number: the
+        users' partitions of the same number carry the same users, in one order."""
+        self._inputs[source] = _Input(lowest_rank, last_at, next_offset, promise, group)
 
     def restart(self) -> None:
         """Forget what was released: the partitions are read again from where their
         effects were stored (abandoned work, a reassignment), so a record released before
         and not applied is not late when it comes again."""
         self._released = self._released_tick = None
+        self._released_group.clear()
 
     def close(self, source: P) -> None:
         """Stop ordering `source` (revoked, or blocked): its buffered records are forgotten
@@ -238,9 +250,13 @@ class Timeline(Generic[P]):
             # Its partition promised nothing before then (to this worker's order and to the
             # other workers'): it is decided then.
             at, late = promise[0], True
-        # What it must come after: every tick, and for a tick every signal too (signals of
-        # other partitions commute with a signal; its own partition's come before it).
-        after = self._released_tick if rank == RANK_SIGNAL else self._released
+        # What it must come after: every tick, and for a tick every user record too; for a
+        # user record the released ones of its group (other groups' users commute with it).
+        after = self._released
+        if rank >= RANK_USER:
+            group = state.group
+            own = None if group is None else self._released_group.get(group)
+            after = _max_key(self._released_tick, own)
         if after is not None and (at, rank, *tie, offset) <= after:
             # Something after it was decided already: it is decided right after that.
             at = after[0] + STEP
@@ -257,30 +273,48 @@ class Timeline(Generic[P]):
         *,
         elsewhere: Mapping[Any, tuple[Any, ...] | None] | None = None,
         elsewhere_prices: Mapping[Any, tuple[Any, ...] | None] | None = None,
+        elsewhere_groups: Mapping[int | None, list[tuple[Any, ...] | None]] | None = None,
     ) -> list[Entry[P]]:
         """The buffered records no unseen record can precede, in order, taken out of the
         buffers. `elsewhere`: the partitions other workers own, each with the least key it
         may still apply (`bounds`; None: unknown, everything waits for it);
-        `elsewhere_prices`: those of them that carry prices (None: all may).
+        `elsewhere_prices`: those of them a user's record waits for: the ones that carry
+        prices (None: all of them), and `elsewhere_groups`, by group, the users' partitions
+        of that number.
 
-        Signals of different partitions are of different users and touch nothing of each
-        other's, so a signal waits only for the partitions that carry prices; a tick waits
-        for every partition (it acts on the positions of every user)."""
+        Users' records (signals, commands) of different partition numbers are of different
+        users and touch nothing of each other's, so one waits only for the partitions that
+        carry prices and those of its own group (a user's commands and signals are one
+        order); a tick waits for every partition (it acts on the positions of every user)."""
         every = _limit((elsewhere or {}).values())
         prices = every if elsewhere_prices is None else _limit(elsewhere_prices.values())
+        groups = elsewhere_groups or {}
         inputs = self._inputs
         states = list(inputs.values())
-        price_states = [s for s in states if s.lowest_rank < RANK_SIGNAL]
+        price_states = [s for s in states if s.lowest_rank < RANK_USER]
         heads = [(s.buffer[0][0], s.buffer[0][1], src) for src, s in inputs.items() if s.buffer]
         heapq.heapify(heads)
         out: list[Entry[P]] = []
         while heads:
             key, _, source = heads[0]
-            is_signal = key[1] == RANK_SIGNAL
-            waits, limit = prices if is_signal else every
+            is_user = key[1] >= RANK_USER
+            if is_user:
+                group = inputs[source].group
+                waits, limit = prices
+                if not waits and group in groups:
+                    g_waits, g_limit = _limit(groups[group])
+                    waits = g_waits
+                    limit = _min_key(limit, g_limit)
+                waited = [
+                    *price_states,
+                    *(s for s in states if group is not None and s.group == group),
+                ]
+            else:
+                waits, limit = every
+                waited = states
             if waits or (limit is not None and not key < limit):
                 break
-            if not all(state.admits(key) for state in (price_states if is_signal else states)):
+            if not all(state.admits(key) for state in waited):
                 break
             state = inputs[source]
             buffer = state.buffer
@@ -294,10 +328,14 @@ class Timeline(Generic[P]):
         for entry in out:
             if self._released is None or entry.key > self._released:
                 self._released = entry.key
-            if entry.rank != RANK_SIGNAL and (
-                self._released_tick is None or entry.key > self._released_tick
-            ):
-                self._released_tick = entry.key
+            if entry.rank < RANK_USER:
+                if self._released_tick is None or entry.key > self._released_tick:
+                    self._released_tick = entry.key
+            else:
+                group = inputs[entry.source].group if entry.source in inputs else None
+                previous = self._released_group.get(group)
+                if previous is None or entry.key > previous:
+                    self._released_group[group] = entry.key
         return out
 
     def first_key(self) -> tuple[Any, ...] | None:
@@ -316,15 +354,35 @@ class Timeline(Generic[P]):
         first = self.first_key()
         if first is None:
             return []
-        is_signal = first[1] == RANK_SIGNAL
+        is_user = first[1] >= RANK_USER
+        group = next(
+            (s.group for s in self._inputs.values() if s.buffer and s.buffer[0][0] == first), None
+        )
         return [
             source
             for source, state in self._inputs.items()
-            if not (is_signal and state.lowest_rank == RANK_SIGNAL) and not state.admits(first)
+            if not (
+                is_user
+                and state.lowest_rank >= RANK_USER
+                and (group is None or state.group != group)
+            )
+            and not state.admits(first)
         ]
 
 
 _EARLIEST = datetime.min.replace(tzinfo=UTC)
+
+
+def _max_key(a: tuple[Any, ...] | None, b: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
+    if a is None:
+        return b
+    return a if b is None or a >= b else b
+
+
+def _min_key(a: tuple[Any, ...] | None, b: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
+    if a is None:
+        return b
+    return a if b is None or a <= b else b
 
 
 def _limit(bounds: Iterable[tuple[Any, ...] | None]) -> tuple[bool, tuple[Any, ...] | None]:

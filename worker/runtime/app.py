@@ -102,7 +102,7 @@ async def run_worker(
         database=settings.db.masked_url(),
         kafka=settings.kafka_bootstrap_servers,
         group=settings.consumer_group,
-        topics=[settings.signals_topic, settings.prices_topic],
+        topics=settings.kafka.input_topics,
     )
     parts = _Parts()
     try:
