@@ -41,7 +41,8 @@ async def own_topics(own_services: OwnServices) -> AsyncIterator[Topics]:
     yield names
     own_services.start("kafka")
     await delete_topics(
-        own_services.services.kafka_bootstrap, [names.signals, names.prices, names.dlq]
+        own_services.services.kafka_bootstrap,
+        [names.signals, names.prices, names.dlq, names.commands],
     )
 
 

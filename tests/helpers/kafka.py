@@ -26,6 +26,11 @@ class Topics:
     dlq: str
     group: str
 
+    @property
+    def commands(self) -> str:
+        """The commands topic (the worker's default name for these signals)."""
+        return f"{self.signals}.commands"
+
 
 async def create_topics(bootstrap: str, names: list[str], partitions: int) -> None:
     """Create `names` with `partitions` partitions each (replication 1)."""
@@ -52,7 +57,9 @@ async def create_test_topics(services: Services, partitions: int = 3) -> Topics:
     tag = uuid.uuid4().hex[:10]
     names = Topics(f"t{tag}.signals", f"t{tag}.prices", f"t{tag}.dlq", f"g{tag}")
     await create_topics(
-        services.kafka_bootstrap, [names.signals, names.prices, names.dlq], partitions
+        services.kafka_bootstrap,
+        [names.signals, names.prices, names.dlq, names.commands],
+        partitions,
     )
     return names
 

@@ -83,7 +83,7 @@ class Record:
     """One record of the stream: where it goes, its event time (ms) and payload."""
 
     at_ms: int
-    topic: str  # "signals" or "prices"
+    topic: str  # "signals", "prices" or "commands"
     key: bytes
     value: dict[str, Any]
 
@@ -226,7 +226,9 @@ async def publish_stream(
                 delay = r.at_ms / 1000 - time.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
-            topic = signals_topic if r.topic == "signals" else prices_topic
+            topic = {"signals": signals_topic, "prices": prices_topic}.get(
+                r.topic, f"{signals_topic}.commands"
+            )
             futures.append(
                 await producer.send(
                     topic, json.dumps(r.value).encode(), key=r.key, timestamp_ms=r.at_ms
@@ -331,6 +333,7 @@ async def _processed(url: str, topics: Topics, counts: dict[str, int]) -> bool:
     return (
         done.get(topics.signals, 0) >= counts["signals"]
         and done.get(topics.prices, 0) >= counts["prices"]
+        and done.get(topics.commands, 0) >= counts.get("commands", 0)
     )
 
 
@@ -355,7 +358,7 @@ class Run:
         assert self.topics is not None
         await delete_topics(
             self.services.kafka_bootstrap,
-            [self.topics.signals, self.topics.prices, self.topics.dlq],
+            [self.topics.signals, self.topics.prices, self.topics.dlq, self.topics.commands],
         )
         await drop_database(self.services, self.url)
 
@@ -398,4 +401,5 @@ def record_counts(records: list[Record]) -> dict[str, int]:
     return {
         "signals": sum(r.topic == "signals" for r in records),
         "prices": sum(r.topic == "prices" for r in records),
+        "commands": sum(r.topic == "commands" for r in records),
     }

@@ -88,6 +88,11 @@ INSERT INTO agent_transactions (id, agent_id, wallet_address, transaction_type,
 VALUES ($1, $2, $3, $4::transaction_type, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $6, $6)
 ON CONFLICT (id) DO NOTHING
 """
+TAKE_SOL = """
+UPDATE agent_balances
+   SET balance = balance - $3, last_updated = GREATEST(last_updated, $4)
+ WHERE wallet_address = $1 AND token_address = $2
+"""
 OPEN_POSITIONS_OF = """
 SELECT p.id, p.token_address
   FROM agent_positions p
@@ -236,10 +241,13 @@ class CommandQueries(OnConnection):
             INSERT_TRANSFER, t.id, t.agent_id, t.wallet_address, t.kind, t.value_usd, t.at,
             *(none if deposit else sol), *(sol if deposit else none),
         )  # fmt: skip
-        await self.conn.execute(
-            MOVE_SOL, balance_id, t.agent_id, t.wallet_address, SOL_MINT, SOL_SYMBOL,
-            t.amount if deposit else -t.amount, t.at,
-        )  # fmt: skip
+        if deposit:
+            await self.conn.execute(
+                MOVE_SOL, balance_id, t.agent_id, t.wallet_address, SOL_MINT, SOL_SYMBOL,
+                t.amount, t.at,
+            )  # fmt: skip
+        else:
+            await self.conn.execute(TAKE_SOL, t.wallet_address, SOL_MINT, t.amount, t.at)
 
     async def open_positions_of(
         self, agent_id: UUID, token: str | None
