@@ -14,7 +14,7 @@ from worker.db.agents import config_columns, stored_config, version_of_row
 from worker.domain.config_history import ConfigVersion
 from worker.domain.config_reading import DEFAULT_MAX_CONFIG_BYTES
 from worker.domain.models import SOL_MINT, PriceTick, Signal
-from worker.domain.records import AgentSetup, PriceWrite, ReplayHistory
+from worker.domain.records import AgentSetup, HandAction, PriceWrite, ReplayHistory
 
 # Every agent asked for, with or without a simulation wallet: one without makes only
 # failed executions live, and replays them.
@@ -97,6 +97,30 @@ SELECT s.wallet_address,
                          OR (t.transaction_time = s.start_at
                              AND t.transaction_type IN ('SWAP', 'BURN')))), 0) AS sol
   FROM unnest($2::varchar[], $3::timestamptz[]) AS s(wallet_address, start_at)
+"""
+# What users did by hand after each agent's start (`HandAction`): deposits and withdrawals
+# of simulation SOL (whoever wrote them: a command, Nexgent's UI, an operator), and the manual
+# closes of `close_positions` commands (the tokens each closed), in [start, until).
+SELECT_TRANSFERS = """
+SELECT t.agent_id, t.transaction_time AS at,
+       CASE WHEN t.transaction_type = 'DEPOSIT' THEN t.output_amount ELSE -t.input_amount END
+           AS amount
+  FROM unnest($1::varchar[], $2::timestamptz[]) AS s(wallet_address, start_at)
+  JOIN agent_transactions t ON t.wallet_address = s.wallet_address
+ WHERE t.transaction_type IN ('DEPOSIT', 'WITHDRAWAL') AND t.transaction_time > s.start_at
+   AND ($3::timestamptz IS NULL OR t.transaction_time < $3)
+   AND coalesce(t.output_mint, t.input_mint) = $4
+ ORDER BY t.transaction_time, t.id
+"""
+SELECT_MANUAL_CLOSES = """
+SELECT r.agent_id, r.event_at AS at, r.user_id, r.idempotency_key,
+       ARRAY(SELECT DISTINCT c->>'token' FROM jsonb_array_elements(r.changes->'closed') c)
+           AS tokens
+  FROM unnest($1::uuid[], $2::timestamptz[]) AS s(agent_id, start_at)
+  JOIN command_results r ON r.agent_id = s.agent_id
+ WHERE r.command = 'close_positions' AND r.status = 'applied' AND r.event_at > s.start_at
+   AND ($3::timestamptz IS NULL OR r.event_at < $3)
+ ORDER BY r.event_at, r.id
 """
 # Positions bought before their agent's start and still open at it: not replayed (the
 # replay starts flat); counted so that the output can say so.
@@ -286,4 +310,28 @@ async def read_history(
         ticks = [t for t in given[1] if in_range(t.ts, since)]
     starts = agent_starts(agents, signals, since)
     sol, prices, open_at = await state_at(conn, agents, tokens, begin, starts)
-    return ReplayHistory(signals, ticks, begin, sol, prices, open_at)
+    actions = await read_actions(conn, agents, starts, until)
+    return ReplayHistory(signals, ticks, begin, sol, prices, open_at, actions)
+
+
+async def read_actions(
+    conn: asyncpg.Connection,
+    agents: Sequence[AgentSetup],
+    starts: dict[UUID, datetime],
+    until: datetime | None,
+) -> list[HandAction]:
+    """The transfers and manual closes after each agent's start (`SELECT_TRANSFERS`)."""
+    walleted = [a for a in agents if a.wallet_address is not None and a.agent_id in starts]
+    wallets = [a.wallet_address for a in walleted]
+    times = [starts[a.agent_id] for a in walleted]
+    actions = [
+        HandAction(r["at"], r["agent_id"], amount=r["amount"])
+        for r in await conn.fetch(SELECT_TRANSFERS, wallets, times, until, SOL_MINT)
+    ]
+    ids = [a.agent_id for a in walleted]
+    actions += [
+        HandAction(r["at"], r["agent_id"], user_id=r["user_id"], key=r["idempotency_key"],
+                   tokens=tuple(sorted(r["tokens"])))
+        for r in await conn.fetch(SELECT_MANUAL_CLOSES, ids, times, until)
+    ]  # fmt: skip
+    return actions

@@ -6,7 +6,7 @@ maps them to rows, so the handlers never see a database type.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from uuid import UUID
@@ -237,6 +237,20 @@ class AgentSetup:
 
 
 @dataclass(frozen=True, slots=True)
+class HandAction:
+    """What a user did to an agent's wallet by hand, replayed at its time `at`: a transfer
+    of simulation SOL (`amount`, negative for a withdrawal), or a manual close of the
+    agent's positions in `tokens` by the command (user, key)."""
+
+    at: datetime
+    agent_id: UUID
+    amount: Decimal | None = None
+    user_id: UUID | None = None
+    key: str = ""
+    tokens: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class ReplayHistory:
     """What a replay reads: the signals and ticks of its range (in the order read), where it
     begins, and the state then: each agent's SOL, the last price of each token, and how many
@@ -248,3 +262,4 @@ class ReplayHistory:
     sol: dict[UUID, Decimal]
     prices: dict[str, tuple[Decimal, datetime]]
     open_at: int
+    actions: list[HandAction] = field(default_factory=list)

@@ -45,13 +45,13 @@ from worker.domain.config_reading import OversizedConfig, decode_json
 from worker.domain.config import InvalidConfig
 from worker.domain.exact_json import dumps_exact, merge_patch
 from worker.domain.exits import full_exit_pnl
-from worker.domain.fills import sell_fill
+from worker.domain.fills import Fees, sell_fill
 from worker.domain.ids import command_id, simulation_wallet_address
 from worker.domain.ledger import SwapOwner, sale_rows
 from worker.domain.models import SOL_MINT, CloseReason
 from worker.domain.money import to_sol
 from worker.domain.records import ClosedPosition
-from worker.ports import CommandStore
+from worker.ports import CommandStore, PriceStore
 from worker.settings import TradingSettings
 
 # What a numeric(20,8) USD value and a numeric(30,18) balance hold.
@@ -296,10 +296,37 @@ async def _close(
             if token
             else f"agent {agent.id} has no open positions"
         )
+    sold = await sell_by_hand(
+        store, held, wallet, user_id=message.user_id, key=item.key, at=item.at, fees=trading.fees
+    )
+    if isinstance(sold, str):
+        return refused(sold)
+    out, kept = sold
+    changes: dict[str, Any] = {"closed": out}
+    if kept:
+        changes["kept"] = kept
+    return Outcome(changes=changes)
+
+
+async def sell_by_hand(
+    store: PriceStore,
+    held: Sequence[tuple[UUID, str]],
+    wallet: str,
+    *,
+    user_id: UUID,
+    key: str,
+    at: datetime,
+    fees: Fees,
+) -> tuple[list[dict[str, Any]], list[dict[str, str]]] | str:
+    """Close the positions `held` ((id, token), of one wallet) at the latest prices stored:
+    each sold whole for SOL and recorded as a full exit with close reason `manual`, its
+    sale named by the command (user, key) and the position. Returns what was closed and
+    what was kept (no price, or a sale too small), or the reason when nothing could be
+    (live: `close_positions`; replay: the same command read back)."""
     tokens = sorted({t for _, t in held})
     prices = await store.latest_prices([*tokens, SOL_MINT])
     if SOL_MINT not in prices:
-        return refused("no SOL/USD price yet: a close is priced in SOL")
+        return "no SOL/USD price yet: a close is priced in SOL"
     sol_usd = prices[SOL_MINT][0]
     kept: list[dict[str, str]] = [
         {"token": t, "reason": "no price for the token yet"} for t in tokens if t not in prices
@@ -314,21 +341,21 @@ async def _close(
             p.state.held_amount,
             token_usd,
             sol_usd,
-            network_fee_sol=trading.fees.network_fee_sol,
-            protocol_fee_bps=trading.fees.protocol_fee_bps,
+            network_fee_sol=fees.network_fee_sol,
+            protocol_fee_bps=fees.protocol_fee_bps,
         )
         if fill.rejection is not None:
             kept.append({"token": p.token_address, "reason": fill.rejection})
             continue
-        tx_id = command_id(message.user_id, item.key, f"manual:{p.id}")
+        tx_id = command_id(user_id, key, f"manual:{p.id}")
         owner = SwapOwner(
             p.agent_id, p.wallet_address, p.token_address, p.token_symbol, p.signal_id, p.id
         )
-        swap, deltas = sale_rows(tx_id, owner, fill, item.at, is_take_profit=False)
+        swap, deltas = sale_rows(tx_id, owner, fill, at, is_take_profit=False)
         pnl = full_exit_pnl(p.state, fill.credit_sol, sol_usd)
         await store.insert_swaps([swap])
         await store.apply_balance_deltas(deltas)
-        closed.append(ClosedPosition(p, pnl, tx_id, CloseReason.MANUAL, item.at))
+        closed.append(ClosedPosition(p, pnl, tx_id, CloseReason.MANUAL, at))
         out.append(
             {
                 "position_id": str(p.id),
@@ -341,12 +368,9 @@ async def _close(
         )
     if not closed:
         reasons = "; ".join(f"{k['token']}: {k['reason']}" for k in kept)
-        return refused(f"no position could be closed ({reasons})")
+        return f"no position could be closed ({reasons})"
     await store.close_positions(closed)
-    changes: dict[str, Any] = {"closed": out}
-    if kept:
-        changes["kept"] = kept
-    return Outcome(changes=changes)
+    return out, kept
 
 
 async def _sol_usd(store: CommandStore) -> Decimal:

@@ -33,13 +33,15 @@ from uuid import UUID
 
 from worker.domain.config import deep_merge
 from worker.domain.config_reading import OversizedConfig, StoredConfigText, decode_json, read_config
-from worker.domain.models import SOL_MINT, PriceTick, Signal
+from worker.domain.models import SOL_MINT, SOL_SYMBOL, PriceTick, Signal
 from worker.domain.money import MATH_CONTEXT
-from worker.domain.order import RANK_SIGNAL, tick_rank
-from worker.domain.records import AgentSetup, ReplayHistory
+from worker.domain.ledger import BalanceDelta
+from worker.domain.order import RANK_COMMAND, RANK_SIGNAL, tick_rank
+from worker.domain.records import AgentSetup, HandAction, ReplayHistory
 from worker.domain.results import AgentResult, Close, Holding, prices_in_sol, summarize
 from worker.errors import UsageError
 from worker.handlers.config_cache import ConfigTexts
+from worker.handlers.commands import sell_by_hand
 from worker.handlers.signals import handle_signals
 from worker.handlers.ticks import handle_prices
 from worker.replay.memory import MemoryStore
@@ -56,19 +58,28 @@ class Event:
     seq: int
     signal: Signal | None = None
     tick: PriceTick | None = None
+    action: HandAction | None = None
 
     @property
     def key(self) -> tuple[datetime, int, str, int]:
         """Sort key: the live worker's order (`worker.pipeline.timeline`): decision time,
-        then SOL/USD ticks, other ticks by token, signals; then the recorded order."""
+        then SOL/USD ticks, other ticks by token, signals, commands (what was done by
+        hand); then the recorded order."""
+        if self.action is not None:
+            return (self.at, RANK_COMMAND, "", self.seq)
         if self.tick is None:
             return (self.at, RANK_SIGNAL, "", self.seq)
         token = self.tick.token_address
         return (self.at, tick_rank(token), token, self.seq)
 
 
-def events_of(signals: Iterable[Signal], ticks: Iterable[PriceTick]) -> list[Event]:
-    """Signals and ticks merged into replay order, each with its decision time set (`at`)."""
+def events_of(
+    signals: Iterable[Signal],
+    ticks: Iterable[PriceTick],
+    actions: Iterable[HandAction] = (),
+) -> list[Event]:
+    """Signals, ticks and what was done by hand merged into replay order, each with its
+    decision time set (`at`)."""
     events = [
         Event(s.decision_time, i, signal=replace(s, at=s.decision_time))
         for i, s in enumerate(signals)
@@ -76,6 +87,7 @@ def events_of(signals: Iterable[Signal], ticks: Iterable[PriceTick]) -> list[Eve
     events += [
         Event(t.decision_time, i, tick=replace(t, at=t.decision_time)) for i, t in enumerate(ticks)
     ]
+    events += [Event(a.at, i, action=a) for i, a in enumerate(actions)]
     events.sort(key=lambda e: e.key)
     return events
 
@@ -231,7 +243,8 @@ def record_of(agents: Sequence[AgentSetup], history: ReplayHistory | None) -> Re
     if history is None:
         return None
     start = Start(agents, history.sol, history.prices)
-    return Record(start, events_of(history.signals, history.ticks), history.begin, history.open_at)
+    events = events_of(history.signals, history.ticks, history.actions)
+    return Record(start, events, history.begin, history.open_at)
 
 
 def check_variant(variant: Variant, start: Start) -> list[str]:
@@ -291,10 +304,38 @@ async def _feed(
             await handle_prices(store, [event.tick], configs=configs, trading=settings.trading)
         elif event.signal is not None:
             await handle_signals(store, [event.signal], trading=settings.trading)
+        elif event.action is not None:
+            await _by_hand(store, event.action, settings, run)
         if n % every == 0 or n == len(events):
             _sample(run, event.at, start)
         if progress is not None and n % 1000 == 0:
             progress(n)
+
+
+async def _by_hand(store: MemoryStore, action: HandAction, settings: Settings, run: Run) -> None:
+    """A transfer (a withdrawal more than the run's balance is left out, as live refuses
+    it) or a manual close of the agent's positions in the tokens the live one closed (those
+    the run holds), as `close_positions` made it."""
+    agent = store.agents.get(action.agent_id)
+    if agent is None or agent.wallet_address is None:
+        return
+    wallet = agent.wallet_address
+    if action.amount is not None:
+        balance = store.sol_balance(action.agent_id) or Decimal(0)
+        if action.amount < 0 and balance < -action.amount:
+            return
+        delta = BalanceDelta(action.agent_id, wallet, SOL_MINT, SOL_SYMBOL, action.amount)
+        await store.apply_balance_deltas([delta])
+        run.realised[action.agent_id] = run.realised.get(action.agent_id, Decimal(0)) + action.amount
+        return
+    held = [
+        (p.id, p.token_address)
+        for p in store.open_positions_of(action.agent_id)
+        if p.token_address in action.tokens
+    ]
+    if held and action.user_id is not None:
+        await sell_by_hand(store, held, wallet, user_id=action.user_id, key=action.key,
+                           at=action.at, fees=settings.trading.fees)  # fmt: skip
 
 
 def _sample(run: Run, at: datetime, start: Start) -> None:
