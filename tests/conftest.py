@@ -106,7 +106,9 @@ async def topics(services: Services) -> AsyncIterator[Topics]:
     """Fresh topics (3 partitions each) and a consumer group of this test's own."""
     names = await create_test_topics(services)
     yield names
-    await delete_topics(services.kafka_bootstrap, [names.signals, names.prices, names.dlq, names.commands])
+    await delete_topics(
+        services.kafka_bootstrap, [names.signals, names.prices, names.dlq, names.commands]
+    )
 
 
 @pytest.fixture(scope="session")

@@ -181,7 +181,9 @@ async def test_a_user_runs_agents_by_commands_and_the_stream_gives_one_ledger(
         (AGENT_A, "WITHDRAWAL", 1),
     ]
     # The pause is in force from its command's time (live and replay read it there).
-    paused = [h for h in history if h["agent_id"] == AGENT_A and not h["automated_trading_simulation"]]
+    paused = [
+        h for h in history if h["agent_id"] == AGENT_A and not h["automated_trading_simulation"]
+    ]
     assert [h["valid_from"] for h in paused] == [T0 + timedelta(seconds=12)]
     # One stream, one ledger: the two ways of consuming it agree row for row.
     (first, first_results, first_exec), (second, second_results, second_exec) = runs

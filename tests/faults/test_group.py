@@ -58,7 +58,9 @@ async def test_group_survives_a_killed_member_and_a_new_one(
         await wait_for_count(db_url, EXECUTIONS, total, timeout_s=150)
     finally:
         codes = [w.terminate() for w in workers if w is not victim]
-        await delete_topics(services.kafka_bootstrap, [topics.signals, topics.prices, topics.dlq, topics.commands])
+        await delete_topics(
+            services.kafka_bootstrap, [topics.signals, topics.prices, topics.dlq, topics.commands]
+        )
 
     ledger = await measure(db_conn, book.expected)
     by_worker = [len(log_events(w, "signal_processed")) for w in workers]

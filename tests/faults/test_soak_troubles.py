@@ -122,7 +122,9 @@ async def test_two_workers_under_kills_terms_and_database_timeouts_lose_and_doub
     finally:
         done.set()
         codes.extend(w.terminate() for w in workers)
-        await delete_topics(services.kafka_bootstrap, [topics.signals, topics.prices, topics.dlq, topics.commands])
+        await delete_topics(
+            services.kafka_bootstrap, [topics.signals, topics.prices, topics.dlq, topics.commands]
+        )
     ledger = await measure(db_conn, book.expected)
     dead = sum(len(log_events(w, "record_dead_lettered")) for w in every)
     retried = sum(len(log_events(w, "retrying_after_transient_error")) for w in every)

@@ -135,7 +135,9 @@ async def test_group_of_two_then_three_workers_has_no_duplicate_and_no_gap(
         )
     finally:
         codes = [w.terminate() for w in workers]
-        await delete_topics(services.kafka_bootstrap, [topics.signals, topics.prices, topics.dlq, topics.commands])
+        await delete_topics(
+            services.kafka_bootstrap, [topics.signals, topics.prices, topics.dlq, topics.commands]
+        )
     assert codes == [0, 0, 0], "\n---\n".join(w.tail() for w in workers)
     # The third worker took over partitions: it wrote some of the stream too.
     assert any('"partitions_assigned"' in line and "signals:" in line for line in workers[2].lines)

@@ -73,7 +73,9 @@ async def history(services: Services, template_db: str) -> AsyncIterator[History
         await set_price(conn, TOKEN_B, "2")
     finally:
         await conn.close()
-        await delete_topics(services.kafka_bootstrap, [topics.signals, topics.prices, topics.dlq, topics.commands])
+        await delete_topics(
+            services.kafka_bootstrap, [topics.signals, topics.prices, topics.dlq, topics.commands]
+        )
     name = url.rsplit("/", 1)[1]
     yield History(services, name)
     await drop_database(services, url)

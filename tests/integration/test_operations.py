@@ -430,4 +430,6 @@ async def test_readyz_is_503_while_postgres_is_down_and_200_after(
             await poll(readyz_is(200, "ready"), f"200 after the start (last {last})", 60)
             assert await http_get(port, "/healthz") == (200, "ok\n")
     finally:
-        await delete_topics(own.kafka_bootstrap, [topics.signals, topics.prices, topics.dlq, topics.commands])
+        await delete_topics(
+            own.kafka_bootstrap, [topics.signals, topics.prices, topics.dlq, topics.commands]
+        )

@@ -204,7 +204,9 @@ async def rules_run(services: Services, template_db: str) -> AsyncIterator[Rules
     finally:
         await conn.close()
         await drop_database(services, db_url)
-        await delete_topics(services.kafka_bootstrap, [topics.signals, topics.prices, topics.dlq, topics.commands])
+        await delete_topics(
+            services.kafka_bootstrap, [topics.signals, topics.prices, topics.dlq, topics.commands]
+        )
 
 
 @pytest.mark.parametrize("rule", RULES, ids=[r.name for r in RULES])

@@ -90,8 +90,9 @@ def test_invalid_commands_are_refused_with_the_reason(raw: bytes, reason: str) -
         | st.integers(-(10**30), 10**30)
         | st.decimals(allow_nan=False, allow_infinity=False, places=6)
         | st.text(max_size=8),
-        lambda inner: st.lists(inner, max_size=4)
-        | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+        lambda inner: (
+            st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4)
+        ),
         max_leaves=20,
     )
 )

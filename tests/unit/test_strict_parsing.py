@@ -172,9 +172,7 @@ def test_decimals_in_the_json_number_grammar_are_read_and_rounded_to_the_column(
     price: str | int, stored: Decimal | None
 ) -> None:
     if stored is None:
-        assert "price_usd: must be greater than 0" in _refused(
-            _tick(price_usd=price), kind="ticks"
-        )
+        assert "price_usd: must be greater than 0" in _refused(_tick(price_usd=price), kind="ticks")
         return
     assert decode_price(_tick(price_usd=price)).price_usd == stored
     assert decode_signal(_signal(price_usd=price)).price_usd == stored

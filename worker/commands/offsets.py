@@ -97,6 +97,17 @@ class PartitionOffsets:
         return max(0, self.start - self.position)
 
 
+async def _existing(
+    settings: Settings, args: argparse.Namespace, cluster: Cluster, topics: list[str]
+) -> list[str]:
+    """`topics`; the commands topic, unless named, only once it exists (the worker creates
+    it at its first start)."""
+    if getattr(args, "topic", None):
+        return topics
+    args.topic = await cluster.existing(topics, optional=[settings.kafka.commands_topic])
+    return list(args.topic)
+
+
 def _topics(settings: Settings, args: argparse.Namespace) -> list[str]:
     known = settings.kafka.input_topics
     wanted: list[str] = args.topic or known
@@ -297,11 +308,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     conn = await connect_migrated(settings.db, timeout_s=settings.startup_timeout_s)
     try:
         async with open_cluster(settings.kafka, timeout_s=settings.startup_timeout_s) as cluster:
-            if not getattr(args, "topic", None):
-                # The commands topic, unless named, only once it exists (the worker creates
-                # it at its first start).
-                topics = await cluster.existing(topics, optional=[settings.kafka.commands_topic])
-                args.topic = topics
+            topics = await _existing(settings, args, cluster, topics)
             summary: str | None = None
             if args.offsets_command == "reset":
                 summary = await _reset(settings, args, cluster, conn)

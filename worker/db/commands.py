@@ -17,12 +17,12 @@ from typing import Any
 from uuid import UUID
 
 from worker.db.base import OnConnection
+from worker.domain.commands import AgentState, Transfer
 from worker.domain.config_reading import (
     DEFAULT_MAX_CONFIG_BYTES,
     OversizedConfig,
     StoredConfigText,
 )
-from worker.domain.commands import AgentState, Transfer
 from worker.domain.models import SOL_MINT, SOL_SYMBOL
 
 AGENT_OF = """

@@ -86,7 +86,8 @@ def loads_exact(text: str) -> object:
 def dumps_exact(value: object) -> str:
     """JSON text of a value `loads_exact` gives (dicts, lists, str, int, `Decimal`, bool,
     None), numbers written exactly as their `Decimal` holds them (never through float), so
-    `loads_exact(dumps_exact(v)) == v`. `ValueError` for anything else."""
+    `loads_exact(dumps_exact(v)) == v`. `TypeError` for anything else (`ValueError` for a
+    NaN or an infinity)."""
     parts: list[str] = []
     _write(value, parts)
     return "".join(parts)
@@ -97,7 +98,7 @@ def _write(value: object, out: list[str]) -> None:
         out.append("{")
         for i, (key, item) in enumerate(value.items()):
             if not isinstance(key, str):
-                raise ValueError(f"a JSON object key must be text, not {type(key).__name__}")
+                raise TypeError(f"a JSON object key must be text, not {type(key).__name__}")
             out.append(("," if i else "") + json.dumps(key, ensure_ascii=False) + ":")
             _write(item, out)
         out.append("}")
@@ -115,7 +116,7 @@ def _write(value: object, out: list[str]) -> None:
     elif value is None or isinstance(value, str | bool | int):
         out.append(json.dumps(value, ensure_ascii=False))
     else:
-        raise ValueError(f"not a JSON value: {type(value).__name__}")
+        raise TypeError(f"not a JSON value: {type(value).__name__}")
 
 
 def merge_patch(target: object, patch: object) -> object:

@@ -1,6 +1,6 @@
 """The rank of a record among those decided at the same time (`worker.pipeline.timeline`):
-prices first, SOL/USD before the token prices it converts, then signals, then commands. Live and replay
-order by it alike."""
+prices first, SOL/USD before the token prices it converts, then signals, then commands.
+Live and replay order by it alike."""
 
 from __future__ import annotations
 

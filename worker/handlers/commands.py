@@ -41,8 +41,8 @@ from worker.domain.commands import (
     mode_switches,
     refused,
 )
-from worker.domain.config_reading import OversizedConfig, decode_json
 from worker.domain.config import InvalidConfig
+from worker.domain.config_reading import OversizedConfig, decode_json
 from worker.domain.exact_json import dumps_exact, merge_patch
 from worker.domain.exits import full_exit_pnl
 from worker.domain.fills import Fees, sell_fill
@@ -120,7 +120,7 @@ async def _apply(store: CommandStore, item: Command, trading: TradingSettings) -
     return outcome
 
 
-async def _on_agent(  # noqa: PLR0911 - one branch per command
+async def _on_agent(
     store: CommandStore,
     message: Command,
     agent: AgentState,
@@ -136,9 +136,7 @@ async def _on_agent(  # noqa: PLR0911 - one branch per command
     if message.kind in ("pause", "resume"):
         on = message.kind == "resume"
         simulation, live = mode_switches(message.mode, on)
-        await store.update_agent(
-            agent.id, at, automated_simulation=simulation, automated_live=live
-        )
+        await store.update_agent(agent.id, at, automated_simulation=simulation, automated_live=live)
         return Outcome(
             changes={
                 "automated_trading_simulation": (

@@ -20,8 +20,8 @@ from uuid import UUID
 
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from worker.domain.models import PriceTick, Signal
 from worker.domain.commands import Command
+from worker.domain.models import PriceTick, Signal
 from worker.domain.order import RANK_COMMAND, RANK_SIGNAL, RANK_TICK, tick_rank
 from worker.errors import InvalidMessage
 from worker.messages import (

@@ -38,8 +38,8 @@ from aiokafka.structs import TopicPartition
 
 from worker.db.bounds import Bound, publish_bounds, read_bounds, store_promises
 from worker.db.pool import connection
-from worker.handlers.config_cache import ConfigTexts
 from worker.handlers.commands import handle_commands
+from worker.handlers.config_cache import ConfigTexts
 from worker.handlers.signals import UnknownUser, handle_signals
 from worker.handlers.ticks import handle_prices
 from worker.messages import PriceTickV1, SignalV1

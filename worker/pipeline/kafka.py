@@ -282,7 +282,9 @@ async def _create(
     try:
         await admin.create_topics(
             [
-                NewTopic(t, partitions or kafka.topic_partitions, replication, topic_configs=configs)
+                NewTopic(
+                    t, partitions or kafka.topic_partitions, replication, topic_configs=configs
+                )
                 for t in topics
             ]
         )

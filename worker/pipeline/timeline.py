@@ -300,11 +300,7 @@ class Timeline(Generic[P]):
             is_user = key[1] >= RANK_USER
             if is_user:
                 group = inputs[source].group
-                waits, limit = prices
-                if not waits and group in groups:
-                    g_waits, g_limit = _limit(groups[group])
-                    waits = g_waits
-                    limit = _min_key(limit, g_limit)
+                waits, limit = _with_group(prices, groups.get(group))
                 waited = [
                     *price_states,
                     *(s for s in states if group is not None and s.group == group),
@@ -325,6 +321,12 @@ class Timeline(Generic[P]):
                 heapq.heapreplace(heads, (buffer[0][0], buffer[0][1], source))
             else:
                 heapq.heappop(heads)
+        self._note_released(out)
+        return out
+
+    def _note_released(self, out: list[Entry[P]]) -> None:
+        """Remember the greatest key released, of a tick, and of each group's users."""
+        inputs = self._inputs
         for entry in out:
             if self._released is None or entry.key > self._released:
                 self._released = entry.key
@@ -336,7 +338,6 @@ class Timeline(Generic[P]):
                 previous = self._released_group.get(group)
                 if previous is None or entry.key > previous:
                     self._released_group[group] = entry.key
-        return out
 
     def first_key(self) -> tuple[Any, ...] | None:
         """The key of the earliest buffered record (None: nothing waits)."""
@@ -371,6 +372,17 @@ class Timeline(Generic[P]):
 
 
 _EARLIEST = datetime.min.replace(tzinfo=UTC)
+
+
+def _with_group(
+    prices: tuple[bool, tuple[Any, ...] | None], group: list[tuple[Any, ...] | None] | None
+) -> tuple[bool, tuple[Any, ...] | None]:
+    """What a user's record waits for elsewhere: the price partitions, and its group's."""
+    waits, limit = prices
+    if waits or group is None:
+        return waits, limit
+    group_waits, group_limit = _limit(group)
+    return group_waits, _min_key(limit, group_limit)
 
 
 def _max_key(a: tuple[Any, ...] | None, b: tuple[Any, ...] | None) -> tuple[Any, ...] | None:

@@ -33,15 +33,15 @@ from uuid import UUID
 
 from worker.domain.config import deep_merge
 from worker.domain.config_reading import OversizedConfig, StoredConfigText, decode_json, read_config
+from worker.domain.ledger import BalanceDelta
 from worker.domain.models import SOL_MINT, SOL_SYMBOL, PriceTick, Signal
 from worker.domain.money import MATH_CONTEXT
-from worker.domain.ledger import BalanceDelta
 from worker.domain.order import RANK_COMMAND, RANK_SIGNAL, tick_rank
 from worker.domain.records import AgentSetup, HandAction, ReplayHistory
 from worker.domain.results import AgentResult, Close, Holding, prices_in_sol, summarize
 from worker.errors import UsageError
-from worker.handlers.config_cache import ConfigTexts
 from worker.handlers.commands import sell_by_hand
+from worker.handlers.config_cache import ConfigTexts
 from worker.handlers.signals import handle_signals
 from worker.handlers.ticks import handle_prices
 from worker.replay.memory import MemoryStore
@@ -326,7 +326,9 @@ async def _by_hand(store: MemoryStore, action: HandAction, settings: Settings, r
             return
         delta = BalanceDelta(action.agent_id, wallet, SOL_MINT, SOL_SYMBOL, action.amount)
         await store.apply_balance_deltas([delta])
-        run.realised[action.agent_id] = run.realised.get(action.agent_id, Decimal(0)) + action.amount
+        run.realised[action.agent_id] = (
+            run.realised.get(action.agent_id, Decimal(0)) + action.amount
+        )
         return
     held = [
         (p.id, p.token_address)

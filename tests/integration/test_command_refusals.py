@@ -1,0 +1,115 @@
+"""Commands that cannot be applied are refused with the reason, change nothing, and are
+recorded once; a commands topic not co-partitioned with the signals stops the worker at start
+in one line. Through `PgStore` on the real tables (issue 23)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from tests.helpers.books import LONG_AGO, make_account
+from tests.helpers.cli import assert_log_lines_then_one_error, run_cli
+from tests.helpers.db import connected
+from tests.helpers.kafka import Topics, create_topics, delete_topics
+from tests.helpers.services import Services
+from tests.helpers.workers import worker_env
+from worker.db.store import PgStore
+from worker.handlers.commands import handle_commands
+from worker.messages import decode_command
+from worker.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+TRADING = Settings().trading
+T0 = datetime(2026, 5, 1, 12, tzinfo=UTC)
+LEDGER = """
+SELECT (SELECT count(*) FROM agents) AS agents, (SELECT count(*) FROM users) AS users,
+       (SELECT count(*) FROM agent_transactions) AS transactions,
+       (SELECT coalesce(sum(balance), 0) FROM agent_balances) AS balances,
+       (SELECT count(*) FROM agent_config_history) AS versions
+"""
+
+
+async def _apply(db_url: str, n: int, **fields: Any) -> tuple[str, str | None]:
+    raw = json.dumps({"idempotency_key": f"k{n}", **fields}).encode()
+    command = decode_command(raw).to_domain(coordinates=f"c:0:{n}", at=T0 + timedelta(seconds=n))
+    async with connected(db_url) as conn, conn.transaction():
+        [result] = await handle_commands(PgStore(conn), [command], trading=TRADING)
+    return result.outcome.status, result.outcome.reason
+
+
+async def test_refused_commands_change_nothing_and_say_why(db_url: str) -> None:
+    async with connected(db_url) as conn:
+        account = await make_account(conn, [None], created_at=LONG_AGO)
+        other = await make_account(conn, [None], created_at=LONG_AGO)
+        before = dict(await conn.fetchrow(LEDGER))
+    user, agent = str(account.user_id), str(account.agents[0].agent_id)
+    stranger = str(uuid.uuid4())
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"command": "deposit", "user_id": stranger, "agent_id": agent, "amount": 1},
+         "no user"),
+        ({"command": "deposit", "user_id": user, "agent_id": str(other.agents[0].agent_id),
+          "amount": 1}, "no agent"),
+        ({"command": "withdraw", "user_id": user, "agent_id": agent, "amount": "10.5"},
+         "exceeds the balance of 10"),
+        ({"command": "replace_config", "user_id": user, "agent_id": agent,
+          "config": {"takeProfit": {"mode": "custom", "levels": "x"}}}, "invalid trading_config"),
+        ({"command": "patch_config", "user_id": user, "agent_id": agent,
+          "patch": {"stopLoss": {"defaultPercentage": "many"}}}, "invalid trading_config"),
+        ({"command": "create_user", "user_id": user, "email": "x@y.z"}, "exists already"),
+        ({"command": "create_agent", "user_id": user, "agent_id": agent, "name": "again"},
+         "exists already"),
+        ({"command": "close_positions", "user_id": user, "agent_id": agent}, "no open positions"),
+        ({"command": "deposit", "user_id": user, "agent_id": agent, "amount": "999999999999"},
+         "beyond what a balance holds"),
+    ]  # fmt: skip
+    for n, (fields, reason) in enumerate(cases):
+        status, why = await _apply(db_url, n, **fields)
+        assert status == "refused", (fields, why)
+        assert why is not None and reason in why, (fields, why)
+    async with connected(db_url) as conn:
+        assert dict(await conn.fetchrow(LEDGER)) == before
+        rows = await conn.fetch("SELECT status, reason FROM command_results ORDER BY id")
+    assert [r["status"] for r in rows] == ["refused"] * len(cases)
+
+
+async def test_a_command_is_applied_once_per_key(db_url: str) -> None:
+    async with connected(db_url) as conn:
+        account = await make_account(conn, [None], created_at=LONG_AGO)
+    fields = {"command": "deposit", "user_id": str(account.user_id),
+              "agent_id": str(account.agents[0].agent_id), "amount": "2.5"}  # fmt: skip
+    assert await _apply(db_url, 1, **fields) == ("applied", None)
+    # The same key again (a republish, a redelivery): nothing more.
+    assert await _apply(db_url, 1, **fields) == ("applied", None)
+    async with connected(db_url) as conn:
+        balance = await conn.fetchval(
+            "SELECT balance FROM agent_balances WHERE agent_id = $1 AND token_address = $2",
+            account.agents[0].agent_id,
+            "So11111111111111111111111111111111111111112",
+        )
+        deposits = await conn.fetchval(
+            "SELECT count(*) FROM agent_transactions WHERE transaction_type = 'DEPOSIT'"
+        )
+    assert balance == 12.5
+    assert deposits == 2  # the account's funding and this one
+
+
+async def test_commands_topic_not_co_partitioned_stops_the_worker_in_one_line(
+    services: Services, db_url: str, topics: Topics
+) -> None:
+    other = Topics(f"{topics.signals}x", topics.prices, topics.dlq, topics.group)
+    await create_topics(services.kafka_bootstrap, [other.signals], 3)
+    await create_topics(services.kafka_bootstrap, [other.commands], 2)
+    try:
+        env = worker_env(services, db_url, other)
+        result = await run_cli(env, "run", timeout_s=60)
+    finally:
+        await delete_topics(services.kafka_bootstrap, [other.signals, other.commands])
+    assert result.code != 0
+    last = assert_log_lines_then_one_error(result.stderr, "run")
+    assert "has 2 partitions and SIGNALS_TOPIC" in last
+    assert "co-partitioned" in last
