@@ -23,11 +23,11 @@ import asyncpg
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from worker.db.accounts import simulation_wallet_address
 from worker.db.store import PgStore
 from worker.domain.config import DEFAULT_TRADING_CONFIG, deep_merge, resolve_config
 from worker.domain.exits import open_position
 from worker.domain.fills import BuyFill, buy_fill
+from worker.domain.ids import simulation_wallet_address
 from worker.domain.ledger import BalanceDelta, NewPosition, SwapOwner, SwapRow, buy_rows
 from worker.domain.models import SOL_MINT, SOL_SYMBOL
 from worker.domain.records import PriceWrite

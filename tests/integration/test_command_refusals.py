@@ -46,7 +46,7 @@ async def test_refused_commands_change_nothing_and_say_why(db_url: str) -> None:
     async with connected(db_url) as conn:
         account = await make_account(conn, [None], created_at=LONG_AGO)
         other = await make_account(conn, [None], created_at=LONG_AGO)
-        before = dict(await conn.fetchrow(LEDGER))
+        before = await conn.fetchrow(LEDGER)
     user, agent = str(account.user_id), str(account.agents[0].agent_id)
     stranger = str(uuid.uuid4())
     cases: list[tuple[dict[str, Any], str]] = [
@@ -72,7 +72,7 @@ async def test_refused_commands_change_nothing_and_say_why(db_url: str) -> None:
         assert status == "refused", (fields, why)
         assert why is not None and reason in why, (fields, why)
     async with connected(db_url) as conn:
-        assert dict(await conn.fetchrow(LEDGER)) == before
+        assert await conn.fetchrow(LEDGER) == before
         rows = await conn.fetch("SELECT status, reason FROM command_results ORDER BY id")
     assert [r["status"] for r in rows] == ["refused"] * len(cases)
 
