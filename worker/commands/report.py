@@ -75,6 +75,9 @@ def render(rows: Sequence[tuple[str, AgentResult]], output: str) -> str:
             d = r.as_dict()
             d["name"] = csv_text(r.name)  # the only text cell besides the label
             d["executions"] = "/".join(str(r.executions.get(s, 0)) for s in STATUSES)
+            # Last column, space-separated (addresses hold no space): the columns before it
+            # are where they were.
+            d["unpriced_tokens"] = csv_text(" ".join(r.unpriced_tokens))
             values = ["" if v is None else v for v in d.values()]
             writer.writerow([csv_text(label), *values] if any(lb for lb, _ in rows) else values)
         return out.getvalue().removesuffix("\r\n")
@@ -102,12 +105,28 @@ def _table(rows: Sequence[tuple[str, AgentResult]]) -> str:
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(COLUMNS))]
     return "\n".join(
-        "  ".join(
-            cell.ljust(w) if i == 0 else cell.rjust(w)
-            for i, (cell, w) in enumerate(zip(line, widths, strict=True))
-        ).rstrip()
-        for line in lines
+        [
+            "  ".join(
+                cell.ljust(w) if i == 0 else cell.rjust(w)
+                for i, (cell, w) in enumerate(zip(line, widths, strict=True))
+            ).rstrip()
+            for line in lines
+        ]
+        + _unpriced_lines(rows)
     )
+
+
+def _unpriced_lines(rows: Sequence[tuple[str, AgentResult]]) -> list[str]:
+    """Below the table, why an unrealised P/L is `-`: one line naming the held tokens
+    without a price (and whose they are); none when every held token has one."""
+    holders: dict[str, list[str]] = {}
+    for label, r in rows:
+        for token in r.unpriced_tokens:
+            holders.setdefault(token, []).append(f"{label}: {r.name}" if label else r.name)
+    if not holders:
+        return []
+    listed = "; ".join(f"{token} ({', '.join(names)})" for token, names in sorted(holders.items()))
+    return [printable(f"unrealised -: no price for {listed}")]
 
 
 def _n(value: Decimal | None) -> str:
