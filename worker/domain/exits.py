@@ -186,6 +186,14 @@ def evaluate_stop_loss(
     )
 
 
+@exact
+def price_at_gain(pos: PositionState, pct: Decimal) -> Decimal:
+    """The price (SOL/token) `pct` % above (below, when negative) the average purchase
+    price of `pos`: where a stop loss of `pct` fires, or a take-profit level of that
+    target does."""
+    return _stop_price(_average(pos), pct)
+
+
 def _stop_price(average: Decimal, pct: Decimal) -> Decimal:
     # Exact: a price of 18 places times a percentage of 2 places needs no rounding here.
     return mul(average, ONE + div(pct, HUNDRED))
