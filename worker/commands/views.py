@@ -142,7 +142,8 @@ def view_position(row: PositionRow, now: datetime) -> PositionView:
     stop_pct = stop_price = next_tp = tp_price = None
     if s.purchase_price > 0:  # a row another writer made may hold 0: no levels then
         if cfg.stop_loss.enabled:
-            outcome = evaluate_stop_loss(s, s.peak_price or s.purchase_price, cfg)
+            peak = s.peak_price if s.peak_price is not None else s.purchase_price
+            outcome = evaluate_stop_loss(s, peak, cfg)
             stop_pct, stop_price = outcome.stop_loss_pct, outcome.stop_price
         pending = pending_take_profit_levels(s, cfg)
         if pending:
