@@ -88,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     options.add_replay_arguments(replay)
     _add_offsets(sub)
+    _add_views(sub)
     schema = sub.add_parser("schema", help="write the JSON Schemas of the Kafka messages")
     schema.add_argument(
         "--out", metavar="DIR", help="folder to write them to (default: docs/schemas)"
@@ -193,6 +194,32 @@ def _add_offsets(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
 
 
+def _add_views(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    positions = sub.add_parser("positions", help="the agents' open positions")
+    position_actions = positions.add_subparsers(
+        dest="positions_command", required=True, metavar="ACTION"
+    )
+    listed = position_actions.add_parser(
+        "list",
+        help="open positions: entry, latest price and its age, unrealised P/L, the stop "
+        "loss and the next take-profit level in force",
+        description="Open positions per agent: entry price, the latest price and its age, "
+        "unrealised P/L at it (before a sale's fees, take-profit returns included), the "
+        "stop loss and the next take-profit level the worker's exits use now. Read-only.",
+    )
+    options.add_view_arguments(listed, "positions opened")
+    trades = sub.add_parser("trades", help="the agents' closed trades")
+    trade_actions = trades.add_subparsers(dest="trades_command", required=True, metavar="ACTION")
+    closed = trade_actions.add_parser(
+        "list",
+        help="closed trades: entry, exit, P/L, close reason, hold time",
+        description="Closed trades (full exits) per agent: entry and exit prices, P/L in "
+        "SOL, USD and %%, close reason, hold time, take-profit sales before the exit. "
+        "Read-only.",
+    )
+    options.add_view_arguments(closed, "trades closed")
+
+
 _COMMANDS = {
     "migrate": "worker.commands.migrate",
     "run": "worker.runtime.app",
@@ -207,6 +234,8 @@ _COMMANDS = {
     "replay": "worker.commands.replay",
     "offsets": "worker.commands.offsets",
     "schema": "worker.commands.schema",
+    "positions": "worker.commands.views:run_positions",
+    "trades": "worker.commands.views:run_trades",
 }
 
 

@@ -14,6 +14,8 @@ from worker.domain.exits import (
     TakeProfitOutcome,
     apply_take_profit,
     evaluate_take_profit,
+    pending_take_profit_levels,
+    price_at_gain,
     take_profit_pnl,
 )
 from worker.domain.models import PositionState
@@ -321,3 +323,37 @@ def test_sales_never_exceed_what_is_held_minus_the_bag(
     assert outcome.levels_hit == hit + len(outcome.levels)
     assert outcome.sell_amount == outcome.sell_amount.quantize(Decimal("1e-18"))
     assert outcome.is_full_exit == (outcome.remaining_amount == 0)
+
+
+@given(
+    hit=st.integers(0, 5),
+    batch_start=st.integers(0, 3),
+    total=st.one_of(st.none(), st.integers(0, 6)),
+)
+@example(hit=0, batch_start=0, total=None)
+@example(hit=1, batch_start=0, total=None)
+@example(hit=4, batch_start=0, total=None)
+@example(hit=2, batch_start=2, total=6)
+def test_the_next_pending_level_is_the_first_that_a_rise_sells_at(
+    hit: int, batch_start: int, total: int | None
+) -> None:
+    # What `positions list` shows as the next take-profit level is where a sale starts:
+    # nothing just below its target, a sale at it; no level left, no sale at any price.
+    pos = make_position(
+        take_profit_levels_hit=hit, tp_batch_start_level=batch_start,
+        total_take_profit_levels=total,
+    )  # fmt: skip
+    pending = pending_take_profit_levels(pos, MODERATE)
+    if not pending:
+        assert evaluate_take_profit(pos, at_gain(10_000), MODERATE) is None
+        return
+    target = pending[0].target_percent
+    below = price_at_gain(pos, target - Decimal("0.0001"))
+    assert evaluate_take_profit(pos, below, MODERATE) is None
+    sold = evaluate_take_profit(pos, price_at_gain(pos, target), MODERATE)
+    assert sold is not None and sold.levels == (pending[0],)
+
+
+def test_no_level_is_pending_with_take_profit_off() -> None:
+    assert pending_take_profit_levels(make_position(), AgentTradingConfig()) == []
+    assert len(pending_take_profit_levels(make_position(), MODERATE)) == 4

@@ -83,6 +83,20 @@ def test_unrealised_is_unknown_when_a_held_token_has_no_price() -> None:
     assert _summary(holdings=holdings, prices={"B": Decimal(2)}).unrealised_pnl_sol is None
 
 
+def test_the_held_tokens_without_a_price_are_named() -> None:
+    holdings = [
+        Holding("B", Decimal(1), Decimal(1), Decimal(0)),
+        Holding("A", Decimal(1), Decimal(1), Decimal(0)),
+        Holding("C", Decimal(1), Decimal(1), Decimal(0)),
+    ]
+    r = _summary(holdings=holdings, prices={"A": Decimal(2)})
+    assert r.unpriced_tokens == ("B", "C")
+    assert r.as_dict()["unpriced_tokens"] == ["B", "C"]
+    assert _summary(holdings=holdings).unpriced_tokens == ("A", "B", "C")  # no SOL/USD
+    priced = _summary(holdings=holdings, prices=dict.fromkeys("ABC", Decimal(2)))
+    assert (priced.unpriced_tokens, priced.unrealised_pnl_sol) == ((), Decimal(3))
+
+
 def test_profit_is_kept_to_the_lamport_and_rates_to_two_places() -> None:
     r = _summary([Close(Decimal("0.123456789"), Decimal(3), 1.0)])
     assert r.realised_pnl_sol == Decimal("0.12345678")  # 8 places, towards zero
@@ -107,6 +121,7 @@ def test_as_dict_is_json_ready_with_every_status() -> None:
         "avg_hold_s": 90.3,
         "largest_loss_sol": None,
         "balance_sol": "9.5",
+        "unpriced_tokens": [],
     }
 
 

@@ -134,3 +134,18 @@ def no_agent_message(args: argparse.Namespace, wanted: str = "agent with the id"
     if args.user:
         return f"no agent of the user {args.user}"
     return "no agents yet (`signal-worker seed-demo` creates some)"
+
+
+def add_view_arguments(parser: argparse.ArgumentParser, rows: str) -> None:
+    """The filters and --format of `positions list` and `trades list`; `rows` says which
+    time --since/--until bound (e.g. "positions opened")."""
+    add = parser.add_argument
+    add("--user", type=uuid_arg, metavar="ID", help="only this user's agents")
+    add("--agent", action="append", type=uuid_arg, metavar="ID",
+        help="only this agent (repeatable)")  # fmt: skip
+    add("--token", action="append", metavar="MINT|SYMBOL",
+        help="only this token, by its address or its symbol, exactly (repeatable)")  # fmt: skip
+    add("--since", type=time_arg, metavar="TIME",
+        help=f"{rows} at or after TIME (RFC 3339 / ISO 8601, e.g. 2026-11-01T12:00Z)")  # fmt: skip
+    add("--until", type=time_arg, metavar="TIME", help=f"{rows} before TIME")
+    add("--format", choices=FORMATS, default="table", help="table (default), json or csv")

@@ -65,24 +65,36 @@ def render(rows: Sequence[tuple[str, AgentResult]], output: str) -> str:
             option=orjson.OPT_INDENT_2,
         ).decode()
     if output == "csv":
-        out = io.StringIO()
-        # RFC 4180's CRLF: a cell holding either a CR or an LF is then quoted (with "\n"
-        # alone, a name with a bare CR would be written unquoted and end its row early).
-        writer = csv.writer(out, lineterminator="\r\n")
         fields = list(rows[0][1].as_dict()) if rows else []
-        writer.writerow(["label", *fields] if any(label for label, _ in rows) else fields)
+        lines: list[Sequence[object]] = [
+            ["label", *fields] if any(label for label, _ in rows) else fields
+        ]
         for label, r in rows:
             d = r.as_dict()
             d["name"] = csv_text(r.name)  # the only text cell besides the label
             d["executions"] = "/".join(str(r.executions.get(s, 0)) for s in STATUSES)
+            # Last column, space-separated (addresses hold no space): the columns before it
+            # are where they were.
+            d["unpriced_tokens"] = csv_text(" ".join(r.unpriced_tokens))
             values = ["" if v is None else v for v in d.values()]
-            writer.writerow([csv_text(label), *values] if any(lb for lb, _ in rows) else values)
-        return out.getvalue().removesuffix("\r\n")
+            lines.append([csv_text(label), *values] if any(lb for lb, _ in rows) else values)
+        return write_csv(lines)
     return _table(rows)
 
 
+def write_csv(lines: Sequence[Sequence[object]]) -> str:
+    """Rows of cells as CSV (None as an empty cell); text cells must have gone through
+    `csv_text` already."""
+    out = io.StringIO()
+    # RFC 4180's CRLF: a cell holding either a CR or an LF is then quoted (with "\n"
+    # alone, a name with a bare CR would be written unquoted and end its row early).
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerows(["" if v is None else v for v in line] for line in lines)
+    return out.getvalue().removesuffix("\r\n")
+
+
 def _table(rows: Sequence[tuple[str, AgentResult]]) -> str:
-    lines = [COLUMNS]
+    lines: list[Sequence[str]] = [COLUMNS]
     for label, r in rows:
         name = printable(f"{label}: {r.name}" if label else r.name)
         lines.append(
@@ -90,37 +102,59 @@ def _table(rows: Sequence[tuple[str, AgentResult]]) -> str:
                 name,
                 "/".join(str(r.executions.get(s, 0)) for s in STATUSES),
                 str(r.trades),
-                _n(r.win_rate_pct),
-                _signed(r.realised_pnl_sol),
-                _signed(r.realised_pnl_pct),
+                number_text(r.win_rate_pct),
+                signed_text(r.realised_pnl_sol),
+                signed_text(r.realised_pnl_pct),
                 str(r.open_positions),
-                _signed(r.unrealised_pnl_sol),
-                _duration(r.avg_hold_s),
-                _n(r.largest_loss_sol),
-                _n(r.balance_sol),
+                signed_text(r.unrealised_pnl_sol),
+                duration_text(r.avg_hold_s),
+                number_text(r.largest_loss_sol),
+                number_text(r.balance_sol),
             )
         )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(COLUMNS))]
+    return "\n".join([align(lines), *_unpriced_lines(rows)])
+
+
+def align(lines: Sequence[Sequence[str]], left: int = 1) -> str:
+    """Rows of cells (the header first) as a table: the first `left` columns aligned left,
+    the others (numbers) right, two spaces apart."""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     return "\n".join(
         "  ".join(
-            cell.ljust(w) if i == 0 else cell.rjust(w)
+            cell.ljust(w) if i < left else cell.rjust(w)
             for i, (cell, w) in enumerate(zip(line, widths, strict=True))
         ).rstrip()
         for line in lines
     )
 
 
-def _n(value: Decimal | None) -> str:
+def _unpriced_lines(rows: Sequence[tuple[str, AgentResult]]) -> list[str]:
+    """Below the table, why an unrealised P/L is `-`: one line naming the held tokens
+    without a price (and whose they are); none when every held token has one."""
+    holders: dict[str, list[str]] = {}
+    for label, r in rows:
+        for token in r.unpriced_tokens:
+            holders.setdefault(token, []).append(f"{label}: {r.name}" if label else r.name)
+    if not holders:
+        return []
+    listed = "; ".join(f"{token} ({', '.join(names)})" for token, names in sorted(holders.items()))
+    return [printable(f"unrealised -: no price for {listed}")]
+
+
+def number_text(value: Decimal | None) -> str:
+    """A number as plain text, `-` for none."""
     return "-" if value is None else fmt(value)
 
 
-def _signed(value: Decimal | None) -> str:
+def signed_text(value: Decimal | None) -> str:
+    """A number with its sign (`+` for a gain), `-` for none."""
     if value is None:
         return "-"
     return ("+" if value > 0 else "") + fmt(value)
 
 
-def _duration(seconds: float | None) -> str:
+def duration_text(seconds: float | None) -> str:
+    """A duration in its largest sensible unit (`45s`, `12m`, `3.5h`, `2.0d`), `-` for none."""
     if seconds is None:
         return "-"
     if seconds < 120:

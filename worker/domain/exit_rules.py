@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
+from enum import StrEnum
+from typing import Final
 
 from worker.domain.config import AgentTradingConfig
 from worker.domain.config_reading import ConfigReading, read_config
@@ -52,3 +54,28 @@ def config_of_exit_rules(text: str | None) -> ConfigReading:
             }
         )
     )
+
+
+class ExitRulesSource(StrEnum):
+    """Where the rules exiting a position come from (`exit_config`)."""
+
+    CONFIG = "config"  # the agent's config in force
+    OPENING_RULES = "opening rules"  # the exit rules the position was opened with
+    DEFAULTS = "defaults"  # neither is valid (or the position has no stored rules)
+
+
+# The rules of a position whose agent's config is invalid and that has no valid stored set.
+DEFAULT_EXIT_CONFIG: Final = AgentTradingConfig()
+
+
+def exit_config(
+    current: AgentTradingConfig | None, opening: AgentTradingConfig | None
+) -> tuple[AgentTradingConfig, ExitRulesSource]:
+    """The config that exits a position: its agent's config in force while that is valid
+    (`current`), else the rules it was opened with (`opening`, `config_of_exit_rules`; None
+    when absent or no longer valid), else the defaults; and which of the three it is."""
+    if current is not None:
+        return current, ExitRulesSource.CONFIG
+    if opening is not None:
+        return opening, ExitRulesSource.OPENING_RULES
+    return DEFAULT_EXIT_CONFIG, ExitRulesSource.DEFAULTS

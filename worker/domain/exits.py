@@ -186,6 +186,14 @@ def evaluate_stop_loss(
     )
 
 
+@exact
+def price_at_gain(pos: PositionState, pct: Decimal) -> Decimal:
+    """The price (SOL/token) `pct` % above (below, when negative) the average purchase
+    price of `pos`: where a stop loss of `pct` fires, or a take-profit level of that
+    target does."""
+    return _stop_price(_average(pos), pct)
+
+
 def _stop_price(average: Decimal, pct: Decimal) -> Decimal:
     # Exact: a price of 18 places times a percentage of 2 places needs no rounding here.
     return mul(average, ONE + div(pct, HUNDRED))
@@ -222,19 +230,13 @@ def evaluate_take_profit(
     gain reaches its trigger or this batch reaches the last level.
     """
     tp = cfg.take_profit
-    if not tp.enabled:
+    pending = pending_take_profit_levels(pos, cfg)
+    if not pending:
         return None
     average = _average(pos)
-    levels = take_profit_levels(cfg)
-    total = (
-        pos.total_take_profit_levels if pos.total_take_profit_levels is not None else len(levels)
-    )
     hit = pos.take_profit_levels_hit
-    if hit >= total:
-        return None
+    total = _take_profit_total(pos, cfg)
     gain = pct_change(price, average)
-    start = max(0, hit - pos.tp_batch_start_level)
-    pending = levels[start : start + (total - hit)]
     fired = tuple(takewhile(lambda level: level.target_percent <= gain, pending))
     if not fired:
         return None
@@ -268,6 +270,29 @@ def evaluate_take_profit(
         is_moon_bag_activation=is_activation,
         is_full_exit=remaining == 0,
     )
+
+
+def pending_take_profit_levels(
+    pos: PositionState, cfg: AgentTradingConfig
+) -> list[TakeProfitLevel]:
+    """The take-profit levels `pos` has not hit yet, lowest first (empty when take profit is
+    disabled or every level was hit): from index levels_hit - tp_batch_start_level of
+    `take_profit_levels(cfg)`, as many as its total (stored, else the levels') leaves."""
+    if not cfg.take_profit.enabled:
+        return []
+    total = _take_profit_total(pos, cfg)
+    hit = pos.take_profit_levels_hit
+    if hit >= total:
+        return []
+    start = max(0, hit - pos.tp_batch_start_level)
+    return take_profit_levels(cfg)[start : start + (total - hit)]
+
+
+def _take_profit_total(pos: PositionState, cfg: AgentTradingConfig) -> int:
+    """How many take-profit levels `pos` has in all: stored, else those of `cfg`."""
+    if pos.total_take_profit_levels is not None:
+        return pos.total_take_profit_levels
+    return len(take_profit_levels(cfg))
 
 
 @exact

@@ -8,7 +8,8 @@ contents, so both tables mean the same thing.
   (buys and DCA buys, fees included).
 - Unrealised P/L values each open position as a sale at the latest price would, before
   the sale's fees: remaining tokens x SOL per token + take-profit SOL already returned -
-  SOL invested. It is None when a held token has no price (or SOL/USD is missing).
+  SOL invested. It is None when a held token has no price (or SOL/USD is missing); those
+  tokens are `unpriced_tokens` (every held token when SOL/USD is missing).
 - Win rate: full exits with a profit over all full exits (None without exits).
 """
 
@@ -60,6 +61,7 @@ class AgentResult:
     avg_hold_s: float | None
     largest_loss_sol: Decimal | None  # the worst exit, when one lost
     balance_sol: Decimal | None
+    unpriced_tokens: tuple[str, ...] = ()  # held tokens without a price, in address order
 
     def as_dict(self) -> dict[str, object]:
         """JSON-ready: numbers as exact strings, ids as text."""
@@ -80,6 +82,7 @@ class AgentResult:
             "avg_hold_s": None if self.avg_hold_s is None else round(self.avg_hold_s, 1),
             "largest_loss_sol": text(self.largest_loss_sol),
             "balance_sol": text(self.balance_sol),
+            "unpriced_tokens": list(self.unpriced_tokens),
         }
 
 
@@ -101,29 +104,35 @@ def summarize(
     wins = sum(1 for c in closes if c.profit_loss_sol > 0)
     losses = [c.profit_loss_sol for c in closes if c.profit_loss_sol < 0]
     unrealised: Decimal | None = None
-    if all(h.token_address in prices_sol for h in holdings):
-        unrealised = sum(
-            (
-                h.remaining_amount * prices_sol[h.token_address]
-                + h.take_profit_proceeds_sol
-                - h.invested_sol
-                for h in holdings
-            ),
-            ZERO,
-        )
+    unpriced = tuple(sorted({h.token_address for h in holdings} - prices_sol.keys()))
+    if not unpriced:
+        unrealised = sum((holding_pnl_sol(h, prices_sol[h.token_address]) for h in holdings), ZERO)
     return AgentResult(
         agent_id=agent_id,
         name=name,
         executions=dict(executions),
         trades=len(closes),
-        win_rate_pct=_pct(Decimal(wins), Decimal(len(closes))),
+        win_rate_pct=pct_of(Decimal(wins), Decimal(len(closes))),
         realised_pnl_sol=to_sol(realised),
-        realised_pnl_pct=_pct(realised, invested),
+        realised_pnl_pct=pct_of(realised, invested),
         open_positions=len(holdings),
         unrealised_pnl_sol=None if unrealised is None else to_sol(unrealised),
         avg_hold_s=sum(c.held_s for c in closes) / len(closes) if closes else None,
         largest_loss_sol=min(losses) if losses else None,
         balance_sol=balance_sol,
+        unpriced_tokens=unpriced,
+    )
+
+
+@exact
+def holding_pnl_sol(holding: Holding, price_sol: Decimal) -> Decimal:
+    """The unrealised P/L of an open position at `price_sol` (SOL per token), unrounded: a
+    sale of what it holds at that price before the sale's fees, plus the SOL its take-profit
+    sales returned, minus the SOL it cost (buys and DCA buys, fees included)."""
+    return (
+        holding.remaining_amount * price_sol
+        + holding.take_profit_proceeds_sol
+        - holding.invested_sol
     )
 
 
@@ -136,7 +145,7 @@ def prices_in_sol(prices_usd: Mapping[str, Decimal], sol_mint: str) -> dict[str,
     return {t: token_price_sol(p, sol_usd) for t, p in prices_usd.items() if t != sol_mint}
 
 
-def _pct(part: Decimal, whole: Decimal) -> Decimal | None:
+def pct_of(part: Decimal, whole: Decimal) -> Decimal | None:
     """part / whole in %, 2 places; None when whole is 0."""
     if whole == 0:
         return None

@@ -63,6 +63,7 @@ from worker.domain.columns import misfit
 from worker.domain.config import AgentTradingConfig
 from worker.domain.config_history import ConfigVersion, boundaries, in_force
 from worker.domain.config_reading import StoredConfigText
+from worker.domain.exit_rules import exit_config
 from worker.domain.fills import token_price_sol
 from worker.domain.models import SOL_MINT, PriceTick
 from worker.domain.planning import Step, TickTally, Writes, act_loud, trail_quiet
@@ -79,8 +80,6 @@ from worker.ports import PriceStore
 from worker.settings import TradingSettings
 
 log = structlog.get_logger(__name__)
-# The exit rules of a position whose agent's config is invalid and that has none stored.
-_DEFAULT_RULES = AgentTradingConfig()
 
 
 @dataclass(slots=True, kw_only=True)
@@ -270,14 +269,13 @@ async def _exit_configs(
             configs.update_rules(read)
     cfgs: dict[UUID, AgentTradingConfig] = {}
     for row in trails:
-        current = readings[row.agent_id]
-        if current.config is not None:
-            cfgs[row.id] = current.config
-            continue
-        # A stored rule set that no longer validates (a future code change): the defaults.
-        text = read.get(row.exit_rules_id) if row.exit_rules_id else None
-        fallback = config_of_rules(text or configs.rules_text(row.exit_rules_id)).config
-        cfgs[row.id] = fallback if fallback is not None else _DEFAULT_RULES
+        current = readings[row.agent_id].config
+        opening = None
+        if current is None:
+            # A stored rule set that no longer validates (a future code change): the defaults.
+            text = read.get(row.exit_rules_id) if row.exit_rules_id else None
+            opening = config_of_rules(text or configs.rules_text(row.exit_rules_id)).config
+        cfgs[row.id], _ = exit_config(current, opening)
     return cfgs, problems
 
 
