@@ -17,7 +17,7 @@ from typing import Any, Protocol, cast
 from pydantic import ValidationError
 
 from worker import version
-from worker.commands import options
+from worker.commands import dlq_args, options
 from worker.errors import UsageError, WorkerError
 from worker.retry import SERVICE_ERRORS, describe
 from worker.runtime.logging import configure_logging
@@ -89,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     options.add_replay_arguments(replay)
     _add_offsets(sub)
     _add_views(sub)
+    dlq_args.add_dlq(sub)
     schema = sub.add_parser("schema", help="write the JSON Schemas of the Kafka messages")
     schema.add_argument(
         "--out", metavar="DIR", help="folder to write them to (default: docs/schemas)"
@@ -233,6 +234,7 @@ _COMMANDS = {
     "report": "worker.commands.report",
     "replay": "worker.commands.replay",
     "offsets": "worker.commands.offsets",
+    "dlq": "worker.commands.dlq",
     "schema": "worker.commands.schema",
     "positions": "worker.commands.views:run_positions",
     "trades": "worker.commands.views:run_trades",

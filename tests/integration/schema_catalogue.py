@@ -218,6 +218,21 @@ EXPECTED_COLUMNS: dict[str, dict[str, str]] = {
         "promised_from": "bigint?",
         "updated_at": TS,
     },
+    # Added by 0012: dead letters redriven by `dlq redrive`, once each by original record.
+    "dlq_redrives": {
+        "original_topic": "text",
+        "original_partition": "integer",
+        "original_offset": "bigint",
+        "dlq_topic": "text",
+        "dlq_partition": "integer",
+        "dlq_offset": "bigint",
+        "reason": "text",
+        "status": "text",
+        "forced": "boolean",
+        "sent_to": "text?",
+        "created_at": TS,
+        "sent_at": TS_NULL,
+    },
     "schema_migrations": {"name": "text", "checksum": "char(64)", "applied_at": TS},
     "exit_rule_sets": {"id": "uuid", "rules": "jsonb", "created_at": TS},
     # Added by 0005 (partitioned by day; the partitions are not listed).
@@ -287,6 +302,7 @@ EXPECTED_DEFAULTS: dict[tuple[str, str], str] = {
     ("order_bounds", "bound_rank"): "0",  # added by 0010
     ("order_bounds", "bound_tie"): "'[]'::jsonb",
     ("order_bounds", "excluded"): "false",
+    ("dlq_redrives", "forced"): "false",  # added by 0012
 }
 
 CASCADE, SET_NULL = "CASCADE", "SET NULL"
@@ -388,6 +404,7 @@ EXPECTED_INDEXES: list[tuple[str, tuple[str, ...], str]] = [
     ("token_prices", ("token_address",), PK),
     ("consumer_offsets", ("consumer_group", "topic", "partition"), PK),
     ("order_bounds", ("consumer_group", "topic", "partition"), PK),
+    ("dlq_redrives", ("original_topic", "original_partition", "original_offset"), PK),
     ("schema_migrations", ("name",), PK),
     # Added by 0002.
     ("agent_transactions", ("position_id",), INDEX),

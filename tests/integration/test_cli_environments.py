@@ -30,6 +30,7 @@ DATABASE_COMMANDS = [
     ("seed-demo",),
     ("agents", "lint"),
     ("offsets", "show"),
+    ("dlq", "list"),
     ("report",),
     ("replay",),
 ]
@@ -38,6 +39,7 @@ KAFKA_COMMANDS = [
     ("publish", "--user-id", USER, "--token-address", TOKEN_A),
     ("publish-price", "--token-address", SOL_MINT, "--price-usd", "150"),
     ("offsets", "show"),
+    ("dlq", "list"),
 ]
 
 
@@ -109,6 +111,7 @@ CLOSED_STDOUT_COMMANDS = [
     ("check",),
     ("agents", "lint"),
     ("offsets", "show"),
+    ("dlq", "list"),
     ("snapshot",),
     ("seed-demo",),
     ("migrate", "--dry-run"),

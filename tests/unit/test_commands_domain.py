@@ -31,7 +31,7 @@ def _raw(**fields: object) -> bytes:
 
 
 def test_every_command_decodes_with_its_fields() -> None:
-    cases = {
+    cases: dict[str, dict[str, object]] = {
         "create_user": {"email": "a@b.c"},
         "create_agent": {"name": "alpha", "sol": "1.5", "config": {"dca": {"enabled": False}}},
         "rename_agent": {"agent_id": AGENT, "name": "beta"},
