@@ -218,6 +218,21 @@ EXPECTED_COLUMNS: dict[str, dict[str, str]] = {
         "promised_from": "bigint?",
         "updated_at": TS,
     },
+    # Added by 0011: each command from COMMANDS_TOPIC once, applied or refused.
+    "command_results": {
+        "id": "bigint",
+        "user_id": "uuid",
+        "idempotency_key": "varchar(200)",
+        "command": "varchar(40)",
+        "status": "varchar(10)",
+        "reason": "text?",
+        "agent_id": "uuid?",
+        "payload": "jsonb",
+        "changes": "jsonb?",
+        "event_at": TS,
+        "source_record": "text?",
+        "created_at": TS,
+    },
     # Added by 0012: dead letters redriven by `dlq redrive`, once each by original record.
     "dlq_redrives": {
         "original_topic": "text",
@@ -405,6 +420,10 @@ EXPECTED_INDEXES: list[tuple[str, tuple[str, ...], str]] = [
     ("consumer_offsets", ("consumer_group", "topic", "partition"), PK),
     ("order_bounds", ("consumer_group", "topic", "partition"), PK),
     ("dlq_redrives", ("original_topic", "original_partition", "original_offset"), PK),
+    ("command_results", ("id",), PK),
+    ("command_results", ("user_id", "idempotency_key"), UNIQUE),
+    ("command_results", ("agent_id", "event_at"), INDEX),
+    ("command_results", ("event_at",), INDEX),
     ("schema_migrations", ("name",), PK),
     # Added by 0002.
     ("agent_transactions", ("position_id",), INDEX),

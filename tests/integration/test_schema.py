@@ -86,6 +86,7 @@ async def test_the_worker_tables_say_what_they_are_for(db_conn: asyncpg.Connecti
         ("schema_migrations", "migrate"),
         ("exit_rule_sets", "positions were opened with"),
         ("dlq_redrives", "once each"),
+        ("command_results", "applied or refused"),
     ):
         comment = await db_conn.fetchval("SELECT obj_description($1::regclass, 'pg_class')", table)
         assert comment is not None, table
