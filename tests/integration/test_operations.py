@@ -138,7 +138,8 @@ async def test_show_after_a_run_has_everything_stored_and_committed_and_no_lag(
     shown = await cli(settings, "offsets", "show")
     assert shown.code == 0, shown.stderr
     rows = parse_table(shown.stdout)
-    assert set(rows) == {(t, p) for t in (topics.signals, topics.prices) for p in range(3)}
+    inputs = (topics.signals, topics.prices, topics.commands)
+    assert set(rows) == {(t, p) for t in inputs for p in range(3)}
     signal_rows = [r for (t, _), r in rows.items() if t == topics.signals]
     assert sum(r.end for r in signal_rows) == sent
     for (topic, partition), row in rows.items():
@@ -156,12 +157,13 @@ async def test_reset_to_earliest_replays_every_record_and_writes_nothing_new(
 
     reset = await cli(settings, "offsets", "reset", "--to-earliest")
     assert reset.code == 0, reset.stderr
-    assert f"reset 6 partition(s) of group {topics.group} to the earliest records" in reset.stdout
+    assert f"reset 9 partition(s) of group {topics.group} to the earliest records" in reset.stdout
     for key, row in parse_table(reset.stdout).items():
         assert row.stored == row.committed == 0, (key, row)
         assert row.lag == row.end
     stored = await stored_offsets(db_url, topics.group)
-    assert stored == {(t, p): 0 for t in (topics.signals, topics.prices) for p in range(3)}
+    inputs = (topics.signals, topics.prices, topics.commands)
+    assert stored == {(t, p): 0 for t in inputs for p in range(3)}
 
     metrics = Metrics()
     async with running_worker(settings, metrics):
@@ -385,7 +387,7 @@ async def test_metrics_move_by_what_a_run_did(
     assert {dict(labels)["topic"] for labels in lag} == {topics.signals, topics.prices}
     assert all(v == 0 for v in lag.values()), lag
     assert ("signal_worker_db_pool_in_use", frozenset()) in after
-    assert value(after, "signal_worker_assigned_partitions") == 6
+    assert value(after, "signal_worker_assigned_partitions") == 9  # signals, prices, commands
 
 
 # --- /readyz and /healthz while PostgreSQL is stopped ----------------------------------------
