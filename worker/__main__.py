@@ -17,7 +17,7 @@ from typing import Any, Protocol, cast
 from pydantic import ValidationError
 
 from worker import version
-from worker.commands import options
+from worker.commands import command_options, options
 from worker.errors import UsageError, WorkerError
 from worker.retry import SERVICE_ERRORS, describe
 from worker.runtime.logging import configure_logging
@@ -62,13 +62,22 @@ def _parser() -> argparse.ArgumentParser:
         help="one signal and a short price path through the demo agents: a buy, a "
         "take-profit sale, stop-loss exits with their P/L (starts a worker if none runs)",
     )
-    agents = sub.add_parser("agents", help="inspect the agents' stored trading configs")
+    agents = sub.add_parser(
+        "agents", help="create, list, show and change agents (commands); lint their configs"
+    )
     agent_actions = agents.add_subparsers(dest="agents_command", required=True, metavar="ACTION")
     agent_actions.add_parser(
         "lint",
         help="list every agent whose trading_config is invalid or holds keys the worker "
         "ignores; exit 1 if any is invalid",
     )
+    command_options.add_agent_actions(agent_actions)
+    command_options.add_users(sub)
+    positions = sub.add_parser("positions", help="close open positions by hand")
+    position_actions = positions.add_subparsers(
+        dest="positions_command", required=True, metavar="ACTION"
+    )
+    command_options.add_positions_close(position_actions)
     sub.add_parser("snapshot", help="write this hour's balance snapshots now")
     report = sub.add_parser(
         "report",
@@ -201,7 +210,9 @@ _COMMANDS = {
     "seed-demo": "worker.commands.seed_demo",
     "check": "worker.commands.check",
     "demo": "worker.commands.demo",
-    "agents": "worker.commands.agents",
+    "agents": "worker.commands.agent_commands",
+    "users": "worker.commands.agent_commands:run_users",
+    "positions": "worker.commands.agent_commands:run_positions",
     "snapshot": "worker.commands.snapshot",
     "report": "worker.commands.report",
     "replay": "worker.commands.replay",

@@ -231,7 +231,9 @@ class Settings(BaseSettings):
             raise ValueError("SIGNALS_TOPIC, PRICES_TOPIC and DLQ_TOPIC must differ")
         topics = {self.signals_topic, self.prices_topic, self.dlq_topic}
         if self.commands_topic_name in topics:
-            raise ValueError("COMMANDS_TOPIC must differ from SIGNALS_TOPIC, PRICES_TOPIC, DLQ_TOPIC")
+            raise ValueError(
+                "COMMANDS_TOPIC must differ from SIGNALS_TOPIC, PRICES_TOPIC, DLQ_TOPIC"
+            )
         if self.db_pool_min_size > self.db_pool_max_size:
             raise ValueError("DB_POOL_MIN_SIZE must not exceed DB_POOL_MAX_SIZE")
         if 2 * self.pipeline_concurrency > self.db_pool_max_size:
