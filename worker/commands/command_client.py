@@ -213,7 +213,7 @@ def _leaves(prefix: str, value: object) -> list[str]:
         for old, new in _PAIRS:
             if value.keys() == {old, new}:
                 return [f"{prefix}: {_shown(value[old])} -> {_shown(value[new])}"]
-        if value:
+        if value or not prefix:
             dot = f"{prefix}." if prefix else ""
             return [part for k, v in value.items() for part in _leaves(f"{dot}{k}", v)]
     return [f"{prefix}: {_shown(value)}" if prefix else _shown(value)]
