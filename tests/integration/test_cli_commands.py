@@ -165,7 +165,7 @@ async def test_the_cli_waits_for_the_result_and_exits_by_it(
 
     # Applied: the test stands in for the worker once the command is on the topic.
     proc = await start_cli(env, "agents", "fund", agent, "1.5", "--key", "f1", "--timeout", "60")
-    [record] = await read_topic(services.kafka_bootstrap, commands_topic, 1, timeout_s=60)
+    [record] = await read_topic(services.kafka_bootstrap, commands_topic, 1)
     assert decode_command(record.value).idempotency_key == "f1"
     await _insert_result(
         db_url, user_id, "f1", "deposit", "applied", agent_id=agent_id,
@@ -178,7 +178,7 @@ async def test_the_cli_waits_for_the_result_and_exits_by_it(
 
     # Refused: exit 1 with the reason.
     proc = await start_cli(env, "agents", "withdraw", agent, "99", "--key", "w1", "--timeout", "60")
-    records = await read_topic(services.kafka_bootstrap, commands_topic, 2, timeout_s=60)
+    records = await read_topic(services.kafka_bootstrap, commands_topic, 2)
     assert [decode_command(r.value).idempotency_key for r in records] == ["f1", "w1"]
     await _insert_result(
         db_url, user_id, "w1", "withdraw", "refused",
@@ -215,7 +215,7 @@ async def test_users_create_waits_for_its_result_and_prints_the_new_id(
 ) -> None:
     env = worker_env(services, db_url, topics)
     proc = await start_cli(env, "users", "create", "--email", "x@example.com", "--key", "u1")
-    [record] = await read_topic(services.kafka_bootstrap, commands_topic, 1, timeout_s=60)
+    [record] = await read_topic(services.kafka_bootstrap, commands_topic, 1)
     command = decode_command(record.value)
     assert isinstance(command, CreateUserV1) and record.key == str(command.user_id).encode()
     await _insert_result(db_url, command.user_id, "u1", "create_user", "applied",
