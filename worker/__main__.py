@@ -17,7 +17,7 @@ from typing import Any, Protocol, cast
 from pydantic import ValidationError
 
 from worker import version
-from worker.commands import dlq_args, options
+from worker.commands import command_options, dlq_args, options
 from worker.errors import UsageError, WorkerError
 from worker.retry import SERVICE_ERRORS, describe
 from worker.runtime.logging import configure_logging
@@ -62,13 +62,17 @@ def _parser() -> argparse.ArgumentParser:
         help="one signal and a short price path through the demo agents: a buy, a "
         "take-profit sale, stop-loss exits with their P/L (starts a worker if none runs)",
     )
-    agents = sub.add_parser("agents", help="inspect the agents' stored trading configs")
+    agents = sub.add_parser(
+        "agents", help="create, list, show and change agents (commands); lint their configs"
+    )
     agent_actions = agents.add_subparsers(dest="agents_command", required=True, metavar="ACTION")
     agent_actions.add_parser(
         "lint",
         help="list every agent whose trading_config is invalid or holds keys the worker "
         "ignores; exit 1 if any is invalid",
     )
+    command_options.add_agent_actions(agent_actions)
+    command_options.add_users(sub)
     sub.add_parser("snapshot", help="write this hour's balance snapshots now")
     report = sub.add_parser(
         "report",
@@ -196,7 +200,9 @@ def _add_offsets(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 
 def _add_views(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    positions = sub.add_parser("positions", help="the agents' open positions")
+    positions = sub.add_parser(
+        "positions", help="the agents' open positions: list them, close them by hand"
+    )
     position_actions = positions.add_subparsers(
         dest="positions_command", required=True, metavar="ACTION"
     )
@@ -209,6 +215,7 @@ def _add_views(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "stop loss and the next take-profit level the worker's exits use now. Read-only.",
     )
     options.add_view_arguments(listed, "positions opened")
+    command_options.add_positions_close(position_actions)
     trades = sub.add_parser("trades", help="the agents' closed trades")
     trade_actions = trades.add_subparsers(dest="trades_command", required=True, metavar="ACTION")
     closed = trade_actions.add_parser(
@@ -229,7 +236,8 @@ _COMMANDS = {
     "seed-demo": "worker.commands.seed_demo",
     "check": "worker.commands.check",
     "demo": "worker.commands.demo",
-    "agents": "worker.commands.agents",
+    "agents": "worker.commands.agent_commands",
+    "users": "worker.commands.agent_commands:run_users",
     "snapshot": "worker.commands.snapshot",
     "report": "worker.commands.report",
     "replay": "worker.commands.replay",

@@ -29,6 +29,9 @@ DATABASE_COMMANDS = [
     ("snapshot",),
     ("seed-demo",),
     ("agents", "lint"),
+    ("agents", "list"),
+    ("agents", "fund", USER, "1"),
+    ("users", "create", "--email", "a@example.com"),
     ("offsets", "show"),
     ("dlq", "list"),
     ("report",),
@@ -38,6 +41,7 @@ KAFKA_COMMANDS = [
     ("run",),
     ("publish", "--user-id", USER, "--token-address", TOKEN_A),
     ("publish-price", "--token-address", SOL_MINT, "--price-usd", "150"),
+    ("users", "create", "--email", "a@example.com", "--no-wait"),
     ("offsets", "show"),
     ("dlq", "list"),
 ]
@@ -110,6 +114,7 @@ async def test_with_no_broker_answering_every_command_says_so_in_one_line(
 CLOSED_STDOUT_COMMANDS = [
     ("check",),
     ("agents", "lint"),
+    ("agents", "list"),
     ("offsets", "show"),
     ("dlq", "list"),
     ("snapshot",),

@@ -312,7 +312,12 @@ def _time(at: datetime) -> str:
 
 async def run_positions(settings: Settings, args: argparse.Namespace) -> int:
     """`positions list`: print the open positions; 0 (none is not an error), or a usage
-    error when --agent / --user match no agent."""
+    error when --agent / --user match no agent. `positions close` is a command
+    (`worker.commands.agent_commands`)."""
+    if args.positions_command == "close":
+        from worker.commands import agent_commands
+
+        return await agent_commands.run_positions(settings, args)
     filters = _filters(args)
     conn = await connect_migrated(settings.db, timeout_s=settings.startup_timeout_s)
     try:
