@@ -17,6 +17,7 @@ import yaml
 
 from tests.helpers.cli import run_cli
 from worker.commands.schema import SCHEMAS, render, write_schemas
+from worker.messages import COMMAND_NAMES
 from worker.messages import PriceTickV1, SignalV1
 from worker.settings import Settings
 
@@ -25,7 +26,12 @@ DOCS = ROOT / "docs"
 SCHEMA_DIR = DOCS / "schemas"
 ASYNCAPI = DOCS / "asyncapi.yaml"
 # Contract section 2: the topics' default names.
-CONTRACT_TOPICS = {"trading-signals", "token-prices", "trading-signals.dlq"}
+CONTRACT_TOPICS = {
+    "trading-signals",
+    "token-prices",
+    "trading-signals.dlq",
+    "trading-signals.commands",
+}
 DLQ_HEADERS = {"error", "original-topic", "original-partition", "original-offset"}
 # Keywords of JSON Schema 2019-09/2020-12 that AsyncAPI's schema (a draft-07 superset) lacks.
 NEWER_KEYWORDS = {
@@ -131,10 +137,8 @@ def test_asyncapi_is_version_3_with_the_contract_topics(asyncapi: dict[str, Any]
     assert asyncapi["info"]["title"] and asyncapi["info"]["version"]
     addresses = {channel["address"] for channel in asyncapi["channels"].values()}
     assert addresses == CONTRACT_TOPICS
-    defaults = Settings.model_fields
-    assert {defaults[f].default for f in ("signals_topic", "prices_topic", "dlq_topic")} == (
-        CONTRACT_TOPICS
-    )
+    kafka = Settings().kafka
+    assert set(kafka.input_topics) | {kafka.dlq_topic} == CONTRACT_TOPICS
 
 
 def test_asyncapi_payloads_refer_to_the_schema_files(asyncapi: dict[str, Any]) -> None:
@@ -177,8 +181,20 @@ def test_asyncapi_operations_receive_signals_and_prices_and_send_dead_letters(
     assert seen == {
         ("receive", "trading-signals"),
         ("receive", "token-prices"),
+        ("receive", "trading-signals.commands"),
         ("send", "trading-signals.dlq"),
     }
+
+
+def test_the_command_schema_has_one_branch_per_command_each_with_its_required_fields() -> None:
+    schema = json.loads((SCHEMA_DIR / "command.v1.json").read_text(encoding="utf-8"))
+    assert schema["title"] == "CommandV1"
+    assert not NEWER_KEYWORDS & set(_keys(schema)) - {"$defs"}
+    branches = schema["$defs"]
+    kinds = {b["properties"]["command"]["const"]: b for b in branches.values()}
+    assert sorted(kinds) == sorted(COMMAND_NAMES)
+    assert "user_id" in kinds["create_user"]["required"]
+    assert set(kinds["withdraw"]["required"]) == {"command", "user_id", "agent_id", "amount"}
 
 
 def test_asyncapi_examples_are_valid_messages(asyncapi: dict[str, Any]) -> None:

@@ -11,23 +11,30 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 
 from worker.errors import UsageError
-from worker.messages import PriceTickV1, SignalV1
+from worker.messages import COMMAND_ADAPTER, PriceTickV1, SignalV1
 from worker.settings import Settings
 
 DEFAULT_OUT = Path("docs/schemas")
-SCHEMAS: dict[str, type[BaseModel]] = {
+SCHEMAS: dict[str, type[BaseModel] | TypeAdapter[Any]] = {
     "signal.v1.json": SignalV1,
     "price-tick.v1.json": PriceTickV1,
+    # One schema per command, told apart by `command` (a discriminated union, `oneOf`).
+    "command.v1.json": COMMAND_ADAPTER,
 }
 
 
-def render(model: type[BaseModel]) -> str:
+def render(model: type[BaseModel] | TypeAdapter[Any]) -> str:
     """The JSON Schema of `model` as stable text: sorted keys, two-space indent, final newline."""
-    schema = model.model_json_schema(mode="validation")
+    if isinstance(model, TypeAdapter):
+        schema = model.json_schema(mode="validation")
+        schema["title"] = "CommandV1"
+    else:
+        schema = model.model_json_schema(mode="validation")
     return json.dumps(schema, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
