@@ -143,6 +143,26 @@ def _add_publish(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     publish.add_argument(
         "--created-at", metavar="RFC3339", help="when the signal was made (default: now)"
     )
+    publish.add_argument(
+        "--key-from-content",
+        action="store_true",
+        help="a signal without an idempotency_key gets one derived from its content, so "
+        "publishing the same file again sends nothing twice in effect",
+    )
+    publish.add_argument(
+        "--wait",
+        action="store_true",
+        help="then wait for the worker's decisions and print each agent's per signal",
+    )
+    publish.add_argument(
+        "--wait-timeout",
+        type=_seconds,
+        default=60.0,
+        metavar="S",
+        help="with --wait: exit 1 when signals are still undecided after S seconds "
+        "(default: %(default)g)",
+    )
+    _add_input_options(publish)
 
     price = sub.add_parser(
         "publish-price",
@@ -158,6 +178,36 @@ def _add_publish(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     price.add_argument(
         "--ts", metavar="RFC3339", help="when the price was seen (default: the record's time)"
     )
+    _add_input_options(price)
+
+
+def _add_input_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate every line as the worker would and send nothing; exit 1 if one is invalid",
+    )
+    parser.add_argument(
+        "--skip-lines",
+        type=_count,
+        default=0,
+        metavar="N",
+        help="skip the first N lines of --file (to resume an interrupted run)",
+    )
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 86_400:
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 86400, not {text}")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
 
 
 def _add_offsets(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

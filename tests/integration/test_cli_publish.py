@@ -3,17 +3,23 @@ refused, and what the user is told."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
+import sys
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import asyncpg
 import pytest
 
-from tests.helpers.books import TOKEN_A
-from tests.helpers.cli import run_cli
-from tests.helpers.kafka import Topics, read_topic
-from tests.helpers.services import Services
-from tests.helpers.workers import worker_env
+from tests.helpers.books import TOKEN_A, TOKEN_B, make_account, set_sol_price, signal_message
+from tests.helpers.cli import assert_log_lines_then_one_error, finish_cli, run_cli
+from tests.helpers.db import count, stored_offsets
+from tests.helpers.kafka import Topics, read_all, read_topic
+from tests.helpers.services import ROOT, Services
+from tests.helpers.workers import make_settings, running_worker, wait_for, worker_env
 from worker.domain.models import SOL_MINT
 
 pytestmark = pytest.mark.integration
@@ -181,3 +187,181 @@ async def test_a_missing_topic_is_one_line_not_thirty_seconds_of_retries(
         f"{services.kafka_bootstrap}: start the worker once (`signal-worker run` creates its "
         "topics) or create it"
     )
+
+
+# ----------------------------------------------------------- issue 23, item 5: publish
+
+
+async def test_wait_prints_each_agents_decision_for_a_signal_with_and_without_a_key(
+    services: Services, topics: Topics, db_url: str, db_conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    account = await make_account(db_conn, [None, {"signals": {"minScore": 5}}])
+    await set_sol_price(db_conn)
+    taker, picky = (a.agent_id for a in account.agents)
+    path = tmp_path / "signals.jsonl"
+    path.write_text(
+        json.dumps(signal_message(account.user_id, idempotency_key="with-key")) + "\n"
+        + json.dumps(signal_message(account.user_id, TOKEN_B)) + "\n"  # keyed by coordinates
+    )  # fmt: skip
+    env = worker_env(services, db_url, topics)
+    async with running_worker(make_settings(services, db_url, topics)):
+        run = await run_cli(env, "publish", "--file", str(path), "--wait", "--wait-timeout", "30")
+    assert run.code == 0, run.stderr
+    out = run.stdout.splitlines()
+    assert out[0].startswith(f"sent 2 signals to {topics.signals} (partition ")
+    first = out.index(f"line 1: signal 'with-key' of user {account.user_id}: 2 agents")
+    assert out[first + 1].split() == [str(taker), "agent", "0", "success"]
+    assert out[first + 2].split(maxsplit=4) == [
+        str(picky), "agent", "1", "skipped:", "signal strength 4 is below minScore 5"
+    ]  # fmt: skip
+    [second] = [n for n, line in enumerate(out) if line.startswith("line 2: signal ")]
+    key = out[second].split("'")[1]
+    assert key.startswith(f"{topics.signals}:")  # topic:partition:offset
+    assert out[second].endswith(": 2 agents")
+    assert [line.split()[-1] for line in out[second + 1 : second + 3]] == ["success", "5"]
+    stored = await db_conn.fetchval(
+        "SELECT count(*) FROM trading_signals WHERE user_id = $1 AND idempotency_key = $2",
+        account.user_id,
+        key,
+    )
+    assert stored == 1
+
+
+async def test_wait_without_a_worker_times_out_saying_how_many_are_undecided(
+    services: Services, topics: Topics, db_url: str
+) -> None:
+    env = worker_env(services, db_url, topics)
+    run = await run_cli(
+        env, "publish", "--user-id", str(uuid.uuid4()), "--token-address", TOKEN_A,
+        "--wait", "--wait-timeout", "1",
+    )  # fmt: skip
+    assert run.code == 1
+    assert run.stdout.startswith(f"sent 1 signal to {topics.signals}")
+    assert assert_log_lines_then_one_error(run.stderr, "publish") == (
+        "signal-worker publish: 1 of 1 signal still undecided after 1s (the first at line 1): "
+        "is a worker running (`signal-worker run`)? A signal for an unknown user is "
+        "dead-lettered (DLQ_TOPIC); --wait-timeout waits longer"
+    )
+
+
+async def test_dry_run_reports_each_invalid_line_and_sends_nothing(
+    services: Services, topics: Topics, db_url: str, tmp_path: Path
+) -> None:
+    user_id = uuid.uuid4()
+    ahead = (datetime.now(UTC) + timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    path = tmp_path / "signals.jsonl"
+    path.write_bytes(
+        _signal(user_id, 1) + b"\n"
+        + b'{"user_id": "not a uuid"}\n'
+        + b"\n"
+        + json.dumps(signal_message(user_id, created_at=ahead)).encode() + b"\n"
+        + _signal(user_id, 2) + b"\n"
+    )  # fmt: skip
+    env = worker_env(services, db_url, topics)
+    run = await run_cli(env, "publish", "--file", str(path), "--dry-run")
+    assert run.code == 1, run.stderr
+    out = run.stdout.splitlines()
+    assert out[0].startswith("line 2: invalid signal: user_id: ")
+    assert out[1].startswith(f"line 4: invalid signal: created_at {ahead[:10]}")
+    assert "PRICE_MAX_FUTURE_S" in out[1]
+    assert out[2] == "dry run: 2 signals valid, 2 lines invalid (2, 4); nothing was sent"
+    assert len(out) == 3
+    assert await read_all(services.kafka_bootstrap, topics.signals) == []
+
+    path.write_bytes(_signal(user_id, 1) + b"\n")
+    run = await run_cli(env, "publish", "--file", str(path), "--dry-run")
+    assert run.code == 0
+    assert run.stdout == "dry run: 1 signal valid; nothing was sent\n"
+    assert await read_all(services.kafka_bootstrap, topics.signals) == []
+
+
+async def test_skip_lines_starts_after_the_first_n_lines_counting_blank_and_bad_ones(
+    services: Services, topics: Topics, db_url: str, tmp_path: Path
+) -> None:
+    user_id = uuid.uuid4()
+    path = tmp_path / "signals.jsonl"
+    path.write_bytes(
+        _signal(user_id, 1) + b"\n\nnot json\n" + _signal(user_id, 4) + b"\n"
+        + _signal(user_id, 5) + b"\n"
+    )  # fmt: skip
+    env = worker_env(services, db_url, topics)
+    run = await run_cli(env, "publish", "--file", str(path), "--skip-lines", "3")
+    assert run.code == 0, run.stderr
+    assert run.stdout.startswith(f"sent 2 signals to {topics.signals}")
+    records = await read_topic(services.kafka_bootstrap, topics.signals, 2)
+    assert sorted(json.loads(r.value)["idempotency_key"] for r in records) == ["k-4", "k-5"]
+
+    run = await run_cli(env, "publish", "--user-id", str(user_id), "--token-address", TOKEN_A,
+                        "--skip-lines", "1")  # fmt: skip
+    assert run.code == 2
+    assert (
+        run.stderr[-1] == "signal-worker publish: --skip-lines needs --file FILE (or - for stdin)"
+    )
+
+
+async def test_key_from_content_makes_a_second_run_of_the_same_file_add_nothing(
+    services: Services, topics: Topics, db_url: str, db_conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    account = await make_account(db_conn, [None])
+    await set_sol_price(db_conn)
+    path = tmp_path / "signals.jsonl"
+    path.write_text(json.dumps(signal_message(account.user_id, created_at="2026-01-05T10:00:00Z")))
+    env = worker_env(services, db_url, topics)
+    async with running_worker(make_settings(services, db_url, topics)):
+        for _ in range(2):
+            run = await run_cli(env, "publish", "--file", str(path), "--key-from-content")
+            assert run.code == 0, run.stderr
+
+        async def both_applied() -> bool:
+            stored = await stored_offsets(db_url, topics.group, topics.signals)
+            return sum(stored.values()) == 2
+
+        await wait_for(both_applied, what="both records applied")
+    records = await read_topic(services.kafka_bootstrap, topics.signals, 2)
+    keys = {json.loads(r.value)["idempotency_key"] for r in records}
+    assert len(records) == 2
+    assert len(keys) == 1
+    assert next(iter(keys)).startswith("content-")
+    rows = await db_conn.fetch(
+        "SELECT idempotency_key FROM trading_signals WHERE user_id = $1", account.user_id
+    )
+    assert [r["idempotency_key"] for r in rows] == list(keys)
+    assert await count(db_url, "SELECT count(*) FROM signal_executions") == 1
+
+
+async def test_ctrl_c_during_a_slow_stdin_send_says_what_was_sent_and_how_to_resume(
+    services: Services, topics: Topics, db_url: str, tmp_path: Path
+) -> None:
+    user_id = uuid.uuid4()
+    lines = [_signal(user_id, i) for i in range(1, 9)]
+    env = worker_env(services, db_url, topics)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "worker", "publish", "--file", "-",
+        env=env, cwd=ROOT, stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdin is not None
+    for line in lines[:5]:  # a slow writer: one line at a time, each sent before the next
+        proc.stdin.write(line + b"\n")
+        await proc.stdin.drain()
+        await asyncio.sleep(0.05)
+    written = await read_topic(services.kafka_bootstrap, topics.signals, 5, timeout_s=30)
+    assert len(written) == 5
+    proc.send_signal(signal.SIGINT)  # the writer is silent, stdin still open
+    run = await finish_cli(proc, timeout_s=30)
+    proc.stdin.close()
+
+    assert run.code == 130, run.stderr
+    assert run.stdout.startswith(f"sent 5 signals to {topics.signals}")
+    assert assert_log_lines_then_one_error(run.stderr, "publish") == (
+        "signal-worker publish: interrupted after line 5: the last line sent is line 5: "
+        f"{lines[4][:60].decode()}…; to resume, run the same command with --skip-lines 5"
+    )
+
+    path = tmp_path / "signals.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    run = await run_cli(env, "publish", "--file", str(path), "--skip-lines", "5")
+    assert run.code == 0, run.stderr
+    records = await read_topic(services.kafka_bootstrap, topics.signals, 8)
+    keys = [json.loads(r.value)["idempotency_key"] for r in records]
+    assert sorted(keys) == sorted(f"k-{i}" for i in range(1, 9))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import gc
 import itertools
 import signal
@@ -23,7 +24,7 @@ from worker.db.pool import connection, create_pool
 from worker.db.prices import price_history_upkeep
 from worker.db.snapshots import hour_of, snapshot_all
 from worker.db.store import PgStore
-from worker.errors import ServiceUnavailable
+from worker.errors import ServiceUnavailable, WorkerError
 from worker.metrics import Metrics
 from worker.pipeline.consumer import Pipeline
 from worker.pipeline.deadletters import DeadLetters
@@ -144,8 +145,8 @@ async def _start(
         max_poll_records=settings.kafka_fetch_max_records,
     )
     parts.pipeline = Pipeline(settings, parts.pool, consumer, dead_letters, metrics, stores=PgStore)
-    parts.pipeline.subscribe()
-    await start_client(parts.pipeline.consumer, settings.kafka, timeout_s=timeout_s)
+    # The port before the group: a second worker beside a running one (the port taken)
+    # stops here, without joining the group and setting off a rebalance of the first.
     parts.http = HealthServer(
         settings.http_port,
         metrics.registry,
@@ -154,8 +155,23 @@ async def _start(
         max_connections=settings.http_max_connections,
         request_timeout_s=settings.http_request_timeout_s,
     )
-    await parts.http.start()
+    await _listen(parts.http, settings)
+    parts.pipeline.subscribe()
+    await start_client(parts.pipeline.consumer, settings.kafka, timeout_s=timeout_s)
     return parts.pipeline, parts.pool, parts.http.port
+
+
+async def _listen(http: HealthServer, settings: Settings) -> None:
+    """Start the HTTP server; a port already taken is one `WorkerError` naming HTTP_PORT."""
+    try:
+        await http.start()
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        raise WorkerError(
+            f"HTTP port {settings.http_port} on {settings.http_host} is taken (is another "
+            "worker running here?): set HTTP_PORT to a free port (0 picks one)"
+        ) from exc
 
 
 async def _unless_stopped(work: Coroutine[Any, Any, _T], stop: asyncio.Event) -> _T | None:
