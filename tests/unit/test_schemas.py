@@ -17,8 +17,7 @@ import yaml
 
 from tests.helpers.cli import run_cli
 from worker.commands.schema import SCHEMAS, render, write_schemas
-from worker.messages import COMMAND_NAMES
-from worker.messages import PriceTickV1, SignalV1
+from worker.messages import COMMAND_NAMES, PriceTickV1, SignalV1
 from worker.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
