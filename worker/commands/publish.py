@@ -60,7 +60,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from worker.db.decisions import AgentDecision, SignalKey, decisions_of
-from worker.db.pool import connect
+from worker.db.pool import connect_migrated
 from worker.errors import InvalidMessage, UsageError, WorkerError
 from worker.messages import (
     SignalV1,
@@ -422,6 +422,8 @@ class _Sender:
 
     def interrupted(self) -> str:
         """What an interrupted run sent last and how to go on from there."""
+        if self.last_read == 0:
+            return "interrupted before the first line: nothing was sent"
         if self.last_sent is None:
             last = "nothing was sent"
         else:
@@ -460,7 +462,9 @@ async def publish(
     topic = kind.topic(settings)
     await require_topics(settings.kafka, [topic], timeout_s=settings.startup_timeout_s)
     conn = (
-        await connect(settings.db, timeout_s=settings.startup_timeout_s) if options.wait else None
+        await connect_migrated(settings.db, timeout_s=settings.startup_timeout_s)
+        if options.wait
+        else None
     )
     try:
         with _interruptible() as stop:
