@@ -33,6 +33,28 @@ class Metrics:
             ["payload"],
             registry=r,
         )
+        self.events_published = Counter(
+            "signal_worker_events_published",
+            "Trade events the relay published to EVENTS_TOPIC, by type",
+            ["type"],
+            registry=r,
+        )
+        self.event_delay = Histogram(
+            "signal_worker_event_delay_seconds",
+            "From an event's commit (its outbox row) to its acknowledgement by Kafka",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+            registry=r,
+        )
+        self.events_unpublished = Gauge(
+            "signal_worker_events_unpublished",
+            "Events in the outbox not yet published (as the active relay last counted)",
+            registry=r,
+        )
+        self.events_oldest_unpublished = Gauge(
+            "signal_worker_events_oldest_unpublished_seconds",
+            "Age of the oldest event not yet published (0: none)",
+            registry=r,
+        )
         self.stale_ticks = Counter(
             "signal_worker_stale_ticks",
             "Price ticks not newer than the stored price of their token (they change nothing)",

@@ -105,6 +105,14 @@ class Settings(BaseSettings):
     dlq_topic: str = "trading-signals.dlq"
     # Empty: `<SIGNALS_TOPIC>.commands` (`commands_topic_name`).
     commands_topic: str = ""
+    # Empty: `<SIGNALS_TOPIC>.events` (`events_topic_name`).
+    events_topic: str = ""
+    # Whether the worker writes trade events to its outbox and relays them to EVENTS_TOPIC.
+    events_enabled: bool = True
+    # Hours a published event stays in the outbox (then pruned).
+    events_retention_hours: float = Field(default=24.0, ge=0, le=24 * 365)
+    # The relay's readiness: unpublished events older than this make `/readyz` say so.
+    events_stall_s: float = Field(default=60.0, gt=0, le=86_400)
     consumer_group: str = "signal-worker"
     kafka_security_protocol: SecurityProtocol = "PLAINTEXT"
     kafka_sasl_mechanism: SaslMechanism | None = None
@@ -213,9 +221,9 @@ class Settings(BaseSettings):
                 raise ValueError(f"{broker!r} is not host:port")
         return ",".join(brokers)
 
-    @field_validator("commands_topic")
+    @field_validator("commands_topic", "events_topic")
     @classmethod
-    def _valid_commands_topic(cls, value: str) -> str:
+    def _valid_optional_topic(cls, value: str) -> str:
         return "" if not value.strip() else cls._valid_name(value.strip())
 
     @field_validator("signals_topic", "prices_topic", "dlq_topic", "consumer_group")
@@ -244,6 +252,10 @@ class Settings(BaseSettings):
             raise ValueError(
                 "COMMANDS_TOPIC must differ from SIGNALS_TOPIC, PRICES_TOPIC, DLQ_TOPIC"
             )
+        if self.events_topic_name in {*topics, self.commands_topic_name}:
+            raise ValueError(
+                "EVENTS_TOPIC must differ from the topics the worker consumes and DLQ_TOPIC"
+            )
         if self.db_pool_min_size > self.db_pool_max_size:
             raise ValueError("DB_POOL_MIN_SIZE must not exceed DB_POOL_MAX_SIZE")
         if 2 * self.pipeline_concurrency > self.db_pool_max_size:
@@ -263,6 +275,11 @@ class Settings(BaseSettings):
             connect_timeout_s=self.db_connect_timeout_s,
             command_timeout_s=self.db_command_timeout_s,
         )
+
+    @property
+    def events_topic_name(self) -> str:
+        """EVENTS_TOPIC, else `<SIGNALS_TOPIC>.events`."""
+        return self.events_topic or f"{self.signals_topic}.events"
 
     @property
     def commands_topic_name(self) -> str:

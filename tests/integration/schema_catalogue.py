@@ -233,6 +233,17 @@ EXPECTED_COLUMNS: dict[str, dict[str, str]] = {
         "source_record": "text?",
         "created_at": TS,
     },
+    # Added by 0013: the transactional outbox of trade events.
+    "event_outbox": {
+        "id": "bigint",
+        "event_id": "uuid",
+        "user_id": "uuid?",
+        "type": "varchar(30)",
+        "event_at": TS,
+        "payload": "jsonb",
+        "created_at": TS,
+        "published_at": TS_NULL,
+    },
     # Added by 0012: dead letters redriven by `dlq redrive`, once each by original record.
     "dlq_redrives": {
         "original_topic": "text",
@@ -421,6 +432,10 @@ EXPECTED_INDEXES: list[tuple[str, tuple[str, ...], str]] = [
     ("order_bounds", ("consumer_group", "topic", "partition"), PK),
     ("dlq_redrives", ("original_topic", "original_partition", "original_offset"), PK),
     ("command_results", ("id",), PK),
+    ("event_outbox", ("id",), PK),
+    ("event_outbox", ("event_id",), UNIQUE),
+    ("event_outbox", ("id",), INDEX),
+    ("event_outbox", ("published_at",), INDEX),
     ("command_results", ("user_id", "idempotency_key"), UNIQUE),
     ("command_results", ("agent_id", "event_at"), INDEX),
     ("command_results", ("event_at",), INDEX),

@@ -41,8 +41,11 @@ async def connect(db: DbSettings, *, timeout_s: float) -> asyncpg.Connection:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-async def create_pool(db: DbSettings, *, timeout_s: float) -> asyncpg.Pool:
-    """The worker's pool, retried for at most `timeout_s`; `ServiceUnavailable` after that."""
+async def create_pool(
+    db: DbSettings, *, timeout_s: float, server_settings: dict[str, str] | None = None
+) -> asyncpg.Pool:
+    """The worker's pool, retried for at most `timeout_s`; `ServiceUnavailable` after that.
+    `server_settings`: settings of every connection (`signal_worker.events`)."""
     try:
         async for attempt in startup_retry(timeout_s):
             with attempt:
@@ -53,6 +56,7 @@ async def create_pool(db: DbSettings, *, timeout_s: float) -> asyncpg.Pool:
                     timeout=db.connect_timeout_s,
                     command_timeout=db.command_timeout_s,
                     init=_init_connection,
+                    server_settings=server_settings,
                 )
     except SERVICE_ERRORS as exc:
         raise _unavailable(db, exc) from exc

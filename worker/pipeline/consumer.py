@@ -37,7 +37,9 @@ from aiokafka.errors import IllegalStateError
 from aiokafka.structs import TopicPartition
 
 from worker.db.bounds import Bound, publish_bounds, read_bounds, store_promises
+from worker.db.events import DeadLetterEvent, insert_dead_letter_events
 from worker.db.pool import connection
+from worker.errors import InvalidMessage
 from worker.handlers.commands import handle_commands
 from worker.handlers.config_cache import ConfigTexts
 from worker.handlers.signals import UnknownUser, handle_signals
@@ -59,6 +61,7 @@ from worker.pipeline.batching import (
     ordered_chunks,
     parts_of,
     placing,
+    record_time,
     signals_of,
     ticks_of,
     where,
@@ -148,6 +151,9 @@ class Pipeline:
         self._retried = Retrier(settings, self._interrupt, self.troubles)
         self._fanouts = Fanouts()
         self._report = Reporter(metrics, log_level=settings.log_level, fanouts=self._fanouts)
+        # Dead letters sent while decoding, by record, until the transaction that moves the
+        # offset past them writes their events.
+        self._dead_events: dict[str, DeadLetter] = {}
         # Agents' configs by row version, for ticks (see `worker.handlers.config_cache`).
         self._config_texts = ConfigTexts()
         self._stop = asyncio.Event()
@@ -245,6 +251,8 @@ class Pipeline:
                         event_time=entry.event_time.isoformat(),
                         decided_at=entry.at.isoformat(),
                     )
+        for letter in dead:
+            self._dead_events[_coordinates_of(letter.record)] = letter
         if dead:
             # Acknowledged before any transaction can store an offset past them.
             await self._retried(
@@ -487,6 +495,8 @@ class Pipeline:
         for chunk in lane:
             outcomes = await self._retried(key, partial(where, chunk), partial(self._commit, chunk))
             committed_at = time.time()
+            for record in chunk.records:
+                self._dead_events.pop(_coordinates_of(record), None)
             self.offsets.stored(chunk.next_offsets, chunk.last_at)
             self._report.committed(
                 chunk,
@@ -521,6 +531,14 @@ class Pipeline:
 
     async def _finish(self, conn: asyncpg.Connection, chunk: Chunk, dead: list[DeadLetter]) -> None:
         await self.offsets.store(conn, chunk.next_offsets, chunk.last_at)
+        # The dead-letter events of the records this transaction moves past (those of the
+        # fetch's decoding, then the handlers'), with the offset (`worker.db.events`).
+        letters = [
+            letter
+            for record in chunk.records
+            if (letter := self._dead_events.get(_coordinates_of(record))) is not None
+        ]
+        await insert_dead_letter_events(conn, [_event_of(d) for d in (*letters, *dead)])
         if dead:
             # Acknowledged by the broker before the offset moves past them (the commit).
             await self._dead_letters.send(dead)
@@ -605,3 +623,21 @@ class Pipeline:
             trading=self._settings.trading,
         )
         return list(zip(items, results, strict=True))
+
+
+def _coordinates_of(record: KafkaRecord) -> str:
+    return f"{record.topic}:{record.partition}:{record.offset}"
+
+
+def _event_of(letter: DeadLetter) -> DeadLetterEvent:
+    """A dead letter's event: its record's key as the user when that is a user id."""
+    record = letter.record
+    user_id = None
+    if record.key is not None and len(record.key) <= 64:
+        with contextlib.suppress(ValueError, UnicodeDecodeError):
+            user_id = UUID(record.key.decode("ascii"))
+    try:
+        at = record_time(record)
+    except InvalidMessage:
+        at = datetime(1970, 1, 1, tzinfo=UTC)
+    return DeadLetterEvent(_coordinates_of(record), user_id, at, letter.reason, letter.kind)

@@ -178,7 +178,9 @@ def make_producer(
     )
 
 
-async def ensure_topics(kafka: KafkaSettings, *, timeout_s: float) -> int:
+async def ensure_topics(
+    kafka: KafkaSettings, *, timeout_s: float, events_topic: str | None = None
+) -> int:
     """Create the signal, price and dead-letter topics if missing; the DLQ's record limit.
 
     The DLQ topic is created accepting records `DLQ_HEADROOM_BYTES` larger than the largest
@@ -196,6 +198,8 @@ async def ensure_topics(kafka: KafkaSettings, *, timeout_s: float) -> int:
             await _create(admin, kafka, missing_inputs, {})
         await _ensure_commands(admin, kafka, existing)
         inputs.append(kafka.commands_topic)
+        if events_topic is not None and events_topic not in existing:
+            await _create(admin, kafka, [events_topic], {})
         limits = await record_limits(admin, inputs)
         wanted = max(limits.values(), default=KAFKA_DEFAULT_MAX_MESSAGE_BYTES)
         wanted += DLQ_HEADROOM_BYTES

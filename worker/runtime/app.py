@@ -37,6 +37,7 @@ from worker.pipeline.kafka import (
     make_producer,
     start_client,
 )
+from worker.pipeline.relay import Relay
 from worker.pipeline.telemetry import report_snapshots
 from worker.retry import SERVICE_ERRORS, describe, set_retry_observer
 from worker.runtime.http import HealthServer, ReadyCheck
@@ -80,6 +81,7 @@ class _Parts:
     pool: asyncpg.Pool | None = None
     producer: AIOKafkaProducer | None = None
     pipeline: Pipeline | None = None
+    relay: Relay | None = None
     http: HealthServer | None = None
 
 
@@ -115,7 +117,7 @@ async def run_worker(
         log.info("worker_started", http_port=port)
         if started is not None and not started.done():
             started.set_result(port)
-        await _serve(pipeline, pool, stop, settings, metrics)
+        await _serve(pipeline, pool, stop, settings, metrics, parts.relay)
         log.info("worker_draining")
     finally:
         await _close(parts, settings.shutdown_timeout_s)
@@ -128,10 +130,17 @@ async def _start(
 ) -> tuple[Pipeline, asyncpg.Pool, int]:
     """Open everything, recording each part in `parts` as it opens; the serving parts."""
     timeout_s = settings.startup_timeout_s
-    parts.pool = await create_pool(settings.db, timeout_s=timeout_s)
+    # The worker's transactions write trade events to the outbox (schema 0013's triggers)
+    # only when the relay publishes them.
+    events = {"signal_worker.events": "on" if settings.events_enabled else "off"}
+    parts.pool = await create_pool(settings.db, timeout_s=timeout_s, server_settings=events)
     async with connection(parts.pool) as conn:
         await require_migrated(conn, load_migrations(default_schema_dir()))
-    dlq_max_bytes = await ensure_topics(settings.kafka, timeout_s=timeout_s)
+    dlq_max_bytes = await ensure_topics(
+        settings.kafka,
+        timeout_s=timeout_s,
+        events_topic=settings.events_topic_name if settings.events_enabled else None,
+    )
     parts.producer = make_producer(
         settings.kafka, max_request_bytes=dlq_max_bytes + DLQ_HEADROOM_BYTES
     )
@@ -145,12 +154,14 @@ async def _start(
         max_poll_records=settings.kafka_fetch_max_records,
     )
     parts.pipeline = Pipeline(settings, parts.pool, consumer, dead_letters, metrics, stores=PgStore)
+    if settings.events_enabled:
+        parts.relay = Relay(settings, parts.producer, metrics)
     # The port before the group: a second worker beside a running one (the port taken)
     # stops here, without joining the group and setting off a rebalance of the first.
     parts.http = HealthServer(
         settings.http_port,
         metrics.registry,
-        _readiness(parts.pipeline, parts.pool),
+        _readiness(parts.pipeline, parts.pool, parts.relay),
         host=settings.http_host,
         max_connections=settings.http_max_connections,
         request_timeout_s=settings.http_request_timeout_s,
@@ -194,7 +205,9 @@ async def _serve(
     stop: asyncio.Event,
     settings: Settings,
     metrics: Metrics,
+    relay: Relay | None = None,
 ) -> None:
+    relaying = asyncio.create_task(relay.run(stop), name="relay") if relay else None
     snapshots = asyncio.create_task(
         snapshot_hourly(
             pool, stop, price_history_days=settings.price_history_days, metrics=metrics
@@ -214,6 +227,8 @@ async def _serve(
     finally:
         stop.set()
         await snapshots
+        if relaying is not None:
+            await relaying
 
 
 UPKEEP_RETRY_S = (60.0, 120.0, 300.0, 600.0)  # then every 10 minutes, until the hour
@@ -288,7 +303,7 @@ def _request_stop(stop: asyncio.Event, sig: signal.Signals) -> None:
     stop.set()
 
 
-def _readiness(pipeline: Pipeline, pool: asyncpg.Pool) -> ReadyCheck:
+def _readiness(pipeline: Pipeline, pool: asyncpg.Pool, relay: Relay | None = None) -> ReadyCheck:
     async def ready() -> str | None:
         if not pipeline.has_assignment():
             return "no partitions assigned"
@@ -308,7 +323,8 @@ def _readiness(pipeline: Pipeline, pool: asyncpg.Pool) -> ReadyCheck:
             return f"Kafka unreachable: {describe(exc)}"
         # Both answer, yet work waits for the server: a lock, a timeout, a full disk; or
         # for a partition that holds back the order.
-        return pipeline.troubles.reason() or pipeline.order_reason()
+        behind = relay.reason() if relay is not None else None
+        return pipeline.troubles.reason() or pipeline.order_reason() or behind
 
     return ready
 

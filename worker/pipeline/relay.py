@@ -1,0 +1,190 @@
+"""The events relay: the outbox (`event_outbox`, schema 0013) to EVENTS_TOPIC, each event once.
+
+Why an outbox: an event must exist exactly when its effect does. The worker's effects commit
+in PostgreSQL transactions (with their offsets); Kafka cannot take part in those, so an event
+sent from the pipeline could be lost (a crash after the commit, before the send) or invented
+(a send before a transaction that then rolls back). Triggers on the tables that hold the
+effects write each event into the outbox in the effect's own transaction (Debezium's outbox
+pattern, without a connector: the worker is the only writer that asks for events); this relay
+publishes what is committed, then marks it.
+
+Choices (aiokafka's idempotent and transactional producers considered):
+- **Idempotent producer, ids for consumers.** The producer is idempotent (acks from all
+  in-sync replicas, sequence numbers): its own retries never duplicate or reorder a
+  partition's records. A Kafka transaction would not help: the mark is written in
+  PostgreSQL, so a crash between the broker's acknowledgement and the mark re-sends the
+  batch whatever the producer. Each event carries a deterministic `event_id` (derived from
+  what it is about), so a consumer drops a re-sent one (`signal-worker notify` does).
+- **Commit order per user.** Events are read in outbox id order and keyed by user id (one
+  partition per user). A user's effects commit one transaction after another (its signals
+  and commands are on one partition, applied in order; ticks run apart from signals), so id
+  order is commit order per user; an event committed late behind a later id of another user
+  is read at the next round (the relay reads what is unpublished, not what follows a mark).
+- **One relay at a time.** Each worker runs one; the one holding the session advisory lock
+  publishes, the others wait to take over (a worker that dies releases it with its
+  connection). The relay uses a connection of its own, never the pool the pipeline needs,
+  and touches only outbox rows the pipeline never locks: it never holds a lock the pipeline
+  waits on.
+- **Outages**: PostgreSQL or Kafka away, the relay retries with backoff, as the consumer
+  does; nothing is marked that was not acknowledged. Published events are pruned after
+  EVENTS_RETENTION_HOURS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+
+import asyncpg
+import structlog
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from worker.db.pool import connect
+from worker.metrics import Metrics
+from worker.retry import SERVICE_ERRORS, describe
+from worker.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+# The advisory lock the active relay holds (any number unique to this worker's purposes).
+RELAY_LOCK = 0x5167_4E45_5645_4E54  # "SgNEVENT"
+BATCH = 500
+IDLE_S = 0.05  # the wait between empty polls (an event waits at most about this long)
+STANDBY_S = 2.0  # how often a relay in standby tries to take over
+PRUNE_EVERY_S = 60.0
+PRUNE_BATCH = 10_000
+BACKOFF_S = (0.5, 1, 2, 5)
+
+UNPUBLISHED = """
+SELECT id, event_id, user_id, type, (payload || jsonb_build_object('event_id', event_id))::text
+       AS body, extract(epoch FROM created_at) AS created
+  FROM event_outbox WHERE published_at IS NULL ORDER BY id LIMIT $1
+"""
+MARK = "UPDATE event_outbox SET published_at = now() WHERE id = ANY($1::bigint[])"
+LAG = """
+SELECT count(*) AS n, extract(epoch FROM now() - min(created_at)) AS oldest
+  FROM event_outbox WHERE published_at IS NULL
+"""
+PRUNE = """
+DELETE FROM event_outbox WHERE id IN (
+    SELECT id FROM event_outbox
+     WHERE published_at IS NOT NULL AND published_at < now() - make_interval(secs => $1)
+     ORDER BY id LIMIT $2)
+"""
+
+
+@dataclass
+class RelayState:
+    """What `/readyz` and the logs read: whether this relay is the active one, and the lag
+    it last measured."""
+
+    active: bool = False
+    unpublished: int = 0
+    oldest_s: float = 0.0
+    trouble: str | None = None
+
+
+class Relay:
+    """Publishes the outbox until `stop` is set (see the module's docstring)."""
+
+    def __init__(self, settings: Settings, producer: AIOKafkaProducer, metrics: Metrics) -> None:
+        self._settings = settings
+        self._topic = settings.events_topic_name
+        self._producer = producer
+        self._metrics = metrics
+        self.state = RelayState()
+        self._pruned_at = 0.0
+
+    def reason(self) -> str | None:
+        """Why the events are behind (for `/readyz`), else None."""
+        state = self.state
+        if state.trouble is not None:
+            return f"events relay: {state.trouble}"
+        if state.active and state.oldest_s > self._settings.events_stall_s:
+            return (
+                f"events relay: {state.unpublished} event(s) unpublished, the oldest "
+                f"{state.oldest_s:.0f}s old"
+            )
+        return None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Take the relay's lock when free and publish; on trouble, back off and go on."""
+        failures = 0
+        while not stop.is_set():
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await connect(self._settings.db, timeout_s=self._settings.startup_timeout_s)
+                if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK):
+                    self.state.active = False
+                    await _wait(stop, STANDBY_S)
+                    continue
+                self.state.active = True
+                log.info("events_relay_active", topic=self._topic)
+                await self._publish_until(stop, conn)
+                failures = 0
+            except (*SERVICE_ERRORS, KafkaError, OSError) as exc:
+                self.state.trouble = describe(exc)
+                log.warning("events_relay_retrying", error=describe(exc))
+                await _wait(stop, BACKOFF_S[min(failures, len(BACKOFF_S) - 1)])
+                failures += 1
+            finally:
+                self.state.active = False
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(conn.close(), 5)
+
+    async def _publish_until(self, stop: asyncio.Event, conn: asyncpg.Connection) -> None:
+        while not stop.is_set():
+            sent = await self.publish_once(conn)
+            self.state.trouble = None
+            if time.monotonic() - self._pruned_at > PRUNE_EVERY_S:
+                await self._prune(conn)
+            if sent == 0:
+                await _wait(stop, IDLE_S)
+
+    async def publish_once(self, conn: asyncpg.Connection) -> int:
+        """Publish the next batch of unpublished events, each acknowledged, then mark them;
+        how many were published."""
+        rows = await conn.fetch(UNPUBLISHED, BATCH)
+        if rows:
+            sends = [
+                await self._producer.send(
+                    self._topic,
+                    r["body"].encode(),
+                    key=None if r["user_id"] is None else str(r["user_id"]).encode(),
+                    headers=[
+                        ("event-id", str(r["event_id"]).encode()),
+                        ("event-type", r["type"].encode()),
+                    ],
+                )
+                for r in rows
+            ]
+            await asyncio.gather(*sends)
+            await conn.execute(MARK, [r["id"] for r in rows])
+            now = time.time()
+            for r in rows:
+                self._metrics.events_published.labels(r["type"]).inc()
+                self._metrics.event_delay.observe(max(0.0, now - float(r["created"])))
+        lag = await conn.fetchrow(LAG)
+        assert lag is not None  # noqa: S101 - an aggregate has a row
+        self.state.unpublished = int(lag["n"])
+        self.state.oldest_s = float(lag["oldest"] or 0)
+        self._metrics.events_unpublished.set(self.state.unpublished)
+        self._metrics.events_oldest_unpublished.set(self.state.oldest_s)
+        return len(rows)
+
+    async def _prune(self, conn: asyncpg.Connection) -> None:
+        keep_s = self._settings.events_retention_hours * 3600
+        while True:
+            status = await conn.execute(PRUNE, keep_s, PRUNE_BATCH)
+            if int(status.split()[-1]) < PRUNE_BATCH:
+                break
+        self._pruned_at = time.monotonic()
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
