@@ -64,7 +64,9 @@ async def test_each_effect_is_one_event_published_once_in_order_per_user(
     finally:
         assert worker.terminate() == 0, worker.tail()
     async with connected(db_url) as conn:
-        effects = dict(await conn.fetchrow(EFFECTS))
+        row = await conn.fetchrow(EFFECTS)
+        assert row is not None
+        effects = dict(row)
         outbox = [dict(r) for r in await conn.fetch(
             "SELECT id, event_id, user_id, type, payload FROM event_outbox ORDER BY id"
         )]  # fmt: skip
