@@ -589,6 +589,109 @@ def check_command_time(
         )
 
 
+# ----------------------------------------------------------------------------- events
+# Contract section 4c: what the worker publishes on EVENTS_TOPIC (`worker.pipeline.relay`),
+# one model per event type, told apart by `type`. Written by the outbox's triggers (schema
+# 0013) and the pipeline (dead letters); these models are their documentation and schema.
+
+
+class _EventBase(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    event_id: Annotated[
+        UUID,
+        Field(description="derived from what the event is about: a re-sent event has the same id"),
+    ]
+    user_id: UUID | None
+    event_at: Annotated[
+        AwareDatetime, Field(description="the decision time of the record that caused it")
+    ]
+
+
+class TradeEventV1(_EventBase):
+    """A buy, a DCA buy or a take-profit sale (one `agent_transactions` SWAP): `sol` paid or
+    received (gross), `token_amount` bought or sold, at `price_sol` SOL per token."""
+
+    type: Literal["buy", "dca_buy", "take_profit_sale"]
+    agent_id: UUID
+    wallet_address: str | None
+    position_id: UUID | None
+    transaction_id: UUID
+    signal_id: int | None
+    token_address: str
+    token_symbol: str | None
+    sol: Decimal
+    token_amount: Decimal
+    price_sol: Decimal | None
+    value_usd: Decimal
+    network_fee_sol: Decimal | None
+    protocol_fee_sol: Decimal | None
+
+
+class PositionClosedV1(_EventBase):
+    """A full exit (`agent_historical_swaps`) with its reason and P/L; its sale is
+    `sale_transaction_id` (a stop-loss, stale or manual sale has no event of its own)."""
+
+    type: Literal["position_closed"]
+    agent_id: UUID
+    wallet_address: str | None
+    position_id: UUID | None
+    purchase_transaction_id: UUID | None
+    sale_transaction_id: UUID | None
+    signal_id: int | None
+    token_address: str
+    token_symbol: str
+    close_reason: str | None
+    amount: Decimal
+    purchase_price: Decimal
+    sale_price: Decimal
+    change_percent: Decimal
+    profit_loss_sol: Decimal
+    profit_loss_usd: Decimal
+    purchase_time: AwareDatetime
+
+
+class ExecutionEventV1(_EventBase):
+    """An agent's decision on a signal that did not trade, with the reason."""
+
+    type: Literal["execution_skipped", "execution_failed"]
+    agent_id: UUID
+    signal_id: int
+    signal_key: str
+    token_address: str
+    token_symbol: str | None
+    reason: str | None
+
+
+class CommandResultEventV1(_EventBase):
+    """A command applied or refused (`command_results`)."""
+
+    type: Literal["command_result"]
+    agent_id: UUID | None
+    command: str
+    idempotency_key: str
+    status: Literal["applied", "refused"]
+    reason: str | None
+    changes: dict[str, Any] | None
+    source_record: str | None
+
+
+class DeadLetterEventV1(_EventBase):
+    """A record the worker dead-lettered (its user when its key is a user id)."""
+
+    type: Literal["dead_letter"]
+    source_record: str
+    reason: str
+    kind: str
+
+
+EventV1 = Annotated[
+    TradeEventV1 | PositionClosedV1 | ExecutionEventV1 | CommandResultEventV1 | DeadLetterEventV1,
+    Field(discriminator="type"),
+]
+EVENT_ADAPTER: TypeAdapter[EventV1] = TypeAdapter(EventV1)
+
+
 def parse_json(raw: bytes | None) -> object:
     """Decode a record value as UTF-8 JSON with exact decimals; `InvalidMessage` otherwise."""
     if raw is None:

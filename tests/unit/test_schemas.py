@@ -30,6 +30,7 @@ CONTRACT_TOPICS = {
     "token-prices",
     "trading-signals.dlq",
     "trading-signals.commands",
+    "trading-signals.events",
 }
 DLQ_HEADERS = {"error", "original-topic", "original-partition", "original-offset"}
 # Keywords of JSON Schema 2019-09/2020-12 that AsyncAPI's schema (a draft-07 superset) lacks.
@@ -136,8 +137,11 @@ def test_asyncapi_is_version_3_with_the_contract_topics(asyncapi: dict[str, Any]
     assert asyncapi["info"]["title"] and asyncapi["info"]["version"]
     addresses = {channel["address"] for channel in asyncapi["channels"].values()}
     assert addresses == CONTRACT_TOPICS
-    kafka = Settings().kafka
-    assert set(kafka.input_topics) | {kafka.dlq_topic} == CONTRACT_TOPICS
+    settings = Settings()
+    kafka = settings.kafka
+    assert set(kafka.input_topics) | {kafka.dlq_topic, settings.events_topic_name} == (
+        CONTRACT_TOPICS
+    )
 
 
 def test_asyncapi_payloads_refer_to_the_schema_files(asyncapi: dict[str, Any]) -> None:
@@ -182,6 +186,7 @@ def test_asyncapi_operations_receive_signals_and_prices_and_send_dead_letters(
         ("receive", "token-prices"),
         ("receive", "trading-signals.commands"),
         ("send", "trading-signals.dlq"),
+        ("send", "trading-signals.events"),
     }
 
 

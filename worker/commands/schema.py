@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, TypeAdapter
 
 from worker.errors import UsageError
-from worker.messages import COMMAND_ADAPTER, PriceTickV1, SignalV1
+from worker.messages import COMMAND_ADAPTER, EVENT_ADAPTER, PriceTickV1, SignalV1
 from worker.settings import Settings
 
 DEFAULT_OUT = Path("docs/schemas")
@@ -25,6 +25,8 @@ SCHEMAS: dict[str, type[BaseModel] | TypeAdapter[Any]] = {
     "price-tick.v1.json": PriceTickV1,
     # One schema per command, told apart by `command` (a discriminated union, `oneOf`).
     "command.v1.json": COMMAND_ADAPTER,
+    # What the worker publishes on EVENTS_TOPIC, told apart by `type`.
+    "event.v1.json": EVENT_ADAPTER,
 }
 
 
@@ -32,7 +34,7 @@ def render(model: type[BaseModel] | TypeAdapter[Any]) -> str:
     """The JSON Schema of `model` as stable text: sorted keys, two-space indent, final newline."""
     if isinstance(model, TypeAdapter):
         schema = model.json_schema(mode="validation")
-        schema["title"] = "CommandV1"
+        schema["title"] = "EventV1" if model is EVENT_ADAPTER else "CommandV1"
     else:
         schema = model.model_json_schema(mode="validation")
     return json.dumps(schema, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
