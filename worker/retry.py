@@ -34,6 +34,9 @@ SERVICE_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
+    # A connection left in a confused protocol state (seen after a server restart: "cannot
+    # switch to state ...; another operation is in progress"): the connection's, not a row's.
+    asyncpg.exceptions._base.InternalClientError,
     KafkaError,
 )
 
@@ -75,6 +78,7 @@ SERVER_SQLSTATES: dict[str, str | None] = {
 # its timestamp or size, credentials or a certificate refused) are not retried.
 _SERVER_TYPES: tuple[tuple[type[BaseException], str], ...] = (
     (asyncpg.exceptions.InterfaceError, "connection"),  # the connection closed under a query
+    (asyncpg.exceptions._base.InternalClientError, "connection"),  # its protocol state lost
     (KafkaConnectionError, "kafka"),
     (KafkaTimeoutError, "kafka"),
     (KafkaUnavailableError, "kafka"),

@@ -139,6 +139,13 @@ def test_the_table_has_a_case_for_each_row() -> None:
         (TimeoutError(), "timeout"),  # asyncpg's command_timeout
         (asyncpg.exceptions.ConnectionDoesNotExistError("gone"), "connection"),
         (asyncpg.InterfaceError("connection is closed"), "connection"),
+        # Seen from the price-history upkeep after a PostgreSQL restart (it stopped the worker).
+        (
+            asyncpg.exceptions._base.InternalClientError(
+                "cannot switch to state 15; another operation (2) is in progress"
+            ),
+            "connection",
+        ),
         (KafkaConnectionError(), "kafka"),
         (KafkaTimeoutError(), "kafka"),
         (NotLeaderForPartitionError(), "kafka"),  # retriable: a leader moving

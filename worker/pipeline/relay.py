@@ -9,12 +9,17 @@ pattern, without a connector: the worker is the only writer that asks for events
 publishes what is committed, then marks it.
 
 Choices (aiokafka's idempotent and transactional producers considered):
-- **Idempotent producer, ids for consumers.** The producer is idempotent (acks from all
+- **Idempotent producer, then the topic's tail.** The producer is idempotent (acks from all
   in-sync replicas, sequence numbers): its own retries never duplicate or reorder a
   partition's records. A Kafka transaction would not help: the mark is written in
-  PostgreSQL, so a crash between the broker's acknowledgement and the mark re-sends the
-  batch whatever the producer. Each event carries a deterministic `event_id` (derived from
-  what it is about), so a consumer drops a re-sent one (`signal-worker notify` does).
+  PostgreSQL, so a crash (or a send that failed after the broker wrote it) between the
+  write and the mark leaves sent events unmarked whatever the producer. So each time a
+  relay becomes active (at start, after any failure) it first flushes its producer and
+  reads the tail of every partition of the topic (the last `BATCH` records: at most one
+  batch is ever sent and unmarked) and marks the events found there (`reconcile`), the way
+  Kafka Connect's exactly-once sources read back their last offsets: the topic holds each
+  event once. Each event also carries a deterministic `event_id` (derived from what it is
+  about), so a consumer can drop a duplicate should one ever come (`notify` does).
 - **Commit order per user.** Events are read in outbox id order and keyed by user id (one
   partition per user). A user's effects commit one transaction after another (its signals
   and commands are on one partition, applied in order; ticks run apart from signals), so id
@@ -39,11 +44,13 @@ from dataclasses import dataclass
 
 import asyncpg
 import structlog
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.structs import TopicPartition
 
 from worker.db.pool import connect
 from worker.metrics import Metrics
+from worker.pipeline.kafka import client_options, start_client
 from worker.retry import SERVICE_ERRORS, describe
 from worker.settings import Settings
 
@@ -64,6 +71,10 @@ SELECT id, event_id, user_id, type, (payload || jsonb_build_object('event_id', e
   FROM event_outbox WHERE published_at IS NULL ORDER BY id LIMIT $1
 """
 MARK = "UPDATE event_outbox SET published_at = now() WHERE id = ANY($1::bigint[])"
+MARK_FOUND = """
+UPDATE event_outbox SET published_at = now()
+ WHERE event_id = ANY($1::uuid[]) AND published_at IS NULL
+"""
 LAG = """
 SELECT count(*) AS n, extract(epoch FROM now() - min(created_at)) AS oldest
   FROM event_outbox WHERE published_at IS NULL
@@ -122,7 +133,8 @@ class Relay:
                     await _wait(stop, STANDBY_S)
                     continue
                 self.state.active = True
-                log.info("events_relay_active", topic=self._topic)
+                marked = await self.reconcile(conn)
+                log.info("events_relay_active", topic=self._topic, found_sent=marked)
                 await self._publish_until(stop, conn)
                 failures = 0
             except (*SERVICE_ERRORS, KafkaError, OSError) as exc:
@@ -135,6 +147,16 @@ class Relay:
                 if conn is not None:
                     with contextlib.suppress(Exception):
                         await asyncio.wait_for(conn.close(), 5)
+
+    async def reconcile(self, conn: asyncpg.Connection) -> int:
+        """Mark as published the unmarked events already on the topic (sent by a relay
+        that stopped before it marked them); how many."""
+        await asyncio.wait_for(self._producer.flush(), self._settings.kafka_request_timeout_s)
+        found = await tail_event_ids(self._settings, self._topic, BATCH)
+        if not found:
+            return 0
+        status = await conn.execute(MARK_FOUND, found)
+        return int(status.split()[-1])
 
     async def _publish_until(self, stop: asyncio.Event, conn: asyncpg.Connection) -> None:
         while not stop.is_set():
@@ -183,6 +205,45 @@ class Relay:
             if int(status.split()[-1]) < PRUNE_BATCH:
                 break
         self._pruned_at = time.monotonic()
+
+
+async def tail_event_ids(settings: Settings, topic: str, last: int) -> list[str]:
+    """The `event-id` headers of the last `last` records of each partition of `topic`."""
+    consumer = AIOKafkaConsumer(
+        **client_options(settings.kafka),
+        enable_auto_commit=False,
+        group_id=None,
+        isolation_level="read_committed",
+    )
+    await start_client(consumer, settings.kafka, timeout_s=settings.startup_timeout_s)
+    try:
+        # The topic is not subscribed: ask for its metadata (aiokafka keeps only that of
+        # the topics it is told of).
+        consumer._client.add_topic(topic)  # noqa: SLF001 - no public way
+        await consumer._client.force_metadata_update()  # noqa: SLF001
+        ids = consumer.partitions_for_topic(topic) or set()
+        partitions = [TopicPartition(topic, p) for p in sorted(ids)]
+        if not partitions:
+            return []
+        consumer.assign(partitions)
+        start = await consumer.beginning_offsets(partitions)
+        end = await consumer.end_offsets(partitions)
+        wanted = {tp for tp in partitions if end[tp] > start[tp]}
+        for tp in wanted:
+            consumer.seek(tp, max(start[tp], end[tp] - last))
+        found: list[str] = []
+        while wanted:
+            batch = await consumer.getmany(*wanted, timeout_ms=1000)
+            for tp, records in batch.items():
+                for record in records:
+                    if record.offset < end[tp]:
+                        found.extend(v.decode() for k, v in record.headers or () if k == "event-id")
+            for tp in list(wanted):
+                if await consumer.position(tp) >= end[tp]:
+                    wanted.discard(tp)
+        return found
+    finally:
+        await consumer.stop()
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:
