@@ -219,8 +219,8 @@ async def tail_event_ids(settings: Settings, topic: str, last: int) -> list[str]
     try:
         # The topic is not subscribed: ask for its metadata (aiokafka keeps only that of
         # the topics it is told of).
-        consumer._client.add_topic(topic)  # noqa: SLF001 - no public way
-        await consumer._client.force_metadata_update()  # noqa: SLF001
+        consumer._client.add_topic(topic)
+        await consumer._client.force_metadata_update()
         ids = consumer.partitions_for_topic(topic) or set()
         partitions = [TopicPartition(topic, p) for p in sorted(ids)]
         if not partitions:
