@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.books import LONG_AGO, make_account
+from tests.helpers.books import LONG_AGO, make_account, set_sol_price
 from tests.helpers.cli import assert_log_lines_then_one_error, run_cli
 from tests.helpers.db import connected
 from tests.helpers.kafka import Topics, create_topics, delete_topics
@@ -46,6 +46,7 @@ async def test_refused_commands_change_nothing_and_say_why(db_url: str) -> None:
     async with connected(db_url) as conn:
         account = await make_account(conn, [None], created_at=LONG_AGO)
         other = await make_account(conn, [None], created_at=LONG_AGO)
+        await set_sol_price(conn, "150")
         before = await conn.fetchrow(LEDGER)
     user, agent = str(account.user_id), str(account.agents[0].agent_id)
     stranger = str(uuid.uuid4())
@@ -66,6 +67,9 @@ async def test_refused_commands_change_nothing_and_say_why(db_url: str) -> None:
         ({"command": "close_positions", "user_id": user, "agent_id": agent}, "no open positions"),
         ({"command": "deposit", "user_id": user, "agent_id": agent, "amount": "999999999999"},
          "beyond what a balance holds"),
+        # Its funding is worth more than a USD column holds (10^10 SOL at $150): no agent.
+        ({"command": "create_agent", "user_id": user, "name": "rich", "sol": "10000000000"},
+         "worth more than a row holds"),
     ]  # fmt: skip
     for n, (fields, reason) in enumerate(cases):
         status, why = await _apply(db_url, n, **fields)

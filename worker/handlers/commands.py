@@ -175,6 +175,12 @@ async def _create_agent(
     if await store.wallet_taken(wallet):  # pragma: no cover - 160 bits of a hash
         return refused(f"the wallet address {wallet} is taken", agent_id)
     assert message.name is not None  # noqa: S101 - the model requires it
+    sol = message.amount
+    # Priced before anything is written: a refusal changes nothing.
+    sol_usd = await _sol_usd(store) if sol is not None else Decimal(0)
+    value = _usd(sol, sol_usd) if sol is not None else Decimal(0)
+    if value is None:
+        return refused(f"a deposit of {sol} SOL is worth more than a row holds", agent_id)
     await store.insert_agent(
         agent_id=agent_id,
         user_id=message.user_id,
@@ -194,12 +200,7 @@ async def _create_agent(
     }
     if checked.unknown_keys:
         changes["unknown_keys"] = list(checked.unknown_keys)
-    sol = message.amount
     if sol is not None:
-        sol_usd = await _sol_usd(store)
-        value = _usd(sol, sol_usd)
-        if value is None:
-            return refused(f"a deposit of {sol} SOL is worth more than a row holds")
         transfer = Transfer(
             command_id(message.user_id, item.key, "deposit"), agent_id, wallet, "DEPOSIT",
             sol, item.at, value, sol_usd,
