@@ -4,11 +4,13 @@ in one line. Through `PgStore` on the real tables (issue 23)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import pytest
 
 from tests.helpers.books import LONG_AGO, make_account, set_sol_price
@@ -117,3 +119,46 @@ async def test_commands_topic_not_co_partitioned_stops_the_worker_in_one_line(
     last = assert_log_lines_then_one_error(result.stderr, "run")
     assert "has 2 partitions and SIGNALS_TOPIC" in last
     assert "co-partitioned" in last
+
+
+async def _waiting_for_a_lock(conn: asyncpg.Connection, pid: int) -> None:
+    """Until session `pid` waits for a lock."""
+    while not await conn.fetchval(
+        "SELECT count(*) FROM pg_locks WHERE pid = $1 AND NOT granted", pid
+    ):
+        await asyncio.sleep(0.02)
+
+
+async def test_a_user_created_with_an_email_taken_meanwhile_is_refused(db_url: str) -> None:
+    # Another writer (another worker's lane with another user's create_user, Nexgent's UI)
+    # inserts the email and commits only after this command checked that it was free: the
+    # command is refused, not recorded as applied with no user made.
+    user = uuid.uuid4()
+    raw = json.dumps(
+        {"command": "create_user", "user_id": str(user), "email": "race@example.com",
+         "idempotency_key": "create"}
+    ).encode()  # fmt: skip
+    command = decode_command(raw).to_domain(coordinates="c:0:1", at=T0)
+    async with (
+        connected(db_url) as other,
+        connected(db_url) as conn,
+        connected(db_url) as watcher,
+    ):
+        async with other.transaction():
+            await other.execute(
+                "INSERT INTO users (id, email) VALUES ($1, 'race@example.com')", uuid.uuid4()
+            )
+
+            async def apply() -> list[Any]:
+                async with conn.transaction():
+                    return await handle_commands(PgStore(conn), [command], trading=TRADING)
+
+            applying = asyncio.create_task(apply())
+            await _waiting_for_a_lock(watcher, conn.get_server_pid())
+        [result] = await asyncio.wait_for(applying, 20)
+        made = await watcher.fetchval("SELECT count(*) FROM users WHERE id = $1", user)
+        row = await watcher.fetchrow("SELECT status, reason FROM command_results")
+    assert made == 0
+    assert result.outcome.status == "refused"
+    assert row["status"] == "refused"
+    assert "race@example.com" in row["reason"]

@@ -158,7 +158,12 @@ async def _create_user(store: CommandStore, message: Command, at: datetime) -> O
     assert message.email is not None  # noqa: S101 - the model requires it
     if await store.email_taken(message.email):
         return refused(f"another user has the email {message.email!r}")
-    await store.insert_user(message.user_id, message.email, at)
+    if not await store.insert_user(message.user_id, message.email, at):
+        # Taken between the checks and the insert, by a writer that committed meanwhile.
+        return refused(
+            f"user {message.user_id} exists already or another user has the email "
+            f"{message.email!r} (made meanwhile by another writer)"
+        )
     return Outcome(changes={"user_id": str(message.user_id), "email": message.email})
 
 
