@@ -123,9 +123,10 @@ async def test_commands_topic_not_co_partitioned_stops_the_worker_in_one_line(
 
 async def _waiting_for_a_lock(conn: asyncpg.Connection, pid: int) -> None:
     """Until session `pid` waits for a lock."""
-    while not await conn.fetchval(
-        "SELECT count(*) FROM pg_locks WHERE pid = $1 AND NOT granted", pid
-    ):
+    query = "SELECT count(*) FROM pg_locks WHERE pid = $1 AND NOT granted"
+    while True:
+        if await conn.fetchval(query, pid):
+            return
         await asyncio.sleep(0.02)
 
 
@@ -162,3 +163,22 @@ async def test_a_user_created_with_an_email_taken_meanwhile_is_refused(db_url: s
     assert result.outcome.status == "refused"
     assert row["status"] == "refused"
     assert "race@example.com" in row["reason"]
+
+
+async def test_a_config_at_the_bounds_decode_lets_through_is_stored(db_url: str) -> None:
+    # The bounds `decode_command` holds a config or patch to are what jsonb stores: the
+    # largest and finest numbers numeric holds, the deepest nesting allowed.
+    async with connected(db_url) as conn:
+        account = await make_account(conn, [None], created_at=LONG_AGO)
+    user, agent = str(account.user_id), str(account.agents[0].agent_id)
+    deep = "[" * 62 + "]" * 62  # 64 levels with the patch and its key
+    head = {"command": "patch_config", "idempotency_key": "edge", "user_id": user}
+    raw = (
+        json.dumps({**head, "agent_id": agent}).encode()[:-1]
+        + (', "patch": {"xBig": 9.5e131071, "xFine": 1e-16383, "xDeep": ' + deep + "}}").encode()
+    )
+    command = decode_command(raw).to_domain(coordinates="c:0:1", at=T0)
+    async with connected(db_url) as conn, conn.transaction():
+        [result] = await handle_commands(PgStore(conn), [command], trading=TRADING)
+    assert result.outcome.status == "applied", result.outcome.reason
+    assert sorted(result.outcome.changes["unknown_keys"]) == ["xBig", "xDeep", "xFine"]
