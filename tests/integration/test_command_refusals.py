@@ -13,15 +13,24 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.helpers.books import LONG_AGO, make_account, set_sol_price
+from tests.helpers.books import (
+    LONG_AGO,
+    TOKEN_A,
+    make_account,
+    set_price,
+    set_sol_price,
+    signal_message,
+)
 from tests.helpers.cli import assert_log_lines_then_one_error, run_cli
 from tests.helpers.db import connected
 from tests.helpers.kafka import Topics, create_topics, delete_topics
 from tests.helpers.services import Services
 from tests.helpers.workers import worker_env
 from worker.db.store import PgStore
+from worker.domain.models import SOL_MINT
 from worker.handlers.commands import handle_commands
-from worker.messages import decode_command
+from worker.handlers.signals import handle_signals
+from worker.messages import decode_command, decode_signal
 from worker.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -182,3 +191,40 @@ async def test_a_config_at_the_bounds_decode_lets_through_is_stored(db_url: str)
         [result] = await handle_commands(PgStore(conn), [command], trading=TRADING)
     assert result.outcome.status == "applied", result.outcome.reason
     assert sorted(result.outcome.changes["unknown_keys"]) == ["xBig", "xDeep", "xFine"]
+
+
+async def test_a_close_whose_rows_would_not_fit_keeps_the_position_with_the_reason(
+    db_url: str,
+) -> None:
+    # A wallet so full that the sale's credit would take its SOL beyond numeric(30,18):
+    # the close is refused with the reason (as an exit on a tick skips that trade), not a
+    # database error that fails the chunk and dead-letters the command.
+    async with connected(db_url) as conn:
+        account = await make_account(conn, [None], created_at=LONG_AGO)
+        await set_sol_price(conn, "0.001")
+        await set_price(conn, TOKEN_A, "0.001")
+        signal = decode_signal(
+            json.dumps(signal_message(account.user_id, price_usd="0.001")).encode()
+        ).to_domain(coordinates="s:0:1", received_at=T0)
+        async with conn.transaction():
+            [bought] = await handle_signals(PgStore(conn), [signal], trading=TRADING)
+        assert bought.outcomes[0].decision.status == "success"
+        await conn.execute(
+            "UPDATE agent_balances SET balance = 999999999990 WHERE token_address = $1",
+            SOL_MINT,
+        )
+        await set_price(conn, TOKEN_A, "1")  # the position is worth about 2000 SOL now
+        before = await conn.fetchrow(LEDGER)
+    status, why = await _apply(
+        db_url,
+        1,
+        command="close_positions",
+        user_id=str(account.user_id),
+        agent_id=str(account.agents[0].agent_id),
+    )
+    assert status == "refused"
+    assert why is not None
+    assert "agent_balances.balance would be" in why
+    async with connected(db_url) as conn:
+        assert await conn.fetchrow(LEDGER) == before
+        assert await conn.fetchval("SELECT count(*) FROM agent_positions") == 1

@@ -51,6 +51,7 @@ from worker.domain.ledger import SwapOwner, sale_rows
 from worker.domain.models import SOL_MINT, CloseReason
 from worker.domain.money import to_sol
 from worker.domain.records import ClosedPosition
+from worker.domain.storable import trade_misfit
 from worker.ports import CommandStore, PriceStore
 from worker.settings import TradingSettings
 
@@ -339,6 +340,9 @@ async def sell_by_hand(
     positions = await store.lock_positions([pid for pid, t in held if t in prices])
     closed: list[ClosedPosition] = []
     out: list[dict[str, Any]] = []
+    # The wallet's SOL as each sale leaves it (the rows must fit their columns, as for an
+    # exit on a tick: `trade_misfit`).
+    sol = positions[0].sol_balance if positions else None
     for p in positions:
         token_usd = prices[p.token_address][0]
         fill = sell_fill(
@@ -357,6 +361,12 @@ async def sell_by_hand(
         )
         swap, deltas = sale_rows(tx_id, owner, fill, at, is_take_profit=False)
         pnl = full_exit_pnl(p.state, fill.credit_sol, sol_usd)
+        after = None if sol is None else sol + fill.credit_sol
+        problem = trade_misfit([swap], exit_pnl=pnl, sol_balance=after)
+        if problem is not None:
+            kept.append({"token": p.token_address, "reason": problem})
+            continue
+        sol = after
         await store.insert_swaps([swap])
         await store.apply_balance_deltas(deltas)
         closed.append(ClosedPosition(p, pnl, tx_id, CloseReason.MANUAL, at))
