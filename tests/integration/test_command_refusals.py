@@ -228,3 +228,29 @@ async def test_a_close_whose_rows_would_not_fit_keeps_the_position_with_the_reas
     async with connected(db_url) as conn:
         assert await conn.fetchrow(LEDGER) == before
         assert await conn.fetchval("SELECT count(*) FROM agent_positions") == 1
+
+
+async def test_a_key_reused_for_another_command_is_told_apart_from_a_redelivery(
+    db_url: str,
+) -> None:
+    async with connected(db_url) as conn:
+        account = await make_account(conn, [None], created_at=LONG_AGO)
+    base = {"user_id": str(account.user_id), "agent_id": str(account.agents[0].agent_id),
+            "idempotency_key": "same"}  # fmt: skip
+
+    async def apply(n: int, **fields: Any) -> Any:
+        raw = json.dumps({**base, **fields}).encode()
+        command = decode_command(raw).to_domain(coordinates=f"c:0:{n}", at=T0)
+        async with connected(db_url) as conn, conn.transaction():
+            [result] = await handle_commands(PgStore(conn), [command], trading=TRADING)
+        return result
+
+    first = await apply(1, command="deposit", amount="1")
+    # A redelivery, a re-publish (stamped again after a timeout): the same command.
+    again = await apply(2, command="deposit", amount="1.0", created_at="2026-05-01T12:00:09Z")
+    other = await apply(3, command="withdraw", amount="5")
+    larger = await apply(4, command="deposit", amount="1000")
+    assert (first.duplicate, first.reused) == (False, False)
+    assert (again.duplicate, again.reused) == (True, False)
+    assert (other.duplicate, other.reused, other.stored) == (True, True, "deposit")
+    assert (larger.duplicate, larger.reused, larger.stored) == (True, True, "deposit")

@@ -102,7 +102,7 @@ SELECT p.id, p.token_address
  ORDER BY p.token_address, p.id
 """
 RESULT_OF = """
-SELECT status, reason, changes::text AS changes, event_at
+SELECT command, status, reason, changes::text AS changes, payload::text AS payload, event_at
   FROM command_results WHERE user_id = $1 AND idempotency_key = $2
 """
 INSERT_RESULT = """

@@ -43,7 +43,7 @@ from worker.domain.commands import (
 )
 from worker.domain.config import InvalidConfig
 from worker.domain.config_reading import OversizedConfig, decode_json
-from worker.domain.exact_json import dumps_exact, merge_patch
+from worker.domain.exact_json import JsonRefusedError, dumps_exact, loads_exact, merge_patch
 from worker.domain.exits import full_exit_pnl
 from worker.domain.fills import Fees, sell_fill
 from worker.domain.ids import command_id, simulation_wallet_address
@@ -62,11 +62,15 @@ BALANCE_BELOW = Decimal("1e12")
 
 @dataclass(frozen=True, slots=True)
 class CommandResult:
-    """What came of a command; `duplicate` when it had been applied (or refused) before."""
+    """What came of a command; `duplicate` when it had been applied (or refused) before;
+    `reused` when that was another command under the same key (`stored`: its name), which
+    the result row keeps (nothing of this one is done)."""
 
     command: str
     outcome: Outcome
     duplicate: bool = False
+    reused: bool = False
+    stored: str | None = None
 
 
 async def handle_commands(
@@ -79,7 +83,12 @@ async def handle_commands(
         stored = await store.command_result(item.user_id, item.key)
         if stored is not None:
             outcome = Outcome(reason=stored["reason"])
-            results.append(CommandResult(item.kind, outcome, duplicate=True))
+            reused = stored["command"] != item.kind or not _same_payload(
+                stored["payload"], item.payload
+            )
+            results.append(
+                CommandResult(item.kind, outcome, True, reused=reused, stored=stored["command"])
+            )
             continue
         outcome = await _apply(store, item, trading)
         await store.insert_command_result(
@@ -96,6 +105,20 @@ async def handle_commands(
         )
         results.append(CommandResult(item.kind, outcome))
     return results
+
+
+def _same_payload(stored: str, payload: str) -> bool:
+    """Whether the stored payload (jsonb's text: keys reordered) asks what this one does,
+    whenever it was stamped (a producer re-sending after a timeout may stamp it again)."""
+    try:
+        old, new = loads_exact(stored), loads_exact(payload)
+    except JsonRefusedError:  # pragma: no cover - both were written by `dumps_exact`
+        return False
+    if not isinstance(old, dict) or not isinstance(new, dict):  # pragma: no cover
+        return old == new
+    old.pop("created_at", None)
+    new.pop("created_at", None)
+    return old == new
 
 
 async def _apply(store: CommandStore, item: Command, trading: TradingSettings) -> Outcome:
