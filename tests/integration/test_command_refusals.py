@@ -29,7 +29,7 @@ from tests.helpers.workers import worker_env
 from worker.db.store import PgStore
 from worker.domain.models import SOL_MINT
 from worker.handlers.commands import handle_commands
-from worker.handlers.signals import handle_signals
+from worker.handlers.signals import UnknownUser, handle_signals
 from worker.messages import decode_command, decode_signal
 from worker.settings import Settings
 
@@ -170,6 +170,7 @@ async def test_a_user_created_with_an_email_taken_meanwhile_is_refused(db_url: s
         row = await watcher.fetchrow("SELECT status, reason FROM command_results")
     assert made == 0
     assert result.outcome.status == "refused"
+    assert row is not None
     assert row["status"] == "refused"
     assert "race@example.com" in row["reason"]
 
@@ -208,6 +209,7 @@ async def test_a_close_whose_rows_would_not_fit_keeps_the_position_with_the_reas
         ).to_domain(coordinates="s:0:1", received_at=T0)
         async with conn.transaction():
             [bought] = await handle_signals(PgStore(conn), [signal], trading=TRADING)
+        assert not isinstance(bought, UnknownUser)
         assert bought.outcomes[0].decision.status == "success"
         await conn.execute(
             "UPDATE agent_balances SET balance = 999999999990 WHERE token_address = $1",
