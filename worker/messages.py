@@ -367,10 +367,51 @@ SolAmount = Annotated[
 AgentName = Annotated[str, Field(strict=True), _trimmed(255, 1), _NFC, _STORABLE, _VISIBLE]
 Email = Annotated[str, Field(strict=True), _trimmed(255, 3), _NFC, _STORABLE, _VISIBLE]
 PauseMode = Literal["simulation", "live", "all"]
-# A config or patch as a JSON object (its numbers exact); held to AGENT_CONFIG_MAX_BYTES and
-# the config rules when applied (a refusal with the reason, not a dead letter).
+# What PostgreSQL's jsonb holds (its numeric: at most 131072 digits before the point and
+# 16383 after it), and how deep a config or patch may nest (a trading_config nests about
+# 4 levels; the payload's serialiser stops at about 250).
+JSONB_MAX_ADJUSTED = 131_071
+JSONB_MIN_EXPONENT = -16_383
+MAX_JSON_DEPTH = 64
+
+
+def _jsonb_storable(value: dict[str, Any]) -> dict[str, Any]:
+    """`value` when PostgreSQL can store it as jsonb (the agent's config, the command's
+    result row): no text with NUL or unpaired surrogates (in keys or values), no number
+    beyond numeric's range, at most `MAX_JSON_DEPTH` levels; else a `ValueError` naming
+    where. Refused here, the command is an `invalid` dead letter with the reason; stored,
+    it would fail its whole transaction."""
+    stack: list[tuple[object, str, int]] = [(value, "", 1)]
+    while stack:
+        item, where, depth = stack.pop()
+        at = f" (at {_shown(where)})" if where else ""
+        if depth > MAX_JSON_DEPTH:
+            raise ValueError(f"is nested more than {MAX_JSON_DEPTH} levels deep{at}")
+        if isinstance(item, dict):
+            for key, inner in item.items():
+                path = f"{where}.{key}" if where else str(key)
+                stack.extend(((key, path, depth), (inner, path, depth + 1)))
+        elif isinstance(item, list):
+            stack.extend((inner, f"{where}[{i}]", depth + 1) for i, inner in enumerate(item))
+        elif isinstance(item, str):
+            try:
+                _storable_text(item)
+            except ValueError as exc:
+                raise ValueError(f"{exc}{at}") from None
+        elif isinstance(item, Decimal) and (
+            item.adjusted() > JSONB_MAX_ADJUSTED
+            or int(item.as_tuple().exponent) < JSONB_MIN_EXPONENT
+        ):
+            raise ValueError(f"holds a number PostgreSQL's numeric cannot store{at}")
+    return value
+
+
+# A config or patch as a JSON object (its numbers exact, storable as jsonb); held to
+# AGENT_CONFIG_MAX_BYTES and the config rules when applied (a refusal with the reason, not
+# a dead letter).
 JsonObject = Annotated[
     dict[str, Any],
+    AfterValidator(_jsonb_storable),
     WithJsonSchema({"type": "object", "description": "a trading_config JSON object"}),
 ]
 

@@ -208,8 +208,8 @@ class CommandStore(PriceStore, Protocol):
         """True when a user has this email."""
         ...
 
-    async def insert_user(self, user_id: UUID, email: str, at: datetime) -> None:
-        """Create the user."""
+    async def insert_user(self, user_id: UUID, email: str, at: datetime) -> bool:
+        """Create the user; False when its id or email was taken meanwhile."""
         ...
 
     async def agent_state(

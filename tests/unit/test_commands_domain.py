@@ -71,6 +71,44 @@ def test_every_command_decodes_with_its_fields() -> None:
         (_raw(command="close_positions", agent_id=AGENT, token_address="not base58!"), "mint"),
         (_raw(command="patch_config", agent_id=AGENT, patch=[1]), "patch"),
         (_raw(command="create_agent", name="a", trading_mode="paper"), "trading_mode"),
+        # What jsonb cannot hold, anywhere in a config or patch (stored, it would fail the
+        # whole transaction): an invalid dead letter saying where.
+        (
+            _raw(command="patch_config", agent_id=AGENT, patch={"a": {"b": "x\u0000"}}),
+            "patch: must not contain NUL characters (\\u0000) (at 'a.b')",
+        ),
+        (_raw(command="replace_config", agent_id=AGENT, config={"k\u0000": 1}), "NUL"),
+        (
+            _raw(command="create_agent", name="a", config={"x": ["\ud800"]}),
+            "unpaired surrogates (invalid Unicode) (at 'x[0]')",
+        ),
+        (
+            _raw(command="patch_config", agent_id=AGENT).replace(
+                b"}", b', "patch": {"x": 1e131072}}'
+            ),
+            "patch: holds a number PostgreSQL's numeric cannot store (at 'x')",
+        ),
+        (
+            _raw(command="patch_config", agent_id=AGENT).replace(
+                b"}", b', "patch": {"x": 1.5e-16383}}'
+            ),
+            "numeric cannot store",
+        ),
+        (
+            _raw(
+                command="patch_config", agent_id=AGENT, patch={"x": json.loads("[" * 64 + "]" * 64)}
+            ),
+            "patch: is nested more than 64 levels deep",
+        ),
+        # Deeper than the payload's serialiser goes (it raised while applying).
+        (
+            _raw(
+                command="patch_config",
+                agent_id=AGENT,
+                patch={"x": json.loads("[" * 300 + "]" * 300)},
+            ),
+            "nested more than 64 levels",
+        ),
     ],
 )
 def test_invalid_commands_are_refused_with_the_reason(raw: bytes, reason: str) -> None:

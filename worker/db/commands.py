@@ -41,6 +41,7 @@ USER_EXISTS = "SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)"
 EMAIL_TAKEN = "SELECT EXISTS (SELECT 1 FROM users WHERE email = $1)"
 INSERT_USER = """
 INSERT INTO users (id, email, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING
+RETURNING id
 """
 AGENT_EXISTS = "SELECT EXISTS (SELECT 1 FROM agents WHERE id = $1)"
 WALLET_TAKEN = "SELECT EXISTS (SELECT 1 FROM agent_wallets WHERE wallet_address = $1)"
@@ -101,7 +102,7 @@ SELECT p.id, p.token_address
  ORDER BY p.token_address, p.id
 """
 RESULT_OF = """
-SELECT status, reason, changes::text AS changes, event_at
+SELECT command, status, reason, changes::text AS changes, payload::text AS payload, event_at
   FROM command_results WHERE user_id = $1 AND idempotency_key = $2
 """
 INSERT_RESULT = """
@@ -156,9 +157,11 @@ class CommandQueries(OnConnection):
         """True when a user has this email."""
         return bool(await self.conn.fetchval(EMAIL_TAKEN, email))
 
-    async def insert_user(self, user_id: UUID, email: str, at: datetime) -> None:
-        """Create the user (no password: it acts through commands and API keys)."""
-        await self.conn.execute(INSERT_USER, user_id, email, at)
+    async def insert_user(self, user_id: UUID, email: str, at: datetime) -> bool:
+        """Create the user (no password: it acts through commands and API keys); False when
+        its id or email was taken meanwhile (by a transaction that committed after the
+        checks: another worker's, an operator's), nothing written then."""
+        return await self.conn.fetchval(INSERT_USER, user_id, email, at) is not None
 
     async def agent_state(
         self, agent_id: UUID, max_config_bytes: int = DEFAULT_MAX_CONFIG_BYTES

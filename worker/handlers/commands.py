@@ -43,7 +43,7 @@ from worker.domain.commands import (
 )
 from worker.domain.config import InvalidConfig
 from worker.domain.config_reading import OversizedConfig, decode_json
-from worker.domain.exact_json import dumps_exact, merge_patch
+from worker.domain.exact_json import JsonRefusedError, dumps_exact, loads_exact, merge_patch
 from worker.domain.exits import full_exit_pnl
 from worker.domain.fills import Fees, sell_fill
 from worker.domain.ids import command_id, simulation_wallet_address
@@ -51,6 +51,7 @@ from worker.domain.ledger import SwapOwner, sale_rows
 from worker.domain.models import SOL_MINT, CloseReason
 from worker.domain.money import to_sol
 from worker.domain.records import ClosedPosition
+from worker.domain.storable import trade_misfit
 from worker.ports import CommandStore, PriceStore
 from worker.settings import TradingSettings
 
@@ -61,11 +62,15 @@ BALANCE_BELOW = Decimal("1e12")
 
 @dataclass(frozen=True, slots=True)
 class CommandResult:
-    """What came of a command; `duplicate` when it had been applied (or refused) before."""
+    """What came of a command; `duplicate` when it had been applied (or refused) before;
+    `reused` when that was another command under the same key (`stored`: its name), which
+    the result row keeps (nothing of this one is done)."""
 
     command: str
     outcome: Outcome
     duplicate: bool = False
+    reused: bool = False
+    stored: str | None = None
 
 
 async def handle_commands(
@@ -78,7 +83,12 @@ async def handle_commands(
         stored = await store.command_result(item.user_id, item.key)
         if stored is not None:
             outcome = Outcome(reason=stored["reason"])
-            results.append(CommandResult(item.kind, outcome, duplicate=True))
+            reused = stored["command"] != item.kind or not _same_payload(
+                stored["payload"], item.payload
+            )
+            results.append(
+                CommandResult(item.kind, outcome, True, reused=reused, stored=stored["command"])
+            )
             continue
         outcome = await _apply(store, item, trading)
         await store.insert_command_result(
@@ -95,6 +105,20 @@ async def handle_commands(
         )
         results.append(CommandResult(item.kind, outcome))
     return results
+
+
+def _same_payload(stored: str, payload: str) -> bool:
+    """Whether the stored payload (jsonb's text: keys reordered) asks what this one does,
+    whenever it was stamped (a producer re-sending after a timeout may stamp it again)."""
+    try:
+        old, new = loads_exact(stored), loads_exact(payload)
+    except JsonRefusedError:  # pragma: no cover - both were written by `dumps_exact`
+        return False
+    if not isinstance(old, dict) or not isinstance(new, dict):  # pragma: no cover
+        return old == new
+    old.pop("created_at", None)
+    new.pop("created_at", None)
+    return old == new
 
 
 async def _apply(store: CommandStore, item: Command, trading: TradingSettings) -> Outcome:
@@ -158,7 +182,12 @@ async def _create_user(store: CommandStore, message: Command, at: datetime) -> O
     assert message.email is not None  # noqa: S101 - the model requires it
     if await store.email_taken(message.email):
         return refused(f"another user has the email {message.email!r}")
-    await store.insert_user(message.user_id, message.email, at)
+    if not await store.insert_user(message.user_id, message.email, at):
+        # Taken between the checks and the insert, by a writer that committed meanwhile.
+        return refused(
+            f"user {message.user_id} exists already or another user has the email "
+            f"{message.email!r} (made meanwhile by another writer)"
+        )
     return Outcome(changes={"user_id": str(message.user_id), "email": message.email})
 
 
@@ -175,6 +204,12 @@ async def _create_agent(
     if await store.wallet_taken(wallet):  # pragma: no cover - 160 bits of a hash
         return refused(f"the wallet address {wallet} is taken", agent_id)
     assert message.name is not None  # noqa: S101 - the model requires it
+    sol = message.amount
+    # Priced before anything is written: a refusal changes nothing.
+    sol_usd = await _sol_usd(store) if sol is not None else Decimal(0)
+    value = _usd(sol, sol_usd) if sol is not None else Decimal(0)
+    if value is None:
+        return refused(f"a deposit of {sol} SOL is worth more than a row holds", agent_id)
     await store.insert_agent(
         agent_id=agent_id,
         user_id=message.user_id,
@@ -194,12 +229,7 @@ async def _create_agent(
     }
     if checked.unknown_keys:
         changes["unknown_keys"] = list(checked.unknown_keys)
-    sol = message.amount
     if sol is not None:
-        sol_usd = await _sol_usd(store)
-        value = _usd(sol, sol_usd)
-        if value is None:
-            return refused(f"a deposit of {sol} SOL is worth more than a row holds")
         transfer = Transfer(
             command_id(message.user_id, item.key, "deposit"), agent_id, wallet, "DEPOSIT",
             sol, item.at, value, sol_usd,
@@ -333,6 +363,9 @@ async def sell_by_hand(
     positions = await store.lock_positions([pid for pid, t in held if t in prices])
     closed: list[ClosedPosition] = []
     out: list[dict[str, Any]] = []
+    # The wallet's SOL as each sale leaves it (the rows must fit their columns, as for an
+    # exit on a tick: `trade_misfit`).
+    sol = positions[0].sol_balance if positions else None
     for p in positions:
         token_usd = prices[p.token_address][0]
         fill = sell_fill(
@@ -351,6 +384,12 @@ async def sell_by_hand(
         )
         swap, deltas = sale_rows(tx_id, owner, fill, at, is_take_profit=False)
         pnl = full_exit_pnl(p.state, fill.credit_sol, sol_usd)
+        after = None if sol is None else sol + fill.credit_sol
+        problem = trade_misfit([swap], exit_pnl=pnl, sol_balance=after)
+        if problem is not None:
+            kept.append({"token": p.token_address, "reason": problem})
+            continue
+        sol = after
         await store.insert_swaps([swap])
         await store.apply_balance_deltas(deltas)
         closed.append(ClosedPosition(p, pnl, tx_id, CloseReason.MANUAL, at))

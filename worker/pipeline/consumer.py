@@ -585,6 +585,16 @@ class Pipeline:
             self._stores(conn), commands_of(items), trading=self._settings.trading
         )
         for item, result in zip(items, results, strict=True):
+            if result.reused:  # the key of another command: this one is not done
+                log.warning(
+                    "command_key_reused",
+                    **coordinates(item.record),
+                    command=result.command,
+                    key_used_by=result.stored,
+                    hint="the result under this key is the earlier command's; send it "
+                    "with another idempotency key",
+                )
+                continue
             log.info(
                 "command_duplicate" if result.duplicate else f"command_{result.outcome.status}",
                 **coordinates(item.record),
