@@ -12,6 +12,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewPartitions
 
 from tests.helpers.books import (
     LONG_AGO,
@@ -25,7 +26,7 @@ from tests.helpers.cli import assert_log_lines_then_one_error, run_cli
 from tests.helpers.db import connected
 from tests.helpers.kafka import Topics, create_topics, delete_topics
 from tests.helpers.services import Services
-from tests.helpers.workers import worker_env
+from tests.helpers.workers import WorkerProcess, wait_for, worker_env
 from worker.db.store import PgStore
 from worker.domain.models import SOL_MINT
 from worker.handlers.commands import handle_commands
@@ -256,3 +257,30 @@ async def test_a_key_reused_for_another_command_is_told_apart_from_a_redelivery(
     assert (again.duplicate, again.reused) == (True, False)
     assert (other.duplicate, other.reused, other.stored) == (True, True, "deposit")
     assert (larger.duplicate, larger.reused, larger.stored) == (True, True, "deposit")
+
+
+@pytest.mark.timeout(150)
+async def test_partitions_added_to_one_user_topic_while_running_stop_the_worker_in_one_line(
+    services: Services, db_url: str, topics: Topics
+) -> None:
+    worker = WorkerProcess(worker_env(services, db_url, topics)).start()
+    try:
+        await worker.wait_started()
+        admin = AIOKafkaAdminClient(bootstrap_servers=services.kafka_bootstrap)
+        await admin.start()
+        try:
+            await admin.create_partitions({topics.commands: NewPartitions(total_count=4)})
+        finally:
+            await admin.close()
+
+        async def stopped() -> bool:
+            return not worker.is_alive()
+
+        # The group sees the new partition at its next metadata refresh (30 s at most).
+        await wait_for(stopped, timeout_s=90, what="the worker to stop")
+    finally:
+        code = worker.terminate()
+    assert code == 1, worker.tail()
+    last = worker.lines[-1]
+    assert "now has 4 partitions and SIGNALS_TOPIC" in last, worker.tail()
+    assert "Traceback" not in "".join(worker.lines[-3:])

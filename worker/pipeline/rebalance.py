@@ -108,9 +108,28 @@ class OffsetKeeper(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka
             yield
 
     def check_fatal(self) -> None:
-        """Raise when the stored offsets could not be read at an assignment."""
+        """Raise when the stored offsets could not be read at an assignment, or the user
+        topics are no longer co-partitioned."""
+        if isinstance(self.fatal, WorkerError):
+            raise self.fatal
         if self.fatal is not None:
             raise WorkerError(f"cannot read stored offsets: {describe(self.fatal)}")
+
+    def _co_partitioned(self) -> WorkerError | None:
+        """The error when the signals and commands topics no longer have the same number
+        of partitions (an operator added some to one while the worker ran): a user's
+        signals and commands would land on partitions of different numbers, and their one
+        order would no longer hold."""
+        signals, commands = self._kafka.user_topics
+        counts = [len(self.consumer.partitions_for_topic(t) or ()) for t in (signals, commands)]
+        if 0 in counts or counts[0] == counts[1]:
+            return None
+        return WorkerError(
+            f"COMMANDS_TOPIC {commands!r} now has {counts[1]} partitions and SIGNALS_TOPIC "
+            f"{signals!r} {counts[0]}: they must be co-partitioned (the same count, keyed by "
+            "user id) so that a user's commands and signals are applied in one order; give "
+            "both the same count, then start the workers again"
+        )
 
     def floor_of(self, tp: TopicPartition) -> int:
         """The first offset of `tp` not applied yet, as far as this worker knows."""
@@ -210,6 +229,13 @@ class OffsetKeeper(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka
         offset does not belong to the partition's log (then block it)."""
         self._metrics.assigned_partitions.set(len(assigned))
         if not assigned:
+            return
+        if (apart := self._co_partitioned()) is not None:
+            # Stop before anything of the new assignment is applied.
+            with contextlib.suppress(IllegalStateError):
+                self.consumer.pause(*assigned)
+            self.fatal = apart
+            log.error("topics_not_co_partitioned", error=str(apart))
             return
         # Nothing is fetched until each partition is checked and sought: aiokafka starts
         # fetching a new assignment (from the log start) while this listener awaits.
