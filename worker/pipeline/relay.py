@@ -93,6 +93,7 @@ class RelayState:
     it last measured."""
 
     active: bool = False
+    attempts: int = 0  # tries to become the active relay
     unpublished: int = 0
     oldest_s: float = 0.0
     trouble: str | None = None
@@ -128,6 +129,7 @@ class Relay:
             conn: asyncpg.Connection | None = None
             try:
                 conn = await connect(self._settings.db, timeout_s=self._settings.startup_timeout_s)
+                self.state.attempts += 1
                 if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK):
                     self.state.active = False
                     await _wait(stop, STANDBY_S)

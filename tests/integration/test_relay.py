@@ -1,0 +1,103 @@
+"""The events relay on its own (issue 24): what a crash between send and mark leaves is marked
+from the topic's tail, not sent again; published events are pruned after the retention; a
+relay behind says so; one relay of the group publishes at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from tests.helpers.db import connected
+from tests.helpers.kafka import Topics, create_topics, delete_topics, read_all
+from tests.helpers.services import Services
+from tests.helpers.workers import make_settings, wait_for
+from worker.metrics import Metrics
+from worker.pipeline.relay import RELAY_LOCK, Relay
+
+pytestmark = pytest.mark.integration
+
+INSERT = """
+INSERT INTO event_outbox (event_id, user_id, type, event_at, payload, created_at)
+SELECT e, $2::uuid, 'dead_letter', now(),
+       jsonb_build_object('type', 'dead_letter', 'user_id', $2::uuid,
+       'source_record', 'x:0:' || n, 'reason', 'r', 'kind', 'invalid', 'event_at', now()),
+       now() - make_interval(secs => $3)
+  FROM unnest($1::uuid[]) WITH ORDINALITY AS t(e, n)
+"""
+
+
+async def test_a_relay_taking_over_sends_nothing_twice_then_prunes(
+    services: Services, db_url: str, topics: Topics
+) -> None:
+    settings = make_settings(services, db_url, topics, events_retention_hours=0)
+    events_topic = settings.events_topic_name
+    await create_topics(services.kafka_bootstrap, [events_topic], 2)
+    user = uuid.uuid4()
+    ids = [uuid.uuid4() for _ in range(10)]
+    producer = AIOKafkaProducer(bootstrap_servers=services.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        async with connected(db_url) as conn:
+            await conn.execute(INSERT, ids, user, 0)
+            # A relay that sent the first four and stopped before it marked them.
+            for event_id in ids[:4]:
+                await producer.send_and_wait(
+                    events_topic, b"{}", key=str(user).encode(),
+                    headers=[("event-id", str(event_id).encode())],
+                )  # fmt: skip
+            relay = Relay(settings, producer, Metrics())
+            assert await relay.reconcile(conn) == 4
+            assert await relay.publish_once(conn) == 6
+            assert await relay.publish_once(conn) == 0
+            assert relay.state.unpublished == 0
+            await relay._prune(conn)
+            left = await conn.fetchval("SELECT count(*) FROM event_outbox")
+    finally:
+        await producer.stop()
+    records = await read_all(services.kafka_bootstrap, events_topic)
+    sent = [dict(r.headers)["event-id"].decode() for r in records]
+    assert sorted(sent) == sorted(str(i) for i in ids)  # each once
+    bodies = [json.loads(r.value) for r in records[4:]] if len(records) > 4 else []
+    assert all("event_id" in b for b in bodies if b)
+    assert left == 0  # retention 0: every published event pruned
+    await delete_topics(services.kafka_bootstrap, [events_topic])
+
+
+async def test_a_relay_behind_says_so_and_a_second_one_stands_by(
+    services: Services, db_url: str, topics: Topics
+) -> None:
+    settings = make_settings(services, db_url, topics, events_stall_s=30)
+    producer = AIOKafkaProducer(bootstrap_servers=services.kafka_bootstrap)
+    await producer.start()
+    relay = Relay(settings, producer, Metrics())
+    async with connected(db_url) as conn:
+        await conn.execute(INSERT, [uuid.uuid4()], uuid.uuid4(), 120)
+        relay.state.active = True
+        lag = await conn.fetchrow(
+            "SELECT count(*) AS n, extract(epoch FROM now() - min(created_at)) AS oldest "
+            "FROM event_outbox WHERE published_at IS NULL"
+        )
+        assert lag is not None
+        relay.state.unpublished, relay.state.oldest_s = int(lag["n"]), float(lag["oldest"])
+        reason = relay.reason()
+        assert reason is not None and "1 event(s) unpublished, the oldest 1" in reason
+        # Another worker's relay holds the lock: this one stands by, publishing nothing.
+        assert await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK)
+        stop = asyncio.Event()
+        standby = Relay(settings, producer, Metrics())
+        task = asyncio.create_task(standby.run(stop))
+
+        async def tried_twice() -> bool:
+            return standby.state.attempts >= 2
+
+        await wait_for(tried_twice, timeout_s=30, what="the standby relay to try twice")
+        assert not standby.state.active
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        unsent = await conn.fetchval("SELECT count(*) FROM event_outbox WHERE published_at IS NULL")
+        assert unsent == 1
+    await producer.stop()
