@@ -166,6 +166,14 @@ async def _wait(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), seconds)
 
 
+async def _partition_ids(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    """The topic's partitions as the brokers have them now (none: no such topic yet)."""
+    # aiokafka's public `topics()` fetches the metadata but keeps it to itself; its client's
+    # `fetch_all_metadata` gives it (as group_admin reaches the admin client's connections).
+    cluster = await consumer._client.fetch_all_metadata()
+    return set(cluster.partitions_for_topic(topic) or ())
+
+
 def decode(raw: bytes | None) -> dict[str, Any] | None:
     """An event's JSON object (numbers as Decimal), or None when it is not one with an
     event_id and a type."""
@@ -250,8 +258,7 @@ class Notifier:
     ) -> set[int]:
         topic = self._options.topic
         while not stop.is_set():
-            await consumer.topics()  # refreshes the metadata
-            ids = consumer.partitions_for_topic(topic)
+            ids = await _partition_ids(consumer, topic)
             if ids:
                 break
             log.info("notify_waiting_for_topic", topic=topic)
@@ -294,8 +301,7 @@ class Notifier:
                     return
             if time.monotonic() - refreshed > REFRESH_PARTITIONS_S:
                 refreshed = time.monotonic()
-                await consumer.topics()
-                if (consumer.partitions_for_topic(self._options.topic) or set()) - known:
+                if await _partition_ids(consumer, self._options.topic) - known:
                     known = await self._assign(conn, consumer, stop)
 
     async def _partition(
