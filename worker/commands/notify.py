@@ -9,10 +9,12 @@ import signal
 
 import httpx
 import structlog
+from aiokafka import AIOKafkaConsumer
 
 from worker.db.pool import connect_migrated
 from worker.domain.notify import parse_webhook, redacted
 from worker.errors import UsageError
+from worker.pipeline.kafka import client_options, start_client
 from worker.pipeline.notify import HTTP_TIMEOUT_S, Notifier, NotifyOptions
 from worker.settings import Settings
 
@@ -47,9 +49,13 @@ def options_from(settings: Settings, args: argparse.Namespace) -> tuple[NotifyOp
 async def run(settings: Settings, args: argparse.Namespace) -> int:
     """Post until SIGTERM/SIGINT; 0 then."""
     options, source = options_from(settings, args)
-    # The schema must be there (notify_offsets); a clear line if it is not.
+    # Both services answer at start-up (and the schema has notify_offsets), else one line,
+    # as every command; once running, notify rides out their outages.
     conn = await connect_migrated(settings.db, timeout_s=settings.startup_timeout_s)
     await conn.close()
+    probe = AIOKafkaConsumer(**client_options(settings.kafka), group_id=None)
+    await start_client(probe, settings.kafka, timeout_s=settings.startup_timeout_s)
+    await probe.stop()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
