@@ -323,3 +323,21 @@ async def test_a_stop_during_a_retry_wait_posts_nothing_more() -> None:
     )
     assert await poster.post({"text": "x"}) is None
     assert calls == 1
+
+
+# --- the setting -------------------------------------------------------------------------------
+
+
+def test_a_bad_notify_webhook_url_setting_stops_start_up_in_one_line() -> None:
+    from pydantic import ValidationError
+
+    from worker.settings import Settings, describe_error
+
+    with pytest.raises(ValidationError) as caught:
+        Settings(notify_webhook_url="hooks.slack.com/services/SECRET")  # type: ignore[arg-type]  # a str, as from the environment
+    line = describe_error(caught.value)
+    assert line == "invalid setting NOTIFY_WEBHOOK_URL: must be an http(s):// URL with a host"
+    assert Settings(notify_webhook_url="").notify_webhook_url is None  # type: ignore[arg-type]  # a str, as from the environment
+    url = Settings(notify_webhook_url=SLACK).notify_webhook_url  # type: ignore[arg-type]  # a str, as from the environment
+    assert url is not None and url.get_secret_value() == SLACK
+    assert "SECRET" not in repr(Settings(notify_webhook_url=SLACK))  # type: ignore[arg-type]  # a str, as from the environment
