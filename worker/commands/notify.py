@@ -9,7 +9,7 @@ import signal
 
 import httpx
 import structlog
-from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
 
 from worker.db.pool import connect_migrated
 from worker.domain.notify import parse_webhook, redacted
@@ -53,9 +53,9 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     # as every command; once running, notify rides out their outages.
     conn = await connect_migrated(settings.db, timeout_s=settings.startup_timeout_s)
     await conn.close()
-    probe = AIOKafkaConsumer(**client_options(settings.kafka), group_id=None)
+    probe = AIOKafkaAdminClient(**client_options(settings.kafka))
     await start_client(probe, settings.kafka, timeout_s=settings.startup_timeout_s)
-    await probe.stop()
+    await probe.close()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -166,6 +166,19 @@ async def _wait(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), seconds)
 
 
+async def _stop_consumer(consumer: AIOKafkaConsumer) -> None:
+    """Stop it, whatever it says: aiokafka's consumer stopped right after its start re-raises
+    the cancellation of its own internal task, which is no cancellation of ours."""
+    task = asyncio.current_task()
+    try:
+        await asyncio.wait_for(consumer.stop(), 5)
+    except asyncio.CancelledError:
+        if task is not None and task.cancelling():
+            raise
+    except Exception as exc:  # noqa: BLE001 - closing: nothing left to do about it
+        log.debug("notify_consumer_close_failed", error=describe(exc))
+
+
 async def _partition_ids(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
     """The topic's partitions as the brokers have them now (none: no such topic yet)."""
     # aiokafka's public `topics()` fetches the metadata but keeps it to itself; its client's
@@ -247,8 +260,7 @@ class Notifier:
                 failures += 1
             finally:
                 if consumer is not None:
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(consumer.stop(), 5)
+                    await _stop_consumer(consumer)
                 if conn is not None:
                     with contextlib.suppress(Exception):
                         await asyncio.wait_for(conn.close(), 5)
