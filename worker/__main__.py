@@ -17,7 +17,7 @@ from typing import Any, Protocol, cast
 from pydantic import ValidationError
 
 from worker import version
-from worker.commands import command_options, dlq_args, options
+from worker.commands import command_options, dlq_args, notify_args, options
 from worker.errors import UsageError, WorkerError
 from worker.retry import SERVICE_ERRORS, describe
 from worker.runtime.logging import configure_logging
@@ -94,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_offsets(sub)
     _add_views(sub)
     dlq_args.add_dlq(sub)
+    notify_args.add_notify(sub)
     schema = sub.add_parser("schema", help="write the JSON Schemas of the Kafka messages")
     schema.add_argument(
         "--out", metavar="DIR", help="folder to write them to (default: docs/schemas)"
@@ -293,6 +294,7 @@ _COMMANDS = {
     "replay": "worker.commands.replay",
     "offsets": "worker.commands.offsets",
     "dlq": "worker.commands.dlq",
+    "notify": "worker.commands.notify",
     "schema": "worker.commands.schema",
     "positions": "worker.commands.views:run_positions",
     "trades": "worker.commands.views:run_trades",

@@ -114,6 +114,8 @@ class Settings(BaseSettings):
     # The relay's readiness: unpublished events older than this make `/readyz` say so.
     events_stall_s: float = Field(default=60.0, gt=0, le=86_400)
     consumer_group: str = "signal-worker"
+    # `signal-worker notify`'s webhook when `--url` is not given (a secret: not in `ps`).
+    notify_webhook_url: SecretStr | None = None
     kafka_security_protocol: SecurityProtocol = "PLAINTEXT"
     kafka_sasl_mechanism: SaslMechanism | None = None
     kafka_sasl_username: str | None = None
@@ -181,6 +183,18 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("notify_webhook_url", mode="before")
+    @classmethod
+    def _webhook_url(cls, value: object) -> object:
+        if isinstance(value, str | SecretStr):
+            text = value.get_secret_value() if isinstance(value, SecretStr) else value
+            if not text.strip():
+                return None
+            parts = urlsplit(text.strip())
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("must be an http(s):// URL with a host")
+        return value
 
     @field_validator("kafka_ssl_cafile")
     @classmethod

@@ -244,6 +244,24 @@ EXPECTED_COLUMNS: dict[str, dict[str, str]] = {
         "created_at": TS,
         "published_at": TS_NULL,
     },
+    # Added by 0014: `notify`'s progress per webhook.
+    "notify_offsets": {
+        "webhook_id": "varchar(64)",
+        "topic": "text",
+        "partition": "integer",
+        "next_offset": "bigint",
+        "updated_at": TS,
+    },
+    "notify_posted": {
+        "webhook_id": "varchar(64)",
+        "event_id": "uuid",
+        "topic": "text",
+        "partition": "integer",
+        "kafka_offset": "bigint",
+        "outcome": "varchar(10)",
+        "reason": "text?",
+        "posted_at": TS,
+    },
     # Added by 0012: dead letters redriven by `dlq redrive`, once each by original record.
     "dlq_redrives": {
         "original_topic": "text",
@@ -306,7 +324,15 @@ EXPECTED_DEFAULTS: dict[tuple[str, str], str] = {
         for table, columns in EXPECTED_COLUMNS.items()
         for column in columns
         if column
-        in ("created_at", "updated_at", "last_updated", "executed_at", "applied_at", "recorded_at")
+        in (
+            "created_at",
+            "updated_at",
+            "last_updated",
+            "executed_at",
+            "applied_at",
+            "recorded_at",
+            "posted_at",
+        )
     },
     ("trading_signals", "id"): "nextval('trading_signals_id_seq'::regclass)",
     ("users", "failed_login_attempts"): "0",
@@ -436,6 +462,9 @@ EXPECTED_INDEXES: list[tuple[str, tuple[str, ...], str]] = [
     ("event_outbox", ("event_id",), UNIQUE),
     ("event_outbox", ("id",), INDEX),
     ("event_outbox", ("published_at",), INDEX),
+    ("notify_offsets", ("webhook_id", "topic", "partition"), PK),
+    ("notify_posted", ("webhook_id", "event_id"), PK),
+    ("notify_posted", ("webhook_id", "topic", "partition", "kafka_offset"), INDEX),
     ("command_results", ("user_id", "idempotency_key"), UNIQUE),
     ("command_results", ("agent_id", "event_at"), INDEX),
     ("command_results", ("event_at",), INDEX),

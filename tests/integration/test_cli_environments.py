@@ -34,6 +34,7 @@ DATABASE_COMMANDS = [
     ("users", "create", "--email", "a@example.com"),
     ("offsets", "show"),
     ("dlq", "list"),
+    ("notify", "--url", "http://127.0.0.1:9/hook"),
     ("report",),
     ("replay",),
 ]
@@ -44,6 +45,7 @@ KAFKA_COMMANDS = [
     ("users", "create", "--email", "a@example.com", "--no-wait"),
     ("offsets", "show"),
     ("dlq", "list"),
+    ("notify", "--url", "http://127.0.0.1:9/hook"),
 ]
 
 

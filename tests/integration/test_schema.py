@@ -88,6 +88,8 @@ async def test_the_worker_tables_say_what_they_are_for(db_conn: asyncpg.Connecti
         ("dlq_redrives", "once each"),
         ("command_results", "applied or refused"),
         ("event_outbox", "transactional outbox"),
+        ("notify_offsets", "after the post"),
+        ("notify_posted", "posted once"),
     ):
         comment = await db_conn.fetchval("SELECT obj_description($1::regclass, 'pg_class')", table)
         assert comment is not None, table
