@@ -824,6 +824,15 @@ past a record means that record's rows are committed.
   to the commit of the backlog's last record, found by polling every 50 ms. CPU seconds
   are read from /proc for the worker and for the PostgreSQL backends of the scenario's
   database.
+- **Events relay**: fan-out 100 twice, back to back, the same workload on a fresh
+  database and topics each: the worker with `EVENTS_ENABLED=false` (no outbox rows, no
+  relay), then `=true`; the ratio is on / off. With it on, after the window the worker
+  runs on until no outbox row is unpublished (the drain, timed from the last record's
+  commit), then the events topic is read back whole and each event's delay is its
+  record's Kafka timestamp (CreateTime: the relay's send) minus its outbox row's
+  `created_at` (the effect transaction's `now()`, its start: an upper bound of the delay
+  from the commit); the relay's own `signal_worker_event_delay_seconds` is given beside
+  it (interpolated within buckets up to 30-60 s wide, it is only a check).
 - **Latency**: open loop, by a producer with `linger_ms=0`, after a warm-up. Per signal:
   from its Kafka CreateTime (set at send, same clock) to the first poll of
   `consumer_offsets` (every few ms, the interval is in the details) that shows its
