@@ -107,6 +107,7 @@ async def _headline(
         for fanout in scale.fanouts:
             profile = args.profile if fanout == 100 else None
             results.throughput.append(await scenarios.throughput(ctx, fanout, profile=profile))
+        results.relay = await scenarios.relay_cost(ctx)
         results.info = await scenarios.throughput(ctx, 100, log_level="INFO")
         results.memory = await scenarios.throughput(
             ctx,

@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -159,6 +159,11 @@ class Topics:
     dlq: str
     group: str
 
+    @property
+    def events(self) -> str:
+        """The events topic (the worker's default name, `<SIGNALS_TOPIC>.events`)."""
+        return f"{self.signals}.events"
+
 
 class TopicSet:
     """Creates topics of the benchmark's own and deletes them all at the end."""
@@ -169,10 +174,13 @@ class TopicSet:
         self._created: list[str] = []
 
     async def create(self, name: str) -> Topics:
-        """Fresh signal, price and dead-letter topics and a group for scenario `name`."""
+        """Fresh signal, price, dead-letter and events topics and a group for scenario `name`.
+
+        The events topic is created here (not left to the worker, which creates it when
+        missing) so that it is deleted with the others at the end."""
         base = f"bench-{self._tag}-{name}"
         topics = Topics(f"{base}.signals", f"{base}.prices", f"{base}.dlq", f"{base}.group")
-        names = [topics.signals, topics.prices, topics.dlq]
+        names = [topics.signals, topics.prices, topics.dlq, topics.events]
         admin = await self._admin()
         try:
             await admin.create_topics([NewTopic(n, PARTITIONS, 1) for n in names])
@@ -224,6 +232,7 @@ class WorkerProcess:
     topics: Topics
     log_level: str = "WARNING"
     profile: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)  # more of the worker's settings
     proc: subprocess.Popen[bytes] | None = None
     http_port: int = 0
     _stderr: IO[bytes] | None = None
@@ -238,12 +247,14 @@ class WorkerProcess:
             SIGNALS_TOPIC=self.topics.signals,
             PRICES_TOPIC=self.topics.prices,
             DLQ_TOPIC=self.topics.dlq,
+            EVENTS_TOPIC=self.topics.events,
             CONSUMER_GROUP=self.topics.group,
             HTTP_PORT=str(self.http_port),
             LOG_LEVEL=self.log_level,
             LOG_FORMAT="json",
             KAFKA_TOPIC_PARTITIONS=str(PARTITIONS),
         )
+        env.update(self.env)
         command = [sys.executable, "-m", "worker", "run"]
         if self.profile is not None:
             py_spy = Path(sys.executable).with_name("py-spy")

@@ -12,10 +12,12 @@ from typing import TypeVar
 from benchmarks.catchup import CatchUp
 from benchmarks.infra import Machine
 from benchmarks.limits import LIMIT_FANOUT, RAW_SIGNALS_PER_BATCH, RAW_WRITERS, Rate
+from benchmarks.relay import TARGET_RATIO, RelayRun, within_target
 from benchmarks.scenarios import (
     FANOUTS,
     NAIVE_CONNECTIONS,
     Latency,
+    RelayCost,
     ReplaySpeed,
     Scale,
     StopOut,
@@ -32,6 +34,9 @@ ROWS = (
     "throughput, fan-out 10",
     "throughput, fan-out 100",
     "throughput, fan-out 100, INFO logs",
+    "events relay, fan-out 100: throughput on / off",
+    "events relay: delay, commit to Kafka: p50/p99",
+    "events relay: drain after the last commit",
     "throughput, fan-out 1,000",
     "peak memory (VmHWM)",
     "latency at rest, fan-out 10: p50/p99",
@@ -103,6 +108,7 @@ class Results:
     replay: ReplaySpeed | None = None
     load: Latency | None = None  # signals offered while ticks flow on every price partition
     catch_up: CatchUp | None = None
+    relay: RelayCost | None = None  # fan-out 100 with the events relay off, then on
     disposable: Disposable | None = None
     raw_consume: Rate | None = None
     raw_write: Rate | None = None
@@ -188,6 +194,7 @@ def _rows(r: Results) -> dict[str, Row]:
     rows["throughput, fan-out 100, INFO logs"] = _throughput_row(
         "throughput, fan-out 100, INFO logs", r.info
     )
+    _relay_rows(r, rows)
     name = "peak memory (VmHWM)"
     rows[name] = _memory_row(name, r)
     name = "latency at 200 signals/s x 10: p50/p95/p99/max"
@@ -222,6 +229,63 @@ def _rows(r: Results) -> dict[str, Row]:
     _limit_rows(r, rows)
     _disposable_rows(r, rows)
     return rows
+
+
+def _relay_rows(r: Results, rows: dict[str, Row]) -> None:
+    """The events relay's cost (fan-out 100 on against off), its delay and its drain."""
+    names = (
+        "events relay, fan-out 100: throughput on / off",
+        "events relay: delay, commit to Kafka: p50/p99",
+        "events relay: drain after the last commit",
+    )
+    cost = r.relay
+    if cost is None or cost.on.relay is None:
+        rows.update({name: Row(name, "not run") for name in names})
+        return
+    off, on, run = cost.off, cost.on, cost.on.relay
+    rows[names[0]] = Row(
+        names[0],
+        f"{cost.ratio:.2f}x",
+        f">= {TARGET_RATIO:.2f}x",
+        _verdict(within_target(on.rate, off.rate)),
+        f"the same workload back to back, fresh database and topics each: "
+        f"EVENTS_ENABLED=false {_n(off.rate, 'exec/s')} ({off.outbox_rows:,} outbox rows), "
+        f"=true {_n(on.rate, 'exec/s')} ({on.outbox_rows:,} events); with the drain, "
+        f"{_n(on.executions / (on.window_s + run.drain_s), 'exec/s')} to the last event in Kafka"
+        f"{_cpu(on.worker_cpu_s, on.database_cpu_s, on.executions, 'executions')} (on); "
+        f"{_cpu(off.worker_cpu_s, off.database_cpu_s, off.executions, 'executions')[2:]} (off)",
+    )
+    rows[names[1]] = _relay_delay_row(names[1], run)
+    d = run.delivery
+    rows[names[2]] = Row(
+        names[2],
+        f"{run.drain_s:.1f} s",
+        details=f"{run.behind:,} events unpublished when the last record committed, none "
+        f"after; the relay's gauge signal_worker_events_unpublished then "
+        f"{run.unpublished_metric if run.unpublished_metric is not None else '?'}; "
+        f"signal_worker_events_published_total {run.published_metric or 0:,} of "
+        f"{d.events:,} outbox rows",
+    )
+
+
+def _relay_delay_row(name: str, run: RelayRun) -> Row:
+    d = run.delivery
+    h = run.histogram
+    check = (
+        f"; the relay's signal_worker_event_delay_seconds (created_at to after the mark, "
+        f"interpolated in its buckets) p50/p99 {_ms(h.quantile(0.5))} / {_ms(h.quantile(0.99))} ms"
+        if h is not None and h.count
+        else ""
+    )
+    return Row(
+        name,
+        f"{_n(percentile(d.delays_ms, 50))} / {_n(percentile(d.delays_ms, 99))} ms",
+        details=f"the events topic read back: per event, its record's {run.timestamp_type} "
+        f"(the relay's send) minus its outbox row's created_at (the effect transaction's "
+        f"start, so an upper bound); {len(d.delays_ms):,} events of {d.events:,} outbox rows, "
+        f"{d.records:,} records, {d.duplicates:,} duplicates, {d.missing:,} missing, "
+        f"{d.unknown:,} unknown; max {_n(max(d.delays_ms, default=math.nan))} ms{check}",
+    )
 
 
 def _ms(seconds: float) -> str:
@@ -760,6 +824,15 @@ past a record means that record's rows are committed.
   to the commit of the backlog's last record, found by polling every 50 ms. CPU seconds
   are read from /proc for the worker and for the PostgreSQL backends of the scenario's
   database.
+- **Events relay**: fan-out 100 twice, back to back, the same workload on a fresh
+  database and topics each: the worker with `EVENTS_ENABLED=false` (no outbox rows, no
+  relay), then `=true`; the ratio is on / off. With it on, after the window the worker
+  runs on until no outbox row is unpublished (the drain, timed from the last record's
+  commit), then the events topic is read back whole and each event's delay is its
+  record's Kafka timestamp (CreateTime: the relay's send) minus its outbox row's
+  `created_at` (the effect transaction's `now()`, its start: an upper bound of the delay
+  from the commit); the relay's own `signal_worker_event_delay_seconds` is given beside
+  it (interpolated within buckets up to 30-60 s wide, it is only a check).
 - **Latency**: open loop, by a producer with `linger_ms=0`, after a warm-up. Per signal:
   from its Kafka CreateTime (set at send, same clock) to the first poll of
   `consumer_offsets` (every few ms, the interval is in the details) that shows its

@@ -37,6 +37,7 @@ from benchmarks.infra import (
     WorkerProcess,
     connect,
 )
+from benchmarks.relay import RelayRun, ratio, settle
 from benchmarks.scrape import WAIT, Histogram, scrape
 from benchmarks.workload import (
     SIGNAL_TYPE,
@@ -297,6 +298,9 @@ class Throughput:
     database_cpu_s: float | None
     topics: Topics
     curve: list[tuple[float, int]]  # (seconds since ready, executions committed)
+    events: bool | None = None  # EVENTS_ENABLED given to the worker (None: its default)
+    relay: RelayRun | None = None  # with events on: the relay's drain and delay
+    outbox_rows: int = 0  # events the run wrote to the outbox
 
     @property
     def rate(self) -> float:
@@ -319,6 +323,7 @@ async def throughput(
     signals: int | None = None,
     name: str | None = None,
     profile: Path | None = None,
+    events: bool | None = None,
 ) -> Throughput:
     """Pre-publish signals for users of `fanout` agents, start the worker, measure.
 
@@ -326,6 +331,10 @@ async def throughput(
     commit of the backlog's last record. (The worker commits a partition's fetched batch
     at once, up to 500 signals, so a window between two commits would be too coarse.)
     With `signals`, exactly that many are published and none is added.
+
+    With `events` given, the worker runs with EVENTS_ENABLED set so; with True, the
+    relay's drain and delay are measured after the window (`benchmarks.relay.settle`),
+    the worker still running.
     """
     scale = ctx.scale
     label = name or f"fan-out {fanout:,}"
@@ -347,9 +356,11 @@ async def throughput(
         await backlog.add(signals)
         gate = Gate(dsn, "trading_signals")
         await gate.close()
+        env = {} if events is None else {"EVENTS_ENABLED": str(events).lower()}
         worker = WorkerProcess(
-            ctx.services, dsn, topics, log_level=log_level, profile=profile
+            ctx.services, dsn, topics, log_level=log_level, profile=profile, env=env
         ).start()
+        relay_run = None
         try:
             curve, meter = await _drive(
                 ctx,
@@ -365,9 +376,13 @@ async def throughput(
                 top_up=not fixed,
             )
             peak = worker.peak_rss_kb()
+            if events:
+                ctx.progress(f"{tag}: waiting for the relay to drain the outbox")
+                relay_run = await settle(conn, worker, ctx.services.bootstrap, topics.events)
         finally:
             await gate.open()
             await worker.stop()
+        outbox_rows = int(await conn.fetchval("SELECT count(*) FROM event_outbox"))
         statuses = {
             r["status"]: r["count"]
             for r in await conn.fetch(
@@ -393,7 +408,31 @@ async def throughput(
         database_cpu_s=meter.database_s,
         topics=topics,
         curve=curve,
+        events=events,
+        relay=relay_run,
+        outbox_rows=outbox_rows,
     )
+
+
+@dataclass
+class RelayCost:
+    """Fan-out 100 with the events relay off, then on, the same workload back to back."""
+
+    off: Throughput
+    on: Throughput
+
+    @property
+    def ratio(self) -> float:
+        """Throughput on / off."""
+        return ratio(self.on.rate, self.off.rate)
+
+
+async def relay_cost(ctx: Context, fanout: int = 100) -> RelayCost:
+    """The throughput run at `fanout` with EVENTS_ENABLED=false, then =true (fresh
+    databases and topics each); the second also measures the relay's drain and delay."""
+    off = await throughput(ctx, fanout, events=False, name=f"fan-out {fanout:,} relay off")
+    on = await throughput(ctx, fanout, events=True, name=f"fan-out {fanout:,} relay on")
+    return RelayCost(off=off, on=on)
 
 
 async def _drive(

@@ -1,5 +1,6 @@
-"""The benchmark's own arithmetic: quantiles from the worker's histogram, and the catch-up's
-backlog and its no-look-ahead check (pure; the runs themselves are in test_bench_smoke)."""
+"""The benchmark's own arithmetic: quantiles from the worker's histogram, the catch-up's
+backlog and its no-look-ahead check, and the events relay's delay and cost (pure; the runs
+themselves are in test_bench_smoke)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,14 @@ import pytest
 from prometheus_client import generate_latest
 
 from benchmarks.catchup import Prices, _check_buys, make_backlog
+from benchmarks.infra import Topics
+from benchmarks.relay import DELAY, PUBLISHED, UNPUBLISHED_GAUGE, deliveries, ratio, within_target
 from benchmarks.scrape import WAIT, Histogram, Scrape
 from benchmarks.workload import Agent, User
 from worker.domain.fills import token_price_sol
 from worker.domain.models import SOL_MINT
 from worker.metrics import Metrics
+from worker.settings import Settings
 
 INF = math.inf
 
@@ -119,3 +123,42 @@ def test_a_buy_at_a_later_price_than_its_own_time_is_counted_as_look_ahead() -> 
     assert (check.buys, check.buys_at_own_time) == (2, 1)
     assert (check.dca_buys, check.dca_at_own_time) == (1, 1)
     assert "buy of T at" in check.mismatch
+
+
+def test_each_event_is_delayed_from_its_outbox_row_to_its_first_record() -> None:
+    created = {"a": 100.0, "b": 100.5, "c": 101.0}
+    records = [("a", 100_020), ("b", 100_540), ("a", 100_900), ("x", 101_000), (None, 101_000)]
+    got = deliveries(records, created)
+    assert got.delays_ms == pytest.approx([20.0, 40.0])  # the re-sent "a" is not a delay
+    assert (got.events, got.records) == (3, 5)
+    assert (got.duplicates, got.missing, got.unknown) == (1, 1, 2)
+
+
+def test_the_relay_is_within_target_when_on_is_at_least_85_percent_of_off() -> None:
+    assert ratio(850.0, 1000.0) == pytest.approx(0.85)
+    assert within_target(850.0, 1000.0)
+    assert not within_target(849.0, 1000.0)
+    assert within_target(1200.0, 1000.0)
+    assert math.isnan(ratio(5.0, 0.0))
+    assert not within_target(5.0, 0.0)
+
+
+def test_the_relays_delay_histogram_is_read_from_its_exposition() -> None:
+    metrics = Metrics()
+    for seconds in (0.02, 0.03, 0.04, 0.3, 3.0):
+        metrics.event_delay.observe(seconds)
+    metrics.events_published.labels("buy").inc(4)
+    metrics.events_published.labels("execution_skipped").inc()
+    scrape = Scrape.parse(generate_latest(metrics.registry).decode())
+    delay = scrape.histogram(DELAY)
+    assert delay.count == 5
+    assert 0.025 < delay.quantile(0.5) <= 0.05
+    assert 2.5 < delay.quantile(0.99) <= 5
+    assert scrape.total(PUBLISHED) == 5
+    assert scrape.total(UNPUBLISHED_GAUGE) == 0
+
+
+def test_the_benchmarks_events_topic_is_the_one_the_worker_names_by_default() -> None:
+    topics = Topics("bench-x-a.signals", "bench-x-a.prices", "bench-x-a.dlq", "bench-x-a.group")
+    default = Settings(signals_topic=topics.signals, prices_topic=topics.prices)
+    assert topics.events == default.events_topic_name
