@@ -692,16 +692,26 @@ class PositionClosedV1(_EventBase):
     purchase_time: AwareDatetime
 
 
-class ExecutionEventV1(_EventBase):
-    """An agent's decision on a signal that did not trade, with the reason."""
+class NotTraded(BaseModel):
+    """One agent's decision not to trade (`skipped`) or failure to (`failed`), and why."""
 
-    type: Literal["execution_skipped", "execution_failed"]
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
     agent_id: UUID
+    status: Literal["skipped", "failed"]
+    reason: str | None
+
+
+class ExecutionsNotTradedV1(_EventBase):
+    """The agents that did not trade on a signal, each with its reason (one event per
+    signal: at fan-out 100 one per agent was most of the events)."""
+
+    type: Literal["executions_not_traded"]
     signal_id: int
     signal_key: str
     token_address: str
     token_symbol: str | None
-    reason: str | None
+    executions: list[NotTraded]
 
 
 class CommandResultEventV1(_EventBase):
@@ -727,7 +737,11 @@ class DeadLetterEventV1(_EventBase):
 
 
 EventV1 = Annotated[
-    TradeEventV1 | PositionClosedV1 | ExecutionEventV1 | CommandResultEventV1 | DeadLetterEventV1,
+    TradeEventV1
+    | PositionClosedV1
+    | ExecutionsNotTradedV1
+    | CommandResultEventV1
+    | DeadLetterEventV1,
     Field(discriminator="type"),
 ]
 EVENT_ADAPTER: TypeAdapter[EventV1] = TypeAdapter(EventV1)

@@ -26,7 +26,8 @@ SELECT
       AND (input_mint = 'So11111111111111111111111111111111111111112' OR is_take_profit))
       AS trades,
   (SELECT count(*) FROM agent_historical_swaps) AS exits,
-  (SELECT count(*) FROM signal_executions WHERE status <> 'success') AS not_traded,
+  (SELECT count(DISTINCT signal_id) FROM signal_executions WHERE status <> 'success')
+      AS not_traded,
   (SELECT count(*) FROM command_results) AS commands
 """
 
@@ -76,7 +77,7 @@ async def test_each_effect_is_one_event_published_once_in_order_per_user(
     # that did not trade, commands, and the one dead-lettered command.
     assert kinds["buy"] + kinds["dca_buy"] + kinds["take_profit_sale"] == effects["trades"]
     assert kinds["position_closed"] == effects["exits"] == 1
-    assert kinds["execution_skipped"] + kinds["execution_failed"] == effects["not_traded"] >= 2
+    assert kinds["executions_not_traded"] == effects["not_traded"] >= 2
     assert kinds["command_result"] == effects["commands"] == 9
     assert kinds["dead_letter"] == 1
     events = await read_all(services.kafka_bootstrap, f"{topics.signals}.events")
@@ -92,8 +93,8 @@ async def test_each_effect_is_one_event_published_once_in_order_per_user(
     assert order == sorted(order)
     closed = next(e for _, e in sent if e["type"] == "position_closed")
     assert closed["close_reason"] == "manual" and closed["user_id"] == str(USER)
-    skipped = [e for _, e in sent if e["type"] == "execution_skipped"]
-    assert any("minScore 5" in (e["reason"] or "") for e in skipped)
+    skipped = [x for _, e in sent if e["type"] == "executions_not_traded" for x in e["executions"]]
+    assert any("minScore 5" in (x["reason"] or "") for x in skipped)
     # Every event is what its published schema says (docs/schemas/event.v1.json).
     for _, event in sent:
         EVENT_ADAPTER.validate_python(event)

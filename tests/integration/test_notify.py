@@ -196,7 +196,7 @@ async def test_posts_each_chosen_event_once_in_order_dropping_resends_and_refusa
     for n in range(12):
         events += [alpha[n], beta[n]]
         if n == 4:
-            events += [other(ALPHA, "execution_skipped"), other(BETA, "dca_buy")]
+            events += [other(ALPHA, "executions_not_traded"), other(BETA, "dca_buy")]
     # The relay's re-send after a crash between Kafka's acknowledgement and its mark: the
     # same events again, same event_id, further down the partition.
     events += [dict(alpha[9]), dict(alpha[10]), dict(beta[11])]

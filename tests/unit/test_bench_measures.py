@@ -148,7 +148,7 @@ def test_the_relays_delay_histogram_is_read_from_its_exposition() -> None:
     for seconds in (0.02, 0.03, 0.04, 0.3, 3.0):
         metrics.event_delay.observe(seconds)
     metrics.events_published.labels("buy").inc(4)
-    metrics.events_published.labels("execution_skipped").inc()
+    metrics.events_published.labels("executions_not_traded").inc()
     scrape = Scrape.parse(generate_latest(metrics.registry).decode())
     delay = scrape.histogram(DELAY)
     assert delay.count == 5

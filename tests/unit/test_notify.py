@@ -191,13 +191,20 @@ def test_one_readable_line_per_event() -> None:
         event_text(tp, Names("a"))
         == "a took profit on 7GCi…W2hr: sold 100 for 0.6 SOL at 0.006 SOL"
     )
-    failed = {
-        "type": "execution_failed",
+    not_traded = {
+        "type": "executions_not_traded",
         "token_symbol": "X",
         "signal_key": "k",
-        "reason": "no SOL",
+        "executions": [
+            {"agent_id": "a1", "status": "failed", "reason": "no SOL"},
+            {"agent_id": "a2", "status": "skipped", "reason": "minScore"},
+            {"agent_id": "a3", "status": "skipped", "reason": "minScore"},
+        ],
     }
-    assert event_text(failed, Names("a")) == "a failed to buy X (signal k): no SOL"
+    assert (
+        event_text(not_traded, Names("a"))
+        == "2 agents skipped, 1 agent failed to buy X (signal k): no SOL (and 2 more)"
+    )
     refused = {"type": "command_result", "command": "withdraw", "status": "refused",
                "reason": "below zero", "idempotency_key": "cli-1"}  # fmt: skip
     assert event_text(refused, Names("a")) == "withdraw for a refused (key cli-1): below zero"

@@ -38,8 +38,7 @@ EVENT_TYPES = (
     "dca_buy",
     "take_profit_sale",
     "position_closed",
-    "execution_skipped",
-    "execution_failed",
+    "executions_not_traded",
     "command_result",
     "dead_letter",
 )
@@ -47,7 +46,6 @@ DEFAULT_EVENTS = (
     "buy",
     "take_profit_sale",
     "position_closed",
-    "execution_failed",
     "command_result",
     "dead_letter",
 )
@@ -261,9 +259,8 @@ def event_text(event: Mapping[str, Any], names: Names = Names()) -> str:
             f"{_signed(event.get('profit_loss_sol'))} SOL "
             f"({_signed(event.get('change_percent'), places=1)}%)"
         )
-    if kind in ("execution_skipped", "execution_failed"):
-        what = "skipped" if kind == "execution_skipped" else "failed to buy"
-        return f"{agent} {what} {token}{of_signal}: {event.get('reason') or 'no reason given'}"
+    if kind == "executions_not_traded":
+        return _not_traded_text(event, token, of_signal)
     if kind == "command_result":
         return _command_text(event, names)
     if kind == "dead_letter":
@@ -272,6 +269,19 @@ def event_text(event: Mapping[str, Any], names: Names = Names()) -> str:
             f"{event.get('reason') or event.get('kind') or 'no reason given'}"
         )
     return f"{kind} event {event.get('event_id', '')}".rstrip()
+
+
+def _not_traded_text(event: Mapping[str, Any], token: str, of_signal: str) -> str:
+    """`3 agents skipped, 1 failed to buy X (signal k): first reason (and 3 more)`."""
+    executions = [e for e in event.get("executions") or () if isinstance(e, Mapping)]
+    skipped = sum(e.get("status") == "skipped" for e in executions)
+    failed = len(executions) - skipped
+    parts = [f"{n} agent{'s' if n != 1 else ''} {what}" for n, what in
+             ((skipped, "skipped"), (failed, "failed to buy")) if n]  # fmt: skip
+    reasons = [str(e.get("reason") or "no reason given") for e in executions]
+    why = reasons[0] if reasons else "no reason given"
+    more = f" (and {len(reasons) - 1} more)" if len(reasons) > 1 else ""
+    return f"{', '.join(parts) or 'no agent'} {token}{of_signal}: {why}{more}"
 
 
 def _command_text(event: Mapping[str, Any], names: Names) -> str:
