@@ -128,7 +128,13 @@ async def settle(
         await asyncio.sleep(DRAIN_POLL_S)
         metrics = await scrape(worker.http_port)
     created = {r["id"]: float(r["t"]) for r in await conn.fetch(CREATED)}
-    records, kind = await read_events(bootstrap, topic)
+    read, kind = await read_events(bootstrap, topic)
+    # With no retention (the default) the relay deleted its outbox rows as it published:
+    # each record's `committed-at` header is its row's created_at.
+    for event_id, _, committed_ms in read:
+        if event_id is not None and committed_ms is not None:
+            created.setdefault(event_id, committed_ms / 1000)
+    records = [(event_id, timestamp) for event_id, timestamp, _ in read]
     return RelayRun(
         behind=behind,
         drain_s=drain_s,
@@ -140,13 +146,15 @@ async def settle(
     )
 
 
-async def read_events(bootstrap: str, topic: str) -> tuple[list[tuple[str | None, int]], str]:
-    """Every record of `topic` up to its current end: (event-id header, timestamp ms), and
-    the records' timestamp type."""
+async def read_events(
+    bootstrap: str, topic: str
+) -> tuple[list[tuple[str | None, int, int | None]], str]:
+    """Every record of `topic` up to its current end: (event-id header, timestamp ms,
+    committed-at header ms), and the records' timestamp type."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
     await consumer.start()
     await asyncio.sleep(0)  # let its background task start (stop() fails on one that did not)
-    records: list[tuple[str | None, int]] = []
+    records: list[tuple[str | None, int, int | None]] = []
     kind = "none read"
     try:
         partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]
@@ -163,8 +171,13 @@ async def read_events(bootstrap: str, topic: str) -> tuple[list[tuple[str | None
                 for record in got:
                     headers = dict(record.headers or ())
                     event_id = headers.get("event-id")
+                    committed = headers.get("committed-at")
                     records.append(
-                        (None if event_id is None else event_id.decode(), record.timestamp)
+                        (
+                            None if event_id is None else event_id.decode(),
+                            record.timestamp,
+                            None if committed is None else int(committed),
+                        )
                     )
                     kind = "LogAppendTime" if record.timestamp_type == 1 else "CreateTime"
                 if await consumer.position(tp) >= ends[tp]:

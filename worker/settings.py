@@ -109,8 +109,8 @@ class Settings(BaseSettings):
     events_topic: str = ""
     # Whether the worker writes trade events to its outbox and relays them to EVENTS_TOPIC.
     events_enabled: bool = True
-    # Hours a published event stays in the outbox (then pruned).
-    events_retention_hours: float = Field(default=24.0, ge=0, le=24 * 365)
+    # Hours a published event stays in the outbox (then pruned); 0: deleted once published.
+    events_retention_hours: float = Field(default=0.0, ge=0, le=24 * 365)
     # The relay's readiness: unpublished events older than this make `/readyz` say so.
     events_stall_s: float = Field(default=60.0, gt=0, le=86_400)
     consumer_group: str = "signal-worker"

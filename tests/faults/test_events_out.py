@@ -72,7 +72,9 @@ async def test_events_out_once_each_in_order_through_kills_and_outages(
     signals = book.signals(PER_USER, tokens)
     price_ticks = [t.message() for t in ticks(rng, tokens, TICKS)]
     invalid: list[bytes | dict[str, object] | None] = [b"not json", {"user_id": "nobody"}]
-    env = worker_env(own.services, own_db_url, own_topics)
+    # Published events kept (marked, not deleted) so that the topic's order can be compared
+    # with the outbox's; the default deletes them (tests/integration/test_relay.py).
+    env = worker_env(own.services, own_db_url, own_topics, events_retention_hours=1)
     worker = WorkerProcess(env).start()
     faults: list[str] = []
     try:

@@ -48,7 +48,7 @@ async def test_each_effect_is_one_event_published_once_in_order_per_user(
     records: list[Record] = _stream([mint(random.Random(i)) for i in range(3)])
     await publish_stream(services.kafka_bootstrap, topics.signals, topics.prices, records)
     counts = record_counts(records)
-    env = worker_env(services, db_url, topics)
+    env = worker_env(services, db_url, topics, events_retention_hours=1)  # rows kept
     worker = WorkerProcess(env).start()
     try:
         await worker.wait_started()

@@ -33,7 +33,8 @@ SELECT e, $2::uuid, 'dead_letter', now(),
 async def test_a_relay_taking_over_sends_nothing_twice_then_prunes(
     services: Services, db_url: str, topics: Topics
 ) -> None:
-    settings = make_settings(services, db_url, topics, events_retention_hours=0)
+    # A retention: published events are marked, then pruned (deleted) by the retention.
+    settings = make_settings(services, db_url, topics, events_retention_hours=1e-9)
     events_topic = settings.events_topic_name
     await create_topics(services.kafka_bootstrap, [events_topic], 2)
     user = uuid.uuid4()
@@ -101,3 +102,35 @@ async def test_a_relay_behind_says_so_and_a_second_one_stands_by(
         unsent = await conn.fetchval("SELECT count(*) FROM event_outbox WHERE published_at IS NULL")
         assert unsent == 1
     await producer.stop()
+
+
+async def test_without_retention_published_events_are_deleted_and_a_takeover_sends_nothing_twice(
+    services: Services, db_url: str, topics: Topics
+) -> None:
+    settings = make_settings(services, db_url, topics)  # the default: no retention
+    assert settings.events_retention_hours == 0
+    events_topic = settings.events_topic_name
+    await create_topics(services.kafka_bootstrap, [events_topic], 2)
+    user = uuid.uuid4()
+    ids = [uuid.uuid4() for _ in range(6)]
+    producer = AIOKafkaProducer(bootstrap_servers=services.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        async with connected(db_url) as conn:
+            await conn.execute(INSERT, ids, user, 0)
+            for event_id in ids[:2]:  # sent by a relay that died before it deleted them
+                await producer.send_and_wait(
+                    events_topic, b"{}", key=str(user).encode(),
+                    headers=[("event-id", str(event_id).encode())],
+                )  # fmt: skip
+            relay = Relay(settings, producer, Metrics())
+            assert await relay.reconcile(conn) == 2
+            assert await relay.publish_once(conn) == 4
+            left = await conn.fetchval("SELECT count(*) FROM event_outbox")
+    finally:
+        await producer.stop()
+    records = await read_all(services.kafka_bootstrap, events_topic)
+    assert sorted(dict(r.headers)["event-id"].decode() for r in records) == sorted(map(str, ids))
+    assert sum("committed-at" in dict(r.headers) for r in records) == 4  # the relay's
+    assert left == 0
+    await delete_topics(services.kafka_bootstrap, [events_topic])
