@@ -136,7 +136,9 @@ class Relay:
         return None
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Take the relay's lock when free and publish; on trouble, back off and go on."""
+        """Take the relay's lock when free and publish; on trouble, back off and go on.
+        Safe to cancel at any point (the worker does at shutdown: the relay never holds the
+        drain up, whatever PostgreSQL or Kafka do)."""
         failures = 0
         while not stop.is_set():
             conn: asyncpg.Connection | None = None
@@ -160,8 +162,9 @@ class Relay:
             finally:
                 self.state.active = False
                 if conn is not None:
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(conn.close(), 5)
+                    # At once, whatever the server's state (a shutdown cancels the relay mid
+                    # round: what it sent and did not mark is found on the topic next time).
+                    conn.terminate()
 
     async def reconcile(self, conn: asyncpg.Connection) -> int:
         """Mark as published the unmarked events already on the topic (sent by a relay
@@ -181,6 +184,10 @@ class Relay:
                 await self._prune(conn)
             if sent == 0:
                 await _wait(stop, IDLE_S)
+        # Stopping: what the drain committed last goes out too (the worker cancels this
+        # after a short grace when a service is away).
+        while await self.publish_once(conn) == BATCH:
+            pass
 
     async def publish_once(self, conn: asyncpg.Connection) -> int:
         """Publish the next batch of unpublished events, each acknowledged, then mark them;

@@ -226,12 +226,21 @@ async def _serve(
         ) from exc
     finally:
         stop.set()
-        await snapshots
         if relaying is not None:
-            await relaying
+            # A short grace to publish what the drain committed, then cancelled: in an
+            # outage its connect, flush or sends could outlast the drain (what it sent and
+            # did not mark is found on the topic by the next relay).
+            try:
+                await asyncio.wait_for(asyncio.shield(relaying), RELAY_GRACE_S)
+            except TimeoutError:
+                relaying.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await relaying
+        await snapshots
 
 
 UPKEEP_RETRY_S = (60.0, 120.0, 300.0, 600.0)  # then every 10 minutes, until the hour
+RELAY_GRACE_S = 2.0  # at shutdown, for the relay's last round
 
 
 async def snapshot_hourly(
