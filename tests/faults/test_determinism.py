@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -45,8 +46,10 @@ from tests.helpers.streams import (
     USERS,
     Run,
     base_database,
+    command_records,
     differences,
     edit_mid_stream,
+    merged,
     record_counts,
     recorded_stream,
     soon_ms,
@@ -65,6 +68,16 @@ async def _consume(run: Run, counts: dict[str, int], **env: Any) -> WorkerProces
     run.late += len(log_events(worker, "record_late"))
     assert worker.terminate() == 0, worker.tail()
     return worker
+
+
+async def _results(url: str) -> list[tuple[Any, ...]]:
+    """Every command's result, in a form two runs can compare."""
+    async with connected(url) as conn:
+        rows = await conn.fetch(
+            "SELECT user_id, idempotency_key, status, reason, changes::text, event_at "
+            "FROM command_results ORDER BY user_id, idempotency_key"
+        )
+    return [tuple(r) for r in rows]
 
 
 async def _executions(url: str) -> int:
@@ -88,12 +101,15 @@ async def test_one_stream_consumed_live_as_a_backlog_and_with_kills_gives_one_le
     # Live first: the stream's times start a few seconds from now.
     start_ms = soon_ms(8)
     records = recorded_stream(rng, users, start_ms=start_ms, late_ms=300)
+    # And the users' commands (issue 23): applied in the same one order, whatever the way.
+    records = merged(records, await command_records(base_url, users, start_ms))
     # A valid and an invalid config edit in force from the middle of the stream.
     await edit_mid_stream(base_url, users, datetime.fromtimestamp(start_ms / 1000 + 50, UTC))
     counts = record_counts(records)
     expected_executions = counts["signals"] * len(CONFIGS)
     ledgers: dict[str, list[Any]] = {}
     verdicts: dict[str, str] = {}
+    results: dict[str, list[tuple[Any, ...]]] = {}
     late: dict[str, int] = {}
     try:
         async with Run(services, template, "16a live", lateness_ms=LATENESS_MS) as run:
@@ -104,6 +120,7 @@ async def test_one_stream_consumed_live_as_a_backlog_and_with_kills_gives_one_le
             late[run.name] = len(log_events(worker, "record_late"))
             assert worker.terminate() == 0, worker.tail()
             ledgers[run.name], verdicts[run.name] = await run.ledger(), await run.verify()
+            results[run.name] = await _results(run.url)
 
         for name, env in (
             ("16b backlog, fetch 500", {"kafka_fetch_max_records": 500}),
@@ -114,6 +131,7 @@ async def test_one_stream_consumed_live_as_a_backlog_and_with_kills_gives_one_le
                 await _consume(run, counts, **env)
                 late[name] = run.late
                 ledgers[name], verdicts[name] = await run.ledger(), await run.verify()
+                results[name] = await _results(run.url)
 
         async with Run(
             services, template, "16d backlog, 2 SIGKILLs", lateness_ms=LATENESS_MS
@@ -130,6 +148,7 @@ async def test_one_stream_consumed_live_as_a_backlog_and_with_kills_gives_one_le
             await _consume(run, counts, kafka_fetch_max_records=7)
             late[run.name] = run.late
             ledgers[run.name], verdicts[run.name] = await run.ledger(), await run.verify()
+            results[run.name] = await _results(run.url)
 
         async with Run(
             services,
@@ -154,10 +173,12 @@ async def test_one_stream_consumed_live_as_a_backlog_and_with_kills_gives_one_le
                 assert w.terminate() == 0, w.tail()
             late[run.name] = run.late
             ledgers[run.name], verdicts[run.name] = await run.ledger(), await run.verify()
+            results[run.name] = await _results(run.url)
     finally:
         await drop_database(services, base_url)
 
-    reference = ledgers["16b backlog, fetch 500"]
+    reference_name = "16b backlog, fetch 500"
+    reference = ledgers[reference_name]
     diffs = {name: differences(reference, rows) for name, rows in ledgers.items()}
     tables = {
         t: sum(1 for r in reference if r.table == t)
@@ -166,13 +187,15 @@ async def test_one_stream_consumed_live_as_a_backlog_and_with_kills_gives_one_le
     report(
         "16 one stream, five ways",
         records=f"{counts['signals']} signals x {len(CONFIGS)} agents x {USERS} users' "
-        f"{len(CONFIGS)} configs, {counts['prices']} ticks over 130 s",
+        f"{len(CONFIGS)} configs, {counts['prices']} ticks, {counts['commands']} commands "
+        "over 130 s",
         faults="live; backlog fetch 500; backlog fetch 1; backlog with 2 SIGKILLs; "
         "3 workers with a SIGKILL and 2 rebalances",
         ledger=", ".join(f"{n} {t}" for t, n in tables.items()),
         differing={name: len(d) for name, d in diffs.items()},
         late=late,
         verify=verdicts,
+        commands={n: Counter(r[2] for r in rows) for n, rows in results.items()},
         seed=seed,
     )
     assert tables["executions"] == counts["signals"] * len(CONFIGS)
@@ -183,6 +206,11 @@ async def test_one_stream_consumed_live_as_a_backlog_and_with_kills_gives_one_le
     for name, lines in diffs.items():
         assert lines == [], f"{name} differs from the backlog (fetch 500):\n" + "\n".join(lines)
     assert late == dict.fromkeys(ledgers, 0), late
+    # The commands too: each applied (or refused) the same way, at the same time, every way.
+    assert len(results[reference_name]) == counts["commands"]
+    assert any(r[2] == "applied" for r in results[reference_name])
+    for name, rows in results.items():
+        assert rows == results[reference_name], f"{name}: command results differ"
 
 
 def test_the_stream_hits_what_order_decides() -> None:

@@ -403,3 +403,47 @@ def record_counts(records: list[Record]) -> dict[str, int]:
         "prices": sum(r.topic == "prices" for r in records),
         "commands": sum(r.topic == "commands" for r in records),
     }
+
+
+async def command_records(url: str, users: Sequence[uuid.UUID], start_ms: int) -> list[Record]:
+    """Each user's commands over the stream (issue 23 in the one order): a deposit, a pause
+    and a resume, a config patch, a withdrawal and a manual close of one agent's positions,
+    each at its own event time."""
+    out = []
+    async with connected(url) as conn:
+        for user in users:
+            agents = [
+                str(r["id"])
+                for r in await conn.fetch(
+                    "SELECT id FROM agents WHERE user_id = $1 ORDER BY name, id", user
+                )
+            ]
+            plan: list[tuple[int, dict[str, Any]]] = [
+                (20, {"command": "deposit", "agent_id": agents[0], "amount": "1"}),
+                (40, {"command": "pause", "agent_id": agents[2], "mode": "simulation"}),
+                (60, {"command": "patch_config", "agent_id": agents[3],
+                      "patch": {"stopLoss": {"defaultPercentage": -8}}}),
+                (80, {"command": "resume", "agent_id": agents[2], "mode": "simulation"}),
+                (90, {"command": "withdraw", "agent_id": agents[4], "amount": "0.5"}),
+                (100, {"command": "close_positions", "agent_id": agents[1]}),
+            ]  # fmt: skip
+            for seconds, fields in plan:
+                at_ms = start_ms + seconds * 1000 + 7  # between the stream's records
+                value = {
+                    **fields,
+                    "user_id": str(user),
+                    "idempotency_key": f"{fields['command']}-{seconds}",
+                    "created_at": stamp(at_ms),
+                }
+                out.append(Record(at_ms, "commands", str(user).encode(), value))
+    return out
+
+
+def merged(records: list[Record], commands: list[Record]) -> list[Record]:
+    """`commands` put into the publishing order `records` is in, each before the first
+    record of a later time (the records' own order, held-back ones included, kept)."""
+    out = list(records)
+    for command in sorted(commands, key=lambda r: r.at_ms):
+        place = next((i for i, r in enumerate(out) if r.at_ms > command.at_ms), len(out))
+        out.insert(place, command)
+    return out
