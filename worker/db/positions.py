@@ -62,6 +62,29 @@ SELECT p.id, p.agent_id, p.token_address, p.wallet_address,
 SELECT_EXIT_RULES = "SELECT id, rules::text AS rules FROM exit_rule_sets WHERE id = ANY($1::uuid[])"
 
 
+def position_state(r: asyncpg.Record) -> PositionState:
+    """A position's state from a row holding every `agent_positions` state column."""
+    return PositionState(
+        purchase_price=r["purchase_price"],
+        purchase_amount=r["purchase_amount"],
+        total_invested_sol=r["total_invested_sol"],
+        created_at=r["created_at"],
+        remaining_amount=r["remaining_amount"],
+        current_stop_loss_percentage=r["current_stop_loss_percentage"],
+        peak_price=r["peak_price"],
+        lowest_price=r["lowest_price"],
+        dca_count=r["dca_count"],
+        last_dca_time=r["last_dca_time"],
+        take_profit_levels_hit=r["take_profit_levels_hit"],
+        tp_batch_start_level=r["tp_batch_start_level"],
+        total_take_profit_levels=r["total_take_profit_levels"],
+        moon_bag_activated=r["moon_bag_activated"],
+        moon_bag_amount=r["moon_bag_amount"],
+        realized_profit_sol=r["realized_profit_sol"],
+        take_profit_proceeds_sol=r["take_profit_proceeds_sol"],
+    )
+
+
 def _position(r: asyncpg.Record) -> OpenPosition:
     return OpenPosition(
         id=r["id"],
@@ -72,25 +95,7 @@ def _position(r: asyncpg.Record) -> OpenPosition:
         purchase_transaction_id=r["purchase_transaction_id"],
         signal_id=r["signal_id"],
         sol_balance=r["sol_balance"],
-        state=PositionState(
-            purchase_price=r["purchase_price"],
-            purchase_amount=r["purchase_amount"],
-            total_invested_sol=r["total_invested_sol"],
-            created_at=r["created_at"],
-            remaining_amount=r["remaining_amount"],
-            current_stop_loss_percentage=r["current_stop_loss_percentage"],
-            peak_price=r["peak_price"],
-            lowest_price=r["lowest_price"],
-            dca_count=r["dca_count"],
-            last_dca_time=r["last_dca_time"],
-            take_profit_levels_hit=r["take_profit_levels_hit"],
-            tp_batch_start_level=r["tp_batch_start_level"],
-            total_take_profit_levels=r["total_take_profit_levels"],
-            moon_bag_activated=r["moon_bag_activated"],
-            moon_bag_amount=r["moon_bag_amount"],
-            realized_profit_sol=r["realized_profit_sol"],
-            take_profit_proceeds_sol=r["take_profit_proceeds_sol"],
-        ),
+        state=position_state(r),
         exit_rules_id=r["exit_rules_id"],
     )
 

@@ -13,6 +13,7 @@ from uuid import UUID
 import asyncpg
 
 from worker.db.agents import config_columns, stored_config
+from worker.db.positions import position_state
 from worker.domain.config_reading import StoredConfigText
 from worker.domain.models import SOL_MINT, PositionState
 
@@ -174,25 +175,7 @@ async def read_positions(
             exit_rules=r["exit_rules"],
             token_address=r["token_address"],
             token_symbol=r["token_symbol"],
-            state=PositionState(
-                purchase_price=r["purchase_price"],
-                purchase_amount=r["purchase_amount"],
-                total_invested_sol=r["total_invested_sol"],
-                created_at=r["created_at"],
-                remaining_amount=r["remaining_amount"],
-                current_stop_loss_percentage=r["current_stop_loss_percentage"],
-                peak_price=r["peak_price"],
-                lowest_price=r["lowest_price"],
-                dca_count=r["dca_count"],
-                last_dca_time=r["last_dca_time"],
-                take_profit_levels_hit=r["take_profit_levels_hit"],
-                tp_batch_start_level=r["tp_batch_start_level"],
-                total_take_profit_levels=r["total_take_profit_levels"],
-                moon_bag_activated=r["moon_bag_activated"],
-                moon_bag_amount=r["moon_bag_amount"],
-                realized_profit_sol=r["realized_profit_sol"],
-                take_profit_proceeds_sol=r["take_profit_proceeds_sol"],
-            ),
+            state=position_state(r),
             price_usd=r["price_usd"],
             price_at=r["price_ts"],
             sol_usd=r["sol_usd"],

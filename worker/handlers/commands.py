@@ -121,25 +121,24 @@ def _same_payload(stored: str, payload: str) -> bool:
     return old == new
 
 
-async def _apply(store: CommandStore, item: Command, trading: TradingSettings) -> Outcome:
-    message = item
-    if item.kind == "create_user":
-        return await _create_user(store, item, item.at)
-    if not await store.user_exists(item.user_id):
-        return refused(f"no user {item.user_id}: create it first (create_user)")
-    if item.kind == "create_agent":
-        return await _create_agent(store, item, item, trading)
-    assert item.agent_id is not None  # noqa: S101 - every other command names its agent
-    agent = await store.agent_state(item.agent_id, trading.max_config_bytes)
+async def _apply(store: CommandStore, message: Command, trading: TradingSettings) -> Outcome:
+    if message.kind == "create_user":
+        return await _create_user(store, message, message.at)
+    if not await store.user_exists(message.user_id):
+        return refused(f"no user {message.user_id}: create it first (create_user)")
+    if message.kind == "create_agent":
+        return await _create_agent(store, message, trading)
+    assert message.agent_id is not None  # noqa: S101 - every other command names its agent
+    agent = await store.agent_state(message.agent_id, trading.max_config_bytes)
     if agent is None or agent.user_id != message.user_id:
         return refused(f"no agent {message.agent_id} of user {message.user_id}")
-    if agent.created_at > item.at:
+    if agent.created_at > message.at:
         return refused(
             f"agent {agent.id} was created at {agent.created_at.isoformat()}, after this "
-            f"command's time {item.at.isoformat()}",
+            f"command's time {message.at.isoformat()}",
             agent.id,
         )
-    outcome = await _on_agent(store, message, agent, item, trading)
+    outcome = await _on_agent(store, message, agent, trading)
     outcome.agent_id = agent.id
     return outcome
 
@@ -148,10 +147,9 @@ async def _on_agent(
     store: CommandStore,
     message: Command,
     agent: AgentState,
-    item: Command,
     trading: TradingSettings,
 ) -> Outcome:
-    at = item.at
+    at = message.at
     if message.kind == "rename_agent":
         await store.update_agent(agent.id, at, name=message.name)
         return Outcome(changes={"name": message.name, "was": agent.name})
@@ -170,9 +168,9 @@ async def _on_agent(
             }
         )
     if message.kind in ("deposit", "withdraw"):
-        return await _transfer(store, message, agent, item)
+        return await _transfer(store, message, agent)
     if message.kind == "close_positions":
-        return await _close(store, message, agent, item, trading)
+        return await _close(store, message, agent, trading)
     return refused(f"command {message.kind} does not apply to an agent")  # pragma: no cover
 
 
@@ -191,10 +189,8 @@ async def _create_user(store: CommandStore, message: Command, at: datetime) -> O
     return Outcome(changes={"user_id": str(message.user_id), "email": message.email})
 
 
-async def _create_agent(
-    store: CommandStore, message: Command, item: Command, trading: TradingSettings
-) -> Outcome:
-    agent_id = message.agent_id or command_id(message.user_id, item.key, "agent")
+async def _create_agent(store: CommandStore, message: Command, trading: TradingSettings) -> Outcome:
+    agent_id = message.agent_id or command_id(message.user_id, message.key, "agent")
     if await store.agent_exists(agent_id):
         return refused(f"agent {agent_id} exists already", agent_id)
     checked = check_config(message.config, trading.max_config_bytes)
@@ -217,8 +213,8 @@ async def _create_agent(
         trading_mode=message.trading_mode,
         config_text=checked.text,
         wallet=wallet,
-        balance_id=command_id(message.user_id, item.key, "balance"),
-        at=item.at,
+        balance_id=command_id(message.user_id, message.key, "balance"),
+        at=message.at,
     )
     changes: dict[str, Any] = {
         "agent_id": str(agent_id),
@@ -231,10 +227,10 @@ async def _create_agent(
         changes["unknown_keys"] = list(checked.unknown_keys)
     if sol is not None:
         transfer = Transfer(
-            command_id(message.user_id, item.key, "deposit"), agent_id, wallet, "DEPOSIT",
-            sol, item.at, value, sol_usd,
+            command_id(message.user_id, message.key, "deposit"), agent_id, wallet, "DEPOSIT",
+            sol, message.at, value, sol_usd,
         )  # fmt: skip
-        await store.insert_transfer(transfer, command_id(message.user_id, item.key, "balance"))
+        await store.insert_transfer(transfer, command_id(message.user_id, message.key, "balance"))
         changes["deposit_sol"] = sol
         changes["balance_sol"] = sol
     return Outcome(changes=changes, agent_id=agent_id)
@@ -271,9 +267,7 @@ async def _set_config(
     return Outcome(changes=changes)
 
 
-async def _transfer(
-    store: CommandStore, message: Command, agent: AgentState, item: Command
-) -> Outcome:
+async def _transfer(store: CommandStore, message: Command, agent: AgentState) -> Outcome:
     wallet = agent.wallet_address
     if wallet is None:
         return refused(f"agent {agent.id} has no simulation wallet")
@@ -297,9 +291,9 @@ async def _transfer(
         return refused(f"{amount} SOL is worth more than a transaction row holds")
     kind = "DEPOSIT" if deposit else "WITHDRAWAL"
     what = "deposit" if deposit else "withdrawal"
-    key = message.user_id, item.key
+    key = message.user_id, message.key
     transfer = Transfer(
-        command_id(*key, what), agent.id, wallet, kind, amount, item.at, value, sol_usd
+        command_id(*key, what), agent.id, wallet, kind, amount, message.at, value, sol_usd
     )
     await store.insert_transfer(transfer, command_id(*key, "balance"))
     after = balance + amount if deposit else balance - amount
@@ -310,7 +304,6 @@ async def _close(
     store: CommandStore,
     message: Command,
     agent: AgentState,
-    item: Command,
     trading: TradingSettings,
 ) -> Outcome:
     wallet = agent.wallet_address
@@ -325,7 +318,13 @@ async def _close(
             else f"agent {agent.id} has no open positions"
         )
     sold = await sell_by_hand(
-        store, held, wallet, user_id=message.user_id, key=item.key, at=item.at, fees=trading.fees
+        store,
+        held,
+        wallet,
+        user_id=message.user_id,
+        key=message.key,
+        at=message.at,
+        fees=trading.fees,
     )
     if isinstance(sold, str):
         return refused(sold)

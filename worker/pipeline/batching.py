@@ -96,6 +96,8 @@ class Chunk:
     items: list[Item] = field(default_factory=list)
     next_offsets: dict[TopicPartition, int] = field(default_factory=dict)
     last_at: dict[TopicPartition, datetime] = field(default_factory=dict)
+    # The records among `records` that were dead-lettered when decoded (no item).
+    dead_lettered: list[KafkaRecord] = field(default_factory=list)
 
     def add(self, tp: TopicPartition, record: KafkaRecord, item: Item | None, at: datetime) -> None:
         """`record` of `tp` (and its item, None when it was dead-lettered), decided at `at`."""
@@ -104,6 +106,8 @@ class Chunk:
         self.last_at[tp] = at
         if item is not None:
             self.items.append(item)
+        else:
+            self.dead_lettered.append(record)
 
 
 def record_time(record: ConsumerRecord[Any, Any]) -> datetime:

@@ -495,7 +495,7 @@ class Pipeline:
         for chunk in lane:
             outcomes = await self._retried(key, partial(where, chunk), partial(self._commit, chunk))
             committed_at = time.time()
-            for record in chunk.records:
+            for record in chunk.dead_lettered:
                 self._dead_events.pop(_coordinates_of(record), None)
             self.offsets.stored(chunk.next_offsets, chunk.last_at)
             self._report.committed(
@@ -535,7 +535,7 @@ class Pipeline:
         # fetch's decoding, then the handlers'), with the offset (`worker.db.events`).
         letters = [
             letter
-            for record in chunk.records
+            for record in chunk.dead_lettered
             if (letter := self._dead_events.get(_coordinates_of(record))) is not None
         ]
         await insert_dead_letter_events(conn, [_event_of(d) for d in (*letters, *dead)])

@@ -292,6 +292,7 @@ class Timeline(Generic[P]):
         inputs = self._inputs
         states = list(inputs.values())
         price_states = [s for s in states if s.lowest_rank < RANK_USER]
+        user_waits: dict[int | None, list[_Input[P]]] = {}
         heads = [(s.buffer[0][0], s.buffer[0][1], src) for src, s in inputs.items() if s.buffer]
         heapq.heapify(heads)
         out: list[Entry[P]] = []
@@ -301,10 +302,12 @@ class Timeline(Generic[P]):
             if is_user:
                 group = inputs[source].group
                 waits, limit = _with_group(prices, groups.get(group))
-                waited = [
-                    *price_states,
-                    *(s for s in states if group is not None and s.group == group),
-                ]
+                waited = user_waits.get(group)
+                if waited is None:  # once per group and call, not per record
+                    waited = user_waits[group] = [
+                        *price_states,
+                        *(s for s in states if group is not None and s.group == group),
+                    ]
             else:
                 waits, limit = every
                 waited = states
