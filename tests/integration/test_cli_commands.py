@@ -63,17 +63,19 @@ async def _agent(
 async def _insert_result(
     db_url: str, user_id: uuid.UUID, key: str, command: str, status: str, *,
     reason: str | None = None, changes: object = None, agent_id: uuid.UUID | None = None,
+    payload: str = "{}",
 ) -> None:  # fmt: skip
-    """The row the worker writes when it applies or refuses the command."""
+    """The row the worker writes when it applies or refuses the command (`payload`: the
+    command as the worker records it, `CommandV1.payload_json`)."""
     async with connected(db_url) as conn:
         await conn.execute(
             """
             INSERT INTO command_results (user_id, idempotency_key, command, status, reason,
                                          agent_id, payload, changes, event_at, source_record)
-            VALUES ($1, $2, $3, $4, $5, $6, '{}'::jsonb, $7::jsonb, now(), 'test:0:0')
+            VALUES ($1, $2, $3, $4, $5, $6, $8::jsonb, $7::jsonb, now(), 'test:0:0')
             """,
             user_id, key, command, status, reason, agent_id,
-            None if changes is None else json.dumps(changes),
+            None if changes is None else json.dumps(changes), payload,
         )  # fmt: skip
 
 
@@ -170,6 +172,7 @@ async def test_the_cli_waits_for_the_result_and_exits_by_it(
     await _insert_result(
         db_url, user_id, "f1", "deposit", "applied", agent_id=agent_id,
         changes={"sol_balance": {"from": "10", "to": "11.5"}},
+        payload=decode_command(record.value).payload_json(),
     )  # fmt: skip
     run = await finish_cli(proc)
     assert (run.code, run.stdout) == (
@@ -183,6 +186,7 @@ async def test_the_cli_waits_for_the_result_and_exits_by_it(
     await _insert_result(
         db_url, user_id, "w1", "withdraw", "refused",
         reason="insufficient funds: 11.5 SOL, asked 99", agent_id=agent_id,
+        payload=decode_command(records[1].value).payload_json(),
     )  # fmt: skip
     run = await finish_cli(proc)
     assert (run.code, run.stdout) == (
@@ -198,8 +202,13 @@ async def test_the_cli_waits_for_the_result_and_exits_by_it(
     assert len(run.stdout.splitlines()) == 1
 
     # Once decided, a re-run with the same key prints the result and sends nothing again.
+    sent = {
+        decode_command(r.value).idempotency_key: decode_command(r.value)
+        for r in await read_all(services.kafka_bootstrap, commands_topic)
+    }
     await _insert_result(db_url, user_id, "p1", "pause", "applied", agent_id=agent_id,
-                         changes={"automated_trading_simulation": False})  # fmt: skip
+                         changes={"automated_trading_simulation": False},
+                         payload=sent["p1"].payload_json())  # fmt: skip
     run = await run_cli(env, "agents", "pause", agent, "--key", "p1", "--timeout", "60")
     assert (run.code, run.stdout) == (
         0, f"applied: pause agent {agent} (agent): automated_trading_simulation: false\n"
@@ -219,7 +228,8 @@ async def test_users_create_waits_for_its_result_and_prints_the_new_id(
     command = decode_command(record.value)
     assert isinstance(command, CreateUserV1) and record.key == str(command.user_id).encode()
     await _insert_result(db_url, command.user_id, "u1", "create_user", "applied",
-                         changes={"email": "x@example.com"})  # fmt: skip
+                         changes={"email": "x@example.com"},
+                         payload=command.payload_json())  # fmt: skip
     run = await finish_cli(proc)
     assert (run.code, run.stdout) == (
         0, f"applied: create_user user {command.user_id}: email: x@example.com\n"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -286,6 +287,19 @@ def test_a_key_used_before_for_another_command_is_not_this_commands_result() -> 
     line = outcome_line(out, _result("deposit", "applied", changes="{}"))
     assert line.startswith(f"refused: pause agent {OWNER.agent_id} (Momentum): the key 'k' ")
     assert "deposit" in line
+
+
+def test_a_key_used_before_for_the_same_command_with_other_values_is_not_this_ones() -> None:
+    out = _on_agent("agents", "fund", str(OWNER.agent_id), "1000", "--key", "k")
+    stored = _on_agent("agents", "fund", str(OWNER.agent_id), "1", "--key", "k")
+    result = replace(_result("deposit", "applied", changes="{}"),
+                     payload=stored.command.payload_json())  # fmt: skip
+    line = outcome_line(out, result)
+    assert line.startswith(f"refused: deposit agent {OWNER.agent_id} (Momentum): the key 'k' ")
+    assert "other values" in line
+    # The same command again (a re-run): its stored result is this one's.
+    again = replace(result, payload=out.command.payload_json())
+    assert outcome_line(out, again).startswith("applied: deposit")
 
 
 def test_changes_are_told_briefly_and_a_name_cannot_break_the_line() -> None:

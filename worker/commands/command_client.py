@@ -32,6 +32,7 @@ from aiokafka.errors import KafkaError
 
 from worker.commands.text import printable
 from worker.db.agent_listing import CommandResult, command_result
+from worker.domain.commands import same_command
 from worker.domain.exact_json import JsonRefusedError, dumps_exact, loads_exact
 from worker.domain.money import fmt
 from worker.errors import InvalidMessage, UsageError, WorkerError
@@ -170,15 +171,23 @@ async def wait_for_result(
 
 
 def _report(outgoing: Outgoing, result: CommandResult) -> int:
-    print(outcome_line(outgoing, result))
-    applied = result.status == "applied" and result.command == outgoing.name
-    return EXIT_APPLIED if applied else EXIT_REFUSED
+    line = outcome_line(outgoing, result)
+    print(line)
+    return EXIT_APPLIED if line.startswith("applied") else EXIT_REFUSED
 
 
 def outcome_line(outgoing: Outgoing, result: CommandResult) -> str:
     """`applied: ...: <changes>` or `refused: ...: <reason>`. A result of another command
     under the same key (a `--key` used twice) is not this command's: refused, saying so."""
     head = f"{outgoing.name} {outgoing.subject}"
+    mine = result.payload is None or same_command(
+        result.command, result.payload, outgoing.name, outgoing.command.payload_json()
+    )
+    if result.command == outgoing.name and not mine:
+        return (
+            f"refused: {head}: the key {outgoing.key!r} was used before for a {result.command} "
+            f"command with other values ({result.status}); give another --key"
+        )
     if result.command != outgoing.name:
         return (
             f"refused: {head}: the key {outgoing.key!r} was used before for a "

@@ -51,6 +51,7 @@ class CommandResult:
     agent_id: UUID | None
     changes: str | None
     event_at: datetime
+    payload: str | None = None  # the command as the worker recorded it
 
 
 AGENT_OWNER = "SELECT id, user_id, name FROM agents WHERE id = $1"
@@ -111,7 +112,8 @@ async def agent_config(
 
 
 COMMAND_RESULT = """
-SELECT command, status, reason, agent_id, changes::text AS changes, event_at
+SELECT command, status, reason, agent_id, changes::text AS changes, event_at,
+       payload::text AS payload
   FROM command_results WHERE user_id = $1 AND idempotency_key = $2
 """
 
@@ -125,5 +127,5 @@ async def command_result(
         return None
     return CommandResult(
         row["command"], row["status"], row["reason"], row["agent_id"], row["changes"],
-        row["event_at"],
+        row["event_at"], row["payload"],
     )  # fmt: skip

@@ -19,7 +19,7 @@ from uuid import UUID
 
 from worker.domain.config import AgentTradingConfig
 from worker.domain.config_reading import StoredConfigText, read_config, text_bytes
-from worker.domain.exact_json import dumps_exact
+from worker.domain.exact_json import JsonRefusedError, dumps_exact, loads_exact
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +102,22 @@ def default_config_text() -> str:
     reads them as numbers)."""
     defaults = AgentTradingConfig().model_dump(mode="python", by_alias=True, exclude_none=True)
     return dumps_exact(defaults)
+
+
+def same_command(stored_kind: str, stored_payload: str, kind: str, payload: str) -> bool:
+    """Whether a stored command (its kind and payload JSON: jsonb's text, keys reordered)
+    asks what this one does, whenever each was stamped (a producer re-sending after a
+    timeout may stamp it again): a redelivery, not a key reused for another command."""
+    if stored_kind != kind:
+        return False
+    try:
+        old, new = loads_exact(stored_payload), loads_exact(payload)
+    except JsonRefusedError:  # pragma: no cover - both were written by `dumps_exact`
+        return False
+    if isinstance(old, dict) and isinstance(new, dict):
+        old.pop("created_at", None)
+        new.pop("created_at", None)
+    return old == new
 
 
 def mode_switches(mode: str, on: bool) -> tuple[bool | None, bool | None]:

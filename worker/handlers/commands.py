@@ -40,10 +40,11 @@ from worker.domain.commands import (
     check_config,
     mode_switches,
     refused,
+    same_command,
 )
 from worker.domain.config import InvalidConfig
 from worker.domain.config_reading import OversizedConfig, decode_json
-from worker.domain.exact_json import JsonRefusedError, dumps_exact, loads_exact, merge_patch
+from worker.domain.exact_json import dumps_exact, merge_patch
 from worker.domain.exits import full_exit_pnl
 from worker.domain.fills import Fees, sell_fill
 from worker.domain.ids import command_id, simulation_wallet_address
@@ -83,9 +84,7 @@ async def handle_commands(
         stored = await store.command_result(item.user_id, item.key)
         if stored is not None:
             outcome = Outcome(reason=stored["reason"])
-            reused = stored["command"] != item.kind or not _same_payload(
-                stored["payload"], item.payload
-            )
+            reused = not same_command(stored["command"], stored["payload"], item.kind, item.payload)
             results.append(
                 CommandResult(item.kind, outcome, True, reused=reused, stored=stored["command"])
             )
@@ -105,20 +104,6 @@ async def handle_commands(
         )
         results.append(CommandResult(item.kind, outcome))
     return results
-
-
-def _same_payload(stored: str, payload: str) -> bool:
-    """Whether the stored payload (jsonb's text: keys reordered) asks what this one does,
-    whenever it was stamped (a producer re-sending after a timeout may stamp it again)."""
-    try:
-        old, new = loads_exact(stored), loads_exact(payload)
-    except JsonRefusedError:  # pragma: no cover - both were written by `dumps_exact`
-        return False
-    if not isinstance(old, dict) or not isinstance(new, dict):  # pragma: no cover
-        return old == new
-    old.pop("created_at", None)
-    new.pop("created_at", None)
-    return old == new
 
 
 async def _apply(store: CommandStore, message: Command, trading: TradingSettings) -> Outcome:
