@@ -348,3 +348,19 @@ def test_a_bad_notify_webhook_url_setting_stops_start_up_in_one_line() -> None:
     url = Settings(notify_webhook_url=SLACK).notify_webhook_url  # type: ignore[arg-type]  # a str, as from the environment
     assert url is not None and url.get_secret_value() == SLACK
     assert "SECRET" not in repr(Settings(notify_webhook_url=SLACK))  # type: ignore[arg-type]  # a str, as from the environment
+
+
+def test_the_event_types_notify_knows_are_those_the_worker_publishes() -> None:
+    """`worker.domain.notify` cannot import the wire models (the domain is pure): its list is
+    held to them here."""
+    from typing import get_args
+
+    from worker.domain.notify import EVENT_TYPES
+    from worker.messages import EventV1
+
+    published = {
+        kind
+        for model in get_args(get_args(EventV1)[0])
+        for kind in get_args(model.model_fields["type"].annotation)
+    }
+    assert set(EVENT_TYPES) == published
