@@ -227,6 +227,13 @@ def test_events_are_read_and_chosen() -> None:
     assert decode(b"not json") is None
     assert decode(b'{"type": "buy"}') is None  # no event id: cannot be posted once
     assert decode(None) is None
+    # Anyone may write to the topic: nothing a record holds stops notify.
+    assert decode(b"[" * 100_000 + b"]" * 100_000) is None
+    assert decode(b"\xff\xfe") is None
+    assert (
+        decode(b'{"type": "buy", "type": "x", "event_id": "0b5c0d9e-0000-4000-8000-000000000009"}')
+        is None
+    )
 
 
 # --- the poster -------------------------------------------------------------------------------
