@@ -264,12 +264,23 @@ async def _ensure_commands(
         await _create(admin, kafka, [commands], {}, partitions=counts[signals])
         return
     if commands in counts and counts[commands] != counts[signals]:
-        raise WorkerError(
-            f"COMMANDS_TOPIC {commands!r} has {counts[commands]} partitions and SIGNALS_TOPIC "
-            f"{signals!r} {counts[signals]}: they must be co-partitioned (the same count, "
-            "keyed by user id) so that a user's commands and signals are applied in one "
-            "order; recreate one of them, or name another COMMANDS_TOPIC"
-        )
+        raise not_co_partitioned(
+            kafka, counts[signals], counts[commands], "recreate one of them, or name another "
+            "COMMANDS_TOPIC",
+        )  # fmt: skip
+
+
+def not_co_partitioned(
+    kafka: KafkaSettings, signals: int, commands: int, remedy: str, *, now: str = ""
+) -> WorkerError:
+    """The one-line error when the commands topic has `commands` partitions and the
+    signals topic `signals` (at start, or `now` at an assignment)."""
+    return WorkerError(
+        f"COMMANDS_TOPIC {kafka.commands_topic!r} {now}has {commands} partitions and "
+        f"SIGNALS_TOPIC {kafka.signals_topic!r} {signals}: they must be co-partitioned (the "
+        "same count, keyed by user id) so that a user's commands and signals are applied in "
+        f"one order; {remedy}"
+    )
 
 
 async def _create(

@@ -39,6 +39,7 @@ from worker.db.pool import connection
 from worker.errors import WorkerError
 from worker.metrics import Metrics
 from worker.pipeline.batching import KafkaRecord, above
+from worker.pipeline.kafka import not_co_partitioned
 from worker.pipeline.offset_checks import Verdict, check, resolving_command
 from worker.pipeline.ordering import names
 from worker.pipeline.timeline import RANK_COMMAND, RANK_SIGNAL, RANK_SOL_TICK, Promise, Timeline
@@ -124,12 +125,8 @@ class OffsetKeeper(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka
         counts = [len(self.consumer.partitions_for_topic(t) or ()) for t in (signals, commands)]
         if 0 in counts or counts[0] == counts[1]:
             return None
-        return WorkerError(
-            f"COMMANDS_TOPIC {commands!r} now has {counts[1]} partitions and SIGNALS_TOPIC "
-            f"{signals!r} {counts[0]}: they must be co-partitioned (the same count, keyed by "
-            "user id) so that a user's commands and signals are applied in one order; give "
-            "both the same count, then start the workers again"
-        )
+        remedy = "give both the same count, then start the workers again"
+        return not_co_partitioned(self._kafka, counts[0], counts[1], remedy, now="now ")
 
     def floor_of(self, tp: TopicPartition) -> int:
         """The first offset of `tp` not applied yet, as far as this worker knows."""
