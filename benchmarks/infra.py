@@ -190,12 +190,15 @@ class TopicSet:
         return topics
 
     async def delete_all(self) -> None:
-        """Delete every topic this object created."""
+        """Delete every topic this object created, and the commands topics the worker
+        created beside their signals."""
         if not self._created:
             return
+        commands = [f"{n}.commands" for n in self._created if n.endswith(".signals")]
         admin = await self._admin()
         try:
-            await admin.delete_topics(self._created)
+            existing = set(await admin.list_topics())
+            await admin.delete_topics([n for n in [*self._created, *commands] if n in existing])
         finally:
             await admin.close()
         self._created.clear()

@@ -151,7 +151,12 @@ async def read_events(
 ) -> tuple[list[tuple[str | None, int, int | None]], str]:
     """Every record of `topic` up to its current end: (event-id header, timestamp ms,
     committed-at header ms), and the records' timestamp type."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    # `earliest`, not the default `latest`: with `latest`, the position reset that `assign`
+    # starts could land after `seek_to_beginning` and put a partition at its end before a
+    # record was read (seen: 4 runs in 8 read nothing and waited 300 s).
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
+    )
     await consumer.start()
     await asyncio.sleep(0)  # let its background task start (stop() fails on one that did not)
     records: list[tuple[str | None, int, int | None]] = []
@@ -167,7 +172,7 @@ async def read_events(
             if time.monotonic() > deadline:
                 raise BenchError(f"could not read {topic} to its end within 300 s")
             batch = await consumer.getmany(*left, timeout_ms=1000, max_records=5000)
-            for tp, got in batch.items():
+            for got in batch.values():
                 for record in got:
                     headers = dict(record.headers or ())
                     event_id = headers.get("event-id")
@@ -180,8 +185,15 @@ async def read_events(
                         )
                     )
                     kind = "LogAppendTime" if record.timestamp_type == 1 else "CreateTime"
+            for tp in list(left):  # every partition, not only those that returned records
                 if await consumer.position(tp) >= ends[tp]:
                     left.discard(tp)
+        starts = await consumer.beginning_offsets(partitions)
+        expected = sum(ends[tp] - starts[tp] for tp in partitions)
+        if len(records) != expected:
+            raise BenchError(
+                f"read {len(records):,} records of {topic}, which holds {expected:,}"
+            )
     finally:
         await consumer.stop()
     return records, kind

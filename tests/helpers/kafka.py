@@ -31,6 +31,11 @@ class Topics:
         """The commands topic (the worker's default name for these signals)."""
         return f"{self.signals}.commands"
 
+    @property
+    def events(self) -> str:
+        """The events topic (the worker's default name for these signals)."""
+        return f"{self.signals}.events"
+
 
 async def create_topics(bootstrap: str, names: list[str], partitions: int) -> None:
     """Create `names` with `partitions` partitions each (replication 1)."""

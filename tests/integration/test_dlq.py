@@ -13,14 +13,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from typing import Any
 
 import asyncpg
 import orjson
 import pytest
+import structlog
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from tests.helpers.books import make_account, set_sol_price, signal_message
@@ -38,6 +40,21 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
 
 NOT_JSON = b"\x1b[2Jnot json {"
 TICK_TOKEN = "7GCihgDB8fe6KNjn2MYtkzZcRjQy3t9GHdC8uHYmW2hr"
+
+
+@pytest.fixture(autouse=True)
+def worker_logs_on_stderr() -> Iterator[None]:
+    """The worker of these tests runs in this process and logs with structlog, whose
+    unconfigured default prints to whatever `sys.stdout` is at the time: while
+    `dlq_in_process` captures the CLI's stdout, a worker line (an hourly snapshot, a price
+    history upkeep) landed in the middle of `--format json`. The worker's own
+    `configure_logging` sends its lines to stderr; so do these tests."""
+    saved = structlog.get_config()
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
+    try:
+        yield
+    finally:
+        structlog.configure(**saved)
 
 
 async def dlq_in_process(settings: Settings, *argv: str) -> tuple[int, str]:
