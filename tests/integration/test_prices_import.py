@@ -205,7 +205,7 @@ async def test_a_conflict_found_after_thousands_of_ticks_rolls_the_whole_file_ba
     assert refused.code == 1, refused
     assert refused.stderr == [
         f"{many}:{minutes + 2}: conflict: {TOKEN_B} at {P0.isoformat()} has price "
-        "5.000000000000000000 in the price history, this line says 4.000000000000000000"
+        "5 in the price history, this line says 4"
     ]
     assert "0 ticks imported" in _summary(refused)
     assert await _history(db_conn) == [(TOKEN_B, Decimal(5), P0)]
@@ -268,3 +268,18 @@ async def test_a_file_it_cannot_read_is_one_line(
     assert done.stdout == ""
     assert error in done.stderr[-1]
     assert not any("Traceback" in line for line in done.stderr)
+
+
+async def test_a_tick_twice_in_a_file_at_two_prices_refuses_the_later_line(
+    services: Services, db_url: str, topics: Topics, db_conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    path = tmp_path / "ticks.csv"
+    path.write_text(f"token_address,price_usd,ts\n{TOKEN_B},2,{_stamp(P0)}\n"
+                    f"{TOKEN_B},3,{_stamp(P0)}\n")  # fmt: skip
+    refused = await run_cli(worker_env(services, db_url, topics), "prices", "import", str(path))
+    assert refused.code == 1, refused
+    assert refused.stderr == [
+        f"{path}:3: conflict: {TOKEN_B} at {P0.isoformat()} has price 2 on line 2, "
+        "this line says 3"
+    ]
+    assert await _history(db_conn) == []

@@ -231,7 +231,8 @@ def _duplicate(
         return
     where = "in the price history" if stored else f"on line {first.line}"
     tally.refused.setdefault(line, f"conflict: {first.token_address} at {first.ts.isoformat()} "
-                                   f"has price {price} {where}, this line says {new}")  # fmt: skip
+                                   f"has price {price.normalize():f} {where}, this line says "
+                                   f"{new.normalize():f}")  # fmt: skip
 
 
 def _print_refused(name: str, refused: dict[int, str]) -> None:
