@@ -279,7 +279,6 @@ async def test_a_tick_twice_in_a_file_at_two_prices_refuses_the_later_line(
     refused = await run_cli(worker_env(services, db_url, topics), "prices", "import", str(path))
     assert refused.code == 1, refused
     assert refused.stderr == [
-        f"{path}:3: conflict: {TOKEN_B} at {P0.isoformat()} has price 2 on line 2, "
-        "this line says 3"
+        f"{path}:3: conflict: {TOKEN_B} at {P0.isoformat()} has price 2 on line 2, this line says 3"
     ]
     assert await _history(db_conn) == []
