@@ -282,3 +282,37 @@ async def test_a_tick_twice_in_a_file_at_two_prices_refuses_the_later_line(
         f"{path}:3: conflict: {TOKEN_B} at {P0.isoformat()} has price 2 on line 2, this line says 3"
     ]
     assert await _history(db_conn) == []
+
+
+async def test_where_the_worker_recorded_a_token_its_own_ticks_are_the_record(
+    services: Services, db_url: str, topics: Topics, db_conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """Ticks the worker recorded (with a decision time) from P0+2h to P0+4h: an imported
+    tick of that token in between is refused (it would mix a candle path into what the
+    worker saw); before and after, and other tokens, are imported."""
+    recorded = [(TOKEN_A, Decimal(7), P0 + 2 * HOUR), (TOKEN_A, Decimal(8), P0 + 4 * HOUR)]
+    await db_conn.executemany("INSERT INTO token_price_history (token_address, price_usd, "
+                              "price_ts, event_at) VALUES ($1, $2, $3, $3)", recorded)  # fmt: skip
+    env = worker_env(services, db_url, topics)
+    path = tmp_path / "ticks.csv"
+    path.write_text("token_address,price_usd,ts\n" + "".join(
+        f"{t},1,{_stamp(P0 + h * HOUR)}\n"
+        for t, h in [(TOKEN_A, 1), (TOKEN_A, 3), (TOKEN_A, 5), (TOKEN_B, 3)]
+    ))  # fmt: skip
+    refused = await run_cli(env, "prices", "import", str(path))
+    assert refused.code == 1, refused
+    assert refused.stderr == [
+        f"{path}:3: the worker recorded {TOKEN_A}'s prices itself from "
+        f"{(P0 + 2 * HOUR).isoformat()} to {(P0 + 4 * HOUR).isoformat()} and "
+        f"{(P0 + 3 * HOUR).isoformat()} is inside: its own ticks are the record there"
+    ]
+    assert await _history(db_conn) == recorded
+    skipped = await run_cli(env, "prices", "import", str(path), "--skip-bad")
+    assert skipped.code == 0, skipped
+    assert _summary(skipped).endswith(": 3 ticks imported, 0 skipped as already there, "
+                                      "1 line refused")  # fmt: skip
+    history = await _history(db_conn)
+    assert [(t, ts - P0) for t, _, ts in history] == [
+        (TOKEN_A, HOUR), (TOKEN_A, 2 * HOUR), (TOKEN_A, 4 * HOUR), (TOKEN_A, 5 * HOUR),
+        (TOKEN_B, 3 * HOUR),
+    ]  # fmt: skip

@@ -303,11 +303,11 @@ def test_the_summary_names_every_count() -> None:
     layout = Layout("csv", "candles", interval=timedelta(hours=1))
     assert tally.summary("c.csv", layout, committed=True) == (
         "prices import: c.csv: 3 lines of candles of 1h: 8 ticks imported, 4 skipped as "
-        "already there, 1 lines refused"
+        "already there, 1 line refused"
     )
     refused = tally.summary("c.csv", layout, committed=False)
     assert refused.startswith("prices import: c.csv: 3 lines of candles of 1h: 0 ticks "
-                              "imported, 0 skipped as already there, 1 lines refused; "
+                              "imported, 0 skipped as already there, 1 line refused; "
                               "nothing imported")  # fmt: skip
 
 

@@ -13,7 +13,13 @@ close; at 0, 1/4, 1/2 and 3/4 of its interval).
   the other lines instead (exit status 0; the bad lines are still printed).
 - Nothing is half-imported: a crash or a lost connection rolls the transaction back, and
   a re-import adds nothing twice (a tick whose token and time the history holds is skipped
-  as already there; at another price, its line is refused as a conflict).
+  as already there; at another price, its line is refused as a conflict: with
+  `--skip-bad`, a candle's other ticks are kept).
+- A line with a tick inside the span the worker recorded its token itself (from its first
+  to its last recorded tick of it) is refused: there, the worker's own ticks are the
+  record, and mixed with a candle path they would make `replay` (and `replay --verify`)
+  differ from what the worker saw. Import the period before the worker ran, or use
+  `--skip-bad` to leave the overlap out.
 - Progress on stderr every `PROGRESS_LINES` lines of each pass; one summary line on
   stdout: lines read, ticks imported, ticks skipped as already there, lines refused.
 - The file must be a regular file (it is read twice): save a pipe's output first.
@@ -44,7 +50,13 @@ from worker.commands.price_files import (
 )
 from worker.commands.text import printable
 from worker.db.pool import connect_migrated
-from worker.db.price_import import ImportTick, history_clock, import_ticks, lock_imports
+from worker.db.price_import import (
+    ImportTick,
+    history_clock,
+    import_ticks,
+    lock_imports,
+    recorded_span,
+)
 from worker.errors import UsageError
 from worker.settings import Settings
 
@@ -71,7 +83,8 @@ class Tally:
         imported, already = (self.imported, self.already) if committed else (0, 0)
         line = (f"prices import: {name}: {self.lines:,} lines of {kind}: "
                 f"{imported:,} ticks imported, {already:,} skipped as already "
-                f"there, {len(self.refused):,} lines refused")  # fmt: skip
+                f"there, {len(self.refused):,} line{'' if len(self.refused) == 1 else 's'} "
+                "refused")  # fmt: skip
         if not committed:
             line += ("; nothing imported (a bad line refuses the whole file: fix it, or "
                      "--skip-bad to import the other lines)")  # fmt: skip
@@ -186,27 +199,53 @@ async def _import(
     checked = len(tally.refused)
     progress = _progress("imported")
     chunk: dict[tuple[str, datetime], ImportTick] = {}
+    spans: dict[str, tuple[datetime, datetime] | None] = {}
     async with conn.transaction():
         await lock_imports(conn)
         for parsed in parsed_lines(path, layout, limits):
             tally.lines += 1
-            if parsed.refused is not None:
-                tally.refused.setdefault(parsed.line, parsed.refused)
-            for tick in parsed.ticks:
-                key = (tick.token_address, tick.ts)
-                first = chunk.get(key)
-                if first is None:
-                    chunk[key] = ImportTick(len(chunk), tick.token_address, tick.price_usd,
-                                            tick.ts, parsed.line)  # fmt: skip
-                else:
-                    _duplicate(tally, first, first.price_usd, parsed.line, tick.price_usd)
-            if len(chunk) >= CHUNK_TICKS:
-                await _write(conn, chunk, tally)
             if tally.lines % PROGRESS_LINES == 0:
                 progress(tally.lines)
+            refused = parsed.refused or await _recorded(conn, spans, parsed)
+            if refused is not None:
+                tally.refused.setdefault(parsed.line, refused)
+                continue
+            _add(chunk, parsed, tally)
+            if len(chunk) >= CHUNK_TICKS:
+                await _write(conn, chunk, tally)
         await _write(conn, chunk, tally)
         if len(tally.refused) > checked and not skip_bad:
             raise _RefusedFileError
+
+
+def _add(chunk: dict[tuple[str, datetime], ImportTick], parsed: Parsed, tally: Tally) -> None:
+    """The line's ticks into the chunk; one at a token and time the chunk holds already is
+    a duplicate (`_duplicate`)."""
+    for tick in parsed.ticks:
+        key = (tick.token_address, tick.ts)
+        first = chunk.get(key)
+        if first is None:
+            chunk[key] = ImportTick(len(chunk), tick.token_address, tick.price_usd,
+                                    tick.ts, parsed.line)  # fmt: skip
+        else:
+            _duplicate(tally, first, first.price_usd, parsed.line, tick.price_usd)
+
+
+async def _recorded(
+    conn: asyncpg.Connection, spans: dict[str, tuple[datetime, datetime] | None], parsed: Parsed
+) -> str | None:
+    """Why the line is refused when one of its ticks lies where the worker recorded its
+    token's prices itself (from its first to its last recorded tick), else None."""
+    for tick in parsed.ticks:
+        token = tick.token_address
+        if token not in spans:
+            spans[token] = await recorded_span(conn, token)
+        span = spans[token]
+        if span is not None and span[0] <= tick.ts <= span[1]:
+            return (f"the worker recorded {token}'s prices itself from {span[0].isoformat()} "
+                    f"to {span[1].isoformat()} and {tick.ts.isoformat()} is inside: its own "
+                    "ticks are the record there")  # fmt: skip
+    return None
 
 
 async def _write(

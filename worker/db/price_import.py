@@ -6,7 +6,8 @@ an advisory lock so that two imports run one after the other. A tick whose token
 earlier line of the same file) is not added again: at the same price it is counted as
 already there, at another price it is a conflict (the caller refuses its line). Imported
 rows have no `event_at` (their `price_ts` is their decision time, as for rows of another
-writer); `token_prices`, the live price the worker trades on, is left alone. A day that
+writer); `token_prices`, the live price the worker trades on, is left alone. `recorded_span` says
+which times of a token the worker recorded itself (the caller refuses imports there). A day that
 has no partition yet (one before the worker ran) goes to the default partition, which
 holds any day (schema 0005); the upkeep moves a day's rows out of it only for the days it
 makes partitions for (today and ahead).
@@ -24,6 +25,12 @@ import asyncpg
 from worker.db.bulk import Bulk, Column
 
 IMPORT_LOCK = "SELECT pg_advisory_xact_lock(hashtext('signal_worker_prices_import'))"
+# The worker's own record of a token: its rows have a decision time (schema 0007); rows
+# imported, or from before that schema, have none.
+RECORDED_SPAN = """
+SELECT min(price_ts) AS first, max(price_ts) AS last FROM token_price_history
+ WHERE token_address = $1 AND event_at IS NOT NULL
+"""
 HISTORY_CLOCK = "SELECT now() AS now, (now() AT TIME ZONE 'UTC')::date AS today"
 
 
@@ -77,6 +84,14 @@ async def history_clock(conn: asyncpg.Connection) -> tuple[datetime, date]:
 async def lock_imports(conn: asyncpg.Connection) -> None:
     """Wait for any other import to finish; held until the transaction ends."""
     await conn.execute(IMPORT_LOCK)
+
+
+async def recorded_span(conn: asyncpg.Connection, token: str) -> tuple[datetime, datetime] | None:
+    """The first and last tick of `token` the worker recorded itself (None: none)."""
+    row = await conn.fetchrow(RECORDED_SPAN, token)
+    if row is None or row["first"] is None:
+        return None
+    return row["first"], row["last"]
 
 
 async def import_ticks(conn: asyncpg.Connection, ticks: Sequence[ImportTick]) -> dict[int, Decimal]:
