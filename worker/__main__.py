@@ -17,7 +17,7 @@ from typing import Any, Protocol, cast
 from pydantic import ValidationError
 
 from worker import version
-from worker.commands import command_options, dlq_args, notify_args, options
+from worker.commands import command_options, dlq_args, notify_args, options, prices_args
 from worker.errors import UsageError, WorkerError
 from worker.retry import SERVICE_ERRORS, describe
 from worker.runtime.logging import configure_logging
@@ -91,6 +91,7 @@ def _parser() -> argparse.ArgumentParser:
         "Writes nothing.",
     )
     options.add_replay_arguments(replay)
+    prices_args.add_prices(sub)
     _add_offsets(sub)
     _add_views(sub)
     dlq_args.add_dlq(sub)
@@ -292,6 +293,7 @@ _COMMANDS = {
     "snapshot": "worker.commands.snapshot",
     "report": "worker.commands.report",
     "replay": "worker.commands.replay",
+    "prices": "worker.commands.prices",
     "offsets": "worker.commands.offsets",
     "dlq": "worker.commands.dlq",
     "notify": "worker.commands.notify",

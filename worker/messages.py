@@ -352,6 +352,26 @@ class PriceTickV1(BaseModel):
         return PriceTick(self.token_address, self.price_usd, self.ts or received_at)
 
 
+class CandleV1(BaseModel):
+    """An OHLC candle of a file that `prices import` reads (not a Kafka message): its
+    prices validated as a tick's `price_usd`, its `ts` (the interval's start) as a tick's
+    `ts`, and required; the interval comes from the command line."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    token_address: MintAddress
+    ts: Timestamp
+    open: PriceUsd
+    high: PriceUsd
+    low: PriceUsd
+    close: PriceUsd
+
+    @field_validator("token_address")
+    @classmethod
+    def _mint(cls, value: str) -> str:
+        return _check_mint(value.strip())
+
+
 # ----------------------------------------------------------------------------- commands
 # Contract section 4b: what a user asks of its agents, on `COMMANDS_TOPIC`, keyed by user id
 # (co-partitioned with the signals, so a user's commands and signals are applied in one

@@ -93,7 +93,8 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
         help="signals from this file (one message per line, with created_at) instead of "
         "the database")  # fmt: skip
     add("--ticks", type=Path, metavar="FILE.jsonl",
-        help="price ticks from this file (one message per line, with ts)")  # fmt: skip
+        help="price ticks from this file (one message per line, with ts); default: the "
+        "price history (recorded, or added by `prices import`)")  # fmt: skip
     add("--config", action="append", type=Path, metavar="FILE.json",
         help="a config to replay: overrides merged over each agent's stored config "
         "(repeatable)")  # fmt: skip

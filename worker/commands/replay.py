@@ -180,13 +180,15 @@ def _variants(args: argparse.Namespace) -> list[Variant]:
     ]
 
 
-def _given(args: argparse.Namespace) -> tuple[list[Signal], list[PriceTick]] | None:
-    """The signals and ticks of --signals / --ticks, read in full (None: from the database)."""
+def _given(args: argparse.Namespace) -> tuple[list[Signal], list[PriceTick] | None] | None:
+    """The signals and ticks of --signals / --ticks, read in full (None: from the database;
+    --signals without --ticks replays the file's signals on the price history, which
+    `prices import` fills for periods the worker did not record)."""
     if args.signals is None and args.ticks is None:
         return None
     return (
         _signals_file(args.signals) if args.signals else [],
-        _ticks_file(args.ticks) if args.ticks else [],
+        _ticks_file(args.ticks) if args.ticks else None,
     )
 
 

@@ -279,11 +279,12 @@ async def read_history(
     *,
     since: datetime | None = None,
     until: datetime | None = None,
-    given: tuple[list[Signal], list[PriceTick]] | None = None,
+    given: tuple[list[Signal], list[PriceTick] | None] | None = None,
 ) -> ReplayHistory | None:
     """The agents' users' recorded signals in [since, until) and the ticks of their tokens
-    from the start on (or the `given` signals and ticks, from files, in [since, until)), and the
-    state at the start; None when there is no signal to replay.
+    from the start on (or the `given` signals and ticks, from files, in [since, until); given
+    signals without ticks: the recorded ticks), and the state at the start; None when there
+    is no signal to replay.
 
     The range starts at `since`, else at the first signal of the agents' users (ticks
     before it only set the prices known at the start). Each agent starts with its SOL at
@@ -303,7 +304,7 @@ async def read_history(
         return None
     begin = since or min(s.decision_time for s in signals)
     tokens = sorted({s.token_address for s in signals} | {SOL_MINT})
-    if given is None:
+    if given is None or given[1] is None:
         ticks = [tick_of(p) for p in await read_ticks(conn, tokens, begin, until)]
     else:
         # A file's ticks before its first signal are the prices known then: all are kept.
