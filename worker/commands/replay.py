@@ -8,8 +8,10 @@ their SOL at the start; positions open at the start are not carried (the output 
 many). Each config runs in its own memory store through the live handlers
 (`worker.replay.engine`): the stored configs ("stored config"), then each `--config`
 file (overrides merged over each agent's config) and each point of the `--vary` grid.
-Printed with the live figures of the same range, in `report`'s table. Writes nothing:
-the database is read in one read-only transaction.
+Printed with the live figures of the same range, in `report`'s tables, with each
+config's rank among the agent's replayed configs (`ranks`: by realised P/L, then max
+drawdown; the rows stay in config order, the stored config first). Writes nothing: the
+database is read in one read-only transaction.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import orjson
 
@@ -92,7 +96,8 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     for variant in variants:
         invalid = check_variant(variant, start)
     outcomes = await _replay_all(start, events, variants, settings)
-    print(render(_rows(agents, live, outcomes), args.format))
+    rows = _rows(agents, live, outcomes)
+    print(render(rows, args.format, ranks(rows)))
     if args.format == "table":
         _notes(events, outcomes, record.open_at, invalid)
     if args.chart is not None:
@@ -241,6 +246,28 @@ def _rows(
         rows.extend((o.variant.label, found[agent.agent_id]) for o, found in
                     zip(outcomes, by_outcome, strict=True))  # fmt: skip
     return rows
+
+
+def ranks(rows: Sequence[tuple[str, AgentResult]]) -> list[int | None]:
+    """Each row's rank among the replayed configs of its agent (the live row has none): by
+    realised P/L (the most first), then by max drawdown in SOL (the least first; none
+    last); rows equal on both share a rank (1, 1, 3)."""
+
+    def key(r: AgentResult) -> tuple[Decimal, bool, Decimal]:
+        drawdown = r.figures.max_drawdown_sol
+        return (-r.realised_pnl_sol, drawdown is None, drawdown or Decimal(0))
+
+    by_agent: dict[UUID, list[tuple[tuple[Decimal, bool, Decimal], int]]] = {}
+    for n, (label, r) in enumerate(rows):
+        if label != LIVE:
+            by_agent.setdefault(r.agent_id, []).append((key(r), n))
+    out: list[int | None] = [None] * len(rows)
+    for keyed in by_agent.values():
+        keyed.sort()
+        for place, (k, n) in enumerate(keyed, start=1):
+            earlier = [out[m] for k2, m in keyed[: place - 1] if k2 == k]
+            out[n] = earlier[0] if earlier else place
+    return out
 
 
 def _notes(

@@ -24,8 +24,8 @@ from worker.commands.options import no_agent_message
 from worker.commands.text import csv_text, printable
 from worker.db.pool import connect_migrated
 from worker.db.report import Curves, Filters, read_report
-from worker.domain.money import fmt
-from worker.domain.results import STATUSES, AgentResult
+from worker.domain.performance import Performance
+from worker.domain.results import STATUSES, AgentResult, ratio_text
 from worker.errors import UsageError
 from worker.settings import Settings
 
@@ -33,6 +33,11 @@ MAX_PANELS = 12  # a chart draws the first dozen agents
 COLUMNS = (
     "agent", "executions (ok/skip/fail)", "trades", "win %", "realised SOL", "realised %",
     "open", "unrealised SOL", "avg hold", "largest loss SOL", "SOL now",
+)  # fmt: skip
+# The second table (`worker.domain.performance` defines each figure).
+FIGURE_COLUMNS = (
+    "max drawdown SOL", "max drawdown %", "profit factor", "expectancy SOL", "best SOL",
+    "worst SOL", "median hold", "Sharpe", "Sortino",
 )  # fmt: skip
 
 
@@ -54,32 +59,67 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def render(rows: Sequence[tuple[str, AgentResult]], output: str) -> str:
-    """The rows as a table, JSON or CSV; a row's label (a replay's config) prefixes its name.
+def render(
+    rows: Sequence[tuple[str, AgentResult]],
+    output: str,
+    ranks: Sequence[int | None] | None = None,
+) -> str:
+    """The rows as a table, JSON or CSV; a row's label (a replay's config) prefixes its name,
+    its rank (a replay's, `replay.ranks`) comes after the label.
 
     Names and labels are anybody's text (`worker.commands.text`): control characters are
     escaped in the table, formula-like cells neutralised in CSV; JSON escapes them itself."""
+    labelled = any(label for label, _ in rows)
     if output == "json":
         return orjson.dumps(
-            [{"label": label, **r.as_dict()} if label else r.as_dict() for label, r in rows],
+            [
+                {"label": label, **({"rank": rank} if ranks is not None else {}), **r.as_dict()}
+                if labelled
+                else r.as_dict()
+                for (label, r), rank in zip(rows, ranks or [None] * len(rows), strict=True)
+            ],
             option=orjson.OPT_INDENT_2,
         ).decode()
     if output == "csv":
-        fields = list(rows[0][1].as_dict()) if rows else []
-        lines: list[Sequence[object]] = [
-            ["label", *fields] if any(label for label, _ in rows) else fields
-        ]
-        for label, r in rows:
-            d = r.as_dict()
-            d["name"] = csv_text(r.name)  # the only text cell besides the label
-            d["executions"] = "/".join(str(r.executions.get(s, 0)) for s in STATUSES)
+        return _csv(rows, ranks, labelled=labelled)
+    return _table(rows, ranks)
+
+
+def _csv(
+    rows: Sequence[tuple[str, AgentResult]],
+    ranks: Sequence[int | None] | None,
+    *,
+    labelled: bool,
+) -> str:
+    """One value per cell: the executions by status in a column each."""
+    lead = (["label"] if labelled else []) + (["rank"] if ranks is not None else [])
+    lines: list[Sequence[object]] = []
+    for n, (label, r) in enumerate(rows):
+        d = csv_cells(r)
+        if not lines:
+            lines.append([*lead, *d])
+        first = ([csv_text(label)] if labelled else []) + ([ranks[n]] if ranks is not None else [])
+        lines.append([*first, *d.values()])
+    return write_csv(lines)
+
+
+def csv_cells(r: AgentResult) -> dict[str, object]:
+    """A result as CSV cells, by column: `as_dict`'s, with `executions` as one column per
+    status (`executions_success`, ...)."""
+    d = r.as_dict()
+    cells: dict[str, object] = {}
+    for key, value in d.items():
+        if key == "executions":
+            cells.update({f"executions_{s}": r.executions.get(s, 0) for s in STATUSES})
+        elif key == "name":
+            cells[key] = csv_text(r.name)  # the only text cell besides the label
+        elif key == "unpriced_tokens":
             # Last column, space-separated (addresses hold no space): the columns before it
             # are where they were.
-            d["unpriced_tokens"] = csv_text(" ".join(r.unpriced_tokens))
-            values = ["" if v is None else v for v in d.values()]
-            lines.append([csv_text(label), *values] if any(lb for lb, _ in rows) else values)
-        return write_csv(lines)
-    return _table(rows)
+            cells[key] = csv_text(" ".join(r.unpriced_tokens))
+        else:
+            cells[key] = "" if value is None else value
+    return cells
 
 
 def write_csv(lines: Sequence[Sequence[object]]) -> str:
@@ -93,9 +133,14 @@ def write_csv(lines: Sequence[Sequence[object]]) -> str:
     return out.getvalue().removesuffix("\r\n")
 
 
-def _table(rows: Sequence[tuple[str, AgentResult]]) -> str:
+def _table(rows: Sequence[tuple[str, AgentResult]], ranks: Sequence[int | None] | None) -> str:
+    """Two tables: what the agents did, then the figures traders compare configs by (with
+    a replay's rank)."""
     lines: list[Sequence[str]] = [COLUMNS]
-    for label, r in rows:
+    figures: list[Sequence[str]] = [
+        (COLUMNS[0], *(["rank"] if ranks is not None else []), *FIGURE_COLUMNS)
+    ]
+    for n, (label, r) in enumerate(rows):
         name = printable(f"{label}: {r.name}" if label else r.name)
         lines.append(
             (
@@ -112,7 +157,24 @@ def _table(rows: Sequence[tuple[str, AgentResult]]) -> str:
                 number_text(r.balance_sol),
             )
         )
-    return "\n".join([align(lines), *_unpriced_lines(rows)])
+        rank = [] if ranks is None else ["-" if ranks[n] is None else str(ranks[n])]
+        figures.append((name, *rank, *figure_cells(r.figures)))
+    return "\n".join([align(lines), *_unpriced_lines(rows), "", align(figures)])
+
+
+def figure_cells(f: Performance) -> tuple[str, ...]:
+    """The cells of `FIGURE_COLUMNS`."""
+    return (
+        number_text(f.max_drawdown_sol),
+        number_text(f.max_drawdown_pct),
+        number_text(f.profit_factor),
+        signed_text(f.expectancy_sol),
+        signed_text(f.best_trade_sol),
+        signed_text(f.worst_trade_sol),
+        duration_text(f.median_hold_s),
+        number_text(f.sharpe),
+        number_text(f.sortino),
+    )
 
 
 def align(lines: Sequence[Sequence[str]], left: int = 1) -> str:
@@ -142,15 +204,15 @@ def _unpriced_lines(rows: Sequence[tuple[str, AgentResult]]) -> list[str]:
 
 
 def number_text(value: Decimal | None) -> str:
-    """A number as plain text, `-` for none."""
-    return "-" if value is None else fmt(value)
+    """A number as plain text, `-` for none, `inf` for an infinite ratio."""
+    return "-" if value is None else ratio_text(value)
 
 
 def signed_text(value: Decimal | None) -> str:
     """A number with its sign (`+` for a gain), `-` for none."""
     if value is None:
         return "-"
-    return ("+" if value > 0 else "") + fmt(value)
+    return ("+" if value > 0 else "") + ratio_text(value)
 
 
 def duration_text(seconds: float | None) -> str:
