@@ -67,7 +67,7 @@ def test_no_loss_makes_an_infinite_profit_factor_and_no_fall() -> None:
     wins = [_t("0.5", 1, 10), _t("0.25", 2, 10)]
     p = performance(wins, Decimal(5))
     assert p.profit_factor == INFINITY
-    assert (p.max_drawdown_sol, p.max_drawdown_pct) == (0, 0)
+    assert (p.max_drawdown_sol, p.max_drawdown_pct) == (Decimal(0), Decimal(0))
     # Returns 0.1 and 0.25/5.5: no losing day, a mean above 0.
     assert p.sortino == INFINITY
     assert p.sharpe is not None and p.sharpe > 0

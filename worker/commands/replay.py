@@ -31,7 +31,7 @@ from uuid import UUID
 import orjson
 
 from worker.commands.options import no_agent_message
-from worker.commands.report import draw_curves, render
+from worker.commands.report import Panel, check_chart_support, draw_curves, render
 from worker.commands.text import printable
 from worker.db.pool import connect_migrated
 from worker.db.replay import read_agents, read_history
@@ -70,6 +70,8 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     configure_logging(settings.model_copy(update={"log_level": "WARNING"}))
     if getattr(args, "verify", False):
         return await _verify(settings, args)
+    if args.chart is not None:
+        check_chart_support()
     variants = _variants(args)
     # The input files are read before any connection: a slow pipe on stdin must not hold a
     # transaction open (a migration's lock would queue behind it, and the live worker behind
@@ -102,8 +104,8 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         _notes(events, outcomes, record.open_at, invalid)
     if args.chart is not None:
         panels = [
-            (f"{a.name}: SOL + open positions at cost",
-             [(o.variant.label, o.curves.get(a.agent_id, [])) for o in outcomes])
+            Panel(f"{a.name}: SOL + open positions at cost",
+                  [(o.variant.label, o.curves.get(a.agent_id, [])) for o in outcomes])
             for a in agents
         ]  # fmt: skip
         draw_curves(args.chart, panels)

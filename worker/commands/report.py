@@ -2,9 +2,13 @@
 rate, realised and unrealised P/L, open positions, average hold, largest loss, balance.
 
 A table on a terminal; `--format json` or `csv` for tools; `--chart FILE.png` draws each
-agent's portfolio balance over time (the hourly snapshots) and its realised P/L (needs
-matplotlib: `pip install 'signal-worker[chart]'`). The figures are defined in
-`worker.domain.results`; `replay` prints the same table.
+agent's realised P/L (cumulative, a step and a marker at each exit) and its portfolio
+balance (the hourly snapshots) over time (needs matplotlib, an optional extra: `make venv`
+installs it; without it, --chart stops before anything runs, with one line saying so).
+A second table gives the figures traders compare configs by (drawdown, profit factor,
+expectancy, best and worst trade, median hold, Sharpe, Sortino). The figures are defined
+in `worker.domain.results` and `worker.domain.performance`; `replay` prints the same
+tables.
 """
 
 from __future__ import annotations
@@ -13,9 +17,10 @@ import argparse
 import csv
 import io
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 from uuid import UUID
 
 import orjson
@@ -28,6 +33,9 @@ from worker.domain.performance import Performance
 from worker.domain.results import STATUSES, AgentResult, ratio_text
 from worker.errors import UsageError
 from worker.settings import Settings
+
+if TYPE_CHECKING:  # matplotlib is optional: imported when a chart is drawn
+    from matplotlib.figure import Figure
 
 MAX_PANELS = 12  # a chart draws the first dozen agents
 COLUMNS = (
@@ -43,6 +51,8 @@ FIGURE_COLUMNS = (
 
 async def run(settings: Settings, args: argparse.Namespace) -> int:
     """Print the report; 0, or 1 when the filters match no agent."""
+    if args.chart is not None:
+        check_chart_support()
     conn = await connect_migrated(settings.db, timeout_s=settings.startup_timeout_s)
     try:
         async with conn.transaction(isolation="repeatable_read", readonly=True):
@@ -229,50 +239,77 @@ def duration_text(seconds: float | None) -> str:
 
 
 def draw(path: Path, agents: Sequence[tuple[str, UUID]], curves: Curves) -> None:
-    """Portfolio balance (left) and realised P/L (right) over time, a line per agent."""
-    draw_curves(
-        path,
-        [
-            ("Portfolio balance (hourly snapshots)",
-             [(name, curves.balances.get(agent_id, [])) for name, agent_id in agents]),
-            ("Realised P/L after each exit",
-             [(name, curves.realised.get(agent_id, [])) for name, agent_id in agents]),
-        ],
-    )  # fmt: skip
+    """The report's chart (`report_panels`) written to `path`."""
+    draw_curves(path, report_panels(agents, curves))
 
 
-def draw_curves(
-    path: Path,
-    panels: Sequence[tuple[str, Sequence[tuple[str, Sequence[tuple[datetime, Decimal]]]]]],
-) -> None:
-    """A panel per title (an agent, a measure), a line per series in it."""
+def report_panels(agents: Sequence[tuple[str, UUID]], curves: Curves) -> list[Panel]:
+    """Realised P/L (left: cumulative, a step at each exit, from 0 at the first trade's
+    entry) and portfolio balance (right: the hourly snapshots) over time, a line per agent."""
+    return [
+        Panel("Realised P/L, cumulative (a marker per exit)",
+              [(name, curves.realised.get(agent_id, [])) for name, agent_id in agents],
+              starts_at_zero=True),
+        Panel("Portfolio balance (hourly snapshots)",
+              [(name, curves.balances.get(agent_id, [])) for name, agent_id in agents]),
+    ]  # fmt: skip
+
+
+def check_chart_support() -> None:
+    """`UsageError` (exit 2) before anything runs when --chart cannot be drawn here."""
     try:
-        import matplotlib
+        import matplotlib  # noqa: F401
     except ImportError:
-        raise UsageError("--chart needs matplotlib: pip install 'signal-worker[chart]'") from None
+        raise UsageError(CHART_NEEDS) from None
+
+
+# matplotlib is an optional extra (the image and `make run-venv` do without it); `make venv`
+# installs it with the development tools (requirements-dev.lock).
+CHART_NEEDS = (
+    "--chart needs matplotlib, which is not installed here: `make venv` installs it "
+    "(or `pip install 'signal-worker[chart]'`)"
+)
+MIN_PAD = timedelta(minutes=30)  # each side of the data, at least
+MARKERS_UP_TO = 2000  # points per line with a marker each; a line alone above
+
+
+def time_limits(times: Sequence[datetime]) -> tuple[datetime, datetime] | None:
+    """The x axis around the data: its span plus 5% each side, at least `MIN_PAD` (a
+    single trade sits in the middle of an hour, not of matplotlib's default 4 years)."""
+    if not times:
+        return None
+    first, last = min(times), max(times)
+    pad = max((last - first) / 20, MIN_PAD)
+    return first - pad, last + pad
+
+
+def marker_size(points: int) -> float:
+    """Markers that a few points show clearly and a thousand do not blot out."""
+    if points <= 50:
+        return 5.0
+    if points <= 300:
+        return 3.0
+    return 1.5
+
+
+class Panel(NamedTuple):
+    """A chart's panel: a line per (label, points); `starts_at_zero`: each line's first
+    point is where it starts from (0 at the first trade's entry), not a value: no marker."""
+
+    title: str
+    series: Sequence[tuple[str, Sequence[tuple[datetime, Decimal]]]]
+    starts_at_zero: bool = False
+
+
+def draw_curves(path: Path, panels: Sequence[Panel]) -> None:
+    """The panels (`figure`) written to `path` (its ending says the format)."""
+    check_chart_support()
+    import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = list(panels)[:MAX_PANELS]
-    cols = min(2, len(shown)) or 1
-    rows = -(-len(shown) // cols) or 1
-    fig, axes = plt.subplots(rows, cols, figsize=(7 * cols, 4.2 * rows), squeeze=False)
-    for ax in axes.flat[len(shown) :]:
-        ax.set_visible(False)
-    for ax, (title, series) in zip(axes.flat, shown, strict=False):
-        for label, points in series:
-            if points:
-                xs = [x for x, _ in points]
-                ys = [float(y) for _, y in points]
-                ax.step(xs, ys, where="post", label=label)
-        ax.set_title(title if len(title) <= 60 else title[:57] + "...", fontsize=10)
-        ax.set_ylabel("SOL")
-        ax.tick_params(axis="x", labelrotation=30, labelsize=8)
-        if ax.has_data():
-            ax.legend(fontsize=7)
-        else:
-            ax.text(0.5, 0.5, "no data yet", ha="center", va="center", transform=ax.transAxes)
-    fig.tight_layout()
+    fig = figure(panels)
     try:
         fig.savefig(path, dpi=100)
     except OSError as exc:
@@ -281,3 +318,54 @@ def draw_curves(
         raise UsageError(f"cannot draw the chart: {exc}") from None
     finally:
         plt.close(fig)
+
+
+def figure(panels: Sequence[Panel]) -> Figure:
+    """A panel per title (an agent, a measure), a step line per series in it with a marker
+    at each point, the time axis around the data; the caller closes it (pyplot keeps it)."""
+    import matplotlib.dates as mdates
+    import matplotlib.pyplot as plt
+
+    shown = list(panels)[:MAX_PANELS]
+    cols = min(2, len(shown)) or 1
+    rows = -(-len(shown) // cols) or 1
+    fig, axes = plt.subplots(rows, cols, figsize=(7 * cols, 4.2 * rows), squeeze=False)
+    for ax in axes.flat[len(shown) :]:
+        ax.set_visible(False)
+    for ax, (title, series, starts_at_zero) in zip(axes.flat, shown, strict=False):
+        times: list[datetime] = []
+        for label, points in series:
+            if points:
+                xs = [x for x, _ in points]
+                ys = [float(y) for _, y in points]
+                line = ax.step(xs, ys, where="post", label=_short(label), linewidth=1.2)[0]
+                skip = 1 if starts_at_zero else 0
+                if len(points) - skip <= MARKERS_UP_TO:
+                    ax.plot(xs[skip:], ys[skip:], linestyle="none", marker="o",
+                            color=line.get_color(),
+                            markersize=marker_size(len(points) - skip))  # fmt: skip
+                times += xs
+        ax.set_title(_short(title), fontsize=10)
+        ax.set_ylabel("SOL")
+        limits = time_limits(times)
+        if limits is not None:
+            # matplotlib.dates leaves these constructors unannotated.
+            locator = mdates.AutoDateLocator()  # type: ignore[no-untyped-call]
+            ax.xaxis.set_major_locator(locator)
+            concise = mdates.ConciseDateFormatter(locator)  # type: ignore[no-untyped-call]
+            ax.xaxis.set_major_formatter(concise)
+            ax.set_xlim(*limits)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        else:
+            ax.set_xticks([])
+            ax.text(0.5, 0.5, "no data yet", ha="center", va="center", transform=ax.transAxes)
+        ax.tick_params(axis="x", labelsize=8)
+        if starts_at_zero:
+            ax.axhline(0, color="grey", linewidth=0.8)
+    fig.tight_layout()
+    return fig
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."

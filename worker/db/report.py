@@ -37,7 +37,7 @@ SELECT agent_id, status, count(*)::int AS n
 # What a closed position cost: its buys' SOL debits (the position's SOL-in swaps, fees
 # included), else (a row another writer made, without the link) amount x purchase price.
 SELECT_CLOSES = """
-SELECT h.agent_id, h.profit_loss_sol, h.sale_time,
+SELECT h.agent_id, h.profit_loss_sol, h.sale_time, h.purchase_time,
        extract(epoch FROM h.sale_time - h.purchase_time)::float8 AS held_s,
        coalesce(inv.sol, h.amount * h.purchase_price) AS invested
   FROM agent_historical_swaps h
@@ -91,7 +91,7 @@ class Filters:
 @dataclass(slots=True)
 class Curves:
     """For the chart: each agent's portfolio balance over time (hourly snapshots) and its
-    realised P/L after each exit."""
+    realised P/L after each exit (from 0 at the first exit's entry)."""
 
     balances: dict[UUID, list[tuple[datetime, Decimal]]] = field(default_factory=dict)
     realised: dict[UUID, list[tuple[datetime, Decimal]]] = field(default_factory=dict)
@@ -121,7 +121,9 @@ async def read_report(conn: asyncpg.Connection, filters: Filters) -> Report:
             Close(r["profit_loss_sol"], r["invested"], r["held_s"], r["sale_time"])
         )
         points = curves.realised.setdefault(r["agent_id"], [])
-        before = points[-1][1] if points else Decimal(0)
+        if not points:  # from 0 at the first trade's entry
+            points.append((min(r["purchase_time"], r["sale_time"]), Decimal(0)))
+        before = points[-1][1]
         points.append((r["sale_time"], before + r["profit_loss_sol"]))
     holdings: dict[UUID, list[Holding]] = defaultdict(list)
     for r in await conn.fetch(SELECT_OPEN, agent_ids):
