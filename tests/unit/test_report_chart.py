@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from worker.commands.report import MIN_PAD, figure, report_panels, time_limits
+from worker.commands.report import LONE_PAD, figure, report_panels, time_limits
 from worker.db.report import Curves
 
 T0 = datetime(2026, 12, 7, 10, tzinfo=UTC)
@@ -61,21 +61,22 @@ def _values(data: object) -> list[object]:
     return list(np.asarray(data, dtype=object).tolist())
 
 
-def test_one_trade_is_a_step_from_zero_with_a_marker_on_an_axis_of_an_hour(
+def test_one_trade_is_a_step_from_zero_with_a_marker_on_an_axis_around_it(
     drawn: list[Figure],
 ) -> None:
     pnl, balance = _draw(drawn, 1)
     exit_at = T0 + timedelta(minutes=7)
     low, high = _x_limits(pnl)
-    assert (low, high) == (T0 - MIN_PAD, exit_at + MIN_PAD)  # not matplotlib's 4 years
+    pad = timedelta(seconds=42)  # a tenth of the 7 minutes from entry to exit
+    assert (low, high) == (T0 - pad, exit_at + pad)  # not matplotlib's 4 years
     step, markers = pnl.get_lines()[:2]
     assert _values(step.get_ydata()) == [0.0, 0.01]
     # A marker on the exit, none on the entry (a start, not a trade).
     assert markers.get_marker() == "o"
     assert _values(markers.get_xdata()) == [exit_at]
-    # The one hourly snapshot sits inside an hour too, with its marker.
+    # The one hourly snapshot sits in the middle of an hour, with its marker.
     low, high = _x_limits(balance)
-    assert high - low == 2 * MIN_PAD
+    assert high - low == 2 * LONE_PAD
     assert balance.get_lines()[1].get_marker() == "o"
 
 
@@ -85,7 +86,7 @@ def test_a_thousand_trades_get_a_marker_each_on_an_axis_around_them(
     pnl, _ = _draw(drawn, 1000)
     span = timedelta(minutes=7 * 1000)
     low, high = _x_limits(pnl)
-    assert (low, high) == (T0 - span / 20, T0 + span + span / 20)
+    assert (low, high) == (T0 - span / 10, T0 + span + span / 10)
     markers = pnl.get_lines()[1]
     assert len(_values(markers.get_xdata())) == 1000
     assert markers.get_markersize() < 2  # small enough not to blot out the line
@@ -99,9 +100,11 @@ def test_no_trade_says_no_data_yet(drawn: list[Figure]) -> None:
 
 def test_time_limits_pad_the_data() -> None:
     assert time_limits([]) is None
-    assert time_limits([T0]) == (T0 - MIN_PAD, T0 + MIN_PAD)
+    assert time_limits([T0]) == (T0 - LONE_PAD, T0 + LONE_PAD)
     ten_days = T0 + timedelta(days=10)
-    assert time_limits([ten_days, T0]) == (T0 - timedelta(hours=12), ten_days + timedelta(hours=12))
+    assert time_limits([ten_days, T0]) == (T0 - timedelta(days=1), ten_days + timedelta(days=1))
+    seconds = T0 + timedelta(seconds=20)  # a demo's trades: seconds apart
+    assert time_limits([T0, seconds]) == (T0 - timedelta(seconds=2), seconds + timedelta(seconds=2))
 
 
 @pytest.mark.parametrize("command", ["report", "replay"])

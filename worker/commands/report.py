@@ -269,17 +269,18 @@ CHART_NEEDS = (
     "--chart needs matplotlib, which is not installed here: `make venv` installs it "
     "(or `pip install 'signal-worker[chart]'`)"
 )
-MIN_PAD = timedelta(minutes=30)  # each side of the data, at least
+LONE_PAD = timedelta(minutes=30)  # each side of a single point in time
 MARKERS_UP_TO = 2000  # points per line with a marker each; a line alone above
 
 
 def time_limits(times: Sequence[datetime]) -> tuple[datetime, datetime] | None:
-    """The x axis around the data: its span plus 5% each side, at least `MIN_PAD` (a
-    single trade sits in the middle of an hour, not of matplotlib's default 4 years)."""
+    """The x axis around the data: its span plus 10% each side (`LONE_PAD` around a single
+    time), so a demo's trades seconds apart fill the panel, as do a year's, instead of
+    sitting in matplotlib's default 4 years."""
     if not times:
         return None
     first, last = min(times), max(times)
-    pad = max((last - first) / 20, MIN_PAD)
+    pad = (last - first) / 10 if last > first else LONE_PAD
     return first - pad, last + pad
 
 
