@@ -103,13 +103,14 @@ async def test_each_replay_variant_has_the_figures_and_a_rank(
         wide = by[("stopLoss.defaultPercentage=-50", name)]
         assert tight["profit_factor"] == "0" and Decimal(tight["max_drawdown_sol"]) > 0
         assert all(wide[f] is None for f in FIGURES)  # no exit at -50%
-        # Ranked by realised P/L (here all different): no exit (0) first.
+        # Ranked by P/L at the end, realised + unrealised (here all different): the -50%
+        # stop sold nothing and holds both tokens at a loss, the -4% one sold both early.
         assert live["rank"] is None
-        assert wide["rank"] == 1
         replayed = [stored, tight, wide]
-        pnl = [Decimal(r["realised_pnl_sol"]) for r in replayed]
+        pnl = [Decimal(r["realised_pnl_sol"]) + Decimal(r["unrealised_pnl_sol"]) for r in replayed]
         assert len(set(pnl)) == 3
         assert [r["rank"] for r in replayed] == [1 + sum(q > p for q in pnl) for p in pnl]
+        assert tight["rank"] == 1
     table = await run_cli(env, "replay", "--user", str(account.user_id),
                           "--vary", "stopLoss.defaultPercentage=-4,-50")  # fmt: skip
     assert table.code == 0, table.stderr

@@ -15,7 +15,7 @@ from decimal import Decimal
 from worker.__main__ import _parser
 from worker.commands.replay import LIVE, ranks
 from worker.commands.report import render
-from worker.domain.results import AgentResult, Close, summarize
+from worker.domain.results import AgentResult, Close, Holding, summarize
 
 A, B = uuid.UUID(int=1), uuid.UUID(int=2)
 
@@ -87,6 +87,25 @@ def test_a_replay_ranks_each_agents_configs_by_realised_pnl_then_drawdown() -> N
         ("x=1", _result(B, "-1", name="b")),
     ]
     assert ranks(rows) == [None, 2, 4, 1, 2, None, 1, 2]
+
+
+def test_open_positions_count_in_the_rank_at_their_value_and_unvalued_ones_come_last() -> None:
+    def holding(agent: uuid.UUID, pnl: str, price: str | None) -> AgentResult:
+        return summarize(
+            agent, "a", executions={},
+            closes=[Close(Decimal(pnl), Decimal(1), 1.0, datetime(2026, 11, 1, tzinfo=UTC))],
+            holdings=[Holding("T", Decimal(10), Decimal(1), Decimal(0))],
+            prices_sol={} if price is None else {"T": Decimal(price)},
+            balance_sol=None, starting_sol=Decimal(10),
+        )  # fmt: skip
+
+    rows = [
+        ("stored config", holding(A, "0.5", "0.01")),  # +0.5 realised, -0.9 held: -0.4
+        ("x=1", _result(A, "-0.3")),  # -0.3, nothing held
+        ("x=2", holding(A, "2", None)),  # a held token without a price: after the others
+        ("x=3", holding(A, "0.5", "0.2")),  # +0.5, +1 held: +1.5
+    ]
+    assert ranks(rows) == [3, 2, 4, 1]
 
 
 def test_a_replays_rank_is_in_every_format() -> None:

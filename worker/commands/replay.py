@@ -9,8 +9,9 @@ many). Each config runs in its own memory store through the live handlers
 (`worker.replay.engine`): the stored configs ("stored config"), then each `--config`
 file (overrides merged over each agent's config) and each point of the `--vary` grid.
 Printed with the live figures of the same range, in `report`'s tables, with each
-config's rank among the agent's replayed configs (`ranks`: by realised P/L, then max
-drawdown; the rows stay in config order, the stored config first). Writes nothing: the
+config's rank among the agent's replayed configs (`ranks`: by realised plus unrealised
+P/L at the end, then max drawdown; the rows stay in config order, the stored config
+first). Writes nothing: the
 database is read in one read-only transaction.
 """
 
@@ -252,14 +253,18 @@ def _rows(
 
 def ranks(rows: Sequence[tuple[str, AgentResult]]) -> list[int | None]:
     """Each row's rank among the replayed configs of its agent (the live row has none): by
-    realised P/L (the most first), then by max drawdown in SOL (the least first; none
-    last); rows equal on both share a rank (1, 1, 3)."""
+    P/L at the end, realised plus unrealised (the most first; a config holding a token
+    without a price, its unrealised unknown, after those that can be valued, by realised
+    P/L), then by max drawdown in SOL (the least first; none last). Rows equal on these
+    share a rank (1, 1, 3)."""
 
-    def key(r: AgentResult) -> tuple[Decimal, bool, Decimal]:
+    def key(r: AgentResult) -> tuple[bool, Decimal, bool, Decimal]:
+        unvalued = r.unrealised_pnl_sol is None
+        total = r.realised_pnl_sol + (r.unrealised_pnl_sol or Decimal(0))
         drawdown = r.figures.max_drawdown_sol
-        return (-r.realised_pnl_sol, drawdown is None, drawdown or Decimal(0))
+        return (unvalued, -total, drawdown is None, drawdown or Decimal(0))
 
-    by_agent: dict[UUID, list[tuple[tuple[Decimal, bool, Decimal], int]]] = {}
+    by_agent: dict[UUID, list[tuple[tuple[bool, Decimal, bool, Decimal], int]]] = {}
     for n, (label, r) in enumerate(rows):
         if label != LIVE:
             by_agent.setdefault(r.agent_id, []).append((key(r), n))
