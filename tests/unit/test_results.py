@@ -108,8 +108,8 @@ def test_profit_is_kept_to_the_lamport_and_rates_to_two_places() -> None:
 
 
 def test_as_dict_is_json_ready_with_every_status() -> None:
-    d = _summary([Close(Decimal("1.50"), Decimal(3), 90.26, datetime(2026, 11, 1, tzinfo=UTC))])
-    d = d.as_dict()
+    closed = datetime(2026, 11, 1, tzinfo=UTC)
+    d = _summary([Close(Decimal("1.50"), Decimal(3), 90.26, closed)]).as_dict()
     assert d == {
         "agent_id": str(AGENT),
         "name": "Steady",
