@@ -78,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
         "report",
         help="what the agents did: executions, trades, realised and unrealised P/L",
         description="Per agent: executions by status, trades (full exits), win rate, "
-        "realised P/L in SOL and %%, open positions with their unrealised P/L at the latest "
+        "realised P/L in SOL and %, open positions with their unrealised P/L at the latest "
         "prices, average hold time, largest loss, SOL balance now.",
     )
     options.add_arguments(report)
@@ -274,7 +274,7 @@ def _add_views(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "list",
         help="closed trades: entry, exit, P/L, close reason, hold time",
         description="Closed trades (full exits) per agent: entry and exit prices, P/L in "
-        "SOL, USD and %%, close reason, hold time, take-profit sales before the exit. "
+        "SOL, USD and %, close reason, hold time, take-profit sales before the exit. "
         "Read-only.",
     )
     options.add_view_arguments(closed, "trades closed")

@@ -144,8 +144,10 @@ async def test_report_shows_each_agents_trades_as_json_csv_and_a_table(
     csv = await run_cli(env, "report", "--format", "csv", "--since", "2099-01-01")
     assert csv.code == 0, csv.stderr
     header, *lines = csv.stdout.splitlines()
-    assert header.startswith("agent_id,name,executions,trades")
-    assert len(lines) == 2 and all(",0/0/0,0," in line for line in lines)  # nothing since
+    assert header.startswith(
+        "agent_id,name,executions_success,executions_skipped,executions_failed,trades"
+    )
+    assert len(lines) == 2 and all(",0,0,0,0," in line for line in lines)  # nothing since
 
 
 async def test_replay_of_the_record_matches_it_and_a_grid_changes_the_exits(

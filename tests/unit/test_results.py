@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import Decimal
 from uuid import UUID
 
@@ -107,7 +108,8 @@ def test_profit_is_kept_to_the_lamport_and_rates_to_two_places() -> None:
 
 
 def test_as_dict_is_json_ready_with_every_status() -> None:
-    d = _summary([Close(Decimal("1.50"), Decimal(3), 90.26)]).as_dict()
+    closed = datetime(2026, 11, 1, tzinfo=UTC)
+    d = _summary([Close(Decimal("1.50"), Decimal(3), 90.26, closed)]).as_dict()
     assert d == {
         "agent_id": str(AGENT),
         "name": "Steady",
@@ -121,6 +123,15 @@ def test_as_dict_is_json_ready_with_every_status() -> None:
         "avg_hold_s": 90.3,
         "largest_loss_sol": None,
         "balance_sol": "9.5",
+        "max_drawdown_sol": "0",
+        "max_drawdown_pct": "0",
+        "profit_factor": "inf",
+        "expectancy_sol": "1.5",
+        "median_hold_s": 90.3,
+        "sharpe": None,
+        "sortino": None,
+        "best_trade_sol": "1.5",
+        "worst_trade_sol": "1.5",
         "unpriced_tokens": [],
     }
 

@@ -8,8 +8,11 @@ their SOL at the start; positions open at the start are not carried (the output 
 many). Each config runs in its own memory store through the live handlers
 (`worker.replay.engine`): the stored configs ("stored config"), then each `--config`
 file (overrides merged over each agent's config) and each point of the `--vary` grid.
-Printed with the live figures of the same range, in `report`'s table. Writes nothing:
-the database is read in one read-only transaction.
+Printed with the live figures of the same range, in `report`'s tables, with each
+config's rank among the agent's replayed configs (`ranks`: by realised plus unrealised
+P/L at the end, then max drawdown; the rows stay in config order, the stored config
+first). Writes nothing: the
+database is read in one read-only transaction.
 """
 
 from __future__ import annotations
@@ -21,13 +24,15 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import orjson
 
 from worker.commands.options import no_agent_message
-from worker.commands.report import draw_curves, render
+from worker.commands.report import Panel, check_chart_support, draw_curves, render
 from worker.commands.text import printable
 from worker.db.pool import connect_migrated
 from worker.db.replay import read_agents, read_history
@@ -66,6 +71,8 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     configure_logging(settings.model_copy(update={"log_level": "WARNING"}))
     if getattr(args, "verify", False):
         return await _verify(settings, args)
+    if args.chart is not None:
+        check_chart_support()
     variants = _variants(args)
     # The input files are read before any connection: a slow pipe on stdin must not hold a
     # transaction open (a migration's lock would queue behind it, and the live worker behind
@@ -92,13 +99,14 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     for variant in variants:
         invalid = check_variant(variant, start)
     outcomes = await _replay_all(start, events, variants, settings)
-    print(render(_rows(agents, live, outcomes), args.format))
+    rows = _rows(agents, live, outcomes)
+    print(render(rows, args.format, ranks(rows)))
     if args.format == "table":
         _notes(events, outcomes, record.open_at, invalid)
     if args.chart is not None:
         panels = [
-            (f"{a.name}: SOL + open positions at cost",
-             [(o.variant.label, o.curves.get(a.agent_id, [])) for o in outcomes])
+            Panel(f"{a.name}: SOL + open positions at cost",
+                  [(o.variant.label, o.curves.get(a.agent_id, [])) for o in outcomes])
             for a in agents
         ]  # fmt: skip
         draw_curves(args.chart, panels)
@@ -243,6 +251,32 @@ def _rows(
         rows.extend((o.variant.label, found[agent.agent_id]) for o, found in
                     zip(outcomes, by_outcome, strict=True))  # fmt: skip
     return rows
+
+
+def ranks(rows: Sequence[tuple[str, AgentResult]]) -> list[int | None]:
+    """Each row's rank among the replayed configs of its agent (the live row has none): by
+    P/L at the end, realised plus unrealised (the most first; a config holding a token
+    without a price, its unrealised unknown, after those that can be valued, by realised
+    P/L), then by max drawdown in SOL (the least first; none last). Rows equal on these
+    share a rank (1, 1, 3)."""
+
+    def key(r: AgentResult) -> tuple[bool, Decimal, bool, Decimal]:
+        unvalued = r.unrealised_pnl_sol is None
+        total = r.realised_pnl_sol + (r.unrealised_pnl_sol or Decimal(0))
+        drawdown = r.figures.max_drawdown_sol
+        return (unvalued, -total, drawdown is None, drawdown or Decimal(0))
+
+    by_agent: dict[UUID, list[tuple[tuple[bool, Decimal, bool, Decimal], int]]] = {}
+    for n, (label, r) in enumerate(rows):
+        if label != LIVE:
+            by_agent.setdefault(r.agent_id, []).append((key(r), n))
+    out: list[int | None] = [None] * len(rows)
+    for keyed in by_agent.values():
+        keyed.sort()
+        for place, (k, n) in enumerate(keyed, start=1):
+            earlier = [out[m] for k2, m in keyed[: place - 1] if k2 == k]
+            out[n] = earlier[0] if earlier else place
+    return out
 
 
 def _notes(

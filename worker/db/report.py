@@ -12,13 +12,14 @@ from uuid import UUID
 
 import asyncpg
 
+from worker.db.replay import SELECT_SOL_AT
 from worker.domain.models import SOL_MINT
 from worker.domain.results import AgentResult, Close, Holding, prices_in_sol, summarize
 
 # The agents asked for (all, by id, or a user's), with the SOL balance of their current
 # mode's wallet.
 SELECT_AGENTS = """
-SELECT a.id, a.name, a.user_id, b.balance
+SELECT a.id, a.name, a.user_id, b.balance, w.wallet_address
   FROM agents a
   LEFT JOIN agent_wallets w ON w.agent_id = a.id AND w.wallet_type = a.trading_mode
   LEFT JOIN agent_balances b ON b.wallet_address = w.wallet_address AND b.token_address = $3
@@ -36,7 +37,7 @@ SELECT agent_id, status, count(*)::int AS n
 # What a closed position cost: its buys' SOL debits (the position's SOL-in swaps, fees
 # included), else (a row another writer made, without the link) amount x purchase price.
 SELECT_CLOSES = """
-SELECT h.agent_id, h.profit_loss_sol, h.sale_time,
+SELECT h.agent_id, h.profit_loss_sol, h.sale_time, h.purchase_time,
        extract(epoch FROM h.sale_time - h.purchase_time)::float8 AS held_s,
        coalesce(inv.sol, h.amount * h.purchase_price) AS invested
   FROM agent_historical_swaps h
@@ -60,6 +61,14 @@ SELECT agent_id, token_address, coalesce(remaining_amount, purchase_amount) AS r
 SELECT_PRICES = """
 SELECT token_address, price_usd FROM token_prices WHERE token_address = ANY($1::varchar[])
 """
+# Each wallet's first trade in the period: where its equity curve starts.
+SELECT_FIRST_TRADES = """
+SELECT wallet_address, min(transaction_time) AS at
+  FROM agent_transactions
+ WHERE wallet_address = ANY($1::varchar[]) AND transaction_type = 'SWAP'
+   AND ($2::timestamptz IS NULL OR transaction_time >= $2)
+ GROUP BY wallet_address
+"""
 SELECT_SNAPSHOTS = """
 SELECT agent_id, snapshot_timestamp, portfolio_balance_sol
   FROM agent_balance_snapshots
@@ -82,7 +91,7 @@ class Filters:
 @dataclass(slots=True)
 class Curves:
     """For the chart: each agent's portfolio balance over time (hourly snapshots) and its
-    realised P/L after each exit."""
+    realised P/L after each exit (from 0 at the first exit's entry)."""
 
     balances: dict[UUID, list[tuple[datetime, Decimal]]] = field(default_factory=dict)
     realised: dict[UUID, list[tuple[datetime, Decimal]]] = field(default_factory=dict)
@@ -108,9 +117,13 @@ async def read_report(conn: asyncpg.Connection, filters: Filters) -> Report:
     closes: dict[UUID, list[Close]] = defaultdict(list)
     curves = Curves()
     for r in await conn.fetch(SELECT_CLOSES, agent_ids, filters.since, SOL_MINT, filters.until):
-        closes[r["agent_id"]].append(Close(r["profit_loss_sol"], r["invested"], r["held_s"]))
+        closes[r["agent_id"]].append(
+            Close(r["profit_loss_sol"], r["invested"], r["held_s"], r["sale_time"])
+        )
         points = curves.realised.setdefault(r["agent_id"], [])
-        before = points[-1][1] if points else Decimal(0)
+        if not points:  # from 0 at the first trade's entry
+            points.append((min(r["purchase_time"], r["sale_time"]), Decimal(0)))
+        before = points[-1][1]
         points.append((r["sale_time"], before + r["profit_loss_sol"]))
     holdings: dict[UUID, list[Holding]] = defaultdict(list)
     for r in await conn.fetch(SELECT_OPEN, agent_ids):
@@ -129,6 +142,7 @@ async def read_report(conn: asyncpg.Connection, filters: Filters) -> Report:
         curves.balances.setdefault(r["agent_id"], []).append(
             (r["snapshot_timestamp"], r["portfolio_balance_sol"])
         )
+    starting = await starting_sol(conn, agents, filters.since)
     results = [
         summarize(
             a["id"],
@@ -138,7 +152,24 @@ async def read_report(conn: asyncpg.Connection, filters: Filters) -> Report:
             holdings=holdings.get(a["id"], []),
             prices_sol=prices_sol,
             balance_sol=a["balance"],
+            starting_sol=starting.get(a["id"], Decimal(0)),
         )
         for a in agents
     ]
     return Report(results, {a["id"]: a["user_id"] for a in agents}, curves)
+
+
+async def starting_sol(
+    conn: asyncpg.Connection, agents: Sequence[asyncpg.Record], since: datetime | None
+) -> dict[UUID, Decimal]:
+    """Each agent's SOL just before its first trade of the report's period (from `since`
+    on), as `replay` counts a start (`SELECT_SOL_AT`: deposits and withdrawals until then
+    count, trades from then on do not): the base of the equity curve of
+    `worker.domain.performance`. 0 without a wallet or a trade."""
+    wallets = [a["wallet_address"] for a in agents if a["wallet_address"] is not None]
+    firsts = await conn.fetch(SELECT_FIRST_TRADES, wallets, since)
+    rows = await conn.fetch(
+        SELECT_SOL_AT, SOL_MINT, [r["wallet_address"] for r in firsts], [r["at"] for r in firsts]
+    )
+    sol = {r["wallet_address"]: r["sol"] for r in rows}
+    return {a["id"]: sol.get(a["wallet_address"], Decimal(0)) for a in agents}

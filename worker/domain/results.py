@@ -11,28 +11,34 @@ contents, so both tables mean the same thing.
   SOL invested. It is None when a held token has no price (or SOL/USD is missing); those
   tokens are `unpriced_tokens` (every held token when SOL/USD is missing).
 - Win rate: full exits with a profit over all full exits (None without exits).
+- Drawdown, profit factor, expectancy, median hold, Sharpe, Sortino, best and worst trade:
+  `worker.domain.performance` (on the realised equity curve from the SOL at the start).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from uuid import UUID
 
 from worker.domain.fills import token_price_sol
 from worker.domain.money import HUNDRED, ZERO, exact, fmt, to_sol
+from worker.domain.performance import Performance, TradeOutcome, performance
 
 STATUSES = ("success", "skipped", "failed")
 
 
 @dataclass(frozen=True, slots=True)
 class Close:
-    """A full exit: its P/L, what the position cost, how long it was held."""
+    """A full exit: its P/L, what the position cost, how long it was held, when it closed
+    (without it, the exit counts in no figure of `worker.domain.performance`)."""
 
     profit_loss_sol: Decimal
     invested_sol: Decimal
     held_s: float
+    closed_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,12 +68,15 @@ class AgentResult:
     largest_loss_sol: Decimal | None  # the worst exit, when one lost
     balance_sol: Decimal | None
     unpriced_tokens: tuple[str, ...] = ()  # held tokens without a price, in address order
+    figures: Performance = field(default_factory=Performance)
 
     def as_dict(self) -> dict[str, object]:
-        """JSON-ready: numbers as exact strings, ids as text."""
+        """JSON-ready: numbers as exact strings (an infinite ratio as "inf"), ids as text."""
 
         def text(value: Decimal | None) -> str | None:
-            return None if value is None else fmt(value)
+            return None if value is None else ratio_text(value)
+
+        f = self.figures
 
         return {
             "agent_id": str(self.agent_id),
@@ -82,8 +91,24 @@ class AgentResult:
             "avg_hold_s": None if self.avg_hold_s is None else round(self.avg_hold_s, 1),
             "largest_loss_sol": text(self.largest_loss_sol),
             "balance_sol": text(self.balance_sol),
+            "max_drawdown_sol": text(f.max_drawdown_sol),
+            "max_drawdown_pct": text(f.max_drawdown_pct),
+            "profit_factor": text(f.profit_factor),
+            "expectancy_sol": text(f.expectancy_sol),
+            "median_hold_s": None if f.median_hold_s is None else round(f.median_hold_s, 1),
+            "sharpe": text(f.sharpe),
+            "sortino": text(f.sortino),
+            "best_trade_sol": text(f.best_trade_sol),
+            "worst_trade_sol": text(f.worst_trade_sol),
             "unpriced_tokens": list(self.unpriced_tokens),
         }
+
+
+def ratio_text(value: Decimal) -> str:
+    """A figure as exact text; an infinite one (a profit factor without a loss) as `inf`."""
+    if value.is_infinite():
+        return "inf" if value > 0 else "-inf"
+    return fmt(value)
 
 
 @exact
@@ -96,9 +121,11 @@ def summarize(
     holdings: Sequence[Holding],
     prices_sol: Mapping[str, Decimal],
     balance_sol: Decimal | None,
+    starting_sol: Decimal = ZERO,
 ) -> AgentResult:
     """The figures of one agent from its executions, exits, open positions, the latest SOL
-    price of each token (SOL per token) and its SOL balance."""
+    price of each token (SOL per token), its SOL balance and its SOL at the start of the
+    period (the base of the equity curve)."""
     realised = sum((c.profit_loss_sol for c in closes), ZERO)
     invested = sum((c.invested_sol for c in closes), ZERO)
     wins = sum(1 for c in closes if c.profit_loss_sol > 0)
@@ -121,6 +148,14 @@ def summarize(
         largest_loss_sol=min(losses) if losses else None,
         balance_sol=balance_sol,
         unpriced_tokens=unpriced,
+        figures=performance(
+            [
+                TradeOutcome(c.profit_loss_sol, c.closed_at, c.held_s)
+                for c in closes
+                if c.closed_at is not None
+            ],
+            starting_sol,
+        ),
     )
 
 

@@ -141,6 +141,7 @@ class Run:
     curves: dict[UUID, list[tuple[datetime, Decimal]]] = field(default_factory=dict)
     realised: dict[UUID, Decimal] = field(default_factory=dict)  # so far, by agent
     closes_counted: int = 0  # of store.closed, into `realised`
+    starting_sol: dict[UUID, Decimal] = field(default_factory=dict)  # the run's start
 
     def results(self) -> list[AgentResult]:
         """The report's figures for every agent, as `report` computes them live."""
@@ -155,7 +156,7 @@ class Run:
             pnl = closed.pnl
             held = (at - closed.position.state.created_at).total_seconds()
             closes.setdefault(closed.position.agent_id, []).append(
-                Close(pnl.profit_loss_sol, pnl.returned_sol - pnl.profit_loss_sol, held)
+                Close(pnl.profit_loss_sol, pnl.returned_sol - pnl.profit_loss_sol, held, at)
             )
         holdings: dict[UUID, list[Holding]] = {}
         for p in store.positions.values():
@@ -178,6 +179,7 @@ class Run:
                 holdings=holdings.get(agent.agent_id, []),
                 prices_sol=prices_sol,
                 balance_sol=store.sol_balance(agent.agent_id),
+                starting_sol=self.starting_sol.get(agent.agent_id, Decimal(0)),
             )
             for agent in store.agents.values()
         ]
@@ -281,7 +283,7 @@ async def replay(
         store.add_agent(variant.setup(agent), start.sol.get(agent.agent_id, Decimal(0)))
     store.prices.update(start.prices)
     configs = ConfigTexts()
-    run = Run(variant, store, len(events), 0.0)
+    run = Run(variant, store, len(events), 0.0, starting_sol=dict(start.sol))
     started = time.perf_counter()
     with localcontext(MATH_CONTEXT):
         await _feed(store, events, configs, settings, run, start, progress)
