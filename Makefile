@@ -122,7 +122,7 @@ test-containers: venv services ## the image end to end, the wheel, compose and t
 helm-lint: ## helm lint --strict and helm template of the chart, with each ci/ values file
 	@helm=$$($(CONTAINERS) helm) && for values in $(CHART)/ci/*-values.yaml; do \
 	    $$helm lint --strict $(CHART) --values $$values \
-	    && $$helm template signal-worker $(CHART) --values $$values --kube-version 1.30.0 >/dev/null \
+	    && $$helm template signal-worker $(CHART) --values $$values >/dev/null \
 	    || exit 1; done
 
 up: ## docker compose: Kafka, PostgreSQL, migrate, the worker, Prometheus, Grafana
