@@ -32,8 +32,8 @@ WORKER := DATABASE_URL="$${DATABASE_URL:-postgresql://postgres@127.0.0.1:$(LOCAL
 	$(PY) -m worker
 
 .PHONY: help venv run-venv services services-down migrate seed-demo run demo test test-unit \
-        test-integration lint fmt bench mutation up down clean lock image test-containers \
-        helm-lint
+        test-integration lint fmt bench mutation up down clean lock image run-image \
+        test-containers helm-lint
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 20
@@ -115,6 +115,11 @@ lock: venv ## refresh the lock files from pyproject.toml (UPGRADE=1: newest vers
 
 image: ## build the image (IMAGE=signal-worker:local) with Docker, else podman
 	@$(CONTAINERS) build $(IMAGE)
+
+run-image: services image ## `make run` in the image: migrate, then the worker (host network, the engine `make image` chose)
+	@DATABASE_URL="$${DATABASE_URL:-postgresql://postgres@127.0.0.1:$(LOCAL_PG_PORT)/signals}" \
+	KAFKA_BOOTSTRAP_SERVERS="$${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:$(LOCAL_KAFKA_PORT)}" \
+	$(CONTAINERS) run $(IMAGE)
 
 test-containers: venv services ## the image end to end, the wheel, compose and the Helm chart
 	@$(PY) -m pytest -m containers tests/containers

@@ -8,6 +8,13 @@
 #                                             where it cannot be pulled, a stand-in (below)
 #   scripts/container-engine.sh build [TAG]   builds the image from the Dockerfile (default tag
 #                                             signal-worker:local); prints the tag
+#   scripts/container-engine.sh run [TAG]     runs the image (default signal-worker:local) as
+#                                             `make run` runs the worker: `migrate`, then
+#                                             `run` in the foreground, on the host network, with
+#                                             every setting of the caller's environment
+#                                             (DATABASE_URL and KAFKA_BOOTSTRAP_SERVERS needed);
+#                                             container name $CONTAINER_NAME (signal-worker);
+#                                             prints each engine command it runs
 #   scripts/container-engine.sh helm          prints the path of helm $HELM_VERSION, built once
 #                                             with `go install` into the cache, with the
 #                                             ldflags of helm's Makefile (its version and
@@ -240,6 +247,41 @@ build_image() {
     echo "$tag"
 }
 
+# ---------------------------------------------------------------------------- run
+
+image_settings() { # tag -> the names of the settings the image's worker reads, one line
+    engine run --rm --network none --no-healthcheck --entrypoint python "$1" -c \
+        'from worker.settings import Settings; print(*(n.upper() for n in Settings.model_fields))'
+}
+
+show() { # the command, as one could paste it (podman's CONTAINERS_CONF in front)
+    local prefix=""
+    [[ $ENGINE == podman ]] && prefix="CONTAINERS_CONF=$CONTAINERS_CONF "
+    log "run: $prefix$*"
+}
+
+run_image() {
+    local tag=${1:-$DEFAULT_TAG} name=${CONTAINER_NAME:-signal-worker} names setting
+    local -a flags=(--network host --read-only)
+    [[ -n ${DATABASE_URL:-} ]] || die "run: set DATABASE_URL (make run-image points it at the local services)"
+    [[ -n ${KAFKA_BOOTSTRAP_SERVERS:-} ]] || die "run: set KAFKA_BOOTSTRAP_SERVERS (make run-image points it at the local services)"
+    engine image inspect "$tag" >/dev/null 2>&1 || die "run: $ENGINE has no image $tag: build it with make image IMAGE=$tag"
+    if [[ $ENGINE == podman && ! -S /run/systemd/private ]]; then
+        # podman runs HEALTHCHECKs from systemd timers; without systemd every run logs errors.
+        flags+=(--no-healthcheck)
+    fi
+    names=$(image_settings "$tag" 2>&1) || die "run: $tag does not start: ${names##*$'\n'}"
+    for setting in $names; do
+        # By name only: the engine takes the value from this environment (no secret printed).
+        if [[ -n ${!setting+set} ]]; then flags+=(--env "$setting"); fi
+    done
+    show "$ENGINE" run --rm "${flags[@]}" "$tag" migrate
+    engine run --rm "${flags[@]}" "$tag" migrate || die "run: migrate failed (exit $?); its log is above"
+    log "run: starting the worker in the container $name; /healthz, /readyz and /metrics on port ${HTTP_PORT:-8080}; Ctrl-C or \`$ENGINE stop $name\` stops it (it drains first)"
+    show "$ENGINE" run --rm --name "$name" --stop-timeout 30 "${flags[@]}" "$tag" run
+    exec "$ENGINE" run --rm --name "$name" --stop-timeout 30 "${flags[@]}" "$tag" run
+}
+
 # ---------------------------------------------------------------------------- helm
 
 helm_ldflags() { # what helm's own Makefile stamps into a release build (see HELM_VERSION)
@@ -321,9 +363,10 @@ engine)
     ;;
 base) select_engine; ensure_base ;;
 build) select_engine; ensure_base; build_image "${2:-}" ;;
+run) select_engine; run_image "${2:-}" ;;
 helm) helm_path ;;
 *)
-    echo "usage: $0 engine | base | build [TAG] | helm" >&2
+    echo "usage: $0 engine | base | build [TAG] | run [TAG] | helm" >&2
     exit 2
     ;;
 esac
