@@ -130,12 +130,15 @@ helm-lint: ## helm lint --strict and helm template of the chart, with each ci/ v
 	    && $$helm template signal-worker $(CHART) --values $$values >/dev/null \
 	    || exit 1; done
 
+# Compose needs the compose plugin (or docker-compose) and a Docker engine: scripts/compose.sh
+# says in one line which is missing, before anything is written.
 up: ## docker compose: Kafka, PostgreSQL, migrate, the worker, Prometheus, Grafana
+	@scripts/compose.sh check
 	@scripts/compose-env.sh
-	docker compose up -d --build
+	@scripts/compose.sh up -d --build
 
 down: ## docker compose down
-	docker compose down
+	@scripts/compose.sh down
 
 clean: ## stop services and remove the virtual environment and local service data
 	scripts/services.sh purge

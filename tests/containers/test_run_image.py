@@ -91,7 +91,7 @@ async def wait_answering(make: subprocess.Popen[bytes], port: int, log_path: Pat
 
     async def ready() -> bool:
         if make.poll() is not None:
-            pytest.fail(f"make run-image exited {make.returncode}:\n{log_path.read_text()[-3000:]}")
+            pytest.fail(f"make run-image exited {make.returncode}:\n{tail(log_path)}")
         try:
             status, _ = await http_get(port, "/readyz")
         except OSError:
@@ -101,4 +101,9 @@ async def wait_answering(make: subprocess.Popen[bytes], port: int, log_path: Pat
     try:
         await wait_for(ready, timeout_s=180, what="/readyz of the worker in the container")
     except AssertionError as exc:
-        raise AssertionError(f"{exc}\n{log_path.read_text()[-3000:]}") from None
+        raise AssertionError(f"{exc}\n{tail(log_path)}") from None
+
+
+def tail(log_path: Path) -> str:
+    """The end of make's output, for a failure message."""
+    return log_path.read_text()[-3000:]
