@@ -270,8 +270,10 @@ run_image() {
         # podman runs HEALTHCHECKs from systemd timers; without systemd every run logs errors.
         flags+=(--no-healthcheck)
     fi
-    names=$(image_settings "$tag" 2>&1) || die "run: $tag does not start: ${names##*$'\n'}"
+    names=$(image_settings "$tag" 2>"$CACHE/run.log") \
+        || die "run: $tag does not start: $(tail -n 1 "$CACHE/run.log")"
     for setting in $names; do
+        [[ $setting =~ ^[A-Z][A-Z0-9_]*$ ]] || continue
         # By name only: the engine takes the value from this environment (no secret printed).
         if [[ -n ${!setting+set} ]]; then flags+=(--env "$setting"); fi
     done
