@@ -32,8 +32,8 @@ WORKER := DATABASE_URL="$${DATABASE_URL:-postgresql://postgres@127.0.0.1:$(LOCAL
 	$(PY) -m worker
 
 .PHONY: help venv run-venv services services-down migrate seed-demo run demo test test-unit \
-        test-integration lint fmt bench mutation up down clean lock image test-containers \
-        helm-lint
+        test-integration lint fmt bench mutation up down clean lock image run-image \
+        test-containers helm-lint
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 20
@@ -116,21 +116,29 @@ lock: venv ## refresh the lock files from pyproject.toml (UPGRADE=1: newest vers
 image: ## build the image (IMAGE=signal-worker:local) with Docker, else podman
 	@$(CONTAINERS) build $(IMAGE)
 
+run-image: services image ## `make run` in the image: migrate, then the worker (host network, the engine `make image` chose)
+	@DATABASE_URL="$${DATABASE_URL:-postgresql://postgres@127.0.0.1:$(LOCAL_PG_PORT)/signals}" \
+	KAFKA_BOOTSTRAP_SERVERS="$${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:$(LOCAL_KAFKA_PORT)}" \
+	$(CONTAINERS) run $(IMAGE)
+
 test-containers: venv services ## the image end to end, the wheel, compose and the Helm chart
 	@$(PY) -m pytest -m containers tests/containers
 
 helm-lint: ## helm lint --strict and helm template of the chart, with each ci/ values file
 	@helm=$$($(CONTAINERS) helm) && for values in $(CHART)/ci/*-values.yaml; do \
 	    $$helm lint --strict $(CHART) --values $$values \
-	    && $$helm template signal-worker $(CHART) --values $$values --kube-version 1.30.0 >/dev/null \
+	    && $$helm template signal-worker $(CHART) --values $$values >/dev/null \
 	    || exit 1; done
 
+# Compose needs the compose plugin (or docker-compose) and a Docker engine: scripts/compose.sh
+# says in one line which is missing, before anything is written.
 up: ## docker compose: Kafka, PostgreSQL, migrate, the worker, Prometheus, Grafana
+	@scripts/compose.sh check
 	@scripts/compose-env.sh
-	docker compose up -d --build
+	@scripts/compose.sh up -d --build
 
 down: ## docker compose down
-	docker compose down
+	@scripts/compose.sh down
 
 clean: ## stop services and remove the virtual environment and local service data
 	scripts/services.sh purge

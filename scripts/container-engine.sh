@@ -8,8 +8,17 @@
 #                                             where it cannot be pulled, a stand-in (below)
 #   scripts/container-engine.sh build [TAG]   builds the image from the Dockerfile (default tag
 #                                             signal-worker:local); prints the tag
+#   scripts/container-engine.sh run [TAG]     runs the image (default signal-worker:local) as
+#                                             `make run` runs the worker: `migrate`, then
+#                                             `run` in the foreground, on the host network, with
+#                                             every setting of the caller's environment
+#                                             (DATABASE_URL and KAFKA_BOOTSTRAP_SERVERS needed);
+#                                             container name $CONTAINER_NAME (signal-worker);
+#                                             prints each engine command it runs
 #   scripts/container-engine.sh helm          prints the path of helm $HELM_VERSION, built once
-#                                             with `go install` into the cache
+#                                             with `go install` into the cache, with the
+#                                             ldflags of helm's Makefile (its version and
+#                                             default Kubernetes version, not 1.20)
 #
 # Engine: Docker where an engine answers (`docker info`), else podman (Debian's package,
 # installed with apt-get when missing). CONTAINER_ENGINE=docker|podman forces one. Podman runs
@@ -38,7 +47,11 @@ STAND_IN_REVISION=1
 STAND_IN_MAX_AGE_DAYS=${STAND_IN_MAX_AGE_DAYS:-30}
 STAND_IN_LABEL=io.signal-worker.stand-in
 PULL_TIMEOUT_S=${PULL_TIMEOUT_S:-120}
-HELM_VERSION=v3.22.0
+# helm 3.21.4: the newest v3 approved for this project's machines (3.22.0 is served by the
+# Go module proxy but not approved). HELM_KUBE_VERSION is the Kubernetes version it defaults
+# to, as its Makefile stamps it in: 1.N for its k8s.io/client-go v0.N (checked at build).
+HELM_VERSION=v3.21.4
+HELM_KUBE_VERSION=1.36
 DEFAULT_TAG=signal-worker:local
 
 log() { printf '[containers] %s\n' "$*" >&2; }
@@ -234,16 +247,109 @@ build_image() {
     echo "$tag"
 }
 
+# ---------------------------------------------------------------------------- run
+
+image_settings() { # tag -> the names of the settings the image's worker reads, one line
+    engine run --rm --network none --no-healthcheck --entrypoint python "$1" -c \
+        'from worker.settings import Settings; print(*(n.upper() for n in Settings.model_fields))'
+}
+
+show() { # the command, as one could paste it (podman's CONTAINERS_CONF in front)
+    local prefix=""
+    [[ $ENGINE == podman ]] && prefix="CONTAINERS_CONF=$CONTAINERS_CONF "
+    log "run: $prefix$*"
+}
+
+run_image() {
+    local tag=${1:-$DEFAULT_TAG} name=${CONTAINER_NAME:-signal-worker} names setting
+    local -a flags=(--network host --read-only)
+    [[ -n ${DATABASE_URL:-} ]] || die "run: set DATABASE_URL (make run-image points it at the local services)"
+    [[ -n ${KAFKA_BOOTSTRAP_SERVERS:-} ]] || die "run: set KAFKA_BOOTSTRAP_SERVERS (make run-image points it at the local services)"
+    engine image inspect "$tag" >/dev/null 2>&1 || die "run: $ENGINE has no image $tag: build it with make image IMAGE=$tag"
+    if [[ $ENGINE == podman && ! -S /run/systemd/private ]]; then
+        # podman runs HEALTHCHECKs from systemd timers; without systemd every run logs errors.
+        flags+=(--no-healthcheck)
+    fi
+    names=$(image_settings "$tag" 2>"$CACHE/run.log") \
+        || die "run: $tag does not start: $(tail -n 1 "$CACHE/run.log")"
+    for setting in $names; do
+        [[ $setting =~ ^[A-Z][A-Z0-9_]*$ ]] || continue
+        # By name only: the engine takes the value from this environment (no secret printed).
+        if [[ -n ${!setting+set} ]]; then flags+=(--env "$setting"); fi
+    done
+    show "$ENGINE" run --rm "${flags[@]}" "$tag" migrate
+    engine run --rm "${flags[@]}" "$tag" migrate || die "run: migrate failed (exit $?); its log is above"
+    log "run: starting the worker in the container $name; /healthz, /readyz and /metrics on port ${HTTP_PORT:-8080}; Ctrl-C or \`$ENGINE stop $name\` stops it (it drains first)"
+    show "$ENGINE" run --rm --name "$name" --stop-timeout 30 "${flags[@]}" "$tag" run
+    exec "$ENGINE" run --rm --name "$name" --stop-timeout 30 "${flags[@]}" "$tag" run
+}
+
 # ---------------------------------------------------------------------------- helm
 
+helm_ldflags() { # what helm's own Makefile stamps into a release build (see HELM_VERSION)
+    local v=helm.sh/helm/v3
+    printf '%s ' -w -s \
+        -X "$v/internal/version.version=$HELM_VERSION" \
+        -X "$v/pkg/chartutil.k8sVersionMajor=${HELM_KUBE_VERSION%.*}" \
+        -X "$v/pkg/chartutil.k8sVersionMinor=${HELM_KUBE_VERSION#*.}" \
+        -X "$v/pkg/lint/rules.k8sVersionMajor=${HELM_KUBE_VERSION%.*}" \
+        -X "$v/pkg/lint/rules.k8sVersionMinor=${HELM_KUBE_VERSION#*.}"
+}
+
+helm_check_source() { # module dir: the variables the ldflags set exist, the Kubernetes version is go.mod's
+    local src=$1 client_go want
+    # `go build -X` silently ignores a variable that does not exist: check each one.
+    grep -qE '^\s+version\s+=' "$src/internal/version/version.go" \
+        && grep -qE '^\s+k8sVersionMinor\s+=' "$src/pkg/chartutil/capabilities.go" \
+        && grep -qE '^\s+k8sVersionMinor\s+=' "$src/pkg/lint/rules/deprecations.go" \
+        || die "helm $HELM_VERSION no longer has the version variables its ldflags set (internal/version.version, pkg/chartutil and pkg/lint/rules k8sVersionMajor/Minor): update helm_ldflags from its Makefile"
+    # The Makefile's rule: Kubernetes 1.N for k8s.io/client-go v0.N.
+    client_go=$(sed -n 's/^\s*k8s.io\/client-go v0\.\([0-9]*\)\..*/\1/p' "$src/go.mod")
+    want=1.$client_go
+    [[ $want == "$HELM_KUBE_VERSION" ]] \
+        || die "helm $HELM_VERSION is built with k8s.io/client-go v0.$client_go: set HELM_KUBE_VERSION=$want in $0"
+}
+
+helm_verify() { # binary: it reports HELM_VERSION and renders for Kubernetes HELM_KUBE_VERSION
+    local helm=$1 chart version kube
+    version=$("$helm" version --template '{{.Version}}' 2>&1) || die "the new helm does not run: $version"
+    [[ $version == "$HELM_VERSION" ]] || die "the new helm reports version $version, not $HELM_VERSION (see the ldflags in $0)"
+    chart=$(mktemp -d "$CACHE/helm-probe.XXXXXX")
+    mkdir -p "$chart/templates"
+    printf 'apiVersion: v2\nname: probe\nversion: 0.1.0\n' >"$chart/Chart.yaml"
+    printf 'kube: {{ .Capabilities.KubeVersion.Version }}\n' >"$chart/templates/kube.yaml"
+    kube=$("$helm" template probe "$chart" 2>&1 | sed -n 's/^kube: //p')
+    rm -rf "$chart"
+    [[ $kube == "v$HELM_KUBE_VERSION.0" ]] \
+        || die "the new helm defaults to Kubernetes ${kube:-?}, not v$HELM_KUBE_VERSION.0 (see the ldflags in $0)"
+}
+
 helm_path() {
-    local dir=$CACHE/helm-$HELM_VERSION started=$SECONDS
+    local ldflags key dir src tmp started=$SECONDS
+    ldflags=$(helm_ldflags)
+    # The folder is named by the build flags too: a helm built otherwise (an older script's,
+    # without ldflags) is never reused.
+    key=$(printf '%s' "$HELM_VERSION trimpath cgo0 $ldflags" | sha256sum | cut -c1-12)
+    dir=$CACHE/helm-$HELM_VERSION-$key
     if [[ ! -x $dir/helm ]]; then
         command -v go >/dev/null || die "helm $HELM_VERSION is built with go install, and go is not installed"
-        log "helm: building $HELM_VERSION with go install (a few minutes, once; cached in $dir)"
-        mkdir -p "$dir"
-        GOBIN=$dir go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" >"$CACHE/helm-build.log" 2>&1 \
+        log "helm: building $HELM_VERSION (default Kubernetes $HELM_KUBE_VERSION) with go install (a few minutes, once; cached in $dir)"
+        src=$(go mod download -json "helm.sh/helm/v3@$HELM_VERSION" 2>"$CACHE/helm-build.log" \
+            | sed -n 's/^\s*"Dir": "\(.*\)",\?$/\1/p') || true
+        [[ -n $src && -d $src ]] \
+            || die "go mod download helm.sh/helm/v3@$HELM_VERSION failed; see $CACHE/helm-build.log"
+        helm_check_source "$src"
+        tmp=$(mktemp -d "$CACHE/helm-build.XXXXXX")
+        # shellcheck disable=SC2064 # expand now: the trap must remove this very folder
+        trap "rm -rf '$tmp'" EXIT
+        # As helm's Makefile builds a release: CGO off, -trimpath, its ldflags.
+        CGO_ENABLED=0 GOBIN=$tmp go install -trimpath -ldflags "$ldflags" \
+            "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" >>"$CACHE/helm-build.log" 2>&1 \
             || die "go install helm.sh/helm/v3/cmd/helm@$HELM_VERSION failed; see $CACHE/helm-build.log"
+        helm_verify "$tmp/helm"
+        rm -rf "$dir"
+        mv "$tmp" "$dir"
+        trap - EXIT
         log "helm: built in $((SECONDS - started))s"
     fi
     echo "$dir/helm"
@@ -259,9 +365,10 @@ engine)
     ;;
 base) select_engine; ensure_base ;;
 build) select_engine; ensure_base; build_image "${2:-}" ;;
+run) select_engine; run_image "${2:-}" ;;
 helm) helm_path ;;
 *)
-    echo "usage: $0 engine | base | build [TAG] | helm" >&2
+    echo "usage: $0 engine | base | build [TAG] | run [TAG] | helm" >&2
     exit 2
     ;;
 esac
