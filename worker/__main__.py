@@ -121,13 +121,14 @@ def _add_publish(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
     publish.add_argument("--user-id", metavar="UUID", help="the owner whose agents take it")
     publish.add_argument("--token-address", metavar="MINT", help="the token's Solana mint")
+    # Required, as in a JSON signal (no default: agents choose signals by type and strength).
     publish.add_argument(
         "--signal-type",
-        default="Velocity (Dex Boost Detection)",
-        help="free text, 1 to 50 characters (default: %(default)s)",
+        metavar="TEXT",
+        help="required: free text, 1 to 50 characters (e.g. 'Velocity (Dex Boost Detection)')",
     )
     publish.add_argument(
-        "--signal-strength", type=int, default=3, metavar="1-5", help="default: %(default)s"
+        "--signal-strength", type=int, metavar="1-5", help="required: 1 (weak) to 5 (strong)"
     )
     publish.add_argument("--symbol", help="the token's symbol, at most 50 characters")
     publish.add_argument(
