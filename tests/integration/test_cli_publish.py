@@ -297,7 +297,8 @@ async def test_skip_lines_starts_after_the_first_n_lines_counting_blank_and_bad_
     assert sorted(json.loads(r.value)["idempotency_key"] for r in records) == ["k-4", "k-5"]
 
     run = await run_cli(env, "publish", "--user-id", str(user_id), "--token-address", TOKEN_A,
-                        "--signal-type", "Velocity (Dex Boost Detection)", "--signal-strength", "3", "--skip-lines", "1")  # fmt: skip
+                        "--signal-type", "manual", "--signal-strength", "3",
+                        "--skip-lines", "1")  # fmt: skip
     assert run.code == 2
     assert (
         run.stderr[-1] == "signal-worker publish: --skip-lines needs --file FILE (or - for stdin)"

@@ -52,7 +52,8 @@ def _rows() -> dict[str, tuple[bool, list[str]]]:
 
 def _publish() -> argparse.ArgumentParser:
     subparsers = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return subparsers.choices["publish"]
+    publish: argparse.ArgumentParser = subparsers.choices["publish"]
+    return publish
 
 
 def test_the_readme_table_names_exactly_the_wire_models_fields() -> None:
