@@ -239,13 +239,17 @@ def is_unresolvable(exc: BaseException) -> bool:
     return isinstance(exc, socket.gaierror) and exc.errno in names
 
 
-def startup_retry(timeout_s: float, *, service: str | None = None) -> AsyncRetrying:
-    """Retry connecting to `service` at start-up for `startup_wait_s(timeout_s)` seconds.
+def startup_retry(
+    timeout_s: float, *, service: str | None = None, progress: bool = False
+) -> AsyncRetrying:
+    """Retry connecting to `service` for `startup_wait_s(timeout_s)` seconds.
 
     The wait is a deadline: the backoff sleeps end at it and the last attempt starts there
-    (STARTUP_TIMEOUT_S=5 gives up after about 5 s, not 5 s plus a backoff). Each retry is a
-    progress line (`retrying_after_transient_error` with `waited_s` and `timeout_s`). In a
-    command a person runs a host name that does not resolve is not retried.
+    (STARTUP_TIMEOUT_S=5 gives up after about 5 s, not 5 s plus a backoff). With `progress`
+    (a process starting, not a reconnect in a loop that runs for hours) each retry is a line
+    of its own (`retrying_after_transient_error` with `waited_s` and `timeout_s`); else one
+    a minute, as every repeated retry line. In a command a person runs a host name that does
+    not resolve is not retried.
     """
     wait_s = startup_wait_s(timeout_s)
     started = time.monotonic()
@@ -257,19 +261,16 @@ def startup_retry(timeout_s: float, *, service: str | None = None) -> AsyncRetry
     def until_deadline(state: RetryCallState) -> float:
         return max(0.0, min(backoff(state), started + wait_s - time.monotonic()))
 
-    def progress(state: RetryCallState) -> None:
-        _log_retry(
-            state,
-            service,
-            progress={"waited_s": round(time.monotonic() - started, 1), "timeout_s": wait_s},
-        )
+    def log(state: RetryCallState) -> None:
+        waited = {"waited_s": round(time.monotonic() - started, 1), "timeout_s": wait_s}
+        _log_retry(state, service, progress=waited if progress else None)
 
     return AsyncRetrying(
         retry=retry_if_exception(retried),
         stop=lambda _state: time.monotonic() - started >= wait_s,
         wait=until_deadline,
         reraise=True,
-        before_sleep=progress,
+        before_sleep=log,
     )
 
 

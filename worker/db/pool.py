@@ -34,10 +34,13 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(name, encoder=_dumps, decoder=orjson.loads, schema="pg_catalog")
 
 
-async def connect(db: DbSettings, *, timeout_s: float) -> asyncpg.Connection:
-    """One connection, retried for at most `timeout_s`; `ServiceUnavailable` after that."""
+async def connect(
+    db: DbSettings, *, timeout_s: float, progress: bool = False
+) -> asyncpg.Connection:
+    """One connection, retried for at most `timeout_s`; `ServiceUnavailable` after that.
+    `progress`: a line per retry (a process starting; `worker.retry.startup_retry`)."""
     try:
-        async for attempt in startup_retry(timeout_s, service=_service(db)):
+        async for attempt in startup_retry(timeout_s, service=_service(db), progress=progress):
             with attempt:
                 conn = await asyncpg.connect(
                     db.url.get_secret_value(), timeout=db.connect_timeout_s
@@ -52,10 +55,10 @@ async def connect(db: DbSettings, *, timeout_s: float) -> asyncpg.Connection:
 async def create_pool(
     db: DbSettings, *, timeout_s: float, server_settings: dict[str, str] | None = None
 ) -> asyncpg.Pool:
-    """The worker's pool, retried for at most `timeout_s`; `ServiceUnavailable` after that.
-    `server_settings`: settings of every connection (`signal_worker.events`)."""
+    """The worker's pool, retried for at most `timeout_s` (a line per retry); then
+    `ServiceUnavailable`. `server_settings`: settings of every connection."""
     try:
-        async for attempt in startup_retry(timeout_s, service=_service(db)):
+        async for attempt in startup_retry(timeout_s, service=_service(db), progress=True):
             with attempt:
                 return await asyncpg.create_pool(
                     db.url.get_secret_value(),
@@ -103,10 +106,12 @@ async def connection(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
         yield cast(asyncpg.Connection, proxy)
 
 
-async def connect_migrated(db: DbSettings, *, timeout_s: float) -> asyncpg.Connection:
+async def connect_migrated(
+    db: DbSettings, *, timeout_s: float, progress: bool = False
+) -> asyncpg.Connection:
     """`connect`, then `MigrationsPendingError` (one line) unless every bundled migration has
     been applied: the commands that read or write the worker's tables start with this."""
-    conn = await connect(db, timeout_s=timeout_s)
+    conn = await connect(db, timeout_s=timeout_s, progress=progress)
     try:
         await require_migrated(conn, load_migrations(default_schema_dir()))
     except BaseException:

@@ -150,16 +150,22 @@ async def _unreachable_hint(
     return unreachable_hint("Kafka", "KAFKA_BOOTSTRAP_SERVERS", where, first, waited_s)
 
 
-async def start_client(client: Any, kafka: KafkaSettings, *, timeout_s: float) -> None:  # noqa: ANN401
+async def start_client(
+    client: Any,  # noqa: ANN401 - aiokafka clients are untyped
+    kafka: KafkaSettings,
+    *,
+    timeout_s: float,
+    progress: bool = False,
+) -> None:
     """`await client.start()`, retried for at most `timeout_s`; `ServiceUnavailable` after.
+    `progress`: a line per retry (a process starting; `worker.retry.startup_retry`).
 
     A broker that refuses our credentials or certificate fails at once, not after the
     retries: that does not pass on its own.
     """
     try:
-        async for attempt in startup_retry(
-            timeout_s, service=f"Kafka at {kafka.bootstrap_servers}"
-        ):
+        service = f"Kafka at {kafka.bootstrap_servers}"
+        async for attempt in startup_retry(timeout_s, service=service, progress=progress):
             with attempt:
                 await _resolve_brokers(kafka)
                 await _start(client, kafka)
@@ -262,7 +268,7 @@ async def ensure_topics(
     cut down, see `worker.pipeline.deadletters`), and its actual limit is returned.
     """
     admin = AIOKafkaAdminClient(**client_options(kafka))
-    await start_client(admin, kafka, timeout_s=timeout_s)
+    await start_client(admin, kafka, timeout_s=timeout_s, progress=True)  # the worker's start
     try:
         inputs = [kafka.signals_topic, kafka.prices_topic]
         existing = set(await admin.list_topics())
