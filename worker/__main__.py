@@ -14,14 +14,21 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Protocol, cast
 
-from pydantic import ValidationError
+# The standard library only up to here: a Python without the dependencies (`python3 -m worker`
+# outside the virtual environment) ends in one line saying how to run the installed command.
+from worker.dependencies import exit_missing
 
-from worker import version
-from worker.commands import command_options, dlq_args, notify_args, options, prices_args
-from worker.errors import UsageError, WorkerError
-from worker.retry import SERVICE_ERRORS, describe
-from worker.runtime.logging import configure_logging
-from worker.settings import Settings, describe_error, load_settings
+try:
+    from pydantic import ValidationError
+
+    from worker import version
+    from worker.commands import command_options, dlq_args, notify_args, options, prices_args
+    from worker.errors import UsageError, WorkerError
+    from worker.retry import SERVICE_ERRORS, describe, set_interactive
+    from worker.runtime.logging import configure_logging
+    from worker.settings import Settings, describe_error, load_settings
+except ModuleNotFoundError as missing:
+    exit_missing(missing)
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -115,13 +122,14 @@ def _add_publish(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
     publish.add_argument("--user-id", metavar="UUID", help="the owner whose agents take it")
     publish.add_argument("--token-address", metavar="MINT", help="the token's Solana mint")
+    # Required, as in a JSON signal (no default: agents choose signals by type and strength).
     publish.add_argument(
         "--signal-type",
-        default="Velocity (Dex Boost Detection)",
-        help="free text, 1 to 50 characters (default: %(default)s)",
+        metavar="TEXT",
+        help="required: free text, 1 to 50 characters (e.g. 'Velocity (Dex Boost Detection)')",
     )
     publish.add_argument(
-        "--signal-strength", type=int, default=3, metavar="1-5", help="default: %(default)s"
+        "--signal-strength", type=int, metavar="1-5", help="required: 1 (weak) to 5 (strong)"
     )
     publish.add_argument("--symbol", help="the token's symbol, at most 50 characters")
     publish.add_argument(
@@ -303,9 +311,20 @@ _COMMANDS = {
 }
 
 
+# The commands that run as services (the worker, the webhook poster) or as a deployment's
+# step (the helm chart's migration Job): they wait for PostgreSQL and Kafka for
+# STARTUP_TIMEOUT_S, as services starting beside them need. Every other command is run by a
+# person: it waits at most `worker.retry.INTERACTIVE_WAIT_S` and fails at once on a host
+# name that does not resolve.
+WAITING_COMMANDS = frozenset({"run", "notify", "migrate"})
+
+
 def _load(command: str) -> Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]:
     module_name, _, function = _COMMANDS[command].partition(":")
-    module = importlib.import_module(module_name)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as missing:
+        exit_missing(missing)
     return cast(_Command, getattr(module, function or "run"))
 
 
@@ -335,6 +354,7 @@ def _main(argv: Sequence[str] | None) -> int:
         return EXIT_USAGE
     configure_logging(settings)
     command = _load(args.command)
+    set_interactive(args.command not in WAITING_COMMANDS)
     try:
         import uvloop  # optional speed-up, imported where the loop starts
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -116,7 +118,11 @@ def is_transient(exc: BaseException) -> bool:
     return server_trouble(exc) is not None
 
 
-def _log_retry(state: RetryCallState, waiting: str | None = None) -> None:
+def _log_retry(
+    state: RetryCallState,
+    waiting: str | None = None,
+    progress: dict[str, float] | None = None,
+) -> None:
     exc = state.outcome.exception() if state.outcome else None
     cause = (server_trouble(exc) if exc else None) or "unknown"
     # Repeats of one cause are said once per interval with a count (`worker.runtime.logging`).
@@ -127,6 +133,7 @@ def _log_retry(state: RetryCallState, waiting: str | None = None) -> None:
         error=describe(exc) if exc else None,
         sleep_s=round(state.next_action.sleep, 3) if state.next_action else None,
         **({"waiting": waiting} if waiting is not None else {}),
+        **(progress or {}),
     )
     if _on_retry is not None:
         _on_retry(cause)
@@ -203,15 +210,96 @@ def transient_retry(
     )
 
 
-def startup_retry(timeout_s: float) -> AsyncRetrying:
-    """Retry connecting to a service at start-up for at most `timeout_s` seconds."""
+# The commands a person runs at a terminal (everything but `run`, `notify` and `migrate`, see
+# `worker.__main__`) wait for a service at most this long (or STARTUP_TIMEOUT_S if it is
+# shorter), and a host name that does not resolve fails them at once: a person at a terminal
+# wants to hear "is it running?" now, not after 30 s; 3 s still rides out a service that is
+# restarting (a local PostgreSQL or Kafka takes about a second to listen again).
+INTERACTIVE_WAIT_S = 3.0
+_interactive = False
+
+
+def set_interactive(interactive: bool) -> None:
+    """Make start-up waits those of a command a person runs (`INTERACTIVE_WAIT_S`, names that
+    do not resolve not retried) or of a service (`STARTUP_TIMEOUT_S`, everything retried)."""
+    global _interactive  # one process, one kind of command: set once by `worker.__main__`
+    _interactive = interactive
+
+
+def startup_wait_s(timeout_s: float) -> float:
+    """How long a start-up connection waits: `timeout_s` (STARTUP_TIMEOUT_S), or at most
+    `INTERACTIVE_WAIT_S` in a command a person runs."""
+    return min(timeout_s, INTERACTIVE_WAIT_S) if _interactive else timeout_s
+
+
+def is_unresolvable(exc: BaseException) -> bool:
+    """True when the resolver answered that a host name does not exist (not a temporary
+    resolver failure, EAI_AGAIN, which is retried)."""
+    names = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
+    return isinstance(exc, socket.gaierror) and exc.errno in names
+
+
+def startup_retry(
+    timeout_s: float, *, service: str | None = None, progress: bool = False
+) -> AsyncRetrying:
+    """Retry connecting to `service` for `startup_wait_s(timeout_s)` seconds.
+
+    The wait is a deadline: the backoff sleeps end at it and the last attempt starts there
+    (STARTUP_TIMEOUT_S=5 gives up after about 5 s, not 5 s plus a backoff). With `progress`
+    (a process starting, not a reconnect in a loop that runs for hours) each retry is a line
+    of its own (`retrying_after_transient_error` with `waited_s` and `timeout_s`); else one
+    a minute, as every repeated retry line. In a command a person runs a host name that does
+    not resolve is not retried.
+    """
+    wait_s = startup_wait_s(timeout_s)
+    started = time.monotonic()
+    backoff = wait_exponential_jitter(multiplier=0.5, max=3.0, jitter=0.5)
+
+    def retried(exc: BaseException) -> bool:
+        return is_transient(exc) and not (_interactive and is_unresolvable(exc))
+
+    def until_deadline(state: RetryCallState) -> float:
+        return max(0.0, min(backoff(state), started + wait_s - time.monotonic()))
+
+    def log(state: RetryCallState) -> None:
+        waited = {"waited_s": round(time.monotonic() - started, 1), "timeout_s": wait_s}
+        _log_retry(state, service, progress=waited if progress else None)
+
     return AsyncRetrying(
-        retry=retry_if_exception(is_transient),
-        stop=stop_after_delay(timeout_s),
-        wait=wait_exponential_jitter(multiplier=0.5, max=3.0, jitter=0.5),
+        retry=retry_if_exception(retried),
+        stop=lambda _state: time.monotonic() - started >= wait_s,
+        wait=until_deadline,
         reraise=True,
-        before_sleep=_log_retry,
+        before_sleep=log,
     )
+
+
+_LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+
+
+def unreachable_hint(
+    service: str, variable: str, hosts: list[str], exc: BaseException, waited_s: float
+) -> str:
+    """What a person can do about `exc`, raised connecting to `service` at `hosts`
+    (host:port, set by `variable`) after waiting `waited_s`: for a name that does not
+    resolve, a refused connection or a timeout; `describe(exc)` for anything else."""
+    if is_unresolvable(exc):
+        name = hosts[0].rpartition(":")[0] or hosts[0]
+        return f"the host name {name!r} does not resolve (check {variable})"
+    where = ", ".join(hosts)
+    if isinstance(exc, ConnectionRefusedError):
+        local = all(h.rpartition(":")[0] in _LOCAL_HOSTS for h in hosts)
+        start = "`make services` starts local ones; else " if local else ""
+        return (
+            f"nothing listens at {where} (connection refused, for {waited_s:g}s): is "
+            f"{service} running there? ({start}check {variable})"
+        )
+    if isinstance(exc, TimeoutError):
+        return (
+            f"no answer from {where} (for {waited_s:g}s): a firewall, or the wrong host or "
+            f"port? (check {variable})"
+        )
+    return describe(exc)
 
 
 def describe(exc: BaseException) -> str:
@@ -225,11 +313,16 @@ def describe(exc: BaseException) -> str:
 
 
 __all__ = [
+    "INTERACTIVE_WAIT_S",
     "AsyncRetrying",
     "describe",
     "is_transient",
+    "is_unresolvable",
     "server_trouble",
+    "set_interactive",
     "set_retry_observer",
     "startup_retry",
+    "startup_wait_s",
     "transient_retry",
+    "unreachable_hint",
 ]

@@ -32,6 +32,8 @@ async def test_published_signal_becomes_a_trade_and_sigterm_stops_cleanly(
             TOKEN_A,
             "--symbol",
             "E2E",
+            "--signal-type",
+            "Velocity (Dex Boost Detection)",
             "--price-usd",
             "0.25",
             "--signal-strength",

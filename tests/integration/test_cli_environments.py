@@ -40,7 +40,17 @@ DATABASE_COMMANDS = [
 ]
 KAFKA_COMMANDS = [
     ("run",),
-    ("publish", "--user-id", USER, "--token-address", TOKEN_A),
+    (
+        "publish",
+        "--user-id",
+        USER,
+        "--token-address",
+        TOKEN_A,
+        "--signal-type",
+        "manual",
+        "--signal-strength",
+        "3",
+    ),
     ("publish-price", "--token-address", SOL_MINT, "--price-usd", "150"),
     ("users", "create", "--email", "a@example.com", "--no-wait"),
     ("offsets", "show"),

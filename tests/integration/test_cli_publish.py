@@ -72,6 +72,7 @@ async def test_one_signal_from_flags_carries_the_market_data_and_says_where_it_w
     user_id = str(uuid.uuid4())
     run = await run_cli(
         env, "publish", "--user-id", user_id, "--token-address", TOKEN_A,
+        "--signal-type", "Velocity (Dex Boost Detection)", "--signal-strength", "3",
         "--price-usd", "0.5", "--market-cap-usd", "250000", "--liquidity-usd", "40000",
         "--holder-count", "1200", "--activation-reason", "volume x10",
         "--idempotency-key", "demo-1", "--source", "test",
@@ -150,6 +151,7 @@ async def test_publish_refuses_lenient_spellings_with_their_line_numbers(
     user_id = str(uuid.uuid4())
     run = await run_cli(
         env, "publish", "--user-id", user_id, "--token-address", TOKEN_A,
+        "--signal-type", "Velocity (Dex Boost Detection)", "--signal-strength", "3",
         "--created-at", "1767268800",
     )  # fmt: skip
     assert run.code == 1
@@ -166,6 +168,7 @@ async def test_a_signal_for_the_sol_mint_is_refused_before_it_is_sent(
     env = worker_env(services, db_url, topics)
     run = await run_cli(
         env, "publish", "--user-id", str(uuid.uuid4()), "--token-address", SOL_MINT,
+        "--signal-type", "Velocity (Dex Boost Detection)", "--signal-strength", "3",
         "--price-usd", "0.5",
     )  # fmt: skip
     assert run.code == 1
@@ -179,8 +182,9 @@ async def test_a_missing_topic_is_one_line_not_thirty_seconds_of_retries(
 ) -> None:
     env = worker_env(services, db_url, topics, signals_topic="no-such-topic-x")
     run = await run_cli(
-        env, "publish", "--user-id", str(uuid.uuid4()), "--token-address", TOKEN_A, timeout_s=20
-    )
+        env, "publish", "--user-id", str(uuid.uuid4()), "--token-address", TOKEN_A,
+        "--signal-type", "Velocity (Dex Boost Detection)", "--signal-strength", "3", timeout_s=20,
+    )  # fmt: skip
     assert run.code == 1
     assert run.stderr[-1] == (
         f"signal-worker publish: topic 'no-such-topic-x' does not exist on "
@@ -233,6 +237,7 @@ async def test_wait_without_a_worker_times_out_saying_how_many_are_undecided(
     env = worker_env(services, db_url, topics)
     run = await run_cli(
         env, "publish", "--user-id", str(uuid.uuid4()), "--token-address", TOKEN_A,
+        "--signal-type", "Velocity (Dex Boost Detection)", "--signal-strength", "3",
         "--wait", "--wait-timeout", "1",
     )  # fmt: skip
     assert run.code == 1
@@ -292,6 +297,7 @@ async def test_skip_lines_starts_after_the_first_n_lines_counting_blank_and_bad_
     assert sorted(json.loads(r.value)["idempotency_key"] for r in records) == ["k-4", "k-5"]
 
     run = await run_cli(env, "publish", "--user-id", str(user_id), "--token-address", TOKEN_A,
+                        "--signal-type", "manual", "--signal-strength", "3",
                         "--skip-lines", "1")  # fmt: skip
     assert run.code == 2
     assert (

@@ -91,6 +91,10 @@ async def test_an_authenticated_worker_turns_a_signal_into_a_trade_and_logs_no_s
             str(account.user_id),
             "--token-address",
             TOKEN_A,
+            "--signal-type",
+            "Velocity (Dex Boost Detection)",
+            "--signal-strength",
+            "3",
             "--price-usd",
             "0.5",
             "--idempotency-key",
@@ -192,6 +196,10 @@ async def test_a_broker_certificate_the_ca_file_did_not_sign_fails_at_once(
         "0b7d8c39-5a8e-4cf4-9c3e-8f1d2a6b7c01",
         "--token-address",
         TOKEN_A,
+        "--signal-type",
+        "manual",
+        "--signal-strength",
+        "3",
     )
     assert code == 1
     last = assert_log_lines_then_one_error(lines, "publish")

@@ -232,7 +232,17 @@ UNREACHABLE = {
     "publish_kafka": Case(
         {"KAFKA_BOOTSTRAP_SERVERS": UNREACHABLE_KAFKA},
         ("KAFKA_BOOTSTRAP_SERVERS",),
-        ("publish", "--user-id", USER_ID, "--token-address", TOKEN_A),
+        (
+            "publish",
+            "--user-id",
+            USER_ID,
+            "--token-address",
+            TOKEN_A,
+            "--signal-type",
+            "manual",
+            "--signal-strength",
+            "3",
+        ),
     ),
 }
 

@@ -19,7 +19,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     dry_run = bool(getattr(args, "dry_run", False))
     schema_dir = getattr(args, "schema_dir", None)
     migrations = load_migrations(Path(schema_dir) if schema_dir else default_schema_dir())
-    conn = await connect(settings.db, timeout_s=settings.startup_timeout_s)
+    conn = await connect(settings.db, timeout_s=settings.startup_timeout_s, progress=True)
     try:
         names = await migrate(conn, migrations, dry_run=dry_run)
     finally:

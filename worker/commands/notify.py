@@ -51,10 +51,10 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     options, source = options_from(settings, args)
     # Both services answer at start-up (and the schema has notify_offsets), else one line,
     # as every command; once running, notify rides out their outages.
-    conn = await connect_migrated(settings.db, timeout_s=settings.startup_timeout_s)
+    conn = await connect_migrated(settings.db, timeout_s=settings.startup_timeout_s, progress=True)
     await conn.close()
     probe = AIOKafkaAdminClient(**client_options(settings.kafka))
-    await start_client(probe, settings.kafka, timeout_s=settings.startup_timeout_s)
+    await start_client(probe, settings.kafka, timeout_s=settings.startup_timeout_s, progress=True)
     await probe.close()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -161,8 +161,15 @@ TICKS = Kind("price tick", lambda s: s.prices_topic, _check_tick)
 
 
 def _signal_from_flags(args: argparse.Namespace) -> bytes:
-    if not args.user_id or not args.token_address:
-        raise UsageError("give --user-id and --token-address, or --file FILE (or - for stdin)")
+    # The flags a signal cannot go without are those contract section 3 requires: none has a
+    # default, as agents choose signals by type (allowedSignalTypes) and strength (minScore).
+    if not (args.user_id and args.token_address and args.signal_type) or (
+        args.signal_strength is None
+    ):
+        raise UsageError(
+            "give --user-id, --token-address, --signal-type and --signal-strength (what a "
+            "signal requires), or --file FILE (or - for stdin)"
+        )
     message: dict[str, Any] = {
         "user_id": args.user_id,
         "token_address": args.token_address,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import ssl
 from typing import Any
 
@@ -23,7 +25,13 @@ from aiokafka.errors import (
 from aiokafka.helpers import create_ssl_context
 
 from worker.errors import ServiceUnavailable, WorkerError
-from worker.retry import describe, startup_retry
+from worker.retry import (
+    describe,
+    is_unresolvable,
+    startup_retry,
+    startup_wait_s,
+    unreachable_hint,
+)
 from worker.settings import KafkaSettings
 
 log = structlog.get_logger(__name__)
@@ -68,8 +76,11 @@ def _describe(exc: BaseException) -> str:
     return describe(exc)
 
 
-def unavailable(kafka: KafkaSettings, exc: BaseException) -> ServiceUnavailable:
-    """The one-line error for a broker that cannot be reached or refuses us."""
+def unavailable(
+    kafka: KafkaSettings, exc: BaseException, hint: str | None = None
+) -> ServiceUnavailable:
+    """The one-line error for a broker that cannot be reached or refuses us; `hint` (what
+    to do) in place of the error's own words."""
     if isinstance(exc, BrokerRefusedError):
         return ServiceUnavailable(
             f"Kafka at {kafka.bootstrap_servers} refused the connection "
@@ -77,23 +88,91 @@ def unavailable(kafka: KafkaSettings, exc: BaseException) -> ServiceUnavailable:
         )
     return ServiceUnavailable(
         f"cannot use Kafka at {kafka.bootstrap_servers} (KAFKA_BOOTSTRAP_SERVERS, "
-        f"{kafka.security_protocol}): {_describe(exc)}"
+        f"{kafka.security_protocol}): {hint or _describe(exc)}"
     )
 
 
-async def start_client(client: Any, kafka: KafkaSettings, *, timeout_s: float) -> None:  # noqa: ANN401
+def _brokers(kafka: KafkaSettings) -> list[tuple[str, int]]:
+    brokers = []
+    for broker in kafka.bootstrap_servers.split(","):
+        host, _, port = broker.strip().rpartition(":")
+        brokers.append((host.strip("[]"), int(port) if port.isdigit() else 9092))
+    return brokers
+
+
+async def _resolve_brokers(kafka: KafkaSettings) -> None:
+    """`socket.gaierror` when no bootstrap server's host name resolves. aiokafka says only
+    "unable to bootstrap" for that, as for a broker that is down; this tells them apart."""
+    loop = asyncio.get_running_loop()
+    failure: socket.gaierror | None = None
+    for host, port in _brokers(kafka):
+        try:
+            await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            failure = exc
+        else:
+            return
+    if failure is not None:
+        raise failure
+
+
+PROBE_TIMEOUT_S = 1.0
+
+
+async def _probe(host: str, port: int) -> BaseException | None:
+    """What one TCP connection to a broker meets: None when something listens there."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), PROBE_TIMEOUT_S)
+    except (OSError, TimeoutError) as exc:
+        return exc
+    writer.close()
+    return None
+
+
+async def _unreachable_hint(
+    kafka: KafkaSettings, exc: BaseException, waited_s: float
+) -> str | None:
+    """What to do when the brokers could not be used: a name that does not resolve, nothing
+    listening (is Kafka running?), no answer; None when something listens (then aiokafka's
+    own words say more: a listener that is not Kafka's, or an advertised address)."""
+    brokers = _brokers(kafka)
+    if is_unresolvable(exc):
+        where = [f"{host}:{port}" for host, port in brokers]
+        return unreachable_hint("Kafka", "KAFKA_BOOTSTRAP_SERVERS", where, exc, waited_s)
+    if not isinstance(exc, KafkaConnectionError):
+        return None
+    found = await asyncio.gather(*(_probe(host, port) for host, port in brokers))
+    if any(f is None for f in found):
+        return None
+    where = [f"{host}:{port}" for host, port in brokers]
+    refused = [f for f in found if isinstance(f, ConnectionRefusedError)]
+    first = refused[0] if len(refused) == len(found) else next(f for f in found if f is not None)
+    return unreachable_hint("Kafka", "KAFKA_BOOTSTRAP_SERVERS", where, first, waited_s)
+
+
+async def start_client(
+    client: Any,  # noqa: ANN401 - aiokafka clients are untyped
+    kafka: KafkaSettings,
+    *,
+    timeout_s: float,
+    progress: bool = False,
+) -> None:
     """`await client.start()`, retried for at most `timeout_s`; `ServiceUnavailable` after.
+    `progress`: a line per retry (a process starting; `worker.retry.startup_retry`).
 
     A broker that refuses our credentials or certificate fails at once, not after the
     retries: that does not pass on its own.
     """
     try:
-        async for attempt in startup_retry(timeout_s):
+        service = f"Kafka at {kafka.bootstrap_servers}"
+        async for attempt in startup_retry(timeout_s, service=service, progress=progress):
             with attempt:
+                await _resolve_brokers(kafka)
                 await _start(client, kafka)
     except (KafkaError, OSError) as exc:
         await _close_quietly(client)
-        raise unavailable(kafka, exc) from exc
+        hint = await _unreachable_hint(kafka, exc, startup_wait_s(timeout_s))
+        raise unavailable(kafka, exc, hint) from exc
 
 
 async def _start(client: Any, kafka: KafkaSettings) -> None:  # noqa: ANN401
@@ -189,7 +268,7 @@ async def ensure_topics(
     cut down, see `worker.pipeline.deadletters`), and its actual limit is returned.
     """
     admin = AIOKafkaAdminClient(**client_options(kafka))
-    await start_client(admin, kafka, timeout_s=timeout_s)
+    await start_client(admin, kafka, timeout_s=timeout_s, progress=True)  # the worker's start
     try:
         inputs = [kafka.signals_topic, kafka.prices_topic]
         existing = set(await admin.list_topics())

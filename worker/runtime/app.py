@@ -144,7 +144,7 @@ async def _start(
     parts.producer = make_producer(
         settings.kafka, max_request_bytes=dlq_max_bytes + DLQ_HEADROOM_BYTES
     )
-    await start_client(parts.producer, settings.kafka, timeout_s=timeout_s)
+    await start_client(parts.producer, settings.kafka, timeout_s=timeout_s, progress=True)
     dead_letters = DeadLetters(parts.producer, settings.dlq_topic, metrics, max_bytes=dlq_max_bytes)
     consumer = AIOKafkaConsumer(
         **client_options(settings.kafka),
@@ -168,7 +168,7 @@ async def _start(
     )
     await _listen(parts.http, settings)
     parts.pipeline.subscribe()
-    await start_client(parts.pipeline.consumer, settings.kafka, timeout_s=timeout_s)
+    await start_client(parts.pipeline.consumer, settings.kafka, timeout_s=timeout_s, progress=True)
     return parts.pipeline, parts.pool, parts.http.port
 
 

@@ -130,7 +130,9 @@ def _repeats_processor(repeats: Repeats) -> structlog.types.Processor:
         _logger: object, _method: str, event: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
         name = event.get("event")
-        if name not in REPEATED_EVENTS:
+        # A start-up wait's progress (`worker.retry.startup_retry`: a line per retry, with
+        # `timeout_s`) is bounded by its deadline: every line is written.
+        if name not in REPEATED_EVENTS or "timeout_s" in event:
             return event
         key = (name, event.get("cause"), event.get("level"), event.get("waiting"))
         left_out = repeats.admit(key)

@@ -1,0 +1,195 @@
+"""A service that cannot be reached, as a person at a terminal meets it: one line that says
+what to do, within a few seconds, whatever STARTUP_TIMEOUT_S says (issue 25, item 5).
+
+The one place the suite measures time: the issue asks that these failures be timed. The
+bound (10 s) is generous: a command that waits for a service it cannot reach stops after
+`worker.retry.INTERACTIVE_WAIT_S` (3 s), where it waited the 30 s of STARTUP_TIMEOUT_S before;
+the rest is the interpreter's start on a busy machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import sys
+import time
+import uuid
+
+import pytest
+
+from tests.helpers.books import TOKEN_A
+from tests.helpers.cli import CliRun, assert_log_lines_then_one_error, run_cli
+from tests.helpers.kafka import Topics
+from tests.helpers.services import ROOT, Services
+from tests.helpers.workers import worker_env
+
+# Above the old 31 s: a command that waited that long fails on its measured time.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+
+GENEROUS_S = 10.0
+# Before the one line: at most the retries' progress lines and one line of aiokafka's.
+MOST_LINES = 6
+USER = str(uuid.uuid4())
+KAFKA_COMMANDS = [
+    ("dlq", "list"),
+    ("offsets", "show"),
+    ("users", "create", "--email", "a@example.com", "--no-wait"),
+    (
+        "publish",
+        "--user-id",
+        USER,
+        "--token-address",
+        TOKEN_A,
+        "--signal-type",
+        "manual",
+        "--signal-strength",
+        "3",
+    ),
+]
+DATABASE_COMMANDS = [("agents", "list"), ("check",), ("report",)]
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # nothing listens there once this closes
+
+
+async def _timed(env: dict[str, str], *args: str) -> tuple[CliRun, float]:
+    started = time.monotonic()
+    run = await run_cli(env, *args, timeout_s=90)
+    return run, time.monotonic() - started
+
+
+def _one_line(run: CliRun, command: str) -> str:
+    assert run.code == 1, run
+    assert len(run.stderr) <= MOST_LINES, run.stderr
+    return assert_log_lines_then_one_error(run.stderr, command)
+
+
+def _retries(run: CliRun) -> list[dict[str, object]]:
+    lines = [json.loads(line) for line in run.stderr[:-1]]
+    return [line for line in lines if line.get("event") == "retrying_after_transient_error"]
+
+
+@pytest.mark.parametrize("command", KAFKA_COMMANDS, ids=" ".join)
+async def test_with_nothing_listening_at_kafka_a_command_asks_whether_it_runs_within_seconds(
+    services: Services, topics: Topics, db_url: str, command: tuple[str, ...]
+) -> None:
+    broker = f"127.0.0.1:{_closed_port()}"
+    env = worker_env(services, db_url, topics, kafka_bootstrap_servers=broker, startup_timeout_s=30)
+    run, took_s = await _timed(env, *command)
+    last = _one_line(run, command[0])
+    assert last.endswith(
+        f"cannot use Kafka at {broker} (KAFKA_BOOTSTRAP_SERVERS, PLAINTEXT): nothing listens "
+        f"at {broker} (connection refused, for 3s): is Kafka running there? (`make services` "
+        "starts local ones; else check KAFKA_BOOTSTRAP_SERVERS)"
+    ), last
+    assert took_s < GENEROUS_S, (took_s, run.stderr)
+
+
+@pytest.mark.parametrize("command", DATABASE_COMMANDS, ids=" ".join)
+async def test_with_nothing_listening_at_postgresql_a_command_asks_whether_it_runs_within_seconds(
+    services: Services, topics: Topics, command: tuple[str, ...]
+) -> None:
+    dsn = f"postgresql://postgres:hunter2@127.0.0.1:{_closed_port()}/signals"
+    env = worker_env(services, dsn, topics, startup_timeout_s=30)
+    run, took_s = await _timed(env, *command)
+    last = _one_line(run, command[0])
+    port = dsn.rsplit(":", 1)[1].split("/")[0]
+    assert last.endswith(
+        f"cannot reach PostgreSQL at postgresql://postgres:***@127.0.0.1:{port}/signals "
+        f"(DATABASE_URL): nothing listens at 127.0.0.1:{port} (connection refused, for 3s): is "
+        "PostgreSQL running there? (`make services` starts local ones; else check DATABASE_URL)"
+    ), last
+    assert "hunter2" not in "\n".join(run.stderr)
+    assert took_s < GENEROUS_S, (took_s, run.stderr)
+
+
+async def test_a_kafka_host_name_that_does_not_resolve_fails_at_once(
+    services: Services, topics: Topics, db_url: str
+) -> None:
+    env = worker_env(
+        services,
+        db_url,
+        topics,
+        kafka_bootstrap_servers="kafka.signal-worker.invalid:9092",
+        startup_timeout_s=30,
+    )
+    run, took_s = await _timed(env, "dlq", "list")
+    last = _one_line(run, "dlq")
+    assert last.endswith(
+        "cannot use Kafka at kafka.signal-worker.invalid:9092 (KAFKA_BOOTSTRAP_SERVERS, "
+        "PLAINTEXT): the host name 'kafka.signal-worker.invalid' does not resolve (check "
+        "KAFKA_BOOTSTRAP_SERVERS)"
+    ), last
+    assert _retries(run) == [], "a name that does not exist is not retried"
+    assert took_s < GENEROUS_S, (took_s, run.stderr)
+
+
+async def test_a_database_host_name_that_does_not_resolve_fails_at_once(
+    services: Services, topics: Topics
+) -> None:
+    dsn = "postgresql://postgres@db.signal-worker.invalid:5432/signals"
+    env = worker_env(services, dsn, topics, startup_timeout_s=30)
+    run, took_s = await _timed(env, "agents", "list")
+    last = _one_line(run, "agents")
+    assert last.endswith(
+        f"cannot reach PostgreSQL at {dsn} (DATABASE_URL): the host name "
+        "'db.signal-worker.invalid' does not resolve (check DATABASE_URL)"
+    ), last
+    assert _retries(run) == [], "a name that does not exist is not retried"
+    assert took_s < GENEROUS_S, (took_s, run.stderr)
+
+
+async def test_the_worker_waits_for_startup_timeout_s_exactly_with_progress_lines(
+    services: Services, topics: Topics
+) -> None:
+    """`run` waits STARTUP_TIMEOUT_S (a service starting beside it needs that), no longer:
+    the backoff sleeps end at the deadline (where they ran past it by up to 3.5 s), and each
+    retry is a progress line saying how long it has waited, of how long."""
+    dsn = f"postgresql://postgres@127.0.0.1:{_closed_port()}/signals"
+    env = worker_env(services, dsn, topics, startup_timeout_s=5)
+    run = await run_cli(env, "run", timeout_s=90)
+    last = assert_log_lines_then_one_error(run.stderr, "run")
+    assert "(connection refused, for 5s): is PostgreSQL running there?" in last, last
+    progress = _retries(run)
+    assert len(progress) >= 3, run.stderr  # each retry said, not once a minute
+    for line in progress:
+        assert line["timeout_s"] == 5
+        waited, sleep = line["waited_s"], line["sleep_s"]
+        assert isinstance(waited, float) and isinstance(sleep, float), line
+        assert waited + sleep <= 5 + 0.1, line  # no sleep past the deadline
+
+
+async def test_python_without_the_dependencies_says_how_to_run_the_installed_command() -> None:
+    """`python3 -m worker` outside the virtual environment: `-S` leaves out every
+    site-packages, as a system Python without the dependencies has none of them."""
+    started = time.monotonic()
+    run = await _run_without_site("--help")
+    assert run.code == 2, run
+    assert len(run.stderr) == 1, run.stderr
+    [line] = run.stderr
+    assert line.startswith(f"signal-worker: this Python ({sys.executable}) has no module "), line
+    assert line.endswith(
+        "which signal-worker needs: run the installed command from the checkout, "
+        "`.venv/bin/signal-worker --help` (`make run-venv` installs it), or `make run`"
+    ), line
+    assert time.monotonic() - started < GENEROUS_S
+
+
+async def _run_without_site(*args: str) -> CliRun:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-S",
+        "-m",
+        "worker",
+        *args,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert proc.returncode is not None
+    return CliRun(proc.returncode, out.decode(), err.decode().splitlines())
