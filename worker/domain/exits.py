@@ -276,8 +276,14 @@ def pending_take_profit_levels(
     pos: PositionState, cfg: AgentTradingConfig
 ) -> list[TakeProfitLevel]:
     """The take-profit levels `pos` has not hit yet, lowest first (empty when take profit is
-    disabled or every level was hit): from index levels_hit - tp_batch_start_level of
-    `take_profit_levels(cfg)`, as many as its total (stored, else the levels') leaves."""
+    disabled or levels_hit has reached its total, stored, else the levels'): from index
+    levels_hit - tp_batch_start_level of `take_profit_levels(cfg)` to the end of the
+    current levels.
+
+    As in the source (`take-profit-calculator.ts`: the total only gates, the levels are
+    read on to the end of `config.levels`): after a config change that added levels since
+    the total was fixed (at the last DCA), a rise sells every level it reaches, not only
+    `total - hit` of them; levels_hit may then pass the total, which ends take profit."""
     if not cfg.take_profit.enabled:
         return []
     total = _take_profit_total(pos, cfg)
@@ -285,7 +291,7 @@ def pending_take_profit_levels(
     if hit >= total:
         return []
     start = max(0, hit - pos.tp_batch_start_level)
-    return take_profit_levels(cfg)[start : start + (total - hit)]
+    return take_profit_levels(cfg)[start:]
 
 
 def _take_profit_total(pos: PositionState, cfg: AgentTradingConfig) -> int:
