@@ -14,6 +14,15 @@ Differences from the source system, on purpose:
 - Every number has finite bounds (beyond the source's, which has none above for most):
   a value must fit the column it reaches or the arithmetic it feeds, so a stored
   `1e400` is an invalid config with its reason, never an error deep in the pipeline.
+  Where the source takes any number, the bound is the largest finite JavaScript number
+  (`JS_NUMBER_MAX`: beyond it the source reads Infinity), and a value beyond what the
+  arithmetic needs is clamped where that keeps the source's meaning:
+  `purchaseLimits.maxPurchasePerToken` above 10^12 SOL is 10^12 (no size reaches it: "no
+  cap", as written); a custom stop-loss level's `change` is only compared with a gain, so
+  it is taken as it is (2e6 is a level no realistic gain reaches, as in the source).
+- `dca.maxDCACount` may be fractional, as the source's schema allows; the source compares
+  `dcaCount >= maxDCACount`, so 2.5 allows 3 DCA buys: it is read as its ceiling (an
+  integer from 1 to 10; 0.5 and 10.5 are refused, as there).
 - The stored JSON text is decoded exactly, by the rules every JSON input follows
   (`worker.domain.exact_json`), and read without raising (`worker.domain.config_reading`);
   the exit sections a position was opened with are kept (`worker.domain.exit_rules`).
@@ -28,6 +37,7 @@ Differences from the source system, on purpose:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from copy import deepcopy
 from decimal import Decimal
@@ -36,6 +46,7 @@ from itertools import pairwise
 from typing import Annotated, Any, Final, Self
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -57,6 +68,9 @@ SOL_LIMIT = Decimal(10) ** 12
 USD_LIMIT = Decimal(10) ** 22
 PCT_SETTING_LIMIT = Decimal(10) ** 6
 MINUTES_LIMIT = Decimal(10) ** 8  # about 190 years
+# The largest finite JavaScript number (Number.MAX_VALUE): the bound of a setting the
+# source's schema takes as any number (beyond it the source reads Infinity).
+JS_NUMBER_MAX = Decimal("1.7976931348623157e308")
 INT32_MAX = 2**31 - 1
 # Integers of a stored config longer than this are read as Decimal, not int.
 # Keys of the source's configs that it deletes on read: accepted without a report.
@@ -73,7 +87,27 @@ def _reject_bool(value: object) -> object:
     return value
 
 
+def _dca_count(value: object) -> object:
+    """`dca.maxDCACount` given as a fractional number, as the source's schema allows, read
+    as the integer the source's `dcaCount >= maxDCACount` test makes of it: its ceiling
+    (2.5 -> 3); below 1 refused, as there. Integers, booleans, strings and non-finite
+    numbers go on to the integer's own rules."""
+    value = _reject_bool(value)
+    if isinstance(value, Decimal | float) and math.isfinite(value) and value != int(value):
+        if value < 1:
+            msg = "Input should be greater than or equal to 1"
+            raise ValueError(msg)
+        return math.ceil(value)
+    return value
+
+
+def _at_most_sol_limit(value: Decimal) -> Decimal:
+    """A SOL cap above `SOL_LIMIT` read as `SOL_LIMIT`: no size reaches either."""
+    return min(value, SOL_LIMIT)
+
+
 Int = Annotated[int, BeforeValidator(_reject_bool)]
+DcaCount = Annotated[int, BeforeValidator(_dca_count)]
 SignalType = Annotated[str, StringConstraints(min_length=1, max_length=50)]
 Mint = Annotated[str, StringConstraints(min_length=32, max_length=44)]
 
@@ -130,8 +164,9 @@ class PurchaseLimits(_Model):
     minimum_agent_balance: Decimal = Field(
         Decimal("0.5"), alias="minimumAgentBalance", ge=Decimal("0.1"), lt=SOL_LIMIT
     )
-    max_purchase_per_token: Decimal = Field(
-        Decimal("2.0"), alias="maxPurchasePerToken", gt=0, lt=SOL_LIMIT
+    # Any positive number, as in the source; above SOL_LIMIT clamped to it ("no cap").
+    max_purchase_per_token: Annotated[Decimal, AfterValidator(_at_most_sol_limit)] = Field(
+        Decimal("2.0"), alias="maxPurchasePerToken", gt=0, le=JS_NUMBER_MAX
     )
     # A fraction (0.05 = 5%); simulated fills have no price impact, so it is only validated.
     max_price_impact: Decimal | None = Field(Decimal("0.05"), alias="maxPriceImpact", ge=0, le=1)
@@ -173,7 +208,8 @@ class SignalFilters(_Model):
 class TrailingLevel(_Model):
     """A custom stop-loss level: from `change`% gain on, the stop sits at +`stop_loss`%."""
 
-    change: Decimal = Field(gt=0, le=PCT_SETTING_LIMIT)
+    # Only compared with a gain: any positive number, as in the source.
+    change: Decimal = Field(gt=0, le=JS_NUMBER_MAX)
     stop_loss: Decimal = Field(alias="stopLoss", gt=0, le=1000)
 
 
@@ -291,7 +327,8 @@ class DcaConfig(_Model):
     enabled: StrictBool = False
     mode: DcaMode = DcaMode.MODERATE
     levels: tuple[DcaLevel, ...] = ()
-    max_dca_count: Int = Field(3, alias="maxDCACount", ge=1, le=10)
+    # A fraction is read as its ceiling (`_dca_count`), as the source's test reads it.
+    max_dca_count: DcaCount = Field(3, alias="maxDCACount", ge=1, le=10)
     cooldown_seconds: Decimal = Field(Decimal(30), alias="cooldownSeconds", ge=10, le=3600)
 
     @model_validator(mode="after")
