@@ -20,6 +20,14 @@ Decisions on the source's quirks (`domain.md` (!) marks):
   the value compared. A custom level of up to 1000% therefore stores 999.99.
 - A take-profit batch that would leave less than 1e-9 tokens (the source's "full exit"
   threshold) with no moon bag sells the whole remainder, so no dust position lingers.
+- The stop loss is evaluated at any positive purchase price (the columns hold down to
+  1e-18 SOL): the source skipped it below 1e-15 SOL, where its float division could give
+  Infinity; the arithmetic here is exact.
+- After a config change that added take-profit levels, a batch reads on to the end of the
+  current levels, as the source does (`pending_take_profit_levels`).
+- DCA is decided on the wallet's SOL as stored (the caller's check), including a
+  take-profit sale's credit of the same chunk: the source's pre-check read a balance cache
+  the sale had cleared, so a DCA due right after a sale waited for the next tick.
 - A full exit's P/L is cash flow, for every close reason: the SOL the position returned
   (all take-profit credits plus the closing sale's credit) minus `total_invested_sol`.
   The source used the proportional `realized_profit_sol` for a take-profit full exit.
