@@ -64,8 +64,9 @@ def test_a_take_profit_batch_leaving_dust_sells_it_all() -> None:
 
 
 async def test_dca_after_a_take_profit_sale_buys_at_the_first_tick_that_triggers_it() -> None:
-    # The source's DCA pre-check read a balance cache the take-profit sale had cleared, so
-    # a DCA due right after waited; here the tick after the sale (-25%) buys.
+    # The source's DCA pre-check read a balance cache the take-profit sale had cleared (an
+    # empty entry is 0 SOL to it), so a DCA due after the sale was skipped; here the tick
+    # after the sale (-25%) buys.
     store = _store()
     config = {"takeProfit": {"enabled": True}, "dca": {"enabled": True},
               "stopLoss": {"enabled": False}, "staleTrade": {"enabled": False}}  # fmt: skip

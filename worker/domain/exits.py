@@ -25,9 +25,10 @@ Decisions on the source's quirks (`domain.md` (!) marks):
   Infinity; the arithmetic here is exact.
 - After a config change that added take-profit levels, a batch reads on to the end of the
   current levels, as the source does (`pending_take_profit_levels`).
-- DCA is decided on the wallet's SOL as stored (the caller's check), including a
-  take-profit sale's credit of the same chunk: the source's pre-check read a balance cache
-  the sale had cleared, so a DCA due right after a sale waited for the next tick.
+- DCA is decided on the wallet's SOL as stored (the caller's check), including what a
+  take-profit sale credited: the source's pre-check read only a balance cache that every
+  take-profit sale clears (a missing entry read as 0 SOL), so a DCA due after a sale was
+  skipped until the cache was filled again (the next tick at the earliest).
 - A full exit's P/L is cash flow, for every close reason: the SOL the position returned
   (all take-profit credits plus the closing sale's credit) minus `total_invested_sol`.
   The source used the proportional `realized_profit_sol` for a take-profit full exit.
