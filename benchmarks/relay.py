@@ -191,9 +191,7 @@ async def read_events(
         starts = await consumer.beginning_offsets(partitions)
         expected = sum(ends[tp] - starts[tp] for tp in partitions)
         if len(records) != expected:
-            raise BenchError(
-                f"read {len(records):,} records of {topic}, which holds {expected:,}"
-            )
+            raise BenchError(f"read {len(records):,} records of {topic}, which holds {expected:,}")
     finally:
         await consumer.stop()
     return records, kind

@@ -107,7 +107,8 @@ async def topics(services: Services) -> AsyncIterator[Topics]:
     names = await create_test_topics(services)
     yield names
     await delete_topics(
-        services.kafka_bootstrap, [names.signals, names.prices, names.dlq, names.commands, names.events]
+        services.kafka_bootstrap,
+        [names.signals, names.prices, names.dlq, names.commands, names.events],
     )
 
 
