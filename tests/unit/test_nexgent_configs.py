@@ -10,9 +10,12 @@ from decimal import Decimal
 import pytest
 
 from tests.helpers.positions import AVG, T0, make_position
+from tests.unit.test_eligibility import make_agent, make_signal
 from worker.domain.config import SOL_LIMIT, resolve_config
 from worker.domain.config_reading import read_config
-from worker.domain.exits import evaluate_dca, stop_loss_target
+from worker.domain.eligibility import decide
+from worker.domain.exits import evaluate_dca, is_stale, stop_loss_target
+from worker.domain.models import ExecutionStatus
 from worker.domain.sizing import position_size
 
 # A 20 % drop from the 0.001 average: every aggressive DCA level (-10 %) fires at it.
@@ -129,3 +132,49 @@ def test_a_custom_stop_loss_level_far_above_any_usual_gain_is_kept() -> None:
 def test_hostile_values_stay_refused(text: str, reason: str) -> None:
     reading = read_config(text)
     assert (reading.config, reading.error) == (None, f"invalid trading_config: {reason}")
+
+
+def test_stale_trade_settings_take_any_number_as_the_source_does() -> None:
+    # Only compared with a gain or a hold time: no bound but the largest JS number.
+    cfg = resolve_config({"staleTrade": {"minProfitPercent": -1e7, "maxProfitPercent": 1e7}})
+    rise = AVG * 50_001  # +5,000,000 %
+    assert is_stale(make_position(), rise, LATER, cfg)
+    forever = resolve_config({"staleTrade": {"minHoldTimeMinutes": 1e300}})
+    assert not is_stale(make_position(), AVG * Decimal("1.05"), T0 + timedelta(days=3650), forever)
+
+
+def test_a_minimum_balance_no_wallet_holds_means_no_buy() -> None:
+    # 1e13 SOL is more than numeric(20,8) holds: clamped to 10^12, the agent never buys.
+    cfg = resolve_config({"purchaseLimits": {"minimumAgentBalance": 1e13}})
+    assert cfg.purchase_limits.minimum_agent_balance == SOL_LIMIT
+    agent = make_agent(sol_balance=Decimal("999999999999.99999999"))
+    decision = decide(make_signal(), agent, cfg, seed=b"seed")
+    assert (decision.status, decision.reason) == (
+        ExecutionStatus.SKIPPED,
+        "SOL balance 999999999999.99999999 is below minimumAgentBalance 1000000000000",
+    )
+
+
+def test_balance_tiers_and_signal_bounds_take_any_number_as_the_source_does() -> None:
+    # A large tier no balance reaches: every balance from 5 SOL on buys the medium size.
+    cfg = resolve_config({"positionCalculator": {
+        "solBalanceThresholds": {"minimum": 0.2, "medium": 5, "large": 1e300},
+        "randomization": {"enabled": False}}})  # fmt: skip
+    assert position_size(Decimal(500_000), cfg, b"seed") == Decimal("1.0")
+    # A market cap bound above any metric, and a holder count minimum above the signal's.
+    assert resolve_config({"signals": {"marketCapMax": 1e30}}).signals.market_cap_max == Decimal(
+        "1e30"
+    )
+    picky = resolve_config({"signals": {"holderCountMin": 1e10}})
+    decision = decide(make_signal(), make_agent(), picky, seed=b"seed")
+    assert decision.reason == "holder count 1200 is below holderCountMin 10000000000"
+
+
+def test_position_sizes_stay_below_the_sol_limit() -> None:
+    # Declared: a size feeds the drawn amount, so it keeps the column's bound.
+    reading = read_config('{"positionCalculator": {"positionSizes": {"large": {"min": 1, '
+                          '"max": 1e12}}}}')  # fmt: skip
+    assert reading.error == (
+        "invalid trading_config: positionCalculator.positionSizes.large.max: Input should be "
+        "less than 1000000000000"
+    )
