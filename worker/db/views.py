@@ -179,8 +179,12 @@ async def read_positions(
     opening time, each without stored rules and with an invalid config with its agent's
     earlier configs (`EARLIER_VERSIONS_LIMIT`); run it inside a read-only transaction."""
     positions = await _read_positions(conn, filters, max_config_bytes)
+    is_invalid: dict[StoredConfigText, bool] = {}  # by text: an agent's positions share it
+    for p in positions:
+        if p.exit_rules is None and p.config not in is_invalid:
+            is_invalid[p.config] = read_config(p.config).error is not None
     unruled = sorted(
-        {p.agent_id for p in positions if p.exit_rules is None and read_config(p.config).error}
+        {p.agent_id for p in positions if p.exit_rules is None and is_invalid[p.config]}
     )
     if not unruled:
         return positions
