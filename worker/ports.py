@@ -142,6 +142,14 @@ class PriceStore(Protocol):
         """The exit rule sets (JSON text) positions were opened with, by id."""
         ...
 
+    async def earlier_versions(
+        self, version_ids: Sequence[int], limit: int
+    ) -> dict[int, list[int]]:
+        """For each version (by id), the ids of its agent's versions before it (by
+        `valid_from`, then id), newest first, at most `limit`; a version without earlier
+        ones (or unknown) is absent."""
+        ...
+
     async def lock_wallets_sol(self, wallets: Sequence[str]) -> None:
         """Lock the wallets' SOL balance rows, in the order every writer uses."""
         ...

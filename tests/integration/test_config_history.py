@@ -243,3 +243,46 @@ async def test_an_agent_without_a_wallet_replays_its_failed_executions(
     assert live[("s", bare)] == "failed"
     replayed = await _replayed(db_conn, account.user_id, now - SECOND)
     assert replayed == live
+
+
+async def test_a_position_without_rules_keeps_the_last_valid_config_of_its_agent(
+    db_conn: asyncpg.Connection,
+) -> None:
+    """Positions opened before rule sets were kept (exit_rules_id NULL) whose agents broke
+    their configs since: 62 minutes on at +5% (in the default stale band), the one whose
+    agent's last valid version turned stale-trade closes off stays open; the one whose
+    agent never had a valid config is closed by the defaults."""
+    await set_sol_price(db_conn, "100")
+    account = await make_account(db_conn, [FIXED, FIXED])
+    kept, never_valid = (a.agent_id for a in account.agents)
+    # The first version (stale closes on) opens the positions; the newest valid one turns
+    # stale closes off; then the config breaks.
+    opened = await _edit(db_conn, kept, {**FIXED, "staleTrade": {"enabled": False}})
+    await _decide(db_conn, [_signal(account, "s", opened - 10 * SECOND)])
+    await db_conn.execute("UPDATE agent_positions SET exit_rules_id = NULL")
+    await _edit(db_conn, kept, INVALID)
+    # The other agent's only version is invalid (as 0008's backfill may have found it).
+    await _edit(db_conn, never_valid, INVALID)
+    await db_conn.execute(
+        "DELETE FROM agent_config_history WHERE agent_id = $1 AND id < "
+        "(SELECT max(id) FROM agent_config_history WHERE agent_id = $1)",
+        never_valid,
+    )
+    await db_conn.execute("UPDATE token_prices SET price_ts = $1", opened - 30 * SECOND)
+    # The store answers the history before a version, newest first; none before a first.
+    store = PgStore(db_conn)
+    ids = [v["id"] for v in await _versions(db_conn, kept)]
+    assert await store.earlier_versions([ids[-1]], 50) == {ids[-1]: ids[-2::-1]}
+    assert await store.earlier_versions([ids[-1]], 1) == {ids[-1]: [ids[-2]]}
+    [only] = await _versions(db_conn, never_valid)
+    assert await store.earlier_versions([only["id"]], 50) == {}
+    ticks = [
+        PriceTick(SOL_MINT, Decimal(100), opened - 20 * SECOND),
+        PriceTick(TOKEN_A, Decimal("1.05"), opened + 62 * 60 * SECOND),
+    ]
+    async with db_conn.transaction():
+        outcomes = await handle_prices(store, ticks, configs=ConfigTexts(),
+                                       trading=Settings().trading)  # fmt: skip
+    assert [o.closes for o in outcomes] == [{}, {"stale_trade": 1}]
+    still_open = await db_conn.fetch("SELECT agent_id FROM agent_positions")
+    assert [r["agent_id"] for r in still_open] == [kept]

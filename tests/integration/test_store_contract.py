@@ -515,6 +515,24 @@ async def test_an_edit_is_a_new_version_in_force_from_its_time(world: World) -> 
     assert "-5" in str(texts[edited.id])
 
 
+async def test_a_versions_earlier_ones_are_listed_newest_first(world: World) -> None:
+    account = await _bought(world, [Spec(FIXED)])
+    agent_id = account.agents[0].agent_id
+    for seconds in (10, 20):
+        await world.set_config(agent_id, {"dca": {"maxDCACount": seconds // 10}},
+                               NOW + seconds * SECOND)  # fmt: skip
+    span = (NOW, NOW + 60 * SECOND)
+    first, second, third = (await world.store.config_versions([agent_id], *span))[agent_id]
+    assert first.id is not None and second.id is not None and third.id is not None
+    assert await world.store.earlier_versions([third.id, first.id], 50) == {
+        third.id: [second.id, first.id]
+    }
+    assert await world.store.earlier_versions([third.id, second.id], 1) == {
+        third.id: [second.id],
+        second.id: [first.id],
+    }
+
+
 async def test_a_user_without_agents_exists(world: World) -> None:
     user_id, stranger = await world.user(), uuid.uuid4()
     assert await world.store.existing_users([user_id, stranger]) == {user_id}

@@ -297,3 +297,31 @@ async def test_positions_and_trades_from_the_command_line(
                               "2026-11-26")  # fmt: skip
     assert backwards.code == 2
     assert backwards.stderr[-1].startswith("signal-worker trades: --since 2026-11-27T00:00:00")
+
+
+async def test_a_position_without_rules_shows_its_agents_last_valid_config(
+    db_conn: asyncpg.Connection,
+) -> None:
+    # As the exits do: a position without stored rules of an agent whose config is invalid
+    # follows the agent's last valid config (here: stop loss off), not the defaults.
+    account = await _trade(db_conn)
+    taking = account.agents[0].agent_id
+    await db_conn.execute("UPDATE agent_positions SET exit_rules_id = NULL")
+    for config in ({**TAKING, "stopLoss": {"enabled": False}}, {"stopLoss": {"mode": "x"}}):
+        await db_conn.execute(
+            "UPDATE agents SET trading_config = $2::text::jsonb WHERE id = $1",
+            taking,
+            json.dumps(config),
+        )
+    a = (await _positions(db_conn, agent_ids=[taking]))[("agent 0", "AAA")]
+    assert a.rules.value == "last valid config"
+    assert (a.stop_loss_pct, a.stop_price_sol) == (None, None)
+    assert a.next_take_profit is not None and a.next_take_profit.target_percent == 50
+    # An agent whose every version is invalid: the defaults.
+    await db_conn.execute(
+        "DELETE FROM agent_config_history WHERE agent_id = $1 AND id < "
+        "(SELECT max(id) FROM agent_config_history WHERE agent_id = $1)",
+        taking,
+    )
+    a = (await _positions(db_conn, agent_ids=[taking]))[("agent 0", "AAA")]
+    assert (a.rules.value, a.stop_loss_pct) == ("defaults", Decimal(20))  # on: the stored stop

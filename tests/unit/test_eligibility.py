@@ -287,7 +287,7 @@ def test_decide_agent_fails_on_text_that_is_not_json_or_too_big_a_number() -> No
               "quotes: line 1 column 2 (char 1)"),
         ('{"purchaseLimits": {"maxPurchasePerToken": 1e400}}',
          "invalid trading_config: purchaseLimits.maxPurchasePerToken: Input should be less "
-         "than 1000000000000"),
+         "than or equal to 1.7976931348623157E+308"),
         ("[" * 2000 + "]" * 2000,
          "invalid trading_config: not JSON this worker accepts: nested too deeply"),
     ]:  # fmt: skip

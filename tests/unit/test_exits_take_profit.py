@@ -149,10 +149,42 @@ def test_levels_restart_from_the_batch_after_a_dca() -> None:
     assert outcome.levels_hit == 3
 
 
-def test_a_batch_never_fires_past_the_stored_total() -> None:
+# Three levels of a quarter each, no moon bag: the config after an edit that added two.
+THREE_QUARTERS = resolve_config(
+    {
+        "takeProfit": {
+            "enabled": True,
+            "mode": "custom",
+            "levels": [
+                {"targetPercent": 50, "sellPercent": 25},
+                {"targetPercent": 100, "sellPercent": 25},
+                {"targetPercent": 200, "sellPercent": 25},
+            ],
+            "moonBag": {"enabled": False},
+        }
+    }
+)
+
+
+def test_levels_added_since_the_total_was_fixed_are_sold_as_the_source_sells_them() -> None:
+    # Total fixed at 1 (the last DCA, with one level), none hit; the config now has three
+    # levels; +250 %: Nexgent reads on to the end of the current levels and sells all three
+    # (75 % of the purchase amount), not only total - hit = 1 of them (25 %).
+    position = make_position(take_profit_levels_hit=0, total_take_profit_levels=1)
+    outcome = evaluate(position, 250, THREE_QUARTERS)
+    assert [level.target_percent for level in outcome.levels] == [50, 100, 200]
+    assert outcome.sell_amount == Decimal(750)
+    assert (outcome.levels_hit, outcome.remaining_amount) == (3, Decimal(250))
+    # levels_hit (3) is past the total (1): take profit has ended for this batch.
+    after = apply_take_profit(position, outcome, Decimal(1))
+    assert pending_take_profit_levels(after, THREE_QUARTERS) == []
+    assert evaluate_take_profit(after, at_gain(10_000), THREE_QUARTERS) is None
+
+
+def test_a_batch_reads_on_past_the_stored_total_and_activates_the_bag() -> None:
     position = make_position(take_profit_levels_hit=1, total_take_profit_levels=2)
     outcome = evaluate(position, 1000)
-    assert [level.target_percent for level in outcome.levels] == [150]
+    assert [level.target_percent for level in outcome.levels] == [150, 300, 400]
     assert outcome.is_moon_bag_activation  # the last level of the total is reached
 
 

@@ -6,6 +6,7 @@ One position per agent, bought at 1 USD per token with SOL at 100 USD: 200 token
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -262,3 +263,42 @@ async def test_a_price_in_sol_no_column_holds_keeps_the_usd_price_and_moves_noth
     assert skipped.reason.startswith("agent_positions.lowest_price would be 1000000000000")
     assert store.prices[TOKEN] == (Decimal(1000), BOUGHT + timedelta(seconds=1))
     assert held(store, p.id) == p
+
+
+async def test_a_position_without_rules_keeps_its_agents_last_valid_config() -> None:
+    # Opened before rule sets were kept (no exit_rules_id); its agent had turned stale-trade
+    # closes off, then an edit broke the config. 62 minutes on, at a flat +5% (inside the
+    # default stale band of 1..10%), the last valid config (stale off) applies, not the
+    # defaults (stale on after 60 minutes), so the position stays open.
+    store = _store()
+    p = _position(store, {"staleTrade": {"enabled": False}})
+    store.edit_agent(p.agent_id, BOUGHT + timedelta(minutes=1),
+                     config_text=json.dumps({"stopLoss": {"mode": "sideways"}}))  # fmt: skip
+    outcome = await _handle(store, "1.05", BOUGHT + timedelta(minutes=62))
+    assert outcome.closes == {}
+    assert p.id in store.positions
+    [problem] = outcome.config_problems  # the broken config is still reported
+    assert problem.error is not None
+
+
+async def test_the_last_valid_config_is_the_latest_valid_one_before_the_broken_one() -> None:
+    store = _store()
+    # Versions: a -10% stop, then a -50% stop, then two broken edits.
+    p = _position(store, {"stopLoss": {"defaultPercentage": -10}}, stop=Decimal(-50))
+    at = BOUGHT + timedelta(minutes=1)
+    store.edit_agent(
+        p.agent_id, at, config_text=json.dumps({"stopLoss": {"defaultPercentage": -50}})
+    )
+    for broken in ({"stopLoss": {"mode": "sideways"}}, {"dca": {"maxDCACount": 0}}):
+        store.edit_agent(p.agent_id, at, config_text=json.dumps(broken))
+    # -40%: above the last valid -50% stop: nothing (the older -10% would have sold).
+    assert await _tick(store, "0.6", BOUGHT + timedelta(minutes=2)) == {}
+    # -55%: through it.
+    assert await _tick(store, "0.45", BOUGHT + timedelta(minutes=3)) == {"stop_loss": 1}
+
+
+async def test_a_position_without_rules_of_an_agent_never_valid_takes_the_defaults() -> None:
+    store = _store()
+    p = _position(store, {"stopLoss": {"mode": "sideways"}})
+    assert await _tick(store, "1.05", BOUGHT + timedelta(minutes=62)) == {"stale_trade": 1}
+    assert p.id not in store.positions

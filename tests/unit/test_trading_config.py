@@ -566,7 +566,8 @@ def test_a_config_nexgent_writes_is_accepted() -> None:
         ('{"dca": {"cooldownSeconds": 1, "cooldownSeconds": 2}}',
          "not JSON this worker accepts: the key 'cooldownSeconds' appears twice in one object"),
         ('{"purchaseLimits": {"maxPurchasePerToken": 1e400}}',
-         "purchaseLimits.maxPurchasePerToken: Input should be less than 1000000000000"),
+         "purchaseLimits.maxPurchasePerToken: Input should be less than or equal to "
+         "1.7976931348623157E+308"),
         ('"a string"', "expected a JSON object, got str"),
     ],
 )  # fmt: skip

@@ -20,9 +20,10 @@ Positions (`positions list`), per open position:
   profit is off;
 - the rules are those the worker's exits use (`worker.domain.exit_rules.exit_config`): the
   agent's current config while valid, else the rules the position was opened with, else
-  the defaults (`rules` says which). `exits` says whether ticks exit the position at all:
-  `auto`, or `paused` (automated simulation trading off), or `not simulated` (a position
-  in a live wallet, which this worker does not trade).
+  the agent's last valid config, else the defaults (`rules` says which). `exits` says
+  whether ticks exit the position at all: `auto`, or `paused` (automated simulation
+  trading off), or `not simulated` (a position in a live wallet, which this worker does
+  not trade).
 --since/--until select positions by their opening time.
 
 Trades (`trades list`), per full exit (`agent_historical_swaps`; partial take-profit sales
@@ -61,7 +62,7 @@ from worker.commands.text import csv_text, printable
 from worker.db.pool import connect_migrated
 from worker.db.views import PositionRow, TradeRow, ViewFilters, read_positions, read_trades
 from worker.domain.config import TakeProfitLevel
-from worker.domain.exit_rules import ExitRulesSource, exit_config
+from worker.domain.exit_rules import ExitRulesSource, exit_config, last_valid_config
 from worker.domain.exits import evaluate_stop_loss, pending_take_profit_levels, price_at_gain
 from worker.domain.fills import token_price_sol
 from worker.domain.money import fmt, to_sol
@@ -128,9 +129,13 @@ def view_position(row: PositionRow, now: datetime) -> PositionView:
     """The figures of one open position (the module's docstring); `now` (the wall clock)
     only for the price's age."""
     s = row.state
-    rules_reading = config_of_text(row.config)
-    opening = None if rules_reading.config is not None else config_of_rules(row.exit_rules).config
-    cfg, source = exit_config(rules_reading.config, opening)
+    current = config_of_text(row.config).config
+    opening = last_valid = None
+    if current is None and row.exit_rules is not None:
+        opening = config_of_rules(row.exit_rules).config
+    if current is None and opening is None:
+        last_valid = last_valid_config(config_of_text(text) for text in row.earlier_configs)
+    cfg, source = exit_config(current, opening, last_valid)
     price_sol = _price_sol(row.price_usd, row.sol_usd)
     pnl = pct = None
     if price_sol is not None:

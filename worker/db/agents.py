@@ -158,6 +158,22 @@ SELECT h.id, {config_columns("$2", "h")}
 """  # noqa: S608 - constant SQL pieces; values travel as parameters
 
 
+# Each version's earlier versions of its agent, newest first (the last valid config of an
+# agent is searched among them: `worker.domain.exit_rules`). The history's index on
+# (agent_id, valid_from, id) serves it.
+SELECT_EARLIER_VERSIONS = """
+SELECT v.id AS version_id, e.id AS earlier_id
+  FROM agent_config_history v
+ CROSS JOIN LATERAL (
+       SELECT h.id, h.valid_from FROM agent_config_history h
+        WHERE h.agent_id = v.agent_id AND (h.valid_from, h.id) < (v.valid_from, v.id)
+        ORDER BY h.valid_from DESC, h.id DESC
+        LIMIT $2) e
+ WHERE v.id = ANY($1::bigint[])
+ ORDER BY v.id, e.valid_from DESC, e.id DESC
+"""
+
+
 AGENT_COUNTS = """
 SELECT user_id, count(*) AS agents FROM agents WHERE user_id = ANY($1::uuid[]) GROUP BY user_id
 """
@@ -285,6 +301,18 @@ class AgentQueries(OnConnection):
         beyond `max_config_bytes`)."""
         rows = await self.conn.fetch(SELECT_VERSION_TEXTS, list(set(version_ids)), max_config_bytes)
         return {r["id"]: stored_config(r, max_config_bytes) for r in rows}
+
+    async def earlier_versions(
+        self, version_ids: Sequence[int], limit: int
+    ) -> dict[int, list[int]]:
+        """For each version (by id), the ids of its agent's versions before it (by
+        `valid_from`, then id), newest first, at most `limit` (a version without earlier
+        ones, or unknown, is absent); one query."""
+        rows = await self.conn.fetch(SELECT_EARLIER_VERSIONS, list(set(version_ids)), limit)
+        earlier: dict[int, list[int]] = {}
+        for r in rows:
+            earlier.setdefault(r["version_id"], []).append(r["earlier_id"])
+        return earlier
 
     async def agent_counts(self, user_ids: Sequence[UUID]) -> dict[UUID, int]:
         """How many agents each user has (users without agents are absent)."""

@@ -5,7 +5,7 @@ read-only snapshot (the caller's transaction), filtered in SQL."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 from uuid import UUID
@@ -14,7 +14,8 @@ import asyncpg
 
 from worker.db.agents import config_columns, stored_config
 from worker.db.positions import position_state
-from worker.domain.config_reading import StoredConfigText
+from worker.domain.config_reading import StoredConfigText, read_config
+from worker.domain.exit_rules import EARLIER_VERSIONS_LIMIT
 from worker.domain.models import SOL_MINT, PositionState
 
 
@@ -129,6 +130,9 @@ class PositionRow:
     price_usd: Decimal | None
     price_at: datetime | None
     sol_usd: Decimal | None
+    # Without stored rules and with an invalid config: the configs of the agent's versions
+    # before its latest, newest first (its last valid config is among them); else none.
+    earlier_configs: tuple[StoredConfigText, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,11 +161,49 @@ class TradeRow:
     take_profit_sales: int
 
 
+# Each agent's configs of the versions before its latest (the agents row's), newest first.
+SELECT_EARLIER_CONFIGS = f"""
+SELECT a.agent_id, {config_columns("$3", "h")}
+  FROM unnest($1::uuid[]) AS a(agent_id)
+ CROSS JOIN LATERAL (
+       SELECT * FROM agent_config_history v WHERE v.agent_id = a.agent_id
+        ORDER BY v.valid_from DESC, v.id DESC OFFSET 1 LIMIT $2) h
+ ORDER BY a.agent_id, h.valid_from DESC, h.id DESC
+"""  # noqa: S608 - constant SQL pieces; values travel as parameters
+
+
 async def read_positions(
     conn: asyncpg.Connection, filters: ViewFilters, max_config_bytes: int
 ) -> list[PositionRow]:
     """The open positions the filters select (time: when they opened), by user, agent name,
-    opening time; run it inside a read-only transaction."""
+    opening time, each without stored rules and with an invalid config with its agent's
+    earlier configs (`EARLIER_VERSIONS_LIMIT`); run it inside a read-only transaction."""
+    positions = await _read_positions(conn, filters, max_config_bytes)
+    is_invalid: dict[StoredConfigText, bool] = {}  # by text: an agent's positions share it
+    for p in positions:
+        if p.exit_rules is None and p.config not in is_invalid:
+            is_invalid[p.config] = read_config(p.config).error is not None
+    unruled = sorted(
+        {p.agent_id for p in positions if p.exit_rules is None and is_invalid[p.config]}
+    )
+    if not unruled:
+        return positions
+    earlier: dict[UUID, list[StoredConfigText]] = {}
+    for r in await conn.fetch(
+        SELECT_EARLIER_CONFIGS, unruled, EARLIER_VERSIONS_LIMIT, max_config_bytes
+    ):
+        earlier.setdefault(r["agent_id"], []).append(stored_config(r, max_config_bytes))
+    return [
+        replace(p, earlier_configs=tuple(earlier.get(p.agent_id, ())))
+        if p.exit_rules is None and p.agent_id in earlier
+        else p
+        for p in positions
+    ]
+
+
+async def _read_positions(
+    conn: asyncpg.Connection, filters: ViewFilters, max_config_bytes: int
+) -> list[PositionRow]:
     rows = await conn.fetch(SELECT_POSITIONS, *filters.args(), max_config_bytes, SOL_MINT)
     return [
         PositionRow(

@@ -14,6 +14,19 @@ Differences from the source system, on purpose:
 - Every number has finite bounds (beyond the source's, which has none above for most):
   a value must fit the column it reaches or the arithmetic it feeds, so a stored
   `1e400` is an invalid config with its reason, never an error deep in the pipeline.
+  Where the source takes any number, the bound is the largest finite JavaScript number
+  (`JS_NUMBER_MAX`: beyond it the source reads Infinity), and a value beyond what the
+  arithmetic needs is clamped where that keeps the source's meaning:
+  `purchaseLimits.maxPurchasePerToken` above 10^12 SOL is 10^12 (no size reaches it: "no
+  cap", as written), `minimumAgentBalance` above 10^12 SOL is 10^12 (no balance reaches
+  it: no buy). Settings only compared with a value are taken as they are: a custom
+  stop-loss level's `change` (2e6 is a level no realistic gain reaches, as in the
+  source), the stale-trade settings, the balance thresholds and the signal metric bounds.
+  The position sizes stay below 10^12 SOL (the source takes any number): a size is drawn
+  and bought, and a clamp would change the draw.
+- `dca.maxDCACount` may be fractional, as the source's schema allows; the source compares
+  `dcaCount >= maxDCACount`, so 2.5 allows 3 DCA buys: it is read as its ceiling (an
+  integer from 1 to 10; 0.5 and 10.5 are refused, as there).
 - The stored JSON text is decoded exactly, by the rules every JSON input follows
   (`worker.domain.exact_json`), and read without raising (`worker.domain.config_reading`);
   the exit sections a position was opened with are kept (`worker.domain.exit_rules`).
@@ -28,6 +41,7 @@ Differences from the source system, on purpose:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from copy import deepcopy
 from decimal import Decimal
@@ -36,6 +50,7 @@ from itertools import pairwise
 from typing import Annotated, Any, Final, Self
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -49,15 +64,15 @@ from pydantic import (
 from worker.domain.money import fmt
 
 MAX_MESSAGE_CHARS = 300
-# Upper bounds of the numbers of a config. SOL amounts and prices reach numeric(20,8) /
-# numeric(30,18) columns (< 10^12); USD metric bounds compare with numeric(30,8) signal
-# metrics (< 10^22); the rest are far beyond any sensible setting but keep the arithmetic
-# (60 significant digits) exact.
+# Upper bounds of the numbers of a config. A setting the source's schema takes as any
+# number is bounded by the largest finite JavaScript number (Number.MAX_VALUE; beyond it
+# the source reads Infinity): those only compared with a value need no other bound. A SOL
+# setting that feeds the sizing arithmetic is clamped to SOL_LIMIT where that keeps its
+# meaning (no balance, numeric(20,8), reaches it), else bounded by it: the position
+# sizes, whose draw a clamp would change.
 SOL_LIMIT = Decimal(10) ** 12
-USD_LIMIT = Decimal(10) ** 22
-PCT_SETTING_LIMIT = Decimal(10) ** 6
-MINUTES_LIMIT = Decimal(10) ** 8  # about 190 years
-INT32_MAX = 2**31 - 1
+JS_NUMBER_MAX = Decimal("1.7976931348623157e308")
+JS_INT_MAX = int(JS_NUMBER_MAX)  # an integer setting's bound (the source's `.int()`)
 # Integers of a stored config longer than this are read as Decimal, not int.
 # Keys of the source's configs that it deletes on read: accepted without a report.
 
@@ -73,7 +88,27 @@ def _reject_bool(value: object) -> object:
     return value
 
 
+def _dca_count(value: object) -> object:
+    """`dca.maxDCACount` given as a fractional number, as the source's schema allows, read
+    as the integer the source's `dcaCount >= maxDCACount` test makes of it: its ceiling
+    (2.5 -> 3); below 1 refused, as there. Integers, booleans, strings and non-finite
+    numbers go on to the integer's own rules."""
+    value = _reject_bool(value)
+    if isinstance(value, Decimal | float) and math.isfinite(value) and value != int(value):
+        if value < 1:
+            msg = "Input should be greater than or equal to 1"
+            raise ValueError(msg)
+        return math.ceil(value)
+    return value
+
+
+def _at_most_sol_limit(value: Decimal) -> Decimal:
+    """A SOL cap above `SOL_LIMIT` read as `SOL_LIMIT`: no size reaches either."""
+    return min(value, SOL_LIMIT)
+
+
 Int = Annotated[int, BeforeValidator(_reject_bool)]
+DcaCount = Annotated[int, BeforeValidator(_dca_count)]
 SignalType = Annotated[str, StringConstraints(min_length=1, max_length=50)]
 Mint = Annotated[str, StringConstraints(min_length=32, max_length=44)]
 
@@ -127,11 +162,14 @@ class TakeProfitMode(StrEnum):
 class PurchaseLimits(_Model):
     """`purchaseLimits`: SOL kept after a buy, the cap per buy, the open-position limit."""
 
-    minimum_agent_balance: Decimal = Field(
-        Decimal("0.5"), alias="minimumAgentBalance", ge=Decimal("0.1"), lt=SOL_LIMIT
+    # Any number from 0.1, as in the source; above SOL_LIMIT clamped to it (no balance,
+    # numeric(20,8), reaches either: the agent never buys).
+    minimum_agent_balance: Annotated[Decimal, AfterValidator(_at_most_sol_limit)] = Field(
+        Decimal("0.5"), alias="minimumAgentBalance", ge=Decimal("0.1"), le=JS_NUMBER_MAX
     )
-    max_purchase_per_token: Decimal = Field(
-        Decimal("2.0"), alias="maxPurchasePerToken", gt=0, lt=SOL_LIMIT
+    # Any positive number, as in the source; above SOL_LIMIT clamped to it ("no cap").
+    max_purchase_per_token: Annotated[Decimal, AfterValidator(_at_most_sol_limit)] = Field(
+        Decimal("2.0"), alias="maxPurchasePerToken", gt=0, le=JS_NUMBER_MAX
     )
     # A fraction (0.05 = 5%); simulated fills have no price impact, so it is only validated.
     max_price_impact: Decimal | None = Field(Decimal("0.05"), alias="maxPriceImpact", ge=0, le=1)
@@ -153,12 +191,12 @@ class SignalFilters(_Model):
     allowed_signal_types: tuple[SignalType, ...] = Field((), alias="allowedSignalTypes")
     token_filter_mode: TokenFilterMode = Field(TokenFilterMode.NONE, alias="tokenFilterMode")
     token_list: tuple[Mint, ...] = Field((), alias="tokenList")
-    market_cap_min: Decimal | None = Field(None, alias="marketCapMin", gt=0, lt=USD_LIMIT)
-    market_cap_max: Decimal | None = Field(None, alias="marketCapMax", gt=0, lt=USD_LIMIT)
-    liquidity_min: Decimal | None = Field(None, alias="liquidityMin", gt=0, lt=USD_LIMIT)
-    liquidity_max: Decimal | None = Field(None, alias="liquidityMax", gt=0, lt=USD_LIMIT)
-    holder_count_min: Int | None = Field(None, alias="holderCountMin", ge=0, le=INT32_MAX)
-    holder_count_max: Int | None = Field(None, alias="holderCountMax", ge=0, le=INT32_MAX)
+    market_cap_min: Decimal | None = Field(None, alias="marketCapMin", gt=0, le=JS_NUMBER_MAX)
+    market_cap_max: Decimal | None = Field(None, alias="marketCapMax", gt=0, le=JS_NUMBER_MAX)
+    liquidity_min: Decimal | None = Field(None, alias="liquidityMin", gt=0, le=JS_NUMBER_MAX)
+    liquidity_max: Decimal | None = Field(None, alias="liquidityMax", gt=0, le=JS_NUMBER_MAX)
+    holder_count_min: Int | None = Field(None, alias="holderCountMin", ge=0, le=JS_INT_MAX)
+    holder_count_max: Int | None = Field(None, alias="holderCountMax", ge=0, le=JS_INT_MAX)
 
     @model_validator(mode="after")
     def _bounds_ordered(self) -> Self:
@@ -173,7 +211,8 @@ class SignalFilters(_Model):
 class TrailingLevel(_Model):
     """A custom stop-loss level: from `change`% gain on, the stop sits at +`stop_loss`%."""
 
-    change: Decimal = Field(gt=0, le=PCT_SETTING_LIMIT)
+    # Only compared with a gain: any positive number, as in the source.
+    change: Decimal = Field(gt=0, le=JS_NUMBER_MAX)
     stop_loss: Decimal = Field(alias="stopLoss", gt=0, le=1000)
 
 
@@ -205,9 +244,10 @@ class StopLossConfig(_Model):
 class SolBalanceThresholds(_Model):
     """SOL balance tiers: below `minimum` no buy; `medium` and `large` pick the size tier."""
 
-    minimum: Decimal = Field(Decimal("0.2"), gt=0, lt=SOL_LIMIT)
-    medium: Decimal = Field(Decimal(5), gt=0, lt=SOL_LIMIT)
-    large: Decimal = Field(Decimal(10), gt=0, lt=SOL_LIMIT)
+    # Only compared with a balance: any positive number, as in the source.
+    minimum: Decimal = Field(Decimal("0.2"), gt=0, le=JS_NUMBER_MAX)
+    medium: Decimal = Field(Decimal(5), gt=0, le=JS_NUMBER_MAX)
+    large: Decimal = Field(Decimal(10), gt=0, le=JS_NUMBER_MAX)
 
     @model_validator(mode="after")
     def _increasing(self) -> Self:
@@ -261,13 +301,13 @@ class StaleTradeConfig(_Model):
 
     enabled: StrictBool = True
     min_hold_time_minutes: Decimal = Field(
-        Decimal(60), alias="minHoldTimeMinutes", ge=1, le=MINUTES_LIMIT
+        Decimal(60), alias="minHoldTimeMinutes", ge=1, le=JS_NUMBER_MAX
     )
     min_profit_percent: Decimal = Field(
-        Decimal(1), alias="minProfitPercent", ge=-PCT_SETTING_LIMIT, le=PCT_SETTING_LIMIT
+        Decimal(1), alias="minProfitPercent", ge=-JS_NUMBER_MAX, le=JS_NUMBER_MAX
     )
     max_profit_percent: Decimal = Field(
-        Decimal(10), alias="maxProfitPercent", ge=-PCT_SETTING_LIMIT, le=PCT_SETTING_LIMIT
+        Decimal(10), alias="maxProfitPercent", ge=-JS_NUMBER_MAX, le=JS_NUMBER_MAX
     )
 
     @model_validator(mode="after")
@@ -291,7 +331,8 @@ class DcaConfig(_Model):
     enabled: StrictBool = False
     mode: DcaMode = DcaMode.MODERATE
     levels: tuple[DcaLevel, ...] = ()
-    max_dca_count: Int = Field(3, alias="maxDCACount", ge=1, le=10)
+    # A fraction is read as its ceiling (`_dca_count`), as the source's test reads it.
+    max_dca_count: DcaCount = Field(3, alias="maxDCACount", ge=1, le=10)
     cooldown_seconds: Decimal = Field(Decimal(30), alias="cooldownSeconds", ge=10, le=3600)
 
     @model_validator(mode="after")

@@ -5,12 +5,22 @@ distinct set, content-addressed, `exit_rule_sets`). Ticks use the agent's curren
 while it is valid (a change applies to open positions, as in the source); when it is not,
 they use these, so no position is ever left without its stop loss, take profit, DCA or
 stale close.
+
+A position without stored rules (opened before `schema/0004`, or by another writer), or
+whose stored set no longer validates, takes its agent's last valid config instead: the
+latest version of the agent's settings before the one in force (`agent_config_history`)
+whose config is valid, among the `EARLIER_VERSIONS_LIMIT` before it. That is what the
+source would be using (its API refuses an invalid config, so the last valid one stays in
+force), and it keeps the user's choices: a position whose agent turned stale-trade closes
+off is not closed as stale because a later edit broke the config. Only when no such version
+exists (the agent's config was never valid since its history began) the defaults apply.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
@@ -56,12 +66,17 @@ def config_of_exit_rules(text: str | None) -> ConfigReading:
     )
 
 
+# How many versions before the one in force are searched for the last valid config.
+EARLIER_VERSIONS_LIMIT: Final = 50
+
+
 class ExitRulesSource(StrEnum):
     """Where the rules exiting a position come from (`exit_config`)."""
 
     CONFIG = "config"  # the agent's config in force
     OPENING_RULES = "opening rules"  # the exit rules the position was opened with
-    DEFAULTS = "defaults"  # neither is valid (or the position has no stored rules)
+    LAST_VALID = "last valid config"  # the agent's last valid config before the one in force
+    DEFAULTS = "defaults"  # none of these (no stored rules, never a valid config)
 
 
 # The rules of a position whose agent's config is invalid and that has no valid stored set.
@@ -69,13 +84,24 @@ DEFAULT_EXIT_CONFIG: Final = AgentTradingConfig()
 
 
 def exit_config(
-    current: AgentTradingConfig | None, opening: AgentTradingConfig | None
+    current: AgentTradingConfig | None,
+    opening: AgentTradingConfig | None,
+    last_valid: AgentTradingConfig | None = None,
 ) -> tuple[AgentTradingConfig, ExitRulesSource]:
     """The config that exits a position: its agent's config in force while that is valid
     (`current`), else the rules it was opened with (`opening`, `config_of_exit_rules`; None
-    when absent or no longer valid), else the defaults; and which of the three it is."""
+    when absent or no longer valid), else the agent's last valid config before the one in
+    force (`last_valid`, `last_valid_config`), else the defaults; and which it is."""
     if current is not None:
         return current, ExitRulesSource.CONFIG
     if opening is not None:
         return opening, ExitRulesSource.OPENING_RULES
+    if last_valid is not None:
+        return last_valid, ExitRulesSource.LAST_VALID
     return DEFAULT_EXIT_CONFIG, ExitRulesSource.DEFAULTS
+
+
+def last_valid_config(earlier: Iterable[ConfigReading]) -> AgentTradingConfig | None:
+    """The first valid config among `earlier` (the readings of the versions before the one
+    in force, newest first), or None."""
+    return next((r.config for r in earlier if r.config is not None), None)

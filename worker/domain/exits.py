@@ -20,6 +20,15 @@ Decisions on the source's quirks (`domain.md` (!) marks):
   the value compared. A custom level of up to 1000% therefore stores 999.99.
 - A take-profit batch that would leave less than 1e-9 tokens (the source's "full exit"
   threshold) with no moon bag sells the whole remainder, so no dust position lingers.
+- The stop loss is evaluated at any positive purchase price (the columns hold down to
+  1e-18 SOL): the source skipped it below 1e-15 SOL, where its float division could give
+  Infinity; the arithmetic here is exact.
+- After a config change that added take-profit levels, a batch reads on to the end of the
+  current levels, as the source does (`pending_take_profit_levels`).
+- DCA is decided on the wallet's SOL as stored (the caller's check), including what a
+  take-profit sale credited: the source's pre-check read only a balance cache that every
+  take-profit sale clears (a missing entry read as 0 SOL), so a DCA due after a sale was
+  skipped until the cache was filled again (the next tick at the earliest).
 - A full exit's P/L is cash flow, for every close reason: the SOL the position returned
   (all take-profit credits plus the closing sale's credit) minus `total_invested_sol`.
   The source used the proportional `realized_profit_sol` for a take-profit full exit.
@@ -276,8 +285,14 @@ def pending_take_profit_levels(
     pos: PositionState, cfg: AgentTradingConfig
 ) -> list[TakeProfitLevel]:
     """The take-profit levels `pos` has not hit yet, lowest first (empty when take profit is
-    disabled or every level was hit): from index levels_hit - tp_batch_start_level of
-    `take_profit_levels(cfg)`, as many as its total (stored, else the levels') leaves."""
+    disabled or levels_hit has reached its total, stored, else the levels'): from index
+    levels_hit - tp_batch_start_level of `take_profit_levels(cfg)` to the end of the
+    current levels.
+
+    As in the source (`take-profit-calculator.ts`: the total only gates, the levels are
+    read on to the end of `config.levels`): after a config change that added levels since
+    the total was fixed (at the last DCA), a rise sells every level it reaches, not only
+    `total - hit` of them; levels_hit may then pass the total, which ends take profit."""
     if not cfg.take_profit.enabled:
         return []
     total = _take_profit_total(pos, cfg)
@@ -285,7 +300,7 @@ def pending_take_profit_levels(
     if hit >= total:
         return []
     start = max(0, hit - pos.tp_batch_start_level)
-    return take_profit_levels(cfg)[start : start + (total - hit)]
+    return take_profit_levels(cfg)[start:]
 
 
 def _take_profit_total(pos: PositionState, cfg: AgentTradingConfig) -> int:

@@ -8,6 +8,10 @@ The source draws the size with `Math.random()`. Here the draw is a pure function
 seed (`sizing_seed(user_id, idempotency_key, agent_id)`): the signal's natural key and the
 agent, so a redelivery, a replay, or a fresh run of the same input (whatever order its
 signals are stored in) sizes the same trade.
+
+The balance is SOL, however large: the source read a balance above 1e6 as lamports (a
+guess at its unit), refusing the buys of a wallet holding more than a million SOL; this
+worker's balances are always written in SOL.
 """
 
 from __future__ import annotations

@@ -63,7 +63,7 @@ from worker.domain.columns import misfit
 from worker.domain.config import AgentTradingConfig
 from worker.domain.config_history import ConfigVersion, boundaries, in_force
 from worker.domain.config_reading import StoredConfigText
-from worker.domain.exit_rules import exit_config
+from worker.domain.exit_rules import EARLIER_VERSIONS_LIMIT, exit_config, last_valid_config
 from worker.domain.fills import token_price_sol
 from worker.domain.models import SOL_MINT, PriceTick
 from worker.domain.planning import Step, TickTally, Writes, act_loud, trail_quiet
@@ -267,16 +267,54 @@ async def _exit_configs(
         if missing:
             read = await store.exit_rules(missing)
             configs.update_rules(read)
+    openings: dict[UUID, AgentTradingConfig | None] = {}
+    for row in trails:
+        if row.agent_id in invalid:
+            # None: no rule set stored (or found), or one that no longer validates.
+            rule_id = row.exit_rules_id
+            text = (read.get(rule_id) or configs.rules_text(rule_id)) if rule_id else None
+            openings[row.id] = None if text is None else config_of_rules(text).config
+    # Agents with a position left without rules; one without history has no earlier version.
+    unruled = {
+        r.agent_id: version_id
+        for r in trails
+        if r.id in openings
+        and openings[r.id] is None
+        and (version_id := settings[r.agent_id].id) is not None
+    }
+    last_valid = await _last_valid_configs(store, configs, unruled, max_config_bytes)
     cfgs: dict[UUID, AgentTradingConfig] = {}
     for row in trails:
-        current = readings[row.agent_id].config
-        opening = None
-        if current is None:
-            # A stored rule set that no longer validates (a future code change): the defaults.
-            text = read.get(row.exit_rules_id) if row.exit_rules_id else None
-            opening = config_of_rules(text or configs.rules_text(row.exit_rules_id)).config
-        cfgs[row.id], _ = exit_config(current, opening)
+        cfgs[row.id], _ = exit_config(
+            readings[row.agent_id].config, openings.get(row.id), last_valid.get(row.agent_id)
+        )
     return cfgs, problems
+
+
+async def _last_valid_configs(
+    store: PriceStore, configs: ConfigTexts, in_force: dict[UUID, int], max_config_bytes: int
+) -> dict[UUID, AgentTradingConfig]:
+    """By agent id, the last valid config before the version in force (`in_force`, by agent
+    id: an invalid one) among the `EARLIER_VERSIONS_LIMIT` before it; none found: absent
+    (`worker.domain.exit_rules`)."""
+    if not in_force:
+        return {}
+    agent_of = {version_id: agent_id for agent_id, version_id in in_force.items()}
+    earlier = await store.earlier_versions(sorted(agent_of), EARLIER_VERSIONS_LIMIT)
+    wanted = [e for ids in earlier.values() for e in ids]
+    missing = set(configs.missing(wanted))
+    # Taken before the update, which may drop what was held (a bounded cache).
+    texts = {e: configs.text(e) for e in wanted if e not in missing}
+    if missing:
+        read = await store.version_texts(sorted(missing), max_config_bytes)
+        configs.update(read)
+        texts.update(read)
+    found: dict[UUID, AgentTradingConfig] = {}
+    for version_id, ids in earlier.items():
+        cfg = last_valid_config(config_of_text(texts[e]) for e in ids if e in texts)
+        if cfg is not None:
+            found[agent_of[version_id]] = cfg
+    return found
 
 
 async def _config_texts(

@@ -445,6 +445,18 @@ class MemoryStore:
     async def exit_rules(self, ids: Sequence[UUID]) -> dict[UUID, str]:
         return {i: self.rule_sets[i] for i in ids if i in self.rule_sets}
 
+    async def earlier_versions(
+        self, version_ids: Sequence[int], limit: int
+    ) -> dict[int, list[int]]:
+        out: dict[int, list[int]] = {}
+        wanted = set(version_ids)
+        for agent in self.agents.values():
+            ids = [v.id for v in agent.history() if v.id is not None]  # in history order
+            for index, version_id in enumerate(ids):
+                if version_id in wanted and index > 0:
+                    out[version_id] = ids[:index][::-1][:limit]
+        return out
+
     async def lock_wallets_sol(self, wallets: Sequence[str]) -> None:
         del wallets
 
