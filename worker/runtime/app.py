@@ -329,7 +329,7 @@ async def watch_health(
         try:
             async with asyncio.timeout(5), connection(pool) as conn:
                 metrics.held_price_age.set(await held_price_age_s(conn))
-        except (*SERVICE_ERRORS, TimeoutError) as exc:
+        except SERVICE_ERRORS as exc:  # TimeoutError among them (an OSError)
             log.debug("held_price_age_unmeasured", error=describe(exc))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), HEALTH_EVERY_S)
