@@ -8,6 +8,8 @@ promtool itself runs them in tests/containers/test_alerts.py (`promtool test rul
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ RULE_TESTS = ROOT / "deploy" / "prometheus" / "alerts.test.yml"
 PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 COMPOSE = ROOT / "docker-compose.yml"
 README = ROOT / "README.md"
+PROMTOOL_SCRIPT = ROOT / "scripts" / "promtool.sh"
 RUNBOOK = "README.md, Operations > Alerts: {}"
 _METRIC_RE = re.compile(r"\bsignal_worker_\w+")
 # What issue 25 says an operator must hear about, by the metric that tells it.
@@ -119,3 +122,27 @@ def test_every_alert_has_a_promtool_case_that_fires_it_and_one_that_does_not() -
             (fired if case["exp_alerts"] else silent).add(case["alertname"])
     assert fired == set(alerts()), sorted(set(alerts()) ^ fired)
     assert silent == set(alerts()), sorted(set(alerts()) ^ silent)
+
+
+def test_the_promtool_script_fails_in_one_line_where_go_is_missing(tmp_path: Path) -> None:
+    # An empty cache and a PATH without go: what a machine without go sees on a first run.
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    mkdir = shutil.which("mkdir")
+    assert mkdir
+    (folder / "mkdir").symlink_to(mkdir)
+    env = {"PATH": str(folder), "HOME": str(tmp_path), "SIGNAL_WORKER_CACHE": str(tmp_path / "c")}
+    result = subprocess.run(
+        [shutil.which("bash") or "/bin/bash", str(PROMTOOL_SCRIPT), "path"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 1, result
+    assert result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    assert line == (
+        "[promtool] error: promtool v0.316.0 is built with go install, and go is not installed"
+    )
