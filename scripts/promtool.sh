@@ -9,8 +9,8 @@
 # Built from the Go module proxy (the only way in from this network: no release download),
 # like helm in scripts/container-engine.sh, into $SIGNAL_WORKER_CACHE (default
 # ~/.cache/signal-worker), outside the clone, so a fresh clone on the same machine reuses it.
-# The first build downloads and compiles Prometheus's module graph: minutes (README
-# "Alerts"); later runs take no time.
+# The first build downloads and compiles the part of Prometheus's module graph promtool needs
+# (README "Alerts"); later runs take no time.
 #
 # Every failure ends in one line on stderr, `[promtool] error: ...`, and exit 1.
 set -euo pipefail
@@ -19,20 +19,23 @@ CACHE=${SIGNAL_WORKER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/signal-worker}
 # Prometheus v3.16.0 (the module's v0.316.0): a rule checker at least as new as the Prometheus
 # of docker-compose.yml, which accepts the same rule files.
 PROMTOOL_VERSION=v0.316.0
+# Without the service discovery plugins (cloud SDKs: most of the build) but DNS's, which
+# deploy/prometheus/prometheus.yml uses: rules, their tests and that config need no other.
+PROMTOOL_TAGS=remove_all_sd,enable_dns_sd
 PROGRESS_S=30
 
 log() { printf '[promtool] %s\n' "$*" >&2; }
 die() { printf '[promtool] error: %s\n' "$*" >&2; exit 1; }
 
 promtool_path() {
-    local dir=$CACHE/promtool-$PROMTOOL_VERSION started=$SECONDS logfile pid status=0 next
+    local dir=$CACHE/promtool-$PROMTOOL_VERSION-dns-sd started=$SECONDS logfile pid status=0 next
     if [[ ! -x $dir/promtool ]]; then
         command -v go >/dev/null \
             || die "promtool $PROMTOOL_VERSION is built with go install, and go is not installed"
         mkdir -p "$dir"
         logfile=$CACHE/promtool-build.log
         log "building promtool $PROMTOOL_VERSION with go install (minutes, once; cached in $dir; log: $logfile)"
-        GOBIN=$dir go install -v \
+        GOBIN=$dir go install -v -tags "$PROMTOOL_TAGS" \
             "github.com/prometheus/prometheus/cmd/promtool@$PROMTOOL_VERSION" >"$logfile" 2>&1 &
         pid=$!
         # Progress: the package being compiled, every PROGRESS_S seconds while it runs.

@@ -1,6 +1,7 @@
 """The alerting rules run by promtool, and rendered by the chart.
 
-`promtool check rules` on deploy/prometheus/alerts.yml, `promtool test rules` on
+`promtool check rules` on deploy/prometheus/alerts.yml, `promtool check config` on the
+compose Prometheus's config (which loads them), `promtool test rules` on
 deploy/prometheus/alerts.test.yml (every alert fires on its case and stays silent on the
 others), and a copy of the rules with one threshold moved, which those tests must catch.
 promtool comes from `scripts/promtool.sh` (built once with `go install`, cached; its progress
@@ -31,6 +32,7 @@ pytestmark = [pytest.mark.containers, pytest.mark.timeout(SETUP_TIMEOUT_S + 120)
 SCRIPT = ROOT / "scripts" / "promtool.sh"
 RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
 RULE_TESTS = ROOT / "deploy" / "prometheus" / "alerts.test.yml"
+PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 
 # The Prometheus Operator's PrometheusRule CRD (monitoring.coreos.com_prometheusrules), for
 # the fields the chart writes; no other field.
@@ -108,6 +110,11 @@ def promtool(request: pytest.FixtureRequest) -> str:
     return out.strip().splitlines()[-1]
 
 
+def rule_names() -> list[str]:
+    spec = yaml.safe_load(RULES.read_text(encoding="utf-8"))
+    return [rule["alert"] for group in spec["groups"] for rule in group["rules"]]
+
+
 def run(promtool: str, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [promtool, *args], capture_output=True, text=True, timeout=120, check=False, cwd=cwd
@@ -117,8 +124,18 @@ def run(promtool: str, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProc
 def test_promtool_accepts_the_rules(promtool: str) -> None:
     result = run(promtool, "check", "rules", str(RULES))
     assert result.returncode == 0, result.stdout + result.stderr
-    count = sum(len(g["rules"]) for g in yaml.safe_load(RULES.read_text())["groups"])
-    assert f"SUCCESS: {count} rules found" in result.stdout + result.stderr
+    assert f"SUCCESS: {len(rule_names())} rules found" in result.stdout + result.stderr
+
+
+def test_promtool_accepts_the_compose_prometheus_config_with_its_rules(promtool: str) -> None:
+    # What `make up`'s Prometheus loads: the scrape config and, through rule_files, the rules.
+    result = run(promtool, "check", "config", str(PROMETHEUS_CONFIG))
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "SUCCESS: 1 rule files found" in output
+    assert "is valid prometheus config file syntax" in output
+    # Then the rule file it names, checked in turn.
+    assert output.rstrip().endswith(f"SUCCESS: {len(rule_names())} rules found"), output
 
 
 def test_promtool_unit_tests_of_the_rules_pass(promtool: str) -> None:
