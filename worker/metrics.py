@@ -160,3 +160,21 @@ class Metrics:
         self.assigned_partitions = Gauge(
             "signal_worker_assigned_partitions", "Partitions assigned to this worker", registry=r
         )
+        # Measured every HEALTH_EVERY_S by worker/runtime/app.py `watch_health`, for the alerts
+        # (deploy/prometheus/alerts.yml).
+        self.ready = Gauge(
+            "signal_worker_ready",
+            "1 when the worker is ready (what /readyz answers), else 0",
+            registry=r,
+        )
+        self.held_price_age = Gauge(
+            "signal_worker_held_price_age_seconds",
+            "Age of the oldest latest price among the tokens of open positions (0: none held); "
+            "a position whose price stops moving is never closed by its exit rules",
+            registry=r,
+        )
+        self.snapshot_failures = Counter(
+            "signal_worker_snapshot_failures",
+            "Hourly balance snapshots that failed (server trouble); redone at the next hour",
+            registry=r,
+        )

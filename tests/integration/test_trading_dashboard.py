@@ -79,10 +79,15 @@ def test_every_panel_reads_the_database_with_its_own_sql() -> None:
     assert len(found) == 7
     provisioning = (ROOT / "deploy" / "grafana" / "provisioning" / "datasources"
                     / "postgres.yml").read_text(encoding="utf-8")  # fmt: skip
-    assert "uid: signals-db" in provisioning
+    # The panels use the `database` variable, which picks a datasource of this type: the
+    # provisioned one under `make up` (tests/unit/test_dashboards.py checks the rest).
+    assert "type: grafana-postgresql-datasource" in provisioning
     assert "password: ${GRAFANA_DB_PASSWORD}" in provisioning
     for panel in found:
-        assert panel["datasource"]["uid"] == "signals-db", panel["title"]
+        assert panel["datasource"] == {
+            "type": "grafana-postgresql-datasource",
+            "uid": "${database}",
+        }, panel["title"]
         [target] = panel["targets"]
         assert target["rawQuery"] and target["rawSql"].lstrip().startswith("SELECT")
 

@@ -207,3 +207,18 @@ class PriceQueries(OnConnection):
             return set()
         rows = await self.conn.fetch(UPSERT_PRICES, *PRICES.args(prices))
         return {r["token_address"] for r in rows}
+
+
+# The tokens of open positions (a position row is open until its full exit), each priced at
+# its latest price's time, or at the position's opening when it has none.
+HELD_PRICE_AGE = """
+SELECT coalesce(max(extract(epoch FROM now() - coalesce(tp.price_ts, p.created_at))), 0)::float8
+  FROM agent_positions p
+  LEFT JOIN token_prices tp ON tp.token_address = p.token_address
+"""
+
+
+async def held_price_age_s(conn: asyncpg.Connection) -> float:
+    """Seconds since the oldest latest price of a token held in an open position (0: none)."""
+    age = await conn.fetchval(HELD_PRICE_AGE)
+    return max(0.0, float(age))

@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from worker import version
 from worker.db.migrations import default_schema_dir, load_migrations, require_migrated
 from worker.db.pool import connection, create_pool
-from worker.db.prices import price_history_upkeep
+from worker.db.prices import held_price_age_s, price_history_upkeep
 from worker.db.snapshots import hour_of, snapshot_all
 from worker.db.store import PgStore
 from worker.errors import ServiceUnavailable, WorkerError
@@ -214,6 +214,9 @@ async def _serve(
         ),
         name="snapshots",
     )
+    health = asyncio.create_task(
+        watch_health(_readiness(pipeline, pool, relay), pool, stop, metrics), name="health"
+    )
     try:
         await pipeline.run(stop)
     except SERVICE_ERRORS as exc:
@@ -237,6 +240,9 @@ async def _serve(
                 with contextlib.suppress(asyncio.CancelledError):
                     await relaying
         await snapshots
+        health.cancel()  # its measures need not finish; the drain must not wait for them
+        with contextlib.suppress(asyncio.CancelledError):
+            await health
 
 
 UPKEEP_RETRY_S = (60.0, 120.0, 300.0, 600.0)  # then every 10 minutes, until the hour
@@ -270,6 +276,8 @@ async def snapshot_hourly(
             report_snapshots(done, hour, metrics)
         except SERVICE_ERRORS as exc:
             log.warning("snapshots_failed", hour=hour.isoformat(), error=describe(exc))
+            if metrics is not None:
+                metrics.snapshot_failures.inc()
         next_hour = hour + timedelta(hours=1)
         await _upkeep_within(pool, stop, price_history_days, next_hour)
         with contextlib.suppress(TimeoutError):
@@ -304,6 +312,27 @@ async def _upkeep_within(
             await asyncio.wait_for(stop.wait(), delay)
         if stop.is_set():
             return
+
+
+HEALTH_EVERY_S = 15.0  # how often `watch_health` measures
+
+
+async def watch_health(
+    ready: ReadyCheck, pool: asyncpg.Pool, stop: asyncio.Event, metrics: Metrics
+) -> None:
+    """Every HEALTH_EVERY_S until `stop`: `signal_worker_ready` (what /readyz would answer)
+    and `signal_worker_held_price_age_seconds`, for the alerts. Measured here, not at each
+    scrape: a scrape must not wait for an unreachable server, and the compose stack probes
+    only /healthz. A failed price-age read keeps the last value (the readiness says why)."""
+    while not stop.is_set():
+        metrics.ready.set(0 if await ready() is not None else 1)
+        try:
+            async with asyncio.timeout(5), connection(pool) as conn:
+                metrics.held_price_age.set(await held_price_age_s(conn))
+        except SERVICE_ERRORS as exc:  # TimeoutError among them (an OSError)
+            log.debug("held_price_age_unmeasured", error=describe(exc))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), HEALTH_EVERY_S)
 
 
 def _request_stop(stop: asyncio.Event, sig: signal.Signals) -> None:
