@@ -250,7 +250,8 @@ def _relay_rows(r: Results, rows: dict[str, Row]) -> None:
         _verdict(within_target(on.rate, off.rate)),
         f"the same workload back to back, fresh database and topics each: "
         f"EVENTS_ENABLED=false {_n(off.rate, 'exec/s')} ({off.outbox_rows:,} outbox rows), "
-        f"=true {_n(on.rate, 'exec/s')} ({on.outbox_rows:,} events); with the drain, "
+        f"=true {_n(on.rate, 'exec/s')} ({run.delivery.events:,} events published); "
+        f"with the drain, "
         f"{_n(on.executions / (on.window_s + run.drain_s), 'exec/s')} to the last event in Kafka"
         f"{_cpu(on.worker_cpu_s, on.database_cpu_s, on.executions, 'executions')} (on); "
         f"{_cpu(off.worker_cpu_s, off.database_cpu_s, off.executions, 'executions')[2:]} (off)",
