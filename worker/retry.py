@@ -232,6 +232,29 @@ def startup_wait_s(timeout_s: float) -> float:
     return min(timeout_s, INTERACTIVE_WAIT_S) if _interactive else timeout_s
 
 
+MIN_ATTEMPT_S = 1.0
+
+
+class StartupClock:
+    """The deadline of a start-up connection (`startup_wait_s`), for bounding each attempt:
+    a host that accepts and never answers (or drops packets) would otherwise hold one
+    attempt for its whole connect or request timeout (10 s, 30 s) past the deadline."""
+
+    __slots__ = ("deadline", "started")
+
+    def __init__(self, timeout_s: float) -> None:
+        self.started = time.monotonic()
+        self.deadline = self.started + startup_wait_s(timeout_s)
+
+    def attempt_s(self, limit: float) -> float:
+        """How long the next attempt may take: `limit`, or what is left before the
+        deadline (at least `MIN_ATTEMPT_S`, so the last attempt is a real one)."""
+        return min(limit, max(MIN_ATTEMPT_S, self.deadline - time.monotonic()))
+
+    def waited_s(self) -> float:
+        return time.monotonic() - self.started
+
+
 def is_unresolvable(exc: BaseException) -> bool:
     """True when the resolver answered that a host name does not exist (not a temporary
     resolver failure, EAI_AGAIN, which is retried)."""
@@ -291,12 +314,12 @@ def unreachable_hint(
         local = all(h.rpartition(":")[0] in _LOCAL_HOSTS for h in hosts)
         start = "`make services` starts local ones; else " if local else ""
         return (
-            f"nothing listens at {where} (connection refused, for {waited_s:g}s): is "
+            f"nothing listens at {where} (connection refused, for {int(waited_s)}s): is "
             f"{service} running there? ({start}check {variable})"
         )
     if isinstance(exc, TimeoutError):
         return (
-            f"no answer from {where} (for {waited_s:g}s): a firewall, or the wrong host or "
+            f"no answer from {where} (for {int(waited_s)}s): a firewall, or the wrong host or "
             f"port? (check {variable})"
         )
     return describe(exc)

@@ -107,6 +107,61 @@ async def test_with_nothing_listening_at_postgresql_a_command_asks_whether_it_ru
     assert took_s < GENEROUS_S, (took_s, run.stderr)
 
 
+class _Silent:
+    """A TCP listener on 127.0.0.1 that accepts connections and never answers (a host that
+    drops packets, or a port of something else that waits for its own protocol)."""
+
+    def __init__(self) -> None:
+        self.server: asyncio.Server | None = None
+        self.held: list[asyncio.StreamWriter] = []
+
+    async def __aenter__(self) -> int:
+        async def hold(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.held.append(writer)
+
+        self.server = await asyncio.start_server(hold, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def __aexit__(self, *_: object) -> None:
+        for writer in self.held:
+            writer.close()
+        assert self.server is not None
+        self.server.close()
+
+
+async def test_a_kafka_that_accepts_and_never_answers_stops_a_command_within_seconds(
+    services: Services, topics: Topics, db_url: str
+) -> None:
+    async with _Silent() as port:
+        broker = f"127.0.0.1:{port}"
+        env = worker_env(
+            services, db_url, topics, kafka_bootstrap_servers=broker, startup_timeout_s=30
+        )
+        run, took_s = await _timed(env, "dlq", "list")
+    last = _one_line(run, "dlq")
+    assert last.endswith(
+        f"cannot use Kafka at {broker} (KAFKA_BOOTSTRAP_SERVERS, PLAINTEXT): no answer from "
+        f"{broker} (for 3s): a firewall, or the wrong host or port? (check "
+        "KAFKA_BOOTSTRAP_SERVERS)"
+    ), last
+    assert took_s < GENEROUS_S, (took_s, run.stderr)  # it took 30.6 s: one request timeout
+
+
+async def test_a_postgresql_that_accepts_and_never_answers_stops_a_command_within_seconds(
+    services: Services, topics: Topics
+) -> None:
+    async with _Silent() as port:
+        dsn = f"postgresql://postgres@127.0.0.1:{port}/signals"
+        env = worker_env(services, dsn, topics, startup_timeout_s=30)
+        run, took_s = await _timed(env, "agents", "list")
+    last = _one_line(run, "agents")
+    assert last.endswith(
+        f"cannot reach PostgreSQL at {dsn} (DATABASE_URL): no answer from 127.0.0.1:{port} "
+        "(for 3s): a firewall, or the wrong host or port? (check DATABASE_URL)"
+    ), last
+    assert took_s < GENEROUS_S, (took_s, run.stderr)  # it took 10.6 s: one connect timeout
+
+
 async def test_a_kafka_host_name_that_does_not_resolve_fails_at_once(
     services: Services, topics: Topics, db_url: str
 ) -> None:

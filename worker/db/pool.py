@@ -14,10 +14,10 @@ from worker.db.migrations import default_schema_dir, load_migrations, require_mi
 from worker.errors import ServiceUnavailable
 from worker.retry import (
     SERVICE_ERRORS,
+    StartupClock,
     describe,
     is_transient,
     startup_retry,
-    startup_wait_s,
     unreachable_hint,
 )
 from worker.settings import DbSettings
@@ -39,16 +39,17 @@ async def connect(
 ) -> asyncpg.Connection:
     """One connection, retried for at most `timeout_s`; `ServiceUnavailable` after that.
     `progress`: a line per retry (a process starting; `worker.retry.startup_retry`)."""
+    clock = StartupClock(timeout_s)
     try:
         async for attempt in startup_retry(timeout_s, service=_service(db), progress=progress):
             with attempt:
                 conn = await asyncpg.connect(
-                    db.url.get_secret_value(), timeout=db.connect_timeout_s
+                    db.url.get_secret_value(), timeout=clock.attempt_s(db.connect_timeout_s)
                 )
                 await _init_connection(conn)
                 return conn
     except SERVICE_ERRORS as exc:
-        raise _unavailable(db, exc, startup_wait_s(timeout_s)) from exc
+        raise _unavailable(db, exc, clock.waited_s()) from exc
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -57,6 +58,7 @@ async def create_pool(
 ) -> asyncpg.Pool:
     """The worker's pool, retried for at most `timeout_s` (a line per retry); then
     `ServiceUnavailable`. `server_settings`: settings of every connection."""
+    clock = StartupClock(timeout_s)
     try:
         async for attempt in startup_retry(timeout_s, service=_service(db), progress=True):
             with attempt:
@@ -64,13 +66,14 @@ async def create_pool(
                     db.url.get_secret_value(),
                     min_size=db.pool_min_size,
                     max_size=db.pool_max_size,
+                    # not bounded by the deadline: the pool keeps this for its lifetime
                     timeout=db.connect_timeout_s,
                     command_timeout=db.command_timeout_s,
                     init=_init_connection,
                     server_settings=server_settings,
                 )
     except SERVICE_ERRORS as exc:
-        raise _unavailable(db, exc, startup_wait_s(timeout_s)) from exc
+        raise _unavailable(db, exc, clock.waited_s()) from exc
     raise AssertionError("unreachable")  # pragma: no cover
 
 

@@ -26,10 +26,10 @@ from aiokafka.helpers import create_ssl_context
 
 from worker.errors import ServiceUnavailable, WorkerError
 from worker.retry import (
+    StartupClock,
     describe,
     is_unresolvable,
     startup_retry,
-    startup_wait_s,
     unreachable_hint,
 )
 from worker.settings import KafkaSettings
@@ -139,6 +139,9 @@ async def _unreachable_hint(
     if is_unresolvable(exc):
         where = [f"{host}:{port}" for host, port in brokers]
         return unreachable_hint("Kafka", "KAFKA_BOOTSTRAP_SERVERS", where, exc, waited_s)
+    if isinstance(exc, TimeoutError):  # a start cut at the deadline: nothing answered
+        where = [f"{host}:{port}" for host, port in brokers]
+        return unreachable_hint("Kafka", "KAFKA_BOOTSTRAP_SERVERS", where, exc, waited_s)
     if not isinstance(exc, KafkaConnectionError):
         return None
     found = await asyncio.gather(*(_probe(host, port) for host, port in brokers))
@@ -163,16 +166,34 @@ async def start_client(
     A broker that refuses our credentials or certificate fails at once, not after the
     retries: that does not pass on its own.
     """
+    clock = StartupClock(timeout_s)
     try:
         service = f"Kafka at {kafka.bootstrap_servers}"
         async for attempt in startup_retry(timeout_s, service=service, progress=progress):
             with attempt:
                 await _resolve_brokers(kafka)
-                await _start(client, kafka)
-    except (KafkaError, OSError) as exc:
+                left = clock.attempt_s(kafka.request_timeout_s)
+                if left < kafka.request_timeout_s:
+                    # Near the deadline (a command's 3 s, always): a broker that accepts and
+                    # never answers would hold this attempt for the whole request timeout.
+                    # A start cut short is the last attempt (`_CutShort` is not retried):
+                    # the deadline has passed, and a client is never started twice.
+                    try:
+                        await asyncio.wait_for(_start(client, kafka), left)
+                    except TimeoutError as exc:
+                        raise _CutShort from exc
+                else:
+                    await _start(client, kafka)
+    except (KafkaError, OSError, _CutShort) as exc:
         await _close_quietly(client)
-        hint = await _unreachable_hint(kafka, exc, startup_wait_s(timeout_s))
-        raise unavailable(kafka, exc, hint) from exc
+        cause = exc.__cause__ if isinstance(exc, _CutShort) else exc
+        assert cause is not None  # noqa: S101 - _CutShort is raised from its timeout
+        hint = await _unreachable_hint(kafka, cause, clock.waited_s())
+        raise unavailable(kafka, cause, hint) from cause
+
+
+class _CutShort(Exception):  # noqa: N818 - reads as what happened
+    """A client's start stopped at the start-up deadline (the cause: its `TimeoutError`)."""
 
 
 async def _start(client: Any, kafka: KafkaSettings) -> None:  # noqa: ANN401
