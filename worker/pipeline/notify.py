@@ -58,6 +58,7 @@ from worker.domain.notify import (
 )
 from worker.domain.notify import redacted as redact_url
 from worker.domain.notify import retry_after_s as parse_retry_after
+from worker.errors import ServiceUnavailable
 from worker.pipeline.kafka import client_options
 from worker.retry import SERVICE_ERRORS, describe
 from worker.settings import Settings
@@ -255,7 +256,9 @@ class Notifier:
                 await consumer.start()
                 await self._session(stop, conn, consumer)
                 failures = 0
-            except (*SERVICE_ERRORS, KafkaError) as exc:
+            # ServiceUnavailable: `connect` gave up after STARTUP_TIMEOUT_S; an outage longer
+            # than that is waited out here, as any other (it stopped notify before).
+            except (*SERVICE_ERRORS, KafkaError, ServiceUnavailable) as exc:
                 log.warning("notify_retrying", error=describe(exc))
                 await _wait(stop, BACKOFF_S[min(failures, len(BACKOFF_S) - 1)])
                 failures += 1

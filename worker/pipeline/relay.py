@@ -52,6 +52,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import TopicPartition
 
 from worker.db.pool import connect
+from worker.errors import ServiceUnavailable
 from worker.metrics import Metrics
 from worker.pipeline.kafka import client_options, start_client
 from worker.retry import SERVICE_ERRORS, describe
@@ -162,7 +163,9 @@ class Relay:
                 log.info("events_relay_active", topic=self._topic, found_sent=marked)
                 await self._publish_until(stop, conn)
                 failures = 0
-            except (*SERVICE_ERRORS, KafkaError, OSError) as exc:
+            # ServiceUnavailable: `connect` or the tail's consumer gave up after
+            # STARTUP_TIMEOUT_S; an outage longer than that is waited out here too.
+            except (*SERVICE_ERRORS, KafkaError, OSError, ServiceUnavailable) as exc:
                 self.state.trouble = describe(exc)
                 log.warning("events_relay_retrying", error=describe(exc))
                 await _wait(stop, BACKOFF_S[min(failures, len(BACKOFF_S) - 1)])
