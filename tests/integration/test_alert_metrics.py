@@ -69,6 +69,27 @@ async def test_watch_health_measures_readiness_and_held_price_age(
     assert age is not None and 3600 <= age < 3600 + 300
 
 
+async def test_a_readiness_check_that_raises_reads_as_not_ready_and_the_watch_goes_on(
+    db_url: str,
+) -> None:
+    metrics = Metrics()
+    metrics.ready.set(1)
+    stop = asyncio.Event()
+    rounds = 0
+
+    async def check() -> str | None:
+        nonlocal rounds
+        rounds += 1
+        if rounds == 2:
+            stop.set()
+        raise RuntimeError("a bug in a check")
+
+    async with asyncpg.create_pool(db_url, min_size=1, max_size=2) as pool:
+        await watch_health(check, pool, stop, metrics, every_s=0.01)
+    assert rounds == 2  # the first failure did not end it
+    assert sample(metrics, "signal_worker_ready") == 0.0
+
+
 async def test_a_failed_snapshot_is_counted(db_url: str) -> None:
     metrics = Metrics()
     stop = asyncio.Event()

@@ -318,21 +318,33 @@ HEALTH_EVERY_S = 15.0  # how often `watch_health` measures
 
 
 async def watch_health(
-    ready: ReadyCheck, pool: asyncpg.Pool, stop: asyncio.Event, metrics: Metrics
+    ready: ReadyCheck,
+    pool: asyncpg.Pool,
+    stop: asyncio.Event,
+    metrics: Metrics,
+    *,
+    every_s: float = HEALTH_EVERY_S,
 ) -> None:
     """Every HEALTH_EVERY_S until `stop`: `signal_worker_ready` (what /readyz would answer)
     and `signal_worker_held_price_age_seconds`, for the alerts. Measured here, not at each
     scrape: a scrape must not wait for an unreachable server, and the compose stack probes
     only /healthz. A failed price-age read keeps the last value (the readiness says why)."""
     while not stop.is_set():
-        metrics.ready.set(0 if await ready() is not None else 1)
+        try:
+            metrics.ready.set(0 if await ready() is not None else 1)
+        except Exception as exc:  # noqa: BLE001 - a measure must not end the watch
+            # Not ready as far as anyone can tell: the alert on it must be able to fire.
+            metrics.ready.set(0)
+            log.warning("readiness_unmeasured", error=describe(exc))
         try:
             async with asyncio.timeout(5), connection(pool) as conn:
                 metrics.held_price_age.set(await held_price_age_s(conn))
         except SERVICE_ERRORS as exc:  # TimeoutError among them (an OSError)
             log.debug("held_price_age_unmeasured", error=describe(exc))
+        except Exception as exc:  # noqa: BLE001 - e.g. a stored value the read refuses
+            log.warning("held_price_age_unmeasured", error=describe(exc))
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), HEALTH_EVERY_S)
+            await asyncio.wait_for(stop.wait(), every_s)
 
 
 def _request_stop(stop: asyncio.Event, sig: signal.Signals) -> None:
