@@ -289,7 +289,8 @@ async def test_where_the_worker_recorded_a_token_its_own_ticks_are_the_record(
 ) -> None:
     """Ticks the worker recorded (with a decision time) from P0+2h to P0+4h: an imported
     tick of that token in between is refused (it would mix a candle path into what the
-    worker saw); before and after, and other tokens, are imported."""
+    worker saw), and so is one after its last (a gap in the feed, or where the worker goes
+    on recording: live saw no price there); before, and other tokens, are imported."""
     recorded = [(TOKEN_A, Decimal(7), P0 + 2 * HOUR), (TOKEN_A, Decimal(8), P0 + 4 * HOUR)]
     await db_conn.executemany("INSERT INTO token_price_history (token_address, price_usd, "
                               "price_ts, event_at) VALUES ($1, $2, $3, $3)", recorded)  # fmt: skip
@@ -302,17 +303,17 @@ async def test_where_the_worker_recorded_a_token_its_own_ticks_are_the_record(
     refused = await run_cli(env, "prices", "import", str(path))
     assert refused.code == 1, refused
     assert refused.stderr == [
-        f"{path}:3: the worker recorded {TOKEN_A}'s prices itself from "
-        f"{(P0 + 2 * HOUR).isoformat()} to {(P0 + 4 * HOUR).isoformat()} and "
-        f"{(P0 + 3 * HOUR).isoformat()} is inside: its own ticks are the record there"
+        f"{path}:{line}: the worker records {TOKEN_A}'s prices itself since "
+        f"{(P0 + 2 * HOUR).isoformat()} and {(P0 + hours * HOUR).isoformat()} is not before "
+        "that: its own ticks are the record from then on (an import fills the time before)"
+        for line, hours in [(3, 3), (4, 5)]
     ]
     assert await _history(db_conn) == recorded
     skipped = await run_cli(env, "prices", "import", str(path), "--skip-bad")
     assert skipped.code == 0, skipped
-    assert _summary(skipped).endswith(": 3 ticks imported, 0 skipped as already there, "
-                                      "1 line refused")  # fmt: skip
+    assert _summary(skipped).endswith(": 2 ticks imported, 0 skipped as already there, "
+                                      "2 lines refused")  # fmt: skip
     history = await _history(db_conn)
     assert [(t, ts - P0) for t, _, ts in history] == [
-        (TOKEN_A, HOUR), (TOKEN_A, 2 * HOUR), (TOKEN_A, 4 * HOUR), (TOKEN_A, 5 * HOUR),
-        (TOKEN_B, 3 * HOUR),
+        (TOKEN_A, HOUR), (TOKEN_A, 2 * HOUR), (TOKEN_A, 4 * HOUR), (TOKEN_B, 3 * HOUR),
     ]  # fmt: skip

@@ -234,17 +234,22 @@ def _add(chunk: dict[tuple[str, datetime], ImportTick], parsed: Parsed, tally: T
 async def _recorded(
     conn: asyncpg.Connection, spans: dict[str, tuple[datetime, datetime] | None], parsed: Parsed
 ) -> str | None:
-    """Why the line is refused when one of its ticks lies where the worker recorded its
-    token's prices itself (from its first to its last recorded tick), else None."""
+    """Why the line is refused when one of its ticks is at or after the first tick the
+    worker recorded of its token itself, else None.
+
+    Not only between its first and last: a gap in the worker's record (a feed that paused,
+    a worker stopped) is part of what live saw (prices flat through it), and a tick after
+    its last recorded one is where it goes on recording. An import fills only the time
+    before the worker began, so that `replay --verify` stays exact."""
     for tick in parsed.ticks:
         token = tick.token_address
         if token not in spans:
             spans[token] = await recorded_span(conn, token)
         span = spans[token]
-        if span is not None and span[0] <= tick.ts <= span[1]:
-            return (f"the worker recorded {token}'s prices itself from {span[0].isoformat()} "
-                    f"to {span[1].isoformat()} and {tick.ts.isoformat()} is inside: its own "
-                    "ticks are the record there")  # fmt: skip
+        if span is not None and tick.ts >= span[0]:
+            return (f"the worker records {token}'s prices itself since {span[0].isoformat()} "
+                    f"and {tick.ts.isoformat()} is not before that: its own ticks are the "
+                    "record from then on (an import fills the time before)")  # fmt: skip
     return None
 
 
