@@ -44,6 +44,17 @@ def test_a_fractional_max_dca_count_is_read_from_stored_json() -> None:
 
 
 @pytest.mark.parametrize(
+    ("written", "count"),
+    [("2.0000000000000001", 2), ("2.000000000000001", 3), ("9.99999999999999999", 10)],
+)
+def test_a_max_dca_count_is_read_as_the_double_the_source_reads(written: str, count: int) -> None:
+    # JSON.parse makes 2.0000000000000001 the double 2: the source allows 2 DCA buys, not 3.
+    reading = read_config(f'{{"dca": {{"maxDCACount": {written}}}}}')
+    assert reading.error is None and reading.config is not None
+    assert reading.config.dca.max_dca_count == count
+
+
+@pytest.mark.parametrize(
     ("value", "reason"),
     [
         (0.5, "dca.maxDCACount: Input should be greater than or equal to 1"),

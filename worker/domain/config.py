@@ -94,12 +94,18 @@ def _dca_count(value: object) -> object:
     (2.5 -> 3); below 1 refused, as there. Integers, booleans, strings and non-finite
     numbers go on to the integer's own rules."""
     value = _reject_bool(value)
-    if isinstance(value, Decimal | float) and math.isfinite(value) and value != int(value):
-        if value < 1:
+    if not (isinstance(value, Decimal | float) and math.isfinite(value)):
+        return value
+    number = float(value)  # the double the source's JSON reader makes of it
+    if not math.isfinite(number) or value == int(value):
+        return value
+    if number != int(number):
+        if number < 1:
             msg = "Input should be greater than or equal to 1"
             raise ValueError(msg)
-        return math.ceil(value)
-    return value
+        return math.ceil(number)
+    # Fractional as written, whole as a double (2.0000000000000001 is 2 there).
+    return int(number)
 
 
 def _at_most_sol_limit(value: Decimal) -> Decimal:
