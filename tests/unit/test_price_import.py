@@ -230,6 +230,15 @@ def test_a_hostile_candle_line_is_refused_with_its_reason(raw: bytes, reason: st
         assert reason in parsed.refused, parsed.refused
 
 
+def test_a_candle_that_would_end_after_the_largest_time_is_refused_not_a_crash() -> None:
+    week = Layout("jsonl", "candles", interval=timedelta(days=7))
+    far = Limits(datetime(9999, 12, 30, tzinfo=UTC), timedelta(seconds=60), LIMITS.oldest)
+    parsed = parse_line(week, 3, _candle(ts="9999-12-29T00:00:00Z"), far)
+    assert parsed.refused == (
+        "the candle at 9999-12-29T00:00:00+00:00 ends after the largest time there is"
+    )
+
+
 @pytest.mark.parametrize(
     ("raw", "reason"),
     [

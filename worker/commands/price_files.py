@@ -229,6 +229,11 @@ def _candle_ticks(
     assert layout.interval is not None  # noqa: S101 - layout_of requires it for candles
     candle = Candle(message.token_address, message.ts, layout.interval,
                     message.open, message.high, message.low, message.close)  # fmt: skip
+    try:
+        candle.end  # noqa: B018 - computed here to refuse what no datetime holds
+    except OverflowError:
+        raise InvalidMessage(f"the candle at {message.ts.isoformat()} ends after the "
+                             "largest time there is") from None  # fmt: skip
     problem = candle_problem(candle)
     if problem is not None:
         raise InvalidMessage(f"not a candle: {problem}")
