@@ -124,14 +124,20 @@ async def test_a_recreated_signals_topic_loses_nothing_after_the_reset(
         exit=f"{first_exit}/{blocked_exit}/{last_exit}",
         seed=seed,
     )
-    assert len(blocked_lines) == 3, worker.tail()
+    # Every partition that held records of the first run (its stored offset is past the new
+    # end): the 12 users' ids are random, and a partition without one (2% of runs) has
+    # nothing stored, so nothing to block.
+    held = sorted(p for p, offset in before.items() if offset > 0)
+    assert held, before
+    blocked = sorted(int(e["partition"].rsplit(":", 1)[1]) for e in blocked_lines)
+    assert blocked == held, worker.tail()
     assert all(e["level"] == "error" for e in blocked_lines), blocked_lines
     assert dropped == []
     assert executions_blocked == len(first) * AGENTS  # nothing decided, nothing dropped
     assert offsets_blocked == before
     command = f"signal-worker offsets reset --topic {topics.signals} --to-earliest"
     assert command in readyz, readyz
-    assert 'signal_worker_partitions_blocked{partition="0",reason=' in metrics, metrics
+    assert f'signal_worker_partitions_blocked{{partition="{held[0]}",reason=' in metrics, metrics
     assert reset.code == 0, reset
     assert ready_after[0] == 200, ready_after
     assert (first_exit, blocked_exit, last_exit) == (0, 0, 0)

@@ -251,18 +251,25 @@ async def test_report_names_the_held_tokens_without_a_price(db_conn: asyncpg.Con
         assert r["unrealised_pnl_sol"] is None
         assert r["unpriced_tokens"] == [TOKEN_C]
     table = render(rows, "table").splitlines()
-    assert len(table) == 4  # the header, two agents, the line naming what has no price
-    assert table[-1] == f"unrealised -: no price for {TOKEN_C} (agent 0, agent 1)"
+    # The results: the header, two agents, the line naming what has no price; then the
+    # figures traders compare (`worker.domain.performance`), after a blank line.
+    assert table[3] == f"unrealised -: no price for {TOKEN_C} (agent 0, agent 1)"
+    assert table[4] == ""
+    assert table[5].split()[:3] == ["agent", "max", "drawdown"]
+    assert len(table) == 8
     parsed = list(csv.DictReader(io.StringIO(render(rows, "csv"), newline="")))
     assert [r["unpriced_tokens"] for r in parsed] == [TOKEN_C, TOKEN_C]
     assert [r["unrealised_pnl_sol"] for r in parsed] == ["", ""]
-    assert list(parsed[0])[:4] == ["agent_id", "name", "executions", "trades"]
+    assert list(parsed[0])[:3] == ["agent_id", "name", "executions_success"]
+    assert "trades" in parsed[0]  # one value per column
     # Once C has a price, nothing is missing.
     await _ticks(db_conn, (TOKEN_C, "1.1", 50))
     async with db_conn.transaction(isolation="repeatable_read", readonly=True):
         report = await read_report(db_conn, Filters(user_id=account.user_id))
     assert all(r.unpriced_tokens == () and r.unrealised_pnl_sol for r in report.results)
-    assert len(render([("", r) for r in report.results], "table").splitlines()) == 3
+    priced = render([("", r) for r in report.results], "table").splitlines()
+    assert len(priced) == 7  # no line naming what has no price: 3, a blank, then 3
+    assert not any(line.startswith("unrealised -") for line in priced)
 
 
 async def test_positions_and_trades_from_the_command_line(
