@@ -7,6 +7,7 @@ One position per agent, bought at 1 USD per token with SOL at 100 USD: 200 token
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -295,6 +296,35 @@ async def test_the_last_valid_config_is_the_latest_valid_one_before_the_broken_o
     assert await _tick(store, "0.6", BOUGHT + timedelta(minutes=2)) == {}
     # -55%: through it.
     assert await _tick(store, "0.45", BOUGHT + timedelta(minutes=3)) == {"stop_loss": 1}
+
+
+async def test_the_last_valid_version_is_looked_for_once_per_broken_version() -> None:
+    # A hostile history (50 broken versions before the one in force) is read once, not at
+    # every chunk: afterwards only the valid version's text is needed.
+    store = _store()
+    p = _position(store, {"stopLoss": {"defaultPercentage": -10}}, stop=Decimal(-50))
+    at = BOUGHT + timedelta(minutes=1)
+    store.edit_agent(
+        p.agent_id, at, config_text=json.dumps({"stopLoss": {"defaultPercentage": -50}})
+    )
+    for n in range(50):
+        store.edit_agent(
+            p.agent_id, at, config_text=json.dumps({"stopLoss": {"mode": f"sideways{n}"}})
+        )
+    looked_up: list[list[int]] = []
+    earlier_versions = store.earlier_versions
+
+    async def counted(version_ids: Sequence[int], limit: int) -> dict[int, list[int]]:
+        looked_up.append(list(version_ids))
+        return await earlier_versions(version_ids, limit)
+
+    store.earlier_versions = counted  # type: ignore[method-assign]
+    configs = ConfigTexts()
+    for minutes, price in ((2, "0.6"), (3, "0.61"), (4, "0.62")):
+        assert await _tick(store, price, BOUGHT + timedelta(minutes=minutes), configs) == {}
+    assert len(looked_up) == 1  # the first chunk only
+    # The last valid (-50%) still decides: through it, sold.
+    assert await _tick(store, "0.45", BOUGHT + timedelta(minutes=5), configs) == {"stop_loss": 1}
 
 
 async def test_a_position_without_rules_of_an_agent_never_valid_takes_the_defaults() -> None:

@@ -142,6 +142,9 @@ def config_of_rules(text: str | None) -> ConfigReading:
     return reading
 
 
+LAST_VALID_MAX = 100_000
+
+
 class ConfigTexts:
     """Agents' `trading_config` JSON text (or `OversizedConfig`) by version id
     (`agent_config_history`) and the exit rule sets that positions were opened with, by id
@@ -153,6 +156,17 @@ class ConfigTexts:
     ) -> None:
         self.texts: ByteBoundedCache[int, StoredConfigText] = ByteBoundedCache(max_bytes)
         self.rules: ByteBoundedCache[UUID, str] = ByteBoundedCache(rules_max_bytes)
+        # For a version in force that is invalid: the id of the newest valid version before
+        # it (None: none among those looked at). Fixed once known: versions are only ever
+        # added after the ones there are (an agent's changes are decided in order).
+        self.last_valid: dict[int, int | None] = {}
+
+    def remember_last_valid(self, found: dict[int, int | None]) -> None:
+        """Hold `found` (see `last_valid`); at most `LAST_VALID_MAX` versions, the whole
+        map dropped beyond it (a few integers each: it is refilled by the next lookups)."""
+        if len(self.last_valid) + len(found) > LAST_VALID_MAX:
+            self.last_valid.clear()
+        self.last_valid.update(found)
 
     def missing(self, version_ids: Iterable[int]) -> list[int]:
         """The versions among `version_ids` whose text is not held."""

@@ -63,7 +63,7 @@ from worker.domain.columns import misfit
 from worker.domain.config import AgentTradingConfig
 from worker.domain.config_history import ConfigVersion, boundaries, in_force
 from worker.domain.config_reading import StoredConfigText
-from worker.domain.exit_rules import EARLIER_VERSIONS_LIMIT, exit_config, last_valid_config
+from worker.domain.exit_rules import EARLIER_VERSIONS_LIMIT, exit_config
 from worker.domain.fills import token_price_sol
 from worker.domain.models import SOL_MINT, PriceTick
 from worker.domain.planning import Step, TickTally, Writes, act_loud, trail_quiet
@@ -300,21 +300,49 @@ async def _last_valid_configs(
     if not in_force:
         return {}
     agent_of = {version_id: agent_id for agent_id, version_id in in_force.items()}
-    earlier = await store.earlier_versions(sorted(agent_of), EARLIER_VERSIONS_LIMIT)
-    wanted = [e for ids in earlier.values() for e in ids]
-    missing = set(configs.missing(wanted))
+    # Which earlier version is the last valid one is looked for once per version in force
+    # (`ConfigTexts.last_valid`): then only its text is read, not up to the
+    # EARLIER_VERSIONS_LIMIT invalid ones before it at every chunk.
+    valid_of = {v: configs.last_valid[v] for v in agent_of if v in configs.last_valid}
+    unknown = sorted(v for v in agent_of if v not in valid_of)
+    earlier = await store.earlier_versions(unknown, EARLIER_VERSIONS_LIMIT) if unknown else {}
+    texts = await _held_or_read(
+        store, configs, [e for ids in earlier.values() for e in ids], max_config_bytes
+    )
+    found_now: dict[int, int | None] = {}
+    for version_id in unknown:
+        ids = [e for e in earlier.get(version_id, []) if e in texts]
+        # The newest valid one (`ids` newest first), as `last_valid_config` chooses.
+        found_now[version_id] = next(
+            (e for e in ids if config_of_text(texts[e]).config is not None), None
+        )
+    configs.remember_last_valid(found_now)
+    valid_of.update(found_now)
+    known = [e for e in valid_of.values() if e is not None and e not in texts]
+    texts.update(await _held_or_read(store, configs, known, max_config_bytes))
+    found: dict[UUID, AgentTradingConfig] = {}
+    for version_id, valid_id in valid_of.items():
+        if valid_id is not None and valid_id in texts:
+            cfg = config_of_text(texts[valid_id]).config
+            if cfg is not None:
+                found[agent_of[version_id]] = cfg
+    return found
+
+
+async def _held_or_read(
+    store: PriceStore, configs: ConfigTexts, version_ids: list[int], max_config_bytes: int
+) -> dict[int, StoredConfigText]:
+    """The texts of `version_ids`: held ones, the others read (and held from now on)."""
+    if not version_ids:
+        return {}
+    missing = set(configs.missing(version_ids))
     # Taken before the update, which may drop what was held (a bounded cache).
-    texts = {e: configs.text(e) for e in wanted if e not in missing}
+    texts = {e: configs.text(e) for e in version_ids if e not in missing}
     if missing:
         read = await store.version_texts(sorted(missing), max_config_bytes)
         configs.update(read)
         texts.update(read)
-    found: dict[UUID, AgentTradingConfig] = {}
-    for version_id, ids in earlier.items():
-        cfg = last_valid_config(config_of_text(texts[e]) for e in ids if e in texts)
-        if cfg is not None:
-            found[agent_of[version_id]] = cfg
-    return found
+    return texts
 
 
 async def _config_texts(
