@@ -24,6 +24,7 @@ from tests.helpers.services import ROOT, Services
 from tests.helpers.workers import worker_env
 
 # A bound on the test, not an assertion: the old 31 s wait fits, and fails on its message.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
 # Before the one line: at most the retries' progress lines and one line of aiokafka's.
 MOST_LINES = 6
