@@ -151,47 +151,54 @@ async def read_events(
 ) -> tuple[list[tuple[str | None, int, int | None]], str]:
     """Every record of `topic` up to its current end: (event-id header, timestamp ms,
     committed-at header ms), and the records' timestamp type."""
-    # `earliest`, not the default `latest`: with `latest`, the position reset that `assign`
-    # starts could land after `seek_to_beginning` and put a partition at its end before a
-    # record was read (seen: 4 runs in 8 read nothing and waited 300 s).
+    # The reset that `assign` starts can land after a seek of ours that only set a strategy
+    # (`seek_to_beginning`) and move the partition again: with the default `latest` it put a
+    # partition at its end unread (4 runs in 8 waited 300 s), with `earliest` back at its
+    # start after records were read (read twice: 300,609 records of 300,267). So each
+    # partition is placed at its first offset by `seek` (which ends the pending reset), and
+    # each record is kept by its offset: one read twice is still one record.
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
     )
     await consumer.start()
     await asyncio.sleep(0)  # let its background task start (stop() fails on one that did not)
-    records: list[tuple[str | None, int, int | None]] = []
+    by_offset: dict[tuple[int, int], tuple[str | None, int, int | None]] = {}
     kind = "none read"
     try:
         partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]
         consumer.assign(partitions)
+        starts = await consumer.beginning_offsets(partitions)
         ends = await consumer.end_offsets(partitions)
-        await consumer.seek_to_beginning(*partitions)
+        for tp in partitions:
+            consumer.seek(tp, starts[tp])
         deadline = time.monotonic() + 300
-        left = {tp for tp in partitions if ends[tp] > 0}
+        left = {tp for tp in partitions if ends[tp] > starts[tp]}
         while left:
             if time.monotonic() > deadline:
                 raise BenchError(f"could not read {topic} to its end within 300 s")
             batch = await consumer.getmany(*left, timeout_ms=1000, max_records=5000)
-            for got in batch.values():
+            for tp, got in batch.items():
                 for record in got:
+                    if record.offset >= ends[tp]:
+                        continue
                     headers = dict(record.headers or ())
                     event_id = headers.get("event-id")
                     committed = headers.get("committed-at")
-                    records.append(
-                        (
-                            None if event_id is None else event_id.decode(),
-                            record.timestamp,
-                            None if committed is None else int(committed),
-                        )
+                    by_offset[(tp.partition, record.offset)] = (
+                        None if event_id is None else event_id.decode(),
+                        record.timestamp,
+                        None if committed is None else int(committed),
                     )
                     kind = "LogAppendTime" if record.timestamp_type == 1 else "CreateTime"
             for tp in list(left):  # every partition, not only those that returned records
                 if await consumer.position(tp) >= ends[tp]:
                     left.discard(tp)
-        starts = await consumer.beginning_offsets(partitions)
         expected = sum(ends[tp] - starts[tp] for tp in partitions)
-        if len(records) != expected:
-            raise BenchError(f"read {len(records):,} records of {topic}, which holds {expected:,}")
+        if len(by_offset) != expected:
+            raise BenchError(
+                f"read {len(by_offset):,} records of {topic}, which holds {expected:,}"
+            )
+        records = [by_offset[k] for k in sorted(by_offset)]
     finally:
         await consumer.stop()
     return records, kind

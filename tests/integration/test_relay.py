@@ -16,7 +16,8 @@ from tests.helpers.kafka import Topics, create_topics, delete_topics, read_all
 from tests.helpers.services import Services
 from tests.helpers.workers import make_settings, wait_for
 from worker.metrics import Metrics
-from worker.pipeline.relay import RELAY_LOCK, Relay
+from worker.pipeline.kafka import make_producer
+from worker.pipeline.relay import RELAY_LOCK, Relay, event_batch_bytes
 
 pytestmark = pytest.mark.integration
 
@@ -133,4 +134,46 @@ async def test_without_retention_published_events_are_deleted_and_a_takeover_sen
     assert sorted(dict(r.headers)["event-id"].decode() for r in records) == sorted(map(str, ids))
     assert sum("committed-at" in dict(r.headers) for r in records) == 4  # the relay's
     assert left == 0
+    await delete_topics(services.kafka_bootstrap, [events_topic])
+
+
+async def test_each_body_is_its_payload_with_its_own_event_id_in_large_record_batches(
+    services: Services, db_url: str, topics: Topics
+) -> None:
+    # 3,000 events (two rounds) of one user through the relay's own large record batches;
+    # one stored payload carries an `event_id` of its own, which the outbox's id replaces.
+    settings = make_settings(services, db_url, topics)
+    events_topic = settings.events_topic_name
+    await create_topics(services.kafka_bootstrap, [events_topic], 2)
+    user = uuid.uuid4()
+    ids = [uuid.uuid4() for _ in range(3_000)]
+    producer = make_producer(settings.kafka, max_batch_bytes=event_batch_bytes(None))
+    await producer.start()
+    try:
+        async with connected(db_url) as conn:
+            await conn.execute(INSERT, ids, user, 0)
+            await conn.execute(
+                'UPDATE event_outbox SET payload = payload || \'{"event_id": "theirs"}\' '
+                "WHERE event_id = $1",
+                ids[7],
+            )
+            stored = {
+                str(r["event_id"]): json.loads(r["payload"])
+                for r in await conn.fetch("SELECT event_id, payload FROM event_outbox")
+            }
+            relay = Relay(settings, producer, Metrics())
+            assert await relay.publish_once(conn) == 2_000
+            assert await relay.publish_once(conn) == 1_000
+            assert await relay.publish_once(conn) == 0
+    finally:
+        await producer.stop()
+    records = await read_all(services.kafka_bootstrap, events_topic)
+    assert len(records) == 3_000
+    for record in records:
+        event_id = dict(record.headers)["event-id"].decode()
+        body = json.loads(record.value)
+        assert body == {**stored[event_id], "event_id": event_id}
+        assert record.value.count(b'"event_id"') == 1
+    # In the outbox's order (one user: one partition).
+    assert [dict(r.headers)["event-id"].decode() for r in records] == [str(i) for i in ids]
     await delete_topics(services.kafka_bootstrap, [events_topic])

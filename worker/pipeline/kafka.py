@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -260,33 +261,49 @@ async def _close_quietly(client: Any) -> None:  # noqa: ANN401 - aiokafka client
 DEFAULT_MAX_REQUEST_BYTES = 2 * 1024 * 1024
 # What the DLQ topic accepts beyond the input topics' record limit: the dead-letter headers.
 DLQ_HEADROOM_BYTES = 64 * 1024
+# aiokafka's default record batch (a topic accepts any batch this small).
+DEFAULT_MAX_BATCH_BYTES = 16_384
 # Kafka's default `message.max.bytes` (what a topic accepts unless configured otherwise).
 KAFKA_DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
 _MAX_MESSAGE_BYTES = "max.message.bytes"
 
 
 def make_producer(
-    kafka: KafkaSettings, *, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    kafka: KafkaSettings,
+    *,
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
 ) -> AIOKafkaProducer:
-    """The producer of dead letters and published messages: acks from all in-sync replicas."""
+    """The producer of dead letters and published messages: acks from all in-sync replicas;
+    record batches up to `max_batch_bytes` (no more than the topic accepts in one)."""
     return AIOKafkaProducer(
         **client_options(kafka),
         acks="all",
         enable_idempotence=True,
-        max_request_size=max(max_request_bytes, DEFAULT_MAX_REQUEST_BYTES),
+        max_request_size=max(max_request_bytes, max_batch_bytes, DEFAULT_MAX_REQUEST_BYTES),
+        max_batch_size=max_batch_bytes,
         linger_ms=5,
     )
 
 
+@dataclass(frozen=True)
+class TopicLimits:
+    """The record limits (`max.message.bytes`) the worker's producers work with."""
+
+    dlq: int  # what the DLQ topic accepts
+    events: int | None  # what EVENTS_TOPIC accepts (None: events off, or not told)
+
+
 async def ensure_topics(
     kafka: KafkaSettings, *, timeout_s: float, events_topic: str | None = None
-) -> int:
+) -> TopicLimits:
     """Create the signal, price and dead-letter topics if missing; the DLQ's record limit.
 
     The DLQ topic is created accepting records `DLQ_HEADROOM_BYTES` larger than the largest
     the input topics accept, so the dead letter of any input record fits whole. When it
     exists already with a smaller limit, that is logged (dead letters that do not fit are
-    cut down, see `worker.pipeline.deadletters`), and its actual limit is returned.
+    cut down, see `worker.pipeline.deadletters`). Returns the DLQ's actual limit, and the
+    events topic's when `events_topic` is given (the relay's record batches fit in it).
     """
     admin = AIOKafkaAdminClient(**client_options(kafka))
     await start_client(admin, kafka, timeout_s=timeout_s, progress=True)  # the worker's start
@@ -305,7 +322,11 @@ async def ensure_topics(
         wanted += DLQ_HEADROOM_BYTES
         if kafka.dlq_topic not in existing:
             await _create(admin, kafka, [kafka.dlq_topic], {_MAX_MESSAGE_BYTES: str(wanted)})
-        dlq = (await record_limits(admin, [kafka.dlq_topic])).get(kafka.dlq_topic, wanted)
+        told = await record_limits(
+            admin, [kafka.dlq_topic, *([events_topic] if events_topic else [])]
+        )
+        dlq = told.get(kafka.dlq_topic, wanted)
+        events = None if events_topic is None else told.get(events_topic)
         if dlq < wanted:
             log.warning(
                 "dlq_topic_record_limit_small",
@@ -318,7 +339,7 @@ async def ensure_topics(
         raise unavailable(kafka, exc) from exc
     finally:
         await admin.close()
-    return dlq
+    return TopicLimits(dlq=dlq, events=events)
 
 
 async def require_topics(kafka: KafkaSettings, topics: list[str], *, timeout_s: float) -> None:

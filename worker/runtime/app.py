@@ -37,7 +37,7 @@ from worker.pipeline.kafka import (
     make_producer,
     start_client,
 )
-from worker.pipeline.relay import Relay
+from worker.pipeline.relay import Relay, event_batch_bytes
 from worker.pipeline.telemetry import report_snapshots
 from worker.retry import SERVICE_ERRORS, describe, set_retry_observer
 from worker.runtime.http import HealthServer, ReadyCheck
@@ -80,6 +80,7 @@ class _Parts:
 
     pool: asyncpg.Pool | None = None
     producer: AIOKafkaProducer | None = None
+    relay_producer: AIOKafkaProducer | None = None
     pipeline: Pipeline | None = None
     relay: Relay | None = None
     http: HealthServer | None = None
@@ -136,11 +137,12 @@ async def _start(
     parts.pool = await create_pool(settings.db, timeout_s=timeout_s, server_settings=events)
     async with connection(parts.pool) as conn:
         await require_migrated(conn, load_migrations(default_schema_dir()))
-    dlq_max_bytes = await ensure_topics(
+    limits = await ensure_topics(
         settings.kafka,
         timeout_s=timeout_s,
         events_topic=settings.events_topic_name if settings.events_enabled else None,
     )
+    dlq_max_bytes = limits.dlq
     parts.producer = make_producer(
         settings.kafka, max_request_bytes=dlq_max_bytes + DLQ_HEADROOM_BYTES
     )
@@ -155,7 +157,13 @@ async def _start(
     )
     parts.pipeline = Pipeline(settings, parts.pool, consumer, dead_letters, metrics, stores=PgStore)
     if settings.events_enabled:
-        parts.relay = Relay(settings, parts.producer, metrics)
+        # Its own producer: record batches as large as the events topic takes, and a flush
+        # (at each take-over) that waits for events only, not for dead letters.
+        parts.relay_producer = make_producer(
+            settings.kafka, max_batch_bytes=event_batch_bytes(limits.events)
+        )
+        await start_client(parts.relay_producer, settings.kafka, timeout_s=timeout_s)
+        parts.relay = Relay(settings, parts.relay_producer, metrics)
     # The port before the group: a second worker beside a running one (the port taken)
     # stops here, without joining the group and setting off a rebalance of the first.
     parts.http = HealthServer(
@@ -404,6 +412,8 @@ async def _close(parts: _Parts, timeout_s: float) -> None:
                 await _stop_consumer(parts.pipeline)
             if parts.producer is not None:
                 await parts.producer.stop()
+            if parts.relay_producer is not None:
+                await parts.relay_producer.stop()
             if parts.http is not None:
                 await parts.http.stop()
             if parts.pool is not None:
