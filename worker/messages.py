@@ -656,6 +656,16 @@ def check_command_time(
 # 0013) and the pipeline (dead letters); these models are their documentation and schema.
 
 
+class EventTruncation(BaseModel):
+    """On an event larger than EVENTS_TOPIC accepts (`max.message.bytes`) only: it was sent
+    without its list and object fields, named here; they stay in the tables it is about."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    fields: list[str]
+    max_event_bytes: int
+
+
 class _EventBase(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -667,6 +677,7 @@ class _EventBase(BaseModel):
     event_at: Annotated[
         AwareDatetime, Field(description="the decision time of the record that caused it")
     ]
+    truncated: EventTruncation | None = None
 
 
 class TradeEventV1(_EventBase):
@@ -731,7 +742,13 @@ class ExecutionsNotTradedV1(_EventBase):
     signal_key: str
     token_address: str
     token_symbol: str | None
-    executions: list[NotTraded]
+    executions: Annotated[
+        list[NotTraded] | None,
+        Field(
+            description="absent only when `truncated` names it (thousands of agents): read "
+            "them from `signal_executions` by `signal_id`"
+        ),
+    ] = None
 
 
 class CommandResultEventV1(_EventBase):
@@ -743,7 +760,10 @@ class CommandResultEventV1(_EventBase):
     idempotency_key: str
     status: Literal["applied", "refused"]
     reason: str | None
-    changes: dict[str, Any] | None
+    changes: Annotated[
+        dict[str, Any] | None,
+        Field(description="absent when `truncated` names it: `command_results.changes`"),
+    ] = None
     source_record: str | None
 
 

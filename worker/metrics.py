@@ -39,6 +39,12 @@ class Metrics:
             ["type"],
             registry=r,
         )
+        self.events_cut_down = Counter(
+            "signal_worker_events_cut_down",
+            "Trade events larger than EVENTS_TOPIC accepts, sent with their small fields only "
+            "(`truncated` names the rest)",
+            registry=r,
+        )
         self.event_delay = Histogram(
             "signal_worker_event_delay_seconds",
             "From an event's commit (its outbox row) to its acknowledgement by Kafka",

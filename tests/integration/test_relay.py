@@ -10,11 +10,13 @@ import uuid
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from tests.helpers.db import connected
 from tests.helpers.kafka import Topics, create_topics, delete_topics, read_all
 from tests.helpers.services import Services
 from tests.helpers.workers import make_settings, wait_for
+from worker.messages import EVENT_ADAPTER
 from worker.metrics import Metrics
 from worker.pipeline.kafka import make_producer
 from worker.pipeline.relay import RELAY_LOCK, Relay, event_batch_bytes
@@ -176,4 +178,65 @@ async def test_each_body_is_its_payload_with_its_own_event_id_in_large_record_ba
         assert record.value.count(b'"event_id"') == 1
     # In the outbox's order (one user: one partition).
     assert [dict(r.headers)["event-id"].decode() for r in records] == [str(i) for i in ids]
+    await delete_topics(services.kafka_bootstrap, [events_topic])
+
+
+async def test_an_event_larger_than_the_topic_accepts_goes_cut_down_and_nothing_waits_behind_it(
+    services: Services, db_url: str, topics: Topics
+) -> None:
+    # The events topic accepts 20,000 bytes; a signal's agents that did not trade, for a user
+    # with 600 agents, make an event of about 60,000. Sent whole, Kafka refused it at every
+    # try and the events behind it waited for good; now it goes with its small fields only.
+    settings = make_settings(services, db_url, topics)
+    events_topic = settings.events_topic_name
+    admin = AIOKafkaAdminClient(bootstrap_servers=services.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [NewTopic(events_topic, 1, 1, topic_configs={"max.message.bytes": "20000"})]
+        )
+    finally:
+        await admin.close()
+    user = uuid.uuid4()
+    before, large, after = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    executions = [
+        {"agent_id": str(uuid.uuid4()), "status": "skipped", "reason": "no SOL left"}
+        for _ in range(600)
+    ]
+    producer = make_producer(settings.kafka, max_batch_bytes=event_batch_bytes(20_000))
+    await producer.start()
+    metrics = Metrics()
+    try:
+        async with connected(db_url) as conn:
+            await conn.execute(INSERT, [before], user, 0)
+            await conn.execute(
+                "INSERT INTO event_outbox (event_id, user_id, type, event_at, payload) "
+                "VALUES ($1, $2, 'executions_not_traded', now(), jsonb_build_object("
+                "'type', 'executions_not_traded', 'user_id', $2::uuid, 'signal_id', 7, "
+                "'signal_key', 's-7', 'token_address', 'TokA', 'token_symbol', NULL, "
+                "'executions', $3::jsonb, 'event_at', now()))",
+                large,
+                user,
+                json.dumps(executions),
+            )
+            await conn.execute(INSERT, [after], user, 0)
+            relay = Relay(settings, producer, metrics, topic_limit=20_000)
+            assert await relay.publish_once(conn) == 3
+            assert await conn.fetchval("SELECT count(*) FROM event_outbox") == 0
+    finally:
+        await producer.stop()
+    records = await read_all(services.kafka_bootstrap, events_topic)
+    ids = [dict(r.headers)["event-id"].decode() for r in records]
+    assert ids == [str(before), str(large), str(after)]
+    cut = json.loads(records[1].value)
+    assert len(records[1].value) <= relay.max_event_bytes
+    assert cut["event_id"] == str(large)
+    assert cut["type"] == "executions_not_traded" and cut["signal_id"] == 7
+    assert cut["truncated"] == {"fields": ["executions"], "max_event_bytes": 15904}
+    assert "executions" not in cut and cut["signal_key"] == "s-7"
+    # What the published schema says of such an event (docs/schemas/event.v1.json).
+    event = EVENT_ADAPTER.validate_json(records[1].value)
+    assert event.truncated is not None and event.truncated.fields == ["executions"]
+    assert json.loads(records[2].value)["event_id"] == str(after)
+    assert metrics.events_cut_down._value.get() == 1
     await delete_topics(services.kafka_bootstrap, [events_topic])

@@ -68,6 +68,9 @@ BATCH = 2_000
 # held about 20 events, and the per-batch work (a builder, a future, a request) was near half
 # of the relay's CPU; 256 KiB holds about 350. Never more than the events topic accepts.
 EVENT_BATCH_BYTES = 256 * 1024
+# What a record batch adds to an event: the batch's header, the record's length, key and
+# headers (an event larger than the topic's limit less this is cut down).
+EVENT_HEADROOM_BYTES = 4096
 # The lag (count and age of what is unpublished) is measured at most this often: counting a
 # large backlog at every batch was most of the relay's work (98 ms at 156,000 events).
 LAG_EVERY_S = 2.0
@@ -94,6 +97,24 @@ SELECT o.id, o.event_id::text AS event_id, o.user_id::text AS user_id, o.type,
   FROM (SELECT id FROM event_outbox WHERE published_at IS NULL ORDER BY id LIMIT $1) b
   JOIN event_outbox o ON o.id = b.id
  ORDER BY o.id
+"""
+# An event larger than the topic accepts, cut down: without its list and object fields (the
+# only ones of unbounded size: the agents of a signal that did not trade, what a command
+# changed), which `truncated` names; in PostgreSQL, so the amounts keep their digits. The
+# rest stays in the tables the event is about (`EventTruncation`).
+CUT_DOWN = """
+SELECT o.id,
+       (coalesce((SELECT jsonb_object_agg(e.key, e.value) FROM jsonb_each(o.payload) e
+                   WHERE jsonb_typeof(e.value) NOT IN ('array', 'object')
+                     AND e.key NOT IN ('event_id', 'truncated')),
+                 '{}'::jsonb)
+        || jsonb_build_object('truncated', jsonb_build_object(
+               'fields', (SELECT coalesce(jsonb_agg(e.key ORDER BY e.key), '[]'::jsonb)
+                            FROM jsonb_each(o.payload) e
+                           WHERE jsonb_typeof(e.value) IN ('array', 'object')
+                             AND e.key NOT IN ('event_id', 'truncated')),
+               'max_event_bytes', $2::int)))::text AS payload
+  FROM event_outbox o WHERE o.id = ANY($1::bigint[])
 """
 MARK = "UPDATE event_outbox SET published_at = now() WHERE id = ANY($1::bigint[])"
 # With no retention (EVENTS_RETENTION_HOURS=0, the default) a published event is deleted at
@@ -132,7 +153,16 @@ class RelayState:
 class Relay:
     """Publishes the outbox until `stop` is set (see the module's docstring)."""
 
-    def __init__(self, settings: Settings, producer: AIOKafkaProducer, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        producer: AIOKafkaProducer,
+        metrics: Metrics,
+        *,
+        topic_limit: int | None = None,
+    ) -> None:
+        """`topic_limit`: what the events topic accepts in a record batch
+        (`max.message.bytes`; None: Kafka's default)."""
         self._settings = settings
         self._topic = settings.events_topic_name
         self._producer = producer
@@ -141,6 +171,8 @@ class Relay:
         self._pruned_at = 0.0
         self._measured_at = 0.0
         self._keeps_none = settings.events_retention_hours == 0
+        limit = KAFKA_DEFAULT_MAX_MESSAGE_BYTES if topic_limit is None else topic_limit
+        self.max_event_bytes = max(1024, limit - EVENT_HEADROOM_BYTES)
         # The partition of each key (user id), for the topic's current partition count.
         self._partition_of: dict[bytes, int] = {}
         self._partition_count = 0
@@ -218,7 +250,7 @@ class Relay:
         how many were published."""
         rows = await conn.fetch(UNPUBLISHED, BATCH)
         if rows:
-            await asyncio.gather(*await self._send(rows))
+            await asyncio.gather(*await self._send(rows, await self._bodies(conn, rows)))
             await conn.execute(DELETE_SENT if self._keeps_none else MARK, [r["id"] for r in rows])
             now_ms = time.time() * 1000
             observe = self._metrics.event_delay.observe
@@ -230,7 +262,36 @@ class Relay:
             await self.measure(conn)
         return len(rows)
 
-    async def _send(self, rows: list[asyncpg.Record]) -> list[asyncio.Future[Any]]:
+    async def _bodies(self, conn: asyncpg.Connection, rows: list[asyncpg.Record]) -> list[bytes]:
+        """Each event's body; one larger than the events topic accepts (the agents of a
+        signal that did not trade, for a user with thousands of agents) is sent without its
+        list and object fields, with `truncated` naming them: sent whole it would be refused
+        by Kafka at every try, and every event behind it would wait for good."""
+        bodies = [with_event_id(r["payload"], r["event_id"]).encode() for r in rows]
+        large = [i for i, body in enumerate(bodies) if len(body) > self.max_event_bytes]
+        if large:
+            cut = {
+                c["id"]: c["payload"]
+                for c in await conn.fetch(
+                    CUT_DOWN, [rows[i]["id"] for i in large], self.max_event_bytes
+                )
+            }
+            for i in large:
+                r = rows[i]
+                log.warning(
+                    "event_cut_down",
+                    event_id=r["event_id"],
+                    type=r["type"],
+                    bytes=len(bodies[i]),
+                    max_event_bytes=self.max_event_bytes,
+                )
+                bodies[i] = with_event_id(cut[r["id"]], r["event_id"]).encode()
+                self._metrics.events_cut_down.inc()
+        return bodies
+
+    async def _send(
+        self, rows: list[asyncpg.Record], bodies: list[bytes]
+    ) -> list[asyncio.Future[Any]]:
         """Queue the events, in order, as record batches per partition (the partition of
         their user id, as a keyed send would choose it; an event without a user by its id),
         and return the futures of their acknowledgements. A batch per partition, not a send
@@ -242,7 +303,7 @@ class Relay:
             self._partition_count = len(partitions)
         partition_of = self._partition_of
         by_partition: dict[int, list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]] = {}
-        for r in rows:
+        for r, body in zip(rows, bodies, strict=True):
             event_id = r["event_id"].encode()
             key = None if r["user_id"] is None else r["user_id"].encode()
             hashed = key or event_id
@@ -258,7 +319,6 @@ class Relay:
                 # of each event, for whoever reads the topic.
                 ("committed-at", committed_ms),
             ]
-            body = with_event_id(r["payload"], r["event_id"]).encode()
             by_partition.setdefault(partition, []).append((key, body, headers))
         futures: list[asyncio.Future[Any]] = []
         for partition, records in by_partition.items():

@@ -163,7 +163,7 @@ async def _start(
             settings.kafka, max_batch_bytes=event_batch_bytes(limits.events)
         )
         await start_client(parts.relay_producer, settings.kafka, timeout_s=timeout_s)
-        parts.relay = Relay(settings, parts.relay_producer, metrics)
+        parts.relay = Relay(settings, parts.relay_producer, metrics, topic_limit=limits.events)
     # The port before the group: a second worker beside a running one (the port taken)
     # stops here, without joining the group and setting off a rebalance of the first.
     parts.http = HealthServer(
