@@ -57,6 +57,7 @@ from pydantic import (
     ValidationError,
     WithJsonSchema,
     field_validator,
+    model_validator,
 )
 
 from worker.domain.commands import Command
@@ -658,12 +659,24 @@ def check_command_time(
 
 class EventTruncation(BaseModel):
     """On an event larger than EVENTS_TOPIC accepts (`max.message.bytes`) only: it was sent
-    without its list and object fields, named here; they stay in the tables it is about."""
+    without its list and object fields, named here with their sizes; they stay in the tables
+    it is about."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     fields: list[str]
+    counts: Annotated[
+        dict[str, int], Field(description="each left-out field's items (list) or keys (object)")
+    ]
     max_event_bytes: int
+
+
+def _left_out(event: _EventBase, name: str) -> None:
+    """A field that may be absent only when `truncated` names it."""
+    if name not in event.model_fields_set and (
+        event.truncated is None or name not in event.truncated.fields
+    ):
+        raise ValueError(f"{name}: absent, and not named by truncated.fields")
 
 
 class _EventBase(BaseModel):
@@ -750,6 +763,11 @@ class ExecutionsNotTradedV1(_EventBase):
         ),
     ] = None
 
+    @model_validator(mode="after")
+    def _whole_unless_truncated(self) -> ExecutionsNotTradedV1:
+        _left_out(self, "executions")
+        return self
+
 
 class CommandResultEventV1(_EventBase):
     """A command applied or refused (`command_results`)."""
@@ -762,9 +780,14 @@ class CommandResultEventV1(_EventBase):
     reason: str | None
     changes: Annotated[
         dict[str, Any] | None,
-        Field(description="absent when `truncated` names it: `command_results.changes`"),
+        Field(description="absent only when `truncated` names it: `command_results.changes`"),
     ] = None
     source_record: str | None
+
+    @model_validator(mode="after")
+    def _whole_unless_truncated(self) -> CommandResultEventV1:
+        _left_out(self, "changes")
+        return self
 
 
 class DeadLetterEventV1(_EventBase):

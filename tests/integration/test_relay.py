@@ -16,9 +16,10 @@ from tests.helpers.db import connected
 from tests.helpers.kafka import Topics, create_topics, delete_topics, read_all
 from tests.helpers.services import Services
 from tests.helpers.workers import make_settings, wait_for
+from worker.errors import WorkerError
 from worker.messages import EVENT_ADAPTER
 from worker.metrics import Metrics
-from worker.pipeline.kafka import make_producer
+from worker.pipeline.kafka import ensure_topics, make_producer
 from worker.pipeline.relay import RELAY_LOCK, Relay, event_batch_bytes
 
 pytestmark = pytest.mark.integration
@@ -184,7 +185,7 @@ async def test_each_body_is_its_payload_with_its_own_event_id_in_large_record_ba
 async def test_an_event_larger_than_the_topic_accepts_goes_cut_down_and_nothing_waits_behind_it(
     services: Services, db_url: str, topics: Topics
 ) -> None:
-    # The events topic accepts 20,000 bytes; a signal's agents that did not trade, for a user
+    # The events topic accepts 40,000 bytes; a signal's agents that did not trade, for a user
     # with 600 agents, make an event of about 60,000. Sent whole, Kafka refused it at every
     # try and the events behind it waited for good; now it goes with its small fields only.
     settings = make_settings(services, db_url, topics)
@@ -193,7 +194,7 @@ async def test_an_event_larger_than_the_topic_accepts_goes_cut_down_and_nothing_
     await admin.start()
     try:
         await admin.create_topics(
-            [NewTopic(events_topic, 1, 1, topic_configs={"max.message.bytes": "20000"})]
+            [NewTopic(events_topic, 1, 1, topic_configs={"max.message.bytes": "40000"})]
         )
     finally:
         await admin.close()
@@ -203,7 +204,7 @@ async def test_an_event_larger_than_the_topic_accepts_goes_cut_down_and_nothing_
         {"agent_id": str(uuid.uuid4()), "status": "skipped", "reason": "no SOL left"}
         for _ in range(600)
     ]
-    producer = make_producer(settings.kafka, max_batch_bytes=event_batch_bytes(20_000))
+    producer = make_producer(settings.kafka, max_batch_bytes=event_batch_bytes(40_000))
     await producer.start()
     metrics = Metrics()
     try:
@@ -220,7 +221,7 @@ async def test_an_event_larger_than_the_topic_accepts_goes_cut_down_and_nothing_
                 json.dumps(executions),
             )
             await conn.execute(INSERT, [after], user, 0)
-            relay = Relay(settings, producer, metrics, topic_limit=20_000)
+            relay = Relay(settings, producer, metrics, topic_limit=40_000)
             assert await relay.publish_once(conn) == 3
             assert await conn.fetchval("SELECT count(*) FROM event_outbox") == 0
     finally:
@@ -232,7 +233,11 @@ async def test_an_event_larger_than_the_topic_accepts_goes_cut_down_and_nothing_
     assert len(records[1].value) <= relay.max_event_bytes
     assert cut["event_id"] == str(large)
     assert cut["type"] == "executions_not_traded" and cut["signal_id"] == 7
-    assert cut["truncated"] == {"fields": ["executions"], "max_event_bytes": 15904}
+    assert cut["truncated"] == {
+        "fields": ["executions"],
+        "counts": {"executions": 600},
+        "max_event_bytes": 35904,
+    }
     assert "executions" not in cut and cut["signal_key"] == "s-7"
     # What the published schema says of such an event (docs/schemas/event.v1.json).
     event = EVENT_ADAPTER.validate_json(records[1].value)
@@ -240,3 +245,137 @@ async def test_an_event_larger_than_the_topic_accepts_goes_cut_down_and_nothing_
     assert json.loads(records[2].value)["event_id"] == str(after)
     assert metrics.events_cut_down._value.get() == 1
     await delete_topics(services.kafka_bootstrap, [events_topic])
+
+
+async def test_a_payload_that_is_not_an_object_goes_out_as_valid_json_and_holds_nothing_up(
+    services: Services, db_url: str, topics: Topics
+) -> None:
+    # No writer of the worker's makes one; a hand-written row might. Sent spliced it was
+    # invalid JSON ('[]', 'null'); '"event_id"' failed the relay's query at every try, and a
+    # large array failed the cut-down's: every event behind them waited for good.
+    settings = make_settings(services, db_url, topics)
+    events_topic = settings.events_topic_name
+    admin = AIOKafkaAdminClient(bootstrap_servers=services.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [NewTopic(events_topic, 1, 1, topic_configs={"max.message.bytes": "40000"})]
+        )
+    finally:
+        await admin.close()
+    user = uuid.uuid4()
+    odd = ["[]", "null", '"event_id"', "7", json.dumps(list(range(20_000)))]
+    ids = [uuid.uuid4() for _ in range(len(odd) + 1)]
+    producer = make_producer(settings.kafka, max_batch_bytes=event_batch_bytes(40_000))
+    await producer.start()
+    try:
+        async with connected(db_url) as conn:
+            for event_id, payload in zip(ids, odd, strict=False):
+                await conn.execute(
+                    "INSERT INTO event_outbox (event_id, user_id, type, event_at, payload) "
+                    "VALUES ($1, $2, 'odd', now(), $3::jsonb)",
+                    event_id,
+                    user,
+                    payload,
+                )
+            await conn.execute(INSERT, ids[-1:], user, 0)  # an ordinary event behind them
+            relay = Relay(settings, producer, Metrics(), topic_limit=40_000)
+            assert await relay.publish_once(conn) == len(ids)
+            assert await conn.fetchval("SELECT count(*) FROM event_outbox") == 0
+    finally:
+        await producer.stop()
+    records = await read_all(services.kafka_bootstrap, events_topic)
+    assert [dict(r.headers)["event-id"].decode() for r in records] == [str(i) for i in ids]
+    bodies = [json.loads(r.value) for r in records]  # every one valid JSON
+    for event_id, payload, body in zip(ids, odd[:-1], bodies, strict=False):
+        assert body == {"event_id": str(event_id), "type": "odd", "payload": json.loads(payload)}
+    assert bodies[4]["truncated"] == {
+        "fields": ["payload"],
+        "counts": {"payload": 20_000},
+        "max_event_bytes": 35904,
+    }
+    assert bodies[5]["type"] == "dead_letter"
+
+
+async def test_an_events_topic_too_small_for_any_event_stops_the_worker_in_one_line(
+    services: Services, db_url: str, topics: Topics
+) -> None:
+    settings = make_settings(services, db_url, topics)
+    events_topic = settings.events_topic_name
+    admin = AIOKafkaAdminClient(bootstrap_servers=services.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [NewTopic(events_topic, 1, 1, topic_configs={"max.message.bytes": "10000"})]
+        )
+    finally:
+        await admin.close()
+    try:
+        with pytest.raises(WorkerError) as refused:
+            await ensure_topics(settings.kafka, timeout_s=10, events_topic=events_topic)
+        message = str(refused.value)
+        assert "\n" not in message
+        assert f"EVENTS_TOPIC {events_topic} accepts records of at most 10,000 bytes" in message
+        assert "EVENTS_ENABLED=false" in message
+        # Large enough: no refusal, and the limit read back for the relay's batches.
+        await delete_topics(services.kafka_bootstrap, [events_topic])
+        await wait_for_topic_gone(services, events_topic)
+        await create_topics(services.kafka_bootstrap, [events_topic], 1)
+        limits = await ensure_topics(settings.kafka, timeout_s=10, events_topic=events_topic)
+        assert limits.events is not None and limits.events >= 1_000_000
+    finally:
+        await delete_topics(
+            services.kafka_bootstrap,
+            [events_topic, topics.signals, topics.prices, topics.dlq, topics.commands],
+        )
+
+
+async def wait_for_topic_gone(services: Services, topic: str) -> None:
+    """Until the broker no longer lists `topic` (a delete is asynchronous)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=services.kafka_bootstrap)
+    await admin.start()
+    try:
+        for _ in range(100):
+            if topic not in await admin.list_topics():
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"{topic} still listed after 10 s")
+    finally:
+        await admin.close()
+
+
+async def test_an_unexpected_error_is_said_on_readyz_and_the_relay_goes_on(
+    services: Services, db_url: str, topics: Topics, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before, any error but a service's ended the relay's task: events stayed unpublished
+    # and /readyz said nothing.
+    settings = make_settings(services, db_url, topics)
+    producer = AIOKafkaProducer(bootstrap_servers=services.kafka_bootstrap)
+    await producer.start()
+    relay = Relay(settings, producer, Metrics())
+    calls = 0
+
+    async def broken(_conn: object) -> int:
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("a bug")
+
+    async def nothing_sent(_conn: object) -> int:
+        return 0
+
+    monkeypatch.setattr(relay, "publish_once", broken)
+    monkeypatch.setattr(relay, "reconcile", nothing_sent)
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    try:
+
+        async def failed_once() -> bool:
+            return calls >= 1 and relay.state.trouble is not None
+
+        await wait_for(failed_once, timeout_s=30, what="the relay to meet the error")
+        assert relay.reason() == "events relay: failed: RuntimeError: a bug"
+        assert not task.done()  # still there, to try again
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)
+        await producer.stop()

@@ -27,7 +27,7 @@ def test_the_event_id_comes_first_and_the_payload_is_kept_as_it_was_written() ->
     assert "1.500000000000000000" in body
 
 
-@pytest.mark.parametrize("payload", ["{}", "{ }", " {}"[1:]])
+@pytest.mark.parametrize("payload", ["{}", "{ }"])
 def test_an_empty_payload_becomes_an_object_with_the_id_only(payload: str) -> None:
     assert json.loads(with_event_id(payload, EVENT_ID)) == {"event_id": EVENT_ID}
 
@@ -47,11 +47,11 @@ def test_any_object_gets_its_id_and_keeps_everything_else(payload: dict[str, obj
 @pytest.mark.parametrize(
     ("topic_limit", "expected"),
     [
-        (None, EVENT_BATCH_BYTES),  # Kafka's default 1 MiB: the relay's own size
-        (1_048_588, EVENT_BATCH_BYTES),
+        (None, 16_384),  # not known: aiokafka's default, which any topic takes
+        (1_048_588, EVENT_BATCH_BYTES),  # Kafka's default 1 MiB: the relay's own size
         (8 * 1024 * 1024, EVENT_BATCH_BYTES),  # never more than the relay's size
-        (200_000, 100_000),  # a topic with a smaller limit: half of it
-        (1_000, 1024),  # a tiny limit: 1 KiB batches (one event each)
+        (200_000, 200_000 - 4096),  # a smaller limit: all of it but a record's framing
+        (32 * 1024, 32 * 1024 - 4096),  # the least an events topic may have
     ],
 )
 def test_the_record_batches_fit_the_events_topic(topic_limit: int | None, expected: int) -> None:

@@ -272,7 +272,19 @@ def event_text(event: Mapping[str, Any], names: Names = Names()) -> str:
 
 
 def _not_traded_text(event: Mapping[str, Any], token: str, of_signal: str) -> str:
-    """`3 agents skipped, 1 failed to buy X (signal k): first reason (and 3 more)`."""
+    """`3 agents skipped, 1 failed to buy X (signal k): first reason (and 3 more)`; for an
+    event sent without its list (too large for the topic), how many and where they are."""
+    truncated = event.get("truncated")
+    if "executions" not in event and isinstance(truncated, Mapping):
+        counts = truncated.get("counts")
+        n = counts.get("executions") if isinstance(counts, Mapping) else None
+        who = (
+            f"{n:,} agents" if isinstance(n, int) and n != 1 else "1 agent" if n == 1 else "agents"
+        )
+        return (
+            f"{who} did not buy {token}{of_signal}: each agent's reason is in "
+            "signal_executions (the list was too large for the events topic)"
+        )
     executions = [e for e in event.get("executions") or () if isinstance(e, Mapping)]
     skipped = sum(e.get("status") == "skipped" for e in executions)
     failed = len(executions) - skipped

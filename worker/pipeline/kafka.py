@@ -266,6 +266,9 @@ DEFAULT_MAX_BATCH_BYTES = 16_384
 # Kafka's default `message.max.bytes` (what a topic accepts unless configured otherwise).
 KAFKA_DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
 _MAX_MESSAGE_BYTES = "max.message.bytes"
+# The least `max.message.bytes` an events topic must have: the largest event cut down to its
+# small fields (some 15 KB, `worker.pipeline.relay.CUT_DOWN`) and its framing.
+MIN_EVENTS_TOPIC_BYTES = 32 * 1024
 
 
 def make_producer(
@@ -327,6 +330,8 @@ async def ensure_topics(
         )
         dlq = told.get(kafka.dlq_topic, wanted)
         events = None if events_topic is None else told.get(events_topic)
+        if events_topic is not None:
+            _check_events_limit(events_topic, events)
         if dlq < wanted:
             log.warning(
                 "dlq_topic_record_limit_small",
@@ -340,6 +345,23 @@ async def ensure_topics(
     finally:
         await admin.close()
     return TopicLimits(dlq=dlq, events=events)
+
+
+def _check_events_limit(topic: str, limit: int | None) -> None:
+    """`WorkerError` in one line when the events topic cannot take a cut-down event; a
+    warning when its limit could not be read (the relay then sends small record batches)."""
+    if limit is None:
+        log.warning(
+            "events_topic_record_limit_unknown",
+            topic=topic,
+            effect="record batches of 16 KiB; events over 1 MiB sent cut down",
+        )
+    elif limit < MIN_EVENTS_TOPIC_BYTES:
+        raise WorkerError(
+            f"EVENTS_TOPIC {topic} accepts records of at most {limit:,} bytes "
+            f"(max.message.bytes); events need {MIN_EVENTS_TOPIC_BYTES:,}: raise it, or set "
+            "EVENTS_ENABLED=false"
+        )
 
 
 async def require_topics(kafka: KafkaSettings, topics: list[str], *, timeout_s: float) -> None:

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+import orjson
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -54,7 +55,12 @@ from aiokafka.structs import TopicPartition
 from worker.db.pool import connect
 from worker.errors import ServiceUnavailable
 from worker.metrics import Metrics
-from worker.pipeline.kafka import KAFKA_DEFAULT_MAX_MESSAGE_BYTES, client_options, start_client
+from worker.pipeline.kafka import (
+    DEFAULT_MAX_BATCH_BYTES,
+    KAFKA_DEFAULT_MAX_MESSAGE_BYTES,
+    client_options,
+    start_client,
+)
 from worker.retry import SERVICE_ERRORS, describe
 from worker.settings import Settings
 
@@ -71,6 +77,7 @@ EVENT_BATCH_BYTES = 256 * 1024
 # What a record batch adds to an event: the batch's header, the record's length, key and
 # headers (an event larger than the topic's limit less this is cut down).
 EVENT_HEADROOM_BYTES = 4096
+
 # The lag (count and age of what is unpublished) is measured at most this often: counting a
 # large backlog at every batch was most of the relay's work (98 ms at 156,000 events).
 LAG_EVERY_S = 2.0
@@ -83,16 +90,19 @@ BACKOFF_S = (0.5, 1, 2, 5)
 # Ids as text and the commit time as integer milliseconds: decoding uuid and numeric columns
 # into Python objects and back was a good part of the relay's CPU, which it takes from the
 # pipeline in the same process. The payload as stored (its text; an `event_id` key of its
-# own, which no writer of the worker's puts there, dropped): the event id is put in front of
-# it here (`with_event_id`), not by a jsonb concatenation in the query, which rebuilt each
-# payload and was a third of the query's time. The batch's ids are chosen first and only
+# own dropped, and a payload that is not an object, which no writer of the worker's makes,
+# wrapped in one as `payload`): the event id is put in front of it here (`with_event_id`),
+# not by a jsonb concatenation in the query, which rebuilt each payload and was a third of
+# the query's time. The batch's ids are chosen first and only
 # their rows are read: a plan that sorted the whole backlog (what PostgreSQL chose for the
 # first queries of a new connection, before the prepared statement's generic plan) turned
 # every row of it into text to keep 2,000 (0.6 s a query over a backlog of 100,000).
 UNPUBLISHED = """
 SELECT o.id, o.event_id::text AS event_id, o.user_id::text AS user_id, o.type,
-       (CASE WHEN o.payload ? 'event_id' THEN o.payload - 'event_id' ELSE o.payload END)::text
-           AS payload,
+       (CASE WHEN jsonb_typeof(o.payload) <> 'object'
+             THEN jsonb_build_object('type', o.type, 'payload', o.payload)
+             WHEN o.payload ? 'event_id' THEN o.payload - 'event_id'
+             ELSE o.payload END)::text AS payload,
        floor(extract(epoch FROM o.created_at) * 1000)::int8 AS created_ms
   FROM (SELECT id FROM event_outbox WHERE published_at IS NULL ORDER BY id LIMIT $1) b
   JOIN event_outbox o ON o.id = b.id
@@ -100,21 +110,34 @@ SELECT o.id, o.event_id::text AS event_id, o.user_id::text AS user_id, o.type,
 """
 # An event larger than the topic accepts, cut down: without its list and object fields (the
 # only ones of unbounded size: the agents of a signal that did not trade, what a command
-# changed), which `truncated` names; in PostgreSQL, so the amounts keep their digits. The
-# rest stays in the tables the event is about (`EventTruncation`).
+# changed), which `truncated` names with their sizes; in PostgreSQL, so the amounts keep
+# their digits. The rest stays in the tables the event is about (`EventTruncation`). What
+# is left is bounded by the messages' validation (reasons 2,000 characters, keys 200,
+# symbols 50: some 15 KB at most), well within `MIN_EVENTS_TOPIC_BYTES` (a smaller events
+# topic stops the worker at start).
 CUT_DOWN = """
 SELECT o.id,
-       (coalesce((SELECT jsonb_object_agg(e.key, e.value) FROM jsonb_each(o.payload) e
+       (coalesce((SELECT jsonb_object_agg(e.key, e.value) FROM jsonb_each(p.payload) e
                    WHERE jsonb_typeof(e.value) NOT IN ('array', 'object')
                      AND e.key NOT IN ('event_id', 'truncated')),
                  '{}'::jsonb)
         || jsonb_build_object('truncated', jsonb_build_object(
-               'fields', (SELECT coalesce(jsonb_agg(e.key ORDER BY e.key), '[]'::jsonb)
-                            FROM jsonb_each(o.payload) e
-                           WHERE jsonb_typeof(e.value) IN ('array', 'object')
-                             AND e.key NOT IN ('event_id', 'truncated')),
+               'fields', coalesce(left_out.fields, '[]'::jsonb),
+               'counts', coalesce(left_out.counts, '{}'::jsonb),
                'max_event_bytes', $2::int)))::text AS payload
-  FROM event_outbox o WHERE o.id = ANY($1::bigint[])
+  FROM event_outbox o
+ CROSS JOIN LATERAL (SELECT CASE WHEN jsonb_typeof(o.payload) = 'object' THEN o.payload
+                                 ELSE jsonb_build_object('type', o.type, 'payload', o.payload)
+                            END AS payload) p
+ CROSS JOIN LATERAL (
+        SELECT jsonb_agg(e.key ORDER BY e.key) AS fields,
+               jsonb_object_agg(e.key, CASE jsonb_typeof(e.value)
+                   WHEN 'array' THEN jsonb_array_length(e.value)
+                   ELSE (SELECT count(*) FROM jsonb_object_keys(e.value)) END) AS counts
+          FROM jsonb_each(p.payload) e
+         WHERE jsonb_typeof(e.value) IN ('array', 'object')
+           AND e.key NOT IN ('event_id', 'truncated')) left_out
+ WHERE o.id = ANY($1::bigint[])
 """
 MARK = "UPDATE event_outbox SET published_at = now() WHERE id = ANY($1::bigint[])"
 # With no retention (EVENTS_RETENTION_HOURS=0, the default) a published event is deleted at
@@ -172,7 +195,7 @@ class Relay:
         self._measured_at = 0.0
         self._keeps_none = settings.events_retention_hours == 0
         limit = KAFKA_DEFAULT_MAX_MESSAGE_BYTES if topic_limit is None else topic_limit
-        self.max_event_bytes = max(1024, limit - EVENT_HEADROOM_BYTES)
+        self.max_event_bytes = limit - EVENT_HEADROOM_BYTES
         # The partition of each key (user id), for the topic's current partition count.
         self._partition_of: dict[bytes, int] = {}
         self._partition_count = 0
@@ -214,6 +237,13 @@ class Relay:
                 self.state.trouble = describe(exc)
                 log.warning("events_relay_retrying", error=describe(exc))
                 await _wait(stop, BACKOFF_S[min(failures, len(BACKOFF_S) - 1)])
+                failures += 1
+            except Exception as exc:  # a bug must not end the relay unseen
+                # Said on /readyz and logged with its traceback; tried again like an outage
+                # (the task ending here would leave the events unpublished and /readyz fine).
+                self.state.trouble = f"failed: {describe(exc)}"
+                log.exception("events_relay_failed", error=describe(exc))
+                await _wait(stop, BACKOFF_S[-1])
                 failures += 1
             finally:
                 self.state.active = False
@@ -285,7 +315,9 @@ class Relay:
                     bytes=len(bodies[i]),
                     max_event_bytes=self.max_event_bytes,
                 )
-                bodies[i] = with_event_id(cut[r["id"]], r["event_id"]).encode()
+                # Its row gone in between (by hand: one relay runs at a time): what is known.
+                stub = orjson.dumps({"type": r["type"], "user_id": r["user_id"]}).decode()
+                bodies[i] = with_event_id(cut.get(r["id"], stub), r["event_id"]).encode()
                 self._metrics.events_cut_down.inc()
         return bodies
 
@@ -355,10 +387,12 @@ class Relay:
 
 def event_batch_bytes(topic_limit: int | None) -> int:
     """The relay producer's record-batch size for an events topic accepting `topic_limit`
-    bytes in a record batch (`max.message.bytes`; None: not known, Kafka's default)."""
-    limit = KAFKA_DEFAULT_MAX_MESSAGE_BYTES if topic_limit is None else topic_limit
-    # A batch's header and the last record's size are beyond the builder's check.
-    return max(1024, min(EVENT_BATCH_BYTES, limit // 2))
+    bytes in a record batch (`max.message.bytes`; None: not known, so aiokafka's default,
+    which any topic takes). A batch holds records up to this size, header included, or a
+    single record of any size (at most `max_event_bytes` here)."""
+    if topic_limit is None:
+        return DEFAULT_MAX_BATCH_BYTES
+    return max(DEFAULT_MAX_BATCH_BYTES, min(EVENT_BATCH_BYTES, topic_limit - EVENT_HEADROOM_BYTES))
 
 
 def with_event_id(payload: str, event_id: str) -> str:
