@@ -37,12 +37,16 @@ class Topics:
         return f"{self.signals}.events"
 
 
-async def create_topics(bootstrap: str, names: list[str], partitions: int) -> None:
-    """Create `names` with `partitions` partitions each (replication 1)."""
+async def create_topics(
+    bootstrap: str, names: list[str], partitions: int, configs: dict[str, str] | None = None
+) -> None:
+    """Create `names` with `partitions` partitions each (replication 1) and topic `configs`."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(n, partitions, 1) for n in names])
+        await admin.create_topics(
+            [NewTopic(n, partitions, 1, topic_configs=configs or {}) for n in names]
+        )
     finally:
         await admin.close()
 

@@ -7,10 +7,13 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
 
+import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient
 
 from tests.helpers.db import connected
 from tests.helpers.kafka import Topics, create_topics, delete_topics, read_all
@@ -182,51 +185,68 @@ async def test_each_body_is_its_payload_with_its_own_event_id_in_large_record_ba
     await delete_topics(services.kafka_bootstrap, [events_topic])
 
 
+SMALL_TOPIC_BYTES = 40_000  # what the events topic of the next tests accepts
+
+
+async def relay_through_small_topic(
+    services: Services,
+    db_url: str,
+    topics: Topics,
+    fill: Callable[[asyncpg.Connection], Awaitable[None]],
+    metrics: Metrics,
+) -> tuple[list[Any], Relay]:
+    """Let `fill` write outbox rows, publish them all through a relay to an events topic
+    accepting `SMALL_TOPIC_BYTES`, and return what the topic holds (and the relay)."""
+    settings = make_settings(services, db_url, topics)
+    events_topic = settings.events_topic_name
+    limit = {"max.message.bytes": str(SMALL_TOPIC_BYTES)}
+    await create_topics(services.kafka_bootstrap, [events_topic], 1, limit)
+    batch = event_batch_bytes(SMALL_TOPIC_BYTES)
+    producer = make_producer(settings.kafka, max_batch_bytes=batch)
+    await producer.start()
+    relay = Relay(settings, producer, metrics, topic_limit=SMALL_TOPIC_BYTES)
+    try:
+        async with connected(db_url) as conn:
+            await fill(conn)
+            while await relay.publish_once(conn):
+                pass
+            assert await conn.fetchval("SELECT count(*) FROM event_outbox") == 0
+    finally:
+        await producer.stop()
+    records = await read_all(services.kafka_bootstrap, events_topic)
+    await delete_topics(services.kafka_bootstrap, [events_topic])
+    return records, relay
+
+
 async def test_an_event_larger_than_the_topic_accepts_goes_cut_down_and_nothing_waits_behind_it(
     services: Services, db_url: str, topics: Topics
 ) -> None:
     # The events topic accepts 40,000 bytes; a signal's agents that did not trade, for a user
     # with 600 agents, make an event of about 60,000. Sent whole, Kafka refused it at every
     # try and the events behind it waited for good; now it goes with its small fields only.
-    settings = make_settings(services, db_url, topics)
-    events_topic = settings.events_topic_name
-    admin = AIOKafkaAdminClient(bootstrap_servers=services.kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics(
-            [NewTopic(events_topic, 1, 1, topic_configs={"max.message.bytes": "40000"})]
-        )
-    finally:
-        await admin.close()
     user = uuid.uuid4()
     before, large, after = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     executions = [
         {"agent_id": str(uuid.uuid4()), "status": "skipped", "reason": "no SOL left"}
         for _ in range(600)
     ]
-    producer = make_producer(settings.kafka, max_batch_bytes=event_batch_bytes(40_000))
-    await producer.start()
+
+    async def fill(conn: asyncpg.Connection) -> None:
+        await conn.execute(INSERT, [before], user, 0)
+        await conn.execute(
+            "INSERT INTO event_outbox (event_id, user_id, type, event_at, payload) "
+            "VALUES ($1, $2, 'executions_not_traded', now(), jsonb_build_object("
+            "'type', 'executions_not_traded', 'user_id', $2::uuid, 'signal_id', 7, "
+            "'signal_key', 's-7', 'token_address', 'TokA', 'token_symbol', NULL, "
+            "'executions', $3::jsonb, 'event_at', now()))",
+            large,
+            user,
+            json.dumps(executions),
+        )
+        await conn.execute(INSERT, [after], user, 0)
+
     metrics = Metrics()
-    try:
-        async with connected(db_url) as conn:
-            await conn.execute(INSERT, [before], user, 0)
-            await conn.execute(
-                "INSERT INTO event_outbox (event_id, user_id, type, event_at, payload) "
-                "VALUES ($1, $2, 'executions_not_traded', now(), jsonb_build_object("
-                "'type', 'executions_not_traded', 'user_id', $2::uuid, 'signal_id', 7, "
-                "'signal_key', 's-7', 'token_address', 'TokA', 'token_symbol', NULL, "
-                "'executions', $3::jsonb, 'event_at', now()))",
-                large,
-                user,
-                json.dumps(executions),
-            )
-            await conn.execute(INSERT, [after], user, 0)
-            relay = Relay(settings, producer, metrics, topic_limit=40_000)
-            assert await relay.publish_once(conn) == 3
-            assert await conn.fetchval("SELECT count(*) FROM event_outbox") == 0
-    finally:
-        await producer.stop()
-    records = await read_all(services.kafka_bootstrap, events_topic)
+    records, relay = await relay_through_small_topic(services, db_url, topics, fill, metrics)
     ids = [dict(r.headers)["event-id"].decode() for r in records]
     assert ids == [str(before), str(large), str(after)]
     cut = json.loads(records[1].value)
@@ -244,7 +264,6 @@ async def test_an_event_larger_than_the_topic_accepts_goes_cut_down_and_nothing_
     assert event.truncated is not None and event.truncated.fields == ["executions"]
     assert json.loads(records[2].value)["event_id"] == str(after)
     assert metrics.events_cut_down._value.get() == 1
-    await delete_topics(services.kafka_bootstrap, [events_topic])
 
 
 async def test_a_payload_that_is_not_an_object_goes_out_as_valid_json_and_holds_nothing_up(
@@ -253,38 +272,22 @@ async def test_a_payload_that_is_not_an_object_goes_out_as_valid_json_and_holds_
     # No writer of the worker's makes one; a hand-written row might. Sent spliced it was
     # invalid JSON ('[]', 'null'); '"event_id"' failed the relay's query at every try, and a
     # large array failed the cut-down's: every event behind them waited for good.
-    settings = make_settings(services, db_url, topics)
-    events_topic = settings.events_topic_name
-    admin = AIOKafkaAdminClient(bootstrap_servers=services.kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics(
-            [NewTopic(events_topic, 1, 1, topic_configs={"max.message.bytes": "40000"})]
-        )
-    finally:
-        await admin.close()
     user = uuid.uuid4()
     odd = ["[]", "null", '"event_id"', "7", json.dumps(list(range(20_000)))]
     ids = [uuid.uuid4() for _ in range(len(odd) + 1)]
-    producer = make_producer(settings.kafka, max_batch_bytes=event_batch_bytes(40_000))
-    await producer.start()
-    try:
-        async with connected(db_url) as conn:
-            for event_id, payload in zip(ids, odd, strict=False):
-                await conn.execute(
-                    "INSERT INTO event_outbox (event_id, user_id, type, event_at, payload) "
-                    "VALUES ($1, $2, 'odd', now(), $3::jsonb)",
-                    event_id,
-                    user,
-                    payload,
-                )
-            await conn.execute(INSERT, ids[-1:], user, 0)  # an ordinary event behind them
-            relay = Relay(settings, producer, Metrics(), topic_limit=40_000)
-            assert await relay.publish_once(conn) == len(ids)
-            assert await conn.fetchval("SELECT count(*) FROM event_outbox") == 0
-    finally:
-        await producer.stop()
-    records = await read_all(services.kafka_bootstrap, events_topic)
+
+    async def fill(conn: asyncpg.Connection) -> None:
+        for event_id, payload in zip(ids, odd, strict=False):
+            await conn.execute(
+                "INSERT INTO event_outbox (event_id, user_id, type, event_at, payload) "
+                "VALUES ($1, $2, 'odd', now(), $3::jsonb)",
+                event_id,
+                user,
+                payload,
+            )
+        await conn.execute(INSERT, ids[-1:], user, 0)  # an ordinary event behind them
+
+    records, _ = await relay_through_small_topic(services, db_url, topics, fill, Metrics())
     assert [dict(r.headers)["event-id"].decode() for r in records] == [str(i) for i in ids]
     bodies = [json.loads(r.value) for r in records]  # every one valid JSON
     for event_id, payload, body in zip(ids, odd[:-1], bodies, strict=False):
@@ -302,14 +305,8 @@ async def test_an_events_topic_too_small_for_any_event_stops_the_worker_in_one_l
 ) -> None:
     settings = make_settings(services, db_url, topics)
     events_topic = settings.events_topic_name
-    admin = AIOKafkaAdminClient(bootstrap_servers=services.kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics(
-            [NewTopic(events_topic, 1, 1, topic_configs={"max.message.bytes": "10000"})]
-        )
-    finally:
-        await admin.close()
+    limit = {"max.message.bytes": "10000"}
+    await create_topics(services.kafka_bootstrap, [events_topic], 1, limit)
     try:
         with pytest.raises(WorkerError) as refused:
             await ensure_topics(settings.kafka, timeout_s=10, events_topic=events_topic)
