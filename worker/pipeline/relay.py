@@ -97,17 +97,19 @@ BACKOFF_S = (0.5, 1, 2, 5)
 # their rows are read: a plan that sorted the whole backlog (what PostgreSQL chose for the
 # first queries of a new connection, before the prepared statement's generic plan) turned
 # every row of it into text to keep 2,000 (0.6 s a query over a backlog of 100,000).
+# A stored payload that is not an object (no writer of the worker's makes one; a hand-written
+# row might), as one: wrapped as `payload`, beside the row's type.
+_WRAPPED = "jsonb_build_object('type', o.type, 'payload', o.payload)"
 UNPUBLISHED = """
 SELECT o.id, o.event_id::text AS event_id, o.user_id::text AS user_id, o.type,
-       (CASE WHEN jsonb_typeof(o.payload) <> 'object'
-             THEN jsonb_build_object('type', o.type, 'payload', o.payload)
+       (CASE WHEN jsonb_typeof(o.payload) <> 'object' THEN {wrapped}
              WHEN o.payload ? 'event_id' THEN o.payload - 'event_id'
              ELSE o.payload END)::text AS payload,
        floor(extract(epoch FROM o.created_at) * 1000)::int8 AS created_ms
   FROM (SELECT id FROM event_outbox WHERE published_at IS NULL ORDER BY id LIMIT $1) b
   JOIN event_outbox o ON o.id = b.id
  ORDER BY o.id
-"""
+""".replace("{wrapped}", _WRAPPED)
 # An event larger than the topic accepts, cut down: without its list and object fields (the
 # only ones of unbounded size: the agents of a signal that did not trade, what a command
 # changed), which `truncated` names with their sizes; in PostgreSQL, so the amounts keep
@@ -127,8 +129,7 @@ SELECT o.id,
                'max_event_bytes', $2::int)))::text AS payload
   FROM event_outbox o
  CROSS JOIN LATERAL (SELECT CASE WHEN jsonb_typeof(o.payload) = 'object' THEN o.payload
-                                 ELSE jsonb_build_object('type', o.type, 'payload', o.payload)
-                            END AS payload) p
+                                 ELSE {wrapped} END AS payload) p
  CROSS JOIN LATERAL (
         SELECT jsonb_agg(e.key ORDER BY e.key) AS fields,
                jsonb_object_agg(e.key, CASE jsonb_typeof(e.value)
@@ -138,7 +139,7 @@ SELECT o.id,
          WHERE jsonb_typeof(e.value) IN ('array', 'object')
            AND e.key NOT IN ('event_id', 'truncated')) left_out
  WHERE o.id = ANY($1::bigint[])
-"""
+""".replace("{wrapped}", _WRAPPED)
 MARK = "UPDATE event_outbox SET published_at = now() WHERE id = ANY($1::bigint[])"
 # With no retention (EVENTS_RETENTION_HOURS=0, the default) a published event is deleted at
 # once: a delete writes no new row version and no index entry, a mark (an update of an
