@@ -282,14 +282,21 @@ async def test_a_position_without_rules_keeps_its_agents_last_valid_config() -> 
     assert problem.error is not None
 
 
-async def test_the_last_valid_config_is_the_latest_valid_one_before_the_broken_one() -> None:
-    store = _store()
-    # Versions: a -10% stop, then a -50% stop, then two broken edits.
+def _stop_edited_to_minus_50(store: RecordingStore) -> tuple[OpenPosition, datetime]:
+    """A position without stored rules whose agent's -10% stop was edited to -50% a minute
+    after the buy; the position and the edit's time."""
     p = _position(store, {"stopLoss": {"defaultPercentage": -10}}, stop=Decimal(-50))
     at = BOUGHT + timedelta(minutes=1)
     store.edit_agent(
         p.agent_id, at, config_text=json.dumps({"stopLoss": {"defaultPercentage": -50}})
     )
+    return p, at
+
+
+async def test_the_last_valid_config_is_the_latest_valid_one_before_the_broken_one() -> None:
+    store = _store()
+    # Versions: a -10% stop, then a -50% stop, then two broken edits.
+    p, at = _stop_edited_to_minus_50(store)
     for broken in ({"stopLoss": {"mode": "sideways"}}, {"dca": {"maxDCACount": 0}}):
         store.edit_agent(p.agent_id, at, config_text=json.dumps(broken))
     # -40%: above the last valid -50% stop: nothing (the older -10% would have sold).
@@ -302,11 +309,7 @@ async def test_the_last_valid_version_is_looked_for_once_per_broken_version() ->
     # A hostile history (50 broken versions before the one in force) is read once, not at
     # every chunk: afterwards only the valid version's text is needed.
     store = _store()
-    p = _position(store, {"stopLoss": {"defaultPercentage": -10}}, stop=Decimal(-50))
-    at = BOUGHT + timedelta(minutes=1)
-    store.edit_agent(
-        p.agent_id, at, config_text=json.dumps({"stopLoss": {"defaultPercentage": -50}})
-    )
+    p, at = _stop_edited_to_minus_50(store)
     for n in range(50):
         store.edit_agent(
             p.agent_id, at, config_text=json.dumps({"stopLoss": {"mode": f"sideways{n}"}})
