@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from decimal import Decimal
+from operator import itemgetter
 
 import asyncpg
 import orjson
@@ -22,6 +23,7 @@ from tests.builders import (
     count,
     make_signal,
 )
+from worker.db.bulk import Bulk, Column
 from worker.db.store import PgStore
 from worker.domain.models import ExecutionStatus, Signal, Subscriber
 from worker.domain.records import ExecutionRow
@@ -250,3 +252,32 @@ async def test_insert_executions_with_a_pair_twice_in_one_batch(
     assert await PgStore(db_conn).insert_executions([row, row]) == 1
     assert await PgStore(db_conn).insert_executions([]) == 0
     assert await existing_executions(db_conn, signal_id) == {graph.agent_id}
+
+
+# --------------------------------------------------------------------- worker.db.bulk
+
+
+async def test_bulk_numbers_travel_as_text_and_arrive_exact(db_conn: asyncpg.Connection) -> None:
+    """`numeric` columns are sent as `str(Decimal)` (cheaper than asyncpg's binary encoding):
+    every digit, the exponent form, the sign, the scale and NULL arrive as sent."""
+    values = [
+        Decimal("1E-8"),
+        Decimal("0.000000001"),
+        Decimal("-12.5"),
+        Decimal("123456789012345678901234567890.123456789012345678901"),
+        Decimal("7.10"),
+        Decimal("1E+3"),
+        None,
+    ]
+    numbers: Bulk[tuple[int, Decimal | None]] = Bulk(
+        "t", [Column("i", "int", itemgetter(0)), Column("v", "numeric", itemgetter(1))]
+    )
+    rows = await db_conn.fetch(
+        numbers.sql("SELECT t.i, t.v, t.v::text AS text FROM {rows} ORDER BY t.i"),
+        *numbers.args(list(enumerate(values))),
+    )
+    assert [r["v"] for r in rows] == values
+    assert [r["text"] for r in rows] == [
+        "0.00000001", "0.000000001", "-12.5",
+        "123456789012345678901234567890.123456789012345678901", "7.10", "1000", None,
+    ]  # fmt: skip

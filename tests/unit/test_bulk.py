@@ -38,18 +38,20 @@ ROWS: Bulk[_Row] = Bulk(
 
 def test_the_sql_and_the_arguments_follow_the_declaration() -> None:
     assert ROWS.rows() == (
-        "unnest($1::int[], $2::numeric[], $3::numeric[], $4::numeric[]) "
+        "unnest($1::int[], $2::text::numeric[], $3::text::numeric[], $4::text::numeric[]) "
         "AS t(id, price, amount, double)"
     )
     assert ROWS.sql("SELECT {group}, t.id, {now} FROM {rows}") == (
         f"SELECT $6, t.id, $5 FROM {ROWS.rows()}"
     )
     rows = [_Row(1, Decimal("0.5"), _Inner(Decimal(7))), _Row(2, Decimal(3), _Inner(Decimal(8)))]
+    # Numbers travel as one array literal of their exact text (cheaper than asyncpg's
+    # binary numeric).
     assert ROWS.args(rows, now="NOW", group="G") == [
         [1, 2],
-        [Decimal("0.5"), Decimal(3)],
-        [Decimal(7), Decimal(8)],
-        [Decimal(1), Decimal(6)],
+        "{0.5,3}",
+        "{7,8}",
+        "{1.0,6}",
         "NOW",
         "G",
     ]
