@@ -36,7 +36,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import IllegalStateError
 from aiokafka.structs import TopicPartition
 
-from worker.db.bounds import Bound, publish_bounds, read_bounds, store_promises
+from worker.db.bounds import Bound, read_bounds
 from worker.db.events import DeadLetterEvent, insert_dead_letter_events
 from worker.db.pool import connection
 from worker.errors import InvalidMessage
@@ -75,6 +75,7 @@ from worker.pipeline.failures import (
     disposition,
     until_stopped,
 )
+from worker.pipeline.order_writes import OrderWrites, Published
 from worker.pipeline.ordering import names, read_to_end
 from worker.pipeline.rebalance import OffsetKeeper
 from worker.pipeline.telemetry import Outcome, Reporter, Troubles, coordinates
@@ -149,6 +150,8 @@ class Pipeline:
         self._waiting_reported = 0.0
         self.troubles = Troubles(metrics)
         self._retried = Retrier(settings, self._interrupt, self.troubles)
+        # The order's promises and bounds, written beside the work they allow.
+        self._order_writes = OrderWrites(pool, self._kafka.consumer_group, self._retried)
         self._fanouts = Fanouts()
         self._report = Reporter(metrics, log_level=settings.log_level, fanouts=self._fanouts)
         # Dead letters sent while decoding, by record, until the transaction that moves the
@@ -185,6 +188,7 @@ class Pipeline:
             await self._loop(stop)
         finally:
             watcher.cancel()
+            await self._order_writes.settle()
         await self.offsets.commit_kafka()
 
     async def _interrupt_on(self, stop: asyncio.Event) -> None:
@@ -215,6 +219,7 @@ class Pipeline:
                 # A rebalance came while the batch waited for the server: nothing of its
                 # unfinished lanes was stored; read them again from where they stand.
                 log.warning("batch_abandoned_for_rebalance", reason=str(exc))
+                await self._order_writes.settle()
                 self.offsets.rewind()
                 continue
             finally:
@@ -347,19 +352,20 @@ class Pipeline:
         if not (promises or publish or others):
             return {}
 
+        def published() -> None:
+            self._published, self._published_at = mine, time.monotonic()
+
+        # Stored before anything released now commits, not before it starts (`order_writes`).
+        self._order_writes.write(promises, Published(mine, blocked, published) if publish else None)
+        if not others:
+            return {}
+
         async def exchange() -> tuple[dict[tuple[str, int], Bound], set[tuple[str, int]]]:
             async with connection(self._pool) as conn:
-                if promises:
-                    await store_promises(conn, kafka.consumer_group, promises)
-                if publish:
-                    await publish_bounds(conn, kafka.consumer_group, mine, blocked)
-                    self._published, self._published_at = mine, time.monotonic()
-                if not others:
-                    return {}, set()
                 return await read_bounds(conn, kafka.consumer_group)
 
         bounds, excluded = await self._retried(
-            "order", lambda: "the order's promises and the other workers' places", exchange
+            "order-read", lambda: "the other workers' places in the order", exchange
         )
         return {
             tp: bounds.get((tp.topic, tp.partition))
@@ -542,6 +548,8 @@ class Pipeline:
         if dead:
             # Acknowledged by the broker before the offset moves past them (the commit).
             await self._dead_letters.send(dead)
+        # The promises this work was released on are stored before it commits.
+        await self._order_writes.durable()
 
     async def _apply(
         self, conn: asyncpg.Connection, items: list[Item], *, isolated: bool

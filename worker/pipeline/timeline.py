@@ -41,9 +41,10 @@ brings from its next offset on is decided before that moment less `LATENESS_MS`;
 that comes after all stamped before the promise is late: it is decided at the promised time
 (or right after what was decided, whichever is later), counted in
 `signal_worker_late_records_total`, and its stored decision time says so, so a replay places
-it exactly there. Promises are stored (`order_bounds`) before anything is released on their
-strength and restored with the partition, so a restart or a new owner decides a late record
-as the uninterrupted worker would have. Never dropped.
+it exactly there. Promises are stored (`order_bounds`) before anything applied on their
+strength commits (written beside that work, `worker.pipeline.order_writes`) and restored with
+the partition, so a restart or a new owner decides a late record as the uninterrupted worker
+would have. Never dropped.
 
 Pure: no I/O, no clock of its own (the caller passes the time of its observation).
 """
