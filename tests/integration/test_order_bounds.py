@@ -111,10 +111,48 @@ async def test_a_promise_whose_write_failed_goes_with_the_next_write(
     assert writes.pending == 1
     assert await read_promises(db_conn, "g", ["prices"]) == {("prices", 0): (AT, 1)}
     interrupt.clear()
-    writes.write({}, None)
+    # The next transaction's `durable` starts the write again (no new promise needed).
     await writes.durable()
     assert await read_promises(db_conn, "g", ["prices"]) == {("prices", 0): (later, 7)}
     assert writes.pending == 0
+
+
+async def test_writes_handed_over_while_one_waits_go_as_one(
+    pool: asyncpg.Pool, db_conn: asyncpg.Connection
+) -> None:
+    """A slow server never piles writes up: one runs, one waits and takes all the rest."""
+    await store_promises(db_conn, "g", {("prices", 0): (AT, 1)})
+    writes = _writes(pool, asyncio.Event())
+    before = len(asyncio.all_tasks())
+    async with db_conn.transaction():
+        await db_conn.execute("SELECT 1 FROM order_bounds FOR UPDATE")
+        for i in range(1, 51):
+            writes.write({("prices", 0): (AT + timedelta(seconds=i), i)}, None)
+            await asyncio.sleep(0)
+        assert len(asyncio.all_tasks()) - before <= 2
+    await writes.durable()
+    assert await read_promises(db_conn, "g", ["prices"]) == {
+        ("prices", 0): (AT + timedelta(seconds=50), 50)
+    }
+
+
+async def test_a_revocation_forgets_what_was_not_stored(
+    pool: asyncpg.Pool, db_conn: asyncpg.Connection
+) -> None:
+    """After a revocation nothing of this worker's unstored places is written later (the
+    partitions may belong to another worker by then)."""
+    await store_promises(db_conn, "g", {("prices", 0): (AT, 1)})
+    interrupt = asyncio.Event()
+    interrupt.set()
+    writes = _writes(pool, interrupt)
+    async with db_conn.transaction():
+        await db_conn.execute("SELECT 1 FROM order_bounds FOR UPDATE")
+        writes.write({("prices", 0): (AT + timedelta(seconds=1), 7)}, None)
+        await writes.forget()
+    interrupt.clear()
+    assert writes.pending == 0
+    await writes.durable()
+    assert await read_promises(db_conn, "g", ["prices"]) == {("prices", 0): (AT, 1)}
 
 
 async def test_bounds_are_published_in_the_background_and_said_once_written(

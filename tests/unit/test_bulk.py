@@ -101,3 +101,13 @@ def test_the_trail_read_lists_the_trail_row_fields_in_order() -> None:
     select = positions.SELECT_TRAIL_ROWS.split("FROM", 1)[0].replace("SELECT", "", 1)
     columns = [re.split(r"\s+AS\s+|\.", c.strip())[-1] for c in select.split(",")]
     assert columns == [f.name for f in dataclasses.fields(TrailRow)]
+
+
+@pytest.mark.parametrize("value", [1.5, True, Decimal("NaN"), Decimal("Infinity"), "1"])
+def test_a_numeric_column_takes_only_finite_decimals_and_ints(value: object) -> None:
+    """A float would be stored approximately, a bool as a word, NaN where no price is: a
+    bug upstream, said at once."""
+    column: Column[object] = Column("v", "numeric", lambda r: r)
+    assert column.values([Decimal("2.50"), 3, None]) == "{2.50,3,NULL}"
+    with pytest.raises(TypeError, match="finite Decimal"):
+        column.values([value])

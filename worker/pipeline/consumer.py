@@ -135,6 +135,8 @@ class Pipeline:
             metrics,
             lateness=timedelta(milliseconds=settings.lateness_ms),
             on_revoking=self._interrupt.set,
+            # No write of the order lands after the partitions went to another owner.
+            on_revoke=lambda: self._order_writes.forget(),
         )
         # Partitions not fetched because their records wait in numbers (`_pause_full`).
         self._paused: set[TopicPartition] = set()
@@ -521,6 +523,8 @@ class Pipeline:
                 async with conn.transaction():
                     outcomes, dead = await self._apply(conn, chunk.items, isolated=False)
                     await self._finish(conn, chunk, dead)
+            except StopRequested:
+                raise  # the batch is abandoned, not any record's fault
             except Exception as exc:  # the failure policy decides
                 if disposition(exc, Scope.BATCH).action is not Action.ISOLATE:
                     raise

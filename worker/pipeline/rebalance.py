@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -71,6 +71,7 @@ class OffsetKeeper(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka
         *,
         lateness: timedelta = timedelta(0),
         on_revoking: Callable[[], None] | None = None,
+        on_revoke: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.consumer = consumer
         self._pool = pool
@@ -93,6 +94,8 @@ class OffsetKeeper(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka
         # so that a batch waiting to retry gives up instead of holding the rebalance.
         self.revoking = False
         self._on_revoking = on_revoking
+        # Awaited under the lock before anything is revoked (the order's writes in flight).
+        self._on_revoke = on_revoke
         # Owned partitions that are not consumed, and why (`worker.pipeline.offset_checks`).
         self.blocked: dict[TopicPartition, Verdict] = {}
         # The id of each topic as the brokers gave it at the last assignment (None: unknown);
@@ -210,6 +213,8 @@ class OffsetKeeper(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka
             self.generation += 1
             if revoked:  # aiokafka also calls this before the first assignment, with nothing
                 log.info("partitions_revoked", partitions=names(revoked))
+            if self._on_revoke is not None:
+                await self._on_revoke()
             await self.commit_kafka(only=revoked)
             for tp in revoked:
                 self.timeline.close(tp)
