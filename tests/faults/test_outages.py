@@ -268,7 +268,12 @@ async def test_sigterm_while_a_batch_retries_in_a_database_outage_exits_0_in_tim
         await send_all(own.services.kafka_bootstrap, own_topics.signals, during)
 
         def retrying() -> bool:
-            return any('"retrying_after_transient_error"' in line for line in worker.lines)
+            # A batch of the signals (its partition and offsets waiting), not the order's
+            # own writes, which retry beside the batches (`worker.pipeline.order_writes`).
+            return any(
+                '"retrying_after_transient_error"' in line and ".signals:" in line
+                for line in worker.lines
+            )
 
         async def is_retrying() -> bool:
             return retrying()
