@@ -217,18 +217,21 @@ async def test_days_without_a_partition_go_to_the_default_one_and_outlive_the_up
     env = worker_env(services, db_url, topics)
     await price_history_upkeep(db_conn, 30)
     path = tmp_path / "ticks.csv"
-    days = [TODAY - timedelta(days=20), TODAY - timedelta(days=3), TODAY]
+    # Today's tick a second after midnight: an hour after it is in the future (refused)
+    # when the test runs in the first hour of a UTC day.
+    stamps = [TODAY - timedelta(days=20) + HOUR, TODAY - timedelta(days=3) + HOUR,
+              TODAY + timedelta(seconds=1)]  # fmt: skip
     path.write_text("token_address,price_usd,ts\n"
-                    + "".join(f"{TOKEN_A},1,{_stamp(d + HOUR)}\n" for d in days))  # fmt: skip
+                    + "".join(f"{TOKEN_A},1,{_stamp(at)}\n" for at in stamps))  # fmt: skip
     done = await run_cli(env, "prices", "import", str(path))
     assert done.code == 0, done
     await price_history_upkeep(db_conn, 30)
     rows = await db_conn.fetch("SELECT price_ts, tableoid::regclass::text AS part "
                                "FROM token_price_history ORDER BY price_ts")  # fmt: skip
     assert [(r["price_ts"], r["part"]) for r in rows] == [
-        (days[0] + HOUR, "token_price_history_default"),
-        (days[1] + HOUR, "token_price_history_default"),
-        (days[2] + HOUR, partition_name(TODAY.date())),
+        (stamps[0], "token_price_history_default"),
+        (stamps[1], "token_price_history_default"),
+        (stamps[2], partition_name(TODAY.date())),
     ]
 
 
