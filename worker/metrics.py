@@ -117,6 +117,19 @@ class Metrics:
             ["topic"],
             registry=r,
         )
+        self.order_markers = Counter(
+            "signal_worker_order_markers",
+            "Order markers written (`worker.pipeline.markers`): each lets the records waiting "
+            "for an idle partition go at once, by topic",
+            ["topic"],
+            registry=r,
+        )
+        self.order_marker_failures = Counter(
+            "signal_worker_order_marker_failures",
+            "Order markers that could not be written (the records waiting go after "
+            "LATENESS_MS instead)",
+            registry=r,
+        )
         self.order_buffered = Gauge(
             "signal_worker_order_buffered_records",
             "Records read and waiting for their turn in event-time order",

@@ -153,6 +153,14 @@ class Settings(BaseSettings):
     # worker's). The cost: a signal waits this long for a price partition that has nothing
     # newer to read (at rest); with prices flowing, until each has a tick after it.
     lateness_ms: int = Field(default=250, ge=0, le=3_600_000)
+    # Order markers (`worker.pipeline.markers`): when users' records wait for a partition
+    # that has nothing newer to read, the worker writes a marker into it instead of waiting
+    # `LATENESS_MS` (a few ms instead of 250 at rest). The ledger is then a function of the
+    # topics as they are, markers included: a tick written after a marker is decided after
+    # it, even if stamped before it and within `LATENESS_MS`. Needs write access to the
+    # prices and commands topics. Off: the clock alone lets them go (markers other workers
+    # wrote are honoured either way).
+    order_markers: bool = False
     # Days of price ticks kept in token_price_history (for `report` and `replay`).
     price_history_days: int = Field(default=30, ge=1, le=3650)
     http_max_connections: int = Field(default=64, ge=1, le=10_000)

@@ -75,11 +75,12 @@ from worker.pipeline.failures import (
     disposition,
     until_stopped,
 )
+from worker.pipeline.markers import Markers, is_marker, marker_time
 from worker.pipeline.order_writes import OrderWrites, Published
 from worker.pipeline.ordering import names, read_to_end
 from worker.pipeline.rebalance import OffsetKeeper
 from worker.pipeline.telemetry import Outcome, Reporter, Troubles, coordinates
-from worker.pipeline.timeline import Entry, Promise, runs
+from worker.pipeline.timeline import RANK_MARKER, Entry, Promise, runs
 from worker.ports import PipelineStore
 from worker.retry import describe
 from worker.settings import Settings
@@ -118,6 +119,7 @@ class Pipeline:
         metrics: Metrics,
         *,
         stores: Callable[[asyncpg.Connection], PipelineStore],
+        markers: Markers | None = None,
     ) -> None:
         self._settings = settings
         self._kafka = settings.kafka
@@ -126,6 +128,9 @@ class Pipeline:
         self._dead_letters = dead_letters
         self._metrics = metrics
         self._stores = stores  # the store of one transaction's connection
+        # Writes order markers into idle partitions that hold users' records back (None:
+        # `ORDER_MARKERS` off; the clock alone lets them go).
+        self._markers = markers
         # Set by a stop signal or a rebalance: a batch waiting to retry gives up at once.
         self._interrupt = asyncio.Event()
         self.offsets = OffsetKeeper(
@@ -191,6 +196,8 @@ class Pipeline:
         finally:
             watcher.cancel()
             await self._order_writes.settle()
+            if self._markers is not None:
+                await self._markers.close()
         await self.offsets.commit_kafka()
 
     async def _interrupt_on(self, stop: asyncio.Event) -> None:
@@ -234,30 +241,13 @@ class Pipeline:
         timeline = self.offsets.timeline
         dead: list[DeadLetter] = []
         now = datetime.now(UTC)
-        ahead = timedelta(seconds=self._settings.price_max_future_s)
         taken = time.monotonic()
         await self.offsets.recheck_if_below(fetched)
         for tp, records in fetched.items():
             if self.offsets.is_blocked(tp) or not timeline.is_open(tp):
                 continue  # not ours now, or not consumed: nothing is stored
             self._metrics.records_consumed.labels(tp.topic).inc(len(records))
-            records = self.offsets.unstored(tp, records)
-            kind = self._kinds.get(tp.topic, TICKS)
-            items, bad = decode(records, kind=kind, now=now, max_ahead=ahead)
-            dead.extend(bad)
-            for record, decoded in zip(records, items, strict=True):
-                item = None if decoded is None else replace(decoded, taken=taken)
-                where = placing(item, record, tp, kind=kind, latest=now + ahead)
-                size = record.serialized_value_size + max(record.serialized_key_size, 0)
-                entry = timeline.place(tp, record.offset, *where, (record, item), size)
-                if entry.late:
-                    self._metrics.late_records.labels(tp.topic).inc()
-                    log.warning(
-                        "record_late",
-                        **coordinates(record),
-                        event_time=entry.event_time.isoformat(),
-                        decided_at=entry.at.isoformat(),
-                    )
+            self._place(tp, self.offsets.unstored(tp, records), now=now, taken=taken, dead=dead)
         for letter in dead:
             self._dead_events[_coordinates_of(letter.record)] = letter
         if dead:
@@ -267,7 +257,8 @@ class Pipeline:
                 lambda: f"dead letters of {len(dead)} record(s)",
                 lambda: self._dead_letters.send(dead),
             )
-        moved = timeline.promise(await self._read_to_end(timeline.sources()))
+        caught_up = await self._read_to_end(timeline.sources())
+        moved = timeline.promise(caught_up)
         elsewhere = await self._share(moved)
         prices = {tp: b for tp, b in elsewhere.items() if tp.topic == self._kafka.prices_topic}
         groups: dict[int | None, list[Bound]] = {}
@@ -281,12 +272,81 @@ class Pipeline:
         buffered = len(timeline)
         self._metrics.order_buffered.set(buffered)
         if buffered and not released:
+            self._want_markers(caught_up)
             self._waiting_since = self._waiting_since or time.monotonic()
             self._report_waiting(elsewhere)
         else:
             self._waiting_since = None
             self._waiting_on = []
         return released
+
+    def _place(
+        self,
+        tp: TopicPartition,
+        records: list[KafkaRecord],
+        *,
+        now: datetime,
+        taken: float,
+        dead: list[DeadLetter],
+    ) -> None:
+        """Decode a fetch's records of `tp` into the order; their dead letters to `dead`."""
+        timeline = self.offsets.timeline
+        ahead = timedelta(seconds=self._settings.price_max_future_s)
+        kind = self._kinds.get(tp.topic, TICKS)
+        marks = [is_marker(record) for record in records]
+        items, bad = _decode_around_markers(records, marks, kind=kind, now=now, ahead=ahead)
+        dead.extend(bad)
+        for record, decoded, mark in zip(records, items, marks, strict=True):
+            size = record.serialized_value_size + max(record.serialized_key_size, 0)
+            if mark:
+                letter = self._place_marker(tp, record, now=now, ahead=ahead, size=size)
+                if letter is None:
+                    continue
+                dead.append(letter)  # not a marker it can honour: placed as a dead letter
+            item = None if decoded is None else replace(decoded, taken=taken)
+            where = placing(item, record, tp, kind=kind, latest=now + ahead)
+            entry = timeline.place(tp, record.offset, *where, (record, item), size)
+            if entry.late:
+                self._metrics.late_records.labels(tp.topic).inc()
+                log.warning(
+                    "record_late",
+                    **coordinates(record),
+                    event_time=entry.event_time.isoformat(),
+                    decided_at=entry.at.isoformat(),
+                )
+
+    def _place_marker(
+        self,
+        tp: TopicPartition,
+        record: KafkaRecord,
+        *,
+        now: datetime,
+        ahead: timedelta,
+        size: int,
+    ) -> DeadLetter | None:
+        """Place an order marker (`worker.pipeline.markers`) at its time; the dead letter of
+        one that is not well formed or lies too far ahead (None when placed)."""
+        try:
+            at = marker_time(record, received_at=record_time(record), now=now, ahead=ahead)
+        except Exception as exc:  # the failure policy decides
+            verdict = disposition(exc, Scope.RECORD)
+            if verdict.action is not Action.DEAD_LETTER:
+                raise
+            return DeadLetter(record, verdict.reason or str(exc), verdict.kind or "invalid")
+        self.offsets.timeline.place(
+            tp, record.offset, at, RANK_MARKER, (tp.topic, tp.partition), (record, None), size
+        )
+        return None
+
+    def _want_markers(self, caught_up: Mapping[TopicPartition, datetime]) -> None:
+        """Nothing could go this turn: ask for markers in the idle price and commands
+        partitions that hold users' records back (the signals topic is left to its
+        producers)."""
+        if self._markers is None:
+            return
+        wanted = self.offsets.timeline.wanted_markers(caught_up.keys(), datetime.now(UTC))
+        writable = (self._kafka.prices_topic, self._kafka.commands_topic)
+        self._markers.want({tp: at for tp, at in wanted.items() if tp.topic in writable})
 
     def _poll_ms(self) -> int:
         """How long the next fetch may wait for records: less when other workers share the
@@ -645,6 +705,24 @@ class Pipeline:
             trading=self._settings.trading,
         )
         return list(zip(items, results, strict=True))
+
+
+def _decode_around_markers(
+    records: list[KafkaRecord],
+    marks: list[bool],
+    *,
+    kind: str,
+    now: datetime,
+    ahead: timedelta,
+) -> tuple[list[Item | None], list[DeadLetter]]:
+    """`decode` of the records that are not order markers (`marks[i]`: `records[i]` is
+    one), with None in the markers' places."""
+    if not any(marks):
+        return decode(records, kind=kind, now=now, max_ahead=ahead)
+    plain = [record for record, mark in zip(records, marks, strict=True) if not mark]
+    decoded, bad = decode(plain, kind=kind, now=now, max_ahead=ahead)
+    rest = iter(decoded)
+    return [None if mark else next(rest) for mark in marks], bad
 
 
 def _coordinates_of(record: KafkaRecord) -> str:

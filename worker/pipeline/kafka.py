@@ -276,16 +276,18 @@ def make_producer(
     *,
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+    linger_ms: int = 5,
 ) -> AIOKafkaProducer:
     """The producer of dead letters and published messages: acks from all in-sync replicas;
-    record batches up to `max_batch_bytes` (no more than the topic accepts in one)."""
+    record batches up to `max_batch_bytes` (no more than the topic accepts in one), sent
+    after waiting `linger_ms` for more."""
     return AIOKafkaProducer(
         **client_options(kafka),
         acks="all",
         enable_idempotence=True,
         max_request_size=max(max_request_bytes, max_batch_bytes, DEFAULT_MAX_REQUEST_BYTES),
         max_batch_size=max_batch_bytes,
-        linger_ms=5,
+        linger_ms=linger_ms,
     )
 
 

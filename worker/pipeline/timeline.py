@@ -46,6 +46,15 @@ strength commits (written beside that work, `worker.pipeline.order_writes`) and 
 the partition, so a restart or a new owner decides a late record as the uninterrupted worker
 would have. Never dropped.
 
+**Markers** (`worker.pipeline.markers`): a partition's time also moves on by a record of its
+own that carries a time and does nothing else, written by a worker when users' records
+wait for that partition while it has nothing newer to read. It is placed at its time with
+rank `RANK_MARKER` (after everything of that time; ordered as a user's record, so it waits
+only for the partitions that carry prices and its own users' partitions), so what its
+partition brings after it is decided after it: the log, not a clock, says what came after.
+`wanted_markers` says which partitions hold the users' records back and the time each
+marker must carry.
+
 Pure: no I/O, no clock of its own (the caller passes the time of its observation).
 """
 
@@ -53,7 +62,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Hashable, Iterable, Iterator, Mapping
+from collections.abc import Collection, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
@@ -62,6 +71,7 @@ from worker.domain.order import RANK_COMMAND, RANK_SIGNAL, RANK_SOL_TICK, RANK_T
 
 __all__ = [
     "RANK_COMMAND",
+    "RANK_MARKER",
     "RANK_SIGNAL",
     "RANK_SOL_TICK",
     "RANK_TICK",
@@ -72,6 +82,9 @@ __all__ = [
     "runs",
 ]
 STEP = timedelta(microseconds=1)  # the least step of a decision time (PostgreSQL's)
+# An order marker's rank: after every record of its time, and a user's rank (it waits only
+# for the price partitions and its own users' partitions; it touches nothing).
+RANK_MARKER = RANK_COMMAND + 1
 
 P = TypeVar("P", bound=Hashable)  # a partition's identity
 
@@ -107,6 +120,7 @@ class _Input(Generic[P]):
     promise: Promise | None = None
     group: int | None = None  # the users' partition number (co-partitioned topics)
     size: int = 0  # bytes of the records waiting in `buffer`
+    markers: int = 0  # how many of the records waiting in `buffer` are markers
     # (key, arrival, entry, bytes), a heap
     buffer: list[tuple[tuple[Any, ...], int, Entry[P], int]] = field(default_factory=list)
 
@@ -262,6 +276,9 @@ class Timeline(Generic[P]):
             # Something after it was decided already: it is decided right after that.
             at = after[0] + STEP
             late = True
+        if rank == RANK_MARKER:
+            late = False  # a marker decides nothing: it only moves its partition's time on
+            state.markers += 1
         entry = Entry(source, offset, at, rank, (*tie, offset), payload, event_time or at, late)
         state.last_at = at
         state.next_offset = offset + 1
@@ -320,6 +337,8 @@ class Timeline(Generic[P]):
             buffer = state.buffer
             popped = heapq.heappop(buffer)
             state.size -= popped[3]
+            if popped[2].rank == RANK_MARKER:
+                state.markers -= 1
             out.append(popped[2])
             if buffer:
                 heapq.heapreplace(heads, (buffer[0][0], buffer[0][1], source))
@@ -342,6 +361,40 @@ class Timeline(Generic[P]):
                 previous = self._released_group.get(group)
                 if previous is None or entry.key > previous:
                     self._released_group[group] = entry.key
+
+    def wanted_markers(self, read_to_end: Collection[P], now: datetime) -> dict[P, datetime]:
+        """The markers that would let the users' records waiting go: for each partition read
+        to its end (`read_to_end`) that holds them back, the time its marker must carry.
+
+        A partition that carries prices holds back every user's record: its marker carries
+        the latest waiting user record's decision time; a users' partition holds back only
+        its own number's: its marker carries the latest of that number (a marker later than
+        its users' records would wait for them). Never a time after `now` (a record stamped
+        ahead of the worker's clock waits for the clock)."""
+        latest: dict[int | None, datetime] = {}
+        for state in self._inputs.values():
+            if state.lowest_rank >= RANK_USER and len(state.buffer) > state.markers:
+                at = state.last_at
+                if at is not None and (state.group not in latest or at > latest[state.group]):
+                    latest[state.group] = at
+        if not latest:
+            return {}
+        everyone = min(max(latest.values()), now)
+        wanted: dict[P, datetime] = {}
+        for source in read_to_end:
+            found = self._inputs.get(source)
+            if found is None:
+                continue
+            if found.lowest_rank < RANK_USER:
+                at = everyone
+            elif found.group in latest:
+                at = min(latest[found.group], now)
+            else:
+                continue
+            bound = found.unseen()
+            if bound is None or bound[0] <= at:
+                wanted[source] = at
+        return wanted
 
     def first_key(self) -> tuple[Any, ...] | None:
         """The key of the earliest buffered record (None: nothing waits)."""

@@ -37,6 +37,7 @@ from worker.pipeline.kafka import (
     make_producer,
     start_client,
 )
+from worker.pipeline.markers import Markers
 from worker.pipeline.relay import Relay, event_batch_bytes
 from worker.pipeline.telemetry import report_snapshots
 from worker.retry import SERVICE_ERRORS, describe, set_retry_observer
@@ -81,6 +82,7 @@ class _Parts:
     pool: asyncpg.Pool | None = None
     producer: AIOKafkaProducer | None = None
     relay_producer: AIOKafkaProducer | None = None
+    marker_producer: AIOKafkaProducer | None = None
     pipeline: Pipeline | None = None
     relay: Relay | None = None
     http: HealthServer | None = None
@@ -155,7 +157,15 @@ async def _start(
         group_id=settings.consumer_group,
         max_poll_records=settings.kafka_fetch_max_records,
     )
-    parts.pipeline = Pipeline(settings, parts.pool, consumer, dead_letters, metrics, stores=PgStore)
+    markers = None
+    if settings.order_markers:
+        # Its own producer, lingering for nothing: a marker is what a waiting signal waits for.
+        parts.marker_producer = make_producer(settings.kafka, linger_ms=0)
+        await start_client(parts.marker_producer, settings.kafka, timeout_s=timeout_s)
+        markers = Markers(parts.marker_producer, settings.consumer_group, metrics)
+    parts.pipeline = Pipeline(
+        settings, parts.pool, consumer, dead_letters, metrics, stores=PgStore, markers=markers
+    )
     if settings.events_enabled:
         # Its own producer: record batches as large as the events topic takes, and a flush
         # (at each take-over) that waits for events only, not for dead letters.
@@ -414,6 +424,8 @@ async def _close(parts: _Parts, timeout_s: float) -> None:
                 await parts.producer.stop()
             if parts.relay_producer is not None:
                 await parts.relay_producer.stop()
+            if parts.marker_producer is not None:
+                await parts.marker_producer.stop()
             if parts.http is not None:
                 await parts.http.stop()
             if parts.pool is not None:

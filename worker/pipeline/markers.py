@@ -1,0 +1,189 @@
+"""Order markers: the worker's "nothing earlier from here on" written into the log itself.
+
+Why: a user's signal is applied only once no price still unread can come before it in event
+time (`worker.pipeline.timeline`). A price partition with nothing new to read can promise
+that only by the worker's clock, `LATENESS_MS` after the signal's time (a tick in transit
+may still come), so at rest every signal waited that long (250 ms by default), and a record
+readable later than that was decided by when one worker happened to read it.
+
+A marker makes that promise a record of the partition: when a user's records wait and the
+turn lets nothing go, the worker appends to each price partition (and to the commands
+partition of the waiting users' number) that holds them back a marker stamped with the
+latest waiting record's decision time, `T` (never after the worker's clock). Reading it
+back, it places the marker in the order at `T` like any record of its partition, so
+everything the partition brings after it is decided after `T`; the signal goes as soon as
+its markers are read back (a produce and a fetch, a few ms). A tick stamped before a marker
+and written after it is decided just after the marker, by every worker and every consumer
+group that reads the partition, in live and in a backlog alike: where it stands in the log
+decides, not when it was read. Markers do nothing else: each moves its partition's stored
+offset on, in a transaction of its own.
+
+A marker is a record with the header `signal-worker: order-marker` and a JSON value
+`{"marker": "order", "at": <RFC 3339 time>, "group": <consumer group>}`. Other consumers of
+the topics skip records with that header. A marker is checked like a tick's time (no more
+than `PRICE_MAX_FUTURE_S` ahead of its record's timestamp or the clock); one that fails goes
+to the dead-letter topic with the reason and is not honoured.
+
+Writing markers never holds anything up: at most one per partition is in flight, a marker
+is written only when it moves its partition's time on, and a failed write is logged and
+counted (the clock still lets the records go after `LATENESS_MS`).
+
+**What it changes, and why it is off by default** (`ORDER_MARKERS=true` turns it on).
+Without markers, a record readable within `LATENESS_MS` of its time is decided at its time,
+so any copy of the input (the same records written again into other topics, in another
+interleaving within the bound) gives the same ledger; the price is `LATENESS_MS` of waiting
+at rest. With markers, a tick written after a marker is decided after it even when it was
+stamped before it and only a few ms late: the ledger is a function of the topics as they
+are, markers included (every worker, consumer group, restart, rebalance and backlog reading
+them agrees, and `replay --verify` too), not of a copy written without them. The worker
+also needs write access to its input topics, and other consumers of them must skip the
+markers. Those are an operator's choices, so the default keeps the first guarantee; markers
+from other workers are honoured either way (a log is decided by what it holds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+
+import structlog
+from aiokafka import AIOKafkaProducer
+from aiokafka.structs import ConsumerRecord, TopicPartition
+
+from worker.errors import InvalidMessage
+from worker.metrics import Metrics
+from worker.retry import describe
+
+log = structlog.get_logger(__name__)
+
+HEADER = "signal-worker"
+HEADER_VALUE = b"order-marker"
+# A marker's value is small; anything much larger is not one of ours.
+MAX_MARKER_BYTES = 1024
+# A failed write is logged at most this often (it is counted every time).
+FAILURE_REPORT_S = 10.0
+
+
+def is_marker(record: ConsumerRecord[bytes, bytes]) -> bool:
+    """True when `record` carries the marker header (whatever its value)."""
+    headers = record.headers
+    if not headers:
+        return False
+    return any(key == HEADER and value == HEADER_VALUE for key, value in headers)
+
+
+def encode_marker(at: datetime, group: str) -> bytes:
+    """A marker's value: `at` in RFC 3339 (microseconds, UTC) and the writer's group."""
+    stamp = at.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return json.dumps({"marker": "order", "at": stamp, "group": group}).encode()
+
+
+def marker_time(
+    record: ConsumerRecord[bytes, bytes], *, received_at: datetime, now: datetime, ahead: timedelta
+) -> datetime:
+    """The time a marker record carries; `InvalidMessage` (the reason) for one that is not
+    a well-formed marker or whose time lies more than `ahead` after its record's timestamp
+    or the worker's clock (whichever is earlier), as for a tick's `ts`: honoured, it would
+    hold back every tick of its partition until then."""
+    value = record.value
+    if value is None or len(value) > MAX_MARKER_BYTES:
+        raise InvalidMessage(
+            f"invalid order marker: its value must be a JSON object of at most "
+            f"{MAX_MARKER_BYTES} bytes"
+        )
+    try:
+        body = json.loads(value)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidMessage("invalid order marker: its value is not JSON") from exc
+    if not isinstance(body, dict) or body.get("marker") != "order":
+        raise InvalidMessage('invalid order marker: its value must hold "marker": "order"')
+    stamp = body.get("at")
+    if not isinstance(stamp, str) or len(stamp) > 64:
+        raise InvalidMessage('invalid order marker: "at" must be an RFC 3339 time')
+    try:
+        at = datetime.fromisoformat(stamp)
+    except ValueError as exc:
+        raise InvalidMessage(f'invalid order marker: "at" {stamp!r} is not a time') from exc
+    if at.tzinfo is None:
+        raise InvalidMessage(f'invalid order marker: "at" {stamp!r} has no time zone')
+    at = at.astimezone(UTC)
+    limit = min(received_at, now) + ahead
+    if at > limit:
+        raise InvalidMessage(
+            f"invalid order marker: at {at.isoformat()} is more than "
+            f"{ahead.total_seconds():g}s ahead of the record's timestamp "
+            f"({received_at.isoformat()}) or the worker's clock (PRICE_MAX_FUTURE_S)"
+        )
+    return at
+
+
+class Markers:
+    """Writes the markers the order asks for, in the background, one in flight per
+    partition, each only when it moves its partition's time on."""
+
+    def __init__(self, producer: AIOKafkaProducer, group: str, metrics: Metrics) -> None:
+        self._producer = producer
+        self._group = group
+        self._metrics = metrics
+        self._sent: dict[TopicPartition, datetime] = {}  # the latest time written, by partition
+        self._flying: dict[TopicPartition, asyncio.Task[None]] = {}
+        self._failure_reported = 0.0
+
+    def want(self, wanted: Mapping[TopicPartition, datetime]) -> int:
+        """Write a marker at `wanted[tp]` to each `tp` that has none in flight and no
+        marker written at that time or later; returns how many were started."""
+        started = 0
+        for tp, at in wanted.items():
+            if tp in self._flying:
+                continue
+            sent = self._sent.get(tp)
+            if sent is not None and sent >= at:
+                continue
+            self._sent[tp] = at
+            name = f"marker {tp.topic}:{tp.partition}"
+            self._flying[tp] = asyncio.create_task(self._write(tp, at), name=name)
+            started += 1
+        return started
+
+    async def _write(self, tp: TopicPartition, at: datetime) -> None:
+        try:
+            await self._producer.send_and_wait(
+                tp.topic,
+                encode_marker(at, self._group),
+                partition=tp.partition,
+                headers=[(HEADER, HEADER_VALUE)],
+            )
+            self._metrics.order_markers.labels(tp.topic).inc()
+        except asyncio.CancelledError:
+            self._sent.pop(tp, None)
+            raise
+        except Exception as exc:  # noqa: BLE001 - a marker only speeds things up: the clock goes on
+            self._sent.pop(tp, None)
+            self._metrics.order_marker_failures.inc()
+            if time.monotonic() - self._failure_reported >= FAILURE_REPORT_S:
+                self._failure_reported = time.monotonic()
+                log.warning(
+                    "order_marker_failed",
+                    topic=tp.topic,
+                    partition=tp.partition,
+                    error=describe(exc),
+                    hint="records waiting for this partition go after LATENESS_MS instead; "
+                    "the worker needs write access to its input topics for markers "
+                    "(ORDER_MARKERS=false turns them off)",
+                )
+        finally:
+            self._flying.pop(tp, None)
+
+    async def close(self) -> None:
+        """Wait briefly for the markers in flight, then cancel what is left."""
+        flying = list(self._flying.values())
+        if not flying:
+            return
+        _, pending = await asyncio.wait(flying, timeout=2.0)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
