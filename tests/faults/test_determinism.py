@@ -29,16 +29,21 @@ import itertools
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import TopicPartition
 
 from tests.helpers.db import (
     connected,
+    create_database,
     database_name,
     drop_database,
 )
+from tests.helpers.kafka import Topics
 from tests.helpers.ledger import Report, seeded
 from tests.helpers.services import Services
 from tests.helpers.streams import (
@@ -49,12 +54,13 @@ from tests.helpers.streams import (
     command_records,
     differences,
     edit_mid_stream,
+    ledger_rows,
     merged,
     record_counts,
     recorded_stream,
     soon_ms,
 )
-from tests.helpers.workers import WorkerProcess, log_events, wait_for
+from tests.helpers.workers import WorkerProcess, log_events, wait_for, worker_env
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -226,3 +232,118 @@ def test_the_stream_hits_what_order_decides() -> None:
     shuffled = sum(1 for a, b in itertools.pairwise(records) if b.at_ms < a.at_ms)
     assert shuffled > 0, "records published out of event-time order"
     assert max(a.at_ms - b.at_ms for a, b in itertools.pairwise(records)) < 300
+
+
+async def test_with_order_markers_every_reader_of_the_topics_gets_the_live_ledger(
+    services: Services, report: Report
+) -> None:
+    """16f: the same kind of stream, live, by a worker writing order markers
+    (`ORDER_MARKERS`); then another group reads those topics (markers and all) from the
+    start: the two ledgers are identical row for row, and `replay --verify` says so of the
+    live one. A copy of the stream without the markers (a backlog on other topics) is
+    measured against it: where a record came after a marker though stamped before it and
+    within `LATENESS_MS`, the log decided, so the copy may differ there (reported)."""
+    seed, rng = seeded("determinism-markers")
+    base_url, users = await base_database(services)
+    template = database_name(base_url)
+    start_ms = soon_ms(8)
+    records = recorded_stream(rng, users, start_ms=start_ms, late_ms=300)
+    records = merged(records, await command_records(base_url, users, start_ms))
+    counts = record_counts(records)
+    late: dict[str, int] = {}
+    try:
+        async with Run(
+            services, template, "16f live, markers", lateness_ms=LATENESS_MS, order_markers=True
+        ) as run:
+            assert run.topics is not None
+            worker = WorkerProcess(run.env()).start()
+            await worker.wait_started()
+            await run.publish(records, live=True)
+            await _until_at_ends(services, run.url, run.topics, worker)
+            late[run.name] = len(log_events(worker, "record_late"))
+            _, metrics = await worker.get("/metrics")
+            assert worker.terminate() == 0, worker.tail()
+            live, verdict = await run.ledger(), await run.verify()
+
+            again_url = await create_database(services, template)
+            try:
+                topics = replace(run.topics, group=run.topics.group + "-again")
+                env = worker_env(
+                    services,
+                    again_url,
+                    topics,
+                    lateness_ms=LATENESS_MS,
+                    kafka_fetch_max_records=500,
+                )
+                again_worker = WorkerProcess(env).start()
+                await again_worker.wait_started()
+                await _until_at_ends(services, again_url, topics, again_worker)
+                late["16f again"] = len(log_events(again_worker, "record_late"))
+                assert again_worker.terminate() == 0, again_worker.tail()
+                async with connected(again_url) as conn:
+                    again = await ledger_rows(conn)
+            finally:
+                await drop_database(services, again_url)
+
+        async with Run(services, template, "16f copy", lateness_ms=LATENESS_MS) as run:
+            await run.publish(records)
+            await _consume(run, counts, kafka_fetch_max_records=500)
+            copy = await run.ledger()
+    finally:
+        await drop_database(services, base_url)
+
+    markers = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("signal_worker_order_markers_total{")
+    )
+    diff = differences(live, again)
+    from_copy = differences(live, copy, limit=10_000)
+    report(
+        "16f markers: live, and the same topics read again",
+        records=f"{counts['signals']} signals, {counts['prices']} ticks, "
+        f"{counts['commands']} commands over 130 s; {markers:.0f} markers written",
+        faults="live with ORDER_MARKERS; another group reading its topics from the start",
+        ledger=f"{len(live)} rows",
+        differing=len(diff),
+        differing_from_a_copy_without_markers=len(from_copy),
+        late=late,
+        verify=verdict,
+        seed=seed,
+    )
+    assert markers > 0
+    assert "identical" in verdict, verdict
+    assert diff == [], "the same topics read again differ:\n" + "\n".join(diff)
+    assert late == {"16f live, markers": 0, "16f again": 0}, late
+
+
+async def _until_at_ends(
+    services: Services, url: str, topics: Topics, worker: WorkerProcess
+) -> None:
+    """Wait until `topics.group` has stored every partition of the input topics as done up
+    to its end (read again each time: markers may still be written at the tail)."""
+    names = [topics.signals, topics.prices, topics.commands]
+    consumer = AIOKafkaConsumer(*names, bootstrap_servers=services.kafka_bootstrap, group_id=None)
+    await consumer.start()
+    try:
+        partitions = [
+            TopicPartition(name, p)
+            for name in names
+            for p in consumer.partitions_for_topic(name) or ()
+        ]
+
+        async def done() -> bool:
+            assert worker.is_alive(), worker.tail()
+            ends = await consumer.end_offsets(partitions)
+            async with connected(url) as conn:
+                rows = await conn.fetch(
+                    "SELECT topic, partition, next_offset FROM consumer_offsets "
+                    "WHERE consumer_group = $1",
+                    topics.group,
+                )
+            stored = {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
+            return all(stored.get((tp.topic, tp.partition), 0) >= end for tp, end in ends.items())
+
+        await wait_for(done, timeout_s=300, what=f"{topics.group}: every partition at its end")
+    finally:
+        await consumer.stop()
