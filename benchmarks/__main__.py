@@ -129,6 +129,14 @@ async def _headline(
                     name=f"rest{fanout}",
                 )
             )
+        results.rest_markers = await scenarios.latency(
+            ctx,
+            rate=scale.rest_rate,
+            fanout=10,
+            duration_s=scale.rest_s,
+            name="rest10-markers",
+            env={"ORDER_MARKERS": "true"},
+        )
         results.load = await scenarios.latency(
             ctx,
             rate=scale.load_rate,

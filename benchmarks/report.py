@@ -41,6 +41,7 @@ ROWS = (
     "peak memory (VmHWM)",
     "latency at rest, fan-out 10: p50/p99",
     "latency at rest, fan-out 1,000: p50/p99",
+    "latency at rest, fan-out 10, ORDER_MARKERS on: p50/p99",
     "latency at 200 signals/s x 10: p50/p95/p99/max",
     "signal wait for prices at rest, fan-out 10: p50/p99",
     "signal wait for prices under load: p50/p99",
@@ -102,6 +103,7 @@ class Results:
     memory: Throughput | None = None
     latency: Latency | None = None
     rest: list[Latency] = field(default_factory=list)
+    rest_markers: Latency | None = None  # at rest, fan-out 10, the worker writing markers
     one_tick: TickTimes | None = None
     stop_out: StopOut | None = None
     tick_rates: list[TickRate] = field(default_factory=list)
@@ -210,6 +212,9 @@ def _rows(r: Results) -> dict[str, Row]:
         name = f"latency at rest, fan-out {fanout:,}: p50/p99"
         rest = next((x for x in r.rest if x.fanout == fanout and x.latencies_ms), None)
         rows[name] = _measured(name, rest, _rest_row)
+    name = "latency at rest, fan-out 10, ORDER_MARKERS on: p50/p99"
+    marked = r.rest_markers if r.rest_markers is not None and r.rest_markers.latencies_ms else None
+    rows[name] = _measured(name, marked, _rest_row)
     _tick_rows(r, rows)
     name = "tick stopping out 100 positions, at rest: p50/p99"
     rows[name] = _measured(name, r.stop_out, _stop_out_row)
@@ -858,7 +863,9 @@ past a record means that record's rows are committed.
   `consumer_offsets` (every few ms, the interval is in the details) that shows its
   partition's offset past it: an upper bound of the commit time by at most one poll
   interval. *At rest*: {s.rest_rate:g} signals/s for {s.rest_s:.0f} s, one at a time, at
-  fan-out 10 and 1,000 (what a user whose signal arrives alone sees). *Under load*:
+  fan-out 10 and 1,000 (what a user whose signal arrives alone sees), and at fan-out 10
+  again with `ORDER_MARKERS=true` (the worker writes an order marker into each idle price
+  partition instead of waiting `LATENESS_MS`). *Under load*:
   {s.latency_rate} signals/s x {s.latency_fanout} agents for {s.latency_s:.0f} s.
 - **Exits**: open positions written directly as a 1-SOL buy would write them (purchase
   swap, SOL debit, token balance, position with the default -32% stop), so the ledger

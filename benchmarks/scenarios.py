@@ -574,6 +574,7 @@ async def latency(
     name: str = "latency",
     ticks_per_s: float = 0.0,
     tick_tokens: int = 0,
+    env: dict[str, str] | None = None,
 ) -> Latency:
     """Offer `rate` signals/s x `fanout` agents for `duration_s`; time each to its commit.
 
@@ -606,7 +607,7 @@ async def latency(
             names = [ticking(i) for i in range(tick_tokens)]
             tokens = lambda i: names[i % len(names)]  # noqa: E731 - the signals buy them
             flow = TickFlow(producer, topics.prices, names, ticks_per_s)
-        worker = WorkerProcess(ctx.services, dsn, topics).start()
+        worker = WorkerProcess(ctx.services, dsn, topics, env=dict(env or {})).start()
         await producer.start()
         try:
             await worker.wait_ready()
