@@ -14,9 +14,12 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import pytest
+
 from tests.helpers.books import make_book, mint
 from tests.helpers.db import connected, create_database, create_migrated, database_name
 from tests.helpers.db import drop_database as drop
+from tests.helpers.http import http_get
 from tests.helpers.kafka import Topics, read_all, send_all
 from tests.helpers.services import Services
 from tests.helpers.streams import differences, ledger_rows
@@ -24,7 +27,10 @@ from tests.helpers.workers import make_settings, running_worker, wait_for, wait_
 from worker.metrics import Metrics
 from worker.pipeline.markers import HEADER, HEADER_VALUE, is_marker
 
+pytestmark = pytest.mark.timeout(180)
+
 AGENTS = 3
+TOKEN = "7" * 44  # a made-up mint
 # Longer than the test: without markers the signal would wait this long for the prices.
 LATENESS_MS = 600_000
 
@@ -152,3 +158,31 @@ async def _caught_up(url: str, group: str, records: list[Any]) -> bool:
         )
     stored = {r["partition"]: r["next_offset"] for r in rows}
     return all(stored.get(p, 0) >= end for p, end in ends.items())
+
+
+async def test_with_two_workers_markers_go_to_the_other_workers_partitions_too(
+    services: Services, db_url: str, topics: Topics
+) -> None:
+    """Each worker owns some price partitions: a signal waits for the other's too. It writes
+    markers there as well; their owner reads them and reports past them (`order_bounds`),
+    so the signals go although LATENESS_MS is ten minutes."""
+    async with connected(db_url) as conn:
+        book = await make_book(conn, 6, 2)
+    settings = make_settings(services, db_url, topics, order_markers=True, lateness_ms=LATENESS_MS)
+    async with running_worker(settings) as (_, port_a), running_worker(settings) as (_, port_b):
+
+        async def both_ready() -> bool:
+            return all([(await http_get(p, "/readyz"))[0] == 200 for p in (port_a, port_b)])
+
+        await wait_for(both_ready, timeout_s=60, what="both workers owning partitions")
+        signals = book.signals(1, [TOKEN])
+        for signal in signals:
+            signal["price_usd"] = "2"
+        assert len({s["user_id"] for s in signals}) == 6
+        await send_all(services.kafka_bootstrap, topics.signals, signals)
+        await wait_for_count(db_url, "SELECT count(*) FROM signal_executions", 12, timeout_s=60)
+    async with connected(db_url) as conn:
+        owners = await conn.fetch(
+            "SELECT DISTINCT partition FROM consumer_offsets WHERE topic = $1", topics.signals
+        )
+    assert len(owners) >= 2  # signals on more than one partition: both workers had some

@@ -140,6 +140,16 @@ def test_a_marker_never_carries_a_time_after_the_clock() -> None:
     assert line.wanted_markers(ALL, ms(100)) == {"p0": ms(100), "p1": ms(100), "c1": ms(100)}
 
 
+def test_the_latest_waiting_time_of_each_users_number() -> None:
+    line = order()
+    signal(line, "s0", 0, 10)
+    signal(line, "s0", 1, 30)
+    signal(line, "s1", 0, 20)
+    assert line.waiting_users(ms(25)) == {0: ms(25), 1: ms(20)}  # never after the clock
+    marker(line, "c1", 0, ms(20))
+    assert line.waiting_users(ms(100)) == {0: ms(30), 1: ms(20)}  # markers wait for nothing
+
+
 def test_ticks_waiting_ask_for_no_marker() -> None:
     line = order()
     tick(line, "p0", 0, 10)  # waits for the users' partitions: markers are for users

@@ -272,7 +272,7 @@ class Pipeline:
         buffered = len(timeline)
         self._metrics.order_buffered.set(buffered)
         if buffered and not released:
-            self._want_markers(caught_up)
+            self._want_markers(caught_up, elsewhere)
             self._waiting_since = self._waiting_since or time.monotonic()
             self._report_waiting(elsewhere)
         else:
@@ -338,15 +338,34 @@ class Pipeline:
         )
         return None
 
-    def _want_markers(self, caught_up: Mapping[TopicPartition, datetime]) -> None:
+    def _want_markers(
+        self,
+        caught_up: Mapping[TopicPartition, datetime],
+        elsewhere: Mapping[TopicPartition, Bound],
+    ) -> None:
         """Nothing could go this turn: ask for markers in the idle price and commands
         partitions that hold users' records back (the signals topic is left to its
-        producers)."""
+        producers): this worker's read to their end, and other workers' whose reported
+        place is before the records (their owner reads the marker and reports past it)."""
         if self._markers is None:
             return
-        wanted = self.offsets.timeline.wanted_markers(caught_up.keys(), datetime.now(UTC))
-        writable = (self._kafka.prices_topic, self._kafka.commands_topic)
-        self._markers.want({tp: at for tp, at in wanted.items() if tp.topic in writable})
+        timeline = self.offsets.timeline
+        now = datetime.now(UTC)
+        wanted = timeline.wanted_markers(caught_up.keys(), now)
+        latest = timeline.waiting_users(now) if elsewhere else {}
+        prices, commands = self._kafka.prices_topic, self._kafka.commands_topic
+        for tp, bound in elsewhere.items():
+            if bound is None or not latest:
+                continue  # not reported yet: its owner's place is unknown
+            if tp.topic == prices:
+                at = max(latest.values())
+            elif tp.topic == commands and tp.partition in latest:
+                at = latest[tp.partition]
+            else:
+                continue
+            if bound[0] <= at:
+                wanted[tp] = at
+        self._markers.want({tp: at for tp, at in wanted.items() if tp.topic in (prices, commands)})
 
     def _poll_ms(self) -> int:
         """How long the next fetch may wait for records: less when other workers share the

@@ -362,6 +362,18 @@ class Timeline(Generic[P]):
                 if previous is None or entry.key > previous:
                     self._released_group[group] = entry.key
 
+    def waiting_users(self, now: datetime) -> dict[int | None, datetime]:
+        """For each users' partition number with users' records waiting, the latest of
+        their decision times, never after `now` (the time a marker must carry to let them
+        all go; a record stamped ahead of the worker's clock waits for the clock)."""
+        latest: dict[int | None, datetime] = {}
+        for state in self._inputs.values():
+            if state.lowest_rank >= RANK_USER and len(state.buffer) > state.markers:
+                at = state.last_at
+                if at is not None and (state.group not in latest or at > latest[state.group]):
+                    latest[state.group] = min(at, now)
+        return latest
+
     def wanted_markers(self, read_to_end: Collection[P], now: datetime) -> dict[P, datetime]:
         """The markers that would let the users' records waiting go: for each partition read
         to its end (`read_to_end`) that holds them back, the time its marker must carry.
@@ -369,17 +381,11 @@ class Timeline(Generic[P]):
         A partition that carries prices holds back every user's record: its marker carries
         the latest waiting user record's decision time; a users' partition holds back only
         its own number's: its marker carries the latest of that number (a marker later than
-        its users' records would wait for them). Never a time after `now` (a record stamped
-        ahead of the worker's clock waits for the clock)."""
-        latest: dict[int | None, datetime] = {}
-        for state in self._inputs.values():
-            if state.lowest_rank >= RANK_USER and len(state.buffer) > state.markers:
-                at = state.last_at
-                if at is not None and (state.group not in latest or at > latest[state.group]):
-                    latest[state.group] = at
+        its users' records would wait for them). Never a time after `now`."""
+        latest = self.waiting_users(now)
         if not latest:
             return {}
-        everyone = min(max(latest.values()), now)
+        everyone = max(latest.values())
         wanted: dict[P, datetime] = {}
         for source in read_to_end:
             found = self._inputs.get(source)
@@ -388,7 +394,7 @@ class Timeline(Generic[P]):
             if found.lowest_rank < RANK_USER:
                 at = everyone
             elif found.group in latest:
-                at = min(latest[found.group], now)
+                at = latest[found.group]
             else:
                 continue
             bound = found.unseen()
