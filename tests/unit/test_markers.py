@@ -15,6 +15,7 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from worker.errors import InvalidMessage
 from worker.metrics import Metrics
+from worker.pipeline import markers as markers_module
 from worker.pipeline.markers import (
     HEADER,
     HEADER_VALUE,
@@ -74,17 +75,25 @@ def go(line: Timeline[str], now: datetime) -> list[str]:
     return [e.payload for e in line.release()]
 
 
+def markable(source: str) -> bool:
+    return source[0] in "pc"  # workers write markers into prices and commands only
+
+
+def wanted(line: Timeline[str], now: datetime, idle: list[str] = ALL, **more: Any) -> Any:
+    return line.wanted_markers(idle, now, markable=markable, **more)
+
+
 def test_markers_let_a_waiting_signal_go_without_the_lateness_allowance() -> None:
     line = order()
     signal(line, "s0", 0, 10)
     assert go(line, ms(20)) == []  # the prices may still bring a tick stamped before it
-    wanted = line.wanted_markers(ALL, ms(20))
+    asked = wanted(line, ms(20))
     # Every price partition, and the commands partition of the signal's users only.
-    assert wanted == {"p0": ms(10), "p1": ms(10), "c0": ms(10)}
-    for n, source in enumerate(sorted(wanted)):
-        marker(line, source, 0, wanted[source])
+    assert asked == {"p0": ms(10), "p1": ms(10), "c0": ms(10)}
+    for n, source in enumerate(sorted(asked)):
+        marker(line, source, 0, asked[source])
         assert go(line, ms(21)) == ([] if n < 2 else ["s0@0", "c0@0", "p0@0", "p1@0"])
-    assert line.wanted_markers(ALL, ms(21)) == {}  # nothing waits
+    assert wanted(line, ms(21)) == {}  # nothing waits
 
 
 def test_a_tick_written_after_a_marker_is_decided_after_it_whatever_its_stamp() -> None:
@@ -95,10 +104,12 @@ def test_a_tick_written_after_a_marker_is_decided_after_it_whatever_its_stamp() 
     late = tick(line, "p0", 1, 9)  # stamped before the signal, written after the marker
     assert late.at == ms(10) + STEP
     assert late.event_time == ms(9)
+    assert late.moved and not late.late  # counted apart: a copy without markers differs
+    assert not tick(line, "p1", 1, 11).moved
     # The signal and the markers go; the tick waits for the other users' partitions (a
     # tick acts on every user), which let it go after the allowance, after the signal.
     assert go(line, ms(21)) == ["s0@0", "c0@0", "p0@0", "p1@0"]
-    assert go(line, ms(11) + STEP + LATE) == ["p0@1"]
+    assert go(line, ms(11) + STEP + LATE) == ["p0@1", "p1@1"]
 
 
 def test_markers_never_hold_back_what_comes_after_them() -> None:
@@ -111,7 +122,7 @@ def test_markers_never_hold_back_what_comes_after_them() -> None:
     # like the signals, do not wait for them, so the next signal needs only its markers.
     signal(line, "s0", 1, 30)
     assert go(line, ms(40)) == []
-    for source, at in line.wanted_markers(ALL, ms(40)).items():
+    for source, at in wanted(line, ms(40)).items():
         marker(line, source, 1, at)
     assert go(line, ms(41))[0] == "s0@1"
     assert len(line) == 0
@@ -126,18 +137,32 @@ def test_a_marker_is_never_late_and_moves_its_partition_time_on() -> None:
     assert tick(line, "p0", 2, 30).at == ms(50) + 2 * STEP
 
 
-def test_no_marker_where_the_partition_already_lets_them_go_or_is_not_read_to_its_end() -> None:
+def test_markers_only_where_every_partition_holding_the_record_back_can_take_one() -> None:
     line = order()
-    tick(line, "p1", 0, 15)  # p1's time passed the signal's already
+    tick(line, "p1", 0, 15)  # p1's time passed the signal's already: it does not hold it
     signal(line, "s0", 0, 10)
-    assert line.wanted_markers(["p0", "p1", "c0"], ms(20)) == {"p0": ms(10), "c0": ms(10)}
-    assert line.wanted_markers(["p1"], ms(20)) == {}  # p0 and c0 not read to their end
+    assert wanted(line, ms(20), ["p0", "p1", "c0"]) == {"p0": ms(10), "c0": ms(10)}
+    # p0 not read to its end: its next record may be a tick before the signal, so a
+    # marker in c0 could not let it go: none at all.
+    assert wanted(line, ms(20), ["p1", "c0"]) == {}
 
 
-def test_a_marker_never_carries_a_time_after_the_clock() -> None:
+def test_a_command_waiting_for_its_signals_partition_asks_for_nothing() -> None:
+    line = order()
+    line.place("c0", 0, ms(10), RANK_COMMAND, ("c0",), "c0@0")
+    # s0 holds it back, and workers write no markers into the signals topic.
+    assert wanted(line, ms(20)) == {}
+
+
+def test_a_record_ahead_of_the_clock_waits_for_the_clock_not_for_markers() -> None:
     line = order()
     signal(line, "s1", 0, 500)  # stamped ahead of the worker's clock
-    assert line.wanted_markers(ALL, ms(100)) == {"p0": ms(100), "p1": ms(100), "c1": ms(100)}
+    assert wanted(line, ms(100)) == {}
+    line = order()
+    signal(line, "s1", 0, 50)
+    signal(line, "s1", 1, 500)
+    # The markers let go what the clock has reached; the one ahead waits for the clock.
+    assert wanted(line, ms(100)) == {"p0": ms(50), "p1": ms(50), "c1": ms(50)}
 
 
 def test_the_latest_waiting_time_of_each_users_number() -> None:
@@ -145,15 +170,30 @@ def test_the_latest_waiting_time_of_each_users_number() -> None:
     signal(line, "s0", 0, 10)
     signal(line, "s0", 1, 30)
     signal(line, "s1", 0, 20)
-    assert line.waiting_users(ms(25)) == {0: ms(25), 1: ms(20)}  # never after the clock
+    assert line.waiting_users(ms(25)) == {0: ms(10), 1: ms(20)}  # none after the clock
     marker(line, "c1", 0, ms(20))
     assert line.waiting_users(ms(100)) == {0: ms(30), 1: ms(20)}  # markers wait for nothing
+
+
+def test_other_workers_partitions_get_markers_once_they_reported_their_place() -> None:
+    line = order()
+    line.close("p1")  # another worker's now
+    signal(line, "s0", 0, 10)
+    assert wanted(line, ms(20), elsewhere={"p1": (None, None)}) == {}  # place unknown
+    behind = (ms(5), RANK_SOL_TICK)
+    assert wanted(line, ms(20), elsewhere={"p1": (behind, None), "c1": (behind, 1)}) == {
+        "p0": ms(10),
+        "c0": ms(10),
+        "p1": ms(10),  # c1: other users', it does not hold this one back
+    }
+    past = (ms(50), RANK_SOL_TICK)
+    assert wanted(line, ms(20), elsewhere={"p1": (past, None)}) == {"p0": ms(10), "c0": ms(10)}
 
 
 def test_ticks_waiting_ask_for_no_marker() -> None:
     line = order()
     tick(line, "p0", 0, 10)  # waits for the users' partitions: markers are for users
-    assert line.wanted_markers(ALL, ms(20)) == {}
+    assert wanted(line, ms(20)) == {}
 
 
 # ------------------------------------------------------------------ the records
@@ -182,6 +222,7 @@ def read(value: bytes | None) -> datetime:
 def test_a_marker_carries_its_time_to_the_microsecond() -> None:
     at = ms(12) + timedelta(microseconds=345)
     assert read(encode_marker(at, "group-a")) == at
+    assert read(encode_marker(ms(900), "group-a")) == ms(900)  # written just after it
     assert is_marker(record(b"{}"))
     assert not is_marker(record(b"{}", headers=[]))
     assert not is_marker(record(b"{}", headers=[(HEADER, b"something else")]))
@@ -197,8 +238,10 @@ def test_a_marker_carries_its_time_to_the_microsecond() -> None:
         (json.dumps({"marker": "order", "at": 5}).encode(), "RFC 3339"),
         (json.dumps({"marker": "order", "at": "soon"}).encode(), "is not a time"),
         (json.dumps({"marker": "order", "at": "2026-01-01T00:00:00"}).encode(), "time zone"),
-        (json.dumps({"marker": "order", "at": "2026-01-01T00:05:00Z"}).encode(), "ahead"),
-        (json.dumps({"marker": "order", "at": "9999-12-31T00:00:00Z"}).encode(), "ahead"),
+        (json.dumps({"marker": "order", "at": "2026-01-01T00:00:02Z"}).encode(), "after its"),
+        (json.dumps({"marker": "order", "at": "9999-12-31T00:00:00Z"}).encode(), "after its"),
+        (json.dumps({"marker": "order", "at": "0001-01-01T00:00:00+05:00"}).encode(), "not a"),
+        (b"[" * 1000, "not JSON"),
     ],
 )
 def test_a_marker_that_is_not_well_formed_or_lies_ahead_is_refused(
@@ -225,7 +268,10 @@ class Producer:
             raise OSError("refused")
 
 
-async def test_one_marker_in_flight_per_partition_and_none_that_moves_nothing() -> None:
+async def test_one_marker_in_flight_per_partition_and_none_that_moves_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(markers_module, "MIN_INTERVAL_S", 0.0)
     producer = Producer()
     metrics = Metrics()
     markers = Markers(producer, "group-a", metrics)
@@ -243,7 +289,24 @@ async def test_one_marker_in_flight_per_partition_and_none_that_moves_nothing() 
     assert metrics.order_markers.labels("prices")._value.get() == 3
 
 
-async def test_a_marker_that_fails_is_counted_and_written_again_when_asked() -> None:
+async def test_at_most_one_marker_a_partition_every_interval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(markers_module, "MIN_INTERVAL_S", 3600.0)
+    producer = Producer()
+    producer.release.set()
+    markers = Markers(producer, "group-a", Metrics())
+    p0, p1 = TopicPartition("prices", 0), TopicPartition("prices", 1)
+    assert markers.want({p0: ms(10)}) == 1
+    await markers.close()
+    assert markers.want({p0: ms(20), p1: ms(20)}) == 1  # p1 only: p0 wrote one just now
+    await markers.close()
+
+
+async def test_a_marker_that_fails_is_counted_and_written_again_when_asked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(markers_module, "MIN_INTERVAL_S", 0.0)
     producer = Producer(fail=True)
     producer.release.set()
     metrics = Metrics()

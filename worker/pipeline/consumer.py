@@ -246,7 +246,6 @@ class Pipeline:
         for tp, records in fetched.items():
             if self.offsets.is_blocked(tp) or not timeline.is_open(tp):
                 continue  # not ours now, or not consumed: nothing is stored
-            self._metrics.records_consumed.labels(tp.topic).inc(len(records))
             self._place(tp, self.offsets.unstored(tp, records), now=now, taken=taken, dead=dead)
         for letter in dead:
             self._dead_events[_coordinates_of(letter.record)] = letter
@@ -271,8 +270,9 @@ class Pipeline:
         self._pause_full()
         buffered = len(timeline)
         self._metrics.order_buffered.set(buffered)
-        if buffered and not released:
+        if buffered:
             self._want_markers(caught_up, elsewhere)
+        if buffered and not released:
             self._waiting_since = self._waiting_since or time.monotonic()
             self._report_waiting(elsewhere)
         else:
@@ -293,8 +293,10 @@ class Pipeline:
         timeline = self.offsets.timeline
         ahead = timedelta(seconds=self._settings.price_max_future_s)
         kind = self._kinds.get(tp.topic, TICKS)
-        marks = [is_marker(record) for record in records]
+        # Markers are honoured where workers write them: the prices and commands topics.
+        marks = [kind != SIGNALS and is_marker(record) for record in records]
         items, bad = _decode_around_markers(records, marks, kind=kind, now=now, ahead=ahead)
+        self._metrics.records_consumed.labels(tp.topic).inc(len(records) - sum(marks))
         dead.extend(bad)
         for record, decoded, mark in zip(records, items, marks, strict=True):
             size = record.serialized_value_size + max(record.serialized_key_size, 0)
@@ -306,6 +308,8 @@ class Pipeline:
             item = None if decoded is None else replace(decoded, taken=taken)
             where = placing(item, record, tp, kind=kind, latest=now + ahead)
             entry = timeline.place(tp, record.offset, *where, (record, item), size)
+            if entry.moved:
+                self._metrics.order_marker_moved.labels(tp.topic).inc()
             if entry.late:
                 self._metrics.late_records.labels(tp.topic).inc()
                 log.warning(
@@ -343,29 +347,27 @@ class Pipeline:
         caught_up: Mapping[TopicPartition, datetime],
         elsewhere: Mapping[TopicPartition, Bound],
     ) -> None:
-        """Nothing could go this turn: ask for markers in the idle price and commands
-        partitions that hold users' records back (the signals topic is left to its
-        producers): this worker's read to their end, and other workers' whose reported
-        place is before the records (their owner reads the marker and reports past it)."""
+        """Ask for the markers that let the earliest waiting user's record go when every
+        partition that holds it back can take one (`Timeline.wanted_markers`): idle price
+        and commands partitions, this worker's or another's (their owner reads the marker
+        and reports past it). The signals topic is left to its producers."""
         if self._markers is None:
             return
-        timeline = self.offsets.timeline
-        now = datetime.now(UTC)
-        wanted = timeline.wanted_markers(caught_up.keys(), now)
-        latest = timeline.waiting_users(now) if elsewhere else {}
-        prices, commands = self._kafka.prices_topic, self._kafka.commands_topic
-        for tp, bound in elsewhere.items():
-            if bound is None or not latest:
-                continue  # not reported yet: its owner's place is unknown
-            if tp.topic == prices:
-                at = max(latest.values())
-            elif tp.topic == commands and tp.partition in latest:
-                at = latest[tp.partition]
-            else:
-                continue
-            if bound[0] <= at:
-                wanted[tp] = at
-        self._markers.want({tp: at for tp, at in wanted.items() if tp.topic in (prices, commands)})
+        kafka = self._kafka
+        writable = (kafka.prices_topic, kafka.commands_topic)
+        remote = {
+            tp: (bound, None if tp.topic == kafka.prices_topic else tp.partition)
+            for tp, bound in elsewhere.items()
+            if tp.topic == kafka.prices_topic or tp.topic in kafka.user_topics
+        }
+        wanted = self.offsets.timeline.wanted_markers(
+            caught_up.keys(),
+            datetime.now(UTC),
+            markable=lambda tp: tp.topic in writable,
+            elsewhere=remote,
+        )
+        if wanted:
+            self._markers.want(wanted)
 
     def _poll_ms(self) -> int:
         """How long the next fetch may wait for records: less when other workers share the

@@ -6,27 +6,36 @@ that only by the worker's clock, `LATENESS_MS` after the signal's time (a tick i
 may still come), so at rest every signal waited that long (250 ms by default), and a record
 readable later than that was decided by when one worker happened to read it.
 
-A marker makes that promise a record of the partition: when a user's records wait and the
-turn lets nothing go, the worker appends to each price partition (and to the commands
-partition of the waiting users' number) that holds them back a marker stamped with the
-latest waiting record's decision time, `T` (never after the worker's clock). Reading it
-back, it places the marker in the order at `T` like any record of its partition, so
-everything the partition brings after it is decided after `T`; the signal goes as soon as
+A marker makes that promise a record of the partition: when the earliest record waiting is
+a user's and every partition that holds it back can take a marker (a price partition, or
+the commands partition of its users' number, read to its end by this worker or reported by
+its owner as behind it: `Timeline.wanted_markers`), the worker appends to each a marker
+stamped with the latest waiting user record's decision time not after its clock, `T`.
+Reading it back, it places the marker in the order at `T` like any record of its partition,
+so everything the partition brings after it is decided after `T`; the signal goes as soon as
 its markers are read back (a produce and a fetch, a few ms). A tick stamped before a marker
 and written after it is decided just after the marker, by every worker and every consumer
-group that reads the partition, in live and in a backlog alike: where it stands in the log
-decides, not when it was read. Markers do nothing else: each moves its partition's stored
-offset on, in a transaction of its own.
+group that reads the partition, in live and in a backlog alike (as long as it reads the
+marker within `LATENESS_MS` of its time, like any record): where it stands in the log
+decides, not when it was read; such records are counted
+(`signal_worker_order_marker_moved_records_total`). Markers do nothing else: each moves its
+partition's stored offset on, in the small transaction of the records of its topic released
+with it.
 
 A marker is a record with the header `signal-worker: order-marker` and a JSON value
-`{"marker": "order", "at": <RFC 3339 time>, "group": <consumer group>}`. Other consumers of
-the topics skip records with that header. A marker is checked like a tick's time (no more
-than `PRICE_MAX_FUTURE_S` ahead of its record's timestamp or the clock); one that fails goes
-to the dead-letter topic with the reason and is not honoured.
+`{"marker": "order", "at": <RFC 3339 time>, "group": <consumer group>}`, honoured in the
+prices and commands topics (where workers write them). Other consumers of the topics must
+skip records with that header; versions of this worker before markers do not (they
+dead-letter them as invalid ticks or commands): turn markers on once every reader is
+upgraded. A marker's time may lie at most `MAX_AHEAD_OF_RECORD` after its record's timestamp
+(its writer stamps the record after choosing it) and `PRICE_MAX_FUTURE_S` ahead of the
+clock; one that fails, or is not a marker's JSON, goes to the dead-letter topic with the
+reason and is not honoured.
 
-Writing markers never holds anything up: at most one per partition is in flight, a marker
-is written only when it moves its partition's time on, and a failed write is logged and
-counted (the clock still lets the records go after `LATENESS_MS`).
+Writing markers never holds anything up: at most one per partition is in flight and one
+every `MIN_INTERVAL_S`, a marker is written only when it moves its partition's time on, and
+a failed write is logged and counted (the clock still lets the records go after
+`LATENESS_MS`).
 
 **What it changes, and why it is off by default** (`ORDER_MARKERS=true` turns it on).
 Without markers, a record readable within `LATENESS_MS` of its time is decided at its time,
@@ -65,6 +74,12 @@ HEADER_VALUE = b"order-marker"
 MAX_MARKER_BYTES = 1024
 # A failed write is logged at most this often (it is counted every time).
 FAILURE_REPORT_S = 10.0
+# At most one marker a partition this often (with records waiting in numbers, each round
+# would otherwise write one as soon as the last is acknowledged).
+MIN_INTERVAL_S = 0.02
+# A marker's time lies at most this far after its record's timestamp: its writer stamps
+# the record after choosing the time, on the same clock.
+MAX_AHEAD_OF_RECORD = timedelta(seconds=1)
 
 
 def is_marker(record: ConsumerRecord[bytes, bytes]) -> bool:
@@ -96,7 +111,7 @@ def marker_time(
         )
     try:
         body = json.loads(value)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise InvalidMessage("invalid order marker: its value is not JSON") from exc
     if not isinstance(body, dict) or body.get("marker") != "order":
         raise InvalidMessage('invalid order marker: its value must hold "marker": "order"')
@@ -105,24 +120,29 @@ def marker_time(
         raise InvalidMessage('invalid order marker: "at" must be an RFC 3339 time')
     try:
         at = datetime.fromisoformat(stamp)
-    except ValueError as exc:
+        if at.tzinfo is None:
+            raise InvalidMessage(f'invalid order marker: "at" {stamp!r} has no time zone')
+        at = at.astimezone(UTC)
+    except (ValueError, OverflowError) as exc:
         raise InvalidMessage(f'invalid order marker: "at" {stamp!r} is not a time') from exc
-    if at.tzinfo is None:
-        raise InvalidMessage(f'invalid order marker: "at" {stamp!r} has no time zone')
-    at = at.astimezone(UTC)
-    limit = min(received_at, now) + ahead
-    if at > limit:
+    if at > received_at + MAX_AHEAD_OF_RECORD:
         raise InvalidMessage(
             f"invalid order marker: at {at.isoformat()} is more than "
-            f"{ahead.total_seconds():g}s ahead of the record's timestamp "
-            f"({received_at.isoformat()}) or the worker's clock (PRICE_MAX_FUTURE_S)"
+            f"{MAX_AHEAD_OF_RECORD.total_seconds():g}s after its record's timestamp "
+            f"({received_at.isoformat()}): a marker is stamped when written"
+        )
+    if at > now + ahead:
+        raise InvalidMessage(
+            f"invalid order marker: at {at.isoformat()} is more than "
+            f"{ahead.total_seconds():g}s ahead of the worker's clock (PRICE_MAX_FUTURE_S)"
         )
     return at
 
 
 class Markers:
     """Writes the markers the order asks for, in the background, one in flight per
-    partition, each only when it moves its partition's time on."""
+    partition and at most one every `MIN_INTERVAL_S`, each only when it moves its
+    partition's time on."""
 
     def __init__(self, producer: AIOKafkaProducer, group: str, metrics: Metrics) -> None:
         self._producer = producer
@@ -130,19 +150,23 @@ class Markers:
         self._metrics = metrics
         self._sent: dict[TopicPartition, datetime] = {}  # the latest time written, by partition
         self._flying: dict[TopicPartition, asyncio.Task[None]] = {}
+        self._written: dict[TopicPartition, float] = {}  # when the last one was started
         self._failure_reported = 0.0
 
     def want(self, wanted: Mapping[TopicPartition, datetime]) -> int:
         """Write a marker at `wanted[tp]` to each `tp` that has none in flight and no
         marker written at that time or later; returns how many were started."""
         started = 0
+        clock = time.monotonic()
         for tp, at in wanted.items():
-            if tp in self._flying:
+            recent = clock - self._written.get(tp, float("-inf")) < MIN_INTERVAL_S
+            if tp in self._flying or recent:
                 continue
             sent = self._sent.get(tp)
             if sent is not None and sent >= at:
                 continue
             self._sent[tp] = at
+            self._written[tp] = clock
             name = f"marker {tp.topic}:{tp.partition}"
             self._flying[tp] = asyncio.create_task(self._write(tp, at), name=name)
             started += 1

@@ -52,8 +52,8 @@ wait for that partition while it has nothing newer to read. It is placed at its 
 rank `RANK_MARKER` (after everything of that time; ordered as a user's record, so it waits
 only for the partitions that carry prices and its own users' partitions), so what its
 partition brings after it is decided after it: the log, not a clock, says what came after.
-`wanted_markers` says which partitions hold the users' records back and the time each
-marker must carry.
+`first_user_blockers` and `waiting_users` say which partitions hold the users' records back
+and the time a marker must carry.
 
 Pure: no I/O, no clock of its own (the caller passes the time of its observation).
 """
@@ -62,7 +62,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Collection, Hashable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
@@ -101,6 +101,7 @@ class Entry(Generic[P]):
     payload: Any  # what the caller applies (None for a record that was dead-lettered)
     event_time: datetime
     late: bool = False
+    moved: bool = False  # stamped before an order marker its partition holds before it
 
     @property
     def key(self) -> tuple[Any, ...]:
@@ -121,6 +122,8 @@ class _Input(Generic[P]):
     group: int | None = None  # the users' partition number (co-partitioned topics)
     size: int = 0  # bytes of the records waiting in `buffer`
     markers: int = 0  # how many of the records waiting in `buffer` are markers
+    last_is_marker: bool = False  # whether the last record taken was a marker
+    marker_at: datetime | None = None  # the time of the last marker taken
     # (key, arrival, entry, bytes), a heap
     buffer: list[tuple[tuple[Any, ...], int, Entry[P], int]] = field(default_factory=list)
 
@@ -276,10 +279,17 @@ class Timeline(Generic[P]):
             # Something after it was decided already: it is decided right after that.
             at = after[0] + STEP
             late = True
+        moved = False
         if rank == RANK_MARKER:
             late = False  # a marker decides nothing: it only moves its partition's time on
             state.markers += 1
-        entry = Entry(source, offset, at, rank, (*tie, offset), payload, event_time or at, late)
+            state.marker_at = at
+        elif state.marker_at is not None and event_time is not None:
+            moved = event_time < state.marker_at  # decided after a marker, stamped before
+        state.last_is_marker = rank == RANK_MARKER
+        entry = Entry(
+            source, offset, at, rank, (*tie, offset), payload, event_time or at, late, moved
+        )
         state.last_at = at
         state.next_offset = offset + 1
         state.size += size
@@ -364,43 +374,90 @@ class Timeline(Generic[P]):
 
     def waiting_users(self, now: datetime) -> dict[int | None, datetime]:
         """For each users' partition number with users' records waiting, the latest of
-        their decision times, never after `now` (the time a marker must carry to let them
-        all go; a record stamped ahead of the worker's clock waits for the clock)."""
+        their decision times that is not after `now`: the time a marker must carry to let
+        them all go (a record stamped ahead of the worker's clock waits for the clock: a
+        marker at a time the clock has not reached would hold back the partition's ticks)."""
         latest: dict[int | None, datetime] = {}
         for state in self._inputs.values():
-            if state.lowest_rank >= RANK_USER and len(state.buffer) > state.markers:
-                at = state.last_at
-                if at is not None and (state.group not in latest or at > latest[state.group]):
-                    latest[state.group] = min(at, now)
+            if state.lowest_rank < RANK_USER or len(state.buffer) <= state.markers:
+                continue
+            group = state.group
+            last = state.last_at
+            if not state.last_is_marker and last is not None and last <= now:
+                found: datetime | None = last  # the last taken waits: it is the latest
+            else:
+                found = max(
+                    (e.at for _, _, e, _ in state.buffer if e.rank != RANK_MARKER and e.at <= now),
+                    default=None,
+                )
+            if found is not None and (group not in latest or found > latest[group]):
+                latest[group] = found
         return latest
 
-    def wanted_markers(self, read_to_end: Collection[P], now: datetime) -> dict[P, datetime]:
-        """The markers that would let the users' records waiting go: for each partition read
-        to its end (`read_to_end`) that holds them back, the time its marker must carry.
+    def wanted_markers(
+        self,
+        read_to_end: Collection[P],
+        now: datetime,
+        *,
+        markable: Callable[[P], bool],
+        elsewhere: Mapping[P, tuple[tuple[Any, ...] | None, int | None]] | None = None,
+    ) -> dict[P, datetime]:
+        """The markers that let the earliest waiting record go, when it is a user's and
+        every partition that holds it back can take one: this worker's read to their end
+        (`read_to_end`) and other workers' (`elsewhere`: each with the place it reported,
+        None when unknown, and its users' partition number, None for one that carries
+        prices), all `markable` (the worker writes markers only into the prices and
+        commands topics). Else none: a marker could not let it go, only add to the log.
 
-        A partition that carries prices holds back every user's record: its marker carries
-        the latest waiting user record's decision time; a users' partition holds back only
-        its own number's: its marker carries the latest of that number (a marker later than
-        its users' records would wait for them). Never a time after `now`."""
+        Each marker carries the latest waiting time not after `now` (`waiting_users`): of
+        every user for a partition that carries prices, of its number's users for a users'
+        partition; so one round lets every user's record waiting go."""
+        found = self.first_user_blockers()
+        if found is None:
+            return {}
+        key, group, own = found
         latest = self.waiting_users(now)
         if not latest:
             return {}
         everyone = max(latest.values())
+        remote = _remote_blockers(elsewhere or {}, key, group)
+        if remote is None:
+            return {}
+        blockers = [
+            (source, self._inputs[source].group, self._inputs[source].lowest_rank < RANK_USER)
+            for source in own
+        ]
         wanted: dict[P, datetime] = {}
-        for source in read_to_end:
-            found = self._inputs.get(source)
-            if found is None:
-                continue
-            if found.lowest_rank < RANK_USER:
-                at = everyone
-            elif found.group in latest:
-                at = latest[found.group]
-            else:
-                continue
-            bound = found.unseen()
-            if bound is None or bound[0] <= at:
-                wanted[source] = at
+        for source, users, is_price in [*blockers, *remote]:
+            at = everyone if is_price else latest.get(users)
+            idle = source in read_to_end or source in (elsewhere or {})
+            if at is None or at < key[0] or not idle or not markable(source):
+                return {}
+            wanted[source] = at
         return wanted
+
+    def first_user_blockers(self) -> tuple[tuple[Any, ...], int | None, list[P]] | None:
+        """When the earliest buffered record is a user's (a signal or a command): its key,
+        its users' partition number and this worker's partitions that hold it back (those
+        a marker may let it go past); None when the earliest is anything else (a tick, a
+        marker: what a marker cannot help) or nothing waits."""
+        first: tuple[tuple[Any, ...], _Input[P]] | None = None
+        for state in self._inputs.values():
+            if state.buffer and (first is None or state.buffer[0][0] < first[0]):
+                first = (state.buffer[0][0], state)
+        if first is None:
+            return None
+        key, state = first
+        if key[1] not in (RANK_SIGNAL, RANK_COMMAND):
+            return None
+        group = state.group
+        blockers = [
+            source
+            for source, other in self._inputs.items()
+            if (other.lowest_rank < RANK_USER or (group is not None and other.group == group))
+            and not other.admits(key)
+        ]
+        return key, group, blockers
 
     def first_key(self) -> tuple[Any, ...] | None:
         """The key of the earliest buffered record (None: nothing waits)."""
@@ -435,6 +492,26 @@ class Timeline(Generic[P]):
 
 
 _EARLIEST = datetime.min.replace(tzinfo=UTC)
+
+
+def _remote_blockers(
+    elsewhere: Mapping[P, tuple[tuple[Any, ...] | None, int | None]],
+    key: tuple[Any, ...],
+    group: int | None,
+) -> list[tuple[P, int | None, bool]] | None:
+    """Other workers' partitions that hold back the user's record at `key` of users'
+    partition number `group`: (partition, its number, whether it carries prices); None
+    when one of them has not reported its place (a marker's effect would not be seen)."""
+    out: list[tuple[P, int | None, bool]] = []
+    for source, (bound, users) in elsewhere.items():
+        if users is not None and users != group:
+            continue  # other users' partitions do not hold this one back
+        if bound is not None and key < bound:
+            continue
+        if bound is None:
+            return None
+        out.append((source, users, users is None))
+    return out
 
 
 def _with_group(
