@@ -124,6 +124,14 @@ class Metrics:
             ["topic"],
             registry=r,
         )
+        self.order_marker_moved = Counter(
+            "signal_worker_order_marker_moved_records",
+            "Records decided just after an order marker their partition holds before them "
+            "though stamped before it (a copy of the input without markers would decide them "
+            "at their own time), by topic",
+            ["topic"],
+            registry=r,
+        )
         self.order_marker_failures = Counter(
             "signal_worker_order_marker_failures",
             "Order markers that could not be written (the records waiting go after "

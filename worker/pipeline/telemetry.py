@@ -25,6 +25,7 @@ from worker.handlers.ticks import TickOutcome
 from worker.messages import SignalV1
 from worker.metrics import Metrics
 from worker.pipeline.batching import FANOUT_MEMORY, Chunk, Fanouts, Item, KafkaRecord
+from worker.pipeline.markers import is_marker
 from worker.retry import describe, server_trouble
 
 log = structlog.get_logger(__name__)
@@ -54,6 +55,8 @@ class Reporter:
         """A chunk's transaction committed at `committed_at` (epoch s), `started` (perf s)."""
         self._metrics.batch_seconds.observe(time.perf_counter() - started)
         for record in chunk.records:
+            if record.headers and is_marker(record):
+                continue  # the worker's own: no one waits for it
             self._metrics.latency.observe(max(0.0, committed_at - record.timestamp / 1000))
         for tp, next_offset in chunk.next_offsets.items():
             end = highwater(tp)
