@@ -158,8 +158,9 @@ class Settings(BaseSettings):
     # `LATENESS_MS` (a few ms instead of 250 at rest). The ledger is then a function of the
     # topics as they are, markers included: a tick written after a marker is decided after
     # it, even if stamped before it and within `LATENESS_MS`. Needs write access to the
-    # prices and commands topics. Off: the clock alone lets them go (markers other workers
-    # wrote are honoured either way).
+    # prices and commands topics, and every reader of them upgraded (older workers
+    # dead-letter markers). Off: the clock alone lets them go (markers other workers wrote
+    # are honoured either way).
     order_markers: bool = False
     # Days of price ticks kept in token_price_history (for `report` and `replay`).
     price_history_days: int = Field(default=30, ge=1, le=3650)
