@@ -162,6 +162,9 @@ class Settings(BaseSettings):
     # dead-letter markers). Off: the clock alone lets them go (markers other workers wrote
     # are honoured either way).
     order_markers: bool = False
+    # At most one order marker a partition this often, by each worker (under load, with the
+    # prices idle, that is the rate at which markers are written into each).
+    order_marker_interval_ms: int = Field(default=20, ge=1, le=60_000)
     # Days of price ticks kept in token_price_history (for `report` and `replay`).
     price_history_days: int = Field(default=30, ge=1, le=3650)
     http_max_connections: int = Field(default=64, ge=1, le=10_000)

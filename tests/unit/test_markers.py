@@ -15,7 +15,6 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from worker.errors import InvalidMessage
 from worker.metrics import Metrics
-from worker.pipeline import markers as markers_module
 from worker.pipeline.markers import (
     HEADER,
     HEADER_VALUE,
@@ -80,7 +79,9 @@ def markable(source: str) -> bool:
 
 
 def wanted(line: Timeline[str], now: datetime, idle: list[str] = ALL, **more: Any) -> Any:
-    return line.wanted_markers(idle, now, markable=markable, **more)
+    """The markers asked for: partition -> the time each carries."""
+    asked = line.wanted_markers(idle, now, markable=markable, **more)
+    return {source: at for source, (at, _) in asked.items()}
 
 
 def test_markers_let_a_waiting_signal_go_without_the_lateness_allowance() -> None:
@@ -105,11 +106,14 @@ def test_a_tick_written_after_a_marker_is_decided_after_it_whatever_its_stamp() 
     assert late.at == ms(10) + STEP
     assert late.event_time == ms(9)
     assert late.moved and not late.late  # counted apart: a copy without markers differs
+    assert tick(line, "p0", 2, 8).moved  # raised past the marker through the one before
+    assert not tick(line, "p0", 3, 20).moved
+    assert not tick(line, "p0", 4, 15).moved  # raised by a tick, not by the marker
     assert not tick(line, "p1", 1, 11).moved
     # The signal and the markers go; the tick waits for the other users' partitions (a
     # tick acts on every user), which let it go after the allowance, after the signal.
     assert go(line, ms(21)) == ["s0@0", "c0@0", "p0@0", "p1@0"]
-    assert go(line, ms(11) + STEP + LATE) == ["p0@1", "p1@1"]
+    assert go(line, ms(21) + STEP + LATE) == ["p0@1", "p0@2", "p1@1", "p0@3", "p0@4"]
 
 
 def test_markers_never_hold_back_what_comes_after_them() -> None:
@@ -190,6 +194,29 @@ def test_other_workers_partitions_get_markers_once_they_reported_their_place() -
     assert wanted(line, ms(20), elsewhere={"p1": (past, None)}) == {"p0": ms(10), "c0": ms(10)}
 
 
+def test_one_round_asks_for_the_commands_partitions_of_every_number_waiting() -> None:
+    line = order()
+    signal(line, "s0", 0, 10)
+    signal(line, "s1", 0, 12)
+    asked = line.wanted_markers(ALL, ms(20), markable=markable)
+    assert {k: v[0] for k, v in asked.items()} == {
+        "p0": ms(12),
+        "p1": ms(12),
+        "c0": ms(10),
+        "c1": ms(12),
+    }
+    # With each partition's time now (what `Markers.want` checks the last marker against):
+    # none known yet for p0 (never read, nothing promised), 10 min back once promised.
+    assert asked["p0"][1] is None
+    assert go(line, ms(20)) == []
+    assert line.wanted_markers(ALL, ms(20), markable=markable)["p0"][1] == ms(20) - LATE
+    for source, (at, _) in asked.items():
+        marker(line, source, 0, at)
+    out = go(line, ms(21))
+    assert out.index("s0@0") < out.index("s1@0")
+    assert len(line) == 0  # both numbers' signals and every marker went in one round
+
+
 def test_ticks_waiting_ask_for_no_marker() -> None:
     line = order()
     tick(line, "p0", 0, 10)  # waits for the users' partitions: markers are for users
@@ -268,53 +295,62 @@ class Producer:
             raise OSError("refused")
 
 
-async def test_one_marker_in_flight_per_partition_and_none_that_moves_nothing(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(markers_module, "MIN_INTERVAL_S", 0.0)
+async def test_one_marker_in_flight_per_partition_and_none_that_moves_nothing() -> None:
     producer = Producer()
     metrics = Metrics()
-    markers = Markers(producer, "group-a", metrics)
+    markers = Markers(producer, "group-a", metrics, interval_s=0.0, pending_s=0.0)
     p0, p1 = TopicPartition("prices", 0), TopicPartition("prices", 1)
-    assert markers.want({p0: ms(10), p1: ms(10)}) == 2
+    assert markers.want({p0: (ms(10), None), p1: (ms(10), None)}) == 2
     await asyncio.sleep(0)
-    assert markers.want({p0: ms(20)}) == 0  # one in flight already
+    assert markers.want({p0: (ms(20), None)}) == 0  # one in flight already
     producer.release.set()
     await markers.close()
-    assert markers.want({p0: ms(10), p1: ms(5)}) == 0  # written at that time or later
-    assert markers.want({p0: ms(20)}) == 1
+    # Written at that time or later: nothing to move on.
+    assert markers.want({p0: (ms(10), None), p1: (ms(5), None)}) == 0
+    assert markers.want({p0: (ms(20), ms(10) + STEP)}) == 1
     await markers.close()
     times = [json.loads(v)["at"] for _, _, v in producer.sent]
     assert times == ["2026-01-01T00:00:00.010000Z"] * 2 + ["2026-01-01T00:00:00.020000Z"]
     assert metrics.order_markers.labels("prices")._value.get() == 3
 
 
-async def test_at_most_one_marker_a_partition_every_interval(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(markers_module, "MIN_INTERVAL_S", 3600.0)
+async def test_at_most_one_marker_a_partition_every_interval() -> None:
     producer = Producer()
     producer.release.set()
-    markers = Markers(producer, "group-a", Metrics())
+    markers = Markers(producer, "group-a", Metrics(), interval_s=3600.0, pending_s=0.0)
     p0, p1 = TopicPartition("prices", 0), TopicPartition("prices", 1)
-    assert markers.want({p0: ms(10)}) == 1
+    assert markers.want({p0: (ms(10), None)}) == 1
     await markers.close()
-    assert markers.want({p0: ms(20), p1: ms(20)}) == 1  # p1 only: p0 wrote one just now
+    later = ms(10) + STEP
+    assert markers.want({p0: (ms(20), later), p1: (ms(20), None)}) == 1  # p1: p0 just wrote
     await markers.close()
 
 
-async def test_a_marker_that_fails_is_counted_and_written_again_when_asked(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(markers_module, "MIN_INTERVAL_S", 0.0)
+async def test_no_other_marker_until_the_last_one_took_effect() -> None:
+    producer = Producer()
+    producer.release.set()
+    markers = Markers(producer, "group-a", Metrics(), interval_s=0.0, pending_s=3600.0)
+    p0 = TopicPartition("prices", 0)
+    assert markers.want({p0: (ms(10), ms(1))}) == 1
+    await markers.close()
+    # Its owner has not read it (or records before it still wait): the partition's time
+    # is still before it, so another marker would not show either.
+    assert markers.want({p0: (ms(20), ms(1))}) == 0
+    assert markers.want({p0: (ms(20), None)}) == 0
+    assert markers.want({p0: (ms(20), ms(10) + STEP)}) == 1  # it took effect
+    await markers.close()
+    assert len(producer.sent) == 2
+
+
+async def test_a_marker_that_fails_is_counted_and_written_again_when_asked() -> None:
     producer = Producer(fail=True)
     producer.release.set()
     metrics = Metrics()
-    markers = Markers(producer, "group-a", metrics)
+    markers = Markers(producer, "group-a", metrics, interval_s=0.0, pending_s=3600.0)
     p0 = TopicPartition("prices", 0)
-    assert markers.want({p0: ms(10)}) == 1
+    assert markers.want({p0: (ms(10), None)}) == 1
     await markers.close()
     assert metrics.order_marker_failures._value.get() == 1
-    assert markers.want({p0: ms(10)}) == 1  # not taken as written
+    assert markers.want({p0: (ms(10), None)}) == 1  # not taken as written
     await markers.close()
     assert len(producer.sent) == 2

@@ -246,7 +246,10 @@ class Pipeline:
         for tp, records in fetched.items():
             if self.offsets.is_blocked(tp) or not timeline.is_open(tp):
                 continue  # not ours now, or not consumed: nothing is stored
-            self._place(tp, self.offsets.unstored(tp, records), now=now, taken=taken, dead=dead)
+            unstored = self.offsets.unstored(tp, records)
+            honoured = self._place(tp, unstored, now=now, taken=taken, dead=dead)
+            # The worker's own markers are not counted as consumed (dead-lettered ones are).
+            self._metrics.records_consumed.labels(tp.topic).inc(len(records) - honoured)
         for letter in dead:
             self._dead_events[_coordinates_of(letter.record)] = letter
         if dead:
@@ -288,21 +291,23 @@ class Pipeline:
         now: datetime,
         taken: float,
         dead: list[DeadLetter],
-    ) -> None:
-        """Decode a fetch's records of `tp` into the order; their dead letters to `dead`."""
+    ) -> int:
+        """Decode a fetch's records of `tp` into the order; their dead letters to `dead`;
+        returns how many were order markers honoured."""
         timeline = self.offsets.timeline
         ahead = timedelta(seconds=self._settings.price_max_future_s)
         kind = self._kinds.get(tp.topic, TICKS)
         # Markers are honoured where workers write them: the prices and commands topics.
         marks = [kind != SIGNALS and is_marker(record) for record in records]
         items, bad = _decode_around_markers(records, marks, kind=kind, now=now, ahead=ahead)
-        self._metrics.records_consumed.labels(tp.topic).inc(len(records) - sum(marks))
         dead.extend(bad)
+        honoured = 0
         for record, decoded, mark in zip(records, items, marks, strict=True):
             size = record.serialized_value_size + max(record.serialized_key_size, 0)
             if mark:
                 letter = self._place_marker(tp, record, now=now, ahead=ahead, size=size)
                 if letter is None:
+                    honoured += 1
                     continue
                 dead.append(letter)  # not a marker it can honour: placed as a dead letter
             item = None if decoded is None else replace(decoded, taken=taken)
@@ -318,6 +323,7 @@ class Pipeline:
                     event_time=entry.event_time.isoformat(),
                     decided_at=entry.at.isoformat(),
                 )
+        return honoured
 
     def _place_marker(
         self,

@@ -33,9 +33,11 @@ clock; one that fails, or is not a marker's JSON, goes to the dead-letter topic 
 reason and is not honoured.
 
 Writing markers never holds anything up: at most one per partition is in flight and one
-every `MIN_INTERVAL_S`, a marker is written only when it moves its partition's time on, and
-a failed write is logged and counted (the clock still lets the records go after
-`LATENESS_MS`).
+every `ORDER_MARKER_INTERVAL_MS`, a marker is written only when it moves its partition's
+time on and the last one has taken effect (or `LATENESS_MS` went by), and a failed write is
+logged and counted (the clock still lets the records go after `LATENESS_MS`). With records
+waiting all the time (under load, prices idle) that is up to one marker per idle partition
+and interval, by each worker.
 
 **What it changes, and why it is off by default** (`ORDER_MARKERS=true` turns it on).
 Without markers, a record readable within `LATENESS_MS` of its time is decided at its time,
@@ -74,9 +76,13 @@ HEADER_VALUE = b"order-marker"
 MAX_MARKER_BYTES = 1024
 # A failed write is logged at most this often (it is counted every time).
 FAILURE_REPORT_S = 10.0
-# At most one marker a partition this often (with records waiting in numbers, each round
-# would otherwise write one as soon as the last is acknowledged).
-MIN_INTERVAL_S = 0.02
+# At most one marker a partition this often by default (`ORDER_MARKER_INTERVAL_MS`): with
+# records waiting in numbers, each round would otherwise write one as soon as the last is
+# acknowledged.
+DEFAULT_INTERVAL_S = 0.02
+# A marker that has not taken effect after this long (its partition's owner not reading it,
+# or records before it still waiting) may be followed by another (`LATENESS_MS` by default).
+DEFAULT_PENDING_S = 0.25
 # A marker's time lies at most this far after its record's timestamp: its writer stamps
 # the record after choosing the time, on the same clock.
 MAX_AHEAD_OF_RECORD = timedelta(seconds=1)
@@ -141,30 +147,45 @@ def marker_time(
 
 class Markers:
     """Writes the markers the order asks for, in the background, one in flight per
-    partition and at most one every `MIN_INTERVAL_S`, each only when it moves its
-    partition's time on."""
+    partition and at most one every `interval_s`, each only when it moves its partition's
+    time on and the last one took effect."""
 
-    def __init__(self, producer: AIOKafkaProducer, group: str, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        group: str,
+        metrics: Metrics,
+        *,
+        interval_s: float = DEFAULT_INTERVAL_S,
+        pending_s: float = DEFAULT_PENDING_S,
+    ) -> None:
         self._producer = producer
         self._group = group
         self._metrics = metrics
+        self._interval_s = interval_s
+        self._pending_s = max(pending_s, interval_s)
         self._sent: dict[TopicPartition, datetime] = {}  # the latest time written, by partition
         self._flying: dict[TopicPartition, asyncio.Task[None]] = {}
         self._written: dict[TopicPartition, float] = {}  # when the last one was started
         self._failure_reported = 0.0
 
-    def want(self, wanted: Mapping[TopicPartition, datetime]) -> int:
-        """Write a marker at `wanted[tp]` to each `tp` that has none in flight and no
-        marker written at that time or later; returns how many were started."""
+    def want(self, wanted: Mapping[TopicPartition, tuple[datetime, datetime | None]]) -> int:
+        """Write a marker at `at` to each partition of `wanted` (`tp: (at, its time now)`)
+        that has none in flight, none started within the interval, no marker written at
+        that time or later, and whose last marker has taken effect (its time passed it:
+        a partition whose owner does not read it yet, or whose records before it still
+        wait, gets no other one until `pending_s` went by); returns how many started."""
         started = 0
         clock = time.monotonic()
-        for tp, at in wanted.items():
-            recent = clock - self._written.get(tp, float("-inf")) < MIN_INTERVAL_S
-            if tp in self._flying or recent:
+        for tp, (at, floor) in wanted.items():
+            since = clock - self._written.get(tp, float("-inf"))
+            if tp in self._flying or since < self._interval_s:
                 continue
             sent = self._sent.get(tp)
             if sent is not None and sent >= at:
                 continue
+            if sent is not None and (floor is None or floor <= sent) and since < self._pending_s:
+                continue  # the last one has not shown yet: another would not either
             self._sent[tp] = at
             self._written[tp] = clock
             name = f"marker {tp.topic}:{tp.partition}"

@@ -65,7 +65,7 @@ import itertools
 from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from worker.domain.order import RANK_COMMAND, RANK_SIGNAL, RANK_SOL_TICK, RANK_TICK, RANK_USER
 
@@ -123,7 +123,7 @@ class _Input(Generic[P]):
     size: int = 0  # bytes of the records waiting in `buffer`
     markers: int = 0  # how many of the records waiting in `buffer` are markers
     last_is_marker: bool = False  # whether the last record taken was a marker
-    marker_at: datetime | None = None  # the time of the last marker taken
+    last_moved: bool = False  # whether the last record taken was moved by a marker
     # (key, arrival, entry, bytes), a heap
     buffer: list[tuple[tuple[Any, ...], int, Entry[P], int]] = field(default_factory=list)
 
@@ -279,14 +279,21 @@ class Timeline(Generic[P]):
             # Something after it was decided already: it is decided right after that.
             at = after[0] + STEP
             late = True
-        moved = False
+        # Moved by a marker: raised to just after one (or after records so raised) and by
+        # nothing else (a promise, a record decided already).
+        moved = (
+            rank != RANK_MARKER
+            and not late
+            and (state.last_is_marker or state.last_moved)
+            and previous is not None
+            and event_time is not None
+            and event_time <= previous
+        )
         if rank == RANK_MARKER:
             late = False  # a marker decides nothing: it only moves its partition's time on
             state.markers += 1
-            state.marker_at = at
-        elif state.marker_at is not None and event_time is not None:
-            moved = event_time < state.marker_at  # decided after a marker, stamped before
         state.last_is_marker = rank == RANK_MARKER
+        state.last_moved = moved
         entry = Entry(
             source, offset, at, rank, (*tie, offset), payload, event_time or at, late, moved
         )
@@ -401,17 +408,21 @@ class Timeline(Generic[P]):
         *,
         markable: Callable[[P], bool],
         elsewhere: Mapping[P, tuple[tuple[Any, ...] | None, int | None]] | None = None,
-    ) -> dict[P, datetime]:
+    ) -> dict[P, tuple[datetime, datetime | None]]:
         """The markers that let the earliest waiting record go, when it is a user's and
         every partition that holds it back can take one: this worker's read to their end
         (`read_to_end`) and other workers' (`elsewhere`: each with the place it reported,
         None when unknown, and its users' partition number, None for one that carries
         prices), all `markable` (the worker writes markers only into the prices and
         commands topics). Else none: a marker could not let it go, only add to the log.
+        Then also the commands partitions of the other users' numbers with records waiting
+        that can take one (so that one round lets every number's records go, not one
+        number a round).
 
-        Each marker carries the latest waiting time not after `now` (`waiting_users`): of
+        Each: (the time its marker carries, the partition's time now: None when unknown).
+        A marker carries the latest waiting time not after `now` (`waiting_users`): of
         every user for a partition that carries prices, of its number's users for a users'
-        partition; so one round lets every user's record waiting go."""
+        partition."""
         found = self.first_user_blockers()
         if found is None:
             return {}
@@ -423,18 +434,49 @@ class Timeline(Generic[P]):
         remote = _remote_blockers(elsewhere or {}, key, group)
         if remote is None:
             return {}
-        blockers = [
-            (source, self._inputs[source].group, self._inputs[source].lowest_rank < RANK_USER)
-            for source in own
-        ]
-        wanted: dict[P, datetime] = {}
-        for source, users, is_price in [*blockers, *remote]:
-            at = everyone if is_price else latest.get(users)
+        wanted: dict[P, tuple[datetime, datetime | None]] = {}
+        for source, users, floor in [*self._own_blockers(own), *remote]:
+            at = everyone if users is _PRICES else latest.get(cast("int | None", users))
             idle = source in read_to_end or source in (elsewhere or {})
             if at is None or at < key[0] or not idle or not markable(source):
                 return {}
-            wanted[source] = at
+            wanted[source] = (at, floor)
+        self._other_numbers(wanted, latest, read_to_end, markable, elsewhere or {})
         return wanted
+
+    def _own_blockers(self, own: list[P]) -> list[tuple[P, object, datetime | None]]:
+        """(partition, its users' number or `_PRICES`, its time) of this worker's."""
+        out: list[tuple[P, object, datetime | None]] = []
+        for source in own:
+            state = self._inputs[source]
+            bound = state.unseen()
+            users = _PRICES if state.lowest_rank < RANK_USER else state.group
+            out.append((source, users, None if bound is None else bound[0]))
+        return out
+
+    def _other_numbers(
+        self,
+        wanted: dict[P, tuple[datetime, datetime | None]],
+        latest: Mapping[int | None, datetime],
+        read_to_end: Collection[P],
+        markable: Callable[[P], bool],
+        elsewhere: Mapping[P, tuple[tuple[Any, ...] | None, int | None]],
+    ) -> None:
+        """Add the idle commands partitions of every users' number with records waiting
+        whose time is before them (this worker's and, reported, other workers')."""
+        for source, state in self._inputs.items():
+            at = latest.get(state.group) if state.lowest_rank >= RANK_USER else None
+            if at is None or source in wanted or source not in read_to_end:
+                continue
+            bound = state.unseen()
+            if markable(source) and (bound is None or bound[0] < at):
+                wanted[source] = (at, None if bound is None else bound[0])
+        for source, (reported, users) in elsewhere.items():
+            at = None if users is None else latest.get(users)
+            if at is None or reported is None or source in wanted:
+                continue
+            if markable(source) and reported[0] < at:
+                wanted[source] = (at, reported[0])
 
     def first_user_blockers(self) -> tuple[tuple[Any, ...], int | None, list[P]] | None:
         """When the earliest buffered record is a user's (a signal or a command): its key,
@@ -494,15 +536,19 @@ class Timeline(Generic[P]):
 _EARLIEST = datetime.min.replace(tzinfo=UTC)
 
 
+# The users' number of a partition that carries prices (every user's records wait for it).
+_PRICES = object()
+
+
 def _remote_blockers(
     elsewhere: Mapping[P, tuple[tuple[Any, ...] | None, int | None]],
     key: tuple[Any, ...],
     group: int | None,
-) -> list[tuple[P, int | None, bool]] | None:
+) -> list[tuple[P, object, datetime | None]] | None:
     """Other workers' partitions that hold back the user's record at `key` of users'
-    partition number `group`: (partition, its number, whether it carries prices); None
-    when one of them has not reported its place (a marker's effect would not be seen)."""
-    out: list[tuple[P, int | None, bool]] = []
+    partition number `group`: (partition, its number or `_PRICES`, its reported time);
+    None when one of them has not reported its place (a marker's effect would not show)."""
+    out: list[tuple[P, object, datetime | None]] = []
     for source, (bound, users) in elsewhere.items():
         if users is not None and users != group:
             continue  # other users' partitions do not hold this one back
@@ -510,7 +556,7 @@ def _remote_blockers(
             continue
         if bound is None:
             return None
-        out.append((source, users, users is None))
+        out.append((source, _PRICES if users is None else users, bound[0]))
     return out
 
 

@@ -162,7 +162,13 @@ async def _start(
         # Its own producer, lingering for nothing: a marker is what a waiting signal waits for.
         parts.marker_producer = make_producer(settings.kafka, linger_ms=0)
         await start_client(parts.marker_producer, settings.kafka, timeout_s=timeout_s)
-        markers = Markers(parts.marker_producer, settings.consumer_group, metrics)
+        markers = Markers(
+            parts.marker_producer,
+            settings.consumer_group,
+            metrics,
+            interval_s=settings.order_marker_interval_ms / 1000,
+            pending_s=settings.lateness_ms / 1000,
+        )
     parts.pipeline = Pipeline(
         settings, parts.pool, consumer, dead_letters, metrics, stores=PgStore, markers=markers
     )
