@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -323,7 +324,12 @@ async def test_at_most_one_marker_a_partition_every_interval() -> None:
     await markers.close()
     later = ms(10) + STEP
     assert markers.want({p0: (ms(20), later), p1: (ms(20), None)}) == 1  # p1: p0 just wrote
+    # The loop is told when p0 may take one: its next fetch waits no longer than that.
+    assert markers.retry_at is not None
+    assert 3500 < markers.retry_at - time.monotonic() <= 3600
     await markers.close()
+    assert markers.want({}) == 0
+    assert markers.retry_at is None
 
 
 async def test_no_other_marker_until_the_last_one_took_effect() -> None:

@@ -381,6 +381,9 @@ class Pipeline:
         record waiting for its turn can go if nothing else comes (its time plus
         `LATENESS_MS`: a partition read to its end then holds nothing earlier)."""
         wait = SHARED_POLL_MS if self._shared else 200
+        retry_at = None if self._markers is None else self._markers.retry_at
+        if retry_at is not None:  # a marker held back for its interval: ask again then
+            wait = max(1, min(wait, int((retry_at - time.monotonic()) * 1000) + 1))
         first = self.offsets.timeline.first_key()
         if first is not None:
             due = first[0] + timedelta(milliseconds=self._settings.lateness_ms)

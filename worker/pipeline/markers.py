@@ -168,6 +168,9 @@ class Markers:
         self._flying: dict[TopicPartition, asyncio.Task[None]] = {}
         self._written: dict[TopicPartition, float] = {}  # when the last one was started
         self._failure_reported = 0.0
+        # When a marker the last `want` held back for the interval may be written (monotonic
+        # s; None: none held back): the loop's next fetch waits no longer than that.
+        self.retry_at: float | None = None
 
     def want(self, wanted: Mapping[TopicPartition, tuple[datetime, datetime | None]]) -> int:
         """Write a marker at `at` to each partition of `wanted` (`tp: (at, its time now)`)
@@ -177,9 +180,14 @@ class Markers:
         wait, gets no other one until `pending_s` went by); returns how many started."""
         started = 0
         clock = time.monotonic()
+        self.retry_at = None
         for tp, (at, floor) in wanted.items():
             since = clock - self._written.get(tp, float("-inf"))
-            if tp in self._flying or since < self._interval_s:
+            if tp in self._flying:
+                continue  # its acknowledgement, then its record read back, wake the loop
+            if since < self._interval_s:
+                due = clock - since + self._interval_s
+                self.retry_at = due if self.retry_at is None else min(self.retry_at, due)
                 continue
             sent = self._sent.get(tp)
             if sent is not None and sent >= at:
