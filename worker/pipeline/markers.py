@@ -57,7 +57,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 
 import structlog
@@ -158,10 +158,12 @@ class Markers:
         *,
         interval_s: float = DEFAULT_INTERVAL_S,
         pending_s: float = DEFAULT_PENDING_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._producer = producer
         self._group = group
         self._metrics = metrics
+        self._clock = clock  # monotonic seconds (a test's own clock)
         self._interval_s = interval_s
         self._pending_s = max(pending_s, interval_s)
         self._sent: dict[TopicPartition, datetime] = {}  # the latest time written, by partition
@@ -179,7 +181,7 @@ class Markers:
         a partition whose owner does not read it yet, or whose records before it still
         wait, gets no other one until `pending_s` went by); returns how many started."""
         started = 0
-        clock = time.monotonic()
+        clock = self._clock()
         self.retry_at = None
         for tp, (at, floor) in wanted.items():
             since = clock - self._written.get(tp, float("-inf"))
@@ -216,8 +218,8 @@ class Markers:
         except Exception as exc:  # noqa: BLE001 - a marker only speeds things up: the clock goes on
             self._sent.pop(tp, None)
             self._metrics.order_marker_failures.inc()
-            if time.monotonic() - self._failure_reported >= FAILURE_REPORT_S:
-                self._failure_reported = time.monotonic()
+            if self._clock() - self._failure_reported >= FAILURE_REPORT_S:
+                self._failure_reported = self._clock()
                 log.warning(
                     "order_marker_failed",
                     topic=tp.topic,
