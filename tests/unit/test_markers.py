@@ -15,10 +15,12 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from worker.errors import InvalidMessage
 from worker.metrics import Metrics
+from worker.pipeline.batching import SIGNALS, TICKS, decode, placing
 from worker.pipeline.markers import (
     HEADER,
     HEADER_VALUE,
     Markers,
+    OrderMarker,
     encode_marker,
     is_marker,
     marker_time,
@@ -362,3 +364,33 @@ async def test_a_marker_that_fails_is_counted_and_written_again_when_asked() -> 
     assert markers.want({p0: (ms(10), None)}) == 1  # not taken as written
     await markers.close()
     assert len(producer.sent) == 2
+
+
+def test_decode_reads_markers_where_they_are_honoured_and_places_them_at_their_time() -> None:
+    tick_value = json.dumps({"token_address": "A" * 44, "price_usd": "2"}).encode()
+    good = record(encode_marker(ms(5), "group-a"), timestamp=ms(10))
+    forged = record(b"not json", timestamp=ms(10))
+    plain = record(tick_value, headers=[], timestamp=ms(10))
+    items, dead = decode(
+        [good, plain, forged],
+        kind=TICKS,
+        now=ms(100),
+        max_ahead=timedelta(seconds=60),
+        markers=True,
+    )
+    first = items[0]
+    assert first is not None and isinstance(first.message, OrderMarker)
+    assert first.message.at == ms(5)
+    assert items[1] is not None and not isinstance(items[1].message, OrderMarker)
+    assert items[2] is None
+    assert [d.record for d in dead] == [forged] and "invalid order marker" in dead[0].reason
+    tp = TopicPartition("prices", 0)
+    assert placing(items[0], good, tp, kind=TICKS, latest=ms(100)) == (
+        ms(5),
+        RANK_MARKER,
+        ("prices", 0),
+    )
+    # Where markers are not honoured (the signals topic), a marker is read as what the
+    # topic carries: not a valid signal, it is dead-lettered.
+    items, dead = decode([good], kind=SIGNALS, now=ms(100), max_ahead=timedelta(seconds=60))
+    assert items == [None] and len(dead) == 1

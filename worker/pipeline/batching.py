@@ -37,7 +37,8 @@ from worker.messages import (
 )
 from worker.pipeline.deadletters import DeadLetter
 from worker.pipeline.failures import Action, Scope, disposition
-from worker.pipeline.timeline import Entry
+from worker.pipeline.markers import OrderMarker, is_marker, marker_time
+from worker.pipeline.timeline import RANK_MARKER, Entry
 
 # One transaction holds at most about this many agent executions (memory stays bounded).
 MAX_EXECUTIONS_PER_TRANSACTION = 5_000
@@ -57,13 +58,16 @@ class Item:
     order (`worker.pipeline.timeline`), `taken` when the worker read it (monotonic s)."""
 
     record: KafkaRecord
-    message: SignalV1 | PriceTickV1 | CommandV1
+    message: SignalV1 | PriceTickV1 | CommandV1 | OrderMarker
     at: datetime | None = None
     taken: float = 0.0
 
     def event_time(self) -> datetime:
-        """A signal's or command's `created_at`, a tick's `ts`, else the record's timestamp."""
+        """A signal's or command's `created_at`, a tick's `ts`, a marker's time, else the
+        record's timestamp."""
         message = self.message
+        if isinstance(message, OrderMarker):
+            return message.at
         own = message.ts if isinstance(message, PriceTickV1) else message.created_at
         return own if own is not None else record_time(self.record)
 
@@ -120,17 +124,26 @@ def record_time(record: ConsumerRecord[Any, Any]) -> datetime:
 
 
 def decode(
-    records: Sequence[KafkaRecord], *, kind: str, now: datetime, max_ahead: timedelta
+    records: Sequence[KafkaRecord],
+    *,
+    kind: str,
+    now: datetime,
+    max_ahead: timedelta,
+    markers: bool = False,
 ) -> tuple[list[Item | None], list[DeadLetter]]:
     """Each record's item (None for one that cannot be processed), and the dead letters;
-    `kind` what the topic carries (`SIGNALS`, `TICKS`, `COMMANDS`)."""
+    `kind` what the topic carries (`SIGNALS`, `TICKS`, `COMMANDS`); with `markers`, an order
+    marker (`worker.pipeline.markers`) is read as one, whatever the topic carries."""
     items: list[Item | None] = []
     dead: list[DeadLetter] = []
-    message: SignalV1 | PriceTickV1 | CommandV1
+    message: SignalV1 | PriceTickV1 | CommandV1 | OrderMarker
     for record in records:
         try:
             received_at = record_time(record)  # every kind uses it later: checked here
-            if kind == SIGNALS:
+            if markers and is_marker(record):
+                at = marker_time(record, received_at=received_at, now=now, ahead=max_ahead)
+                message = OrderMarker(at)
+            elif kind == SIGNALS:
                 message = decode_signal(record.value)
                 check_signal_time(message, received_at=received_at, now=now, ahead=max_ahead)
             elif kind == COMMANDS:
@@ -263,7 +276,7 @@ def commands_of(items: Sequence[Item]) -> list[Command]:
     commands = []
     for item in items:
         message = item.message
-        assert not isinstance(message, SignalV1 | PriceTickV1)  # noqa: S101 - commands only
+        assert not isinstance(message, SignalV1 | PriceTickV1 | OrderMarker)  # noqa: S101
         record = item.record
         at = item.at if item.at is not None else message.event_time(record_time(record))
         commands.append(
@@ -310,6 +323,8 @@ def placing(
             return at, RANK_COMMAND, (tp.partition,)
         return at, RANK_TICK, ("", tp.partition)
     message = item.message
+    if isinstance(message, OrderMarker):
+        return message.at, RANK_MARKER, (tp.topic, tp.partition)
     if isinstance(message, SignalV1):
         return item.event_time(), RANK_SIGNAL, (tp.partition,)
     if not isinstance(message, PriceTickV1):

@@ -75,12 +75,12 @@ from worker.pipeline.failures import (
     disposition,
     until_stopped,
 )
-from worker.pipeline.markers import Markers, is_marker, marker_time
+from worker.pipeline.markers import Markers, OrderMarker
 from worker.pipeline.order_writes import OrderWrites, Published
 from worker.pipeline.ordering import names, read_to_end
 from worker.pipeline.rebalance import OffsetKeeper
 from worker.pipeline.telemetry import Outcome, Reporter, Troubles, coordinates
-from worker.pipeline.timeline import RANK_MARKER, Entry, Promise, runs
+from worker.pipeline.timeline import Entry, Promise, runs
 from worker.ports import PipelineStore
 from worker.retry import describe
 from worker.settings import Settings
@@ -298,20 +298,16 @@ class Pipeline:
         ahead = timedelta(seconds=self._settings.price_max_future_s)
         kind = self._kinds.get(tp.topic, TICKS)
         # Markers are honoured where workers write them: the prices and commands topics.
-        marks = [kind != SIGNALS and is_marker(record) for record in records]
-        items, bad = _decode_around_markers(records, marks, kind=kind, now=now, ahead=ahead)
+        items, bad = decode(records, kind=kind, now=now, max_ahead=ahead, markers=kind != SIGNALS)
         dead.extend(bad)
         honoured = 0
-        for record, decoded, mark in zip(records, items, marks, strict=True):
+        for record, decoded in zip(records, items, strict=True):
             size = record.serialized_value_size + max(record.serialized_key_size, 0)
-            if mark:
-                letter = self._place_marker(tp, record, now=now, ahead=ahead, size=size)
-                if letter is None:
-                    honoured += 1
-                    continue
-                dead.append(letter)  # not a marker it can honour: placed as a dead letter
             item = None if decoded is None else replace(decoded, taken=taken)
             where = placing(item, record, tp, kind=kind, latest=now + ahead)
+            if item is not None and isinstance(item.message, OrderMarker):
+                honoured += 1
+                item = None  # placed at its time, applied as nothing
             entry = timeline.place(tp, record.offset, *where, (record, item), size)
             if entry.moved:
                 self._metrics.order_marker_moved.labels(tp.topic).inc()
@@ -324,29 +320,6 @@ class Pipeline:
                     decided_at=entry.at.isoformat(),
                 )
         return honoured
-
-    def _place_marker(
-        self,
-        tp: TopicPartition,
-        record: KafkaRecord,
-        *,
-        now: datetime,
-        ahead: timedelta,
-        size: int,
-    ) -> DeadLetter | None:
-        """Place an order marker (`worker.pipeline.markers`) at its time; the dead letter of
-        one that is not well formed or lies too far ahead (None when placed)."""
-        try:
-            at = marker_time(record, received_at=record_time(record), now=now, ahead=ahead)
-        except Exception as exc:  # the failure policy decides
-            verdict = disposition(exc, Scope.RECORD)
-            if verdict.action is not Action.DEAD_LETTER:
-                raise
-            return DeadLetter(record, verdict.reason or str(exc), verdict.kind or "invalid")
-        self.offsets.timeline.place(
-            tp, record.offset, at, RANK_MARKER, (tp.topic, tp.partition), (record, None), size
-        )
-        return None
 
     def _want_markers(
         self,
@@ -735,24 +708,6 @@ class Pipeline:
             trading=self._settings.trading,
         )
         return list(zip(items, results, strict=True))
-
-
-def _decode_around_markers(
-    records: list[KafkaRecord],
-    marks: list[bool],
-    *,
-    kind: str,
-    now: datetime,
-    ahead: timedelta,
-) -> tuple[list[Item | None], list[DeadLetter]]:
-    """`decode` of the records that are not order markers (`marks[i]`: `records[i]` is
-    one), with None in the markers' places."""
-    if not any(marks):
-        return decode(records, kind=kind, now=now, max_ahead=ahead)
-    plain = [record for record, mark in zip(records, marks, strict=True) if not mark]
-    decoded, bad = decode(plain, kind=kind, now=now, max_ahead=ahead)
-    rest = iter(decoded)
-    return [None if mark else next(rest) for mark in marks], bad
 
 
 def _coordinates_of(record: KafkaRecord) -> str:

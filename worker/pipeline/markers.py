@@ -58,6 +58,7 @@ import asyncio
 import json
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import structlog
@@ -100,6 +101,14 @@ def encode_marker(at: datetime, group: str) -> bytes:
     """A marker's value: `at` in RFC 3339 (microseconds, UTC) and the writer's group."""
     stamp = at.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
     return json.dumps({"marker": "order", "at": stamp, "group": group}).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class OrderMarker:
+    """A marker record, read: the time it carries (`batching.decode` makes one of each
+    marker honoured; it is placed in the order and applied as nothing)."""
+
+    at: datetime
 
 
 def marker_time(
