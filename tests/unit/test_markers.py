@@ -394,3 +394,25 @@ def test_decode_reads_markers_where_they_are_honoured_and_places_them_at_their_t
     # topic carries: not a valid signal, it is dead-lettered.
     items, dead = decode([good], kind=SIGNALS, now=ms(100), max_ahead=timedelta(seconds=60))
     assert items == [None] and len(dead) == 1
+
+
+def test_a_marker_older_than_its_partition_moves_nothing() -> None:
+    line = order()
+    tick(line, "p0", 0, 10)
+    marker(line, "p0", 1, ms(5))  # raised past the tick: its own time decides nothing
+    assert not tick(line, "p0", 2, 3).moved
+
+
+def test_a_marker_at_the_end_of_time_is_refused_as_invalid_not_as_a_failure() -> None:
+    last = datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC)
+    value = encode_marker(last, "group-a")
+    with pytest.raises(InvalidMessage, match="invalid order marker"):
+        marker_time(record(value), received_at=last, now=T0, ahead=timedelta(seconds=60))
+    items, dead = decode(
+        [record(value, timestamp=last)],
+        kind=TICKS,
+        now=T0,
+        max_ahead=timedelta(seconds=60),
+        markers=True,
+    )
+    assert items == [None] and dead[0].kind == "invalid"

@@ -417,7 +417,9 @@ async def recheck(
         headers=list(dead.headers),
     )
     ahead = timedelta(seconds=settings.price_max_future_s)
-    items, bad = decode([record], kind=inputs[topic], now=now, max_ahead=ahead)
+    # As the worker reads it: an order marker as one where markers are honoured.
+    kind = inputs[topic]
+    items, bad = decode([record], kind=kind, now=now, max_ahead=ahead, markers=kind != SIGNALS)
     if bad:
         return Refusal(bad[0].reason, forceable=True)
     item = items[0]

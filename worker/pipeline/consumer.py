@@ -309,7 +309,7 @@ class Pipeline:
                 honoured += 1
                 item = None  # placed at its time, applied as nothing
             entry = timeline.place(tp, record.offset, *where, (record, item), size)
-            if entry.moved:
+            if entry.moved and item is not None:  # a dead letter is decided at no time
                 self._metrics.order_marker_moved.labels(tp.topic).inc()
             if entry.late:
                 self._metrics.late_records.labels(tp.topic).inc()

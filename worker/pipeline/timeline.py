@@ -124,6 +124,7 @@ class _Input(Generic[P]):
     markers: int = 0  # how many of the records waiting in `buffer` are markers
     last_is_marker: bool = False  # whether the last record taken was a marker
     last_moved: bool = False  # whether the last record taken was moved by a marker
+    last_raised: bool = False  # whether the last record taken was a marker past the one before
     # (key, arrival, entry, bytes), a heap
     buffer: list[tuple[tuple[Any, ...], int, Entry[P], int]] = field(default_factory=list)
 
@@ -284,7 +285,7 @@ class Timeline(Generic[P]):
         moved = (
             rank != RANK_MARKER
             and not late
-            and (state.last_is_marker or state.last_moved)
+            and (state.last_raised or state.last_moved)
             and previous is not None
             and event_time is not None
             and event_time <= previous
@@ -293,6 +294,10 @@ class Timeline(Generic[P]):
             late = False  # a marker decides nothing: it only moves its partition's time on
             state.markers += 1
         state.last_is_marker = rank == RANK_MARKER
+        # A marker raised its partition's time only if its own time was past it.
+        state.last_raised = state.last_is_marker and (
+            previous is None or (event_time is not None and event_time > previous)
+        )
         state.last_moved = moved
         entry = Entry(
             source, offset, at, rank, (*tie, offset), payload, event_time or at, late, moved
